@@ -1,0 +1,218 @@
+"""The few array primitives every scheduler's ``step`` is written in.
+
+The schedulers are written once against the array API standard (via ``array-api-compat``),
+so the same code runs on NumPy, PyTorch and JAX. This module holds the handful of helpers
+where one backend has a much faster spelling of the same arithmetic (PyTorch's in-place
+fused multiply-add, ``lerp``), plus the counter-based random numbers that make stochastic
+steps reproducible and compilable on every backend. No scheduler math lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+Array = Any
+
+
+def namespace(*arrays: Array):
+    """The array-API namespace of ``arrays`` (all from one library)."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as err:
+        kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
+        raise TypeError(
+            f"expected NumPy, PyTorch or JAX arrays (all of one library), got: {kinds}"
+        ) from err
+
+
+def device(x: Array):
+    return array_api_compat.device(x)
+
+
+def is_torch(xp) -> bool:
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def is_numpy(xp) -> bool:
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def is_jax(xp) -> bool:
+    return array_api_compat.is_jax_namespace(xp)
+
+
+def compute_dtype(xp, dtype):
+    """The dtype a step computes in: float64 for float64 samples, float32 for the rest.
+
+    Half-precision samples are upcast for the arithmetic and cast back at the end, so no
+    intermediate (1/sqrt(ᾱ) reaches ~70 for common schedules) can overflow float16.
+    """
+    if not xp.isdtype(dtype, "real floating"):
+        raise TypeError(f"expected a floating-point sample, got dtype {dtype}")
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def index_dtype(xp):
+    """int64 where the backend has it enabled, else int32 (JAX without x64)."""
+    if is_jax(xp):
+        import jax
+
+        return xp.int64 if jax.config.jax_enable_x64 else xp.int32
+    return xp.int64
+
+
+def asarray(xp, values: np.ndarray, dtype, like: Array) -> Array:
+    """A host NumPy array moved to the backend, dtype and device of ``like``."""
+    return xp.asarray(values, dtype=dtype, device=device(like))
+
+
+def coefficients(table: Array, step: Array) -> Sequence[Array]:
+    """Row ``step`` of a coefficient table, as a tuple of 0-d arrays (no host sync)."""
+    xp = namespace(table)
+    if is_torch(xp):  # index_select keeps torch.compile free of data-dependent shapes
+        return table.index_select(0, step.reshape(1))[0].unbind(0)
+    row = table[step]
+    return tuple(row[i] for i in range(row.shape[0]))
+
+
+def lincomb(*terms: tuple[Array, Array], owned: Array | None = None) -> Array:
+    """sum(coef * x for coef, x in terms): a linear combination, coefficients 0-d arrays.
+
+    ``owned`` may be the first term's array when the caller made it and no longer needs
+    it: the result is then accumulated into it in place (PyTorch, NumPy), which saves an
+    allocation per step. User arrays and state arrays are never written to.
+    """
+    (c0, x0), rest = terms[0], terms[1:]
+    xp = namespace(x0)
+    if is_torch(xp):
+        out = x0.mul_(c0) if owned is x0 else x0 * c0
+        for c, x in rest:
+            out.addcmul_(x, c)
+        return out
+    if is_numpy(xp):
+        out = np.multiply(x0, c0, out=x0) if owned is x0 else x0 * c0
+        for c, x in rest:
+            out += c * x
+        return out
+    out = c0 * x0
+    for c, x in rest:
+        out = out + c * x
+    return out
+
+
+def select(flag: Array, a: Array, b: Array) -> Array:
+    """``a`` where the 0-d ``flag`` is 1, ``b`` where it is 0, chosen without a host sync.
+
+    Exact for finite values on every backend (PyTorch's lerp returns ``end`` exactly at
+    weight 1 and ``start`` exactly at weight 0, and is much faster than its ``where``).
+    """
+    xp = namespace(a)
+    if is_torch(xp):
+        import torch
+
+        return torch.lerp(b, a, flag)
+    return xp.where(flag > 0.5, a, b)
+
+
+def clip(x: Array, limit: float, owned: bool) -> Array:
+    """x clipped to [-limit, limit]; in place when the caller owns ``x``."""
+    xp = namespace(x)
+    if owned and is_torch(xp):
+        return x.clamp_(-limit, limit)
+    if owned and is_numpy(xp):
+        return np.clip(x, -limit, limit, out=x)
+    return xp.clip(x, -limit, limit)
+
+
+def concrete_int(x: Array) -> int | None:
+    """The value of a 0-d integer array when reading it costs no device sync, else None.
+
+    Used only to raise clear errors in eager code (stepping past the end); compiled or
+    traced code (``jax.jit``, ``torch.compile``) and arrays on accelerators skip the check.
+    """
+    xp = namespace(x)
+    if is_torch(xp):
+        import torch
+
+        if torch.compiler.is_compiling() or x.device.type != "cpu":
+            return None
+        return int(x)
+    if is_numpy(xp):
+        return int(x)
+    if is_jax(xp):
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return int(x) if next(iter(x.devices())).platform == "cpu" else None
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Counter-based random normals: the same stream on every backend, compilable, no state but
+# (key, counter). Each element hashes (key, counter, index) with the "lowbias32" integer
+# mixer (C. Wellons, 2018) in int32 arithmetic, which wraps modulo 2**32 on every backend;
+# two 24-bit uniforms then give a normal by the Box-Muller transform.
+# ----------------------------------------------------------------------------------------
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)  # the same bits as a signed int32
+
+
+def _mix32(x: Array) -> Array:
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _M1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _M2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _wrapping(xp):
+    return np.errstate(over="ignore") if is_numpy(xp) else contextlib.nullcontext()
+
+
+def seed_array(xp, key: Any, like: Array) -> Array:
+    """A 0-d int32 seed from an integer seed or a JAX PRNG key, on ``like``'s device."""
+    if isinstance(key, bool):
+        raise TypeError(f"expected an integer seed or a JAX PRNG key, got: {key!r}")
+    if isinstance(key, int | np.integer):
+        word = int(key) % (1 << 32)
+        word = word - (1 << 32) if word >= (1 << 31) else word
+        return xp.asarray(word, dtype=xp.int32, device=device(like))
+    if is_jax(xp):
+        import jax
+
+        data = key
+        if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+            data = jax.random.key_data(key)
+        data = xp.reshape(xp.asarray(data), (-1,)).astype(xp.uint32).astype(xp.int32)
+        word = data[0]
+        for i in range(1, data.shape[0]):
+            word = _mix32(word ^ data[i])
+        return word
+    raise TypeError(
+        "expected an integer seed (any backend) or a JAX PRNG key (JAX arrays), "
+        f"got: {type(key).__name__}"
+    )
+
+
+def normal(seed: Array, counter: Array, shape: tuple[int, ...], dtype, like: Array) -> Array:
+    """Standard normal noise of ``shape``, a pure function of (seed, counter)."""
+    xp = namespace(like)
+    n = int(np.prod(shape))
+    with _wrapping(xp):
+        idx = xp.arange(n, dtype=xp.int32, device=device(like))
+        stream = _mix32(seed ^ _mix32(xp.astype(counter, xp.int32) + 0x3C6EF372))
+        bits_a = _mix32(_mix32(2 * idx) ^ stream)
+        bits_b = _mix32(_mix32(2 * idx + 1) ^ stream)
+    scale = 1.0 / (1 << 24)
+    u1 = (xp.astype((bits_a >> 8) & 0xFFFFFF, xp.float32) + 0.5) * scale
+    u2 = (xp.astype((bits_b >> 8) & 0xFFFFFF, xp.float32) + 0.5) * scale
+    u1, u2 = xp.astype(u1, dtype), xp.astype(u2, dtype)
+    z = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos((2.0 * np.pi) * u2)
+    return xp.reshape(z, shape)

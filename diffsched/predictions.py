@@ -1,0 +1,110 @@
+"""What the model predicts, and what to do with its estimate of the clean sample.
+
+A model trained at ᾱ predicts one of (Ho et al. 2020; Salimans & Ho 2022, sec. 4):
+
+* ``noise``: ε, the noise in x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε;
+* ``angular_velocity``: v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0 (diffusers' ``v_prediction``);
+* ``sample``: x_0 itself.
+
+Each is linear in (x_t, prediction), so the conversions are returned as coefficient pairs,
+computed on the host in ``init``; ``step`` only multiplies and adds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _ops
+
+PREDICTION_TYPES = ("noise", "angular_velocity", "sample")
+
+# Our prediction type names and diffusers' names for them.
+DIFFUSERS_PREDICTION_TYPES = {
+    "noise": "epsilon",
+    "angular_velocity": "v_prediction",
+    "sample": "sample",
+}
+
+
+class Linear(NamedTuple):
+    """``sample_coef * x_t + prediction_coef * prediction``, both float64 arrays over steps."""
+
+    sample_coef: np.ndarray
+    prediction_coef: np.ndarray
+
+
+def check_prediction_type(prediction_type: str, allowed: tuple[str, ...] = PREDICTION_TYPES):
+    if prediction_type not in allowed:
+        raise ValueError(f"prediction_type must be one of {allowed}, got: {prediction_type!r}")
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def x0_coefficients(prediction_type: str, alpha_bar: np.ndarray) -> Linear:
+    """x_0 as a linear function of (x_t, prediction) at ᾱ.
+
+    Where ᾱ = 0 (zero terminal SNR) x_0 cannot be recovered from ε, and the coefficients
+    are not finite; the scheduler's ``init`` rejects such a table with a clear error.
+    """
+    a, b = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    if prediction_type == "noise":  # x_0 = (x_t - sqrt(1-ᾱ) ε) / sqrt(ᾱ)
+        return Linear(1.0 / a, -b / a)
+    if prediction_type == "angular_velocity":  # x_0 = sqrt(ᾱ) x_t - sqrt(1-ᾱ) v
+        return Linear(a, -b)
+    if prediction_type == "sample":
+        return Linear(np.zeros_like(a), np.ones_like(a))
+    check_prediction_type(prediction_type)
+    raise AssertionError  # unreachable
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def noise_coefficients(prediction_type: str, alpha_bar: np.ndarray) -> Linear:
+    """ε as a linear function of (x_t, prediction) at ᾱ (not finite for x_0 models at ᾱ = 1)."""
+    a, b = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    if prediction_type == "noise":
+        return Linear(np.zeros_like(a), np.ones_like(a))
+    if prediction_type == "angular_velocity":  # ε = sqrt(1-ᾱ) x_t + sqrt(ᾱ) v
+        return Linear(b, a)
+    if prediction_type == "sample":  # ε = (x_t - sqrt(ᾱ) x_0) / sqrt(1-ᾱ)
+        return Linear(1.0 / b, -a / b)
+    check_prediction_type(prediction_type)
+    raise AssertionError  # unreachable
+
+
+def uses_sample(prediction_type: str, quantity: str) -> bool:
+    """Whether the x_t coefficient of ``quantity`` ("x0" or "noise") can be nonzero.
+
+    Lets a step skip a multiply-add that is zero by construction, decided from the config
+    alone (never from array values).
+    """
+    return not (
+        (quantity == "x0" and prediction_type == "sample")
+        or (quantity == "noise" and prediction_type == "noise")
+    )
+
+
+def dynamic_threshold(x0, ratio: float, max_value: float):
+    """Dynamic thresholding of the predicted x_0 (Saharia et al. 2022, "Imagen", sec. 2.3).
+
+    Per batch item: s = the ``ratio`` quantile of |x_0| (linear interpolation), clamped to
+    [1, ``max_value``]; then x_0 is clipped to [-s, s] and divided by s. The batch axis is
+    the first one; the quantile runs over all the others.
+    """
+    xp = _ops.namespace(x0)
+    shape = x0.shape
+    if len(shape) < 2:
+        raise ValueError(
+            f"dynamic thresholding needs a batch axis and at least one more, got shape {shape}"
+        )
+    flat = xp.reshape(x0, (shape[0], -1))
+    n = flat.shape[1]
+    ordered = xp.sort(xp.abs(flat), axis=1)
+    position = ratio * (n - 1)
+    lo = int(np.floor(position))
+    hi = min(lo + 1, n - 1)
+    frac = position - lo
+    s = ordered[:, lo] + frac * (ordered[:, hi] - ordered[:, lo])
+    s = xp.clip(s, 1.0, max_value)
+    s = xp.reshape(s, (shape[0],) + (1,) * (len(shape) - 1))
+    return xp.minimum(xp.maximum(x0, -s), s) / s

@@ -1,0 +1,133 @@
+"""Training noise schedules and inference timestep spacings, shared by every scheduler.
+
+Everything here runs once, in ``init``, on the host, in float64 NumPy. A scheduler turns
+these tables into per-step coefficients; ``step`` never calls into this module.
+
+Notation (Ho et al. 2020, eq. 4): ``betas[t]`` is the variance added at training step ``t``;
+``alphas_cumprod[t] = prod_{s<=t} (1 - betas[s])`` is ᾱ_t, so that
+``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+BETA_SCHEDULES = ("linear", "quadratic", "squared_cosine")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+ALPHA_CLIP_STRATEGIES = ("one", "alpha_zero")
+
+# Our beta schedule names and the names diffusers uses for the same schedules.
+DIFFUSERS_BETA_SCHEDULES = {
+    "linear": "linear",
+    "quadratic": "scaled_linear",
+    "squared_cosine": "squaredcos_cap_v2",
+}
+
+
+def betas(
+    schedule: str,
+    num_train_steps: int,
+    beta_start: float,
+    beta_end: float,
+    trained_betas: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The training betas, float64, of length ``num_train_steps``.
+
+    * ``linear``: evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020, sec. 4).
+    * ``quadratic``: evenly spaced in sqrt(beta), then squared (Rombach et al. 2022; diffusers'
+      ``scaled_linear``).
+    * ``squared_cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008, discretised as
+      beta_t = 1 - ᾱ(t+1)/ᾱ(t), capped at 0.999 (Nichol & Dhariwal 2021, eq. 17).
+    * ``trained_betas`` given: used as they are, and ``schedule`` is ignored.
+    """
+    if trained_betas is not None:
+        out = np.asarray(trained_betas, dtype=np.float64)
+        if out.shape != (num_train_steps,):
+            raise ValueError(
+                f"trained_betas must have length num_train_steps={num_train_steps}, "
+                f"got shape {out.shape}"
+            )
+        return out
+    if schedule == "linear":
+        return np.linspace(beta_start, beta_end, num_train_steps, dtype=np.float64)
+    if schedule == "quadratic":
+        return np.linspace(beta_start**0.5, beta_end**0.5, num_train_steps, dtype=np.float64) ** 2
+    if schedule == "squared_cosine":
+        return _squared_cosine_betas(num_train_steps)
+    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got: {schedule!r}")
+
+
+def _squared_cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    t = np.arange(num_train_steps)
+    ratios = [alpha_bar((i + 1) / num_train_steps) / alpha_bar(i / num_train_steps) for i in t]
+    return np.minimum(1.0 - np.asarray(ratios, dtype=np.float64), max_beta)
+
+
+def rescale_to_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Shift and scale sqrt(ᾱ) so that ᾱ at the last step is exactly 0, keeping ᾱ_0.
+
+    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1.
+    """
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    alpha_bar = sqrt_ab**2
+    alphas = np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
+
+
+def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+    """ᾱ_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, eq. 4)."""
+    return np.cumprod(1.0 - betas)
+
+
+def final_alpha_cumprod(alphas_cumprod: np.ndarray, strategy: str) -> float:
+    """ᾱ used for the step that goes past t = 0.
+
+    ``one``: 1.0, so the last step lands on clean data; ``alpha_zero``: ᾱ_0, so it lands on
+    the least noisy training level (diffusers' ``set_alpha_to_one=False``).
+    """
+    if strategy == "one":
+        return 1.0
+    if strategy == "alpha_zero":
+        return float(alphas_cumprod[0])
+    raise ValueError(f"alpha_clip_strategy must be one of {ALPHA_CLIP_STRATEGIES}, got: {strategy!r}")
+
+
+def spaced_timesteps(
+    spacing: str, num_train_steps: int, num_steps: int, offset: int = 0
+) -> np.ndarray:
+    """``num_steps`` training timesteps, descending, picked by ``spacing``.
+
+    * ``leading``: 0, r, 2r, ... with r = T // N, shifted by ``offset`` (DDIM, Song et al.
+      2020, sec. 4.2; the offset is the "steps_offset" of Stable Diffusion's config).
+    * ``linspace``: N points evenly spread over [0, T-1], rounded.
+    * ``trailing``: T, T - T/N, ..., rounded, minus one, so the first step is always T-1
+      (Lin et al. 2023, sec. 3.3, Table 2).
+    """
+    if spacing == "leading":
+        ratio = num_train_steps // num_steps
+        ts = np.arange(num_steps, dtype=np.int64) * ratio + offset
+        return ts[::-1].copy()
+    if spacing == "linspace":
+        ts = np.linspace(0, num_train_steps - 1, num_steps).round().astype(np.int64)
+        return ts[::-1].copy()
+    if spacing == "trailing":
+        ratio = num_train_steps / num_steps
+        return np.round(np.arange(num_train_steps, 0, -ratio)).astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got: {spacing!r}")
+
+
+def alpha_bar_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray, final: float) -> np.ndarray:
+    """ᾱ at each timestep, with ``final`` wherever the timestep is negative (past t = 0)."""
+    timesteps = np.asarray(timesteps, dtype=np.int64)
+    out = np.full(timesteps.shape, final, dtype=np.float64)
+    valid = timesteps >= 0
+    out[valid] = alphas_cumprod[timesteps[valid]]
+    return out
