@@ -10,6 +10,7 @@ steps reproducible and compilable on every backend. No scheduler math lives here
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,15 +20,25 @@ import numpy as np
 Array = Any
 
 
+_NAMESPACES: dict[tuple[type, ...], Any] = {}
+
+
 def namespace(*arrays: Array):
     """The array-API namespace of ``arrays`` (all from one library)."""
+    types = tuple(type(a) for a in arrays)
+    xp = _NAMESPACES.get(types)
+    if xp is not None:
+        return xp
     try:
-        return array_api_compat.array_namespace(*arrays)
+        xp = array_api_compat.array_namespace(*arrays)
     except TypeError as err:
-        kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
+        kinds = ", ".join(sorted({t.__name__ for t in types}))
         raise TypeError(
             f"expected NumPy, PyTorch or JAX arrays (all of one library), got: {kinds}"
         ) from err
+    if all(t.__module__.split(".")[0] in ("numpy", "torch") for t in types):
+        _NAMESPACES[types] = xp  # JAX array types also cover tracers: not cached
+    return xp
 
 
 def device(x: Array):
@@ -71,12 +82,18 @@ def asarray(xp, values: np.ndarray, dtype, like: Array) -> Array:
     return xp.asarray(values, dtype=dtype, device=device(like))
 
 
-def coefficients(table: Array, step: Array) -> Sequence[Array]:
-    """Row ``step`` of a coefficient table, as a tuple of 0-d arrays (no host sync)."""
+def coefficients(table: Array, step: Array, index: int | None = None) -> Sequence[Array]:
+    """Row ``step`` of a coefficient table, as a tuple of 0-d arrays (no host sync).
+
+    ``index`` is the step's value when the caller already has it on the host (see
+    :func:`concrete_int`); the row is then a view instead of a gather.
+    """
     xp = namespace(table)
-    if is_torch(xp):  # index_select keeps torch.compile free of data-dependent shapes
-        return table.index_select(0, step.reshape(1))[0].unbind(0)
-    row = table[step]
+    if is_torch(xp):
+        if index is None:  # index_select keeps torch.compile free of data-dependent shapes
+            return table.index_select(0, step.reshape(1))[0].unbind(0)
+        return table[index].unbind(0)
+    row = table[step if index is None else index]
     return tuple(row[i] for i in range(row.shape[0]))
 
 
@@ -204,7 +221,7 @@ def seed_array(xp, key: Any, like: Array) -> Array:
 def normal(seed: Array, counter: Array, shape: tuple[int, ...], dtype, like: Array) -> Array:
     """Standard normal noise of ``shape``, a pure function of (seed, counter)."""
     xp = namespace(like)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     with _wrapping(xp):
         idx = xp.arange(n, dtype=xp.int32, device=device(like))
         stream = _mix32(seed ^ _mix32(xp.astype(counter, xp.int32) + 0x3C6EF372))

@@ -39,9 +39,7 @@ def _value_map(mapping: dict[str, str], what: str) -> tuple[Callable, Callable]:
 
     def back(value):
         if value not in inverse:
-            raise ValueError(
-                f"unsupported {what} {value!r}; supported: {sorted(inverse)}"
-            )
+            raise ValueError(f"unsupported {what} {value!r}; supported: {sorted(inverse)}")
         return inverse[value]
 
     return mapping.__getitem__, back
@@ -55,20 +53,28 @@ def _trained_betas_back(value):
 NOISE_SCHEDULE_OPTIONS = (
     Option("num_train_steps", "num_train_timesteps", int, int),
     Option(
-        "beta_schedule", "beta_schedule",
+        "beta_schedule",
+        "beta_schedule",
         *_value_map(schedules.DIFFUSERS_BETA_SCHEDULES, "beta_schedule"),
     ),
     Option("beta_start", "beta_start", float, float),
     Option("beta_end", "beta_end", float, float),
-    Option("trained_betas", "trained_betas", lambda v: None if v is None else list(v),
-           _trained_betas_back),
     Option(
-        "prediction_type", "prediction_type",
+        "trained_betas",
+        "trained_betas",
+        lambda v: None if v is None else list(v),
+        _trained_betas_back,
+    ),
+    Option(
+        "prediction_type",
+        "prediction_type",
         *_value_map(predictions.DIFFUSERS_PREDICTION_TYPES, "prediction_type"),
     ),
     Option(
-        "alpha_clip_strategy", "set_alpha_to_one",
-        lambda v: v == "one", lambda v: "one" if v else "alpha_zero",
+        "alpha_clip_strategy",
+        "set_alpha_to_one",
+        lambda v: v == "one",
+        lambda v: "one" if v else "alpha_zero",
     ),
 )
 SPACING_OPTIONS = (
@@ -110,8 +116,9 @@ def x0_table(
         prev_prediction = prev_prediction + prev_x0 * x0.prediction_coef
         prev_x0 = np.zeros_like(prev_x0)
     columns = (x0.sample_coef, x0.prediction_coef, prev_x0, prev_sample, prev_prediction, sigma)
-    return np.stack([np.broadcast_to(np.asarray(c, np.float64), prev_x0.shape) for c in columns],
-                    axis=1)
+    return np.stack(
+        [np.broadcast_to(np.asarray(c, np.float64), prev_x0.shape) for c in columns], axis=1
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,8 +255,9 @@ class Scheduler:
         check_int("num_train_steps", self.num_train_steps, 1)
         check_choice("beta_schedule", self.beta_schedule, schedules.BETA_SCHEDULES)
         check_choice("prediction_type", self.prediction_type, self.PREDICTION_TYPES)
-        check_choice("alpha_clip_strategy", self.alpha_clip_strategy,
-                     schedules.ALPHA_CLIP_STRATEGIES)
+        check_choice(
+            "alpha_clip_strategy", self.alpha_clip_strategy, schedules.ALPHA_CLIP_STRATEGIES
+        )
         if self.trained_betas is not None:
             betas = tuple(float(b) for b in np.asarray(self.trained_betas).reshape(-1))
             object.__setattr__(self, "trained_betas", betas)
@@ -265,7 +273,10 @@ class Scheduler:
     def betas(self) -> np.ndarray:
         """The training betas, float64 (after any zero-terminal-SNR rescaling)."""
         b = schedules.betas(
-            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
+            self.beta_schedule,
+            self.num_train_steps,
+            self.beta_start,
+            self.beta_end,
             self.trained_betas,
         )
         if getattr(self, "rescale_betas_zero_snr", False):
@@ -334,6 +345,11 @@ class Scheduler:
         row of the table, as 0-d arrays.
         """
         xp = _ops.namespace(sample, prediction)
+        if _ops.namespace(state.table) is not xp:
+            raise TypeError(
+                f"the state holds {type(state.table).__name__} arrays but step was given "
+                f"{type(sample).__name__} arrays; init and step must use one array library"
+            )
         if sample.shape != prediction.shape:
             raise ValueError(
                 f"sample and prediction must have the same shape, got {tuple(sample.shape)} "
@@ -357,7 +373,7 @@ class Scheduler:
                     f"got {tuple(noise.shape)}"
                 )
             noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
-        return xp, s, p, noise, _ops.coefficients(table, state.step)
+        return xp, s, p, noise, _ops.coefficients(table, state.step, index)
 
     def _draw_noise(self, state: Any, like: Array, noise: Array | None) -> Array:
         if noise is not None:

@@ -13,9 +13,7 @@ from .ddim import DDIM
 from .lcm import LCM
 from .pndm import PNDM
 
-SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.DIFFUSERS_CLASS: cls for cls in (DDIM, PNDM, LCM)
-}
+SCHEDULERS: dict[str, type[Scheduler]] = {cls.DIFFUSERS_CLASS: cls for cls in (DDIM, PNDM, LCM)}
 
 # Keys of a diffusers class that cannot change its result, so are accepted and dropped:
 # LCMScheduler has spacing keys that its set_timesteps never reads.
@@ -27,8 +25,10 @@ def _read(source: dict | str | os.PathLike) -> dict[str, Any]:
         return dict(source)
     path = Path(source)
     if path.is_dir():
-        for candidate in (path / "scheduler" / "scheduler_config.json",
-                          path / "scheduler_config.json"):
+        for candidate in (
+            path / "scheduler" / "scheduler_config.json",
+            path / "scheduler_config.json",
+        ):
             if candidate.is_file():
                 path = candidate
                 break
@@ -56,9 +56,7 @@ def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler
     config = _read(source)
     name = config.get("_class_name")
     if name not in SCHEDULERS:
-        raise ValueError(
-            f"unsupported scheduler class {name!r}; supported: {sorted(SCHEDULERS)}"
-        )
+        raise ValueError(f"unsupported scheduler class {name!r}; supported: {sorted(SCHEDULERS)}")
     cls = SCHEDULERS[name]
     known = {option.diffusers_key: option for option in cls.OPTIONS}
     kwargs: dict[str, Any] = {}

@@ -97,8 +97,9 @@ class DDIM(DenoisedSampleOptions, Scheduler):
         ts = self.timesteps(num_steps)
         acp = self.alphas_cumprod
         a_t = acp[ts]
-        a_prev = schedules.alpha_bar_at(acp, ts - self.num_train_steps // num_steps,
-                                        self.final_alpha_cumprod)
+        a_prev = schedules.alpha_bar_at(
+            acp, ts - self.num_train_steps // num_steps, self.final_alpha_cumprod
+        )
         x0 = predictions.x0_coefficients(self.prediction_type, a_t)
         eps = predictions.noise_coefficients(self.prediction_type, a_t)
         # eq. 16; with ᾱ_{t-1} = 1 after the last step, σ = 0 there.
@@ -113,12 +114,9 @@ class DDIM(DenoisedSampleOptions, Scheduler):
         else:
             prev_sample = direction * eps.sample_coef
             prev_prediction = direction * eps.prediction_coef
-        return ts, x0_table(x0, prev_x0, prev_sample, prev_prediction, sigma,
-                            self._processes_x0)
+        return ts, x0_table(x0, prev_x0, prev_sample, prev_prediction, sigma, self._processes_x0)
 
-    def init(
-        self, num_steps: int, sample_template: Array, key: Any = 0
-    ) -> tuple[DDIMState, Array]:
+    def init(self, num_steps: int, sample_template: Array, key: Any = 0) -> tuple[DDIMState, Array]:
         """The loop state and the ``num_steps`` timesteps to call the model at."""
         ts, table = self.coefficient_table(num_steps)
         xp, step, table, timesteps = self._init_arrays(sample_template, ts, table)
@@ -131,7 +129,9 @@ class DDIM(DenoisedSampleOptions, Scheduler):
         _, s, p, noise, row = self._begin_step(state, sample, prediction, noise)
         rederive = self.rederive_noise and self._processes_x0
         prev = self._x0_step(
-            X0Row(*row), s, p,
+            X0Row(*row),
+            s,
+            p,
             self._draw_noise(state, s, noise) if self.eta > 0 else None,
             # ε̂ re-derived from x̂_0 needs x_t; ε̂ from the prediction needs x_t unless ε
             # is what the model predicts (Song et al. 2020, eq. 12)

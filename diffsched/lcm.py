@@ -85,8 +85,12 @@ class LCM(DenoisedSampleOptions, Scheduler):
                 f"num_original_steps must be at most num_train_steps={self.num_train_steps}, "
                 f"got: {self.num_original_steps}"
             )
-        check_range("boundary_condition_timestep_scale", self.boundary_condition_timestep_scale,
-                    0.0, float("inf"))
+        check_range(
+            "boundary_condition_timestep_scale",
+            self.boundary_condition_timestep_scale,
+            0.0,
+            float("inf"),
+        )
 
     def timesteps(self, num_steps: int, strength: float = 1.0) -> np.ndarray:
         """The N timesteps, descending: N evenly taken of the original schedule's last
@@ -128,8 +132,9 @@ class LCM(DenoisedSampleOptions, Scheduler):
         c_out = scaled / np.sqrt(scaled**2 + SIGMA_DATA**2)
         prev_x0 = np.sqrt(a_next) * c_out
         prev_sample = np.sqrt(a_next) * c_skip
-        return ts, x0_table(x0, prev_x0, prev_sample, np.zeros_like(a_t), np.sqrt(1 - a_next),
-                            self._processes_x0)
+        return ts, x0_table(
+            x0, prev_x0, prev_sample, np.zeros_like(a_t), np.sqrt(1 - a_next), self._processes_x0
+        )
 
     def init(
         self, num_steps: int, sample_template: Array, key: Any = 0, *, strength: float = 1.0
@@ -146,8 +151,12 @@ class LCM(DenoisedSampleOptions, Scheduler):
         """One consistency step; ``noise`` overrides the injected noise draw."""
         _, s, p, noise, row = self._begin_step(state, sample, prediction, noise)
         prev = self._x0_step(
-            X0Row(*row), s, p, self._draw_noise(state, s, noise),
-            sample_term=True, prediction_term=False,
+            X0Row(*row),
+            s,
+            p,
+            self._draw_noise(state, s, noise),
+            sample_term=True,
+            prediction_term=False,
         )
         state = LCMState(state.step + 1, state.table, state.key)
         return state, self._finish(sample, prev)

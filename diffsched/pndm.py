@@ -165,8 +165,12 @@ class PNDM(Scheduler):
                 combo[("s", n)] = alpha / prev_alpha
                 for j, w in calls[n - 1].output.items():
                     combo[("e", j)] = combo.get(("e", j), 0.0) - alpha * prev_beta * w / prev_alpha
-            slots = {("s", n): "sample", ("e", n): "output", ("e", n - 1): "last1",
-                     ("e", n - 2): "last2"}
+            slots = {
+                ("s", n): "sample",
+                ("e", n): "output",
+                ("e", n - 1): "last1",
+                ("e", n - 2): "last2",
+            }
             for name, label in zip(("ets1", "ets2", "ets3"), ets, strict=True):
                 if label is not None:
                     slots.setdefault(("e", label), name)
@@ -191,20 +195,19 @@ class PNDM(Scheduler):
 
     # -- the contract --------------------------------------------------------------------
 
-    def init(
-        self, num_steps: int, sample_template: Array, key: Any = 0
-    ) -> tuple[PNDMState, Array]:
+    def init(self, num_steps: int, sample_template: Array, key: Any = 0) -> tuple[PNDMState, Array]:
         """The loop state and the timesteps of every model call (points repeat)."""
         del key  # PNDM is deterministic
         ts, table = self.coefficient_table(num_steps)
         xp, step, table, timesteps = self._init_arrays(sample_template, ts, table)
-        zeros = xp.zeros(sample_template.shape, dtype=table.dtype,
-                         device=_ops.device(sample_template))
-        return PNDMState(step, table, zeros, zeros, zeros, zeros, zeros), timesteps
+        # five distinct arrays: torch.compile specialises on aliasing between inputs
+        history = [
+            xp.zeros(sample_template.shape, dtype=table.dtype, device=_ops.device(sample_template))
+            for _ in range(5)
+        ]
+        return PNDMState(step, table, *history), timesteps
 
-    def step(
-        self, state: PNDMState, sample: Array, prediction: Array
-    ) -> tuple[PNDMState, Array]:
+    def step(self, state: PNDMState, sample: Array, prediction: Array) -> tuple[PNDMState, Array]:
         """One model call's update: a Runge-Kutta stage or a multistep step."""
         _, s, e, _, c = self._begin_step(state, sample, prediction, None)
         if state.last1.shape != s.shape:
@@ -213,14 +216,18 @@ class PNDM(Scheduler):
                 f"{tuple(state.last1.shape)} given to init"
             )
         prev = _ops.lincomb(
-            (c[0], s), (c[1], e), (c[2], state.last1), (c[3], state.last2),
-            (c[4], state.ets1), (c[5], state.ets2), (c[6], state.ets3),
+            (c[0], s),
+            (c[1], e),
+            (c[2], state.last1),
+            (c[3], state.last2),
+            (c[4], state.ets1),
+            (c[5], state.ets2),
+            (c[6], state.ets3),
         )
         # the history moves down one slot; its new head is this output if it joins the
         # history, else an entry that must survive (see _refill)
         head = _ops.select(c[7], e, (state.ets1, state.ets2, state.ets3)[self._refill])
-        state = PNDMState(state.step + 1, state.table, e, state.last1,
-                          head, state.ets1, state.ets2)
+        state = PNDMState(state.step + 1, state.table, e, state.last1, head, state.ets1, state.ets2)
         return state, self._finish(sample, prev)
 
 
@@ -241,8 +248,7 @@ def _runge_kutta_calls(ts: np.ndarray, half: int) -> list[Call]:
             Call(start, start, start - half, g, {g: 1.0}, True),
             Call(mid, start, mid, g, {g + 1: 1.0}, False),
             Call(mid, start, mid - half, g, {g + 2: 1.0}, False),
-            Call(end, start, end, g,
-                 {g: 1 / 6, g + 1: 2 / 6, g + 2: 2 / 6, g + 3: 1 / 6}, False),
+            Call(end, start, end, g, {g: 1 / 6, g + 1: 2 / 6, g + 2: 2 / 6, g + 3: 1 / 6}, False),
         ]
     return calls
 

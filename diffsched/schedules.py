@@ -97,7 +97,9 @@ def final_alpha_cumprod(alphas_cumprod: np.ndarray, strategy: str) -> float:
         return 1.0
     if strategy == "alpha_zero":
         return float(alphas_cumprod[0])
-    raise ValueError(f"alpha_clip_strategy must be one of {ALPHA_CLIP_STRATEGIES}, got: {strategy!r}")
+    raise ValueError(
+        f"alpha_clip_strategy must be one of {ALPHA_CLIP_STRATEGIES}, got: {strategy!r}"
+    )
 
 
 def spaced_timesteps(

@@ -53,3 +53,136 @@ def scheduler(config: dict, *, float64: bool = True):
 
 def module_of(config: dict):
     return importlib.import_module(MODULES[config["_class_name"]])
+
+
+# ----------------------------------------------------------------------------------------
+# Driving loops: ours and diffusers', with the same model, the same start and the same noise.
+# ----------------------------------------------------------------------------------------
+
+SHAPE = (2, 4, 8, 8)
+
+# Largest relative difference seen per (label, scheduler), printed by conftest's
+# pytest_terminal_summary hook.
+MAX_REL: dict[tuple[str, str], float] = {}
+
+
+def record(label: str, scheduler_name: str, value: float) -> None:
+    key = (label, scheduler_name)
+    MAX_REL[key] = max(MAX_REL.get(key, 0.0), float(value))
+
+
+def rel(ours, theirs) -> float:
+    """||ours - theirs|| / ||theirs||, in float64, for torch tensors or NumPy arrays."""
+    import numpy as np
+
+    a = np.asarray(torch.as_tensor(ours).detach().cpu().double().numpy())
+    b = np.asarray(torch.as_tensor(theirs).detach().cpu().double().numpy())
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def linear_tanh_model(n: int = SHAPE[-1], seed: int = 1234):
+    """x -> tanh(x @ W + 1e-3 t): a fixed random map of the last axis, t-dependent (torch)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5
+
+    def model(x, t):
+        return torch.tanh(x @ w.to(x.dtype) + 1e-3 * float(t))
+
+    return model
+
+
+def start_sample(shape=SHAPE, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def noise_list(count: int, shape=SHAPE, seed: int = 7, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(count)]
+
+
+def run_ours(sched, num_steps, x, model, *, noises=None, strength=None, key=0):
+    """(timesteps, final sample) of our loop; ``noises[i]`` overrides step i's draw."""
+    kwargs = {} if strength is None else {"strength": strength}
+    state, timesteps = sched.init(num_steps, x, key=key, **kwargs)
+    y = x
+    for i, t in enumerate(timesteps):
+        pred = model(y, t)
+        if noises is None:
+            state, y = sched.step(state, y, pred)
+        else:
+            state, y = sched.step(state, y, pred, noise=noises[i])
+    return timesteps, y
+
+
+def run_diffusers(
+    config,
+    num_steps,
+    x,
+    model,
+    *,
+    eta=0.0,
+    rederive=False,
+    noises=None,
+    strength=None,
+    float64=True,
+):
+    """(timesteps, final sample) of diffusers' loop for ``config``; see :func:`drive`."""
+    return drive(
+        scheduler(config, float64=float64),
+        num_steps,
+        x,
+        model,
+        eta=eta,
+        rederive=rederive,
+        noises=noises,
+        strength=strength,
+    )
+
+
+def drive(d, num_steps, x, model, *, eta=0.0, rederive=False, noises=None, strength=None):
+    """(timesteps, final sample) of a diffusers scheduler's loop, driven like a pipeline.
+
+    DDIM gets ``eta``/``use_clipped_model_output`` and ``variance_noise=noises[i]``; LCM gets
+    ``int(t)`` (a tensor timestep makes it compute c_skip/c_out in float32) and its internal
+    ``randn_tensor`` draws replaced by ``noises`` in order.
+    """
+    from unittest import mock
+
+    name = type(d).__name__
+    if name == "LCMScheduler":
+        d.set_timesteps(num_steps, strength=1.0 if strength is None else strength)
+    else:
+        d.set_timesteps(num_steps)
+    y = x
+    patch = contextlib.nullcontext()
+    if name == "LCMScheduler":
+        draws = iter(noises)
+        patch = mock.patch.object(
+            importlib.import_module(MODULES[name]), "randn_tensor", lambda *a, **k: next(draws)
+        )
+    with patch:
+        for i, t in enumerate(d.timesteps):
+            kwargs = {}
+            if name == "DDIMScheduler":
+                kwargs = {"eta": eta, "use_clipped_model_output": rederive}
+                if eta > 0:
+                    kwargs["variance_noise"] = noises[i]
+            step_t = int(t) if name == "LCMScheduler" else t
+            y = d.step(model(y, t), step_t, y, **kwargs).prev_sample
+    return d.timesteps, y
+
+
+def scheduler_from_config(config: dict, *, float64: bool = True):
+    """diffusers' own ``SchedulerClass.from_config(config)`` (float64 tables by default).
+
+    Unlike :func:`scheduler` this goes through diffusers' config loading, which drops the
+    keys its class has no argument for (with a logged warning), as when loading a model.
+    """
+    name = config["_class_name"]
+    module = importlib.import_module(MODULES[name])
+    cls = getattr(module, name)
+    if not float64:
+        return cls.from_config(dict(config))
+    with _double_tables(module):
+        return cls.from_config(dict(config))

@@ -1,0 +1,566 @@
+"""Exact denoisers: models whose predictions are the true posterior mean, for testing schedulers.
+
+A scheduler only ever sees a model ``model(x_t, t) -> prediction``. For a data distribution
+whose optimal denoiser D(x_t; ᾱ) = E[x_0 | x_t] is known in closed form, the exact model is
+available without training, so a sampler's output can be compared with the exact solution of
+the probability-flow ODE (see :mod:`diffsched.reference`). Two such distributions are provided:
+
+* :class:`EmpiricalDenoiser`: the empirical distribution of a finite data set (by default
+  scikit-learn's 8x8 digits, :func:`digits_data`). With x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε and
+  x_0 uniform over the rows y_i of the data, Bayes' rule gives
+  p(i | x_t) ∝ exp(-|x_t - sqrt(ᾱ) y_i|² / (2 (1-ᾱ))), so E[x_0 | x_t] = Σ_i softmax_i y_i
+  (Karras et al. 2022, app. B.3, "ideal denoiser").
+* :class:`GaussianMixture`: a mixture of isotropic Gaussians, for which the posterior over
+  components and the per-component posterior mean are Gaussian conditioning formulas.
+
+All denoising code is written against the array API standard (``array_api_compat``), so the
+same model runs on NumPy, PyTorch and JAX arrays, float32 or float64, eagerly or under
+``jax.jit``: it never branches on array values and never reads them back to the host.
+
+Conventions (variance preserving): ``alphas_cumprod`` is the training table ᾱ_t, t = 0..T-1,
+non-increasing, possibly 0 at t = T-1 ("zero terminal SNR"); σ = sqrt((1-ᾱ)/ᾱ). The model
+predicts ``"noise"`` (ε), ``"angular_velocity"`` (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0, diffusers'
+``v_prediction``; Salimans & Ho 2022) or ``"sample"`` (x_0).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import array_api_compat
+import numpy as np
+
+Array = Any
+"""A NumPy, PyTorch or JAX array (possibly a traced JAX value)."""
+
+PREDICTION_TYPES = ("noise", "angular_velocity", "sample")
+MODEL_NAMES = ("digits", "gmm")
+DIGITS_SHAPE = (1, 8, 8)
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """An exact denoiser: ``posterior_mean(x_t, ᾱ) = E[x_0 | x_t]`` for samples of ``dim``."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def posterior_mean(self, x_t: Array, alpha_bar: Array | float) -> Array: ...
+
+
+# ----------------------------------------------------------------------------------------
+# Small helpers shared by the denoisers
+# ----------------------------------------------------------------------------------------
+
+
+def _namespace(x: Array, name: str):
+    """The array-API namespace and device of ``x``; ValueError if ``x`` is not an array."""
+    if not array_api_compat.is_array_api_obj(x) or isinstance(x, np.generic):
+        raise ValueError(f"{name} must be a NumPy, PyTorch or JAX array, got {type(x).__name__}")
+    xp = array_api_compat.array_namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise ValueError(f"{name} must have a real floating dtype, got {x.dtype}")
+    return xp, array_api_compat.device(x)
+
+
+def _flatten_batch(xp, x: Array, dim: int, name: str) -> Array:
+    """Reshape ``x`` of shape (B, *S) with prod(S) == ``dim`` to (B, dim)."""
+    shape = tuple(x.shape)
+    if len(shape) < 1:
+        raise ValueError(f"{name} must have a batch axis, shape (B, ...), got shape {shape}")
+    features = math.prod(shape[1:])
+    if features != dim:
+        raise ValueError(
+            f"{name} must have {dim} values per sample, got shape {shape} "
+            f"({features} values per sample)"
+        )
+    return xp.reshape(x, (shape[0], dim))
+
+
+def _is_host_number(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy number (or NumPy array) readable for free."""
+    return isinstance(value, int | float | np.integer | np.floating | np.ndarray) and not (
+        isinstance(value, bool | np.bool_)
+    )
+
+
+def _host_scalar(value: Any, name: str) -> float:
+    """A Python/NumPy scalar (or one-element NumPy array) as a float, else ValueError."""
+    array = np.asarray(value)
+    if array.size != 1 or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise ValueError(f"{name} must be a real scalar, got {value!r}")
+    return float(array.reshape(()))
+
+
+def _alpha_bar_array(alpha_bar: Array | float, xp, dtype, device) -> Array:
+    """ᾱ as a 0-d array of the sample's backend/dtype/device.
+
+    Python and NumPy values are checked to lie in [0, 1); backend arrays (possibly traced)
+    are only checked to be 0-d, since reading their value would need a host sync.
+    """
+    if _is_host_number(alpha_bar):
+        value = _host_scalar(alpha_bar, "alpha_bar")
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"alpha_bar must be in [0, 1), got {value!r}")
+        return xp.asarray(value, dtype=dtype, device=device)
+    if not array_api_compat.is_array_api_obj(alpha_bar):
+        raise ValueError(
+            f"alpha_bar must be a float or a 0-d array, got {type(alpha_bar).__name__}"
+        )
+    if tuple(alpha_bar.shape) != ():
+        raise ValueError(f"alpha_bar must be 0-d, got shape {tuple(alpha_bar.shape)}")
+    return xp.asarray(alpha_bar, dtype=dtype, device=device)
+
+
+def _is_traced(array: Array) -> bool:
+    """Whether ``array`` is a JAX tracer (which must never be cached across traces)."""
+    if not array_api_compat.is_jax_array(array):
+        return False
+    import jax
+
+    return isinstance(array, jax.core.Tracer)
+
+
+def _converted(cache: dict, arrays: tuple[np.ndarray, ...], xp, dtype, device) -> tuple[Array, ...]:
+    """Host float64 ``arrays`` on the given backend/dtype/device, cached per that triple.
+
+    Conversions made while tracing under ``jax.jit`` are tracers and are not cached.
+    """
+    key = (xp.__name__, str(dtype), str(device))
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    # A writable copy: torch warns when wrapping read-only NumPy memory.
+    out = tuple(xp.asarray(np.array(a), dtype=dtype, device=device) for a in arrays)
+    if not any(_is_traced(a) for a in out):
+        cache[key] = out
+    return out
+
+
+def _softmax_rows(xp, logits: Array) -> Array:
+    """Row-wise softmax by the stable log-sum-exp: exp(l - max l) / Σ exp(l - max l)."""
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    weights = xp.exp(shifted)
+    return weights / xp.sum(weights, axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Empirical distribution (digits)
+# ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_cached() -> np.ndarray:
+    from sklearn.datasets import load_digits  # only here: keeps ``import`` cheap
+
+    images = np.asarray(load_digits().data, dtype=np.float64)  # (1797, 64), values 0..16
+    scaled = images / 8.0 - 1.0
+    scaled.setflags(write=False)
+    return scaled
+
+
+def digits_data() -> np.ndarray:
+    """scikit-learn's bundled 8x8 digits scaled from 0..16 to [-1, 1]: float64, (1797, 64).
+
+    Each row is one image in row-major order (reshape to (1, 8, 8) for an image).
+    Returns a fresh copy.
+    """
+    return _digits_cached().copy()
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class EmpiricalDenoiser:
+    """The optimal denoiser of the empirical distribution of ``data`` (n, d).
+
+    For x_0 uniform over the rows y_i and x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε,
+
+        p(i | x_t) = softmax_i(ℓ_i),  ℓ_i = (sqrt(ᾱ) <x_t, y_i> - ᾱ |y_i|² / 2) / (1-ᾱ),
+
+    which is -|x_t - sqrt(ᾱ) y_i|² / (2 (1-ᾱ)) up to a term independent of i, and
+    E[x_0 | x_t] = Σ_i p(i | x_t) y_i. At ᾱ = 0 the weights are uniform (the data mean).
+    """
+
+    data: np.ndarray
+    _sq_norms: np.ndarray = field(init=False, repr=False)
+    _cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            data = np.array(self.data, dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data must be a real (n, d) array, got {type(self.data)}") from err
+        if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] < 1:
+            raise ValueError(f"data must have shape (n, d) with n, d >= 1, got {data.shape}")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("data must be finite, got NaN or inf entries")
+        data.setflags(write=False)
+        sq_norms = np.sum(data * data, axis=1)
+        sq_norms.setflags(write=False)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "_sq_norms", sq_norms)
+
+    def __repr__(self) -> str:
+        return f"EmpiricalDenoiser(n={self.data.shape[0]}, dim={self.dim})"
+
+    @property
+    def dim(self) -> int:
+        """Number of values per sample, d."""
+        return int(self.data.shape[1])
+
+    def posterior_mean(self, x_t: Array, alpha_bar: Array | float) -> Array:
+        """E[x_0 | x_t] for ``x_t`` of shape (B, *S), prod(S) == d, at 0 <= ᾱ < 1.
+
+        Returns an array of the shape, dtype, backend and device of ``x_t``.
+        """
+        xp, device = _namespace(x_t, "x_t")
+        flat = _flatten_batch(xp, x_t, self.dim, "x_t")
+        a = _alpha_bar_array(alpha_bar, xp, x_t.dtype, device)
+        data, data_t, sq_norms = _converted(
+            self._cache, (self.data, self.data.T, self._sq_norms), xp, x_t.dtype, device
+        )
+        logits = (xp.sqrt(a) * (flat @ data_t) - (a / 2) * sq_norms) / (1 - a)
+        weights = _softmax_rows(xp, logits)  # (B, n)
+        return xp.reshape(weights @ data, x_t.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Gaussian mixture
+# ----------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _spread_points(
+    rng: np.random.Generator, count: int, dim: int, scale: float, candidates: int = 32
+) -> np.ndarray:
+    """``count`` well-separated points in [-scale, scale]^dim (Mitchell's best candidate).
+
+    Each point is the one of ``candidates`` uniform draws farthest from the points already
+    chosen, which spreads the points out (visible clusters) and can never fail.
+    """
+    points = rng.uniform(-scale, scale, size=(1, dim))
+    for _ in range(count - 1):
+        trial = rng.uniform(-scale, scale, size=(candidates, dim))
+        gaps = np.min(np.sum((trial[:, None, :] - points[None, :, :]) ** 2, axis=2), axis=1)
+        points = np.concatenate([points, trial[np.argmax(gaps)][None]], axis=0)
+    return points
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A mixture Σ_k w_k N(μ_k, s_k² I) in ``dim`` dimensions, drawn deterministically.
+
+    From ``np.random.default_rng(seed)``: means μ_k spread over [-mean_scale, mean_scale]^dim
+    (best of 32 uniform candidates each, see :func:`_spread_points`), standard deviations s_k
+    uniform in ``std_range``, weights w ~ Dirichlet(5, ..., 5) (all components visible). With
+    the defaults the clusters are well separated and the data lie within about [-3, 3].
+
+    Parameters are the read-only arrays ``means`` (K, dim), ``stds`` (K,), ``weights`` (K,).
+    """
+
+    n_components: int = 8
+    dim: int = 2
+    seed: int = 0
+    mean_scale: float = 1.8
+    std_range: tuple[float, float] = (0.05, 0.3)
+    means: np.ndarray = field(init=False, repr=False, compare=False)
+    stds: np.ndarray = field(init=False, repr=False, compare=False)
+    weights: np.ndarray = field(init=False, repr=False, compare=False)
+    _cache: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k = _check_positive_int(self.n_components, "n_components")
+        dim = _check_positive_int(self.dim, "dim")
+        seed = _check_positive_int(self.seed, "seed", minimum=0)
+        if not (math.isfinite(self.mean_scale) and self.mean_scale > 0):
+            raise ValueError(f"mean_scale must be a positive float, got {self.mean_scale!r}")
+        low, high = (float(s) for s in self.std_range)
+        if not (0 < low <= high < math.inf):
+            raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {low, high}")
+        rng = np.random.default_rng(seed)
+        params = {
+            "means": _spread_points(rng, k, dim, self.mean_scale),
+            "stds": rng.uniform(low, high, size=k),
+            "weights": rng.dirichlet(np.full(k, 5.0)),
+        }
+        for name, value in params.items():
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` draws x_0 ~ Σ_k w_k N(μ_k, s_k² I), float64 array (n, dim)."""
+        n = _check_positive_int(n, "n", minimum=0)
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        k = rng.choice(self.n_components, size=n, p=self.weights)
+        return self.means[k] + self.stds[k, None] * rng.standard_normal((n, self.dim))
+
+    def posterior_mean(self, x_t: Array, alpha_bar: Array | float) -> Array:
+        """E[x_0 | x_t] in closed form, ``x_t`` of shape (B, *S), prod(S) == dim, 0 <= ᾱ < 1.
+
+        Given component k, x_t ~ N(sqrt(ᾱ) μ_k, v_k I) with v_k = ᾱ s_k² + 1 - ᾱ, so the
+        responsibilities are r_k ∝ w_k v_k^(-dim/2) exp(-|x_t - sqrt(ᾱ) μ_k|² / (2 v_k))
+        (normalised by a stable log-sum-exp), and Gaussian conditioning gives
+        E[x_0 | x_t, k] = μ_k + sqrt(ᾱ) s_k² / v_k (x_t - sqrt(ᾱ) μ_k).
+        Returns Σ_k r_k E[x_0 | x_t, k], of the shape/dtype/backend/device of ``x_t``.
+        """
+        xp, device = _namespace(x_t, "x_t")
+        flat = _flatten_batch(xp, x_t, self.dim, "x_t")
+        a = _alpha_bar_array(alpha_bar, xp, x_t.dtype, device)
+        means, variances, log_weights = _converted(
+            self._cache,
+            (self.means, self.stds**2, np.log(self.weights)),
+            xp,
+            x_t.dtype,
+            device,
+        )
+        k, dim = self.n_components, self.dim
+        sqrt_a = xp.sqrt(a)
+        v = a * variances + (1 - a)  # (K,)
+        diff = xp.reshape(flat, (-1, 1, dim)) - sqrt_a * xp.reshape(means, (1, k, dim))
+        sq_dist = xp.sum(diff * diff, axis=2)  # (B, K)
+        logits = log_weights - (dim / 2) * xp.log(v) - sq_dist / (2 * v)
+        resp = _softmax_rows(xp, logits)  # (B, K)
+        gain = xp.reshape(sqrt_a * variances / v, (1, k, 1))
+        conditional = xp.reshape(means, (1, k, dim)) + gain * diff  # (B, K, dim)
+        mean = xp.sum(xp.reshape(resp, (-1, k, 1)) * conditional, axis=1)
+        return xp.reshape(mean, x_t.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# ᾱ(t) at real-valued timesteps
+# ----------------------------------------------------------------------------------------
+
+
+def check_alphas_cumprod(alphas_cumprod: Any) -> np.ndarray:
+    """``alphas_cumprod`` as a read-only float64 array, validated.
+
+    Must be 1-D, non-empty, finite, non-increasing, with 0 <= ᾱ_t < 1.
+    """
+    try:
+        table = np.array(alphas_cumprod, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"alphas_cumprod must be a 1-D real array, got {type(alphas_cumprod).__name__}"
+        ) from err
+    if table.ndim != 1 or table.size < 1:
+        raise ValueError(f"alphas_cumprod must be a non-empty 1-D array, got shape {table.shape}")
+    if not np.all(np.isfinite(table)) or np.any(table < 0) or np.any(table >= 1):
+        raise ValueError(
+            "alphas_cumprod must have finite values in [0, 1), got values in "
+            f"[{np.min(table)!r}, {np.max(table)!r}]"
+        )
+    if np.any(np.diff(table) > 0):
+        first = int(np.argmax(np.diff(table) > 0))
+        raise ValueError(
+            "alphas_cumprod must be non-increasing in t, got an increase at "
+            f"t={first}->{first + 1} ({table[first]!r} -> {table[first + 1]!r})"
+        )
+    table.setflags(write=False)
+    return table
+
+
+def _interpolation_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ᾱ_t, log σ_t, [ᾱ_t == 0]) on the host in float64.
+
+    log σ = (log(1-ᾱ) - log ᾱ)/2 is +inf where ᾱ = 0; it is stored as 0 there (never used:
+    the zero mask decides those entries), so no inf or NaN ever reaches the arithmetic.
+    """
+    is_zero = table == 0
+    safe = np.where(is_zero, 0.5, table)
+    log_sigma = np.where(is_zero, 0.0, 0.5 * (np.log1p(-safe) - np.log(safe)))
+    return table, log_sigma, is_zero.astype(np.float64)
+
+
+def _timestep_array(timestep: Any, xp, dtype, device, num_steps: int) -> Array:
+    """``timestep`` as a 0-d array of ``dtype``; host values are range-checked."""
+    if _is_host_number(timestep):
+        value = _host_scalar(timestep, "timestep")
+        if not 0.0 <= value <= num_steps - 1:
+            raise ValueError(f"timestep must be in [0, {num_steps - 1}], got {value!r}")
+        return xp.asarray(value, dtype=dtype, device=device)
+    if not array_api_compat.is_array_api_obj(timestep):
+        raise ValueError(
+            f"timestep must be a number or a one-element array, got {type(timestep).__name__}"
+        )
+    if math.prod(tuple(timestep.shape)) != 1:
+        raise ValueError(
+            f"timestep must be a scalar or one-element array, got shape {tuple(timestep.shape)}"
+        )
+    return xp.reshape(xp.asarray(timestep, dtype=dtype, device=device), ())
+
+
+def _interpolate_alpha_bar(xp, t: Array, tables: tuple[Array, Array, Array]) -> Array:
+    """ᾱ at the real timestep ``t`` (0-d), by linear interpolation of log σ.
+
+    With i = floor(t), f = t - i: log σ(t) = (1-f) log σ_i + f log σ_{i+1} and
+    ᾱ(t) = 1 / (1 + σ(t)²). At f == 0 the table entry ᾱ_i itself is returned, bit-exact.
+    Between i and i+1 with ᾱ_{i+1} == 0 (log σ_{i+1} = +inf) the interpolated log σ is
+    +inf for every f > 0, so ᾱ(t) = 0 there: the exact limit of the log-σ interpolation.
+    ``t`` outside [0, T-1] (only possible for backend arrays, which are not read) is clipped.
+    """
+    alphas, log_sigma, is_zero = tables
+    last = alphas.shape[0] - 1
+    zero = xp.zeros((), dtype=t.dtype, device=array_api_compat.device(t))
+    t = xp.minimum(xp.maximum(t, zero), zero + last)
+    floor = xp.floor(t)
+    frac = t - floor
+    lower = xp.reshape(xp.astype(floor, xp.int32), (1,))
+    upper = xp.minimum(lower + 1, xp.zeros_like(lower) + last)
+
+    def gather(values: Array, index: Array) -> Array:
+        return xp.reshape(xp.take(values, index), ())
+
+    log_s_lower = gather(log_sigma, lower)
+    log_s = log_s_lower + frac * (gather(log_sigma, upper) - log_s_lower)
+    between = 1 / (1 + xp.exp(2 * log_s))
+    between = xp.where(gather(is_zero, upper) > 0, zero, between)
+    return xp.where(frac == 0, gather(alphas, lower), between)
+
+
+def alpha_bar_at(alphas_cumprod: Any, timestep: Any, like: Array) -> Array:
+    """ᾱ(t) as a 0-d array of the backend, dtype and device of ``like``.
+
+    Exact at integer t (the table entry); between integers log σ is interpolated linearly
+    (see :func:`_interpolate_alpha_bar`; ᾱ = 0 on (T-2, T-1) for zero-terminal-SNR tables).
+    """
+    xp, device = _namespace(like, "like")
+    table = check_alphas_cumprod(alphas_cumprod)
+    tables = _converted({}, _interpolation_tables(table), xp, like.dtype, device)
+    t = _timestep_array(timestep, xp, like.dtype, device, table.shape[0])
+    return _interpolate_alpha_bar(xp, t, tables)
+
+
+# ----------------------------------------------------------------------------------------
+# The model a scheduler calls
+# ----------------------------------------------------------------------------------------
+
+
+def check_prediction_type(prediction_type: Any) -> str:
+    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else ValueError."""
+    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
+    return prediction_type
+
+
+def prediction_from_x0(x_t: Array, x0: Array, alpha_bar: Array, prediction_type: str) -> Array:
+    """Turn an estimate of x_0 into the ``prediction_type`` output at ᾱ (0-d array).
+
+    ε = (x_t - sqrt(ᾱ) x_0) / sqrt(1-ᾱ) and v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0.
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "sample":
+        return x0
+    xp = array_api_compat.array_namespace(x_t)
+    sqrt_a, sqrt_1ma = xp.sqrt(alpha_bar), xp.sqrt(1 - alpha_bar)
+    eps = (x_t - sqrt_a * x0) / sqrt_1ma
+    if prediction_type == "noise":
+        return eps
+    return sqrt_a * eps - sqrt_1ma * x0
+
+
+class DenoiserModel:
+    """``model(sample, timestep) -> prediction`` for an exact denoiser and a ᾱ table.
+
+    ``timestep`` may be a Python or NumPy number (range-checked) or a one-element backend
+    array (possibly traced by ``jax.jit``; clipped to [0, T-1], never read). ᾱ(t) is computed
+    by :func:`_interpolate_alpha_bar` in the sample's dtype, then x_0 = E[x_0 | x_t] and the
+    prediction follow. Attributes: ``denoiser``, ``alphas_cumprod`` (read-only float64),
+    ``prediction_type``.
+    """
+
+    def __init__(self, denoiser: Denoiser, alphas_cumprod: Any, prediction_type: str) -> None:
+        if not callable(getattr(denoiser, "posterior_mean", None)):
+            raise ValueError(
+                "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
+                f"got {type(denoiser).__name__}"
+            )
+        self.denoiser = denoiser
+        self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod)
+        self.prediction_type = check_prediction_type(prediction_type)
+        self._tables = _interpolation_tables(self.alphas_cumprod)
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"DenoiserModel({self.denoiser!r}, T={self.alphas_cumprod.shape[0]}, "
+            f"prediction_type={self.prediction_type!r})"
+        )
+
+    def alpha_bar(self, timestep: Any, like: Array) -> Array:
+        """ᾱ(timestep) as a 0-d array of ``like``'s backend, dtype and device."""
+        xp, device = _namespace(like, "like")
+        tables = _converted(self._cache, self._tables, xp, like.dtype, device)
+        t = _timestep_array(timestep, xp, like.dtype, device, self.alphas_cumprod.shape[0])
+        return _interpolate_alpha_bar(xp, t, tables)
+
+    def __call__(self, sample: Array, timestep: Any) -> Array:
+        """The exact ``prediction_type`` output for ``sample`` (B, *S) at ``timestep``."""
+        alpha_bar = self.alpha_bar(timestep, sample)
+        x0 = self.denoiser.posterior_mean(sample, alpha_bar)
+        return prediction_from_x0(sample, x0, alpha_bar, self.prediction_type)
+
+
+def model_for(
+    denoiser: Denoiser, alphas_cumprod: Any, prediction_type: str
+) -> Callable[[Array, Any], Array]:
+    """The exact model ``(sample, timestep) -> prediction`` of ``denoiser`` (a
+    :class:`DenoiserModel`, which also exposes ``denoiser``, ``alphas_cumprod`` and
+    ``prediction_type``)."""
+    return DenoiserModel(denoiser, alphas_cumprod, prediction_type)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_denoiser() -> EmpiricalDenoiser:
+    return EmpiricalDenoiser(_digits_cached())
+
+
+def _check_name(name: Any) -> str:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model name must be one of {MODEL_NAMES}, got {name!r}")
+    return name
+
+
+def _check_kwargs(name: str, kwargs: dict) -> None:
+    allowed = () if name == "digits" else ("n_components", "dim", "seed", "mean_scale", "std_range")
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r} accepts keyword arguments {allowed}, got {unknown}")
+
+
+def make_denoiser(name: str, **kwargs: Any) -> Denoiser:
+    """The denoiser called ``name``: "digits" (no options) or "gmm" (GaussianMixture options)."""
+    _check_kwargs(_check_name(name), kwargs)
+    if name == "digits":
+        return _digits_denoiser()
+    return GaussianMixture(**kwargs)
+
+
+def make_model(
+    name: str, alphas_cumprod: Any, prediction_type: str, **kwargs: Any
+) -> DenoiserModel:
+    """The exact model for the named data set: "digits" (samples (B, 1, 8, 8), the empirical
+    distribution of :func:`digits_data`) or "gmm" (samples (B, dim), a :class:`GaussianMixture`
+    built from ``kwargs``)."""
+    return DenoiserModel(make_denoiser(name, **kwargs), alphas_cumprod, prediction_type)
+
+
+def sample_shape(name: str, num_samples: int, **kwargs: Any) -> tuple[int, ...]:
+    """The shape of a batch of ``num_samples`` samples for :func:`make_model` ``(name, ...)``."""
+    _check_kwargs(_check_name(name), kwargs)
+    n = _check_positive_int(num_samples, "num_samples", minimum=0)
+    if name == "digits":
+        return (n, *DIGITS_SHAPE)
+    return (n, _check_positive_int(kwargs.get("dim", 2), "dim"))

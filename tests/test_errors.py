@@ -1,0 +1,422 @@
+"""Every error the schedulers raise, with its message; configs are immutable and hashable."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import diffsched as ds
+
+X = np.zeros((2, 4, 8, 8))
+XT = torch.zeros((2, 4, 8, 8), dtype=torch.float64)
+ALL = [ds.DDIM, ds.PNDM, ds.LCM]
+
+
+def esc(text: str) -> str:
+    return re.escape(text)
+
+
+# -- step counts --------------------------------------------------------------------------
+
+
+def test_pndm_needs_four_steps_with_runge_kutta_warmup():
+    with pytest.raises(ValueError, match=esc("expected at least 4 steps, got: 2")):
+        ds.PNDM().init(2, X)
+    with pytest.raises(ValueError, match=esc("expected at least 4 steps, got: 3")):
+        ds.PNDM().init(3, X)
+    ds.PNDM().init(4, X)
+
+
+def test_pndm_reduce_warmup_needs_two_steps():
+    with pytest.raises(ValueError, match=esc("expected at least 2 steps, got: 1")):
+        ds.PNDM(reduce_warmup=True).init(1, X)
+    ds.PNDM(reduce_warmup=True).init(2, X)
+
+
+def test_lcm_step_limits():
+    lcm = ds.LCM(num_train_steps=100, num_original_steps=100)
+    with pytest.raises(
+        ValueError, match=esc("num_steps must be at most num_train_steps=100, got: 101")
+    ):
+        lcm.init(101, X)
+    lcm.init(100, X)
+    with pytest.raises(
+        ValueError, match=esc("num_steps must be at most num_original_steps=50, got: 51")
+    ):
+        ds.LCM().init(51, X)
+    ds.LCM().init(50, X)
+    with pytest.raises(
+        ValueError,
+        match=esc("at most floor(num_original_steps * strength) = floor(50 * 0.5) = 25, got: 26"),
+    ):
+        ds.LCM().init(26, X, strength=0.5)
+    ds.LCM().init(25, X, strength=0.5)
+    with pytest.raises(ValueError, match=esc("floor(50 * 0.3) = 15, got: 16")):
+        ds.LCM().init(16, X, strength=0.3)
+
+
+@pytest.mark.parametrize("strength", [0, 0.0, -0.5, 1.0000001, 2, True, "1"])
+def test_lcm_strength_out_of_range(strength):
+    with pytest.raises(
+        ValueError,
+        match=esc("strength must be a number in (0.0, 1.0], got: ") + esc(repr(strength)),
+    ):
+        ds.LCM().init(1, X, strength=strength)
+
+
+def test_lcm_num_original_steps_limit():
+    with pytest.raises(
+        ValueError, match=esc("num_original_steps must be at most num_train_steps=40, got: 50")
+    ):
+        ds.LCM(num_train_steps=40)
+    with pytest.raises(ValueError, match=esc("num_original_steps: expected at least 1, got: 0")):
+        ds.LCM(num_original_steps=0)
+
+
+@pytest.mark.parametrize("cls", [ds.DDIM, ds.PNDM])
+def test_more_steps_than_training_steps(cls):
+    sched = cls(num_train_steps=100)
+    with pytest.raises(
+        ValueError, match=esc("num_steps must be at most num_train_steps=100, got: 101")
+    ):
+        sched.init(101, X)
+    sched.init(100, X)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_num_steps_must_be_a_positive_int(cls):
+    sched = cls()
+    with pytest.raises(TypeError, match=esc("num_steps must be an integer, got: 4.0")):
+        sched.init(4.0, X)
+    with pytest.raises(TypeError, match=esc("num_steps must be an integer, got: True")):
+        sched.init(True, X)
+    with pytest.raises(TypeError, match=esc("num_steps must be an integer, got: '4'")):
+        sched.init("4", X)
+    with pytest.raises(ValueError, match=esc("num_steps: expected at least 1, got: 0")):
+        sched.init(0, X)
+    with pytest.raises(ValueError, match=esc("num_steps: expected at least 1, got: -3")):
+        sched.init(-3, X)
+    # NumPy integers are integers
+    _, timesteps = sched.init(np.int64(4), X)
+    assert timesteps.shape[0] >= 4
+
+
+@pytest.mark.parametrize("cls", [ds.DDIM, ds.PNDM])
+def test_timesteps_offset_past_last_training_step(cls):
+    with pytest.raises(
+        ValueError,
+        match=esc(
+            "timesteps_offset=1 with 1000 steps gives timestep 1000, past the last training "
+            "timestep 999"
+        ),
+    ):
+        cls(timesteps_offset=1).init(1000, X)
+    message = "timesteps_offset=5 with 200 steps gives timestep 1000"
+    with pytest.raises(ValueError, match=esc(message)):
+        cls(timesteps_offset=5).init(200, X)
+    cls(timesteps_offset=4).init(200, X)
+    cls().init(1000, X)
+    with pytest.raises(ValueError, match=esc("timesteps_offset: expected at least 0, got: -1")):
+        cls(timesteps_offset=-1)
+
+
+# -- option values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize(
+    ("option", "value", "choices"),
+    [
+        ("beta_schedule", "sigmoid", "('linear', 'quadratic', 'squared_cosine')"),
+        ("beta_schedule", "scaled_linear", "('linear', 'quadratic', 'squared_cosine')"),
+        ("prediction_type", "epsilon", None),
+        ("alpha_clip_strategy", "zero", "('one', 'alpha_zero')"),
+        ("alpha_clip_strategy", True, "('one', 'alpha_zero')"),
+    ],
+)
+def test_unknown_option_values(cls, option, value, choices):
+    choices = choices or str(cls.PREDICTION_TYPES)
+    with pytest.raises(ValueError, match=esc(f"{option} must be one of {choices}, got: {value!r}")):
+        cls(**{option: value})
+
+
+@pytest.mark.parametrize("cls", [ds.DDIM, ds.PNDM])
+def test_unknown_timestep_spacing(cls):
+    with pytest.raises(
+        ValueError,
+        match=esc(
+            "timestep_spacing must be one of ('leading', 'linspace', 'trailing'), got: 'uniform'"
+        ),
+    ):
+        cls(timestep_spacing="uniform")
+
+
+def test_pndm_has_no_sample_prediction():
+    with pytest.raises(
+        ValueError,
+        match=esc("prediction_type must be one of ('noise', 'angular_velocity'), got: 'sample'"),
+    ):
+        ds.PNDM(prediction_type="sample")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (ds.DDIM, {"eta": -0.1}, "eta must be a number in [0.0, inf], got: -0.1"),
+        (
+            ds.DDIM,
+            {"clip_sample_range": 0},
+            "clip_sample_range must be a number in (0.0, inf], got: 0",
+        ),
+        (
+            ds.LCM,
+            {"dynamic_thresholding_ratio": 1.5},
+            "dynamic_thresholding_ratio must be a number in [0.0, 1.0], got: 1.5",
+        ),
+        (
+            ds.DDIM,
+            {"sample_max_value": 0.5},
+            "sample_max_value must be a number in [1.0, inf], got: 0.5",
+        ),
+        (
+            ds.LCM,
+            {"boundary_condition_timestep_scale": -1.0},
+            "boundary_condition_timestep_scale must be a number in [0.0, inf], got: -1.0",
+        ),
+        (ds.PNDM, {"num_train_steps": 0}, "num_train_steps: expected at least 1, got: 0"),
+    ],
+)
+def test_out_of_range_numbers(cls, kwargs, message):
+    with pytest.raises(ValueError, match=esc(message)):
+        cls(**kwargs)
+
+
+def test_non_integer_num_train_steps():
+    with pytest.raises(TypeError, match=esc("num_train_steps must be an integer, got: 1000.0")):
+        ds.DDIM(num_train_steps=1000.0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "option"),
+    [
+        (ds.DDIM, "foo"),
+        (ds.DDIM, "num_train_timesteps"),
+        (ds.DDIM, "clip_sample"),
+        (ds.PNDM, "clip_denoised_sample"),
+        (ds.PNDM, "eta"),
+        (ds.PNDM, "rescale_betas_zero_snr"),
+        (ds.PNDM, "thresholding"),
+        (ds.LCM, "eta"),
+        (ds.LCM, "timesteps_offset"),
+        (ds.LCM, "reduce_warmup"),
+    ],
+)
+def test_unknown_keyword_option(cls, option):
+    with pytest.raises(TypeError, match=esc(f"unexpected keyword argument '{option}'")):
+        cls(**{option: 1})
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError, match="positional argument"):
+        ds.DDIM(1000)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_trained_betas_of_wrong_length(cls):
+    with pytest.raises(
+        ValueError, match=esc("trained_betas must have num_train_steps=1000 entries, got: 10")
+    ):
+        cls(trained_betas=[0.01] * 10)
+    with pytest.raises(
+        ValueError, match=esc("trained_betas must have num_train_steps=20 entries, got: 1000")
+    ):
+        extra = {"num_original_steps": 10} if cls is ds.LCM else {}
+        cls(num_train_steps=20, trained_betas=[0.01] * 1000, **extra)
+
+
+@pytest.mark.parametrize("cls", [ds.DDIM, ds.LCM])
+def test_zero_snr_with_noise_prediction_fails_in_init(cls):
+    sched = cls(
+        rescale_betas_zero_snr=True, **({"timestep_spacing": "trailing"} if cls is ds.DDIM else {})
+    )
+    with pytest.raises(
+        ValueError, match=esc(f"{cls.__name__}: step 0 (timestep 999) has no finite update")
+    ) as info:
+        sched.init(10 if cls is ds.DDIM else 4, X)
+    assert "prediction_type='noise' cannot give x_0" in str(info.value)
+    assert "prediction_type='angular_velocity'" in str(info.value)
+    # where x_0 is recoverable it is fine: v and x_0 models, and a schedule missing t = 999
+    for prediction_type in ("angular_velocity", "sample"):
+        _, ts = sched.replace(prediction_type=prediction_type).init(4, X)
+        assert int(ts[0]) == 999
+    if cls is ds.DDIM:
+        _, ts = sched.replace(timestep_spacing="leading").init(10, X)
+        assert int(ts[0]) == 900
+
+
+# -- step inputs --------------------------------------------------------------------------
+
+
+def _loop_state(sched, x, n):
+    state, timesteps = sched.init(n, x)
+    y = x
+    for _ in timesteps:
+        state, y = sched.step(state, y, y)
+    return state, timesteps
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize(("cls", "n", "calls"), [(ds.DDIM, 3, 3), (ds.LCM, 2, 2), (ds.PNDM, 4, 13)])
+def test_stepping_past_the_end(cls, n, calls, backend):
+    x = {"numpy": X, "torch": XT, "jax": jnp.zeros((2, 4, 8, 8))}[backend]
+    sched = cls()
+    state, timesteps = _loop_state(sched, x, n)
+    assert timesteps.shape[0] == calls  # PNDM: the Runge-Kutta warm-up adds 9 model calls
+    with pytest.raises(
+        IndexError,
+        match=esc(
+            f"{cls.__name__}.step called after the last of its {calls} steps "
+            f"(step index {calls}); call init again"
+        ),
+    ):
+        sched.step(state, x, x)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_sample_and_prediction_shapes_must_match(cls):
+    state, _ = cls().init(4, X)
+    with pytest.raises(
+        ValueError,
+        match=esc("sample and prediction must have the same shape, got (2, 4, 8, 8) and (2, 4, 8)"),
+    ):
+        cls().step(state, X, X[..., 0])
+
+
+def test_pndm_sample_must_have_the_template_shape():
+    state, _ = ds.PNDM().init(4, X)
+    y = np.zeros((1, 4, 8, 8))
+    with pytest.raises(
+        ValueError, match=esc("sample shape (1, 4, 8, 8) differs from the template's (2, 4, 8, 8)")
+    ):
+        ds.PNDM().step(state, y, y)
+
+
+@pytest.mark.parametrize("sched", [ds.DDIM(eta=1.0), ds.DDIM(), ds.LCM()])
+def test_noise_of_wrong_shape(sched):
+    state, _ = sched.init(4, X)
+    with pytest.raises(
+        ValueError, match=esc("noise must have the sample's shape (2, 4, 8, 8), got (2, 4)")
+    ):
+        sched.step(state, X, X, noise=np.zeros((2, 4)))
+
+
+def test_thresholding_needs_a_batch_axis():
+    sched = ds.DDIM(thresholding=True)
+    state, _ = sched.init(4, np.zeros(3))
+    with pytest.raises(
+        ValueError,
+        match=esc("dynamic thresholding needs a batch axis and at least one more, got shape (3,)"),
+    ):
+        sched.step(state, np.zeros(3), np.zeros(3))
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize(
+    "template",
+    [
+        np.zeros(3, dtype=np.int64),
+        torch.zeros(3, dtype=torch.int32),
+        jnp.zeros(3, dtype=jnp.int32),
+        np.zeros(3, dtype=bool),
+    ],
+)
+def test_integer_sample_template(cls, template):
+    with pytest.raises(TypeError, match="expected a floating-point sample, got dtype"):
+        cls().init(4, template)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_non_array_sample_template(cls):
+    with pytest.raises(
+        TypeError,
+        match=esc("expected NumPy, PyTorch or JAX arrays (all of one library), got: list"),
+    ):
+        cls().init(4, [0.0, 1.0])
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_mixing_numpy_and_torch(cls):
+    sched = cls()
+    state, _ = sched.init(4, X)
+    with pytest.raises(
+        TypeError,
+        match=esc(
+            "expected NumPy, PyTorch or JAX arrays (all of one library), got: Tensor, ndarray"
+        ),
+    ):
+        sched.step(state, XT, X)
+    with pytest.raises(TypeError, match=esc("(all of one library), got: Tensor, ndarray")):
+        sched.step(state, X, XT)
+    # a state made for one library, arrays of another: an error too
+    with pytest.raises(TypeError):
+        sched.step(state, XT, XT)
+    torch_state, _ = sched.init(4, XT)
+    with pytest.raises(TypeError):
+        sched.step(torch_state, X, X)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_mixing_state_and_arrays_has_a_clear_message(cls):
+    state, _ = cls().init(4, X)
+    with pytest.raises(TypeError, match="init and step must use one array library"):
+        cls().step(state, XT, XT)
+
+
+@pytest.mark.parametrize("key", [True, "seed", 1.5, None])
+def test_bad_keys(key):
+    with pytest.raises(TypeError, match="expected an integer seed"):
+        ds.DDIM(eta=1.0).init(4, X, key=key)
+
+
+# -- configs are immutable and hashable ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_configs_are_frozen(cls):
+    sched = cls()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sched.num_train_steps = 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sched.prediction_type = "sample"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del sched.beta_start
+    assert sched.num_train_steps == 1000
+    changed = sched.replace(num_train_steps=500)
+    assert changed.num_train_steps == 500 and sched.num_train_steps == 1000
+    assert type(changed) is cls
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_configs_are_hashable_values(cls):
+    a, b = cls(beta_end=0.03), cls(beta_end=0.03)
+    assert a == b and a is not b and hash(a) == hash(b)
+    assert a != cls() and a != cls(beta_end=0.031)
+    table = {a: "a", cls(): "default"}
+    assert table[b] == "a" and table[cls()] == "default" and len(table) == 2
+    assert len({cls(), cls(), a, b}) == 2
+    # trained betas given as a list or an array are stored as a tuple: still hashable
+    betas = np.linspace(1e-4, 0.02, 1000)
+    from_list, from_array = cls(trained_betas=list(betas)), cls(trained_betas=betas)
+    assert isinstance(from_array.trained_betas, tuple)
+    assert from_list == from_array and hash(from_list) == hash(from_array)
+    assert {from_list: 1}[from_array] == 1
+
+
+def test_different_classes_are_not_equal():
+    assert ds.DDIM() != ds.PNDM() and ds.DDIM() != ds.LCM()
+    assert ds.DDIM(alpha_clip_strategy="alpha_zero") != ds.PNDM(alpha_clip_strategy="alpha_zero")
