@@ -17,6 +17,7 @@ from .config import SCHEDULERS, from_config
 from .ddim import DDIM, DDIMState
 from .lcm import LCM, LCMState
 from .pndm import PNDM, PNDMState
+from .sampling import sample
 
 __all__ = [
     "DDIM",
@@ -28,5 +29,6 @@ __all__ = [
     "PNDMState",
     "Scheduler",
     "from_config",
+    "sample",
 ]
 __version__ = "0.1.0"

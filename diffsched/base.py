@@ -292,6 +292,18 @@ class Scheduler:
     def final_alpha_cumprod(self) -> float:
         return schedules.final_alpha_cumprod(self.alphas_cumprod, self.alpha_clip_strategy)
 
+    # -- what a loop starts from and ends at ----------------------------------------------
+
+    deterministic: ClassVar[bool] = True  # whether step draws noise (DDIM: eta > 0)
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        """(ᾱ at the first model call, ᾱ of the final sample) of an N-step loop.
+
+        The final sample of a deterministic scheduler approximates the probability-flow ODE
+        solution from the first level to the last; see :mod:`diffsched.reference`.
+        """
+        raise NotImplementedError
+
     # -- diffusers configs ---------------------------------------------------------------
 
     def to_config(self) -> dict[str, Any]:

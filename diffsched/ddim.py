@@ -70,6 +70,17 @@ class DDIM(DenoisedSampleOptions, Scheduler):
         check_choice("timestep_spacing", self.timestep_spacing, schedules.TIMESTEP_SPACINGS)
         check_range("eta", self.eta, 0.0, float("inf"))
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return self.eta == 0
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        del init_options
+        ts = self.timesteps(num_steps)
+        last = ts[-1:] - self.num_train_steps // num_steps
+        end = schedules.alpha_bar_at(self.alphas_cumprod, last, self.final_alpha_cumprod)
+        return float(self.alphas_cumprod[ts[0]]), float(end[0])
+
     def _step_time_options(self) -> dict[str, Any]:
         return {"eta": float(self.eta), "rederive_noise": bool(self.rederive_noise)}
 

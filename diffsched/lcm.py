@@ -92,6 +92,11 @@ class LCM(DenoisedSampleOptions, Scheduler):
             float("inf"),
         )
 
+    deterministic = False  # noise is injected between steps
+
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
+        return float(self.alphas_cumprod[self.timesteps(num_steps, strength)[0]]), 1.0
+
     def timesteps(self, num_steps: int, strength: float = 1.0) -> np.ndarray:
         """The N timesteps, descending: N evenly taken of the original schedule's last
         floor(num_original_steps · strength) points (image-to-image uses strength < 1)."""

@@ -147,6 +147,14 @@ class PNDM(Scheduler):
             list(ts[3:]), delta, reduced=False, history=[0, 4, 8]
         )
 
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        del init_options
+        calls = self.plan(num_steps)
+        acp, last = self.alphas_cumprod, calls[-1].t_to
+        return float(acp[calls[0].timestep]), float(
+            acp[last] if last >= 0 else self.final_alpha_cumprod
+        )
+
     def coefficient_table(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, table): each call's coefficient for every state slot, float64."""
         calls = self.plan(num_steps)

@@ -13,46 +13,9 @@ import importlib
 
 import torch
 
-MODULES = {
-    "DDIMScheduler": "diffusers.schedulers.scheduling_ddim",
-    "PNDMScheduler": "diffusers.schedulers.scheduling_pndm",
-    "LCMScheduler": "diffusers.schedulers.scheduling_lcm",
-}
+from diffsched._diffusers import MODULES, _double_tables, module_of, scheduler
 
-
-class _Float64Torch:
-    """``torch``, except that ``float32`` means ``float64``."""
-
-    float32 = torch.float64
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-@contextlib.contextmanager
-def _double_tables(module):
-    original = module.torch
-    module.torch = _Float64Torch()
-    try:
-        yield
-    finally:
-        module.torch = original
-
-
-def scheduler(config: dict, *, float64: bool = True):
-    """A diffusers scheduler from a config dict holding ``_class_name``."""
-    name = config["_class_name"]
-    module = importlib.import_module(MODULES[name])
-    cls = getattr(module, name)
-    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
-    if not float64:
-        return cls(**kwargs)
-    with _double_tables(module):
-        return cls(**kwargs)
-
-
-def module_of(config: dict):
-    return importlib.import_module(MODULES[config["_class_name"]])
+__all__ = ["MODULES", "module_of", "scheduler"]
 
 
 # ----------------------------------------------------------------------------------------

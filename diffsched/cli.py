@@ -1,0 +1,440 @@
+"""The ``diffsched`` command: sample from an exact model and see the true error.
+
+* ``diffsched sample``: run one scheduler on an embedded exact model (the optimal
+  denoiser of scikit-learn's digits, or a Gaussian mixture), write the samples as a PNG,
+  and print the model calls, the wall time and the error against the exact
+  probability-flow ODE solution from the same noise.
+* ``diffsched bench``: that error for several schedulers and step counts, as a markdown
+  table and a log-log plot; ``--against diffusers`` runs the same configs through diffusers.
+* ``diffsched list``: the schedulers and their options, with defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import models, reference
+from .base import Scheduler
+from .config import from_config
+from .ddim import DDIM
+from .lcm import LCM
+from .pndm import PNDM
+from .sampling import sample
+
+SCHEDULERS: dict[str, type[Scheduler]] = {"ddim": DDIM, "pndm": PNDM, "lcm": LCM}
+BACKENDS = ("numpy", "torch", "jax")
+DEFAULT_BENCH = ("ddim", "pndm", "pndm:reduce_warmup=true")
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed without a traceback, exit status 2."""
+
+
+# -- building schedulers from the command line --------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """``true``/``false``, a number, a JSON list, or else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected an option as key=value, got: {pair!r}")
+        options[key.strip()] = parse_value(value)
+    return options
+
+
+def build_scheduler(
+    name: str | None, options: dict[str, Any], config: str | None = None
+) -> Scheduler:
+    """A scheduler by name (or from a diffusers config file), with options overriding."""
+    if config is not None:
+        if name is not None:
+            raise UsageError("give a scheduler name or --config, not both")
+        return from_config(config, **options)
+    name = (name or "ddim").lower()
+    if name not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    cls = SCHEDULERS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UsageError(
+            f"{cls.__name__} has no option(s) {unknown}; see `diffsched list` for its options"
+        )
+    return cls(**options)
+
+
+def parse_spec(spec: str) -> tuple[str, Scheduler]:
+    """``name[:key=value,key=value]``, e.g. ``pndm:reduce_warmup=true``."""
+    name, _, rest = spec.partition(":")
+    options = parse_options([p for p in rest.split(",") if p]) if rest else {}
+    return spec, build_scheduler(name, options)
+
+
+# -- one run: our loop, the exact reference, the error --------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A sampling run on an exact model, and its error against the exact solution."""
+
+    samples: np.ndarray  # float64, on the host
+    noise: np.ndarray
+    model_calls: int
+    seconds: float
+    exact: np.ndarray | None  # None where no exact solution applies
+    note: str = ""
+
+    @property
+    def error(self) -> float | None:
+        """Relative RMS error ||x - x*|| / ||x*|| over the whole batch."""
+        if self.exact is None:
+            return None
+        return float(np.linalg.norm(self.samples - self.exact) / np.linalg.norm(self.exact))
+
+
+def model_kwargs(model_name: str) -> dict[str, Any]:
+    return {} if model_name == "digits" else {"n_components": 8, "dim": 2, "seed": 0}
+
+
+def make_noise(model_name: str, num_samples: int, seed: int) -> np.ndarray:
+    shape = models.sample_shape(model_name, num_samples, **model_kwargs(model_name))
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def to_backend(x: np.ndarray, backend: str, dtype: str):
+    if backend == "numpy":
+        return x.astype(dtype)
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(x).to(getattr(torch, dtype))
+    if backend == "jax":
+        import jax
+
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        return jax.numpy.asarray(x, dtype=dtype)
+    raise UsageError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def exact_solution(
+    scheduler: Scheduler, model, noise: np.ndarray, num_steps: int, **init_options: Any
+) -> tuple[np.ndarray | None, str]:
+    """The probability-flow ODE solution from the scheduler's first to last noise level."""
+    if not scheduler.deterministic:
+        return None, "stochastic sampler: it does not follow the probability-flow ODE"
+    start, end = scheduler.noise_levels(num_steps, **init_options)
+    if not 0.0 < start < 1.0:
+        return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 < ᾱ < 1"
+    return reference.solve_pf_ode(model.denoiser, noise, start, end), ""
+
+
+def run(
+    scheduler: Scheduler,
+    model_name: str,
+    num_steps: int,
+    noise: np.ndarray,
+    *,
+    backend: str = "numpy",
+    dtype: str = "float64",
+    seed: int = 0,
+    compile: bool = False,
+    progress: bool = False,
+    with_exact: bool = True,
+) -> Run:
+    model = models.make_model(
+        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
+        **model_kwargs(model_name),
+    )  # fmt: skip
+    x = to_backend(noise, backend, dtype)
+    _, timesteps = scheduler.init(num_steps, x, seed)
+    t0 = time.perf_counter()
+    out = sample(model, scheduler, x, num_steps, seed, progress=progress, compile=compile)
+    out = np.asarray(_host(out), dtype=np.float64)
+    seconds = time.perf_counter() - t0
+    exact, note = exact_solution(scheduler, model, noise, num_steps) if with_exact else (None, "")
+    return Run(out, noise, int(timesteps.shape[0]), seconds, exact, note)
+
+
+def _host(x):
+    if hasattr(x, "block_until_ready"):
+        x.block_until_ready()
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().double().numpy()
+    return x
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_samples(path: Path, model_name: str, samples: np.ndarray, exact, title: str) -> None:
+    """Digits as an image grid; Gaussian-mixture samples as a scatter of the first two
+    coordinates, over draws from the mixture, with the exact solutions marked."""
+    plt = _pyplot()
+    if model_name == "digits":
+        n = samples.shape[0]
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        grid = np.full((rows * 9 + 1, cols * 9 + 1), -1.0)  # white gaps between digits
+        for i, img in enumerate(samples.reshape(n, 8, 8)):
+            r, c = divmod(i, cols)
+            grid[1 + 9 * r : 9 * r + 9, 1 + 9 * c : 9 * c + 9] = img
+        fig, ax = plt.subplots(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.8))
+        ax.imshow(-grid, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+    else:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        mixture = models.make_denoiser("gmm", **model_kwargs("gmm"))
+        data = mixture.sample(2000, np.random.default_rng(123))
+        ax.scatter(data[:, 0], data[:, 1], s=3, c="0.8", label="data")
+        if exact is not None:
+            ax.scatter(exact[:, 0], exact[:, 1], s=40, facecolors="none", edgecolors="C3",
+                       label="exact ODE solution")  # fmt: skip
+        ax.scatter(samples[:, 0], samples[:, 1], s=8, c="C0", label="samples")
+        ax.legend(loc="upper right", fontsize=8)
+        ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def matplotlib_ticker():
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
+def plot_bench(path: Path, rows: list[dict]) -> None:
+    """Error against model calls, log-log, one panel per model, one line per scheduler."""
+    plt = _pyplot()
+    model_names = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(model_names), figsize=(5 * len(model_names), 4), squeeze=False)
+    for ax, model_name in zip(axes[0], model_names, strict=True):
+        for label in dict.fromkeys(r["scheduler"] for r in rows):
+            pts = [r for r in rows if r["model"] == model_name and r["scheduler"] == label]
+            pts = [r for r in pts if r["error"] is not None]
+            if pts:
+                ax.loglog([r["calls"] for r in pts], [r["error"] for r in pts], "o-", label=label)
+            peer = [r for r in pts if r.get("diffusers_error") is not None]
+            if peer:
+                ax.loglog([r["calls"] for r in peer], [r["diffusers_error"] for r in peer], "kx",
+                          ms=7, label=f"{label} (diffusers)")  # fmt: skip
+        calls = sorted({r["calls"] for r in rows if r["model"] == model_name})
+        ax.set_xticks(calls, [str(c) for c in calls], minor=False)
+        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+        ax.set_xlabel("model calls")
+        ax.set_ylabel("relative RMS error vs exact ODE solution")
+        ax.set_title(model_name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    options = parse_options(args.option)
+    if args.model == "gmm" and args.config is None:
+        # the mixture's data reach about ±3: clipping x̂_0 to [-1, 1] would distort it
+        fields = {f.name for f in dataclasses.fields(SCHEDULERS[(args.scheduler or "ddim")])}
+        if "clip_denoised_sample" in fields and "clip_denoised_sample" not in options:
+            options["clip_denoised_sample"] = False
+            print("note: gmm data exceed [-1, 1], so clip_denoised_sample=False")
+    scheduler = build_scheduler(args.scheduler, options, args.config)
+    noise = make_noise(args.model, args.num_samples, args.seed)
+    result = run(
+        scheduler, args.model, args.steps, noise, backend=args.backend, dtype=args.dtype,
+        seed=args.seed, compile=args.compile, progress=not args.no_progress,
+    )  # fmt: skip
+    title = (f"{type(scheduler).__name__}, {args.steps} steps ({result.model_calls} model "
+             f"calls), {args.model}")  # fmt: skip
+    print(f"{title}, {args.num_samples} samples, {args.backend} {args.dtype}")
+    print(f"model calls: {result.model_calls}")
+    print(f"wall time: {result.seconds:.3f} s")
+    if result.error is None:
+        print(f"error vs exact solution: n/a ({result.note})")
+    else:
+        print(f"relative RMS error vs exact ODE solution: {result.error:.3e}")
+        title += f", error {result.error:.2e}"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_samples(out, args.model, result.samples, result.exact, title)
+    print(f"wrote {out}")
+    return 0
+
+
+def bench_rows(
+    specs: Sequence[str],
+    steps: Sequence[int],
+    model_names: Sequence[str],
+    num_samples: int,
+    seed: int,
+    against: str | None = None,
+) -> list[dict]:
+    """One row per (model, scheduler, steps): model calls and errors (ours, diffusers')."""
+    rows = []
+    for model_name in model_names:
+        noise = make_noise(model_name, num_samples, seed)
+        for spec in specs:
+            label, scheduler = parse_spec(spec)
+            if model_name == "gmm" and getattr(scheduler, "clip_denoised_sample", False):
+                scheduler = scheduler.replace(clip_denoised_sample=False)  # data exceed ±1
+            for n in steps:
+                result = run(scheduler, model_name, n, noise, seed=seed)
+                row = {"model": model_name, "scheduler": label, "steps": n,
+                       "calls": result.model_calls, "error": result.error,
+                       "note": result.note}  # fmt: skip
+                if against == "diffusers" and isinstance(scheduler, DDIM | PNDM):
+                    row["diffusers_error"] = diffusers_error(scheduler, model_name, n, result)
+                rows.append(row)
+    return rows
+
+
+def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours: Run) -> float:
+    """The same config, noise and model run through diffusers (float64 tables): its error."""
+    import torch
+
+    from . import _diffusers
+
+    model = models.make_model(
+        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
+        **model_kwargs(model_name),
+    )  # fmt: skip
+    out = _diffusers.sample(scheduler.to_config(), model, torch.from_numpy(ours.noise), num_steps)
+    out = out.double().numpy()
+    return float(np.linalg.norm(out - ours.exact) / np.linalg.norm(ours.exact))
+
+
+def format_table(rows: list[dict]) -> str:
+    with_peer = any("diffusers_error" in r for r in rows)
+    head = "| model | scheduler | steps | model calls | rel. RMS error |"
+    rule = "|---|---|---:|---:|---:|"
+    if with_peer:
+        head += " diffusers | ours/diffusers - 1 |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for r in rows:
+        err = "n/a" if r["error"] is None else f"{r['error']:.3e}"
+        line = f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['calls']} | {err} |"
+        if with_peer:
+            peer = r.get("diffusers_error")
+            if peer is None or r["error"] is None:
+                line += " n/a | n/a |"
+            else:
+                line += f" {peer:.3e} | {r['error'] / peer - 1:+.1e} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.against is not None:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError as err:
+            raise UsageError("--against diffusers needs diffusers installed") from err
+    rows = bench_rows(args.schedulers, args.steps, args.model, args.num_samples, args.seed,
+                      args.against)  # fmt: skip
+    table = format_table(rows)
+    print(table)
+    notes = sorted({f"{r['scheduler']}: {r['note']}" for r in rows if r["note"]})
+    for note in notes:
+        print(f"n/a: {note}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_bench(out, rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    del args
+    for name, cls in SCHEDULERS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}: {cls.__name__} — {doc}")
+        for field in dataclasses.fields(cls):
+            print(f"    {field.name} = {field.default!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffsched", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="sample from an exact model and measure the error")
+    p.add_argument("scheduler", nargs="?", help=f"one of {', '.join(SCHEDULERS)} (default ddim)")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scheduler option, e.g. -o eta=0.5 (repeatable)")  # fmt: skip
+    p.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
+    p.add_argument("--steps", type=int, default=20, help="number of steps (default 20)")
+    p.add_argument("--model", choices=models.MODEL_NAMES, default="digits")
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="numpy")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--compile", action="store_true", help="JAX: jit-compile the whole loop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", default="diffsched_samples.png", help="PNG file to write")
+    p.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="error against exact solutions over schedulers and steps")
+    b.add_argument("--schedulers", nargs="+", default=list(DEFAULT_BENCH),
+                   help="name[:key=value,...] specs (default: %(default)s)")  # fmt: skip
+    b.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50])
+    b.add_argument("--model", nargs="+", choices=models.MODEL_NAMES, default=["digits", "gmm"])
+    b.add_argument("--num-samples", type=int, default=32)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--against", choices=("diffusers",), help="also run diffusers' schedulers")
+    b.add_argument("--out", default="diffsched_bench.png", help="PNG plot to write")
+    b.set_defaults(func=cmd_bench)
+
+    sub.add_parser("list", help="schedulers and their options").set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"diffsched {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

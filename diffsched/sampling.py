@@ -1,0 +1,87 @@
+"""The sampling loop of the seed's system: ``init``, then one model call and one ``step``
+per timestep."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from . import _ops
+from .base import Array, Scheduler
+
+Model = Callable[[Array, Array], Array]
+Callback = Callable[[int, Array, Array], None]
+
+
+def sample(
+    model: Model,
+    scheduler: Scheduler,
+    noise: Array,
+    num_steps: int,
+    key: Any = 0,
+    *,
+    progress: bool = False,
+    callback: Callback | None = None,
+    compile: bool = False,
+    **init_options: Any,
+) -> Array:
+    """Run a scheduler's loop from ``noise`` and return the final sample.
+
+    Args:
+        model: ``model(sample, timestep) -> prediction``, in the scheduler's
+            ``prediction_type``. Called on the sample exactly as the scheduler holds it.
+        scheduler: any diffsched scheduler.
+        noise: the starting sample (standard normal noise, or an image noised to the first
+            timestep for LCM with ``strength`` < 1); sets backend, dtype and device.
+        num_steps: the number of steps N (PNDM's warm-up adds model calls: the timesteps
+            ``init`` returns are the calls).
+        key: integer seed or JAX PRNG key for stochastic schedulers.
+        progress: show a tqdm progress bar (needs ``tqdm``; eager loops only).
+        callback: ``callback(i, timestep, sample)`` after each step (eager loops only).
+        compile: JAX arrays only: run the whole loop as one ``jax.jit``-compiled
+            ``jax.lax.fori_loop``, the state as the carry.
+        **init_options: passed to ``init`` (LCM's ``strength``).
+    """
+    state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
+    if compile:
+        if not _ops.is_jax(_ops.namespace(noise)):
+            raise ValueError(
+                f"compile=True compiles the loop with jax.jit and needs JAX arrays, "
+                f"got {type(noise).__name__}"
+            )
+        if callback is not None or progress:
+            raise ValueError("callback and progress run Python per step: not with compile=True")
+        return _compiled_loop(model, scheduler, state, timesteps, noise)
+    steps = timesteps
+    if progress:
+        steps = _progress_bar(timesteps, type(scheduler).__name__)
+    x = noise
+    for i, t in enumerate(steps):
+        state, x = scheduler.step(state, x, model(x, t))
+        if callback is not None:
+            callback(i, t, x)
+    return x
+
+
+def _compiled_loop(model: Model, scheduler: Scheduler, state, timesteps, noise):
+    import jax
+
+    def body(i, carry):
+        state, x = carry
+        return scheduler.step(state, x, model(x, timesteps[i]))
+
+    @jax.jit
+    def loop(state, x):
+        return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, x))[1]
+
+    return loop(state, noise)
+
+
+def _progress_bar(timesteps, name: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn("progress=True needs tqdm (pip install tqdm); no bar shown", stacklevel=3)
+        return timesteps
+    return tqdm(timesteps, desc=name, total=len(timesteps), leave=False)
