@@ -91,6 +91,43 @@ DENOISED_SAMPLE_OPTIONS = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpacingOptions:
+    """Which training timesteps an N-step loop visits (DDIM, PNDM).
+
+    Attributes:
+        timesteps_offset: added to every timestep of the ``leading`` spacing (diffusers'
+            ``steps_offset``; Stable Diffusion uses 1).
+        timestep_spacing: ``"leading"``, ``"linspace"`` or ``"trailing"``; see
+            :func:`diffsched.schedules.spaced_timesteps`.
+    """
+
+    timesteps_offset: int = 0
+    timestep_spacing: str = "leading"
+
+    def _check_spacing_options(self) -> None:
+        check_int("timesteps_offset", self.timesteps_offset, 0)
+        check_choice("timestep_spacing", self.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+
+    def timesteps(self, num_steps: int) -> np.ndarray:
+        """The N training timesteps of an N-step loop, descending."""
+        check_int("num_steps", num_steps, 1)
+        num_train_steps = self.num_train_steps  # type: ignore[attr-defined]
+        if num_steps > num_train_steps:
+            raise ValueError(
+                f"num_steps must be at most num_train_steps={num_train_steps}, got: {num_steps}"
+            )
+        ts = schedules.spaced_timesteps(
+            self.timestep_spacing, num_train_steps, num_steps, self.timesteps_offset
+        )
+        if ts.max() >= num_train_steps:
+            raise ValueError(
+                f"timesteps_offset={self.timesteps_offset} with {num_steps} steps gives "
+                f"timestep {int(ts.max())}, past the last training timestep {num_train_steps - 1}"
+            )
+        return ts
+
+
 class X0Row(NamedTuple):
     """One step's coefficients for schedulers that form the predicted x_0 (DDIM, LCM)."""
 
@@ -154,6 +191,25 @@ class DenoisedSampleOptions:
         return bool(self.thresholding or self.clip_denoised_sample)
 
     def _x0_step(
+        self,
+        state: Any,
+        sample: Array,
+        prediction: Array,
+        noise: Array | None,
+        *,
+        stochastic: bool,
+        sample_term: bool,
+        prediction_term: bool,
+    ) -> tuple[Any, Array]:
+        """The whole step of a scheduler whose state is (step, table, key) and whose table
+        rows are :class:`X0Row`: returns (next state, x_prev in the sample's dtype)."""
+        _, s, p, noise, row = self._begin_step(state, sample, prediction, noise)  # type: ignore[attr-defined]
+        noise = self._draw_noise(state, s, noise) if stochastic else None  # type: ignore[attr-defined]
+        prev = self._x0_update(X0Row(*row), s, p, noise, sample_term=sample_term,
+                               prediction_term=prediction_term)  # fmt: skip
+        return state._replace(step=state.step + 1), self._finish(sample, prev)  # type: ignore[attr-defined]
+
+    def _x0_update(
         self,
         row: X0Row,
         sample: Array,

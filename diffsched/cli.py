@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -58,9 +59,9 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"expected an option as key=value, got: {pair!r}")
-        options[key.strip()] = parse_value(value)
+        options[key.strip()] = parse_value(value.strip())
     return options
 
 
@@ -85,11 +86,28 @@ def build_scheduler(
     return cls(**options)
 
 
-def parse_spec(spec: str) -> tuple[str, Scheduler]:
-    """``name[:key=value,key=value]``, e.g. ``pndm:reduce_warmup=true``."""
+def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
+    """``name[:key=value,key=value]``, e.g. ``pndm:reduce_warmup=true``: (label, scheduler,
+    the options given). Commas inside brackets belong to a list value."""
     name, _, rest = spec.partition(":")
-    options = parse_options([p for p in rest.split(",") if p]) if rest else {}
-    return spec, build_scheduler(name, options)
+    pairs = [p for p in re.split(r",(?![^\[]*\])", rest) if p.strip()]
+    options = parse_options(pairs)
+    return spec, build_scheduler(name, options), options
+
+
+def adapt_to_model(
+    scheduler: Scheduler, model_name: str, options: dict[str, Any]
+) -> tuple[Scheduler, str]:
+    """The mixture's data reach about ±3, so clipping x̂_0 to [-1, 1] would distort them:
+    for ``gmm``, clipping is turned off unless the options set it. Returns the note to show."""
+    if (
+        model_name == "gmm"
+        and getattr(scheduler, "clip_denoised_sample", False)
+        and "clip_denoised_sample" not in options
+    ):
+        note = "note: gmm data exceed [-1, 1], so clip_denoised_sample=False"
+        return scheduler.replace(clip_denoised_sample=False), note
+    return scheduler, ""
 
 
 # -- one run: our loop, the exact reference, the error --------------------------------------
@@ -269,13 +287,11 @@ def plot_bench(path: Path, rows: list[dict]) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
-    if args.model == "gmm" and args.config is None:
-        # the mixture's data reach about ±3: clipping x̂_0 to [-1, 1] would distort it
-        fields = {f.name for f in dataclasses.fields(SCHEDULERS[(args.scheduler or "ddim")])}
-        if "clip_denoised_sample" in fields and "clip_denoised_sample" not in options:
-            options["clip_denoised_sample"] = False
-            print("note: gmm data exceed [-1, 1], so clip_denoised_sample=False")
     scheduler = build_scheduler(args.scheduler, options, args.config)
+    if args.config is None:  # a model's config is taken as it is
+        scheduler, note = adapt_to_model(scheduler, args.model, options)
+        if note:
+            print(note)
     noise = make_noise(args.model, args.num_samples, args.seed)
     result = run(
         scheduler, args.model, args.steps, noise, backend=args.backend, dtype=args.dtype,
@@ -311,9 +327,8 @@ def bench_rows(
     for model_name in model_names:
         noise = make_noise(model_name, num_samples, seed)
         for spec in specs:
-            label, scheduler = parse_spec(spec)
-            if model_name == "gmm" and getattr(scheduler, "clip_denoised_sample", False):
-                scheduler = scheduler.replace(clip_denoised_sample=False)  # data exceed ±1
+            label, scheduler, options = parse_spec(spec)
+            scheduler, _ = adapt_to_model(scheduler, model_name, options)
             for n in steps:
                 result = run(scheduler, model_name, n, noise, seed=seed)
                 row = {"model": model_name, "scheduler": label, "steps": n,

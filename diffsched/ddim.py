@@ -25,9 +25,7 @@ from .base import (
     Array,
     DenoisedSampleOptions,
     Scheduler,
-    X0Row,
-    check_choice,
-    check_int,
+    SpacingOptions,
     check_range,
     x0_table,
 )
@@ -40,15 +38,12 @@ class DDIMState(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DDIM(DenoisedSampleOptions, Scheduler):
+class DDIM(DenoisedSampleOptions, SpacingOptions, Scheduler):
     """Denoising diffusion implicit models (Song et al. 2020).
 
-    Attributes (besides the noise schedule of :class:`~diffsched.base.Scheduler` and the
-    x_0 handling of :class:`~diffsched.base.DenoisedSampleOptions`):
-        timesteps_offset: added to every timestep of the ``leading`` spacing (diffusers'
-            ``steps_offset``; Stable Diffusion uses 1).
-        timestep_spacing: ``"leading"``, ``"linspace"`` or ``"trailing"``; see
-            :func:`diffsched.schedules.spaced_timesteps`.
+    Attributes (besides the noise schedule of :class:`~diffsched.base.Scheduler`, the
+    x_0 handling of :class:`~diffsched.base.DenoisedSampleOptions` and the timestep spacing
+    of :class:`~diffsched.base.SpacingOptions`):
         rederive_noise: after clipping x̂_0, re-derive ε̂ from it, as GLIDE does
             (diffusers' ``use_clipped_model_output``).
         eta: weight η of the fresh noise (eq. 16); 0 is deterministic. The noise comes
@@ -58,16 +53,13 @@ class DDIM(DenoisedSampleOptions, Scheduler):
     DIFFUSERS_CLASS = "DDIMScheduler"
     OPTIONS = NOISE_SCHEDULE_OPTIONS + SPACING_OPTIONS + DENOISED_SAMPLE_OPTIONS
 
-    timesteps_offset: int = 0
-    timestep_spacing: str = "leading"
     rederive_noise: bool = False
     eta: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_denoised_sample_options()
-        check_int("timesteps_offset", self.timesteps_offset, 0)
-        check_choice("timestep_spacing", self.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+        self._check_spacing_options()
         check_range("eta", self.eta, 0.0, float("inf"))
 
     @property
@@ -83,25 +75,6 @@ class DDIM(DenoisedSampleOptions, Scheduler):
 
     def _step_time_options(self) -> dict[str, Any]:
         return {"eta": float(self.eta), "rederive_noise": bool(self.rederive_noise)}
-
-    def timesteps(self, num_steps: int) -> np.ndarray:
-        """The N training timesteps the model is called at, descending."""
-        check_int("num_steps", num_steps, 1)
-        if num_steps > self.num_train_steps:
-            raise ValueError(
-                f"num_steps must be at most num_train_steps={self.num_train_steps}, "
-                f"got: {num_steps}"
-            )
-        ts = schedules.spaced_timesteps(
-            self.timestep_spacing, self.num_train_steps, num_steps, self.timesteps_offset
-        )
-        if ts.max() >= self.num_train_steps:
-            raise ValueError(
-                f"timesteps_offset={self.timesteps_offset} with {num_steps} steps gives "
-                f"timestep {int(ts.max())}, past the last training timestep "
-                f"{self.num_train_steps - 1}"
-            )
-        return ts
 
     def coefficient_table(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, table): every per-step coefficient of eq. 12 and 16, float64."""
@@ -137,17 +110,11 @@ class DDIM(DenoisedSampleOptions, Scheduler):
         self, state: DDIMState, sample: Array, prediction: Array, *, noise: Array | None = None
     ) -> tuple[DDIMState, Array]:
         """One DDIM step from x_t to x_{t-1}; ``noise`` overrides the draw when eta > 0."""
-        _, s, p, noise, row = self._begin_step(state, sample, prediction, noise)
         rederive = self.rederive_noise and self._processes_x0
-        prev = self._x0_step(
-            X0Row(*row),
-            s,
-            p,
-            self._draw_noise(state, s, noise) if self.eta > 0 else None,
+        return self._x0_step(
+            state, sample, prediction, noise, stochastic=self.eta > 0,
             # ε̂ re-derived from x̂_0 needs x_t; ε̂ from the prediction needs x_t unless ε
             # is what the model predicts (Song et al. 2020, eq. 12)
             sample_term=rederive or predictions.uses_sample(self.prediction_type, "noise"),
             prediction_term=not rederive,
-        )
-        state = DDIMState(state.step + 1, state.table, state.key)
-        return state, self._finish(sample, prev)
+        )  # fmt: skip

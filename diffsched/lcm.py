@@ -31,7 +31,6 @@ from .base import (
     DenoisedSampleOptions,
     Option,
     Scheduler,
-    X0Row,
     check_int,
     check_range,
     x0_table,
@@ -154,14 +153,7 @@ class LCM(DenoisedSampleOptions, Scheduler):
         self, state: LCMState, sample: Array, prediction: Array, *, noise: Array | None = None
     ) -> tuple[LCMState, Array]:
         """One consistency step; ``noise`` overrides the injected noise draw."""
-        _, s, p, noise, row = self._begin_step(state, sample, prediction, noise)
-        prev = self._x0_step(
-            X0Row(*row),
-            s,
-            p,
-            self._draw_noise(state, s, noise),
-            sample_term=True,
-            prediction_term=False,
-        )
-        state = LCMState(state.step + 1, state.table, state.key)
-        return state, self._finish(sample, prev)
+        return self._x0_step(
+            state, sample, prediction, noise, stochastic=True,
+            sample_term=True, prediction_term=False,
+        )  # fmt: skip

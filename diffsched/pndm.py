@@ -31,14 +31,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _ops, schedules
+from . import _ops
 from .base import (
     NOISE_SCHEDULE_OPTIONS,
     SPACING_OPTIONS,
     Array,
     Option,
     Scheduler,
-    check_choice,
+    SpacingOptions,
     check_int,
 )
 
@@ -74,14 +74,13 @@ class Call(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PNDM(Scheduler):
+class PNDM(SpacingOptions, Scheduler):
     """Pseudo numerical methods for diffusion models (Liu et al. 2022).
 
     Attributes (besides the noise schedule of :class:`~diffsched.base.Scheduler`, whose
     ``alpha_clip_strategy`` defaults to ``"alpha_zero"`` here, and whose
-    ``prediction_type`` is ``"noise"`` or ``"angular_velocity"``):
-        timesteps_offset: added to every timestep of the ``leading`` spacing.
-        timestep_spacing: ``"leading"``, ``"linspace"`` or ``"trailing"``.
+    ``prediction_type`` is ``"noise"`` or ``"angular_velocity"``, and the timestep spacing
+    of :class:`~diffsched.base.SpacingOptions`):
         reduce_warmup: replace the Runge-Kutta warm-up (N + 9 model calls for N steps)
             by lower-order multistep steps (N + 1 calls); diffusers' ``skip_prk_steps``.
     """
@@ -95,14 +94,11 @@ class PNDM(Scheduler):
     PREDICTION_TYPES = ("noise", "angular_velocity")
 
     alpha_clip_strategy: str = "alpha_zero"
-    timesteps_offset: int = 0
-    timestep_spacing: str = "leading"
     reduce_warmup: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("timesteps_offset", self.timesteps_offset, 0)
-        check_choice("timestep_spacing", self.timestep_spacing, schedules.TIMESTEP_SPACINGS)
+        self._check_spacing_options()
 
     @property
     def _refill(self) -> int:
@@ -125,20 +121,7 @@ class PNDM(Scheduler):
             raise ValueError(
                 f"PNDM with {warmup} expected at least {minimum} steps, got: {num_steps}"
             )
-        if num_steps > self.num_train_steps:
-            raise ValueError(
-                f"num_steps must be at most num_train_steps={self.num_train_steps}, "
-                f"got: {num_steps}"
-            )
-        ts = schedules.spaced_timesteps(
-            self.timestep_spacing, self.num_train_steps, num_steps, self.timesteps_offset
-        )
-        if ts.max() >= self.num_train_steps:
-            raise ValueError(
-                f"timesteps_offset={self.timesteps_offset} with {num_steps} steps gives "
-                f"timestep {int(ts.max())}, past the last training timestep "
-                f"{self.num_train_steps - 1}"
-            )
+        ts = self.timesteps(num_steps)
         delta = self.num_train_steps // num_steps
         if self.reduce_warmup:
             return _multistep_calls([ts[0], ts[1], *ts[1:]], delta, reduced=True)

@@ -1,0 +1,448 @@
+"""The ``diffsched`` command: ``sample``, ``bench`` and ``list``, in process and as a console
+script; its printed errors are checked against our own runs of the loop and the reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import diffsched as ds
+from diffsched import cli, models, reference
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ERROR_LINE = re.compile(r"^relative RMS error vs exact ODE solution: (\S+)$", re.MULTILINE)
+SPECS = ["ddim", "pndm", "pndm:reduce_warmup=true"]
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of ``diffsched argv`` run in process."""
+    capsys.readouterr()
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def printed_error(out: str) -> str:
+    found = ERROR_LINE.findall(out)
+    assert len(found) == 1, out
+    return found[0]
+
+
+def check_png(path: Path, min_side: int = 100) -> np.ndarray:
+    """A real PNG of sensible size with something drawn in it; returns the pixels."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    height, width = pixels.shape[:2]
+    assert min_side <= height <= 2000 and min_side <= width <= 2000, pixels.shape
+    assert np.ptp(pixels[..., :3]) > 0.5  # not a blank image
+    return pixels
+
+
+def exact_error(sched, model_name: str, num_steps: int, num_samples: int, seed: int = 0):
+    """Our own run of the config: ds.sample and the reference ODE solution, relative error."""
+    kwargs = cli.model_kwargs(model_name)
+    model = models.make_model(model_name, sched.alphas_cumprod, sched.prediction_type, **kwargs)
+    noise = cli.make_noise(model_name, num_samples, seed)
+    x = ds.sample(model, sched, noise, num_steps, seed)
+    exact = reference.solve_pf_ode(model.denoiser, noise, *sched.noise_levels(num_steps))
+    return float(np.linalg.norm(x - exact) / np.linalg.norm(exact))
+
+
+# -- sample ---------------------------------------------------------------------------------
+
+
+def test_sample_defaults(capsys, tmp_path):
+    png = tmp_path / "sub" / "x.png"  # the folder is created
+    status, out, err = run_cli(capsys, "sample", "--out", png, "--no-progress", "--num-samples", 4)
+    assert status == 0, err
+    assert "DDIM, 20 steps (20 model calls), digits, 4 samples, numpy float64" in out
+    assert "model calls: 20" in out.splitlines()
+    assert re.search(r"^wall time: \d+\.\d{3} s$", out, re.MULTILINE)
+    assert f"wrote {png}" in out
+    check_png(png)
+
+    noise = cli.make_noise("digits", 4, 0)
+    np.testing.assert_array_equal(noise, np.random.default_rng(0).standard_normal((4, 1, 8, 8)))
+    expected = exact_error(ds.DDIM(), "digits", 20, 4)
+    assert 0 < expected < 1
+    assert printed_error(out) == f"{expected:.3e}"
+    assert cli.run(ds.DDIM(), "digits", 20, noise).error == pytest.approx(expected, rel=1e-12)
+
+
+def test_sample_pndm_gmm(capsys, tmp_path):
+    png = tmp_path / "p.png"
+    status, out, err = run_cli(
+        capsys, "sample", "pndm", "--model", "gmm", "--num-samples", 8, "--steps", 10, "--out", png
+    )
+    assert status == 0, err
+    assert "PNDM, 10 steps (19 model calls), gmm" in out
+    assert "model calls: 19" in out.splitlines()  # N + 9: the Runge-Kutta warm-up
+    assert printed_error(out) == f"{exact_error(ds.PNDM(), 'gmm', 10, 8):.3e}"
+    assert "PNDM" in err  # the progress bar (no --no-progress)
+    check_png(png)
+
+
+def test_sample_gmm_turns_clipping_off(capsys, tmp_path):
+    args = ("--model", "gmm", "--num-samples", 8, "--steps", 10, "--no-progress")
+    status, out, _ = run_cli(capsys, "sample", "ddim", *args, "--out", tmp_path / "a.png")
+    assert status == 0
+    assert "clip_denoised_sample=False" in out
+    noclip = exact_error(ds.DDIM(clip_denoised_sample=False), "gmm", 10, 8)
+    clip = exact_error(ds.DDIM(), "gmm", 10, 8)
+    assert f"{noclip:.3e}" != f"{clip:.3e}"
+    assert printed_error(out) == f"{noclip:.3e}"
+    # an explicit option wins
+    status, out, _ = run_cli(
+        capsys,
+        "sample",
+        "ddim",
+        *args,
+        "-o",
+        "clip_denoised_sample=true",
+        "--out",
+        tmp_path / "b.png",
+    )
+    assert status == 0
+    assert printed_error(out) == f"{clip:.3e}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "title"),
+    [
+        (["lcm", "--steps", 4], "LCM, 4 steps (4 model calls)"),
+        (["ddim", "-o", "eta=0.5", "--steps", 5], "DDIM, 5 steps (5 model calls)"),
+    ],
+)
+def test_sample_stochastic_has_no_error(capsys, tmp_path, argv, title):
+    png = tmp_path / "s.png"
+    status, out, err = run_cli(
+        capsys, "sample", *argv, "--num-samples", 4, "--no-progress", "--out", png
+    )
+    assert status == 0, err
+    assert title in out
+    assert "error vs exact solution: n/a (stochastic sampler" in out
+    assert not ERROR_LINE.search(out)
+    check_png(png)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_sample_backends_match_numpy(capsys, tmp_path, backend):
+    common = [
+        "sample",
+        "pndm",
+        "--model",
+        "gmm",
+        "--num-samples",
+        8,
+        "--steps",
+        10,
+        "--no-progress",
+    ]
+    _, numpy_out, _ = run_cli(capsys, *common, "--out", tmp_path / "n.png")
+    extra = ["--compile"] if backend == "jax" else []
+    status, out, err = run_cli(
+        capsys, *common, "--backend", backend, *extra, "--out", tmp_path / "b.png"
+    )
+    assert status == 0, err
+    assert f"8 samples, {backend} float64" in out
+    assert printed_error(out) == printed_error(numpy_out)
+
+    sched, noise = ds.PNDM(), cli.make_noise("gmm", 8, 0)
+    ours = cli.run(sched, "gmm", 10, noise)
+    other = cli.run(sched, "gmm", 10, noise, backend=backend, compile=backend == "jax")
+    assert other.samples.dtype == np.float64
+    assert other.model_calls == ours.model_calls == 19
+    assert abs(other.error / ours.error - 1) < 1e-10
+    np.testing.assert_allclose(other.samples, ours.samples, rtol=1e-10, atol=1e-12)
+
+
+def test_sample_compile_needs_jax(capsys, tmp_path):
+    status, _, err = run_cli(
+        capsys,
+        "sample",
+        "--model",
+        "gmm",
+        "--compile",
+        "--num-samples",
+        4,
+        "--out",
+        tmp_path / "c.png",
+    )
+    assert status == 2
+    assert "JAX" in err
+
+
+def test_sample_from_config(capsys, tmp_path):
+    config = {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.42.1",
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "v_prediction",
+    }
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps(config))
+    args = ["--model", "gmm", "--num-samples", 8, "--steps", 10, "--no-progress"]
+    status, out, err = run_cli(
+        capsys, "sample", "--config", path, *args, "--out", tmp_path / "c.png"
+    )
+    assert status == 0, err
+    assert "DDIM, 10 steps (10 model calls), gmm" in out
+    sched = ds.DDIM(
+        beta_schedule="quadratic",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_denoised_sample=False,
+        alpha_clip_strategy="alpha_zero",
+        timesteps_offset=1,
+        prediction_type="angular_velocity",
+    )
+    expected = exact_error(sched, "gmm", 10, 8)
+    default = exact_error(ds.DDIM(clip_denoised_sample=False), "gmm", 10, 8)
+    assert f"{expected:.3e}" != f"{default:.3e}"  # the config made a difference
+    assert printed_error(out) == f"{expected:.3e}"
+
+    # the folder form, and -o overriding the file
+    status, out, err = run_cli(
+        capsys, "sample", "--config", tmp_path, "-o", "eta=0.5", *args, "--out", tmp_path / "d.png"
+    )
+    assert status == 0, err
+    assert "error vs exact solution: n/a" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "euler"], "unknown scheduler 'euler'"),
+        (["sample", "-o", "nope=1"], "no option(s) ['nope']"),
+        (["sample", "pndm", "-o", "eta=0.5"], "no option(s) ['eta']"),
+        (["sample", "-o", "x"], "expected an option as key=value, got: 'x'"),
+        (["sample", "-o", "=1"], "expected an option as key=value"),
+        (["sample", "ddim", "--config", "{config}"], "not both"),
+        (["sample", "--config", "{tmp}/missing.json"], "missing.json"),
+        (["sample", "pndm", "--steps", 2], "at least 4 steps"),
+        (["bench", "--schedulers", "euler"], "unknown scheduler 'euler'"),
+        (["bench", "--schedulers", "ddim:nope=1"], "no option(s) ['nope']"),
+    ],
+)
+def test_usage_errors(capsys, tmp_path, argv, message):
+    config = tmp_path / "scheduler_config.json"
+    config.write_text(json.dumps({"_class_name": "DDIMScheduler"}))
+    argv = [str(a).format(config=config, tmp=tmp_path) for a in argv]
+    status, _, err = run_cli(capsys, *argv, "--out", tmp_path / "e.png")
+    assert status == 2
+    assert message in err
+    assert err.startswith(f"diffsched {argv[0]}: error: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_unknown_scheduler_with_gmm_is_a_usage_error(capsys, tmp_path):
+    status, _, err = run_cli(
+        capsys, "sample", "euler", "--model", "gmm", "--out", tmp_path / "e.png"
+    )
+    assert status == 2
+    assert "unknown scheduler 'euler'" in err
+
+
+def test_scheduler_name_case_insensitive_with_gmm(capsys, tmp_path):
+    args = ("--model", "gmm", "--num-samples", 4, "--steps", 5, "--no-progress")
+    status, out, _ = run_cli(capsys, "sample", "DDIM", *args, "--out", tmp_path / "u.png")
+    assert status == 0
+    assert "DDIM, 5 steps" in out
+
+
+def test_sample_name_case_insensitive_with_digits(capsys, tmp_path):
+    args = ("--num-samples", 4, "--steps", 4, "--no-progress", "-o", "eta=1.0")
+    status, out, _ = run_cli(capsys, "sample", "DDIM", *args, "--out", tmp_path / "u.png")
+    assert status == 0
+    assert "DDIM, 4 steps" in out
+
+
+# -- bench ----------------------------------------------------------------------------------
+
+
+def parse_table(out: str) -> list[list[str]]:
+    """The cells of the markdown table's body rows."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| model | scheduler | steps | model calls | rel. RMS error |")
+    assert set(lines[1]) <= set("|-:")
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_bench_table_and_plot(capsys, tmp_path):
+    png = tmp_path / "b.png"
+    status, out, err = run_cli(
+        capsys, "bench", "--schedulers", *SPECS, "--steps", 4, 8,
+        "--model", "digits", "gmm", "--num-samples", 4, "--out", png,
+    )  # fmt: skip
+    assert status == 0, err
+    table = parse_table(out)
+    rows = cli.bench_rows(SPECS, [4, 8], ["digits", "gmm"], 4, 0)
+    assert len(table) == len(rows) == 2 * 3 * 2
+    keys = [(m, s, n) for m in ("digits", "gmm") for s in SPECS for n in (4, 8)]
+    assert [(r["model"], r["scheduler"], r["steps"]) for r in rows] == keys
+    calls = {"ddim": (4, 8), "pndm": (13, 17), "pndm:reduce_warmup=true": (5, 9)}
+    for cells, row in zip(table, rows, strict=True):
+        model, spec, steps, ncalls, error = cells
+        assert (model, spec, int(steps)) == (row["model"], row["scheduler"], row["steps"])
+        assert int(ncalls) == row["calls"] == calls[spec][(4, 8).index(int(steps))]
+        assert row["error"] is not None and row["error"] > 0
+        assert error == f"{row['error']:.3e}"
+    # one row checked against our own run (gmm: bench turns DDIM's clipping off)
+    gmm_ddim_8 = exact_error(ds.DDIM(clip_denoised_sample=False), "gmm", 8, 4)
+    assert rows[keys.index(("gmm", "ddim", 8))]["error"] == pytest.approx(gmm_ddim_8, rel=1e-12)
+    pixels = check_png(png)
+    assert pixels.shape[1] > pixels.shape[0]  # two panels side by side
+
+
+def test_bench_against_diffusers(capsys, tmp_path):
+    specs = [*SPECS, "lcm"]
+    status, out, err = run_cli(
+        capsys, "bench", "--schedulers", *specs, "--steps", 4, 8, "--model", "gmm",
+        "--num-samples", 4, "--against", "diffusers", "--out", tmp_path / "d.png",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "| diffusers | ours/diffusers - 1 |" in out
+    table = parse_table(out)
+    assert len(table) == 4 * 2
+    for cells in table:
+        _, spec, _, _, ours, peer, ratio = cells
+        if spec == "lcm":
+            assert ours == peer == ratio == "n/a"
+            continue
+        assert abs(float(ratio)) <= 1e-6
+        assert float(peer) == pytest.approx(float(ours), rel=2e-3)
+    assert "n/a: lcm: stochastic sampler" in out
+    check_png(tmp_path / "d.png")
+
+
+def test_bench_rows_against_diffusers():
+    rows = cli.bench_rows(
+        ["ddim", "pndm", "pndm:reduce_warmup=true", "ddim:timesteps_offset=1"],
+        [5],
+        ["gmm", "digits"],
+        4,
+        0,
+        against="diffusers",
+    )
+    assert len(rows) == 8
+    for row in rows:
+        assert row["error"] > 0 and row["diffusers_error"] > 0
+        assert abs(row["error"] / row["diffusers_error"] - 1) <= 1e-6, row
+
+
+# -- list, parsing --------------------------------------------------------------------------
+
+
+def test_list(capsys):
+    status, out, _ = run_cli(capsys, "list")
+    assert status == 0
+    sections = re.split(r"^(?=\w+: )", out, flags=re.MULTILINE)
+    sections = {s.split(":", 1)[0]: s for s in sections if s.strip()}
+    assert list(sections) == ["ddim", "pndm", "lcm"]
+    assert sections["ddim"].startswith("ddim: DDIM — Denoising diffusion implicit models")
+    for name, cls in cli.SCHEDULERS.items():
+        for field in dataclasses.fields(cls):
+            assert f"    {field.name} = {field.default!r}\n" in sections[name], field.name
+    assert "    eta = 0.0\n" in sections["ddim"]
+    assert "    clip_denoised_sample = True\n" in sections["ddim"]
+    assert "    reduce_warmup = False\n" in sections["pndm"]
+    assert "    alpha_clip_strategy = 'alpha_zero'\n" in sections["pndm"]
+    assert "    num_original_steps = 50\n" in sections["lcm"]
+    assert "    clip_denoised_sample = False\n" in sections["lcm"]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("true", True),
+        ("True", True),
+        ("false", False),
+        ("0.5", 0.5),
+        ("3", 3),
+        ("[1, 2]", [1, 2]),
+        ("trailing", "trailing"),
+        ("angular_velocity", "angular_velocity"),
+    ],
+)
+def test_parse_value(text, value):
+    got = cli.parse_value(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_parse_options_and_spec():
+    assert cli.parse_options(["timestep_spacing= trailing"]) == {"timestep_spacing": "trailing"}
+    assert cli.parse_options([" eta = 0.5", "timestep_spacing=trailing", "a=b=c"]) == {
+        "eta": 0.5,
+        "timestep_spacing": "trailing",
+        "a": "b=c",
+    }
+    label, sched, options = cli.parse_spec("pndm:reduce_warmup=true,timesteps_offset=1")
+    assert label == "pndm:reduce_warmup=true,timesteps_offset=1"
+    assert sched == ds.PNDM(reduce_warmup=True, timesteps_offset=1)
+    assert options == {"reduce_warmup": True, "timesteps_offset": 1}
+    label, sched, options = cli.parse_spec("ddim")
+    assert (label, sched, options) == ("ddim", ds.DDIM(), {})
+    betas = [0.001] * 1000
+    spec = f"ddim:trained_betas={betas},eta=0.5"  # commas inside a list belong to it
+    assert cli.parse_spec(spec)[1] == ds.DDIM(trained_betas=tuple(betas), eta=0.5)
+    assert cli.parse_spec("lcm:num_original_steps=25")[1] == ds.LCM(num_original_steps=25)
+    with pytest.raises(cli.UsageError, match="unknown scheduler"):
+        cli.parse_spec("euler:eta=1")
+
+
+def test_build_scheduler():
+    assert cli.build_scheduler(None, {}) == ds.DDIM()
+    assert cli.build_scheduler("PNDM", {"reduce_warmup": True}) == ds.PNDM(reduce_warmup=True)
+    with pytest.raises(cli.UsageError, match=r"LCM has no option\(s\) \['eta'\]"):
+        cli.build_scheduler("lcm", {"eta": 0.5})
+
+
+# -- the console script ---------------------------------------------------------------------
+
+
+def test_console_script(tmp_path):
+    script = Path(sys.executable).with_name("diffsched")
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    png = tmp_path / "p.png"
+    done = subprocess.run(
+        [script, "sample", "pndm", "--model", "gmm", "--num-samples", "8", "--steps", "10",
+         "--no-progress", "--out", png],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "model calls: 19" in done.stdout.splitlines()
+    assert printed_error(done.stdout) == f"{exact_error(ds.PNDM(), 'gmm', 10, 8):.3e}"
+    check_png(png)
+
+    failed = subprocess.run(
+        [sys.executable, "-m", "diffsched.cli", "sample", "-o", "x"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    assert "expected an option as key=value" in failed.stderr
+
+
+def test_gmm_turns_clipping_off_only_when_not_asked_for():
+    sched, note = cli.adapt_to_model(ds.DDIM(), "gmm", {})
+    assert sched == ds.DDIM(clip_denoised_sample=False) and "clip_denoised_sample=False" in note
+    explicit = ds.DDIM(clip_denoised_sample=True)
+    assert cli.adapt_to_model(explicit, "gmm", {"clip_denoised_sample": True}) == (explicit, "")
+    assert cli.adapt_to_model(ds.LCM(), "gmm", {}) == (ds.LCM(), "")  # LCM does not clip
+    assert cli.adapt_to_model(ds.DDIM(), "digits", {}) == (ds.DDIM(), "")
+    assert cli.adapt_to_model(ds.PNDM(), "gmm", {}) == (ds.PNDM(), "")  # no such option
