@@ -308,6 +308,7 @@ class Scheduler:
     alpha_clip_strategy: str = "one"
 
     def __post_init__(self) -> None:
+        self._check_option_types()
         check_int("num_train_steps", self.num_train_steps, 1)
         check_choice("beta_schedule", self.beta_schedule, schedules.BETA_SCHEDULES)
         check_choice("prediction_type", self.prediction_type, self.PREDICTION_TYPES)
@@ -321,6 +322,22 @@ class Scheduler:
                 raise ValueError(
                     f"trained_betas must have num_train_steps={self.num_train_steps} entries, "
                     f"got: {len(betas)}"
+                )
+
+    def _check_option_types(self) -> None:
+        """Each option has the type of its default: no truthy strings for booleans."""
+        for field in dataclasses.fields(self):
+            value, default = getattr(self, field.name), field.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool | np.bool_)
+            elif isinstance(default, float):
+                ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+            else:
+                continue  # int and str options have checks of their own
+            if not ok:
+                raise TypeError(
+                    f"{type(self).__name__} option {field.name} expects a "
+                    f"{type(default).__name__}, got: {value!r}"
                 )
 
     # -- the training schedule -----------------------------------------------------------

@@ -68,22 +68,22 @@ class DDIM(DenoisedSampleOptions, SpacingOptions, Scheduler):
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         del init_options
+        _, a_t, a_prev = self._levels(num_steps)
+        return float(a_t[0]), float(a_prev[-1])
+
+    def _levels(self, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(timesteps, ᾱ_t, ᾱ_{t-1}): each step goes from t to t - T // N."""
         ts = self.timesteps(num_steps)
-        last = ts[-1:] - self.num_train_steps // num_steps
-        end = schedules.alpha_bar_at(self.alphas_cumprod, last, self.final_alpha_cumprod)
-        return float(self.alphas_cumprod[ts[0]]), float(end[0])
+        prev = ts - self.num_train_steps // num_steps
+        acp = self.alphas_cumprod
+        return ts, acp[ts], schedules.alpha_bar_at(acp, prev, self.final_alpha_cumprod)
 
     def _step_time_options(self) -> dict[str, Any]:
         return {"eta": float(self.eta), "rederive_noise": bool(self.rederive_noise)}
 
     def coefficient_table(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, table): every per-step coefficient of eq. 12 and 16, float64."""
-        ts = self.timesteps(num_steps)
-        acp = self.alphas_cumprod
-        a_t = acp[ts]
-        a_prev = schedules.alpha_bar_at(
-            acp, ts - self.num_train_steps // num_steps, self.final_alpha_cumprod
-        )
+        ts, a_t, a_prev = self._levels(num_steps)
         x0 = predictions.x0_coefficients(self.prediction_type, a_t)
         eps = predictions.noise_coefficients(self.prediction_type, a_t)
         # eq. 16; with ᾱ_{t-1} = 1 after the last step, σ = 0 there.
@@ -115,6 +115,6 @@ class DDIM(DenoisedSampleOptions, SpacingOptions, Scheduler):
             state, sample, prediction, noise, stochastic=self.eta > 0,
             # ε̂ re-derived from x̂_0 needs x_t; ε̂ from the prediction needs x_t unless ε
             # is what the model predicts (Song et al. 2020, eq. 12)
-            sample_term=rederive or predictions.uses_sample(self.prediction_type, "noise"),
+            sample_term=rederive or predictions.noise_uses_sample(self.prediction_type),
             prediction_term=not rederive,
         )  # fmt: skip

@@ -72,16 +72,13 @@ def noise_coefficients(prediction_type: str, alpha_bar: np.ndarray) -> Linear:
     raise AssertionError  # unreachable
 
 
-def uses_sample(prediction_type: str, quantity: str) -> bool:
-    """Whether the x_t coefficient of ``quantity`` ("x0" or "noise") can be nonzero.
+def noise_uses_sample(prediction_type: str) -> bool:
+    """Whether ε's x_t coefficient can be nonzero (it is zero when the model predicts ε).
 
     Lets a step skip a multiply-add that is zero by construction, decided from the config
-    alone (never from array values).
+    alone, never from array values.
     """
-    return not (
-        (quantity == "x0" and prediction_type == "sample")
-        or (quantity == "noise" and prediction_type == "noise")
-    )
+    return prediction_type != "noise"
 
 
 def dynamic_threshold(x0, ratio: float, max_value: float):

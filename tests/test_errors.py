@@ -420,3 +420,17 @@ def test_configs_are_hashable_values(cls):
 def test_different_classes_are_not_equal():
     assert ds.DDIM() != ds.PNDM() and ds.DDIM() != ds.LCM()
     assert ds.DDIM(alpha_clip_strategy="alpha_zero") != ds.PNDM(alpha_clip_strategy="alpha_zero")
+
+
+@pytest.mark.parametrize(
+    ("cls", "option", "value", "expected"),
+    [
+        (ds.DDIM, "clip_denoised_sample", "yes", "bool"),
+        (ds.DDIM, "eta", "0.5", "float"),
+        (ds.PNDM, "reduce_warmup", 1, "bool"),
+        (ds.LCM, "boundary_condition_timestep_scale", None, "float"),
+    ],
+)
+def test_option_types(cls, option, value, expected):
+    with pytest.raises(TypeError, match=f"option {option} expects a {expected}, got: "):
+        cls(**{option: value})
