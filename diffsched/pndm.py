@@ -57,7 +57,7 @@ class PNDMState(NamedTuple):
     table: Array  # (num_calls, 8): a coefficient per slot, then the history push flag
     last1: Array  # model output of the previous call
     last2: Array  # model output of the call before that
-    ets1: Array  # multistep history, newest first (rotated, see PNDM.plan)
+    ets1: Array  # multistep history, newest first (see PNDM._refill)
     ets2: Array
     ets3: Array
 
@@ -145,29 +145,10 @@ class PNDM(SpacingOptions, Scheduler):
         moves = [self._transfer(acp, final, call) for call in calls]
         rows, ets = [], [None, None, None]
         for n, call in enumerate(calls):
-            alpha, beta = moves[n]
-            combo = {("e", j): beta * w for j, w in call.output.items()}
-            if call.anchor == n:
-                combo[("s", n)] = alpha
-            else:
-                # the anchor sample, recovered from s_n = alpha' s_anchor + beta' M_{n-1}
-                prev_alpha, prev_beta = moves[n - 1]
-                assert calls[n - 1].anchor == call.anchor
-                combo[("s", n)] = alpha / prev_alpha
-                for j, w in calls[n - 1].output.items():
-                    combo[("e", j)] = combo.get(("e", j), 0.0) - alpha * prev_beta * w / prev_alpha
-            slots = {
-                ("s", n): "sample",
-                ("e", n): "output",
-                ("e", n - 1): "last1",
-                ("e", n - 2): "last2",
-            }
-            for name, label in zip(("ets1", "ets2", "ets3"), ets, strict=True):
-                if label is not None:
-                    slots.setdefault(("e", label), name)
+            where = _slots_at(n, ets)
             row = dict.fromkeys(SLOTS, 0.0)
-            for symbol, coef in combo.items():
-                row[slots[symbol]] += coef
+            for symbol, coef in _combination(calls, moves, n).items():
+                row[where[symbol]] += coef  # KeyError here: an output no slot holds
             rows.append([row[name] for name in SLOTS] + [float(call.push)])
             ets = [n if call.push else ets[self._refill], ets[0], ets[1]]
         timesteps = np.asarray([call.timestep for call in calls], dtype=np.int64)
@@ -220,6 +201,38 @@ class PNDM(SpacingOptions, Scheduler):
         head = _ops.select(c[7], e, (state.ets1, state.ets2, state.ets3)[self._refill])
         state = PNDMState(state.step + 1, state.table, e, state.last1, head, state.ets1, state.ets2)
         return state, self._finish(sample, prev)
+
+
+def _combination(
+    calls: list[Call], moves: list[tuple[float, float]], n: int
+) -> dict[tuple[str, int], float]:
+    """Call n's result as a linear combination of samples ("s", j) and outputs ("e", j).
+
+    φ moves the anchor sample with the call's ε estimate M_n. When the anchor is an earlier
+    call's sample it is recovered from this one: the current sample is the previous call's
+    φ of the same anchor, s_n = alpha' s_anchor + beta' M_{n-1}.
+    """
+    call, (alpha, beta) = calls[n], moves[n]
+    combo = {("e", j): beta * w for j, w in call.output.items()}
+    if call.anchor == n:
+        combo[("s", n)] = alpha
+        return combo
+    prev_alpha, prev_beta = moves[n - 1]
+    assert calls[n - 1].anchor == call.anchor
+    combo[("s", n)] = alpha / prev_alpha
+    for j, w in calls[n - 1].output.items():
+        combo[("e", j)] = combo.get(("e", j), 0.0) - alpha * prev_beta * w / prev_alpha
+    return combo
+
+
+def _slots_at(n: int, ets: list[int | None]) -> dict[tuple[str, int], str]:
+    """Which state slot holds each sample or output at call n (``ets``: the history's
+    call indices, newest first)."""
+    where = {("s", n): "sample", ("e", n): "output", ("e", n - 1): "last1", ("e", n - 2): "last2"}
+    for name, label in zip(("ets1", "ets2", "ets3"), ets, strict=True):
+        if label is not None:
+            where.setdefault(("e", label), name)
+    return where
 
 
 def _runge_kutta_calls(ts: np.ndarray, half: int) -> list[Call]:
