@@ -34,10 +34,25 @@ from typing import Any, Protocol, runtime_checkable
 import array_api_compat
 import numpy as np
 
+from .predictions import PREDICTION_TYPES, check_prediction_type
+
+__all__ = [
+    "DIGITS_SHAPE",
+    "MODEL_NAMES",
+    "PREDICTION_TYPES",
+    "DenoiserModel",
+    "EmpiricalDenoiser",
+    "GaussianMixture",
+    "digits_data",
+    "make_denoiser",
+    "make_model",
+    "model_for",
+    "sample_shape",
+]
+
 Array = Any
 """A NumPy, PyTorch or JAX array (possibly a traced JAX value)."""
 
-PREDICTION_TYPES = ("noise", "angular_velocity", "sample")
 MODEL_NAMES = ("digits", "gmm")
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -444,15 +459,6 @@ def alpha_bar_at(alphas_cumprod: Any, timestep: Any, like: Array) -> Array:
 # ----------------------------------------------------------------------------------------
 # The model a scheduler calls
 # ----------------------------------------------------------------------------------------
-
-
-def check_prediction_type(prediction_type: Any) -> str:
-    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else ValueError."""
-    if not isinstance(prediction_type, str) or prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
-        )
-    return prediction_type
 
 
 def prediction_from_x0(x_t: Array, x0: Array, alpha_bar: Array, prediction_type: str) -> Array:

@@ -35,9 +35,11 @@ class Linear(NamedTuple):
     prediction_coef: np.ndarray
 
 
-def check_prediction_type(prediction_type: str, allowed: tuple[str, ...] = PREDICTION_TYPES):
-    if prediction_type not in allowed:
+def check_prediction_type(prediction_type: str, allowed: tuple[str, ...] = PREDICTION_TYPES) -> str:
+    """``prediction_type`` if it is one of ``allowed``, else a ValueError naming them."""
+    if not isinstance(prediction_type, str) or prediction_type not in allowed:
         raise ValueError(f"prediction_type must be one of {allowed}, got: {prediction_type!r}")
+    return prediction_type
 
 
 @np.errstate(divide="ignore", invalid="ignore")
