@@ -2,33 +2,37 @@
 
 A scheduler is an immutable configuration; ``init`` returns a loop state and the
 timesteps to call the model at, and ``step`` is a pure function from (state, sample,
-prediction) to (state, previous sample)::
+prediction) to (state, next sample)::
 
     import diffsched as ds
 
     sched = ds.DDIM()
     state, timesteps = sched.init(num_steps, sample_template, key)
+    sample = noise * sched.init_noise_scale(num_steps)
     for t in timesteps:
         state, sample = sched.step(state, sample, model(sample, t))
+
+Rooms: ``core`` (the contract, the option declarations, the step engine), ``schedules``
+(betas, σ grids, spacings), ``methods`` (one module per paper), ``interop`` (diffusers
+configs), ``exact`` (exact models and the ODE reference), ``sampling`` and ``cli``.
 """
 
-from .base import Scheduler
-from .config import SCHEDULERS, from_config
-from .ddim import DDIM, DDIMState
-from .lcm import LCM, LCMState
-from .pndm import PNDM, PNDMState
+from .core.engine import EngineState, Tableau
+from .core.scheduler import Scheduler
+from .interop.config import from_config
+from .methods import *  # noqa: F403
+from .methods import ALL as _ALL
 from .sampling import sample
 
+SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
+
 __all__ = [
-    "DDIM",
-    "LCM",
-    "PNDM",
     "SCHEDULERS",
-    "DDIMState",
-    "LCMState",
-    "PNDMState",
+    "EngineState",
     "Scheduler",
+    "Tableau",
     "from_config",
     "sample",
+    *(cls.__name__ for cls in _ALL),
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -24,12 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from . import models, reference
-from .base import Scheduler
-from .config import from_config
-from .ddim import DDIM
-from .lcm import LCM
-from .pndm import PNDM
+from .core.scheduler import Scheduler
+from .exact import models, reference
+from .interop.config import from_config
+from .methods import DDIM, LCM, PNDM
 from .sampling import sample
 
 SCHEDULERS: dict[str, type[Scheduler]] = {"ddim": DDIM, "pndm": PNDM, "lcm": LCM}
@@ -344,7 +342,7 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
     """The same config, noise and model run through diffusers (float64 tables): its error."""
     import torch
 
-    from . import _diffusers
+    from .interop import peer as _diffusers
 
     model = models.make_model(
         model_name, scheduler.alphas_cumprod, scheduler.prediction_type,

@@ -7,8 +7,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from . import _ops
-from .base import Array, Scheduler
+from .core import ops as _ops
+from .core.scheduler import Array, Scheduler
 
 Model = Callable[[Array, Array], Array]
 Callback = Callable[[int, Array, Array], None]

@@ -13,7 +13,7 @@ import importlib
 
 import torch
 
-from diffsched._diffusers import MODULES, _double_tables, module_of, scheduler
+from diffsched.interop.peer import MODULES, _double_tables, module_of, scheduler
 
 __all__ = ["MODULES", "module_of", "scheduler"]
 
@@ -149,3 +149,14 @@ def scheduler_from_config(config: dict, *, float64: bool = True):
         return cls.from_config(dict(config))
     with _double_tables(module):
         return cls.from_config(dict(config))
+
+
+def leaves(state) -> list:
+    """The arrays of a state, nested tuples (the engine's history) flattened."""
+    out = []
+    for leaf in state:
+        if isinstance(leaf, tuple):
+            out.extend(leaves(leaf))
+        else:
+            out.append(leaf)
+    return out

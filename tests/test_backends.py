@@ -82,7 +82,7 @@ def run(sched, n, backend, dtype="float64", *, key=0, override=False, check_stat
     """Final sample of an n-step loop; ``override``: the noise comes from ``_NOISE``."""
     x = to_backend(_X, backend, dtype)
     state, timesteps = sched.init(n, x, key=key)
-    leaves = [(tuple(a.shape), a.dtype) for a in state]
+    leaves = [(tuple(a.shape), a.dtype) for a in oracle.leaves(state)]
     state_type = type(state)
     y = x
     for i, t in enumerate(timesteps):
@@ -90,7 +90,7 @@ def run(sched, n, backend, dtype="float64", *, key=0, override=False, check_stat
         state, y = sched.step(state, y, model(y, t), **kwargs)
         if check_state:
             assert type(state) is state_type
-            assert [(tuple(a.shape), a.dtype) for a in state] == leaves
+            assert [(tuple(a.shape), a.dtype) for a in oracle.leaves(state)] == leaves
             assert tuple(y.shape) == SHAPE and y.dtype == x.dtype
     return y
 
@@ -325,12 +325,12 @@ def test_state_is_a_namedtuple_of_arrays(name, backend):
     x = to_backend(_X, backend)
     state, timesteps = sched.init(n, x)
     assert isinstance(state, tuple) and hasattr(state, "_fields")
-    assert type(state).__name__ == f"{type(sched).__name__}State"
+    assert type(state).__name__ == "EngineState"
     xp = array_api_compat.array_namespace(x)
-    for leaf in state:
+    for leaf in oracle.leaves(state):
         assert array_api_compat.array_namespace(leaf) is xp
     assert array_api_compat.array_namespace(timesteps) is xp
-    assert tuple(timesteps.shape) == (sched.init(n, x)[0].table.shape[0],)
+    assert tuple(timesteps.shape) == (sched.init(n, x)[0].coefs.shape[0] - 1,)
     assert int(state.step) == 0
     # every leaf keeps its shape and dtype through the loop (run asserts it step by step)
     run(sched, n, backend, check_state=True, override=name in STOCHASTIC)
@@ -359,12 +359,16 @@ def test_step_does_not_mutate_its_inputs(name, backend):
     y = x
     for t in timesteps:
         pred = model(y, t) * 3  # large enough that clipping/thresholding changes x_0
-        kept = (to_numpy(y).copy(), to_numpy(pred).copy(), [to_numpy(a).copy() for a in state])
+        kept = (
+            to_numpy(y).copy(),
+            to_numpy(pred).copy(),
+            [to_numpy(a).copy() for a in oracle.leaves(state)],
+        )
         new_state, out = sched.step(state, y, pred)
         assert np.array_equal(to_numpy(y), kept[0])
         assert np.array_equal(to_numpy(pred), kept[1])
-        for leaf, before in zip(state, kept[2], strict=True):
-            assert np.array_equal(to_numpy(leaf), before)
+        for leaf, before in zip(oracle.leaves(state), kept[2], strict=True):
+            assert np.array_equal(to_numpy(leaf), before, equal_nan=True)
         # the old state is still valid: stepping from it again gives the same result
         assert np.array_equal(to_numpy(sched.step(state, y, pred)[1]), to_numpy(out))
         state, y = new_state, out

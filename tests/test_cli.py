@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import diffsched as ds
-from diffsched import cli, models, reference
+from diffsched import cli
+from diffsched.exact import models, reference
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ERROR_LINE = re.compile(r"^relative RMS error vs exact ODE solution: (\S+)$", re.MULTILINE)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import diffsched as ds
+from diffsched.core.options import diffusers_options, from_diffusers
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SD15_FOLDER = FIXTURES / "sd15"
@@ -331,10 +332,11 @@ def test_diffusers_builds_our_config(sched):
     config = sched.to_config()
     cls = getattr(diffusers, config["_class_name"])
     built = cls.from_config(config)
-    for option in type(sched).OPTIONS:
-        key = option.diffusers_key
+    owner = type(sched).__name__
+    for name, key, default, spec in diffusers_options(type(sched)):
         assert built.config[key] == config[key], key
-        assert option.from_diffusers(built.config[key]) == getattr(sched, option.name)
+        value = from_diffusers(owner, key, name, built.config[key], default, spec)
+        assert value == getattr(sched, name)
     d = oracle.scheduler_from_config(config)
     assert d.alphas_cumprod.dtype == torch.float64
     n = 6 if not isinstance(sched, ds.PNDM) or sched.reduce_warmup else 8

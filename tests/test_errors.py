@@ -74,7 +74,9 @@ def test_lcm_num_original_steps_limit():
         ValueError, match=esc("num_original_steps must be at most num_train_steps=40, got: 50")
     ):
         ds.LCM(num_train_steps=40)
-    with pytest.raises(ValueError, match=esc("num_original_steps: expected at least 1, got: 0")):
+    with pytest.raises(
+        ValueError, match=esc("LCM option num_original_steps must lie in [1, inf], got: 0")
+    ):
         ds.LCM(num_original_steps=0)
 
 
@@ -121,7 +123,9 @@ def test_timesteps_offset_past_last_training_step(cls):
         cls(timesteps_offset=5).init(200, X)
     cls(timesteps_offset=4).init(200, X)
     cls().init(1000, X)
-    with pytest.raises(ValueError, match=esc("timesteps_offset: expected at least 0, got: -1")):
+    with pytest.raises(
+        ValueError, match=esc("option timesteps_offset must lie in [0, inf], got: -1")
+    ):
         cls(timesteps_offset=-1)
 
 
@@ -167,28 +171,28 @@ def test_pndm_has_no_sample_prediction():
 @pytest.mark.parametrize(
     ("cls", "kwargs", "message"),
     [
-        (ds.DDIM, {"eta": -0.1}, "eta must be a number in [0.0, inf], got: -0.1"),
+        (ds.DDIM, {"eta": -0.1}, "eta must lie in [0.0, inf], got: -0.1"),
         (
             ds.DDIM,
             {"clip_sample_range": 0},
-            "clip_sample_range must be a number in (0.0, inf], got: 0",
+            "clip_sample_range must lie in (0.0, inf], got: 0.0",
         ),
         (
             ds.LCM,
             {"dynamic_thresholding_ratio": 1.5},
-            "dynamic_thresholding_ratio must be a number in [0.0, 1.0], got: 1.5",
+            "dynamic_thresholding_ratio must lie in [0.0, 1.0], got: 1.5",
         ),
         (
             ds.DDIM,
             {"sample_max_value": 0.5},
-            "sample_max_value must be a number in [1.0, inf], got: 0.5",
+            "sample_max_value must lie in [1.0, inf], got: 0.5",
         ),
         (
             ds.LCM,
             {"boundary_condition_timestep_scale": -1.0},
-            "boundary_condition_timestep_scale must be a number in [0.0, inf], got: -1.0",
+            "boundary_condition_timestep_scale must lie in [0.0, inf], got: -1.0",
         ),
-        (ds.PNDM, {"num_train_steps": 0}, "num_train_steps: expected at least 1, got: 0"),
+        (ds.PNDM, {"num_train_steps": 0}, "num_train_steps must lie in [1, 100000], got: 0"),
     ],
 )
 def test_out_of_range_numbers(cls, kwargs, message):
@@ -197,7 +201,9 @@ def test_out_of_range_numbers(cls, kwargs, message):
 
 
 def test_non_integer_num_train_steps():
-    with pytest.raises(TypeError, match=esc("num_train_steps must be an integer, got: 1000.0")):
+    with pytest.raises(
+        TypeError, match=esc("option num_train_steps expects an integer, got: 1000.0")
+    ):
         ds.DDIM(num_train_steps=1000.0)
 
 
@@ -245,7 +251,7 @@ def test_zero_snr_with_noise_prediction_fails_in_init(cls):
         rescale_betas_zero_snr=True, **({"timestep_spacing": "trailing"} if cls is ds.DDIM else {})
     )
     with pytest.raises(
-        ValueError, match=esc(f"{cls.__name__}: step 0 (timestep 999) has no finite update")
+        ValueError, match=esc(f"{cls.__name__}: model call 0 (timestep 999) has no finite update")
     ) as info:
         sched.init(10 if cls is ds.DDIM else 4, X)
     assert "prediction_type='noise' cannot give x_0" in str(info.value)
@@ -280,8 +286,8 @@ def test_stepping_past_the_end(cls, n, calls, backend):
     with pytest.raises(
         IndexError,
         match=esc(
-            f"{cls.__name__}.step called after the last of its {calls} steps "
-            f"(step index {calls}); call init again"
+            f"{cls.__name__}.step called after the last of its {calls} model calls "
+            f"(call index {calls}); call init again"
         ),
     ):
         sched.step(state, x, x)
@@ -306,7 +312,14 @@ def test_pndm_sample_must_have_the_template_shape():
         ds.PNDM().step(state, y, y)
 
 
-@pytest.mark.parametrize("sched", [ds.DDIM(eta=1.0), ds.DDIM(), ds.LCM()])
+def test_noise_for_a_deterministic_step_is_an_error():
+    sched = ds.DDIM()
+    state, _ = sched.init(4, X)
+    with pytest.raises(ValueError, match=esc("DDIM with this configuration draws no noise")):
+        sched.step(state, X, X, noise=X)
+
+
+@pytest.mark.parametrize("sched", [ds.DDIM(eta=1.0), ds.LCM()])
 def test_noise_of_wrong_shape(sched):
     state, _ = sched.init(4, X)
     with pytest.raises(
@@ -425,12 +438,12 @@ def test_different_classes_are_not_equal():
 @pytest.mark.parametrize(
     ("cls", "option", "value", "expected"),
     [
-        (ds.DDIM, "clip_denoised_sample", "yes", "bool"),
-        (ds.DDIM, "eta", "0.5", "float"),
-        (ds.PNDM, "reduce_warmup", 1, "bool"),
-        (ds.LCM, "boundary_condition_timestep_scale", None, "float"),
+        (ds.DDIM, "clip_denoised_sample", "yes", "True or False"),
+        (ds.DDIM, "eta", "0.5", "a number"),
+        (ds.PNDM, "reduce_warmup", 1, "True or False"),
+        (ds.LCM, "boundary_condition_timestep_scale", None, "a number"),
     ],
 )
 def test_option_types(cls, option, value, expected):
-    with pytest.raises(TypeError, match=f"option {option} expects a {expected}, got: "):
+    with pytest.raises(TypeError, match=f"option {option} expects {expected}, got: "):
         cls(**{option: value})

@@ -1,4 +1,4 @@
-"""Exact denoisers (diffsched.models) against independent brute-force evaluations."""
+"""Exact denoisers (diffsched.exact.models) against independent brute-force evaluations."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from diffsched import models
-from diffsched.models import (
+from diffsched.exact import models
+from diffsched.exact.models import (
     EmpiricalDenoiser,
     GaussianMixture,
     alpha_bar_at,
@@ -121,7 +121,7 @@ def test_digits_data():
 def test_import_is_cheap():
     """Importing diffsched and its models loads neither scipy nor scikit-learn."""
     code = (
-        "import sys, diffsched, diffsched.models\n"
+        "import sys, diffsched, diffsched.exact.models\n"
         "print(sorted(m for m in ('scipy', 'sklearn') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import diffsched as ds
+from diffsched.core.options import diffusers_options
 
 F64_BOUND = 1e-6
 F32_BOUND = 1e-4
@@ -344,7 +345,7 @@ def test_default_config_against_diffusers_defaults(cls):
     ours = cls().to_config()
     theirs = dict(getattr(diffusers, ours["_class_name"])().config)
     mapped = {k for k in ours if not k.startswith("_")}
-    assert mapped == {option.diffusers_key for option in cls.OPTIONS}
+    assert mapped == {key for _, key, _, _ in diffusers_options(cls)}
     assert mapped <= set(theirs)
     differ = {k for k in mapped if ours[k] != theirs[k]}
     assert differ == EXPECTED_DEFAULT_DIFFERENCES[cls.__name__]

@@ -1,4 +1,4 @@
-"""The probability-flow ODE reference (diffsched.reference): convergence and exact solutions."""
+"""The probability-flow ODE reference (diffsched.exact.reference): convergence and exact solutions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from diffsched.models import EmpiricalDenoiser, GaussianMixture, make_denoiser, sample_shape
-from diffsched.reference import SIGMA_MIN, sigma_from_alpha_bar, solve_pf_ode
+from diffsched.exact.models import EmpiricalDenoiser, GaussianMixture, make_denoiser, sample_shape
+from diffsched.exact.reference import SIGMA_MIN, sigma_from_alpha_bar, solve_pf_ode
 
 ALPHA_BAR_START = 0.05  # σ ≈ 4.4, the noisy end of a typical sampling run
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import diffsched as ds  # noqa: E402
-from diffsched import models, reference  # noqa: E402
+from diffsched.exact import models, reference  # noqa: E402
 
 GMM_NOISE = np.random.default_rng(0).standard_normal((16, 2))
 DIGITS_NOISE = np.random.default_rng(1).standard_normal((3, 1, 8, 8))

@@ -1,4 +1,4 @@
-"""Training noise schedules and inference timestep spacings, shared by every scheduler.
+"""Training noise schedules (betas and ᾱ), shared by every scheduler.
 
 Everything here runs once, in ``init``, on the host, in float64 NumPy. A scheduler turns
 these tables into per-step coefficients; ``step`` never calls into this module.
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 
 BETA_SCHEDULES = ("linear", "quadratic", "squared_cosine")
-TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 ALPHA_CLIP_STRATEGIES = ("one", "alpha_zero")
 
 # Our beta schedule names and the names diffusers uses for the same schedules.
@@ -61,12 +60,12 @@ def betas(
 
 
 def _squared_cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
-    def alpha_bar(u: float) -> float:
-        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    def alpha_bar(u: np.ndarray) -> np.ndarray:
+        return np.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    t = np.arange(num_train_steps)
-    ratios = [alpha_bar((i + 1) / num_train_steps) / alpha_bar(i / num_train_steps) for i in t]
-    return np.minimum(1.0 - np.asarray(ratios, dtype=np.float64), max_beta)
+    t = np.arange(num_train_steps, dtype=np.float64)
+    ratios = alpha_bar((t + 1) / num_train_steps) / alpha_bar(t / num_train_steps)
+    return np.minimum(1.0 - ratios, max_beta)
 
 
 def rescale_to_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
@@ -102,30 +101,6 @@ def final_alpha_cumprod(alphas_cumprod: np.ndarray, strategy: str) -> float:
     )
 
 
-def spaced_timesteps(
-    spacing: str, num_train_steps: int, num_steps: int, offset: int = 0
-) -> np.ndarray:
-    """``num_steps`` training timesteps, descending, picked by ``spacing``.
-
-    * ``leading``: 0, r, 2r, ... with r = T // N, shifted by ``offset`` (DDIM, Song et al.
-      2020, sec. 4.2; the offset is the "steps_offset" of Stable Diffusion's config).
-    * ``linspace``: N points evenly spread over [0, T-1], rounded.
-    * ``trailing``: T, T - T/N, ..., rounded, minus one, so the first step is always T-1
-      (Lin et al. 2023, sec. 3.3, Table 2).
-    """
-    if spacing == "leading":
-        ratio = num_train_steps // num_steps
-        ts = np.arange(num_steps, dtype=np.int64) * ratio + offset
-        return ts[::-1].copy()
-    if spacing == "linspace":
-        ts = np.linspace(0, num_train_steps - 1, num_steps).round().astype(np.int64)
-        return ts[::-1].copy()
-    if spacing == "trailing":
-        ratio = num_train_steps / num_steps
-        return np.round(np.arange(num_train_steps, 0, -ratio)).astype(np.int64) - 1
-    raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got: {spacing!r}")
-
-
 def alpha_bar_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray, final: float) -> np.ndarray:
     """ᾱ at each timestep, with ``final`` wherever the timestep is negative (past t = 0)."""
     timesteps = np.asarray(timesteps, dtype=np.int64)
@@ -133,3 +108,13 @@ def alpha_bar_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray, final: float
     valid = timesteps >= 0
     out[valid] = alphas_cumprod[timesteps[valid]]
     return out
+
+
+def check_betas(betas: np.ndarray) -> None:
+    """Betas must lie in (0, 1), so that ᾱ is finite, positive and strictly decreasing."""
+    bad = ~(np.isfinite(betas) & (betas > 0) & (betas < 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"betas must lie in (0, 1) (exclusive) so that ᾱ decreases; beta[{i}] is {betas[i]!r}"
+        )

@@ -233,3 +233,100 @@ def normal(seed: Array, counter: Array, shape: tuple[int, ...], dtype, like: Arr
     u1, u2 = xp.astype(u1, dtype), xp.astype(u2, dtype)
     z = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos((2.0 * np.pi) * u2)
     return xp.reshape(z, shape)
+
+
+# ----------------------------------------------------------------------------------------
+# The engine's eager path: Python-float coefficients, only the nonzero terms.
+# ----------------------------------------------------------------------------------------
+
+
+def host_index(step: Array) -> int | None:
+    """The step counter's value where reading it is free (see :func:`concrete_int`)."""
+    return concrete_int(step)
+
+
+_STEP_TENSORS: dict[tuple[str, int], Array] = {}
+
+
+def next_step(step: Array, index: int) -> Array:
+    """``step + 1`` for a counter whose value ``index`` is known on the host, without a
+    kernel launch (a cached 0-d tensor on PyTorch; never written to)."""
+    xp = namespace(step)
+    if is_torch(xp):
+        key = (str(step.device), index + 1)
+        out = _STEP_TENSORS.get(key)
+        if out is None:
+            import torch
+
+            out = torch.tensor(index + 1, dtype=torch.int32, device=step.device)
+            if len(_STEP_TENSORS) < 100_000:
+                _STEP_TENSORS[key] = out
+        return out
+    if is_numpy(xp):
+        return np.asarray(index + 1, dtype=np.int32)
+    return step + 1
+
+
+def combine(terms: Sequence[tuple[float, Array]], *, copy: bool = False) -> Array:
+    """Σ c · A over the terms whose Python-float coefficient c is nonzero, in a new array.
+
+    Never writes into any of the given arrays; the result never aliases one of them.
+    """
+    live = [(c, a) for c, a in terms if c != 0]
+    if not live:
+        a = terms[0][1]
+        return namespace(a).zeros_like(a)
+    (c0, a0), rest = live[0], live[1:]
+    xp = namespace(a0)
+    if is_torch(xp):
+        if rest and c0 == 1.0:
+            c1, a1 = rest[0]
+            out = a0.add(a1, alpha=c1)
+            rest = rest[1:]
+        else:
+            out = a0 * c0
+        for c, a in rest:
+            out.add_(a, alpha=c)
+        return out
+    if is_numpy(xp):
+        out = np.multiply(a0, c0)
+        for c, a in rest:
+            out += c * a
+        return out
+    out = c0 * a0
+    for c, a in rest:
+        out = out + c * a
+    return out
+
+
+def axpby(a: float, x: Array, b: float, y: Array) -> Array:
+    return combine([(a, x), (b, y)])
+
+
+def row(table: Array, step: Array) -> Array:
+    """Row ``step`` of ``table`` by a gather (no host sync; compilable)."""
+    xp = namespace(table)
+    if is_torch(xp):
+        return table.index_select(0, step.reshape(1))[0]
+    return table[step]
+
+
+def timestep_dtype(xp, timesteps: np.ndarray):
+    """Integer timesteps (a NumPy integer array) stay integers; float ones (Euler-type,
+    EDM: diffusers' are float there) are floats."""
+    if np.asarray(timesteps).dtype.kind in "iu":
+        return index_dtype(xp)
+    if is_jax(xp):
+        import jax
+
+        return xp.float64 if jax.config.jax_enable_x64 else xp.float32
+    return xp.float64
+
+
+def check_num_steps(num_steps: Any, minimum: int = 1) -> int:
+    """``num_steps`` as an int, or a clear TypeError / ValueError."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+        raise TypeError(f"num_steps must be an integer, got: {num_steps!r}")
+    if num_steps < minimum:
+        raise ValueError(f"num_steps: expected at least {minimum}, got: {num_steps}")
+    return int(num_steps)

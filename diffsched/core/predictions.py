@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _ops
+from . import ops as _ops
 
 PREDICTION_TYPES = ("noise", "angular_velocity", "sample")
 

@@ -1,0 +1,533 @@
+"""The step engine: every method is a table of coefficients; one ``step`` runs them all.
+
+Glossary (used the same way in every module):
+
+* **model call**: one evaluation of the model. ``step`` runs once per model call, so a
+  two-stage method (Heun, DPM2) takes two ``step`` calls per interval of its grid.
+* **timestep**: the value ``t`` the model is called with (``timesteps[i]``).
+* **sample**: the array the scheduler holds. It *is* the model input: there is no
+  ``scale_model_input``; where a paper (and diffusers) keeps its sample in another space
+  (Euler's variance-exploding x, EDM's unscaled x), that **native** sample is the held one
+  times the call's ``input_scale``, and the table absorbs the factor.
+* **model output**: what the model returns, in the config's ``prediction_type``.
+* **x̂_0**: the denoised estimate, linear in (sample, model output) at the call's noise level,
+  then optionally clipped or thresholded: the only nonlinear operation of any method.
+* **σ**: only ever the noise level (x = x_0 + σ ε in the variance-exploding view).
+
+A method describes its model calls as a :class:`Tableau` in its native space: per call,
+the x̂_0 conversion and the next sample as a linear combination of *operands*: the sample,
+the model output and x̂_0 of this call or of an earlier one (``lag`` calls back), plus
+fresh noise. :func:`compile` turns it, once, in ``init``, into a :class:`Program`:
+
+* the held-space coefficients;
+* which past quantities must be kept, each as one array (a fixed linear combination of an
+  earlier call's operands, or the operands themselves when later calls need more than one
+  combination of them), and the physical history slot of each, assigned for its whole life
+  (storage never moves);
+* per call, the slots it reads (with coefficients) and writes.
+
+:func:`step` then runs one call of any program: form x̂_0 (and process it) if asked, take
+the linear combination, store what later calls read, add noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import ops
+
+Array = Any
+SAMPLE, OUTPUT, X0 = "sample", "output", "x0"
+OPERANDS = (SAMPLE, OUTPUT, X0)
+Term = tuple[str, int]  # (operand, lag): lag 0 is this call, 1 the call before, ...
+
+# Columns of the per-call coefficient table (``EngineState.coefs``).
+COEF_COLUMNS = (
+    "x0_sample",  # x̂_0 = x0_sample · sample + x0_output · output (processed x̂_0 only)
+    "x0_output",
+    "out_sample",  # next sample = out_sample · sample + out_output · output
+    "out_output",  #   + out_x0 · x̂_0 + Σ reads + out_noise · z
+    "out_x0",
+    "out_noise",
+    "start_clean",  # add_noise: the first model input = start_clean · x_0 + start_noise · ε
+    "start_noise",
+)
+_C = {name: i for i, name in enumerate(COEF_COLUMNS)}
+
+
+@dataclass(frozen=True, eq=False)
+class Tableau:
+    """A method's model calls, in its native space: what its paper writes down.
+
+    Attributes:
+        timesteps: (N,) the timestep of each model call.
+        x0_sample, x0_output: (N,) x̂_0 = x0_sample · x + x0_output · output at each call
+            (the prediction-type conversion at that call's noise level, native x).
+        update: {(operand, lag): (N,) coefficients}: the next native sample, as
+            Σ coef · operand(call n - lag); operands are "sample", "output" and "x0".
+        noise: (N,) coefficient of fresh standard normal noise, or None (deterministic).
+        input_scale: (N + 1,) native sample = input_scale · held sample; entry N is for the
+            final sample (1 for every method: the final sample is native). None: all 1.
+        start: (2,) native (clean, noise) coefficients of the first call's sample, for
+            ``add_noise`` (image-to-image); None if the method has no such start.
+        init_noise_sigma: diffusers' ``init_noise_sigma``: the native first sample is
+            standard normal noise times this.
+    """
+
+    timesteps: np.ndarray
+    x0_sample: np.ndarray
+    x0_output: np.ndarray
+    update: Mapping[Term, np.ndarray]
+    noise: np.ndarray | None = None
+    input_scale: np.ndarray | None = None
+    start: tuple[float, float] | None = None
+    init_noise_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        n = len(self.timesteps)
+        if n < 1:
+            raise ValueError("a tableau needs at least one model call")
+        cols = {"x0_sample": self.x0_sample, "x0_output": self.x0_output}
+        cols |= {f"update{term}": c for term, c in self.update.items()}
+        if self.noise is not None:
+            cols["noise"] = self.noise
+        for name, col in cols.items():
+            arr = np.broadcast_to(np.asarray(col, np.float64), (n,))
+            if arr.shape != (n,):
+                raise ValueError(f"tableau column {name} must have shape ({n},)")
+        for (operand, lag), col in self.update.items():
+            if operand not in OPERANDS or not 0 <= lag < n:
+                raise ValueError(f"bad tableau term {(operand, lag)!r}")
+            early = np.asarray(col, np.float64)[:lag] if np.ndim(col) else np.zeros(0)
+            if np.any(early != 0):
+                raise ValueError(f"term {(operand, lag)!r} is used before call {lag} exists")
+        if self.input_scale is not None and np.shape(self.input_scale) != (n + 1,):
+            raise ValueError(f"input_scale must have shape ({n + 1},)")
+
+    @property
+    def num_calls(self) -> int:
+        return len(self.timesteps)
+
+    def column_noise(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.noise, np.float64), (self.num_calls,)).copy()
+
+    def column(self, term: Term) -> np.ndarray:
+        col = self.update.get(term)
+        if col is None:
+            return np.zeros(self.num_calls)
+        return np.broadcast_to(np.asarray(col, np.float64), (self.num_calls,)).copy()
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A compiled tableau: the arrays of an engine state, on the host, float64.
+
+    ``coefs`` has one row per call plus a last row of NaN: under ``jax.jit`` or
+    ``torch.compile`` a step past the end cannot raise, so it reads that row and returns
+    NaN, unmistakably. ``reads[n]`` holds (slot, coefficient) pairs, ``writes[n]``
+    (slot, sample, output, x̂_0) rows: the new content of a slot as a combination of this
+    call's operands.
+    """
+
+    timesteps: np.ndarray  # (N,)
+    coefs: np.ndarray  # (N + 1, len(COEF_COLUMNS))
+    reads: np.ndarray  # (N + 1, R, 2)
+    writes: np.ndarray  # (N + 1, W, 4)
+    num_slots: int  # K
+    init_noise_scale: float
+    processes_x0: bool
+    stochastic: bool
+    host: dict = field(default_factory=dict)  # per-call Python rows for the eager path
+
+    @property
+    def num_calls(self) -> int:
+        return len(self.timesteps)
+
+
+class EngineState(NamedTuple):
+    """The loop state of every method: fixed shapes, arrays only, so loops compile.
+
+    ``history`` is a tuple of K arrays of the sample's shape on NumPy and PyTorch (a step
+    replaces the ones it writes, never writing into an array), and one (K, *shape) array
+    on JAX, where ``jax.jit`` updates the written slot in place.
+    """
+
+    step: Array  # 0-d int32: index of the next model call
+    coefs: Array  # (N + 1, 8) per-call coefficients (COEF_COLUMNS); row N is NaN
+    reads: Array  # (N + 1, R, 2) history reads: (slot, coefficient)
+    writes: Array  # (N + 1, W, 4) history writes: (slot, sample, output, x̂_0 coefficient)
+    key: Array  # 0-d int32 seed of the noise draws
+    history: Any  # K arrays of the sample's shape (see above)
+
+
+# ----------------------------------------------------------------------------------------
+# Compiling a tableau
+# ----------------------------------------------------------------------------------------
+
+
+def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:  # noqa: A001
+    """The program of ``tableau``; ``processes_x0`` keeps x̂_0 as its own (nonlinear) operand.
+
+    ``describe_bad(n)`` explains a non-finite coefficient at call n (for the error).
+    """
+    n_calls = tableau.num_calls
+    scale = (
+        np.ones(n_calls + 1)
+        if tableau.input_scale is None
+        else np.asarray(tableau.input_scale, np.float64)
+    )
+    a = np.asarray(np.broadcast_to(tableau.x0_sample, (n_calls,)), np.float64) * scale[:-1]
+    b = np.asarray(np.broadcast_to(tableau.x0_output, (n_calls,)), np.float64).copy()
+    calls = np.arange(n_calls)
+    next_scale = scale[1:]
+
+    # held-space combination: coef[(operand, lag)] as (N,) columns
+    coef: dict[Term, np.ndarray] = {}
+    for (operand, lag), _ in tableau.update.items():
+        col = tableau.column((operand, lag))
+        src = calls - lag
+        valid = src >= 0
+        if operand == SAMPLE:
+            col = np.where(valid, col * scale[np.clip(src, 0, None)], 0.0)
+        col = col / next_scale
+        if operand == X0 and not processes_x0:  # x̂_0 is linear: expand it
+            for target, factor in ((SAMPLE, a), (OUTPUT, b)):
+                add = np.where(valid, col * factor[np.clip(src, 0, None)], 0.0)
+                coef[(target, lag)] = coef.get((target, lag), 0.0) + add
+            continue
+        coef[(operand, lag)] = coef.get((operand, lag), 0.0) + col
+    noise = np.zeros(n_calls) if tableau.noise is None else tableau.column_noise() / next_scale
+
+    def current(operand: str) -> np.ndarray:
+        return np.asarray(coef.get((operand, 0), np.zeros(n_calls)), np.float64)
+
+    # what each call must keep for later calls: usage vectors over (sample, output, x̂_0)
+    usage: dict[int, list[tuple[int, np.ndarray]]] = {}
+    lags = sorted({lag for (_, lag) in coef if lag > 0})
+    for lag in lags:
+        for n in range(lag, n_calls):
+            vec = np.array([float(coef.get((op, lag), np.zeros(n_calls))[n]) for op in OPERANDS])
+            if np.any(vec != 0):
+                usage.setdefault(n - lag, []).append((n, vec))
+
+    kept: list[tuple[int, np.ndarray, list[tuple[int, float]]]] = []  # (call, vector, reads)
+    for j in sorted(usage):
+        uses = usage[j]
+        first = uses[0][1]
+        ratios = [float(v @ first / (first @ first)) for _, v in uses]
+        if all(
+            np.linalg.norm(v - r * first) <= 1e-12 * np.linalg.norm(v)
+            for (_, v), r in zip(uses, ratios, strict=True)
+        ):
+            kept.append((j, first, [(n, r) for (n, _), r in zip(uses, ratios, strict=True)]))
+            continue
+        for i in range(len(OPERANDS)):  # several combinations: keep the operands themselves
+            reads = [(n, float(v[i])) for n, v in uses if v[i] != 0]
+            if reads:
+                kept.append((j, np.eye(len(OPERANDS))[i], reads))
+
+    # slots: an array is written at its call and read until its last use; a slot is reused
+    # only by an array written after the previous one's last read
+    free_after: list[int] = []
+    reads_at: list[list[tuple[int, float]]] = [[] for _ in range(n_calls)]
+    writes_at: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_calls)]
+    for j, vec, reads in kept:
+        last = max(n for n, _ in reads)
+        slot = next((k for k, f in enumerate(free_after) if f < j), None)
+        if slot is None:
+            slot = len(free_after)
+            free_after.append(last)
+        free_after[slot] = last
+        writes_at[j].append((slot, vec))
+        for n, r in reads:
+            reads_at[n].append((slot, r))
+    num_reads = max((len(r) for r in reads_at), default=0)
+    num_writes = max((len(w) for w in writes_at), default=0)
+    num_slots = len(free_after)
+    if num_writes and any(len(w) < num_writes for w in writes_at):
+        num_slots += 1  # a scratch slot: branch-free steps with fewer writes write there
+    scratch = num_slots - 1
+
+    coefs = np.zeros((n_calls + 1, len(COEF_COLUMNS)))
+    if processes_x0:
+        coefs[:n_calls, _C["x0_sample"]] = a
+        coefs[:n_calls, _C["x0_output"]] = b
+    coefs[:n_calls, _C["out_sample"]] = current(SAMPLE)
+    coefs[:n_calls, _C["out_output"]] = current(OUTPUT)
+    coefs[:n_calls, _C["out_x0"]] = current(X0)
+    coefs[:n_calls, _C["out_noise"]] = noise
+    if tableau.start is not None:
+        coefs[:n_calls, _C["start_clean"]] = tableau.start[0] / scale[0]
+        coefs[:n_calls, _C["start_noise"]] = tableau.start[1] / scale[0]
+    else:
+        coefs[:n_calls, _C["start_clean"]] = np.nan
+        coefs[:n_calls, _C["start_noise"]] = np.nan
+    reads = np.zeros((n_calls + 1, num_reads, 2))
+    writes = np.zeros((n_calls + 1, num_writes, 4))
+    writes[:, :, 0] = scratch
+    for n in range(n_calls):
+        for r, (slot, c) in enumerate(reads_at[n]):
+            reads[n, r] = (slot, c)
+        for w, (slot, vec) in enumerate(writes_at[n]):
+            writes[n, w] = (slot, *vec)
+    check_cols = [c for c in COEF_COLUMNS if not c.startswith("start")]
+    body = np.concatenate(
+        [
+            coefs[:n_calls, [_C[c] for c in check_cols]],
+            reads[:n_calls, :, 1],
+            writes[:n_calls, :, 1:].reshape(n_calls, -1),
+        ],
+        axis=1,
+    )
+    bad = ~np.isfinite(body).all(axis=1)
+    if bad.any():
+        raise ValueError(describe_bad(int(np.argmax(bad))))
+    coefs[n_calls, :] = np.nan  # past the end
+    reads[n_calls, :, 1] = np.nan
+    return Program(
+        timesteps=np.asarray(tableau.timesteps),
+        coefs=coefs,
+        reads=reads,
+        writes=writes,
+        num_slots=num_slots,
+        init_noise_scale=float(tableau.init_noise_sigma / scale[0]),
+        processes_x0=processes_x0,
+        stochastic=tableau.noise is not None and bool(np.any(noise != 0)),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# init and step
+# ----------------------------------------------------------------------------------------
+
+
+def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineState, Array]:
+    """The engine state of ``program`` on the template's backend, dtype and device."""
+    xp = ops.namespace(sample_template)
+    if not hasattr(sample_template, "shape") or not hasattr(sample_template, "dtype"):
+        raise TypeError(f"expected an array as sample_template, got {type(sample_template)}")
+    dtype = ops.compute_dtype(xp, sample_template.dtype)
+    dev = ops.device(sample_template)
+    table_device = sample_template
+    step = xp.asarray(0, dtype=xp.int32, device=dev)
+    coefs = ops.asarray(xp, program.coefs, dtype, table_device)
+    reads = ops.asarray(xp, program.reads, dtype, table_device)
+    writes = ops.asarray(xp, program.writes, dtype, table_device)
+    shape = tuple(sample_template.shape)
+    if ops.is_jax(xp):
+        history = xp.zeros((program.num_slots, *shape), dtype=dtype, device=dev)
+    else:  # distinct arrays: torch.compile guards on aliasing between inputs
+        history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(program.num_slots))
+    state = EngineState(
+        step, coefs, reads, writes, ops.seed_array(xp, key, sample_template), history
+    )
+    timesteps = ops.asarray(
+        xp, program.timesteps, ops.timestep_dtype(xp, program.timesteps), table_device
+    )
+    return state, timesteps
+
+
+Process = Callable[[Array, bool], Array] | None  # (x̂_0, owned) -> processed x̂_0
+
+
+def step(
+    name: str,
+    state: EngineState,
+    sample: Array,
+    prediction: Array,
+    noise: Array | None,
+    *,
+    process: Process,
+    stochastic: bool,
+) -> tuple[EngineState, Array]:
+    """One model call of any method: (next state, next sample in the sample's dtype)."""
+    xp = ops.namespace(sample, prediction)
+    coefs = state.coefs
+    if ops.namespace(coefs) is not xp:
+        raise TypeError(
+            f"the state holds {type(coefs).__name__} arrays but step was given "
+            f"{type(sample).__name__} arrays; init and step must use one array library"
+        )
+    shape = tuple(sample.shape)
+    if tuple(prediction.shape) != shape:
+        raise ValueError(
+            f"sample and prediction must have the same shape, got {shape} "
+            f"and {tuple(prediction.shape)}"
+        )
+    dtype = coefs.dtype
+    for what, arr in (("sample", sample), ("prediction", prediction)):
+        if not xp.isdtype(arr.dtype, "real floating"):
+            raise TypeError(f"expected a floating-point {what}, got dtype {arr.dtype}")
+    if noise is not None:
+        if not stochastic:
+            raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
+        if ops.namespace(noise) is not xp:
+            raise TypeError(
+                f"noise must be a {type(sample).__name__} like the sample, got {type(noise).__name__}"
+            )
+        if tuple(noise.shape) != shape:
+            raise ValueError(
+                f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}"
+            )
+        if not xp.isdtype(noise.dtype, "real floating"):
+            raise TypeError(f"expected a floating-point noise, got dtype {noise.dtype}")
+        noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
+    x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
+    m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
+    index = ops.host_index(state.step)
+    num_calls = coefs.shape[0] - 1
+    if index is not None:
+        if not 0 <= index < num_calls:
+            raise IndexError(
+                f"{name}.step called after the last of its {num_calls} model calls "
+                f"(call index {index}); call init again to start a new loop"
+            )
+        if ops.is_jax(xp):
+            out, history = _branch_free_jax(state, x, m, noise, process, stochastic)
+        else:
+            out, history = _host_step(xp, state, index, x, m, noise, process, stochastic, shape)
+        new_step = ops.next_step(state.step, index)
+    else:
+        if ops.is_jax(xp):
+            out, history = _branch_free_jax(state, x, m, noise, process, stochastic)
+        else:
+            out, history = _branch_free_tuple(xp, state, x, m, noise, process, stochastic)
+        new_step = state.step + 1
+    if out.dtype != sample.dtype:
+        out = xp.astype(out, sample.dtype)
+    return state._replace(step=new_step, history=history), out
+
+
+def _host_step(xp, state, i, x, m, noise, process, stochastic, shape):
+    """Eager NumPy / PyTorch on the CPU: the call index is on the host, so only the terms
+    that are nonzero at this call are computed, with Python-float coefficients."""
+    c = state.coefs[i].tolist()
+    operands = [x, m, None]
+    if process is not None:
+        d = ops.axpby(c[0], x, c[1], m)
+        d = process(d, True)
+        operands[2] = d
+    terms = [(c[2], x), (c[3], m)]
+    if process is not None:
+        terms.append((c[4], operands[2]))
+    history = state.history
+    if history and history[0].shape != shape:
+        raise ValueError(
+            f"sample shape {shape} differs from the template's {tuple(history[0].shape)} "
+            "given to init"
+        )
+    for slot, coef in state.reads[i].tolist():
+        terms.append((coef, history[int(slot)]))
+    if stochastic and c[5] != 0:
+        z = noise if noise is not None else ops.normal(state.key, state.step, shape, x.dtype, x)
+        terms.append((c[5], z))
+    out = ops.combine(terms)
+    writes = state.writes[i].tolist()
+    if writes:
+        history = list(history)
+        for slot, ws, wo, wx in writes:
+            parts = [(ws, operands[0]), (wo, operands[1])]
+            if process is not None:
+                parts.append((wx, operands[2]))
+            if all(p == 0 for p, _ in parts):
+                continue
+            history[int(slot)] = ops.combine(parts, copy=True)
+        history = tuple(history)
+    return out, history
+
+
+def _gathered(state):
+    """This call's rows as arrays (a gather by the traced step index)."""
+    return (
+        ops.row(state.coefs, state.step),
+        ops.row(state.reads, state.step),
+        ops.row(state.writes, state.step),
+    )
+
+
+def _draw(state, x, noise, stochastic):
+    if not stochastic:
+        return None
+    if noise is not None:
+        return noise
+    return ops.normal(state.key, state.step, tuple(x.shape), x.dtype, x)
+
+
+def _branch_free_jax(state, x, m, noise, process, stochastic):
+    """Under ``jax.jit`` (and eager JAX): every term, gathered rows, slots updated in place."""
+    from jax import lax
+
+    c, reads, writes = _gathered(state)
+    d = None
+    if process is not None:
+        d = process(c[0] * x + c[1] * m, True)
+    out = c[2] * x + c[3] * m
+    if d is not None:
+        out = out + c[4] * d
+    history = state.history
+    for r in range(reads.shape[0]):
+        slot = reads[r, 0].astype("int32")
+        out = out + reads[r, 1] * lax.dynamic_index_in_dim(history, slot, 0, keepdims=False)
+    z = _draw(state, x, noise, stochastic)
+    if z is not None:
+        out = out + c[5] * z
+    for w in range(writes.shape[0]):
+        value = writes[w, 1] * x + writes[w, 2] * m
+        if d is not None:
+            value = value + writes[w, 3] * d
+        slot = writes[w, 0].astype("int32")
+        history = lax.dynamic_update_index_in_dim(history, value.astype(history.dtype), slot, 0)
+    return out, history
+
+
+def _branch_free_tuple(xp, state, x, m, noise, process, stochastic):
+    """``torch.compile`` and PyTorch on accelerators: no host read of the step index."""
+    c, reads, writes = _gathered(state)
+    d = None
+    if process is not None:
+        d = process(c[0] * x + c[1] * m, True)
+    out = c[2] * x + c[3] * m
+    if d is not None:
+        out = out + c[4] * d
+    history = state.history
+    for k, h in enumerate(history):
+        weight = 0.0
+        for r in range(reads.shape[0]):
+            weight = weight + xp.where(reads[r, 0] == k, reads[r, 1], 0.0)
+        out = out + weight * h
+    z = _draw(state, x, noise, stochastic)
+    if z is not None:
+        out = out + c[5] * z
+    if writes.shape[0]:
+        new = list(history)
+        for k in range(len(history)):
+            for w in range(writes.shape[0]):
+                value = writes[w, 1] * x + writes[w, 2] * m
+                if d is not None:
+                    value = value + writes[w, 3] * d
+                flag = xp.astype(writes[w, 0] == k, value.dtype)
+                new[k] = ops.select(flag, value, new[k])
+        history = tuple(new)
+    return out, history
+
+
+def add_noise(state: EngineState, clean: Array, noise: Array) -> Array:
+    """The first model input of the loop from a clean sample: α x_0 + σ ε in held space."""
+    xp = ops.namespace(clean, noise)
+    if ops.namespace(state.coefs) is not xp:
+        raise TypeError("add_noise: clean, noise and the state must use one array library")
+    if tuple(clean.shape) != tuple(noise.shape):
+        raise ValueError(
+            f"clean and noise must have the same shape, got {tuple(clean.shape)} "
+            f"and {tuple(noise.shape)}"
+        )
+    row = state.coefs[0]
+    dtype = state.coefs.dtype
+    out = row[_C["start_clean"]] * xp.astype(clean, dtype) + row[_C["start_noise"]] * xp.astype(
+        noise, dtype
+    )
+    return out if out.dtype == clean.dtype else xp.astype(out, clean.dtype)

@@ -1,0 +1,399 @@
+"""The scheduler contract shared by every method.
+
+A scheduler is an immutable, hashable configuration (a frozen dataclass of options declared
+with :func:`~diffsched.core.options.option`). Its two pure functions follow the
+``Bumblebee.Scheduler`` behaviour:
+
+* ``init(num_steps, sample_template, key=0, **init_options) -> (state, timesteps)``: the
+  method's :class:`~diffsched.core.engine.Tableau` is built and compiled on the host, in
+  float64, then moved once to the backend, dtype and device of ``sample_template``;
+* ``step(state, sample, prediction, *, noise=None) -> (state, prev_sample)``: the engine's
+  one step, the same for every method.
+
+A method class holds only its math: its options, its docstring and ``tableau``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..schedules import betas as beta_schedules
+from . import engine, ops, predictions
+from .options import STEP_TIME, check, option, options_doc, specs
+
+Array = Any
+MAX_TRAIN_STEPS = 100_000
+
+
+def _tuple_of_floats(value: Any) -> tuple[float, ...]:
+    try:
+        out = tuple(float(b) for b in np.asarray(value, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"expected a list of numbers, got: {value!r}") from err
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scheduler:
+    """Fields every scheduler has: the training noise schedule and what the model predicts."""
+
+    DIFFUSERS_CLASS: ClassVar[str]
+    PREDICTION_TYPES: ClassVar[tuple[str, ...]] = predictions.PREDICTION_TYPES
+    # keys of the diffusers class that never change its result here (accepted, dropped)
+    INERT_KEYS: ClassVar[frozenset[str]] = frozenset()
+    # per-method facts, uniform across methods so one test can check them all
+    ORDER: ClassVar[int] = 1
+    CALLS_PER_STEP: ClassVar[int] = 1
+
+    num_train_steps: int = option(
+        1000, "number of diffusion steps the model was trained with (T)",
+        "num_train_timesteps", low=1, high=MAX_TRAIN_STEPS,
+    )  # fmt: skip
+    beta_schedule: str = option(
+        "linear",
+        "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
+        "diffusers' scaled_linear) or squared_cosine (Nichol & Dhariwal 2021, eq. 17)",
+        "beta_schedule",
+        choices=beta_schedules.BETA_SCHEDULES,
+        diffusers_values=beta_schedules.DIFFUSERS_BETA_SCHEDULES,
+    )
+    beta_start: float = option(0.0001, "β at t = 0", "beta_start", low=0.0, high=1.0,
+                               low_open=True, high_open=True)  # fmt: skip
+    beta_end: float = option(0.02, "β at t = T - 1", "beta_end", low=0.0, high=1.0,
+                             low_open=True, high_open=True)  # fmt: skip
+    trained_betas: tuple[float, ...] | None = option(
+        None, "explicit betas (length num_train_steps); override the schedule",
+        "trained_betas", nullable=True,
+        to_diffusers=lambda v: None if v is None else list(v),
+        from_diffusers=lambda v: None if v is None else _tuple_of_floats(v),
+    )  # fmt: skip
+    prediction_type: str = option(
+        "noise",
+        "what the model predicts: noise (ε), angular_velocity (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0; "
+        "Salimans & Ho 2022) or sample (x_0)",
+        "prediction_type",
+        choices=predictions.PREDICTION_TYPES,
+        diffusers_values=predictions.DIFFUSERS_PREDICTION_TYPES,
+    )
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for name, (default, spec) in specs(self).items():
+            value = getattr(self, name)
+            if name == "trained_betas" and value is not None:
+                try:
+                    value = _tuple_of_floats(value)
+                except TypeError as err:
+                    raise TypeError(f"{owner} option trained_betas: {err}") from None
+            elif name == "prediction_type":
+                allowed = self.PREDICTION_TYPES
+                if not isinstance(value, str) or value not in allowed:
+                    ours = {v: k for k, v in predictions.DIFFUSERS_PREDICTION_TYPES.items()}
+                    hint = ""
+                    if isinstance(value, str) and ours.get(value, value) != value:
+                        hint = (
+                            f" ({value!r} is diffusers' name for prediction_type={ours[value]!r})"
+                        )
+                    raise ValueError(
+                        f"{owner} option prediction_type must be one of {allowed}, "
+                        f"got: {value!r}{hint}"
+                    )
+            else:
+                value = check(owner, name, value, default, spec)
+            object.__setattr__(self, name, value)
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_steps:
+            raise ValueError(
+                f"{owner} option trained_betas must have num_train_steps={self.num_train_steps} "
+                f"entries, got: {len(self.trained_betas)}"
+            )
+        _ = self.alphas_cumprod  # validates the schedule now, with a clear error
+        self._check()
+
+    def _check(self) -> None:
+        """Checks between options (a method's own); called after every option is valid."""
+
+    # -- the training schedule -----------------------------------------------------------
+
+    @property
+    def betas(self) -> np.ndarray:
+        """The training betas, float64 (after any zero-terminal-SNR rescaling)."""
+        return _betas(
+            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
+            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
+        ).copy()  # fmt: skip
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """ᾱ_t for t = 0..T-1, float64: the noise levels the model was trained at."""
+        return _alphas_cumprod(
+            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
+            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
+        ).copy()  # fmt: skip
+
+    # -- what a loop is ------------------------------------------------------------------
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether ``step`` never draws noise (decided by the config alone)."""
+        return True
+
+    def tableau(self, num_steps: int, **init_options: Any) -> engine.Tableau:
+        """The method's model calls for an N-step loop: its math, in its native space."""
+        raise NotImplementedError
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        """(ᾱ at the first model call, ᾱ of the final sample) of an N-step loop.
+
+        The final sample of a deterministic scheduler approximates the probability-flow ODE
+        solution from the first level to the last; see :mod:`diffsched.exact.reference`.
+        """
+        raise NotImplementedError
+
+    def _process(self, x0: Array, owned: bool) -> Array:
+        return x0
+
+    @property
+    def processes_x0(self) -> bool:
+        """Whether x̂_0 is clipped or thresholded (then it is a nonlinear operand)."""
+        return False
+
+    def _bad_call(self, program_tableau: engine.Tableau, n: int) -> str:
+        t = program_tableau.timesteps[n]
+        return (
+            f"{type(self).__name__}: model call {n} (timestep {t}) has no finite update; "
+            f"prediction_type={self.prediction_type!r} cannot give x_0 at zero signal-to-noise "
+            "ratio (rescale_betas_zero_snr): use prediction_type='angular_velocity'"
+        )
+
+    def program(self, num_steps: int, **init_options: Any) -> engine.Program:
+        """The compiled tableau of an N-step loop (cached per config and options)."""
+        num_steps = ops.check_num_steps(num_steps)
+        try:
+            return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+        except TypeError as err:
+            if "unhashable" not in str(err):
+                raise
+            return self._compile(num_steps, init_options)
+
+    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
+        ops.check_num_steps(num_steps)
+        tab = self.tableau(num_steps, **init_options)
+        return engine.compile(
+            tab, processes_x0=self.processes_x0, describe_bad=lambda n: self._bad_call(tab, n)
+        )
+
+    # -- the contract --------------------------------------------------------------------
+
+    def init(
+        self, num_steps: int, sample_template: Array, key: Any = 0, **init_options: Any
+    ) -> tuple[engine.EngineState, Array]:
+        """The loop state and the timesteps of every model call (``len(timesteps)`` calls).
+
+        ``init_options`` are the method's (``strength=`` for image-to-image, custom
+        ``sigmas=`` / ``timesteps=`` where the method takes them).
+        """
+        return engine.init(self.program(num_steps, **init_options), sample_template, key)
+
+    def step(
+        self,
+        state: engine.EngineState,
+        sample: Array,
+        prediction: Array,
+        *,
+        noise: Array | None = None,
+    ) -> tuple[engine.EngineState, Array]:
+        """One model call's update: (next state, the sample for the next model call).
+
+        ``noise`` overrides the draw of a stochastic step (same shape as the sample).
+        """
+        return engine.step(
+            type(self).__name__, state, sample, prediction, noise,
+            process=self._process if self.processes_x0 else None,
+            stochastic=not self.deterministic,
+        )  # fmt: skip
+
+    def init_noise_scale(self, num_steps: int, **init_options: Any) -> float:
+        """The factor turning standard normal noise into the first model input (1.0 for
+        nearly every config; diffusers' ``init_noise_sigma`` over its first input scale)."""
+        return self.program(num_steps, **init_options).init_noise_scale
+
+    def add_noise(self, state: engine.EngineState, clean: Array, noise: Array) -> Array:
+        """A clean sample noised to the loop's first model input (image-to-image); pure."""
+        return engine.add_noise(state, clean, noise)
+
+    # -- diffusers configs ---------------------------------------------------------------
+
+    def to_config(self) -> dict[str, Any]:
+        """A diffusers scheduler config (``scheduler_config.json`` contents).
+
+        Options diffusers passes at step time rather than in its config travel under the
+        private key ``"_diffsched"``, which diffusers ignores and ``from_config`` reads back.
+        """
+        from .options import to_diffusers
+
+        config: dict[str, Any] = {"_class_name": self.DIFFUSERS_CLASS}
+        extra = {}
+        for name, (_, spec) in specs(self).items():
+            value = getattr(self, name)
+            if spec.diffusers_key == STEP_TIME:
+                extra[name] = value
+            elif spec.diffusers_key is not None:
+                config[spec.diffusers_key] = to_diffusers(name, value, spec)
+        if extra:
+            config["_diffsched"] = extra
+        return config
+
+    def replace(self, **changes: Any):
+        """A copy with some options changed (the config itself is immutable)."""
+        return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_program(sched: Scheduler, num_steps: int, options: tuple) -> engine.Program:
+    return sched._compile(num_steps, dict(options))
+
+
+@functools.lru_cache(maxsize=32)
+def _betas(schedule, num_train_steps, beta_start, beta_end, trained_betas, zero_snr) -> np.ndarray:
+    b = beta_schedules.betas(schedule, num_train_steps, beta_start, beta_end, trained_betas)
+    beta_schedules.check_betas(b)
+    if zero_snr:
+        b = beta_schedules.rescale_to_zero_terminal_snr(b)
+    b.setflags(write=False)
+    return b
+
+
+@functools.lru_cache(maxsize=32)
+def _alphas_cumprod(*args) -> np.ndarray:
+    out = beta_schedules.alphas_cumprod(_betas(*args))
+    out.setflags(write=False)
+    return out
+
+
+# -- option groups shared by several methods (fields; behaviour in free functions) ---------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZeroTerminalSNR:
+    """Zero terminal signal-to-noise ratio (Lin et al. 2023)."""
+
+    rescale_betas_zero_snr: bool = option(
+        False, "rescale the betas so that ᾱ_{T-1} = 0 (Lin et al. 2023, Alg. 1); use it with "
+        "trailing spacing and angular-velocity models", "rescale_betas_zero_snr",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalAlpha:
+    """ᾱ of the step past t = 0 (DDIM-type methods)."""
+
+    alpha_clip_strategy: str = option(
+        "one",
+        "ᾱ for the step past t = 0: one (lands on clean data) or alpha_zero (lands on ᾱ_0; "
+        "diffusers' set_alpha_to_one=False)",
+        "set_alpha_to_one",
+        choices=beta_schedules.ALPHA_CLIP_STRATEGIES,
+        to_diffusers=lambda v: v == "one",
+        from_diffusers=lambda v: _alpha_strategy(v),
+    )
+
+    @property
+    def final_alpha_cumprod(self) -> float:
+        return beta_schedules.final_alpha_cumprod(
+            self.alphas_cumprod,  # type: ignore[attr-defined]
+            self.alpha_clip_strategy,
+        )
+
+
+def _alpha_strategy(value: Any) -> str:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got: {value!r}")
+    return "one" if value else "alpha_zero"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spacing:
+    """Which training timesteps an N-step loop visits."""
+
+    timestep_spacing: str = option(
+        "leading",
+        "leading (0, r, 2r, ... + offset; r = T // N), linspace (N points evenly over "
+        "[0, T-1]) or trailing (T, T - T/N, ..., minus one; Lin et al. 2023, Table 2)",
+        "timestep_spacing",
+        choices=("leading", "linspace", "trailing"),
+    )
+    timesteps_offset: int = option(
+        0, "added to every timestep of the leading spacing (Stable Diffusion uses 1)",
+        "steps_offset", low=0,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class X0Processing:
+    """What to do with the predicted x_0 before it is used."""
+
+    clip_denoised_sample: bool = option(
+        True, "clip x̂_0 to [-clip_sample_range, clip_sample_range]", "clip_sample"
+    )
+    clip_sample_range: float = option(1.0, "the clipping bound", "clip_sample_range",
+                                      low=0.0, low_open=True)  # fmt: skip
+    thresholding: bool = option(
+        False, "dynamic thresholding of x̂_0 (Saharia et al. 2022, sec. 2.3); takes precedence "
+        "over clipping", "thresholding",
+    )  # fmt: skip
+    dynamic_thresholding_ratio: float = option(
+        0.995, "the quantile of |x̂_0| used as the threshold", "dynamic_thresholding_ratio",
+        low=0.0, high=1.0,
+    )  # fmt: skip
+    sample_max_value: float = option(
+        1.0, "the largest threshold allowed", "sample_max_value", low=1.0
+    )
+
+    @property
+    def processes_x0(self) -> bool:
+        return bool(self.thresholding or self.clip_denoised_sample)
+
+    def _process(self, x0: Array, owned: bool) -> Array:
+        if self.thresholding:
+            return predictions.dynamic_threshold(
+                x0, self.dynamic_thresholding_ratio, self.sample_max_value
+            )
+        if self.clip_denoised_sample:
+            return ops.clip(x0, self.clip_sample_range, owned)
+        return x0
+
+
+def spaced_timesteps(sched: Any, num_steps: int) -> np.ndarray:
+    """The N training timesteps of an N-step loop of ``sched`` (a :class:`Spacing`)."""
+    from ..schedules import spacing
+
+    ops.check_num_steps(num_steps)
+    if num_steps > sched.num_train_steps:
+        raise ValueError(
+            f"num_steps must be at most num_train_steps={sched.num_train_steps}, got: {num_steps}"
+        )
+    ts = spacing.spaced_timesteps(
+        sched.timestep_spacing, sched.num_train_steps, num_steps, sched.timesteps_offset
+    )
+    if ts.max() >= sched.num_train_steps:
+        raise ValueError(
+            f"timesteps_offset={sched.timesteps_offset} with {num_steps} steps gives "
+            f"timestep {int(ts.max())}, past the last training timestep {sched.num_train_steps - 1}"
+        )
+    return ts
+
+
+def document(cls: type) -> type:
+    """Class decorator: appends the generated Options section to the docstring."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n" + options_doc(cls) + "\n"
+    return cls
+
+
+def step_time(default: Any, doc: str, **spec: Any) -> Any:
+    """An option diffusers passes to ``step`` rather than keeping in its config."""
+    return option(default, doc, STEP_TIME, **spec)

@@ -1,0 +1,1 @@
+"""Exact models (denoisers known in closed form) and the exact probability-flow ODE reference."""

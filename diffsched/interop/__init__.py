@@ -1,0 +1,1 @@
+"""diffusers interoperation: reading its configs, and diffusers as a peer (tests, bench)."""

@@ -1,0 +1,97 @@
+"""Reading diffusers scheduler configs (``scheduler_config.json``) into our schedulers."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..core.options import STEP_TIME, from_diffusers, specs
+from ..core.scheduler import Scheduler
+
+
+def registry() -> dict[str, type[Scheduler]]:
+    """{diffusers class name: our class}, for every method."""
+    from .. import methods
+
+    return {cls.DIFFUSERS_CLASS: cls for cls in methods.ALL}
+
+
+def _read(source: dict | str | os.PathLike) -> dict[str, Any]:
+    if isinstance(source, dict):
+        return dict(source)
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"expected a config dict, a scheduler_config.json path or a model folder, "
+            f"got: {type(source).__name__}"
+        )
+    path = Path(source)
+    if path.is_dir():
+        for candidate in (
+            path / "scheduler" / "scheduler_config.json",
+            path / "scheduler_config.json",
+        ):
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            raise FileNotFoundError(
+                f"expected {path}/scheduler/scheduler_config.json or "
+                f"{path}/scheduler_config.json, found neither"
+            )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"expected a JSON object in {path}, got {type(config).__name__}")
+    return config
+
+
+def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler:
+    """A scheduler from a diffusers scheduler config.
+
+    ``source`` is a config dict, a ``scheduler_config.json`` file, or a model folder holding
+    ``scheduler/scheduler_config.json``. Keys are diffusers' own (``num_train_timesteps``,
+    ``set_alpha_to_one``, ``skip_prk_steps``, ...), checked as strictly as our keyword
+    options (a boolean key takes a JSON boolean, an integer key an integer). ``overrides``
+    are our option names and win over the file. Metadata keys (``_class_name``,
+    ``_diffusers_version``, ...) are not options; keys the class does not have are reported
+    in one warning.
+    """
+    config = _read(source)
+    classes = registry()
+    name = config.get("_class_name")
+    if not isinstance(name, str) or name not in classes:
+        raise ValueError(f"unsupported scheduler class {name!r}; supported: {sorted(classes)}")
+    cls = classes[name]
+    by_key = {
+        spec.diffusers_key: (field, default, spec)
+        for field, (default, spec) in specs(cls).items()
+        if spec.diffusers_key not in (None, STEP_TIME)
+    }
+    kwargs: dict[str, Any] = {}
+    unknown = []
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key in by_key:
+            field, default, spec = by_key[key]
+            if value is None and not spec.nullable:
+                continue  # diffusers' "use the default"
+            kwargs[field] = from_diffusers(name, key, field, value, default, spec)
+        elif key not in cls.INERT_KEYS:
+            unknown.append(key)
+    if unknown:
+        warnings.warn(
+            f"{name} has no option(s) {sorted(unknown)}; ignored", UserWarning, stacklevel=2
+        )
+    extra = config.get("_diffsched") or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"config key '_diffsched' must be a mapping, got: {extra!r}")
+    kwargs.update(extra)
+    kwargs.update(overrides)
+    return cls(**kwargs)

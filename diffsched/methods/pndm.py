@@ -1,0 +1,182 @@
+"""PNDM: Liu, Ren, Lin & Zhao 2022, "Pseudo Numerical Methods for Diffusion Models on
+Manifolds".
+
+Each step moves the sample with the transfer part of DDIM (eq. 11),
+
+    φ(x, ε, t → t') = sqrt(ᾱ_t'/ᾱ_t) x
+                      - (ᾱ_t' - ᾱ_t) / (sqrt(ᾱ_t) (sqrt(ᾱ_t (1-ᾱ_t')) + sqrt(ᾱ_t' (1-ᾱ_t)))) ε,
+
+with ε replaced by a higher-order estimate (the gradient part):
+
+* F-PNDM (the default): three pseudo Runge-Kutta steps (eq. 13), four model calls each,
+  as warm-up; then the pseudo linear multistep method of order four (eq. 12),
+  ε' = (55 ε_t - 59 ε_{t+δ} + 37 ε_{t+2δ} - 9 ε_{t+3δ}) / 24.
+* ``reduce_warmup=True`` (diffusers' ``skip_prk_steps``): the multistep method from the
+  start, with an improved-Euler first step and orders two and three until enough history
+  exists (the warm-up of diffusers' PLMS pipeline).
+
+The schedule of model calls, the timesteps each φ runs between and the ε combination of
+every call are worked out once in ``init`` (:meth:`PNDM.plan`); each call's result is a
+linear combination of the Runge-Kutta step's starting sample and model outputs, which the
+engine stores where later calls read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..core import ops
+from ..core.engine import OUTPUT, SAMPLE, Tableau
+from ..core.options import option, with_default
+from ..core.scheduler import FinalAlpha, Scheduler, Spacing, document, spaced_timesteps
+
+# Linear multistep weights on (ε_n, ε_{n-1}, ...), by order (Adams-Bashforth; eq. 12).
+ADAMS_BASHFORTH = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+class Call(NamedTuple):
+    """One model call of the plan."""
+
+    timestep: int  # where the model is called
+    t_from: int  # φ runs from ᾱ at t_from ...
+    t_to: int  # ... to ᾱ at t_to (negative: past t = 0)
+    anchor: int  # index of the call whose sample φ starts from
+    output: dict[int, float]  # ε estimate: weight per call index
+    push: bool  # whether this call's output enters the multistep history
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class PNDM(Spacing, FinalAlpha, Scheduler):
+    """Pseudo numerical methods for diffusion models (Liu et al. 2022).
+
+    Order four (F-PNDM: pseudo Runge-Kutta warm-up, then pseudo linear multistep); one model
+    call per step after the warm-up (four per warm-up step); deterministic. diffusers:
+    ``PNDMScheduler``. Not to be confused with iPNDM (Zhang & Chen 2023; ``IPNDM``), which
+    applies the multistep weights to the ODE derivative in σ. ``prediction_type`` is
+    ``"noise"`` or ``"angular_velocity"``; ``alpha_clip_strategy`` defaults to
+    ``"alpha_zero"`` here.
+    """
+
+    DIFFUSERS_CLASS = "PNDMScheduler"
+    PREDICTION_TYPES = ("noise", "angular_velocity")
+    ORDER = 4
+
+    alpha_clip_strategy: str = with_default(FinalAlpha, "alpha_clip_strategy", "alpha_zero")
+    reduce_warmup: bool = option(
+        False, "replace the Runge-Kutta warm-up (N + 9 model calls for N steps) by lower-order "
+        "multistep steps (N + 1 calls)", "skip_prk_steps",
+    )  # fmt: skip
+
+    # -- the plan: which calls, between which timesteps, with which ε estimate ----------
+
+    def plan(self, num_steps: int) -> list[Call]:
+        """The model calls of an N-step loop, in order."""
+        ops.check_num_steps(num_steps)
+        minimum = 2 if self.reduce_warmup else 4
+        if num_steps < minimum:
+            warmup = "reduce_warmup=True" if self.reduce_warmup else "the Runge-Kutta warm-up"
+            raise ValueError(
+                f"PNDM with {warmup} expected at least {minimum} steps, got: {num_steps}"
+            )
+        ts = spaced_timesteps(self, num_steps)
+        delta = self.num_train_steps // num_steps
+        if self.reduce_warmup:
+            return _multistep_calls([ts[0], ts[1], *ts[1:]], delta, reduced=True)
+        # three Runge-Kutta steps (12 calls) whose first outputs seed the history
+        return _runge_kutta_calls(ts[:4], delta // 2) + _multistep_calls(
+            list(ts[3:]), delta, reduced=False, history=[0, 4, 8]
+        )
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        del init_options
+        calls = self.plan(num_steps)
+        acp, last = self.alphas_cumprod, calls[-1].t_to
+        return float(acp[calls[0].timestep]), float(
+            acp[last] if last >= 0 else self.final_alpha_cumprod
+        )
+
+    def tableau(self, num_steps: int) -> Tableau:
+        """Each call: φ from its anchor sample with its ε combination (eq. 11-13)."""
+        calls = self.plan(num_steps)
+        acp, final = self.alphas_cumprod, self.final_alpha_cumprod
+        n_calls = len(calls)
+        update: dict = {}
+        for n, call in enumerate(calls):
+            alpha, beta = self._transfer(acp, final, call)
+            update.setdefault((SAMPLE, n - call.anchor), np.zeros(n_calls))[n] += alpha
+            for j, w in call.output.items():
+                update.setdefault((OUTPUT, n - j), np.zeros(n_calls))[n] += beta * w
+        zeros = np.zeros(n_calls)
+        return Tableau(
+            timesteps=np.asarray([call.timestep for call in calls], dtype=np.int64),
+            x0_sample=zeros,
+            x0_output=zeros,
+            update=update,
+        )
+
+    def _transfer(self, acp: np.ndarray, final: float, call: Call) -> tuple[float, float]:
+        """φ(x, M) = alpha x + beta M for the model output M at t_from (eq. 11)."""
+        a = float(acp[call.t_from])
+        a_prev = float(acp[call.t_to]) if call.t_to >= 0 else final
+        ratio = np.sqrt(a_prev / a)
+        eps = (a_prev - a) / (np.sqrt(a) * (np.sqrt(a * (1 - a_prev)) + np.sqrt(a_prev * (1 - a))))
+        if self.prediction_type == "angular_velocity":
+            # ε = sqrt(1-ᾱ) x + sqrt(ᾱ) v at t_from, with x the sample φ starts from
+            return ratio - eps * np.sqrt(1 - a), -eps * np.sqrt(a)
+        return ratio, -eps
+
+
+def _runge_kutta_calls(ts: np.ndarray, half: int) -> list[Call]:
+    """The pseudo Runge-Kutta warm-up over the three intervals of ``ts`` (4 points, eq. 13).
+
+    Each step from t to t - δ calls the model at t, twice at the midpoint and at t - δ,
+    always moving from the step's starting sample, and ends with the weights
+    (1, 2, 2, 1)/6 of the classical Runge-Kutta method. The midpoint is t - δ + δ/2 with
+    δ/2 = (T // N) // 2, as in diffusers.
+    """
+    calls = []
+    for i in range(3):
+        start, end = int(ts[i]), int(ts[i + 1])
+        mid = end + half
+        g = 4 * i  # index of this step's first call
+        calls += [
+            Call(start, start, start - half, g, {g: 1.0}, True),
+            Call(mid, start, mid, g, {g + 1: 1.0}, False),
+            Call(mid, start, mid - half, g, {g + 2: 1.0}, False),
+            Call(end, start, end, g, {g: 1 / 6, g + 1: 2 / 6, g + 2: 2 / 6, g + 3: 1 / 6}, False),
+        ]
+    return calls
+
+
+def _multistep_calls(
+    ts: list[int], delta: int, *, reduced: bool, history: list[int] | None = None
+) -> list[Call]:
+    """Linear multistep calls (eq. 12) at ``ts``; ``history``: earlier pushed call indices.
+
+    With ``reduced`` (no Runge-Kutta warm-up), the second call re-does the first step with
+    the mean of two outputs (improved Euler; it joins no history) and the order then rises
+    from two to four as history accumulates.
+    """
+    history = list(history or [])
+    first = 4 * len(history)  # calls made before these: one Runge-Kutta step per entry
+    calls = []
+    for k, t in enumerate(ts):
+        n = first + k
+        t = int(t)
+        if reduced and k == 1:
+            calls.append(Call(t, t + delta, t, n - 1, {n - 1: 0.5, n: 0.5}, False))
+            continue
+        history.append(n)
+        weights = ADAMS_BASHFORTH[min(len(history), 4)]
+        output = dict(zip(reversed(history), weights, strict=False))
+        calls.append(Call(t, t, t - delta, n, output, True))
+    return calls
