@@ -169,7 +169,7 @@ class EngineState(NamedTuple):
 # ----------------------------------------------------------------------------------------
 
 
-def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:  # noqa: A001
+def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:
     """The program of ``tableau``; ``processes_x0`` keeps x̂_0 as its own (nonlinear) operand.
 
     ``describe_bad(n)`` explains a non-finite coefficient at call n (for the error).

@@ -107,3 +107,24 @@ def dynamic_threshold(x0, ratio: float, max_value: float):
     s = xp.clip(s, 1.0, max_value)
     s = xp.reshape(s, (shape[0],) + (1,) * (len(shape) - 1))
     return xp.minimum(xp.maximum(x0, -s), s) / s
+
+
+def x0_from_ve(
+    prediction_type: str, sigma: np.ndarray, sigma_hat: np.ndarray | None = None
+) -> Linear:
+    """x̂_0 as a linear function of (x, prediction) for a variance-exploding sample
+    x = x_0 + σ ε (Karras et al. 2022, table 1), float64 over steps.
+
+    ``sigma_hat`` is the level the sample has been raised to by churn (Karras et al. 2022,
+    Alg. 2), where an ε model's x̂_0 = x - σ̂ ε; the model itself saw level σ.
+    """
+    sigma = np.asarray(sigma, dtype=np.float64)
+    hat = sigma if sigma_hat is None else np.asarray(sigma_hat, dtype=np.float64)
+    if prediction_type == "noise":
+        return Linear(np.ones_like(sigma), -hat)
+    if prediction_type == "angular_velocity":  # x_vp = x / sqrt(σ²+1), ᾱ = 1/(σ²+1)
+        return Linear(1.0 / (sigma**2 + 1), -sigma / np.sqrt(sigma**2 + 1))
+    if prediction_type == "sample":
+        return Linear(np.zeros_like(sigma), np.ones_like(sigma))
+    check_prediction_type(prediction_type)
+    raise AssertionError  # unreachable

@@ -171,8 +171,23 @@ class Scheduler:
         )
 
     def program(self, num_steps: int, **init_options: Any) -> engine.Program:
-        """The compiled tableau of an N-step loop (cached per config and options)."""
+        """The compiled tableau of an N-step loop (cached per config and options).
+
+        With a custom grid (``sigmas=`` of N + 1 levels or ``timesteps=`` of N points),
+        ``num_steps`` may be None; otherwise it must agree with the grid.
+        """
+        custom = init_options.get("sigmas")
+        count = None if custom is None else len(custom) - 1
+        if init_options.get("timesteps") is not None:
+            count = len(init_options["timesteps"])
+        if num_steps is None and count is not None:
+            num_steps = count
         num_steps = ops.check_num_steps(num_steps)
+        if count is not None and count != num_steps:
+            raise ValueError(
+                f"num_steps={num_steps} disagrees with the custom grid, which gives {count} "
+                "steps (pass num_steps=None)"
+            )
         try:
             return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
         except TypeError as err:
@@ -190,7 +205,7 @@ class Scheduler:
     # -- the contract --------------------------------------------------------------------
 
     def init(
-        self, num_steps: int, sample_template: Array, key: Any = 0, **init_options: Any
+        self, num_steps: int | None, sample_template: Array, key: Any = 0, **init_options: Any
     ) -> tuple[engine.EngineState, Array]:
         """The loop state and the timesteps of every model call (``len(timesteps)`` calls).
 
@@ -217,7 +232,7 @@ class Scheduler:
             stochastic=not self.deterministic,
         )  # fmt: skip
 
-    def init_noise_scale(self, num_steps: int, **init_options: Any) -> float:
+    def init_noise_scale(self, num_steps: int | None, **init_options: Any) -> float:
         """The factor turning standard normal noise into the first model input (1.0 for
         nearly every config; diffusers' ``init_noise_sigma`` over its first input scale)."""
         return self.program(num_steps, **init_options).init_noise_scale
@@ -334,14 +349,35 @@ class Spacing:
 
 
 @dataclass(frozen=True, kw_only=True)
-class X0Processing:
-    """What to do with the predicted x_0 before it is used."""
+class Clipping:
+    """Clipping of the predicted x_0 before it is used."""
 
     clip_denoised_sample: bool = option(
         True, "clip x̂_0 to [-clip_sample_range, clip_sample_range]", "clip_sample"
     )
     clip_sample_range: float = option(1.0, "the clipping bound", "clip_sample_range",
                                       low=0.0, low_open=True)  # fmt: skip
+
+    @property
+    def processes_x0(self) -> bool:
+        return bool(getattr(self, "thresholding", False) or self.clip_denoised_sample)
+
+    def _process(self, x0: Array, owned: bool) -> Array:
+        if getattr(self, "thresholding", False):
+            return predictions.dynamic_threshold(
+                x0,
+                self.dynamic_thresholding_ratio,  # type: ignore[attr-defined]
+                self.sample_max_value,  # type: ignore[attr-defined]
+            )
+        if self.clip_denoised_sample:
+            return ops.clip(x0, self.clip_sample_range, owned)
+        return x0
+
+
+@dataclass(frozen=True, kw_only=True)
+class X0Processing(Clipping):
+    """Clipping or dynamic thresholding of the predicted x_0."""
+
     thresholding: bool = option(
         False, "dynamic thresholding of x̂_0 (Saharia et al. 2022, sec. 2.3); takes precedence "
         "over clipping", "thresholding",
@@ -353,19 +389,6 @@ class X0Processing:
     sample_max_value: float = option(
         1.0, "the largest threshold allowed", "sample_max_value", low=1.0
     )
-
-    @property
-    def processes_x0(self) -> bool:
-        return bool(self.thresholding or self.clip_denoised_sample)
-
-    def _process(self, x0: Array, owned: bool) -> Array:
-        if self.thresholding:
-            return predictions.dynamic_threshold(
-                x0, self.dynamic_thresholding_ratio, self.sample_max_value
-            )
-        if self.clip_denoised_sample:
-            return ops.clip(x0, self.clip_sample_range, owned)
-        return x0
 
 
 def spaced_timesteps(sched: Any, num_steps: int) -> np.ndarray:
@@ -397,3 +420,40 @@ def document(cls: type) -> type:
 def step_time(default: Any, doc: str, **spec: Any) -> Any:
     """An option diffusers passes to ``step`` rather than keeping in its config."""
     return option(default, doc, STEP_TIME, **spec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigmaGrid:
+    """Which σ grid an N-step loop of a σ-based method visits (besides the spacing)."""
+
+    use_karras_sigmas: bool = option(
+        False, "Karras et al. 2022 (eq. 5, ρ = 7) σ's between the loop's first and last level",
+        "use_karras_sigmas",
+    )  # fmt: skip
+    use_exponential_sigmas: bool = option(
+        False, "σ's evenly spaced in log σ between the loop's first and last level",
+        "use_exponential_sigmas",
+    )  # fmt: skip
+    use_beta_sigmas: bool = option(
+        False, "σ's at the quantiles of Beta(0.6, 0.6) (Lee et al. 2024); needs scipy",
+        "use_beta_sigmas",
+    )  # fmt: skip
+
+    @property
+    def sigma_kind(self) -> str | None:
+        """ "karras", "exponential", "beta" or None (the spacing's own σ's)."""
+        chosen = [
+            kind
+            for kind, on in (
+                ("karras", self.use_karras_sigmas),
+                ("exponential", self.use_exponential_sigmas),
+                ("beta", self.use_beta_sigmas),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{type(self).__name__}: at most one of use_karras_sigmas, "
+                f"use_exponential_sigmas, use_beta_sigmas may be True, got: {chosen}"
+            )
+        return chosen[0] if chosen else None

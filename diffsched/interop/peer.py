@@ -18,6 +18,17 @@ MODULES = {
     "DDIMScheduler": "diffusers.schedulers.scheduling_ddim",
     "PNDMScheduler": "diffusers.schedulers.scheduling_pndm",
     "LCMScheduler": "diffusers.schedulers.scheduling_lcm",
+    "DDPMScheduler": "diffusers.schedulers.scheduling_ddpm",
+    "EulerDiscreteScheduler": "diffusers.schedulers.scheduling_euler_discrete",
+    "EulerAncestralDiscreteScheduler": "diffusers.schedulers.scheduling_euler_ancestral_discrete",
+    "HeunDiscreteScheduler": "diffusers.schedulers.scheduling_heun_discrete",
+    "KDPM2DiscreteScheduler": "diffusers.schedulers.scheduling_k_dpm_2_discrete",
+    "KDPM2AncestralDiscreteScheduler": (
+        "diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete"
+    ),
+    "LMSDiscreteScheduler": "diffusers.schedulers.scheduling_lms_discrete",
+    "EDMEulerScheduler": "diffusers.schedulers.scheduling_edm_euler",
+    "IPNDMScheduler": "diffusers.schedulers.scheduling_ipndm",
 }
 
 
@@ -54,6 +65,64 @@ def scheduler(config: dict, *, float64: bool = True):
         return cls(**kwargs)
     with _double_tables(module):
         return cls(**kwargs)
+
+
+def _double_grids(d) -> None:
+    """The scheduler's float32 grids as float64 tensors holding the same values, so that
+    its step arithmetic runs in double precision on diffusers' own grid."""
+    for name, value in vars(d).items():
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and name != "timesteps":
+            setattr(d, name, value.to(torch.float64))
+
+
+# our step-time option -> diffusers' step keyword, where the names differ
+STEP_KWARGS = {"rederive_noise": "use_clipped_model_output"}
+
+
+def run(
+    config: dict,
+    model,
+    noise: torch.Tensor,
+    num_steps: int | None,
+    *,
+    noises=None,
+    float64: bool = True,
+    **set_timesteps_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, final sample) of diffusers' loop for ``config``, driven as its pipelines
+    drive it: ``noise * init_noise_sigma``, then per timestep ``scale_model_input``, the
+    model, ``step``. ``noises[i]`` replaces the noise diffusers draws at call i (its
+    ``randn_tensor``); options diffusers passes to ``step`` come from ``"_diffsched"``.
+    """
+    from unittest import mock
+
+    extra = dict(config.get("_diffsched") or {})
+    step_kwargs = {STEP_KWARGS.get(k, k): v for k, v in extra.items()}
+    d = scheduler(config, float64=float64)
+    name = config["_class_name"]
+    with _double_tables(module_of(config)) if float64 else contextlib.nullcontext():
+        if num_steps is None:
+            d.set_timesteps(**set_timesteps_kwargs)
+        else:
+            d.set_timesteps(num_steps, **set_timesteps_kwargs)
+    if float64:
+        _double_grids(d)
+    current = [0]
+
+    def draw(*args, **kwargs):
+        if noises is None:
+            raise AssertionError(f"{name} drew noise but no noises were given")
+        return noises[current[0]]
+
+    x = noise * d.init_noise_sigma
+    double = _double_tables(module_of(config)) if float64 else contextlib.nullcontext()
+    with double, mock.patch.object(module_of(config), "randn_tensor", draw):
+        for i, t in enumerate(d.timesteps):
+            current[0] = i
+            inp = d.scale_model_input(x, t)
+            step_t = int(t) if name == "LCMScheduler" else t
+            x = d.step(model(inp, t), step_t, x, **step_kwargs).prev_sample
+    return d.timesteps, x
 
 
 def sample(config: dict, model, noise: torch.Tensor, num_steps: int) -> torch.Tensor:

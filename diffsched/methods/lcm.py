@@ -19,13 +19,14 @@ N are taken evenly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from ..core import ops, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
-from ._img2img import check_strength
 from ..core.scheduler import FinalAlpha, Scheduler, X0Processing, ZeroTerminalSNR, document
+from ._img2img import check_strength
 
 SIGMA_DATA = 0.5
 

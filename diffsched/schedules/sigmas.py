@@ -1,0 +1,157 @@
+"""Noise levels σ: the training σ's, the σ grids of an N-step loop, and σ <-> timestep.
+
+In the variance-exploding view a sample at level σ is x = x_0 + σ ε; a variance-preserving
+model's x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε is that x divided by sqrt(σ² + 1), with
+σ = sqrt((1 - ᾱ) / ᾱ) (Karras et al. 2022, sec. 2; Song et al. 2021, eq. 30).
+
+Grids (descending, N points; a final level is appended by the method):
+
+* from timesteps: σ of each (fractional) timestep, interpolated linearly in t over the
+  training σ's, or evenly in log σ (``interpolation_type="log_linear"``);
+* Karras et al. 2022, eq. 5: σ_i = (σ_max^(1/ρ) + i/(N-1) (σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ;
+* exponential: evenly spaced in log σ between σ_max and σ_min;
+* beta (Lee et al. 2024, "Beta Sampling is All You Need"): σ_min + (σ_max - σ_min) times
+  the quantiles of a Beta(0.6, 0.6) distribution at 1 - i/(N-1).
+
+Where diffusers stores a grid in float32 the method rounds it the same way (``as_float32``),
+so that the grid, and so the timesteps the model sees, are diffusers' own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SIGMA_SCHEDULES = ("karras", "exponential", "beta")
+
+
+def from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t), float64, ascending in t."""
+    acp = np.asarray(alphas_cumprod, dtype=np.float64)
+    return np.sqrt((1.0 - acp) / acp)
+
+
+def alpha_bar_of(sigma: np.ndarray | float) -> np.ndarray | float:
+    """ᾱ = 1 / (1 + σ²): the variance-preserving level of σ (1 at σ = 0)."""
+    return 1.0 / (1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
+
+
+def as_float32(values: np.ndarray) -> np.ndarray:
+    """Values rounded to float32, returned as float64 (how diffusers stores its grids)."""
+    return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def sigma_to_t(sigmas: np.ndarray, log_train_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional timestep of each σ: piecewise linear in log σ over the training
+    levels, clamped to [0, T-1] (the inverse of the linear interpolation used by k-diffusion
+    and diffusers)."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    n = log_train_sigmas.shape[0]
+    # index of the last training level at or below each log σ (levels ascend in t)
+    low = np.searchsorted(log_train_sigmas, log_sigma, side="right") - 1
+    low = np.clip(low, 0, n - 2)
+    lo, hi = log_train_sigmas[low], log_train_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+    return (1 - w) * low + w * (low + 1)
+
+
+def karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5: n levels from σ_max down to σ_min, evenly in σ^(1/ρ)."""
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def exponential(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """n levels from σ_max down to σ_min, evenly in log σ."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+def beta(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 0.6) -> np.ndarray:
+    """Lee et al. 2024: σ_min + (σ_max - σ_min) · F⁻¹(1 - i/(n-1)), F the Beta(a, b) CDF."""
+    try:
+        from scipy.stats import beta as beta_distribution
+    except ImportError as err:  # pragma: no cover - scipy ships with the cli and test extras
+        raise ImportError("beta sigmas need scipy: pip install scipy") from err
+    quantiles = beta_distribution.ppf(1 - np.linspace(0, 1, n), a, b)
+    return sigma_min + quantiles * (sigma_max - sigma_min)
+
+
+def convert(
+    kind: str, sigmas: np.ndarray, n: int, sigma_min: float | None, sigma_max: float | None
+) -> np.ndarray:
+    """``sigmas`` (descending) re-gridded by ``kind`` over [σ_min, σ_max] (defaults: their
+    last and first entries)."""
+    lo = float(sigmas[-1]) if sigma_min is None else float(sigma_min)
+    hi = float(sigmas[0]) if sigma_max is None else float(sigma_max)
+    if kind == "karras":
+        return karras(lo, hi, n)
+    if kind == "exponential":
+        return exponential(lo, hi, n)
+    if kind == "beta":
+        return beta(lo, hi, n)
+    raise ValueError(f"sigma schedule must be one of {SIGMA_SCHEDULES}, got: {kind!r}")
+
+
+def spaced_float_timesteps(
+    spacing: str, num_train_steps: int, num_steps: int, offset: int = 0
+) -> np.ndarray:
+    """The (float32-valued) timesteps of the σ-based methods, descending.
+
+    Like :func:`diffsched.schedules.spacing.spaced_timesteps`, but ``linspace`` keeps its
+    fractional points (the σ's are interpolated between training levels there).
+    """
+    if spacing == "linspace":
+        ts = np.linspace(0, num_train_steps - 1, num_steps, dtype=np.float32)[::-1]
+    elif spacing == "leading":
+        ratio = num_train_steps // num_steps
+        ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.float32) + offset
+    elif spacing == "trailing":
+        ratio = num_train_steps / num_steps
+        ts = np.arange(num_train_steps, 0, -ratio).round().astype(np.float32) - 1
+    else:
+        raise ValueError(
+            f"timestep_spacing must be one of ('leading', 'linspace', 'trailing'), got: {spacing!r}"
+        )
+    return np.asarray(ts, dtype=np.float32).astype(np.float64)
+
+
+def discrete_grid(
+    alphas_cumprod: np.ndarray,
+    num_steps: int,
+    *,
+    spacing: str,
+    offset: int = 0,
+    kind: str | None = None,
+    interpolation: str = "linear",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps, σ's) of an N-step loop of a model trained at ``alphas_cumprod``.
+
+    The timesteps come from the spacing; their σ's are interpolated over the training σ's
+    (linearly in t, or evenly in log σ with ``interpolation="log_linear"``, which gives
+    N + 1 levels as diffusers' Euler does). With ``kind`` (karras, exponential, beta) the
+    σ's are re-gridded and the timesteps follow from them (:func:`sigma_to_t`). No final
+    level is appended. Both are float64.
+    """
+    train = from_alphas_cumprod(alphas_cumprod)
+    log_train = np.log(train)
+    ts = spaced_float_timesteps(spacing, len(train), num_steps, offset)
+    if interpolation == "linear":
+        sig = np.interp(ts, np.arange(len(train)), train)
+    elif interpolation == "log_linear":
+        sig = np.exp(
+            np.linspace(np.log(train[-1]), np.log(train[0]), num_steps + 1, dtype=np.float32)
+        ).astype(np.float64)
+        sig = as_float32(sig)
+    else:
+        raise ValueError(
+            f"interpolation_type must be 'linear' or 'log_linear', got: {interpolation!r}"
+        )
+    if kind is not None:
+        sig = convert(kind, sig, num_steps, sigma_min, sigma_max)
+        ts = sigma_to_t(sig, log_train)
+    return ts, sig
