@@ -33,6 +33,7 @@ the linear combination, store what later calls read, add noise.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -308,27 +309,63 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
 def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineState, Array]:
     """The engine state of ``program`` on the template's backend, dtype and device."""
     xp = ops.namespace(sample_template)
-    if not hasattr(sample_template, "shape") or not hasattr(sample_template, "dtype"):
-        raise TypeError(f"expected an array as sample_template, got {type(sample_template)}")
     dtype = ops.compute_dtype(xp, sample_template.dtype)
     dev = ops.device(sample_template)
-    table_device = sample_template
     step = xp.asarray(0, dtype=xp.int32, device=dev)
-    coefs = ops.asarray(xp, program.coefs, dtype, table_device)
-    reads = ops.asarray(xp, program.reads, dtype, table_device)
-    writes = ops.asarray(xp, program.writes, dtype, table_device)
+    coefs = ops.asarray(xp, program.coefs, dtype, sample_template)
+    reads = ops.asarray(xp, program.reads, dtype, sample_template)
+    writes = ops.asarray(xp, program.writes, dtype, sample_template)
     shape = tuple(sample_template.shape)
     if ops.is_jax(xp):
         history = xp.zeros((program.num_slots, *shape), dtype=dtype, device=dev)
     else:  # distinct arrays: torch.compile guards on aliasing between inputs
         history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(program.num_slots))
-    state = EngineState(
-        step, coefs, reads, writes, ops.seed_array(xp, key, sample_template), history
-    )
-    timesteps = ops.asarray(
-        xp, program.timesteps, ops.timestep_dtype(xp, program.timesteps), table_device
-    )
-    return state, timesteps
+        _register_host_rows(coefs, program, np.float64 if dtype == xp.float64 else np.float32)
+    key = ops.seed_array(xp, key, sample_template)
+    state = EngineState(step, coefs, reads, writes, key, history)
+    ts_dtype = ops.timestep_dtype(xp, program.timesteps)
+    return state, ops.asarray(xp, program.timesteps, ts_dtype, sample_template)
+
+
+# -- the eager path's per-call rows, as Python floats ---------------------------------------
+
+_HOST_ROWS: dict[int, tuple[Any, list]] = {}
+
+
+def _register_host_rows(coefs: Array, program: Program, dtype) -> None:
+    """Remember, for this state's coefficient table, each call's row as Python numbers
+    (rounded to the compute dtype, so the eager path multiplies by exactly the values the
+    compiled path reads from the table)."""
+    rows = program.host.get(dtype)
+    if rows is None:
+        c = program.coefs.astype(dtype).astype(np.float64).tolist()
+        r = program.reads.astype(dtype).astype(np.float64).tolist()
+        w = program.writes.astype(dtype).astype(np.float64).tolist()
+        rows = [
+            (
+                tuple(c[n]),
+                tuple((int(a), b) for a, b in r[n]),
+                tuple((int(k), *rest) for k, *rest in w[n]),
+            )
+            for n in range(program.num_calls)
+        ]
+        program.host[dtype] = rows
+    key = id(coefs)
+    try:
+        ref = weakref.ref(coefs, lambda _, key=key: _HOST_ROWS.pop(key, None))
+    except TypeError:  # an array type without weak references: rows are read per step
+        return
+    _HOST_ROWS[key] = (ref, rows)
+
+
+def _host_rows(state: EngineState, i: int):
+    entry = _HOST_ROWS.get(id(state.coefs))
+    if entry is not None and entry[0]() is state.coefs:
+        return entry[1][i]
+    c = state.coefs[i].tolist()
+    reads = tuple((int(a), b) for a, b in state.reads[i].tolist())
+    writes = tuple((int(k), *rest) for k, *rest in state.writes[i].tolist())
+    return tuple(c), reads, writes
 
 
 Process = Callable[[Array, bool], Array] | None  # (x̂_0, owned) -> processed x̂_0
@@ -359,83 +396,77 @@ def step(
             f"and {tuple(prediction.shape)}"
         )
     dtype = coefs.dtype
-    for what, arr in (("sample", sample), ("prediction", prediction)):
-        if not xp.isdtype(arr.dtype, "real floating"):
-            raise TypeError(f"expected a floating-point {what}, got dtype {arr.dtype}")
+    if not ops.is_float(sample):
+        raise TypeError(f"expected a floating-point sample, got dtype {sample.dtype}")
+    if not ops.is_float(prediction):
+        raise TypeError(f"expected a floating-point prediction, got dtype {prediction.dtype}")
     if noise is not None:
         if not stochastic:
             raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
-        if ops.namespace(noise) is not xp:
+        if type(noise) is not type(sample) and ops.namespace(noise) is not xp:
             raise TypeError(
-                f"noise must be a {type(sample).__name__} like the sample, got {type(noise).__name__}"
+                f"noise must be a {type(sample).__name__} like the sample, "
+                f"got {type(noise).__name__}"
             )
         if tuple(noise.shape) != shape:
             raise ValueError(
                 f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}"
             )
-        if not xp.isdtype(noise.dtype, "real floating"):
+        if not ops.is_float(noise):
             raise TypeError(f"expected a floating-point noise, got dtype {noise.dtype}")
         noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
     x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
     m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
+    history = state.history
+    held = tuple(history.shape[1:]) if ops.is_jax(xp) else (history[0].shape if history else None)
+    if held is not None and tuple(held) != shape:
+        raise ValueError(
+            f"sample shape {shape} differs from the template's {tuple(held)} given to init"
+        )
     index = ops.host_index(state.step)
     num_calls = coefs.shape[0] - 1
-    if index is not None:
-        if not 0 <= index < num_calls:
-            raise IndexError(
-                f"{name}.step called after the last of its {num_calls} model calls "
-                f"(call index {index}); call init again to start a new loop"
-            )
-        if ops.is_jax(xp):
-            out, history = _branch_free_jax(state, x, m, noise, process, stochastic)
-        else:
-            out, history = _host_step(xp, state, index, x, m, noise, process, stochastic, shape)
+    if index is not None and not 0 <= index < num_calls:
+        raise IndexError(
+            f"{name}.step called after the last of its {num_calls} model calls "
+            f"(call index {index}); call init again to start a new loop"
+        )
+    if ops.is_jax(xp):
+        out, history = _branch_free_jax(state, x, m, noise, process, stochastic)
+        new_step = state.step + 1
+    elif index is not None:
+        out, history = _host_step(state, index, x, m, noise, process, stochastic)
         new_step = ops.next_step(state.step, index)
     else:
-        if ops.is_jax(xp):
-            out, history = _branch_free_jax(state, x, m, noise, process, stochastic)
-        else:
-            out, history = _branch_free_tuple(xp, state, x, m, noise, process, stochastic)
+        out, history = _branch_free_tuple(xp, state, x, m, noise, process, stochastic)
         new_step = state.step + 1
     if out.dtype != sample.dtype:
         out = xp.astype(out, sample.dtype)
-    return state._replace(step=new_step, history=history), out
+    return EngineState(new_step, coefs, state.reads, state.writes, state.key, history), out
 
 
-def _host_step(xp, state, i, x, m, noise, process, stochastic, shape):
+def _host_step(state, i, x, m, noise, process, stochastic):
     """Eager NumPy / PyTorch on the CPU: the call index is on the host, so only the terms
     that are nonzero at this call are computed, with Python-float coefficients."""
-    c = state.coefs[i].tolist()
-    operands = [x, m, None]
-    if process is not None:
-        d = ops.axpby(c[0], x, c[1], m)
-        d = process(d, True)
-        operands[2] = d
+    c, reads, writes = _host_rows(state, i)
+    history = state.history
+    d = None
     terms = [(c[2], x), (c[3], m)]
     if process is not None:
-        terms.append((c[4], operands[2]))
-    history = state.history
-    if history and history[0].shape != shape:
-        raise ValueError(
-            f"sample shape {shape} differs from the template's {tuple(history[0].shape)} "
-            "given to init"
-        )
-    for slot, coef in state.reads[i].tolist():
-        terms.append((coef, history[int(slot)]))
+        d = process(ops.combine(((c[0], x), (c[1], m))), True)
+        terms.append((c[4], d))
+    for slot, coef in reads:
+        terms.append((coef, history[slot]))
     if stochastic and c[5] != 0:
-        z = noise if noise is not None else ops.normal(state.key, state.step, shape, x.dtype, x)
+        z = noise if noise is not None else ops.normal(state.key, state.step, x.shape, x.dtype, x)
         terms.append((c[5], z))
     out = ops.combine(terms)
-    writes = state.writes[i].tolist()
     if writes:
         history = list(history)
         for slot, ws, wo, wx in writes:
-            parts = [(ws, operands[0]), (wo, operands[1])]
-            if process is not None:
-                parts.append((wx, operands[2]))
-            if all(p == 0 for p, _ in parts):
-                continue
-            history[int(slot)] = ops.combine(parts, copy=True)
+            if ws == 0 and wo == 0 and (d is None or wx == 0):
+                continue  # a padding write
+            parts = ((ws, x), (wo, m)) if d is None else ((ws, x), (wo, m), (wx, d))
+            history[slot] = ops.combine(parts)
         history = tuple(history)
     return out, history
 

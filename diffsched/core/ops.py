@@ -149,19 +149,20 @@ def clip(x: Array, limit: float, owned: bool) -> Array:
 def concrete_int(x: Array) -> int | None:
     """The value of a 0-d integer array when reading it costs no device sync, else None.
 
-    Used only to raise clear errors in eager code (stepping past the end); compiled or
-    traced code (``jax.jit``, ``torch.compile``) and arrays on accelerators skip the check.
+    Used where eager code may branch on the step index (the engine's eager path, the
+    past-the-end error); compiled or traced code (``jax.jit``, ``torch.compile``) and
+    arrays on accelerators get None.
     """
-    xp = namespace(x)
-    if is_torch(xp):
+    if type(x) is np.ndarray or isinstance(x, np.generic):
+        return int(x)
+    module = type(x).__module__
+    if module.startswith("torch"):
         import torch
 
-        if torch.compiler.is_compiling() or x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return None
         return int(x)
-    if is_numpy(xp):
-        return int(x)
-    if is_jax(xp):
+    if module.startswith("jax"):
         import jax
 
         if isinstance(x, jax.core.Tracer):
@@ -267,40 +268,27 @@ def next_step(step: Array, index: int) -> Array:
     return step + 1
 
 
-def combine(terms: Sequence[tuple[float, Array]], *, copy: bool = False) -> Array:
+def combine(terms: Sequence[tuple[float, Array]]) -> Array:
     """Σ c · A over the terms whose Python-float coefficient c is nonzero, in a new array.
 
     Never writes into any of the given arrays; the result never aliases one of them.
     """
-    live = [(c, a) for c, a in terms if c != 0]
-    if not live:
+    out = None
+    for c, a in terms:
+        if c == 0:
+            continue
+        if out is None:
+            out = a * c
+        elif type(out) is np.ndarray:
+            out += c * a
+        elif hasattr(out, "add_"):  # torch: in place into the array this function made
+            out.add_(a, alpha=c)
+        else:
+            out = out + c * a
+    if out is None:
         a = terms[0][1]
         return namespace(a).zeros_like(a)
-    (c0, a0), rest = live[0], live[1:]
-    xp = namespace(a0)
-    if is_torch(xp):
-        if rest and c0 == 1.0:
-            c1, a1 = rest[0]
-            out = a0.add(a1, alpha=c1)
-            rest = rest[1:]
-        else:
-            out = a0 * c0
-        for c, a in rest:
-            out.add_(a, alpha=c)
-        return out
-    if is_numpy(xp):
-        out = np.multiply(a0, c0)
-        for c, a in rest:
-            out += c * a
-        return out
-    out = c0 * a0
-    for c, a in rest:
-        out = out + c * a
     return out
-
-
-def axpby(a: float, x: Array, b: float, y: Array) -> Array:
-    return combine([(a, x), (b, y)])
 
 
 def row(table: Array, step: Array) -> Array:
@@ -330,3 +318,15 @@ def check_num_steps(num_steps: Any, minimum: int = 1) -> int:
     if num_steps < minimum:
         raise ValueError(f"num_steps: expected at least {minimum}, got: {num_steps}")
     return int(num_steps)
+
+
+def is_float(x: Array) -> bool:
+    """Whether ``x`` has a real floating dtype (cheap on every backend)."""
+    dtype = x.dtype
+    is_fp = getattr(dtype, "is_floating_point", None)  # torch
+    if is_fp is not None:
+        return bool(is_fp) and not getattr(dtype, "is_complex", False)
+    kind = getattr(dtype, "kind", None)  # numpy, jax
+    if kind is not None:
+        return kind == "f" or str(dtype) == "bfloat16"
+    return namespace(x).isdtype(dtype, "real floating")
