@@ -457,7 +457,7 @@ def _host_step(state, i, x, m, noise, process, stochastic):
     for slot, coef in reads:
         terms.append((coef, history[slot]))
     if stochastic and c[5] != 0:
-        z = noise if noise is not None else ops.normal(state.key, state.step, x.shape, x.dtype, x)
+        z = noise if noise is not None else ops.host_normal(state.key, i, x)
         terms.append((c[5], z))
     out = ops.combine(terms)
     if writes:

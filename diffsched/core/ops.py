@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -330,3 +331,39 @@ def is_float(x: Array) -> bool:
     if kind is not None:
         return kind == "f" or str(dtype) == "bfloat16"
     return namespace(x).isdtype(dtype, "real floating")
+
+
+_GENERATORS = threading.local()
+
+
+def host_normal(seed: Array, index: int, like: Array) -> Array:
+    """Standard normal noise for call ``index`` on the eager path.
+
+    PyTorch draws from its own Philox generator, seeded from (seed, index): one kernel, as
+    fast as ``torch.randn``. NumPy uses the counter-based stream of :func:`normal`, the
+    same one JAX and compiled PyTorch use, so those backends agree draw for draw.
+    """
+    if hasattr(like, "add_"):  # torch
+        import torch
+
+        device = like.device
+        gens = _GENERATORS.__dict__
+        gen = gens.get(device)
+        if gen is None:
+            gen = gens[device] = torch.Generator(device=device)
+        gen.manual_seed(_splitmix64(((int(seed) % (1 << 32)) << 32) | (index & 0xFFFFFFFF)))
+        if like.dtype == torch.float32 and device.type == "cpu":
+            return torch.randn(like.shape, generator=gen)
+        return torch.randn(like.shape, generator=gen, dtype=like.dtype, device=device)
+    xp = namespace(like)
+    return normal(seed, xp.asarray(index, dtype=xp.int32), tuple(like.shape), like.dtype, like)
+
+
+def _splitmix64(z: int) -> int:
+    """A 64-bit integer mixer (Steele et al. 2014): every bit of the seed moves the low 32,
+    which are all that PyTorch's CPU generator keeps."""
+    mask = (1 << 64) - 1
+    z = (z + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)

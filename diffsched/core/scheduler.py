@@ -39,8 +39,9 @@ def _tuple_of_floats(value: Any) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Scheduler:
-    """Fields every scheduler has: the training noise schedule and what the model predicts."""
+class BaseScheduler:
+    """The contract every method shares, without a training noise schedule (EDM's σ-only
+    methods derive from it directly; :class:`Scheduler` adds the betas)."""
 
     DIFFUSERS_CLASS: ClassVar[str]
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = predictions.PREDICTION_TYPES
@@ -49,37 +50,6 @@ class Scheduler:
     # per-method facts, uniform across methods so one test can check them all
     ORDER: ClassVar[int] = 1
     CALLS_PER_STEP: ClassVar[int] = 1
-
-    num_train_steps: int = option(
-        1000, "number of diffusion steps the model was trained with (T)",
-        "num_train_timesteps", low=1, high=MAX_TRAIN_STEPS,
-    )  # fmt: skip
-    beta_schedule: str = option(
-        "linear",
-        "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
-        "diffusers' scaled_linear) or squared_cosine (Nichol & Dhariwal 2021, eq. 17)",
-        "beta_schedule",
-        choices=beta_schedules.BETA_SCHEDULES,
-        diffusers_values=beta_schedules.DIFFUSERS_BETA_SCHEDULES,
-    )
-    beta_start: float = option(0.0001, "β at t = 0", "beta_start", low=0.0, high=1.0,
-                               low_open=True, high_open=True)  # fmt: skip
-    beta_end: float = option(0.02, "β at t = T - 1", "beta_end", low=0.0, high=1.0,
-                             low_open=True, high_open=True)  # fmt: skip
-    trained_betas: tuple[float, ...] | None = option(
-        None, "explicit betas (length num_train_steps); override the schedule",
-        "trained_betas", nullable=True,
-        to_diffusers=lambda v: None if v is None else list(v),
-        from_diffusers=lambda v: None if v is None else _tuple_of_floats(v),
-    )  # fmt: skip
-    prediction_type: str = option(
-        "noise",
-        "what the model predicts: noise (ε), angular_velocity (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0; "
-        "Salimans & Ho 2022) or sample (x_0)",
-        "prediction_type",
-        choices=predictions.PREDICTION_TYPES,
-        diffusers_values=predictions.DIFFUSERS_PREDICTION_TYPES,
-    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -106,34 +76,14 @@ class Scheduler:
             else:
                 value = check(owner, name, value, default, spec)
             object.__setattr__(self, name, value)
-        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_steps:
-            raise ValueError(
-                f"{owner} option trained_betas must have num_train_steps={self.num_train_steps} "
-                f"entries, got: {len(self.trained_betas)}"
-            )
-        _ = self.alphas_cumprod  # validates the schedule now, with a clear error
+        self._check_schedule()
         self._check()
+
+    def _check_schedule(self) -> None:
+        """Validates the training schedule (:class:`Scheduler`'s betas), with a clear error."""
 
     def _check(self) -> None:
         """Checks between options (a method's own); called after every option is valid."""
-
-    # -- the training schedule -----------------------------------------------------------
-
-    @property
-    def betas(self) -> np.ndarray:
-        """The training betas, float64 (after any zero-terminal-SNR rescaling)."""
-        return _betas(
-            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
-            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
-        ).copy()  # fmt: skip
-
-    @property
-    def alphas_cumprod(self) -> np.ndarray:
-        """ᾱ_t for t = 0..T-1, float64: the noise levels the model was trained at."""
-        return _alphas_cumprod(
-            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
-            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
-        ).copy()  # fmt: skip
 
     # -- what a loop is ------------------------------------------------------------------
 
@@ -268,8 +218,71 @@ class Scheduler:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Scheduler(BaseScheduler):
+    """Fields every scheduler has: the training noise schedule and what the model predicts."""
+
+    num_train_steps: int = option(
+        1000, "number of diffusion steps the model was trained with (T)",
+        "num_train_timesteps", low=1, high=MAX_TRAIN_STEPS,
+    )  # fmt: skip
+    beta_schedule: str = option(
+        "linear",
+        "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
+        "diffusers' scaled_linear) or squared_cosine (Nichol & Dhariwal 2021, eq. 17)",
+        "beta_schedule",
+        choices=beta_schedules.BETA_SCHEDULES,
+        diffusers_values=beta_schedules.DIFFUSERS_BETA_SCHEDULES,
+    )
+    beta_start: float = option(0.0001, "β at t = 0", "beta_start", low=0.0, high=1.0,
+                               low_open=True, high_open=True)  # fmt: skip
+    beta_end: float = option(0.02, "β at t = T - 1", "beta_end", low=0.0, high=1.0,
+                             low_open=True, high_open=True)  # fmt: skip
+    trained_betas: tuple[float, ...] | None = option(
+        None, "explicit betas (length num_train_steps); override the schedule",
+        "trained_betas", nullable=True,
+        to_diffusers=lambda v: None if v is None else list(v),
+        from_diffusers=lambda v: None if v is None else _tuple_of_floats(v),
+    )  # fmt: skip
+    prediction_type: str = option(
+        "noise",
+        "what the model predicts: noise (ε), angular_velocity (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0; "
+        "Salimans & Ho 2022) or sample (x_0)",
+        "prediction_type",
+        choices=predictions.PREDICTION_TYPES,
+        diffusers_values=predictions.DIFFUSERS_PREDICTION_TYPES,
+    )
+
+    def _check_schedule(self) -> None:
+        owner = type(self).__name__
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_steps:
+            raise ValueError(
+                f"{owner} option trained_betas must have num_train_steps={self.num_train_steps} "
+                f"entries, got: {len(self.trained_betas)}"
+            )
+        _ = self.alphas_cumprod  # validates the schedule now, with a clear error
+
+    # -- the training schedule -----------------------------------------------------------
+
+    @property
+    def betas(self) -> np.ndarray:
+        """The training betas, float64 (after any zero-terminal-SNR rescaling)."""
+        return _betas(
+            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
+            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
+        ).copy()  # fmt: skip
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """ᾱ_t for t = 0..T-1, float64: the noise levels the model was trained at."""
+        return _alphas_cumprod(
+            self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
+            self.trained_betas, getattr(self, "rescale_betas_zero_snr", False),
+        ).copy()  # fmt: skip
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_program(sched: Scheduler, num_steps: int, options: tuple) -> engine.Program:
+def _cached_program(sched: BaseScheduler, num_steps: int, options: tuple) -> engine.Program:
     return sched._compile(num_steps, dict(options))
 
 
