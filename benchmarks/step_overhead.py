@@ -205,10 +205,24 @@ def jax_rows(repeats: int, only) -> list[dict]:
 
 
 def _full_copies(hlo: str, shape) -> int:
-    """Number of ``copy`` instructions producing a full sample-shaped (or larger) array."""
+    """Number of ``copy`` instructions in the while loop's body (and the computations it
+    calls) that produce a sample-shaped or larger array."""
+    computations = {}
+    for block in re.split(r"\n(?=(?:ENTRY )?%[\w.-]+ )", hlo):
+        head = re.match(r"(?:ENTRY )?%([\w.-]+) ", block)
+        if head:
+            computations[head.group(1)] = block
+    bodies = re.findall(r"while\([^)]*\).*?body=%([\w.-]+)", hlo)
+    seen, todo = set(), list(bodies)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in computations:
+            continue
+        seen.add(name)
+        todo += re.findall(r"(?:calls|to_apply|body|condition)=%([\w.-]+)", computations[name])
     dims = ",".join(map(str, shape))
     pattern = re.compile(r"=\s*f32\[(?:\d+,)?" + re.escape(dims) + r"\][^=]*\bcopy\(")
-    return len(pattern.findall(hlo))
+    return sum(len(pattern.findall(computations[name])) for name in seen)
 
 
 def _best_of(jitted, args: tuple, repeats: int) -> float:

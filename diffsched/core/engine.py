@@ -490,6 +490,7 @@ def _draw(state, x, noise, stochastic):
 
 def _branch_free_jax(state, x, m, noise, process, stochastic):
     """Under ``jax.jit`` (and eager JAX): every term, gathered rows, slots updated in place."""
+    import jax.numpy as jnp
     from jax import lax
 
     c, reads, writes = _gathered(state)
@@ -506,8 +507,12 @@ def _branch_free_jax(state, x, m, noise, process, stochastic):
     z = _draw(state, x, noise, stochastic)
     if z is not None:
         out = out + c[5] * z
+    # A data dependency of the writes on this call's reads (a never-taken scalar term), so
+    # that XLA schedules the reads first and updates the slots in place, without copying
+    # the history (an optimization barrier does not order them).
+    after_reads = jnp.where(state.step < 0, jnp.reshape(out, (-1,))[0], 0.0)
     for w in range(writes.shape[0]):
-        value = writes[w, 1] * x + writes[w, 2] * m
+        value = writes[w, 1] * x + writes[w, 2] * m + after_reads
         if d is not None:
             value = value + writes[w, 3] * d
         slot = writes[w, 0].astype("int32")
