@@ -1,0 +1,220 @@
+"""The engine, for every method: backends agree, compiled equals eager, steps are pure.
+
+One representative configuration per class (stochastic ones with their noise given), run
+on NumPy, PyTorch and JAX, eagerly and compiled (``jax.jit`` over a ``fori_loop``,
+``torch.compile(step, fullgraph=True)``); the eager path (which reads the call index on
+the host and skips zero terms) against the branch-free path; purity with reused states and
+a reused prediction buffer; NaN from a step past the end under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import array_api_compat
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import oracle  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import diffsched as ds  # noqa: E402
+from diffsched.core import ops  # noqa: E402
+
+SHAPE = (2, 4, 8, 8)
+_G = np.random.default_rng(0)
+_X = _G.standard_normal(SHAPE)
+_W = _G.standard_normal((8, 8)) / 8**0.5
+_NOISE = _G.standard_normal((40, *SHAPE))
+SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def every() -> dict[str, tuple[ds.Scheduler, int]]:
+    """name -> (a representative config, num_steps), one or more per class."""
+    cases = {
+        "DDIM": (ds.DDIM(), 6),
+        "DDIM-eta-threshold": (
+            ds.DDIM(eta=1.0, thresholding=True, dynamic_thresholding_ratio=0.9,
+                    sample_max_value=3.0),
+            6,
+        ),  # fmt: skip
+        "PNDM": (ds.PNDM(), 5),
+        "PNDM-reduce_warmup": (ds.PNDM(reduce_warmup=True), 6),
+        "LCM": (ds.LCM(), 4),
+        "Euler": (ds.Euler(**SD, use_karras_sigmas=True), 6),
+        "Euler-churn": (ds.Euler(s_churn=1.0), 6),
+        "EulerAncestral": (ds.EulerAncestral(**SD), 6),
+    }
+    optional = {
+        "DDPM": dict(),
+        "Heun": dict(clip_denoised_sample=True, clip_sample_range=2.0),
+        "DPM2": dict(),
+        "DPM2Ancestral": dict(),
+        "LMS": dict(),
+        "EDMEuler": dict(),
+        "IPNDM": dict(),
+    }
+    for name, kwargs in optional.items():
+        cls = getattr(ds, name, None)
+        if cls is not None:
+            cases[name] = (cls(**kwargs), 6)
+    return cases
+
+
+CASES = every()
+NAMES = list(CASES)
+
+
+def model(x, t):
+    """tanh(x @ W + 1e-3 t) on any backend."""
+    xp = array_api_compat.array_namespace(x)
+    w = xp.asarray(_W, dtype=x.dtype, device=array_api_compat.device(x))
+    t = xp.astype(xp.asarray(t), x.dtype)
+    return xp.tanh(x @ w + 1e-3 * t)
+
+
+def to_backend(a, backend, dtype="float64"):
+    if backend == "numpy":
+        return np.asarray(a, dtype=dtype)
+    if backend == "torch":
+        return torch.asarray(np.asarray(a, dtype=np.float64)).to(getattr(torch, dtype))
+    return jnp.asarray(a, dtype=getattr(jnp, dtype))
+
+
+def to_numpy(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def rel(a, b):
+    a, b = to_numpy(a), to_numpy(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
+    x = to_backend(_X, backend, dtype)
+    state, timesteps = sched.init(n, x, key=3)
+    y = x * sched.init_noise_scale(n)
+    step = step or sched.step
+    pred_buffer = None
+    for i, t in enumerate(timesteps):
+        kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend, dtype)}
+        pred = model(y, t)
+        if buffer:  # one prediction array, overwritten by every call (as a CUDA graph does)
+            if pred_buffer is None:
+                pred_buffer = pred.clone() if backend == "torch" else np.array(pred)
+            elif backend == "torch":
+                pred_buffer.copy_(pred)
+            else:
+                pred_buffer[...] = pred
+            pred = pred_buffer
+        state, y = step(state, y, pred, **kwargs)
+    return y
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backends_agree(name):
+    sched, n = CASES[name]
+    results = {b: run(sched, n, b) for b in ("numpy", "torch", "jax")}
+    for b in ("torch", "jax"):
+        r = rel(results[b], results["numpy"])
+        oracle.record("ENGINE backend vs numpy", f"{name} {b}", r)
+        assert r < 1e-6
+    assert rel(results["numpy"], _X) > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jitted_fori_loop_equals_eager(name):
+    sched, n = CASES[name]
+    x = jnp.asarray(_X)
+    state, timesteps = sched.init(n, x, key=3)
+    noise = jnp.asarray(_NOISE[: len(timesteps)])
+
+    @jax.jit
+    def loop(state, y):
+        def body(i, carry):
+            state, y = carry
+            kwargs = {} if sched.deterministic else {"noise": noise[i]}
+            return sched.step(state, y, model(y, timesteps[i]), **kwargs)
+
+        return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, y))
+
+    end, got = loop(state, x * sched.init_noise_scale(n))
+    want = run(sched, n, "jax")
+    r = rel(got, want)
+    oracle.record("ENGINE jax.jit vs eager", name, r)
+    assert r < 1e-12
+    # a step past the end cannot raise under jit: it returns NaN, unmistakably
+    _, after = jax.jit(lambda s, y: sched.step(s, y, y, **({} if sched.deterministic else
+                                                           {"noise": y})))(end, got)  # fmt: skip
+    assert bool(jnp.all(jnp.isnan(after)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eager_path_equals_branch_free_path(name, monkeypatch):
+    """The host-index path (zero terms skipped) and the branch-free path (every term,
+    gathered rows: torch.compile, accelerators) give the same result."""
+    sched, n = CASES[name]
+    eager = run(sched, n, "torch")
+    monkeypatch.setattr(ops, "host_index", lambda step: None)
+    branch_free = run(sched, n, "torch")
+    r = rel(branch_free, eager)
+    oracle.record("ENGINE eager vs branch-free", name, r)
+    assert r < 1e-13
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_compile_fullgraph(name):
+    import torch._dynamo
+
+    sched, n = CASES[name]
+    torch._dynamo.reset()
+    compiled = torch.compile(sched.step, fullgraph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = run(sched, n, "torch", step=compiled, dtype="float32")
+    want = run(sched, n, "torch", dtype="float32")
+    assert torch.isfinite(got).all()
+    assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", NAMES)
+def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
+    sched, n = CASES[name]
+    fresh = run(sched, n, backend)
+    reused = run(sched, n, backend, buffer=True)
+    assert np.array_equal(to_numpy(fresh), to_numpy(reused))
+    # a step never writes into its inputs or its state; stepping from an old state again
+    # gives the same result
+    x = to_backend(_X, backend)
+    state, timesteps = sched.init(n, x, key=3)
+    y = x
+    for i, t in enumerate(timesteps):
+        kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend)}
+        pred = model(y, t) * 3
+        kept = [to_numpy(a).copy() for a in (y, pred, *oracle.leaves(state))]
+        new_state, out = sched.step(state, y, pred, **kwargs)
+        for a, before in zip((y, pred, *oracle.leaves(state)), kept, strict=True):
+            assert np.array_equal(to_numpy(a), before, equal_nan=True)
+        again = sched.step(state, y, pred, **kwargs)[1]
+        assert np.array_equal(to_numpy(again), to_numpy(out))
+        state, y = new_state, out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_method_facts(name):
+    sched, n = CASES[name]
+    cls = type(sched)
+    assert isinstance(cls.ORDER, int) and cls.ORDER >= 1
+    assert cls.CALLS_PER_STEP in (1, 2)
+    assert isinstance(sched.deterministic, bool)
+    doc = cls.__doc__ or ""
+    assert "diffusers" in doc and cls.DIFFUSERS_CLASS in doc
+    assert "Options (diffusers' key" in doc  # generated from the option declarations
+    assert cls.DIFFUSERS_CLASS in ds.SCHEDULERS
