@@ -38,10 +38,11 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
     cases = {
         "DDIM": (ds.DDIM(), 6),
         "DDIM-eta-threshold": (
-            ds.DDIM(eta=1.0, thresholding=True, dynamic_thresholding_ratio=0.9,
-                    sample_max_value=3.0),
+            ds.DDIM(
+                eta=1.0, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0
+            ),
             6,
-        ),  # fmt: skip
+        ),
         "PNDM": (ds.PNDM(), 5),
         "PNDM-reduce_warmup": (ds.PNDM(reduce_warmup=True), 6),
         "LCM": (ds.LCM(), 4),
@@ -209,7 +210,7 @@ def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_per_method_facts(name):
-    sched, n = CASES[name]
+    sched, _n = CASES[name]
     cls = type(sched)
     assert isinstance(cls.ORDER, int) and cls.ORDER >= 1
     assert cls.CALLS_PER_STEP in (1, 2)

@@ -36,7 +36,7 @@ EULER_CASES = [
             use_karras_sigmas=True,
         ),
         (4, 25),
-    ),  # fmt: skip
+    ),
     (ds.Euler(final_sigmas_type="sigma_min", timestep_spacing="trailing"), (1, 9)),
     (
         ds.Euler(
@@ -46,7 +46,7 @@ EULER_CASES = [
             timestep_spacing="trailing",
         ),
         (1, 10, 100),
-    ),  # fmt: skip
+    ),
     (ds.Euler(**SD, **CHURN), (5, 30)),
     (ds.Euler(**CHURN, prediction_type="angular_velocity", use_karras_sigmas=True), (6, 40)),
     (ds.Euler(s_churn=1.0, prediction_type="sample"), (10,)),
@@ -64,7 +64,7 @@ ANCESTRAL_CASES = [
             timestep_spacing="trailing",
         ),
         (1, 10),
-    ),  # fmt: skip
+    ),
     (ds.EulerAncestral(beta_schedule="squared_cosine", trained_betas=TRAINED), (4, 40)),
 ]
 

@@ -1,4 +1,4 @@
-"""The probability-flow ODE reference (diffsched.exact.reference): convergence and exact solutions."""
+"""The probability-flow ODE reference (diffsched.exact.reference): convergence, exact solutions."""
 
 from __future__ import annotations
 

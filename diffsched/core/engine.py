@@ -32,8 +32,8 @@ the linear combination, store what later calls read, add noise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 

@@ -3,7 +3,8 @@
 A scheduler only ever sees a model ``model(x_t, t) -> prediction``. For a data distribution
 whose optimal denoiser D(x_t; ᾱ) = E[x_0 | x_t] is known in closed form, the exact model is
 available without training, so a sampler's output can be compared with the exact solution of
-the probability-flow ODE (see :mod:`diffsched.exact.reference`). Two such distributions are provided:
+the probability-flow ODE (see :mod:`diffsched.exact.reference`). Two such distributions are
+provided:
 
 * :class:`EmpiricalDenoiser`: the empirical distribution of a finite data set (by default
   scikit-learn's 8x8 digits, :func:`digits_data`). With x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε and

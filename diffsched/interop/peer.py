@@ -116,7 +116,8 @@ def run(
 
     x = noise * d.init_noise_sigma
     double = _double_tables(module_of(config)) if float64 else contextlib.nullcontext()
-    with double, mock.patch.object(module_of(config), "randn_tensor", draw):
+    # create=True: deterministic schedulers (Heun, KDPM2) do not import randn_tensor
+    with double, mock.patch.object(module_of(config), "randn_tensor", draw, create=True):
         for i, t in enumerate(d.timesteps):
             current[0] = i
             inp = d.scale_model_input(x, t)

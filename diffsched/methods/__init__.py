@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 from .ddim import DDIM
+from .ddpm import DDPM
+from .dpm2 import DPM2, DPM2Ancestral
+from .edm import EDMEuler
 from .euler import Euler, EulerAncestral
+from .heun import Heun
+from .ipndm import IPNDM
 from .lcm import LCM
+from .lms import LMS
 from .pndm import PNDM
 
-ALL = (DDIM, PNDM, LCM, Euler, EulerAncestral)
+ALL = (
+    DDIM,
+    PNDM,
+    LCM,
+    DDPM,
+    Euler,
+    EulerAncestral,
+    Heun,
+    DPM2,
+    DPM2Ancestral,
+    LMS,
+    EDMEuler,
+    IPNDM,
+)
 
-__all__ = ["ALL", "DDIM", "LCM", "PNDM", "Euler", "EulerAncestral"]
+__all__ = [
+    "ALL",
+    "DDIM",
+    "DDPM",
+    "DPM2",
+    "IPNDM",
+    "LCM",
+    "LMS",
+    "PNDM",
+    "DPM2Ancestral",
+    "EDMEuler",
+    "Euler",
+    "EulerAncestral",
+    "Heun",
+]

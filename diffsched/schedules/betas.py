@@ -25,6 +25,11 @@ DIFFUSERS_BETA_SCHEDULES = {
     "squared_cosine": "squaredcos_cap_v2",
 }
 
+# Schedules that only some diffusers classes accept (DDPMScheduler: GeoDiff's sigmoid): a
+# method opts in by declaring its beta_schedule with these choices.
+EXTENDED_BETA_SCHEDULES = (*BETA_SCHEDULES, "sigmoid")
+DIFFUSERS_EXTENDED_BETA_SCHEDULES = {**DIFFUSERS_BETA_SCHEDULES, "sigmoid": "sigmoid"}
+
 
 def betas(
     schedule: str,
@@ -40,6 +45,8 @@ def betas(
       ``scaled_linear``).
     * ``squared_cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008, discretised as
       beta_t = 1 - ᾱ(t+1)/ᾱ(t), capped at 0.999 (Nichol & Dhariwal 2021, eq. 17).
+    * ``sigmoid``: beta_t = beta_start + (beta_end - beta_start) · s(-6 + 12 t/(T-1)), s the
+      logistic function (Xu et al. 2022, "GeoDiff"; of diffusers' classes only DDPM has it).
     * ``trained_betas`` given: used as they are, and ``schedule`` is ignored.
     """
     if trained_betas is not None:
@@ -56,7 +63,9 @@ def betas(
         return np.linspace(beta_start**0.5, beta_end**0.5, num_train_steps, dtype=np.float64) ** 2
     if schedule == "squared_cosine":
         return _squared_cosine_betas(num_train_steps)
-    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got: {schedule!r}")
+    if schedule == "sigmoid":
+        return _sigmoid_betas(num_train_steps, beta_start, beta_end)
+    raise ValueError(f"beta_schedule must be one of {EXTENDED_BETA_SCHEDULES}, got: {schedule!r}")
 
 
 def _squared_cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
@@ -66,6 +75,12 @@ def _squared_cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.n
     t = np.arange(num_train_steps, dtype=np.float64)
     ratios = alpha_bar((t + 1) / num_train_steps) / alpha_bar(t / num_train_steps)
     return np.minimum(1.0 - ratios, max_beta)
+
+
+def _sigmoid_betas(num_train_steps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    # u runs evenly over [-6, 6] (a single step sits at -6); s(u) = 1 / (1 + e^-u)
+    u = np.linspace(-6.0, 6.0, num_train_steps, dtype=np.float64)
+    return beta_start + (beta_end - beta_start) / (1.0 + np.exp(-u))
 
 
 def rescale_to_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:

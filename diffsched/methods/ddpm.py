@@ -1,0 +1,145 @@
+"""DDPM: Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", with the
+variance choices and strided sampling of Nichol & Dhariwal 2021, "Improved Denoising
+Diffusion Probabilistic Models".
+
+Ancestral sampling: each step draws x_{t'} from the Gaussian posterior q(x_{t'} | x_t, x̂_0)
+(eq. 6), t' being the loop's next timestep (ᾱ_{t'} = 1 after the last). Over the stride from
+t to t' (Nichol & Dhariwal 2021, sec. 4):
+
+    α_t = ᾱ_t / ᾱ_{t'},   β_t = 1 - α_t
+    x̂_0 from the model output at ᾱ_t (eq. 15 for ε), optionally clipped or thresholded
+    μ̃_t = sqrt(ᾱ_{t'}) β_t / (1 - ᾱ_t) x̂_0 + sqrt(α_t) (1 - ᾱ_{t'}) / (1 - ᾱ_t) x_t      (eq. 7)
+    β̃_t = (1 - ᾱ_{t'}) / (1 - ᾱ_t) β_t                                                   (eq. 7)
+    x_{t'} = μ̃_t + σ_t z,   σ_t² = β̃_t (fixed_small) or β_t (fixed_large)              (sec. 3.2)
+
+The ``_log`` variance types form σ_t through its logarithm, σ_t = exp(½ log σ_t²), as the
+improved-diffusion code keeps variances: the same numbers (diffusers' fixed_large_log takes
+the square root of log β_t instead, and returns NaN). β̃_t is floored at 1e-20 and no
+noise is added at timestep 0, as in diffusers (a loop whose last timestep is above 0, e.g.
+trailing spacing, adds σ_t z at its last step too). Learned variances (Nichol & Dhariwal 2021,
+eq. 15) come from extra output channels of the model and are not supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import predictions
+from ..core.engine import SAMPLE, X0, Tableau
+from ..core.options import option
+from ..core.scheduler import (
+    Scheduler,
+    Spacing,
+    X0Processing,
+    ZeroTerminalSNR,
+    document,
+    spaced_timesteps,
+)
+from ..schedules import betas as beta_schedules
+from ._img2img import first_call
+
+FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+LEARNED_VARIANCES = ("learned", "learned_range")
+MIN_POSTERIOR_VARIANCE = 1e-20  # diffusers' floor of β̃_t
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class DDPM(X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
+    """Denoising diffusion probabilistic models: ancestral sampling (Ho et al. 2020).
+
+    First order; one model call per step; stochastic (no noise at timestep 0). diffusers:
+    ``DDPMScheduler``. Not to be confused with DDIM with η = 1 (``DDIM(eta=1.0)``): the same
+    step when x̂_0 is neither clipped nor thresholded and the timesteps agree, but DDIM keeps
+    the model's ε̂ where DDPM keeps x_t (eq. 7), and DDIM steps to t - T // N for every
+    spacing where DDPM steps to the loop's next timestep.
+
+    ``init(..., timesteps=[...])``: custom training timesteps, strictly decreasing, as
+    diffusers' ``set_timesteps(timesteps=...)``; ``init(..., strength=s)``: image-to-image.
+    """
+
+    DIFFUSERS_CLASS = "DDPMScheduler"
+
+    beta_schedule: str = option(
+        "linear",
+        "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
+        "diffusers' scaled_linear), squared_cosine (Nichol & Dhariwal 2021, eq. 17) or sigmoid "
+        "(a logistic ramp from beta_start to beta_end; Xu et al. 2022, GeoDiff)",
+        "beta_schedule",
+        choices=beta_schedules.EXTENDED_BETA_SCHEDULES,
+        diffusers_values=beta_schedules.DIFFUSERS_EXTENDED_BETA_SCHEDULES,
+    )
+    variance_type: str = option(
+        "fixed_small",
+        "σ_t² of the added noise (Ho et al. 2020, sec. 3.2): fixed_small (β̃_t, the posterior "
+        "variance) or fixed_large (β_t), each also through its log (fixed_small_log, "
+        "fixed_large_log); learned and learned_range are rejected (the model outputs them)",
+        "variance_type",
+        choices=FIXED_VARIANCES + LEARNED_VARIANCES,
+    )
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    def _check(self) -> None:
+        if self.variance_type in LEARNED_VARIANCES:
+            raise ValueError(
+                f"DDPM option variance_type={self.variance_type!r} is not supported: a learned "
+                "variance (Nichol & Dhariwal 2021, eq. 15) comes as extra output channels of the "
+                f"model; use one of {FIXED_VARIANCES}"
+            )
+
+    def _timesteps(self, num_steps: int, timesteps: Any = None) -> np.ndarray:
+        if timesteps is None:
+            return spaced_timesteps(self, num_steps)
+        arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
+        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
+        ts = arr.astype(np.int64)
+        if np.any(np.diff(ts) >= 0):
+            raise ValueError(f"timesteps must be strictly decreasing, got: {ts.tolist()}")
+        if ts[0] >= self.num_train_steps or ts[-1] < 0:
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_train_steps - 1}] "
+                f"(num_train_steps={self.num_train_steps}), got: {ts.tolist()}"
+            )
+        return ts
+
+    def _levels(self, num_steps: int, timesteps: Any = None, strength: float = 1.0):
+        """(timesteps, ᾱ_t, ᾱ_{t'}): each step goes to the next timestep of the loop."""
+        ts = self._timesteps(num_steps, timesteps)
+        ts = ts[first_call(len(ts), strength) :]
+        prev = np.append(ts[1:], -1)
+        acp = self.alphas_cumprod
+        return ts, acp[ts], beta_schedules.alpha_bar_at(acp, prev, 1.0)
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        _, a_t, a_prev = self._levels(num_steps, **init_options)
+        return float(a_t[0]), float(a_prev[-1])
+
+    def tableau(self, num_steps: int, timesteps: Any = None, strength: float = 1.0) -> Tableau:
+        ts, a_t, a_prev = self._levels(num_steps, timesteps, strength)
+        alpha = a_t / a_prev  # α_t over the stride (Nichol & Dhariwal 2021, sec. 4)
+        beta = 1.0 - alpha
+        x0 = predictions.x0_coefficients(self.prediction_type, a_t)
+        # eq. 7: the posterior mean and variance
+        mean_x0 = np.sqrt(a_prev) * beta / (1.0 - a_t)
+        mean_x = np.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
+        posterior = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta, MIN_POSTERIOR_VARIANCE)
+        variance = posterior if self.variance_type.startswith("fixed_small") else beta
+        if self.variance_type.endswith("_log"):
+            std = np.exp(0.5 * np.log(variance))
+        else:
+            std = np.sqrt(variance)
+        return Tableau(
+            timesteps=ts,
+            x0_sample=x0.sample_coef,
+            x0_output=x0.prediction_coef,
+            update={(X0, 0): mean_x0, (SAMPLE, 0): mean_x},
+            noise=np.where(ts > 0, std, 0.0),  # no noise at t = 0
+            start=(float(np.sqrt(a_t[0])), float(np.sqrt(1.0 - a_t[0]))),
+        )

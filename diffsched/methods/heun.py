@@ -1,0 +1,115 @@
+"""Heun's method: Karras, Aittala, Aila & Laine 2022, "Elucidating the Design Space of
+Diffusion-Based Generative Models", Alg. 1 (k-diffusion's ``sample_heun`` without churn).
+
+The probability-flow ODE in the variance-exploding variable x = x_0 + σ ε (eq. 4 with
+s = 1) is dx/dσ = d(x, σ) = (x - x̂_0(x, σ)) / σ. Over the grid σ_0 > ... > σ_{N-1} >
+σ_N = 0, each step is the explicit trapezoidal rule: an Euler predictor, then the mean of
+the slopes at both ends (Alg. 1, lines 4-8):
+
+    d_i = (x_i - x̂_0(x_i, σ_i)) / σ_i                                             (1)
+    x'_{i+1} = x_i + (σ_{i+1} - σ_i) d_i                                           (2)
+    d'_i = (x'_{i+1} - x̂_0(x'_{i+1}, σ_{i+1})) / σ_{i+1}                           (3)
+    x_{i+1} = x_i + (σ_{i+1} - σ_i) (d_i + d'_i) / 2                               (4)
+
+The last step, to σ_N = 0 where (3) is undefined, is the Euler step (2) alone (line 6);
+it lands on x̂_0. An N-step loop thus makes 2N - 1 model calls, at σ_0, σ_1, σ_1, σ_2,
+σ_2, ..., σ_{N-1}: every inner grid point is visited twice, first by the corrector (3)
+of the step ending there, then by the predictor (1) of the step starting there.
+x̂_0 may be clipped (``clip_denoised_sample``): (1) and (3) both use the clipped estimate.
+
+The grid: the spacing's timesteps with σ interpolated over the training σ's, or a Karras /
+exponential / beta grid between the same end points (:mod:`diffsched.schedules.sigmas`).
+The model is called on x / sqrt(σ² + 1), the variance-preserving sample it was trained on;
+that is the sample this scheduler holds (``input_scale``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import predictions
+from ..core.engine import SAMPLE, X0, Tableau
+from ..core.options import with_default
+from ..core.scheduler import Clipping, Scheduler, SigmaGrid, Spacing, document
+from .euler import _EulerBase
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TwoStageBase(SigmaGrid, Spacing, Scheduler):
+    """The options shared by diffusers' Heun and DPM2 schedulers (Stable Diffusion's betas,
+    linspace spacing), and Euler's σ grid and initial noise level."""
+
+    beta_start: float = with_default(Scheduler, "beta_start", 0.00085)
+    beta_end: float = with_default(Scheduler, "beta_end", 0.012)
+    timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
+
+    # the same grid and start as Euler's (no zero terminal SNR, no custom σ's here)
+    _grid = _EulerBase._grid
+    _init_noise_sigma = _EulerBase._init_noise_sigma
+    noise_levels = _EulerBase.noise_levels
+
+
+def interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per-call values of a two-stage loop: ``first[i]`` at call 2i (N of them), then
+    ``second[i]`` at call 2i + 1 (the N - 1 steps that have a second stage)."""
+    out = np.empty(2 * len(first) - 1)
+    out[0::2] = first
+    out[1::2] = second[: len(first) - 1]
+    return out
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class Heun(Clipping, _TwoStageBase):
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1).
+
+    Second order; two model calls per step (one on the last step, to σ = 0); deterministic.
+    diffusers: ``HeunDiscreteScheduler``. Not to be confused with EDM's stochastic sampler
+    (Karras et al. 2022, Alg. 2, Heun with churn) or with DPM2 (``DPM2``), whose second
+    call is at the log-σ midpoint of the step rather than at its end.
+
+    ``init(..., timesteps=[...])`` gives a custom grid, as diffusers' ``set_timesteps``;
+    ``init(..., strength=s)`` is image-to-image.
+    """
+
+    DIFFUSERS_CLASS = "HeunDiscreteScheduler"
+    PREDICTION_TYPES = predictions.PREDICTION_TYPES
+    ORDER = 2
+    CALLS_PER_STEP = 2  # one on the last step, to σ = 0
+
+    clip_denoised_sample: bool = with_default(Clipping, "clip_denoised_sample", False)
+
+    def tableau(self, num_steps: int, timesteps: Any = None, strength: float = 1.0) -> Tableau:
+        ts, sig = self._grid(num_steps, timesteps=timesteps, strength=strength)
+        n = len(ts)
+        s, s_next = sig[:n], sig[1 : n + 1]
+        h = s_next - s
+        # call 2i: the predictor (1-2) at σ_i; call 2i + 1: the corrector (3-4) at σ_{i+1}
+        sigma = interleave(s, s_next)
+        x0 = predictions.x0_from_ve(self.prediction_type, sigma)
+        update = {
+            term: np.zeros(2 * n - 1) for term in ((SAMPLE, 0), (X0, 0), (SAMPLE, 1), (X0, 1))
+        }
+        predictor, corrector = slice(0, None, 2), slice(1, None, 2)
+        # (2): x' = x_i + h_i (x_i - x̂_0) / σ_i; on the last step x' = x̂_0
+        update[(SAMPLE, 0)][predictor] = 1 + h / s
+        update[(X0, 0)][predictor] = -h / s
+        # (4): x_{i+1} = x_i + h_i/2 (x_i - x̂_0,i) / σ_i + h_i/2 (x' - x̂_0') / σ_{i+1},
+        # x_i and x̂_0,i those of the predictor call, one call back
+        half = h[:-1] / 2
+        update[(SAMPLE, 1)][corrector] = 1 + half / s[:-1]
+        update[(X0, 1)][corrector] = -half / s[:-1]
+        update[(SAMPLE, 0)][corrector] = half / s_next[:-1]
+        update[(X0, 0)][corrector] = -half / s_next[:-1]
+        return Tableau(
+            timesteps=interleave(ts, ts[1:]),
+            x0_sample=x0.sample_coef,
+            x0_output=x0.prediction_coef,
+            update={term: col for term, col in update.items() if n > 1 or term[1] == 0},
+            input_scale=np.append(np.sqrt(sigma**2 + 1), 1.0),
+            start=(1.0, float(s[0])),
+            init_noise_sigma=self._init_noise_sigma(sig),
+        )
