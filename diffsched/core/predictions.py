@@ -128,3 +128,41 @@ def x0_from_ve(
         return Linear(np.zeros_like(sigma), np.ones_like(sigma))
     check_prediction_type(prediction_type)
     raise AssertionError  # unreachable
+
+
+# The velocity of rectified flow, v = ε - x_0 for x_σ = (1 - σ) x_0 + σ ε (Liu et al. 2022;
+# Lipman et al. 2023): diffusers' ``flow_prediction``. Only methods that declare it in their
+# PREDICTION_TYPES accept it.
+FLOW = "flow"
+FLOW_PREDICTION_TYPES = (*PREDICTION_TYPES, FLOW)
+DIFFUSERS_PREDICTION_TYPES[FLOW] = "flow_prediction"
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def x0_from_alpha_sigma(prediction_type: str, alpha: np.ndarray, sigma: np.ndarray) -> Linear:
+    """x̂_0 as a linear function of (x, prediction) for x = α x_0 + σ ε, any (α, σ) path.
+
+    ``noise``: (x - σ ε)/α; ``angular_velocity``: α x - σ v (α² + σ² = 1); ``sample``: x_0;
+    ``flow``: x - σ v with v = ε - x_0 (α = 1 - σ). Not finite where α = 0 for ε models.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if prediction_type == "noise":
+        return Linear(1.0 / alpha, -sigma / alpha)
+    if prediction_type == "angular_velocity":
+        return Linear(alpha, -sigma)
+    if prediction_type == "sample":
+        return Linear(np.zeros_like(alpha), np.ones_like(alpha))
+    if prediction_type == FLOW:
+        return Linear(np.ones_like(alpha), -sigma)
+    check_prediction_type(prediction_type, FLOW_PREDICTION_TYPES)
+    raise AssertionError  # unreachable
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def noise_from_alpha_sigma(prediction_type: str, alpha: np.ndarray, sigma: np.ndarray) -> Linear:
+    """ε̂ as a linear function of (x, prediction) for x = α x_0 + σ ε: (x - α x̂_0)/σ."""
+    x0 = x0_from_alpha_sigma(prediction_type, alpha, sigma)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    return Linear((1.0 - alpha * x0.sample_coef) / sigma, -alpha * x0.prediction_coef / sigma)
