@@ -27,12 +27,50 @@ import numpy as np
 from .core.scheduler import Scheduler
 from .exact import models, reference
 from .interop.config import from_config
-from .methods import DDIM, LCM, PNDM
+from . import methods
 from .sampling import sample
 
-SCHEDULERS: dict[str, type[Scheduler]] = {"ddim": DDIM, "pndm": PNDM, "lcm": LCM}
+# the command's short names; a class that does not exist (yet) is left out
+CLI_NAMES = {
+    "ddim": "DDIM",
+    "pndm": "PNDM",
+    "lcm": "LCM",
+    "ddpm": "DDPM",
+    "euler": "Euler",
+    "euler-a": "EulerAncestral",
+    "heun": "Heun",
+    "dpm2": "DPM2",
+    "dpm2-a": "DPM2Ancestral",
+    "lms": "LMS",
+    "ipndm": "IPNDM",
+    "edm-euler": "EDMEuler",
+    "dpm++2m": "DPMSolverMultistep",
+    "dpm++2s": "DPMSolverSinglestep",
+    "unipc": "UniPC",
+    "deis": "DEIS",
+    "sa-solver": "SASolver",
+    "tcd": "TCD",
+    "edm-dpm++2m": "EDMDPMSolverMultistep",
+    "ddim-inverse": "DDIMInverse",
+    "dpm++2m-inverse": "DPMSolverMultistepInverse",
+    "flow-euler": "FlowMatchEuler",
+    "flow-heun": "FlowMatchHeun",
+    "flow-lcm": "FlowMatchLCM",
+}
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    name: getattr(methods, cls) for name, cls in CLI_NAMES.items() if hasattr(methods, cls)
+}
 BACKENDS = ("numpy", "torch", "jax")
-DEFAULT_BENCH = ("ddim", "pndm", "pndm:reduce_warmup=true")
+DEFAULT_BENCH = (
+    "ddim",
+    "pndm",
+    "pndm:reduce_warmup=true",
+    "euler",
+    "euler:use_karras_sigmas=true",
+    "heun",
+    "dpm2",
+    "lms",
+)
 
 
 class UsageError(Exception):
@@ -180,17 +218,23 @@ def run(
     progress: bool = False,
     with_exact: bool = True,
 ) -> Run:
+    if not scheduler.TRAINING_TIMESTEPS:
+        raise UsageError(
+            f"{type(scheduler).__name__} calls the model at timesteps that are not training "
+            "steps of a beta schedule; the exact models here take those only"
+        )
     model = models.make_model(
         model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
         **model_kwargs(model_name),
     )  # fmt: skip
     x = to_backend(noise, backend, dtype)
     _, timesteps = scheduler.init(num_steps, x, seed)
+    start = noise * scheduler.init_noise_scale(num_steps)
     t0 = time.perf_counter()
     out = sample(model, scheduler, x, num_steps, seed, progress=progress, compile=compile)
     out = np.asarray(_host(out), dtype=np.float64)
     seconds = time.perf_counter() - t0
-    exact, note = exact_solution(scheduler, model, noise, num_steps) if with_exact else (None, "")
+    exact, note = exact_solution(scheduler, model, start, num_steps) if with_exact else (None, "")
     return Run(out, noise, int(timesteps.shape[0]), seconds, exact, note)
 
 
@@ -332,7 +376,7 @@ def bench_rows(
                 row = {"model": model_name, "scheduler": label, "steps": n,
                        "calls": result.model_calls, "error": result.error,
                        "note": result.note}  # fmt: skip
-                if against == "diffusers" and isinstance(scheduler, DDIM | PNDM):
+                if against == "diffusers" and result.exact is not None:
                     row["diffusers_error"] = diffusers_error(scheduler, model_name, n, result)
                 rows.append(row)
     return rows
@@ -348,7 +392,7 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
         model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
         **model_kwargs(model_name),
     )  # fmt: skip
-    out = _diffusers.sample(scheduler.to_config(), model, torch.from_numpy(ours.noise), num_steps)
+    _, out = _diffusers.run(scheduler.to_config(), model, torch.from_numpy(ours.noise), num_steps)
     out = out.double().numpy()
     return float(np.linalg.norm(out - ours.exact) / np.linalg.norm(ours.exact))
 
@@ -396,11 +440,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     del args
+    from .core.options import STEP_TIME, specs
+
     for name, cls in SCHEDULERS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {cls.__name__} — {doc}")
-        for field in dataclasses.fields(cls):
-            print(f"    {field.name} = {field.default!r}")
+        print(f"{name}: {cls.__name__} — {doc} (diffusers: {cls.DIFFUSERS_CLASS})")
+        for field, (default, spec) in specs(cls).items():
+            key = spec.diffusers_key
+            where = "passed to diffusers' step" if key == STEP_TIME else key or "ours only"
+            allowed = ""
+            if field == "prediction_type":
+                allowed = f"; one of {cls.PREDICTION_TYPES}"
+            elif spec.choices:
+                allowed = f"; one of {spec.choices}"
+            print(f"    {field} = {default!r}  [{where}]{allowed}")
     return 0
 
 

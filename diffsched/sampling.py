@@ -24,6 +24,7 @@ def sample(
     progress: bool = False,
     callback: Callback | None = None,
     compile: bool = False,
+    image: Array | None = None,
     **init_options: Any,
 ) -> Array:
     """Run a scheduler's loop from ``noise`` and return the final sample.
@@ -32,8 +33,10 @@ def sample(
         model: ``model(sample, timestep) -> prediction``, in the scheduler's
             ``prediction_type``. Called on the sample exactly as the scheduler holds it.
         scheduler: any diffsched scheduler.
-        noise: the starting sample (standard normal noise, or an image noised to the first
-            timestep for LCM with ``strength`` < 1); sets backend, dtype and device.
+        noise: standard normal noise; the loop starts from it times
+            ``scheduler.init_noise_scale`` (diffusers' start), or, with ``image``, from the
+            image noised to the first model call (``scheduler.add_noise``). It sets the
+            backend, dtype and device.
         num_steps: the number of steps N (PNDM's warm-up adds model calls: the timesteps
             ``init`` returns are the calls).
         key: integer seed or JAX PRNG key for stochastic schedulers.
@@ -41,9 +44,17 @@ def sample(
         callback: ``callback(i, timestep, sample)`` after each step (eager loops only).
         compile: JAX arrays only: run the whole loop as one ``jax.jit``-compiled
             ``jax.lax.fori_loop``, the state as the carry.
-        **init_options: passed to ``init`` (LCM's ``strength``).
+        image: a clean sample for image-to-image (with ``strength=`` < 1 in
+            ``init_options``): the loop starts from ``add_noise(state, image, noise)``.
+        **init_options: passed to ``init`` (``strength``, custom ``sigmas`` / ``timesteps``).
     """
     state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
+    if image is not None:  # image-to-image: the clean image noised to the first call
+        noise = scheduler.add_noise(state, image, noise)
+    else:
+        scale = scheduler.init_noise_scale(num_steps, **init_options)
+        if scale != 1.0:  # the first model input as diffusers forms it (Euler-type, EDM)
+            noise = noise * scale
     if compile:
         if not _ops.is_jax(_ops.namespace(noise)):
             raise ValueError(

@@ -227,7 +227,7 @@ def test_sample_from_config(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sample", "euler"], "unknown scheduler 'euler'"),
+        (["sample", "nosuch"], "unknown scheduler 'nosuch'"),
         (["sample", "-o", "nope=1"], "no option(s) ['nope']"),
         (["sample", "pndm", "-o", "eta=0.5"], "no option(s) ['eta']"),
         (["sample", "-o", "x"], "expected an option as key=value, got: 'x'"),
@@ -235,7 +235,7 @@ def test_sample_from_config(capsys, tmp_path):
         (["sample", "ddim", "--config", "{config}"], "not both"),
         (["sample", "--config", "{tmp}/missing.json"], "missing.json"),
         (["sample", "pndm", "--steps", 2], "at least 4 steps"),
-        (["bench", "--schedulers", "euler"], "unknown scheduler 'euler'"),
+        (["bench", "--schedulers", "nosuch"], "unknown scheduler 'nosuch'"),
         (["bench", "--schedulers", "ddim:nope=1"], "no option(s) ['nope']"),
     ],
 )
@@ -253,10 +253,10 @@ def test_usage_errors(capsys, tmp_path, argv, message):
 
 def test_unknown_scheduler_with_gmm_is_a_usage_error(capsys, tmp_path):
     status, _, err = run_cli(
-        capsys, "sample", "euler", "--model", "gmm", "--out", tmp_path / "e.png"
+        capsys, "sample", "nosuch", "--model", "gmm", "--out", tmp_path / "e.png"
     )
     assert status == 2
-    assert "unknown scheduler 'euler'" in err
+    assert "unknown scheduler 'nosuch'" in err
 
 
 def test_scheduler_name_case_insensitive_with_gmm(capsys, tmp_path):
@@ -352,19 +352,23 @@ def test_bench_rows_against_diffusers():
 def test_list(capsys):
     status, out, _ = run_cli(capsys, "list")
     assert status == 0
-    sections = re.split(r"^(?=\w+: )", out, flags=re.MULTILINE)
+    sections = re.split(r"^(?=[\w+-]+: )", out, flags=re.MULTILINE)
     sections = {s.split(":", 1)[0]: s for s in sections if s.strip()}
-    assert list(sections) == ["ddim", "pndm", "lcm"]
+    assert list(sections) == list(cli.SCHEDULERS)
+    assert list(sections)[:3] == ["ddim", "pndm", "lcm"] and "euler" in sections
     assert sections["ddim"].startswith("ddim: DDIM — Denoising diffusion implicit models")
+    assert "(diffusers: DDIMScheduler)" in sections["ddim"]
     for name, cls in cli.SCHEDULERS.items():
         for field in dataclasses.fields(cls):
-            assert f"    {field.name} = {field.default!r}\n" in sections[name], field.name
-    assert "    eta = 0.0\n" in sections["ddim"]
-    assert "    clip_denoised_sample = True\n" in sections["ddim"]
-    assert "    reduce_warmup = False\n" in sections["pndm"]
-    assert "    alpha_clip_strategy = 'alpha_zero'\n" in sections["pndm"]
-    assert "    num_original_steps = 50\n" in sections["lcm"]
-    assert "    clip_denoised_sample = False\n" in sections["lcm"]
+            if field.init:
+                assert f"\n    {field.name} = {field.default!r}" in sections[name], field.name
+    assert "    eta = 0.0  [passed to diffusers' step]" in sections["ddim"]
+    assert "    clip_denoised_sample = True  [clip_sample]" in sections["ddim"]
+    assert "    reduce_warmup = False  [skip_prk_steps]" in sections["pndm"]
+    assert "    alpha_clip_strategy = 'alpha_zero'  [set_alpha_to_one]" in sections["pndm"]
+    assert "one of ('one', 'alpha_zero')" in sections["pndm"]
+    assert "    num_original_steps = 50  [original_inference_steps]" in sections["lcm"]
+    assert "    clip_denoised_sample = False" in sections["lcm"]
 
 
 @pytest.mark.parametrize(
@@ -403,7 +407,7 @@ def test_parse_options_and_spec():
     assert cli.parse_spec(spec)[1] == ds.DDIM(trained_betas=tuple(betas), eta=0.5)
     assert cli.parse_spec("lcm:num_original_steps=25")[1] == ds.LCM(num_original_steps=25)
     with pytest.raises(cli.UsageError, match="unknown scheduler"):
-        cli.parse_spec("euler:eta=1")
+        cli.parse_spec("nosuch:eta=1")
 
 
 def test_build_scheduler():

@@ -50,6 +50,9 @@ class BaseScheduler:
     # per-method facts, uniform across methods so one test can check them all
     ORDER: ClassVar[int] = 1
     CALLS_PER_STEP: ClassVar[int] = 1
+    # whether the model is called at (fractional) training steps of its beta schedule, as
+    # the exact models of diffsched.exact expect
+    TRAINING_TIMESTEPS: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__

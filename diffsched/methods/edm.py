@@ -61,6 +61,7 @@ class EDMEuler(BaseScheduler):
     """
 
     DIFFUSERS_CLASS = "EDMEulerScheduler"
+    TRAINING_TIMESTEPS = False  # c_noise(σ) = log(σ) / 4
     PREDICTION_TYPES = ("noise", "angular_velocity")
 
     sigma_min: float = option(0.002, "σ_min, the lowest level of the grid (Table 1: 0.002)",

@@ -80,6 +80,7 @@ class IPNDM(Scheduler):
     """
 
     DIFFUSERS_CLASS = "IPNDMScheduler"
+    TRAINING_TIMESTEPS = False  # t in (0, 1], from its own noise grid
     PREDICTION_TYPES = ("angular_velocity",)
     ORDER = 4
 
