@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from . import methods
 from .core.scheduler import Scheduler
 from .exact import models, reference
 from .interop.config import from_config
-from . import methods
 from .sampling import sample
 
 # the command's short names; a class that does not exist (yet) is left out
