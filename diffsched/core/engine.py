@@ -310,6 +310,8 @@ def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineStat
     """The engine state of ``program`` on the template's backend, dtype and device."""
     xp = ops.namespace(sample_template)
     dtype = ops.compute_dtype(xp, sample_template.dtype)
+    if dtype != xp.float64:
+        _check_fits_float32(program)
     dev = ops.device(sample_template)
     step = xp.asarray(0, dtype=xp.int32, device=dev)
     coefs = ops.asarray(xp, program.coefs, dtype, sample_template)
@@ -325,6 +327,28 @@ def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineStat
     state = EngineState(step, coefs, reads, writes, key, history)
     ts_dtype = ops.timestep_dtype(xp, program.timesteps)
     return state, ops.asarray(xp, program.timesteps, ts_dtype, sample_template)
+
+
+def _check_fits_float32(program: Program) -> None:
+    """Coefficients beyond float32's range would turn a float32 step into inf / NaN."""
+    n = program.num_calls
+    values = np.concatenate(
+        [
+            program.coefs[:n].reshape(n, -1),
+            program.reads[:n, :, 1],
+            program.writes[:n, :, 1:].reshape(n, -1),
+        ],
+        axis=1,
+    )
+    values = np.nan_to_num(values, nan=0.0)  # the start columns of methods without add_noise
+    big = np.abs(values).max(axis=1) > 1e18  # two such factors in a row overflow float32
+    if big.any():
+        i = int(np.argmax(big))
+        raise ValueError(
+            f"model call {i} (timestep {program.timesteps[i]}) has a coefficient of magnitude "
+            f"{np.abs(values[i]).max():.3g}, beyond float32's range: the noise schedule (betas) "
+            "reaches a level float32 cannot represent; use a float64 sample_template"
+        )
 
 
 # -- the eager path's per-call rows, as Python floats ---------------------------------------

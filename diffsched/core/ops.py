@@ -280,6 +280,8 @@ def combine(terms: Sequence[tuple[float, Array]]) -> Array:
             continue
         if out is None:
             out = a * c
+            if isinstance(out, np.generic):  # NumPy gives scalars for 0-d arrays
+                out = np.asarray(out)
         elif type(out) is np.ndarray:
             out += c * a
         elif hasattr(out, "add_"):  # torch: in place into the array this function made

@@ -31,6 +31,11 @@ MAX_TRAIN_STEPS = 100_000
 
 
 def _tuple_of_floats(value: Any) -> tuple[float, ...]:
+    """A list (or array) of real numbers as a tuple of floats; anything else a TypeError."""
+    if isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1:
+        raise TypeError(f"expected a list of numbers, got: {value!r}")
+    if any(isinstance(v, bool | str) for v in np.asarray(value, dtype=object).reshape(-1)):
+        raise TypeError(f"expected a list of numbers, got: {value!r}")
     try:
         out = tuple(float(b) for b in np.asarray(value, dtype=np.float64).reshape(-1))
     except (TypeError, ValueError) as err:
