@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import threading
+import warnings
 
 import numpy as np
 import oracle
@@ -74,7 +75,7 @@ def configs(draw, cls):
     """(class, {option: value}) with a few options set to valid or arbitrary values."""
     options = {}
     for name, (default, spec) in specs(cls).items():
-        if name == "trained_betas" or not draw(st.integers(0, 4)) == 0:
+        if name == "trained_betas" or draw(st.integers(0, 4)) != 0:
             continue
         value = draw(st.one_of(valid_values(default, spec), ANY_VALUE) if draw(
             st.booleans()) else valid_values(default, spec))  # fmt: skip
@@ -114,7 +115,7 @@ def test_constructor_and_loop(cls, data):
     try:
         state, timesteps = sched.init(n, x, key=1)
     except ALLOWED as err:
-        assert names_the_problem(err, list(options) + ["strength"]), (options, err)
+        assert names_the_problem(err, [*list(options), "strength"]), (options, err)
         return
     y = x * sched.init_noise_scale(n)
     for t in timesteps:
@@ -149,7 +150,8 @@ def test_from_config_dicts_and_files(cls, data, tmp_path_factory):
         path.write_text(json.dumps(config, allow_nan=True), encoding="utf-8")
         source = path
     try:
-        with pytest.warns(UserWarning) if False else _no_warning_check():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # keys of no option are reported in a warning
             sched = ds.from_config(source)
     except ALLOWED as err:
         ours = [n for n, (_, spec) in specs(cls).items() if spec.diffusers_key in config]
@@ -158,16 +160,6 @@ def test_from_config_dicts_and_files(cls, data, tmp_path_factory):
     except Exception as err:
         pytest.fail(f"from_config({config}) raised {type(err).__name__}: {err}")
     assert type(sched) is cls
-
-
-class _no_warning_check:
-    def __enter__(self):
-        self._ctx = __import__("warnings").catch_warnings()
-        self._ctx.__enter__()
-        __import__("warnings").simplefilter("ignore")
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def _default_instance(cls):
