@@ -122,10 +122,22 @@ class BaseScheduler:
 
     def _bad_call(self, program_tableau: engine.Tableau, n: int) -> str:
         t = program_tableau.timesteps[n]
+        head = f"{type(self).__name__}: model call {n} (timestep {t}) has no finite update"
+        if getattr(self, "rescale_betas_zero_snr", False) and self.prediction_type == "noise":
+            return (
+                f"{head}; prediction_type='noise' cannot give x_0 at zero signal-to-noise "
+                "ratio (rescale_betas_zero_snr): use prediction_type='angular_velocity'"
+            )
+        ts = np.asarray(program_tableau.timesteps)
+        if len(np.unique(ts)) < len(ts) and type(self).CALLS_PER_STEP == 1:
+            return (
+                f"{head}: the grid visits a noise level twice (timesteps {ts.tolist()}); "
+                f"use fewer steps than num_steps={len(ts)} for "
+                f"num_train_steps={getattr(self, 'num_train_steps', '?')}, or another spacing"
+            )
         return (
-            f"{type(self).__name__}: model call {n} (timestep {t}) has no finite update; "
-            f"prediction_type={self.prediction_type!r} cannot give x_0 at zero signal-to-noise "
-            "ratio (rescale_betas_zero_snr): use prediction_type='angular_velocity'"
+            f"{head}: prediction_type={self.prediction_type!r} cannot give x_0 at that "
+            "noise level with these options"
         )
 
     def program(self, num_steps: int, **init_options: Any) -> engine.Program:

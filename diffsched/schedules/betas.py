@@ -126,10 +126,20 @@ def alpha_bar_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray, final: float
 
 
 def check_betas(betas: np.ndarray) -> None:
-    """Betas must lie in (0, 1), so that ᾱ is finite, positive and strictly decreasing."""
+    """Betas must lie in (0, 1), so that ᾱ is finite, positive and strictly decreasing, and
+    must not drive ᾱ below 1e-12 (σ above 1e6; Stable Diffusion's schedule ends at ᾱ = 4.7e-3,
+    the squared cosine one at 2.4e-9): no model is trained at such levels, and σ-based
+    methods' float32 grids (σ⁴ in DPM-2 ancestral) overflow beyond them."""
     bad = ~(np.isfinite(betas) & (betas > 0) & (betas < 1))
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
             f"betas must lie in (0, 1) (exclusive) so that ᾱ decreases; beta[{i}] is {betas[i]!r}"
+        )
+    last = float(np.exp(np.sum(np.log1p(-betas))))
+    if last < 1e-12:
+        raise ValueError(
+            f"the betas drive ᾱ down to {last:.3g} at the last training step (σ = "
+            f"{1 / np.sqrt(max(last, 1e-300)):.3g}); expected ᾱ >= 1e-12: lower beta_start / "
+            "beta_end or the number of training steps"
         )
