@@ -142,6 +142,8 @@ class Program:
     init_noise_scale: float
     processes_x0: bool
     stochastic: bool
+    # (N + 1,) native sample = input_scale · held sample (for adapters that hold the native one)
+    input_scale: np.ndarray = field(default_factory=lambda: np.ones(1))
     host: dict = field(default_factory=dict)  # per-call Python rows for the eager path
 
     @property
@@ -296,6 +298,7 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
         writes=writes,
         num_slots=num_slots,
         init_noise_scale=float(tableau.init_noise_sigma / scale[0]),
+        input_scale=scale,
         processes_x0=processes_x0,
         stochastic=tableau.noise is not None and bool(np.any(noise != 0)),
     )
