@@ -58,6 +58,18 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "LMS": dict(),
         "EDMEuler": dict(),
         "IPNDM": dict(),
+        "TCD": dict(),
+        "SASolver": dict(),
+        "DDIMInverse": dict(),
+        "DPMSolverMultistep": dict(),
+        "DPMSolverMultistepInverse": dict(),
+        "DEIS": dict(),
+        "UniPC": dict(),
+        "DPMSolverSinglestep": dict(),
+        "EDMDPMSolverMultistep": dict(),
+        "FlowMatchEuler": dict(),
+        "FlowMatchHeun": dict(),
+        "FlowMatchLCM": dict(),
     }
     for name, kwargs in optional.items():
         cls = getattr(ds, name, None)

@@ -68,6 +68,12 @@ def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler
     if not isinstance(name, str) or name not in classes:
         raise ValueError(f"unsupported scheduler class {name!r}; supported: {sorted(classes)}")
     cls = classes[name]
+    # deprecated keys diffusers still reads in place of another (DDIMInverseScheduler's
+    # set_alpha_to_zero): the old key, when given, wins, as in diffusers' __init__
+    for old, new in getattr(cls, "DIFFUSERS_ALIASES", {}).items():
+        if config.get(old) is not None:
+            config[new] = config[old]
+        config.pop(old, None)
     by_key = {
         spec.diffusers_key: (field, default, spec)
         for field, (default, spec) in specs(cls).items()

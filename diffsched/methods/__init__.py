@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ddim import DDIM
+from .ddim_inverse import DDIMInverse
 from .ddpm import DDPM
 from .dpm2 import DPM2, DPM2Ancestral
 from .edm import EDMEuler
@@ -12,6 +13,8 @@ from .ipndm import IPNDM
 from .lcm import LCM
 from .lms import LMS
 from .pndm import PNDM
+from .sasolver import SASolver
+from .tcd import TCD
 
 ALL = (
     DDIM,
@@ -26,17 +29,23 @@ ALL = (
     LMS,
     EDMEuler,
     IPNDM,
+    TCD,
+    SASolver,
+    DDIMInverse,
 )
 
 __all__ = [
     "ALL",
     "DDIM",
+    "DDIMInverse",
     "DDPM",
     "DPM2",
     "IPNDM",
     "LCM",
     "LMS",
     "PNDM",
+    "TCD",
+    "SASolver",
     "DPM2Ancestral",
     "EDMEuler",
     "Euler",
