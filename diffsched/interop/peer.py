@@ -29,6 +29,22 @@ MODULES = {
     "LMSDiscreteScheduler": "diffusers.schedulers.scheduling_lms_discrete",
     "EDMEulerScheduler": "diffusers.schedulers.scheduling_edm_euler",
     "IPNDMScheduler": "diffusers.schedulers.scheduling_ipndm",
+    "DPMSolverMultistepScheduler": "diffusers.schedulers.scheduling_dpmsolver_multistep",
+    "DPMSolverMultistepInverseScheduler": (
+        "diffusers.schedulers.scheduling_dpmsolver_multistep_inverse"
+    ),
+    "DEISMultistepScheduler": "diffusers.schedulers.scheduling_deis_multistep",
+    "UniPCMultistepScheduler": "diffusers.schedulers.scheduling_unipc_multistep",
+    "DPMSolverSinglestepScheduler": "diffusers.schedulers.scheduling_dpmsolver_singlestep",
+    "EDMDPMSolverMultistepScheduler": (
+        "diffusers.schedulers.scheduling_edm_dpmsolver_multistep"
+    ),
+    "FlowMatchEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_match_euler_discrete",
+    "FlowMatchHeunDiscreteScheduler": "diffusers.schedulers.scheduling_flow_match_heun_discrete",
+    "FlowMatchLCMScheduler": "diffusers.schedulers.scheduling_flow_match_lcm",
+    "TCDScheduler": "diffusers.schedulers.scheduling_tcd",
+    "DDIMInverseScheduler": "diffusers.schedulers.scheduling_ddim_inverse",
+    "SASolverScheduler": "diffusers.schedulers.scheduling_sasolver",
 }
 
 
@@ -94,12 +110,18 @@ def run(
     model, ``step``. ``noises[i]`` replaces the noise diffusers draws at call i (its
     ``randn_tensor``); options diffusers passes to ``step`` come from ``"_diffsched"``.
     """
+    import inspect
     from unittest import mock
 
     extra = dict(config.get("_diffsched") or {})
     step_kwargs = {STEP_KWARGS.get(k, k): v for k, v in extra.items()}
     d = scheduler(config, float64=float64)
     name = config["_class_name"]
+    # image-to-image where set_timesteps has no strength: the img2img pipelines' cut
+    # (get_timesteps), then set_begin_index
+    strength = None
+    if "strength" not in inspect.signature(d.set_timesteps).parameters:
+        strength = set_timesteps_kwargs.pop("strength", None)
     with _double_tables(module_of(config)) if float64 else contextlib.nullcontext():
         if num_steps is None:
             d.set_timesteps(**set_timesteps_kwargs)
@@ -107,6 +129,16 @@ def run(
             d.set_timesteps(num_steps, **set_timesteps_kwargs)
     if float64:
         _double_grids(d)
+    timesteps = d.timesteps
+    if strength is not None:
+        steps = d.num_inference_steps
+        if name.startswith("FlowMatch"):  # SD3 / FLUX img2img: floor(N (1 - s)) skipped
+            t_start = int(max(steps - min(steps * strength, steps), 0))
+        else:  # the Stable Diffusion img2img pipelines: floor(N s) kept
+            t_start = max(steps - min(int(steps * strength), steps), 0)
+        timesteps = timesteps[t_start * d.order :]
+        if hasattr(d, "set_begin_index"):
+            d.set_begin_index(t_start * d.order)
     current = [0]
 
     def draw(*args, **kwargs):
@@ -114,16 +146,18 @@ def run(
             raise AssertionError(f"{name} drew noise but no noises were given")
         return noises[current[0]]
 
-    x = noise * d.init_noise_sigma
+    # the flow-matching schedulers have neither (their start and model input are the noise)
+    x = noise * getattr(d, "init_noise_sigma", 1.0)
+    scale_input = getattr(d, "scale_model_input", lambda x, t: x)
     double = _double_tables(module_of(config)) if float64 else contextlib.nullcontext()
     # create=True: deterministic schedulers (Heun, KDPM2) do not import randn_tensor
     with double, mock.patch.object(module_of(config), "randn_tensor", draw, create=True):
-        for i, t in enumerate(d.timesteps):
+        for i, t in enumerate(timesteps):
             current[0] = i
-            inp = d.scale_model_input(x, t)
+            inp = scale_input(x, t)
             step_t = int(t) if name == "LCMScheduler" else t
             x = d.step(model(inp, t), step_t, x, **step_kwargs).prev_sample
-    return d.timesteps, x
+    return timesteps, x
 
 
 def sample(config: dict, model, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
