@@ -22,6 +22,10 @@ Conventions (variance preserving): ``alphas_cumprod`` is the training table ᾱ_
 non-increasing, possibly 0 at t = T-1 ("zero terminal SNR"); σ = sqrt((1-ᾱ)/ᾱ). The model
 predicts ``"noise"`` (ε), ``"angular_velocity"`` (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0, diffusers'
 ``v_prediction``; Salimans & Ho 2022) or ``"sample"`` (x_0).
+
+Flow matching (:class:`FlowModel`, :func:`make_flow_model`): the same denoisers as
+rectified-flow models (Liu et al. 2022), x_σ = (1 - σ) x_0 + σ ε with σ ∈ (0, 1], called at
+t = σ T as the flow-matching schedulers call them, predicting v = ε - x_0 (``"flow"``).
 """
 
 from __future__ import annotations
@@ -43,9 +47,13 @@ __all__ = [
     "PREDICTION_TYPES",
     "DenoiserModel",
     "EmpiricalDenoiser",
+    "FlowModel",
     "GaussianMixture",
     "digits_data",
+    "flow_model_for",
+    "flow_posterior_mean",
     "make_denoiser",
+    "make_flow_model",
     "make_model",
     "model_for",
     "sample_shape",
@@ -571,3 +579,98 @@ def sample_shape(name: str, num_samples: int, **kwargs: Any) -> tuple[int, ...]:
     if name == "digits":
         return (n, *DIGITS_SHAPE)
     return (n, _check_positive_int(kwargs.get("dim", 2), "dim"))
+
+
+# ----------------------------------------------------------------------------------------
+# Flow matching: the same denoisers as rectified-flow models
+# ----------------------------------------------------------------------------------------
+
+
+def flow_posterior_mean(denoiser: Denoiser, sample: Array, sigma: Array | float) -> Array:
+    """E[x_0 | x_σ] for a rectified-flow sample x_σ = (1 - σ) x_0 + σ ε, 0 < σ <= 1.
+
+    x_σ / (1 - σ) = x_0 + σ/(1 - σ) ε is a variance-exploding sample at level σ/(1 - σ), so
+    the posterior mean is the denoiser's at that level. In the variance-preserving form the
+    denoisers take (which stays finite at σ = 1, pure noise), with r = sqrt((1 - σ)² + σ²):
+
+        x_t = x_σ / r,   ᾱ = (1 - σ)² / r²                                          (F1)
+
+    (x_t = sqrt(ᾱ) x_0 + sqrt(1 - ᾱ) ε). ``sigma`` is a Python number or a 0-d array of
+    the sample's backend; the result has the sample's shape, dtype, backend and device.
+    """
+    xp, device = _namespace(sample, "sample")
+    if _is_host_number(sigma):
+        value = _host_scalar(sigma, "sigma")
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"sigma must be in (0, 1], got {value!r}")
+    sigma = xp.asarray(sigma, dtype=sample.dtype, device=device)
+    keep = 1 - sigma
+    r2 = keep * keep + sigma * sigma
+    return denoiser.posterior_mean(sample / xp.sqrt(r2), keep * keep / r2)  # (F1)
+
+
+class FlowModel:
+    """``model(x_σ, timestep) -> v`` for an exact denoiser as a rectified-flow model.
+
+    The flow-matching schedulers call the model on x_σ = (1 - σ) x_0 + σ ε at the timestep
+    t = σ T (T = ``num_train_steps``, diffusers' ``num_train_timesteps``), and read its output
+    as the velocity v = ε - x_0 (diffusers' ``flow_prediction``). With the exact
+    x̂_0 = E[x_0 | x_σ] (:func:`flow_posterior_mean`), ε̂ = (x_σ - (1 - σ) x̂_0) / σ, so
+
+        v̂ = ε̂ - x̂_0 = (x_σ - x̂_0) / σ.                                           (F2)
+
+    ``timestep`` may be a Python or NumPy number, checked to lie in (0, T], or a
+    one-element backend array (possibly traced by ``jax.jit``; not read, not checked: at
+    t = 0 the velocity is not defined). Attributes: ``denoiser``, ``num_train_steps``,
+    ``prediction_type`` (``"flow"``).
+    """
+
+    prediction_type = "flow"
+
+    def __init__(self, denoiser: Denoiser, num_train_steps: int = 1000) -> None:
+        if not callable(getattr(denoiser, "posterior_mean", None)):
+            raise ValueError(
+                "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
+                f"got {type(denoiser).__name__}"
+            )
+        self.denoiser = denoiser
+        self.num_train_steps = _check_positive_int(num_train_steps, "num_train_steps")
+
+    def __repr__(self) -> str:
+        return f"FlowModel({self.denoiser!r}, T={self.num_train_steps})"
+
+    def sigma(self, timestep: Any, like: Array) -> Array:
+        """σ = t / T as a 0-d array of ``like``'s backend, dtype and device."""
+        xp, device = _namespace(like, "like")
+        T = self.num_train_steps
+        if _is_host_number(timestep):
+            value = _host_scalar(timestep, "timestep")
+            if not 0.0 < value <= T:
+                raise ValueError(f"timestep must be in (0, {T}], got {value!r}")
+            return xp.asarray(value / T, dtype=like.dtype, device=device)
+        if not array_api_compat.is_array_api_obj(timestep):
+            raise ValueError(
+                f"timestep must be a number or a one-element array, got {type(timestep).__name__}"
+            )
+        if math.prod(tuple(timestep.shape)) != 1:
+            raise ValueError(
+                f"timestep must be a scalar or one-element array, got shape {tuple(timestep.shape)}"
+            )
+        t = xp.reshape(xp.asarray(timestep, dtype=like.dtype, device=device), ())
+        return t / T
+
+    def __call__(self, sample: Array, timestep: Any) -> Array:
+        """The exact velocity v̂ (F2) for ``sample`` (B, *S) at ``timestep``."""
+        sigma = self.sigma(timestep, sample)
+        return (sample - flow_posterior_mean(self.denoiser, sample, sigma)) / sigma  # (F2)
+
+
+def flow_model_for(denoiser: Denoiser, num_train_steps: int = 1000) -> FlowModel:
+    """The exact rectified-flow model ``(x_σ, t) -> v`` of ``denoiser`` (t = σ T)."""
+    return FlowModel(denoiser, num_train_steps)
+
+
+def make_flow_model(name: str, num_train_steps: int = 1000, **kwargs: Any) -> FlowModel:
+    """The exact rectified-flow model of the named data set ("digits" or "gmm", as
+    :func:`make_model`), called at t = σ T with T = ``num_train_steps``."""
+    return FlowModel(make_denoiser(name, **kwargs), num_train_steps)

@@ -9,6 +9,17 @@ ODE (Song et al. 2021). In the variance-exploding variable x̃ = x / sqrt(ᾱ) w
 with ᾱ = 1/(1+σ²). In u = log σ it is dx̃/du = x̃ - D(x̃; e^u), which is smooth over the many
 decades of σ a sampler crosses; :func:`solve_pf_ode` integrates it with a high-order adaptive
 Runge-Kutta method to near machine precision, giving the reference a sampler converges to.
+
+Flow matching. A rectified-flow sample x = (1 - σ) x_0 + σ ε, σ ∈ [0, 1] (Liu et al. 2022),
+is x̃ = x / (1 - σ) at the variance-exploding level σ / (1 - σ), and the same ODE in x and σ
+is the flow dx/dσ = v(x, σ) = (x - D_flow(x; σ)) / σ, D_flow(x; σ) = E[x_0 | x] (see
+:func:`diffsched.exact.models.flow_posterior_mean`). In τ = log σ it reads
+
+    dx/dτ = x - D_flow(x; e^τ),                                                      (R1)
+
+finite at σ = 1 (τ = 0: pure noise, where D_flow is the data mean), where the flow
+samplers start, and smooth over the decades down to σ → 0. :func:`solve_flow_ode`
+integrates (R1) with DOP853, from the first level of a flow sampler to its last.
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from scipy.integrate import solve_ivp
+
+from .models import flow_posterior_mean
 
 SIGMA_MIN = 1e-7
 """Where the integration stops when ᾱ_end = 1 (clean data); see :func:`solve_pf_ode`.
@@ -155,3 +168,80 @@ def _integrate(
     if not solution.success:
         raise RuntimeError(f"probability-flow ODE integration failed: {solution.message}")
     return solution.y[:, -1].reshape(shape)
+
+
+def _check_sigma(value: Any, name: str, low: float, high: float, low_open: bool) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a real number, got {value!r}") from err
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {left}{low!r}, {high!r}], got {value!r}")
+    return value
+
+
+def solve_flow_ode(
+    denoiser: Any,
+    x_start: np.ndarray,
+    sigma_start: float,
+    sigma_end: float,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    sigma_min: float = SIGMA_MIN,
+) -> np.ndarray:
+    """The rectified-flow ODE solution from ``x_start`` at level σ_start to σ_end.
+
+    ``x_start`` (B, *S) is a flow sample x = (1 - σ_start) x_0 + σ_start ε, read as float64;
+    0 < σ_start <= 1 (1: pure noise, where the flow samplers start) and
+    0 <= σ_end <= σ_start; σ_end = σ_start returns a copy. The exact velocity
+    v = (x - E[x_0 | x]) / σ of ``denoiser`` is integrated in τ = log σ (R1) with SciPy's
+    DOP853 at ``rtol``/``atol`` (applied to x), all samples together.
+
+    σ_end = 0 is the clean limit, taken as :func:`solve_pf_ode` takes it: the flow is
+    integrated down to ``sigma_min`` and E[x_0 | x(σ_min)] is returned. The error is the
+    same: exponentially small for empirical data; for a Gaussian component N(μ, s² I),
+    x(σ) = (1 - σ) μ + sqrt((1 - σ)² s² + σ²) z and E[x_0 | x(σ)] - μ =
+    s z / sqrt(1 + σ²/((1 - σ)² s²)), a relative error σ²/(2 s²) (below 1e-11 for the
+    default σ_min = 1e-7 and s >= 0.05).
+    """
+    if not callable(getattr(denoiser, "posterior_mean", None)):
+        raise ValueError(
+            "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
+            f"got {type(denoiser).__name__}"
+        )
+    x = _check_start(x_start)
+    s_start = _check_sigma(sigma_start, "sigma_start", 0.0, 1.0, low_open=True)
+    s_end = _check_sigma(sigma_end, "sigma_end", 0.0, s_start, low_open=False)
+    if not (rtol > 0 and atol > 0 and 0 < sigma_min < 1):
+        raise ValueError(
+            f"rtol, atol and sigma_min must be positive (sigma_min < 1), got "
+            f"{rtol!r}, {atol!r}, {sigma_min!r}"
+        )
+    if s_end == s_start:
+        return x
+    stop = sigma_min if s_end == 0.0 else s_end
+    shape = x.shape
+
+    def rhs(tau: float, y: np.ndarray) -> np.ndarray:  # (R1)
+        state = y.reshape(shape)
+        return (state - flow_posterior_mean(denoiser, state, math.exp(tau))).ravel()
+
+    if stop < s_start:
+        tau_end = math.log(stop)
+        solution = solve_ivp(
+            rhs,
+            (math.log(s_start), tau_end),
+            x.ravel(),
+            method="DOP853",
+            t_eval=[tau_end],
+            rtol=rtol,
+            atol=atol,
+        )
+        if not solution.success:
+            raise RuntimeError(f"flow ODE integration failed: {solution.message}")
+        x = solution.y[:, -1].reshape(shape)
+    if s_end == 0.0:
+        return np.asarray(flow_posterior_mean(denoiser, x, min(stop, s_start)))
+    return x

@@ -5,9 +5,12 @@ from __future__ import annotations
 from .ddim import DDIM
 from .ddim_inverse import DDIMInverse
 from .ddpm import DDPM
+from .deis import DEIS
 from .dpm2 import DPM2, DPM2Ancestral
+from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepInverse
 from .edm import EDMEuler
 from .euler import Euler, EulerAncestral
+from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
 from .heun import Heun
 from .ipndm import IPNDM
 from .lcm import LCM
@@ -32,6 +35,12 @@ ALL = (
     TCD,
     SASolver,
     DDIMInverse,
+    FlowMatchEuler,
+    FlowMatchHeun,
+    FlowMatchLCM,
+    DPMSolverMultistep,
+    DPMSolverMultistepInverse,
+    DEIS,
 )
 
 __all__ = [
@@ -39,6 +48,9 @@ __all__ = [
     "DDIM",
     "DDIMInverse",
     "DDPM",
+    "DEIS",
+    "DPMSolverMultistep",
+    "DPMSolverMultistepInverse",
     "DPM2",
     "IPNDM",
     "LCM",
@@ -50,5 +62,8 @@ __all__ = [
     "EDMEuler",
     "Euler",
     "EulerAncestral",
+    "FlowMatchEuler",
+    "FlowMatchHeun",
+    "FlowMatchLCM",
     "Heun",
 ]

@@ -6,6 +6,10 @@
   exponential σ' = e^μ / (e^μ + (1/σ - 1)^γ), linear σ' = μ / (μ + (1/σ - 1)^γ), γ = 1;
   μ grows linearly with the image's token count (:func:`mu_from_image_seq_len`);
 * terminal stretch (LTX-Video): 1 - σ rescaled so that the last level is ``shift_terminal``.
+
+Each takes ``dtype``: float64 by default; float32 computes op by op in float32 (Python
+scalars rounded to float32 first), as diffusers' flow-matching schedulers compute custom
+``sigmas=`` (a float32 NumPy array), so that such grids are diffusers' to the last bit.
 """
 
 from __future__ import annotations
@@ -17,21 +21,31 @@ import numpy as np
 TIME_SHIFT_TYPES = ("exponential", "linear")
 
 
-def shift(sigmas: np.ndarray, s: float) -> np.ndarray:
+def shift(sigmas: np.ndarray, s: float, dtype=np.float64) -> np.ndarray:
     """σ' = s σ / (1 + (s - 1) σ) (Esser et al. 2024, eq. 23)."""
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    return s * sigmas / (1 + (s - 1) * sigmas)
+    sigmas = np.asarray(sigmas, dtype=dtype)
+    f = sigmas.dtype.type
+    return f(s) * sigmas / (f(1) + f(s - 1) * sigmas)
 
 
-def time_shift(sigmas: np.ndarray, mu: float, kind: str = "exponential", gamma: float = 1.0):
+def time_shift(
+    sigmas: np.ndarray,
+    mu: float,
+    kind: str = "exponential",
+    gamma: float = 1.0,
+    dtype=np.float64,
+):
     """The dynamic shift of FLUX: exponential e^μ / (e^μ + (1/σ - 1)^γ), or linear
     μ / (μ + (1/σ - 1)^γ)."""
-    sigmas = np.asarray(sigmas, dtype=np.float64)
+    sigmas = np.asarray(sigmas, dtype=dtype)
+    f = sigmas.dtype.type
     if kind == "exponential":
-        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1) ** gamma)
-    if kind == "linear":
-        return mu / (mu + (1 / sigmas - 1) ** gamma)
-    raise ValueError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got: {kind!r}")
+        scale = f(math.exp(mu))
+    elif kind == "linear":
+        scale = f(mu)
+    else:
+        raise ValueError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got: {kind!r}")
+    return scale / (scale + (f(1) / sigmas - f(1)) ** f(gamma))
 
 
 def mu_from_image_seq_len(
@@ -43,14 +57,16 @@ def mu_from_image_seq_len(
 ) -> float:
     """μ for an image of ``image_seq_len`` latent tokens: linear in the token count, from
     ``base_shift`` at ``base_image_seq_len`` to ``max_shift`` at ``max_image_seq_len`` (the
-    FLUX pipeline's ``calculate_shift``)."""
+    FLUX pipeline's ``calculate_shift``, evaluated in its order, so that μ is bit-identical)."""
     slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
-    return float(image_seq_len * slope + base_shift - slope * base_image_seq_len)
+    intercept = base_shift - slope * base_image_seq_len
+    return float(image_seq_len * slope + intercept)
 
 
-def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
+def stretch_to_terminal(sigmas: np.ndarray, terminal: float, dtype=np.float64) -> np.ndarray:
     """1 - σ scaled so that the last level becomes ``terminal`` (LTX-Video)."""
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    one_minus = 1 - sigmas
-    factor = one_minus[-1] / (1 - terminal)
-    return 1 - one_minus / factor
+    sigmas = np.asarray(sigmas, dtype=dtype)
+    f = sigmas.dtype.type
+    one_minus = f(1) - sigmas
+    factor = one_minus[-1] / f(1 - terminal)
+    return f(1) - one_minus / factor

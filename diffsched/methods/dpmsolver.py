@@ -1,0 +1,497 @@
+"""Multistep DPM-Solver and DPM-Solver++: Lu, Zhou, Bao, Chen, Li & Zhu 2022a, "DPM-Solver:
+A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps", and 2022b,
+"DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models", as
+diffusers' ``DPMSolverMultistepScheduler`` runs them (the sampler of "DPM++ 2M Karras").
+
+The sample is x_t = α_t x_0 + σ_t ε: variance preserving, α = 1/sqrt(σ² + 1) and
+σ_t = σ α for the variance-exploding level σ of the grid, or rectified flow
+(``use_flow_sigmas``), α = 1 - σ and σ_t = σ. The model is called on x_t itself. The solver
+steps in the half-log-SNR λ = log(α_t/σ_t) (Lu et al. 2022a, sec. 3.1), h = λ_t - λ_s from
+call s to the next level t, through the exact solutions
+
+    x_t = (α_t/α_s) x_s - α_t ∫_{λ_s}^{λ_t} e^{-λ} ε̂(λ) dλ    (DPM-Solver; 2022a, eq. 3.4)  (1)
+    x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^{λ} x̂_0(λ) dλ    (DPM-Solver++; 2022b)         (2)
+
+with the prediction m (ε̂ for (1), x̂_0 for (2), formed from the model output at the call's
+level and, for x̂_0, optionally thresholded) expanded at λ_s (see
+:mod:`diffsched.methods._dpm_solver_coefficients` for the weights):
+
+    order 1 (DDIM):      x_t = c_x x_s + c_0 m_0                                            (3)
+    order 2 (2M):        x_t = c_x x_s + c_0 D_0 + c_1 D_1,   D_1 = (h/h_0)(m_0 - m_1)      (4)
+    order 3 (3M):        x_t = c_x x_s + c_0 D_0 + c_1 D_1 + c_2 D_2                         (5)
+
+m_1, m_2 the predictions of the one and two calls before, h_0, h_1 their λ steps; for (2),
+c_x = σ_t/σ_s, c_0 = α_t (1 - e^{-h}), c_1 = c_0 / 2 (``midpoint``: DPM-Solver++(2M), 2022b,
+Alg. 2) or α_t h φ_2(-h) (``heun``: the Taylor term), c_2 = α_t h φ_3(-h); for (1),
+c_x = α_t/α_s, c_0 = -σ_t (e^h - 1), c_1 = c_0/2 or -σ_t h φ_2(h), c_2 = -σ_t h φ_3(h).
+``solver_type`` chooses c_1 of (4) only: the third-order step (5) always takes the Taylor
+c_1, and D_1, D_2 of (5) are the divided differences of the last three predictions
+(:func:`~diffsched.methods._dpm_solver_coefficients.multistep_differences`). Its c_2 is half
+the Taylor term's, as in Lu's reference code and diffusers (so (5) is exact for quadratic
+predictions only up to that term; DEIS, ``DEIS``, takes the full term).
+
+The stochastic variants (``sde-dpmsolver++``, ``sde-dpmsolver``) integrate the reverse SDE's
+linear part exactly and add one fresh noise per call:
+
+    x_t = (σ_t/σ_s) e^{-h} x_s + α_t (1 - e^{-2h}) (D_0 + ...) + σ_t sqrt(1 - e^{-2h}) z     (6)
+    x_t = (α_t/α_s) x_s - 2 σ_t (e^h - 1) (D_0 + ...) + σ_t sqrt(e^{2h} - 1) z                (7)
+
+**Order at each call** (of N): 1 at the first call, at most 2 at the second (the multistep
+warm-up); at the last call 1 when ``euler_at_final``, when ``lower_order_final`` and
+N < 15, or when the final level is σ = 0 (``final_sigmas_type="zero"``: h = ∞, and the step
+lands on x̂_0); at the second-to-last at most 2 when ``lower_order_final`` and N < 15. Each
+order is one row of the table: the multistep history is the x̂_0 (or ε̂) of the last
+two calls, which the engine keeps.
+
+**Finite where diffusers is not.** A repeated level (h = 0: a re-gridded σ grid ending at
+the training σ_0 with ``final_sigmas_type="sigma_min"``, or the inverse's trailing grid)
+makes diffusers' second-order ``heun`` and third-order steps 0/0 = NaN (r_0 = h_0/h = ∞);
+here the weights are written with h/h_0 and φ's, and the step is the identity, as it should.
+diffusers has no third-order ``sde-dpmsolver`` step (an UnboundLocalError); here it is (7)
+with the D_2 weight -2 σ_t h φ_3(h). diffusers' third-order ``sde-dpmsolver++`` weighs D_2 by
+α_t ((1 - e^{-2h} - 2h)/(2h)² - 1/2) ≈ -α_t (where α_t h/3 is consistent with its other
+weights); it is kept, for parity, and said so in the class docstring.
+
+The grid is :func:`diffsched.schedules.solver_grid.solver_grid` with this class's settings
+(float32 levels, as diffusers stores them): λ clipping, Karras and Lu timesteps rounded
+except for the cosine schedule, the final level 0 or the training σ_0 (also on flow grids,
+as diffusers), custom integer ``timesteps=``, and the flow shift e^μ of ``init(mu=)``.
+``prediction_type="flow"`` forms x̂_0 = x - σ v with the grid's σ (σ_t on flow grids), as
+diffusers. The inverse (``DPMSolverMultistepInverse``) runs (3)-(5) over the ascending grid
+(h < 0), from a clean sample up to the top of the spaced range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import predictions
+from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
+from ..core.options import option, with_default
+from ..core.scheduler import (
+    Scheduler,
+    SigmaGrid,
+    Spacing,
+    X0Processing,
+    ZeroTerminalSNR,
+    document,
+)
+from ..schedules import solver_grid
+from . import _dpm_solver_coefficients as coefficients
+from .euler import training_alphas_cumprod
+
+ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+SOLVER_TYPES = ("midpoint", "heun")
+VARIANCE_TYPES = ("learned", "learned_range")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholding:
+    """Dynamic thresholding of x̂_0 (Saharia et al. 2022), without clipping: the VP solvers'
+    option group (their diffusers classes have no ``clip_sample``)."""
+
+    thresholding: bool = with_default(X0Processing, "thresholding", False)
+    dynamic_thresholding_ratio: float = with_default(
+        X0Processing, "dynamic_thresholding_ratio", 0.995
+    )
+    sample_max_value: float = with_default(X0Processing, "sample_max_value", 1.0)
+
+    @property
+    def processes_x0(self) -> bool:
+        return self.thresholding
+
+    def _process(self, x0: Any, owned: bool) -> Any:
+        return predictions.dynamic_threshold(
+            x0, self.dynamic_thresholding_ratio, self.sample_max_value
+        )
+
+
+def flow_prediction_type_option() -> Any:
+    """``prediction_type`` with the rectified-flow velocity as a fourth choice."""
+    return option(
+        "noise",
+        "what the model predicts: noise (ε), angular_velocity (v = α ε - σ_t x_0), sample "
+        "(x_0) or flow (v = ε - x_0 of x = (1 - σ) x_0 + σ ε, diffusers' flow_prediction: "
+        "x̂_0 = x - σ v with the grid's σ)",
+        "prediction_type",
+        choices=predictions.FLOW_PREDICTION_TYPES,
+        diffusers_values=predictions.DIFFUSERS_PREDICTION_TYPES,
+    )
+
+
+def custom_timesteps(values: Any, num_train_steps: int) -> np.ndarray:
+    """``timesteps=`` as diffusers takes them: integers (cast), in [0, T), descending."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"timesteps must be a list of integers, got: {values!r}") from None
+    if arr.size < 1 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"timesteps must be a non-empty list of integers, got: {values!r}")
+    ts = arr.astype(np.int64)
+    if ts.min() < 0 or ts.max() >= num_train_steps or np.any(np.diff(ts) >= 0):
+        raise ValueError(
+            f"timesteps must be strictly decreasing integers in [0, {num_train_steps - 1}], "
+            f"got: {ts.tolist()}"
+        )
+    return ts
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
+    """The options of diffusers' DPM-Solver multistep classes (forward and inverse)."""
+
+    PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
+    ORDER = 2
+
+    prediction_type: str = flow_prediction_type_option()
+    solver_order: int = option(
+        2, "the multistep order: 1 (DDIM), 2 (guided sampling) or 3 (unconditional)",
+        "solver_order", low=1, high=3,
+    )  # fmt: skip
+    algorithm_type: str = option(
+        "dpmsolver++",
+        "dpmsolver++ (the x̂_0 form, eq. 2; Lu et al. 2022b), dpmsolver (the ε form, eq. 1; "
+        "2022a), or their stochastic variants sde-dpmsolver++ / sde-dpmsolver (eq. 6-7)",
+        "algorithm_type", choices=ALGORITHM_TYPES,
+    )  # fmt: skip
+    solver_type: str = option(
+        "midpoint", "the weight c_1 of the second-order term: midpoint (c_0 / 2, Lu et al. "
+        "2022b, Alg. 2) or heun (the Taylor term, h φ_2)", "solver_type",
+        choices=SOLVER_TYPES,
+    )  # fmt: skip
+    lower_order_final: bool = option(
+        True, "with fewer than 15 steps, first order at the last call and at most second "
+        "order at the one before", "lower_order_final",
+    )  # fmt: skip
+    euler_at_final: bool = option(
+        False, "first order (Euler / DDIM) at the last call, whatever the number of steps",
+        "euler_at_final",
+    )  # fmt: skip
+    use_flow_sigmas: bool = option(
+        False, "rectified-flow levels σ = (1 - 1/T) k/N, k = N..1, shifted by flow_shift; "
+        "x = (1 - σ) x_0 + σ ε and t = σ T", "use_flow_sigmas",
+    )  # fmt: skip
+    flow_shift: float = option(
+        1.0, "s of the static shift s σ / (1 + (s - 1) σ) of flow levels (Esser et al. 2024, "
+        "eq. 23)", "flow_shift", low=0.0, low_open=True,
+    )  # fmt: skip
+    lambda_min_clipped: float = option(
+        -math.inf, "skip the training steps whose λ lies below this (for the cosine "
+        "schedule, whose λ plunges near t = T; Lu et al. 2022b, app. D)",
+        "lambda_min_clipped",
+    )  # fmt: skip
+    variance_type: str | None = option(
+        None, "a learned variance in the model output (learned / learned_range): not "
+        "supported, must be None", "variance_type", nullable=True, choices=VARIANCE_TYPES,
+    )  # fmt: skip
+    timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.algorithm_type.startswith("sde")
+
+    @property
+    def data_prediction(self) -> bool:
+        """Whether the solver integrates x̂_0 (DPM-Solver++) rather than ε̂ (DPM-Solver)."""
+        return self.algorithm_type.endswith("++")
+
+    @property
+    def processes_x0(self) -> bool:
+        return self.thresholding
+
+    def _check(self) -> None:
+        owner = type(self).__name__
+        if self.variance_type is not None:
+            raise ValueError(
+                f"{owner} option variance_type={self.variance_type!r} is not supported: the "
+                "model output must be the prediction alone (variance_type=None)"
+            )
+        kinds = [k for k in ("karras", "exponential", "beta") if getattr(self, f"use_{k}_sigmas")]
+        if getattr(self, "use_lu_lambdas", False):
+            kinds.append("lu_lambdas")
+        if self.use_flow_sigmas:
+            kinds.append("flow_sigmas")
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{owner}: at most one of use_karras_sigmas, use_exponential_sigmas, "
+                "use_beta_sigmas, use_lu_lambdas, use_flow_sigmas may be True, got: "
+                + ", ".join(f"use_{k}" for k in kinds)
+            )
+        if not self.data_prediction and self.prediction_type == predictions.FLOW:
+            raise ValueError(
+                f"{owner} with prediction_type='flow' needs algorithm_type 'dpmsolver++' or "
+                f"'sde-dpmsolver++', got: {self.algorithm_type!r} (as diffusers)"
+            )
+
+    def _grid_kind(self) -> str | None:
+        kind = self.sigma_kind
+        if kind is None and getattr(self, "use_lu_lambdas", False):
+            kind = "lu"
+        if kind is None and self.use_flow_sigmas:
+            kind = "flow"
+        return kind
+
+    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        grid = self._grid(num_steps, **init_options)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
+        return float(abar[0]), float(abar[1])
+
+    # -- the table -------------------------------------------------------------------------
+
+    def _orders(self, n: int, sig: np.ndarray) -> list[int]:
+        """The order of each of the n calls (module docstring, "Order at each call")."""
+        few = self.lower_order_final and n < 15
+        to_zero = getattr(self, "final_sigmas_type", None) == "zero"
+        return multistep_orders(
+            n, self.solver_order, sig,
+            last_first=self.euler_at_final or few or to_zero, second_last_second=few,
+        )  # fmt: skip
+
+    def _table(self, grid: solver_grid.SolverGrid) -> Tableau:
+        return multistep_tableau(
+            grid, self._orders(len(grid.timesteps), grid.sigmas),
+            prediction_type=self.prediction_type, data=self.data_prediction,
+            second="taylor" if self.solver_type == "heun" else "midpoint",
+            stochastic=not self.deterministic, processes_x0=self.processes_x0,
+        )  # fmt: skip
+
+
+def multistep_orders(
+    n: int,
+    solver_order: int,
+    sigmas: np.ndarray,
+    *,
+    last_first: bool,
+    second_last_second: bool,
+) -> list[int]:
+    """The order of each of n calls: the warm-up (1, 2, ...), first order at the last call
+    when ``last_first``, at most second at the one before when ``second_last_second``, and
+    first order into a final level σ = 0 (h = ∞)."""
+    out = []
+    for i in range(n):
+        if solver_order == 1 or i < 1 or (i == n - 1 and last_first) or sigmas[i + 1] == 0:
+            out.append(1)
+        elif solver_order == 2 or i < 2 or (i == n - 2 and second_last_second):
+            out.append(2)
+        else:
+            out.append(3)
+    return out
+
+
+def multistep_tableau(
+    grid: solver_grid.SolverGrid,
+    orders: list[int],
+    *,
+    prediction_type: str,
+    data: bool,
+    second: str = "midpoint",
+    third: str = "reference",
+    stochastic: bool = False,
+    processes_x0: bool = False,
+) -> Tableau:
+    """The tableau of eq. 3-7 over ``grid`` with the given order at each call.
+
+    ``data``: the x̂_0 form (2) (else the ε form (1), ε̂ formed from x̂_0 at the call's
+    level, after thresholding when ``processes_x0``); ``second`` / ``third``: the weights
+    c_1 (of second-order steps) and c_2 (see :mod:`._dpm_solver_coefficients`).
+    """
+    ts, sig = grid.timesteps, grid.sigmas
+    n = len(ts)
+    alpha, sigma = solver_grid.alpha_sigma(sig, grid.flow)
+    lam = solver_grid.half_log_snr(alpha, sigma)
+    # diffusers' flow x̂_0 = x - σ v uses the grid's σ (σ_t itself on flow grids), and so
+    # does its ε̂ = (x - α x̂_0) / σ_t formed from it (DEIS: the ε form takes flow models)
+    level = sig[:n] if prediction_type == predictions.FLOW else sigma[:n]
+    x0 = predictions.x0_from_alpha_sigma(prediction_type, alpha[:n], level)
+    with np.errstate(divide="ignore", invalid="ignore"):  # ε̂ = (x - α x̂_0) / σ_t
+        eps_sample = (1.0 - alpha[:n] * x0.sample_coef) / level
+        eps_output = -alpha[:n] * x0.prediction_coef / level
+    update: dict[tuple[str, int], np.ndarray] = {}
+    noise = np.zeros(n)
+
+    def add(operand: str, lag: int, i: int, value: float) -> None:
+        update.setdefault((operand, lag), np.zeros(n))[i] += value
+
+    def add_model(lag: int, i: int, value: float) -> None:
+        """``value`` times m of call i - lag: x̂_0, or ε̂ (from the thresholded x̂_0)."""
+        j = i - lag
+        if data:
+            add(X0, lag, i, value)
+        elif processes_x0:
+            add(SAMPLE, lag, i, value / level[j])
+            add(X0, lag, i, -value * alpha[j] / level[j])
+        else:
+            add(SAMPLE, lag, i, value * eps_sample[j])
+            add(OUTPUT, lag, i, value * eps_output[j])
+
+    form = coefficients.data_prediction if data else coefficients.noise_prediction
+    for i in range(n):
+        p = orders[i]
+        c = form(
+            alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
+            second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
+        )  # fmt: skip
+        h = lam[i + 1] - lam[i]
+        h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
+        h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
+        w = coefficients.model_weights(c, coefficients.multistep_differences(h, h0, h1), p)
+        add(SAMPLE, 0, i, c.x)
+        for lag in range(p):
+            add_model(lag, i, w[lag])
+        noise[i] = c.noise
+    return Tableau(
+        timesteps=ts,
+        x0_sample=x0.sample_coef,
+        x0_output=x0.prediction_coef,
+        update=update,
+        noise=noise if stochastic else None,
+        start=(float(alpha[0]), float(sigma[0])),
+        init_noise_sigma=1.0,
+    )
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
+    """Multistep DPM-Solver / DPM-Solver++ (Lu et al. 2022a, 2022b): "DPM++ 2M".
+
+    Order ``solver_order`` (2 by default; 1, 2 during the warm-up, lower at the end, see the
+    module docstring); one model call per step; deterministic for ``dpmsolver++`` and
+    ``dpmsolver``, stochastic for ``sde-dpmsolver++`` and ``sde-dpmsolver`` (one noise per
+    call). diffusers: ``DPMSolverMultistepScheduler`` (with ``use_karras_sigmas=True``,
+    "DPM++ 2M Karras"; with ``sde-dpmsolver++``, "DPM++ 2M SDE"). Not to be confused with
+    DPM-Solver (``algorithm_type="dpmsolver"``, Lu et al. 2022a), which integrates the noise
+    prediction (eq. 1) where DPM-Solver++ integrates x̂_0 (eq. 2, the one to use with
+    guidance and thresholding); nor with singlestep DPM-Solver (``DPMSolverSinglestep``),
+    whose higher orders call the model at intermediate levels of each step instead of
+    reusing earlier calls; nor with k-diffusion's DPM2 (``DPM2``).
+
+    ``init(..., timesteps=[...])``: custom integer timesteps (descending), as diffusers'
+    ``set_timesteps(timesteps=...)``. ``init(..., mu=μ)``: the flow shift becomes e^μ, as
+    diffusers' ``set_timesteps(mu=...)`` (needs ``use_dynamic_shifting``).
+
+    Karras / Lu / exponential / beta levels span the whole training range [σ_0, σ_{T-1}]
+    (not the spaced one). Third-order ``sde-dpmsolver++`` keeps diffusers' D_2 weight (module
+    docstring); third-order ``sde-dpmsolver`` (which diffusers cannot run) uses eq. 7's.
+    """
+
+    DIFFUSERS_CLASS = "DPMSolverMultistepScheduler"
+
+    use_lu_lambdas: bool = option(
+        False, "levels evenly spaced in λ over the training range (Lu et al. 2022a, "
+        "sec. 3.3, uniform logSNR), timesteps rounded", "use_lu_lambdas",
+    )  # fmt: skip
+    final_sigmas_type: str = option(
+        "zero", "the level of the final sample: zero (the last step lands on x̂_0; needs a "
+        "dpmsolver++ algorithm) or sigma_min (the lowest training σ)", "final_sigmas_type",
+        choices=("zero", "sigma_min"),
+    )  # fmt: skip
+    use_dynamic_shifting: bool = option(
+        False, "take the flow shift from init(..., mu=μ) as e^μ (time_shift_type)",
+        "use_dynamic_shifting",
+    )  # fmt: skip
+    time_shift_type: str = option(
+        "exponential", "the dynamic shift: exponential (s = e^μ)", "time_shift_type",
+        choices=("exponential",),
+    )  # fmt: skip
+
+    def _check(self) -> None:
+        super()._check()
+        if not self.data_prediction and self.final_sigmas_type == "zero":
+            raise ValueError(
+                f"DPMSolverMultistep option final_sigmas_type='zero' needs algorithm_type "
+                f"'dpmsolver++' or 'sde-dpmsolver++' (the ε form cannot step to σ = 0), got: "
+                f"{self.algorithm_type!r}; use final_sigmas_type='sigma_min'"
+            )
+
+    def _grid(
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None
+    ) -> solver_grid.SolverGrid:
+        """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
+        kind = self._grid_kind()
+        shift = self.flow_shift
+        if mu is not None:
+            if not self.use_dynamic_shifting:
+                raise ValueError("init(..., mu=) needs use_dynamic_shifting=True")
+            if isinstance(mu, bool) or not isinstance(mu, int | float | np.number):
+                raise TypeError(f"mu must be a number, got: {mu!r}")
+            shift = math.exp(float(mu))
+        if timesteps is not None:
+            if kind is not None:
+                raise ValueError(f"timesteps= cannot be combined with {kind} levels")
+            timesteps = custom_timesteps(timesteps, self.num_train_steps)
+        return solver_grid.solver_grid(
+            training_alphas_cumprod(self), num_steps,
+            spacing=self.timestep_spacing, offset=self.timesteps_offset,
+            sigma_schedule=kind, final_sigma=self.final_sigmas_type,
+            lambda_min_clipped=self.lambda_min_clipped,
+            round_karras=self.beta_schedule != "squared_cosine",
+            flow_shift=shift, timesteps=timesteps,
+        )  # fmt: skip
+
+    def tableau(self, num_steps: int | None, timesteps: Any = None, mu: Any = None) -> Tableau:
+        return self._table(self._grid(num_steps, timesteps, mu))
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class DPMSolverMultistepInverse(_DPMSolverBase):
+    """Multistep DPM-Solver / DPM-Solver++ run from data to noise (DPM-Solver inversion).
+
+    Order ``solver_order`` (as ``DPMSolverMultistep``); one model call per step;
+    deterministic. diffusers: ``DPMSolverMultistepInverseScheduler``. Not to be confused
+    with ``DPMSolverMultistep``, which runs the same steps (eq. 3-5) from noise to data: here
+    the levels ascend, h = λ_t - λ_s < 0, and the loop starts from a clean sample (the first
+    call is at the lowest level of the grid), ending at the top of the spaced range (σ at
+    ``last - 1``) or, for re-gridded σ's, at a repeat of the last level (a step that moves
+    nothing but the history). Nor with DDIM inversion (``DDIMInverse``), its first order.
+
+    The grid: the N + 1-point spacings ascending without their top point (trailing: the
+    forward grid's points), or Karras / exponential / beta levels from the training σ_0 up
+    to σ_{T-1} (:func:`~diffsched.schedules.solver_grid.solver_grid` with ``reverse``).
+    diffusers drops repeated timesteps but not their levels, so that after a repeat every
+    call reads the level of the call before; here a repeated timestep is dropped with its
+    level. The stochastic variants are rejected: their noise variance σ_t² (1 - e^{-2h}) is
+    negative for h < 0 (diffusers returns NaN). So are flow levels (``use_flow_sigmas``):
+    diffusers' inverse flow grid descends, sampling instead of inverting.
+    """
+
+    DIFFUSERS_CLASS = "DPMSolverMultistepInverseScheduler"
+
+    def _check(self) -> None:
+        super()._check()
+        if not self.deterministic:
+            raise ValueError(
+                f"DPMSolverMultistepInverse option algorithm_type={self.algorithm_type!r}: the "
+                "stochastic variants cannot run from data to noise (their noise variance "
+                "σ_t² (1 - e^{-2h}) is negative for h < 0; diffusers returns NaN); use "
+                "'dpmsolver++' or 'dpmsolver'"
+            )
+        if self.use_flow_sigmas:
+            raise ValueError(
+                "DPMSolverMultistepInverse option use_flow_sigmas=True is not supported: "
+                "diffusers' inverse flow grid descends (it samples instead of inverting)"
+            )
+
+    def _grid(self, num_steps: int | None) -> solver_grid.SolverGrid:
+        """diffusers' ``set_timesteps``: ascending timesteps and N + 1 levels (float32)."""
+        grid = solver_grid.solver_grid(
+            training_alphas_cumprod(self), num_steps,
+            spacing=self.timestep_spacing, offset=self.timesteps_offset,
+            sigma_schedule=self._grid_kind(), final_sigma="last",
+            lambda_min_clipped=self.lambda_min_clipped, reverse=True,
+        )  # fmt: skip
+        _, first = np.unique(grid.timesteps, return_index=True)
+        keep = np.sort(first)
+        if len(keep) < len(grid.timesteps):  # a repeated timestep goes with its level
+            levels = np.append(grid.sigmas[keep], grid.sigmas[-1])
+            grid = grid._replace(timesteps=grid.timesteps[keep], sigmas=levels)
+        return grid
+
+    def tableau(self, num_steps: int | None) -> Tableau:
+        return self._table(self._grid(num_steps))
