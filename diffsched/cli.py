@@ -193,12 +193,40 @@ def to_backend(x: np.ndarray, backend: str, dtype: str):
     raise UsageError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 
+def is_flow(scheduler: Scheduler) -> bool:
+    """Whether the scheduler samples a rectified-flow model (x = (1 - σ) x_0 + σ ε)."""
+    from .methods.flow_match import _FlowMatchBase
+
+    return isinstance(scheduler, _FlowMatchBase)
+
+
+def exact_model(scheduler: Scheduler, model_name: str):
+    """The exact model the scheduler's loop calls: the denoiser in its prediction type at
+    the training steps of its betas, or its rectified-flow form (t = σ T)."""
+    if is_flow(scheduler):
+        return models.make_flow_model(
+            model_name, scheduler.num_train_steps, **model_kwargs(model_name)
+        )
+    if not scheduler.TRAINING_TIMESTEPS or getattr(scheduler, "use_flow_sigmas", False):
+        raise UsageError(
+            f"{type(scheduler).__name__} with these options calls the model at timesteps that "
+            "are not training steps of its beta schedule; the exact models take those only"
+        )
+    return models.make_model(
+        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
+        **model_kwargs(model_name),
+    )  # fmt: skip
+
+
 def exact_solution(
     scheduler: Scheduler, model, noise: np.ndarray, num_steps: int, **init_options: Any
 ) -> tuple[np.ndarray | None, str]:
     """The probability-flow ODE solution from the scheduler's first to last noise level."""
     if not scheduler.deterministic:
         return None, "stochastic sampler: it does not follow the probability-flow ODE"
+    if is_flow(scheduler):
+        sigma_start, sigma_end = scheduler.noise_levels(num_steps, **init_options)
+        return reference.solve_flow_ode(model.denoiser, noise, sigma_start, sigma_end), ""
     start, end = scheduler.noise_levels(num_steps, **init_options)
     if not 0.0 < start < 1.0:
         return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 < ᾱ < 1"
@@ -218,15 +246,7 @@ def run(
     progress: bool = False,
     with_exact: bool = True,
 ) -> Run:
-    if not scheduler.TRAINING_TIMESTEPS:
-        raise UsageError(
-            f"{type(scheduler).__name__} calls the model at timesteps that are not training "
-            "steps of a beta schedule; the exact models here take those only"
-        )
-    model = models.make_model(
-        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
-        **model_kwargs(model_name),
-    )  # fmt: skip
+    model = exact_model(scheduler, model_name)
     x = to_backend(noise, backend, dtype)
     _, timesteps = scheduler.init(num_steps, x, seed)
     start = noise * scheduler.init_noise_scale(num_steps)
@@ -388,10 +408,7 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
 
     from .interop import peer as _diffusers
 
-    model = models.make_model(
-        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
-        **model_kwargs(model_name),
-    )  # fmt: skip
+    model = exact_model(scheduler, model_name)
     _, out = _diffusers.run(scheduler.to_config(), model, torch.from_numpy(ours.noise), num_steps)
     out = out.double().numpy()
     return float(np.linalg.norm(out - ours.exact) / np.linalg.norm(ours.exact))

@@ -36,9 +36,7 @@ MODULES = {
     "DEISMultistepScheduler": "diffusers.schedulers.scheduling_deis_multistep",
     "UniPCMultistepScheduler": "diffusers.schedulers.scheduling_unipc_multistep",
     "DPMSolverSinglestepScheduler": "diffusers.schedulers.scheduling_dpmsolver_singlestep",
-    "EDMDPMSolverMultistepScheduler": (
-        "diffusers.schedulers.scheduling_edm_dpmsolver_multistep"
-    ),
+    "EDMDPMSolverMultistepScheduler": ("diffusers.schedulers.scheduling_edm_dpmsolver_multistep"),
     "FlowMatchEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_match_euler_discrete",
     "FlowMatchHeunDiscreteScheduler": "diffusers.schedulers.scheduling_flow_match_heun_discrete",
     "FlowMatchLCMScheduler": "diffusers.schedulers.scheduling_flow_match_lcm",
@@ -141,9 +139,9 @@ def run(
             d.set_begin_index(t_start * d.order)
     current = [0]
 
-    def draw(*args, **kwargs):
-        if noises is None:
-            raise AssertionError(f"{name} drew noise but no noises were given")
+    def draw(shape, *args, **kwargs):
+        if noises is None:  # a deterministic config (SA-Solver's τ = 0 still draws): zeros
+            return torch.zeros(shape, dtype=kwargs.get("dtype") or noise.dtype)
         return noises[current[0]]
 
     # the flow-matching schedulers have neither (their start and model input are the noise)
