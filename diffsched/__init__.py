@@ -36,3 +36,12 @@ __all__ = [
     *(cls.__name__ for cls in _ALL),
 ]
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    # the diffusers adapter, on first use (its module imports neither diffusers nor torch)
+    if name in ("DiffusersScheduler", "to_diffusers"):
+        from . import diffusers as _adapter
+
+        return getattr(_adapter, name)
+    raise AttributeError(f"module 'diffsched' has no attribute {name!r}")

@@ -441,6 +441,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             import diffusers  # noqa: F401
         except ImportError as err:
             raise UsageError("--against diffusers needs diffusers installed") from err
+    if args.best:
+        rows = best_rows(args.model, args.num_samples, args.seed)
+        print(format_best(rows))
+        return 0
     rows = bench_rows(args.schedulers, args.steps, args.model, args.num_samples, args.seed,
                       args.against)  # fmt: skip
     table = format_table(rows)
@@ -453,6 +457,84 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plot_bench(out, rows)
     print(f"wrote {out}")
     return 0
+
+
+# The deterministic candidates of `bench --best`: every deterministic method and σ grid we
+# have, on Stable Diffusion 1.5's training schedule, so that "model calls" is the budget.
+BEST_SD = "beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
+BEST_CANDIDATES = tuple(
+    f"{name}:{BEST_SD}{extra}"
+    for name, extras in {
+        "ddim": ("", ",timestep_spacing=trailing"),
+        "pndm": (",reduce_warmup=true",),
+        "euler": (",timestep_spacing=trailing", ",use_karras_sigmas=true"),
+        "heun": ("", ",use_karras_sigmas=true"),
+        "dpm2": ("", ",use_karras_sigmas=true"),
+        "lms": ("", ",use_karras_sigmas=true"),
+        "dpm++2m": ("", ",use_karras_sigmas=true", ",timestep_spacing=trailing",
+                    ",solver_order=3", ",use_lu_lambdas=true"),
+        "deis": ("", ",timestep_spacing=trailing"),
+        "unipc": ("", ",use_karras_sigmas=true", ",timestep_spacing=trailing"),
+        "dpm++2s": ("",),
+        "sa-solver": (",tau=0.0",),
+    }.items()
+    for extra in extras
+)  # fmt: skip
+BEST_BUDGETS = (5, 10, 20)
+
+
+def best_rows(model_names: Sequence[str], num_samples: int, seed: int) -> list[dict]:
+    """Per model and model-call budget, the most accurate candidate (method and grid) that
+    spends at most that many calls, with its error against the exact solution."""
+    out = []
+    for model_name in model_names:
+        noise = make_noise(model_name, num_samples, seed)
+        tried: list[dict] = []
+        for spec in BEST_CANDIDATES:
+            name = spec.split(":", 1)[0]
+            if name not in SCHEDULERS:
+                continue
+            _, scheduler, options = parse_spec(spec)
+            scheduler, _ = adapt_to_model(scheduler, model_name, options)
+            for budget in BEST_BUDGETS:
+                # the most steps whose model calls fit the budget
+                steps = max(
+                    (n for n in range(1, budget + 1) if _calls(scheduler, n) <= budget),
+                    default=None,
+                )
+                if steps is None:
+                    continue
+                result = run(scheduler, model_name, steps, noise, seed=seed)
+                if result.error is not None:
+                    tried.append({"model": model_name, "budget": budget, "spec": spec,
+                                  "steps": steps, "calls": result.model_calls,
+                                  "error": result.error})  # fmt: skip
+        for budget in BEST_BUDGETS:
+            fits = [r for r in tried if r["budget"] == budget]
+            if fits:
+                out.append(min(fits, key=lambda r: r["error"]))
+    return out
+
+
+def _calls(scheduler: Scheduler, num_steps: int) -> int:
+    try:
+        return scheduler.program(num_steps).num_calls
+    except ValueError:
+        return 10**9
+
+
+def format_best(rows: list[dict]) -> str:
+    lines = [
+        "| model | model calls (budget) | best method and grid | steps | rel. RMS error |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        spec = r["spec"].replace(BEST_SD, "SD1.5 betas").replace(":SD1.5 betas,", ": ")
+        lines.append(
+            f"| {r['model']} | {r['calls']} ({r['budget']}) | {spec} | {r['steps']} "
+            f"| {r['error']:.3e} |"
+        )
+    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -503,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--against", choices=("diffusers",), help="also run diffusers' schedulers")
     b.add_argument("--out", default="diffsched_bench.png", help="PNG plot to write")
+    b.add_argument("--best", action="store_true",
+                   help="per budget of 5, 10 and 20 model calls, the most accurate method "
+                        "and grid we have (SD1.5's training schedule)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     sub.add_parser("list", help="schedulers and their options").set_defaults(func=cmd_list)

@@ -8,6 +8,8 @@ from .ddpm import DDPM
 from .deis import DEIS
 from .dpm2 import DPM2, DPM2Ancestral
 from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepInverse
+from .dpmsolver_singlestep import DPMSolverSinglestep
+from .edm_dpmsolver import EDMDPMSolverMultistep
 from .edm import EDMEuler
 from .euler import Euler, EulerAncestral
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
@@ -18,6 +20,7 @@ from .lms import LMS
 from .pndm import PNDM
 from .sasolver import SASolver
 from .tcd import TCD
+from .unipc import UniPC
 
 ALL = (
     DDIM,
@@ -41,6 +44,9 @@ ALL = (
     DPMSolverMultistep,
     DPMSolverMultistepInverse,
     DEIS,
+    UniPC,
+    DPMSolverSinglestep,
+    EDMDPMSolverMultistep,
 )
 
 __all__ = [
@@ -51,6 +57,9 @@ __all__ = [
     "DEIS",
     "DPMSolverMultistep",
     "DPMSolverMultistepInverse",
+    "DPMSolverSinglestep",
+    "EDMDPMSolverMultistep",
+    "UniPC",
     "DPM2",
     "IPNDM",
     "LCM",

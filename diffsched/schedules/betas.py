@@ -136,6 +136,13 @@ def check_betas(betas: np.ndarray) -> None:
         raise ValueError(
             f"betas must lie in (0, 1) (exclusive) so that ᾱ decreases; beta[{i}] is {betas[i]!r}"
         )
+    acp = np.cumprod(1.0 - betas)
+    if not (acp[0] < 1.0 and np.all(np.diff(acp) < 0)):
+        i = 0 if acp[0] >= 1.0 else int(np.argmax(np.diff(acp) >= 0)) + 1
+        raise ValueError(
+            f"the betas must make ᾱ strictly decreasing from below 1 in float64; beta[{i}] is "
+            f"{float(betas[i])!r}, too small to lower ᾱ (raise beta_start)"
+        )
     last = float(np.exp(np.sum(np.log1p(-betas))))
     if last < 1e-12:
         raise ValueError(

@@ -1,0 +1,596 @@
+"""diffsched schedulers inside diffusers pipelines.
+
+:class:`DiffusersScheduler` gives any diffsched scheduler the interface through which
+diffusers' pipelines drive their scheduler, so that::
+
+    pipe.scheduler = ds.DiffusersScheduler(ds.Euler(beta_schedule="quadratic", ...))
+
+runs the pipeline with our scheduler, and gives what the pipeline gives with diffusers' own
+scheduler of the same config (``scheduler.to_config()``), the noise of stochastic steps
+included: it is drawn as diffusers draws it, with the ``generator`` the pipeline passes to
+``step`` (diffusers' ``randn_tensor``), one draw per model call that adds noise.
+
+Samples. Our held sample is the model input; diffusers keeps its sample in a *native* space
+and scales it before each model call (``scale_model_input``). The pipeline holds the native
+sample, so the adapter converts at each call ``i`` with the program's ``input_scale``:
+held = native / input_scale[i] before our ``step``, native = held · input_scale[i + 1]
+after it (the final sample is native: its scale is 1). The step arithmetic is ours, in the
+sample's precision, on the sample's device.
+
+Where a loop starts. diffusers' schedulers find their place in the schedule in three ways,
+and the adapter does as the diffusers class of the wrapped scheduler does:
+
+* DDIM and DDPM are stateless: every call is placed by its timestep;
+* PNDM counts its calls from the top of the schedule (diffusers' class has no
+  ``set_begin_index``; here it is ignored), and a loop started elsewhere is an error;
+* every other class starts at ``set_begin_index``'s call if a pipeline set one (the
+  image-to-image pipelines do), else at the first timestep it is given (its second
+  occurrence where the timestep is listed twice, as for Heun), then counts calls. A call
+  started in mid-schedule has no memory of earlier calls: exact for one-step methods and
+  the two-stage ones (started on a first stage), and diffusers' own behaviour for LMS
+  (which keeps the full schedule's coefficients); the other multistep methods restart
+  their warm-up in diffusers, which our tables do not model: an error says so.
+
+``add_noise`` is, as in diffusers, sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε at the given timesteps
+for the classes whose diffusers ``add_noise`` reads ᾱ at them (DDIM, DDPM, PNDM, LCM, TCD,
+SA-Solver), and for the others α x_0 + σ ε at the level of the call the loop starts at
+(the begin index, else the current call, else the call of each timestep, as diffusers).
+
+Not provided: ``sigmas`` (read by some flow and editing pipelines); a pipeline's
+``save_pretrained`` skips the adapter (diffusers saves only its own component classes;
+``DiffusersScheduler.save_pretrained`` writes a config that diffusers' class loads).
+
+diffusers and torch are imported only when the adapter is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .core import engine
+from .core.options import STEP_TIME, specs
+from .core.scheduler import BaseScheduler
+from .interop.config import from_config as _from_config
+
+# how the diffusers class finds the call a step is for (see the module docstring)
+_PLACED_BY_TIMESTEP = frozenset({"DDIMScheduler", "DDPMScheduler", "DDIMInverseScheduler"})
+_COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
+# multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
+# coefficients and drops the terms of the calls it has not seen (as the engine does)
+_STARTS_WITHOUT_WARMUP = frozenset({"LMSDiscreteScheduler"})
+# classes whose diffusers add_noise uses ᾱ at the given timesteps (not the loop's level)
+_NOISED_AT_TIMESTEPS = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+        "SASolverScheduler",
+    }
+)
+# stochastic classes whose diffusers step draws noise at every call, also where its weight
+# is zero (SA-Solver's τ(t) = 0 outside [200, 800]); the others draw where it is not zero
+_DRAWS_AT_EVERY_CALL = frozenset({"SASolverScheduler"})
+# classes whose set_timesteps takes strength= (their own image-to-image schedule)
+_STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
+# our step-time option -> diffusers' step keyword, where the names differ
+_STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
+# diffusers step keywords some class takes; accepted by every adapter (used where the
+# wrapped scheduler has the option, ignored elsewhere, as pipelines expect)
+_KNOWN_STEP_KWARGS = frozenset(
+    {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise", "order"}
+)
+_NOISE = engine.COEF_COLUMNS.index("out_noise")
+
+
+class FrozenConfig(dict):
+    """A read-only dict whose keys are also attributes (diffusers' ``FrozenDict``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the scheduler config has no key {name!r}") from None
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "the scheduler config is read-only: assign a new one (scheduler._internal_dict = "
+            "...) or use register_to_config"
+        )
+
+    __setattr__ = __delattr__ = __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenConfig, (dict(self),))
+
+
+class SchedulerOutput(NamedTuple):
+    """What ``step`` returns: the next native sample and the call's x̂_0 (None where the
+    method forms none; for LCM the boundary-conditioned estimate, as diffusers returns)."""
+
+    prev_sample: Any
+    pred_original_sample: Any = None
+
+
+class DiffusersScheduler:
+    """A diffsched scheduler as a diffusers pipeline's ``scheduler``.
+
+    Args:
+        scheduler: any diffsched scheduler (or another adapter, whose scheduler is taken).
+
+    ``config`` is the scheduler's ``to_config()`` (diffusers' keys and spellings, with
+    ``_class_name``); a pipeline that rewrites it (``scheduler._internal_dict = ...``, as
+    Stable Diffusion's pipelines do for outdated ``steps_offset`` / ``clip_sample``) or
+    calls ``register_to_config`` rebuilds the wrapped scheduler from the new config.
+    DDIM's ``eta`` and the other options diffusers passes to ``step``: a value a pipeline
+    passes is used where the wrapped scheduler has the option at its default; a value set
+    on the wrapped scheduler wins over the pipeline's.
+    """
+
+    def __init__(self, scheduler: BaseScheduler | DiffusersScheduler) -> None:
+        if isinstance(scheduler, DiffusersScheduler):
+            scheduler = scheduler.wrapped
+        if not isinstance(scheduler, BaseScheduler):
+            raise TypeError(f"expected a diffsched scheduler, got: {type(scheduler).__name__}")
+        self._configure(scheduler)
+
+    def _configure(self, scheduler: BaseScheduler) -> None:
+        self.wrapped = scheduler
+        self._config = FrozenConfig(scheduler.to_config())
+        self._name = scheduler.DIFFUSERS_CLASS
+        self._loop = scheduler  # the config of this loop (step-time options may differ)
+        self._num_steps: int | None = None
+        self._options: dict[str, Any] = {}
+        self._program: engine.Program | None = None
+        self._tableau: engine.Tableau | None = None
+        self._starts: dict[int, tuple[float, float]] = {}
+        self._state: engine.EngineState | None = None
+        self._state_index = 0  # the call index the engine state is at
+        self._template: tuple | None = None
+        self._host_timesteps: np.ndarray | None = None
+        self.timesteps = None
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    def __repr__(self) -> str:
+        return f"DiffusersScheduler({self.wrapped!r})"
+
+    # -- the config --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> FrozenConfig:
+        """The diffusers config of the wrapped scheduler (read-only)."""
+        return self._config
+
+    @property
+    def _internal_dict(self) -> FrozenConfig:
+        return self._config
+
+    @_internal_dict.setter
+    def _internal_dict(self, config: Mapping[str, Any]) -> None:
+        self._configure(_from_config(dict(config)))
+
+    def register_to_config(self, **changes: Any) -> None:
+        """Changes diffusers config keys; the wrapped scheduler is rebuilt from the result."""
+        self._internal_dict = {**self._config, **changes}
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> DiffusersScheduler:
+        """The adapter of ``diffsched.from_config(config, **overrides)`` (a diffusers config
+        dict, a ``scheduler_config.json`` or a model folder; overrides are our option names)."""
+        return cls(_from_config(config, **overrides))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Writes ``scheduler_config.json`` (diffusers' format) into ``save_directory``."""
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, "scheduler_config.json"), "w") as f:
+            json.dump(dict(self._config), f, indent=2, sort_keys=True)
+
+    @property
+    def order(self) -> int:
+        """Model calls per step of the grid (diffusers' ``order``: 2 for Heun, DPM2)."""
+        return type(self.wrapped).CALLS_PER_STEP
+
+    def __len__(self) -> int:
+        return int(self._config.get("num_train_timesteps", 1000))
+
+    # -- the schedule ------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        timesteps: Any = None,
+        sigmas: Any = None,
+        mu: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Prepares an N-step loop (or one over custom ``timesteps`` / ``sigmas``), as
+        diffusers' ``set_timesteps``; ``mu`` is the dynamic shift of flow-matching methods.
+
+        Also accepted where the wrapped scheduler has the option: ``original_inference_steps``
+        (LCM, TCD), ``strength`` (LCM, TCD: their own image-to-image schedule) and
+        ``num_train_timesteps``.
+        """
+        import torch
+
+        loop = self.wrapped
+        options: dict[str, Any] = {}
+        for name, value in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu)):
+            if value is not None:
+                options[name] = _host(value)
+        original = kwargs.pop("original_inference_steps", None)
+        if original is not None and original != getattr(loop, "num_original_steps", original):
+            loop = loop.replace(num_original_steps=original)
+        train = kwargs.pop("num_train_timesteps", None)
+        if train is not None and train != getattr(loop, "num_train_steps", train):
+            loop = loop.replace(num_train_steps=train)
+        if "strength" in kwargs and self._name in _STRENGTH_IN_SET_TIMESTEPS:
+            options["strength"] = kwargs.pop("strength")
+        if kwargs:
+            raise TypeError(
+                f"set_timesteps() of {self._name} got unexpected keyword arguments: "
+                f"{sorted(kwargs)}"
+            )
+        if num_inference_steps is None:
+            if sigmas is not None:
+                num_inference_steps = len(options["sigmas"]) - 1
+            elif timesteps is not None:
+                num_inference_steps = len(options["timesteps"])
+        self._loop = loop
+        self._num_steps = num_inference_steps
+        self._options = options
+        self._compile()
+        ts = self._host_timesteps
+        host = torch.from_numpy(ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32))
+        self.timesteps = host.to(device) if device is not None else host
+        self.num_inference_steps = num_inference_steps
+        self._step_index = None
+        self._begin_index = None
+
+    def _compile(self) -> None:
+        self._program = self._loop.program(self._num_steps, **self._options)
+        self._host_timesteps = np.asarray(self._program.timesteps)
+        self._tableau = None
+        self._starts = {}
+        self._state = None
+
+    def _require_program(self) -> engine.Program:
+        if self._program is None:
+            raise RuntimeError(f"{self!r}: call set_timesteps before using the scheduler")
+        return self._program
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The standard deviation of the pipeline's first (native) sample."""
+        program = self._require_program()
+        return float(program.init_noise_scale * program.input_scale[0])
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next model call (None before the first)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The call the loop starts at, as set by :meth:`set_begin_index` (None: not set)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Starts the loop at model call ``begin_index`` (image-to-image pipelines)."""
+        self._begin_index = int(begin_index)
+
+    def _index_of(self, timestep: Any) -> int:
+        """The call of ``timestep``: its only occurrence, else its second (diffusers' rule,
+        so that a loop started at a repeated timestep of Heun starts on a first stage)."""
+        ts = self._host_timesteps
+        value = _scalar(timestep)
+        found = np.flatnonzero(ts.astype(np.float32 if ts.dtype.kind == "f" else ts.dtype) == value)
+        if found.size == 0:
+            raise ValueError(
+                f"{self._name}: timestep {value} is not one of this loop's timesteps {ts.tolist()}"
+            )
+        return int(found[1] if found.size > 1 else found[0])
+
+    def _call_index(self, timestep: Any) -> int:
+        """The call this model input or step is for (see the module docstring)."""
+        self._require_program()
+        if self._name in _PLACED_BY_TIMESTEP:
+            self._step_index = self._index_of(timestep)
+        elif self._step_index is None:
+            if self._name in _COUNTED_FROM_TOP:
+                if _scalar(timestep) != float(self._host_timesteps[0]):
+                    raise NotImplementedError(
+                        f"{self._name} starts at the top of its schedule (timestep "
+                        f"{self._host_timesteps[0]}), got timestep {_scalar(timestep)}: it has "
+                        "no image-to-image (a Runge-Kutta / multistep warm-up cannot start "
+                        "mid-schedule); use a one-step method such as DDIM"
+                    )
+                self._step_index = 0
+            elif self._begin_index is not None:
+                self._step_index = self._begin_index
+            else:
+                self._step_index = self._index_of(timestep)
+        return self._step_index
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
+        """The model input of the call at ``timestep``: the native sample / input_scale."""
+        program = self._require_program()
+        if np.all(program.input_scale == 1.0):  # the model input is the native sample
+            return sample
+        scale = float(program.input_scale[self._call_index(timestep)])
+        return sample if scale == 1.0 else sample / scale
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        eta: float | None = None,
+        use_clipped_model_output: bool | None = None,
+        generator: Any = None,
+        variance_noise: Any = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> SchedulerOutput | tuple:
+        """One model call's update of the native ``sample``, as diffusers' ``step``.
+
+        The noise of a stochastic call is ``variance_noise`` if given, else drawn with
+        ``generator`` (diffusers' ``randn_tensor``: model output's shape, dtype and device).
+        Returns a :class:`SchedulerOutput`, or ``(prev_sample, pred_original_sample)`` with
+        ``return_dict=False``.
+        """
+        unknown = set(kwargs) - _KNOWN_STEP_KWARGS
+        if unknown:
+            raise TypeError(f"step() of {self._name} got unexpected keyword arguments: {unknown}")
+        self._step_time_options(
+            {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
+        )
+        i = self._call_index(timestep)
+        program = self._program
+        if i >= program.num_calls:
+            raise IndexError(
+                f"{self._name}: step called after the last of the loop's {program.num_calls} "
+                "model calls; call set_timesteps again to start a new loop"
+            )
+        state = self._engine_state(sample, i)
+        scale, scale_next = float(program.input_scale[i]), float(program.input_scale[i + 1])
+        held = sample if scale == 1.0 else sample / scale
+        noise = None
+        if program.stochastic:
+            if variance_noise is not None:
+                noise = variance_noise
+            elif program.coefs[i, _NOISE] != 0 or self._name in _DRAWS_AT_EVERY_CALL:
+                from diffusers.utils.torch_utils import randn_tensor
+
+                noise = randn_tensor(
+                    tuple(model_output.shape), generator=generator,
+                    device=model_output.device, dtype=model_output.dtype,
+                )  # fmt: skip
+        state, out = self._loop.step(state, held, model_output, noise=noise)
+        self._state, self._state_index = state, i + 1
+        self._step_index = i + 1
+        prev = out if scale_next == 1.0 else out * scale_next
+        denoised = self._denoised(i, sample, model_output, prev)
+        if not return_dict:
+            return (prev, denoised)
+        return SchedulerOutput(prev, denoised)
+
+    def _step_time_options(self, passed: dict[str, Any]) -> None:
+        """Uses the step-time options a pipeline passes where ours are at their default."""
+        changes = {}
+        for name, (default, spec) in specs(self.wrapped).items():
+            if spec.diffusers_key != STEP_TIME:
+                continue
+            value = passed.get(_STEP_KWARG.get(name, name))
+            if value is None or getattr(self.wrapped, name) != default:
+                continue
+            if value != getattr(self._loop, name):
+                changes[name] = value
+        if not changes:
+            return
+        program = self._require_program()
+        loop = self._loop.replace(**changes)
+        new = loop.program(self._num_steps, **self._options)
+        if not np.array_equal(new.timesteps, program.timesteps):
+            raise ValueError(f"{self._name}: step options {changes} change the timesteps")
+        if self._state is not None and self._state_index > 0 and program.num_slots:
+            raise ValueError(f"{self._name}: step options {changes} changed within a loop")
+        self._loop = loop
+        self._compile()
+
+    def _engine_state(self, sample: Any, i: int) -> engine.EngineState:
+        """The engine state at call ``i``, for this sample's shape, dtype and device."""
+        import torch
+
+        template = (tuple(sample.shape), sample.dtype, sample.device)
+        if self._state is None or template != self._template:
+            if i > 0:
+                self._check_fresh_start(i)
+            self._state, _ = self._loop.init(self._num_steps, sample, 0, **self._options)
+            self._state_index, self._template = 0, template
+        if self._state_index != i:
+            step = torch.full_like(self._state.step, i)
+            self._state, self._state_index = self._state._replace(step=step), i
+        return self._state
+
+    def _check_fresh_start(self, start: int) -> None:
+        """Refuses to start at call ``start`` where a later call reads what an earlier
+        call left (a multistep method), unless diffusers' class does the same."""
+        if self._name in _STARTS_WITHOUT_WARMUP:
+            return
+        program = self._program
+        written: set[int] = set()
+        for n in range(start, program.num_calls):
+            for slot, coef in program.reads[n]:
+                if coef != 0 and int(slot) not in written:
+                    raise NotImplementedError(
+                        f"{self._name} cannot start at model call {start} (image-to-image, "
+                        f"set_begin_index): call {n} uses calls before {start}, and diffusers "
+                        "restarts this method's multistep warm-up there, which diffsched does "
+                        "not model; start at call 0 (strength=1)"
+                    )
+            for slot, *coefs in program.writes[n]:
+                if any(c != 0 for c in coefs):
+                    written.add(int(slot))
+
+    def _columns(self) -> engine.Tableau:
+        if self._tableau is None:
+            self._tableau = self._loop.tableau(self._resolved_steps(), **self._options)
+        return self._tableau
+
+    def _resolved_steps(self) -> int:
+        if self._num_steps is not None:
+            return self._num_steps
+        raise ValueError(f"{self._name}: the number of steps is not known")
+
+    def _denoised(self, i: int, native: Any, model_output: Any, prev: Any) -> Any:
+        """The call's x̂_0 from the method's conversion (None where it has none); LCM's
+        boundary-conditioned estimate (diffusers' ``denoised``)."""
+        tab = self._columns()
+        n = tab.num_calls
+        a = float(np.broadcast_to(tab.x0_sample, (n,))[i])
+        b = float(np.broadcast_to(tab.x0_output, (n,))[i])
+        if a == 0.0 and b == 0.0:
+            return None
+        x0 = a * native.to(model_output.dtype) + b * model_output
+        if self._loop.processes_x0:
+            x0 = self._loop._process(x0, True)
+        if self._name == "LCMScheduler":
+            # next = sqrt(ᾱ') (c_out x̂_0 + c_skip x) + sqrt(1 - ᾱ') z: the bracket
+            on_x0, on_x = tab.column((engine.X0, 0))[i], tab.column((engine.SAMPLE, 0))[i]
+            root = math.sqrt(1.0 - float(tab.column_noise()[i]) ** 2)
+            x0 = (on_x0 / root) * x0 + (on_x / root) * native
+        return x0.to(native.dtype)
+
+    # -- noising a clean sample --------------------------------------------------------------
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any:
+        """``original_samples`` noised to ``timesteps`` (native), as diffusers' ``add_noise``:
+        the first sample of an image-to-image loop, or a training input."""
+        import torch
+
+        if self._name in _NOISED_AT_TIMESTEPS:
+            acp = torch.as_tensor(self._loop.alphas_cumprod)
+            t = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.long)
+            a, b = acp[t].sqrt(), (1.0 - acp[t]).sqrt()
+        else:
+            a, b = self._levels(timesteps)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        dtype, device = original_samples.dtype, original_samples.device
+        a = a.to(device, dtype).reshape(shape)
+        b = b.to(device, dtype).reshape(shape)
+        return a * original_samples + b * noise
+
+    def scale_noise(self, sample: Any, timestep: Any, noise: Any = None) -> Any:
+        """The flow-matching pipelines' name for :meth:`add_noise` at the loop's level."""
+        import torch
+
+        a, b = self._levels(timestep)
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        a = a.to(sample.device, sample.dtype).reshape(shape)
+        b = b.to(sample.device, sample.dtype).reshape(shape)
+        return a * sample + b * (torch.randn_like(sample) if noise is None else noise)
+
+    def _levels(self, timesteps: Any):
+        """(α, σ) per batch entry of the loop's calls: the begin call, the current call, or
+        the call of each timestep (as diffusers chooses)."""
+        import torch
+
+        self._require_program()
+        t = torch.as_tensor(timesteps).reshape(-1)
+        if self._begin_index is None:
+            calls = [self._index_of(v) for v in t.tolist()]
+        elif self._step_index is not None:
+            calls = [self._step_index] * len(t)
+        else:
+            calls = [self._begin_index] * len(t)
+        pairs = [self._start(k) for k in calls]
+        return (
+            torch.tensor([p[0] for p in pairs], dtype=torch.float64),
+            torch.tensor([p[1] for p in pairs], dtype=torch.float64),
+        )
+
+    def _start(self, k: int) -> tuple[float, float]:
+        """(α, σ) of the native sample α x_0 + σ ε that starts a loop at call ``k``."""
+        if k not in self._starts:
+            start = self._start_from_conversion(k) or self._start_from_strength(k)
+            if start is None:
+                raise NotImplementedError(f"{self._name}: no noise level at model call {k}")
+            self._starts[k] = start
+        return self._starts[k]
+
+    def _start_from_conversion(self, k: int) -> tuple[float, float] | None:
+        """Read off the x̂_0 conversion of a noise (or flow) model at call ``k``:
+        x̂_0 = A x + B m gives back x_0 for m = ε when α = 1 / A, σ = -B / A (for
+        m = ε - x_0: α = (1 + B) / A); trusted where it gives the method's own start at
+        call 0 (not where the model output is preconditioned, as EDM's)."""
+        loop = self._loop
+        flow = loop.prediction_type == "flow"
+        if not flow and loop.prediction_type != "noise":
+            if "noise" not in type(loop).PREDICTION_TYPES:
+                return None
+            loop = loop.replace(prediction_type="noise")
+        tab = loop.tableau(self._resolved_steps(), **self._options)
+        a = np.broadcast_to(tab.x0_sample, (tab.num_calls,))
+        b = np.broadcast_to(tab.x0_output, (tab.num_calls,))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = ((1.0 + b) if flow else 1.0) / a
+            sigma = -b / a
+        if tab.start is None or not np.allclose((alpha[0], sigma[0]), tab.start, rtol=1e-9):
+            return None
+        if not (np.isfinite(alpha[k]) and np.isfinite(sigma[k])):
+            return None
+        return float(alpha[k]), float(sigma[k])
+
+    def _start_from_strength(self, k: int) -> tuple[float, float] | None:
+        """The start of the method's own image-to-image loop whose calls are this loop's
+        from call ``k`` on (``init(..., strength=s)``)."""
+        per_step = self.order
+        if k % per_step or "strength" in self._options:
+            return None
+        n, cut = self._resolved_steps(), k // per_step
+        for kept in (n - cut, n - cut + 0.5, n - cut - 0.5):
+            if not 0 < kept <= n:
+                continue
+            try:
+                tab = self._loop.tableau(n, strength=kept / n, **self._options)
+            except (TypeError, ValueError):
+                return None
+            if tab.start is not None and np.array_equal(tab.timesteps, self._host_timesteps[k:]):
+                return float(tab.start[0]), float(tab.start[1])
+        return None
+
+
+def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:
+    """``scheduler`` as a diffusers pipeline's scheduler (:class:`DiffusersScheduler`)."""
+    return DiffusersScheduler(scheduler)
+
+
+def _host(value: Any) -> Any:
+    """A custom grid as a tuple of Python numbers (hashable: its program is cached)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, str) or np.ndim(value) != 1:
+        return value  # the method's own check reports it
+    return tuple(np.asarray(value).tolist())
+
+
+def _scalar(timestep: Any) -> float:
+    if hasattr(timestep, "reshape"):
+        flat = timestep.reshape(-1)
+        if flat.shape[0] != 1:
+            raise ValueError(f"expected one timestep, got {tuple(timestep.shape)} of them")
+        timestep = flat[0].item()
+    return float(timestep)

@@ -1,0 +1,404 @@
+"""The diffusers adapter (``diffsched.diffusers``), end to end in real diffusers pipelines.
+
+Each pipeline is built from tiny random-weight components (no downloads) and run twice
+with the same seed: with diffusers' own scheduler of the config (``to_config()``, built
+with the class's ``from_config``) and with ``DiffusersScheduler`` wrapping ours. The
+images (float32, torch CPU) must agree within 1e-5, and the sample after every step
+within 1e-5 of its largest entry (the samples of σ-based methods reach tens).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+import diffsched as ds  # noqa: E402
+from diffsched.core.options import specs  # noqa: E402
+from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
+
+IMAGE_TOL = 1e-5
+SIZE = 32  # image side; the latents are 16 x 16
+PROMPT = "a cat"
+# Stable Diffusion's training schedule
+SD_SCHEDULE = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
+STEPS = {"PNDM": 4}  # the Runge-Kutta warm-up needs 4 steps; the others run 3
+# DDIMScheduler's eta comes from the pipeline: run once deterministic, once with noise
+ETA = {"DDIM": 0.5}
+
+# the classes the pipelines run with; absent ones (not yet in diffsched) are skipped
+NAMES = (
+    "DDIM", "DDPM", "PNDM", "LCM", "Euler", "EulerAncestral", "Heun", "DPM2",
+    "DPM2Ancestral", "LMS", "SASolver", "DPMSolverMultistep", "UniPC", "FlowMatchEuler",
+)  # fmt: skip
+# image-to-image: the methods that start mid-schedule as diffusers' classes do, and the
+# multistep ones that refuse (diffusers restarts their warm-up, which we do not model)
+IMG2IMG = ("DDIM", "DDPM", "LCM", "Euler", "EulerAncestral", "Heun", "DPM2", "DPM2Ancestral",
+           "LMS")  # fmt: skip
+NO_IMG2IMG = ("PNDM", "SASolver", "DPMSolverMultistep", "UniPC")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def method(name: str):
+    cls = getattr(ds, name, None)
+    if cls is None:
+        pytest.skip(f"diffsched has no {name}")
+    return cls
+
+
+def sd_scheduler(name: str, **options):
+    """Our ``name`` with Stable Diffusion's schedule (steps_offset 1, no clipping)."""
+    cls = method(name)
+    fields = specs(cls)
+    kwargs = {k: v for k, v in SD_SCHEDULE.items() if k in fields}
+    if "timesteps_offset" in fields:
+        kwargs["timesteps_offset"] = 1
+    if "clip_denoised_sample" in fields:
+        kwargs["clip_denoised_sample"] = False
+    return cls(**{**kwargs, **options})
+
+
+def diffusers_twin(sched):
+    """diffusers' own scheduler of our config, as a user would build it."""
+    config = sched.to_config()
+    return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+# -- tiny components -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddpm_pipe():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_tokenizer(folder):
+    """A CLIP tokenizer over single letters, from a vocabulary written here."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
+        model_max_length=16,
+    ), len(vocab)  # fmt: skip
+
+
+def tiny_unet(**options):
+    """A text-conditioned UNet over 16 x 16 latents (random weights, seed 0)."""
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=8, cross_attention_dim=16,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **options,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd_components(tmp_path_factory):
+    tokenizer, vocab_size = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    torch.manual_seed(0)
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1,
+        )
+    )  # fmt: skip
+    unet = tiny_unet()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        norm_num_groups=8, sample_size=SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    return {
+        "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,
+        "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
+    }  # fmt: skip
+
+
+def build(pipeline_cls, components, scheduler):
+    pipe = pipeline_cls(**components, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(sd_components):
+    return build(diffusers.StableDiffusionPipeline, sd_components, diffusers.DDIMScheduler())
+
+
+@pytest.fixture(scope="module")
+def img2img_pipe(sd_components):
+    return build(diffusers.StableDiffusionImg2ImgPipeline, sd_components, diffusers.DDIMScheduler())
+
+
+@pytest.fixture(scope="module")
+def init_image():
+    return np.random.default_rng(0).uniform(0.0, 1.0, (1, SIZE, SIZE, 3)).astype(np.float32)
+
+
+# -- running and comparing -------------------------------------------------------------------
+
+
+def run(pipe, scheduler, **call):
+    """(images, the sample after every step) of ``pipe`` with ``scheduler``, seed 0."""
+    samples = []
+    inner = scheduler.step
+
+    @functools.wraps(inner)  # pipelines read step's signature (eta, generator)
+    def step(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        samples.append((out[0] if isinstance(out, tuple) else out.prev_sample).clone())
+        return out
+
+    scheduler.step = step
+    pipe.scheduler = scheduler
+    images = pipe(generator=torch.Generator().manual_seed(0), output_type="np", **call).images
+    return np.asarray(images), samples
+
+
+def compare(pipe, ours, **call) -> float:
+    """Runs both schedulers; asserts equal images and per-step samples; returns the
+    largest image difference."""
+    ref_images, ref_samples = run(pipe, diffusers_twin(ours), **call)
+    images, samples = run(pipe, DiffusersScheduler(ours), **call)
+    assert len(samples) == len(ref_samples)
+    for n, (got, want) in enumerate(zip(samples, ref_samples, strict=True)):
+        scale = max(1.0, float(want.abs().max()))
+        err = float((got - want).abs().max()) / scale
+        assert err <= IMAGE_TOL, f"step {n}: sample differs by {err:.2e} (relative)"
+    assert images.dtype == np.float32
+    diff = float(np.abs(images - ref_images).max())
+    assert diff <= IMAGE_TOL, f"images differ by {diff:.2e}"
+    return diff
+
+
+def ddpm_case(name):
+    ours = sd_scheduler(name)
+    d_cls = getattr(diffusers, ours.DIFFUSERS_CLASS)
+    if "generator" not in inspect.signature(d_cls.step).parameters:
+        pytest.skip(f"DDPMPipeline passes generator=, which {d_cls.__name__}.step lacks")
+    return ours
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ddpm_pipeline(ddpm_pipe, name):
+    ours = ddpm_case(name)
+    compare(ddpm_pipe, ours, num_inference_steps=STEPS.get(name, 3))
+
+
+def sd_call(name, **extra):
+    call = {"prompt": PROMPT, "height": SIZE, "width": SIZE, "guidance_scale": 5.0}
+    call["num_inference_steps"] = STEPS.get(name, 3)
+    return {**call, **extra}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "FlowMatchEuler"])
+def test_stable_diffusion(sd_pipe, name):
+    # (FlowMatchEulerDiscreteScheduler has no init_noise_sigma, which this pipeline reads)
+    compare(sd_pipe, sd_scheduler(name), **sd_call(name))
+
+
+@pytest.mark.parametrize(
+    ("name", "grid"),
+    [("Euler", {"sigmas": [14.6, 4.0, 1.0, 0.0]}), ("Euler", {"timesteps": [999, 600, 200]}),
+     ("DDPM", {"timesteps": [900, 500, 100]})],
+)  # fmt: skip
+def test_stable_diffusion_custom_grid(sd_pipe, name, grid):
+    """``timesteps=`` / ``sigmas=`` reach set_timesteps (the pipeline checks its signature)."""
+    compare(sd_pipe, sd_scheduler(name), **sd_call(name, num_inference_steps=None, **grid))
+
+
+@pytest.mark.parametrize("name", sorted(ETA))
+def test_stable_diffusion_eta(sd_pipe, name):
+    """The pipeline's eta reaches DDIM's step: noise drawn with the pipeline's generator."""
+    compare(sd_pipe, sd_scheduler(name), **sd_call(name, eta=ETA[name]))
+
+
+def test_wrapped_eta_wins_over_the_pipeline_default(sd_pipe):
+    """A non-default eta set on our DDIM is kept though the pipeline passes eta=0."""
+    ours = sd_scheduler("DDIM", eta=0.5)
+    ref_images, _ = run(sd_pipe, diffusers_twin(ours), **sd_call("DDIM", eta=0.5))
+    images, _ = run(sd_pipe, DiffusersScheduler(ours), **sd_call("DDIM"))
+    assert np.abs(images - ref_images).max() <= IMAGE_TOL
+
+
+@pytest.mark.parametrize("name", IMG2IMG)
+def test_stable_diffusion_img2img(img2img_pipe, init_image, name):
+    call = sd_call(name, image=init_image, strength=0.6, num_inference_steps=4)
+    compare(img2img_pipe, sd_scheduler(name), **call)
+
+
+@pytest.mark.parametrize("name", NO_IMG2IMG)
+def test_img2img_refused_for_multistep_warmups(img2img_pipe, init_image, name):
+    call = sd_call(name, image=init_image, strength=0.6, num_inference_steps=4)
+    with pytest.raises(NotImplementedError, match=r"mid-schedule|cannot start"):
+        run(img2img_pipe, DiffusersScheduler(sd_scheduler(name)), **call)
+
+
+def test_latent_consistency_pipeline(sd_components):
+    """The LCM pipeline decodes the ``denoised`` estimate step returns second."""
+    ours = sd_scheduler("LCM")
+    components = {**sd_components, "unet": tiny_unet(time_cond_proj_dim=8)}
+    pipe = build(diffusers.LatentConsistencyModelPipeline, components, diffusers_twin(ours))
+    compare(pipe, ours, **sd_call("LCM", guidance_scale=4.0))
+
+
+def test_pipeline_rewrites_the_config(sd_components):
+    """Stable Diffusion's pipelines rewrite an outdated config (steps_offset 0, clipping on)
+    through ``_internal_dict``; the adapter rebuilds the wrapped scheduler from it, as
+    diffusers' scheduler then reads it."""
+    ours = ds.DDIM(**SD_SCHEDULE)
+    assert ours.timesteps_offset == 0 and ours.clip_denoised_sample
+    with pytest.warns(FutureWarning):
+        ref = build(diffusers.StableDiffusionPipeline, sd_components, diffusers_twin(ours))
+    with pytest.warns(FutureWarning):
+        pipe = build(diffusers.StableDiffusionPipeline, sd_components, DiffusersScheduler(ours))
+    adapter = pipe.scheduler
+    assert adapter.config.steps_offset == 1 and adapter.config.clip_sample is False
+    assert adapter.wrapped == ours.replace(timesteps_offset=1, clip_denoised_sample=False)
+    call = sd_call("DDIM")
+    images, _ = run(pipe, adapter, **call)
+    ref_images, _ = run(ref, ref.scheduler, **call)
+    assert np.abs(images - ref_images).max() <= IMAGE_TOL
+
+
+# -- units -----------------------------------------------------------------------------------
+
+
+def test_euler_schedule_matches_diffusers():
+    ours = ds.Euler(**SD_SCHEDULE, timestep_spacing="leading", timesteps_offset=1)
+    adapter, twin = DiffusersScheduler(ours), diffusers_twin(ours)
+    adapter.set_timesteps(7, device="cpu")
+    twin.set_timesteps(7, device="cpu")
+    assert adapter.timesteps.dtype == twin.timesteps.dtype == torch.float32
+    assert torch.equal(adapter.timesteps, twin.timesteps)
+    assert adapter.init_noise_sigma == pytest.approx(float(twin.init_noise_sigma), rel=1e-6)
+    assert len(adapter) == len(twin) == 1000 and adapter.order == twin.order == 1
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in twin.timesteps:
+        want = twin.scale_model_input(x, t)
+        got = adapter.scale_model_input(x, t)
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+        model_output = torch.tanh(got)
+        want = twin.step(model_output, t, x)
+        x_next, x0 = adapter.step(model_output, t, x, return_dict=False)
+        assert torch.allclose(x_next, want.prev_sample, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(x0, want.pred_original_sample, rtol=1e-5, atol=1e-5)
+        assert adapter.step_index == twin.step_index
+        x = want.prev_sample
+    with pytest.raises(IndexError):
+        adapter.step(model_output, t, x)
+
+
+def test_step_outputs():
+    adapter = DiffusersScheduler(ds.DDIM(**SD_SCHEDULE, timesteps_offset=1))
+    twin = diffusers_twin(adapter.wrapped)
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        adapter.step(torch.zeros(1), 1, torch.zeros(1))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    results = []
+    for return_dict in (True, False):
+        adapter.set_timesteps(5)
+        t = adapter.timesteps[0]
+        results.append(adapter.step(out, t, x, return_dict=return_dict))
+    as_dict, as_tuple = results
+    assert isinstance(as_dict, SchedulerOutput) and type(as_tuple) is tuple
+    assert len(as_tuple) == 2 and torch.equal(as_tuple[0], as_dict.prev_sample)
+    twin.set_timesteps(5)
+    want = twin.step(out, twin.timesteps[0], x)
+    assert torch.allclose(as_dict.prev_sample, want.prev_sample, atol=1e-6)
+    assert torch.allclose(as_dict.pred_original_sample, want.pred_original_sample, atol=1e-5)
+
+
+def test_lcm_denoised_matches_diffusers():
+    """LCM's step returns the boundary-conditioned estimate diffusers calls denoised."""
+    ours = sd_scheduler("LCM")
+    adapter, twin = DiffusersScheduler(ours), diffusers_twin(ours)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    for s in (adapter, twin):
+        s.set_timesteps(8)
+    for t in twin.timesteps:
+        out = torch.tanh(x)
+        g1, g2 = (torch.Generator().manual_seed(int(t)) for _ in range(2))
+        want = twin.step(out, t, x, generator=g1, return_dict=False)
+        got = adapter.step(out, t, x, generator=g2, return_dict=False)
+        for a, b in zip(got, want, strict=True):
+            assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+        x = want[0]
+
+
+def test_config_and_order():
+    for cls in ds.methods.ALL:
+        adapter = DiffusersScheduler(cls())
+        d_cls = getattr(diffusers, cls.DIFFUSERS_CLASS)
+        assert adapter.order == d_cls.order, cls.__name__
+        assert adapter.config == cls().to_config()
+    config = DiffusersScheduler(ds.Euler(prediction_type="angular_velocity")).config
+    assert config.prediction_type == "v_prediction" and config["num_train_timesteps"] == 1000
+    assert config._class_name == "EulerDiscreteScheduler"
+    with pytest.raises(TypeError):
+        config["prediction_type"] = "epsilon"
+    assert not hasattr(config, "no_such_key")
+    adapter = DiffusersScheduler(ds.Euler())
+    adapter.register_to_config(timestep_spacing="trailing")
+    assert adapter.wrapped == ds.Euler(timestep_spacing="trailing")
+    assert DiffusersScheduler.from_config(dict(adapter.config)).wrapped == adapter.wrapped
+
+
+@pytest.mark.parametrize("name", ("DDIM", "LCM", "Euler", "Heun", "DPM2", "LMS", "EDMEuler"))
+def test_add_noise_matches_diffusers(name):
+    """The first sample of an image-to-image loop started at call k (set_begin_index)."""
+    ours = sd_scheduler(name) if name != "EDMEuler" else ds.EDMEuler()
+    adapter, twin = DiffusersScheduler(ours), diffusers_twin(ours)
+    clean = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    for k in (0, 1, 2):
+        for s in (adapter, twin):
+            s.set_timesteps(4)
+            if hasattr(s, "set_begin_index"):
+                s.set_begin_index(k * s.order)
+        t = twin.timesteps[k * twin.order : k * twin.order + 1].repeat(2)
+        want = twin.add_noise(clean, noise, t)
+        got = adapter.add_noise(clean, noise, t)
+        # diffusers' ᾱ are float32 products: its levels differ from ours in the last bits
+        assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max()), (name, k)
+
+
+def test_imports_neither_torch_nor_diffusers():
+    code = (
+        "import sys, diffsched, diffsched.diffusers; "
+        "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    assert ds.DiffusersScheduler is DiffusersScheduler
+    assert isinstance(ds.to_diffusers(ds.DDIM()), DiffusersScheduler)
