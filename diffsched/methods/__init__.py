@@ -9,8 +9,8 @@ from .deis import DEIS
 from .dpm2 import DPM2, DPM2Ancestral
 from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepInverse
 from .dpmsolver_singlestep import DPMSolverSinglestep
-from .edm_dpmsolver import EDMDPMSolverMultistep
 from .edm import EDMEuler
+from .edm_dpmsolver import EDMDPMSolverMultistep
 from .euler import Euler, EulerAncestral
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
 from .heun import Heun
@@ -52,22 +52,20 @@ ALL = (
 __all__ = [
     "ALL",
     "DDIM",
-    "DDIMInverse",
     "DDPM",
     "DEIS",
-    "DPMSolverMultistep",
-    "DPMSolverMultistepInverse",
-    "DPMSolverSinglestep",
-    "EDMDPMSolverMultistep",
-    "UniPC",
     "DPM2",
     "IPNDM",
     "LCM",
     "LMS",
     "PNDM",
     "TCD",
-    "SASolver",
+    "DDIMInverse",
     "DPM2Ancestral",
+    "DPMSolverMultistep",
+    "DPMSolverMultistepInverse",
+    "DPMSolverSinglestep",
+    "EDMDPMSolverMultistep",
     "EDMEuler",
     "Euler",
     "EulerAncestral",
@@ -75,4 +73,6 @@ __all__ = [
     "FlowMatchHeun",
     "FlowMatchLCM",
     "Heun",
+    "SASolver",
+    "UniPC",
 ]
