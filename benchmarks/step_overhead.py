@@ -51,10 +51,16 @@ def methods() -> dict[str, tuple[ds.Scheduler, int]]:
         "Euler": (ds.Euler(), 3),
         "EulerAncestral": (ds.EulerAncestral(), 4),
     }
-    for name in ("Heun", "DPM2", "DPM2Ancestral", "LMS", "IPNDM", "DDPM", "EDMEuler"):
+    for name in P_OTHERS:
         cls = getattr(ds, name, None)
         if cls is not None:
             out[name] = (cls(), P_OTHERS[name])
+    out["DPM++2M-Karras-SD"] = (
+        ds.DPMSolverMultistep(
+            beta_schedule="quadratic", beta_start=0.00085, beta_end=0.012, use_karras_sigmas=True
+        ),
+        5,
+    )
     return out
 
 
@@ -66,7 +72,20 @@ P_OTHERS = {
     "IPNDM": 7,
     "DDPM": 5,  # clipped x̂_0 + noise
     "EDMEuler": 3,
+    "DPMSolverMultistep": 5,  # 2M: x, m, x̂_0 of the last call; out; store x̂_0
+    "DPMSolverSinglestep": 5,
+    "DEIS": 5,
+    "UniPC": 6,  # predictor + corrector share the stored x̂_0's; order 2: two reads
+    "SASolver": 7,
+    "TCD": 4,
+    "EDMDPMSolverMultistep": 5,
+    "DDIMInverse": 3,
+    "DPMSolverMultistepInverse": 5,
+    "FlowMatchEuler": 3,
+    "FlowMatchHeun": 4,
+    "FlowMatchLCM": 4,
 }
+FLOW_SHAPE = (1, 4096, 64)  # FLUX's packed latents at 1024²
 
 
 def _median_call(fn, repeats: int) -> float:
@@ -112,7 +131,7 @@ def torch_rows(repeats: int, only) -> list[dict]:
     logging.set_verbosity_error()
     torch.set_num_threads(1)
     rows = []
-    for shape in SHAPES:
+    for shape in [*SHAPES, FLOW_SHAPE]:
         gen = torch.Generator().manual_seed(0)
         sample = torch.randn(shape, generator=gen)
         prediction = torch.randn(shape, generator=gen) * 0.5
@@ -123,7 +142,7 @@ def torch_rows(repeats: int, only) -> list[dict]:
         )
         randn = _median_call(partial(torch.randn, shape), repeats * NUM_STEPS)
         for name, (ours, _) in methods().items():
-            if only and name not in only:
+            if only and name not in only or (shape == FLOW_SHAPE) != name.startswith("Flow"):
                 continue
             theirs = peer.scheduler(ours.to_config(), float64=False)
             t_ours, t_theirs, t_draw = [], [], []
@@ -163,7 +182,7 @@ def jax_rows(repeats: int, only) -> list[dict]:
     import jax.numpy as jnp
 
     rows = []
-    for shape in SHAPES[1:]:
+    for shape in [*SHAPES[1:], FLOW_SHAPE]:
         key = np.random.default_rng(0)
         sample = jnp.asarray(key.standard_normal(shape), dtype=jnp.float32)
         prediction = jnp.asarray(key.standard_normal(shape) * 0.5, dtype=jnp.float32)
@@ -175,7 +194,7 @@ def jax_rows(repeats: int, only) -> list[dict]:
 
         floor = _best_of(floor_loop, (sample, prediction), repeats) / NUM_STEPS
         for name, (sched, p) in methods().items():
-            if only and name not in only:
+            if only and name not in only or (shape == FLOW_SHAPE) != name.startswith("Flow"):
                 continue
             state, timesteps = sched.init(NUM_STEPS, sample)
             calls = timesteps.shape[0]

@@ -516,34 +516,35 @@ def _draw(state, x, noise, stochastic):
 
 
 def _branch_free_jax(state, x, m, noise, process, stochastic):
-    """Under ``jax.jit`` (and eager JAX): every term, gathered rows, slots updated in place."""
-    import jax.numpy as jnp
+    """Under ``jax.jit`` (and eager JAX): every term, gathered rows, slots updated in place.
+
+    The writes come first and the reads then read the updated history: a slot written at a
+    call is never read at that call (see :func:`compile`), so the result is the same, and
+    the reads' dependency on the update lets XLA update the slots in place, with no copy
+    of the history or of the sample in the loop body.
+    """
     from jax import lax
 
     c, reads, writes = _gathered(state)
     d = None
     if process is not None:
         d = process(c[0] * x + c[1] * m, True)
+    history = state.history
+    for w in range(writes.shape[0]):
+        value = writes[w, 1] * x + writes[w, 2] * m
+        if d is not None:
+            value = value + writes[w, 3] * d
+        slot = writes[w, 0].astype("int32")
+        history = lax.dynamic_update_index_in_dim(history, value.astype(history.dtype), slot, 0)
     out = c[2] * x + c[3] * m
     if d is not None:
         out = out + c[4] * d
-    history = state.history
     for r in range(reads.shape[0]):
         slot = reads[r, 0].astype("int32")
         out = out + reads[r, 1] * lax.dynamic_index_in_dim(history, slot, 0, keepdims=False)
     z = _draw(state, x, noise, stochastic)
     if z is not None:
         out = out + c[5] * z
-    # A data dependency of the writes on this call's reads (a never-taken scalar term), so
-    # that XLA schedules the reads first and updates the slots in place, without copying
-    # the history (an optimization barrier does not order them).
-    after_reads = jnp.where(state.step < 0, jnp.reshape(out, (-1,))[0], 0.0)
-    for w in range(writes.shape[0]):
-        value = writes[w, 1] * x + writes[w, 2] * m + after_reads
-        if d is not None:
-            value = value + writes[w, 3] * d
-        slot = writes[w, 0].astype("int32")
-        history = lax.dynamic_update_index_in_dim(history, value.astype(history.dtype), slot, 0)
     return out, history
 
 
