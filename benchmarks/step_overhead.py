@@ -142,7 +142,7 @@ def torch_rows(repeats: int, only) -> list[dict]:
         )
         randn = _median_call(partial(torch.randn, shape), repeats * NUM_STEPS)
         for name, (ours, _) in methods().items():
-            if only and name not in only or (shape == FLOW_SHAPE) != name.startswith("Flow"):
+            if (only and name not in only) or (shape == FLOW_SHAPE) != name.startswith("Flow"):
                 continue
             theirs = peer.scheduler(ours.to_config(), float64=False)
             t_ours, t_theirs, t_draw = [], [], []
@@ -194,7 +194,7 @@ def jax_rows(repeats: int, only) -> list[dict]:
 
         floor = _best_of(floor_loop, (sample, prediction), repeats) / NUM_STEPS
         for name, (sched, p) in methods().items():
-            if only and name not in only or (shape == FLOW_SHAPE) != name.startswith("Flow"):
+            if (only and name not in only) or (shape == FLOW_SHAPE) != name.startswith("Flow"):
                 continue
             state, timesteps = sched.init(NUM_STEPS, sample)
             calls = timesteps.shape[0]
