@@ -116,7 +116,8 @@ def _their_loop(ours, theirs_sched, sample, prediction, noise):
     with patch:
         for t in theirs_sched.timesteps:
             t0 = time.perf_counter()
-            inp = theirs_sched.scale_model_input(sample, t)
+            scale = getattr(theirs_sched, "scale_model_input", None)  # flow: none
+            inp = sample if scale is None else scale(sample, t)
             theirs_sched.step(prediction, int(t) if lcm else t, inp, **step_kwargs)
             times.append(time.perf_counter() - t0)
     return times

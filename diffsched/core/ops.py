@@ -275,6 +275,14 @@ def combine(terms: Sequence[tuple[float, Array]]) -> Array:
     Never writes into any of the given arrays; the result never aliases one of them.
     """
     out = None
+    live = [t for t in terms if t[0] != 0]
+    if len(live) > 1 and hasattr(live[0][1], "add_"):  # torch: a unit term first saves a pass
+        unit = next((i for i, (c, _) in enumerate(live) if c == 1.0), None)
+        if unit is not None:
+            first = live.pop(unit)
+            c1, a1 = live.pop(0)
+            out = torch_add(first[1], a1, c1)
+            terms = live
     for c, a in terms:
         if c == 0:
             continue
@@ -292,6 +300,11 @@ def combine(terms: Sequence[tuple[float, Array]]) -> Array:
         a = terms[0][1]
         return namespace(a).zeros_like(a)
     return out
+
+
+def torch_add(a: Array, b: Array, alpha: float) -> Array:
+    """a + alpha · b in one pass, into a new tensor."""
+    return a.add(b, alpha=alpha)
 
 
 def row(table: Array, step: Array) -> Array:
