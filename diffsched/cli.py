@@ -70,6 +70,11 @@ DEFAULT_BENCH = (
     "heun",
     "dpm2",
     "lms",
+    "dpm++2m",
+    "dpm++2m:use_karras_sigmas=true",
+    "deis",
+    "unipc",
+    "dpm++2s",
 )
 
 
