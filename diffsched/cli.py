@@ -322,29 +322,44 @@ def matplotlib_ticker():
 
 
 def plot_bench(path: Path, rows: list[dict]) -> None:
-    """Error against model calls, log-log, one panel per model, one line per scheduler."""
+    """Error against model calls, log-log, one panel per model, one line per scheduler;
+    diffusers' errors as open circles in the series' colour; one shared legend below."""
     plt = _pyplot()
     model_names = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(model_names), figsize=(5 * len(model_names), 4), squeeze=False)
+    labels = list(dict.fromkeys(r["scheduler"] for r in rows))
+    fig, axes = plt.subplots(1, len(model_names), figsize=(6 * len(model_names), 4.6),
+                             squeeze=False)  # fmt: skip
+    cmap = plt.get_cmap("tab20")
+    handles = {}
     for ax, model_name in zip(axes[0], model_names, strict=True):
-        for label in dict.fromkeys(r["scheduler"] for r in rows):
+        for k, label in enumerate(labels):
+            color = cmap(k % 20)
             pts = [r for r in rows if r["model"] == model_name and r["scheduler"] == label]
-            pts = [r for r in pts if r["error"] is not None]
-            if pts:
-                ax.loglog([r["calls"] for r in pts], [r["error"] for r in pts], "o-", label=label)
-            peer = [r for r in pts if r.get("diffusers_error") is not None]
+            pts = [r for r in pts if r["error"] is not None and r["error"] > 0]
+            if not pts:
+                continue
+            calls, errors = [r["calls"] for r in pts], [r["error"] for r in pts]
+            marker = "os^vD<>ph*"[k % 10]
+            (line,) = ax.loglog(calls, errors, "-", marker=marker, ms=4, color=color)
+            handles[label] = line
+            peer = [r for r in pts if r.get("diffusers_error")]
             if peer:
-                ax.loglog([r["calls"] for r in peer], [r["diffusers_error"] for r in peer], "kx",
-                          ms=7, label=f"{label} (diffusers)")  # fmt: skip
-        calls = sorted({r["calls"] for r in rows if r["model"] == model_name})
-        ax.set_xticks(calls, [str(c) for c in calls], minor=False)
+                ax.loglog([r["calls"] for r in peer], [r["diffusers_error"] for r in peer],
+                          "o", ms=9, mfc="none", mec=color, alpha=0.6)  # fmt: skip
+        ticks = [c for c in (5, 10, 20, 50, 100) if any(r["calls"] >= c for r in rows)]
+        ax.set_xticks(ticks, [str(c) for c in ticks])
         ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
         ax.set_xlabel("model calls")
         ax.set_ylabel("relative RMS error vs exact ODE solution")
         ax.set_title(model_name)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        ax.grid(True, which="major", alpha=0.3)
+    if any(r.get("diffusers_error") for r in rows):
+        (ring,) = axes[0][0].plot([], [], "o", ms=9, mfc="none", mec="0.3")
+        handles["diffusers, same config (open circles)"] = ring
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(4, len(handles)), fontsize=8, frameon=False)  # fmt: skip
+    rows_of_legend = math.ceil(len(handles) / 4)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
