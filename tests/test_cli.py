@@ -451,3 +451,20 @@ def test_gmm_turns_clipping_off_only_when_not_asked_for():
     assert cli.adapt_to_model(ds.LCM(), "gmm", {}) == (ds.LCM(), "")  # LCM does not clip
     assert cli.adapt_to_model(ds.DDIM(), "digits", {}) == (ds.DDIM(), "")
     assert cli.adapt_to_model(ds.PNDM(), "gmm", {}) == (ds.PNDM(), "")  # no such option
+
+
+def test_best_candidates_fit_their_budget_and_format():
+    """`bench --best` candidates: each spec parses, and the steps chosen for a budget spend
+    at most that many model calls (Heun-type methods take 2N - 1)."""
+    for spec in cli.BEST_CANDIDATES:
+        name = spec.split(":", 1)[0]
+        if name not in cli.SCHEDULERS:
+            continue
+        _, sched, _ = cli.parse_spec(spec)
+        for budget in cli.BEST_BUDGETS:
+            steps = max(n for n in range(1, budget + 1) if cli._calls(sched, n) <= budget)
+            assert cli._calls(sched, steps) <= budget
+    rows = [{"model": "gmm", "budget": 10, "spec": f"unipc:{cli.BEST_SD}", "steps": 10,
+             "calls": 10, "error": 0.05}]  # fmt: skip
+    table = cli.format_best(rows)
+    assert "| gmm | 10 (10) | unipc:SD1.5 betas | 10 | 5.000e-02 |" in table
