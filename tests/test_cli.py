@@ -66,7 +66,12 @@ def test_sample_defaults(capsys, tmp_path):
     assert status == 0, err
     assert "DDIM, 20 steps (20 model calls), digits, 4 samples, numpy float64" in out
     assert "model calls: 20" in out.splitlines()
-    assert re.search(r"^wall time: \d+\.\d{3} s$", out, re.MULTILINE)
+    assert re.search(
+        r"^time: sampling \d+\.\d{3} s \(the scheduler and the model\), exact ODE reference "
+        r"\d+\.\d{3} s$",
+        out,
+        re.MULTILINE,
+    )
     assert f"wrote {png}" in out
     check_png(png)
 
