@@ -42,7 +42,9 @@ EXPECTED = {
 }
 FILES = {"sd15": SD15, "sd21_v": SD21_V, "lcm": LCM_SDXL}
 # keys the fixture has that its class lacks (reported in one warning)
-FOREIGN_KEYS = {"sd15": ["clip_sample"], "sd21_v": ["skip_prk_steps"], "lcm": []}
+# keys the fixture has that its class lacks, at a value that changes nothing (clip_sample:
+# false for PNDM, skip_prk_steps: true for DDIM): they load without a warning
+FOREIGN_KEYS = {"sd15": [], "sd21_v": [], "lcm": []}
 
 
 def load(path: Path) -> dict:
@@ -111,12 +113,43 @@ def test_warns_once_for_keys_the_class_lacks(name):
 
 
 def test_warning_lists_every_foreign_key_sorted():
-    config = {"_class_name": "PNDMScheduler", "zeta": 1, "clip_sample": False, "eta": 0.0}
+    config = {"_class_name": "PNDMScheduler", "zeta": 1, "clip_sample": True, "eta": 0.0}
     with pytest.warns(
         UserWarning,
         match=re.escape("PNDMScheduler has no option(s) ['clip_sample', 'eta', 'zeta']; ignored"),
     ):
         ds.from_config(config)
+    # clip_sample: false is what PNDM does anyway: no warning for it
+    with pytest.warns(UserWarning, match=re.escape("no option(s) ['eta', 'zeta']; ignored")):
+        ds.from_config(config | {"clip_sample": False})
+
+
+def test_diffusers_names_are_understood(tmp_path):
+    """diffusers' spelling of an option or value names ours; scheduler swapping with
+    Class.from_config(other config); save_config writes what from_config reads."""
+    with pytest.raises(TypeError, match=re.escape("'clip_sample' is diffusers' name for "
+                                                  "clip_denoised_sample")):  # fmt: skip
+        ds.DDIM(clip_sample=False)
+    with pytest.raises(TypeError, match=re.escape("'steps_offset' is diffusers' name for "
+                                                  "timesteps_offset")):  # fmt: skip
+        ds.Euler(steps_offset=1)
+    with pytest.raises(ValueError, match=re.escape("'scaled_linear' is diffusers' name for "
+                                                   "beta_schedule='quadratic'")):  # fmt: skip
+        ds.DDIM(beta_schedule="scaled_linear")
+    v_hint = "'v_prediction' is diffusers' name for prediction_type='angular_velocity'"
+    with pytest.raises(ValueError, match=re.escape(v_hint)):
+        ds.Euler(prediction_type="v_prediction")
+    sd15 = load(SD15)
+    swapped = ds.DPMSolverMultistep.from_config(sd15)  # PNDM's config, DPM-Solver's class
+    assert isinstance(swapped, ds.DPMSolverMultistep)
+    assert (swapped.beta_schedule, swapped.beta_start, swapped.beta_end) == (
+        "quadratic", 0.00085, 0.012)  # fmt: skip
+    assert swapped.timesteps_offset == 1
+    back = ds.DDIM.from_config(ds.Euler(prediction_type="angular_velocity").to_config())
+    assert back.prediction_type == "angular_velocity" and back.timestep_spacing == "linspace"
+    path = ds.DDIM(eta=0.5).save_config(tmp_path / "model" / "scheduler")
+    assert path.name == "scheduler_config.json"
+    assert ds.from_config(tmp_path / "model") == ds.DDIM(eta=0.5)
 
 
 def test_unknown_class_name():

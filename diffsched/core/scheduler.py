@@ -237,6 +237,28 @@ class BaseScheduler:
         """A copy with some options changed (the config itself is immutable)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_config(cls, source: Any, **overrides: Any):
+        """This class from any diffusers scheduler config (a dict, a
+        ``scheduler_config.json``, a model folder, or another scheduler's ``to_config()``):
+        the keys this class has are read, the others (another class's) are dropped, as
+        diffusers' ``SomeScheduler.from_config(pipe.scheduler.config)`` swaps schedulers."""
+        from ..interop.config import build
+
+        return build(cls, source, overrides, strict=False)
+
+    def save_config(self, folder: Any) -> Any:
+        """Writes ``folder/scheduler_config.json`` (the folder is created), as diffusers'
+        ``save_config``; returns the file's path."""
+        import json
+        from pathlib import Path
+
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        out = path / "scheduler_config.json"
+        out.write_text(json.dumps(self.to_config(), indent=2) + "\n", encoding="utf-8")
+        return out
+
 
 @dataclass(frozen=True, kw_only=True)
 class Scheduler(BaseScheduler):
@@ -445,8 +467,33 @@ def spaced_timesteps(sched: Any, num_steps: int) -> np.ndarray:
 
 
 def document(cls: type) -> type:
-    """Class decorator: appends the generated Options section to the docstring."""
+    """Class decorator for a method: appends the generated Options section to the
+    docstring, and makes an unknown keyword that is diffusers' spelling of one of ours an
+    error that names ours (``DDIM(clip_sample=False)``)."""
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n" + options_doc(cls) + "\n"
+    init = cls.__init__
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    ours_for = {
+        spec.diffusers_key: name
+        for name, (_, spec) in specs(cls).items()
+        if spec.diffusers_key not in (None, STEP_TIME) and spec.diffusers_key != name
+    }
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            hints = [
+                f"{k!r} is diffusers' name for {ours_for[k]}" for k in unknown if k in ours_for
+            ]
+            raise TypeError(
+                f"{cls.__name__} has no option(s) {unknown}"
+                + (f" ({'; '.join(hints)})" if hints else "")
+                + f"; its options: {sorted(known)}"
+            )
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
     return cls
 
 

@@ -51,6 +51,23 @@ def _read(source: dict | str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+# Keys some diffusers classes have, at the value that means "off": a class without the key
+# behaves that way already, so a real model's config holding them loads without a warning
+# (Stable Diffusion 1.5's PNDM config has clip_sample: false).
+INERT_VALUES = {
+    "clip_sample": False,
+    "thresholding": False,
+    "rescale_betas_zero_snr": False,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_flow_sigmas": False,
+    "use_dynamic_shifting": False,
+    "skip_prk_steps": True,
+    "variance_type": None,
+}
+
+
 def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler:
     """A scheduler from a diffusers scheduler config.
 
@@ -60,14 +77,22 @@ def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler
     options (a boolean key takes a JSON boolean, an integer key an integer). ``overrides``
     are our option names and win over the file. Metadata keys (``_class_name``,
     ``_diffusers_version``, ...) are not options; keys the class does not have are reported
-    in one warning.
+    in one warning, unless they hold the value that means "off" (:data:`INERT_VALUES`).
     """
     config = _read(source)
     classes = registry()
     name = config.get("_class_name")
     if not isinstance(name, str) or name not in classes:
         raise ValueError(f"unsupported scheduler class {name!r}; supported: {sorted(classes)}")
-    cls = classes[name]
+    return build(classes[name], config, overrides, strict=True)
+
+
+def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler:
+    """``cls`` from a diffusers config: its keys mapped to our options. ``strict``: warn
+    about keys ``cls`` lacks (the config names ``cls``); else drop them silently (another
+    class's config, as in scheduler swapping)."""
+    config = _read(source)
+    name = cls.DIFFUSERS_CLASS
     # deprecated keys diffusers still reads in place of another (DDIMInverseScheduler's
     # set_alpha_to_zero): the old key, when given, wins, as in diffusers' __init__
     for old, new in getattr(cls, "DIFFUSERS_ALIASES", {}).items():
@@ -89,15 +114,20 @@ def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler
             if value is None and not spec.nullable:
                 continue  # diffusers' "use the default"
             kwargs[field] = from_diffusers(name, key, field, value, default, spec)
-        elif key not in cls.INERT_KEYS:
+        elif key in cls.INERT_KEYS or (key in INERT_VALUES and value == INERT_VALUES[key]):
+            continue
+        else:
             unknown.append(key)
-    if unknown:
+    if unknown and strict:
         warnings.warn(
-            f"{name} has no option(s) {sorted(unknown)}; ignored", UserWarning, stacklevel=2
+            f"{name} has no option(s) {sorted(unknown)}; ignored", UserWarning, stacklevel=3
         )
     extra = config.get("_diffsched") or {}
     if not isinstance(extra, dict):
         raise ValueError(f"config key '_diffsched' must be a mapping, got: {extra!r}")
+    if not strict:
+        known = {f for f, _ in specs(cls).items()}
+        extra = {k: v for k, v in extra.items() if k in known}
     kwargs.update(extra)
     kwargs.update(overrides)
     return cls(**kwargs)
