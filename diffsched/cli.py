@@ -251,19 +251,46 @@ def run(
     compile: bool = False,
     progress: bool = False,
     with_exact: bool = True,
+    strength: float | None = None,
 ) -> Run:
     model = exact_model(scheduler, model_name)
-    x = to_backend(noise, backend, dtype)
-    _, timesteps = scheduler.init(num_steps, x, seed)
-    start = noise * scheduler.init_noise_scale(num_steps)
+    init_options = {} if strength is None else {"strength": strength}
+    state, timesteps = scheduler.init(num_steps, noise, seed, **init_options)
+    if strength is None:
+        start = noise * scheduler.init_noise_scale(num_steps)
+    else:  # image-to-image: data of the model, noised to the first model call
+        start = np.asarray(scheduler.add_noise(state, clean_data(model_name, noise), noise))
+    x = to_backend(start, backend, dtype)
     t0 = time.perf_counter()
-    out = sample(model, scheduler, x, num_steps, seed, progress=progress, compile=compile)
+    # x is the first model input already: no init_noise_scale, no second add_noise
+    out = _loop(model, scheduler, x, num_steps, seed, progress, compile, init_options)
     out = np.asarray(_host(out), dtype=np.float64)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    exact, note = exact_solution(scheduler, model, start, num_steps) if with_exact else (None, "")
+    exact, note = (
+        exact_solution(scheduler, model, start, num_steps, **init_options)
+        if with_exact
+        else (None, "")
+    )
     reference = time.perf_counter() - t0
     return Run(out, noise, int(timesteps.shape[0]), seconds, exact, note, reference)
+
+
+def _loop(model, scheduler, x, num_steps, seed, progress, compile, init_options):
+    """ds.sample from a first model input already formed (noise scaled, or img2img)."""
+    scale = scheduler.init_noise_scale(num_steps, **init_options)
+    return sample(model, scheduler, x / scale if scale != 1.0 else x, num_steps, seed,
+                  progress=progress, compile=compile, **init_options)  # fmt: skip
+
+
+def clean_data(model_name: str, noise: np.ndarray) -> np.ndarray:
+    """Clean samples of the model's data, one per noise sample (the start of img2img)."""
+    rng = np.random.default_rng(12345)
+    if model_name == "digits":
+        data = models.digits_data()
+        rows = data[rng.integers(0, data.shape[0], noise.shape[0])]
+        return rows.reshape(noise.shape)
+    return models.make_denoiser("gmm", **model_kwargs("gmm")).sample(noise.shape[0], rng)
 
 
 def _host(x):
@@ -370,7 +397,38 @@ def plot_bench(path: Path, rows: list[dict]) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
+def check_out(path_text: str, flag: str = "--out") -> Path:
+    """The PNG path to write: a .png name in an existing folder, or a UsageError."""
+    out = Path(path_text)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"{flag} must name a .png file, got: {path_text!r}")
+    if not out.parent.is_dir():
+        raise UsageError(f"{flag}: the folder {str(out.parent)!r} does not exist; create it first")
+    return out
+
+
+def check_backend(backend: str, compile: bool) -> None:
+    if compile and backend != "jax":
+        raise UsageError(f"--compile needs --backend jax (it runs the loop as one JAX "
+                         f"jit-compiled fori_loop), got --backend {backend}")  # fmt: skip
+    module = {"torch": "torch", "jax": "jax"}.get(backend)
+    if module is not None:
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(
+                f"--backend {backend} needs {module} installed: pip install "
+                + ("torch==2.13.0" if module == "torch" else "jax")
+            ) from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got: {args.num_samples}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got: {args.steps}")
+    out = check_out(args.out)
+    check_backend(args.backend, args.compile)
     options = parse_options(args.option)
     scheduler = build_scheduler(args.scheduler, options, args.config)
     if args.config is None:  # a model's config is taken as it is
@@ -380,7 +438,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     noise = make_noise(args.model, args.num_samples, args.seed)
     result = run(
         scheduler, args.model, args.steps, noise, backend=args.backend, dtype=args.dtype,
-        seed=args.seed, compile=args.compile, progress=not args.no_progress,
+        seed=args.seed, compile=args.compile,
+        progress=not (args.no_progress or args.compile), strength=args.strength,
     )  # fmt: skip
     title = (f"{type(scheduler).__name__}, {args.steps} steps ({result.model_calls} model "
              f"calls), {args.model}")  # fmt: skip
@@ -393,8 +452,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         print(f"relative RMS error vs exact ODE solution: {result.error:.3e}")
         title += f", error {result.error:.2e}"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     plot_samples(out, args.model, result.samples, result.exact, title)
     print(f"wrote {out} ({time.perf_counter() - t0:.3f} s)")
@@ -461,6 +518,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    check_out(args.out)
     if args.against is not None:
         try:
             import diffusers  # noqa: F401
@@ -582,40 +640,56 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="diffsched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sample", help="sample from an exact model and measure the error")
-    p.add_argument("scheduler", nargs="?", help=f"one of {', '.join(SCHEDULERS)} (default ddim)")
+    p = sub.add_parser("sample", help="sample from an exact model and measure the error",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("scheduler", nargs="?",
+                   help=f"one of {', '.join(SCHEDULERS)} (default: ddim)")  # fmt: skip
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="a scheduler option, e.g. -o eta=0.5 (repeatable)")  # fmt: skip
+                   help="a scheduler option, e.g. -o eta=0.5 (repeatable; see the list "
+                        "command)")  # fmt: skip
     p.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
-    p.add_argument("--steps", type=int, default=20, help="number of steps (default 20)")
-    p.add_argument("--model", choices=models.MODEL_NAMES, default="digits")
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=BACKENDS, default="numpy")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--compile", action="store_true", help="JAX: jit-compile the whole loop")
+    p.add_argument("--steps", type=int, default=20, help="number of steps")
+    p.add_argument("--strength", type=float, default=None,
+                   help="image-to-image: start this fraction of the way down the schedule "
+                        "(LCM, DDIM, the Euler family, ...); the loop starts from exact data "
+                        "noised to the first call")  # fmt: skip
+    p.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
+    p.add_argument("--num-samples", type=int, default=64, help="samples in the batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start noise and key")
+    p.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="sample dtype")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="run the whole loop as one jax.jit-compiled fori_loop "
+                        "(needs --backend jax; no progress bar)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default="diffsched_samples.png", help="PNG file to write")
+    p.add_argument("--out", default="diffsched_samples.png",
+                   help="PNG file to write (its folder must exist)")  # fmt: skip
     p.set_defaults(func=cmd_sample)
 
-    b = sub.add_parser("bench", help="error against exact solutions over schedulers and steps")
+    b = sub.add_parser("bench", help="error against exact solutions over schedulers and steps",
+                       formatter_class=fmt)  # fmt: skip
     b.add_argument("--schedulers", nargs="+", default=list(DEFAULT_BENCH),
-                   help="name[:key=value,...] specs (default: %(default)s)")  # fmt: skip
-    b.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50])
-    b.add_argument("--model", nargs="+", choices=models.MODEL_NAMES, default=["digits", "gmm"])
-    b.add_argument("--num-samples", type=int, default=32)
-    b.add_argument("--seed", type=int, default=0)
+                   help="name[:key=value,...] specs")  # fmt: skip
+    b.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50], help="step counts")
+    b.add_argument("--model", nargs="+", choices=models.MODEL_NAMES, default=["digits", "gmm"],
+                   help="exact models")  # fmt: skip
+    b.add_argument("--num-samples", type=int, default=32, help="samples per model")
+    b.add_argument("--seed", type=int, default=0, help="seed of the start noise")
     b.add_argument("--against", choices=("diffusers",), help="also run diffusers' schedulers")
-    b.add_argument("--out", default="diffsched_bench.png", help="PNG plot to write")
+    b.add_argument("--out", default="diffsched_bench.png",
+                   help="PNG plot to write (its folder must exist)")  # fmt: skip
     b.add_argument("--best", action="store_true",
                    help="per budget of 5, 10 and 20 model calls, the most accurate method "
                         "and grid we have (SD1.5's training schedule)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
-    sub.add_parser("list", help="schedulers and their options").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="schedulers, their options, defaults, diffusers keys and "
+                   "allowed values").set_defaults(func=cmd_list)  # fmt: skip
     return parser
 
 

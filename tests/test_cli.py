@@ -61,7 +61,10 @@ def exact_error(sched, model_name: str, num_steps: int, num_samples: int, seed: 
 
 
 def test_sample_defaults(capsys, tmp_path):
-    png = tmp_path / "sub" / "x.png"  # the folder is created
+    png = tmp_path / "sub" / "x.png"
+    status, _, err = run_cli(capsys, "sample", "--out", png, "--no-progress")
+    assert status == 2 and "does not exist; create it first" in err  # never created silently
+    png.parent.mkdir()
     status, out, err = run_cli(capsys, "sample", "--out", png, "--no-progress", "--num-samples", 4)
     assert status == 0, err
     assert "DDIM, 20 steps (20 model calls), digits, 4 samples, numpy float64" in out
@@ -473,3 +476,31 @@ def test_best_candidates_fit_their_budget_and_format():
              "calls": 10, "error": 0.05}]  # fmt: skip
     table = cli.format_best(rows)
     assert "| gmm | 10 (10) | unipc:SD1.5 betas | 10 | 5.000e-02 |" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "--num-samples", "0"], "--num-samples must be at least 1, got: 0"),
+        (["sample", "--out", "noext"], "--out must name a .png file, got: 'noext'"),
+        (["sample", "--compile"], "--compile needs --backend jax"),
+        (["bench", "--out", "x.txt"], "--out must name a .png file"),
+    ],
+)
+def test_cli_errors_name_the_flag(capsys, argv, message):
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and message in err
+
+
+def test_compile_with_defaults_and_img2img(capsys, tmp_path):
+    """--compile works with the default progress setting; --strength runs image-to-image
+    from data noised to the first call, and its error is measured from there."""
+    status, out, err = run_cli(capsys, "sample", "--backend", "jax", "--compile",
+                               "--num-samples", 4, "--out", tmp_path / "j.png")  # fmt: skip
+    assert status == 0, err
+    status, out, err = run_cli(capsys, "sample", "euler", "--strength", "0.5", "--steps", 10,
+                               "--num-samples", 4, "--no-progress", "--out",
+                               tmp_path / "e.png")  # fmt: skip
+    assert status == 0, err
+    assert "model calls: 5" in out.splitlines()
+    assert "relative RMS error vs exact ODE solution" in out
