@@ -43,7 +43,9 @@ def sample(
         progress: show a tqdm progress bar (needs ``tqdm``; eager loops only).
         callback: ``callback(i, timestep, sample)`` after each step (eager loops only).
         compile: JAX arrays only: run the whole loop as one ``jax.jit``-compiled
-            ``jax.lax.fori_loop``, the state as the carry.
+            ``jax.lax.fori_loop``, the state as the carry. A ``noise`` sharded over a
+            device mesh (a ``NamedSharding``) runs on all its devices and the result is
+            sharded like it (see the README, "Multi-device sampling").
         image: a clean sample for image-to-image (with ``strength=`` < 1 in
             ``init_options``): the loop starts from ``add_noise(state, image, noise)``.
         **init_options: passed to ``init`` (``strength``, custom ``sigmas`` / ``timesteps``).
@@ -82,11 +84,18 @@ def _compiled_loop(model: Model, scheduler: Scheduler, state, timesteps, noise):
         state, x = carry
         return scheduler.step(state, x, model(x, timesteps[i]))
 
-    @jax.jit
     def loop(state, x):
         return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, x))[1]
 
-    return loop(state, noise)
+    # A batch sharded over several devices comes back sharded as it came in. XLA's sharding
+    # propagation gives that by itself for a model that works sample by sample; this makes
+    # it certain for any model.
+    sharding = None
+    if not isinstance(noise, jax.core.Tracer):
+        sharding = noise.sharding
+    if sharding is not None and len(sharding.device_set) > 1:
+        return jax.jit(loop, out_shardings=sharding)(state, noise)
+    return jax.jit(loop)(state, noise)
 
 
 def _progress_bar(timesteps, name: str):

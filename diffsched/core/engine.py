@@ -123,6 +123,22 @@ class Tableau:
         return np.broadcast_to(np.asarray(col, np.float64), (self.num_calls,)).copy()
 
 
+class Update(dict):
+    """A tableau's ``update`` built call by call: ``add(operand, lag, call, value)`` adds
+    ``value`` to the coefficient of ``operand`` of call ``call - lag`` in call ``call``'s
+    next sample."""
+
+    def __init__(self, num_calls: int) -> None:
+        super().__init__()
+        self.num_calls = num_calls
+
+    def add(self, operand: str, lag: int, call: int, value: float) -> None:
+        column = self.get((operand, lag))
+        if column is None:
+            column = self[(operand, lag)] = np.zeros(self.num_calls)
+        column[call] += value
+
+
 @dataclass(frozen=True, eq=False)
 class Program:
     """A compiled tableau: the arrays of an engine state, on the host, float64.
@@ -315,21 +331,47 @@ def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineStat
     dtype = ops.compute_dtype(xp, sample_template.dtype)
     if dtype != xp.float64:
         _check_fits_float32(program)
-    dev = ops.device(sample_template)
+    dev = history_dev = ops.device(sample_template)
+    like = sample_template  # where the small arrays go (ops.asarray, seed_array)
+    if ops.is_jax(xp):
+        sharded = _jax_shardings(sample_template)
+        if sharded is not None:  # a template sharded over a mesh
+            dev, history_dev = sharded
+            like = xp.zeros((), dtype=xp.int32, device=dev)
     step = xp.asarray(0, dtype=xp.int32, device=dev)
-    coefs = ops.asarray(xp, program.coefs, dtype, sample_template)
-    reads = ops.asarray(xp, program.reads, dtype, sample_template)
-    writes = ops.asarray(xp, program.writes, dtype, sample_template)
+    coefs = ops.asarray(xp, program.coefs, dtype, like)
+    reads = ops.asarray(xp, program.reads, dtype, like)
+    writes = ops.asarray(xp, program.writes, dtype, like)
     shape = tuple(sample_template.shape)
     if ops.is_jax(xp):
-        history = xp.zeros((program.num_slots, *shape), dtype=dtype, device=dev)
+        history = xp.zeros((program.num_slots, *shape), dtype=dtype, device=history_dev)
     else:  # distinct arrays: torch.compile guards on aliasing between inputs
         history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(program.num_slots))
         _register_host_rows(coefs, program, np.float64 if dtype == xp.float64 else np.float32)
-    key = ops.seed_array(xp, key, sample_template)
+    key = ops.seed_array(xp, key, like)
     state = EngineState(step, coefs, reads, writes, key, history)
     ts_dtype = ops.timestep_dtype(xp, program.timesteps)
-    return state, ops.asarray(xp, program.timesteps, ts_dtype, sample_template)
+    return state, ops.asarray(xp, program.timesteps, ts_dtype, like)
+
+
+def _jax_shardings(template: Array):
+    """For a JAX template sharded over several devices by a ``NamedSharding``: (the
+    sharding of the small arrays, replicated over its mesh; the sharding of the (K, *shape)
+    history, the template's on the sample axes, K unsharded). None for any other template.
+
+    The template's own sharding (``ops.device``) cannot place them: its partition spec is
+    for the sample's rank, and the tables' rows (N + 1) need not divide over the mesh.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = getattr(template, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
+        return None
+    mesh, kind = sharding.mesh, sharding.memory_kind
+    return (
+        NamedSharding(mesh, PartitionSpec(), memory_kind=kind),
+        NamedSharding(mesh, PartitionSpec(None, *sharding.spec), memory_kind=kind),
+    )
 
 
 def _check_fits_float32(program: Program) -> None:

@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from ..core import predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
+from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import (
     Scheduler,
@@ -311,11 +311,9 @@ def multistep_tableau(
     with np.errstate(divide="ignore", invalid="ignore"):  # ε̂ = (x - α x̂_0) / σ_t
         eps_sample = (1.0 - alpha[:n] * x0.sample_coef) / level
         eps_output = -alpha[:n] * x0.prediction_coef / level
-    update: dict[tuple[str, int], np.ndarray] = {}
+    update = Update(n)
     noise = np.zeros(n)
-
-    def add(operand: str, lag: int, i: int, value: float) -> None:
-        update.setdefault((operand, lag), np.zeros(n))[i] += value
+    add = update.add
 
     def add_model(lag: int, i: int, value: float) -> None:
         """``value`` times m of call i - lag: x̂_0, or ε̂ (from the thresholded x̂_0)."""

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..core import predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
+from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import Scheduler, SigmaGrid, document
 from ..schedules import solver_grid
@@ -239,11 +239,9 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
         data = self.algorithm_type in DATA_FORMS
         orders = self._orders(n)
 
-        update: dict[tuple[str, int], np.ndarray] = {}
+        update = Update(n)
         noise = np.zeros(n)
-
-        def add(operand: str, lag: int, j: int, value: float) -> None:
-            update.setdefault((operand, lag), np.zeros(n))[j] += value
+        add = update.add
 
         def add_model(i: int, j: int, value: float) -> None:
             """``value`` times the prediction m_i of call i, in the row of call j."""

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.engine import SAMPLE, X0, Tableau
+from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, document
 from ..schedules import sigmas as sigma_schedules
@@ -193,7 +193,7 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
         stochastic = not self.deterministic
         second = "taylor" if self.solver_type == "heun" else "midpoint"
         lam = -np.log(np.where(sig > 0, sig, np.nan))  # λ = -log σ (α = 1)
-        update: dict[tuple[str, int], np.ndarray] = {(SAMPLE, 0): np.zeros(n)}
+        update = Update(n)
         noise = np.zeros(n)
         for i in range(n):
             p = orders[i]  # the third-order step takes the Taylor c_1 whatever solver_type
@@ -205,9 +205,9 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
             h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
             h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
             w = coefficients.model_weights(c, coefficients.multistep_differences(h, h0, h1), p)
-            update[(SAMPLE, 0)][i] = c.x
+            update.add(SAMPLE, 0, i, c.x)
             for lag in range(p):  # eq. 3-4: D of call i - lag
-                update.setdefault((X0, lag), np.zeros(n))[i] += w[lag]
+                update.add(X0, lag, i, w[lag])
             noise[i] = c.noise
         return Tableau(
             timesteps=ts,

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.engine import OUTPUT, SAMPLE, Tableau
+from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import Scheduler, _tuple_of_floats, document
 from .pndm import ADAMS_BASHFORTH
@@ -141,13 +141,13 @@ class IPNDM(Scheduler):
         a_safe = np.maximum(a[:-1], ALPHA_FLOOR)
         # eq. 3-4: x_{i+1} = (a_{i+1} / a_safe) x_i + c_i ε̂_i
         c = b[1:] - a[1:] * b[:-1] / a_safe
-        update: dict = {}
+        update = Update(n)
         for i in range(n):
             weights = ADAMS_BASHFORTH[min(i + 1, 4)]
             for k, w in enumerate(weights):  # eq. 1-2: ε_{i-k} = b x_{i-k} + a v_{i-k}
                 j = i - k
-                update.setdefault((SAMPLE, k), np.zeros(n))[i] += c[i] * w * b[j]
-                update.setdefault((OUTPUT, k), np.zeros(n))[i] += c[i] * w * a[j]
+                update.add(SAMPLE, k, i, c[i] * w * b[j])
+                update.add(OUTPUT, k, i, c[i] * w * a[j])
             # this call's sample, both terms at once: exact where a_i = 0 (b_i = 1, w = 1)
             update[(SAMPLE, 0)][i] = (
                 a[i + 1] * (1 - weights[0] * b[i] ** 2) / a_safe[i] + b[i + 1] * weights[0] * b[i]

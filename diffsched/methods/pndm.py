@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core import ops
-from ..core.engine import OUTPUT, SAMPLE, Tableau
+from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import FinalAlpha, Scheduler, Spacing, document, spaced_timesteps
 
@@ -109,12 +109,12 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
         calls = self.plan(num_steps)
         acp, final = self.alphas_cumprod, self.final_alpha_cumprod
         n_calls = len(calls)
-        update: dict = {}
+        update = Update(n_calls)
         for n, call in enumerate(calls):
             alpha, beta = self._transfer(acp, final, call)
-            update.setdefault((SAMPLE, n - call.anchor), np.zeros(n_calls))[n] += alpha
+            update.add(SAMPLE, n - call.anchor, n, alpha)
             for j, w in call.output.items():
-                update.setdefault((OUTPUT, n - j), np.zeros(n_calls))[n] += beta * w
+                update.add(OUTPUT, n - j, n, beta * w)
         zeros = np.zeros(n_calls)
         return Tableau(
             timesteps=np.asarray([call.timestep for call in calls], dtype=np.int64),

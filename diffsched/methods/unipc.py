@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from ..core import predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
+from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, ZeroTerminalSNR, document
 from ..schedules import shifts, solver_grid
@@ -279,10 +279,8 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             p = min(p, j + 1)
             orders.append(1 if sig[j + 1] == 0 else p)
 
-        update: dict[tuple[str, int], np.ndarray] = {}
-
-        def add(operand: str, lag: int, j: int, value: float) -> None:
-            update.setdefault((operand, lag), np.zeros(n))[j] += value
+        update = Update(n)
+        add = update.add
 
         def add_model(lag: int, j: int, value: float) -> None:
             """``value`` times m of call j - lag (x̂_0, or ε̂ formed from the call's sample)."""
