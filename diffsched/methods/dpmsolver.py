@@ -84,6 +84,18 @@ from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from .euler import training_alphas_cumprod
 
+
+def reject_learned_variance(owner: str, variance_type: str | None) -> None:
+    """Learned variances (diffusers' ``learned`` / ``learned_range``) put extra channels in
+    the model output, which are not a prediction: a clear error instead."""
+    if variance_type is not None:
+        raise ValueError(
+            f"{owner} option variance_type={variance_type!r} is not supported: the model's "
+            "variance channels are not a prediction; pass the prediction channels only, "
+            "with variance_type=None"
+        )
+
+
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
 VARIANCE_TYPES = ("learned", "learned_range")
@@ -205,11 +217,7 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
 
     def _check(self) -> None:
         owner = type(self).__name__
-        if self.variance_type is not None:
-            raise ValueError(
-                f"{owner} option variance_type={self.variance_type!r} is not supported: the "
-                "model output must be the prediction alone (variance_type=None)"
-            )
+        reject_learned_variance(owner, self.variance_type)
         kinds = [k for k in ("karras", "exponential", "beta") if getattr(self, f"use_{k}_sigmas")]
         if getattr(self, "use_lu_lambdas", False):
             kinds.append("lu_lambdas")

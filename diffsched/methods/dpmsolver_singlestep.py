@@ -57,7 +57,12 @@ from ..core.options import option
 from ..core.scheduler import Scheduler, SigmaGrid, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
-from .dpmsolver import Thresholding, custom_timesteps, flow_prediction_type_option
+from .dpmsolver import (
+    Thresholding,
+    custom_timesteps,
+    flow_prediction_type_option,
+    reject_learned_variance,
+)
 from .euler import training_alphas_cumprod
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
@@ -161,12 +166,7 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
 
     def _check(self) -> None:
         owner = type(self).__name__
-        if self.variance_type is not None:
-            raise ValueError(
-                f"{owner} option variance_type={self.variance_type!r} is not supported: the "
-                "model's variance channels are not a prediction; pass the prediction channels "
-                "only, with variance_type=None"
-            )
+        reject_learned_variance(owner, self.variance_type)
         kind = self.sigma_kind  # at most one of the three (raises otherwise)
         if self.use_flow_sigmas and kind is not None:
             raise ValueError(f"{owner}: use_flow_sigmas cannot be combined with use_{kind}_sigmas")

@@ -82,6 +82,7 @@ from ..core.scheduler import (
     document,
 )
 from ..schedules import solver_grid as grids
+from .dpmsolver import reject_learned_variance
 
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 MAX_ORDER = 4  # diffusers' closed forms stop at Lagrange polynomials of degree 3
@@ -248,12 +249,7 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
 
     def _check(self) -> None:
         owner = type(self).__name__
-        if self.variance_type is not None:
-            raise ValueError(
-                f"{owner} option variance_type={self.variance_type!r} is not supported: the "
-                "model's variance channels are not a prediction; pass the prediction channels "
-                "only, with variance_type=None"
-            )
+        reject_learned_variance(owner, self.variance_type)
         kind = self.sigma_kind  # at most one of the three (raises otherwise)
         if self.use_flow_sigmas and kind is not None:
             raise ValueError(f"{owner}: use_flow_sigmas cannot be combined with use_{kind}_sigmas")
