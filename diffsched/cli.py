@@ -267,6 +267,8 @@ def run(
     out = np.asarray(_host(out), dtype=np.float64)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if with_exact and progress:
+        print("solving the exact ODE reference...", file=sys.stderr, flush=True)
     exact, note = (
         exact_solution(scheduler, model, start, num_steps, **init_options)
         if with_exact
@@ -458,6 +460,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoBar:
+    def update(self, *args: Any) -> None: ...
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bar(total: int, desc: str):
+    """A progress bar on stderr for the slow commands (reference solves, bench rows); none
+    when stderr is not a terminal or tqdm is missing."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
 def bench_rows(
     specs: Sequence[str],
     steps: Sequence[int],
@@ -468,12 +488,15 @@ def bench_rows(
 ) -> list[dict]:
     """One row per (model, scheduler, steps): model calls and errors (ours, diffusers')."""
     rows = []
+    bar = _bar(len(model_names) * len(specs) * len(steps), "bench rows")
     for model_name in model_names:
         noise = make_noise(model_name, num_samples, seed)
         for spec in specs:
             label, scheduler, options = parse_spec(spec)
             scheduler, _ = adapt_to_model(scheduler, model_name, options)
             for n in steps:
+                bar.set_postfix_str(f"{model_name} {label} {n}", refresh=False)
+                bar.update()
                 result = run(scheduler, model_name, n, noise, seed=seed)
                 row = {"model": model_name, "scheduler": label, "steps": n,
                        "calls": result.model_calls, "error": result.error,
@@ -570,10 +593,12 @@ def best_rows(model_names: Sequence[str], num_samples: int, seed: int) -> list[d
     """Per model and model-call budget, the most accurate candidate (method and grid) that
     spends at most that many calls, with its error against the exact solution."""
     out = []
+    bar = _bar(len(model_names) * len(BEST_CANDIDATES), "candidates")
     for model_name in model_names:
         noise = make_noise(model_name, num_samples, seed)
         tried: list[dict] = []
         for spec in BEST_CANDIDATES:
+            bar.update()
             name = spec.split(":", 1)[0]
             if name not in SCHEDULERS:
                 continue
