@@ -167,6 +167,17 @@ class BaseScheduler:
 
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
         ops.check_num_steps(num_steps)
+        import inspect
+
+        params = inspect.signature(self.tableau).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            accepted = [n for n in params if n != "num_steps"]
+            unknown = sorted(set(init_options) - set(accepted))
+            if unknown:
+                raise TypeError(
+                    f"{type(self).__name__}.init got unexpected keyword argument(s) {unknown}; "
+                    f"its init options: {accepted or 'none'}"
+                )
         tab = self.tableau(num_steps, **init_options)
         return engine.compile(
             tab, processes_x0=self.processes_x0, describe_bad=lambda n: self._bad_call(tab, n)
