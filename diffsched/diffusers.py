@@ -216,6 +216,8 @@ class DiffusersScheduler:
     ) -> None:
         """Prepares an N-step loop (or one over custom ``timesteps`` / ``sigmas``), as
         diffusers' ``set_timesteps``; ``mu`` is the dynamic shift of flow-matching methods.
+        Custom ``sigmas`` are read as the wrapped method reads them: N + 1 levels for the
+        σ-based methods, N for the flow-matching ones (as diffusers' flow-matching classes).
 
         Also accepted where the wrapped scheduler has the option: ``original_inference_steps``
         (LCM, TCD), ``strength`` (LCM, TCD: their own image-to-image schedule) and
@@ -242,10 +244,10 @@ class DiffusersScheduler:
                 f"{sorted(kwargs)}"
             )
         if num_inference_steps is None:
-            if sigmas is not None:
-                num_inference_steps = len(options["sigmas"]) - 1
-            elif timesteps is not None:
+            if timesteps is not None:
                 num_inference_steps = len(options["timesteps"])
+            elif sigmas is not None:
+                num_inference_steps = _steps_of_sigmas(loop, options["sigmas"])
         self._loop = loop
         self._num_steps = num_inference_steps
         self._options = options
@@ -576,6 +578,15 @@ class DiffusersScheduler:
 def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:
     """``scheduler`` as a diffusers pipeline's scheduler (:class:`DiffusersScheduler`)."""
     return DiffusersScheduler(scheduler)
+
+
+def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:
+    """The N of a custom ``sigmas=`` grid: N + 1 levels (the final one included) for the
+    σ-based methods, N levels (one per model call, as diffusers' flow-matching classes take
+    them) for the flow-matching ones."""
+    from .methods.flow_match import _FlowMatchBase
+
+    return len(sigmas) - (0 if isinstance(scheduler, _FlowMatchBase) else 1)
 
 
 def _host(value: Any) -> Any:

@@ -290,6 +290,94 @@ def test_pipeline_rewrites_the_config(sd_components):
     assert np.abs(images - ref_images).max() <= IMAGE_TOL
 
 
+# -- flow matching: Stable Diffusion 3 -------------------------------------------------------
+
+
+def tiny_clip_with_projection(vocab_size):
+    """A CLIP text encoder with projection (SD3 reads its penultimate layer and the pooled
+    projection: two layers)."""
+    return transformers.CLIPTextModelWithProjection(
+        transformers.CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1, projection_dim=16,
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd3_components(tmp_path_factory):
+    """SD3's components, tiny: two CLIP encoders (hidden 16 each, concatenated to the joint
+    attention width 32; pooled projections 2 x 16), no T5 (the pipeline then feeds zeros)."""
+    tokenizer, vocab_size = tiny_tokenizer(tmp_path_factory.mktemp("sd3_tokenizer"))
+    torch.manual_seed(0)
+    text_encoder = tiny_clip_with_projection(vocab_size)
+    text_encoder_2 = tiny_clip_with_projection(vocab_size)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=SIZE // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16,
+    )  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        norm_num_groups=8, sample_size=SIZE, shift_factor=0.0609, scaling_factor=1.5035,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    return {
+        "transformer": transformer, "vae": vae, "text_encoder": text_encoder,
+        "tokenizer": tokenizer, "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer,
+        "text_encoder_3": None, "tokenizer_3": None,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe(sd3_components):
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    return build(diffusers.StableDiffusion3Pipeline, sd3_components, scheduler)
+
+
+@pytest.fixture(scope="module")
+def sd3_img2img_pipe(sd3_components):
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    return build(diffusers.StableDiffusion3Img2ImgPipeline, sd3_components, scheduler)
+
+
+def sd3_call(**extra):
+    call = {"prompt": PROMPT, "height": SIZE, "width": SIZE, "guidance_scale": 5.0}
+    return {**call, "num_inference_steps": 3, "max_sequence_length": 8, **extra}
+
+
+def check_image(images):
+    """Not a degenerate image (the comparison would then prove little)."""
+    assert np.isfinite(images).all() and images.std() > 1e-3
+
+
+@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun"))
+def test_stable_diffusion_3(sd3_pipe, name):
+    """SD3's loop: retrieve_timesteps, order, step (the velocity model's output)."""
+    compare(sd3_pipe, method(name)(shift=3.0), **sd3_call())
+    check_image(run(sd3_pipe, DiffusersScheduler(method(name)(shift=3.0)), **sd3_call())[0])
+
+
+def test_stable_diffusion_3_dynamic_shift(sd3_pipe):
+    """With use_dynamic_shifting the pipeline computes mu from the config's keys and the
+    image's token count and passes it to set_timesteps."""
+    compare(sd3_pipe, ds.FlowMatchEuler(use_dynamic_shifting=True), **sd3_call())
+
+
+def test_stable_diffusion_3_custom_sigmas(sd3_pipe):
+    """Flow-matching sigmas= are N levels (no final 0): 3 levels, 3 steps."""
+    call = sd3_call(num_inference_steps=None, sigmas=[1.0, 0.7, 0.3])
+    compare(sd3_pipe, ds.FlowMatchEuler(shift=3.0), **call)
+
+
+@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun"))
+def test_stable_diffusion_3_img2img(sd3_img2img_pipe, init_image, name):
+    """set_begin_index and scale_noise (the first sample at the start call's level)."""
+    call = sd3_call(image=init_image, strength=0.6, num_inference_steps=4)
+    compare(sd3_img2img_pipe, method(name)(shift=3.0), **call)
+
+
 # -- units -----------------------------------------------------------------------------------
 
 
