@@ -548,3 +548,44 @@ class SigmaGrid:
                 f"use_exponential_sigmas, use_beta_sigmas may be True, got: {chosen}"
             )
         return chosen[0] if chosen else None
+
+
+LEARNED_VARIANCES = ("learned", "learned_range")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverOptions:
+    """Options the variance-preserving multistep solvers share (DPM-Solver, DEIS, UniPC,
+    SA-Solver): declared once here; each class takes the ones its diffusers class has with
+    ``with_default(SolverOptions, name, default)``."""
+
+    use_flow_sigmas: bool = option(
+        False, "rectified-flow levels x = (1 - σ) x_0 + σ ε: σ = (1 - 1/T) k/N, k = N..1, "
+        "shifted by flow_shift; t = σ T", "use_flow_sigmas",
+    )  # fmt: skip
+    flow_shift: float = option(
+        1.0, "the static shift s of flow levels, σ' = s σ / (1 + (s - 1) σ) (Esser et al. "
+        "2024, eq. 23)", "flow_shift", low=0.0, low_open=True,
+    )  # fmt: skip
+    use_dynamic_shifting: bool = option(
+        False, "take the flow shift from init(..., mu=μ) as s = e^μ instead of flow_shift",
+        "use_dynamic_shifting",
+    )  # fmt: skip
+    time_shift_type: str = option(
+        "exponential", "the dynamic shift: exponential (s = e^μ)", "time_shift_type",
+        choices=("exponential",),
+    )  # fmt: skip
+    lambda_min_clipped: float = option(
+        -float("inf"), "skip the training steps whose λ = log(α/σ) lies below this (for the "
+        "cosine schedule, whose λ plunges near t = T; Lu et al. 2022b, app. D)",
+        "lambda_min_clipped",
+    )  # fmt: skip
+    variance_type: str | None = option(
+        None, "None; learned and learned_range (the model's extra variance channels, which "
+        "diffusers drops) are rejected: pass the first channels as the prediction",
+        "variance_type", nullable=True, choices=LEARNED_VARIANCES,
+    )  # fmt: skip
+    final_sigmas_type: str = option(
+        "zero", "the level of the final sample: zero (the last step lands on x̂_0), or "
+        "sigma_min (the lowest training σ)", "final_sigmas_type", choices=("zero", "sigma_min"),
+    )  # fmt: skip

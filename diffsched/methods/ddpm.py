@@ -31,6 +31,7 @@ from ..core import predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
+    LEARNED_VARIANCES,
     Scheduler,
     Spacing,
     X0Processing,
@@ -42,7 +43,7 @@ from ..schedules import betas as beta_schedules
 from ._img2img import first_call
 
 FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
-LEARNED_VARIANCES = ("learned", "learned_range")
+
 MIN_POSTERIOR_VARIANCE = 1e-20  # diffusers' floor of β̃_t
 
 

@@ -54,7 +54,7 @@ import numpy as np
 from ..core import predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document
+from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
 from ..schedules import solver_grid
 from .dpmsolver import (
     Thresholding,
@@ -102,23 +102,11 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
         True, "with fewer than 15 steps, first order at the last call and at most second "
         "order at the one before", "lower_order_final",
     )  # fmt: skip
-    use_flow_sigmas: bool = option(
-        False, "rectified-flow levels σ = (1 - 1/T) k/N, k = N..1, shifted by flow_shift; "
-        "x = (1 - σ) x_0 + σ ε and t = σ T", "use_flow_sigmas",
-    )  # fmt: skip
-    flow_shift: float = option(
-        1.0, "s of the static shift s σ / (1 + (s - 1) σ) of flow levels (Esser et al. 2024, "
-        "eq. 23)", "flow_shift", low=0.0, low_open=True,
-    )  # fmt: skip
+    use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
+    flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
-    use_dynamic_shifting: bool = option(
-        False, "take the flow shift from init(..., mu=μ) as e^μ (time_shift_type)",
-        "use_dynamic_shifting",
-    )  # fmt: skip
-    time_shift_type: str = option(
-        "exponential", "the dynamic shift: exponential (s = e^μ)", "time_shift_type",
-        choices=("exponential",),
-    )  # fmt: skip
+    use_dynamic_shifting: bool = with_default(SolverOptions, "use_dynamic_shifting", False)
+    time_shift_type: str = with_default(SolverOptions, "time_shift_type", "exponential")
 
     def _check(self) -> None:
         kind = self.sigma_kind  # at most one of karras / exponential / beta

@@ -75,6 +75,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import (
     Scheduler,
     SigmaGrid,
+    SolverOptions,
     Spacing,
     X0Processing,
     ZeroTerminalSNR,
@@ -183,23 +184,10 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
         False, "first order (Euler / DDIM) at the last call, whatever the number of steps",
         "euler_at_final",
     )  # fmt: skip
-    use_flow_sigmas: bool = option(
-        False, "rectified-flow levels σ = (1 - 1/T) k/N, k = N..1, shifted by flow_shift; "
-        "x = (1 - σ) x_0 + σ ε and t = σ T", "use_flow_sigmas",
-    )  # fmt: skip
-    flow_shift: float = option(
-        1.0, "s of the static shift s σ / (1 + (s - 1) σ) of flow levels (Esser et al. 2024, "
-        "eq. 23)", "flow_shift", low=0.0, low_open=True,
-    )  # fmt: skip
-    lambda_min_clipped: float = option(
-        -math.inf, "skip the training steps whose λ lies below this (for the cosine "
-        "schedule, whose λ plunges near t = T; Lu et al. 2022b, app. D)",
-        "lambda_min_clipped",
-    )  # fmt: skip
-    variance_type: str | None = option(
-        None, "a learned variance in the model output (learned / learned_range): not "
-        "supported, must be None", "variance_type", nullable=True, choices=VARIANCE_TYPES,
-    )  # fmt: skip
+    use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
+    flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
+    lambda_min_clipped: float = with_default(SolverOptions, "lambda_min_clipped", -float("inf"))
+    variance_type: str | None = with_default(SolverOptions, "variance_type", None)
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
 
     @property
@@ -392,19 +380,9 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
         False, "levels evenly spaced in λ over the training range (Lu et al. 2022a, "
         "sec. 3.3, uniform logSNR), timesteps rounded", "use_lu_lambdas",
     )  # fmt: skip
-    final_sigmas_type: str = option(
-        "zero", "the level of the final sample: zero (the last step lands on x̂_0; needs a "
-        "dpmsolver++ algorithm) or sigma_min (the lowest training σ)", "final_sigmas_type",
-        choices=("zero", "sigma_min"),
-    )  # fmt: skip
-    use_dynamic_shifting: bool = option(
-        False, "take the flow shift from init(..., mu=μ) as e^μ (time_shift_type)",
-        "use_dynamic_shifting",
-    )  # fmt: skip
-    time_shift_type: str = option(
-        "exponential", "the dynamic shift: exponential (s = e^μ)", "time_shift_type",
-        choices=("exponential",),
-    )  # fmt: skip
+    final_sigmas_type: str = with_default(SolverOptions, "final_sigmas_type", "zero")
+    use_dynamic_shifting: bool = with_default(SolverOptions, "use_dynamic_shifting", False)
+    time_shift_type: str = with_default(SolverOptions, "time_shift_type", "exponential")
 
     def _check(self) -> None:
         super()._check()

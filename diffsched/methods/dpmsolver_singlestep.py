@@ -53,8 +53,8 @@ import numpy as np
 
 from ..core import predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
-from ..core.options import option
-from ..core.scheduler import Scheduler, SigmaGrid, document
+from ..core.options import option, with_default
+from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from .dpmsolver import (
@@ -68,7 +68,6 @@ from .euler import training_alphas_cumprod
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 DATA_FORMS = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
-LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 def order_list(num_steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list:
@@ -134,35 +133,13 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
         False, "cut the last group short so that it ends on the last call (forced when N is "
         "not a multiple of solver_order or the final σ is 0)", "lower_order_final",
     )  # fmt: skip
-    use_flow_sigmas: bool = option(
-        False, "rectified-flow levels x = (1 - σ) x_0 + σ ε: σ evenly over (0, 1 - 1/T], "
-        "shifted by flow_shift", "use_flow_sigmas",
-    )  # fmt: skip
-    flow_shift: float = option(
-        1.0, "the static shift s of flow levels, σ' = s σ / (1 + (s - 1) σ) (Esser et al. "
-        "2024, eq. 23)", "flow_shift", low=0.0, low_open=True,
-    )  # fmt: skip
-    final_sigmas_type: str = option(
-        "zero", "the level of the final sample: zero, or sigma_min (the lowest training σ)",
-        "final_sigmas_type", choices=("zero", "sigma_min"),
-    )  # fmt: skip
-    lambda_min_clipped: float = option(
-        -math.inf, "skip the training steps whose λ = log(α/σ) lies below this (for the "
-        "cosine schedule; Lu et al. 2022b, app. D)", "lambda_min_clipped",
-    )  # fmt: skip
-    variance_type: str | None = option(
-        None, "None; learned and learned_range (the model's extra variance channels, which "
-        "diffusers drops) are rejected: pass the first channels as the prediction",
-        "variance_type", nullable=True, choices=LEARNED_VARIANCES,
-    )  # fmt: skip
-    use_dynamic_shifting: bool = option(
-        False, "shift flow levels by s = e^μ of init(..., mu=μ) instead of flow_shift",
-        "use_dynamic_shifting",
-    )  # fmt: skip
-    time_shift_type: str = option(
-        "exponential", "the dynamic shift: exponential (s = e^μ)", "time_shift_type",
-        choices=("exponential",),
-    )  # fmt: skip
+    use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
+    flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
+    final_sigmas_type: str = with_default(SolverOptions, "final_sigmas_type", "zero")
+    lambda_min_clipped: float = with_default(SolverOptions, "lambda_min_clipped", -float("inf"))
+    variance_type: str | None = with_default(SolverOptions, "variance_type", None)
+    use_dynamic_shifting: bool = with_default(SolverOptions, "use_dynamic_shifting", False)
+    time_shift_type: str = with_default(SolverOptions, "time_shift_type", "exponential")
 
     def _check(self) -> None:
         owner = type(self).__name__

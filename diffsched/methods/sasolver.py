@@ -77,6 +77,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import (
     Scheduler,
     SigmaGrid,
+    SolverOptions,
     Spacing,
     X0Processing,
     document,
@@ -86,7 +87,6 @@ from .dpmsolver import reject_learned_variance
 
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 MAX_ORDER = 4  # diffusers' closed forms stop at Lagrange polynomials of degree 3
-LEARNED_VARIANCES = ("learned", "learned_range")
 DEFAULT_TAU_RANGE = (200, 800)  # diffusers' default τ(t): 1 on this range, 0 elsewhere
 
 
@@ -229,23 +229,10 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
         True, "lower the orders over the last steps (p <= N - n, q <= N - n + 1)",
         "lower_order_final",
     )  # fmt: skip
-    use_flow_sigmas: bool = option(
-        False, "rectified-flow levels x = (1 - σ) x_0 + σ ε: σ evenly over (0, 1 - 1/T], "
-        "shifted by flow_shift", "use_flow_sigmas",
-    )  # fmt: skip
-    flow_shift: float = option(
-        1.0, "the static shift s of flow levels, σ' = s σ / (1 + (s - 1) σ) (Esser et al. "
-        "2024, eq. 23)", "flow_shift", low=0.0, low_open=True,
-    )  # fmt: skip
-    lambda_min_clipped: float = option(
-        -math.inf, "skip the training steps whose λ = log(α/σ) lies below this (for the "
-        "cosine schedule; Lu et al. 2022b, app. D)", "lambda_min_clipped",
-    )  # fmt: skip
-    variance_type: str | None = option(
-        None, "None; learned and learned_range (the model's extra variance channels, which "
-        "diffusers drops) are rejected: pass the first channels as the prediction",
-        "variance_type", nullable=True, choices=LEARNED_VARIANCES,
-    )  # fmt: skip
+    use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
+    flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
+    lambda_min_clipped: float = with_default(SolverOptions, "lambda_min_clipped", -float("inf"))
+    variance_type: str | None = with_default(SolverOptions, "variance_type", None)
 
     def _check(self) -> None:
         owner = type(self).__name__

@@ -69,7 +69,7 @@ import numpy as np
 from ..core import predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
-from ..core.scheduler import Scheduler, SigmaGrid, Spacing, ZeroTerminalSNR, document
+from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
 from ..schedules import shifts, solver_grid
 from ._dpm_solver_coefficients import phi
 from .dpmsolver import Thresholding, flow_prediction_type_option
@@ -144,25 +144,11 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         None, "diffusers' other scheduler as the predictor (solver_p + UniC): not supported, "
         "must be None", "solver_p", nullable=True,
     )  # fmt: skip
-    use_flow_sigmas: bool = option(
-        False, "rectified-flow levels σ ∈ (0, 1), x = (1 - σ) x_0 + σ ε: linspace(1, 1/T, "
-        "N + 1) without its last point, shifted by flow_shift; with use_karras_sigmas the "
-        "karras σ's mapped to σ / (σ + 1) instead", "use_flow_sigmas",
-    )  # fmt: skip
-    flow_shift: float = option(
-        1.0, "s of the static shift s σ / (1 + (s - 1) σ) of flow levels (Esser et al. 2024, "
-        "eq. 23)", "flow_shift", low=0.0, low_open=True,
-    )  # fmt: skip
+    use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
+    flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
-    final_sigmas_type: str = option(
-        "zero", "the level of the final sample: zero, or sigma_min (the lowest training σ; "
-        "the loop's last level for karras / exponential / beta / flow grids)",
-        "final_sigmas_type", choices=("zero", "sigma_min"),
-    )  # fmt: skip
-    use_dynamic_shifting: bool = option(
-        False, "shift flow levels by init(..., mu=μ) (time_shift_type) instead of flow_shift",
-        "use_dynamic_shifting",
-    )  # fmt: skip
+    final_sigmas_type: str = with_default(SolverOptions, "final_sigmas_type", "zero")
+    use_dynamic_shifting: bool = with_default(SolverOptions, "use_dynamic_shifting", False)
     time_shift_type: str = option(
         "exponential", "the dynamic shift: exponential e^μ / (e^μ + 1/σ - 1) or linear "
         "μ / (μ + 1/σ - 1)", "time_shift_type", choices=shifts.TIME_SHIFT_TYPES,
