@@ -317,6 +317,37 @@ class _ShiftedGrid(SigmaGrid):
     def _check(self) -> None:
         _ = self.sigma_kind  # at most one re-gridding, as diffusers checks in __init__
 
+    def _euler_tableau(
+        self,
+        num_steps: int,
+        sigmas: Any,
+        timesteps: Any,
+        mu: Any,
+        image_seq_len: Any,
+        strength: float,
+        stochastic: bool,
+    ) -> Tableau:
+        """Euler's step (3), or with ``stochastic`` x̂_0 re-noised to the next level (4)."""
+        ts, sig = self._grid(num_steps, sigmas, timesteps, mu, image_seq_len)
+        cut = first_flow_call(len(ts), strength)
+        ts, sig = ts[cut:], sig[cut:]
+        s, s_next = sig[:-1], sig[1:]
+        x0 = predictions.x0_from_alpha_sigma(self.prediction_type, 1.0 - s, s)  # (2)
+        if stochastic:  # (4): x' = (1 - σ') x̂_0 + σ' z
+            update = {(X0, 0): 1.0 - s_next}
+            noise = s_next
+        else:  # (3): x' = x + (σ' - σ) v̂ (σ may be 0 under invert_sigmas: v̂ itself is used)
+            update = {(SAMPLE, 0): np.ones_like(s), (OUTPUT, 0): s_next - s}
+            noise = None
+        return Tableau(
+            timesteps=ts,
+            x0_sample=x0.sample_coef,
+            x0_output=x0.prediction_coef,
+            update=update,
+            noise=noise,
+            start=self._start(sig),
+        )
+
 
 @document
 @dataclass(frozen=True, kw_only=True)
@@ -362,24 +393,8 @@ class FlowMatchEuler(_ShiftedGrid, _FlowMatchBase):
         image_seq_len: Any = None,
         strength: float = 1.0,
     ) -> Tableau:
-        ts, sig = self._grid(num_steps, sigmas, timesteps, mu, image_seq_len)
-        cut = first_flow_call(len(ts), strength)
-        ts, sig = ts[cut:], sig[cut:]
-        s, s_next = sig[:-1], sig[1:]
-        x0 = predictions.x0_from_alpha_sigma(self.prediction_type, 1.0 - s, s)  # (2)
-        if self.stochastic_sampling:  # (4): x' = (1 - σ') x̂_0 + σ' z
-            update = {(X0, 0): 1.0 - s_next}
-            noise = s_next
-        else:  # (3): x' = x + (σ' - σ) v̂ (σ may be 0 under invert_sigmas: v̂ itself is used)
-            update = {(SAMPLE, 0): np.ones_like(s), (OUTPUT, 0): s_next - s}
-            noise = None
-        return Tableau(
-            timesteps=ts,
-            x0_sample=x0.sample_coef,
-            x0_output=x0.prediction_coef,
-            update=update,
-            noise=noise,
-            start=self._start(sig),
+        return self._euler_tableau(
+            num_steps, sigmas, timesteps, mu, image_seq_len, strength, self.stochastic_sampling
         )
 
 
@@ -501,16 +516,5 @@ class FlowMatchLCM(_ShiftedGrid, _FlowMatchBase):
         image_seq_len: Any = None,
         strength: float = 1.0,
     ) -> Tableau:
-        ts, sig = self._grid(num_steps, sigmas, timesteps, mu, image_seq_len)
-        cut = first_flow_call(len(ts), strength)
-        ts, sig = ts[cut:], sig[cut:]
-        s, s_next = sig[:-1], sig[1:]
-        x0 = predictions.x0_from_alpha_sigma(self.prediction_type, 1.0 - s, s)  # (2)
-        return Tableau(
-            timesteps=ts,
-            x0_sample=x0.sample_coef,
-            x0_output=x0.prediction_coef,
-            update={(X0, 0): 1.0 - s_next},  # (4)
-            noise=s_next,
-            start=self._start(sig),
-        )
+        """The step of FlowMatchEuler(stochastic_sampling=True): x̂_0 re-noised (eq. 4)."""
+        return self._euler_tableau(num_steps, sigmas, timesteps, mu, image_seq_len, strength, True)
