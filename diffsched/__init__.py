@@ -22,6 +22,7 @@ from .core.scheduler import Scheduler
 from .interop.config import from_config
 from .methods import *  # noqa: F403
 from .methods import ALL as _ALL
+from .methods import OURS_ONLY as _OURS_ONLY
 from .sampling import sample
 
 SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
@@ -33,7 +34,7 @@ __all__ = [
     "Tableau",
     "from_config",
     "sample",
-    *(cls.__name__ for cls in _ALL),
+    *(cls.__name__ for cls in (*_ALL, *_OURS_ONLY)),
 ]
 __version__ = "0.2.0"
 

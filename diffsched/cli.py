@@ -43,6 +43,7 @@ CLI_NAMES = {
     "dpm2-a": "DPM2Ancestral",
     "lms": "LMS",
     "ipndm": "IPNDM",
+    "ipndm-v": "VariableIPNDM",
     "edm-euler": "EDMEuler",
     "dpm++2m": "DPMSolverMultistep",
     "dpm++2s": "DPMSolverSinglestep",

@@ -48,7 +48,7 @@ class BaseScheduler:
     """The contract every method shares, without a training noise schedule (EDM's σ-only
     methods derive from it directly; :class:`Scheduler` adds the betas)."""
 
-    DIFFUSERS_CLASS: ClassVar[str]
+    DIFFUSERS_CLASS: ClassVar[str | None]  # None: a method diffusers does not have
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = predictions.PREDICTION_TYPES
     # keys of the diffusers class that never change its result here (accepted, dropped)
     INERT_KEYS: ClassVar[frozenset[str]] = frozenset()
@@ -232,7 +232,7 @@ class BaseScheduler:
         """
         from .options import to_diffusers
 
-        config: dict[str, Any] = {"_class_name": self.DIFFUSERS_CLASS}
+        config: dict[str, Any] = {"_class_name": self.config_class_name()}
         extra = {}
         for name, (_, spec) in specs(self).items():
             value = getattr(self, name)
@@ -243,6 +243,12 @@ class BaseScheduler:
         if extra:
             config["_diffsched"] = extra
         return config
+
+    @classmethod
+    def config_class_name(cls) -> str:
+        """The ``_class_name`` of this class's config: diffusers' class, or ours where
+        diffusers has none."""
+        return cls.DIFFUSERS_CLASS or cls.__name__
 
     def replace(self, **changes: Any):
         """A copy with some options changed (the config itself is immutable)."""

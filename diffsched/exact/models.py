@@ -82,13 +82,32 @@ class Denoiser(Protocol):
 
 
 def _namespace(x: Array, name: str):
-    """The array-API namespace and device of ``x``; ValueError if ``x`` is not an array."""
+    """The array-API namespace of ``x`` and the device for the small arrays made beside it
+    (tables, ᾱ, the timestep); ValueError if ``x`` is not an array."""
     if not array_api_compat.is_array_api_obj(x) or isinstance(x, np.generic):
         raise ValueError(f"{name} must be a NumPy, PyTorch or JAX array, got {type(x).__name__}")
     xp = array_api_compat.array_namespace(x)
     if not xp.isdtype(x.dtype, "real floating"):
         raise ValueError(f"{name} must have a real floating dtype, got {x.dtype}")
-    return xp, array_api_compat.device(x)
+    return xp, _small_array_device(x)
+
+
+def _small_array_device(x: Array):
+    """Where the small arrays that meet ``x`` go: ``x``'s device, except for a concrete JAX
+    array sharded over several devices. Its sharding (``array_api_compat.device``) has a
+    partition spec for ``x``'s rank, which cannot place a 0-d ᾱ or a table of another shape
+    (JAX refuses it): those go replicated over its mesh (a ``NamedSharding``), else, for
+    other multi-device shardings, uncommitted on the default device (JAX moves them)."""
+    if not array_api_compat.is_jax_array(x) or _is_traced(x):
+        return array_api_compat.device(x)
+    sharding = x.sharding
+    if sharding.num_devices == 1:
+        return array_api_compat.device(x)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind)
+    return None
 
 
 def _flatten_batch(xp, x: Array, dim: int, name: str) -> Array:

@@ -13,10 +13,11 @@ from ..core.scheduler import Scheduler
 
 
 def registry() -> dict[str, type[Scheduler]]:
-    """{diffusers class name: our class}, for every method."""
+    """{diffusers class name: our class}, for every method (our class name for the
+    methods diffusers does not have)."""
     from .. import methods
 
-    return {cls.DIFFUSERS_CLASS: cls for cls in methods.ALL}
+    return {cls.config_class_name(): cls for cls in (*methods.ALL, *methods.OURS_ONLY)}
 
 
 def _read(source: dict | str | os.PathLike) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler
     about keys ``cls`` lacks (the config names ``cls``); else drop them silently (another
     class's config, as in scheduler swapping)."""
     config = _read(source)
-    name = cls.DIFFUSERS_CLASS
+    name = cls.config_class_name()
     # deprecated keys diffusers still reads in place of another (DDIMInverseScheduler's
     # set_alpha_to_zero): the old key, when given, wins, as in diffusers' __init__
     for old, new in getattr(cls, "DIFFUSERS_ALIASES", {}).items():

@@ -15,6 +15,7 @@ from .euler import Euler, EulerAncestral
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
 from .heun import Heun
 from .ipndm import IPNDM
+from .ipndm_variable import VariableIPNDM
 from .lcm import LCM
 from .lms import LMS
 from .pndm import PNDM
@@ -48,6 +49,8 @@ ALL = (
     DPMSolverSinglestep,
     EDMDPMSolverMultistep,
 )
+# methods diffusers does not have (their config's ``_class_name`` is our class name)
+OURS_ONLY = (VariableIPNDM,)
 
 __all__ = [
     "ALL",
@@ -58,6 +61,7 @@ __all__ = [
     "IPNDM",
     "LCM",
     "LMS",
+    "OURS_ONLY",
     "PNDM",
     "TCD",
     "DDIMInverse",
@@ -75,4 +79,5 @@ __all__ = [
     "Heun",
     "SASolver",
     "UniPC",
+    "VariableIPNDM",
 ]

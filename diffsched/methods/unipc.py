@@ -72,7 +72,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
 from ..schedules import shifts, solver_grid
 from ._dpm_solver_coefficients import phi
-from .dpmsolver import Thresholding, flow_prediction_type_option
+from .dpmsolver import Thresholding, custom_timesteps, flow_prediction_type_option
 from .euler import training_alphas_cumprod
 
 SOLVER_TYPES = ("bh1", "bh2")
@@ -112,6 +112,9 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
     ``init(..., sigmas=[...])`` (flow grids): N + 1 levels, the first N as diffusers'
     ``set_timesteps(sigmas=...)`` takes them (before the shift; they are shifted), the last
     the final level as is (0: the last step lands on x̂_0; final_sigmas_type then unused).
+    ``init(..., timesteps=[...])``: custom integer timesteps (descending), as
+    ``DPMSolverMultistep`` takes them (diffusers' UniPC has no such argument; a tuned grid
+    from :func:`diffsched.tune` is one).
     """
 
     DIFFUSERS_CLASS = "UniPCMultistepScheduler"
@@ -195,7 +198,11 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
     # -- the grid ------------------------------------------------------------------------
 
     def _grid(
-        self, num_steps: int | None, sigmas: Any = None, mu: float | None = None
+        self,
+        num_steps: int | None,
+        sigmas: Any = None,
+        mu: float | None = None,
+        timesteps: Any = None,
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self.sigma_kind
@@ -216,6 +223,11 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                     "use_karras_sigmas), as diffusers"
                 )
             levels, final = _custom_flow_levels(sigmas)
+        if timesteps is not None:
+            if sigmas is not None or kind is not None:
+                other = "sigmas=" if sigmas is not None else f"{kind} levels"
+                raise ValueError(f"UniPC: timesteps= cannot be combined with {other}")
+            timesteps = custom_timesteps(timesteps, self.num_train_steps)
         grid = solver_grid.solver_grid(
             training_alphas_cumprod(self), num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
@@ -226,6 +238,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             flow_mu=float(mu) if mu is not None and kind == "flow" else None,
             time_shift_type=self.time_shift_type, shift_terminal=self.shift_terminal,
             flow_nudge_from_one=True, karras_as_flow=flow and kind == "karras", sigmas=levels,
+            timesteps=timesteps,
         )  # fmt: skip
         if final is not None:
             sig = grid.sigmas.copy()
@@ -245,8 +258,10 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
 
     # -- the table -----------------------------------------------------------------------
 
-    def tableau(self, num_steps: int | None, sigmas: Any = None, mu: Any = None) -> Tableau:
-        grid = self._grid(num_steps, sigmas, mu)
+    def tableau(
+        self, num_steps: int | None, sigmas: Any = None, mu: Any = None, timesteps: Any = None
+    ) -> Tableau:
+        grid = self._grid(num_steps, sigmas, mu, timesteps)
         n = len(grid.timesteps)
         sig = grid.sigmas
         alpha, sigma = solver_grid.alpha_sigma(sig, grid.flow)

@@ -1,0 +1,381 @@
+"""Tuned grids: the N-step grid that brings a scheduler's final samples closest to the
+probability-flow ODE solution of the user's own model.
+
+A model call is the whole cost of sampling, and the grid decides how much accuracy each
+call buys (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion
+Sampling", GITS; Sabour et al. 2024, Align Your Steps). :func:`tune` searches the grid for
+one scheduler, one number of steps and one model, in three stages:
+
+1. **Reference.** The calibration noise is carried down the probability-flow ODE by a
+   tight solve with the same model: variable-step iPNDM (fourth order,
+   :class:`~diffsched.VariableIPNDM`) on ``candidates`` levels even in log σ from the
+   largest trained level to the smallest, each interval cut into ``substeps``, then on to
+   the scheduler's final level. Its samples at the candidate levels and at the end are
+   the reference trajectory.
+2. **Starting grids.** The scheduler's own N-step grid (its first call moved to the
+   largest trained level, where the tuner always starts), Karras' (ρ = 7) and the
+   logSNR-uniform grid, and GITS' grid: by dynamic programming over the candidate levels,
+   the path of exactly N steps that minimizes the summed local error of one first-order
+   step (DDIM / Euler) from the reference sample at each level to the reference sample at
+   the next, measured at the variance-preserving scale x / sqrt(1 + σ²) (the scale at
+   which an error at level σ reaches the final sample). The local costs take one model
+   call per candidate level.
+3. **Refinement.** Coordinate search on the levels of the best start against the
+   end-to-end error on the calibration set (the distance of the scheduler's own final
+   samples to the reference), in log σ, or in integer timesteps for methods that take
+   ``timesteps=``. A move is kept only where it lowers the error, so the result is never
+   worse than any start, the scheduler's own grid included.
+
+Why this search: the local costs of (2) see the curvature of the model's trajectories and
+give a good global shape in a few hundred model calls, but they score a first-order step,
+while the scheduler's multistep or higher-order steps, and its final step, err
+differently; (3) corrects for that with the true objective. The objective is a black box
+in any backend (no gradients through the model are needed) of N - 1 free levels, where a
+derivative-free coordinate search converges in a few hundred loops.
+
+The grid is returned as the keyword arguments of ``init``: ``sigmas=`` (N + 1 levels, the
+last one final) for methods that take custom σ's, else ``timesteps=`` (N integers).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .core import predictions
+from .core.scheduler import Array, Scheduler
+from .schedules import sigmas as sigma_schedules
+
+Model = Callable[[Array, Array], Array]
+
+
+class TuneResult(NamedTuple):
+    """What :func:`search` found, and what it cost."""
+
+    init_options: dict[str, list]  # the tuned grid, as init's keyword arguments
+    start_options: dict[str, list]  # the scheduler's own grid, the same way
+    start_error: float  # the scheduler's own grid's error on the calibration set
+    error: float  # the tuned grid's error on the calibration set
+    model_calls: int  # model calls, each on the whole calibration batch
+    seconds: float
+
+
+def tune(
+    model: Model,
+    scheduler: Scheduler,
+    num_steps: int,
+    calibration_noise: Array,
+    **options: Any,
+) -> dict[str, list]:
+    """The ``init`` keyword arguments (``sigmas=`` or ``timesteps=``) of the N-step grid
+    that minimizes, for ``scheduler``, the distance of its final samples from
+    ``calibration_noise`` to the model's probability-flow ODE solution from the same noise.
+
+    ``model(sample, t)`` predicts in the scheduler's ``prediction_type`` (any backend: the
+    noise's); every candidate grid starts at the model's largest trained noise level.
+    ``options`` go to :func:`search` (``candidates``, ``substeps``, ``max_evaluations``).
+    Use the result as ``scheduler.init(None, x, **grid)`` or ``ds.sample(..., **grid)``.
+    """
+    return search(model, scheduler, num_steps, calibration_noise, **options).init_options
+
+
+def search(
+    model: Model,
+    scheduler: Scheduler,
+    num_steps: int,
+    calibration_noise: Array,
+    *,
+    candidates: int = 100,
+    substeps: int = 4,
+    max_evaluations: int = 300,
+    tolerance: float = 2e-3,
+) -> TuneResult:
+    """:func:`tune`, with the errors before and after and the cost.
+
+    Args:
+        candidates: levels of the reference trajectory (and of the dynamic programming).
+        substeps: reference steps per candidate interval.
+        max_evaluations: end-to-end runs of the refinement, at most.
+        tolerance: the refinement stops when every level's move is below this (in log σ).
+    """
+    t0 = time.perf_counter()
+    counted = _CountingModel(model)
+    grid = Grid.of(scheduler, num_steps)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < num_steps:
+        raise ValueError(
+            f"candidates must be an integer >= num_steps={num_steps}, got {candidates!r}"
+        )
+    own = grid.start
+    start = calibration_noise * scheduler.init_noise_scale(None, **grid.init_options(own))
+    ref = reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
+
+    def error(levels: np.ndarray) -> float:
+        out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
+        return _relative_error(out, ref.final)
+
+    tried = {"own": own, "gits": ref.dynamic_programming(num_steps)}
+    for kind in ("karras", "exponential"):
+        levels = grid.snap(np.log(sigma_schedules.convert(kind, ref.sigmas, num_steps, None, None)))
+        if levels is not None:
+            tried[kind] = levels
+    scored = {name: error(levels) for name, levels in tried.items()}
+    best_name = min(scored, key=scored.get)
+    levels, best = _coordinate_search(
+        error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
+    )
+    return TuneResult(
+        init_options=grid.init_options(levels),
+        start_options=grid.init_options(own),
+        start_error=scored["own"],
+        error=best,
+        model_calls=counted.calls,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# -- the grid: what is searched, and how it becomes init's arguments ----------------------
+
+
+class Grid(NamedTuple):
+    """The N call levels of a scheduler's loop as searched: log σ (``mode == "sigmas"``)
+    or integer timesteps (``"timesteps"``), the first fixed at the largest trained level."""
+
+    mode: str
+    start: np.ndarray  # the scheduler's own levels, first moved to the top
+    log_train: np.ndarray  # log σ of the training steps, ascending in t
+
+    @staticmethod
+    def of(scheduler: Scheduler, num_steps: int) -> Grid:
+        _check_tunable(scheduler)
+        from .methods.euler import training_alphas_cumprod
+
+        params = inspect.signature(scheduler.tableau).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        modes = [m for m in ("sigmas", "timesteps") if takes_any or m in params]
+        log_train = np.log(sigma_schedules.from_alphas_cumprod(training_alphas_cumprod(scheduler)))
+        program = scheduler.program(num_steps)
+        ts = np.asarray(program.timesteps, dtype=np.float64)
+        _, first = np.unique(ts, return_index=True)
+        ts = ts[np.sort(first)]  # the N step levels (two-stage methods repeat them)
+        ts[0] = len(log_train) - 1
+        if scheduler.noise_levels(num_steps)[1] < 1.0:
+            raise ValueError(
+                f"tune takes loops that end at σ = 0; {type(scheduler).__name__} with these "
+                "options ends above it (final_sigmas_type='zero' where the method has it)"
+            )
+        for mode in modes:  # σ's where the method takes them for this config, else timesteps
+            start = (
+                np.round(ts)
+                if mode == "timesteps"
+                else np.interp(ts, np.arange(len(log_train)), log_train)
+            )
+            grid = Grid(mode, start, log_train)
+            try:
+                scheduler.program(None, **grid.init_options(start))
+            except ValueError:
+                continue
+            return grid
+        raise TypeError(
+            f"{type(scheduler).__name__} with these options takes no custom grid (init has "
+            "neither sigmas= nor timesteps= for it): it cannot be tuned"
+        )
+
+    def init_options(self, levels: np.ndarray) -> dict[str, list]:
+        if self.mode == "timesteps":
+            return {"timesteps": [int(t) for t in levels]}
+        return {"sigmas": [*np.exp(levels).tolist(), 0.0]}
+
+    def valid(self, levels: np.ndarray) -> bool:
+        """Strictly decreasing, first at the top, last at or above the lowest training
+        level (integers apart in timesteps mode)."""
+        gaps = -np.diff(levels)
+        if levels[0] != self.start[0]:
+            return False
+        if self.mode == "timesteps":
+            return bool(np.all(gaps >= 1) and levels[-1] >= 0)
+        return bool(np.all(gaps > 1e-4) and levels[-1] >= self.log_train[0])
+
+    def snap(self, log_sigmas: np.ndarray) -> np.ndarray | None:
+        """Levels given in log σ, in this grid's coordinates (None if not valid there)."""
+        levels = np.asarray(log_sigmas, dtype=np.float64).copy()
+        levels[0] = self.log_train[-1]
+        if self.mode == "timesteps":
+            levels = np.round(sigma_schedules.sigma_to_t(np.exp(levels), self.log_train))
+            levels[0] = len(self.log_train) - 1
+        return levels if self.valid(levels) else None
+
+
+def _check_tunable(scheduler: Scheduler) -> None:
+    name = type(scheduler).__name__
+    if not isinstance(scheduler, Scheduler) or not getattr(scheduler, "TRAINING_TIMESTEPS", True):
+        raise TypeError(f"tune needs a scheduler of a discrete-time model, got: {name}")
+    if not scheduler.deterministic:
+        raise ValueError(
+            f"tune needs a deterministic scheduler (it fits the probability-flow ODE), got {name} "
+            "with stochastic options"
+        )
+    if getattr(scheduler, "use_flow_sigmas", False) or scheduler.prediction_type == "flow":
+        raise ValueError(
+            f"tune does not take rectified-flow grids yet, got {name} with flow levels"
+        )
+
+
+# -- the reference trajectory ---------------------------------------------------------------
+
+
+class Reference(NamedTuple):
+    """The reference trajectory at the candidate levels and its final sample."""
+
+    sigmas: np.ndarray  # (K,) candidate levels, descending
+    levels: np.ndarray  # (K,) the same in the grid's coordinates
+    native: list[np.ndarray]  # K samples x = x_0 + σ ε (host float64)
+    denoised: list[np.ndarray]  # K x̂_0 of the model's output there
+    final: np.ndarray  # the reference final sample (σ = 0), host float64
+
+    def dynamic_programming(self, n: int) -> np.ndarray:
+        """GITS' grid: the N candidate levels whose first-order steps (the last one to
+        σ = 0) have the least summed local error along the reference trajectory."""
+        sig = self.sigmas
+        k = len(sig)
+        targets = [*self.native, self.final]  # node k: the final level, σ = 0
+        target_sigma = np.append(sig, 0.0)
+        cost = np.full((k, k + 1), np.inf)
+        for i in range(k):
+            d, x = self.denoised[i], self.native[i]
+            for j in range(i + 1, k + 1):  # DDIM / Euler: x_j = x̂_0 + (σ_j / σ_i)(x_i - x̂_0)
+                step = d + (target_sigma[j] / sig[i]) * (x - d)
+                cost[i, j] = np.linalg.norm(step - targets[j]) / math.sqrt(1 + target_sigma[j] ** 2)
+        # best[m, j]: the least cost of m steps from node 0 to node j
+        best = np.full((n + 1, k + 1), np.inf)
+        back = np.zeros((n + 1, k + 1), dtype=np.int64)
+        best[0, 0] = 0.0
+        for m in range(1, n + 1):
+            total = best[m - 1, :k, None] + cost  # (from i, to j)
+            back[m] = np.argmin(total, axis=0)
+            best[m] = total[back[m], np.arange(k + 1)]
+        path, j = [], k
+        for m in range(n, 0, -1):
+            j = int(back[m, j])
+            path.append(j)
+        return self.levels[np.array(path[::-1])]
+
+
+def reference_trajectory(
+    model: Model,
+    scheduler: Scheduler,
+    start: Array,
+    grid: Grid,
+    candidates: int = 100,
+    substeps: int = 4,
+) -> Reference:
+    """The probability-flow ODE from the model input ``start`` at the largest trained
+    level down to σ = 0, solved with variable-step iPNDM (fourth order) on ``candidates``
+    levels even in log σ (down to the lowest training level), each interval cut in
+    ``substeps``, and one step from there to 0 (a discrete-time model has no level below
+    its lowest trained one)."""
+    from .methods.ipndm_variable import VariableIPNDM
+
+    log_train = grid.log_train
+    log_sig = np.linspace(log_train[-1], log_train[0], candidates)
+    if grid.mode == "timesteps":  # integer timesteps: their own training levels
+        levels = np.unique(np.round(sigma_schedules.sigma_to_t(np.exp(log_sig), log_train)))[::-1]
+        log_sig = log_train[levels.astype(np.int64)]
+    else:
+        levels = log_sig
+    pieces = [np.linspace(a, b, substeps + 1)[:-1] for a, b in itertools.pairwise(log_sig)]
+    fine = np.exp(np.concatenate([*pieces, log_sig[-1:]]))
+    fine = np.append(fine, 0.0)  # one step: the model has no level below the lowest trained
+    solver = VariableIPNDM.from_config(scheduler.to_config())
+    x0 = predictions.x0_from_ve(solver.prediction_type, np.exp(log_sig))
+    state, timesteps = solver.init(None, start, sigmas=fine.tolist())
+    x, native, denoised = start, [], []
+    for i, t in enumerate(timesteps):
+        out = model(x, t)
+        if i % substeps == 0 and i // substeps < len(log_sig):
+            k = i // substeps
+            xk = _host(x) * math.sqrt(
+                1 + math.exp(2 * log_sig[k])
+            )  # the held sample is x / sqrt(1 + σ²)
+            native.append(xk)
+            denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * _host(out))
+        state, x = solver.step(state, x, out)
+    return Reference(np.exp(log_sig), levels, native, denoised, _host(x))
+
+
+# -- the refinement ------------------------------------------------------------------------
+
+
+def _coordinate_search(
+    error: Callable[[np.ndarray], float],
+    grid: Grid,
+    levels: np.ndarray,
+    best: float,
+    max_evaluations: int,
+    tolerance: float,
+) -> tuple[np.ndarray, float]:
+    """Move each free level up or down by its own step, keeping a move only if the error
+    falls; a level's step grows after a kept move and halves after a round without one."""
+    levels = levels.copy()
+    n = len(levels)
+    integer = grid.mode == "timesteps"
+    gaps = -np.diff(np.append(levels, levels[-1] - 1.0))
+    step = np.maximum(np.round(gaps / 3), 1.0) if integer else gaps / 3
+    floor = 1.0 if integer else tolerance
+    evaluations = 0
+    while evaluations < max_evaluations and np.any(step[1:] >= floor):
+        for k in range(1, n):
+            if step[k] < floor:
+                continue
+            moved = False
+            for sign in (1.0, -1.0):
+                trial = levels.copy()
+                trial[k] += sign * step[k]
+                if not grid.valid(trial):
+                    continue
+                evaluations += 1
+                e = error(trial)
+                if e < best:
+                    levels, best, moved = trial, e, True
+                    break
+            step[k] = step[k] * 1.5 if moved else step[k] / 2
+            if integer:
+                step[k] = np.round(step[k]) if step[k] >= 1 else 0.0
+            if evaluations >= max_evaluations:
+                break
+    return levels, best
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+class _CountingModel:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, sample: Array, t: Any) -> Array:
+        self.calls += 1
+        return self.model(sample, t)
+
+
+def _run(model: Model, scheduler: Scheduler, noise: Array, init_options: dict) -> np.ndarray:
+    from .sampling import sample
+
+    return _host(sample(model, scheduler, noise, None, **init_options))
+
+
+def _host(x: Array) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _relative_error(samples: np.ndarray, reference: np.ndarray) -> float:
+    """||x - x*|| / ||x*|| over the whole batch (as ``diffsched bench``)."""
+    return float(np.linalg.norm(samples - reference) / np.linalg.norm(reference))
