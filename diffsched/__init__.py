@@ -19,11 +19,13 @@ configs), ``exact`` (exact models and the ODE reference), ``sampling`` and ``cli
 
 from .core.engine import EngineState, Tableau
 from .core.scheduler import Scheduler
+from .grids import load_grid, named_grid, save_grid
 from .interop.config import from_config
 from .methods import *  # noqa: F403
 from .methods import ALL as _ALL
 from .methods import OURS_ONLY as _OURS_ONLY
 from .sampling import sample
+from .tuning import tune
 
 SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
 
@@ -33,7 +35,11 @@ __all__ = [
     "Scheduler",
     "Tableau",
     "from_config",
+    "load_grid",
+    "named_grid",
     "sample",
+    "save_grid",
+    "tune",
     *(cls.__name__ for cls in (*_ALL, *_OURS_ONLY)),
 ]
 __version__ = "0.2.0"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -237,7 +238,17 @@ def exact_solution(
     start, end = scheduler.noise_levels(num_steps, **init_options)
     if not 0.0 < start < 1.0:
         return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 < ᾱ < 1"
-    return reference.solve_pf_ode(model.denoiser, noise, start, end), ""
+    # many runs (bench rows, tuned grids) share a start: their exact solution is solved once
+    key = (repr(model.denoiser), hashlib.sha1(np.ascontiguousarray(noise).tobytes()).hexdigest(),
+           start, end)  # fmt: skip
+    if key not in _EXACT:
+        if len(_EXACT) >= 64:
+            _EXACT.pop(next(iter(_EXACT)))
+        _EXACT[key] = reference.solve_pf_ode(model.denoiser, noise, start, end)
+    return _EXACT[key].copy(), ""
+
+
+_EXACT: dict = {}
 
 
 def run(
@@ -253,12 +264,19 @@ def run(
     progress: bool = False,
     with_exact: bool = True,
     strength: float | None = None,
+    grid: dict | None = None,
 ) -> Run:
+    """Our loop on an exact model from ``noise``, and the exact ODE solution from the same
+    start. ``grid``: a custom grid (``init``'s ``sigmas=`` / ``timesteps=``), which sets
+    the number of steps."""
     model = exact_model(scheduler, model_name)
     init_options = {} if strength is None else {"strength": strength}
+    if grid:
+        init_options.update(grid)
+        num_steps = None
     state, timesteps = scheduler.init(num_steps, noise, seed, **init_options)
     if strength is None:
-        start = noise * scheduler.init_noise_scale(num_steps)
+        start = noise * scheduler.init_noise_scale(num_steps, **init_options)
     else:  # image-to-image: data of the model, noised to the first model call
         start = np.asarray(scheduler.add_noise(state, clean_data(model_name, noise), noise))
     x = to_backend(start, backend, dtype)
@@ -439,12 +457,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if note:
             print(note)
     noise = make_noise(args.model, args.num_samples, args.seed)
+    grid = resolve_grid(args.grid, scheduler, args.steps)
+    steps = args.steps if grid is None else grid_steps(grid)
     result = run(
-        scheduler, args.model, args.steps, noise, backend=args.backend, dtype=args.dtype,
+        scheduler, args.model, steps, noise, backend=args.backend, dtype=args.dtype,
         seed=args.seed, compile=args.compile,
-        progress=not (args.no_progress or args.compile), strength=args.strength,
+        progress=not (args.no_progress or args.compile), strength=args.strength, grid=grid,
     )  # fmt: skip
-    title = (f"{type(scheduler).__name__}, {args.steps} steps ({result.model_calls} model "
+    title = (f"{type(scheduler).__name__}, {steps} steps ({result.model_calls} model "
              f"calls), {args.model}")  # fmt: skip
     print(f"{title}, {args.num_samples} samples, {args.backend} {args.dtype}")
     print(f"model calls: {result.model_calls}")
@@ -459,6 +479,95 @@ def cmd_sample(args: argparse.Namespace) -> int:
     plot_samples(out, args.model, result.samples, result.exact, title)
     print(f"wrote {out} ({time.perf_counter() - t0:.3f} s)")
     return 0
+
+
+def resolve_grid(text: str | None, scheduler: Scheduler, num_steps: int) -> dict | None:
+    """``--grid``: a named grid (edm, logsnr, ays-sd15, ...) of ``num_steps`` steps, or a
+    JSON file saved by ``diffsched tune --save`` (which sets the steps)."""
+    if text is None:
+        return None
+    from .grids import NAMED_GRIDS, load_grid, named_grid
+
+    if text in NAMED_GRIDS:
+        return named_grid(text, scheduler, num_steps)
+    if not Path(text).is_file():
+        raise UsageError(
+            f"--grid must be one of {', '.join(NAMED_GRIDS)} or a JSON file from "
+            f"'diffsched tune --save', got: {text!r} (no such file)"
+        )
+    return load_grid(text)
+
+
+def grid_steps(grid: dict) -> int:
+    """The number of steps of a custom grid."""
+    return len(grid["timesteps"]) if "timesteps" in grid else len(grid["sigmas"]) - 1
+
+
+def same_image_fraction(samples: np.ndarray, exact: np.ndarray) -> float:
+    """digits: the fraction of samples whose nearest training image is the exact
+    solution's (the errors there are flips between training images)."""
+    data = models.digits_data().reshape(-1, 64)
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1)
+        d = (x**2).sum(1)[:, None] - 2 * x @ data.T + (data**2).sum(1)[None, :]
+        return np.argmin(d, axis=1)
+
+    return float(np.mean(nearest(samples) == nearest(exact)))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import search
+
+    for flag, value, low in (("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
+                             ("--held-out", args.held_out, 1),
+                             ("--max-evaluations", args.max_evaluations, 0)):  # fmt: skip
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, got: {value}")
+    if args.save is not None and not args.save.endswith(".json"):
+        raise UsageError(f"--save must name a .json file, got: {args.save!r}")
+    name = args.scheduler_flag or args.scheduler or "dpm++2m"
+    options = parse_options(args.option)
+    scheduler = build_scheduler(name, options, args.config)
+    if args.config is None:
+        scheduler, note = adapt_to_model(scheduler, args.model, options)
+        if note:
+            print(note)
+    model = exact_model(scheduler, args.model)
+    calibration = make_noise(args.model, args.calibration, args.seed)
+    held_out = make_noise(args.model, args.held_out, args.seed + HELD_OUT_SEED)
+    print(f"tuning {type(scheduler).__name__}, {args.steps} steps, on {args.model}: "
+          f"calibration {args.calibration} samples (seed {args.seed}), held out "
+          f"{args.held_out} (seed {args.seed + HELD_OUT_SEED})", flush=True)  # fmt: skip
+    result = search(model, scheduler, args.steps, calibration,
+                    max_evaluations=args.max_evaluations)  # fmt: skip
+    ((kind, values),) = result.init_options.items()
+    shown = values if kind == "timesteps" else [float(f"{v:.6g}") for v in values]
+    print(f"tuned grid: {kind}={shown}")
+    before = run(scheduler, args.model, args.steps, held_out, grid=result.start_options)
+    after = run(scheduler, args.model, args.steps, held_out, grid=result.init_options)
+    print("| relative RMS error vs exact ODE solution | own grid | tuned grid |")
+    print("|---|---:|---:|")
+    print(f"| calibration noise | {result.start_error:.3e} | {result.error:.3e} |")
+    print(f"| held-out noise | {before.error:.3e} | {after.error:.3e} |")
+    if args.model == "digits":
+        print(f"| held out: same training image as the exact solution | "
+              f"{same_image_fraction(before.samples, before.exact):.0%} | "
+              f"{same_image_fraction(after.samples, after.exact):.0%} |")  # fmt: skip
+    print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
+          f"calls on the calibration batch, {result.seconds:.1f} s")  # fmt: skip
+    if args.save is not None:
+        from .grids import save_grid
+
+        out = Path(args.save)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(out, result.init_options)
+        print(f"wrote {out} (use: diffsched sample {name} --grid {out}, or "
+              f"sched.init(None, x, **ds.load_grid('{out}')))")  # fmt: skip
+    return 0
+
+
+HELD_OUT_SEED = 1000  # held-out noise: seed + this, never the calibration seed
 
 
 class _NoBar:
@@ -549,8 +658,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise UsageError("--against diffusers needs diffusers installed") from err
     if args.best:
-        rows = best_rows(args.model, args.num_samples, args.seed)
+        rows = best_rows(args.model, args.num_samples, args.seed,
+                         calibration=args.calibration,
+                         with_diffusers=args.against == "diffusers")  # fmt: skip
         print(format_best(rows))
+        tuned = [r["tuned"] for r in rows if r.get("tuned")]
+        if tuned:
+            calls = sum(t["tuner_calls"] for t in tuned) / len(tuned)
+            secs = sum(t["tuner_seconds"] for t in tuned) / len(tuned)
+            print(f"tuner: {calls:.0f} model calls on the calibration batch of "
+                  f"{args.calibration}, "
+                  f"{secs:.1f} s, per tuned grid on average")  # fmt: skip
         return 0
     rows = bench_rows(args.schedulers, args.steps, args.model, args.num_samples, args.seed,
                       args.against)  # fmt: skip
@@ -566,63 +684,141 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# The deterministic candidates of `bench --best`: every deterministic method and σ grid we
-# have, on Stable Diffusion 1.5's training schedule, so that "model calls" is the budget.
+# The deterministic candidates of `bench --best`: every deterministic method and σ grid
+# diffusers has, on Stable Diffusion 1.5's training schedule, so that "model calls" is the
+# budget. Each runs here and through diffusers (driven as its pipelines drive it).
 BEST_SD = "beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
+SIGMA_OPTIONS = ("", ",use_karras_sigmas=true", ",use_exponential_sigmas=true",
+                 ",use_beta_sigmas=true")  # fmt: skip
 BEST_CANDIDATES = tuple(
     f"{name}:{BEST_SD}{extra}"
     for name, extras in {
         "ddim": ("", ",timestep_spacing=trailing"),
         "pndm": (",reduce_warmup=true",),
-        "euler": (",timestep_spacing=trailing", ",use_karras_sigmas=true"),
-        "heun": ("", ",use_karras_sigmas=true"),
-        "dpm2": ("", ",use_karras_sigmas=true"),
-        "lms": ("", ",use_karras_sigmas=true"),
-        "dpm++2m": ("", ",use_karras_sigmas=true", ",timestep_spacing=trailing",
-                    ",solver_order=3", ",use_lu_lambdas=true"),
-        "deis": ("", ",timestep_spacing=trailing"),
-        "unipc": ("", ",use_karras_sigmas=true", ",timestep_spacing=trailing"),
-        "dpm++2s": ("",),
-        "sa-solver": (",tau=0.0",),
+        "euler": (*SIGMA_OPTIONS, ",timestep_spacing=trailing"),
+        "heun": SIGMA_OPTIONS,
+        "dpm2": SIGMA_OPTIONS,
+        "lms": SIGMA_OPTIONS,
+        "dpm++2m": (*SIGMA_OPTIONS, ",timestep_spacing=trailing", ",solver_order=3",
+                    ",use_lu_lambdas=true", ",use_karras_sigmas=true,solver_order=3"),
+        "deis": ("", ",timestep_spacing=trailing", ",use_karras_sigmas=true"),
+        "unipc": (*SIGMA_OPTIONS, ",timestep_spacing=trailing", ",solver_order=3",
+                  ",use_karras_sigmas=true,solver_order=3"),
+        "dpm++2s": ("", ",use_karras_sigmas=true"),
+        "sa-solver": (",tau=0.0", ",tau=0.0,use_karras_sigmas=true"),
     }.items()
     for extra in extras
 )  # fmt: skip
-BEST_BUDGETS = (5, 10, 20)
+# Ours only: variable-step iPNDM on our grids, and named grids for the multistep solvers.
+OURS_CANDIDATES = tuple(
+    (f"{name}:{BEST_SD}{extra}", grid)
+    for name, extras, grids in (
+        ("ipndm-v", (*SIGMA_OPTIONS[:3], ",solver_order=3,use_karras_sigmas=true"), (None,)),
+        ("ipndm-v", ("",), ("edm", "logsnr", "ays-sd15")),
+        ("dpm++2m", ("",), ("edm", "logsnr", "ays-sd15")),
+        ("unipc", ("", ",solver_order=3"), ("edm", "logsnr", "ays-sd15")),
+    )
+    for extra in extras
+    for grid in grids
+)  # fmt: skip
+# The methods tuned by `bench --best`
+TUNED = (f"ipndm-v:{BEST_SD}", f"unipc:{BEST_SD}", f"unipc:{BEST_SD},solver_order=3",
+         f"dpm++2m:{BEST_SD}")  # fmt: skip
+BEST_BUDGETS = (5, 6, 8, 10, 15, 20)
 
 
-def best_rows(model_names: Sequence[str], num_samples: int, seed: int) -> list[dict]:
-    """Per model and model-call budget, the most accurate candidate (method and grid) that
-    spends at most that many calls, with its error against the exact solution."""
+def _steps_for(scheduler: Scheduler, budget: int) -> int | None:
+    """The most steps whose model calls fit the budget."""
+    return max((n for n in range(1, budget + 1) if _calls(scheduler, n) <= budget), default=None)
+
+
+def best_rows(
+    model_names: Sequence[str],
+    num_samples: int,
+    seed: int,
+    budgets: Sequence[int] = BEST_BUDGETS,
+    calibration: int = 64,
+    with_diffusers: bool = True,
+) -> list[dict]:
+    """Per model and model-call budget: our best tuned method (grid searched by
+    :func:`diffsched.tuning.search` on calibration noise), our best untuned method and
+    grid, and diffusers' best configuration, all measured on held-out noise against the
+    exact ODE solution."""
+    from .grids import named_grid
+    from .tuning import search
+
     out = []
-    bar = _bar(len(model_names) * len(BEST_CANDIDATES), "candidates")
+    total = len(model_names) * len(budgets) * (len(BEST_CANDIDATES) + len(OURS_CANDIDATES)
+                                               + len(TUNED))  # fmt: skip
+    bar = _bar(total, "bench --best")
     for model_name in model_names:
-        noise = make_noise(model_name, num_samples, seed)
-        tried: list[dict] = []
-        for spec in BEST_CANDIDATES:
-            bar.update()
-            name = spec.split(":", 1)[0]
-            if name not in SCHEDULERS:
-                continue
-            _, scheduler, options = parse_spec(spec)
-            scheduler, _ = adapt_to_model(scheduler, model_name, options)
-            for budget in BEST_BUDGETS:
-                # the most steps whose model calls fit the budget
-                steps = max(
-                    (n for n in range(1, budget + 1) if _calls(scheduler, n) <= budget),
-                    default=None,
-                )
-                if steps is None:
+        cal = make_noise(model_name, calibration, seed)
+        held = make_noise(model_name, num_samples, seed + HELD_OUT_SEED)
+        for budget in budgets:
+            found: dict[str, list] = {"diffusers": [], "untuned": [], "tuned": []}
+
+            def measure(*args: Any, found=found, model_name=model_name, held=held, **kw: Any):
+                _measure(found, model_name, held, *args, **kw)
+
+            for spec in BEST_CANDIDATES:
+                bar.update()
+                _, sched, options = parse_spec(spec)
+                sched, _ = adapt_to_model(sched, model_name, options)
+                steps = _steps_for(sched, budget)
+                if steps is not None:
+                    measure("untuned", spec, sched, steps, peer=with_diffusers)
+            for spec, grid_name in OURS_CANDIDATES:
+                bar.update()
+                _, sched, _ = parse_spec(spec)
+                try:
+                    grid = None if grid_name is None else named_grid(grid_name, sched, budget)
+                except ValueError:
                     continue
-                result = run(scheduler, model_name, steps, noise, seed=seed)
-                if result.error is not None:
-                    tried.append({"model": model_name, "budget": budget, "spec": spec,
-                                  "steps": steps, "calls": result.model_calls,
-                                  "error": result.error})  # fmt: skip
-        for budget in BEST_BUDGETS:
-            fits = [r for r in tried if r["budget"] == budget]
-            if fits:
-                out.append(min(fits, key=lambda r: r["error"]))
+                measure("untuned", f"{spec}" + (f" --grid {grid_name}" if grid_name else ""),
+                        sched, budget, grid)  # fmt: skip
+            for spec in TUNED:
+                bar.update()
+                _, sched, _ = parse_spec(spec)
+                model = exact_model(sched, model_name)
+                t0 = time.perf_counter()
+                result = search(model, sched, budget, cal)
+                measure("tuned", spec, sched, budget, result.init_options)
+                found["tuned"][-1] |= {"tuner_calls": result.model_calls,
+                                       "tuner_seconds": time.perf_counter() - t0}  # fmt: skip
+            row = {"model": model_name, "budget": budget}
+            for kind, rows in found.items():
+                if rows:
+                    row[kind] = min(rows, key=lambda r: r["error"])
+            out.append(row)
+    bar.close()
     return out
+
+
+def _measure(found: dict, model_name: str, held: np.ndarray, kind: str, spec: str,
+             sched: Scheduler, steps: int, grid: dict | None = None,
+             peer: bool = False) -> None:  # fmt: skip
+    """One candidate of ``bench --best`` on the held-out noise: ours (and diffusers')."""
+    result = run(sched, model_name, steps, held, grid=grid)
+    if result.error is None:
+        return
+    row = {"spec": spec, "grid": grid, "steps": steps, "calls": result.model_calls,
+           "error": result.error}  # fmt: skip
+    if model_name == "digits":
+        row["same"] = same_image_fraction(result.samples, result.exact)
+    found[kind].append(row)
+    if peer:
+        import torch
+
+        from .interop import peer as _diffusers
+
+        model = exact_model(sched, model_name)
+        _, theirs = _diffusers.run(sched.to_config(), model, torch.from_numpy(held), steps)
+        theirs = theirs.double().numpy()
+        err = float(np.linalg.norm(theirs - result.exact) / np.linalg.norm(result.exact))
+        peer_row = {**row, "error": err}
+        if model_name == "digits":
+            peer_row["same"] = same_image_fraction(theirs, result.exact)
+        found["diffusers"].append(peer_row)
 
 
 def _calls(scheduler: Scheduler, num_steps: int) -> int:
@@ -632,17 +828,33 @@ def _calls(scheduler: Scheduler, num_steps: int) -> int:
         return 10**9
 
 
+def _short(spec: str) -> str:
+    return spec.replace(f":{BEST_SD},", ": ").replace(f":{BEST_SD}", "").replace(",", ", ")
+
+
 def format_best(rows: list[dict]) -> str:
+    """The ``bench --best`` table: errors on held-out noise (and, for digits, the fraction
+    of samples that end on the exact solution's training image)."""
     lines = [
-        "| model | model calls (budget) | best method and grid | steps | rel. RMS error |",
-        "|---|---:|---|---:|---:|",
+        "| model | budget | ours tuned | error | ours untuned | error | diffusers' best | error "
+        "| tuned / diffusers |",
+        "|---|---:|---|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
-        spec = r["spec"].replace(BEST_SD, "SD1.5 betas").replace(":SD1.5 betas,", ": ")
-        lines.append(
-            f"| {r['model']} | {r['calls']} ({r['budget']}) | {spec} | {r['steps']} "
-            f"| {r['error']:.3e} |"
-        )
+        cells = []
+        for kind in ("tuned", "untuned", "diffusers"):
+            best = r.get(kind)
+            if best is None:
+                cells += ["n/a", "n/a"]
+                continue
+            err = f"{best['error']:.2e}"
+            if "same" in best:
+                err += f" ({best['same']:.0%})"
+            cells += [f"{_short(best['spec'])} ({best['steps']} steps)", err]
+        ratio = "n/a"
+        if r.get("tuned") and r.get("diffusers"):
+            ratio = f"{r['tuned']['error'] / r['diffusers']['error']:.2f}"
+        lines.append(f"| {r['model']} | {r['budget']} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -652,7 +864,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     for name, cls in SCHEDULERS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {cls.__name__} — {doc} (diffusers: {cls.DIFFUSERS_CLASS})")
+        print(f"{name}: {cls.__name__} — {doc} (diffusers: {cls.DIFFUSERS_CLASS or 'none'})")
         for field, (default, spec) in specs(cls).items():
             key = spec.diffusers_key
             where = "passed to diffusers' step" if key == STEP_TIME else key or "ours only"
@@ -683,6 +895,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image-to-image: start this fraction of the way down the schedule "
                         "(LCM, DDIM, the Euler family, ...); the loop starts from exact data "
                         "noised to the first call")  # fmt: skip
+    p.add_argument("--grid", default=None,
+                   help="a custom grid: one of edm, logsnr, ays-sd15, ays-sdxl, ays-svd (of "
+                        "--steps steps), or a JSON file from 'diffsched tune --save'")  # fmt: skip
     p.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
     p.add_argument("--num-samples", type=int, default=64, help="samples in the batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and key")
@@ -710,9 +925,43 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="diffsched_bench.png",
                    help="PNG plot to write (its folder must exist)")  # fmt: skip
     b.add_argument("--best", action="store_true",
-                   help="per budget of 5, 10 and 20 model calls, the most accurate method "
-                        "and grid we have (SD1.5's training schedule)")  # fmt: skip
+                   help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our most accurate "
+                        "method with a tuned grid and untuned, beside diffusers' best with "
+                        "--against diffusers (SD1.5's betas; held-out noise)")  # fmt: skip
+    b.add_argument("--calibration", type=int, default=64,
+                   help="--best: calibration samples of the tuner (seed --seed; the errors "
+                        f"are measured on other noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune", formatter_class=fmt,
+                       help="search the grid of N steps closest to the exact ODE solution, "
+                            "and measure it on held-out noise")  # fmt: skip
+    t.add_argument("scheduler", nargs="?", help="as --scheduler")
+    t.add_argument("--scheduler", dest="scheduler_flag", default=None,
+                   help=f"one of {', '.join(SCHEDULERS)} (default: dpm++2m)")  # fmt: skip
+    t.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a scheduler option (repeatable)",
+    )
+    t.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
+    t.add_argument("--steps", type=int, default=6, help="number of steps")
+    t.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
+    t.add_argument("--calibration", type=int, default=64, help="calibration samples")
+    t.add_argument("--held-out", type=int, default=64, help="held-out samples (other noise)")
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"seed of the calibration noise (held out: seed + {HELD_OUT_SEED})",
+    )
+    t.add_argument("--max-evaluations", type=int, default=300,
+                   help="end-to-end runs of the refinement, at most")  # fmt: skip
+    t.add_argument("--save", default=None, help="write the grid to this JSON file")
+    t.set_defaults(func=cmd_tune)
 
     sub.add_parser("list", help="schedulers, their options, defaults, diffusers keys and "
                    "allowed values").set_defaults(func=cmd_list)  # fmt: skip

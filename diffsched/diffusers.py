@@ -8,7 +8,10 @@ diffusers' pipelines drive their scheduler, so that::
 runs the pipeline with our scheduler, and gives what the pipeline gives with diffusers' own
 scheduler of the same config (``scheduler.to_config()``), the noise of stochastic steps
 included: it is drawn as diffusers draws it, with the ``generator`` the pipeline passes to
-``step`` (diffusers' ``randn_tensor``), one draw per model call that adds noise.
+``step`` (diffusers' ``randn_tensor``; torch's global generator where it passes none), one
+draw per model call where diffusers' class draws: where noise is added, and, for the
+classes that draw at every call, also where it is not (the last call of DDIM with eta > 0,
+of the ancestral and SDE solvers), so the generator ends where diffusers leaves it.
 
 Samples. Our held sample is the model input; diffusers keeps its sample in a *native* space
 and scales it before each model call (``scale_model_input``). The pipeline holds the native
@@ -76,8 +79,22 @@ _NOISED_AT_TIMESTEPS = frozenset(
     }
 )
 # stochastic classes whose diffusers step draws noise at every call, also where its weight
-# is zero (SA-Solver's τ(t) = 0 outside [200, 800]); the others draw where it is not zero
-_DRAWS_AT_EVERY_CALL = frozenset({"SASolverScheduler"})
+# is zero (SA-Solver's τ(t) = 0 outside [200, 800]; the last call, to σ = 0 or ᾱ = 1, of
+# DDIM with eta > 0, the ancestral and SDE solvers and the flow LCM): drawn and unused, as
+# diffusers, so that the generator is where diffusers leaves it; the others draw where the
+# weight is not zero
+_DRAWS_AT_EVERY_CALL = frozenset(
+    {
+        "SASolverScheduler",
+        "DDIMScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchLCMScheduler",
+    }
+)
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ

@@ -164,6 +164,11 @@ class Grid(NamedTuple):
         _, first = np.unique(ts, return_index=True)
         ts = ts[np.sort(first)]  # the N step levels (two-stage methods repeat them)
         ts[0] = len(log_train) - 1
+        if not modes:
+            raise TypeError(
+                f"{type(scheduler).__name__} takes no custom grid (init has neither sigmas= "
+                "nor timesteps=): it cannot be tuned"
+            )
         if scheduler.noise_levels(num_steps)[1] < 1.0:
             raise ValueError(
                 f"tune takes loops that end at σ = 0; {type(scheduler).__name__} with these "
@@ -291,7 +296,7 @@ def reference_trajectory(
     pieces = [np.linspace(a, b, substeps + 1)[:-1] for a, b in itertools.pairwise(log_sig)]
     fine = np.exp(np.concatenate([*pieces, log_sig[-1:]]))
     fine = np.append(fine, 0.0)  # one step: the model has no level below the lowest trained
-    solver = VariableIPNDM.from_config(scheduler.to_config())
+    solver = VariableIPNDM.from_config(scheduler.to_config(), solver_order=4)
     x0 = predictions.x0_from_ve(solver.prediction_type, np.exp(log_sig))
     state, timesteps = solver.init(None, start, sigmas=fine.tolist())
     x, native, denoised = start, [], []

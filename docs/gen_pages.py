@@ -36,7 +36,7 @@ from diffsched.interop.config import INERT_VALUES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-CLASSES = ds.methods.ALL
+CLASSES = (*ds.methods.ALL, *ds.methods.OURS_ONLY)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -185,6 +185,10 @@ def for_site(text: str) -> str:
     return text
 
 
+def diffusers_name(cls: type) -> str:
+    return code(cls.DIFFUSERS_CLASS) if cls.DIFFUSERS_CLASS else "none (ours only)"
+
+
 def write(name: str, text: str) -> None:
     with mkdocs_gen_files.open(name, "w") as f:
         f.write(text)
@@ -192,7 +196,7 @@ def write(name: str, text: str) -> None:
 
 def scheduler_summary_table(folder: str = "schedulers/") -> str:
     rows = [
-        [link(cls, folder), cell(summary(cls)), code(cls.DIFFUSERS_CLASS),
+        [link(cls, folder), cell(summary(cls)), diffusers_name(cls),
          str(cls.ORDER), str(cls.CALLS_PER_STEP)]
         for cls in CLASSES
     ]  # fmt: skip
@@ -254,7 +258,8 @@ def scheduler_pages() -> None:
     write(
         "schedulers/index.md",
         "# Schedulers\n\n"
-        "Every class of `diffsched.methods.ALL`, importable as `diffsched.<class>`. `order` is "
+        "Every class of `diffsched.methods.ALL` (and `OURS_ONLY`, the methods diffusers "
+        "does not have), importable as `diffsched.<class>`. `order` is "
         "the method's order of accuracy, `calls per step` the model calls per interval of "
         "its grid. Each page lists the options with diffusers' key and the default; "
         "`diffsched list` prints the same from the command line.\n\n"
@@ -264,7 +269,7 @@ def scheduler_pages() -> None:
     )
     for cls in CLASSES:
         source = f"{cls.__module__}.{cls.__name__}"
-        facts = [f"`diffsched.{cls.__name__}`", f"diffusers: `{cls.DIFFUSERS_CLASS}`"]
+        facts = [f"`diffsched.{cls.__name__}`", f"diffusers: {diffusers_name(cls)}"]
         facts += [f"order {cls.ORDER}", f"{cls.CALLS_PER_STEP} model call(s) per step"]
         default = cls()
         facts.append("deterministic" if default.deterministic else "stochastic")
@@ -298,7 +303,7 @@ def scheduler_pages() -> None:
 
 
 def migration_classes() -> str:
-    rows = [[code(cls.DIFFUSERS_CLASS), link(cls)] for cls in CLASSES]
+    rows = [[code(cls.DIFFUSERS_CLASS), link(cls)] for cls in ds.methods.ALL]
     return table(["diffusers", "diffsched"], rows)
 
 

@@ -472,10 +472,50 @@ def test_best_candidates_fit_their_budget_and_format():
         for budget in cli.BEST_BUDGETS:
             steps = max(n for n in range(1, budget + 1) if cli._calls(sched, n) <= budget)
             assert cli._calls(sched, steps) <= budget
-    rows = [{"model": "gmm", "budget": 10, "spec": f"unipc:{cli.BEST_SD}", "steps": 10,
-             "calls": 10, "error": 0.05}]  # fmt: skip
+    for spec, grid in cli.OURS_CANDIDATES:
+        _, sched, _ = cli.parse_spec(spec)
+        assert sched.deterministic and type(sched).CALLS_PER_STEP == 1
+        if grid is not None:
+            assert ds.named_grid(grid, sched, 10)
+    best = {"spec": f"unipc:{cli.BEST_SD},solver_order=3", "steps": 10, "calls": 10}
+    peer = {**best, "spec": f"dpm++2m:{cli.BEST_SD}", "error": 0.08, "same": 0.8}
+    rows = [{"model": "digits", "budget": 10, "tuned": {**best, "error": 0.02, "same": 0.95},
+             "untuned": {**best, "error": 0.05, "same": 0.9}, "diffusers": peer}]  # fmt: skip
     table = cli.format_best(rows)
-    assert "| gmm | 10 (10) | unipc:SD1.5 betas | 10 | 5.000e-02 |" in table
+    assert (
+        "| digits | 10 | unipc: solver_order=3 (10 steps) | 2.00e-02 (95%) | unipc: "
+        "solver_order=3 (10 steps) | 5.00e-02 (90%) | dpm++2m (10 steps) | 8.00e-02 (80%) | 0.25 |"
+    ) in table
+
+
+def test_tune_saves_a_grid_that_sample_reads_back(capsys, tmp_path):
+    """`diffsched tune` prints the grid and the errors before and after on held-out noise,
+    saves the grid as JSON; `sample --grid` and `init(**load_grid(...))` read it back."""
+    path = tmp_path / "grids" / "g.json"
+    status, out, err = run_cli(capsys, "tune", "--model", "gmm", "--scheduler", "dpm++2m",
+                               "--steps", 4, "--calibration", 16, "--held-out", 16,
+                               "--max-evaluations", 20, "--save", path)  # fmt: skip
+    assert status == 0, err
+    grid = ds.load_grid(path)
+    assert list(grid) == ["timesteps"] and len(grid["timesteps"]) == 4
+    assert f"tuned grid: timesteps={grid['timesteps']}" in out
+    row = re.search(r"\| calibration noise \| ([\d.e+-]+) \| ([\d.e+-]+) \|", out)
+    assert row and float(row[2]) <= float(row[1])
+    assert re.search(r"\| held-out noise \| [\d.e+-]+ \| [\d.e+-]+ \|", out)
+    _, timesteps = ds.DPMSolverMultistep().init(None, np.zeros((2, 2)), **grid)
+    assert np.asarray(timesteps).tolist() == grid["timesteps"]
+    status, out, err = run_cli(capsys, "sample", "dpm++2m", "--model", "gmm", "--grid", path,
+                               "--num-samples", 8, "--out", tmp_path / "s.png")  # fmt: skip
+    assert status == 0, err
+    assert "model calls: 4" in out
+    status, out, err = run_cli(capsys, "sample", "ipndm-v", "--model", "gmm", "--grid", "edm",
+                               "--steps", 7, "--num-samples", 8,
+                               "--out", tmp_path / "e.png")  # fmt: skip
+    assert status == 0 and "model calls: 7" in out, err
+    status, _, err = run_cli(capsys, "sample", "--grid", "nosuch")
+    assert status == 2 and "--grid must be one of edm, logsnr" in err
+    status, _, err = run_cli(capsys, "tune", "--save", "x.txt")
+    assert status == 2 and "--save must name a .json file" in err
 
 
 @pytest.mark.parametrize(

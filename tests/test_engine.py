@@ -70,6 +70,7 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "FlowMatchEuler": dict(),
         "FlowMatchHeun": dict(),
         "FlowMatchLCM": dict(),
+        "VariableIPNDM": dict(**SD, use_karras_sigmas=True),
     }
     for name, kwargs in optional.items():
         cls = getattr(ds, name, None)
@@ -228,6 +229,10 @@ def test_per_method_facts(name):
     assert cls.CALLS_PER_STEP in (1, 2)
     assert isinstance(sched.deterministic, bool)
     doc = cls.__doc__ or ""
-    assert "diffusers" in doc and cls.DIFFUSERS_CLASS in doc
     assert "Options (diffusers' key" in doc  # generated from the option declarations
-    assert cls.DIFFUSERS_CLASS in ds.SCHEDULERS
+    if cls.DIFFUSERS_CLASS is None:  # ours only: the docstring says so
+        assert "Not in diffusers" in doc and cls in ds.methods.OURS_ONLY
+        assert cls.config_class_name() == cls.__name__
+    else:
+        assert "diffusers" in doc and cls.DIFFUSERS_CLASS in doc
+        assert cls.DIFFUSERS_CLASS in ds.SCHEDULERS

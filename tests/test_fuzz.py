@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import diffsched as ds
 from diffsched.core.options import STEP_TIME, specs
 
-CLASSES = list(ds.methods.ALL)
+CLASSES = [*ds.methods.ALL, *ds.methods.OURS_ONLY]
 BUDGET = settings(
     max_examples=60,
     deadline=None,
@@ -139,7 +139,7 @@ def test_from_config_dicts_and_files(cls, data, tmp_path_factory):
         for _, (_, spec) in specs(cls).items()
         if spec.diffusers_key not in (None, STEP_TIME)
     ]
-    config = {"_class_name": cls.DIFFUSERS_CLASS}
+    config = {"_class_name": cls.config_class_name()}
     for key in keys:
         if data.draw(st.integers(0, 3)) == 0:
             config[key] = data.draw(ANY_VALUE)

@@ -88,7 +88,7 @@ class VariableIPNDM(SigmaGrid, _EulerBase):
     ORDER = MAX_ORDER
 
     solver_order: int = option(
-        MAX_ORDER, "the most past derivatives each step combines (eq. 2)", None,
+        MAX_ORDER, "the most past derivatives each step combines (eq. 2)", "solver_order",
         low=1, high=MAX_ORDER,
     )  # fmt: skip
 

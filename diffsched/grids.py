@@ -1,0 +1,89 @@
+"""Grids as ``init`` arguments: published and named σ grids for any scheduler that takes a
+custom grid, and tuned grids saved to and read from JSON.
+
+Named grids (N levels from the model's largest trained σ down to its smallest, then the
+method's final level; ``init(None, x, **named_grid(name, sched, N))``):
+
+* ``edm``: EDM's time-uniform grid (Karras et al. 2022, eq. 5), evenly spaced in σ^(1/ρ)
+  (ρ = 7 by default; ρ = 1 is even in σ, ρ → ∞ even in log σ);
+* ``logsnr``: evenly spaced in log-SNR = -2 log σ (Lu et al. 2022, sec. 3.3);
+* ``ays-sd15``, ``ays-sdxl``, ``ays-svd``: Align Your Steps (Sabour et al. 2024), the
+  published 10-step lists, log-linearly interpolated to N (:mod:`diffsched.schedules.ays`).
+
+Methods that take ``sigmas=`` get these σ's; methods that take integer ``timesteps=`` get
+the nearest training steps (an error if two levels fall on one step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.scheduler import Scheduler
+from .schedules import ays
+from .schedules import sigmas as sigma_schedules
+
+NAMED_GRIDS = ("edm", "logsnr", *(f"ays-{m}" for m in ays.SIGMAS))
+
+
+def named_grid(name: str, scheduler: Scheduler, num_steps: int, *, rho: float = 7.0) -> dict:
+    """The ``init`` keyword arguments of the named N-step grid (see the module docstring)."""
+    from .tuning import Grid
+
+    if name not in NAMED_GRIDS:
+        raise ValueError(f"grid must be one of {NAMED_GRIDS} or a JSON file, got: {name!r}")
+    if not (isinstance(rho, int | float) and rho > 0):
+        raise ValueError(f"rho must be a positive number, got: {rho!r}")
+    grid = Grid.of(scheduler, num_steps)
+    lo, hi = float(np.exp(grid.log_train[0])), float(np.exp(grid.log_train[-1]))
+    if name == "edm":
+        sig = sigma_schedules.karras(lo, hi, num_steps, rho)
+    elif name == "logsnr":
+        sig = sigma_schedules.exponential(lo, hi, num_steps)
+    else:
+        sig = ays.sigmas(name.removeprefix("ays-"), num_steps)[:-1]
+    levels = grid.snap(np.log(np.maximum(sig, lo)))
+    if levels is None:
+        raise ValueError(
+            f"the {name} grid of {num_steps} steps puts two levels on one training step of "
+            f"{type(scheduler).__name__}; take fewer steps or a method that takes sigmas="
+        )
+    return grid.init_options(levels)
+
+
+def save_grid(path: str | os.PathLike, init_options: dict) -> Path:
+    """Writes a grid (``{"sigmas": [...]}`` or ``{"timesteps": [...]}``) as JSON that
+    :func:`load_grid` and ``init(None, x, **json.load(f))`` read back."""
+    _check_grid(init_options, "the grid")
+    out = Path(path)
+    out.write_text(json.dumps(init_options, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def load_grid(path: str | os.PathLike) -> dict[str, list]:
+    """A grid saved by :func:`save_grid` (or ``diffsched tune --save``): ``init``'s
+    keyword arguments."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    _check_grid(data, str(path))
+    return data
+
+
+def _check_grid(data: Any, where: str) -> None:
+    if (
+        not isinstance(data, dict)
+        or len(data) != 1
+        or next(iter(data)) not in ("sigmas", "timesteps")
+        or not isinstance(next(iter(data.values())), list)
+    ):
+        raise ValueError(
+            f"{where} must be one of {{'sigmas': [...]}} or {{'timesteps': [...]}}, got: "
+            f"{data if len(str(data)) < 80 else type(data).__name__}"
+        )
