@@ -1,0 +1,85 @@
+"""Named grids (EDM's ρ grid, logSNR-uniform, Align Your Steps) as ``init`` arguments for
+any scheduler that takes a custom grid, and grid JSON files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import diffsched as ds
+from diffsched.schedules import ays
+from diffsched.schedules import sigmas as sigma_schedules
+
+SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def train_sigmas(sched):
+    return sigma_schedules.from_alphas_cumprod(sched.alphas_cumprod)
+
+
+@pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
+def test_edm_grid_is_even_in_sigma_to_the_one_over_rho(rho):
+    sched = ds.VariableIPNDM(**SD)
+    grid = ds.named_grid("edm", sched, 8, rho=rho)
+    sig = np.asarray(grid["sigmas"])
+    train = train_sigmas(sched)
+    assert len(sig) == 9 and sig[-1] == 0.0
+    np.testing.assert_allclose(sig[[0, -2]], [train[-1], train[0]], rtol=1e-12)
+    np.testing.assert_allclose(np.diff(sig[:-1] ** (1 / rho), 2), 0.0, atol=1e-12)
+
+
+def test_logsnr_grid_is_even_in_log_sigma_and_loads_through_init():
+    sched = ds.Euler(**SD)
+    grid = ds.named_grid("logsnr", sched, 6)
+    sig = np.asarray(grid["sigmas"][:-1])
+    np.testing.assert_allclose(np.diff(np.log(sig), 2), 0.0, atol=1e-12)
+    _, timesteps = sched.init(None, np.zeros((2, 3)), **grid)
+    assert len(timesteps) == 6 and float(timesteps[0]) == 999.0
+
+
+def test_ays_grid_is_the_published_list_from_the_top_level():
+    sched = ds.VariableIPNDM(**SD)
+    sig = np.asarray(ds.named_grid("ays-sd15", sched, 10)["sigmas"])
+    published = np.asarray(ays.SIGMAS["sd15"])
+    # the first level is the model's own largest trained σ (14.6146... for SD1.5's betas)
+    assert sig[0] == pytest.approx(train_sigmas(sched)[-1], rel=1e-12)
+    assert sig[0] == pytest.approx(published[0], abs=1e-3)
+    np.testing.assert_allclose(sig[1:], published[1:], rtol=1e-12)
+
+
+def test_timestep_methods_get_the_nearest_training_steps():
+    sched = ds.DPMSolverMultistep(**SD)
+    grid = ds.named_grid("ays-sd15", sched, 10)
+    ts = grid["timesteps"]
+    want = np.round(sigma_schedules.sigma_to_t(np.asarray(ays.SIGMAS["sd15"][:-1]),
+                                               np.log(train_sigmas(sched))))  # fmt: skip
+    want[0] = 999
+    assert ts == [int(t) for t in want]
+    # diffusers' own AYS timesteps for SD1.5 differ from the σ's nearest steps by a few
+    assert np.max(np.abs(np.asarray(ts) - np.asarray(ays.TIMESTEPS["sd15"]))) <= 30
+    with pytest.raises(ValueError, match="two levels on one training step"):
+        ds.named_grid("edm", sched, 400)
+
+
+def test_named_grid_errors():
+    with pytest.raises(ValueError, match="grid must be one of"):
+        ds.named_grid("nosuch", ds.Euler(), 5)
+    with pytest.raises(ValueError, match="rho must be a positive number"):
+        ds.named_grid("edm", ds.Euler(), 5, rho=0)
+    with pytest.raises(TypeError, match="custom grid"):
+        ds.named_grid("edm", ds.DEIS(), 5)
+
+
+def test_grid_files_round_trip(tmp_path):
+    grid = ds.named_grid("edm", ds.UniPC(**SD), 7)
+    path = ds.save_grid(tmp_path / "g.json", grid)
+    assert ds.load_grid(path) == grid
+    assert json.loads(path.read_text()) == grid  # plain init keyword arguments
+    (tmp_path / "bad.json").write_text('{"sigmas": [1, 0], "x": 1}')
+    with pytest.raises(ValueError, match="must be one of"):
+        ds.load_grid(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ds.load_grid(tmp_path / "broken.json")
