@@ -3,8 +3,9 @@
 Each pipeline is built from tiny random-weight components (no downloads) and run twice
 with the same seed: with diffusers' own scheduler of the config (``to_config()``, built
 with the class's ``from_config``) and with ``DiffusersScheduler`` wrapping ours. The
-images (float32, torch CPU) must agree within 1e-5, and the sample after every step
-within 1e-5 of its largest entry (the samples of σ-based methods reach tens).
+images (float32, torch CPU) must agree within 1e-5, the sample after every step within
+1e-5 of its largest entry (the samples of σ-based methods reach tens), and the generators
+must end in the same state (as much noise drawn).
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ PROMPT = "a cat"
 SD_SCHEDULE = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
 STEPS = {"PNDM": 4}  # the Runge-Kutta warm-up needs 4 steps; the others run 3
 # DDIMScheduler's eta comes from the pipeline: run once deterministic, once with noise
-ETA = {"DDIM": 0.5}
+ETA = {"DDIM": 0.5, "TCD": 0.3}
 
 # the classes the pipelines run with; absent ones (not yet in diffsched) are skipped
 NAMES = (
     "DDIM", "DDPM", "PNDM", "LCM", "Euler", "EulerAncestral", "Heun", "DPM2",
-    "DPM2Ancestral", "LMS", "SASolver", "DPMSolverMultistep", "UniPC", "FlowMatchEuler",
+    "DPM2Ancestral", "LMS", "SASolver", "DPMSolverMultistep", "UniPC", "DEIS",
+    "DPMSolverSinglestep", "TCD", "FlowMatchEuler",
 )  # fmt: skip
 # image-to-image: the methods that start mid-schedule as diffusers' classes do, and the
 # multistep ones that refuse (diffusers restarts their warm-up, which we do not model)
 IMG2IMG = ("DDIM", "DDPM", "LCM", "Euler", "EulerAncestral", "Heun", "DPM2", "DPM2Ancestral",
-           "LMS")  # fmt: skip
-NO_IMG2IMG = ("PNDM", "SASolver", "DPMSolverMultistep", "UniPC")
+           "LMS", "TCD", "DPMSolverSinglestep")  # fmt: skip
+NO_IMG2IMG = ("PNDM", "SASolver", "DPMSolverMultistep", "UniPC", "DEIS")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,13 +113,14 @@ def tiny_tokenizer(folder):
 def tiny_unet(**options):
     """A text-conditioned UNet over 16 x 16 latents (random weights, seed 0)."""
     torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
+    config = dict(
         sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(8, 16), norm_num_groups=8, cross_attention_dim=16,
         attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **options,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     )  # fmt: skip
+    return diffusers.UNet2DConditionModel(**{**config, **options})
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +170,10 @@ def init_image():
 # -- running and comparing -------------------------------------------------------------------
 
 
-def run(pipe, scheduler, **call):
-    """(images, the sample after every step) of ``pipe`` with ``scheduler``, seed 0."""
+def run(pipe, scheduler, slot="scheduler", entry="__call__", **call):
+    """(images, the sample after every step, the generators' next draws) of
+    ``pipe.<entry>`` with ``scheduler`` as ``pipe.<slot>``, seed 0: the generator passed
+    and torch's global one (which steps given no generator draw from)."""
     samples = []
     inner = scheduler.step
 
@@ -179,16 +184,23 @@ def run(pipe, scheduler, **call):
         return out
 
     scheduler.step = step
-    pipe.scheduler = scheduler
-    images = pipe(generator=torch.Generator().manual_seed(0), output_type="np", **call).images
-    return np.asarray(images), samples
+    setattr(pipe, slot, scheduler)
+    function = getattr(pipe, entry)
+    if "output_type" in inspect.signature(function).parameters:
+        call = {"output_type": "np", **call}
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    out = function(generator=generator, **call)
+    after = torch.cat([torch.randn(2, generator=generator), torch.randn(2)])
+    return np.asarray(out.audios if hasattr(out, "audios") else out.images), samples, after
 
 
-def compare(pipe, ours, **call) -> float:
-    """Runs both schedulers; asserts equal images and per-step samples; returns the
-    largest image difference."""
-    ref_images, ref_samples = run(pipe, diffusers_twin(ours), **call)
-    images, samples = run(pipe, DiffusersScheduler(ours), **call)
+def compare(pipe, ours, slot="scheduler", entry="__call__", **call) -> float:
+    """Runs both schedulers; asserts equal images, per-step samples and noise drawn (the
+    generators' states after the loop); returns the largest image difference."""
+    ref_images, ref_samples, ref_after = run(pipe, diffusers_twin(ours), slot, entry, **call)
+    images, samples, after = run(pipe, DiffusersScheduler(ours), slot, entry, **call)
+    assert torch.equal(after, ref_after), "the loops drew different amounts of noise"
     assert len(samples) == len(ref_samples)
     for n, (got, want) in enumerate(zip(samples, ref_samples, strict=True)):
         scale = max(1.0, float(want.abs().max()))
@@ -242,11 +254,18 @@ def test_stable_diffusion_eta(sd_pipe, name):
     compare(sd_pipe, sd_scheduler(name), **sd_call(name, eta=ETA[name]))
 
 
+@pytest.mark.parametrize("name", ("DPMSolverMultistep", "DPMSolverSinglestep"))
+def test_stable_diffusion_sde(sd_pipe, name):
+    """The SDE variants draw with the pipeline's generator at every call (the last one too,
+    where diffusers draws noise it does not use)."""
+    compare(sd_pipe, sd_scheduler(name, algorithm_type="sde-dpmsolver++"), **sd_call(name))
+
+
 def test_wrapped_eta_wins_over_the_pipeline_default(sd_pipe):
     """A non-default eta set on our DDIM is kept though the pipeline passes eta=0."""
     ours = sd_scheduler("DDIM", eta=0.5)
-    ref_images, _ = run(sd_pipe, diffusers_twin(ours), **sd_call("DDIM", eta=0.5))
-    images, _ = run(sd_pipe, DiffusersScheduler(ours), **sd_call("DDIM"))
+    ref_images, *_ = run(sd_pipe, diffusers_twin(ours), **sd_call("DDIM", eta=0.5))
+    images, *_ = run(sd_pipe, DiffusersScheduler(ours), **sd_call("DDIM"))
     assert np.abs(images - ref_images).max() <= IMAGE_TOL
 
 
@@ -261,6 +280,15 @@ def test_img2img_refused_for_multistep_warmups(img2img_pipe, init_image, name):
     call = sd_call(name, image=init_image, strength=0.6, num_inference_steps=4)
     with pytest.raises(NotImplementedError, match=r"mid-schedule|cannot start"):
         run(img2img_pipe, DiffusersScheduler(sd_scheduler(name)), **call)
+
+
+def test_img2img_singlestep_refused_on_a_second_order_call(img2img_pipe, init_image):
+    """DPMSolverSinglestep starts mid-schedule where a step starts (strength 0.6 of 4 steps:
+    call 2, in IMG2IMG); call 1 is a second-order update of call 0's output, which diffusers
+    lowers to first order there (a warm-up restart): refused."""
+    call = sd_call("DPMSolverSinglestep", image=init_image, strength=0.75, num_inference_steps=4)
+    with pytest.raises(NotImplementedError, match=r"cannot start at model call 1"):
+        run(img2img_pipe, DiffusersScheduler(sd_scheduler("DPMSolverSinglestep")), **call)
 
 
 def test_latent_consistency_pipeline(sd_components):
@@ -285,9 +313,125 @@ def test_pipeline_rewrites_the_config(sd_components):
     assert adapter.config.steps_offset == 1 and adapter.config.clip_sample is False
     assert adapter.wrapped == ours.replace(timesteps_offset=1, clip_denoised_sample=False)
     call = sd_call("DDIM")
-    images, _ = run(pipe, adapter, **call)
-    ref_images, _ = run(ref, ref.scheduler, **call)
+    images, *_ = run(pipe, adapter, **call)
+    ref_images, *_ = run(ref, ref.scheduler, **call)
     assert np.abs(images - ref_images).max() <= IMAGE_TOL
+
+
+# -- inversion: DiffEdit ---------------------------------------------------------------------
+# The inverse schedulers run from data to noise: no text-to-image pipeline applies. DiffEdit's
+# invert() runs its inverse_scheduler (a DDIMInverseScheduler; DPMSolverMultistepInverse's
+# class is driven the same way): the image's latents noised call by call, up to
+# inpaint_strength of the way (the schedule's end cut off), every latent decoded. (Its
+# optional regularisation, num_reg_steps > 0, reads inverse_scheduler.alphas_cumprod, which
+# the adapter does not provide: off here, as by default.)
+
+
+def deprecated_pipeline(name):
+    """A pipeline diffusers keeps among its deprecated ones (skipped once it drops it)."""
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        pytest.skip(f"diffusers no longer has {name}")
+    return cls
+
+
+@pytest.fixture(scope="module")
+def diffedit_pipe(sd_components):
+    pipe = deprecated_pipeline("StableDiffusionDiffEditPipeline")(
+        **sd_components, scheduler=diffusers.DDIMScheduler(),
+        inverse_scheduler=diffusers.DDIMInverseScheduler(),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("strength", (1.0, 0.6))
+@pytest.mark.parametrize("name", ("DDIMInverse", "DPMSolverMultistepInverse"))
+def test_diffedit_inversion(diffedit_pipe, init_image, name, strength):
+    call = {
+        "prompt": PROMPT, "image": init_image, "num_inference_steps": 4,
+        "inpaint_strength": strength, "guidance_scale": 5.0, "decode_latents": True,
+    }  # fmt: skip
+    compare(diffedit_pipe, sd_scheduler(name), "inverse_scheduler", "invert", **call)
+
+
+# -- EDM: Stable Diffusion XL (Playground v2.5's pipeline) ----------------------------------
+# The EDM classes need a UNet of the EDM convention (preconditioned output F, called at
+# c_noise = ln(σ) / 4 on c_in x): Playground v2.5, which diffusers runs with
+# StableDiffusionXLPipeline and EDMDPMSolverMultistepScheduler. Its loop also sets
+# set_begin_index(0), which Stable Diffusion's does not.
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tmp_path_factory):
+    """SDXL's components, tiny: two CLIP encoders (hidden 16 each: cross-attention 32), the
+    text-time embedding of the second's pooled projection (16) and six size ids (6 x 8)."""
+    tokenizer, vocab_size = tiny_tokenizer(tmp_path_factory.mktemp("sdxl_tokenizer"))
+    torch.manual_seed(0)
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1,
+        )
+    )  # fmt: skip
+    text_encoder_2 = tiny_clip_with_projection(vocab_size)
+    unet = tiny_unet(
+        cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+    )  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        norm_num_groups=8, sample_size=SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    components = {
+        "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer, "tokenizer_2": tokenizer, "unet": unet,
+        "add_watermarker": False,
+    }  # fmt: skip
+    scheduler = diffusers.EDMDPMSolverMultistepScheduler()
+    return build(diffusers.StableDiffusionXLPipeline, components, scheduler)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("EDMEuler", {}), ("EDMDPMSolverMultistep", {}),
+     ("EDMDPMSolverMultistep", {"algorithm_type": "sde-dpmsolver++"})],
+)  # fmt: skip
+def test_stable_diffusion_xl_edm(sdxl_pipe, name, options):
+    """The EDM loop: init_noise_sigma, c_in scaling, c_noise timesteps, the preconditioned
+    output; the SDE variant draws its noise with the pipeline's generator."""
+    compare(sdxl_pipe, method(name)(**options), **sd_call(name))
+
+
+# -- IPNDM: Dance Diffusion ----------------------------------------------------------------
+# IPNDM is v-diffusion's sampler (timesteps in [0, 1], a v-predicting model, no input scaling,
+# unit initial noise): diffusers runs it in DanceDiffusionPipeline (audio), whose UNet1DModel
+# takes those timesteps (Fourier features). Its step takes no generator and no eta.
+
+
+@pytest.fixture(scope="module")
+def dance_pipe():
+    torch.manual_seed(0)
+    unet = diffusers.UNet1DModel(
+        sample_size=64, sample_rate=16_000, in_channels=2, out_channels=2,
+        extra_in_channels=16, block_out_channels=(32, 32, 64), flip_sin_to_cos=True,
+        use_timestep_embedding=False, time_embedding_type="fourier", time_embedding_dim=16,
+        mid_block_type="UNetMidBlock1D",
+        down_block_types=("DownBlock1DNoSkip", "DownBlock1D", "AttnDownBlock1D"),
+        up_block_types=("AttnUpBlock1D", "UpBlock1D", "UpBlock1DNoSkip"),
+    )  # fmt: skip
+    scheduler = diffusers.IPNDMScheduler()
+    pipe = deprecated_pipeline("DanceDiffusionPipeline")(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_dance_diffusion_ipndm(dance_pipe):
+    """IPNDM's multistep loop (its warm-up from the first call) in the audio pipeline, which
+    casts the timesteps to the UNet's dtype (assigns scheduler.timesteps)."""
+    compare(dance_pipe, method("IPNDM")(), num_inference_steps=5)
 
 
 # -- flow matching: Stable Diffusion 3 -------------------------------------------------------
@@ -352,11 +496,18 @@ def check_image(images):
     assert np.isfinite(images).all() and images.std() > 1e-3
 
 
-@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun"))
+@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun", "FlowMatchLCM"))
 def test_stable_diffusion_3(sd3_pipe, name):
-    """SD3's loop: retrieve_timesteps, order, step (the velocity model's output)."""
+    """SD3's loop: retrieve_timesteps, order, step (the velocity model's output); FlowMatchLCM
+    draws its noise from torch's global generator (the pipeline passes none to step)."""
     compare(sd3_pipe, method(name)(shift=3.0), **sd3_call())
     check_image(run(sd3_pipe, DiffusersScheduler(method(name)(shift=3.0)), **sd3_call())[0])
+
+
+def test_stable_diffusion_3_stochastic_sampling(sd3_pipe):
+    """FlowMatchEuler's stochastic step draws from torch's global generator (SD3 passes none
+    to step), at every call."""
+    compare(sd3_pipe, ds.FlowMatchEuler(shift=3.0, stochastic_sampling=True), **sd3_call())
 
 
 def test_stable_diffusion_3_dynamic_shift(sd3_pipe):
@@ -371,7 +522,7 @@ def test_stable_diffusion_3_custom_sigmas(sd3_pipe):
     compare(sd3_pipe, ds.FlowMatchEuler(shift=3.0), **call)
 
 
-@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun"))
+@pytest.mark.parametrize("name", ("FlowMatchEuler", "FlowMatchHeun", "FlowMatchLCM"))
 def test_stable_diffusion_3_img2img(sd3_img2img_pipe, init_image, name):
     """set_begin_index and scale_noise (the first sample at the start call's level)."""
     call = sd3_call(image=init_image, strength=0.6, num_inference_steps=4)

@@ -1,7 +1,8 @@
 """``ds.sample(..., compile=True)`` on a batch sharded over a device mesh: the state ``init``
 builds from the sharded template, the sharding of the result, and samples equal to the
 single-device run, deterministic and stochastic (the counter-based noise does not depend
-on the sharding).
+on the sharding). The eager loop (``compile=False``) on the sharded batch gives the same
+samples too: the exact models place their ᾱ, timestep and tables replicated over the mesh.
 
 The mesh is 8 simulated CPU devices (``--xla_force_host_platform_device_count=8``). That
 flag only acts before JAX starts, and the rest of the suite has started it in this process,
@@ -50,6 +51,10 @@ def tanh_model(sched):
     return lambda x, t: jnp.tanh(x @ W + 1e-3 * t)
 
 
+def flow_gmm(sched):
+    return models.make_flow_model("gmm", sched.num_train_steps, n_components=8, dim=2, seed=0)
+
+
 # name: (scheduler, model, noise shape, mesh, partition spec of the noise)
 CASES = {
     "DDIM": (ds.DDIM(), gmm, (64, 2), flat, P("batch")),
@@ -58,6 +63,7 @@ CASES = {
     "EulerAncestral": (ds.EulerAncestral(), gmm, (64, 2), flat, P("batch")),
     "DPMSolverMultistep-4d": (ds.DPMSolverMultistep(), tanh_model, (16, 4, 8, 8), flat, P("batch")),
     "EulerAncestral-4x2-mesh": (ds.EulerAncestral(), gmm, (64, 2), grid, P("batch")),
+    "FlowMatchEuler": (ds.FlowMatchEuler(shift=3.0), flow_gmm, (64, 2), flat, P("batch")),
 }
 
 report = {}
@@ -77,6 +83,10 @@ for name, (sched, make, shape, mesh, spec) in CASES.items():
     mid = time.perf_counter()
     got = ds.sample(model, sched, many, 10, key=7, compile=True).block_until_ready()
     end = time.perf_counter()
+    want_eager = ds.sample(model, sched, one, 10, key=7).block_until_ready()
+    eager_mid = time.perf_counter()
+    got_eager = ds.sample(model, sched, many, 10, key=7).block_until_ready()
+    eager_end = time.perf_counter()
     report[name] = {
         "tables_replicated": all(
             a.sharding.is_fully_replicated and a.sharding.device_set == sharding.device_set
@@ -92,6 +102,13 @@ for name, (sched, make, shape, mesh, spec) in CASES.items():
         "finite": bool(np.isfinite(np.asarray(got)).all()),
         "seconds_one_device": mid - start,
         "seconds_sharded": end - mid,
+        "eager_out_as_input": got_eager.sharding.is_equivalent_to(many.sharding, got_eager.ndim),
+        "eager_max_abs_diff": float(
+            np.max(np.abs(np.asarray(got_eager) - np.asarray(want_eager)))
+        ),
+        "eager_finite": bool(np.isfinite(np.asarray(got_eager)).all()),
+        "seconds_eager_one_device": eager_mid - end,
+        "seconds_eager_sharded": eager_end - eager_mid,
     }
 print(json.dumps(report))
 """
@@ -103,6 +120,7 @@ CASE_NAMES = (
     "EulerAncestral",
     "DPMSolverMultistep-4d",
     "EulerAncestral-4x2-mesh",
+    "FlowMatchEuler",
 )
 
 
@@ -140,3 +158,14 @@ def test_sharded_sample_equals_one_device(report, name):
     assert case["out_as_input"], case["out_sharding"]
     assert case["finite"]
     assert case["max_abs_diff"] <= 1e-12
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_eager_sharded_sample_equals_one_device(report, name):
+    """``compile=False`` on the sharded batch: the result is sharded as the batch (the exact
+    models' small arrays go replicated over the mesh) and equals the single-device eager
+    run."""
+    case = report[name]
+    assert case["eager_out_as_input"]
+    assert case["eager_finite"]
+    assert case["eager_max_abs_diff"] <= 1e-12
