@@ -853,7 +853,7 @@ def format_best(rows: list[dict]) -> str:
             cells += [f"{_short(best['spec'])} ({best['steps']} steps)", err]
         ratio = "n/a"
         if r.get("tuned") and r.get("diffusers"):
-            ratio = f"{r['tuned']['error'] / r['diffusers']['error']:.2f}"
+            ratio = f"{r['tuned']['error'] / r['diffusers']['error']:.2g}"
         lines.append(f"| {r['model']} | {r['budget']} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 

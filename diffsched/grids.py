@@ -39,20 +39,29 @@ def named_grid(name: str, scheduler: Scheduler, num_steps: int, *, rho: float = 
     if not (isinstance(rho, int | float) and rho > 0):
         raise ValueError(f"rho must be a positive number, got: {rho!r}")
     grid = Grid.of(scheduler, num_steps)
-    lo, hi = float(np.exp(grid.log_train[0])), float(np.exp(grid.log_train[-1]))
-    if name == "edm":
-        sig = sigma_schedules.karras(lo, hi, num_steps, rho)
-    elif name == "logsnr":
-        sig = sigma_schedules.exponential(lo, hi, num_steps)
-    else:
-        sig = ays.sigmas(name.removeprefix("ays-"), num_steps)[:-1]
-    levels = grid.snap(np.log(np.maximum(sig, lo)))
+    sig = named_sigmas(name, grid, num_steps, rho)
+    levels = grid.snap(np.log(sig))
     if levels is None:
         raise ValueError(
             f"the {name} grid of {num_steps} steps puts two levels on one training step of "
             f"{type(scheduler).__name__}; take fewer steps or a method that takes sigmas="
         )
     return grid.init_options(levels)
+
+
+def named_sigmas(name: str, grid: Any, num_steps: int, rho: float = 7.0) -> np.ndarray:
+    """The N call levels σ of a named grid over the training range of ``grid`` (a
+    :class:`diffsched.tuning.Grid`), not below its lowest trained σ."""
+    lo, hi = float(np.exp(grid.log_train[0])), float(np.exp(grid.log_train[-1]))
+    if name == "edm":
+        sig = sigma_schedules.karras(lo, hi, num_steps, rho)
+    elif name == "logsnr":
+        sig = sigma_schedules.exponential(lo, hi, num_steps)
+    elif name.startswith("ays-") and name in NAMED_GRIDS:
+        sig = ays.sigmas(name.removeprefix("ays-"), num_steps)[:-1]
+    else:
+        raise ValueError(f"grid must be one of {NAMED_GRIDS} or a JSON file, got: {name!r}")
+    return np.maximum(sig, lo)
 
 
 def save_grid(path: str | os.PathLike, init_options: dict) -> Path:

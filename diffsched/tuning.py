@@ -13,13 +13,13 @@ one scheduler, one number of steps and one model, in three stages:
    the scheduler's final level. Its samples at the candidate levels and at the end are
    the reference trajectory.
 2. **Starting grids.** The scheduler's own N-step grid (its first call moved to the
-   largest trained level, where the tuner always starts), Karras' (ρ = 7) and the
-   logSNR-uniform grid, and GITS' grid: by dynamic programming over the candidate levels,
-   the path of exactly N steps that minimizes the summed local error of one first-order
-   step (DDIM / Euler) from the reference sample at each level to the reference sample at
-   the next, measured at the variance-preserving scale x / sqrt(1 + σ²) (the scale at
-   which an error at level σ reaches the final sample). The local costs take one model
-   call per candidate level.
+   largest trained level, where the tuner always starts), the named grids of
+   :mod:`diffsched.grids` (EDM's ρ = 7, logSNR-uniform, Align Your Steps), and GITS'
+   grid: by dynamic programming over the candidate levels, the path of exactly N steps
+   that minimizes the summed local error of one first-order step (DDIM / Euler) from the
+   reference sample at each level to the reference sample at the next, measured at the
+   variance-preserving scale x / sqrt(1 + σ²) (the scale at which an error at level σ
+   reaches the final sample). The local costs reuse the reference solve's model calls.
 3. **Refinement.** Coordinate search on the levels of the best start against the
    end-to-end error on the calibration set (the distance of the scheduler's own final
    samples to the reference), in log σ, or in integer timesteps for methods that take
@@ -50,6 +50,7 @@ import numpy as np
 
 from .core import predictions
 from .core.scheduler import Array, Scheduler
+from .grids import NAMED_GRIDS, named_sigmas
 from .schedules import sigmas as sigma_schedules
 
 Model = Callable[[Array, Array], Array]
@@ -120,10 +121,12 @@ def search(
         return _relative_error(out, ref.final)
 
     tried = {"own": own, "gits": ref.dynamic_programming(num_steps)}
-    for kind in ("karras", "exponential"):
-        levels = grid.snap(np.log(sigma_schedules.convert(kind, ref.sigmas, num_steps, None, None)))
-        if levels is not None:
-            tried[kind] = levels
+    for name in NAMED_GRIDS:
+        try:
+            tried[name] = grid.snap(np.log(named_sigmas(name, grid, num_steps)))
+        except ValueError:
+            continue
+    tried = {name: levels for name, levels in tried.items() if levels is not None}
     scored = {name: error(levels) for name, levels in tried.items()}
     best_name = min(scored, key=scored.get)
     levels, best = _coordinate_search(
