@@ -55,6 +55,9 @@ from .schedules import sigmas as sigma_schedules
 
 Model = Callable[[Array, Array], Array]
 
+RESOLUTION = 1e-6  # relative error of the reference solve (measured: 1e-6 to 2e-6)
+MIN_GAIN = 1e-3  # the least relative fall in error that the refinement counts as one
+
 
 class TuneResult(NamedTuple):
     """What :func:`search` found, and what it cost."""
@@ -328,7 +331,9 @@ def _coordinate_search(
     tolerance: float,
 ) -> tuple[np.ndarray, float]:
     """Move each free level up or down by its own step, keeping a move only if the error
-    falls; a level's step grows after a kept move and halves after a round without one."""
+    falls (by more than ``MIN_GAIN`` of itself); a level's step grows after a kept move
+    and halves after a round without one. Stops below ``RESOLUTION``, the accuracy of the
+    reference itself, where a smaller error means nothing."""
     levels = levels.copy()
     n = len(levels)
     integer = grid.mode == "timesteps"
@@ -336,7 +341,7 @@ def _coordinate_search(
     step = np.maximum(np.round(gaps / 3), 1.0) if integer else gaps / 3
     floor = 1.0 if integer else tolerance
     evaluations = 0
-    while evaluations < max_evaluations and np.any(step[1:] >= floor):
+    while evaluations < max_evaluations and np.any(step[1:] >= floor) and best > RESOLUTION:
         for k in range(1, n):
             if step[k] < floor:
                 continue
@@ -348,7 +353,7 @@ def _coordinate_search(
                     continue
                 evaluations += 1
                 e = error(trial)
-                if e < best:
+                if e < best * (1 - MIN_GAIN):
                     levels, best, moved = trial, e, True
                     break
             step[k] = step[k] * 1.5 if moved else step[k] / 2
