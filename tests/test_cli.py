@@ -544,3 +544,19 @@ def test_compile_with_defaults_and_img2img(capsys, tmp_path):
     assert status == 0, err
     assert "model calls: 5" in out.splitlines()
     assert "relative RMS error vs exact ODE solution" in out
+
+
+def test_best_rows_measure_ours_and_diffusers_on_held_out_noise():
+    """`bench --best` on a tiny budget: diffusers' best configuration is one of ours run
+    through diffusers, so our untuned run of the same spec has the same error; the tuned
+    row carries the tuner's cost."""
+    pytest.importorskip("diffusers")
+    (row,) = cli.best_rows(["gmm"], 8, 0, budgets=(4,), calibration=8)
+    assert row["model"] == "gmm" and row["budget"] == 4
+    peer, tuned = row["diffusers"], row["tuned"]
+    _, ours, options = cli.parse_spec(peer["spec"])
+    ours, _ = cli.adapt_to_model(ours, "gmm", options)
+    again = cli.run(ours, "gmm", peer["steps"], cli.make_noise("gmm", 8, cli.HELD_OUT_SEED))
+    assert again.error == pytest.approx(peer["error"], rel=1e-6)
+    assert row["untuned"]["error"] <= peer["error"] * (1 + 1e-6)
+    assert tuned["calls"] == 4 and tuned["tuner_calls"] > 0 and np.isfinite(tuned["error"])
