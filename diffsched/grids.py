@@ -10,6 +10,10 @@ method's final level; ``init(None, x, **named_grid(name, sched, N))``):
 * ``ays-sd15``, ``ays-sdxl``, ``ays-svd``: Align Your Steps (Sabour et al. 2024), the
   published 10-step lists, log-linearly interpolated to N (:mod:`diffsched.schedules.ays`).
 
+The σ-based classes also take these grids as an option, ``sigma_schedule="edm"`` (ρ = 7),
+``"logsnr"``, ``"ays-sd15"``, ... (see :class:`diffsched.core.scheduler.SigmaGrid`); this
+module gives them, and EDM's grid at any ρ, to every method that takes a custom grid.
+
 Methods that take ``sigmas=`` get these σ's; methods that take integer ``timesteps=`` get
 the nearest training steps (an error if two levels fall on one step).
 """
@@ -24,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from .core.scheduler import Scheduler
-from .schedules import ays
 from .schedules import sigmas as sigma_schedules
 
-NAMED_GRIDS = ("edm", "logsnr", *(f"ays-{m}" for m in ays.SIGMAS))
+NAMED_GRIDS = ("edm", "logsnr", *sigma_schedules.AYS_SCHEDULES)
 
 
 def named_grid(name: str, scheduler: Scheduler, num_steps: int, *, rho: float = 7.0) -> dict:
@@ -53,14 +56,13 @@ def named_sigmas(name: str, grid: Any, num_steps: int, rho: float = 7.0) -> np.n
     """The N call levels σ of a named grid over the training range of ``grid`` (a
     :class:`diffsched.tuning.Grid`), not below its lowest trained σ."""
     lo, hi = float(np.exp(grid.log_train[0])), float(np.exp(grid.log_train[-1]))
+    if name not in NAMED_GRIDS:
+        raise ValueError(f"grid must be one of {NAMED_GRIDS} or a JSON file, got: {name!r}")
     if name == "edm":
         sig = sigma_schedules.karras(lo, hi, num_steps, rho)
-    elif name == "logsnr":
-        sig = sigma_schedules.exponential(lo, hi, num_steps)
-    elif name.startswith("ays-") and name in NAMED_GRIDS:
-        sig = ays.sigmas(name.removeprefix("ays-"), num_steps)[:-1]
-    else:
-        raise ValueError(f"grid must be one of {NAMED_GRIDS} or a JSON file, got: {name!r}")
+    else:  # logsnr: even in log σ; ays-*: the published lists, interpolated
+        kind = "exponential" if name == "logsnr" else name
+        sig = sigma_schedules.convert(kind, np.array([hi, lo]), num_steps, lo, hi)
     return np.maximum(sig, lo)
 
 

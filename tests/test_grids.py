@@ -83,3 +83,49 @@ def test_grid_files_round_trip(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         ds.load_grid(tmp_path / "broken.json")
+
+
+SIGMA_GRID_CLASSES = [ds.Euler, ds.Heun, ds.DPM2, ds.LMS, ds.DPMSolverMultistep, ds.UniPC,
+                      ds.DEIS, ds.SASolver, ds.DPMSolverSinglestep, ds.VariableIPNDM]  # fmt: skip
+
+
+def same_program(a, b):
+    return np.array_equal(a.timesteps, b.timesteps) and np.array_equal(a.coefs[:-1], b.coefs[:-1])
+
+
+@pytest.mark.parametrize("cls", SIGMA_GRID_CLASSES, ids=lambda c: c.__name__)
+def test_sigma_schedule_option_names_the_grids(cls):
+    """sigma_schedule="edm" / "karras" is use_karras_sigmas (ρ = 7), "logsnr" /
+    "exponential" is use_exponential_sigmas; AYS follows the published list."""
+    for name, flag in (("edm", "karras"), ("karras", "karras"), ("logsnr", "exponential"),
+                       ("exponential", "exponential")):  # fmt: skip
+        ours = cls(**SD, sigma_schedule=name).program(7)
+        theirs = cls(**SD, **{f"use_{flag}_sigmas": True}).program(7)
+        assert same_program(ours, theirs), (cls.__name__, name)
+    ts = np.asarray(cls(**SD, sigma_schedule="ays-sd15").program(10).timesteps, np.float64)
+    levels = [float(t) for t in dict.fromkeys(ts.tolist())]  # Heun repeats its levels
+    published = np.asarray(ays.TIMESTEPS["sd15"], np.float64)
+    assert len(levels) >= 10 and levels[0] == 999.0
+    if cls in (ds.DPM2,):
+        levels = levels[::2]  # DPM-2 calls the model at midpoints too
+    assert np.max(np.abs(np.asarray(levels[:10]) - published)) <= 1.0
+
+
+def test_sigma_schedule_conflicts_flow_and_config_round_trip():
+    with pytest.raises(ValueError, match="use_karras_sigmas=True, sigma_schedule='logsnr'"):
+        ds.Euler(use_karras_sigmas=True, sigma_schedule="logsnr")
+    with pytest.raises(ValueError, match="sigma_schedule='ays-sd15'"):
+        ds.DPMSolverMultistep(use_karras_sigmas=True, sigma_schedule="ays-sd15")
+    with pytest.raises(ValueError, match="lists variance-exploding"):
+        ds.FlowMatchEuler(sigma_schedule="ays-sd15")
+    flow = ds.FlowMatchEuler(sigma_schedule="edm").program(6)
+    assert same_program(flow, ds.FlowMatchEuler(use_karras_sigmas=True).program(6))
+    with pytest.raises(ValueError, match="option sigma_schedule must be one of"):
+        ds.Euler(sigma_schedule="nosuch")
+    sched = ds.UniPC(**SD, sigma_schedule="ays-sdxl")
+    config = sched.to_config()
+    assert config["diffsched_sigma_schedule"] == "ays-sdxl" and "sigma_schedule" not in config
+    assert ds.from_config(config) == sched
+    # a diffusers EDM config's own sigma_schedule does not carry over in a swap
+    edm = ds.EDMEuler(sigma_schedule="exponential").to_config()
+    assert ds.Euler.from_config(edm).sigma_schedule is None

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..schedules import betas as beta_schedules
 from . import engine, ops, predictions
-from .options import STEP_TIME, check, option, options_doc, specs
+from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
 MAX_TRAIN_STEPS = 100_000
@@ -85,6 +85,8 @@ class BaseScheduler:
                 value = check(owner, name, value, default, spec)
             object.__setattr__(self, name, value)
         self._check_schedule()
+        if isinstance(self, SigmaGrid):
+            _ = self.sigma_kind  # at most one σ grid, said at construction
         self._check()
 
     def _check_schedule(self) -> None:
@@ -135,9 +137,11 @@ class BaseScheduler:
                 f"use fewer steps than num_steps={len(ts)} for "
                 f"num_train_steps={getattr(self, 'num_train_steps', '?')}, or another spacing"
             )
+        changed = [f"{name}={describe(getattr(self, name))}" for name, (default, _) in
+                   specs(self).items() if getattr(self, name) != default]  # fmt: skip
         return (
             f"{head}: prediction_type={self.prediction_type!r} cannot give x_0 at that "
-            "noise level with these options"
+            f"noise level with these options ({', '.join(changed) or 'the defaults'})"
         )
 
     def program(self, num_steps: int, **init_options: Any) -> engine.Program:
@@ -519,6 +523,15 @@ def step_time(default: Any, doc: str, **spec: Any) -> Any:
     return option(default, doc, STEP_TIME, **spec)
 
 
+# the values of SigmaGrid.sigma_schedule; edm and logsnr are other names of karras and
+# exponential (EDM's time-uniform grid at ρ = 7; evenly spaced log-SNR = -2 log σ). Its
+# config key is ours ("diffsched_sigma_schedule"): diffusers' EDM classes have a
+# "sigma_schedule" key of their own, which a scheduler swap must not carry over.
+SIGMA_SCHEDULE_ALIASES = {"edm": "karras", "logsnr": "exponential"}
+NAMED_SIGMA_SCHEDULES = ("karras", "edm", "exponential", "logsnr", "beta", "ays-sd15",
+                         "ays-sdxl", "ays-svd")  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class SigmaGrid:
     """Which σ grid an N-step loop of a σ-based method visits (besides the spacing)."""
@@ -536,9 +549,18 @@ class SigmaGrid:
         "use_beta_sigmas",
     )  # fmt: skip
 
+    sigma_schedule: str | None = option(
+        None, "a named σ grid between the loop's first and last level (ours; diffusers' "
+        "classes take the three booleans): karras or edm (Karras et al. 2022, eq. 5, "
+        "ρ = 7), exponential or logsnr (even in log-SNR), beta, ays-sd15 / ays-sdxl / "
+        "ays-svd (Align Your Steps, log-linearly interpolated to N)",
+        "diffsched_sigma_schedule", nullable=True, choices=NAMED_SIGMA_SCHEDULES,
+    )  # fmt: skip
+
     @property
     def sigma_kind(self) -> str | None:
-        """ "karras", "exponential", "beta" or None (the spacing's own σ's)."""
+        """ "karras", "exponential", "beta", "ays-sd15", "ays-sdxl", "ays-svd" or None (the
+        spacing's own σ's)."""
         chosen = [
             kind
             for kind, on in (
@@ -548,12 +570,23 @@ class SigmaGrid:
             )
             if on
         ]
+        if self.sigma_schedule is not None:
+            chosen.append(SIGMA_SCHEDULE_ALIASES.get(self.sigma_schedule, self.sigma_schedule))
         if len(chosen) > 1:
             raise ValueError(
                 f"{type(self).__name__}: at most one of use_karras_sigmas, "
-                f"use_exponential_sigmas, use_beta_sigmas may be True, got: {chosen}"
+                f"use_exponential_sigmas, use_beta_sigmas, sigma_schedule may be set, got: "
+                f"{self.sigma_option()}"
             )
         return chosen[0] if chosen else None
+
+    def sigma_option(self) -> str:
+        """The option(s) that chose the σ grid, as the user wrote them (for messages)."""
+        names = [f"use_{k}_sigmas=True" for k in ("karras", "exponential", "beta")
+                 if getattr(self, f"use_{k}_sigmas")]  # fmt: skip
+        if self.sigma_schedule is not None:
+            names.append(f"sigma_schedule={self.sigma_schedule!r}")
+        return ", ".join(names)
 
 
 LEARNED_VARIANCES = ("learned", "learned_range")

@@ -112,8 +112,8 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
         kind = self.sigma_kind  # at most one of karras / exponential / beta
         if kind is not None and self.use_flow_sigmas:
             raise ValueError(
-                f"DEIS: use_flow_sigmas cannot be combined with use_{kind}_sigmas (diffusers "
-                "would give variance-exploding σ's a flow α)"
+                f"DEIS: use_flow_sigmas cannot be combined with {self.sigma_option()} "
+                "(diffusers would give variance-exploding σ's a flow α)"
             )
 
     def _grid(self, num_steps: int | None, mu: Any = None) -> solver_grid.SolverGrid:

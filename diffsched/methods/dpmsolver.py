@@ -206,16 +206,19 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
     def _check(self) -> None:
         owner = type(self).__name__
         reject_learned_variance(owner, self.variance_type)
-        kinds = [k for k in ("karras", "exponential", "beta") if getattr(self, f"use_{k}_sigmas")]
+        kinds = [f"use_{k}_sigmas" for k in ("karras", "exponential", "beta")
+                 if getattr(self, f"use_{k}_sigmas")]  # fmt: skip
         if getattr(self, "use_lu_lambdas", False):
-            kinds.append("lu_lambdas")
+            kinds.append("use_lu_lambdas")
         if self.use_flow_sigmas:
-            kinds.append("flow_sigmas")
+            kinds.append("use_flow_sigmas")
+        if self.sigma_schedule is not None:
+            kinds.append(f"sigma_schedule={self.sigma_schedule!r}")
         if len(kinds) > 1:
             raise ValueError(
                 f"{owner}: at most one of use_karras_sigmas, use_exponential_sigmas, "
-                "use_beta_sigmas, use_lu_lambdas, use_flow_sigmas may be True, got: "
-                + ", ".join(f"use_{k}" for k in kinds)
+                "use_beta_sigmas, use_lu_lambdas, use_flow_sigmas, sigma_schedule may be set, "
+                "got: " + ", ".join(kinds)
             )
         if not self.data_prediction and self.prediction_type == predictions.FLOW:
             raise ValueError(

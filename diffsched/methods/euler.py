@@ -72,7 +72,7 @@ class _EulerBase(ZeroTerminalSNR, Spacing, Scheduler):
         else:
             if timesteps is not None:
                 if kind is not None:
-                    raise ValueError(f"timesteps= cannot be combined with use_{kind}_sigmas=True")
+                    raise ValueError(f"timesteps= cannot be combined with {self.sigma_option()}")
                 ts = sigma_schedules.as_float32(_descending("timesteps", timesteps))
                 train = np.exp(log_train)
                 sig = np.interp(ts, np.arange(len(train)), train)

@@ -315,7 +315,12 @@ class _ShiftedGrid(SigmaGrid):
     )  # fmt: skip
 
     def _check(self) -> None:
-        _ = self.sigma_kind  # at most one re-gridding, as diffusers checks in __init__
+        kind = self.sigma_kind  # at most one re-gridding, as diffusers checks in __init__
+        if kind is not None and kind.startswith("ays-"):
+            raise ValueError(
+                f"{type(self).__name__}: sigma_schedule={self.sigma_schedule!r} lists "
+                "variance-exploding σ's; flow levels take karras, exponential or beta"
+            )
 
     def _euler_tableau(
         self,

@@ -177,10 +177,10 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 "another scheduler object as the predictor); leave it None"
             )
         kind = self.sigma_kind
-        if self.use_flow_sigmas and kind in ("exponential", "beta"):
+        if self.use_flow_sigmas and kind not in (None, "karras"):
             raise ValueError(
                 f"UniPC option use_flow_sigmas combines with use_karras_sigmas only, not with "
-                f"use_{kind}_sigmas (diffusers would give variance-exploding σ's a flow α)"
+                f"{self.sigma_option()} (diffusers would give variance-exploding σ's a flow α)"
             )
         if self.shift_terminal is not None and not self.use_flow_sigmas:
             raise ValueError("UniPC option shift_terminal needs use_flow_sigmas=True")

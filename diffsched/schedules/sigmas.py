@@ -11,7 +11,9 @@ Grids (descending, N points; a final level is appended by the method):
 * Karras et al. 2022, eq. 5: σ_i = (σ_max^(1/ρ) + i/(N-1) (σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ;
 * exponential: evenly spaced in log σ between σ_max and σ_min;
 * beta (Lee et al. 2024, "Beta Sampling is All You Need"): σ_min + (σ_max - σ_min) times
-  the quantiles of a Beta(0.6, 0.6) distribution at 1 - i/(N-1).
+  the quantiles of a Beta(0.6, 0.6) distribution at 1 - i/(N-1);
+* Align Your Steps (Sabour et al. 2024): the published 10-step σ's of SD1.5, SDXL or SVD,
+  log-linearly interpolated to N, within [σ_min, σ_max].
 
 Where diffusers stores a grid in float32 the method rounds it the same way (``as_float32``),
 so that the grid, and so the timesteps the model sees, are diffusers' own.
@@ -23,7 +25,8 @@ import math
 
 import numpy as np
 
-SIGMA_SCHEDULES = ("karras", "exponential", "beta")
+AYS_SCHEDULES = ("ays-sd15", "ays-sdxl", "ays-svd")  # Align Your Steps (schedules/ays.py)
+SIGMA_SCHEDULES = ("karras", "exponential", "beta", *AYS_SCHEDULES)
 
 
 def from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -92,6 +95,10 @@ def convert(
         return exponential(lo, hi, n)
     if kind == "beta":
         return beta(lo, hi, n)
+    if kind in AYS_SCHEDULES:  # published σ's, interpolated to n, within [σ_min, σ_max]
+        from . import ays
+
+        return np.clip(ays.sigmas(kind.removeprefix("ays-"), n)[:-1], lo, hi)
     raise ValueError(f"sigma schedule must be one of {SIGMA_SCHEDULES}, got: {kind!r}")
 
 

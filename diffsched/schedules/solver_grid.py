@@ -71,7 +71,8 @@ import numpy as np
 from . import shifts
 from . import sigmas as sigma_schedules
 
-SIGMA_SCHEDULES = ("karras", "lu", "exponential", "beta", "flow")
+SIGMA_SCHEDULES = ("karras", "lu", "exponential", "beta", "flow",
+                   *sigma_schedules.AYS_SCHEDULES)  # fmt: skip
 FINAL_SIGMAS = ("zero", "sigma_min", "last")
 FLOW_BASES = ("ramp", "linspace")
 
@@ -245,7 +246,7 @@ def solver_grid(
     lo_hi = train if reverse else train[::-1]
     if kind is None:
         sig = np.interp(ts, np.arange(num_train), train)
-    elif kind in ("karras", "exponential", "beta"):
+    elif kind in ("karras", "exponential", "beta", *sigma_schedules.AYS_SCHEDULES):
         lo = float(lo_hi[-1]) if sigma_min is None or reverse else float(sigma_min)
         hi = float(lo_hi[0]) if sigma_max is None or reverse else float(sigma_max)
         sig = sigma_schedules.convert(kind, lo_hi, num_steps, lo, hi)
