@@ -124,7 +124,8 @@ def test_sigma_schedule_conflicts_flow_and_config_round_trip():
         ds.Euler(sigma_schedule="nosuch")
     sched = ds.UniPC(**SD, sigma_schedule="ays-sdxl")
     config = sched.to_config()
-    assert config["diffsched_sigma_schedule"] == "ays-sdxl" and "sigma_schedule" not in config
+    assert config["_diffsched_options"] == {"sigma_schedule": "ays-sdxl"}
+    assert "sigma_schedule" not in config and "_diffsched_options" not in ds.UniPC().to_config()
     assert ds.from_config(config) == sched
     # a diffusers EDM config's own sigma_schedule does not carry over in a swap
     edm = ds.EDMEuler(sigma_schedule="exponential").to_config()

@@ -232,20 +232,26 @@ class BaseScheduler:
         """A diffusers scheduler config (``scheduler_config.json`` contents).
 
         Options diffusers passes at step time rather than in its config travel under the
-        private key ``"_diffsched"``, which diffusers ignores and ``from_config`` reads back.
+        private key ``"_diffsched"``; options diffusers does not have (``sigma_schedule``),
+        where they differ from the default, under ``"_diffsched_options"``. diffusers
+        ignores both; ``from_config`` reads them back.
         """
         from .options import to_diffusers
 
         config: dict[str, Any] = {"_class_name": self.config_class_name()}
-        extra = {}
-        for name, (_, spec) in specs(self).items():
+        extra, ours = {}, {}
+        for name, (default, spec) in specs(self).items():
             value = getattr(self, name)
             if spec.diffusers_key == STEP_TIME:
                 extra[name] = value
             elif spec.diffusers_key is not None:
                 config[spec.diffusers_key] = to_diffusers(name, value, spec)
+            elif value != default:
+                ours[name] = value
         if extra:
             config["_diffsched"] = extra
+        if ours:
+            config["_diffsched_options"] = ours
         return config
 
     @classmethod
@@ -524,8 +530,8 @@ def step_time(default: Any, doc: str, **spec: Any) -> Any:
 
 
 # the values of SigmaGrid.sigma_schedule; edm and logsnr are other names of karras and
-# exponential (EDM's time-uniform grid at ρ = 7; evenly spaced log-SNR = -2 log σ). Its
-# config key is ours ("diffsched_sigma_schedule"): diffusers' EDM classes have a
+# exponential (EDM's time-uniform grid at ρ = 7; evenly spaced log-SNR = -2 log σ). It has
+# no diffusers key (it travels under "_diffsched_options"): diffusers' EDM classes have a
 # "sigma_schedule" key of their own, which a scheduler swap must not carry over.
 SIGMA_SCHEDULE_ALIASES = {"edm": "karras", "logsnr": "exponential"}
 NAMED_SIGMA_SCHEDULES = ("karras", "edm", "exponential", "logsnr", "beta", "ays-sd15",
@@ -554,7 +560,7 @@ class SigmaGrid:
         "classes take the three booleans): karras or edm (Karras et al. 2022, eq. 5, "
         "ρ = 7), exponential or logsnr (even in log-SNR), beta, ays-sd15 / ays-sdxl / "
         "ays-svd (Align Your Steps, log-linearly interpolated to N)",
-        "diffsched_sigma_schedule", nullable=True, choices=NAMED_SIGMA_SCHEDULES,
+        None, nullable=True, choices=NAMED_SIGMA_SCHEDULES,
     )  # fmt: skip
 
     @property

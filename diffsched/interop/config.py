@@ -123,12 +123,13 @@ def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler
         warnings.warn(
             f"{name} has no option(s) {sorted(unknown)}; ignored", UserWarning, stacklevel=3
         )
-    extra = config.get("_diffsched") or {}
-    if not isinstance(extra, dict):
-        raise ValueError(f"config key '_diffsched' must be a mapping, got: {extra!r}")
-    if not strict:
-        known = {f for f, _ in specs(cls).items()}
-        extra = {k: v for k, v in extra.items() if k in known}
-    kwargs.update(extra)
+    for private in ("_diffsched", "_diffsched_options"):  # ours: step-time, ours alone
+        extra = config.get(private) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"config key {private!r} must be a mapping, got: {extra!r}")
+        if not strict:
+            known = {f for f, _ in specs(cls).items()}
+            extra = {k: v for k, v in extra.items() if k in known}
+        kwargs.update(extra)
     kwargs.update(overrides)
     return cls(**kwargs)
