@@ -928,7 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our most accurate "
                         "method with a tuned grid and untuned, beside diffusers' best with "
                         "--against diffusers (SD1.5's betas; held-out noise)")  # fmt: skip
-    b.add_argument("--calibration", type=int, default=64,
+    b.add_argument("--calibration", type=int, default=256,
                    help="--best: calibration samples of the tuner (seed --seed; the errors "
                         f"are measured on other noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip
     b.set_defaults(func=cmd_bench)
