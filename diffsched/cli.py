@@ -737,7 +737,7 @@ def best_rows(
     num_samples: int,
     seed: int,
     budgets: Sequence[int] = BEST_BUDGETS,
-    calibration: int = 64,
+    calibration: int = 256,
     with_diffusers: bool = True,
 ) -> list[dict]:
     """Per model and model-call budget: our best tuned method (grid searched by
