@@ -85,6 +85,12 @@ def tune(
     noise's); every candidate grid starts at the model's largest trained noise level.
     ``options`` go to :func:`search` (``candidates``, ``substeps``, ``max_evaluations``).
     Use the result as ``scheduler.init(None, x, **grid)`` or ``ds.sample(..., **grid)``.
+
+    The calibration batch decides how well the grid carries over to other noise: the error
+    of a few-step loop comes mostly from the few samples whose paths pass between modes,
+    and a grid fitted to a small batch learns those. On the exact models 256 samples gave
+    grids that did 1.5-3.5x better on held-out noise than 64 at 10 steps; use as many as
+    the model's cost allows (the tuner's cost is ~2000 loops' worth of model calls).
     """
     return search(model, scheduler, num_steps, calibration_noise, **options).init_options
 
