@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from . import methods
+from .core.ops import to_numpy64
 from .core.scheduler import Scheduler
 from .exact import models, reference
 from .interop.config import from_config
 from .sampling import sample
+from .tuning import relative_error
 
 # the command's short names; a class that does not exist (yet) is left out
 CLI_NAMES = {
@@ -173,7 +175,7 @@ class Run:
         """Relative RMS error ||x - x*|| / ||x*|| over the whole batch."""
         if self.exact is None:
             return None
-        return float(np.linalg.norm(self.samples - self.exact) / np.linalg.norm(self.exact))
+        return relative_error(self.samples, self.exact)
 
 
 def model_kwargs(model_name: str) -> dict[str, Any]:
@@ -283,7 +285,7 @@ def run(
     t0 = time.perf_counter()
     # x is the first model input already: no init_noise_scale, no second add_noise
     out = _loop(model, scheduler, x, num_steps, seed, progress, compile, init_options)
-    out = np.asarray(_host(out), dtype=np.float64)
+    out = to_numpy64(out)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     if with_exact and progress:
@@ -312,14 +314,6 @@ def clean_data(model_name: str, noise: np.ndarray) -> np.ndarray:
         rows = data[rng.integers(0, data.shape[0], noise.shape[0])]
         return rows.reshape(noise.shape)
     return models.make_denoiser("gmm", **model_kwargs("gmm")).sample(noise.shape[0], rng)
-
-
-def _host(x):
-    if hasattr(x, "block_until_ready"):
-        x.block_until_ready()
-    if type(x).__module__.startswith("torch"):
-        return x.detach().cpu().double().numpy()
-    return x
 
 
 # -- pictures -------------------------------------------------------------------------------
@@ -626,7 +620,7 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
     model = exact_model(scheduler, model_name)
     _, out = _diffusers.run(scheduler.to_config(), model, torch.from_numpy(ours.noise), num_steps)
     out = out.double().numpy()
-    return float(np.linalg.norm(out - ours.exact) / np.linalg.norm(ours.exact))
+    return relative_error(out, ours.exact)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -814,7 +808,7 @@ def _measure(found: dict, model_name: str, held: np.ndarray, kind: str, spec: st
         model = exact_model(sched, model_name)
         _, theirs = _diffusers.run(sched.to_config(), model, torch.from_numpy(held), steps)
         theirs = theirs.double().numpy()
-        err = float(np.linalg.norm(theirs - result.exact) / np.linalg.norm(result.exact))
+        err = relative_error(theirs, result.exact)
         peer_row = {**row, "error": err}
         if model_name == "digits":
             peer_row["same"] = same_image_fraction(theirs, result.exact)

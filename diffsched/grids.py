@@ -37,8 +37,6 @@ def named_grid(name: str, scheduler: Scheduler, num_steps: int, *, rho: float = 
     """The ``init`` keyword arguments of the named N-step grid (see the module docstring)."""
     from .tuning import Grid
 
-    if name not in NAMED_GRIDS:
-        raise ValueError(f"grid must be one of {NAMED_GRIDS} or a JSON file, got: {name!r}")
     if not (isinstance(rho, int | float) and rho > 0):
         raise ValueError(f"rho must be a positive number, got: {rho!r}")
     grid = Grid.of(scheduler, num_steps)

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .core import predictions
+from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
 from .grids import NAMED_GRIDS, named_sigmas
 from .schedules import sigmas as sigma_schedules
@@ -127,7 +128,7 @@ def search(
 
     def error(levels: np.ndarray) -> float:
         out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
-        return _relative_error(out, ref.final)
+        return relative_error(out, ref.final)
 
     tried = {"own": own, "gits": ref.dynamic_programming(num_steps)}
     for name in NAMED_GRIDS:
@@ -176,16 +177,6 @@ class Grid(NamedTuple):
         _, first = np.unique(ts, return_index=True)
         ts = ts[np.sort(first)]  # the N step levels (two-stage methods repeat them)
         ts[0] = len(log_train) - 1
-        if not modes:
-            raise TypeError(
-                f"{type(scheduler).__name__} takes no custom grid (init has neither sigmas= "
-                "nor timesteps=): it cannot be tuned"
-            )
-        if scheduler.noise_levels(num_steps)[1] < 1.0:
-            raise ValueError(
-                f"tune takes loops that end at σ = 0; {type(scheduler).__name__} with these "
-                "options ends above it (final_sigmas_type='zero' where the method has it)"
-            )
         for mode in modes:  # σ's where the method takes them for this config, else timesteps
             start = (
                 np.round(ts)
@@ -197,6 +188,12 @@ class Grid(NamedTuple):
                 scheduler.program(None, **grid.init_options(start))
             except ValueError:
                 continue
+            if scheduler.noise_levels(num_steps)[1] < 1.0:
+                raise ValueError(
+                    f"tune takes loops that end at σ = 0; {type(scheduler).__name__} with "
+                    "these options ends above it (final_sigmas_type='zero' where the method "
+                    "has it)"
+                )
             return grid
         raise TypeError(
             f"{type(scheduler).__name__} with these options takes no custom grid (init has "
@@ -316,13 +313,13 @@ def reference_trajectory(
         out = model(x, t)
         if i % substeps == 0 and i // substeps < len(log_sig):
             k = i // substeps
-            xk = _host(x) * math.sqrt(
+            xk = to_numpy64(x) * math.sqrt(
                 1 + math.exp(2 * log_sig[k])
             )  # the held sample is x / sqrt(1 + σ²)
             native.append(xk)
-            denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * _host(out))
+            denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * to_numpy64(out))
         state, x = solver.step(state, x, out)
-    return Reference(np.exp(log_sig), levels, native, denoised, _host(x))
+    return Reference(np.exp(log_sig), levels, native, denoised, to_numpy64(x))
 
 
 # -- the refinement ------------------------------------------------------------------------
@@ -386,15 +383,9 @@ class _CountingModel:
 def _run(model: Model, scheduler: Scheduler, noise: Array, init_options: dict) -> np.ndarray:
     from .sampling import sample
 
-    return _host(sample(model, scheduler, noise, None, **init_options))
+    return to_numpy64(sample(model, scheduler, noise, None, **init_options))
 
 
-def _host(x: Array) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _relative_error(samples: np.ndarray, reference: np.ndarray) -> float:
+def relative_error(samples: np.ndarray, reference: np.ndarray) -> float:
     """||x - x*|| / ||x*|| over the whole batch (as ``diffsched bench``)."""
     return float(np.linalg.norm(samples - reference) / np.linalg.norm(reference))

@@ -242,6 +242,15 @@ def normal(seed: Array, counter: Array, shape: tuple[int, ...], dtype, like: Arr
 # ----------------------------------------------------------------------------------------
 
 
+def to_numpy64(x: Array) -> np.ndarray:
+    """Any backend's array as a NumPy float64 array on the host (waits for JAX)."""
+    if hasattr(x, "block_until_ready"):
+        x.block_until_ready()
+    if hasattr(x, "detach"):  # torch
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
+
+
 def host_index(step: Array) -> int | None:
     """The step counter's value where reading it is free (see :func:`concrete_int`)."""
     return concrete_int(step)

@@ -539,6 +539,17 @@ NAMED_SIGMA_SCHEDULES = ("karras", "edm", "exponential", "logsnr", "beta", "ays-
 
 
 @dataclass(frozen=True, kw_only=True)
+class Churn:
+    """Karras et al. 2022, Alg. 2: noise added back before a step (Euler, EDM Euler and
+    flow-matching Heun take these at step time in diffusers)."""
+
+    s_churn: float = step_time(0.0, "S_churn of Alg. 2: how much noise is added back", low=0.0)
+    s_tmin: float = step_time(0.0, "churn only where σ >= S_tmin", low=0.0)
+    s_tmax: float = step_time(float("inf"), "churn only where σ <= S_tmax", low=0.0)
+    s_noise: float = step_time(1.0, "S_noise of Alg. 2: the scale of the added noise", low=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SigmaGrid:
     """Which σ grid an N-step loop of a σ-based method visits (besides the spacing)."""
 
@@ -585,6 +596,19 @@ class SigmaGrid:
                 f"{self.sigma_option()}"
             )
         return chosen[0] if chosen else None
+
+    def check_flow_grid(self, allow: tuple[str, ...] = ()) -> None:
+        """Refuses a σ grid on top of ``use_flow_sigmas`` (diffusers would give
+        variance-exploding σ's a flow α), except the kinds in ``allow`` (UniPC's karras,
+        which it turns into flow levels)."""
+        kind = self.sigma_kind
+        if getattr(self, "use_flow_sigmas", False) and kind is not None and kind not in allow:
+            only = f" (it takes {', '.join(allow)} only)" if allow else ""
+            raise ValueError(
+                f"{type(self).__name__}: use_flow_sigmas cannot be combined with "
+                f"{self.sigma_option()}{only}: diffusers would give variance-exploding σ's a "
+                "flow α"
+            )
 
     def sigma_option(self) -> str:
         """The option(s) that chose the σ grid, as the user wrote them (for messages)."""

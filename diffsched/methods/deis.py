@@ -109,12 +109,7 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
     time_shift_type: str = with_default(SolverOptions, "time_shift_type", "exponential")
 
     def _check(self) -> None:
-        kind = self.sigma_kind  # at most one of karras / exponential / beta
-        if kind is not None and self.use_flow_sigmas:
-            raise ValueError(
-                f"DEIS: use_flow_sigmas cannot be combined with {self.sigma_option()} "
-                "(diffusers would give variance-exploding σ's a flow α)"
-            )
+        self.check_flow_grid()
 
     def _grid(self, num_steps: int | None, mu: Any = None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""

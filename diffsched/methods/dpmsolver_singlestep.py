@@ -144,11 +144,7 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
     def _check(self) -> None:
         owner = type(self).__name__
         reject_learned_variance(owner, self.variance_type)
-        kind = self.sigma_kind  # at most one of the three (raises otherwise)
-        if self.use_flow_sigmas and kind is not None:
-            raise ValueError(
-                f"{owner}: use_flow_sigmas cannot be combined with {self.sigma_option()}"
-            )
+        self.check_flow_grid()
         if self.prediction_type == predictions.FLOW and self.algorithm_type not in DATA_FORMS:
             raise ValueError(f"{owner}: prediction_type='flow' needs a data-prediction "
                              f"algorithm_type {DATA_FORMS}")  # fmt: skip

@@ -36,7 +36,7 @@ import numpy as np
 from ..core import predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document, step_time
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, Churn, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -45,7 +45,7 @@ SIGMA_SCHEDULES = ("karras", "exponential")
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EDMEuler(BaseScheduler):
+class EDMEuler(Churn, BaseScheduler):
     """Euler's method on EDM's preconditioned denoiser (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -91,10 +91,6 @@ class EDMEuler(BaseScheduler):
         "zero", "the level of the final sample: zero, or the grid's last level (sigma_min)",
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
-    s_churn: float = step_time(0.0, "S_churn of Alg. 2: how much noise is added back", low=0.0)
-    s_tmin: float = step_time(0.0, "churn only where σ >= S_tmin", low=0.0)
-    s_tmax: float = step_time(float("inf"), "churn only where σ <= S_tmax", low=0.0)
-    s_noise: float = step_time(1.0, "S_noise of Alg. 2: the scale of the added noise", low=0.0)
 
     def _check(self) -> None:
         if self.sigma_min >= self.sigma_max:

@@ -31,12 +31,12 @@ from ..core import predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
+    Churn,
     Scheduler,
     SigmaGrid,
     Spacing,
     ZeroTerminalSNR,
     document,
-    step_time,
 )
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
@@ -120,7 +120,7 @@ def _descending(name: str, values: Any) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Euler(SigmaGrid, _EulerBase):
+class Euler(Churn, SigmaGrid, _EulerBase):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -154,10 +154,6 @@ class Euler(SigmaGrid, _EulerBase):
         "zero", "the level of the final sample: zero, or the lowest training σ (sigma_min)",
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
-    s_churn: float = step_time(0.0, "S_churn of Alg. 2: how much noise is added back", low=0.0)
-    s_tmin: float = step_time(0.0, "churn only where σ >= S_tmin", low=0.0)
-    s_tmax: float = step_time(float("inf"), "churn only where σ <= S_tmax", low=0.0)
-    s_noise: float = step_time(1.0, "S_noise of Alg. 2: the scale of the added noise", low=0.0)
 
     @property
     def deterministic(self) -> bool:

@@ -61,10 +61,10 @@ from ..core.options import option
 from ..core.scheduler import (
     MAX_TRAIN_STEPS,
     BaseScheduler,
+    Churn,
     SigmaGrid,
     _cached_program,
     document,
-    step_time,
 )
 from ..schedules import shifts
 from ..schedules import sigmas as sigma_schedules
@@ -405,7 +405,7 @@ class FlowMatchEuler(_ShiftedGrid, _FlowMatchBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class FlowMatchHeun(_FlowMatchBase):
+class FlowMatchHeun(Churn, _FlowMatchBase):
     """Heun's method on the rectified-flow ODE (Karras et al. 2022, Alg. 1 and 2, in σ ∈ [0, 1]).
 
     Second order; two model calls per step (one on the last step, to σ = 0); deterministic
@@ -423,11 +423,6 @@ class FlowMatchHeun(_FlowMatchBase):
     DIFFUSERS_CLASS = "FlowMatchHeunDiscreteScheduler"
     ORDER = 2
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0
-
-    s_churn: float = step_time(0.0, "S_churn of Alg. 2: how much noise is added back", low=0.0)
-    s_tmin: float = step_time(0.0, "churn only where σ >= S_tmin", low=0.0)
-    s_tmax: float = step_time(float("inf"), "churn only where σ <= S_tmax", low=0.0)
-    s_noise: float = step_time(1.0, "S_noise of Alg. 2: the scale of the added noise", low=0.0)
 
     @property
     def deterministic(self) -> bool:

@@ -176,12 +176,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 "UniPC option solver_p is not supported (diffusers' solver_p + UniC runs "
                 "another scheduler object as the predictor); leave it None"
             )
-        kind = self.sigma_kind
-        if self.use_flow_sigmas and kind not in (None, "karras"):
-            raise ValueError(
-                f"UniPC option use_flow_sigmas combines with use_karras_sigmas only, not with "
-                f"{self.sigma_option()} (diffusers would give variance-exploding σ's a flow α)"
-            )
+        self.check_flow_grid(allow=("karras",))
         if self.shift_terminal is not None and not self.use_flow_sigmas:
             raise ValueError("UniPC option shift_terminal needs use_flow_sigmas=True")
         if self.prediction_type == predictions.FLOW and not self.predict_x0:

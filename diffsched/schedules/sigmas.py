@@ -63,7 +63,12 @@ def sigma_to_t(sigmas: np.ndarray, log_train_sigmas: np.ndarray) -> np.ndarray:
 def karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. 2022, eq. 5: n levels from σ_max down to σ_min, evenly in σ^(1/ρ)."""
     ramp = np.linspace(0, 1, n)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    with np.errstate(over="ignore"):
+        lo, hi = np.float64(sigma_min) ** (1 / rho), np.float64(sigma_max) ** (1 / rho)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(
+            f"rho={rho!r} is too small for sigma_max={sigma_max!r}: σ^(1/ρ) overflows float64"
+        )
     return (hi + ramp * (lo - hi)) ** rho
 
 
