@@ -29,6 +29,7 @@ from . import methods
 from .core.ops import to_numpy64
 from .core.scheduler import Scheduler
 from .exact import models, reference
+from .exact.threads import small_matrices
 from .interop.config import from_config
 from .sampling import sample
 from .tuning import relative_error
@@ -966,7 +967,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with small_matrices():  # the exact models' small products (see exact.threads)
+            return args.func(args)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"diffsched {args.command}: error: {err}", file=sys.stderr)
         return 2

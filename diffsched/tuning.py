@@ -51,6 +51,7 @@ import numpy as np
 from .core import predictions
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
+from .exact.threads import small_matrices
 from .grids import NAMED_GRIDS, named_sigmas
 from .schedules import sigmas as sigma_schedules
 
@@ -115,6 +116,14 @@ def search(
         max_evaluations: end-to-end runs of the refinement, at most.
         tolerance: the refinement stops when every level's move is below this (in log σ).
     """
+    with small_matrices():  # the tuner's models multiply small matrices (see exact.threads)
+        return _search(model, scheduler, num_steps, calibration_noise, candidates=candidates,
+                       substeps=substeps, max_evaluations=max_evaluations,
+                       tolerance=tolerance)  # fmt: skip
+
+
+def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
+            max_evaluations, tolerance) -> TuneResult:  # fmt: skip
     t0 = time.perf_counter()
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)

@@ -5,7 +5,25 @@ from __future__ import annotations
 import oracle
 import pytest
 
+from diffsched.exact.threads import small_matrices
+
 SCHEDULER_ORDER = ("DDIM", "PNDM", "LCM")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_blas_thread():
+    """The suite multiplies small matrices only: one BLAS / OpenMP thread, so that a busy
+    machine does not make the pools spin (see diffsched.exact.threads)."""
+    with small_matrices():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dpm2_ancestral_exact_split():
+    """Every comparison with diffusers' DPM2 ancestral runs on the exact σ_down (see
+    :func:`oracle.exact_ancestral_split`: diffusers' own value is CPU-dependent)."""
+    with oracle.well_conditioned_dpm2_ancestral():
+        yield
 
 
 @pytest.fixture

@@ -160,3 +160,64 @@ def leaves(state) -> list:
         else:
             out.append(leaf)
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# DPM2 ancestral's σ_down, well conditioned
+# ----------------------------------------------------------------------------------------
+
+
+def exact_ancestral_split(d) -> None:
+    """Replaces, after ``set_timesteps``, the σ_down of a diffusers
+    ``KDPM2AncestralDiscreteScheduler`` (and what derives from it: the midpoint σ's and
+    timesteps) by the well-conditioned value σ_down = σ_{i+1}² / σ_i.
+
+    diffusers forms σ_down = sqrt(σ_{i+1}² - σ_up²) in float32, and σ_up² = σ_{i+1}² (1 -
+    σ_{i+1}²/σ_i²) nearly cancels σ_{i+1}² wherever σ_{i+1} << σ_i (the step down to the
+    lowest σ of every grid): a one-ulp difference in σ_up, which torch's vectorised
+    ``** 0.5`` gives on some CPUs and not others, moves σ_down by up to 1e-2 relative and the
+    midpoint's timestep by 1e-2 absolute. diffsched computes σ_down exactly; the comparison
+    with diffusers is made on diffusers' step run on that same, exact, split (its own code
+    for everything else), so that it does not depend on the CPU.
+    """
+    import numpy as np
+
+    sig = d.sigmas  # [σ_0, σ_1, σ_1, ..., σ_N, σ_N] with σ_N = 0 (interleaved)
+    base = torch.cat([sig[:1], sig[1:-1:2]]).double()  # σ_0 .. σ_N
+    nxt = torch.cat([base[1:], base.new_zeros(1)])
+    down = torch.where(base > 0, nxt**2 / torch.where(base > 0, base, 1.0), 0.0)
+    down[-1] = 0.0
+    interpol = torch.sqrt(base * down)  # exp(lerp(log σ, log σ_down, 1/2))
+    interpol[-2:] = 0.0
+    down, interpol = down.to(d.sigmas_down.dtype), interpol.to(d.sigmas_interpol.dtype)
+
+    def spread(v):
+        return torch.cat([v[:1], v[1:].repeat_interleave(2), v[-1:]])
+
+    d.sigmas_down, d.sigmas_interpol = spread(down), spread(interpol)
+    ts = d.timesteps
+    base_t = torch.cat([ts[:1], ts[2::2]])
+    log_sigmas = d.log_sigmas.cpu()
+    mid_t = np.array([d._sigma_to_t(s, log_sigmas) for s in interpol.float()])
+    mid_t = torch.from_numpy(mid_t).to(ts.dtype)
+    pairs = torch.stack((mid_t[:-2, None], base_t[1:, None]), dim=-1).flatten()
+    d.timesteps = torch.cat([base_t[:1], pairs])
+
+
+@contextlib.contextmanager
+def well_conditioned_dpm2_ancestral():
+    """diffusers' ``KDPM2AncestralDiscreteScheduler.set_timesteps`` followed by
+    :func:`exact_ancestral_split` (for every instance, pipelines' included)."""
+    from diffusers import KDPM2AncestralDiscreteScheduler as cls
+
+    original = cls.set_timesteps
+
+    def set_timesteps(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        exact_ancestral_split(self)
+
+    cls.set_timesteps = set_timesteps
+    try:
+        yield
+    finally:
+        cls.set_timesteps = original

@@ -40,6 +40,7 @@ import array_api_compat
 import numpy as np
 
 from ..core.predictions import PREDICTION_TYPES, check_prediction_type
+from .threads import small_matrices
 
 __all__ = [
     "DIGITS_SHAPE",
@@ -543,7 +544,8 @@ class DenoiserModel:
     def __call__(self, sample: Array, timestep: Any) -> Array:
         """The exact ``prediction_type`` output for ``sample`` (B, *S) at ``timestep``."""
         alpha_bar = self.alpha_bar(timestep, sample)
-        x0 = self.denoiser.posterior_mean(sample, alpha_bar)
+        with small_matrices():  # small products: one BLAS thread (see .threads)
+            x0 = self.denoiser.posterior_mean(sample, alpha_bar)
         return prediction_from_x0(sample, x0, alpha_bar, self.prediction_type)
 
 
@@ -681,7 +683,9 @@ class FlowModel:
     def __call__(self, sample: Array, timestep: Any) -> Array:
         """The exact velocity v̂ (F2) for ``sample`` (B, *S) at ``timestep``."""
         sigma = self.sigma(timestep, sample)
-        return (sample - flow_posterior_mean(self.denoiser, sample, sigma)) / sigma  # (F2)
+        with small_matrices():  # small products: one BLAS thread (see .threads)
+            x0 = flow_posterior_mean(self.denoiser, sample, sigma)
+        return (sample - x0) / sigma  # (F2)
 
 
 def flow_model_for(denoiser: Denoiser, num_train_steps: int = 1000) -> FlowModel:

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from .models import flow_posterior_mean
+from .threads import small_matrices
 
 SIGMA_MIN = 1e-7
 """Where the integration stops when ᾱ_end = 1 (clean data); see :func:`solve_pf_ode`.
@@ -77,7 +78,8 @@ def _check_start(x_start: Any) -> np.ndarray:
 def denoise_at_sigma(denoiser: Any, x_tilde: np.ndarray, sigma: float) -> np.ndarray:
     """D(x̃; σ) = E[x_0 | x̃ = x_0 + σ ε] = posterior_mean(sqrt(ᾱ) x̃, ᾱ), ᾱ = 1/(1+σ²)."""
     alpha_bar = 1.0 / (1.0 + sigma * sigma)
-    return np.asarray(denoiser.posterior_mean(math.sqrt(alpha_bar) * x_tilde, alpha_bar))
+    with small_matrices():  # small products: one BLAS thread (see .threads)
+        return np.asarray(denoiser.posterior_mean(math.sqrt(alpha_bar) * x_tilde, alpha_bar))
 
 
 def solve_pf_ode(
@@ -226,7 +228,9 @@ def solve_flow_ode(
 
     def rhs(tau: float, y: np.ndarray) -> np.ndarray:  # (R1)
         state = y.reshape(shape)
-        return (state - flow_posterior_mean(denoiser, state, math.exp(tau))).ravel()
+        with small_matrices():  # small products: one BLAS thread (see .threads)
+            x0 = flow_posterior_mean(denoiser, state, math.exp(tau))
+        return (state - x0).ravel()
 
     if stop < s_start:
         tau_end = math.log(stop)

@@ -16,7 +16,12 @@ noise of σ_up (k-diffusion's ``get_ancestral_step``, as Euler ancestral):
 
     σ_up = sqrt(σ_{i+1}² (σ_i² - σ_{i+1}²) / σ_i²),   σ_down = sqrt(σ_{i+1}² - σ_up²),  (4)
 
-and runs (1-3) with σ_down in place of σ_{i+1}, then adds the noise:
+σ_down is computed as the equal, well-conditioned
+
+    σ_down = σ_{i+1}² / σ_i,                                                         (4')
+
+(σ_down² = σ_{i+1}² - σ_up² = σ_{i+1}⁴ / σ_i²; so σ_mid of (1) is σ_{i+1} itself), and the
+ancestral step runs (1-3) with σ_down in place of σ_{i+1}, then adds the noise:
 
     x_{i+1} = x_i + (σ_down - σ_i) d(x_mid, σ_mid) + σ_up z.                        (5)
 
@@ -25,10 +30,14 @@ step's only model call (k-diffusion's Euler step there). An N-step loop makes 2N
 calls, at σ_0, σ_mid,0, σ_1, σ_mid,1, ..., σ_{N-1}; the midpoints' timesteps are the
 fractional training timesteps of their σ (:func:`~diffsched.schedules.sigmas.sigma_to_t`).
 
-diffusers keeps these grids in float32 and computes them in float32 arithmetic. σ_up and
-σ_down are computed so here too (diffusers' own values, save where its vectorised float32
-square root is an ulp off); σ_mid, which diffusers forms from float32 logarithms, is the
-exact geometric mean rounded to float32 (a few ulps from diffusers'). With Karras σ's,
+diffusers keeps these grids in float32. σ_up is computed in float32 arithmetic as diffusers
+computes it (its value, to the ulp of the final square root); σ_down and σ_mid are the exact
+values rounded to float32 (a few ulps from diffusers', which forms σ_mid from float32
+logarithms). diffusers
+forms σ_down as sqrt(σ_{i+1}² - σ_up²) in float32, which cancels where σ_{i+1} << σ_i (the
+step down to the grid's lowest σ): there its σ_down is off by up to 1e-2 relative, by an
+amount that depends on the CPU's vectorised power function (the tests compare with diffusers'
+step on the exact split). With Karras σ's,
 diffusers rounds the grid's timesteps (not the midpoints') to integers; so does this module.
 
 The model is called on x / sqrt(σ² + 1), the variance-preserving sample it was trained
@@ -155,10 +164,11 @@ class DPM2Ancestral(_DPM2Base):
     def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, sig = self._grid(num_steps, strength=strength)
         n = len(ts)
-        s, s_next = sig[:n].astype(np.float32), sig[1 : n + 1].astype(np.float32)
-        up = np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)  # (4), in float32
-        down = np.sqrt(s_next**2 - up**2)
-        mid = sigma_schedules.as_float32(np.sqrt(s.astype(np.float64) * down))  # (1) to σ_down
-        fields = self._two_stage(ts, sig, mid, down.astype(np.float64))
-        noise = interleave(np.zeros(n), up.astype(np.float64))  # (5): after the second call
+        s, s_next = sig[:n], sig[1 : n + 1]
+        s32, n32 = s.astype(np.float32), s_next.astype(np.float32)
+        up = np.sqrt(n32**2 * (s32**2 - n32**2) / s32**2).astype(np.float64)  # (4), float32
+        down = sigma_schedules.as_float32(s_next**2 / s)  # (4'), exact
+        mid = sigma_schedules.as_float32(np.sqrt(s * down))  # (1) to σ_down
+        fields = self._two_stage(ts, sig, mid, down)
+        noise = interleave(np.zeros(n), up)  # (5): after the second call
         return Tableau(**fields, noise=noise)
