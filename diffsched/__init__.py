@@ -23,7 +23,7 @@ from .grids import load_grid, named_grid, save_grid
 from .interop.config import from_config
 from .methods import *  # noqa: F403
 from .methods import ALL as _ALL
-from .methods import OURS_ONLY as _OURS_ONLY
+from .methods import CLASSES as _CLASSES
 from .sampling import sample
 from .tuning import tune
 
@@ -40,7 +40,7 @@ __all__ = [
     "sample",
     "save_grid",
     "tune",
-    *(cls.__name__ for cls in (*_ALL, *_OURS_ONLY)),
+    *(cls.__name__ for cls in _CLASSES),
 ]
 __version__ = "0.2.0"
 

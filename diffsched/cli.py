@@ -34,37 +34,9 @@ from .interop.config import from_config
 from .sampling import sample
 from .tuning import relative_error
 
-# the command's short names; a class that does not exist (yet) is left out
-CLI_NAMES = {
-    "ddim": "DDIM",
-    "pndm": "PNDM",
-    "lcm": "LCM",
-    "ddpm": "DDPM",
-    "euler": "Euler",
-    "euler-a": "EulerAncestral",
-    "heun": "Heun",
-    "dpm2": "DPM2",
-    "dpm2-a": "DPM2Ancestral",
-    "lms": "LMS",
-    "ipndm": "IPNDM",
-    "ipndm-v": "VariableIPNDM",
-    "edm-euler": "EDMEuler",
-    "dpm++2m": "DPMSolverMultistep",
-    "dpm++2s": "DPMSolverSinglestep",
-    "unipc": "UniPC",
-    "deis": "DEIS",
-    "sa-solver": "SASolver",
-    "tcd": "TCD",
-    "edm-dpm++2m": "EDMDPMSolverMultistep",
-    "ddim-inverse": "DDIMInverse",
-    "dpm++2m-inverse": "DPMSolverMultistepInverse",
-    "flow-euler": "FlowMatchEuler",
-    "flow-heun": "FlowMatchHeun",
-    "flow-lcm": "FlowMatchLCM",
-}
-SCHEDULERS: dict[str, type[Scheduler]] = {
-    name: getattr(methods, cls) for name, cls in CLI_NAMES.items() if hasattr(methods, cls)
-}
+# the command line's names: each class's CLI_NAME (diffsched.methods.CLI_NAMES)
+SCHEDULERS: dict[str, type[Scheduler]] = dict(methods.CLI_NAMES)
+CLI_NAMES = {name: cls.__name__ for name, cls in SCHEDULERS.items()}
 BACKENDS = ("numpy", "torch", "jax")
 DEFAULT_BENCH = (
     "ddim",

@@ -50,7 +50,7 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "Euler-churn": (ds.Euler(s_churn=1.0), 6),
         "EulerAncestral": (ds.EulerAncestral(**SD), 6),
     }
-    optional = {
+    special = {
         "DDPM": dict(),
         "Heun": dict(clip_denoised_sample=True, clip_sample_range=2.0),
         "DPM2": dict(),
@@ -72,10 +72,12 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "FlowMatchLCM": dict(),
         "VariableIPNDM": dict(**SD, use_karras_sigmas=True),
     }
-    for name, kwargs in optional.items():
-        cls = getattr(ds, name, None)
-        if cls is not None:
-            cases[name] = (cls(**kwargs), 6)
+    for name, kwargs in special.items():
+        cases[name] = (getattr(ds, name)(**kwargs), 6)
+    covered = {type(sched) for sched, _ in cases.values()}
+    for cls in ds.methods.CLASSES:  # every registered class, with its defaults at least
+        if cls not in covered:
+            cases[cls.__name__] = (cls(), 6)
     return cases
 
 

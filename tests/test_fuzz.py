@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import diffsched as ds
 from diffsched.core.options import STEP_TIME, specs
 
-CLASSES = [*ds.methods.ALL, *ds.methods.OURS_ONLY]
+CLASSES = list(ds.methods.CLASSES)
 BUDGET = settings(
     max_examples=60,
     deadline=None,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..schedules import betas as beta_schedules
-from . import engine, ops, predictions
+from . import engine, families, ops, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
@@ -49,6 +49,11 @@ class BaseScheduler:
     methods derive from it directly; :class:`Scheduler` adds the betas)."""
 
     DIFFUSERS_CLASS: ClassVar[str | None]  # None: a method diffusers does not have
+    # the one declaration everything else derives from (diffsched.methods.CLASSES, the CLI,
+    # the docs' nav and tables, the generic tests): a public class of a module of
+    # diffsched.methods is registered by being there; these say where it is listed
+    FAMILY: ClassVar[str] = families.MORE  # its section (diffsched.core.families)
+    CLI_NAME: ClassVar[str | None] = None  # its name on the command line; None: not there
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = predictions.PREDICTION_TYPES
     # keys of the diffusers class that never change its result here (accepted, dropped)
     INERT_KEYS: ClassVar[frozenset[str]] = frozenset()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.scheduler import (
     FinalAlpha,
@@ -47,6 +47,8 @@ class DDIM(X0Processing, Spacing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     """
 
     DIFFUSERS_CLASS = "DDIMScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "ddim"
 
     rederive_noise: bool = step_time(
         False, "after clipping x̂_0, re-derive ε̂ from it, as GLIDE does (diffusers' "

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -59,6 +59,8 @@ class DDIMInverse(Clipping, ZeroTerminalSNR, Scheduler):
     """
 
     DIFFUSERS_CLASS = "DDIMInverseScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "ddim-inverse"
     DIFFUSERS_ALIASES: ClassVar[dict[str, str]] = {"set_alpha_to_zero": "set_alpha_to_one"}
 
     alpha_clip_strategy: str = option(

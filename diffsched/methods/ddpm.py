@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
@@ -63,6 +63,8 @@ class DDPM(X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
     """
 
     DIFFUSERS_CLASS = "DDPMScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "ddpm"
 
     beta_schedule: str = option(
         "linear",

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
@@ -82,6 +82,8 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
     """
 
     DIFFUSERS_CLASS = "DEISMultistepScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "deis"
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
     ORDER = 2
 

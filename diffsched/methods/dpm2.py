@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.scheduler import document
 from ..schedules import sigmas as sigma_schedules
@@ -126,6 +126,8 @@ class DPM2(_DPM2Base):
     """
 
     DIFFUSERS_CLASS = "KDPM2DiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "dpm2"
     PREDICTION_TYPES = ("noise", "angular_velocity")  # diffusers raises for "sample"
     ORDER = 2
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0
@@ -153,6 +155,8 @@ class DPM2Ancestral(_DPM2Base):
     """
 
     DIFFUSERS_CLASS = "KDPM2AncestralDiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "dpm2-a"
     PREDICTION_TYPES = ("noise", "angular_velocity")  # diffusers raises for "sample"
     ORDER = 2
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0

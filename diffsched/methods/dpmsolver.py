@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -378,6 +378,8 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
     """
 
     DIFFUSERS_CLASS = "DPMSolverMultistepScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "dpm++2m"
 
     use_lu_lambdas: bool = option(
         False, "levels evenly spaced in λ over the training range (Lu et al. 2022a, "
@@ -449,6 +451,8 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     """
 
     DIFFUSERS_CLASS = "DPMSolverMultistepInverseScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "dpm++2m-inverse"
 
     def _check(self) -> None:
         super()._check()

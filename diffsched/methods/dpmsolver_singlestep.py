@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, document
@@ -110,6 +110,8 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
     """
 
     DIFFUSERS_CLASS = "DPMSolverSinglestepScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "dpm++2s"
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
     ORDER = 2
 

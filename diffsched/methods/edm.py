@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, Churn, document
@@ -61,6 +61,8 @@ class EDMEuler(Churn, BaseScheduler):
     """
 
     DIFFUSERS_CLASS = "EDMEulerScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "edm-euler"
     TRAINING_TIMESTEPS = False  # c_noise(σ) = log(σ) / 4
     PREDICTION_TYPES = ("noise", "angular_velocity")
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core import families
 from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, document
@@ -102,6 +103,8 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
     """
 
     DIFFUSERS_CLASS = "EDMDPMSolverMultistepScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "edm-dpm++2m"
     PREDICTION_TYPES = EDMEuler.PREDICTION_TYPES
     ORDER = 2
     TRAINING_TIMESTEPS = False  # c_noise(σ) = log(σ) / 4

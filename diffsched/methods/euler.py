@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -133,6 +133,8 @@ class Euler(Churn, SigmaGrid, _EulerBase):
     """
 
     DIFFUSERS_CLASS = "EulerDiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "euler"
 
     interpolation_type: str = option(
         "linear", "σ of the spaced timesteps: linear in t over the training σ's, or log_linear "
@@ -198,6 +200,8 @@ class EulerAncestral(_EulerBase):
     """
 
     DIFFUSERS_CLASS = "EulerAncestralDiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "euler-a"
 
     @property
     def deterministic(self) -> bool:

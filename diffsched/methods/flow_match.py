@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import ops, predictions
+from ..core import families, ops, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Program, Tableau
 from ..core.options import option
 from ..core.scheduler import (
@@ -379,6 +379,8 @@ class FlowMatchEuler(_ShiftedGrid, _FlowMatchBase):
     """
 
     DIFFUSERS_CLASS = "FlowMatchEulerDiscreteScheduler"
+    FAMILY = families.FLOW
+    CLI_NAME = "flow-euler"
 
     stochastic_sampling: bool = option(
         False, "replace the Euler step by re-noising x̂_0 to the next level with fresh "
@@ -421,6 +423,8 @@ class FlowMatchHeun(Churn, _FlowMatchBase):
     """
 
     DIFFUSERS_CLASS = "FlowMatchHeunDiscreteScheduler"
+    FAMILY = families.FLOW
+    CLI_NAME = "flow-heun"
     ORDER = 2
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0
 
@@ -486,6 +490,8 @@ class FlowMatchLCM(_ShiftedGrid, _FlowMatchBase):
     """
 
     DIFFUSERS_CLASS = "FlowMatchLCMScheduler"
+    FAMILY = families.FLOW
+    CLI_NAME = "flow-lcm"
     # only acts together with scale_factors, which must be None here
     INERT_KEYS = frozenset({"upscale_mode"})
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import with_default
 from ..core.scheduler import Clipping, Scheduler, SigmaGrid, Spacing, document
@@ -76,6 +76,8 @@ class Heun(Clipping, _TwoStageBase):
     """
 
     DIFFUSERS_CLASS = "HeunDiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "heun"
     PREDICTION_TYPES = predictions.PREDICTION_TYPES
     ORDER = 2
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0

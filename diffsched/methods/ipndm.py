@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import families
 from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import Scheduler, _tuple_of_floats, document
@@ -80,6 +81,8 @@ class IPNDM(Scheduler):
     """
 
     DIFFUSERS_CLASS = "IPNDMScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "ipndm"
     TRAINING_TIMESTEPS = False  # t in (0, 1], from its own noise grid
     PREDICTION_TYPES = ("angular_velocity",)
     ORDER = 4

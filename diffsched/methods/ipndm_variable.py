@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import SigmaGrid, document
@@ -85,6 +85,8 @@ class VariableIPNDM(SigmaGrid, _EulerBase):
     """
 
     DIFFUSERS_CLASS = None
+    FAMILY = families.KARRAS
+    CLI_NAME = "ipndm-v"
     ORDER = MAX_ORDER
 
     solver_order: int = option(

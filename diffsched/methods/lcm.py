@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import ops, predictions
+from ..core import families, ops, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import FinalAlpha, Scheduler, X0Processing, ZeroTerminalSNR, document
@@ -44,6 +44,8 @@ class LCM(X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     """
 
     DIFFUSERS_CLASS = "LCMScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "lcm"
     # LCMScheduler has spacing keys that its set_timesteps never reads
     INERT_KEYS = frozenset({"steps_offset", "timestep_spacing"})
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
@@ -74,6 +74,8 @@ class LMS(SigmaGrid, Spacing, Scheduler):
     """
 
     DIFFUSERS_CLASS = "LMSDiscreteScheduler"
+    FAMILY = families.KARRAS
+    CLI_NAME = "lms"
     ORDER = 4
 
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..core import ops
+from ..core import families, ops
 from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import FinalAlpha, Scheduler, Spacing, document, spaced_timesteps
@@ -67,6 +67,8 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
     """
 
     DIFFUSERS_CLASS = "PNDMScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "pndm"
     PREDICTION_TYPES = ("noise", "angular_velocity")
     ORDER = 4
 

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -196,6 +196,8 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
     """
 
     DIFFUSERS_CLASS = "SASolverScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "sa-solver"
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
     ORDER = 2
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, ZeroTerminalSNR, document, step_time
@@ -72,6 +72,8 @@ class TCD(ZeroTerminalSNR, Scheduler):
     """
 
     DIFFUSERS_CLASS = "TCDScheduler"
+    FAMILY = families.VARIANCE_PRESERVING
+    CLI_NAME = "tcd"
     INERT_KEYS = frozenset(
         {
             "clip_sample",

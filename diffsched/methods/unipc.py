@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import predictions
+from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
@@ -118,6 +118,8 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
     """
 
     DIFFUSERS_CLASS = "UniPCMultistepScheduler"
+    FAMILY = families.SOLVERS
+    CLI_NAME = "unipc"
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
     ORDER = 3
 
