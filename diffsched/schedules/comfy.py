@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from . import ays
+
 # -- model sampling ------------------------------------------------------------------------
 
 MODELS = ("eps", "v", "x0", "lcm", "flow", "flux")
@@ -536,3 +538,215 @@ def ksampler_sigmas(
     if denoise <= 0.0:
         return np.zeros(0)
     return levels(int(steps / denoise))[-(steps + 1) :]
+
+
+# -- the custom-sampling schedule nodes ------------------------------------------------------
+
+# Optimal Stepsize for diffusion sampling (Pei et al. 2025, "Optimal Stepsize for Diffusion
+# Sampling", github.com/bebebe666/OptimalSteps): the searched flow levels, last level σ_min
+OPTIMAL_STEPS_LEVELS = {
+    "FLUX": (0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808,
+             0.001),
+    "Wan": (1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968,
+            0.96, 0.946, 0.927, 0.902, 0.864, 0.776, 0.539, 0.208, 0.001),
+    "Chroma": (0.992, 0.99, 0.988, 0.985, 0.982, 0.978, 0.973, 0.968, 0.961, 0.953, 0.943,
+               0.931, 0.917, 0.9, 0.881, 0.858, 0.832, 0.802, 0.769, 0.731, 0.69, 0.646, 0.599,
+               0.55, 0.501, 0.451, 0.402, 0.355, 0.311, 0.27, 0.232, 0.199, 0.169, 0.143, 0.12,
+               0.101, 0.084, 0.07, 0.058, 0.048, 0.001),
+}  # fmt: skip
+AYS_MODEL_TYPES = ("SD1", "SDXL", "SVD")
+SVD_SIGMA_MIN = 0.002  # the last level of ComfyUI's SVD list (EDM's σ_min)
+GITS_COEFFS = tuple(round(0.80 + 0.05 * i, 2) for i in range(15))
+# the custom-sampling nodes' default σ range (SD1.5's float32 table ends)
+NODE_SIGMA_MAX, NODE_SIGMA_MIN = 14.614642, 0.0291675
+NODES = ("ays", "gits", "optimal_steps", "ltxv", "karras", "exponential", "polyexponential",
+         "laplace", "vp", "sd_turbo", "beta_sampling", "basic")  # fmt: skip
+
+
+def _partial(levels: Any, steps: int, denoise: float) -> np.ndarray:
+    """The tail of an interpolated published list for ``denoise`` (round(N d) steps), the last
+    level set to 0: the AYS, GITS and Optimal Steps nodes."""
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return np.zeros(0)
+        total = round(steps * denoise)
+    else:
+        total = steps
+    levels = np.array(levels, dtype=np.float64)
+    if steps + 1 != len(levels):
+        levels = ays.loglinear(levels, steps + 1)
+    out = np.array(levels[-(total + 1) :], dtype=np.float64)
+    out[-1] = 0.0
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def ays_levels(model_type: str) -> np.ndarray:
+    """ComfyUI's 11-level Align Your Steps list (Sabour et al. 2024): SD1/SDXL the SD1.5
+    table's σ at the published timesteps (:data:`diffsched.schedules.ays.TIMESTEPS`) and at
+    t = 0, rounded to 10 decimals; SVD the published σ's with σ_min = 0.002 last."""
+    if model_type not in AYS_MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {AYS_MODEL_TYPES}, got: {model_type!r}")
+    if model_type == "SVD":
+        out = np.array((*ays.SIGMAS["svd"][:-1], SVD_SIGMA_MIN))
+    else:
+        table = model_sampling("eps").sigmas
+        index = (*ays.TIMESTEPS["sd15" if model_type == "SD1" else "sdxl"], 0)
+        out = np.array([round(float(table[t]), 10) for t in index])
+    out.setflags(write=False)
+    return out
+
+
+def align_your_steps(steps: int, model_type: str = "SD1", denoise: float = 1.0) -> np.ndarray:
+    """ComfyUI's AlignYourStepsScheduler: :func:`ays_levels`, log-linearly interpolated to
+    N + 1 levels (unless N = 10), the last set to 0; denoise < 1 keeps the last round(N d)
+    steps."""
+    return _partial(ays_levels(model_type), _check_steps(steps), denoise)
+
+
+def gits(steps: int, coeff: float = 1.20, denoise: float = 1.0) -> np.ndarray:
+    """ComfyUI's GITSScheduler (:mod:`diffsched.schedules.gits`): the published schedule of
+    N <= 20 steps, or the 20-step one log-linearly interpolated to N + 1 levels; the last
+    set to 0."""
+    from . import gits as gits_data
+
+    steps = _check_steps(steps)
+    if steps < 2:
+        raise ValueError(f"GITS needs at least 2 steps, got: {steps}")
+    key = round(float(coeff), 2)
+    if key not in gits_data.SCHEDULES:
+        raise ValueError(f"GITS coeff must be one of {GITS_COEFFS}, got: {coeff!r}")
+    index = gits_data.SCHEDULES[key][min(steps, 20) - 2]
+    return _partial([gits_data.LEVELS[i] for i in index], steps, denoise)
+
+
+def optimal_steps(steps: int, model_type: str = "FLUX", denoise: float = 1.0) -> np.ndarray:
+    """ComfyUI's OptimalStepsScheduler (Pei et al. 2025): the searched levels of FLUX (10
+    steps), Wan (20) or Chroma (40), log-linearly interpolated to N + 1, the last set to 0."""
+    if model_type not in OPTIMAL_STEPS_LEVELS:
+        raise ValueError(
+            f"model_type must be one of {tuple(OPTIMAL_STEPS_LEVELS)}, got: {model_type!r}"
+        )
+    return _partial(OPTIMAL_STEPS_LEVELS[model_type], _check_steps(steps), denoise)
+
+
+def ltxv(
+    steps: int,
+    max_shift: float = 2.05,
+    base_shift: float = 0.95,
+    stretch: bool = True,
+    terminal: float = 0.1,
+    tokens: int = 4096,
+) -> np.ndarray:
+    """ComfyUI's LTXVScheduler (LTX-Video, HaCohen et al. 2024): u evenly from 1 to 0 (N + 1),
+    σ = e^μ / (e^μ + 1/u - 1) with μ linear in the token count (``base_shift`` at 1024,
+    ``max_shift`` at 4096), then (``stretch``) 1 - σ scaled so the last nonzero level is
+    ``terminal``."""
+    steps = _check_steps(steps)
+    u = linspace(1.0, 0.0, steps + 1)
+    slope = (max_shift - base_shift) / (4096 - 1024)
+    mu = tokens * slope + (base_shift - slope * 1024)
+    e = math.exp(mu)
+    with np.errstate(divide="ignore"):
+        sig = np.where(u != 0, e / (e + (1 / u - 1)), 0.0)
+    if stretch:
+        if steps < 2:
+            raise ValueError("the ltxv schedule with stretch=True needs at least 2 steps "
+                             "(ComfyUI returns NaN for 1)")  # fmt: skip
+        live = sig != 0
+        gap = 1.0 - sig[live]
+        scale = gap[-1] / (1.0 - terminal)
+        sig[live] = 1.0 - gap / scale
+    return sig
+
+
+def polyexponential(
+    steps: int, sigma_max: float = NODE_SIGMA_MAX, sigma_min: float = NODE_SIGMA_MIN,
+    rho: float = 1.0,
+) -> np.ndarray:  # fmt: skip
+    """k-diffusion's polyexponential: log σ = log σ_min + r^ρ (log σ_max - log σ_min), r
+    evenly from 1 to 0 (N levels), then 0."""
+    ramp = linspace(1, 0, _check_steps(steps)) ** rho
+    lo = math.log(sigma_min)
+    return _with_zero(np.exp(ramp * (math.log(sigma_max) - lo) + lo))
+
+
+def laplace(
+    steps: int, sigma_max: float = NODE_SIGMA_MAX, sigma_min: float = NODE_SIGMA_MIN,
+    mu: float = 0.0, beta: float = 0.5,
+) -> np.ndarray:  # fmt: skip
+    """Tiankai et al. 2024 ("Improved Noise Schedule for Diffusion Training"): log σ =
+    μ - β sgn(1/2 - x) log(1 - 2|1/2 - x| + 1e-5), x evenly in [0, 1] (N levels), σ clamped
+    to [σ_min, σ_max]; no final 0."""
+    x = linspace(0, 1, _check_steps(steps))
+    lam = mu - beta * np.sign(0.5 - x) * np.log(1 - 2 * np.abs(0.5 - x) + 1e-5)
+    return np.clip(np.exp(lam), sigma_min, sigma_max)
+
+
+def vp(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 0.001) -> np.ndarray:
+    """The continuous VP SDE's σ (Song et al. 2021; Karras et al. 2022, Table 1):
+    σ(t) = sqrt(exp(β_d t²/2 + β_min t) - 1), t evenly from 1 to ε_s (N levels), then 0."""
+    t = linspace(1, eps_s, _check_steps(steps))
+    return _with_zero(np.sqrt(np.expm1(beta_d * t**2 / 2 + beta_min * t)))
+
+
+def sd_turbo(ms: ModelSampling, steps: int, denoise: float = 1.0) -> np.ndarray:
+    """ComfyUI's SDTurboScheduler: σ(t) at t = 999, 899, ..., 99, starting 10 - int(10 d)
+    entries in, N of them, then 0."""
+    start = 10 - int(10 * denoise)
+    ts = (np.arange(1, 11) * 100 - 1)[::-1][start : start + _check_steps(steps)]
+    return _with_zero(ms.sigma(ts.astype(np.float64)))
+
+
+def basic(ms: ModelSampling, steps: int, scheduler: str = "normal", denoise: float = 1.0):
+    """ComfyUI's BasicScheduler: the last N + 1 levels of the int(N / d)-step schedule."""
+    steps = _check_steps(steps)
+    total = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return np.zeros(0)
+        total = int(steps / denoise)
+    return scheduler_sigmas(scheduler, ms, total)[-(steps + 1) :]
+
+
+def node_sigmas(kind: str, steps: int, *, ms: ModelSampling | None = None, **params: Any):
+    """The σ's of ComfyUI's schedule node ``kind`` (one of :data:`NODES`) for ``steps``:
+    ``ays`` (model_type, denoise), ``gits`` (coeff, denoise), ``optimal_steps`` (model_type,
+    denoise), ``ltxv`` (max_shift, base_shift, stretch, terminal, tokens), ``karras``
+    (sigma_max, sigma_min, rho), ``exponential`` (sigma_max, sigma_min), ``polyexponential``
+    (sigma_max, sigma_min, rho), ``laplace`` (sigma_max, sigma_min, mu, beta), ``vp`` (beta_d,
+    beta_min, eps_s); ``sd_turbo`` (denoise), ``beta_sampling`` (alpha, beta) and ``basic``
+    (scheduler, denoise) on the model sampling ``ms`` (default SD1.5's eps)."""
+    import inspect
+
+    table = {
+        "ays": align_your_steps, "gits": gits, "optimal_steps": optimal_steps, "ltxv": ltxv,
+        "karras": _node_karras, "exponential": _node_exponential,
+        "polyexponential": polyexponential, "laplace": laplace, "vp": vp,
+        "sd_turbo": sd_turbo, "beta_sampling": beta, "basic": basic,
+    }  # fmt: skip
+    if kind not in table:
+        raise ValueError(f"node must be one of {NODES}, got: {kind!r}")
+    fn = table[kind]
+    names = [n for n in inspect.signature(fn).parameters if n not in ("ms", "steps")]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise TypeError(f"node {kind!r} takes {names}, got unknown: {unknown}")
+    if "ms" in inspect.signature(fn).parameters:
+        return fn(model_sampling("eps") if ms is None else ms, steps, **params)
+    if ms is not None:
+        raise TypeError(f"node {kind!r} takes no model sampling (ms=)")
+    return fn(steps, **params)
+
+
+def _node_karras(
+    steps: int, sigma_max: float = NODE_SIGMA_MAX, sigma_min: float = NODE_SIGMA_MIN,
+    rho: float = 7.0,
+) -> np.ndarray:  # fmt: skip
+    return karras(_check_steps(steps), sigma_min, sigma_max, rho)
+
+
+def _node_exponential(
+    steps: int, sigma_max: float = NODE_SIGMA_MAX, sigma_min: float = NODE_SIGMA_MIN
+) -> np.ndarray:
+    return exponential(_check_steps(steps), sigma_min, sigma_max)
