@@ -350,3 +350,29 @@ def test_dynamic_shift_uses_the_flux_table():
     with pytest.raises(ValueError, match="time_shift_type='exponential'"):
         ds.FlowMatchEuler(use_dynamic_shifting=True, time_shift_type="linear",
                           sigma_schedule="simple")._grid(5, mu=0.5)  # fmt: skip
+
+
+def sigma_grid_classes():
+    from diffsched.core.scheduler import SigmaGrid
+
+    return [c for c in (*ds.methods.ALL, *ds.methods.OURS_ONLY) if issubclass(c, SigmaGrid)]
+
+
+@pytest.mark.parametrize("cls", sigma_grid_classes(), ids=lambda c: c.__name__)
+def test_every_sigma_grid_class_runs_every_comfyui_schedule(cls):
+    """Every value of its family (variance-exploding or flow) gives a finite loop."""
+    flow = cls.__name__.startswith("FlowMatch")
+    config = {} if flow else SD
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    for kind in comfy.SIGMA_SCHEDULES:
+        n = {"ddim_uniform": 20, "sd_turbo": 4}.get(kind, 8)
+        if kind in (comfy.VE_LISTS if flow else comfy.FLOW_LISTS):
+            with pytest.raises(ValueError, match="lists"):
+                cls(**config, sigma_schedule=kind).init(n, x)
+            continue
+        sched = cls(**config, sigma_schedule=kind)
+        state, ts = sched.init(n, x)
+        y = x * sched.init_noise_scale(n)
+        for t in ts:
+            state, y = sched.step(state, y, np.tanh(0.5 * y + 1e-3 * float(t)))
+        assert np.all(np.isfinite(y)), kind
