@@ -105,6 +105,10 @@ class ModelSampling:
     multiplier: float = 1000.0
     table: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind not in MODELS:
+            raise ValueError(f"ModelSampling kind must be one of {MODELS}, got: {self.kind!r}")
+
     @property
     def discrete(self) -> bool:
         """Whether timesteps are table indices (eps, v, x0, lcm)."""
