@@ -779,3 +779,14 @@ def test_library_errors_are_not_usage_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "run", broken)
     with pytest.raises(ValueError, match="a bug"):
         cli.main(["sample", "--model", "gmm", "--out", str(tmp_path / "x.png")])
+
+
+def test_table_ratio_of_two_exact_solutions():
+    """Two errors at the reference's resolution (flow-heun on digits at 50 steps: ours
+    7.2e-11, diffusers' 1.4e-21) have no meaningful ratio: the cell says both are exact."""
+    row = {"model": "digits", "scheduler": "flow-heun", "steps": 50, "calls": 99}
+    table = cli.format_table([{**row, "error": 7.233e-11, "diffusers_error": 1.411e-21},
+                              {**row, "error": 2e-3, "diffusers_error": 1e-3}])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[2].endswith("| 7.233e-11 | 1.411e-21 | both < 1e-9 |")
+    assert lines[3].endswith("| 2.000e-03 | 1.000e-03 | +1.0e+00 |")
