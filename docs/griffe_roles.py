@@ -57,7 +57,7 @@ SYMBOLS = {"²": "^2", "³": "^3", "·": r"\cdot ", "∫": r"\int ", "Σ": r"\su
            "≠": r"\ne ", "→": r"\to ", "∞": r"\infty ", "…": r"\ldots ", "ℓ": r"\ell ",
            "%": r"\%", "#": r"\#", "&": r"\&"}  # fmt: skip
 ACCENTS = {"\u0302": "hat", "\u0303": "tilde", "\u0304": "bar"}
-PRECOMPOSED = {"ᾱ": r"\bar{α}", "ĥ": r"\hat{h}", "⌊": r"\lfloor ", "⌋": r"\rfloor "}
+PRECOMPOSED = {"ᾱ": r"{\bar{α}}", "ĥ": r"{\hat{h}}", "⌊": r"\lfloor ", "⌋": r"\rfloor "}
 ALLOWED = re.compile(r"^[\x20-\x7eα-ωΑ-Ωϵϑϕ∈∉≈≤≥±×∂∇⊙∘⟨⟩−⌊⌋]*$")
 TAG = re.compile(r"^(.*?\S)\s{2,}\(([^()]{1,40})\)\s*$")
 
@@ -89,7 +89,7 @@ def _math(line: str) -> str | None:
     for char, tex in PRECOMPOSED.items():
         line = line.replace(char, tex)
     for mark, accent in ACCENTS.items():  # x̂ -> \hat{x}
-        line = re.sub(rf"([A-Za-zα-ωΑ-Ω]){mark}", rf"\\{accent}{{\1}}", line)
+        line = re.sub(rf"([A-Za-zα-ωΑ-Ω]){mark}", rf"{{\\{accent}{{\1}}}}", line)
     if re.search("[\u0300-\u036f]", line):
         return None
     for char, tex in SYMBOLS.items():
