@@ -725,14 +725,16 @@ def test_save_pretrained_round_trip(ddpm_pipe, tmp_path, ours):
     assert type(loaded.scheduler) is getattr(diffusers, ours.DIFFUSERS_CLASS)
     twin = diffusers_twin(ours)
     assert dict(loaded.scheduler.config) == dict(twin.config)
+    # (the reloaded UNet itself differs from the one in memory by ~1e-6: compare on it)
     theirs, *_ = run(loaded, loaded.scheduler, num_inference_steps=3)
-    assert np.abs(theirs - images).max() <= IMAGE_TOL
-
     assert ds.from_config(tmp_path) == ours
     again = DiffusersScheduler.from_config(tmp_path)
     assert again.wrapped == ours and again.config == pipe.scheduler.config
     images_again, *_ = run(loaded, again, num_inference_steps=3)
-    assert np.abs(images_again - images).max() <= IMAGE_TOL
+    assert np.abs(images_again - theirs).max() <= IMAGE_TOL  # observed 2.7e-6 and 4.8e-7 (DDIM)
+    same, *_ = run(loaded, DiffusersScheduler(ours), num_inference_steps=3)
+    assert np.array_equal(images_again, same)
+    assert np.abs(images_again - images).max() <= 1e-4  # the UNet's reload: 6e-6 observed
 
 
 def test_save_pretrained_keeps_our_options(ddpm_pipe, tmp_path):
@@ -764,7 +766,9 @@ def test_save_pretrained_of_a_scheduler_diffusers_lacks(ddpm_pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.scheduler, DiffusersScheduler) and loaded.scheduler.wrapped == ours
     again, *_ = run(loaded, loaded.scheduler, num_inference_steps=3)
-    assert np.abs(again - images).max() <= IMAGE_TOL
+    same, *_ = run(loaded, DiffusersScheduler(ours), num_inference_steps=3)
+    assert np.array_equal(again, same)
+    assert np.abs(again - images).max() <= 1e-4  # the UNet's reload: 6e-6 observed
     passed = diffusers.DiffusionPipeline.from_pretrained(
         tmp_path, scheduler=DiffusersScheduler.from_config(tmp_path)
     )
