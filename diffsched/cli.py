@@ -1,12 +1,22 @@
-"""The ``diffsched`` command: sample from an exact model and see the true error.
+"""The diffsched command: sample from an exact model and see the true error.
 
 * ``diffsched sample``: run one scheduler on an embedded exact model (the optimal
   denoiser of scikit-learn's digits, or a Gaussian mixture), write the samples as a PNG,
   and print the model calls, the wall time and the error against the exact
-  probability-flow ODE solution from the same noise.
+  probability-flow ODE solution from the same noise. An inverse scheduler (data to noise)
+  inverts data samples, regenerates them with its forward method and reports the
+  reconstruction error.
 * ``diffsched bench``: that error for several schedulers and step counts, as a markdown
   table and a log-log plot; ``--against diffusers`` runs the same configs through diffusers.
-* ``diffsched list``: the schedulers and their options, with defaults.
+* ``diffsched tune``: the grid of N steps closest to the exact solution, measured on
+  held-out noise.
+* ``diffsched list``: the schedulers and their options, with defaults, and the commands
+  each one works in (with the reason where it does not).
+
+Every scheduler is run on an exact model of its own kind: the variance-preserving
+denoiser at the training steps of its betas; EDM's preconditioned network F at
+c_noise = ln(σ)/4 (:class:`EDMExactModel`); iPNDM's v-prediction model at continuous time
+t in (0, 1] (:class:`CosineExactModel`); or the rectified-flow form (t = σ T).
 """
 
 from __future__ import annotations
@@ -84,24 +94,30 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def build_scheduler(
-    name: str | None, options: dict[str, Any], config: str | None = None
+    name: str | None, options: dict[str, Any], config: str | None = None, flag: str = "-o"
 ) -> Scheduler:
-    """A scheduler by name (or from a diffusers config file), with options overriding."""
+    """A scheduler by name (or from a diffusers config file), with options overriding.
+
+    A bad name, option or config is a :class:`UsageError` that names ``flag`` (the option
+    flag, or the ``--schedulers`` spec) or ``--config``; the library's own message is kept
+    (with its hint where an option is diffusers' name for one of ours)."""
     if config is not None:
         if name is not None:
-            raise UsageError("give a scheduler name or --config, not both")
-        return from_config(config, **options)
+            raise UsageError(f"give a scheduler name or --config, not both (got {name!r} and "
+                             f"--config {config})")  # fmt: skip
+        if not Path(config).exists():
+            raise UsageError(f"--config: no such file or folder: {config!r}")
+        try:
+            return from_config(config, **options)
+        except (ValueError, TypeError, OSError) as err:
+            raise UsageError(f"--config {config}: {err}") from None
     name = (name or "ddim").lower()
     if name not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
-    cls = SCHEDULERS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise UsageError(
-            f"{cls.__name__} has no option(s) {unknown}; see `diffsched list` for its options"
-        )
-    return cls(**options)
+    try:
+        return SCHEDULERS[name](**options)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{flag}: {err}; see `diffsched list` for the options") from None
 
 
 def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
@@ -110,7 +126,7 @@ def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
     name, _, rest = spec.partition(":")
     pairs = [p for p in re.split(r",(?![^\[]*\])", rest) if p.strip()]
     options = parse_options(pairs)
-    return spec, build_scheduler(name, options), options
+    return spec, build_scheduler(name, options, flag=f"--schedulers {spec}"), options
 
 
 def adapt_to_model(
@@ -183,44 +199,150 @@ def is_flow(scheduler: Scheduler) -> bool:
     return isinstance(scheduler, _FlowMatchBase)
 
 
+def is_edm(scheduler: Scheduler) -> bool:
+    """Whether the scheduler calls EDM's preconditioned network (σ-based, c_noise times)."""
+    return isinstance(scheduler, methods.EDMEuler | methods.EDMDPMSolverMultistep)
+
+
+def is_inverse(scheduler: Scheduler) -> bool:
+    """Whether the scheduler runs from data to noise (an inversion)."""
+    return isinstance(scheduler, methods.DDIMInverse | methods.DPMSolverMultistepInverse)
+
+
+def _scalar_like(xp, value: Any, like: Any) -> Any:
+    """A timestep (a number or a one-element array) as a 0-d array of ``like``'s dtype."""
+    import array_api_compat
+
+    if not array_api_compat.is_array_api_obj(value):
+        value = np.asarray(value, dtype=np.float64)
+    if array_api_compat.is_numpy_array(value) and not array_api_compat.is_numpy_array(like):
+        value = xp.asarray(float(value.reshape(())), dtype=like.dtype,
+                           device=array_api_compat.device(like))  # fmt: skip
+    return xp.reshape(xp.asarray(value, dtype=like.dtype), ())
+
+
+class EDMExactModel:
+    """The exact network F of EDM's preconditioning (Karras et al. 2022, eq. 7, Table 1)
+    for an exact denoiser: the model :class:`~diffsched.EDMEuler` and
+    :class:`~diffsched.EDMDPMSolverMultistep` call.
+
+    Called on c_in(σ) x with the timestep c_noise = ln(σ)/4, where x = x_0 + σ ε is the
+    variance-exploding sample: σ = exp(4 c_noise), x = sample · sqrt(σ² + σ_data²). The
+    exact D(x; σ) = E[x_0 | x] is the denoiser's posterior mean at the variance-preserving
+    level ᾱ = 1/(1 + σ²), x_t = sqrt(ᾱ) x, and F solves eq. 7, D = c_skip x + c_out F:
+
+        F = (D - c_skip x) / c_out,  c_skip = σ_data²/(σ² + σ_data²),
+        c_out = σ σ_data / sqrt(σ² + σ_data²)  (negated for ``angular_velocity``).
+    """
+
+    def __init__(self, denoiser: Any, sigma_data: float, prediction_type: str) -> None:
+        self.denoiser = denoiser
+        self.sigma_data = float(sigma_data)
+        self.prediction_type = prediction_type
+
+    def __call__(self, sample: Any, timestep: Any) -> Any:
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(sample)
+        sigma = xp.exp(4 * _scalar_like(xp, timestep, sample))
+        s2, d2 = sigma * sigma, self.sigma_data**2
+        x = sample * xp.sqrt(s2 + d2)  # the variance-exploding sample x_0 + σ ε
+        alpha_bar = 1 / (1 + s2)
+        denoised = self.denoiser.posterior_mean(x * xp.sqrt(alpha_bar), alpha_bar)
+        c_out = sigma * self.sigma_data / xp.sqrt(s2 + d2)
+        if self.prediction_type == "angular_velocity":
+            c_out = -c_out
+        return (denoised - d2 / (s2 + d2) * x) / c_out
+
+
+class CosineExactModel:
+    """The exact v-prediction model at continuous time t in (0, 1] of the cosine schedule
+    a = cos(πt/2), b = sin(πt/2) (ᾱ = a²): the model :class:`~diffsched.IPNDM` calls.
+
+    With x̂_0 = E[x_0 | x_t] at ᾱ = a², ε̂ = (x_t - a x̂_0)/b and v = a ε̂ - b x̂_0
+    (Salimans & Ho 2022), so v = (a x_t - x̂_0)/b. At t = 1 (pure noise, ᾱ = 0) x̂_0 is
+    the data mean and v = -x̂_0: the exact model is defined there.
+    """
+
+    def __init__(self, denoiser: Any) -> None:
+        self.denoiser = denoiser
+
+    def __call__(self, sample: Any, timestep: Any) -> Any:
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(sample)
+        angle = (math.pi / 2) * _scalar_like(xp, timestep, sample)
+        a, b = xp.cos(angle), xp.sin(angle)
+        alpha_bar = xp.clip(a * a, 0.0, 1.0 - 1e-12) if hasattr(xp, "clip") else a * a
+        return (a * sample - self.denoiser.posterior_mean(sample, alpha_bar)) / b
+
+
 def exact_model(scheduler: Scheduler, model_name: str):
     """The exact model the scheduler's loop calls: the denoiser in its prediction type at
-    the training steps of its betas, or its rectified-flow form (t = σ T)."""
+    the training steps of its betas, EDM's network F, iPNDM's continuous-time v model, or
+    the rectified-flow form (t = σ T)."""
+    kwargs = model_kwargs(model_name)
     if is_flow(scheduler):
-        return models.make_flow_model(
-            model_name, scheduler.num_train_steps, **model_kwargs(model_name)
-        )
+        return models.make_flow_model(model_name, scheduler.num_train_steps, **kwargs)
+    if is_edm(scheduler):
+        return EDMExactModel(models.make_denoiser(model_name, **kwargs), scheduler.sigma_data,
+                             scheduler.prediction_type)  # fmt: skip
+    if isinstance(scheduler, methods.IPNDM):
+        return CosineExactModel(models.make_denoiser(model_name, **kwargs))
     if not scheduler.TRAINING_TIMESTEPS or getattr(scheduler, "use_flow_sigmas", False):
         raise UsageError(
             f"{type(scheduler).__name__} with these options calls the model at timesteps that "
             "are not training steps of its beta schedule; the exact models take those only"
         )
-    return models.make_model(
-        model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
-        **model_kwargs(model_name),
-    )  # fmt: skip
+    return models.make_model(model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
+                             **kwargs)  # fmt: skip
 
 
 def exact_solution(
     scheduler: Scheduler, model, noise: np.ndarray, num_steps: int, **init_options: Any
 ) -> tuple[np.ndarray | None, str]:
-    """The probability-flow ODE solution from the scheduler's first to last noise level."""
+    """The probability-flow ODE solution from the scheduler's first to last noise level,
+    from ``noise``, the loop's first model input."""
     if not scheduler.deterministic:
         return None, "stochastic sampler: it does not follow the probability-flow ODE"
     if is_flow(scheduler):
         sigma_start, sigma_end = scheduler.noise_levels(num_steps, **init_options)
         return reference.solve_flow_ode(model.denoiser, noise, sigma_start, sigma_end), ""
     start, end = scheduler.noise_levels(num_steps, **init_options)
-    if not 0.0 < start < 1.0:
-        return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 < ᾱ < 1"
+    if not 0.0 <= start < 1.0:
+        return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 <= ᾱ < 1"
+    if start > end:
+        return None, "the loop goes up in noise (an inversion); the reference goes down"
+    if is_edm(scheduler):  # the model input c_in x at σ_0 as x_t = sqrt(ᾱ) x (variance preserving)
+        d2 = scheduler.sigma_data**2
+        noise = noise * math.sqrt(((1 - start) / start + d2) * start)
     # many runs (bench rows, tuned grids) share a start: their exact solution is solved once
     key = (repr(model.denoiser), hashlib.sha1(np.ascontiguousarray(noise).tobytes()).hexdigest(),
            start, end)  # fmt: skip
     if key not in _EXACT:
         if len(_EXACT) >= 64:
             _EXACT.pop(next(iter(_EXACT)))
-        _EXACT[key] = reference.solve_pf_ode(model.denoiser, noise, start, end)
-    return _EXACT[key].copy(), ""
+        _EXACT[key] = solve_vp(model.denoiser, noise, start, end)
+    exact = _EXACT[key].copy()
+    if is_edm(scheduler) and end < 1.0:  # EDM's last sample is x = x_t / sqrt(ᾱ)
+        exact /= math.sqrt(end)
+    return exact, ""
+
+
+def solve_vp(denoiser: Any, x_start: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The probability-flow ODE solution of a variance-preserving sample from ᾱ = ``start``
+    to ``end``. From pure noise (ᾱ = 0, where the variance-exploding form of
+    :func:`~diffsched.exact.reference.solve_pf_ode` is infinite) the same ODE is solved in
+    its rectified-flow form, which starts at σ = 1 from the same sample: x = (1 - s) x̃ at
+    the level s = σ/(1 + σ), σ = sqrt((1 - ᾱ)/ᾱ) (x̃ = x_t / sqrt(ᾱ))."""
+    if start > 0.0:
+        return reference.solve_pf_ode(denoiser, x_start, start, end)
+    if end == 1.0:
+        return reference.solve_flow_ode(denoiser, x_start, 1.0, 0.0)
+    sigma = math.sqrt((1 - end) / end)
+    level = sigma / (1 + sigma)
+    flow = reference.solve_flow_ode(denoiser, x_start, 1.0, level)
+    return flow / (1 - level) * math.sqrt(end)
 
 
 _EXACT: dict = {}
@@ -301,9 +423,11 @@ def _pyplot():
     return plt
 
 
-def plot_samples(path: Path, model_name: str, samples: np.ndarray, exact, title: str) -> None:
+def plot_samples(path: Path, model_name: str, samples: np.ndarray, exact, title: str,
+                 exact_label: str = "exact ODE solution") -> None:  # fmt: skip
     """Digits as an image grid; Gaussian-mixture samples as a scatter of the first two
-    coordinates, over draws from the mixture, with the exact solutions marked."""
+    coordinates, over draws from the mixture, with the exact solutions (``exact_label``)
+    marked."""
     plt = _pyplot()
     if model_name == "digits":
         n = samples.shape[0]
@@ -323,7 +447,7 @@ def plot_samples(path: Path, model_name: str, samples: np.ndarray, exact, title:
         ax.scatter(data[:, 0], data[:, 1], s=3, c="0.8", label="data")
         if exact is not None:
             ax.scatter(exact[:, 0], exact[:, 1], s=40, facecolors="none", edgecolors="C3",
-                       label="exact ODE solution")  # fmt: skip
+                       label=exact_label)  # fmt: skip
         ax.scatter(samples[:, 0], samples[:, 1], s=8, c="C0", label="samples")
         ax.legend(loc="upper right", fontsize=8)
         ax.set_aspect("equal")
@@ -385,11 +509,12 @@ def plot_bench(path: Path, rows: list[dict]) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-def check_out(path_text: str, flag: str = "--out") -> Path:
-    """The PNG path to write: a .png name in an existing folder, or a UsageError."""
+def check_out(path_text: str, flag: str = "--out", suffix: str = ".png") -> Path:
+    """The file to write: a ``suffix`` name in an existing folder, or a UsageError (no
+    command creates folders)."""
     out = Path(path_text)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"{flag} must name a .png file, got: {path_text!r}")
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"{flag} must name a {suffix} file, got: {path_text!r}")
     if not out.parent.is_dir():
         raise UsageError(f"{flag}: the folder {str(out.parent)!r} does not exist; create it first")
     return out
@@ -410,22 +535,139 @@ def check_backend(backend: str, compile: bool) -> None:
             ) from None
 
 
+def check_at_least(pairs: Sequence[tuple[str, Any, int]]) -> None:
+    """``(flag, value, least)`` triples: a UsageError naming the first flag below its least
+    value (a list value: each entry)."""
+    for flag, value, low in pairs:
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v < low:
+                raise UsageError(f"{flag} must be at least {low}, got: {v}")
+
+
+def check_loop(scheduler: Scheduler, num_steps: int | None, init_options: dict,
+               flags: str) -> None:  # fmt: skip
+    """The scheduler's loop for these steps and init options, built once before anything
+    runs: a config that cannot make it (too few steps, a grid it does not take, a strength
+    out of range) is a UsageError naming ``flags``."""
+    try:
+        scheduler.program(num_steps, **init_options)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{flags}: {err}") from None
+
+
+def scheduler_name(args: argparse.Namespace, default: str | None) -> str | None:
+    """The scheduler named by the positional argument or ``--scheduler`` (not two names),
+    else ``default`` unless ``--config`` is given."""
+    given = [n.lower() for n in (args.scheduler, args.scheduler_flag) if n]
+    if len(set(given)) > 1:
+        raise UsageError(f"two schedulers named: {args.scheduler!r} and --scheduler "
+                         f"{args.scheduler_flag!r}; give one")  # fmt: skip
+    name = args.scheduler_flag or args.scheduler
+    return name if name or args.config is not None else default
+
+
+def inverse_refusal(name: str) -> str:
+    return (f"{name} is an inverse scheduler (data to noise): it has no error against the "
+            f"exact solution from noise; 'diffsched sample {name}' inverts data, regenerates "
+            "it and reports the reconstruction error")  # fmt: skip
+
+
+def tune_refusal(scheduler: Scheduler, num_steps: int = 6) -> str | None:
+    """Why ``tune`` cannot take this scheduler config (None if it can)."""
+    from .tuning import Grid
+
+    if is_inverse(scheduler):
+        return "an inverse scheduler (data to noise): there is no sampling error to tune"
+    try:
+        Grid.of(scheduler, num_steps)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def commands_of(name: str) -> dict[str, str | None]:
+    """For `diffsched list`: each command and why it does not take the scheduler ``name``
+    (None where it does), with the scheduler's default options."""
+    scheduler = SCHEDULERS[name]()
+    return {
+        "sample": None,
+        "bench": inverse_refusal(name) if is_inverse(scheduler) else None,
+        "tune": tune_refusal(scheduler),
+    }
+
+
+def forward_of(scheduler: Scheduler) -> Scheduler:
+    """The forward method of an inverse scheduler, from the same config."""
+    cls = methods.DDIM if isinstance(scheduler, methods.DDIMInverse) else methods.DPMSolverMultistep
+    return cls.from_config(scheduler.to_config())
+
+
+@dataclasses.dataclass
+class RoundTrip:
+    """Data inverted to noise by an inverse scheduler and regenerated by its forward
+    method, from the same config and steps."""
+
+    data: np.ndarray
+    latent: np.ndarray
+    reconstruction: np.ndarray
+    model_calls: int  # both loops
+    seconds: float
+    forward: Scheduler
+
+    @property
+    def error(self) -> float:
+        """Relative RMS reconstruction error ||x_rec - x_data|| / ||x_data||."""
+        return relative_error(self.reconstruction, self.data)
+
+
+def round_trip(scheduler: Scheduler, model_name: str, num_steps: int, noise: np.ndarray, *,
+               backend: str = "numpy", dtype: str = "float64", seed: int = 0,
+               progress: bool = False, compile: bool = False) -> RoundTrip:  # fmt: skip
+    """Invert data of the model (one sample per row of ``noise``) with the inverse
+    scheduler, then regenerate it with the forward method; the exact model throughout."""
+    data = clean_data(model_name, noise)
+    forward = forward_of(scheduler)
+    calls = sum(int(s.program(num_steps).timesteps.shape[0]) for s in (scheduler, forward))
+    t0 = time.perf_counter()
+    x = to_backend(data, backend, dtype)
+    latent = _loop(exact_model(scheduler, model_name), scheduler, x, num_steps, seed, progress,
+                   compile, {})  # fmt: skip
+    rec = _loop(exact_model(forward, model_name), forward, latent, num_steps, seed, progress,
+                compile, {})  # fmt: skip
+    rec = to_numpy64(rec)
+    return RoundTrip(data, to_numpy64(latent), rec, calls, time.perf_counter() - t0, forward)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got: {args.num_samples}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got: {args.steps}")
+    check_at_least([("--num-samples", args.num_samples, 1), ("--steps", args.steps, 1),
+                    ("--seed", args.seed, 0)])  # fmt: skip
     out = check_out(args.out)
     check_backend(args.backend, args.compile)
     options = parse_options(args.option)
-    scheduler = build_scheduler(args.scheduler, options, args.config)
+    scheduler = build_scheduler(scheduler_name(args, "ddim"), options, args.config)
     if args.config is None:  # a model's config is taken as it is
         scheduler, note = adapt_to_model(scheduler, args.model, options)
         if note:
             print(note)
-    noise = make_noise(args.model, args.num_samples, args.seed)
     grid = resolve_grid(args.grid, scheduler, args.steps)
     steps = args.steps if grid is None else grid_steps(grid)
+    init_options = dict(grid or {})
+    if args.strength is not None:
+        init_options["strength"] = args.strength
+    flags = "--steps" + " --strength" * (args.strength is not None) + " --grid" * bool(grid)
+    check_loop(scheduler, None if grid else steps, init_options, flags)
+    if is_inverse(scheduler):
+        if grid or args.strength is not None:
+            raise UsageError("an inverse scheduler takes no --grid or --strength")
+        return sample_round_trip(args, scheduler, out)
+    exact_model(scheduler, args.model)  # a UsageError where no exact model fits
+    seed = args.seed
+    if args.grid is not None and grid is not None and Path(args.grid).is_file():
+        # a tuned grid was fitted on the noise of its calibration seed: measure it elsewhere
+        seed = args.seed + HELD_OUT_SEED
+        print(f"noise: seed {seed} (--seed + {HELD_OUT_SEED}: held out from the calibration "
+              f"noise of 'diffsched tune --seed {args.seed}')")  # fmt: skip
+    noise = make_noise(args.model, args.num_samples, seed)
     result = run(
         scheduler, args.model, steps, noise, backend=args.backend, dtype=args.dtype,
         seed=args.seed, compile=args.compile,
@@ -448,6 +690,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample_round_trip(args: argparse.Namespace, scheduler: Scheduler, out: Path) -> int:
+    """`sample` for an inverse scheduler: invert data, regenerate it, report the error."""
+    noise = make_noise(args.model, args.num_samples, args.seed)  # its shape; data rows by seed
+    trip = round_trip(scheduler, args.model, args.steps, noise, backend=args.backend,
+                      dtype=args.dtype, seed=args.seed, compile=args.compile,
+                      progress=not (args.no_progress or args.compile))  # fmt: skip
+    name, forward = type(scheduler).__name__, type(trip.forward).__name__
+    title = (f"{name} then {forward}, {args.steps} steps each ({trip.model_calls} model "
+             f"calls), {args.model}")  # fmt: skip
+    print(f"{title}, {args.num_samples} samples, {args.backend} {args.dtype}")
+    print(f"round trip: data inverted to noise by {name}, regenerated by {forward} (same "
+          "config and steps)")  # fmt: skip
+    print(f"model calls: {trip.model_calls}")
+    print(f"time: {trip.seconds:.3f} s (both loops)")
+    print(f"latent: RMS {np.sqrt(np.mean(trip.latent**2)):.3f} (standard normal noise: 1)")
+    print(f"relative RMS reconstruction error: {trip.error:.3e}")
+    plot_samples(out, args.model, trip.reconstruction, trip.data,
+                 f"{title}, reconstruction error {trip.error:.2e}", "data inverted")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
 def resolve_grid(text: str | None, scheduler: Scheduler, num_steps: int) -> dict | None:
     """``--grid``: a named grid (edm, logsnr, ays-sd15, ...) of ``num_steps`` steps, or a
     JSON file saved by ``diffsched tune --save`` (which sets the steps)."""
@@ -455,14 +719,17 @@ def resolve_grid(text: str | None, scheduler: Scheduler, num_steps: int) -> dict
         return None
     from .grids import NAMED_GRIDS, load_grid, named_grid
 
-    if text in NAMED_GRIDS:
-        return named_grid(text, scheduler, num_steps)
-    if not Path(text).is_file():
-        raise UsageError(
-            f"--grid must be one of {', '.join(NAMED_GRIDS)} or a JSON file from "
-            f"'diffsched tune --save', got: {text!r} (no such file)"
-        )
-    return load_grid(text)
+    try:
+        if text in NAMED_GRIDS:
+            return named_grid(text, scheduler, num_steps)
+        if Path(text).is_file():
+            return load_grid(text)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--grid {text}: {err}") from None
+    raise UsageError(
+        f"--grid must be one of {', '.join(NAMED_GRIDS)} or a JSON file from "
+        f"'diffsched tune --save', got: {text!r} (no such file)"
+    )
 
 
 def grid_steps(grid: dict) -> int:
@@ -486,20 +753,23 @@ def same_image_fraction(samples: np.ndarray, exact: np.ndarray) -> float:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import search
 
-    for flag, value, low in (("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
-                             ("--held-out", args.held_out, 1),
-                             ("--max-evaluations", args.max_evaluations, 0)):  # fmt: skip
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}, got: {value}")
-    if args.save is not None and not args.save.endswith(".json"):
-        raise UsageError(f"--save must name a .json file, got: {args.save!r}")
-    name = args.scheduler_flag or args.scheduler or "dpm++2m"
+    check_at_least([("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
+                    ("--held-out", args.held_out, 1), ("--seed", args.seed, 0),
+                    ("--max-evaluations", args.max_evaluations, 0)])  # fmt: skip
+    out = None if args.save is None else check_out(args.save, "--save", ".json")
+    name = scheduler_name(args, "dpm++2m")
     options = parse_options(args.option)
     scheduler = build_scheduler(name, options, args.config)
     if args.config is None:
         scheduler, note = adapt_to_model(scheduler, args.model, options)
         if note:
             print(note)
+    check_loop(scheduler, args.steps, {}, "--steps")
+    refusal = tune_refusal(scheduler, args.steps)
+    if refusal is not None:
+        tunable = [n for n, c in SCHEDULERS.items() if commands_of(n)["tune"] is None]
+        raise UsageError(f"{'--config ' + args.config if name is None else name}: {refusal}; "
+                         f"tunable: {', '.join(tunable)}")  # fmt: skip
     model = exact_model(scheduler, args.model)
     calibration = make_noise(args.model, args.calibration, args.seed)
     held_out = make_noise(args.model, args.held_out, args.seed + HELD_OUT_SEED)
@@ -523,13 +793,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{same_image_fraction(after.samples, after.exact):.0%} |")  # fmt: skip
     print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
           f"calls on the calibration batch, {result.seconds:.1f} s")  # fmt: skip
-    if args.save is not None:
+    if out is not None:
         from .grids import save_grid
 
-        out = Path(args.save)
-        out.parent.mkdir(parents=True, exist_ok=True)
         save_grid(out, result.init_options)
-        print(f"wrote {out} (use: diffsched sample {name} --grid {out}, or "
+        how = f"--config {args.config}" if name is None else name
+        print(f"wrote {out} (use: diffsched sample {how} --model {args.model} --grid {out} "
+              f"--seed {args.seed}, which measures it on held-out noise, or "
               f"sched.init(None, x, **ds.load_grid('{out}')))")  # fmt: skip
     return 0
 
@@ -596,6 +866,11 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
     return relative_error(out, ours.exact)
 
 
+# Errors below this are exact solutions up to the reference's resolution (DOP853 at rtol
+# 1e-10) and the final rounding: their ratio (7e-11 against 1e-21, say) means nothing.
+EXACT_FLOOR = 1e-9
+
+
 def format_table(rows: list[dict]) -> str:
     with_peer = any("diffusers_error" in r for r in rows)
     head = "| model | scheduler | steps | model calls | rel. RMS error |"
@@ -611,6 +886,9 @@ def format_table(rows: list[dict]) -> str:
             peer = r.get("diffusers_error")
             if peer is None or r["error"] is None:
                 line += " n/a | n/a |"
+            elif max(peer, r["error"]) < EXACT_FLOOR:  # both exact: a ratio of roundings
+                floor = f"{EXACT_FLOOR:.0e}".replace("e-0", "e-")
+                line += f" {peer:.3e} | both < {floor} |"
             else:
                 line += f" {peer:.3e} | {r['error'] / peer - 1:+.1e} |"
         lines.append(line)
@@ -618,7 +896,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    check_out(args.out)
+    check_at_least([("--num-samples", args.num_samples, 1), ("--steps", args.steps, 1),
+                    ("--calibration", args.calibration, 1), ("--seed", args.seed, 0)])  # fmt: skip
+    out = check_out(args.out)
     if args.against is not None:
         try:
             import diffusers  # noqa: F401
@@ -637,6 +917,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"{args.calibration}, "
                   f"{secs:.1f} s, per tuned grid on average")  # fmt: skip
         return 0
+    for spec in args.schedulers:  # every spec and step count checked before anything runs
+        _, scheduler, _ = parse_spec(spec)
+        if is_inverse(scheduler):
+            raise UsageError(f"--schedulers {spec}: {inverse_refusal(spec.partition(':')[0])}")
+        for n in args.steps:
+            check_loop(scheduler, n, {}, f"--schedulers {spec} --steps {n}")
+        exact_model(scheduler, args.model[0])
     rows = bench_rows(args.schedulers, args.steps, args.model, args.num_samples, args.seed,
                       args.against)  # fmt: skip
     table = format_table(rows)
@@ -644,8 +931,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     notes = sorted({f"{r['scheduler']}: {r['note']}" for r in rows if r["note"]})
     for note in notes:
         print(f"n/a: {note}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not any(r["error"] for r in rows):
+        print(f"no plot: every row is n/a ({out} not written)")
+        return 0
     plot_bench(out, rows)
     print(f"wrote {out}")
     return 0
@@ -832,6 +1120,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, cls in SCHEDULERS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {cls.__name__} — {doc} (diffusers: {cls.DIFFUSERS_CLASS or 'none'})")
+        refusals = commands_of(name)
+        print(f"    commands: {', '.join(c for c, why in refusals.items() if why is None)}")
+        for command, why in refusals.items():
+            if why is not None:
+                print(f"    not in {command}: {why}")
         for field, (default, spec) in specs(cls).items():
             key = spec.diffusers_key
             where = "passed to diffusers' step" if key == STEP_TIME else key or "ours only"
@@ -844,15 +1137,34 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once: not where there is none or the help states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _tunable() -> list[str]:
+    return [name for name in SCHEDULERS if commands_of(name)["tune"] is None]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from . import __version__
+
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(prog="diffsched", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"diffsched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample", help="sample from an exact model and measure the error",
                        formatter_class=fmt)  # fmt: skip
-    p.add_argument("scheduler", nargs="?",
-                   help=f"one of {', '.join(SCHEDULERS)} (default: ddim)")  # fmt: skip
+    p.add_argument("scheduler", nargs="?", help="as --scheduler")
+    p.add_argument("--scheduler", dest="scheduler_flag", default=None, metavar="NAME",
+                   help=f"one of {', '.join(SCHEDULERS)} (default: ddim; an inverse "
+                        "scheduler inverts data and regenerates it)")  # fmt: skip
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="a scheduler option, e.g. -o eta=0.5 (repeatable; see the list "
                         "command)")  # fmt: skip
@@ -864,7 +1176,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "noised to the first call")  # fmt: skip
     p.add_argument("--grid", default=None,
                    help="a custom grid: one of edm, logsnr, ays-sd15, ays-sdxl, ays-svd (of "
-                        "--steps steps), or a JSON file from 'diffsched tune --save'")  # fmt: skip
+                        "--steps steps), or a JSON file from 'diffsched tune --save' (then "
+                        f"measured on held-out noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip
     p.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
     p.add_argument("--num-samples", type=int, default=64, help="samples in the batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and key")
@@ -882,7 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="error against exact solutions over schedulers and steps",
                        formatter_class=fmt)  # fmt: skip
     b.add_argument("--schedulers", nargs="+", default=list(DEFAULT_BENCH),
-                   help="name[:key=value,...] specs")  # fmt: skip
+                   help="name[:key=value,...] specs (not the inverse schedulers)")  # fmt: skip
     b.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50], help="step counts")
     b.add_argument("--model", nargs="+", choices=models.MODEL_NAMES, default=["digits", "gmm"],
                    help="exact models")  # fmt: skip
@@ -890,7 +1203,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed of the start noise")
     b.add_argument("--against", choices=("diffusers",), help="also run diffusers' schedulers")
     b.add_argument("--out", default="diffsched_bench.png",
-                   help="PNG plot to write (its folder must exist)")  # fmt: skip
+                   help="PNG plot to write (its folder must exist; none when every row is "
+                        "n/a)")  # fmt: skip
     b.add_argument("--best", action="store_true",
                    help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our most accurate "
                         "method with a tuned grid and untuned, beside diffusers' best with "
@@ -904,44 +1218,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="search the grid of N steps closest to the exact ODE solution, "
                             "and measure it on held-out noise")  # fmt: skip
     t.add_argument("scheduler", nargs="?", help="as --scheduler")
-    t.add_argument("--scheduler", dest="scheduler_flag", default=None,
-                   help=f"one of {', '.join(SCHEDULERS)} (default: dpm++2m)")  # fmt: skip
-    t.add_argument(
-        "--option",
-        "-o",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a scheduler option (repeatable)",
-    )
+    t.add_argument("--scheduler", dest="scheduler_flag", default=None, metavar="NAME",
+                   help=f"one of {', '.join(_tunable())} (default: dpm++2m; the list "
+                        "command says why the others cannot be tuned)")  # fmt: skip
+    t.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scheduler option (repeatable)")  # fmt: skip
     t.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
     t.add_argument("--steps", type=int, default=6, help="number of steps")
     t.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
     t.add_argument("--calibration", type=int, default=64, help="calibration samples")
     t.add_argument("--held-out", type=int, default=64, help="held-out samples (other noise)")
-    t.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help=f"seed of the calibration noise (held out: seed + {HELD_OUT_SEED})",
-    )
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration noise (held out: seed + "
+                        f"{HELD_OUT_SEED})")  # fmt: skip
     t.add_argument("--max-evaluations", type=int, default=300,
                    help="end-to-end runs of the refinement, at most")  # fmt: skip
-    t.add_argument("--save", default=None, help="write the grid to this JSON file")
+    t.add_argument("--save", default=None,
+                   help="write the grid to this JSON file (its folder must exist)")  # fmt: skip
     t.set_defaults(func=cmd_tune)
 
-    sub.add_parser("list", help="schedulers, their options, defaults, diffusers keys and "
-                   "allowed values").set_defaults(func=cmd_list)  # fmt: skip
+    listing = sub.add_parser("list", help="schedulers, their options, defaults, diffusers "
+                             "keys, allowed values and the commands each works in")  # fmt: skip
+    listing.set_defaults(func=cmd_list)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a usage mistake is printed without a traceback (exit status 2).
+    Any other exception is a bug and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with small_matrices():  # the exact models' small products (see exact.threads)
             return args.func(args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
+    except UsageError as err:
         print(f"diffsched {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -39,15 +39,29 @@ for the classes whose diffusers ``add_noise`` reads ᾱ at them (DDIM, DDPM, PND
 SA-Solver), and for the others α x_0 + σ ε at the level of the call the loop starts at
 (the begin index, else the current call, else the call of each timestep, as diffusers).
 
-Not provided: ``sigmas`` (read by some flow and editing pipelines); a pipeline's
-``save_pretrained`` skips the adapter (diffusers saves only its own component classes;
-``DiffusersScheduler.save_pretrained`` writes a config that diffusers' class loads).
+Saving. A pipeline's ``save_pretrained`` saves only components of diffusers' own base
+classes, and records each one's class in ``model_index.json``. Once diffusers is importable,
+an adapter's class is therefore a subclass of both :class:`DiffusersScheduler` and diffusers'
+``SchedulerMixin`` that bears the name of the wrapped scheduler's diffusers class (module
+``diffusers``): the pipeline records that class (``["diffusers", "DDIMScheduler"]``) and
+calls :meth:`DiffusersScheduler.save_pretrained`, which writes ``scheduler_config.json``
+(``to_config()``: diffusers' class name and keys; our options diffusers lacks under
+``_diffsched_options``). The folder then loads with diffusers alone (its own class, from
+the same config), and ``DiffusersScheduler.from_config(folder)`` or
+``diffsched.from_config(folder)`` load our scheduler back, options included. A scheduler
+diffusers has no class for (``VariableIPNDM``) is recorded as this module's
+``PipelineScheduler`` (the adapter, as a ``SchedulerMixin``), which diffusers' loader
+imports and builds with :meth:`DiffusersScheduler.from_pretrained`: that folder needs
+diffsched to load.
+
+Not provided: ``sigmas`` (read by some flow and editing pipelines).
 
 diffusers and torch are imported only when the adapter is used.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -125,6 +139,17 @@ class FrozenConfig(dict):
     __setattr__ = __delattr__ = __setitem__ = __delitem__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+        **kwargs: Any,
+    ) -> DiffusersScheduler:  # fmt: skip
+        """The adapter of the ``scheduler_config.json`` in a folder (or its ``subfolder``),
+        as diffusers' loader calls it for a scheduler diffusers has no class for; other
+        keywords of the loader are ignored."""
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        return DiffusersScheduler(_from_config(folder))
+
     def __reduce__(self):
         return (FrozenConfig, (dict(self),))
 
@@ -160,6 +185,7 @@ class DiffusersScheduler:
         self._configure(scheduler)
 
     def _configure(self, scheduler: BaseScheduler) -> None:
+        self.__class__ = _pipeline_class(scheduler.DIFFUSERS_CLASS)  # see "Saving" above
         self.wrapped = scheduler
         self._config = FrozenConfig(scheduler.to_config())
         self._name = scheduler.DIFFUSERS_CLASS
@@ -207,10 +233,27 @@ class DiffusersScheduler:
         return cls(_from_config(config, **overrides))
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Writes ``scheduler_config.json`` (diffusers' format) into ``save_directory``."""
+        """Writes ``scheduler_config.json`` (diffusers' format, our own options under
+        ``_diffsched_options``) into ``save_directory``, as a pipeline's ``save_pretrained``
+        does for its scheduler (see the module docstring, "Saving")."""
         os.makedirs(save_directory, exist_ok=True)
         with open(os.path.join(save_directory, "scheduler_config.json"), "w") as f:
             json.dump(dict(self._config), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+        **kwargs: Any,
+    ) -> DiffusersScheduler:  # fmt: skip
+        """The adapter of the ``scheduler_config.json`` in a folder (or its ``subfolder``),
+        as diffusers' loader calls it for a scheduler diffusers has no class for; other
+        keywords of the loader are ignored."""
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        return DiffusersScheduler(_from_config(folder))
+
+    def __reduce__(self):
+        # the class may bear diffusers' class name (see "Saving"): pickle by the adapter's
+        return (_restore, (self.wrapped, self.__dict__.copy()))
 
     @property
     def order(self) -> int:
@@ -590,6 +633,43 @@ class DiffusersScheduler:
             if tab.start is not None and np.array_equal(tab.timesteps, self._host_timesteps[k:]):
                 return float(tab.start[0]), float(tab.start[1])
         return None
+
+
+@functools.cache
+def _pipeline_class(diffusers_class: str | None) -> type:
+    """The adapter's class as diffusers' pipelines save it: a subclass of diffusers'
+    ``SchedulerMixin`` named as the wrapped scheduler's diffusers class (module
+    ``diffusers``), so that ``model_index.json`` records that class; the plain adapter
+    where diffusers is not installed."""
+    try:
+        from diffusers import SchedulerMixin
+    except ImportError:
+        return DiffusersScheduler
+    name = diffusers_class or "PipelineScheduler"
+    namespace = {
+        "__module__": "diffusers" if diffusers_class else __name__,
+        "__qualname__": name,
+        "__doc__": DiffusersScheduler.__doc__,
+    }
+    return type(name, (DiffusersScheduler, SchedulerMixin), namespace)
+
+
+def __getattr__(name: str) -> Any:
+    """``PipelineScheduler`` and ``SchedulerMixin``: what diffusers' pipeline loader looks up
+    in this module for a scheduler saved as ``["diffsched.diffusers", "PipelineScheduler"]``."""
+    if name == "PipelineScheduler":
+        return _pipeline_class(None)
+    if name == "SchedulerMixin":
+        from diffusers import SchedulerMixin
+
+        return SchedulerMixin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _restore(wrapped: BaseScheduler, state: dict) -> DiffusersScheduler:
+    adapter = DiffusersScheduler(wrapped)
+    adapter.__dict__.update(state)
+    return adapter
 
 
 def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:

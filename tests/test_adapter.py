@@ -254,6 +254,56 @@ def test_stable_diffusion_eta(sd_pipe, name):
     compare(sd_pipe, sd_scheduler(name), **sd_call(name, eta=ETA[name]))
 
 
+def test_stable_diffusion_ddim_clipping(sd_pipe):
+    """DDIM with x̂_0 clipped to [-1, 1] (diffusers' clip_sample, on in Stable Diffusion's
+    original config), swapped into the pipeline after it is built (the pipeline's own
+    rewrite of an outdated config turns clipping off). 3 steps: samples 1.5e-6 and image
+    5.4e-7 apart observed, within the 1e-5 bound; see the next test for more steps."""
+    compare(sd_pipe, sd_scheduler("DDIM", clip_denoised_sample=True), **sd_call("DDIM"))
+
+
+def sd_copy(sd_components, dtype):
+    """A Stable Diffusion pipeline of copies of the tiny components, in ``dtype``."""
+    import copy
+
+    parts = {k: copy.deepcopy(v) for k, v in sd_components.items()}
+    pipe = build(diffusers.StableDiffusionPipeline, parts, diffusers.DDIMScheduler())
+    return pipe.to(dtype=dtype)
+
+
+def test_ddim_clipping_float32_gap_is_float32_rounding(sd_components):
+    """With clipping, the loop amplifies rounding: over 10 steps in this random-weight
+    pipeline our float32 latents and diffusers' differ by about as much as each differs
+    from its own float64 run (the same pipeline, start latents and config in float64).
+    Observed (latents, max 1): ours32 - diffusers32 1.8e-5; ours32 - ours64 1.8e-5;
+    diffusers32 - diffusers64 1.3e-5; ours64 - diffusers64 9.8e-6 (diffusers' ᾱ table is
+    float32 even in a float64 pipeline); at 20 steps 1.9e-4, 4.1e-4, 5.6e-4, 5.4e-5, at 50
+    steps 5.2e-2, 6.8e-2, 7.5e-2, 8.0e-3. Without clipping the same gap stays below 4e-7
+    of the latents' scale at 20 steps."""
+    ours = sd_scheduler("DDIM", clip_denoised_sample=True)
+    start = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(0))
+    latents = {}
+    for dtype in (torch.float32, torch.float64):
+        pipe = sd_copy(sd_components, dtype)
+        for who, sched in (("ours", DiffusersScheduler(ours)), ("diffusers", diffusers_twin(ours))):
+            pipe.scheduler = sched
+            out = pipe(**sd_call("DDIM", num_inference_steps=10), latents=start.to(dtype),
+                       output_type="latent")  # fmt: skip
+            latents[who, dtype] = out.images.double()
+
+    def gap(a, b):
+        return float((latents[a] - latents[b]).abs().max())
+
+    f32, f64 = torch.float32, torch.float64
+    between = gap(("ours", f32), ("diffusers", f32))
+    ours_rounding = gap(("ours", f32), ("ours", f64))
+    their_rounding = gap(("diffusers", f32), ("diffusers", f64))
+    assert 1e-7 < their_rounding < 1e-3 and 1e-7 < ours_rounding < 1e-3
+    assert between <= 3 * their_rounding  # observed 1.4x
+    assert between <= 3 * ours_rounding  # observed 1.0x
+    assert gap(("ours", f64), ("diffusers", f64)) <= 2 * between  # observed 0.53x
+
+
 @pytest.mark.parametrize("name", ("DPMSolverMultistep", "DPMSolverSinglestep"))
 def test_stable_diffusion_sde(sd_pipe, name):
     """The SDE variants draw with the pipeline's generator at every call (the last one too,
@@ -641,3 +691,96 @@ def test_imports_neither_torch_nor_diffusers():
     assert out.stdout.split() == ["False", "False"], out.stderr
     assert ds.DiffusersScheduler is DiffusersScheduler
     assert isinstance(ds.to_diffusers(ds.DDIM()), DiffusersScheduler)
+
+
+# -- saving a pipeline ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        ds.DPMSolverMultistep(**SD_SCHEDULE, use_karras_sigmas=True),
+        ds.DDIM(**SD_SCHEDULE, timesteps_offset=1, clip_denoised_sample=False),
+    ],
+    ids=["DPMSolverMultistep", "DDIM"],
+)
+def test_save_pretrained_round_trip(ddpm_pipe, tmp_path, ours):
+    """A pipeline holding the adapter saves its scheduler: model_index.json names diffusers'
+    class of the config and scheduler/scheduler_config.json holds ``to_config()``. The
+    folder loads back with diffusers alone (its own class, the same config, the same image
+    as the adapter's within the parity bound) and with diffsched (the same scheduler; the
+    adapter again gives the same image)."""
+    pipe = diffusers.DDPMPipeline(unet=ddpm_pipe.unet, scheduler=DiffusersScheduler(ours))
+    pipe.set_progress_bar_config(disable=True)
+    images, *_ = run(pipe, pipe.scheduler, num_inference_steps=3)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", ours.DIFFUSERS_CLASS]
+    saved = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert saved == json.loads(json.dumps(ours.to_config()))
+
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded).__name__ == "DDPMPipeline"
+    assert type(loaded.scheduler) is getattr(diffusers, ours.DIFFUSERS_CLASS)
+    twin = diffusers_twin(ours)
+    assert dict(loaded.scheduler.config) == dict(twin.config)
+    # (the reloaded UNet itself differs from the one in memory by ~1e-6: compare on it)
+    theirs, *_ = run(loaded, loaded.scheduler, num_inference_steps=3)
+    assert ds.from_config(tmp_path) == ours
+    again = DiffusersScheduler.from_config(tmp_path)
+    assert again.wrapped == ours and again.config == pipe.scheduler.config
+    images_again, *_ = run(loaded, again, num_inference_steps=3)
+    assert np.abs(images_again - theirs).max() <= IMAGE_TOL  # observed 2.7e-6 and 4.8e-7 (DDIM)
+    same, *_ = run(loaded, DiffusersScheduler(ours), num_inference_steps=3)
+    assert np.array_equal(images_again, same)
+    assert np.abs(images_again - images).max() <= 1e-4  # the UNet's reload: 6e-6 observed
+
+
+def test_save_pretrained_keeps_our_options(ddpm_pipe, tmp_path):
+    """Options diffusers lacks (``sigma_schedule``) travel under ``_diffsched_options``:
+    diffsched loads them back; diffusers' class ignores them (its own default grid), the
+    case where a config does not round-trip through diffusers."""
+    ours = ds.DPMSolverMultistep(**SD_SCHEDULE, sigma_schedule="karras")
+    pipe = diffusers.DDPMPipeline(unet=ddpm_pipe.unet, scheduler=DiffusersScheduler(ours))
+    pipe.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["_diffsched_options"] == {"sigma_schedule": "karras"}
+    assert ds.from_config(tmp_path) == ours
+    loaded = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    assert loaded.config.use_karras_sigmas is False
+
+
+def test_save_pretrained_of_a_scheduler_diffusers_lacks(ddpm_pipe, tmp_path):
+    """A scheduler with no diffusers class is saved and recorded as the adapter
+    (``diffsched.diffusers.PipelineScheduler``), which diffusers' loader builds back."""
+    ours = ds.VariableIPNDM(**SD_SCHEDULE)
+    pipe = diffusers.DDPMPipeline(unet=ddpm_pipe.unet, scheduler=DiffusersScheduler(ours))
+    pipe.set_progress_bar_config(disable=True)
+    images, *_ = run(pipe, pipe.scheduler, num_inference_steps=3)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffsched.diffusers", "PipelineScheduler"]
+    assert ds.from_config(tmp_path) == ours
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, DiffusersScheduler) and loaded.scheduler.wrapped == ours
+    again, *_ = run(loaded, loaded.scheduler, num_inference_steps=3)
+    same, *_ = run(loaded, DiffusersScheduler(ours), num_inference_steps=3)
+    assert np.array_equal(again, same)
+    assert np.abs(again - images).max() <= 1e-4  # the UNet's reload: 6e-6 observed
+    passed = diffusers.DiffusionPipeline.from_pretrained(
+        tmp_path, scheduler=DiffusersScheduler.from_config(tmp_path)
+    )
+    assert passed.scheduler.wrapped == ours
+
+
+def test_adapter_pickles():
+    import pickle
+
+    adapter = DiffusersScheduler(ds.DDIM(eta=0.5))
+    adapter.set_timesteps(4)
+    back = pickle.loads(pickle.dumps(adapter))
+    assert isinstance(back, DiffusersScheduler) and back.wrapped == adapter.wrapped
+    assert type(back).__name__ == "DDIMScheduler"
+    assert torch.equal(back.timesteps, adapter.timesteps)

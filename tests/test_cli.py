@@ -492,9 +492,13 @@ def test_tune_saves_a_grid_that_sample_reads_back(capsys, tmp_path):
     """`diffsched tune` prints the grid and the errors before and after on held-out noise,
     saves the grid as JSON; `sample --grid` and `init(**load_grid(...))` read it back."""
     path = tmp_path / "grids" / "g.json"
-    status, out, err = run_cli(capsys, "tune", "--model", "gmm", "--scheduler", "dpm++2m",
-                               "--steps", 4, "--calibration", 16, "--held-out", 16,
-                               "--max-evaluations", 20, "--save", path)  # fmt: skip
+    argv = ("tune", "--model", "gmm", "--scheduler", "dpm++2m", "--steps", 4, "--calibration",
+            16, "--held-out", 16, "--max-evaluations", 20, "--save", path)  # fmt: skip
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and "--save: the folder" in err and "does not exist" in err
+    assert not path.parent.exists()  # never created, as sample and bench --out
+    path.parent.mkdir()
+    status, out, err = run_cli(capsys, *argv)
     assert status == 0, err
     grid = ds.load_grid(path)
     assert list(grid) == ["timesteps"] and len(grid["timesteps"]) == 4
@@ -504,10 +508,14 @@ def test_tune_saves_a_grid_that_sample_reads_back(capsys, tmp_path):
     assert re.search(r"\| held-out noise \| [\d.e+-]+ \| [\d.e+-]+ \|", out)
     _, timesteps = ds.DPMSolverMultistep().init(None, np.zeros((2, 2)), **grid)
     assert np.asarray(timesteps).tolist() == grid["timesteps"]
+    held_out = re.search(r"\| held-out noise \| [\d.e+-]+ \| ([\d.e+-]+) \|", out)[1]
     status, out, err = run_cli(capsys, "sample", "dpm++2m", "--model", "gmm", "--grid", path,
-                               "--num-samples", 8, "--out", tmp_path / "s.png")  # fmt: skip
+                               "--num-samples", 16, "--out", tmp_path / "s.png")  # fmt: skip
     assert status == 0, err
     assert "model calls: 4" in out
+    # measured on tune's held-out noise (seed + 1000), not on its calibration noise
+    assert f"noise: seed {cli.HELD_OUT_SEED}" in out
+    assert printed_error(out) == held_out
     status, out, err = run_cli(capsys, "sample", "ipndm-v", "--model", "gmm", "--grid", "edm",
                                "--steps", 7, "--num-samples", 8,
                                "--out", tmp_path / "e.png")  # fmt: skip
@@ -560,3 +568,225 @@ def test_best_rows_measure_ours_and_diffusers_on_held_out_noise():
     assert again.error == pytest.approx(peer["error"], rel=1e-6)
     assert row["untuned"]["error"] <= peer["error"] * (1 + 1e-6)
     assert tuned["calls"] == 4 and tuned["tuner_calls"] > 0 and np.isfinite(tuned["error"])
+
+
+# -- every listed scheduler in every command --------------------------------------------------
+
+MATRIX_STEPS = {"pndm": 4}  # the fewest steps each method takes (PNDM's warm-up needs 4)
+
+
+def command_argv(command: str, name: str, tmp_path: Path) -> list:
+    steps = MATRIX_STEPS.get(name, 3)
+    if command == "sample":
+        return ["sample", "--scheduler", name, "--model", "gmm", "--num-samples", 4, "--steps",
+                steps, "--no-progress", "--out", tmp_path / "s.png"]  # fmt: skip
+    if command == "bench":
+        return ["bench", "--schedulers", name, "--model", "gmm", "--num-samples", 4, "--steps",
+                steps, "--out", tmp_path / "b.png"]  # fmt: skip
+    return ["tune", name, "--model", "gmm", "--steps", steps, "--calibration", 4,
+            "--held-out", 4, "--max-evaluations", 3]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["sample", "bench", "tune"])
+@pytest.mark.parametrize("name", list(cli.SCHEDULERS))
+def test_every_listed_scheduler_works_or_says_why(capsys, tmp_path, name, command):
+    """Each scheduler the CLI lists runs in each command (an error against the exact
+    solution, n/a with its reason for stochastic samplers, the round trip of an inverse
+    scheduler), or the command refuses it as a usage error with the reason `list` shows."""
+    _, listing, _ = run_cli(capsys, "list")
+    section = re.search(rf"^{re.escape(name)}: .*?(?=^[\w+-]+: |\Z)", listing, re.M | re.S)[0]
+    why = cli.commands_of(name)[command]
+    status, out, err = run_cli(capsys, *command_argv(command, name, tmp_path))
+    if why is not None:
+        assert f"\n    not in {command}: {why}" in section
+        assert status == 2 and why in err, err
+        assert "Traceback" not in err
+        return
+    assert command in re.search(r"\n    commands: (.*)", section)[1].split(", ")
+    assert status == 0, err
+    sched = cli.SCHEDULERS[name]()
+    if command == "tune":
+        assert re.search(r"\| held-out noise \| [\d.e+-]+ \| [\d.e+-]+ \|", out)
+    elif cli.is_inverse(sched):
+        rec = float(re.search(r"relative RMS reconstruction error: (\S+)", out)[1])
+        assert 0 < rec < 1
+        check_png(tmp_path / "s.png")
+    elif not sched.deterministic:
+        assert "n/a" in out and "stochastic sampler" in out
+    elif command == "sample":
+        error = float(printed_error(out))
+        assert 0 < error < 10  # DPM2 at 3 steps: 2.06
+        check_png(tmp_path / "s.png")
+    else:
+        (row,) = parse_table(out)
+        assert 0 < float(row[4]) < 10
+        check_png(tmp_path / "b.png")
+
+
+def test_matrix_is_what_the_issue_needs():
+    """The schedulers that failed everywhere now run in sample and bench; tune takes the
+    deterministic discrete-time methods with a custom grid."""
+    for name in ("ipndm", "edm-euler", "edm-dpm++2m", "ddim-inverse", "dpm++2m-inverse"):
+        assert cli.commands_of(name)["sample"] is None
+    for name in ("ipndm", "edm-euler", "edm-dpm++2m"):
+        assert cli.commands_of(name)["bench"] is None
+    tunable = [n for n in cli.SCHEDULERS if cli.commands_of(n)["tune"] is None]
+    assert {"dpm++2m", "unipc", "euler", "heun", "ipndm-v", "dpm++2s"} <= set(tunable)
+
+
+@pytest.mark.parametrize(
+    ("sched", "model_name", "steps", "bound"),
+    [
+        (ds.IPNDM(), "digits", 100, 1e-9),  # observed 5.1e-14
+        (ds.EDMDPMSolverMultistep(), "digits", 400, 1e-7),  # observed 2.2e-10
+    ],
+)
+def test_exact_models_of_continuous_time_schedulers_converge(sched, model_name, steps, bound):
+    """iPNDM's v model at t in (0, 1] (called at t = 1, pure noise) and EDM's network F at
+    c_noise = ln(σ)/4 are exact: enough steps reach the exact ODE solution."""
+    noise = cli.make_noise(model_name, 8, 0)
+    few = cli.run(sched, model_name, 5, noise).error
+    many = cli.run(sched, model_name, steps, noise).error
+    assert few > 1e-2 and many < bound
+
+
+@pytest.mark.parametrize(
+    ("sched", "order"),
+    [
+        (ds.EDMEuler(), 1),  # error ratio at 4x the steps: 4.2 observed
+        (ds.EDMEuler(prediction_type="angular_velocity", final_sigmas_type="sigma_min"), 1),
+        (ds.EDMDPMSolverMultistep(), 2),  # 16.3 observed
+        (ds.IPNDM(), 1),  # 4.1 observed: its first step drops x̂_0 at ᾱ = 0 (the clamp)
+    ],
+)
+def test_exact_models_give_the_order_of_the_method(sched, order):
+    """gmm (a smooth density): the error falls as the method's order at 4x the steps, so
+    the model and the reference's start and end levels agree with the scheduler's."""
+    noise = cli.make_noise("gmm", 8, 0)
+    ratio = cli.run(sched, "gmm", 100, noise).error / cli.run(sched, "gmm", 400, noise).error
+    assert 4**order / 1.6 < ratio < 4**order * 1.6, ratio
+
+
+def test_pure_noise_start_uses_the_flow_form():
+    """From ᾱ = 0 the reference solves the same ODE in its flow form: the limit of the
+    variance-exploding solve from ᾱ -> 0."""
+    denoiser = models.make_denoiser("gmm", **cli.model_kwargs("gmm"))
+    x = cli.make_noise("gmm", 8, 0)
+    at_zero = cli.solve_vp(denoiser, x, 0.0, 0.5)
+    near = [np.abs(reference.solve_pf_ode(denoiser, x, a, 0.5) - at_zero).max()
+            for a in (1e-6, 1e-10)]  # fmt: skip
+    assert near[1] < near[0] / 30 and near[1] < 1e-4  # observed 6.6e-4, 2.7e-6 (√ᾱ)
+
+
+def test_inverse_round_trip(capsys, tmp_path):
+    """An inverse scheduler's demo: data inverted to noise, regenerated by the forward
+    method of the same config; the reconstruction error falls with the steps."""
+    noise = cli.make_noise("gmm", 8, 0)
+    for sched in (ds.DDIMInverse(clip_denoised_sample=False), ds.DPMSolverMultistepInverse()):
+        trip = cli.round_trip(sched, "gmm", 5, noise)
+        assert type(trip.forward) is (ds.DDIM if type(sched) is ds.DDIMInverse
+                                      else ds.DPMSolverMultistep)  # fmt: skip
+        assert trip.forward.beta_schedule == sched.beta_schedule
+        finer = cli.round_trip(sched, "gmm", 100, noise)
+        assert finer.error < trip.error / 5  # observed 11x and 32x
+    status, _, err = run_cli(capsys, "sample", "dpm++2m-inverse", "--grid", "edm",
+                             "--out", tmp_path / "x.png")  # fmt: skip
+    assert status == 2 and "--grid" in err
+
+
+def test_tune_config(capsys, tmp_path):
+    """`tune --config FILE` tunes the config's scheduler (no default name in the way)."""
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps(ds.UniPC(beta_schedule="quadratic").to_config()))
+    argv = ("--model", "gmm", "--steps", 3, "--calibration", 4, "--held-out", 4,
+            "--max-evaluations", 3)  # fmt: skip
+    status, out, err = run_cli(capsys, "tune", "--config", path, *argv)
+    assert status == 0, err
+    assert "tuning UniPC, 3 steps, on gmm" in out
+    status, _, err = run_cli(capsys, "tune", "unipc", "--config", path, *argv)
+    assert status == 2 and "not both" in err
+    path.write_text(json.dumps(ds.DDIM().to_config()))
+    status, _, err = run_cli(capsys, "tune", "--config", path, *argv)
+    assert status == 2 and f"--config {path}: DDIM with these options takes no custom grid" in err
+
+
+def test_bench_all_na_and_no_samples(capsys, tmp_path):
+    png = tmp_path / "b.png"
+    status, out, err = run_cli(capsys, "bench", "--schedulers", "lcm", "euler-a", "--steps", 2,
+                               "--model", "gmm", "--num-samples", 2, "--out", png)  # fmt: skip
+    assert status == 0, err
+    assert [row[4] for row in parse_table(out)] == ["n/a", "n/a"]
+    assert "no plot: every row is n/a" in out and not png.exists()
+    status, _, err = run_cli(capsys, "bench", "--num-samples", 0, "--out", png)
+    assert status == 2 and "--num-samples must be at least 1, got: 0" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"diffsched {ds.__version__}"
+
+
+@pytest.mark.parametrize("command", ["sample", "bench", "tune"])
+def test_help_states_each_default_once(capsys, command):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert not re.search(r"\(default: [^)]*\) \(default:", " ".join(text.split()))
+    assert "`" not in text
+    if command != "bench":
+        assert "--scheduler NAME" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "--seed", "-1"], "--seed must be at least 0, got: -1"),
+        (["tune", "--seed", "-1"], "--seed must be at least 0, got: -1"),
+        (["bench", "--seed", "-1"], "--seed must be at least 0, got: -1"),
+        (["bench", "--steps", "4", "0"], "--steps must be at least 1, got: 0"),
+        (["sample", "--config", "{tmp}/nope.json"], "--config: no such file or folder: '"),
+        (["tune", "--config", "{tmp}/nope.json"], "--config: no such file or folder: '"),
+        (["sample", "-o", "clip_sample=true"], "diffusers' name for clip_denoised_sample"),
+        (["sample", "-o", "eta=-1"], "-o: "),
+        (["sample", "pndm", "--steps", "2"], "--steps: "),
+        (["sample", "euler", "--strength", "2"], "--steps --strength: "),
+        (["sample", "ddim", "--scheduler", "pndm"], "two schedulers named"),
+        (["bench", "--schedulers", "pndm", "--steps", "2"], "--schedulers pndm --steps 2: "),
+        (["bench", "--schedulers", "ddim:eta=x"], "--schedulers ddim:eta=x: "),
+        (["bench", "--schedulers", "ddim-inverse"], "is an inverse scheduler"),
+        (["tune", "lcm"], "tune needs a deterministic scheduler"),
+    ],
+)
+def test_errors_name_their_flag(capsys, tmp_path, argv, message):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    extra = ["--out", str(tmp_path / "e.png")] if argv[0] != "tune" else []
+    status, _, err = run_cli(capsys, *argv, *extra)
+    assert status == 2, err
+    assert message in err
+    assert "Errno" not in err and "Traceback" not in err
+
+
+def test_library_errors_are_not_usage_errors(monkeypatch, tmp_path):
+    """Only usage mistakes exit with status 2; a library error is a bug, with its
+    traceback."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "run", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["sample", "--model", "gmm", "--out", str(tmp_path / "x.png")])
+
+
+def test_table_ratio_of_two_exact_solutions():
+    """Two errors at the reference's resolution (flow-heun on digits at 50 steps: ours
+    7.2e-11, diffusers' 1.4e-21) have no meaningful ratio: the cell says both are exact."""
+    row = {"model": "digits", "scheduler": "flow-heun", "steps": 50, "calls": 99}
+    table = cli.format_table([{**row, "error": 7.233e-11, "diffusers_error": 1.411e-21},
+                              {**row, "error": 2e-3, "diffusers_error": 1e-3}])  # fmt: skip
+    lines = table.splitlines()
+    assert lines[2].endswith("| 7.233e-11 | 1.411e-21 | both < 1e-9 |")
+    assert lines[3].endswith("| 2.000e-03 | 1.000e-03 | +1.0e+00 |")
