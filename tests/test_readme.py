@@ -28,5 +28,16 @@ def test_quick_start_commands_match_ci():
     text = README.read_text(encoding="utf-8")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install ".[cli]" && diffsched sample' in text
-    assert 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest' in text
-    assert "torch==2.13.0" in ci and '-e ".[test]"' in ci and "python -m pytest" in ci
+    assert '\npip install -e ".[test]" && python -m pytest\n' in text
+    assert '-e ".[test]"' in ci and "python -m pytest" in ci
+
+
+def test_every_extra_pins_the_cpu_wheel_of_torch():
+    """No extra can resolve another torch (a CUDA build of several GB on a CPU machine)."""
+    import tomllib
+
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = project["project"]["optional-dependencies"]
+    torch_reqs = [r for reqs in extras.values() for r in reqs if r.startswith("torch")]
+    assert torch_reqs and all(r == "torch==2.13.0" for r in torch_reqs), torch_reqs
+    assert {"torch", "test"} <= {name for name, reqs in extras.items() if "torch==2.13.0" in reqs}
