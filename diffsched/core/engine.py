@@ -139,6 +139,16 @@ class Update(dict):
         column[call] += value
 
 
+class HeldColumns(NamedTuple):
+    """A tableau in held space: per call (N,) columns, before any storage is planned."""
+
+    scale: np.ndarray  # (N + 1,) native sample = scale · held sample
+    x0_sample: np.ndarray  # x̂_0 = x0_sample · held sample + x0_output · output
+    x0_output: np.ndarray
+    terms: dict[Term, np.ndarray]  # (operand, lag) -> coefficient of the next held sample
+    noise: np.ndarray  # coefficient of fresh noise
+
+
 @dataclass(frozen=True, eq=False)
 class Program:
     """A compiled tableau: the arrays of an engine state, on the host, float64.
@@ -161,6 +171,7 @@ class Program:
     # (N + 1,) native sample = input_scale · held sample (for adapters that hold the native one)
     input_scale: np.ndarray = field(default_factory=lambda: np.ones(1))
     host: dict = field(default_factory=dict)  # per-call Python rows for the eager path
+    held: HeldColumns | None = None  # the tableau in held space (per-element schedules)
 
     @property
     def num_calls(self) -> int:
@@ -188,11 +199,9 @@ class EngineState(NamedTuple):
 # ----------------------------------------------------------------------------------------
 
 
-def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:
-    """The program of ``tableau``; ``processes_x0`` keeps x̂_0 as its own (nonlinear) operand.
-
-    ``describe_bad(n)`` explains a non-finite coefficient at call n (for the error).
-    """
+def held_columns(tableau: Tableau, *, processes_x0: bool) -> HeldColumns:
+    """The tableau's update in held space; x̂_0 is expanded into sample and output unless
+    ``processes_x0`` keeps it as its own (nonlinear) operand."""
     n_calls = tableau.num_calls
     scale = (
         np.ones(n_calls + 1)
@@ -220,6 +229,16 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
             continue
         coef[(operand, lag)] = coef.get((operand, lag), 0.0) + col
     noise = np.zeros(n_calls) if tableau.noise is None else tableau.column_noise() / next_scale
+    return HeldColumns(scale, a, b, coef, noise)
+
+
+def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:
+    """The program of ``tableau``; ``processes_x0`` keeps x̂_0 as its own (nonlinear) operand.
+
+    ``describe_bad(n)`` explains a non-finite coefficient at call n (for the error).
+    """
+    n_calls = tableau.num_calls
+    scale, a, b, coef, noise = held_columns(tableau, processes_x0=processes_x0)
 
     def current(operand: str) -> np.ndarray:
         return np.asarray(coef.get((operand, 0), np.zeros(n_calls)), np.float64)
@@ -317,6 +336,9 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
         input_scale=scale,
         processes_x0=processes_x0,
         stochastic=tableau.noise is not None and bool(np.any(noise != 0)),
+        held=HeldColumns(
+            scale, a, b, {t: np.broadcast_to(c, (n_calls,)).copy() for t, c in coef.items()}, noise
+        ),
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..schedules import betas as beta_schedules
 from ..schedules import comfy as comfy_schedules
-from . import engine, families, ops, predictions
+from . import engine, families, ops, per_element, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
@@ -203,7 +203,40 @@ class BaseScheduler:
         ``init_options`` are the method's (``strength=`` for image-to-image, custom
         ``sigmas=`` / ``timesteps=`` where the method takes them).
         """
+        if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
+            return self._init_per_element(num_steps, sample_template, key, init_options)
+        init_options.pop("offsets", None)
         return engine.init(self.program(num_steps, **init_options), sample_template, key)
+
+    def _init_per_element(
+        self, num_steps: int | None, sample_template: Array, key: Any, init_options: dict
+    ) -> tuple[per_element.ElementState, Array]:
+        """``init`` with ``offsets=`` or an array ``strength=`` (see
+        :mod:`diffsched.core.per_element`)."""
+        options = dict(init_options)
+        shape = tuple(sample_template.shape)
+        offsets = options.pop("offsets", None)
+        strength = options.pop("strength", None)
+        shapes = []
+        if offsets is not None:
+            offsets = per_element._integers(offsets, "offsets")
+            shapes.append(per_element.element_shape(offsets, shape, "offsets"))
+        if strength is not None and np.ndim(strength) > 0:
+            shapes.append(per_element.element_shape(strength, shape, "strength"))
+        eshape = np.broadcast_shapes(*shapes)
+        o = np.broadcast_to(0 if offsets is None else offsets.reshape(
+            (1,) * (len(shape) - offsets.ndim) + offsets.shape), eshape)  # fmt: skip
+        if strength is None:
+            programs, which = [self.program(num_steps, **options)], np.zeros(eshape, np.int64)
+        else:
+            values = np.asarray(strength, dtype=np.float64)
+            values = np.broadcast_to(values.reshape((1,) * (len(shape) - values.ndim)
+                                                    + values.shape), eshape)  # fmt: skip
+            distinct = np.unique(values)
+            programs = [self.program(num_steps, strength=float(v), **options) for v in distinct]
+            which = np.searchsorted(distinct, values)
+        plan = per_element.plan(programs, which, np.asarray(o, np.int64), self.processes_x0)
+        return per_element.init(plan, sample_template, key)
 
     def step(
         self,
@@ -217,6 +250,12 @@ class BaseScheduler:
 
         ``noise`` overrides the draw of a stochastic step (same shape as the sample).
         """
+        if isinstance(state, per_element.ElementState):
+            return per_element.step(
+                type(self).__name__, state, sample, prediction, noise,
+                process=self._process if self.processes_x0 else None,
+                stochastic=not self.deterministic,
+            )  # fmt: skip
         return engine.step(
             type(self).__name__, state, sample, prediction, noise,
             process=self._process if self.processes_x0 else None,
@@ -226,10 +265,18 @@ class BaseScheduler:
     def init_noise_scale(self, num_steps: int | None, **init_options: Any) -> float:
         """The factor turning standard normal noise into the first model input (1.0 for
         nearly every config; diffusers' ``init_noise_sigma`` over its first input scale)."""
+        init_options = {k: v for k, v in init_options.items() if k != "offsets"}
+        if np.ndim(init_options.get("strength")) > 0:
+            raise ValueError(
+                "init_noise_scale takes one strength; with per-element strengths the loop "
+                "starts from add_noise(state, image, noise)"
+            )
         return self.program(num_steps, **init_options).init_noise_scale
 
     def add_noise(self, state: engine.EngineState, clean: Array, noise: Array) -> Array:
         """A clean sample noised to the loop's first model input (image-to-image); pure."""
+        if isinstance(state, per_element.ElementState):
+            return per_element.add_noise(state, clean, noise)
         return engine.add_noise(state, clean, noise)
 
     # -- diffusers configs ---------------------------------------------------------------
