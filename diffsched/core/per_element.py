@@ -225,7 +225,7 @@ def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array
     if not ops.is_jax(xp):  # the eager path reads the plan on the host (see _plan_of)
         ident = id(state_coefs)
         with contextlib.suppress(TypeError):  # arrays without weak references: no fast path
-            ref = weakref.ref(state_coefs, lambda _, k=ident: _HOST.pop(k, None))
+            ref = weakref.ref(state_coefs, lambda _, k=ident, table=_HOST: table.pop(k, None))
             _HOST[ident] = (ref, p)
     ts = timesteps(p)
     return state, ops.asarray(xp, ts, ops.timestep_dtype(xp, ts), like)
@@ -354,7 +354,7 @@ def step(
             if ops.is_jax(xp):
                 from jax import lax
 
-                slot = lax.rem(k - lag + (lags + 1) * (1 << 20), lags + 1)
+                slot = (k - lag + (lags + 1) * (1 << 20)) % (lags + 1)  # k - lag >= -lags
                 value = lax.dynamic_index_in_dim(history, slot, 0, keepdims=False)[w]
             else:
                 value = history[(lag - 1) * width + w]
@@ -362,7 +362,7 @@ def step(
         if ops.is_jax(xp):
             from jax import lax
 
-            slot = lax.rem(k, lags + 1)
+            slot = k % (lags + 1)
             now = xp.stack([o.astype(dtype) for o in operands])
             history = lax.dynamic_update_index_in_dim(history, now, slot, 0)
         else:  # a shift register: the newest call's operands first (copies: callers may
