@@ -76,6 +76,18 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         cls = getattr(ds, name, None)
         if cls is not None:
             cases[name] = (cls(**kwargs), 6)
+    # more diffusers classes (issue 18)
+    more = {
+        "ScoreSdeVe": ds.ScoreSdeVe(sigma_max=20.0),
+        "ScoreSdeVe-predictor": ds.ScoreSdeVe(correct_steps=0, sigma_max=20.0),
+        "KarrasVe": ds.KarrasVe(sigma_max=5.0, s_churn=3.0, s_min=0.1, s_max=20.0),
+        "DDPMWuerstchen": ds.DDPMWuerstchen(),
+        "UnCLIP": ds.UnCLIP(),
+        "CMStochasticIterative": ds.CMStochasticIterative(),
+        "SCM": ds.SCM(),
+    }
+    for name, sched in more.items():
+        cases[name] = (sched, 6)
     return cases
 
 

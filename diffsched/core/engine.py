@@ -637,3 +637,13 @@ def add_noise(state: EngineState, clean: Array, noise: Array) -> Array:
         noise, dtype
     )
     return out if out.dtype == clean.dtype else xp.astype(out, clean.dtype)
+
+
+def call_noise(state: EngineState, like: Array) -> Array:
+    """The standard normal draw ``step`` makes at this call (shape, dtype and device of
+    ``like``), for a method that must see its noise before the engine's step (a step size
+    that depends on the draw; see :mod:`diffsched.methods.score_sde`)."""
+    index = ops.host_index(state.step)
+    if index is not None:
+        return ops.host_normal(state.key, index, like)
+    return ops.normal(state.key, state.step, tuple(like.shape), like.dtype, like)

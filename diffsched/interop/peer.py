@@ -43,6 +43,13 @@ MODULES = {
     "TCDScheduler": "diffusers.schedulers.scheduling_tcd",
     "DDIMInverseScheduler": "diffusers.schedulers.scheduling_ddim_inverse",
     "SASolverScheduler": "diffusers.schedulers.scheduling_sasolver",
+    # issue 18
+    "ScoreSdeVeScheduler": "diffusers.schedulers.scheduling_sde_ve",
+    "KarrasVeScheduler": "diffusers.schedulers.deprecated.scheduling_karras_ve",
+    "DDPMWuerstchenScheduler": "diffusers.schedulers.scheduling_ddpm_wuerstchen",
+    "UnCLIPScheduler": "diffusers.schedulers.scheduling_unclip",
+    "CMStochasticIterativeScheduler": "diffusers.schedulers.scheduling_consistency_models",
+    "SCMScheduler": "diffusers.schedulers.scheduling_scm",
 }
 
 

@@ -23,6 +23,12 @@ from .sasolver import SASolver
 from .tcd import TCD
 from .unipc import UniPC
 
+from .consistency import SCM, CMStochasticIterative  # isort: skip  (issue 18's block)
+from .karras_ve import KarrasVe  # isort: skip
+from .score_sde import ScoreSdeVe  # isort: skip
+from .unclip import UnCLIP  # isort: skip
+from .wuerstchen import DDPMWuerstchen  # isort: skip
+
 ALL = (
     DDIM,
     PNDM,
@@ -48,6 +54,15 @@ ALL = (
     UniPC,
     DPMSolverSinglestep,
     EDMDPMSolverMultistep,
+)
+# more of diffusers' classes (issue 18)
+ALL += (
+    ScoreSdeVe,
+    KarrasVe,
+    DDPMWuerstchen,
+    UnCLIP,
+    CMStochasticIterative,
+    SCM,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -81,3 +96,4 @@ __all__ = [
     "UniPC",
     "VariableIPNDM",
 ]
+__all__ += ["SCM", "CMStochasticIterative", "DDPMWuerstchen", "KarrasVe", "ScoreSdeVe", "UnCLIP"]

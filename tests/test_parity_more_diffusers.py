@@ -1,0 +1,292 @@
+"""The classes of issue 18 against diffusers 0.42.1, driven as their pipelines drive them.
+
+Per class, a small grid of options (every option value at least once) and step counts: the
+same start, the same model (``oracle.linear_tanh_model``, wrapped where the class's model
+is a score or a σ-parameterised output), and diffusers' noise draws replayed into ours with
+``noise=``. Final samples within 1e-6 relative in float64 (diffusers' tables in float64, see
+``oracle.scheduler``), 1e-4 in float32 (against diffusers' plain float32 scheduler), and
+the timesteps the model is called with equal. The largest difference per class is printed
+at the end of the run (``PARITY ...``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import numpy as np
+import oracle
+import pytest
+import torch
+
+import diffsched as ds
+from diffsched.interop import peer
+
+F64_BOUND = 1e-6
+F32_BOUND = 1e-4
+
+
+class Draws:
+    """diffusers' ``randn_tensor`` replaced by a list of draws: ``at(i)`` sets the one it
+    returns next (call i's), or the next one in order when ``at`` is never called."""
+
+    def __init__(self, noises):
+        self.noises, self.index, self.used = noises, None, []
+
+    def at(self, i):
+        self.index = i
+
+    def __call__(self, shape, *args, **kwargs):
+        i = self.index if self.index is not None else len(self.used)
+        self.used.append(i)
+        return self.noises[i]
+
+
+# classes whose grids diffusers builds in torch's default dtype (linspace, torch.tensor of
+# Python floats): float64 runs make that default float64, so their formulas run in double
+# precision; ours are float64 throughout (the float32 grids agree to float32 precision)
+DEFAULT_DTYPE_GRIDS = {"ScoreSdeVeScheduler", "DDPMWuerstchenScheduler", "KarrasVeScheduler"}
+
+
+@contextlib.contextmanager
+def float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
+def patched(config, draws, float64):
+    module = peer.module_of(config)
+    double = peer._double_tables(module) if float64 else contextlib.nullcontext()
+    default = contextlib.nullcontext()
+    if float64 and config["_class_name"] in DEFAULT_DTYPE_GRIDS:
+        default = float64_default()
+    with double, default, mock.patch.object(module, "randn_tensor", draws):
+        yield
+
+
+def build(config, float64):
+    if float64 and config["_class_name"] in DEFAULT_DTYPE_GRIDS:
+        with float64_default():
+            return peer.scheduler(config, float64=float64)
+    return peer.scheduler(config, float64=float64)
+
+
+# -- diffusers' loops, as each pipeline runs them; (timesteps the model saw, final sample) --
+
+
+def run_score_sde_ve(config, n, x, model, noises, float64):
+    d = build(config, float64)
+    draws = Draws(noises)
+    with patched(config, draws, float64):
+        d.set_timesteps(n)
+        d.set_sigmas(n)
+        if float64:
+            peer._double_grids(d)
+        sample = x * d.init_noise_sigma
+        seen, call = [], 0
+        for i, t in enumerate(d.timesteps):
+            sigma = d.sigmas[i]
+            for _ in range(d.config.correct_steps):
+                draws.at(call)
+                seen.append(float(sigma))
+                out = model(sample, sigma)
+                sample = d.step_correct(out, sample).prev_sample
+                call += 1
+            draws.at(call)
+            seen.append(float(sigma))
+            output = d.step_pred(model(sample, sigma), t, sample)
+            sample, mean = output.prev_sample, output.prev_sample_mean
+            call += 1
+    return seen, mean
+
+
+def run_karras_ve(config, n, x, model, noises, float64):
+    """Also returns the first model input (the start plus the first churn)."""
+    d = build(config, float64)
+    draws = Draws(noises)
+    with patched(config, draws, float64):
+        d.set_timesteps(n)
+        sample = x * d.init_noise_sigma
+        seen, first = [], None
+        for i, t in enumerate(d.timesteps):
+            sigma = d.schedule[t]
+            prev = d.schedule[t - 1] if t > 0 else 0
+            draws.at(i)
+            hat, sigma_hat = d.add_noise_to_input(sample, sigma)
+            first = hat if first is None else first
+            seen.append(float(sigma_hat))
+            out = d.step(model(hat, sigma_hat), sigma_hat, prev, hat)
+            if prev != 0:
+                seen.append(float(prev))
+                out2 = model(out.prev_sample, prev)
+                out = d.step_correct(out2, sigma_hat, prev, hat, out.prev_sample, out.derivative)
+            sample = out.prev_sample
+    return seen, sample, first
+
+
+def run_indexed(config, n, x, model, noises, float64, *, pass_prev=False, set_kwargs=None):
+    """Schedulers stepped once per model call (draw i at call i)."""
+    d = build(config, float64)
+    draws = Draws(noises)
+    with patched(config, draws, float64):
+        name = config["_class_name"]
+        if name == "SCMScheduler":  # ours defaults to no intermediate angle
+            set_kwargs = {"intermediate_timesteps": None, **(set_kwargs or {})}
+        d.set_timesteps(n, **(set_kwargs or {}))
+        if float64:
+            peer._double_grids(d)
+        timesteps = d.timesteps
+        if name == "DDPMWuerstchenScheduler":
+            timesteps = timesteps[:-1]  # the Stable Cascade pipelines
+        elif name == "SCMScheduler":
+            if float64:  # its float32 angles (.float()), as float64: cos and sin in float64
+                d.timesteps = d.timesteps.double()
+            timesteps = d.timesteps[:-1]  # the Sana-Sprint pipeline
+            d.set_begin_index(0)
+        sample = x * d.init_noise_sigma
+        if name == "SCMScheduler":
+            sample = x * d.config.sigma_data
+        for i, t in enumerate(timesteps):
+            draws.at(i)
+            inp = getattr(d, "scale_model_input", lambda x, t: x)(sample, t)
+            kwargs = {}
+            if pass_prev:
+                kwargs["prev_timestep"] = None if i + 1 == len(timesteps) else timesteps[i + 1]
+            step_t = t.reshape(1) if name == "DDPMWuerstchenScheduler" else t
+            sample = d.step(model(inp, t), step_t, sample, **kwargs).prev_sample
+    return [float(t) for t in timesteps], sample
+
+
+def run_ours(sched, n, x, model, noises, *, init_options=None, start=None):
+    state, timesteps = sched.init(n, x, key=0, **(init_options or {}))
+    y = x * sched.init_noise_scale(n, **(init_options or {})) if start is None else start
+    for i, t in enumerate(timesteps):
+        state, y = sched.step(state, y, model(y, t), noise=noises[i])
+    return [float(t) for t in timesteps], y
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+def score_model(base):
+    """A score-like output: -x / (σ² + 1) plus the oracle's tanh map."""
+
+    def model(x, sigma):
+        return -x / (float(sigma) ** 2 + 1) + base(x, sigma)
+
+    return model
+
+
+CASES = [
+    (ds.ScoreSdeVe(), (1, 2, 5, 20)),
+    (ds.ScoreSdeVe(correct_steps=0, sigma_max=50.0), (1, 3, 10, 100)),
+    (ds.ScoreSdeVe(correct_steps=2, snr=0.3, sigma_min=0.05, sampling_eps=1e-3), (2, 7)),
+    (ds.KarrasVe(), (2, 3, 10, 50)),
+    (ds.KarrasVe(sigma_min=0.1, sigma_max=5.0, s_churn=3.0, s_min=0.5, s_max=4.0), (2, 6, 25)),
+    (ds.KarrasVe(sigma_max=10.0, s_churn=0.0, s_noise=1.0), (4, 12)),
+    (ds.DDPMWuerstchen(), (1, 2, 10, 60)),
+    (ds.DDPMWuerstchen(scaler=2.0, s=0.02), (3, 20)),
+    (ds.DDPMWuerstchen(scaler=0.5), (4, 30)),
+    (ds.UnCLIP(), (2, 3, 25, 1000)),
+    (ds.UnCLIP(prediction_type="sample", clip_sample_range=10.0), (2, 10, 64)),
+    (ds.UnCLIP(num_train_steps=500, clip_denoised_sample=False), (5, 100)),
+    (ds.CMStochasticIterative(), (1, 2, 3, 10, 40)),
+    (ds.CMStochasticIterative(num_train_steps=151, clip_denoised_sample=False), (1, 4, 17)),
+    (
+        ds.CMStochasticIterative(
+            sigma_min=0.01, sigma_max=20.0, sigma_data=1.0, s_noise=0.9, rho=5.0
+        ),
+        (2, 8),
+    ),
+    (ds.SCM(), (1, 2, 4, 16)),
+    (ds.SCM(sigma_data=1.0), (3, 7)),
+]
+# init options given to both (diffusers' set_timesteps keywords)
+INIT_CASES = [
+    (ds.SCM(), 2, {"intermediate_timesteps": 1.3}),  # Sana-Sprint's two steps
+    (ds.SCM(sigma_data=2.0), 3, {"max_timesteps": 1.2}),
+]
+
+
+def _params():
+    out = []
+    for i, (sched, steps) in enumerate(CASES):
+        for n in steps:
+            out.append(pytest.param(sched, n, None, id=f"{type(sched).__name__}{i}-N={n}"))
+    for i, (sched, n, options) in enumerate(INIT_CASES):
+        out.append(pytest.param(sched, n, options, id=f"{type(sched).__name__}-init{i}"))
+    return out
+
+
+def compare(sched, n, dtype, init_options=None, float64=True):
+    """(ours timesteps, ours final, diffusers' timesteps, diffusers' final): ours in
+    ``dtype``, diffusers' with float64 tables (or its plain float32 ones) on the same
+    start and draws in float64."""
+    config = sched.to_config()
+    name = config["_class_name"]
+    base = oracle.linear_tanh_model()
+    model = score_model(base) if name == "ScoreSdeVeScheduler" else base
+    x = oracle.start_sample(dtype=torch.float64 if float64 else dtype)
+    calls = len(sched.init(n, x, **(init_options or {}))[1])
+    noises = oracle.noise_list(calls + n + 1, dtype=x.dtype)
+    start = None
+    if name == "ScoreSdeVeScheduler":
+        seen, theirs = run_score_sde_ve(config, n, x, model, noises, float64)
+        ours_noises = noises
+    elif name == "KarrasVeScheduler":
+        seen, theirs, start = run_karras_ve(config, n, x, model, noises, float64)
+        # step i's churn draw i + 1 goes to the call before: the second call of step i
+        ours_noises = [noises[(k + 1) // 2] if k % 2 else noises[0] for k in range(calls)]
+    else:
+        seen, theirs = run_indexed(
+            config, n, x, model, noises, float64,
+            pass_prev=name == "UnCLIPScheduler", set_kwargs=init_options,
+        )  # fmt: skip
+        ours_noises = noises
+    mine = [z.to(dtype) for z in ours_noises]
+    start = None if start is None else start.to(dtype)
+    ts, ours = run_ours(sched, n, x.to(dtype), model, mine, init_options=init_options, start=start)
+    return ts, ours, seen, theirs
+
+
+@pytest.mark.parametrize(("sched", "n", "init_options"), _params())
+def test_parity_float64(sched, n, init_options):
+    ts, ours, seen, theirs = compare(sched, n, torch.float64, init_options)
+    assert len(ts) == len(seen)
+    np.testing.assert_allclose(ts, seen, rtol=1e-6, atol=1e-6)
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY", type(sched).__name__, r)
+    assert r < F64_BOUND
+    assert oracle.rel(ours, oracle.start_sample()) > 1e-3  # the loop moved
+
+
+@pytest.mark.parametrize(
+    ("sched", "n"),
+    [pytest.param(s, steps[1], id=f"{type(s).__name__}{i}") for i, (s, steps) in
+     enumerate(CASES)],
+)  # fmt: skip
+def test_parity_float32(sched, n):
+    """Our float32 loop against diffusers' float64 one; and our timesteps against those of
+    diffusers' plain float32 scheduler, to float32 precision (its float32 pow / exp)."""
+    _, ours, _, theirs = compare(sched, n, torch.float32)
+    assert ours.dtype == torch.float32
+    ts, _, seen, _ = compare(sched, n, torch.float32, float64=False)
+    np.testing.assert_allclose(ts, seen, rtol=2e-6, atol=1e-6)
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY float32", type(sched).__name__, r)
+    assert r < F32_BOUND
+
+
+@pytest.mark.parametrize("sched", sorted({type(s) for s, _ in CASES}, key=str))
+def test_from_config_reads_diffusers_defaults(sched):
+    """diffusers' own default config of the class loads as our defaults."""
+    import diffusers
+
+    d_cls = getattr(diffusers, sched.DIFFUSERS_CLASS)
+    config = {"_class_name": sched.DIFFUSERS_CLASS, **dict(d_cls().config)}
+    assert ds.from_config(config) == sched()
