@@ -71,6 +71,13 @@ class KarrasVe(BaseScheduler):
         "negative_noise", "what F predicts: -ε (D = x + σ F)", None, choices=PREDICTION_TYPES
     )
 
+    def _check(self) -> None:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(
+                f"KarrasVe option sigma_min must be below sigma_max={self.sigma_max}, "
+                f"got: {self.sigma_min}"
+            )
+
     @property
     def deterministic(self) -> bool:
         return False

@@ -75,6 +75,13 @@ class ScoreSdeVe(BaseScheduler):
     prediction_type: str = option("score", "what the model predicts: the score ∇_x log p",
                                   None, choices=PREDICTION_TYPES)  # fmt: skip
 
+    def _check(self) -> None:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(
+                f"ScoreSdeVe option sigma_min must be below sigma_max={self.sigma_max}, "
+                f"got: {self.sigma_min}"
+            )
+
     @property
     def deterministic(self) -> bool:
         return False
