@@ -62,7 +62,15 @@ from .core.scheduler import BaseScheduler
 from .interop.config import from_config as _from_config
 
 # how the diffusers class finds the call a step is for (see the module docstring)
-_PLACED_BY_TIMESTEP = frozenset({"DDIMScheduler", "DDPMScheduler", "DDIMInverseScheduler"})
+_PLACED_BY_TIMESTEP = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "DDIMInverseScheduler",
+        "DDIMParallelScheduler",  # ParaDiGMS' classes: DDIM's and DDPM's step (issue 18)
+        "DDPMParallelScheduler",
+    }
+)
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
 # multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
 # coefficients and drops the terms of the calls it has not seen (as the engine does)
@@ -72,6 +80,8 @@ _NOISED_AT_TIMESTEPS = frozenset(
     {
         "DDIMScheduler",
         "DDPMScheduler",
+        "DDIMParallelScheduler",
+        "DDPMParallelScheduler",
         "PNDMScheduler",
         "LCMScheduler",
         "TCDScheduler",
@@ -87,6 +97,7 @@ _DRAWS_AT_EVERY_CALL = frozenset(
     {
         "SASolverScheduler",
         "DDIMScheduler",
+        "DDIMParallelScheduler",
         "EulerAncestralDiscreteScheduler",
         "DPMSolverMultistepScheduler",
         "DPMSolverSinglestepScheduler",

@@ -85,6 +85,8 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "UnCLIP": ds.UnCLIP(),
         "CMStochasticIterative": ds.CMStochasticIterative(),
         "SCM": ds.SCM(),
+        "DDIMParallel": ds.DDIMParallel(eta=0.5),
+        "DDPMParallel": ds.DDPMParallel(),
     }
     for name, sched in more.items():
         cases[name] = (sched, 6)

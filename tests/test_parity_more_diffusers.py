@@ -12,6 +12,7 @@ at the end of the run (``PARITY ...``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from unittest import mock
 
 import numpy as np
@@ -166,7 +167,8 @@ def run_ours(sched, n, x, model, noises, *, init_options=None, start=None):
     state, timesteps = sched.init(n, x, key=0, **(init_options or {}))
     y = x * sched.init_noise_scale(n, **(init_options or {})) if start is None else start
     for i, t in enumerate(timesteps):
-        state, y = sched.step(state, y, model(y, t), noise=noises[i])
+        noise = None if sched.deterministic else noises[i]
+        state, y = sched.step(state, y, model(y, t), noise=noise)
     return [float(t) for t in timesteps], y
 
 
@@ -290,3 +292,57 @@ def test_from_config_reads_diffusers_defaults(sched):
     d_cls = getattr(diffusers, sched.DIFFUSERS_CLASS)
     config = {"_class_name": sched.DIFFUSERS_CLASS, **dict(d_cls().config)}
     assert ds.from_config(config) == sched()
+
+
+# -- ParaDiGMS' classes: DDIM's and DDPM's step, driven by peer.run as a pipeline would ------
+
+PARALLEL_CASES = [
+    (ds.DDIMParallel(), (1, 10, 50)),
+    (ds.DDIMParallel(eta=1.0, rederive_noise=True, timestep_spacing="trailing"), (3, 20)),
+    (
+        ds.DDIMParallel(
+            beta_schedule="quadratic", prediction_type="angular_velocity", thresholding=True,
+            dynamic_thresholding_ratio=0.9, sample_max_value=3.0, timesteps_offset=1,
+        ),
+        (4, 25),
+    ),
+    (ds.DDPMParallel(), (1, 10, 50)),
+    (ds.DDPMParallel(variance_type="fixed_large", timestep_spacing="linspace"), (3, 20)),
+    (ds.DDPMParallel(beta_schedule="squared_cosine", prediction_type="sample"), (5, 30)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sched", "n"),
+    [pytest.param(s, n, id=f"{type(s).__name__}{i}-N={n}") for i, (s, steps) in
+     enumerate(PARALLEL_CASES) for n in steps],
+)  # fmt: skip
+def test_parallel_parity_float64(sched, n):
+    model = oracle.linear_tanh_model()
+    x = oracle.start_sample()
+    noises = oracle.noise_list(n)
+    theirs_ts, theirs = peer.run(sched.to_config(), model, x, n, noises=noises)
+    ts, ours = run_ours(sched, n, x, model, noises)
+    assert ts == [float(t) for t in theirs_ts]
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY", type(sched).__name__, r)
+    assert r < F64_BOUND
+    # the same numbers as the sequential class they stand for
+    base = ds.DDIM if isinstance(sched, ds.DDIM) else ds.DDPM
+    twin = base(**{f.name: getattr(sched, f.name) for f in dataclasses.fields(sched)})
+    assert sched.to_config() == twin.to_config() | {"_class_name": sched.DIFFUSERS_CLASS}
+
+
+@pytest.mark.parametrize(
+    "sched", [pytest.param(s, id=f"{type(s).__name__}{i}") for i, (s, _) in
+              enumerate(PARALLEL_CASES)],
+)  # fmt: skip
+def test_parallel_parity_float32(sched):
+    model = oracle.linear_tanh_model()
+    x, noises = oracle.start_sample(), oracle.noise_list(10)
+    _, theirs = peer.run(sched.to_config(), model, x, 10, noises=noises)
+    _, ours = run_ours(sched, 10, x.float(), model, [z.float() for z in noises])
+    assert ours.dtype == torch.float32
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY float32", type(sched).__name__, r)
+    assert r < F32_BOUND

@@ -50,6 +50,8 @@ MODULES = {
     "UnCLIPScheduler": "diffusers.schedulers.scheduling_unclip",
     "CMStochasticIterativeScheduler": "diffusers.schedulers.scheduling_consistency_models",
     "SCMScheduler": "diffusers.schedulers.scheduling_scm",
+    "DDIMParallelScheduler": "diffusers.schedulers.scheduling_ddim_parallel",
+    "DDPMParallelScheduler": "diffusers.schedulers.scheduling_ddpm_parallel",
 }
 
 

@@ -25,6 +25,7 @@ from .unipc import UniPC
 
 from .consistency import SCM, CMStochasticIterative  # isort: skip  (issue 18's block)
 from .karras_ve import KarrasVe  # isort: skip
+from .parallel import DDIMParallel, DDPMParallel  # isort: skip
 from .score_sde import ScoreSdeVe  # isort: skip
 from .unclip import UnCLIP  # isort: skip
 from .wuerstchen import DDPMWuerstchen  # isort: skip
@@ -63,6 +64,8 @@ ALL += (
     UnCLIP,
     CMStochasticIterative,
     SCM,
+    DDIMParallel,
+    DDPMParallel,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -97,3 +100,4 @@ __all__ = [
     "VariableIPNDM",
 ]
 __all__ += ["SCM", "CMStochasticIterative", "DDPMWuerstchen", "KarrasVe", "ScoreSdeVe", "UnCLIP"]
+__all__ += ["DDIMParallel", "DDPMParallel"]
