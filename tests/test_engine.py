@@ -87,6 +87,12 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "SCM": ds.SCM(),
         "DDIMParallel": ds.DDIMParallel(eta=0.5),
         "DDPMParallel": ds.DDPMParallel(),
+        "CogVideoXDDIM": ds.CogVideoXDDIM(),
+        "CogVideoXDPM": ds.CogVideoXDPM(
+            rescale_betas_zero_snr=True,
+            prediction_type="angular_velocity",
+            timestep_spacing="trailing",
+        ),
     }
     for name, sched in more.items():
         cases[name] = (sched, 6)

@@ -66,7 +66,7 @@ def patched(config, draws, float64):
     default = contextlib.nullcontext()
     if float64 and config["_class_name"] in DEFAULT_DTYPE_GRIDS:
         default = float64_default()
-    with double, default, mock.patch.object(module, "randn_tensor", draws):
+    with double, default, mock.patch.object(module, "randn_tensor", draws, create=True):
         yield
 
 
@@ -163,6 +163,22 @@ def run_indexed(config, n, x, model, noises, float64, *, pass_prev=False, set_kw
     return [float(t) for t in timesteps], sample
 
 
+def run_cogvideox_dpm(config, n, x, model, noises, float64, strength=None):
+    """As ``CogVideoXPipeline``: the previous timestep and x̂_0 passed back to each step
+    (both draws of a second-order step return draw i: the second is the one used)."""
+    d = build(config, float64)
+    draws = Draws(noises)
+    with patched(config, draws, float64):
+        d.set_timesteps(n)
+        timesteps = d.timesteps
+        sample, old = x, None
+        for i, t in enumerate(timesteps):
+            draws.at(i)
+            back = timesteps[i - 1] if i > 0 else None
+            sample, old = d.step(model(sample, t), old, t, back, sample, return_dict=False)
+    return [float(t) for t in timesteps], sample
+
+
 def run_ours(sched, n, x, model, noises, *, init_options=None, start=None):
     state, timesteps = sched.init(n, x, key=0, **(init_options or {}))
     y = x * sched.init_noise_scale(n, **(init_options or {})) if start is None else start
@@ -184,6 +200,12 @@ def score_model(base):
     return model
 
 
+# CogVideoX-5b's scheduler config (zero terminal SNR, v-prediction, trailing)
+COGVIDEOX = {
+    "rescale_betas_zero_snr": True,
+    "prediction_type": "angular_velocity",
+    "timestep_spacing": "trailing",
+}
 CASES = [
     (ds.ScoreSdeVe(), (1, 2, 5, 20)),
     (ds.ScoreSdeVe(correct_steps=0, sigma_max=50.0), (1, 3, 10, 100)),
@@ -207,6 +229,15 @@ CASES = [
     ),
     (ds.SCM(), (1, 2, 4, 16)),
     (ds.SCM(sigma_data=1.0), (3, 7)),
+    (ds.CogVideoXDDIM(), (1, 2, 10, 50)),
+    (ds.CogVideoXDDIM(**COGVIDEOX, snr_shift_scale=1.0), (1, 5, 50)),
+    (ds.CogVideoXDDIM(timestep_spacing="linspace", prediction_type="sample"), (3, 20)),
+    (ds.CogVideoXDDIM(beta_schedule="linear", alpha_clip_strategy="alpha_zero"), (4, 25)),
+    (ds.CogVideoXDPM(), (1, 2, 10, 50)),
+    (ds.CogVideoXDPM(**COGVIDEOX), (1, 2, 5, 50)),
+    (ds.CogVideoXDPM(**COGVIDEOX, snr_shift_scale=1.0, timesteps_offset=0), (3, 20)),
+    (ds.CogVideoXDPM(timesteps_offset=1, alpha_clip_strategy="alpha_zero"), (4, 25)),
+    (ds.CogVideoXDPM(beta_schedule="squared_cosine", prediction_type="sample"), (3, 12)),
 ]
 # init options given to both (diffusers' set_timesteps keywords)
 INIT_CASES = [
@@ -239,6 +270,9 @@ def compare(sched, n, dtype, init_options=None, float64=True):
     start = None
     if name == "ScoreSdeVeScheduler":
         seen, theirs = run_score_sde_ve(config, n, x, model, noises, float64)
+        ours_noises = noises
+    elif name == "CogVideoXDPMScheduler":
+        seen, theirs = run_cogvideox_dpm(config, n, x, model, noises, float64)
         ours_noises = noises
     elif name == "KarrasVeScheduler":
         seen, theirs, start = run_karras_ve(config, n, x, model, noises, float64)

@@ -52,6 +52,8 @@ MODULES = {
     "SCMScheduler": "diffusers.schedulers.scheduling_scm",
     "DDIMParallelScheduler": "diffusers.schedulers.scheduling_ddim_parallel",
     "DDPMParallelScheduler": "diffusers.schedulers.scheduling_ddpm_parallel",
+    "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
+    "CogVideoXDPMScheduler": "diffusers.schedulers.scheduling_dpm_cogvideox",
 }
 
 

@@ -23,7 +23,8 @@ from .sasolver import SASolver
 from .tcd import TCD
 from .unipc import UniPC
 
-from .consistency import SCM, CMStochasticIterative  # isort: skip  (issue 18's block)
+from .cogvideox import CogVideoXDDIM, CogVideoXDPM  # isort: skip  (issue 18's block)
+from .consistency import SCM, CMStochasticIterative  # isort: skip
 from .karras_ve import KarrasVe  # isort: skip
 from .parallel import DDIMParallel, DDPMParallel  # isort: skip
 from .score_sde import ScoreSdeVe  # isort: skip
@@ -66,6 +67,8 @@ ALL += (
     SCM,
     DDIMParallel,
     DDPMParallel,
+    CogVideoXDDIM,
+    CogVideoXDPM,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -100,4 +103,4 @@ __all__ = [
     "VariableIPNDM",
 ]
 __all__ += ["SCM", "CMStochasticIterative", "DDPMWuerstchen", "KarrasVe", "ScoreSdeVe", "UnCLIP"]
-__all__ += ["DDIMParallel", "DDPMParallel"]
+__all__ += ["CogVideoXDDIM", "CogVideoXDPM", "DDIMParallel", "DDPMParallel"]
