@@ -93,6 +93,7 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
             prediction_type="angular_velocity",
             timestep_spacing="trailing",
         ),
+        "RePaint": ds.RePaint(eta=0.5),  # without a known region: DDIM with jumps
     }
     for name, sched in more.items():
         cases[name] = (sched, 6)

@@ -179,12 +179,59 @@ def run_cogvideox_dpm(config, n, x, model, noises, float64, strength=None):
     return [float(t) for t in timesteps], sample
 
 
-def run_ours(sched, n, x, model, noises, *, init_options=None, start=None):
+def run_repaint(config, n, x, model, float64, jump_length, jump_n_sample, image, mask):
+    """As ``RePaintPipeline``, twice per call: with diffusers' draws and with zero draws
+    (the deterministic part). Returns (model-call timesteps, final sample, the noise each
+    call adds, as the one normal w ours takes): the difference of the two, over its
+    per-element standard deviation from diffusers' own tables."""
+    d = build(config, float64)
+    g = torch.Generator().manual_seed(7)
+    draws = lambda shape, *a, **k: torch.randn(shape, generator=g, dtype=x.dtype)  # noqa: E731
+    zero = lambda shape, *a, **k: torch.zeros(shape, dtype=x.dtype)  # noqa: E731
+    module = peer.module_of(config)
+    double = peer._double_tables(module) if float64 else contextlib.nullcontext()
+    with double:
+        d.set_timesteps(n, jump_length, jump_n_sample)
+        stride = d.config.num_train_timesteps // d.num_inference_steps
+        seen, calls, sample = [], [], x
+        t_last = d.timesteps[0] + 1
+        for t in d.timesteps:
+            if t < t_last:
+                out = model(sample, t)
+                with mock.patch.object(module, "randn_tensor", zero):
+                    det = d.step(out, t, sample, image, mask).prev_sample
+                with mock.patch.object(module, "randn_tensor", draws):
+                    sample = d.step(out, t, sample, image, mask).prev_sample
+                prev = int(t) - stride
+                a_prev = d.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
+                sigma = d.eta * d._get_variance(int(t)) ** 0.5 if t > 0 and d.eta > 0 else 0.0
+                calls.append({"det": det, "real": sample, "up": 1.0,
+                              "kz": (1 - a_prev) ** 0.5, "uz": sigma})  # fmt: skip
+                seen.append(int(t))
+            else:
+                call = calls[-1]
+                with mock.patch.object(module, "randn_tensor", zero):
+                    call["det"] = d.undo_step(call["det"], t_last)
+                with mock.patch.object(module, "randn_tensor", draws):
+                    sample = call["real"] = d.undo_step(sample, t_last)
+                for i in range(stride):
+                    call["up"] = call["up"] * float((1 - d.betas[int(t_last) + i]) ** 0.5)
+            t_last = t
+    replay = []
+    for call in calls:
+        a = call["up"]
+        std = ((a * (mask * call["kz"] + (1 - mask) * call["uz"])) ** 2 + 1 - a**2) ** 0.5
+        w = torch.where(std > 0, (call["real"] - call["det"]) / std, 0.0)  # the last call: 0
+        replay.append(w.to(x.dtype))
+    return seen, sample, replay
+
+
+def run_ours(sched, n, x, model, noises, *, init_options=None, start=None, step_options=None):
     state, timesteps = sched.init(n, x, key=0, **(init_options or {}))
     y = x * sched.init_noise_scale(n, **(init_options or {})) if start is None else start
     for i, t in enumerate(timesteps):
         noise = None if sched.deterministic else noises[i]
-        state, y = sched.step(state, y, model(y, t), noise=noise)
+        state, y = sched.step(state, y, model(y, t), noise=noise, **(step_options or {}))
     return [float(t) for t in timesteps], y
 
 
@@ -380,3 +427,108 @@ def test_parallel_parity_float32(sched):
     r = oracle.rel(ours, theirs)
     oracle.record("PARITY float32", type(sched).__name__, r)
     assert r < F32_BOUND
+
+
+# -- RePaint: the known image and mask at every step, the resampling jumps in the table -------
+
+REPAINT_CASES = [
+    (ds.RePaint(), 10, {"jump_length": 3, "jump_n_sample": 3}),
+    (ds.RePaint(eta=1.0), 20, {"jump_length": 5, "jump_n_sample": 2}),
+    (ds.RePaint(eta=0.5, clip_denoised_sample=False), 25, {"jump_length": 10, "jump_n_sample": 10}),
+    (
+        ds.RePaint(beta_schedule="quadratic", beta_start=0.00085, beta_end=0.012, eta=0.3),
+        8,
+        {"jump_length": 2, "jump_n_sample": 4},
+    ),
+    (ds.RePaint(beta_schedule="squared_cosine", num_train_steps=500), 50, {}),
+    (ds.RePaint(eta=1.0), 1, {"jump_length": 1, "jump_n_sample": 1}),
+]
+
+
+@pytest.mark.parametrize(
+    ("sched", "n", "options"),
+    [pytest.param(s, n, o, id=f"RePaint{i}-N={n}") for i, (s, n, o) in enumerate(REPAINT_CASES)],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_repaint_parity(sched, n, options, dtype):
+    """Our float64 (float32) loop against diffusers' float64 one: final sample within 1e-6
+    (1e-4), the model-call timesteps equal; half the pixels known (a random binary mask)."""
+    model = oracle.linear_tanh_model()
+    x = oracle.start_sample()
+    image = torch.tanh(oracle.start_sample(seed=5))
+    g = torch.Generator().manual_seed(6)
+    mask = (torch.rand((1, 1, *x.shape[2:]), generator=g) > 0.5).to(x.dtype)
+    jump = (options.get("jump_length", 10), options.get("jump_n_sample", 10))
+    seen, theirs, replay = run_repaint(sched.to_config(), n, x, model, True, *jump, image, mask)
+    step_options = {"original_image": image.to(dtype), "mask": mask.to(dtype)}
+    ts, ours = run_ours(
+        sched, n, x.to(dtype), model, [w.to(dtype) for w in replay],
+        init_options=options, step_options=step_options,
+    )  # fmt: skip
+    assert ts == seen
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY" if dtype == torch.float64 else "PARITY float32", "RePaint", r)
+    assert r < (F64_BOUND if dtype == torch.float64 else F32_BOUND)
+    assert oracle.rel(ours, x) > 1e-3
+
+
+def test_repaint_known_region_compiles():
+    """The step with original_image= and mask= under jax.jit (fori_loop) and torch.compile
+    (fullgraph) equals the eager loop; the known region ends at the known image."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    sched = ds.RePaint(eta=0.5)
+    options = {"jump_length": 2, "jump_n_sample": 2}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 4))
+    image = np.tanh(rng.standard_normal((2, 3, 4, 4)))
+    mask = (rng.random((1, 1, 4, 4)) > 0.5).astype(np.float64)
+    noise = rng.standard_normal((64, 2, 3, 4, 4))
+
+    def model(y, t):
+        return np.tanh(y + 1e-3 * float(t)) if isinstance(y, np.ndarray) else (y + 1e-3 * t) * 0.5
+
+    def eager(xp_x, img, m, zs, lin):
+        state, timesteps = sched.init(6, xp_x, **options)
+        y = xp_x
+        for i, t in enumerate(timesteps):
+            state, y = sched.step(state, y, lin(y, t), noise=zs[i], original_image=img, mask=m)
+        return y, len(timesteps)
+
+    want, calls = eager(x, image, mask, noise, lambda y, t: (y + 1e-3 * float(t)) * 0.5)
+    known = mask.astype(bool).repeat(3, 1).repeat(2, 0)
+    np.testing.assert_allclose(want[known], image[known], rtol=1e-12)  # ᾱ = 1 at the end
+
+    jx = jnp.asarray(x)
+    state, timesteps = sched.init(6, jx, **options)
+
+    @jax.jit
+    def loop(state, y, zs, img, m):
+        def body(i, carry):
+            s, y = carry
+            pred = (y + 1e-3 * timesteps[i]) * 0.5
+            return sched.step(s, y, pred, noise=zs[i], original_image=img, mask=m)
+
+        return jax.lax.fori_loop(0, calls, body, (state, y))[1]
+
+    got = loop(state, jx, jnp.asarray(noise), jnp.asarray(image), jnp.asarray(mask))
+    assert got.dtype == jx.dtype
+    # float64 where the suite enables JAX's x64 (test_engine does), float32 otherwise
+    assert oracle.rel(np.asarray(got), want) < (1e-12 if jx.dtype == jnp.float64 else 1e-5)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(sched.step, fullgraph=True)
+    tx = torch.as_tensor(x, dtype=torch.float32)
+    state, timesteps = sched.init(6, tx, **options)
+    y = tx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, t in enumerate(timesteps):
+            state, y = compiled(
+                state, y, (y + 1e-3 * t) * 0.5, noise=torch.as_tensor(noise[i]).float(),
+                original_image=torch.as_tensor(image).float(), mask=torch.as_tensor(mask).float(),
+            )  # fmt: skip
+    assert oracle.rel(y, want) < 1e-5

@@ -54,6 +54,7 @@ MODULES = {
     "DDPMParallelScheduler": "diffusers.schedulers.scheduling_ddpm_parallel",
     "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
     "CogVideoXDPMScheduler": "diffusers.schedulers.scheduling_dpm_cogvideox",
+    "RePaintScheduler": "diffusers.schedulers.scheduling_repaint",
 }
 
 

@@ -27,6 +27,7 @@ from .cogvideox import CogVideoXDDIM, CogVideoXDPM  # isort: skip  (issue 18's b
 from .consistency import SCM, CMStochasticIterative  # isort: skip
 from .karras_ve import KarrasVe  # isort: skip
 from .parallel import DDIMParallel, DDPMParallel  # isort: skip
+from .repaint import RePaint  # isort: skip
 from .score_sde import ScoreSdeVe  # isort: skip
 from .unclip import UnCLIP  # isort: skip
 from .wuerstchen import DDPMWuerstchen  # isort: skip
@@ -69,6 +70,7 @@ ALL += (
     DDPMParallel,
     CogVideoXDDIM,
     CogVideoXDPM,
+    RePaint,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -103,4 +105,4 @@ __all__ = [
     "VariableIPNDM",
 ]
 __all__ += ["SCM", "CMStochasticIterative", "DDPMWuerstchen", "KarrasVe", "ScoreSdeVe", "UnCLIP"]
-__all__ += ["CogVideoXDDIM", "CogVideoXDPM", "DDIMParallel", "DDPMParallel"]
+__all__ += ["CogVideoXDDIM", "CogVideoXDPM", "DDIMParallel", "DDPMParallel", "RePaint"]
