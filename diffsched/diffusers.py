@@ -106,6 +106,9 @@ _DRAWS_AT_EVERY_CALL = frozenset(
         "FlowMatchLCMScheduler",
     }
 )
+# classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
+# read before set_timesteps (ConsistencyModelPipeline); issue 18
+_SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset({"CMStochasticIterativeScheduler"})
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ
@@ -302,6 +305,8 @@ class DiffusersScheduler:
     @property
     def init_noise_sigma(self) -> float:
         """The standard deviation of the pipeline's first (native) sample."""
+        if self._program is None and self._name in _SIGMA_MAX_BEFORE_SET_TIMESTEPS:
+            return float(self.wrapped.sigma_max)
         program = self._require_program()
         return float(program.init_noise_scale * program.input_scale[0])
 
