@@ -69,6 +69,7 @@ _PLACED_BY_TIMESTEP = frozenset(
         "DDIMInverseScheduler",
         "DDIMParallelScheduler",  # ParaDiGMS' classes: DDIM's and DDPM's step (issue 18)
         "DDPMParallelScheduler",
+        "UnCLIPScheduler",
     }
 )
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
@@ -117,6 +118,8 @@ _STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
 # wrapped scheduler has the option, ignored elsewhere, as pipelines expect)
 _KNOWN_STEP_KWARGS = frozenset(
     {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise", "order"}
+    # UnCLIP's pipelines pass the loop's next timestep, which our table steps to (issue 18)
+    | {"prev_timestep"}
 )
 _NOISE = engine.COEF_COLUMNS.index("out_noise")
 

@@ -15,6 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import diffsched as ds  # noqa: E402
 from diffsched.diffusers import DiffusersScheduler  # noqa: E402
+from diffsched.interop import peer  # noqa: E402
 
 IMAGE_TOL = 1e-5
 
@@ -70,4 +71,68 @@ def test_consistency_model_pipeline(consistency_pipe, sched, call):
     )
     assert np.abs(got - want).max() <= IMAGE_TOL
     assert torch.equal(g_got, g_want)  # as much noise drawn
+    assert want.std() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def kandinsky_prior(tmp_path_factory):
+    """KandinskyPriorPipeline from tiny random CLIP encoders and prior (Kandinsky 2.1's
+    prior scheduler config: x_0-predicting, clipped at 10)."""
+    transformers = pytest.importorskip("transformers")
+    from test_adapter import tiny_tokenizer
+
+    tokenizer, vocab = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    torch.manual_seed(0)
+    width = 16
+    text_encoder = transformers.CLIPTextModelWithProjection(
+        transformers.CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=width,
+            projection_dim=width, intermediate_size=32, num_attention_heads=2,
+            num_hidden_layers=1, vocab_size=vocab, max_position_embeddings=16,
+        )
+    ).eval()  # fmt: skip
+    image_encoder = transformers.CLIPVisionModelWithProjection(
+        transformers.CLIPVisionConfig(
+            hidden_size=width, image_size=28, projection_dim=width, intermediate_size=32,
+            num_attention_heads=2, num_channels=3, num_hidden_layers=1, patch_size=14,
+        )
+    ).eval()  # fmt: skip
+    processor = transformers.CLIPImageProcessor(crop_size=28, size=28)
+    prior = diffusers.PriorTransformer(
+        num_attention_heads=2, attention_head_dim=8, embedding_dim=width, num_layers=1,
+        num_embeddings=16,
+    ).eval()  # fmt: skip
+    prior.clip_std = torch.nn.Parameter(torch.ones(1, width))
+    prior.clip_mean = torch.nn.Parameter(torch.zeros(1, width))
+    config = {"variance_type": "fixed_small_log", "prediction_type": "sample",
+              "clip_sample": True, "clip_sample_range": 10.0}  # fmt: skip
+    pipe = diffusers.KandinskyPriorPipeline(
+        prior=prior, image_encoder=image_encoder, text_encoder=text_encoder,
+        tokenizer=tokenizer, scheduler=diffusers.UnCLIPScheduler(**config),
+        image_processor=processor,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("steps", [2, 5, 25])
+def test_kandinsky_prior_pipeline(kandinsky_prior, steps):
+    sched = ds.UnCLIP.from_config(dict(kandinsky_prior.scheduler.config))
+    assert isinstance(sched, ds.UnCLIP) and sched.prediction_type == "sample"
+    # diffusers' ᾱ table in float64 (its formulas; see tests/oracle.py): with its float32
+    # table, 1 - ᾱ_t near t = 0 (about 1e-5 there) is 2.6e-4 off the float64 value, and the
+    # embeddings 5e-4
+    theirs = peer.scheduler(sched.to_config(), float64=True)
+    out = []
+    for scheduler in (theirs, DiffusersScheduler(sched)):
+        kandinsky_prior.scheduler = scheduler
+        g = torch.Generator().manual_seed(0)
+        result = kandinsky_prior(
+            "a cat", num_inference_steps=steps, generator=g, output_type="pt",
+            guidance_scale=4.0,
+        )  # fmt: skip
+        out.append((result.image_embeds.double().numpy(), g.get_state()))
+    (want, g_want), (got, g_got) = out
+    assert np.abs(got - want).max() <= IMAGE_TOL * max(1.0, np.abs(want).max())
+    assert torch.equal(g_got, g_want)
     assert want.std() > 1e-3
