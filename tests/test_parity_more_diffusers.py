@@ -365,14 +365,28 @@ def test_parity_float32(sched, n):
     assert r < F32_BOUND
 
 
-@pytest.mark.parametrize("sched", sorted({type(s) for s, _ in CASES}, key=str))
+NEW_CLASSES = (
+    ds.ScoreSdeVe, ds.KarrasVe, ds.DDPMWuerstchen, ds.UnCLIP, ds.CMStochasticIterative, ds.SCM,
+    ds.DDIMParallel, ds.DDPMParallel, ds.CogVideoXDDIM, ds.CogVideoXDPM, ds.RePaint,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("sched", NEW_CLASSES, ids=lambda c: c.__name__)
 def test_from_config_reads_diffusers_defaults(sched):
-    """diffusers' own default config of the class loads as our defaults."""
+    """diffusers' own default config of the class loads as our defaults, by its class name
+    (``ds.from_config``), and our config loads back in diffusers' class as its own."""
     import diffusers
 
     d_cls = getattr(diffusers, sched.DIFFUSERS_CLASS)
     config = {"_class_name": sched.DIFFUSERS_CLASS, **dict(d_cls().config)}
     assert ds.from_config(config) == sched()
+    assert ds.SCHEDULERS[sched.DIFFUSERS_CLASS] is sched
+    ours = sched().to_config()
+    theirs = dict(d_cls.from_config(ours).config)
+    assert {k: v for k, v in ours.items() if k in theirs} == {
+        k: theirs[k] for k in ours if k in theirs
+    }
+    assert set(ours) - {"_class_name"} <= set(theirs), sorted(set(ours) - set(theirs))
 
 
 # -- ParaDiGMS' classes: DDIM's and DDPM's step, driven by peer.run as a pipeline would ------
