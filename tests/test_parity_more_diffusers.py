@@ -290,6 +290,7 @@ CASES = [
 INIT_CASES = [
     (ds.SCM(), 2, {"intermediate_timesteps": 1.3}),  # Sana-Sprint's two steps
     (ds.SCM(sigma_data=2.0), 3, {"max_timesteps": 1.2}),
+    (ds.SCM(), 3, {"timesteps": [1.5, 1.1, 0.4, 0.0], "max_timesteps": None}),
 ]
 
 
