@@ -136,3 +136,50 @@ def test_kandinsky_prior_pipeline(kandinsky_prior, steps):
     assert np.abs(got - want).max() <= IMAGE_TOL * max(1.0, np.abs(want).max())
     assert torch.equal(g_got, g_want)
     assert want.std() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def cogvideox_pipe():
+    """CogVideoXPipeline from a tiny random transformer, run on given prompt embeddings to
+    latents (no text encoder, tokenizer or VAE: none is downloadable here)."""
+    torch.manual_seed(0)
+    transformer = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
+        time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=2, sample_height=2,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+    ).eval()  # fmt: skip
+    pipe = diffusers.CogVideoXPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+        scheduler=diffusers.CogVideoXDDIMScheduler(),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    ("sched", "steps"),
+    [
+        (ds.CogVideoXDDIM(rescale_betas_zero_snr=True, prediction_type="angular_velocity",
+                          timestep_spacing="trailing", snr_shift_scale=1.0), 4),  # CogVideoX-5b
+        (ds.CogVideoXDDIM(), 3),
+    ],
+    ids=["5b-config", "defaults"],
+)  # fmt: skip
+def test_cogvideox_pipeline(cogvideox_pipe, sched, steps):
+    g = torch.Generator().manual_seed(1)
+    embeds, negative = torch.randn(1, 16, 32, generator=g), torch.randn(1, 16, 32, generator=g)
+    out = []
+    for scheduler in (
+        diffusers.CogVideoXDDIMScheduler.from_config(sched.to_config()),
+        DiffusersScheduler(sched),
+    ):
+        cogvideox_pipe.scheduler = scheduler
+        latents = cogvideox_pipe(
+            prompt_embeds=embeds, negative_prompt_embeds=negative, height=16, width=16,
+            num_frames=9, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+            output_type="latent", guidance_scale=6.0, max_sequence_length=16,
+        ).frames  # fmt: skip
+        out.append(latents.double().numpy())
+    want, got = out
+    assert np.abs(got - want).max() <= IMAGE_TOL * np.abs(want).max()
+    assert want.std() > 1e-3
