@@ -76,7 +76,16 @@ from .core.scheduler import BaseScheduler
 from .interop.config import from_config as _from_config
 
 # how the diffusers class finds the call a step is for (see the module docstring)
-_PLACED_BY_TIMESTEP = frozenset({"DDIMScheduler", "DDPMScheduler", "DDIMInverseScheduler"})
+_PLACED_BY_TIMESTEP = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "DDIMInverseScheduler",
+        "DDIMParallelScheduler",  # ParaDiGMS' classes: DDIM's and DDPM's step (issue 18)
+        "DDPMParallelScheduler",
+        "UnCLIPScheduler",
+    }
+)
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
 # multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
 # coefficients and drops the terms of the calls it has not seen (as the engine does)
@@ -86,6 +95,8 @@ _NOISED_AT_TIMESTEPS = frozenset(
     {
         "DDIMScheduler",
         "DDPMScheduler",
+        "DDIMParallelScheduler",
+        "DDPMParallelScheduler",
         "PNDMScheduler",
         "LCMScheduler",
         "TCDScheduler",
@@ -101,6 +112,7 @@ _DRAWS_AT_EVERY_CALL = frozenset(
     {
         "SASolverScheduler",
         "DDIMScheduler",
+        "DDIMParallelScheduler",
         "EulerAncestralDiscreteScheduler",
         "DPMSolverMultistepScheduler",
         "DPMSolverSinglestepScheduler",
@@ -109,6 +121,9 @@ _DRAWS_AT_EVERY_CALL = frozenset(
         "FlowMatchLCMScheduler",
     }
 )
+# classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
+# read before set_timesteps (ConsistencyModelPipeline); issue 18
+_SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset({"CMStochasticIterativeScheduler"})
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ
@@ -117,6 +132,8 @@ _STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
 # wrapped scheduler has the option, ignored elsewhere, as pipelines expect)
 _KNOWN_STEP_KWARGS = frozenset(
     {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise", "order"}
+    # UnCLIP's pipelines pass the loop's next timestep, which our table steps to (issue 18)
+    | {"prev_timestep"}
 )
 _NOISE = engine.COEF_COLUMNS.index("out_noise")
 
@@ -334,6 +351,8 @@ class DiffusersScheduler:
     @property
     def init_noise_sigma(self) -> float:
         """The standard deviation of the pipeline's first (native) sample."""
+        if self._program is None and self._name in _SIGMA_MAX_BEFORE_SET_TIMESTEPS:
+            return float(self.wrapped.sigma_max)
         program = self._require_program()
         return float(program.init_noise_scale * program.input_scale[0])
 

@@ -649,7 +649,7 @@ def test_config_and_order():
     for cls in ds.methods.ALL:
         adapter = DiffusersScheduler(cls())
         d_cls = getattr(diffusers, cls.DIFFUSERS_CLASS)
-        assert adapter.order == d_cls.order, cls.__name__
+        assert adapter.order == getattr(d_cls, "order", 1), cls.__name__  # Wuerstchen: none
         assert adapter.config == cls().to_config()
     config = DiffusersScheduler(ds.Euler(prediction_type="angular_velocity")).config
     assert config.prediction_type == "v_prediction" and config["num_train_timesteps"] == 1000

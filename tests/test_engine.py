@@ -74,6 +74,26 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
     }
     for name, kwargs in special.items():
         cases[name] = (getattr(ds, name)(**kwargs), 6)
+    # more diffusers classes (issue 18)
+    more = {
+        "ScoreSdeVe": ds.ScoreSdeVe(sigma_max=20.0),
+        "ScoreSdeVe-predictor": ds.ScoreSdeVe(correct_steps=0, sigma_max=20.0),
+        "KarrasVe": ds.KarrasVe(sigma_max=5.0, s_churn=3.0, s_min=0.1, s_max=20.0),
+        "DDPMWuerstchen": ds.DDPMWuerstchen(),
+        "UnCLIP": ds.UnCLIP(),
+        "CMStochasticIterative": ds.CMStochasticIterative(),
+        "SCM": ds.SCM(),
+        "DDIMParallel": ds.DDIMParallel(eta=0.5),
+        "DDPMParallel": ds.DDPMParallel(),
+        "CogVideoXDDIM": ds.CogVideoXDDIM(),
+        "CogVideoXDPM": ds.CogVideoXDPM(
+            rescale_betas_zero_snr=True,
+            prediction_type="angular_velocity",
+            timestep_spacing="trailing",
+        ),
+        "RePaint": ds.RePaint(eta=0.5),  # without a known region: DDIM with jumps
+    }
+    cases.update({name: (sched, 6) for name, sched in more.items()})
     covered = {type(sched) for sched, _ in cases.values()}
     for cls in ds.methods.CLASSES:  # every registered class, with its defaults at least
         if cls not in covered:

@@ -32,6 +32,7 @@ the linear combination, store what later calls read, add noise.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -659,3 +660,43 @@ def add_noise(state: EngineState, clean: Array, noise: Array) -> Array:
         noise, dtype
     )
     return out if out.dtype == clean.dtype else xp.astype(out, clean.dtype)
+
+
+def call_noise(state: EngineState, like: Array) -> Array:
+    """The standard normal draw ``step`` makes at this call (shape, dtype and device of
+    ``like``), for a method that must see its noise before the engine's step (a step size
+    that depends on the draw; see :mod:`diffsched.methods.score_sde`)."""
+    index = ops.host_index(state.step)
+    if index is not None:
+        return ops.host_normal(state.key, index, like)
+    return ops.normal(state.key, state.step, tuple(like.shape), like.dtype, like)
+
+
+# -- per-call numbers a method's own step reads (beyond the engine's columns) ---------------
+
+
+def with_columns(program: Program, columns: np.ndarray) -> Program:
+    """``program`` whose coefficient table carries ``columns`` ((N, E) float64, finite)
+    after :data:`COEF_COLUMNS`: per-call numbers for a method whose ``step`` does more than
+    the engine's (RePaint's known region); the engine's own step never reads them, the
+    method reads them with :func:`extra_row`."""
+    n = program.num_calls
+    columns = np.asarray(columns, dtype=np.float64).reshape(n, -1)
+    if not np.isfinite(columns).all():
+        raise ValueError("extra per-call columns must be finite")
+    extra = np.full((n + 1, columns.shape[1]), np.nan)  # past the end: NaN, as the rest
+    extra[:n] = columns
+    coefs = np.concatenate([program.coefs, extra], axis=1)
+    return dataclasses.replace(program, coefs=coefs, host={})
+
+
+def extra_row(state: EngineState) -> tuple:
+    """This call's entries of the columns added by :func:`with_columns`: Python floats on
+    the eager path, 0-d arrays when the step index is traced."""
+    index = ops.host_index(state.step)
+    if index is not None:
+        if index >= state.coefs.shape[0] - 1:
+            raise IndexError(f"step called after the last of {state.coefs.shape[0] - 1} calls")
+        return tuple(_host_rows(state, index)[0][len(COEF_COLUMNS) :])
+    row = ops.row(state.coefs, state.step)
+    return tuple(row[k] for k in range(len(COEF_COLUMNS), state.coefs.shape[1]))

@@ -43,6 +43,18 @@ MODULES = {
     "TCDScheduler": "diffusers.schedulers.scheduling_tcd",
     "DDIMInverseScheduler": "diffusers.schedulers.scheduling_ddim_inverse",
     "SASolverScheduler": "diffusers.schedulers.scheduling_sasolver",
+    # issue 18
+    "ScoreSdeVeScheduler": "diffusers.schedulers.scheduling_sde_ve",
+    "KarrasVeScheduler": "diffusers.schedulers.deprecated.scheduling_karras_ve",
+    "DDPMWuerstchenScheduler": "diffusers.schedulers.scheduling_ddpm_wuerstchen",
+    "UnCLIPScheduler": "diffusers.schedulers.scheduling_unclip",
+    "CMStochasticIterativeScheduler": "diffusers.schedulers.scheduling_consistency_models",
+    "SCMScheduler": "diffusers.schedulers.scheduling_scm",
+    "DDIMParallelScheduler": "diffusers.schedulers.scheduling_ddim_parallel",
+    "DDPMParallelScheduler": "diffusers.schedulers.scheduling_ddpm_parallel",
+    "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
+    "CogVideoXDPMScheduler": "diffusers.schedulers.scheduling_dpm_cogvideox",
+    "RePaintScheduler": "diffusers.schedulers.scheduling_repaint",
 }
 
 

@@ -126,23 +126,34 @@ class DDPM(X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
 
     def tableau(self, num_steps: int, timesteps: Any = None, strength: float = 1.0) -> Tableau:
         ts, a_t, a_prev = self._levels(num_steps, timesteps, strength)
-        alpha = a_t / a_prev  # α_t over the stride (Nichol & Dhariwal 2021, sec. 4)
-        beta = 1.0 - alpha
-        x0 = predictions.x0_coefficients(self.prediction_type, a_t)
-        # eq. 7: the posterior mean and variance
-        mean_x0 = np.sqrt(a_prev) * beta / (1.0 - a_t)
-        mean_x = np.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
-        posterior = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta, MIN_POSTERIOR_VARIANCE)
-        variance = posterior if self.variance_type.startswith("fixed_small") else beta
-        if self.variance_type.endswith("_log"):
-            std = np.exp(0.5 * np.log(variance))
-        else:
-            std = np.sqrt(variance)
-        return Tableau(
-            timesteps=ts,
-            x0_sample=x0.sample_coef,
-            x0_output=x0.prediction_coef,
-            update={(X0, 0): mean_x0, (SAMPLE, 0): mean_x},
-            noise=np.where(ts > 0, std, 0.0),  # no noise at t = 0
-            start=(float(np.sqrt(a_t[0])), float(np.sqrt(1.0 - a_t[0]))),
-        )
+        return posterior_tableau(self.prediction_type, self.variance_type, ts, a_t, a_prev)
+
+
+def posterior_tableau(
+    prediction_type: str,
+    variance_type: str,
+    ts: np.ndarray,
+    a_t: np.ndarray,
+    a_prev: np.ndarray,
+) -> Tableau:
+    """Ancestral steps from ᾱ_t to ᾱ_{t'} at timesteps ``ts`` (eq. 7 over the stride; no
+    noise at t = 0): DDPM's table, shared with the schedulers that differ only in their
+    timesteps (UnCLIP)."""
+    alpha = a_t / a_prev  # α_t over the stride (Nichol & Dhariwal 2021, sec. 4)
+    beta = 1.0 - alpha
+    x0 = predictions.x0_coefficients(prediction_type, a_t)
+    # eq. 7: the posterior mean and variance
+    mean_x0 = np.sqrt(a_prev) * beta / (1.0 - a_t)
+    mean_x = np.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
+    posterior = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta, MIN_POSTERIOR_VARIANCE)
+    variance = posterior if variance_type.startswith("fixed_small") else beta
+    log = variance_type.endswith("_log")
+    std = np.exp(0.5 * np.log(variance)) if log else np.sqrt(variance)
+    return Tableau(
+        timesteps=ts,
+        x0_sample=x0.sample_coef,
+        x0_output=x0.prediction_coef,
+        update={(X0, 0): mean_x0, (SAMPLE, 0): mean_x},
+        noise=np.where(ts > 0, std, 0.0),  # no noise at t = 0
+        start=(float(np.sqrt(a_t[0])), float(np.sqrt(1.0 - a_t[0]))),
+    )

@@ -1,0 +1,251 @@
+"""Consistency models: multistep sampling of Song, Dhariwal, Chen & Sutskever 2023,
+"Consistency Models", and of Lu & Song 2024, "Simplifying, Stabilizing and Scaling
+Continuous-Time Consistency Models" (sCM; Sana-Sprint).
+
+A consistency function f maps a noisy sample at any level straight to a clean one; its
+multistep sampler (Song et al. 2023, Alg. 1) alternates f and re-noising to the next level.
+
+**CM** (variance exploding, x = x_0 + σ ε, Karras et al. 2022's σ grid, eq. 5): the model F
+is called on the preconditioned input x / sqrt(σ² + σ_d²) (held here) at
+c_noise = 250 log σ, and
+
+    f(x, σ) = c_skip(σ) x + c_out(σ) F,                                       (eq. 12 / app. C)
+    c_skip = σ_d² / ((σ - σ_min)² + σ_d²),   c_out = (σ - σ_min) σ_d / sqrt(σ² + σ_d²),
+    x_{i+1} = f(x_i, σ_i) + S_noise sqrt(σ̂² - σ_min²) z,   σ̂ = clamp(σ_{i+1}, σ_min, σ_max),
+
+with f optionally clipped to [-1, 1]. The levels: the N-step loop takes the indices
+k_j = j (T // N) of the T-level training grid and σ_j = Karras(k_j / (T - 1)) (eq. 5 with
+ρ), j = 0..N-1, decreasing from σ_max, and the last step lands at σ_min (no noise).
+
+**sCM** (TrigFlow: x_s = cos(s) x_0 + sin(s) z σ_d, s ∈ [0, π/2]): the model predicts F with
+x̂_0 = cos(s) x - sin(s) F (Lu & Song 2024, eq. 4), and
+
+    x_{i+1} = cos(s_{i+1}) x̂_0 + sin(s_{i+1}) σ_d z,
+
+on s_i evenly spaced from ``max_timesteps`` to 0 (or [max, intermediate, 0] for two steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import ops
+from ..core.engine import X0, Tableau
+from ..core.options import option
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document
+from ..schedules import sigmas as sigma_schedules
+from ._img2img import first_call
+
+Array = Any
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class CMStochasticIterative(BaseScheduler):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1).
+
+    One model call per step; stochastic (deterministic for one step). diffusers:
+    ``CMStochasticIterativeScheduler`` (``ConsistencyModelPipeline``). Not to be confused
+    with ``LCM`` (latent consistency models on a variance-preserving schedule).
+
+    The held sample is the model input x / sqrt(σ² + σ_d²) (diffusers' ``scale_model_input``);
+    the final sample is the native one. ``init(..., timesteps=[...])``: custom training-grid
+    indices, strictly decreasing, below ``num_train_steps`` (diffusers' ``set_timesteps(
+    timesteps=...)``); ``init(..., strength=s)``: image-to-image.
+    """
+
+    DIFFUSERS_CLASS = "CMStochasticIterativeScheduler"
+    TRAINING_TIMESTEPS = False  # c_noise = 250 log σ
+    PREDICTION_TYPES = ("consistency",)
+
+    num_train_steps: int = option(
+        40, "T, the number of levels of the training grid (the loop picks N of them)",
+        "num_train_timesteps", low=2, high=MAX_TRAIN_STEPS,
+    )  # fmt: skip
+    sigma_min: float = option(0.002, "σ_min, the lowest level (Karras et al. 2022, Table 1)",
+                              "sigma_min", low=0.0, low_open=True)  # fmt: skip
+    sigma_max: float = option(80.0, "σ_max, the highest level (and the start)", "sigma_max",
+                              low=0.0, low_open=True)  # fmt: skip
+    sigma_data: float = option(0.5, "σ_d, the standard deviation of the data", "sigma_data",
+                               low=0.0, low_open=True)  # fmt: skip
+    s_noise: float = option(1.0, "S_noise, the scale of the re-noising", "s_noise", low=0.0)
+    rho: float = option(7.0, "ρ of the Karras grid (eq. 5)", "rho", low=0.0, low_open=True)
+    clip_denoised_sample: bool = option(True, "clip f(x, σ) to [-1, 1]", "clip_denoised")
+    prediction_type: str = option("consistency", "what the model predicts: F of f = c_skip x "
+                                  "+ c_out F", None, choices=PREDICTION_TYPES)  # fmt: skip
+
+    def _check(self) -> None:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(
+                f"CMStochasticIterative option sigma_min must be below sigma_max="
+                f"{self.sigma_max}, got: {self.sigma_min}"
+            )
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    @property
+    def processes_x0(self) -> bool:
+        return self.clip_denoised_sample
+
+    def _process(self, x0: Array, owned: bool) -> Array:
+        return ops.clip(x0, 1.0, owned) if self.clip_denoised_sample else x0
+
+    def _indices(self, num_steps: int | None, timesteps: Any = None) -> np.ndarray:
+        if timesteps is None:
+            ops.check_num_steps(num_steps)
+            if num_steps > self.num_train_steps:
+                raise ValueError(
+                    f"num_steps must be at most num_train_steps={self.num_train_steps}, "
+                    f"got: {num_steps}"
+                )
+            return np.arange(num_steps)[::-1] * (self.num_train_steps // num_steps)
+        arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
+        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
+        if np.any(np.diff(arr) >= 0) or arr[0] >= self.num_train_steps or arr[-1] < 0:
+            raise ValueError(
+                f"timesteps must be strictly decreasing in [0, {self.num_train_steps - 1}], "
+                f"got: {arr.tolist()}"
+            )
+        return arr.astype(np.int64)
+
+    def _grid(self, num_steps: int | None, timesteps: Any = None, strength: float = 1.0):
+        """(c_noise timesteps, σ's float32 with σ_min appended, the first call run)."""
+        k = self._indices(num_steps, timesteps)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        ramp = k[::-1] / (self.num_train_steps - 1)  # diffusers reads the indices ascending
+        sig = (hi + ramp * (lo - hi)) ** self.rho  # eq. 5
+        ts = 1000 * 0.25 * np.log(sig + 1e-44)
+        sig = sigma_schedules.as_float32(np.append(sig, self.sigma_min))
+        return ts, sig, first_call(len(ts), strength)
+
+    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        _, sig, cut = self._grid(num_steps, **init_options)
+        return float(sigma_schedules.alpha_bar_of(sig[cut])), 1.0
+
+    def tableau(
+        self, num_steps: int | None, timesteps: Any = None, strength: float = 1.0
+    ) -> Tableau:
+        ts, sig, cut = self._grid(num_steps, timesteps, strength)
+        s, s_next = sig[:-1], sig[1:]
+        d, lo = self.sigma_data, self.sigma_min
+        c_skip = d**2 / ((s - lo) ** 2 + d**2)
+        c_out = (s - lo) * d / np.sqrt(s**2 + d**2)
+        hat = np.clip(s_next, lo, self.sigma_max)
+        noise = self.s_noise * np.sqrt(hat**2 - lo**2) if len(ts) > 1 else np.zeros(len(ts))
+        scale = np.append(np.sqrt(s**2 + d**2), 1.0)  # native x = scale · held
+        return Tableau(
+            timesteps=ts[cut:],
+            x0_sample=c_skip[cut:],
+            x0_output=c_out[cut:],
+            update={(X0, 0): np.ones(len(ts) - cut)},
+            noise=noise[cut:],
+            input_scale=scale[cut:],
+            start=(1.0, float(s[cut])),
+            init_noise_sigma=self.sigma_max,
+        )
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class SCM(BaseScheduler):
+    """Multistep sampling of continuous-time consistency models in TrigFlow (Lu & Song 2024).
+
+    One model call per step; stochastic. diffusers: ``SCMScheduler`` (Sana-Sprint). Not to
+    be confused with ``CMStochasticIterative`` (variance-exploding consistency models).
+
+    ``timesteps`` are the N angles s_i the model is called at (float32, as diffusers'; the
+    Sana-Sprint pipeline feeds its transformer sin s / (sin s + cos s)). The loop starts
+    from σ_d z (``init_noise_scale`` = σ_d, as the pipeline's start); the final sample is
+    x̂_0 of the last call. ``init(..., max_timesteps=1.5708, intermediate_timesteps=None,
+    timesteps=None)`` as diffusers' ``set_timesteps``: the first angle, a middle one for a
+    two-step loop (Sana-Sprint's pipeline passes 1.3), or N + 1 custom angles ending at 0.
+    """
+
+    DIFFUSERS_CLASS = "SCMScheduler"
+    TRAINING_TIMESTEPS = False  # TrigFlow angles
+    PREDICTION_TYPES = ("trigflow",)
+    INERT_KEYS = frozenset({"num_train_timesteps"})  # only bounds num_steps in diffusers
+
+    sigma_data: float = option(0.5, "σ_d, the standard deviation of the data (and the start)",
+                               "sigma_data", low=0.0, low_open=True)  # fmt: skip
+    prediction_type: str = option(
+        "trigflow", "what the model predicts: F with x̂_0 = cos(s) x - sin(s) F (TrigFlow)",
+        "prediction_type", choices=PREDICTION_TYPES,
+    )  # fmt: skip
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    def program(self, num_steps: int | None, **init_options: Any):
+        custom = init_options.get("timesteps")
+        if custom is not None:  # N + 1 angles: the base class counts N
+            init_options = {**init_options, "timesteps": tuple(np.asarray(custom, float).ravel())}
+            if num_steps is None:
+                num_steps = len(init_options["timesteps"]) - 1
+            return self._program_custom(num_steps, init_options)
+        return super().program(num_steps, **init_options)
+
+    def _program_custom(self, num_steps: int, init_options: dict):
+        from ..core.scheduler import _cached_program
+
+        ops.check_num_steps(num_steps)
+        return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+
+    def _angles(
+        self,
+        num_steps: int,
+        max_timesteps: float | None = 1.5708,
+        intermediate_timesteps: float | None = None,
+        timesteps: Any = None,
+    ) -> np.ndarray:
+        """The N + 1 angles (float32), the last one 0."""
+        if timesteps is not None:
+            if max_timesteps is not None and max_timesteps != 1.5708:
+                raise ValueError("pass at most one of timesteps= and max_timesteps=")
+            grid = np.asarray(timesteps, dtype=np.float64)
+            if len(grid) != num_steps + 1 or not np.all(np.isfinite(grid)):
+                raise ValueError(
+                    f"timesteps must be num_steps + 1 = {num_steps + 1} finite angles, got: "
+                    f"{list(timesteps)!r}"
+                )
+        elif max_timesteps is None:
+            raise ValueError("give max_timesteps= or timesteps=")
+        elif intermediate_timesteps is not None:
+            if num_steps != 2:
+                raise ValueError(
+                    f"intermediate_timesteps is for a two-step loop, got num_steps={num_steps}"
+                )
+            grid = np.array([max_timesteps, intermediate_timesteps, 0.0])
+        else:
+            grid = np.linspace(max_timesteps, 0.0, num_steps + 1)
+        return sigma_schedules.as_float32(grid)
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        s = self._angles(num_steps, **init_options)
+        return float(np.cos(s[0]) ** 2), float(np.cos(s[-1]) ** 2)
+
+    def tableau(
+        self,
+        num_steps: int,
+        max_timesteps: float | None = 1.5708,
+        intermediate_timesteps: float | None = None,
+        timesteps: Any = None,
+    ) -> Tableau:
+        s = self._angles(num_steps, max_timesteps, intermediate_timesteps, timesteps)
+        now, nxt = s[:-1], s[1:]
+        return Tableau(
+            timesteps=now,
+            x0_sample=np.cos(now),
+            x0_output=-np.sin(now),
+            update={(X0, 0): np.cos(nxt)},
+            noise=np.sin(nxt) * self.sigma_data,
+            start=(float(np.cos(now[0])), float(np.sin(now[0]) * self.sigma_data)),
+            init_noise_sigma=self.sigma_data,
+        )
