@@ -60,6 +60,10 @@ def host(a):
 
 
 def per_element_loop(sched, n, x, offsets, *, key=3, replay=False, backend="numpy", **opts):
+    if sched.NO_PER_ELEMENT is not None:
+        with pytest.raises(ValueError, match="has no per-element schedules"):
+            sched.init(n, to(x, backend), key, offsets=offsets, **opts)
+        pytest.skip(f"{type(sched).__name__}: {sched.NO_PER_ELEMENT}")
     state, ts = sched.init(n, to(x, backend), key, offsets=offsets, **opts)
     assert isinstance(state, ElementState)
     y = to(x, backend) * sched.init_noise_scale(n, **{k: v for k, v in opts.items()

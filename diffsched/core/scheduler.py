@@ -55,6 +55,15 @@ class BaseScheduler:
     # diffsched.methods is registered by being there; these say where it is listed
     FAMILY: ClassVar[str] = families.MORE  # its section (diffsched.core.families)
     CLI_NAME: ClassVar[str | None] = None  # its name on the command line; None: not there
+
+    # None, or why init(..., offsets=) cannot run this method per element
+    NO_PER_ELEMENT: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "CLI_NAME" not in cls.__dict__:  # declared by each class, never inherited
+            cls.CLI_NAME = None
+
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = predictions.PREDICTION_TYPES
     # keys of the diffusers class that never change its result here (accepted, dropped)
     INERT_KEYS: ClassVar[frozenset[str]] = frozenset()
@@ -213,6 +222,11 @@ class BaseScheduler:
     ) -> tuple[per_element.ElementState, Array]:
         """``init`` with ``offsets=`` or an array ``strength=`` (see
         :mod:`diffsched.core.per_element`)."""
+        if self.NO_PER_ELEMENT is not None:
+            raise ValueError(
+                f"{type(self).__name__} has no per-element schedules (offsets=, an array "
+                f"strength=): {self.NO_PER_ELEMENT}"
+            )
         options = dict(init_options)
         shape = tuple(sample_template.shape)
         offsets = options.pop("offsets", None)

@@ -60,6 +60,9 @@ class RePaint(Scheduler):
     """
 
     DIFFUSERS_CLASS = "RePaintScheduler"
+    NO_PER_ELEMENT = (
+        "its step reads the known image and mask with per-call numbers outside the table"
+    )
     PREDICTION_TYPES = ("noise",)
 
     beta_schedule: str = option(

@@ -55,6 +55,7 @@ class ScoreSdeVe(BaseScheduler):
     """
 
     DIFFUSERS_CLASS = "ScoreSdeVeScheduler"
+    NO_PER_ELEMENT = "its corrector's step size depends on norms of the whole sample"
     TRAINING_TIMESTEPS = False  # the model takes σ
     PREDICTION_TYPES = ("score",)
     # set_sigmas at construction only: the pipeline's set_timesteps(N) / set_sigmas(N) decide
