@@ -74,10 +74,14 @@ def butcher_step(
     c: Sequence[float], noise: float = 0.0,
 ) -> RKStep:  # fmt: skip
     """The step from σ to σ_next of the Butcher tableau (a, b, c) in σ: stage levels
-    σ + c_k h, matrix h a, weights h b, h = σ_next - σ."""
+    σ + c_k h (σ_next itself where c_k = 1), matrix h a, weights h b, h = σ_next - σ."""
     h = sigma_next - sigma
+    c = np.asarray(c, np.float64)
+    # the end points exactly (a model's timestep is the nearest table entry: one ulp can
+    # flip a tie)
+    levels = np.where(c == 0, sigma, np.where(c == 1, sigma_next, sigma + h * c))
     return RKStep(
-        sigmas=sigma + h * np.asarray(c, np.float64),
+        sigmas=levels,
         a=h * np.asarray(a, np.float64),
         b=h * np.asarray(b, np.float64),
         noise=noise,
@@ -112,6 +116,17 @@ def runge_kutta(steps: Sequence[RKStep]) -> tuple[np.ndarray, Update, np.ndarray
         noise[call + s - 1] = st.noise
         call += s
     return sigmas, update, noise
+
+
+def churn_levels(sigmas: np.ndarray, s_churn: float, s_tmin: float, s_tmax: float) -> np.ndarray:
+    """σ̂_i = (1 + γ_i) σ_i, the level each step of an N-step loop starts from after churn,
+    γ_i = min(S_churn / N, sqrt(2) - 1) where S_tmin <= σ_i <= S_tmax, else 0 (Karras et al.
+    2022, Alg. 2, lines 4-5); ``sigmas`` holds the N + 1 levels of the loop."""
+    sigmas = np.asarray(sigmas, np.float64)
+    n = len(sigmas) - 1
+    gamma = min(s_churn / n, 2**0.5 - 1) if s_churn > 0 else 0.0
+    inside = (s_tmin <= sigmas[:n]) & (sigmas[:n] <= s_tmax)
+    return sigmas[:n] * (np.where(inside, gamma, 0.0) + 1)
 
 
 # -- linear multistep in σ ------------------------------------------------------------------
