@@ -1,0 +1,238 @@
+"""ComfyUI's model sampling, KSampler schedulers and schedule nodes
+(diffsched.schedules.comfy) against ComfyUI's own code: the recorded fixture always, the
+oracle (../shared/oracles/comfyui) live where it is present.
+
+Observed (float64 oracle): largest relative difference 2.7e-15 (beta), others <= 1.4e-15;
+nodes <= 9e-16; float32 oracle within 1.7e-6 except kl_optimal on the zero-SNR table
+(ComfyUI's float32 tan near π/2: 1.3e-4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import record_comfy_schedules as rec
+
+from diffsched.schedules import comfy
+
+FIXTURE = json.loads((Path(rec.OUT)).read_text(encoding="utf-8"))
+ORACLE = rec.load_oracle()
+TOL64 = 1e-12  # observed 2.7e-15
+TOL32 = 5e-6  # observed 1.7e-6 (karras on the zero-SNR table: σ_max^(1/7) in float32)
+
+
+def ms_of(key: str) -> comfy.ModelSampling:
+    model, settings = rec.MODELS[key]
+    return comfy.model_sampling(model, **settings)
+
+
+def relative(got, ref) -> float:
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, (got, ref)
+    return float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-300), initial=0.0))
+
+
+def ours_ksampler(case: dict) -> np.ndarray:
+    return comfy.ksampler_sigmas(
+        case["scheduler"], case["steps"], ms_of(case["model"]),
+        discard_penultimate=case["discard"], denoise=case["denoise"],
+    )  # fmt: skip
+
+
+def ours_node(case: dict) -> np.ndarray:
+    params = dict(case["params"])
+    model = params.pop("model", None)
+    return comfy.node_sigmas(
+        case["kind"], case["steps"], ms=None if model is None else ms_of(model), **params
+    )
+
+
+def check(ours, ref: list, tol: float) -> float:
+    """ours equals ref within tol; where ComfyUI gives NaN (kl_optimal and ltxv-stretch at one
+    step), ours raises a ValueError instead."""
+    if np.isnan(ref).any():
+        with pytest.raises(ValueError, match="NaN"):
+            ours()
+        return 0.0
+    d = relative(ours(), ref)
+    assert d < tol
+    return d
+
+
+def test_fixture_cases_are_the_recorder_cases():
+    keys = ("model", "scheduler", "steps", "discard", "denoise", "check32")
+    assert [{k: c[k] for k in keys} for c in FIXTURE["ksampler"]] == rec.ksampler_cases()
+    assert [{k: c[k] for k in ("kind", "steps", "params")} for c in FIXTURE["nodes"]] == (
+        rec.node_cases()
+    )
+
+
+@pytest.mark.parametrize("scheduler", rec.SCHEDULERS)
+def test_ksampler_sigmas_equal_comfyui(scheduler):
+    cases = [c for c in FIXTURE["ksampler"] if c["scheduler"] == scheduler]
+    assert len(cases) == len(rec.MODELS) * 8
+    worst = 0.0
+    for case in cases:
+        worst = max(worst, check(lambda case=case: ours_ksampler(case), case["float64"], TOL64))
+        f32 = case["float32"]
+        if (
+            f32 is not None
+            and not np.isnan(f32).any()
+            and not (scheduler == "kl_optimal" and "zsnr" in case["model"])
+        ):
+            assert relative(ours_ksampler(case), case["float32"]) < TOL32
+    assert worst < TOL64
+
+
+@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle (../shared) is absent")
+def test_fixture_equals_live_oracle():
+    """The recorded numbers are the oracle's today (a sample: every scheduler and node)."""
+    for case in FIXTURE["ksampler"][::7]:
+        assert np.array_equal(rec.ksampler(ORACLE, case), case["float64"], equal_nan=True)
+    for case in FIXTURE["nodes"][::5]:
+        assert np.array_equal(rec.node(ORACLE, case), case["float64"], equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", comfy.NODES)
+def test_node_sigmas_equal_comfyui(kind):
+    cases = [c for c in FIXTURE["nodes"] if c["kind"] == kind]
+    assert cases
+    for case in cases:
+        check(lambda case=case: ours_node(case), case["float64"], TOL64)
+
+
+def test_nodes_cover_every_option_value():
+    seen = {(c["kind"], k, v) for c in FIXTURE["nodes"] for k, v in c["params"].items()}
+    for model_type in comfy.AYS_MODEL_TYPES:
+        assert ("ays", "model_type", model_type) in seen
+    for coeff in comfy.GITS_COEFFS:
+        assert ("gits", "coeff", coeff) in seen
+    for model_type in comfy.OPTIMAL_STEPS_LEVELS:
+        assert ("optimal_steps", "model_type", model_type) in seen
+    for stretch in (True, False):
+        assert ("ltxv", "stretch", stretch) in seen
+    for scheduler in comfy.KSAMPLER_SCHEDULERS:
+        assert ("basic", "scheduler", scheduler) in seen
+
+
+@pytest.mark.parametrize("key", sorted(rec.MODELS))
+def test_model_sampling_maps(key):
+    """timestep(σ) equals the timestep ComfyUI gave the model, exactly; σ(t) and
+    percent_to_sigma equal ComfyUI's."""
+    ms, rows = ms_of(key), FIXTURE["models"][key]
+    sig = np.array(rows["timesteps"]["sigma"])
+    assert np.array_equal(ms.timestep(sig), rows["timesteps"]["timestep"])
+    assert relative(ms.sigma(rows["t"]), rows["sigma"]) < TOL64
+    pct = [ms.percent_to_sigma(p) for p in rows["percent"]]
+    assert relative(pct, rows["percent_sigma"]) < TOL64
+
+
+@pytest.mark.parametrize("key", sorted(rec.MODELS))
+def test_our_sigmas_give_comfyui_timesteps(key):
+    """The timesteps of our own σ's (not ComfyUI's) are ComfyUI's too: the euler loops of
+    test_model_sampling_maps, rebuilt from our schedules."""
+    ms, rows = ms_of(key), FIXTURE["models"][key]["timesteps"]
+    ours = np.concatenate([comfy.scheduler_sigmas(s, ms, 9)[:-1] for s in
+                           rec.TIMESTEP_SCHEDULERS])  # fmt: skip
+    ours = ours[ours > 0]
+    assert relative(ours, rows["sigma"]) < TOL64
+    got, ref = ms.timestep(ours), np.array(rows["timestep"])
+    if ms.discrete:
+        # equal, except where σ sits at the log-midpoint of two table entries (normal's
+        # t = k + 1/2): there the nearest index turns on σ's last bit, ours or ComfyUI's
+        tie = ties(ms, ours)
+        assert np.array_equal(got[~tie], ref[~tie])
+        assert np.all(np.abs(got[tie] - ref[tie]) <= ms.timesteps // len(ms.sigmas))
+        assert tie.sum() <= 1  # observed: 1 of 36 (eps-sd15-zsnr, normal, t = 499.5)
+    else:  # σ · multiplier of σ's equal to a few ulps
+        assert relative(got, ref) < TOL64
+
+
+def ties(ms: comfy.ModelSampling, sigma) -> np.ndarray:
+    """Whether each σ is (to 1e-9 relative in log distance) as near two table entries."""
+    dist = np.sort(np.abs(np.log(sigma)[:, None] - np.log(ms.sigmas)), axis=1)
+    return dist[:, 1] - dist[:, 0] <= 1e-9 * np.maximum(dist[:, 1], 1e-300)
+
+
+def test_tables():
+    sd15 = comfy.model_sampling("eps")
+    assert sd15.sigmas.shape == (1000,) and not sd15.sigmas.flags.writeable
+    assert sd15.sigma_min == pytest.approx(np.sqrt(0.00085 / (1 - 0.00085)), rel=1e-15)
+    assert sd15.sigma_max == pytest.approx(14.614642, rel=1e-6)
+    assert comfy.model_sampling("eps", zsnr=True).sigma_max == pytest.approx(4518.76, rel=1e-5)
+    lcm = comfy.model_sampling("lcm")
+    assert lcm.sigmas.shape == (50,)
+    assert np.array_equal(lcm.sigmas, sd15.sigmas[19::20])  # index 20 k + 19
+    assert lcm.timestep(lcm.sigmas).tolist() == list(range(19, 1000, 20))
+    flux = comfy.model_sampling("flux")
+    assert flux.sigmas.shape == (10000,)
+    assert flux.timestep(0.5) == 0.5
+    assert comfy.model_sampling("flow", shift=3.0).timestep(0.5) == 500.0
+    for name in ("cosine", "squaredcos_cap_v2", "sqrt_linear", "sqrt"):
+        table = comfy.model_sampling("v", beta_schedule=name).sigmas
+        assert np.all(np.diff(table) > 0) and np.all(np.isfinite(table))
+
+
+def test_noise_scaling():
+    sd15 = comfy.model_sampling("eps")
+    top = sd15.sigma_max
+    assert sd15.noise_scaling(top) == (np.sqrt(1 + top**2), 1.0)
+    assert sd15.noise_scaling(top * (1 - 1e-6)) == (np.sqrt(1 + (top * (1 - 1e-6)) ** 2), 1.0)
+    assert sd15.noise_scaling(3.0) == (3.0, 1.0)
+    assert sd15.noise_scaling(3.0, max_denoise=True) == (np.sqrt(10.0), 1.0)
+    assert sd15.inverse_noise_scaling(0.5) == 1.0
+    flow = comfy.model_sampling("flow", shift=3.0)
+    assert flow.noise_scaling(0.75) == (0.75, 0.25)
+    assert flow.inverse_noise_scaling(0.001) == 1 / 0.999
+    assert flow.inverse_noise_scaling(0.0) == 1.0
+
+
+def test_denoised_coefficients():
+    """x̂_0 = c_x x + c_out output, against the prediction formulas at σ = 2 (and the LCM
+    boundary condition at its timestep)."""
+    s = 2.0
+    pairs = {
+        "eps": (1.0, -s), "flow": (1.0, -s), "x0": (0.0, 1.0),
+        "v": (1 / (s * s + 1), -s / np.sqrt(s * s + 1)),
+    }  # fmt: skip
+    for model, (cx, cout) in pairs.items():
+        got = comfy.model_sampling(model).denoised_coefficients(s)
+        assert np.allclose(got, (cx, cout), rtol=1e-15, atol=0)
+    lcm = comfy.model_sampling("lcm")
+    t10 = float(lcm.timestep(s)) * 10
+    skip, out = 0.25 / (t10**2 + 0.25), t10 / np.sqrt(t10**2 + 0.25)
+    assert np.allclose(lcm.denoised_coefficients(s), (out + skip, -out * s), rtol=1e-15)
+
+
+def test_ays_levels_reuse_the_published_timesteps():
+    from diffsched.schedules import ays
+
+    table = comfy.model_sampling("eps").sigmas
+    sd1 = comfy.ays_levels("SD1")
+    assert np.allclose(sd1, table[[*ays.TIMESTEPS["sd15"], 0]], rtol=2e-9, atol=0)
+    assert comfy.ays_levels("SVD")[:-1].tolist() == list(ays.SIGMAS["svd"][:-1])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"model must be one of \('eps', 'v'"):
+        comfy.model_sampling("edm")
+    with pytest.raises(TypeError, match=r"takes the settings \['multiplier', 'shift'"):
+        comfy.model_sampling("flow", zsnr=True)
+    with pytest.raises(ValueError, match="beta_schedule must be one of"):
+        comfy.model_sampling("eps", beta_schedule="scaled_linear")
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        comfy.scheduler_sigmas("nope", comfy.model_sampling(), 5)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        comfy.ksampler_sigmas("normal", 0, comfy.model_sampling())
+    with pytest.raises(ValueError, match="node must be one of"):
+        comfy.node_sigmas("align", 5)
+    with pytest.raises(TypeError, match=r"node 'gits' takes \['coeff', 'denoise'\]"):
+        comfy.node_sigmas("gits", 5, rho=2)
+    with pytest.raises(ValueError, match="GITS coeff must be one of"):
+        comfy.gits(5, coeff=1.22)
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        comfy.optimal_steps(5, model_type="SD3")
+    assert comfy.ksampler_sigmas("normal", 5, comfy.model_sampling(), denoise=0.0).size == 0
