@@ -153,7 +153,8 @@ def test_diffusers_names_are_understood(tmp_path):
 
 
 def test_unknown_class_name():
-    supported = sorted([*ds.SCHEDULERS, "VariableIPNDM"])  # ours only: by our class name
+    ours = [cls.__name__ for cls in ds.methods.OURS_ONLY]  # ours only: by our class name
+    supported = sorted([*ds.SCHEDULERS, *ours])
     message = f"unsupported scheduler class 'NoSuchScheduler'; supported: {supported}"
     with pytest.raises(ValueError, match=re.escape(message)):
         ds.from_config({"_class_name": "NoSuchScheduler", "num_train_timesteps": 1000})

@@ -52,6 +52,34 @@ ALL = (
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
 
+# ComfyUI's deterministic samplers (issue 16), ComfyUI's model convention; not in diffusers
+from .comfy_exponential import ComfyDPMPP2M, ComfyResMultistep, ComfyUniPC  # noqa: E402
+from .comfy_multistep import (  # noqa: E402
+    ComfyDEIS,
+    ComfyGradientEstimation,
+    ComfyIPNDM,
+    ComfyIPNDMV,
+    ComfyLMS,
+)
+from .comfy_rk import ComfyDPM2, ComfyDPMFast, ComfyEuler, ComfyHeun, ComfyHeunPP2  # noqa: E402
+
+COMFY = (
+    ComfyEuler,
+    ComfyHeun,
+    ComfyDPM2,
+    ComfyHeunPP2,
+    ComfyDPMFast,
+    ComfyLMS,
+    ComfyIPNDM,
+    ComfyIPNDMV,
+    ComfyGradientEstimation,
+    ComfyDEIS,
+    ComfyDPMPP2M,
+    ComfyResMultistep,
+    ComfyUniPC,
+)
+OURS_ONLY = (*OURS_ONLY, *COMFY)
+
 __all__ = [
     "ALL",
     "DDIM",
@@ -80,4 +108,7 @@ __all__ = [
     "SASolver",
     "UniPC",
     "VariableIPNDM",
+    # ComfyUI's samplers
+    "COMFY",
+    *(cls.__name__ for cls in COMFY),
 ]

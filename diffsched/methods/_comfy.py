@@ -142,6 +142,18 @@ class ComfySampler(BaseScheduler):
             self.scheduler, ops.check_num_steps(num_steps), self.model_sampling,
             discard_penultimate=self.DISCARD_PENULTIMATE, denoise=denoise,
         )  # fmt: skip
+        if not np.all(np.isfinite(out)) or np.any(np.diff(out) >= 0) or np.any(out < 0):
+            settings = ", ".join(
+                f"{name}={getattr(self, name)!r}"
+                for name in ("linear_start", "linear_end", "beta_schedule", "zsnr", "shift",
+                             "multiplier")
+                if getattr(self, name) is not None
+            )  # fmt: skip
+            raise ValueError(
+                f"{type(self).__name__}: model={self.model!r} ({settings or 'its defaults'}) "
+                f"with scheduler={self.scheduler!r} and {num_steps} steps gives σ's that are not "
+                f"finite and decreasing: {out.tolist()}"
+            )
         if len(out) < 2:
             raise ValueError(
                 f"{type(self).__name__}: scheduler {self.scheduler!r} with {num_steps} steps "

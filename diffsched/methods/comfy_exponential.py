@@ -83,6 +83,9 @@ class ComfyDPMPP2M(_ExponentialMultistep):
     Second order (first on the first step and on the step to σ = 0); one model call per
     step; deterministic. diffsched's ``DPMSolverMultistep`` is the same method on diffusers'
     grids.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -103,6 +106,9 @@ class ComfyResMultistep(_ExponentialMultistep):
 
     Second order; one model call per step. ComfyUI draws a normal per step and multiplies
     it by 0; this class draws none.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -159,6 +165,9 @@ class ComfyUniPC(ComfySampler):
     KSampler asks its scheduler for N + 1 steps and drops the second-to-last level. The
     loop ends at σ = 0.001 (ComfyUI's quirk; see the module notes). diffsched's ``UniPC``
     is the method on diffusers' grids, ending at 0.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 3

@@ -96,6 +96,9 @@ class ComfyLMS(_Multistep):
     Order ``order`` (lower during the warm-up); one model call per step; deterministic.
     The same numbers as diffsched's ``LMS`` on the same grid, with ComfyUI's convention
     (nearest-index timesteps, the step to 0 landing on x̂_0).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 4
@@ -113,6 +116,9 @@ class ComfyIPNDM(_Multistep):
     """ComfyUI's ``ipndm``: iPNDM, equal-step Adams-Bashforth weights on any grid (eq. 3).
 
     Order ``max_order`` (1 to 4; lower during the warm-up); one model call per step.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 4
@@ -163,6 +169,9 @@ class ComfyIPNDMV(_Multistep):
     Adams-Bashforth weights of eq. 3; on an uneven one, order 2 is the variable-step
     Adams-Bashforth weight of eq. 2 but orders 3 and 4 are not (diffsched's
     ``VariableIPNDM`` takes the exact eq. 2 at every order).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 4
@@ -181,6 +190,9 @@ class ComfyGradientEstimation(_Multistep):
     last two calls (Permenter & Yuan 2024, Alg. 2; eq. 4).
 
     Second order at γ = 2; one model call per step; deterministic.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -234,6 +246,9 @@ class ComfyDEIS(_Multistep):
     (from max_order + 2 steps on: its table has one weight too many); this class runs
     that step at ``max_order``, the method's definition, and equals ComfyUI wherever
     ComfyUI runs.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 3

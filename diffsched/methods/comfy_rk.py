@@ -96,6 +96,9 @@ class ComfyEuler(_ChurnSampler):
     First order; one model call per step; deterministic unless ``s_churn`` > 0. Not to be
     confused with diffsched's ``Euler`` (diffusers' grid and timestep interpolation) or
     with ComfyUI's ``ddim`` being DDIM (it is not: same as this).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     COMFY_NAMES = ("euler", "ddim")
@@ -110,6 +113,9 @@ class ComfyHeun(_ChurnSampler):
     """ComfyUI's ``heun``: Heun's second-order method (Karras et al. 2022, Alg. 2; eq. 4).
 
     Second order; two model calls per step, one on the step to σ = 0 (2N - 1 calls).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -128,6 +134,9 @@ class ComfyDPM2(_ChurnSampler):
 
     Second order; two model calls per step, one on the step to σ = 0. ComfyUI's KSampler
     asks its scheduler for N + 1 steps and drops the second-to-last level.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -152,6 +161,9 @@ class ComfyHeunPP2(_ChurnSampler):
     Three model calls per step (two on the step before the last, one on the last: 3N - 3
     calls). ComfyUI draws a churn normal every step, used only when ``s_churn`` > 0; this
     class draws only those it uses.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
@@ -211,6 +223,9 @@ class ComfyDPMFast(ComfySampler):
     N model calls for an N-step list, whose interior levels it does not use; the loop ends
     at the last nonzero level (ComfyUI's result; no step to 0). ComfyUI draws a normal per
     step and multiplies it by 0 (η = 0); this class draws none.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 3
@@ -220,10 +235,6 @@ class ComfyDPMFast(ComfySampler):
         check_step_count(type(self).__name__, sigmas, 1)
         nfe = len(sigmas) - 1
         low = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
-        if low >= sigmas[0]:
-            raise ValueError(
-                f"ComfyDPMFast needs a last nonzero level below the first, got: {sigmas.tolist()}"
-            )
         m = nfe // 3 + 1
         ts = np.linspace(-math.log(sigmas[0]), -math.log(low), m + 1)
         orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
