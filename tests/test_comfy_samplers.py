@@ -227,3 +227,21 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match="at least 2 steps"):
         ds.from_comfy("uni_pc").init(None, NOISE, sigmas=[1.0, 0.0])
     assert isinstance(ds.from_comfy("ddim"), ds.ComfyEuler)
+
+
+@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@pytest.mark.parametrize("sampler,model", [("dpmpp_2m", "eps-sd15"), ("heun", "flow-sd3")])
+def test_partial_denoise_of_a_latent_is_comfyuis_img2img(sampler, model):
+    """init(..., denoise=d) and add_noise (ds.sample's image=) from a nonzero latent equal
+    ComfyUI's KSampler with that latent_image and denoise."""
+    import torch
+
+    latent = np.random.default_rng(5).standard_normal(NOISE.shape) * 0.5
+    reference = ORACLE.run(sampler, "karras", 5, rec.toy(ORACLE), torch.tensor(NOISE),
+                           model=model, denoise=0.6, latent_image=torch.tensor(latent))  # fmt: skip
+    name, settings = rec.MODELS[model]
+    sched = ds.from_comfy(sampler, "karras", model=name, **settings)
+    got = ds.sample(toy, sched, NOISE, 5, image=latent, denoise=0.6)
+    d = rel(got, reference["sample"])
+    summary.record("COMFY img2img (denoise 0.6, latent)", sampler, d)
+    assert d < TOL64
