@@ -2,9 +2,10 @@
 (diffsched.schedules.comfy) against ComfyUI's own code: the recorded fixture always, the
 oracle (../shared/oracles/comfyui) live where it is present.
 
-Observed (float64 oracle): largest relative difference 2.7e-15 (beta), others <= 1.4e-15;
-nodes <= 9e-16; float32 oracle within 1.7e-6 except kl_optimal on the zero-SNR table
-(ComfyUI's float32 tan near π/2: 1.3e-4).
+Observed (float64 oracle, 576 KSampler cases, 185 node cases): largest relative difference
+2.7e-15 (beta), the other schedulers <= 9.6e-16, nodes <= 2.7e-15; float32 oracle within
+1.5e-6 (karras; the others <= 5.9e-7) except kl_optimal on the zero-SNR table (ComfyUI's
+float32 tan near π/2: 1.3e-4); the σ-grid classes (float32 grids) within 5.3e-8.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from diffsched.schedules import comfy
 FIXTURE = json.loads((Path(rec.OUT)).read_text(encoding="utf-8"))
 ORACLE = rec.load_oracle()
 TOL64 = 1e-12  # observed 2.7e-15
-TOL32 = 5e-6  # observed 1.7e-6 (karras on the zero-SNR table: σ_max^(1/7) in float32)
+TOL32 = 5e-6  # observed 1.5e-6 (karras on the zero-SNR table: σ_max^(1/7) in float32)
 
 
 def ms_of(key: str) -> comfy.ModelSampling:
@@ -227,6 +228,8 @@ def test_errors():
         comfy.scheduler_sigmas("nope", comfy.model_sampling(), 5)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         comfy.ksampler_sigmas("normal", 0, comfy.model_sampling())
+    with pytest.raises(ValueError, match="ModelSampling kind must be one of"):
+        comfy.ModelSampling(kind="edm")
     with pytest.raises(ValueError, match="node must be one of"):
         comfy.node_sigmas("align", 5)
     with pytest.raises(TypeError, match=r"node 'gits' takes \['coeff', 'denoise'\]"):
@@ -236,3 +239,143 @@ def test_errors():
     with pytest.raises(ValueError, match="model_type must be one of"):
         comfy.optimal_steps(5, model_type="SD3")
     assert comfy.ksampler_sigmas("normal", 5, comfy.model_sampling(), denoise=0.0).size == 0
+
+
+# -- sigma_schedule= values on the σ-based classes -----------------------------------------
+
+import diffsched as ds  # noqa: E402
+from diffsched.schedules import sigmas as sigma_schedules  # noqa: E402
+
+SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}  # = eps-sd15
+CLASSES = [(ds.Euler, SD, "eps-sd15"), (ds.DPMSolverMultistep, SD, "eps-sd15"),
+           (ds.UniPC, SD, "eps-sd15"), (ds.FlowMatchEuler, {"shift": 3.0}, "flow-sd3")]  # fmt: skip
+# a step count each kind gives N levels at, and the recorded ComfyUI case it equals
+STEPS = {"ddim_uniform": 20, "sd_turbo": 4, "align_your_steps-sd1": 10,
+         "align_your_steps-sdxl": 5, "align_your_steps-svd": 24, "optimal_steps-flux": 10,
+         "optimal_steps-wan": 17, "optimal_steps-chroma": 50, "ltxv": 20}  # fmt: skip
+F32 = 2e-7  # the classes store their grids in float32 (observed 5.3e-8; rounding <= 6e-8)
+
+
+def class_levels(sched, n: int) -> np.ndarray:
+    out = sched._grid(n)
+    return np.asarray(out.sigmas if hasattr(out, "sigmas") else out[1], dtype=np.float64)
+
+
+def recorded(kind: str, model: str, n: int) -> list | None:
+    """ComfyUI's σ's for ``sigma_schedule=kind`` on ``model`` at n steps, where recorded."""
+    name = "beta" if kind == "beta_sampling" else kind
+    for case in FIXTURE["ksampler"]:
+        if (case["scheduler"], case["model"], case["steps"], case["discard"],
+                case["denoise"]) == (name, model, n, False, 1.0):  # fmt: skip
+            return case["float64"]
+    node = {"align_your_steps-sd1": ("ays", {"model_type": "SD1"}),
+            "align_your_steps-sdxl": ("ays", {"model_type": "SDXL"}),
+            "align_your_steps-svd": ("ays", {"model_type": "SVD"}),
+            "gits": ("gits", {"coeff": 1.2}), "vp": ("vp", {}), "ltxv": ("ltxv", {"stretch": True}),
+            "optimal_steps-flux": ("optimal_steps", {"model_type": "FLUX"}),
+            "optimal_steps-wan": ("optimal_steps", {"model_type": "Wan"}),
+            "optimal_steps-chroma": ("optimal_steps", {"model_type": "Chroma"}),
+            "sd_turbo": ("sd_turbo", {"model": model})}.get(kind)  # fmt: skip
+    for case in FIXTURE["nodes"]:
+        if node and (case["kind"], case["params"], case["steps"]) == (*node, n):
+            return case["float64"]
+    return None
+
+
+@pytest.mark.parametrize("cls,config,model", CLASSES, ids=lambda c: getattr(c, "__name__", ""))
+def test_sigma_schedule_values_are_comfyui_schedules(cls, config, model):
+    """Each ComfyUI value gives ComfyUI's σ's on the class's own table (here SD1.5's betas,
+    ComfyUI's eps-sd15, or flow levels at shift 3, its flow-sd3), then the class's final
+    level; and a loop runs on them."""
+    ms = ms_of(model)
+    flow = model.startswith("flow")
+    kinds = [k for k in comfy.SIGMA_SCHEDULES if k not in (comfy.VE_LISTS if flow else
+                                                            comfy.FLOW_LISTS)]  # fmt: skip
+    checked = 0
+    for kind in kinds:
+        n = 7 if kind == "gits" else STEPS.get(kind, 20 if kind == "normal" else 7)
+        sched = cls(**config, sigma_schedule=kind)
+        got = class_levels(sched, n)
+        ref = recorded(kind, model, n)
+        if ref is None:  # nodes on the table's ends (the recorded ones: SD1.5's node range)
+            assert kind in ("polyexponential", "laplace", "sd_turbo"), kind
+            if kind == "sd_turbo":
+                node = comfy.node_sigmas(kind, n, ms=ms)
+            else:
+                node = comfy.node_sigmas(kind, n, sigma_max=ms.sigma_max, sigma_min=ms.sigma_min)
+            ref = np.append(node[:n], 0.0)
+        else:
+            checked += 1
+        assert got.shape == (n + 1,) and got[-1] == 0.0, kind
+        assert relative(got[:-1], ref[:-1]) < F32, kind
+        # a loop on them: finite, and (Euler) the same as the levels passed as a custom grid
+        x = np.random.default_rng(0).standard_normal((2, 3))
+        state, ts = sched.init(n, x)
+        y = x * sched.init_noise_scale(n)
+        for t in ts:
+            state, y = sched.step(state, y, np.tanh(0.5 * y + 1e-3 * float(t)))
+        assert np.all(np.isfinite(y)) and not np.allclose(y, x), kind
+        if cls is ds.Euler:
+            custom = cls(**config).program(None, sigmas=got)
+            assert np.array_equal(custom.coefs[:-1], sched.program(n).coefs[:-1]), kind
+    assert checked >= 9  # the KSampler's (8 here: not karras/exponential) and the lists
+
+
+def test_sigma_schedule_ends_and_errors():
+    # karras / exponential stay diffsched's (the loop's ends); with linspace spacing those are
+    # the table's, so they are ComfyUI's karras and exponential too
+    for kind in ("karras", "exponential"):
+        got = class_levels(ds.Euler(**SD, sigma_schedule=kind), 7)
+        ref = recorded(kind, "eps-sd15", 7)
+        assert relative(got, ref) < F32
+    with pytest.raises(ValueError, match=r"'ddim_uniform' gives 8 steps for num_steps=7"):
+        ds.Euler(**SD, sigma_schedule="ddim_uniform").init(7, np.zeros(2))
+    with pytest.raises(ValueError, match="lists flow levels"):
+        ds.UniPC(**SD, sigma_schedule="optimal_steps-flux").init(7, np.zeros(2))
+    with pytest.raises(ValueError, match="lists variance-exploding"):
+        ds.FlowMatchEuler(sigma_schedule="gits")
+    with pytest.raises(ValueError, match="option sigma_schedule must be one of"):
+        ds.DPMSolverMultistep(sigma_schedule="beta_comfy")
+    with pytest.raises(ValueError, match="use_flow_sigmas, sigma_schedule='normal'"):
+        ds.DPMSolverMultistep(use_flow_sigmas=True, sigma_schedule="normal")
+    with pytest.raises(ValueError, match="use_flow_sigmas cannot be combined"):
+        ds.UniPC(use_flow_sigmas=True, sigma_schedule="normal")
+    sched = ds.DPMSolverMultistep(sigma_schedule="kl_optimal")
+    assert ds.from_config(sched.to_config()) == sched
+    assert set(comfy.SIGMA_SCHEDULES) <= set(sigma_schedules.SIGMA_SCHEDULES)
+
+
+def test_dynamic_shift_uses_the_flux_table():
+    sched = ds.FlowMatchEuler(use_dynamic_shifting=True, sigma_schedule="normal")
+    got = sched._grid(9, mu=1.15)[1]
+    ms = comfy.flow_sampling(1000, mu=1.15)
+    assert relative(got[:-1], comfy.normal(ms, 9)[:-1]) < F32
+    with pytest.raises(ValueError, match="time_shift_type='exponential'"):
+        ds.FlowMatchEuler(use_dynamic_shifting=True, time_shift_type="linear",
+                          sigma_schedule="simple")._grid(5, mu=0.5)  # fmt: skip
+
+
+def sigma_grid_classes():
+    from diffsched.core.scheduler import SigmaGrid
+
+    return [c for c in (*ds.methods.ALL, *ds.methods.OURS_ONLY) if issubclass(c, SigmaGrid)]
+
+
+@pytest.mark.parametrize("cls", sigma_grid_classes(), ids=lambda c: c.__name__)
+def test_every_sigma_grid_class_runs_every_comfyui_schedule(cls):
+    """Every value of its family (variance-exploding or flow) gives a finite loop."""
+    flow = cls.__name__.startswith("FlowMatch")
+    config = {} if flow else SD
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    for kind in comfy.SIGMA_SCHEDULES:
+        n = {"ddim_uniform": 20, "sd_turbo": 4}.get(kind, 8)
+        if kind in (comfy.VE_LISTS if flow else comfy.FLOW_LISTS):
+            with pytest.raises(ValueError, match="lists"):
+                cls(**config, sigma_schedule=kind).init(n, x)
+            continue
+        sched = cls(**config, sigma_schedule=kind)
+        state, ts = sched.init(n, x)
+        y = x * sched.init_noise_scale(n)
+        for t in ts:
+            state, y = sched.step(state, y, np.tanh(0.5 * y + 1e-3 * float(t)))
+        assert np.all(np.isfinite(y)), kind

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..schedules import betas as beta_schedules
+from ..schedules import comfy as comfy_schedules
 from . import engine, ops, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
@@ -530,12 +531,13 @@ def step_time(default: Any, doc: str, **spec: Any) -> Any:
 
 
 # the values of SigmaGrid.sigma_schedule; edm and logsnr are other names of karras and
-# exponential (EDM's time-uniform grid at ρ = 7; evenly spaced log-SNR = -2 log σ). It has
-# no diffusers key (it travels under "_diffsched_options"): diffusers' EDM classes have a
-# "sigma_schedule" key of their own, which a scheduler swap must not carry over.
+# exponential (EDM's time-uniform grid at ρ = 7; evenly spaced log-SNR = -2 log σ); then
+# ComfyUI's schedules (schedules/comfy.py). It has no diffusers key (it travels under
+# "_diffsched_options"): diffusers' EDM classes have a "sigma_schedule" key of their own,
+# which a scheduler swap must not carry over.
 SIGMA_SCHEDULE_ALIASES = {"edm": "karras", "logsnr": "exponential"}
 NAMED_SIGMA_SCHEDULES = ("karras", "edm", "exponential", "logsnr", "beta", "ays-sd15",
-                         "ays-sdxl", "ays-svd")  # fmt: skip
+                         "ays-sdxl", "ays-svd", *comfy_schedules.SIGMA_SCHEDULES)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -567,17 +569,28 @@ class SigmaGrid:
     )  # fmt: skip
 
     sigma_schedule: str | None = option(
-        None, "a named σ grid between the loop's first and last level (ours; diffusers' "
-        "classes take the three booleans): karras or edm (Karras et al. 2022, eq. 5, "
-        "ρ = 7), exponential or logsnr (even in log-SNR), beta, ays-sd15 / ays-sdxl / "
-        "ays-svd (Align Your Steps, log-linearly interpolated to N)",
+        None, "a named σ grid (ours; diffusers' classes take the three booleans). Between "
+        "the loop's first and last level: karras or edm (Karras et al. 2022, eq. 5, ρ = 7), "
+        "exponential or logsnr (even in log-SNR), beta (Lee et al. 2024, in σ), ays-sd15 / "
+        "ays-sdxl / ays-svd (Align Your Steps, log-linearly interpolated to N). ComfyUI's "
+        "schedules, equal to ComfyUI's on the class's own table (its training σ's "
+        "sqrt((1 - ᾱ)/ᾱ), or its flow levels; the method's own final level): its KSampler "
+        "schedulers simple, sgm_uniform, normal, ddim_uniform, beta_sampling (ComfyUI's "
+        "beta: Beta(0.6, 0.6) quantiles as table indices), linear_quadratic, kl_optimal "
+        "(with karras and exponential, ComfyUI's when the loop's ends are the table's, as "
+        "with linspace spacing); its nodes at their defaults: polyexponential, laplace, "
+        "sd_turbo; variance-exploding lists align_your_steps-sd1 / -sdxl / -svd (ComfyUI's "
+        "AYS), gits (coeff 1.20), vp; flow lists optimal_steps-flux / -wan / -chroma, ltxv "
+        "(flow classes). A ComfyUI schedule that gives another step count than N "
+        "(ddim_uniform, beta_sampling, sd_turbo past 10) is an error",
         None, nullable=True, choices=NAMED_SIGMA_SCHEDULES,
     )  # fmt: skip
 
     @property
     def sigma_kind(self) -> str | None:
-        """ "karras", "exponential", "beta", "ays-sd15", "ays-sdxl", "ays-svd" or None (the
-        spacing's own σ's)."""
+        """ "karras", "exponential", "beta", "ays-sd15", "ays-sdxl", "ays-svd", one of
+        ComfyUI's (:data:`diffsched.schedules.comfy.SIGMA_SCHEDULES`) or None (the spacing's
+        own σ's)."""
         chosen = [
             kind
             for kind, on in (

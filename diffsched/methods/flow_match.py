@@ -66,7 +66,7 @@ from ..core.scheduler import (
     _cached_program,
     document,
 )
-from ..schedules import shifts
+from ..schedules import comfy, shifts
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import check_strength
 from .heun import interleave
@@ -212,8 +212,12 @@ class _FlowMatchBase(BaseScheduler):
             sig = shifts.stretch_to_terminal(sig, terminal, dtype=work)
         sig = np.asarray(sig, dtype=np.float64)
         kind = self.sigma_kind if isinstance(self, SigmaGrid) else None
-        if kind is not None:  # (12)
-            sig = sigma_schedules.convert(kind, sig, num_steps, None, None)
+        if kind is not None:  # (12); ComfyUI's schedules on this class's own flow levels
+            model = None
+            if kind in sigma_schedules.COMFY_SCHEDULES:
+                shift_type = getattr(self, "time_shift_type", "exponential")
+                model = comfy.flow_sampling(T, self.shift, mu if dynamic else None, shift_type)
+            sig = sigma_schedules.convert(kind, sig, num_steps, None, None, model)
         sig = sigma_schedules.as_float32(sig)
         if custom_ts is not None:
             ts = custom_ts.astype(np.float64)
@@ -316,10 +320,11 @@ class _ShiftedGrid(SigmaGrid):
 
     def _check(self) -> None:
         kind = self.sigma_kind  # at most one re-gridding, as diffusers checks in __init__
-        if kind is not None and kind.startswith("ays-"):
+        if kind is not None and (kind.startswith("ays-") or kind in comfy.VE_LISTS):
             raise ValueError(
                 f"{type(self).__name__}: sigma_schedule={self.sigma_schedule!r} lists "
-                "variance-exploding σ's; flow levels take karras, exponential or beta"
+                "variance-exploding σ's; flow levels take karras, exponential, beta or "
+                f"{comfy.TABLE_SCHEDULES + comfy.FLOW_LISTS}"
             )
 
     def _euler_tableau(

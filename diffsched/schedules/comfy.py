@@ -105,6 +105,10 @@ class ModelSampling:
     multiplier: float = 1000.0
     table: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind not in MODELS:
+            raise ValueError(f"ModelSampling kind must be one of {MODELS}, got: {self.kind!r}")
+
     @property
     def discrete(self) -> bool:
         """Whether timesteps are table indices (eps, v, x0, lcm)."""
@@ -750,3 +754,100 @@ def _node_exponential(
     steps: int, sigma_max: float = NODE_SIGMA_MAX, sigma_min: float = NODE_SIGMA_MIN
 ) -> np.ndarray:
     return exponential(_check_steps(steps), sigma_min, sigma_max)
+
+
+# -- ComfyUI's schedules as sigma_schedule= values of the σ-based classes ------------------
+
+# computed on the class's own table (its training σ's, or its flow levels) by ComfyUI's code;
+# karras, exponential (ComfyUI's too) and beta (diffusers' Beta(0.6, 0.6) in σ) are
+# diffsched's older values (schedules/sigmas.py)
+TABLE_SCHEDULES = (
+    "simple",
+    "sgm_uniform",
+    "normal",
+    "ddim_uniform",
+    "beta_sampling",
+    "linear_quadratic",
+    "kl_optimal",
+    "polyexponential",
+    "laplace",
+    "sd_turbo",
+)
+VE_LISTS = (
+    "align_your_steps-sd1",
+    "align_your_steps-sdxl",
+    "align_your_steps-svd",
+    "gits",
+    "vp",
+)  # variance-exploding σ's of their own (not the class's)
+FLOW_LISTS = ("optimal_steps-flux", "optimal_steps-wan", "optimal_steps-chroma", "ltxv")
+SIGMA_SCHEDULES = (*TABLE_SCHEDULES, *VE_LISTS, *FLOW_LISTS)  # fmt: skip
+
+
+def flow_sampling(
+    num_train_steps: int, shift: float | None = None, mu: float | None = None,
+    time_shift_type: str = "exponential",
+) -> ModelSampling:  # fmt: skip
+    """The model sampling of a flow class's levels: ComfyUI's flow table at a static
+    ``shift``, or its flux table at a dynamic ``mu`` (exponential time shift only)."""
+    if mu is None:
+        return model_sampling("flow", shift=float(shift or 1.0), timesteps=int(num_train_steps))
+    if time_shift_type != "exponential":
+        raise ValueError(
+            "ComfyUI's schedules on a dynamically shifted flow grid need "
+            f"time_shift_type='exponential' (its flux table), got: {time_shift_type!r}"
+        )
+    return model_sampling("flux", shift=float(mu), timesteps=int(num_train_steps))
+
+
+def grid_sigmas(kind: str, ms: ModelSampling, num_steps: int) -> np.ndarray:
+    """The N descending call levels of ``sigma_schedule=kind`` (one of
+    :data:`SIGMA_SCHEDULES`) on the model sampling ``ms`` of a class: ComfyUI's list for N
+    steps without its final 0 (the class appends its own final level). Table schedules run
+    on ``ms``'s table and its ends; the lists are ComfyUI's nodes at their defaults (AYS,
+    GITS at coeff 1.20, VP at β_d = 19.9, β_min = 0.1; Optimal Steps, LTXV for flow
+    classes); laplace's N levels (it has no 0) are all call levels."""
+    num_steps = _check_steps(num_steps, "num_steps")
+    if kind in VE_LISTS and ms.flow:
+        raise ValueError(
+            f"sigma_schedule={kind!r} lists variance-exploding σ's; a flow grid takes "
+            f"{TABLE_SCHEDULES + FLOW_LISTS}"
+        )
+    if kind in FLOW_LISTS and not ms.flow:
+        raise ValueError(
+            f"sigma_schedule={kind!r} lists flow levels; a variance-exploding grid takes "
+            f"{TABLE_SCHEDULES + VE_LISTS}"
+        )
+    lo, hi = ms.sigma_min, ms.sigma_max
+    if kind in ("simple", "sgm_uniform", "normal", "ddim_uniform", "linear_quadratic"):
+        out = _TABLE_SCHEDULERS[kind](ms, num_steps)
+    elif kind == "beta_sampling":
+        out = beta(ms, num_steps)
+    elif kind == "kl_optimal":
+        out = kl_optimal(num_steps, lo, hi)
+    elif kind == "polyexponential":
+        out = polyexponential(num_steps, hi, lo)
+    elif kind == "laplace":
+        out = np.append(laplace(num_steps, hi, lo), 0.0)
+    elif kind == "sd_turbo":
+        out = sd_turbo(ms, num_steps)
+    elif kind.startswith("align_your_steps-"):
+        out = align_your_steps(num_steps, kind.removeprefix("align_your_steps-").upper())
+    elif kind == "gits":
+        out = gits(num_steps)
+    elif kind == "vp":
+        out = vp(num_steps)
+    elif kind.startswith("optimal_steps-"):
+        name = {"flux": "FLUX", "wan": "Wan", "chroma": "Chroma"}[kind.split("-")[1]]
+        out = optimal_steps(num_steps, name)
+    elif kind == "ltxv":
+        out = ltxv(num_steps)
+    else:
+        raise ValueError(f"sigma_schedule must be one of {SIGMA_SCHEDULES}, got: {kind!r}")
+    if len(out) != num_steps + 1:
+        raise ValueError(
+            f"sigma_schedule={kind!r} gives {len(out) - 1} steps for num_steps={num_steps} "
+            "(ComfyUI's schedule changes the count here); take another step count, or pass "
+            "its levels as a custom grid (init(None, x, sigmas=...))"
+        )
+    return np.asarray(out[:-1], dtype=np.float64)

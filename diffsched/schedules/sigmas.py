@@ -13,7 +13,10 @@ Grids (descending, N points; a final level is appended by the method):
 * beta (Lee et al. 2024, "Beta Sampling is All You Need"): σ_min + (σ_max - σ_min) times
   the quantiles of a Beta(0.6, 0.6) distribution at 1 - i/(N-1);
 * Align Your Steps (Sabour et al. 2024): the published 10-step σ's of SD1.5, SDXL or SVD,
-  log-linearly interpolated to N, within [σ_min, σ_max].
+  log-linearly interpolated to N, within [σ_min, σ_max];
+* ComfyUI's schedules (:data:`diffsched.schedules.comfy.SIGMA_SCHEDULES`: simple, normal,
+  sgm_uniform, ddim_uniform, beta_sampling, kl_optimal, ..., GITS, Optimal Steps), computed
+  by ComfyUI's rules on the model's own training σ table (or flow levels).
 
 Where diffusers stores a grid in float32 the method rounds it the same way (``as_float32``),
 so that the grid, and so the timesteps the model sees, are diffusers' own.
@@ -25,8 +28,11 @@ import math
 
 import numpy as np
 
+from . import comfy
+
 AYS_SCHEDULES = ("ays-sd15", "ays-sdxl", "ays-svd")  # Align Your Steps (schedules/ays.py)
-SIGMA_SCHEDULES = ("karras", "exponential", "beta", *AYS_SCHEDULES)
+COMFY_SCHEDULES = comfy.SIGMA_SCHEDULES  # ComfyUI's, on the model's table (schedules/comfy.py)
+SIGMA_SCHEDULES = ("karras", "exponential", "beta", *AYS_SCHEDULES, *COMFY_SCHEDULES)
 
 
 def from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -88,10 +94,20 @@ def beta(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 
 
 
 def convert(
-    kind: str, sigmas: np.ndarray, n: int, sigma_min: float | None, sigma_max: float | None
+    kind: str,
+    sigmas: np.ndarray,
+    n: int,
+    sigma_min: float | None,
+    sigma_max: float | None,
+    model: comfy.ModelSampling | None = None,
 ) -> np.ndarray:
     """``sigmas`` (descending) re-gridded by ``kind`` over [σ_min, σ_max] (defaults: their
-    last and first entries)."""
+    last and first entries); ComfyUI's kinds on the table of ``model`` instead
+    (:func:`diffsched.schedules.comfy.grid_sigmas`)."""
+    if kind in COMFY_SCHEDULES:
+        if model is None:
+            raise ValueError(f"sigma schedule {kind!r} needs the model's σ table")
+        return comfy.grid_sigmas(kind, model, n)
     lo = float(sigmas[-1]) if sigma_min is None else float(sigma_min)
     hi = float(sigmas[0]) if sigma_max is None else float(sigma_max)
     if kind == "karras":
@@ -145,8 +161,9 @@ def discrete_grid(
 
     The timesteps come from the spacing; their σ's are interpolated over the training σ's
     (linearly in t, or evenly in log σ with ``interpolation="log_linear"``, which gives
-    N + 1 levels as diffusers' Euler does). With ``kind`` (karras, exponential, beta) the
-    σ's are re-gridded and the timesteps follow from them (:func:`sigma_to_t`). No final
+    N + 1 levels as diffusers' Euler does). With ``kind`` (karras, exponential, beta, ...)
+    the σ's are re-gridded (ComfyUI's kinds on the training σ table) and the timesteps
+    follow from them (:func:`sigma_to_t`). No final
     level is appended. Both are float64.
     """
     train = from_alphas_cumprod(alphas_cumprod)
@@ -164,6 +181,7 @@ def discrete_grid(
             f"interpolation_type must be 'linear' or 'log_linear', got: {interpolation!r}"
         )
     if kind is not None:
-        sig = convert(kind, sig, num_steps, sigma_min, sigma_max)
+        model = comfy.from_table("eps", train) if kind in COMFY_SCHEDULES else None
+        sig = convert(kind, sig, num_steps, sigma_min, sigma_max, model)
         ts = sigma_to_t(sig, log_train)
     return ts, sig

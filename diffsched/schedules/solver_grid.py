@@ -32,6 +32,8 @@ The grid of an N-step loop is N model calls and a final level, N + 1 σ's in all
      these are evenly spaced in log σ; timesteps rounded when ``round_karras``;
    * ``exponential``: evenly in log σ (the same levels as ``lu``, timesteps not rounded);
    * ``beta``: Lee et al. 2024, the Beta(0.6, 0.6) quantiles;
+   * ComfyUI's (``simple``, ``normal``, ``kl_optimal``, ...; :mod:`diffsched.schedules.comfy`)
+     on the training σ table, timesteps truncated;
    * ``flow``: rectified flow, x = (1 - σ) x_0 + σ ε, σ ∈ (0, 1): the ramp
      σ_k = (1 - 1/T) k / N, k = N..1 (``flow_base="ramp"``) or linspace(1, 1/T, N + 1)
      without its last point (``flow_base="linspace"``), then shifted, statically
@@ -68,11 +70,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import shifts
+from . import comfy, shifts
 from . import sigmas as sigma_schedules
 
 SIGMA_SCHEDULES = ("karras", "lu", "exponential", "beta", "flow",
-                   *sigma_schedules.AYS_SCHEDULES)  # fmt: skip
+                   *sigma_schedules.AYS_SCHEDULES, *sigma_schedules.COMFY_SCHEDULES)  # fmt: skip
 FINAL_SIGMAS = ("zero", "sigma_min", "last")
 FLOW_BASES = ("ramp", "linspace")
 
@@ -256,6 +258,11 @@ def solver_grid(
         else:
             t = sigma_schedules.sigma_to_t(sig, log_train)
             ts = _truncate(t.round() if kind == "karras" and round_karras else t)
+    elif kind in sigma_schedules.COMFY_SCHEDULES:  # ComfyUI's, on the training σ table
+        sig = comfy.grid_sigmas(kind, comfy.from_table("eps", train), num_steps)
+        if reverse:
+            sig = sig[::-1]
+        ts = _truncate(sigma_schedules.sigma_to_t(sig, log_train))
     elif kind == "lu":  # evenly in λ = -log σ (ρ = 1 in Karras' formula)
         lam = np.log(lo_hi)
         lam = lam[0] + np.linspace(0, 1, num_steps) * (lam[-1] - lam[0])
