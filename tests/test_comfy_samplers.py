@@ -229,6 +229,17 @@ def test_names_and_errors():
     assert isinstance(ds.from_comfy("ddim"), ds.ComfyEuler)
 
 
+def test_config_round_trip():
+    for sched in (
+        ds.from_comfy("deis", "karras", model="flow", shift=3.0, max_order=4, deis_mode="rhoab"),
+        ds.from_comfy("heun", "beta", s_churn=0.5),
+        ds.from_comfy("uni_pc_bh2", "kl_optimal", model="v", zsnr=True),
+    ):
+        config = sched.to_config()
+        assert config["_class_name"] == type(sched).__name__
+        assert ds.from_config(config) == sched
+
+
 @pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
 @pytest.mark.parametrize("sampler,model", [("dpmpp_2m", "eps-sd15"), ("heun", "flow-sd3")])
 def test_partial_denoise_of_a_latent_is_comfyuis_img2img(sampler, model):
