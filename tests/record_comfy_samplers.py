@@ -66,6 +66,8 @@ def cases() -> list[dict]:
     for sampler in ("euler", "dpmpp_2m", "uni_pc"):
         for model in ("x0-sd15", "lcm-sd15", "flow-auraflow"):
             add(sampler, "sgm_uniform", 5, model)
+    for sampler in SAMPLERS:  # one step (ComfyUI's uni_pc: order 0, its output unused)
+        add(sampler, "karras", 1, "flow-sd3" if sampler.startswith("uni_pc") else "eps-sd15")
     options = {
         "lms": ({"order": 2}, {"order": 3}),
         "ipndm": ({"max_order": 2}, {"max_order": 3}),

@@ -50,7 +50,7 @@ import numpy as np
 from ..core.engine import SAMPLE, X0, Update
 from ..core.options import option
 from ..core.scheduler import document
-from ._comfy import Calls, ComfySampler, check_step_count
+from ._comfy import Calls, ComfySampler
 from .kit import exponential_multistep, half_log_snr
 
 UNIPC_END = 0.001  # ComfyUI's uni_pc ends here instead of at σ = 0
@@ -161,7 +161,9 @@ class ComfyUniPC(ComfySampler):
     """ComfyUI's ``uni_pc`` (``variant="bh1"``) and ``uni_pc_bh2``: UniPC multistep with
     the corrector (Zhao et al. 2023; eq. 4-5), as ComfyUI runs it.
 
-    Order up to 3 (min(3, N - 1)); one model call per step; deterministic. ComfyUI's
+    Order up to 3 (min(3, N - 1)); one model call per step; deterministic. At one step
+    ComfyUI calls the model once and returns the initial sample rescaled to σ = 0.001 (its
+    order is 0); so does this class. ComfyUI's
     KSampler asks its scheduler for N + 1 steps and drops the second-to-last level. The
     loop ends at σ = 0.001 (ComfyUI's quirk; see the module notes). diffsched's ``UniPC``
     is the method on diffusers' grids, ending at 0.
@@ -178,7 +180,6 @@ class ComfyUniPC(ComfySampler):
                           choices=("bh1", "bh2"))  # fmt: skip
 
     def calls(self, sigmas: np.ndarray) -> Calls:
-        check_step_count(type(self).__name__, sigmas, 2)
         t = sigmas.copy()
         if t[-1] == 0:
             t[-1] = UNIPC_END
@@ -186,6 +187,10 @@ class ComfyUniPC(ComfySampler):
         order = min(3, n - 1)
         log_alpha = 0.5 * np.log(1 / (t**2 + 1))  # ComfyUI's λ, α, σ_vp of σ
         alpha = np.exp(log_alpha)
+        if n == 1:  # ComfyUI: order 0, the one call's output unused, x_vp / α(end) returned
+            update = Update(1)
+            update.add(SAMPLE, 0, 0, alpha[0] / alpha[1])
+            return Calls(sigmas[:1], update, end=float(t[-1]))
         std = np.sqrt(1.0 - np.exp(2.0 * log_alpha))
         lam = log_alpha - 0.5 * np.log(1.0 - np.exp(2.0 * log_alpha))
 
