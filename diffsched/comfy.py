@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .methods._comfy import ComfySampler
 from .methods.comfy_exponential import ComfyDPMPP2M, ComfyResMultistep, ComfyUniPC
 from .methods.comfy_multistep import (
@@ -122,16 +124,19 @@ def sampler_function(sched: ComfySampler):
             sigmas[-1] = 0.001  # ComfyUI's in-place quirk (then its flow result / 0.999)
         if len(sig) <= 1:
             return x
-        levels = runner.calls(sig).sigmas
+        calls = runner.calls(sig)
+        first = np.ones(len(calls.sigmas), bool) if calls.first is None else calls.first
         state, _ = runner.init(None, x, sigmas=sig)
         scale = runner.program(None, sigmas=tuple(sig)).input_scale  # native = scale · held
         held = x / float(scale[0])
         s_in = x.new_ones([x.shape[0]])
-        for i, level in enumerate(levels):
+        step = -1
+        for i, level in enumerate(calls.sigmas):
             native = held * float(scale[i])
             denoised = model(native, float(level) * s_in, **extra_args)
-            if callback is not None:
-                callback({"x": native, "i": i, "sigma": level, "sigma_hat": level,
+            step += bool(first[i])
+            if callback is not None and first[i]:  # once per step, as k-diffusion's samplers
+                callback({"x": native, "i": step, "sigma": sig[step], "sigma_hat": level,
                           "denoised": denoised})  # fmt: skip
             state, held = runner.step(state, held, denoised)
         return held * float(scale[-1])

@@ -166,22 +166,25 @@ def test_fixture_is_the_live_oracle():
 )
 def test_sampler_function_runs_in_comfyuis_ksampler(sampler, scheduler, model, options):
     """ds.comfy.sampler_function(sched) inside ComfyUI's own KSAMPLER (noise scaling,
-    denoiser wrapper, inverse scaling) gives ComfyUI's result for the same sampler."""
+    denoiser wrapper, inverse scaling) gives ComfyUI's result for the same sampler, and
+    reports the same steps to its progress callback."""
     import torch
 
     case = dict(sampler=sampler, scheduler=scheduler, steps=6, model=model, options=options,
                 denoise=1.0, sigmas=None, check32=False)  # fmt: skip
-    reference = rec.run(ORACLE, case)["sample"]
+    reference = rec.run(ORACLE, case)
     ours = rec.MODELS[model]
     fn = ds.comfy.sampler_function(ds.from_comfy(sampler, model=ours[0], **ours[1], **options))
     original = ORACLE._sampler_object
     ORACLE._sampler_object = lambda S, U, name, opts: S.KSAMPLER(fn)
     try:
         got = ORACLE.run(sampler, scheduler, 6, rec.toy(ORACLE), torch.tensor(NOISE),
-                         model=model)["sample"]  # fmt: skip
+                         model=model)  # fmt: skip
     finally:
         ORACLE._sampler_object = original
-    d = rel(got, reference)
+    assert np.array_equal(got["step_i"], reference["step_i"])  # the progress callback
+    assert rel(got["step_denoised"], reference["step_denoised"]) < TOL64
+    d = rel(got["sample"], reference["sample"])
     summary.record("COMFY sampler_function in KSAMPLER", sampler, d)
     assert d < TOL64
 

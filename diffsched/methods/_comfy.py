@@ -51,6 +51,8 @@ class Calls(NamedTuple):
             the last entry of the σ list).
         start_sigma: the level of the first call's sample when it differs from the list's
             first entry (churn raises it: the initial noise then carries that churn).
+        first: (N,) whether each call is the first of a step (None: every call is; what
+            ComfyUI reports to its progress callback).
     """
 
     sigmas: np.ndarray
@@ -58,6 +60,7 @@ class Calls(NamedTuple):
     noise: np.ndarray | None = None
     end: float | None = None
     start_sigma: float | None = None
+    first: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

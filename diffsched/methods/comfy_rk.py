@@ -63,6 +63,11 @@ from ._comfy import Calls, ComfySampler, check_step_count
 from .kit import EULER, HEUN, RKStep, butcher_step, churn_levels, runge_kutta
 
 
+def first_stages(steps: list[RKStep]) -> np.ndarray:
+    """(calls,) True at the first stage of each step."""
+    return np.concatenate([np.arange(len(st.sigmas)) == 0 for st in steps])
+
+
 @dataclass(frozen=True, kw_only=True)
 class _ChurnSampler(Churn, ComfySampler):
     """A single-step ComfyUI sampler with Karras et al.'s churn (eq. 2)."""
@@ -84,7 +89,8 @@ class _ChurnSampler(Churn, ComfySampler):
             for i in range(n)
         ]
         levels, update, noise = runge_kutta(steps)
-        return Calls(levels, update, noise if self.s_churn > 0 else None, start_sigma=hat[0])
+        noise = noise if self.s_churn > 0 else None
+        return Calls(levels, update, noise, start_sigma=hat[0], first=first_stages(steps))
 
 
 @document
@@ -240,4 +246,4 @@ class ComfyDPMFast(ComfySampler):
         orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
         steps = [_dpm_solver_step(ts[i], ts[i + 1], k) for i, k in enumerate(orders)]
         levels, update, _ = runge_kutta(steps)
-        return Calls(levels, update)
+        return Calls(levels, update, first=first_stages(steps))
