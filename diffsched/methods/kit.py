@@ -35,8 +35,10 @@ from ..core.engine import SAMPLE, X0, Update
 def derivative(update: Update, call: int, lag: int, weight: float, sigma: float) -> None:
     """Adds ``weight`` · d_{call - lag} to call ``call``'s next sample, where
     d_j = (x_j - x̂_0,j) / σ_j is the ODE derivative at call j (x_j its native sample)."""
-    update.add(SAMPLE, lag, call, weight / sigma)
-    update.add(X0, lag, call, -weight / sigma)
+    with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: the engine says which call
+        w = np.float64(weight) / np.float64(sigma)
+    update.add(SAMPLE, lag, call, w)
+    update.add(X0, lag, call, -w)
 
 
 # -- explicit Runge-Kutta ------------------------------------------------------------------
