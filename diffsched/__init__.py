@@ -17,6 +17,8 @@ Rooms: ``core`` (the contract, the option declarations, the step engine), ``sche
 configs), ``exact`` (exact models and the ODE reference), ``sampling`` and ``cli``.
 """
 
+from . import comfy
+from .comfy import from_comfy
 from .core.engine import EngineState, Tableau
 from .core.scheduler import Scheduler
 from .grids import load_grid, named_grid, save_grid
@@ -34,6 +36,8 @@ __all__ = [
     "EngineState",
     "Scheduler",
     "Tableau",
+    "comfy",
+    "from_comfy",
     "from_config",
     "load_grid",
     "named_grid",

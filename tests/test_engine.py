@@ -71,6 +71,20 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "FlowMatchHeun": dict(),
         "FlowMatchLCM": dict(),
         "VariableIPNDM": dict(**SD, use_karras_sigmas=True),
+        # ComfyUI's samplers (one ComfyUI scheduler or model each)
+        "ComfyEuler": dict(scheduler="karras", s_churn=1.0),
+        "ComfyHeun": dict(model="v"),
+        "ComfyDPM2": dict(model="flow", shift=3.0, scheduler="simple"),
+        "ComfyHeunPP2": dict(scheduler="exponential"),
+        "ComfyDPMFast": dict(),
+        "ComfyLMS": dict(scheduler="sgm_uniform"),
+        "ComfyIPNDM": dict(scheduler="beta"),
+        "ComfyIPNDMV": dict(scheduler="kl_optimal"),
+        "ComfyGradientEstimation": dict(scheduler="linear_quadratic"),
+        "ComfyDEIS": dict(scheduler="ddim_uniform"),
+        "ComfyDPMPP2M": dict(model="flux"),
+        "ComfyResMultistep": dict(model="x0"),
+        "ComfyUniPC": dict(variant="bh2"),
     }
     for name, kwargs in special.items():
         cases[name] = (getattr(ds, name)(**kwargs), 6)
@@ -248,7 +262,7 @@ def test_per_method_facts(name):
     sched, _n = CASES[name]
     cls = type(sched)
     assert isinstance(cls.ORDER, int) and cls.ORDER >= 1
-    assert cls.CALLS_PER_STEP in (1, 2)
+    assert cls.CALLS_PER_STEP in (1, 2, 3)  # 3: Heun++
     assert isinstance(sched.deterministic, bool)
     doc = cls.__doc__ or ""
     assert "Options (diffusers' key" in doc  # generated from the option declarations

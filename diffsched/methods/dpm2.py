@@ -51,11 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import SAMPLE, X0, Tableau
+from ..core.engine import Tableau
 from ..core.scheduler import document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 from .heun import _TwoStageBase, interleave
+from .kit import RKStep, runge_kutta
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,21 +89,23 @@ class _DPM2Base(_TwoStageBase):
         s = sig[:n]
         sigma = interleave(s, mid)  # the level each call's model sees
         x0 = predictions.x0_from_ve(self.prediction_type, sigma)
-        update = {term: np.zeros(2 * n - 1) for term in ((SAMPLE, 0), (X0, 0), (SAMPLE, 1))}
-        first, second = slice(0, None, 2), slice(1, None, 2)
-        # (2): x_mid = x_i + (σ_mid - σ_i) (x_i - x̂_0) / σ_i
-        update[(SAMPLE, 0)][first] = mid / s
-        update[(X0, 0)][first] = 1 - mid / s
-        # (3): x_{i+1} = x_i + (target - σ_i) (x_mid - x̂_0,mid) / σ_mid, x_i one call back
-        ratio = (target[:-1] - s[:-1]) / mid[:-1]
-        update[(SAMPLE, 1)][second] = 1.0
-        update[(SAMPLE, 0)][second] = ratio
-        update[(X0, 0)][second] = -ratio
+        # (2) to the midpoint, (3) from there to the target: a two-stage Runge-Kutta step;
+        # on the last step (σ_mid = 0) the first stage alone, which lands on x̂_0
+        steps = [
+            RKStep(
+                np.array([s[i], mid[i]]),
+                np.array([[0.0, 0.0], [mid[i] - s[i], 0.0]]),
+                np.array([0.0, target[i] - s[i]]),
+            )
+            for i in range(n - 1)
+        ]
+        steps.append(RKStep(s[-1:], np.zeros((1, 1)), np.array([mid[-1] - s[-1]])))
+        _, update, _ = runge_kutta(steps)
         return {
             "timesteps": self._timesteps(ts, mid),
             "x0_sample": x0.sample_coef,
             "x0_output": x0.prediction_coef,
-            "update": {term: col for term, col in update.items() if n > 1 or term[1] == 0},
+            "update": update,
             "input_scale": np.append(np.sqrt(sigma**2 + 1), 1.0),
             "start": (1.0, float(s[0])),
             "init_noise_sigma": self._init_noise_sigma(sig),

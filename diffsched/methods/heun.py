@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import SAMPLE, X0, Tableau
+from ..core.engine import Tableau
 from ..core.options import with_default
 from ..core.scheduler import Clipping, Scheduler, SigmaGrid, Spacing, document
 from .euler import _EulerBase
+from .kit import EULER, HEUN, butcher_step, runge_kutta
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,29 +89,17 @@ class Heun(Clipping, _TwoStageBase):
         ts, sig = self._grid(num_steps, timesteps=timesteps, strength=strength)
         n = len(ts)
         s, s_next = sig[:n], sig[1 : n + 1]
-        h = s_next - s
         # call 2i: the predictor (1-2) at σ_i; call 2i + 1: the corrector (3-4) at σ_{i+1}
         sigma = interleave(s, s_next)
         x0 = predictions.x0_from_ve(self.prediction_type, sigma)
-        update = {
-            term: np.zeros(2 * n - 1) for term in ((SAMPLE, 0), (X0, 0), (SAMPLE, 1), (X0, 1))
-        }
-        predictor, corrector = slice(0, None, 2), slice(1, None, 2)
-        # (2): x' = x_i + h_i (x_i - x̂_0) / σ_i; on the last step x' = x̂_0
-        update[(SAMPLE, 0)][predictor] = 1 + h / s
-        update[(X0, 0)][predictor] = -h / s
-        # (4): x_{i+1} = x_i + h_i/2 (x_i - x̂_0,i) / σ_i + h_i/2 (x' - x̂_0') / σ_{i+1},
-        # x_i and x̂_0,i those of the predictor call, one call back
-        half = h[:-1] / 2
-        update[(SAMPLE, 1)][corrector] = 1 + half / s[:-1]
-        update[(X0, 1)][corrector] = -half / s[:-1]
-        update[(SAMPLE, 0)][corrector] = half / s_next[:-1]
-        update[(X0, 0)][corrector] = -half / s_next[:-1]
+        # (1-4): the trapezoidal rule (Heun) per step, Euler (2) alone on the last one
+        steps = [butcher_step(s[i], s_next[i], *(HEUN if i < n - 1 else EULER)) for i in range(n)]
+        _, update, _ = runge_kutta(steps)
         return Tableau(
             timesteps=interleave(ts, ts[1:]),
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
-            update={term: col for term, col in update.items() if n > 1 or term[1] == 0},
+            update=update,
             input_scale=np.append(np.sqrt(sigma**2 + 1), 1.0),
             start=(1.0, float(s[0])),
             init_noise_sigma=self._init_noise_sigma(sig),

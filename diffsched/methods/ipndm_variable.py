@@ -40,31 +40,15 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option
 from ..core.scheduler import SigmaGrid, document
 from .euler import _EulerBase
+from .kit import adams_bashforth_weights, linear_multistep
+
+__all__ = ["MAX_ORDER", "VariableIPNDM", "adams_bashforth_weights"]
 
 MAX_ORDER = 4
-
-
-def adams_bashforth_weights(sigmas: np.ndarray, i: int, order: int) -> np.ndarray:
-    """w_{i0}, ..., w_{i,p-1} of eq. 2: the step from σ_i to σ_{i+1} with the derivatives
-    at σ_i, σ_{i-1}, ..., σ_{i-p+1} (p = min(i + 1, order)), float64.
-
-    Evaluated in u = (σ - σ_i) / h, h = σ_{i+1} - σ_i, where the nodes are O(1) numbers
-    whatever the scale of σ: w_{ik} = h ∫_0^1 ℓ_{ik}(u) du.
-    """
-    p = min(i + 1, order)
-    h = sigmas[i + 1] - sigmas[i]
-    nodes = (sigmas[i - np.arange(p)] - sigmas[i]) / h
-    weights = np.empty(p)
-    for k in range(p):
-        others = np.delete(nodes, k)
-        basis = np.poly1d(np.poly(others)) / np.prod(nodes[k] - others)
-        antiderivative = np.polyint(basis)
-        weights[k] = h * (antiderivative(1.0) - antiderivative(0.0))
-    return weights
 
 
 @document
@@ -99,13 +83,9 @@ class VariableIPNDM(SigmaGrid, _EulerBase):
         n = len(ts)
         s = sig[: n + 1]
         x0 = predictions.x0_from_ve(self.prediction_type, s[:n])
-        update = Update(n)
-        for i in range(n):
-            for k, w in enumerate(adams_bashforth_weights(s, i, self.solver_order)):
-                # d_j = (x_j - x̂_0j) / σ_j (eq. 1)
-                update.add(SAMPLE, k, i, w / s[i - k])
-                update.add(X0, k, i, -w / s[i - k])
-            update.add(SAMPLE, 0, i, 1.0)
+        # eq. 2, d_j = (x_j - x̂_0j) / σ_j (eq. 1)
+        weights = [adams_bashforth_weights(s, i, self.solver_order) for i in range(n)]
+        update = linear_multistep(s[:n], weights)
         return Tableau(
             timesteps=ts,
             x0_sample=x0.sample_coef,

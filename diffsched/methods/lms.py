@@ -14,8 +14,8 @@ Step i goes from σ_i to σ_{i+1} with the polynomial through the last p derivat
 
 the Lagrange basis on σ_i, σ_{i-1}, ..., σ_{i-p+1}. p = min(i + 1, order): the warm-up
 raises the order by one per call, as derivatives accumulate (no Runge-Kutta start).
-Each ℓ has degree p - 1, so a Gauss-Legendre rule of ceil(order / 2) nodes integrates (2)
-exactly; the coefficients are computed once, in ``init``.
+Each ℓ has degree p - 1 and is integrated exactly (the kit's variable-step
+Adams-Bashforth weights); the coefficients are computed once, in ``init``.
 
 The model is called on x_i / sqrt(σ_i² + 1), the variance-preserving sample it was trained
 on; that is the sample this scheduler holds (``input_scale``). The history a step reads
@@ -30,34 +30,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import SAMPLE, X0, Tableau
+from ..core.engine import Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
 from ..schedules import sigmas as sigma_schedules
 from .euler import _EulerBase
+from .kit import adams_bashforth_weights, linear_multistep
 
 
 def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
     """(N, order) array of c_{i,k} (eq. 2) for the grid σ_0..σ_N; zero where k >= p_i.
 
     ``sigmas`` holds the N levels of the model calls and the final one; row i is the step
-    from σ_i to σ_{i+1} with p_i = min(i + 1, order) derivatives.
+    from σ_i to σ_{i+1} with p_i = min(i + 1, order) derivatives (the kit's
+    :func:`~diffsched.methods.kit.adams_bashforth_weights`).
     """
     sig = np.asarray(sigmas, dtype=np.float64)
     n = len(sig) - 1
-    nodes, weights = np.polynomial.legendre.leggauss((order + 1) // 2)  # exact: degree < order
     out = np.zeros((n, order))
     for i in range(n):
-        p = min(i + 1, order)
-        lo, hi = sig[i], sig[i + 1]
-        tau = 0.5 * (hi + lo) + 0.5 * (hi - lo) * nodes  # nodes mapped onto [σ_i, σ_{i+1}]
-        past = sig[i - np.arange(p)]  # σ_i, σ_{i-1}, ..., σ_{i-p+1}
-        for k in range(p):
-            basis = np.ones_like(tau)  # ℓ_{i,k}(τ), eq. 3
-            for m in range(p):
-                if m != k:
-                    basis *= (tau - past[m]) / (past[k] - past[m])
-            out[i, k] = 0.5 * (hi - lo) * (weights @ basis)
+        w = adams_bashforth_weights(sig, i, order)
+        out[i, : len(w)] = w
     return out
 
 
@@ -97,15 +90,10 @@ class LMS(SigmaGrid, Spacing, Scheduler):
         ts, sig = self._grid(num_steps)
         n = len(ts)
         s = sig[:n]
-        c = lms_coefficients(sig, self.order)
         x0 = predictions.x0_from_ve(self.prediction_type, s)
-        # eq. 2 with d_j = (x_j - x̂_0,j) / σ_j (eq. 1): the term of call i - k
-        update = {(SAMPLE, 0): 1 + c[:, 0] / s, (X0, 0): -c[:, 0] / s}
-        for k in range(1, min(self.order, n)):
-            col = np.zeros(n)
-            col[k:] = c[k:, k] / s[:-k]
-            update[(SAMPLE, k)] = col
-            update[(X0, k)] = -col
+        # eq. 2 with d_j = (x_j - x̂_0,j) / σ_j (eq. 1)
+        weights = [adams_bashforth_weights(sig, i, self.order) for i in range(n)]
+        update = linear_multistep(s, weights)
         return Tableau(
             timesteps=ts,
             x0_sample=x0.sample_coef,

@@ -1,0 +1,249 @@
+"""ComfyUI's single-step samplers: Euler, Heun, DPM2 and Heun++ (explicit Runge-Kutta in σ,
+with Karras et al.'s churn), and DPM-Solver-fast (Runge-Kutta in λ = -log σ).
+
+All integrate the probability-flow ODE of the variance-exploding sample x = x_0 + σ ε
+(Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models",
+eq. 4 with s = 1; ComfyUI runs them unchanged on the flow sample):
+
+    dx/dσ = d(x, σ) = (x - x̂_0(x, σ)) / σ.                                           (1)
+
+**Churn** (Alg. 2, lines 4-6), with ``s_churn`` > 0: step i first raises the sample to
+σ̂_i = (1 + γ_i) σ_i, γ_i = min(S_churn / N, sqrt(2) - 1) on S_tmin <= σ_i <= S_tmax,
+
+    x̂_i = x_i + S_noise sqrt(σ̂_i² - σ_i²) z,                                          (2)
+
+and the step starts from (x̂_i, σ̂_i): ComfyUI calls the model there (at σ̂_i's timestep).
+The noise of (2) is drawn by the update that ends step i - 1 (``noise=`` replaces it);
+that of step 0 is part of the initial noise, whose scale becomes sqrt(a² + σ̂_0² - σ_0²)
+(a the scale of ComfyUI's noise_scaling), equal in distribution.
+
+Each step from σ̂_i to σ_{i+1}, h = σ_{i+1} - σ̂_i, d_i = d(x̂_i, σ̂_i):
+
+* Euler (Alg. 2 without line 8; ComfyUI's ``euler`` and ``ddim``):
+  x_{i+1} = x̂_i + h d_i;                                                               (3)
+* Heun (Alg. 2, lines 7-8, the explicit trapezoidal rule), Euler when σ_{i+1} = 0:
+  x' = x̂_i + h d_i, x_{i+1} = x̂_i + h (d_i + d(x', σ_{i+1})) / 2;                     (4)
+* DPM2 (k-diffusion's ``sample_dpm_2``: the midpoint rule in log σ, after Lu et al. 2022,
+  "DPM-Solver", Alg. 1 with r = 1/2), Euler when σ_{i+1} = 0: σ_m = sqrt(σ̂_i σ_{i+1}),
+  x' = x̂_i + (σ_m - σ̂_i) d_i, x_{i+1} = x̂_i + h d(x', σ_m);                          (5)
+* Heun++ (``heunpp2``; Carzit's sd-webui-samplers-scheduler): three stages at σ̂_i,
+  σ_{i+1}, σ_{i+2} along Euler steps, weighted by the level,
+  x' = x̂_i + h d_i, x'' = x' + (σ_{i+2} - σ_{i+1}) d(x', σ_{i+1}),
+  x_{i+1} = x̂_i + h (w_1 d_i + w_2 d' + w_3 d''), w_2 = σ_{i+1}/(3 σ_0),
+  w_3 = σ_{i+2}/(3 σ_0), w_1 = 1 - w_2 - w_3;                                          (6)
+  on the step before the last, Heun with w_2 = σ_{i+1}/(2 σ_0), w_1 = 1 - w_2; the last step
+  (to the list's last level) Euler.
+
+**DPM-Solver-fast** (Lu et al. 2022, "DPM-Solver", sec. 3.3 and Alg. 1-2; ``dpm_fast``):
+N model calls on a grid uniform in λ = -log σ from σ_0 to the *last nonzero* level (the
+list's interior levels are not used, and the loop ends there: no step to 0): M = ⌊N/3⌋ + 1
+steps of order 3 (r = 1/3, 2/3), the last two of order 2 and 1 when 3 | N, else the last of
+order N mod 3. With h = λ_{t} - λ_{s} and ε̂ = d (eq. 1 is the ε-form at α = 1):
+
+    DPM-Solver-1: x_t = x_s - σ_t (e^h - 1) ε̂_s,
+    DPM-Solver-2: u = x_s - σ_{s1} (e^{h/2} - 1) ε̂_s,
+                  x_t = x_s - σ_t (e^h - 1) ε̂_s - σ_t (e^h - 1) (ε̂(u) - ε̂_s),
+    DPM-Solver-3: u_1 = x_s - σ_{s1} (e^{h/3} - 1) ε̂_s,
+                  u_2 = x_s - σ_{s2} (e^{2h/3} - 1) ε̂_s
+                        - 2 σ_{s2} ((e^{2h/3} - 1)/(2h/3) - 1) (ε̂(u_1) - ε̂_s),
+                  x_t = x_s - σ_t (e^h - 1) ε̂_s - (3/2) σ_t ((e^h - 1)/h - 1) (ε̂(u_2) - ε̂_s).
+
+Every step is a Runge-Kutta step of the kit (:func:`~diffsched.methods.kit.runge_kutta`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.scheduler import Churn, document
+from ._comfy import Calls, ComfySampler, check_step_count
+from .kit import EULER, HEUN, RKStep, butcher_step, churn_levels, runge_kutta
+
+
+def first_stages(steps: list[RKStep]) -> np.ndarray:
+    """(calls,) True at the first stage of each step."""
+    return np.concatenate([np.arange(len(st.sigmas)) == 0 for st in steps])
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ChurnSampler(Churn, ComfySampler):
+    """A single-step ComfyUI sampler with Karras et al.'s churn (eq. 2)."""
+
+    @property
+    def deterministic(self) -> bool:
+        return self.s_churn == 0
+
+    def step_rows(self, sig: np.ndarray, hat: np.ndarray, i: int, noise: float) -> RKStep:
+        """Step i from (x̂_i, σ̂_i) to σ_{i+1}, adding ``noise`` · z (the next churn)."""
+        raise NotImplementedError
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        hat = churn_levels(sigmas, self.s_churn, self.s_tmin, self.s_tmax)
+        n = len(hat)
+        churn = self.s_noise * np.sqrt(np.maximum(hat**2 - sigmas[:n] ** 2, 0.0))  # eq. 2
+        steps = [
+            self.step_rows(sigmas, hat, i, float(churn[i + 1]) if i + 1 < n else 0.0)
+            for i in range(n)
+        ]
+        levels, update, noise = runge_kutta(steps)
+        noise = noise if self.s_churn > 0 else None
+        return Calls(levels, update, noise, start_sigma=hat[0], first=first_stages(steps))
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyEuler(_ChurnSampler):
+    """ComfyUI's ``euler`` (and ``ddim``, which ComfyUI runs as Euler): Euler's method on
+    the probability-flow ODE, with optional churn (Karras et al. 2022, Alg. 2; eq. 3).
+
+    First order; one model call per step; deterministic unless ``s_churn`` > 0. Not to be
+    confused with diffsched's ``Euler`` (diffusers' grid and timestep interpolation) or
+    with ComfyUI's ``ddim`` being DDIM (it is not: same as this).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    COMFY_NAMES = ("euler", "ddim")
+
+    def step_rows(self, sig, hat, i, noise):
+        return butcher_step(hat[i], sig[i + 1], *EULER, noise=noise)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyHeun(_ChurnSampler):
+    """ComfyUI's ``heun``: Heun's second-order method (Karras et al. 2022, Alg. 2; eq. 4).
+
+    Second order; two model calls per step, one on the step to σ = 0 (2N - 1 calls).
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    ORDER = 2
+    CALLS_PER_STEP = 2
+    COMFY_NAMES = ("heun",)
+
+    def step_rows(self, sig, hat, i, noise):
+        tableau = EULER if sig[i + 1] == 0 else HEUN
+        return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyDPM2(_ChurnSampler):
+    """ComfyUI's ``dpm_2``: the log-σ midpoint rule (k-diffusion's DPM2; eq. 5).
+
+    Second order; two model calls per step, one on the step to σ = 0. ComfyUI's KSampler
+    asks its scheduler for N + 1 steps and drops the second-to-last level.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    ORDER = 2
+    CALLS_PER_STEP = 2
+    DISCARD_PENULTIMATE = True
+    COMFY_NAMES = ("dpm_2",)
+
+    def step_rows(self, sig, hat, i, noise):
+        lo, hi = hat[i], sig[i + 1]
+        if hi == 0:
+            return butcher_step(lo, hi, *EULER, noise=noise)
+        mid = math.exp(math.log(lo) + 0.5 * (math.log(hi) - math.log(lo)))  # eq. 5
+        a = np.array([[0.0, 0.0], [mid - lo, 0.0]])
+        return RKStep(np.array([lo, mid]), a, np.array([0.0, hi - lo]), noise)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyHeunPP2(_ChurnSampler):
+    """ComfyUI's ``heunpp2``: Heun++, three Euler stages weighted by level (eq. 6).
+
+    Three model calls per step (two on the step before the last, one on the last: 3N - 3
+    calls). ComfyUI draws a churn normal every step, used only when ``s_churn`` > 0; this
+    class draws only those it uses.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    ORDER = 2
+    CALLS_PER_STEP = 3
+    COMFY_NAMES = ("heunpp2",)
+
+    def step_rows(self, sig, hat, i, noise):
+        s0, lo, hi, end = sig[0], hat[i], sig[i + 1], sig[-1]
+        h = hi - lo
+        if hi == end:
+            return butcher_step(lo, hi, *EULER, noise=noise)
+        if sig[i + 2] == end:
+            w2 = hi / (2 * s0)
+            a = np.array([[0.0, 0.0], [h, 0.0]])
+            return RKStep(np.array([lo, hi]), a, h * np.array([1 - w2, w2]), noise)
+        nxt = sig[i + 2]
+        w2, w3 = hi / (3 * s0), nxt / (3 * s0)
+        a = np.array([[0.0, 0.0, 0.0], [h, 0.0, 0.0], [h, nxt - hi, 0.0]])
+        return RKStep(np.array([lo, hi, nxt]), a, h * np.array([1 - w2 - w3, w2, w3]), noise)
+
+
+def _dpm_solver_step(t: float, t_next: float, order: int) -> RKStep:
+    """DPM-Solver-1/2/3 (noise form, α = 1) from λ = t to t_next as a Runge-Kutta step on
+    ε̂ = d, with the model called at σ = e^{-λ} of each stage (Lu et al. 2022, Alg. 1-2)."""
+    h = t_next - t
+    sig, sig_next = math.exp(-t), math.exp(-t_next)
+    e = math.expm1(h)
+    if order == 1:
+        return RKStep(np.array([sig]), np.zeros((1, 1)), np.array([-sig_next * e]))
+    if order == 2:
+        r1 = 0.5
+        s1 = math.exp(-(t + r1 * h))
+        a = np.array([[0.0, 0.0], [-s1 * math.expm1(r1 * h), 0.0]])
+        c = sig_next / (2 * r1) * e
+        return RKStep(np.array([sig, s1]), a, np.array([-sig_next * e + c, -c]))
+    r1, r2 = 1 / 3, 2 / 3
+    s1, s2 = math.exp(-(t + r1 * h)), math.exp(-(t + r2 * h))
+    e2 = math.expm1(r2 * h) / (r2 * h) - 1
+    c2 = s2 * (r2 / r1) * e2
+    a = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [-s1 * math.expm1(r1 * h), 0.0, 0.0],
+            [-s2 * math.expm1(r2 * h) + c2, -c2, 0.0],
+        ]
+    )
+    c3 = sig_next / r2 * (e / h - 1)
+    return RKStep(np.array([sig, s1, s2]), a, np.array([-sig_next * e + c3, 0.0, -c3]))
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyDPMFast(ComfySampler):
+    """ComfyUI's ``dpm_fast``: DPM-Solver-fast (Lu et al. 2022, sec. 3.3), orders 3, ..., 3,
+    2, 1 on a grid uniform in log σ from σ_0 to the last nonzero level of the list.
+
+    N model calls for an N-step list, whose interior levels it does not use; the loop ends
+    at the last nonzero level (ComfyUI's result; no step to 0). ComfyUI draws a normal per
+    step and multiplies it by 0 (η = 0); this class draws none.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    ORDER = 3
+    COMFY_NAMES = ("dpm_fast",)
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        check_step_count(type(self).__name__, sigmas, 1)
+        nfe = len(sigmas) - 1
+        low = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
+        m = nfe // 3 + 1
+        ts = np.linspace(-math.log(sigmas[0]), -math.log(low), m + 1)
+        orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+        steps = [_dpm_solver_step(ts[i], ts[i + 1], k) for i, k in enumerate(orders)]
+        levels, update, _ = runge_kutta(steps)
+        return Calls(levels, update, first=first_stages(steps))

@@ -1,0 +1,195 @@
+"""The method kit: the builders every method of a family shares, so that a method module
+holds only its coefficients.
+
+Every builder writes an engine :class:`~diffsched.core.engine.Update` (one row of
+coefficients per model call, in the method's native variance-exploding sample
+x = x_0 + σ ε) from a few numbers per step:
+
+* :func:`derivative`: the probability-flow ODE derivative as a tableau column expression,
+  d(x, σ) = (x - x̂_0) / σ (Karras et al. 2022, "Elucidating the Design Space of
+  Diffusion-Based Generative Models", eq. 4 with s = 1, Alg. 1 line 4);
+* :func:`runge_kutta`: explicit Runge-Kutta steps from a Butcher tableau (Butcher 2016,
+  "Numerical Methods for Ordinary Differential Equations", sec. 23), one model call per
+  stage; :func:`butcher_step` gives the step of a tableau (a, b, c) in σ, and methods in
+  log σ or λ = -log σ (exponential integrators) pass their stage levels and weights;
+* :func:`adams_bashforth_weights` and :func:`linear_multistep`: linear multistep in σ
+  (variable-step Adams-Bashforth; Hairer, Nørsett & Wanner, "Solving Ordinary Differential
+  Equations I", sec. III.1 and III.5), x_{i+1} = x_i + Σ_k w_{ik} d_{i-k};
+* :func:`exponential_multistep`: multistep in λ = -log σ with the data prediction x̂_0
+  (Lu et al. 2022b, "DPM-Solver++", eq. 9; Zhang & Chen 2023, "DEIS"; Zhang et al. 2023,
+  "RES", arXiv:2308.02157): x_{i+1} = (σ_{i+1}/σ_i) x_i + Σ_k c_{ik} x̂_0,{i-k}.
+
+Each step's numbers are computed by the method, in float64, in ``init``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.engine import SAMPLE, X0, Update
+
+
+def derivative(update: Update, call: int, lag: int, weight: float, sigma: float) -> None:
+    """Adds ``weight`` · d_{call - lag} to call ``call``'s next sample, where
+    d_j = (x_j - x̂_0,j) / σ_j is the ODE derivative at call j (x_j its native sample)."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: the engine says which call
+        w = np.float64(weight) / np.float64(sigma)
+    update.add(SAMPLE, lag, call, w)
+    update.add(X0, lag, call, -w)
+
+
+# -- explicit Runge-Kutta ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RKStep:
+    """One explicit Runge-Kutta step with s stages, one model call each, in absolute form.
+
+    Attributes:
+        sigmas: (s,) the noise level of each stage's model call.
+        a: (s, s) strictly lower triangular: stage k's sample is x + Σ_{j<k} a[k, j] d_j,
+            x the first stage's sample and d_j the derivative at stage j (the Butcher
+            matrix times the step size).
+        b: (s,) the step's result, x + Σ_j b[j] d_j (the weights times the step size).
+        noise: coefficient of fresh standard normal noise added to the result (the churn
+            of the next step: Karras et al. 2022, Alg. 2, line 5).
+    """
+
+    sigmas: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        s = len(self.sigmas)
+        if np.shape(self.a) != (s, s) or np.shape(self.b) != (s,):
+            raise ValueError(f"a Runge-Kutta step of {s} stages needs a ({s}, {s}) and b ({s},)")
+        if np.any(np.triu(self.a) != 0):
+            raise ValueError("an explicit Runge-Kutta matrix is strictly lower triangular")
+
+
+def butcher_step(
+    sigma: float, sigma_next: float, a: Sequence[Sequence[float]], b: Sequence[float],
+    c: Sequence[float], noise: float = 0.0,
+) -> RKStep:  # fmt: skip
+    """The step from σ to σ_next of the Butcher tableau (a, b, c) in σ: stage levels
+    σ + c_k h (σ_next itself where c_k = 1), matrix h a, weights h b, h = σ_next - σ."""
+    h = sigma_next - sigma
+    c = np.asarray(c, np.float64)
+    # the end points exactly (a model's timestep is the nearest table entry: one ulp can
+    # flip a tie)
+    levels = np.where(c == 0, sigma, np.where(c == 1, sigma_next, sigma + h * c))
+    return RKStep(
+        sigmas=levels,
+        a=h * np.asarray(a, np.float64),
+        b=h * np.asarray(b, np.float64),
+        noise=noise,
+    )
+
+
+EULER = ([[0.0]], [1.0], [0.0])  # (a, b, c): Euler's method
+HEUN = ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5], [0.0, 1.0])  # the explicit trapezoidal rule
+
+
+def runge_kutta(steps: Sequence[RKStep]) -> tuple[np.ndarray, Update, np.ndarray]:
+    """(the level of every model call, the update, the noise column) of consecutive
+    Runge-Kutta steps: calls in order, stage by stage, step by step.
+
+    Stage k's call holds that stage's sample; after it, the next call's sample (stage k + 1,
+    or the next step's first stage) is formed from the first stage's sample (k calls back)
+    and the derivatives of the stages so far.
+    """
+    sigmas = np.concatenate([np.asarray(st.sigmas, np.float64) for st in steps])
+    n = len(sigmas)
+    update = Update(n)
+    noise = np.zeros(n)
+    call = 0
+    for st in steps:
+        s = len(st.sigmas)
+        for k in range(s):
+            weights = st.a[k + 1] if k + 1 < s else st.b  # the next sample's row
+            update.add(SAMPLE, k, call + k, 1.0)  # x, the first stage's sample
+            for j in range(k + 1):
+                if weights[j] != 0:
+                    derivative(update, call + k, k - j, float(weights[j]), float(st.sigmas[j]))
+        noise[call + s - 1] = st.noise
+        call += s
+    return sigmas, update, noise
+
+
+def churn_levels(sigmas: np.ndarray, s_churn: float, s_tmin: float, s_tmax: float) -> np.ndarray:
+    """σ̂_i = (1 + γ_i) σ_i, the level each step of an N-step loop starts from after churn,
+    γ_i = min(S_churn / N, sqrt(2) - 1) where S_tmin <= σ_i <= S_tmax, else 0 (Karras et al.
+    2022, Alg. 2, lines 4-5); ``sigmas`` holds the N + 1 levels of the loop."""
+    sigmas = np.asarray(sigmas, np.float64)
+    n = len(sigmas) - 1
+    gamma = min(s_churn / n, 2**0.5 - 1) if s_churn > 0 else 0.0
+    inside = (s_tmin <= sigmas[:n]) & (sigmas[:n] <= s_tmax)
+    return sigmas[:n] * (np.where(inside, gamma, 0.0) + 1)
+
+
+# -- linear multistep in σ ------------------------------------------------------------------
+
+
+def adams_bashforth_weights(sigmas: np.ndarray, i: int, order: int) -> np.ndarray:
+    """w_{i0}, ..., w_{i,p-1}: the step from σ_i to σ_{i+1} with the derivatives at σ_i,
+    σ_{i-1}, ..., σ_{i-p+1} (p = min(i + 1, order)), float64:
+
+        w_{ik} = ∫_{σ_i}^{σ_{i+1}} ℓ_{ik}(σ) dσ,
+
+    ℓ_{ik} the Lagrange basis polynomial of σ_{i-k} over those nodes (variable-step
+    Adams-Bashforth, Hairer, Nørsett & Wanner, sec. III.5). Evaluated in u = (σ - σ_i) / h,
+    h = σ_{i+1} - σ_i, where the nodes are O(1) numbers whatever the scale of σ:
+    w_{ik} = h ∫_0^1 ℓ_{ik}(u) du. On an even grid: 1; 3/2, -1/2; 23/12, -16/12, 5/12; ...
+    """
+    sigmas = np.asarray(sigmas, np.float64)
+    p = min(i + 1, order)
+    h = sigmas[i + 1] - sigmas[i]
+    nodes = (sigmas[i - np.arange(p)] - sigmas[i]) / h
+    weights = np.empty(p)
+    for k in range(p):
+        others = np.delete(nodes, k)
+        basis = np.poly1d(np.poly(others)) / np.prod(nodes[k] - others)
+        antiderivative = np.polyint(basis)
+        weights[k] = h * (antiderivative(1.0) - antiderivative(0.0))
+    return weights
+
+
+def linear_multistep(sigmas: np.ndarray, weights: Sequence[Sequence[float]]) -> Update:
+    """The update of x_{i+1} = x_i + Σ_k w[i][k] d_{i-k}, one call per step at σ_i
+    (``sigmas`` holds the N call levels; ``weights[i]`` has at most i + 1 entries)."""
+    n = len(weights)
+    update = Update(n)
+    for i, row in enumerate(weights):
+        update.add(SAMPLE, 0, i, 1.0)
+        for k, w in enumerate(row):
+            derivative(update, i, k, float(w), float(sigmas[i - k]))
+    return update
+
+
+# -- exponential multistep in λ = -log σ ---------------------------------------------------
+
+
+def exponential_multistep(
+    sigmas: np.ndarray, sigmas_next: np.ndarray, weights: Sequence[Sequence[float]]
+) -> Update:
+    """The update of x_{i+1} = (σ_{i+1}/σ_i) x_i + Σ_k c[i][k] x̂_0,{i-k}: the exact
+    solution of the probability-flow ODE in λ = -log σ,
+    x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^λ x̂_0(λ) dλ (Lu et al. 2022b, eq. 9 with
+    α = 1), with x̂_0 interpolated through the last calls' estimates (the weights c)."""
+    n = len(weights)
+    update = Update(n)
+    for i, row in enumerate(weights):
+        update.add(SAMPLE, 0, i, float(sigmas_next[i] / sigmas[i]))
+        for k, c in enumerate(row):
+            update.add(X0, k, i, float(c))
+    return update
+
+
+def half_log_snr(sigma: np.ndarray) -> np.ndarray:
+    """λ = -log σ, the half log signal-to-noise ratio of x = x_0 + σ ε (+∞ at σ = 0)."""
+    with np.errstate(divide="ignore"):
+        return -np.log(np.asarray(sigma, np.float64))

@@ -1,0 +1,259 @@
+"""ComfyUI's deterministic samplers (ds.from_comfy) against ComfyUI's own code: the recorded
+fixture (tests/record_comfy_samplers.py) always, the oracle (../shared/oracles/comfyui)
+live where it is present.
+
+Per case: the same σ list (1e-12) and the same timestep at every model call, the final
+sample within 1e-9 relative of the float64 oracle and 1e-5 of its float32 run, the churn
+noise ComfyUI drew replayed. Observed: float64 <= 1.8e-13 (zero-SNR v models, σ_max = 4519;
+<= 1e-14 on the others); float32 <= 7e-7 (uni_pc 1.6e-5: see TOL32_UNIPC).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import oracle as summary
+import pytest
+import record_comfy_samplers as rec
+
+import diffsched as ds
+from diffsched.methods.kit import churn_levels
+
+FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+CASES = FIXTURE["cases"]
+ORACLE = rec.load_oracle()
+W = np.array(FIXTURE["toy"]["W"])
+B = np.array(FIXTURE["toy"]["b"])
+NOISE = np.array(FIXTURE["toy"]["noise"])
+TOL64 = 1e-9  # observed 1.8e-13
+TOL32 = 1e-5  # observed 7.0e-7 (ComfyUI's float32 tables and model)
+# uni_pc's float32 run: ComfyUI's σ_vp = sqrt(1 - exp(2 log α)) at its end σ = 0.001 cancels
+# to 0.00097656 in float32 (2.3% off), which moves its last step: observed 1.6e-5
+TOL32_UNIPC = 5e-5
+
+
+def toy(x, t):
+    """The oracle's toy model: tanh(x_in @ W + (t / 1000) b), per batch row."""
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],)).reshape(-1, 1)
+    return np.tanh(x.reshape(x.shape[0], -1) @ W + t / 1000 * B).reshape(x.shape)
+
+
+def rel(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def build(case: dict) -> ds.Scheduler:
+    model, settings = rec.MODELS[case["model"]]
+    scheduler = case["scheduler"] or "normal"
+    return ds.from_comfy(case["sampler"], scheduler, model=model, **settings, **case["options"])
+
+
+def init_options(case: dict) -> dict:
+    if case["sigmas"] is not None:
+        return {"sigmas": case["sigmas"]}
+    return {} if case["denoise"] == 1.0 else {"denoise": case["denoise"]}
+
+
+def churn_replay(case: dict, sched, sig) -> dict[int, np.ndarray]:
+    """{number of model calls before it: noise} of the churn draws ComfyUI used. ComfyUI
+    draws one per churned step (heunpp2: one per step, used where churned); ours draws
+    only those it uses."""
+    exp = case["expected"]
+    if not case["options"].get("s_churn"):
+        assert case["sampler"] == "heunpp2" or not exp["churn_den"]
+        return {}
+    hat = churn_levels(sig, sched.s_churn, sched.s_tmin, sched.s_tmax)
+    churned = [i for i in range(len(hat)) if hat[i] > sig[i]]
+    steps = range(len(hat)) if case["sampler"] == "heunpp2" else churned
+    draws = zip(steps, exp["churn_den"], exp["churn_noise"], strict=True)
+    return {d: np.reshape(z, NOISE.shape) for i, d, z in draws if i in churned}
+
+
+def run(case: dict, noise=NOISE):
+    """Our loop on the toy model, ComfyUI's churn draws replayed: (σ's, timesteps, result)."""
+    sched = build(case)
+    opts = init_options(case)
+    steps = None if case["sigmas"] is not None else case["steps"]
+    sig = sched.sigmas(steps, **opts)
+    state, timesteps = sched.init(steps, noise, **opts)
+    program = sched.program(steps, **opts)
+    held = noise * sched.init_noise_scale(steps, **opts)
+    replay = churn_replay(case, sched, sig)
+    if 0 in replay:  # the churn of step 0 joins the initial noise (see comfy_rk)
+        a = sched.model_sampling.noise_scaling(sig[0])[0]
+        hat = churn_levels(sig, sched.s_churn, sched.s_tmin, sched.s_tmax)[0]
+        extra = sched.s_noise * np.sqrt(hat**2 - sig[0] ** 2)
+        held = (noise * a + extra * replay.pop(0)) / program.input_scale[0]
+    for i, t in enumerate(timesteps):
+        z = replay.pop(i + 1, None)
+        kwargs = {} if z is None else {"noise": z}
+        state, held = sched.step(state, held, toy(held, t), **kwargs)
+    assert not replay, "a churn draw ComfyUI made was not used"
+    return sig, np.asarray(timesteps), held
+
+
+def test_fixture_cases_are_the_recorder_cases():
+    keys = ("sampler", "scheduler", "steps", "model", "options", "denoise", "sigmas", "check32")
+    assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
+
+
+def test_the_grid_covers_every_sampler_scheduler_and_model():
+    assert set(rec.SAMPLERS) == set(ds.comfy.SAMPLERS)
+    for sampler in ds.comfy.SAMPLERS:
+        mine = [c for c in CASES if c["sampler"] == sampler]
+        assert {c["scheduler"] for c in mine} >= set(ds.comfy.SCHEDULERS)
+        assert {c["model"] for c in mine} >= {*rec.BASE_MODELS, "eps-sd15-zsnr", "v-sd15-zsnr",
+                                              "flux-dev"}  # fmt: skip
+        assert len({c["steps"] for c in mine}) >= 2
+        assert any(c["check32"] for c in mine)
+
+
+@pytest.mark.parametrize("sampler", rec.SAMPLERS)
+def test_sampler_equals_comfyui(sampler):
+    cases = [c for c in CASES if c["sampler"] == sampler]
+    worst64 = worst32 = 0.0
+    for case in cases:
+        exp = case["expected"]
+        sig, ts, out = run(case)
+        where = (case["scheduler"], case["model"], case["steps"], case["options"])
+        assert rel(sig, exp["sigmas"]) < 1e-12, where
+        assert ts.shape == (len(exp["timesteps"]),), where
+        assert rel(ts, exp["timesteps"]) < 1e-12, where  # nearest table index: equal
+        d = rel(out, exp["sample"])
+        assert d < TOL64, (where, d)
+        worst64 = max(worst64, d)
+        summary.record("COMFY float64 vs oracle", f"{sampler} {case['model']}", d)
+        if exp["sample32"] is not None:
+            d32 = rel(out, exp["sample32"])
+            assert d32 < (TOL32_UNIPC if sampler.startswith("uni_pc") else TOL32), (where, d32)
+            worst32 = max(worst32, d32)
+    summary.record("COMFY float32 oracle vs ours", sampler, worst32)
+
+
+def test_initial_noise_is_comfyuis_noise_scaling():
+    for case in CASES[::7]:
+        if case["options"].get("s_churn"):
+            continue
+        sched = build(case)
+        opts = init_options(case)
+        steps = None if case["sigmas"] is not None else case["steps"]
+        sig = sched.sigmas(steps, **opts)
+        native = sched.init_noise_scale(steps, **opts) * sched.program(steps, **opts).input_scale[0]
+        assert native == pytest.approx(sched.model_sampling.noise_scaling(sig[0])[0], rel=1e-14)
+
+
+@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+def test_fixture_is_the_live_oracle():
+    for case in CASES[::5]:
+        live = rec.run(ORACLE, case)
+        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
+        assert np.array_equal(live["model_timestep"], case["expected"]["timesteps"])
+
+
+@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@pytest.mark.parametrize(
+    "sampler,scheduler,model,options",
+    [
+        ("heun", "karras", "eps-sd15", {}),
+        ("dpmpp_2m", "normal", "v-sd15", {}),
+        ("uni_pc", "simple", "flow-sd3", {}),
+        ("deis", "sgm_uniform", "eps-sd15", {"max_order": 2}),
+        ("dpm_fast", "exponential", "flow-sd3", {}),
+    ],
+)
+def test_sampler_function_runs_in_comfyuis_ksampler(sampler, scheduler, model, options):
+    """ds.comfy.sampler_function(sched) inside ComfyUI's own KSAMPLER (noise scaling,
+    denoiser wrapper, inverse scaling) gives ComfyUI's result for the same sampler, and
+    reports the same steps to its progress callback."""
+    import torch
+
+    case = dict(sampler=sampler, scheduler=scheduler, steps=6, model=model, options=options,
+                denoise=1.0, sigmas=None, check32=False)  # fmt: skip
+    reference = rec.run(ORACLE, case)
+    ours = rec.MODELS[model]
+    fn = ds.comfy.sampler_function(ds.from_comfy(sampler, model=ours[0], **ours[1], **options))
+    original = ORACLE._sampler_object
+    ORACLE._sampler_object = lambda S, U, name, opts: S.KSAMPLER(fn)
+    try:
+        got = ORACLE.run(sampler, scheduler, 6, rec.toy(ORACLE), torch.tensor(NOISE),
+                         model=model)  # fmt: skip
+    finally:
+        ORACLE._sampler_object = original
+    assert np.array_equal(got["step_i"], reference["step_i"])  # the progress callback
+    assert rel(got["step_denoised"], reference["step_denoised"]) < TOL64
+    d = rel(got["sample"], reference["sample"])
+    summary.record("COMFY sampler_function in KSAMPLER", sampler, d)
+    assert d < TOL64
+
+
+def test_sampler_function_refuses_other_classes():
+    with pytest.raises(TypeError, match="ComfyUI sampler"):
+        ds.comfy.sampler_function(ds.Euler())
+
+
+def test_deis_rhoab_past_comfyuis_range_is_adams_bashforth():
+    """ComfyUI's ρAB fails from max_order + 2 steps on; ours runs the method: the
+    variable-step Adams-Bashforth of LMS at that order."""
+    x = NOISE
+    results = []
+    for sched in (ds.from_comfy("deis", "karras", deis_mode="rhoab", max_order=3),
+                  ds.from_comfy("lms", "karras", order=3)):  # fmt: skip
+        state, ts = sched.init(9, x)
+        y = x * sched.init_noise_scale(9)
+        for t in ts:
+            state, y = sched.step(state, y, toy(y, t))
+        results.append(y)
+    assert rel(results[0], results[1]) < 1e-14
+
+
+def test_names_and_errors():
+    assert ds.comfy.SCHEDULERS == ("simple", "sgm_uniform", "karras", "exponential",
+                                   "ddim_uniform", "beta", "normal", "linear_quadratic",
+                                   "kl_optimal")  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown ComfyUI sampler 'eulr'; known: .*'euler'"):
+        ds.from_comfy("eulr")
+    with pytest.raises(ValueError, match=r"unknown ComfyUI scheduler 'karas'; known: .*'karras'"):
+        ds.from_comfy("euler", "karas")
+    with pytest.raises(NotImplementedError, match="issue 17"):
+        ds.from_comfy("dpmpp_2m_sde", "karras")
+    with pytest.raises(TypeError, match="fixes"):
+        ds.from_comfy("uni_pc_bh2", variant="bh1")
+    with pytest.raises(TypeError, match="no option"):
+        ds.from_comfy("euler", order=3)
+    with pytest.raises(TypeError, match="shift"):
+        ds.from_comfy("euler", model="eps", shift=3.0)
+    with pytest.raises(ValueError, match="decreasing"):
+        ds.from_comfy("euler").init(None, NOISE, sigmas=[1.0, 2.0, 0.0])
+    assert isinstance(ds.from_comfy("ddim"), ds.ComfyEuler)
+
+
+def test_config_round_trip():
+    for sched in (
+        ds.from_comfy("deis", "karras", model="flow", shift=3.0, max_order=4, deis_mode="rhoab"),
+        ds.from_comfy("heun", "beta", s_churn=0.5),
+        ds.from_comfy("uni_pc_bh2", "kl_optimal", model="v", zsnr=True),
+    ):
+        config = sched.to_config()
+        assert config["_class_name"] == type(sched).__name__
+        assert ds.from_config(config) == sched
+
+
+@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@pytest.mark.parametrize("sampler,model", [("dpmpp_2m", "eps-sd15"), ("heun", "flow-sd3")])
+def test_partial_denoise_of_a_latent_is_comfyuis_img2img(sampler, model):
+    """init(..., denoise=d) and add_noise (ds.sample's image=) from a nonzero latent equal
+    ComfyUI's KSampler with that latent_image and denoise."""
+    import torch
+
+    latent = np.random.default_rng(5).standard_normal(NOISE.shape) * 0.5
+    reference = ORACLE.run(sampler, "karras", 5, rec.toy(ORACLE), torch.tensor(NOISE),
+                           model=model, denoise=0.6, latent_image=torch.tensor(latent))  # fmt: skip
+    name, settings = rec.MODELS[model]
+    sched = ds.from_comfy(sampler, "karras", model=name, **settings)
+    got = ds.sample(toy, sched, NOISE, 5, image=latent, denoise=0.6)
+    d = rel(got, reference["sample"])
+    summary.record("COMFY img2img (denoise 0.6, latent)", sampler, d)
+    assert d < TOL64
