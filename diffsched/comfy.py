@@ -20,37 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from .methods import CLASSES
 from .methods._comfy import ComfySampler
-from .methods.comfy_exponential import ComfyDPMPP2M, ComfyResMultistep, ComfyUniPC
-from .methods.comfy_multistep import (
-    ComfyDEIS,
-    ComfyGradientEstimation,
-    ComfyIPNDM,
-    ComfyIPNDMV,
-    ComfyLMS,
-)
-from .methods.comfy_rk import ComfyDPM2, ComfyDPMFast, ComfyEuler, ComfyHeun, ComfyHeunPP2
+from .methods.comfy_exponential import ComfyUniPC
 from .schedules.comfy import KSAMPLER_SCHEDULERS
 
 __all__ = ["SAMPLERS", "SCHEDULERS", "STOCHASTIC_SAMPLERS", "from_comfy", "sampler_function"]
 
-# sampler name -> (class, fixed options)
+# sampler name -> (class, fixed options), from each class's COMFY_NAMES and COMFY_OPTIONS
 _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
-    "euler": (ComfyEuler, {}),
-    "ddim": (ComfyEuler, {}),
-    "heun": (ComfyHeun, {}),
-    "heunpp2": (ComfyHeunPP2, {}),
-    "dpm_2": (ComfyDPM2, {}),
-    "lms": (ComfyLMS, {}),
-    "dpm_fast": (ComfyDPMFast, {}),
-    "dpmpp_2m": (ComfyDPMPP2M, {}),
-    "ipndm": (ComfyIPNDM, {}),
-    "ipndm_v": (ComfyIPNDMV, {}),
-    "deis": (ComfyDEIS, {}),
-    "res_multistep": (ComfyResMultistep, {}),
-    "gradient_estimation": (ComfyGradientEstimation, {}),
-    "uni_pc": (ComfyUniPC, {"variant": "bh1"}),
-    "uni_pc_bh2": (ComfyUniPC, {"variant": "bh2"}),
+    name: (cls, dict(cls.COMFY_OPTIONS.get(name, {})))
+    for cls in CLASSES
+    if issubclass(cls, ComfySampler)
+    for name in cls.COMFY_NAMES
 }
 # ComfyUI's stochastic and guidance-aware samplers (issue 17)
 STOCHASTIC_SAMPLERS = (

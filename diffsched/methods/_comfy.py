@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from ..core import ops
+from ..core import families, ops
 from ..core.engine import Tableau, Update
 from ..core.options import option
 from ..core.scheduler import BaseScheduler
@@ -68,12 +68,15 @@ class ComfySampler(BaseScheduler):
     """A ComfyUI sampler: its model sampling, its scheduler and the method's calls."""
 
     DIFFUSERS_CLASS = None
+    FAMILY = families.COMFY
     TRAINING_TIMESTEPS = False
     # ComfyUI's KSampler asks these samplers' schedulers for N + 1 steps and drops the
     # second-to-last level (DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
     DISCARD_PENULTIMATE: ClassVar[bool] = False
     # the KSampler sampler names this class runs (ds.from_comfy)
     COMFY_NAMES: ClassVar[tuple[str, ...]] = ()
+    # options a name fixes (uni_pc_bh2: variant="bh2")
+    COMFY_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     model: str = option(
         "eps", "ComfyUI's model sampling: eps, v, x0, lcm (discrete tables, the model input "

@@ -175,6 +175,7 @@ class ComfyUniPC(ComfySampler):
     ORDER = 3
     DISCARD_PENULTIMATE = True
     COMFY_NAMES = ("uni_pc", "uni_pc_bh2")
+    COMFY_OPTIONS = {"uni_pc": {"variant": "bh1"}, "uni_pc_bh2": {"variant": "bh2"}}  # noqa: RUF012
 
     variant: str = option("bh1", "B(h) of eq. 4-5: bh1 (ĥ) or bh2 (e^ĥ - 1)",
                           choices=("bh1", "bh2"))  # fmt: skip
