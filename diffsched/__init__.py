@@ -20,13 +20,14 @@ configs), ``exact`` (exact models and the ODE reference), ``sampling`` and ``cli
 from . import comfy
 from .comfy import from_comfy
 from .core.engine import EngineState, Tableau
+from .core.per_element import element_key
 from .core.scheduler import Scheduler
 from .grids import load_grid, named_grid, save_grid
 from .interop.config import from_config
 from .methods import *  # noqa: F403
 from .methods import ALL as _ALL
 from .methods import CLASSES as _CLASSES
-from .sampling import sample
+from .sampling import diffusion_forcing, sample
 from .tuning import tune
 
 SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
@@ -38,6 +39,8 @@ __all__ = [
     "Tableau",
     "comfy",
     "from_comfy",
+    "diffusion_forcing",
+    "element_key",
     "from_config",
     "load_grid",
     "named_grid",

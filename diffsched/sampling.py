@@ -7,6 +7,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .core import ops as _ops
 from .core.scheduler import Array, Scheduler
 
@@ -48,7 +50,9 @@ def sample(
             sharded like it (see the README, "Multi-device sampling").
         image: a clean sample for image-to-image (with ``strength=`` < 1 in
             ``init_options``): the loop starts from ``add_noise(state, image, noise)``.
-        **init_options: passed to ``init`` (``strength``, custom ``sigmas`` / ``timesteps``).
+        **init_options: passed to ``init`` (``strength``, custom ``sigmas`` / ``timesteps``,
+            ``offsets`` for per-element schedules: then ``model`` is called with
+            per-element timesteps of ``offsets``' shape, see :func:`diffusion_forcing`).
     """
     state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
     if image is not None:  # image-to-image: the clean image noised to the first call
@@ -105,3 +109,47 @@ def _progress_bar(timesteps, name: str):
         warnings.warn("progress=True needs tqdm (pip install tqdm); no bar shown", stacklevel=3)
         return timesteps
     return tqdm(timesteps, desc=name, total=len(timesteps), leave=False)
+
+
+DONE = -(1 << 30)
+"""An offset that makes an element done from the start (see :func:`diffusion_forcing`)."""
+
+
+def diffusion_forcing(
+    num_frames: int,
+    *,
+    block: int = 1,
+    ar_step: int = 0,
+    num_pre_ready: int = 0,
+    ndim: int = 5,
+    axis: int = 2,
+) -> np.ndarray:
+    """The per-frame offsets of diffusion forcing (Chen et al. 2024), as SkyReels-V2's
+    pipelines schedule it: frames in causal blocks of ``block`` frames; block b starts
+    ``b * ar_step`` model calls after block 0 (``ar_step=0``: synchronous, every frame at
+    the same level; ``ar_step > 0``: the staggered "denoising wave"); the first
+    ``num_pre_ready`` frames (a prefix video) are done from the start.
+
+    Returns an integer array of shape ``(1, ..., num_frames, ..., 1)`` (``ndim`` axes, the
+    frames on ``axis``; the default fits a ``(B, C, F, H, W)`` video latent), for
+    ``init(..., offsets=...)`` and ``ds.sample(..., offsets=...)``.
+    """
+    for name, value, low in (("num_frames", num_frames, 1), ("block", block, 1),
+                             ("ar_step", ar_step, 0), ("num_pre_ready", num_pre_ready, 0),
+                             ("ndim", ndim, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if num_frames > 1 << 20 or num_pre_ready > num_frames:
+        raise ValueError(
+            f"num_frames must be at most 2**20 and num_pre_ready at most num_frames, got "
+            f"num_frames={num_frames}, num_pre_ready={num_pre_ready}"
+        )
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be in [-{ndim}, {ndim}), got {axis}")
+    frames = np.arange(num_frames)
+    # blocks count from the first frame to generate: a pre-ready prefix is not delayed
+    start_block = (np.maximum(frames - num_pre_ready, 0)) // block
+    offsets = np.where(frames < num_pre_ready, DONE, start_block * ar_step).astype(np.int64)
+    shape = [1] * ndim
+    shape[axis] = num_frames
+    return offsets.reshape(shape)

@@ -310,3 +310,53 @@ def test_parallel_batch_step_equals_one_per_element_step(kind):
     _, ours = sched.step(state, x, out, **zero)
     oracle.record("PER-ELEMENT vs diffusers", f"{kind}Parallel", rel(host(ours), host(theirs)))
     assert rel(host(ours), host(theirs)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("frames", "block", "ar_step", "pre"), [(8, 1, 0, 0), (8, 2, 2, 0), (9, 3, 3, 3), (6, 1, 1, 2)]
+)
+def test_diffusion_forcing_offsets_equal_skyreels_schedule(frames, block, ar_step, pre):
+    """SkyReels-V2's generate_timestep_matrix: its step index (into [999, template..., 0])
+    of every frame at every iteration is our row + 1 (0 before the start, N + 1 when done)."""
+    from diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing import (
+        SkyReelsV2DiffusionForcingPipeline as Pipeline,
+    )
+
+    template = torch.tensor([999, 800, 600, 400, 200])
+    n = len(template)
+    _, index, _, _ = Pipeline.generate_timestep_matrix(
+        None, frames, template, frames, ar_step, pre, block
+    )
+    offsets = ds.diffusion_forcing(frames, block=block, ar_step=ar_step, num_pre_ready=pre,
+                                   ndim=1, axis=0)  # fmt: skip
+    done = offsets <= -n
+    ours = [np.where(done, n + 1, np.clip(k - offsets + 1, 0, n + 1)) for k in range(len(index))]
+    np.testing.assert_array_equal(np.stack(ours), index.numpy())
+    assert ds.diffusion_forcing(frames, block=block, ar_step=ar_step).shape == (1, 1, frames, 1, 1)
+
+
+def test_sample_runs_a_diffusion_forcing_loop_eager_and_compiled():
+    sched = ds.UniPC()
+    x = _G.standard_normal((1, 2, 5, 3, 8))
+    offsets = ds.diffusion_forcing(5, ar_step=2, num_pre_ready=1)
+    eager = ds.sample(model, sched, x, 6, key=1, offsets=offsets)
+    state, ts = sched.init(6, x, 1, offsets=offsets)
+    y = x.copy()
+    for t in ts:
+        state, y = sched.step(state, y, model(y, t))
+    np.testing.assert_array_equal(eager, y)
+    np.testing.assert_array_equal(eager[:, :, 0], x[:, :, 0])  # the pre-ready frame
+    compiled = ds.sample(model, sched, jnp.asarray(x), 6, key=1, offsets=offsets, compile=True)
+    assert rel(np.asarray(compiled), eager) < 1e-13
+
+
+def test_torch_compile_step_with_offsets():
+    sched, n = CASES["DPMSolverMultistep"]
+    x = torch.as_tensor(_X)
+    state, ts = sched.init(n, x, 0, offsets=OFFSETS)
+    step = torch.compile(sched.step, fullgraph=True, dynamic=False)
+    y = x.clone()
+    for k in range(ts.shape[0]):
+        state, y = step(state, y, model(y, ts[k]))
+    eager, _ = per_element_loop(sched, n, _X, OFFSETS, backend="torch", key=0)
+    assert rel(host(y), eager) < 1e-13
