@@ -43,21 +43,22 @@ MAX_ELEMENTS = 1 << 20
 class ElementState(NamedTuple):
     """The loop state of a per-element loop (fixed shapes, arrays only, so loops compile).
 
-    The rows are every program's calls, then the wait row and the done row. ``reads`` has,
-    per row, the coefficient of each (operand, lag) of the ring: operand w (0: the held
-    sample, 1: the model output, 2: the processed x̂_0) of the call ``lag`` = 1..L back,
-    at column ``w * L + lag - 1``.
+    The rows are every program's calls, then the wait row and the done row. The ring holds,
+    per call, W combinations of that call's (held sample, model output, processed x̂_0):
+    ``writes[row]`` says which, ``reads[row, (lag - 1) * W + w]`` the coefficient of entry
+    w of the call ``lag`` = 1..L back.
     """
 
     step: Array  # 0-d int32: the global call index
     coefs: Array  # (R, 8) per-row coefficients (engine.COEF_COLUMNS)
-    reads: Array  # (R, W * L) per-row ring coefficients
-    start: Array  # o's shape, int32: the global call of each element's first row
-    base: Array  # o's shape, int32: the row of each element's first call
-    length: Array  # o's shape, int32: each element's number of calls
+    reads: Array  # (R, L * W) per-row ring coefficients
+    writes: Array  # (R, W, 3) per-row ring combinations
+    start: Array  # o's shape, int: the global call of each element's first row
+    base: Array  # o's shape, int: the row of each element's first call
+    length: Array  # o's shape, int: each element's number of calls
     keys: Array  # o's shape, int32: each element's noise seed (element_key)
-    history: Any  # the ring: W * L arrays (NumPy, PyTorch; lag-major, newest first) or one
-    # (L + 1, W, *shape) array (JAX, indexed by the global call modulo L + 1)
+    history: Any  # the ring: L * W arrays, newest call first (NumPy, PyTorch), or one
+    # (L + 1, W, *shape) array indexed by the global call modulo L + 1 (JAX)
 
 
 def element_key(key: int, index: int) -> int:
@@ -106,25 +107,57 @@ class Plan(NamedTuple):
     """A per-element loop on the host: its tables and each element's place in them."""
 
     coefs: np.ndarray  # (R, 8)
-    reads: np.ndarray  # (R, W * L)
+    reads: np.ndarray  # (R, L * W): coefficient of ring entry w of the call lag = 1..L back
+    writes: np.ndarray  # (R, W, 3): ring entry w = this (sample, output, x̂_0) combination
     timesteps: np.ndarray  # (R,)
     start: np.ndarray  # element shape
     base: np.ndarray
     length: np.ndarray
     num_calls: int  # global calls of the loop
-    operands: int  # W
-    lags: int  # L
     stochastic: bool
     programs: tuple  # the programs, in row order
+
+
+def _ring_rows(held: engine.HeldColumns, n: int, lags: int, operands: tuple) -> tuple:
+    """Per row j, the combinations of its operands that later rows read (``writes``), and
+    per row n the coefficient of each (lag, combination) (``reads``), as the engine keeps
+    them: one combination where every later use of row j is a multiple of one (the usual
+    case: an x̂_0 or a derivative), else the operands themselves."""
+    used = {}  # source row j -> [(lag, vector)]
+    for lag in range(1, lags + 1):
+        cols = [held.terms.get((op, lag)) for op in operands]
+        for dest in range(lag, n):
+            vec = np.array([0.0 if c is None else float(c[dest]) for c in cols])
+            if np.any(vec != 0):
+                used.setdefault(dest - lag, []).append((lag, vec))
+    basis_of, width = {}, 1
+    for j, uses in used.items():
+        first = uses[0][1]
+        if all(np.linalg.norm(v - (v @ first / (first @ first)) * first)
+               <= 1e-12 * np.linalg.norm(v) for _, v in uses):  # fmt: skip
+            basis_of[j] = [first]
+        else:
+            basis_of[j] = [np.eye(len(operands))[i] for i in range(len(operands))
+                           if any(v[i] != 0 for _, v in uses)]  # fmt: skip
+        width = max(width, len(basis_of[j]))
+    writes = np.zeros((n, width, 3))
+    reads = np.zeros((n, lags * width))
+    for j, basis in basis_of.items():
+        for w, vec in enumerate(basis):
+            writes[j, w, : len(operands)] = vec
+        matrix = np.stack(basis, axis=1)  # (operands, basis)
+        for lag, v in used[j]:
+            coef = np.linalg.lstsq(matrix, v, rcond=None)[0]
+            reads[j + lag, (lag - 1) * width : lag * width][: len(basis)] = coef
+    return writes, reads, width
 
 
 def plan(programs: list, which: np.ndarray, offsets: np.ndarray, processes_x0: bool) -> Plan:
     """The plan of elements whose program is ``programs[which_e]``, starting at ``offsets_e``."""
     operands = (SAMPLE, OUTPUT, X0) if processes_x0 else (SAMPLE, OUTPUT)
     lags = max((lag for p in programs for (_, lag) in p.held.terms), default=0)
-    width = len(operands) * lags
-    rows_c, rows_r, rows_t, bases = [], [], [], []
-    total = 0
+    rows_c, rings, rows_t, bases = [], [], [], []
+    total, width = 0, 1
     for p in programs:
         n = p.num_calls
         c = np.zeros((n, len(engine.COEF_COLUMNS)))
@@ -137,21 +170,25 @@ def plan(programs: list, which: np.ndarray, offsets: np.ndarray, processes_x0: b
         c[:, _C["out_noise"]] = held.noise
         c[:, _C["start_clean"]] = p.coefs[:n, _C["start_clean"]]
         c[:, _C["start_noise"]] = p.coefs[:n, _C["start_noise"]]
-        r = np.zeros((n, width))
-        for (operand, lag), col in held.terms.items():
-            if lag > 0:
-                r[:, operands.index(operand) * lags + lag - 1] = col
+        ring = _ring_rows(held, n, lags, operands)
+        width = max(width, ring[2])
         rows_c.append(c)
-        rows_r.append(r)
+        rings.append(ring)
         rows_t.append(np.asarray(p.timesteps, np.float64))
         bases.append(total)
         total += n
+    writes = np.zeros((total + 2, width, 3))  # + the wait row and the done row: no writes
+    reads = np.zeros((total + 2, lags * width))
+    for b, (w, r, wd) in zip(bases, rings, strict=True):
+        n = w.shape[0]
+        writes[b : b + n, :wd] = w
+        for lag in range(lags):
+            reads[b : b + n, lag * width : lag * width + wd] = r[:, lag * wd : (lag + 1) * wd]
     identity = np.zeros((2, len(engine.COEF_COLUMNS)))  # the wait row, then the done row
     identity[:, _C["out_sample"]] = 1.0
     identity[:, _C["start_clean"]] = np.nan  # add_noise reads each element's first row
     identity[:, _C["start_noise"]] = np.nan
     coefs = np.concatenate([*rows_c, identity])
-    reads = np.concatenate([*rows_r, np.zeros((2, width))])
     timesteps = np.concatenate([*rows_t, [np.nan, np.nan]])
     lengths = np.array([p.num_calls for p in programs])
     length = lengths[which]
@@ -167,7 +204,7 @@ def plan(programs: list, which: np.ndarray, offsets: np.ndarray, processes_x0: b
     num_calls = int(np.max(np.where(done, 0, start + length)))
     if num_calls < 1:
         raise ValueError("every element is done from the start (offsets <= -calls): no loop")
-    return Plan(coefs, reads, timesteps, start, base, length, num_calls, len(operands), lags,
+    return Plan(coefs, reads, writes, timesteps, start, base, length, num_calls,
                 any(p.stochastic for p in programs), tuple(programs))  # fmt: skip
 
 
@@ -192,7 +229,7 @@ def timesteps(p: Plan) -> np.ndarray:
 
 # -- init, step, add_noise -------------------------------------------------------------------
 
-_HOST: dict[int, tuple[Any, Plan]] = {}
+_HOST: dict[int, tuple[Any, Plan, dict]] = {}
 
 
 def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array]:
@@ -204,21 +241,21 @@ def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array
     index = ops.index_dtype(xp)
     flat = np.arange(p.start.size).reshape(p.start.shape)
     keys = np.vectorize(lambda e: element_key(key, int(e)), otypes=[np.int64])(flat)
-    keys = np.where(keys >= 1 << 31, keys - (1 << 32), keys)
-    as_int = lambda a: xp.asarray(np.asarray(a, np.int64), dtype=index, device=dev)  # noqa: E731
+    width = p.writes.shape[1]
+    lags = p.reads.shape[1] // width
     state_coefs = ops.asarray(xp, p.coefs, dtype, like)
-    ring = p.operands * p.lags
     if ops.is_jax(xp):
-        history = xp.zeros((p.lags + 1, p.operands, *shape) if ring else (0, *shape), dtype=dtype)
+        history = xp.zeros((lags + 1, width, *shape) if lags else (0, *shape), dtype=dtype)
     else:
-        history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(ring))
+        history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(lags * width))
     state = ElementState(
         step=xp.asarray(0, dtype=xp.int32, device=dev),
         coefs=state_coefs,
         reads=ops.asarray(xp, p.reads, dtype, like),
-        start=as_int(p.start),
-        base=as_int(p.base),
-        length=as_int(p.length),
+        writes=ops.asarray(xp, p.writes, dtype, like),
+        start=xp.asarray(p.start, dtype=index, device=dev),
+        base=xp.asarray(p.base, dtype=index, device=dev),
+        length=xp.asarray(p.length, dtype=index, device=dev),
         keys=xp.asarray(keys.astype(np.int32), dtype=xp.int32, device=dev),
         history=history,
     )
@@ -226,7 +263,7 @@ def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array
         ident = id(state_coefs)
         with contextlib.suppress(TypeError):  # arrays without weak references: no fast path
             ref = weakref.ref(state_coefs, lambda _, k=ident, table=_HOST: table.pop(k, None))
-            _HOST[ident] = (ref, p)
+            _HOST[ident] = (ref, p, {})  # the plan, and its per-call terms (_host_call)
     ts = timesteps(p)
     return state, ops.asarray(xp, ts, ops.timestep_dtype(xp, ts), like)
 
@@ -252,8 +289,13 @@ def _element_noise(xp, state: ElementState, rel: Array, x: Array, eager: bool) -
     moved = [a for a in range(x.ndim) if a not in axes]
     count = int(np.prod(eshape))
     block = tuple(x.shape[a] for a in moved)
-    keys = xp.reshape(state.keys, (-1,))
-    rels = xp.reshape(rel, (-1,))
+    if eager:
+        keys = ops.to_numpy64(state.keys).astype(np.int64).reshape(-1)
+        rels = np.asarray(rel if isinstance(rel, np.ndarray) else ops.to_numpy64(rel))
+        rels = rels.astype(np.int64).reshape(-1)
+    else:
+        keys = xp.reshape(state.keys, (-1,))
+        rels = xp.reshape(rel, (-1,))
     if ops.is_jax(xp) and not eager:
         import jax
 
@@ -266,10 +308,8 @@ def _element_noise(xp, state: ElementState, rel: Array, x: Array, eager: bool) -
     else:
         sub = xp.zeros(block, dtype=x.dtype, device=ops.device(x))
         if eager:  # the host knows each element's seed and call: the solo eager draw
-            host_keys = ops.to_numpy64(keys).astype(np.int64)
-            host_rels = np.maximum(ops.to_numpy64(rels).astype(np.int64), 0)
-            parts = [ops.host_normal(ops.seed_array(xp, int(host_keys[e]), x),
-                                     int(host_rels[e]), sub) for e in range(count)]  # fmt: skip
+            parts = [ops.host_normal(ops.seed_array(xp, int(keys[e]), x),
+                                     max(int(rels[e]), 0), sub) for e in range(count)]  # fmt: skip
         else:  # compiled PyTorch: the counter-based stream, no host read
             zero = xp.zeros_like(rels[0])
             parts = [ops.normal(keys[e], xp.maximum(rels[e], zero), block, x.dtype, sub)
@@ -282,11 +322,7 @@ def _element_noise(xp, state: ElementState, rel: Array, x: Array, eager: bool) -
     return xp.permute_dims(z, tuple(inverse))
 
 
-def step(
-    name: str, state: ElementState, sample: Array, prediction: Array, noise: Array | None, *,
-    process, stochastic: bool,
-) -> tuple[ElementState, Array]:  # fmt: skip
-    """One global call: every element at its own row."""
+def _check(name, state, sample, prediction, noise, stochastic):
     xp = ops.namespace(sample, prediction)
     if ops.namespace(state.coefs) is not xp:
         raise TypeError(
@@ -306,7 +342,6 @@ def step(
     pairs = zip(eshape, shape, strict=False)
     if len(eshape) != len(shape) or any(e not in (1, s) for e, s in pairs):
         raise ValueError(f"sample shape {shape} does not match the offsets' shape {eshape}")
-    dtype = state.coefs.dtype
     if noise is not None:
         if not stochastic:
             raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
@@ -314,18 +349,150 @@ def step(
             raise ValueError(
                 f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}"
             )
-        noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
+    return xp
+
+
+def step(
+    name: str, state: ElementState, sample: Array, prediction: Array, noise: Array | None, *,
+    process, stochastic: bool,
+) -> tuple[ElementState, Array]:  # fmt: skip
+    """One global call: every element at its own row."""
+    xp = _check(name, state, sample, prediction, noise, stochastic)
+    dtype = state.coefs.dtype
     x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
     m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
-    k_host = None if ops.is_jax(xp) else ops.host_index(state.step)
-    host = _plan_of(state) if k_host is not None else None
-    if k_host is not None and k_host >= (host.num_calls if host else 1 << 62):
-        raise IndexError(
-            f"{name}.step called after the last of its {host.num_calls} model calls "
-            f"(call index {k_host}); call init again to start a new loop"
+    z = None if noise is None else (noise if noise.dtype == dtype else xp.astype(noise, dtype))
+    k = None if ops.is_jax(xp) else ops.host_index(state.step)
+    host = _plan_of(state) if k is not None else None
+    if host is not None:
+        if k >= host.num_calls:
+            raise IndexError(
+                f"{name}.step called after the last of its {host.num_calls} model calls "
+                f"(call index {k}); call init again to start a new loop"
+            )
+        out, history = _host_step(xp, state, host, k, x, m, z, process, stochastic)
+    else:
+        out, history = _traced_step(xp, state, x, m, z, process, stochastic, k is None)
+    if out.dtype != sample.dtype:
+        out = xp.astype(out, sample.dtype)
+    new_step = state.step + 1 if k is None else ops.next_step(state.step, k)
+    return state._replace(step=new_step, history=history), out
+
+
+class _Coef:
+    """One coefficient column at one call on the eager path: a Python float where every
+    element has the same value (then the uniform engine's arithmetic), else an array of
+    the element shape."""
+
+    __slots__ = ("uniform", "value", "zero")
+
+    def __init__(self, uniform: bool, value: Any) -> None:
+        self.uniform = uniform
+        self.zero = uniform and value == 0
+        self.value = value
+
+
+def _combine(xp, terms: list, like: Array) -> Array:
+    """Σ c · A for (_Coef, array) terms, skipping zero columns, in a new array."""
+    floats = [(c.value, a) for c, a in terms if c.uniform and not c.zero]
+    arrays = [(c.value, a) for c, a in terms if not c.uniform]
+    out = ops.combine(floats) if floats else None
+    for c, a in arrays:
+        if out is None:
+            out = c * a
+        elif hasattr(out, "addcmul_"):  # torch: in place into the array made here
+            out.addcmul_(c, a)
+        else:
+            out = out + c * a
+    return xp.zeros_like(like) if out is None else out
+
+
+def _host_calls(xp, host: Plan, like: Array, processes: bool) -> list:
+    """What the eager step of each global call computes, with its coefficients as Python
+    floats (uniform columns) or element-shaped arrays: per call (x̂_0 terms, output terms,
+    noise coefficient, ring writes), the terms as (coefficient, source): "x", "m", "d", a
+    ring index. Computed once per plan, dtype and device, vectorized over the calls."""
+    calls = np.arange(host.num_calls).reshape((-1,) + (1,) * host.start.ndim)
+    rows = rows_at(host, calls)  # (K, *element shape)
+    eshape = host.start.shape
+    count = host.num_calls
+
+    def columns(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        values = table[rows].reshape(count, -1, table.shape[-1])  # (K, E, C)
+        uniform = np.all(values == values[:, :1], axis=1)  # (K, C)
+        first = values[:, 0, :].tolist()
+        return values, uniform, first
+
+    def coef(values, uniform, first, k: int, j: int) -> _Coef:
+        if uniform[k, j]:
+            return _Coef(True, first[k][j])
+        return _Coef(False, ops.asarray(xp, values[k, :, j].reshape(eshape), like.dtype, like))
+
+    cv, cu, cf = columns(host.coefs)
+    width = host.writes.shape[1]
+    lags = host.reads.shape[1] // width
+    if lags:
+        rv, ru, rf = columns(host.reads)
+        wv, wu, wf = columns(host.writes.reshape(host.writes.shape[0], width * 3))
+        live_reads = np.any(rv != 0, axis=1)  # (K, L * W)
+        live_writes = np.any(wv != 0, axis=1)  # (K, W * 3)
+    out = []
+    for k in range(count):
+        x0 = ()
+        if processes:
+            x0 = ((coef(cv, cu, cf, k, _C["x0_sample"]), "x"),
+                  (coef(cv, cu, cf, k, _C["x0_output"]), "m"))  # fmt: skip
+        terms = [(coef(cv, cu, cf, k, _C["out_sample"]), "x"),
+                 (coef(cv, cu, cf, k, _C["out_output"]), "m")]  # fmt: skip
+        if processes:
+            terms.append((coef(cv, cu, cf, k, _C["out_x0"]), "d"))
+        writes = []
+        if lags:
+            for j in np.flatnonzero(live_reads[k]):
+                terms.append((coef(rv, ru, rf, k, int(j)), int(j)))
+            for w in range(width):
+                writes.append([(coef(wv, wu, wf, k, 3 * w + i), "xmd"[i]) for i in range(3)
+                               if live_writes[k, 3 * w + i]])  # fmt: skip
+        terms = [(c, src) for c, src in terms if not c.zero]
+        noise = coef(cv, cu, cf, k, _C["out_noise"])
+        out.append((x0, terms, None if noise.zero else noise, writes, lags, width))
+    return out
+
+
+def _host_step(xp, state, host, k, x, m, z, process, stochastic):
+    """Eager NumPy / PyTorch: the rows on the host (each call's terms computed once per
+    plan, dtype and device), uniform columns as Python floats, only the terms some element
+    needs."""
+    cache = _HOST[id(state.coefs)][2]
+    key = (x.dtype, ops.device(x))
+    calls = cache.get(key)
+    if calls is None:
+        calls = cache[key] = _host_calls(xp, host, x, process is not None)
+    x0, terms, noise_coef, writes, lags, width = calls[k]
+    history = state.history
+    values = {"x": x, "m": m}
+    if process is not None:
+        values["d"] = process(_combine(xp, [(c, values[s]) for c, s in x0], x), True)
+    parts = [(c, history[s] if isinstance(s, int) else values[s]) for c, s in terms]
+    if stochastic and noise_coef is not None:
+        if z is None:
+            z = _element_noise(xp, state, np.asarray(k - host.start), x, eager=True)
+        parts.append((noise_coef, z))
+    out = _combine(xp, parts, x)
+    if lags:
+        now = tuple(
+            _combine(xp, [(c, values[s]) for c, s in parts_w], x) if parts_w else history[w]
+            for w, parts_w in enumerate(writes)
         )
+        history = now + tuple(history[: width * (lags - 1)])
+    return out, history
+
+
+def _traced_step(xp, state, x, m, z, process, stochastic, traced):
+    """Every backend without a host plan (``jax.jit``, ``torch.compile``, eager JAX):
+    gathered rows, every term."""
+    eshape = tuple(state.start.shape)
     k = state.step
-    rel = k - state.start
     rows = rows_at(state, k, xp)
     c = _columns(xp, state.coefs, rows, eshape)
 
@@ -338,52 +505,45 @@ def step(
     out = col("out_sample") * x + col("out_output") * m
     if d is not None:
         out = out + col("out_x0") * d
-    lags = state.reads.shape[1] // (3 if process is not None else 2) if state.reads.shape[1] else 0
-    width = 3 if process is not None else 2
-    operands = (x, m, d)[:width]
+    width = state.writes.shape[1]
+    lags = state.reads.shape[1] // width
+    history = state.history
     if lags:
         r = _columns(xp, state.reads, rows, eshape)
-        live = None
-        if host is not None:  # eager: only the ring entries some element reads now
-            host_rows = rows_at(host, k_host)
-            live = np.flatnonzero(np.any(host.reads[host_rows.reshape(-1)] != 0, axis=0))
-        history = state.history
-        for j in range(width * lags) if live is None else live:
-            w, lag = divmod(int(j), lags)
-            lag += 1
-            if ops.is_jax(xp):
-                from jax import lax
-
-                slot = (k - lag + (lags + 1) * (1 << 20)) % (lags + 1)  # k - lag >= -lags
-                value = lax.dynamic_index_in_dim(history, slot, 0, keepdims=False)[w]
-            else:
-                value = history[(lag - 1) * width + w]
-            out = out + r[..., j] * value
+        flat = xp.reshape(rows, (-1,))
+        w_all = (state.writes.index_select(0, flat) if ops.is_torch(xp)
+                 else xp.take(state.writes, flat, axis=0))  # fmt: skip
+        w_all = xp.reshape(w_all, (*eshape, width, 3))
+        operands = [x, m] if d is None else [x, m, d]
+        now = []
+        for w in range(width):
+            value = w_all[..., w, 0] * x + w_all[..., w, 1] * m
+            if d is not None:
+                value = value + w_all[..., w, 2] * d
+            now.append(value)
+        del operands
         if ops.is_jax(xp):
             from jax import lax
 
-            slot = k % (lags + 1)
-            now = xp.stack([o.astype(dtype) for o in operands])
-            history = lax.dynamic_update_index_in_dim(history, now, slot, 0)
-        else:  # a shift register: the newest call's operands first (copies: callers may
-            # reuse their arrays); an operand no row ever reads back stays zeros
-            read = None if host is None else host.reads.reshape(-1, width, lags).any(axis=(0, 2))
-            now = tuple(
-                ops.combine([(1.0, o)]) if read is None or read[w] else history[w]
-                for w, o in enumerate(operands)
+            # the write first, then the reads of the updated ring: the slot written (k mod
+            # L + 1) is never one read (k - lag), and the reads' dependency on the update
+            # lets XLA update the ring in place (no copy of it in a loop body)
+            history = lax.dynamic_update_index_in_dim(
+                history, xp.stack([v.astype(history.dtype) for v in now]), k % (lags + 1), 0
             )
-            history = now + tuple(history[: width * (lags - 1)])
-    else:
-        history = state.history
-    if stochastic:
-        if noise is not None:
-            z = noise
+            for lag in range(1, lags + 1):
+                slot = (k - lag + (lags + 1) * (1 << 20)) % (lags + 1)  # k - lag >= -lags
+                past = lax.dynamic_index_in_dim(history, slot, 0, keepdims=False)
+                for w in range(width):
+                    out = out + r[..., (lag - 1) * width + w] * past[w]
         else:
-            z = _element_noise(xp, state, rel, x, eager=k_host is not None)
-        out = out + col("out_noise") * z
-    if out.dtype != sample.dtype:
-        out = xp.astype(out, sample.dtype)
-    return state._replace(step=k + 1, history=history), out
+            for j in range(lags * width):
+                out = out + r[..., j] * history[j]
+            history = tuple(now) + tuple(history[: width * (lags - 1)])
+    if stochastic:
+        zz = z if z is not None else _element_noise(xp, state, k - state.start, x, eager=False)
+        out = out + col("out_noise") * zz
+    return out, history
 
 
 def add_noise(state: ElementState, clean: Array, noise: Array) -> Array:
