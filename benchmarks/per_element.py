@@ -47,7 +47,7 @@ def _time_torch(sched, x, offsets, repeats: int) -> float:
     for _ in range(repeats):
         state, ts = sched.init(STEPS, x, 0, **options)
         y = x.clone()
-        for k in range(len(ts)):
+        for _ in range(len(ts)):
             t0 = time.perf_counter()
             state, y = sched.step(state, y, pred, **kwargs)
             times.append(time.perf_counter() - t0)
@@ -94,16 +94,9 @@ def jitted(quick: bool) -> list[tuple]:
             state, ts = sched.init(STEPS, x, 0, **options)
             calls = ts.shape[0]
 
-            def body(i, carry, ts=ts):
-                state, y = carry
-                return sched.step(state, y, jnp.tanh(y) * 0.5)
-
-            loop = jax.jit(lambda s, y, body=body, calls=calls:
-                           jax.lax.fori_loop(0, calls, body, (s, y))[1])  # fmt: skip
+            loop = _jitted_loop(sched, calls)
             loop(state, x).block_until_ready()
-            best = min(
-                _timed(lambda: loop(state, x).block_until_ready()) for _ in range(2 if quick else 5)
-            )
+            best = min(_timed(loop, state, x) for _ in range(2 if quick else 5))
             timings.append(best / calls)
         rows.append(
             (name, "x".join(map(str, shape)), "jitted, per frame", *[t * 1e6 for t in timings])
@@ -112,9 +105,20 @@ def jitted(quick: bool) -> list[tuple]:
     return rows
 
 
-def _timed(fn) -> float:
+def _jitted_loop(sched, calls: int):
+    import jax
+    import jax.numpy as jnp
+
+    def body(i, carry):
+        state, y = carry
+        return sched.step(state, y, jnp.tanh(y) * 0.5)
+
+    return jax.jit(lambda state, y: jax.lax.fori_loop(0, calls, body, (state, y))[1])
+
+
+def _timed(loop, state, x) -> float:
     t0 = time.perf_counter()
-    fn()
+    loop(state, x).block_until_ready()
     return time.perf_counter() - t0
 
 
