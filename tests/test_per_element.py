@@ -360,3 +360,20 @@ def test_torch_compile_step_with_offsets():
         state, y = step(state, y, model(y, ts[k]))
     eager, _ = per_element_loop(sched, n, _X, OFFSETS, backend="torch", key=0)
     assert rel(host(y), eager) < 1e-13
+
+
+def test_readme_per_element_example_runs_and_each_request_is_its_own_img2img():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Per-element schedules") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["out"].shape == (1, 4, 9, 8, 16) and ns["edited"].shape == (3, 4, 8, 16)
+    images, noise, w = ns["images"], ns["noise"], ns["W"]
+    for e, s in enumerate((0.3, 0.6, 1.0)):
+        alone = ds.sample(lambda x, t: np.tanh(x @ w + 1e-3 * t), ds.DDIM(), noise[e : e + 1],
+                          20, image=images[e : e + 1], strength=s)  # fmt: skip
+        assert rel(ns["edited"][e : e + 1], alone) < 1e-13
