@@ -150,6 +150,10 @@ class DiffusersScheduler:
     DDIM's ``eta`` and the other options diffusers passes to ``step``: a value a pipeline
     passes is used where the wrapped scheduler has the option at its default; a value set
     on the wrapped scheduler wins over the pipeline's.
+
+    Threads: an adapter holds one loop's position (like diffusers' own schedulers), so use
+    one adapter per thread; configs are shared freely. ``ds.to_diffusers(sched)`` takes a
+    few microseconds: make one per pipeline call.
     """
 
     def __init__(self, scheduler: BaseScheduler | DiffusersScheduler) -> None:
