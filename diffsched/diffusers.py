@@ -377,6 +377,13 @@ class DiffusersScheduler:
         unknown = set(kwargs) - _KNOWN_STEP_KWARGS
         if unknown:
             raise TypeError(f"step() of {self._name} got unexpected keyword arguments: {unknown}")
+        for what, arr in (("model_output", model_output), ("sample", sample)):
+            if not hasattr(arr, "device") or not hasattr(arr, "detach"):
+                raise TypeError(
+                    f"step() of {self._name}: {what} must be a torch.Tensor (a diffusers "
+                    f"pipeline's), got {type(arr).__name__}; use the scheduler itself "
+                    "(init / step) for NumPy or JAX arrays"
+                )
         self._step_time_options(
             {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
         )

@@ -442,6 +442,13 @@ def test_12_clear_errors(call, error, words, tmp_path):
     assert "fewer steps" not in str(err.value)
 
 
+def test_12_adapter_given_numpy_arrays():
+    adapter = ds.to_diffusers(ds.DDIM())
+    adapter.set_timesteps(4)
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        adapter.step(X64, adapter.timesteps[0], X64)
+
+
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_12_huge_custom_timesteps(cls):
     # DDPM indexed its table with int64(1e30) (an IndexError); every class that takes
