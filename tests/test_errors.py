@@ -100,11 +100,11 @@ def test_num_steps_must_be_a_positive_int(cls):
     with pytest.raises(TypeError, match=esc("num_steps must be an integer, got: '4'")):
         sched.init("4", X)
     with pytest.raises(
-        ValueError, match=esc("num_steps: expected an integer in [1, 100000], got: 0")
+        ValueError, match=esc("num_steps: expected an integer in [1, 10000], got: 0")
     ):
         sched.init(0, X)
     with pytest.raises(
-        ValueError, match=esc("num_steps: expected an integer in [1, 100000], got: -3")
+        ValueError, match=esc("num_steps: expected an integer in [1, 10000], got: -3")
     ):
         sched.init(-3, X)
     # NumPy integers are integers

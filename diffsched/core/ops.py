@@ -366,7 +366,8 @@ def timestep_dtype(xp, timesteps: np.ndarray):
     return xp.float64
 
 
-MAX_STEPS = 100_000  # the most steps (and custom grid points) a loop may have
+MAX_STEPS = 10_000  # the most steps (and custom grid points) a loop may have: building one
+# costs at most a few seconds (the slowest classes run Python per call in init)
 
 
 def check_num_steps(num_steps: Any, minimum: int = 1, maximum: int = MAX_STEPS) -> int:
