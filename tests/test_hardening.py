@@ -100,7 +100,8 @@ def test_02_step_refuses_a_foreign_state(maker, stepper, backend):
     with pytest.raises(ValueError, match="another configuration") as err:
         stepper.step(state, x, x)
     message = str(err.value)
-    assert type(stepper).__name__ in message and type(maker).__name__ + "(" in message
+    assert f"made by {type(maker).__name__}(" in message
+    assert f"step of {type(stepper).__name__}(" in message
     with pytest.raises(ValueError, match="another configuration"):
         stepper.add_noise(state, x, x)
     # its own config (another instance, equal) steps it

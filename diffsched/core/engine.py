@@ -400,6 +400,16 @@ def _remember_origin(fingerprint: Array, made: tuple[int, ...]) -> None:
     _ORIGINS[key] = (ref, made)
 
 
+def _foreign(name: str, call: str, maker: int, user: int, describe) -> str:
+    """The message for a state stepped by a config other than the one that made it."""
+    describe = describe or (lambda fp: f"fingerprint {fp}")
+    return (
+        f"{name}.{call} was given a state that another configuration's init made: made by "
+        f"{describe(maker)}; {call} of {describe(user)}. Use the scheduler that made the "
+        "state (or init a new one)"
+    )
+
+
 def origin(state: EngineState) -> tuple[int, ...] | None:
     """(config fingerprint, init-options fingerprint, *template shape) of the init that made
     ``state``; None where unknown (a state built by hand) or not readable for free (traced
@@ -527,11 +537,7 @@ def step(
         )
     made = origin(state)
     if made is not None and fingerprint is not None and made[0] != fingerprint:
-        maker = describe_maker(made[0]) if describe_maker else f"fingerprint {made[0]}"
-        raise ValueError(
-            f"{name}.step was given a state that another configuration's init made "
-            f"({maker}); step a state with the scheduler that made it"
-        )
+        raise ValueError(_foreign(name, "step", made[0], fingerprint, describe_maker))
     shape = tuple(sample.shape)
     if made is not None and tuple(made[2:]) != shape:
         raise ValueError(
@@ -747,11 +753,7 @@ def add_noise(
         )
     made = origin(state)
     if made is not None and fingerprint is not None and made[0] != fingerprint:
-        maker = describe_maker(made[0]) if describe_maker else f"fingerprint {made[0]}"
-        raise ValueError(
-            f"{name}.add_noise was given a state that another configuration's init made "
-            f"({maker}); use the scheduler that made it"
-        )
+        raise ValueError(_foreign(name, "add_noise", made[0], fingerprint, describe_maker))
     if ops.concrete_int(state.step) is not None:
         start = ops.to_numpy64(state.coefs[0, _C["start_clean"]])
         if np.isnan(start):

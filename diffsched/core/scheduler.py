@@ -245,7 +245,10 @@ class BaseScheduler:
         value = _digest(repr((cls.__module__, cls.__qualname__, items)))
         if len(_MAKERS) > 4096:
             _MAKERS.clear()
-        _MAKERS[value] = describe(self, 200)
+        changed = ", ".join(f"{name}={describe(v, 60)}" for name, v in items
+                            if v != specs(self)[name][0])  # fmt: skip
+        text = f"{cls.__name__}({changed})"
+        _MAKERS[value] = text if len(text) <= 300 else text[:280] + "...)"
         return value
 
     def step(
