@@ -535,6 +535,9 @@ def test_14_non_regular_and_huge_files_are_refused(tmp_path):
     assert str(fifo) in str(result[0])
     with pytest.raises(ValueError, match="not a regular file"):
         ds.grids.load_grid(fifo)
+    if os.path.exists("/dev/zero"):  # a device that never ends
+        with pytest.raises(ValueError, match="/dev/zero is not a regular file"):
+            ds.from_config("/dev/zero")
     big = tmp_path / "big" / "scheduler_config.json"
     big.parent.mkdir()
     with open(big, "wb") as f:

@@ -262,6 +262,14 @@ class BaseScheduler:
         """One model call's update: (next state, the sample for the next model call).
 
         ``noise`` overrides the draw of a stochastic step (same shape as the sample).
+
+        The state must come from ``init`` of an equal config (``state.fingerprint`` holds
+        its maker's :attr:`fingerprint`) and the sample must have the template's shape;
+        otherwise a ValueError names both. For the arrays ``init`` made this costs a
+        dictionary lookup (any backend or device); traced (``jax.jit``,
+        ``torch.compile``), where the state's values are abstract, or for a copied state
+        on an accelerator, where reading them would sync, the check is skipped, as the
+        past-the-end check is.
         """
         return engine.step(
             type(self).__name__, state, sample, prediction, noise,
