@@ -378,7 +378,7 @@ def init(
     key = ops.seed_array(xp, key, like)
     made = (*origin, *shape)
     fingerprint = xp.asarray(made, dtype=xp.int32, device=dev)
-    _remember_origin(fingerprint, made)
+    _remember_origin(fingerprint, made, bool(np.isfinite(program.coefs[0, _C["start_clean"]])))
     state = EngineState(step, coefs, reads, writes, key, history, fingerprint)
     ts_dtype = ops.timestep_dtype(xp, program.timesteps)
     return state, ops.asarray(xp, program.timesteps, ts_dtype, like)
@@ -386,10 +386,10 @@ def init(
 
 # -- what made a state --------------------------------------------------------------------
 
-_ORIGINS: dict[int, tuple[Any, tuple[int, ...]]] = {}
+_ORIGINS: dict[int, tuple[Any, tuple[int, ...], bool]] = {}
 
 
-def _remember_origin(fingerprint: Array, made: tuple[int, ...]) -> None:
+def _remember_origin(fingerprint: Array, made: tuple[int, ...], has_start: bool) -> None:
     """Keeps the values of a state's fingerprint array on the host (keyed by the array,
     while it lives), so the eager check reads no array."""
     key = id(fingerprint)
@@ -397,7 +397,7 @@ def _remember_origin(fingerprint: Array, made: tuple[int, ...]) -> None:
         ref = weakref.ref(fingerprint, lambda _, key=key: _ORIGINS.pop(key, None))
     except TypeError:
         return
-    _ORIGINS[key] = (ref, made)
+    _ORIGINS[key] = (ref, made, has_start)
 
 
 def _foreign(name: str, call: str, maker: int, user: int, describe) -> str:
@@ -735,8 +735,9 @@ def add_noise(
 ) -> Array:
     """The first model input of the loop from a clean sample: α x_0 + σ ε in held space.
 
-    A method without an image-to-image start (its start columns are NaN) is refused where
-    the table is readable for free (eager CPU); under tracing it gives NaN.
+    A method without an image-to-image start (its start columns are NaN) is refused (for
+    the state ``init`` made, on any device); traced, where nothing is readable, it gives
+    NaN.
     """
     xp = ops.namespace(clean, noise)
     if ops.namespace(state.coefs) is not xp:
@@ -754,13 +755,19 @@ def add_noise(
     made = origin(state)
     if made is not None and fingerprint is not None and made[0] != fingerprint:
         raise ValueError(_foreign(name, "add_noise", made[0], fingerprint, describe_maker))
-    if ops.concrete_int(state.step) is not None:
-        start = ops.to_numpy64(state.coefs[0, _C["start_clean"]])
-        if np.isnan(start):
-            raise ValueError(
-                f"{name} has no image-to-image start: its first model call needs history "
-                "that a noised clean sample does not give (add_noise is not defined for it)"
-            )
+    fp = getattr(state, "fingerprint", None)
+    entry = None if fp is None else _ORIGINS.get(id(fp))
+    if entry is not None and entry[0]() is fp:
+        has_start = entry[2]
+    elif ops.concrete_int(state.step) is not None:
+        has_start = not np.isnan(ops.to_numpy64(state.coefs[0, _C["start_clean"]]))
+    else:
+        has_start = True  # not readable for free: a method without a start gives NaN
+    if not has_start:
+        raise ValueError(
+            f"{name} has no image-to-image start: its first model call needs history "
+            "that a noised clean sample does not give (add_noise is not defined for it)"
+        )
     row = state.coefs[0]
     dtype = state.coefs.dtype
     out = row[_C["start_clean"]] * xp.astype(clean, dtype) + row[_C["start_noise"]] * xp.astype(
