@@ -217,7 +217,7 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
     scale = (
         np.ones(n_calls + 1)
         if tableau.input_scale is None
-        else np.asarray(tableau.input_scale, np.float64)
+        else np.array(tableau.input_scale, np.float64)  # a copy: the program's is read-only
     )
     a = np.asarray(np.broadcast_to(tableau.x0_sample, (n_calls,)), np.float64) * scale[:-1]
     b = np.asarray(np.broadcast_to(tableau.x0_output, (n_calls,)), np.float64).copy()
