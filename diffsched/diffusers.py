@@ -192,6 +192,10 @@ class DiffusersScheduler:
     DDIM's ``eta`` and the other options diffusers passes to ``step``: a value a pipeline
     passes is used where the wrapped scheduler has the option at its default; a value set
     on the wrapped scheduler wins over the pipeline's.
+
+    Threads: an adapter holds one loop's position (like diffusers' own schedulers), so use
+    one adapter per thread; configs are shared freely. ``ds.to_diffusers(sched)`` takes a
+    few microseconds: make one per pipeline call.
     """
 
     def __init__(self, scheduler: BaseScheduler | DiffusersScheduler) -> None:
@@ -435,6 +439,13 @@ class DiffusersScheduler:
         unknown = set(kwargs) - _KNOWN_STEP_KWARGS
         if unknown:
             raise TypeError(f"step() of {self._name} got unexpected keyword arguments: {unknown}")
+        for what, arr in (("model_output", model_output), ("sample", sample)):
+            if not hasattr(arr, "device") or not hasattr(arr, "detach"):
+                raise TypeError(
+                    f"step() of {self._name}: {what} must be a torch.Tensor (a diffusers "
+                    f"pipeline's), got {type(arr).__name__}; use the scheduler itself "
+                    "(init / step) for NumPy or JAX arrays"
+                )
         self._step_time_options(
             {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
         )

@@ -35,10 +35,13 @@ NAMED_GRIDS = ("edm", "logsnr", *sigma_schedules.AYS_SCHEDULES)
 
 def named_grid(name: str, scheduler: Scheduler, num_steps: int, *, rho: float = 7.0) -> dict:
     """The ``init`` keyword arguments of the named N-step grid (see the module docstring)."""
+    from .core import ops
+    from .core.options import describe
     from .tuning import Grid
 
-    if not (isinstance(rho, int | float) and rho > 0):
-        raise ValueError(f"rho must be a positive number, got: {rho!r}")
+    if isinstance(rho, bool) or not (isinstance(rho, int | float) and 0 < rho < float("inf")):
+        raise ValueError(f"rho must be a positive number (finite), got: {describe(rho)}")
+    ops.check_num_steps(num_steps)  # before any work: the bound on N
     grid = Grid.of(scheduler, num_steps)
     sig = named_sigmas(name, grid, num_steps, rho)
     levels = grid.snap(np.log(sig))
@@ -67,20 +70,18 @@ def named_sigmas(name: str, grid: Any, num_steps: int, rho: float = 7.0) -> np.n
 def save_grid(path: str | os.PathLike, init_options: dict) -> Path:
     """Writes a grid (``{"sigmas": [...]}`` or ``{"timesteps": [...]}``) as JSON that
     :func:`load_grid` and ``init(None, x, **json.load(f))`` read back."""
+    from .core.files import write_atomic
+
     _check_grid(init_options, "the grid")
-    out = Path(path)
-    out.write_text(json.dumps(init_options, indent=1) + "\n", encoding="utf-8")
-    return out
+    return write_atomic(Path(path), json.dumps(init_options, indent=1) + "\n")
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, list]:
     """A grid saved by :func:`save_grid` (or ``diffsched tune --save``): ``init``'s
     keyword arguments."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    from .interop.config import load_json
+
+    data = load_json(path, "grid file")
     _check_grid(data, str(path))
     return data
 

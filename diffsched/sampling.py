@@ -54,6 +54,19 @@ def sample(
             ``offsets`` for per-element schedules: then ``model`` is called with
             per-element timesteps of ``offsets``' shape, see :func:`diffusion_forcing`).
     """
+    from .core.scheduler import BaseScheduler
+
+    if not isinstance(scheduler, BaseScheduler):
+        what = scheduler.__name__ if isinstance(scheduler, type) else type(scheduler).__name__
+        hint = " (a class: construct it, e.g. ds.DDIM())" if isinstance(scheduler, type) else ""
+        hint = hint or (
+            " (a diffusers scheduler: ds.from_config(its .config) gives ours)"
+            if hasattr(scheduler, "set_timesteps")
+            else ""
+        )
+        raise TypeError(f"sample: scheduler must be a diffsched scheduler, got {what}{hint}")
+    if not callable(model):
+        raise TypeError(f"sample: model must be callable, got {type(model).__name__}")
     state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
     if image is not None:  # image-to-image: the clean image noised to the first call
         noise = scheduler.add_noise(state, image, noise)

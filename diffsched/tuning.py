@@ -125,6 +125,11 @@ def search(
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
             max_evaluations, tolerance) -> TuneResult:  # fmt: skip
     t0 = time.perf_counter()
+    shape = tuple(getattr(calibration_noise, "shape", ()))
+    if len(shape) < 1 or 0 in shape:
+        raise ValueError(
+            f"calibration_noise must be a batch of at least one sample, got shape {shape}"
+        )
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < num_steps:

@@ -210,16 +210,16 @@ def test_invalid_values_for_the_class():
         ds.from_config({"_class_name": "DDIMScheduler", "timestep_spacing": "uniform"})
 
 
-def test_null_means_default_except_trained_betas():
+def test_null_is_what_diffusers_makes_of_it():
+    # diffusers passes null to its class: a boolean key reads as false there (clip_sample:
+    # null does not clip), trained_betas: null is "no betas"; a null number is an error
+    # (tests/test_hardening.py checks every key of every class against diffusers)
     sched = ds.from_config(
-        {
-            "_class_name": "DDIMScheduler",
-            "clip_sample": None,
-            "beta_end": None,
-            "trained_betas": None,
-        }
+        {"_class_name": "DDIMScheduler", "clip_sample": None, "trained_betas": None}
     )
-    assert sched == ds.DDIM()
+    assert sched == ds.DDIM(clip_denoised_sample=False)
+    with pytest.raises(ValueError, match="config key 'beta_end' is null"):
+        ds.from_config({"_class_name": "DDIMScheduler", "beta_end": None})
     betas = list(np.linspace(1e-4, 0.02, 1000))
     sched = ds.from_config({"_class_name": "DDIMScheduler", "trained_betas": betas})
     assert sched.trained_betas == tuple(betas)

@@ -75,7 +75,7 @@ def test_lcm_num_original_steps_limit():
     ):
         ds.LCM(num_train_steps=40)
     with pytest.raises(
-        ValueError, match=esc("LCM option num_original_steps must lie in [1, inf], got: 0")
+        ValueError, match=esc("LCM option num_original_steps must lie in [1, 2147483647], got: 0")
     ):
         ds.LCM(num_original_steps=0)
 
@@ -99,9 +99,13 @@ def test_num_steps_must_be_a_positive_int(cls):
         sched.init(True, X)
     with pytest.raises(TypeError, match=esc("num_steps must be an integer, got: '4'")):
         sched.init("4", X)
-    with pytest.raises(ValueError, match=esc("num_steps: expected at least 1, got: 0")):
+    with pytest.raises(
+        ValueError, match=esc("num_steps: expected an integer in [1, 10000], got: 0")
+    ):
         sched.init(0, X)
-    with pytest.raises(ValueError, match=esc("num_steps: expected at least 1, got: -3")):
+    with pytest.raises(
+        ValueError, match=esc("num_steps: expected an integer in [1, 10000], got: -3")
+    ):
         sched.init(-3, X)
     # NumPy integers are integers
     _, timesteps = sched.init(np.int64(4), X)
@@ -124,7 +128,7 @@ def test_timesteps_offset_past_last_training_step(cls):
     cls(timesteps_offset=4).init(200, X)
     cls().init(1000, X)
     with pytest.raises(
-        ValueError, match=esc("option timesteps_offset must lie in [0, inf], got: -1")
+        ValueError, match=esc("option timesteps_offset must lie in [0, 2147483647], got: -1")
     ):
         cls(timesteps_offset=-1)
 
@@ -184,8 +188,8 @@ def test_pndm_has_no_sample_prediction():
         ),
         (
             ds.DDIM,
-            {"sample_max_value": 0.5},
-            "sample_max_value must lie in [1.0, inf], got: 0.5",
+            {"sample_max_value": 0.0},
+            "sample_max_value must lie in (0.0, inf], got: 0.0",
         ),
         (
             ds.LCM,

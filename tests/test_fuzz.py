@@ -8,7 +8,9 @@ properties:
   names the option (or key), never another exception;
 * every loop that starts runs to the end with finite output on a finite model;
 * a step never mutates its inputs or its state, and stepping again from the same state
-  gives the same result.
+  gives the same result;
+* another config's step refuses the state, and writing into a state's tables reaches no
+  later ``init`` (issue 21).
 
 The budget is fixed (``max_examples`` below) and derandomized, so CI runs the same
 examples every time. Also: 32 threads sharing one config per class are bit-identical to a
@@ -117,6 +119,11 @@ def test_constructor_and_loop(cls, data):
     except ALLOWED as err:
         assert names_the_problem(err, [*list(options), "strength"]), (options, err)
         return
+    # a state knows its maker: another config's step refuses it (issue 21, finding 2)
+    other = data.draw(st.sampled_from(CLASSES))()
+    if other != sched:
+        with pytest.raises(ValueError, match="another configuration"):
+            other.step(state, x, x)
     y = x * sched.init_noise_scale(n)
     for t in timesteps:
         pred = finite_model(y, t).astype(dtype)
@@ -128,6 +135,11 @@ def test_constructor_and_loop(cls, data):
         state, y = new_state, out
     assert y.dtype == dtype and y.shape == shape
     assert np.isfinite(y).all(), (options, n)
+    # the state's tables are the caller's own: writing into them reaches no later init
+    # (issue 21, finding 1)
+    want = np.array(state.coefs[:-1])
+    state.coefs[...] = 0.0
+    np.testing.assert_array_equal(sched.init(n, x, key=1)[0].coefs[:-1], want)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

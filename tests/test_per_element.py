@@ -377,3 +377,11 @@ def test_readme_per_element_example_runs_and_each_request_is_its_own_img2img():
         alone = ds.sample(lambda x, t: np.tanh(x @ w + 1e-3 * t), ds.DDIM(), noise[e : e + 1],
                           20, image=images[e : e + 1], strength=s)  # fmt: skip
         assert rel(ns["edited"][e : e + 1], alone) < 1e-13
+
+
+def test_a_per_element_state_is_refused_by_another_config():
+    state, ts = ds.DDIM().init(4, _X, 0, offsets=OFFSETS)
+    with pytest.raises(ValueError, match="another configuration's init made"):
+        ds.DDIM(eta=1.0).step(state, _X, model(_X, ts[0]))
+    with pytest.raises(ValueError, match="another configuration's init made"):
+        ds.DDIM(eta=1.0).add_noise(state, _X, _X)

@@ -174,9 +174,26 @@ class Program:
     host: dict = field(default_factory=dict)  # per-call Python rows for the eager path
     held: HeldColumns | None = None  # the tableau in held space (per-element schedules)
 
+    def __post_init__(self) -> None:
+        # a program is shared by every equal config (the scheduler's cache): its arrays are
+        # read-only, and init hands each state copies (nothing a caller holds reaches them)
+        for name in ("timesteps", "coefs", "reads", "writes", "input_scale"):
+            arr = getattr(self, name)
+            if isinstance(arr, np.ndarray):
+                arr.setflags(write=False)
+
     @property
     def num_calls(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def nbytes(self) -> int:
+        """Host memory held: the tables, plus the eager path's per-call rows (Python
+        numbers, about 40 bytes each) once built."""
+        arrays = (self.timesteps, self.coefs, self.reads, self.writes, self.input_scale)
+        size = sum(np.asarray(a).nbytes for a in arrays)
+        row = self.coefs.shape[1] + self.reads[0].size + self.writes[0].size
+        return size + len(self.host) * self.num_calls * (row * 40 + 200)
 
 
 class EngineState(NamedTuple):
@@ -193,6 +210,9 @@ class EngineState(NamedTuple):
     writes: Array  # (N + 1, W, 4) history writes: (slot, sample, output, x̂_0 coefficient)
     key: Array  # 0-d int32 seed of the noise draws
     history: Any  # K arrays of the sample's shape (see above)
+    # (2 + ndim,) int32: what made the state: the config's fingerprint, the init options'
+    # fingerprint, then the template's shape (see :func:`origin`); None: not known
+    fingerprint: Any = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,7 +227,7 @@ def held_columns(tableau: Tableau, *, processes_x0: bool) -> HeldColumns:
     scale = (
         np.ones(n_calls + 1)
         if tableau.input_scale is None
-        else np.asarray(tableau.input_scale, np.float64)
+        else np.array(tableau.input_scale, np.float64)  # a copy: the program's is read-only
     )
     a = np.asarray(np.broadcast_to(tableau.x0_sample, (n_calls,)), np.float64) * scale[:-1]
     b = np.asarray(np.broadcast_to(tableau.x0_output, (n_calls,)), np.float64).copy()
@@ -328,7 +348,7 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
     coefs[n_calls, :] = np.nan  # past the end
     reads[n_calls, :, 1] = np.nan
     return Program(
-        timesteps=np.asarray(tableau.timesteps),
+        timesteps=np.array(tableau.timesteps),
         coefs=coefs,
         reads=reads,
         writes=writes,
@@ -348,8 +368,15 @@ def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int
 # ----------------------------------------------------------------------------------------
 
 
-def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineState, Array]:
-    """The engine state of ``program`` on the template's backend, dtype and device."""
+def init(
+    program: Program, sample_template: Array, key: Any, origin: tuple[int, int] = (0, 0)
+) -> tuple[EngineState, Array]:
+    """The engine state of ``program`` on the template's backend, dtype and device.
+
+    ``origin`` is (the config's fingerprint, the init options' fingerprint): ``step``
+    compares the first with its scheduler's. Every array returned is the caller's own (a
+    copy of the shared program's tables, never a view of them).
+    """
     xp = ops.namespace(sample_template)
     dtype = ops.compute_dtype(xp, sample_template.dtype)
     if dtype != xp.float64:
@@ -372,9 +399,53 @@ def init(program: Program, sample_template: Array, key: Any) -> tuple[EngineStat
         history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(program.num_slots))
         _register_host_rows(coefs, program, np.float64 if dtype == xp.float64 else np.float32)
     key = ops.seed_array(xp, key, like)
-    state = EngineState(step, coefs, reads, writes, key, history)
+    made = (*origin, *shape)
+    fingerprint = xp.asarray(made, dtype=xp.int32, device=dev)
+    _remember_origin(fingerprint, made, bool(np.isfinite(program.coefs[0, _C["start_clean"]])))
+    state = EngineState(step, coefs, reads, writes, key, history, fingerprint)
     ts_dtype = ops.timestep_dtype(xp, program.timesteps)
     return state, ops.asarray(xp, program.timesteps, ts_dtype, like)
+
+
+# -- what made a state --------------------------------------------------------------------
+
+_ORIGINS: dict[int, tuple[Any, tuple[int, ...], bool]] = {}
+
+
+def _remember_origin(fingerprint: Array, made: tuple[int, ...], has_start: bool) -> None:
+    """Keeps the values of a state's fingerprint array on the host (keyed by the array,
+    while it lives), so the eager check reads no array."""
+    key = id(fingerprint)
+    try:
+        ref = weakref.ref(fingerprint, lambda _, key=key: _ORIGINS.pop(key, None))
+    except TypeError:
+        return
+    _ORIGINS[key] = (ref, made, has_start)
+
+
+def _foreign(name: str, call: str, maker: int, user: int, describe) -> str:
+    """The message for a state stepped by a config other than the one that made it."""
+    describe = describe or (lambda fp: f"fingerprint {fp}")
+    return (
+        f"{name}.{call} was given a state that another configuration's init made: made by "
+        f"{describe(maker)}; {call} of {describe(user)}. Use the scheduler that made the "
+        "state (or init a new one)"
+    )
+
+
+def origin(state: EngineState) -> tuple[int, ...] | None:
+    """(config fingerprint, init-options fingerprint, *template shape) of the init that made
+    ``state``; None where unknown (a state built by hand) or not readable for free (traced
+    under ``jax.jit`` or ``torch.compile``, or on an accelerator: then nothing is checked)."""
+    fp = getattr(state, "fingerprint", None)
+    if fp is None:
+        return None
+    entry = _ORIGINS.get(id(fp))
+    if entry is not None and entry[0]() is fp:
+        return entry[1]
+    if ops.concrete_int(fp[0]) is None:
+        return None
+    return tuple(int(v) for v in ops.to_numpy64(fp).tolist())
 
 
 def _jax_shardings(template: Array):
@@ -472,8 +543,14 @@ def step(
     *,
     process: Process,
     stochastic: bool,
+    fingerprint: int | None = None,
+    describe_maker: Callable[[int], str] | None = None,
 ) -> tuple[EngineState, Array]:
-    """One model call of any method: (next state, next sample in the sample's dtype)."""
+    """One model call of any method: (next state, next sample in the sample's dtype).
+
+    ``fingerprint``: the stepping config's; a state another config made is refused (where
+    the state's origin is readable for free, see :func:`origin`).
+    """
     xp = ops.namespace(sample, prediction)
     coefs = state.coefs
     if ops.namespace(coefs) is not xp:
@@ -481,7 +558,14 @@ def step(
             f"the state holds {type(coefs).__name__} arrays but step was given "
             f"{type(sample).__name__} arrays; init and step must use one array library"
         )
+    made = origin(state)
+    if made is not None and fingerprint is not None and made[0] != fingerprint:
+        raise ValueError(_foreign(name, "step", made[0], fingerprint, describe_maker))
     shape = tuple(sample.shape)
+    if made is not None and tuple(made[2:]) != shape:
+        raise ValueError(
+            f"sample shape {shape} differs from the template's {tuple(made[2:])} given to init"
+        )
     if tuple(prediction.shape) != shape:
         raise ValueError(
             f"sample and prediction must have the same shape, got {shape} "
@@ -492,6 +576,11 @@ def step(
         raise TypeError(f"expected a floating-point sample, got dtype {sample.dtype}")
     if not ops.is_float(prediction):
         raise TypeError(f"expected a floating-point prediction, got dtype {prediction.dtype}")
+    if sample.dtype != dtype and sample.dtype == xp.float64:
+        raise TypeError(
+            f"{name}.step got a float64 sample but the state computes in {dtype} (init was "
+            "given a lower-precision sample_template): pass a float64 template to init"
+        )
     if noise is not None:
         if not stochastic:
             raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
@@ -533,25 +622,39 @@ def step(
         new_step = state.step + 1
     if out.dtype != sample.dtype:
         out = xp.astype(out, sample.dtype)
-    return EngineState(new_step, coefs, state.reads, state.writes, state.key, history), out
+    return EngineState(
+        new_step, coefs, state.reads, state.writes, state.key, history, state.fingerprint
+    ), out
 
 
 def _host_step(state, i, x, m, noise, process, stochastic):
     """Eager NumPy / PyTorch on the CPU: the call index is on the host, so only the terms
-    that are nonzero at this call are computed, with Python-float coefficients."""
+    that are nonzero at this call are computed, with Python-float coefficients.
+
+    Non-finite input: the compiled paths compute every term, so a NaN or inf in the sample
+    or the model output reaches the result (0 · inf = NaN) even at a zero coefficient, as
+    in diffusers, whose step always reads both. Where this path skips the sample or the
+    model output (a zero coefficient), it checks that array with one reduction (a read,
+    no write) and, if it holds a non-finite value, keeps its zero-weight terms, so the
+    result is the compiled path's, element for element.
+    """
     c, reads, writes = _host_rows(state, i)
     history = state.history
     d = None
+    skipped = (c[2] == 0 or (process is not None and c[0] == 0),
+               c[3] == 0 or (process is not None and c[1] == 0))  # fmt: skip
+    keep = (skipped[0] and not ops.all_finite(x)) or (skipped[1] and not ops.all_finite(m))
+    combine = ops.combine_all if keep else ops.combine
     terms = [(c[2], x), (c[3], m)]
     if process is not None:
-        d = process(ops.combine(((c[0], x), (c[1], m))), True)
+        d = process(combine(((c[0], x), (c[1], m))), True)
         terms.append((c[4], d))
     for slot, coef in reads:
         terms.append((coef, history[slot]))
     if stochastic and c[5] != 0:
         z = noise if noise is not None else ops.host_normal(state.key, i, x)
         terms.append((c[5], z))
-    out = ops.combine(terms)
+    out = combine(terms)
     if writes:
         history = list(history)
         for slot, ws, wo, wx in writes:
@@ -644,15 +747,49 @@ def _branch_free_tuple(xp, state, x, m, noise, process, stochastic):
     return out, history
 
 
-def add_noise(state: EngineState, clean: Array, noise: Array) -> Array:
-    """The first model input of the loop from a clean sample: α x_0 + σ ε in held space."""
+def add_noise(
+    state: EngineState,
+    clean: Array,
+    noise: Array,
+    *,
+    name: str = "add_noise",
+    fingerprint: int | None = None,
+    describe_maker: Callable[[int], str] | None = None,
+) -> Array:
+    """The first model input of the loop from a clean sample: α x_0 + σ ε in held space.
+
+    A method without an image-to-image start (its start columns are NaN) is refused (for
+    the state ``init`` made, on any device); traced, where nothing is readable, it gives
+    NaN.
+    """
     xp = ops.namespace(clean, noise)
     if ops.namespace(state.coefs) is not xp:
         raise TypeError("add_noise: clean, noise and the state must use one array library")
+    for what, arr in (("clean", clean), ("noise", noise)):
+        if not ops.is_float(arr):
+            raise TypeError(
+                f"{name}.add_noise expects a floating-point {what} array, got dtype {arr.dtype}"
+            )
     if tuple(clean.shape) != tuple(noise.shape):
         raise ValueError(
             f"clean and noise must have the same shape, got {tuple(clean.shape)} "
             f"and {tuple(noise.shape)}"
+        )
+    made = origin(state)
+    if made is not None and fingerprint is not None and made[0] != fingerprint:
+        raise ValueError(_foreign(name, "add_noise", made[0], fingerprint, describe_maker))
+    fp = getattr(state, "fingerprint", None)
+    entry = None if fp is None else _ORIGINS.get(id(fp))
+    if entry is not None and entry[0]() is fp:
+        has_start = entry[2]
+    elif ops.concrete_int(state.step) is not None:
+        has_start = not np.isnan(ops.to_numpy64(state.coefs[0, _C["start_clean"]]))
+    else:
+        has_start = True  # not readable for free: a method without a start gives NaN
+    if not has_start:
+        raise ValueError(
+            f"{name} has no image-to-image start: its first model call needs history "
+            "that a noised clean sample does not give (add_noise is not defined for it)"
         )
     row = state.coefs[0]
     dtype = state.coefs.dtype

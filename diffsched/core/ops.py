@@ -79,8 +79,9 @@ def index_dtype(xp):
 
 
 def asarray(xp, values: np.ndarray, dtype, like: Array) -> Array:
-    """A host NumPy array moved to the backend, dtype and device of ``like``."""
-    return xp.asarray(values, dtype=dtype, device=device(like))
+    """A host NumPy array copied to the backend, dtype and device of ``like``: always a new
+    array (never a view of ``values``, which may be shared)."""
+    return xp.asarray(values, dtype=dtype, device=device(like), copy=True)
 
 
 def coefficients(table: Array, step: Array, index: int | None = None) -> Sequence[Array]:
@@ -200,7 +201,12 @@ def seed_array(xp, key: Any, like: Array) -> Array:
     if isinstance(key, bool):
         raise TypeError(f"expected an integer seed or a JAX PRNG key, got: {key!r}")
     if isinstance(key, int | np.integer):
-        word = int(key) % (1 << 32)
+        if not 0 <= int(key) < 1 << 32:  # the noise streams take 32 bits: no silent wrap
+            raise ValueError(
+                f"key: an integer seed must lie in [0, 2**32), got: {_short(key)}; "
+                "derive a 32-bit seed from a larger one yourself"
+            )
+        word = int(key)
         word = word - (1 << 32) if word >= (1 << 31) else word
         return xp.asarray(word, dtype=xp.int32, device=device(like))
     if is_jax(xp):
@@ -311,6 +317,30 @@ def combine(terms: Sequence[tuple[float, Array]]) -> Array:
     return out
 
 
+def combine_all(terms: Sequence[tuple[float, Array]]) -> Array:
+    """Σ c · A over every term, zero coefficients included (0 · inf = NaN, as a compiled
+    step computes it), in a new array."""
+    (c0, a0), rest = terms[0], terms[1:]
+    out = a0 * c0
+    if isinstance(out, np.generic):
+        out = np.asarray(out)
+    for c, a in rest:
+        out = out + c * a
+    return out
+
+
+def all_finite(x: Array) -> bool:
+    """Whether every value of ``x`` is finite (eager CPU arrays: one read, a host sync).
+
+    The sum is finite whenever every value is, except when finite values overflow it; only
+    then are the values checked one by one.
+    """
+    if hasattr(x, "add_"):  # torch
+        return math.isfinite(x.sum().item()) or bool(x.isfinite().all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(np.add.reduce(x, axis=None)) or bool(np.isfinite(x).all())
+
+
 def torch_add(a: Array, b: Array, alpha: float) -> Array:
     """a + alpha · b in one pass, into a new tensor."""
     return a.add(b, alpha=alpha)
@@ -336,13 +366,27 @@ def timestep_dtype(xp, timesteps: np.ndarray):
     return xp.float64
 
 
-def check_num_steps(num_steps: Any, minimum: int = 1) -> int:
-    """``num_steps`` as an int, or a clear TypeError / ValueError."""
+MAX_STEPS = 10_000  # the most steps (and custom grid points) a loop may have: building one
+# costs at most a few seconds (the slowest classes run Python per call in init)
+
+
+def check_num_steps(num_steps: Any, minimum: int = 1, maximum: int = MAX_STEPS) -> int:
+    """``num_steps`` as an int in [minimum, maximum], or a clear TypeError / ValueError
+    (checked before anything is computed)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-        raise TypeError(f"num_steps must be an integer, got: {num_steps!r}")
-    if num_steps < minimum:
-        raise ValueError(f"num_steps: expected at least {minimum}, got: {num_steps}")
+        raise TypeError(f"num_steps must be an integer, got: {_short(num_steps)}")
+    if not minimum <= num_steps <= maximum:
+        raise ValueError(
+            f"num_steps: expected an integer in [{minimum}, {maximum}], got: {_short(num_steps)}"
+        )
     return int(num_steps)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (errors never echo a huge value)."""
+    from .options import describe
+
+    return describe(value, limit)
 
 
 def is_float(x: Array) -> bool:

@@ -9,6 +9,7 @@ four cannot drift apart (the habit of Bumblebee's option lists).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+INT_LIMIT = 2**31 - 1  # the range of integer options without a bound of their own
 STEP_TIME = "<step>"  # diffusers passes the option to ``step``: it travels under "_diffsched"
 
 
@@ -53,17 +55,36 @@ def option(default: Any, doc: str, diffusers_key: str | None = None, **spec: Any
 
 
 def specs(cls_or_obj: Any) -> dict[str, tuple[Any, Spec]]:
-    """{option name: (default, spec)} for every declared option, in declaration order."""
+    """{option name: (default, spec)} for every declared option, in declaration order (a
+    new dict; the class's list is computed once)."""
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    return dict(_class_specs(cls))
+
+
+@functools.cache
+def _class_specs(cls: type) -> dict[str, tuple[Any, Spec]]:
     out = {}
-    for f in dataclasses.fields(cls_or_obj):
+    for f in dataclasses.fields(cls):
         spec = f.metadata.get("spec")
         if spec is not None:
             out[f.name] = (f.default, spec)
     return out
 
 
-def describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, tuple) or len(value) < 6 else "(...)"
+def describe(value: Any, limit: int = 200) -> str:
+    """A value for a message: its repr, long tuples elided, cut to about ``limit``
+    characters (a huge value is never echoed whole)."""
+    if isinstance(value, tuple) and len(value) >= 6:
+        return "(...)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 600:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a value whose repr fails is still reported
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = f"{text[: limit - 30]}... ({type(value).__name__}, {len(text)} characters)"
+    return text
 
 
 def check(owner: str, name: str, value: Any, default: Any, spec: Spec) -> Any:
@@ -101,16 +122,19 @@ def check(owner: str, name: str, value: Any, default: Any, spec: Spec) -> Any:
         return value
     else:
         return value
-    if spec.low is not None or spec.high is not None:
-        lo = -math.inf if spec.low is None else spec.low
-        hi = math.inf if spec.high is None else spec.high
+    if isinstance(default, int) or spec.low is not None or spec.high is not None:
+        # integers (counts, offsets, orders) stay within int32: no option needs more, and
+        # nothing downstream overflows
+        unbounded = INT_LIMIT if isinstance(default, int) else math.inf
+        lo = -unbounded if spec.low is None else spec.low
+        hi = unbounded if spec.high is None else spec.high
         ok = (lo < value if spec.low_open else lo <= value) and (
             value < hi if spec.high_open else value <= hi
         )
         if not ok:
             bracket = ("(" if spec.low_open else "[", ")" if spec.high_open else "]")
             raise ValueError(
-                f"{where} must lie in {bracket[0]}{lo}, {hi}{bracket[1]}, got: {value!r}"
+                f"{where} must lie in {bracket[0]}{lo}, {hi}{bracket[1]}, got: {describe(value)}"
             )
     return value
 

@@ -59,6 +59,7 @@ class ElementState(NamedTuple):
     keys: Array  # o's shape, int32: each element's noise seed (element_key)
     history: Any  # the ring: L * W arrays, newest call first (NumPy, PyTorch), or one
     # (L + 1, W, *shape) array indexed by the global call modulo L + 1 (JAX)
+    fingerprint: Any = None  # (1,) int32: the fingerprint of the config that made it
 
 
 def element_key(key: int, index: int) -> int:
@@ -232,7 +233,9 @@ def timesteps(p: Plan) -> np.ndarray:
 _HOST: dict[int, tuple[Any, Plan, dict]] = {}
 
 
-def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array]:
+def init(
+    p: Plan, sample_template: Array, key: Any, fingerprint: int | None = None
+) -> tuple[ElementState, Array]:
     xp = ops.namespace(sample_template)
     dtype = ops.compute_dtype(xp, sample_template.dtype)
     like = sample_template
@@ -258,6 +261,9 @@ def init(p: Plan, sample_template: Array, key: Any) -> tuple[ElementState, Array
         length=xp.asarray(p.length, dtype=index, device=dev),
         keys=xp.asarray(keys.astype(np.int32), dtype=xp.int32, device=dev),
         history=history,
+        fingerprint=None
+        if fingerprint is None
+        else xp.asarray([fingerprint], dtype=xp.int32, device=dev),  # fmt: skip
     )
     if not ops.is_jax(xp):  # the eager path reads the plan on the host (see _plan_of)
         ident = id(state_coefs)
@@ -352,11 +358,21 @@ def _check(name, state, sample, prediction, noise, stochastic):
     return xp
 
 
+def check_maker(name: str, call: str, state: ElementState, fingerprint, describe) -> None:
+    """Refuses a state another config made (where its fingerprint is readable for free)."""
+    if fingerprint is None or state.fingerprint is None:
+        return
+    made = ops.concrete_int(state.fingerprint[0])
+    if made is not None and made != fingerprint:
+        raise ValueError(engine._foreign(name, call, made, fingerprint, describe))
+
+
 def step(
     name: str, state: ElementState, sample: Array, prediction: Array, noise: Array | None, *,
-    process, stochastic: bool,
+    process, stochastic: bool, fingerprint: int | None = None, describe_maker=None,
 ) -> tuple[ElementState, Array]:  # fmt: skip
     """One global call: every element at its own row."""
+    check_maker(name, "step", state, fingerprint, describe_maker)
     xp = _check(name, state, sample, prediction, noise, stochastic)
     dtype = state.coefs.dtype
     x = sample if sample.dtype == dtype else xp.astype(sample, dtype)

@@ -12,6 +12,7 @@ computed on the host in ``init``; ``step`` only multiplies and adds.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -95,6 +96,13 @@ def dynamic_threshold(x0, ratio: float, max_value: float):
     if len(shape) < 2:
         raise ValueError(
             f"dynamic thresholding needs a batch axis and at least one more, got shape {shape}"
+        )
+    if shape[0] == 0:  # an empty batch: nothing to threshold
+        return x0
+    if math.prod(shape[1:]) == 0:
+        raise ValueError(
+            f"dynamic thresholding (thresholding=True) needs at least one value per batch "
+            f"item to take its quantile, got shape {tuple(shape)}"
         )
     flat = xp.reshape(x0, (shape[0], -1))
     n = flat.shape[1]

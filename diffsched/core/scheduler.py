@@ -145,10 +145,18 @@ class BaseScheduler:
                 f"{head}; prediction_type='noise' cannot give x_0 at zero signal-to-noise "
                 "ratio (rescale_betas_zero_snr): use prediction_type='angular_velocity'"
             )
+        clipped = getattr(self, "lambda_min_clipped", -np.inf)
+        if clipped > -np.inf:
+            return (
+                f"{head}: lambda_min_clipped={clipped!r} clips the grid to the training steps "
+                "whose λ = log(α/σ) lies above it, which leaves too few noise levels; use a "
+                "smaller lambda_min_clipped (-inf: no clipping)"
+            )
         ts = np.asarray(program_tableau.timesteps)
         if len(np.unique(ts)) < len(ts) and type(self).CALLS_PER_STEP == 1:
             return (
-                f"{head}: the grid visits a noise level twice (timesteps {ts.tolist()}); "
+                f"{head}: the grid visits a noise level twice (timesteps "
+                f"{describe(ts.tolist(), 120)}); "
                 f"use fewer steps than num_steps={len(ts)} for "
                 f"num_train_steps={getattr(self, 'num_train_steps', '?')}, or another spacing"
             )
@@ -186,6 +194,32 @@ class BaseScheduler:
 
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
         ops.check_num_steps(num_steps)
+        _check_custom_grids(type(self).__name__, init_options)
+        try:
+            return self._compile_checked(num_steps, init_options)
+        except (OverflowError, ZeroDivisionError, FloatingPointError, IndexError,
+                RecursionError) as err:  # fmt: skip
+            raise ValueError(self._out_of_range(init_options, err)) from None
+        except ValueError as err:
+            if "math domain error" not in str(err):
+                raise
+            raise ValueError(self._out_of_range(init_options, err)) from None
+
+    def _out_of_range(self, init_options: dict, err: Exception) -> str:
+        """The message for an arithmetic failure while building a loop: the options and init
+        options that led there (one of them is out of the range the math allows)."""
+        changed = [f"{name}={describe(getattr(self, name), 60)}"
+                   for name, (default, _) in specs(self).items()
+                   if getattr(self, name) != default]  # fmt: skip
+        given = [f"{k}={describe(v, 60)}" for k, v in sorted(init_options.items())]
+        return (
+            f"{type(self).__name__}: these options give numbers out of range "
+            f"({type(err).__name__}: {describe(str(err), 80)}): options "
+            f"{', '.join(changed) or 'the defaults'}; init options {', '.join(given) or 'none'}; "
+            "bring the largest of them into the range the schedule can represent"
+        )
+
+    def _compile_checked(self, num_steps: int, init_options: dict) -> engine.Program:
         import inspect
 
         params = inspect.signature(self.tableau).parameters
@@ -215,7 +249,25 @@ class BaseScheduler:
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             return self._init_per_element(num_steps, sample_template, key, init_options)
         init_options.pop("offsets", None)
-        return engine.init(self.program(num_steps, **init_options), sample_template, key)
+        program = self.program(num_steps, **init_options)
+        made = (self.fingerprint, _digest(repr(sorted(init_options.items()))))
+        return engine.init(program, sample_template, key, made)
+
+    @functools.cached_property
+    def fingerprint(self) -> int:
+        """A 32-bit digest of the class and every option: equal configs (in any process)
+        have equal fingerprints. A state carries its maker's (``state.fingerprint[0]``);
+        ``step`` refuses a state another config made. Computed once per instance."""
+        cls = type(self)
+        items = tuple((name, getattr(self, name)) for name in specs(self))
+        value = _digest(repr((cls.__module__, cls.__qualname__, items)))
+        if len(_MAKERS) > 4096:
+            _MAKERS.clear()
+        changed = ", ".join(f"{name}={describe(v, 60)}" for name, v in items
+                            if v != specs(self)[name][0])  # fmt: skip
+        text = f"{cls.__name__}({changed})"
+        _MAKERS[value] = text if len(text) <= 300 else text[:280] + "...)"
+        return value
 
     def _init_per_element(
         self, num_steps: int | None, sample_template: Array, key: Any, init_options: dict
@@ -250,7 +302,7 @@ class BaseScheduler:
             programs = [self.program(num_steps, strength=float(v), **options) for v in distinct]
             which = np.searchsorted(distinct, values)
         plan = per_element.plan(programs, which, np.asarray(o, np.int64), self.processes_x0)
-        return per_element.init(plan, sample_template, key)
+        return per_element.init(plan, sample_template, key, self.fingerprint)
 
     def step(
         self,
@@ -263,17 +315,27 @@ class BaseScheduler:
         """One model call's update: (next state, the sample for the next model call).
 
         ``noise`` overrides the draw of a stochastic step (same shape as the sample).
+
+        The state must come from ``init`` of an equal config (``state.fingerprint`` holds
+        its maker's :attr:`fingerprint`) and the sample must have the template's shape;
+        otherwise a ValueError names both. For the arrays ``init`` made this costs a
+        dictionary lookup (any backend or device); traced (``jax.jit``,
+        ``torch.compile``), where the state's values are abstract, or for a copied state
+        on an accelerator, where reading them would sync, the check is skipped, as the
+        past-the-end check is.
         """
         if isinstance(state, per_element.ElementState):
             return per_element.step(
                 type(self).__name__, state, sample, prediction, noise,
                 process=self._process if self.processes_x0 else None,
                 stochastic=not self.deterministic,
+                fingerprint=self.fingerprint, describe_maker=_maker,
             )  # fmt: skip
         return engine.step(
             type(self).__name__, state, sample, prediction, noise,
             process=self._process if self.processes_x0 else None,
             stochastic=not self.deterministic,
+            fingerprint=self.fingerprint, describe_maker=_maker,
         )  # fmt: skip
 
     def init_noise_scale(self, num_steps: int | None, **init_options: Any) -> float:
@@ -290,8 +352,13 @@ class BaseScheduler:
     def add_noise(self, state: engine.EngineState, clean: Array, noise: Array) -> Array:
         """A clean sample noised to the loop's first model input (image-to-image); pure."""
         if isinstance(state, per_element.ElementState):
+            name = type(self).__name__
+            per_element.check_maker(name, "add_noise", state, self.fingerprint, _maker)
             return per_element.add_noise(state, clean, noise)
-        return engine.add_noise(state, clean, noise)
+        return engine.add_noise(
+            state, clean, noise, name=type(self).__name__, fingerprint=self.fingerprint,
+            describe_maker=_maker,
+        )  # fmt: skip
 
     # -- diffusers configs ---------------------------------------------------------------
 
@@ -347,10 +414,12 @@ class BaseScheduler:
         import json
         from pathlib import Path
 
+        from .files import write_atomic
+
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         out = path / "scheduler_config.json"
-        out.write_text(json.dumps(self.to_config(), indent=2) + "\n", encoding="utf-8")
+        write_atomic(out, json.dumps(self.to_config(), indent=2) + "\n")
         return out
 
 
@@ -396,7 +465,12 @@ class Scheduler(BaseScheduler):
                 f"{owner} option trained_betas must have num_train_steps={self.num_train_steps} "
                 f"entries, got: {len(self.trained_betas)}"
             )
-        _ = self.alphas_cumprod  # validates the schedule now, with a clear error
+        try:
+            _ = self.alphas_cumprod  # validates the schedule now, with a clear error
+        except ValueError as err:
+            if self.trained_betas is None:
+                raise
+            raise ValueError(f"{owner} option trained_betas: {err}") from None
 
     # -- the training schedule -----------------------------------------------------------
 
@@ -417,9 +491,86 @@ class Scheduler(BaseScheduler):
         ).copy()  # fmt: skip
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_program(sched: BaseScheduler, num_steps: int, options: tuple) -> engine.Program:
-    return sched._compile(num_steps, dict(options))
+class _ProgramCache:
+    """The compiled programs of recent (config, N, init options), least recently used
+    dropped first, bounded in bytes (a 200,000-step program holds ~100 MB) and in entries.
+    Thread-safe; a program is built outside the lock (two threads may build one twice)."""
+
+    def __init__(self, max_bytes: int = 64 << 20, max_entries: int = 256) -> None:
+        import collections
+        import threading
+
+        self.max_bytes, self.max_entries = max_bytes, max_entries
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(p.nbytes for p in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __call__(self, sched: BaseScheduler, num_steps: int, options: tuple) -> engine.Program:
+        key = (sched, num_steps, options)
+        with self._lock:
+            program = self._entries.get(key)
+            if program is not None:
+                self._entries.move_to_end(key)
+        if program is None:
+            program = sched._compile(num_steps, dict(options))
+        with self._lock:
+            self._entries[key] = program
+            self._entries.move_to_end(key)
+            self._shrink()
+        return program
+
+    def _shrink(self) -> None:
+        # programs grow (the eager rows are built on first use): measured again here
+        total = sum(p.nbytes for p in self._entries.values())
+        while self._entries and (total > self.max_bytes or len(self._entries) > self.max_entries):
+            _, dropped = self._entries.popitem(last=False)
+            total -= dropped.nbytes
+
+
+_cached_program = _ProgramCache()
+_MAKERS: dict[int, str] = {}  # fingerprint -> the config, for the foreign-state error
+
+
+def _maker(fingerprint: int) -> str:
+    return _MAKERS.get(fingerprint, f"a config with fingerprint {fingerprint}")
+
+
+def _digest(text: str) -> int:
+    """A 32-bit signed digest of ``text`` (the same in every process)."""
+    import hashlib
+
+    raw = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=4).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def _check_custom_grids(owner: str, init_options: dict) -> None:
+    """A custom ``sigmas=`` / ``timesteps=`` is one flat list of numbers (as diffusers)."""
+    for name in ("sigmas", "timesteps"):
+        value = init_options.get(name)
+        if value is None:
+            continue
+        ndim = getattr(value, "ndim", None)
+        if ndim is None:
+            try:
+                ndim = np.ndim(np.asarray(value, dtype=object))
+            except (TypeError, ValueError):
+                ndim = -1
+        if ndim != 1 or isinstance(value, str | bytes | dict):
+            raise ValueError(
+                f"{owner}.init option {name}= must be a flat list of numbers (one per "
+                f"level), got: {describe(value, 120)}"
+            )
 
 
 @functools.lru_cache(maxsize=32)
@@ -536,8 +687,10 @@ class X0Processing(Clipping):
         low=0.0, high=1.0,
     )  # fmt: skip
     sample_max_value: float = option(
-        1.0, "the largest threshold allowed", "sample_max_value", low=1.0
-    )
+        1.0, "the largest threshold allowed: the threshold is the quantile clamped to "
+        "[1, sample_max_value], and is sample_max_value itself where that is below 1 (as "
+        "diffusers' clamp gives)", "sample_max_value", low=0.0, low_open=True,
+    )  # fmt: skip
 
 
 def spaced_timesteps(sched: Any, num_steps: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..core.options import STEP_TIME, from_diffusers, specs
+from ..core.options import STEP_TIME, describe, from_diffusers, specs, to_diffusers
 from ..core.scheduler import Scheduler
 
 
@@ -42,14 +42,24 @@ def _read(source: dict | str | os.PathLike) -> dict[str, Any]:
                 f"expected {path}/scheduler/scheduler_config.json or "
                 f"{path}/scheduler_config.json, found neither"
             )
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    config = load_json(path, "scheduler config")
     if not isinstance(config, dict):
         raise ValueError(f"expected a JSON object in {path}, got {type(config).__name__}")
     return config
+
+
+def load_json(path: Any, what: str) -> Any:
+    """The JSON value of the file ``path`` (a regular file of sane size), or a ValueError
+    naming the path."""
+    from ..core.files import read_text
+
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the JSON is nested too deeply to be a {what}") from None
 
 
 # Keys some diffusers classes have, at the value that means "off": a class without the key
@@ -67,6 +77,22 @@ INERT_VALUES = {
     "skip_prk_steps": True,
     "variance_type": None,
 }
+
+
+# boolean keys diffusers cannot take as null (it sums them to count the σ grids chosen)
+NULL_REFUSED = frozenset({"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"})
+
+
+def _null(owner: str, key: str, field: str, default: Any, spec: Any) -> Any:
+    """What a JSON ``null`` under a diffusers key means. diffusers passes None to its class:
+    its boolean keys are read by truth value there, so null means false (not our default);
+    for any other key None is no value diffusers computes with, so it is an error here."""
+    if isinstance(to_diffusers(field, default, spec), bool) and key not in NULL_REFUSED:
+        return False
+    raise ValueError(
+        f"{owner} config key {key!r} is null: diffusers has no schedule for a null {key}; "
+        f"give a value (ours: {field}, default {describe(default, 60)}) or drop the key"
+    )
 
 
 def from_config(source: dict | str | os.PathLike, **overrides: Any) -> Scheduler:
@@ -113,7 +139,7 @@ def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler
         if key in by_key:
             field, default, spec = by_key[key]
             if value is None and not spec.nullable:
-                continue  # diffusers' "use the default"
+                value = _null(name, key, field, default, spec)
             kwargs[field] = from_diffusers(name, key, field, value, default, spec)
         elif key in cls.INERT_KEYS or (key in INERT_VALUES and value == INERT_VALUES[key]):
             continue
@@ -126,10 +152,23 @@ def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler
     for private in ("_diffsched", "_diffsched_options"):  # ours: step-time, ours alone
         extra = config.get(private) or {}
         if not isinstance(extra, dict):
-            raise ValueError(f"config key {private!r} must be a mapping, got: {extra!r}")
+            raise ValueError(
+                f"config key {private!r} must be a mapping, got: {describe(extra, 120)}"
+            )
+        # only the options that have no diffusers key travel there: one the file shows
+        # under its own key must not be overridden unseen
+        travels = {f: spec.diffusers_key for f, (_, spec) in specs(cls).items()
+                   if spec.diffusers_key in (None, STEP_TIME)}  # fmt: skip
         if not strict:
-            known = {f for f, _ in specs(cls).items()}
-            extra = {k: v for k, v in extra.items() if k in known}
+            extra = {k: v for k, v in extra.items() if k in travels}
+        visible = sorted(k for k in extra if k not in travels and k in specs(cls))
+        if visible:
+            keys = [specs(cls)[k][1].diffusers_key for k in visible]
+            raise ValueError(
+                f"{name} config key {private!r} holds {visible}, which the config gives under "
+                f"diffusers' key(s) {keys}: set them there (only options diffusers lacks "
+                f"travel under {private!r})"
+            )
         kwargs.update(extra)
     kwargs.update(overrides)
     return cls(**kwargs)

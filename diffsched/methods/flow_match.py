@@ -302,8 +302,10 @@ class _ShiftedGrid(SigmaGrid):
                                "base_shift")  # fmt: skip
     max_shift: float = option(1.15, "μ at max_image_seq_len tokens (image_seq_len=)",
                               "max_shift")  # fmt: skip
-    base_image_seq_len: int = option(256, "the token count of base_shift", "base_image_seq_len")
-    max_image_seq_len: int = option(4096, "the token count of max_shift", "max_image_seq_len")
+    base_image_seq_len: int = option(256, "the token count of base_shift", "base_image_seq_len",
+                                     low=1)  # fmt: skip
+    max_image_seq_len: int = option(4096, "the token count of max_shift", "max_image_seq_len",
+                                    low=1)  # fmt: skip
     invert_sigmas: bool = option(
         False, "σ ↦ 1 - σ with a final level of 1, timesteps (1 - σ) T (eq. 14; Mochi, whose "
         "model runs time backwards)", "invert_sigmas",

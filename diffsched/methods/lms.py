@@ -73,8 +73,9 @@ class LMS(SigmaGrid, Spacing, Scheduler):
 
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
     order: int = step_time(
-        4, "the number of derivatives the multistep polynomial runs through (eq. 2-3)", low=1
-    )
+        4, "the number of derivatives the multistep polynomial runs through (eq. 2-3); at "
+        "most 64 (its cost grows as order²)", low=1, high=64,
+    )  # fmt: skip
 
     # diffusers' LMS builds its grid as Euler does (without Euler's extra options)
     _grid = _EulerBase._grid

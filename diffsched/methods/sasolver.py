@@ -214,7 +214,9 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
     tau: float | None = option(
         None, "τ of the SDE family (eq. 1-2), constant over the loop: 0 is the "
         "probability-flow ODE (deterministic), 1 the reverse SDE; None: diffusers' default "
-        "τ(t) = 1 for 200 <= t <= 800, else 0", "tau_func", nullable=True, low=0.0,
+        "τ(t) = 1 for 200 <= t <= 800, else 0; at most 10 (beyond, the (1 + τ²) factors "
+        "of eq. 1-3 only amplify the noise terms until float64 overflows)", "tau_func",
+        nullable=True, low=0.0, high=10.0,
         to_diffusers=lambda v: None if v is None else ConstantTau(v),
         from_diffusers=_tau_from_diffusers,
     )  # fmt: skip

@@ -1,0 +1,593 @@
+"""Regression tests for an adversarial sweep's findings (issue 21): nothing shared can be
+corrupted, no misuse gives a silent wrong answer, no input can take the machine.
+
+One test (or parametrized group) per finding, numbered as in the issue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+
+import numpy as np
+import oracle
+import pytest
+import torch
+
+import diffsched as ds
+from diffsched.core import engine
+from diffsched.core.options import diffusers_options
+from diffsched.interop import peer
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+
+CLASSES = [*ds.methods.ALL, *ds.methods.OURS_ONLY]
+X64 = np.zeros((1, 2, 2, 2))
+
+
+def _loop(sched, n, x, model=lambda x, t: 0.1 * x, key=0):
+    state, ts = sched.init(n, x, key)
+    for t in ts:
+        state, x = sched.step(state, x, model(x, t))
+    return x
+
+
+# -- 1. shared tables leak to callers ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("cls", [ds.DDIM, ds.Euler, ds.DPMSolverMultistep])
+def test_01_init_returns_arrays_the_caller_owns(cls, backend):
+    x = X64 if backend == "numpy" else torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    x32 = np.zeros((1, 2, 2, 2), np.float32)
+    state, ts = cls().init(10, x)
+    want_ts = np.array(ts).copy()
+    want_coefs = np.array(state.coefs).copy()
+    before = _loop(cls(), 10, x32 + 1)
+    # a caller writes into everything it was given
+    ts[...] = 0
+    state.coefs[...] = 7.0
+    state.reads[...] = 0
+    state.writes[...] = 0
+    state2, ts2 = cls().init(10, x)  # an equal config, a new instance
+    np.testing.assert_array_equal(np.array(ts2), want_ts)
+    np.testing.assert_array_equal(np.array(state2.coefs), want_coefs)
+    np.testing.assert_array_equal(_loop(cls(), 10, x32 + 1), before)
+    # the shared program itself cannot be written
+    program = cls().program(10)
+    for name in ("timesteps", "coefs", "reads", "writes"):
+        assert not getattr(program, name).flags.writeable
+
+
+def test_01_eager_rows_follow_the_copy():
+    # the eager fast path reads per-state rows: a fresh state after a caller edited
+    # another one gives the untouched result, and equals the branch-free path
+    sched = ds.DPMSolverMultistep()
+    x = np.random.default_rng(0).standard_normal((1, 2, 2, 2))
+    a = _loop(sched, 8, x)
+    state, _ = sched.init(8, x)
+    state.coefs[...] = 0
+    b = _loop(sched, 8, x)
+    np.testing.assert_array_equal(a, b)
+
+
+# -- 2. a state is accepted by another scheduler's step ---------------------------------
+
+FOREIGN = [
+    (ds.EulerAncestral(), ds.Euler()),
+    (ds.DDPM(), ds.DDIM()),
+    (ds.DDIM(eta=0.0), ds.DDIM(eta=1.0)),
+    (ds.DPMSolverMultistep(), ds.DPMSolverMultistep(solver_order=3)),
+    (ds.Euler(), ds.FlowMatchEuler()),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("maker, stepper", FOREIGN, ids=lambda s: type(s).__name__)
+def test_02_step_refuses_a_foreign_state(maker, stepper, backend):
+    if backend == "numpy":
+        x = X64
+    elif backend == "torch":
+        x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    else:
+        jnp = pytest.importorskip("jax.numpy")
+        x = jnp.zeros((1, 2, 2, 2))
+    state, _ = maker.init(6, x)
+    with pytest.raises(ValueError, match="another configuration") as err:
+        stepper.step(state, x, x)
+    message = str(err.value)
+    assert f"made by {type(maker).__name__}(" in message
+    assert f"step of {type(stepper).__name__}(" in message
+    with pytest.raises(ValueError, match="another configuration"):
+        stepper.add_noise(state, x, x)
+    # its own config (another instance, equal) steps it
+    state, _ = maker.replace().init(6, x)
+    maker.step(state, x, x)
+
+
+def test_02_fingerprint_is_cheap_and_survives_jit():
+    sched = ds.DDIM()
+    assert sched.fingerprint == ds.DDIM().fingerprint != ds.DDIM(eta=0.5).fingerprint
+    assert "fingerprint" in sched.__dict__  # computed once per instance
+    jnp = jax.numpy
+    x = jnp.ones((1, 2, 2, 2))
+    state, _ = sched.init(5, x)
+    assert int(state.fingerprint[0]) == sched.fingerprint
+    out = ds.sample(lambda x, t: 0.1 * x, sched, x, 5, compile=True)
+    eager = ds.sample(lambda x, t: 0.1 * x, sched, x, 5)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(eager), rtol=1e-12)
+
+
+# -- 3. JSON null: diffusers' schedule or a clear error, per key ------------------------
+
+
+def _null_cases():
+    for cls in CLASSES:
+        if cls.DIFFUSERS_CLASS not in peer.MODULES:
+            continue
+        for name, key, _, _ in diffusers_options(cls):
+            yield pytest.param(cls, name, key, id=f"{cls.__name__}-{key}")
+
+
+def _diffusers_run(config):
+    x = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ts, out = peer.run(config, lambda x, t: torch.tanh(0.5 * x), x, 4)
+    except Exception as err:
+        return type(err).__name__
+    return np.asarray(ts, dtype=np.float64), out.numpy()
+
+
+@pytest.mark.parametrize("cls, name, key", list(_null_cases()))
+def test_03_json_null_is_diffusers_meaning_or_an_error(cls, name, key):
+    config = {"_class_name": cls.DIFFUSERS_CLASS, key: None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = ds.from_config(config)
+    except (ValueError, TypeError) as err:
+        assert repr(key) in str(err), str(err)
+        return
+    value = ours.to_config()[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours == ds.from_config({"_class_name": cls.DIFFUSERS_CLASS, key: value})
+    # diffusers makes of null what we make of it
+    theirs_null = _diffusers_run(config)
+    theirs_value = _diffusers_run({"_class_name": cls.DIFFUSERS_CLASS, key: value})
+    if isinstance(theirs_null, str) or isinstance(theirs_value, str):
+        assert theirs_null == theirs_value
+        return
+    np.testing.assert_array_equal(theirs_null[0], theirs_value[0])
+    np.testing.assert_array_equal(theirs_null[1], theirs_value[1])
+
+
+# -- 4. add_noise ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_04_add_noise_raises_or_is_finite(cls):
+    sched = cls()
+    x = np.ones((1, 2, 2, 2))
+    state, _ = sched.init(6, x)
+    if np.isnan(sched.program(6).coefs[0, engine._C["start_clean"]]):
+        with pytest.raises(ValueError, match="image-to-image"):
+            sched.add_noise(state, x, x)
+    else:
+        assert np.isfinite(sched.add_noise(state, x, x)).all()
+    for bad in (x.astype(np.int64), np.full(x.shape, np.iinfo(np.int64).min)):
+        with pytest.raises(TypeError, match="floating-point"):
+            sched.add_noise(state, bad, x)
+        with pytest.raises(TypeError, match="floating-point"):
+            sched.add_noise(state, x, bad)
+
+
+# -- 5. a nested custom grid ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sched, options",
+    [
+        (ds.Euler(), {"sigmas": [[14.6, 5.0], [1.0, 0.0]]}),
+        (ds.EDMEuler(), {"sigmas": [[14.6, 5.0], [1.0, 0.0]]}),
+        (ds.FlowMatchEuler(), {"sigmas": [[0.9, 0.5], [0.3, 0.1]]}),
+        (ds.DPMSolverMultistep(), {"timesteps": [[999, 500], [200, 1]]}),
+        (ds.Euler(), {"sigmas": np.array([[14.6, 5.0], [1.0, 0.0]])}),
+    ],
+)
+def test_05_nested_custom_grid_is_refused(sched, options):
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=f"{name}= must be a flat list"):
+        sched.init(None, X64, **options)
+
+
+# -- 6. _diffsched_options cannot override a key the file shows ---------------------------
+
+
+def test_06_private_options_do_not_override_visible_keys():
+    config = ds.DDIM().to_config()
+    config["beta_start"] = 0.001
+    config["_diffsched_options"] = {"beta_start": 0.002}
+    with pytest.raises(ValueError, match="beta_start"):
+        ds.from_config(config)
+    # a swap from another class's config: the visible key wins
+    assert ds.DDIM.from_config(config).beta_start == 0.001
+    config["_diffsched"] = {"clip_denoised_sample": False}
+    config.pop("_diffsched_options")
+    with pytest.raises(ValueError, match="clip_sample"):
+        ds.from_config(config)
+    # our own options still travel there
+    euler = ds.Euler(sigma_schedule="edm")
+    assert ds.from_config(euler.to_config()) == euler
+
+
+# -- 7. bounded work, short messages -------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_07_num_steps_is_bounded_before_any_work(cls):
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"num_steps: expected an integer in \[1, 10000\]"):
+        cls().init(10_001, X64)
+    with pytest.raises(ValueError, match=r"num_steps"):
+        cls().init(10**30, X64)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_07_sizes_and_messages_are_bounded():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="order must lie in"):
+        ds.LMS(order=100_001)
+    with pytest.raises(ValueError, match="num_steps"):
+        ds.grids.named_grid("edm", ds.Euler(), 10**6)
+    with pytest.raises(ValueError, match="num_steps"):
+        ds.Euler().init(None, X64, sigmas=np.linspace(10.0, 0.0, 200_002))
+    assert time.perf_counter() - t0 < 2.0
+    big = "x" * 50_000_000
+    with pytest.raises(ValueError) as err:
+        ds.DDIM(beta_schedule=big)
+    assert "beta_schedule" in str(err.value) and len(str(err.value)) < 1000
+    with pytest.raises(ValueError) as err:
+        ds.DDIM(timesteps_offset=10**5000)
+    assert "timesteps_offset" in str(err.value) and len(str(err.value)) < 1000
+    # a refusal never lists every timestep
+    with pytest.raises(ValueError) as err:
+        ds.SASolver().init(1000, X64)
+    assert len(str(err.value)) < 1000
+
+
+# -- 8. atomic saves -----------------------------------------------------------------------
+
+
+def test_08_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    sched = ds.DDIM()
+    path = sched.save_config(tmp_path)
+    good = path.read_text()
+    grid = tmp_path / "grid.json"
+    ds.grids.save_grid(grid, {"sigmas": [3.0, 1.0, 0.0]})
+    good_grid = grid.read_text()
+    # text that cannot be encoded fails midway through the write
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: '{"a": "\ud800"}')
+    with pytest.raises(UnicodeEncodeError):
+        ds.DDIM(eta=0.5).save_config(tmp_path)
+    with pytest.raises(UnicodeEncodeError):
+        ds.grids.save_grid(grid, {"sigmas": [2.0, 0.0]})
+    assert path.read_text() == good and grid.read_text() == good_grid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "scheduler_config.json"]
+
+
+# -- 9. the program cache is bounded in bytes ------------------------------------------------
+
+
+def test_09_program_cache_is_bounded_in_bytes():
+    from diffsched.core import scheduler
+
+    cache = scheduler._cached_program
+    assert cache.max_bytes <= 64 << 20
+    small = scheduler._ProgramCache(max_bytes=1 << 20)
+    configs = [ds.EDMEuler(sigma_max=80.0 + i) for i in range(6)]
+    for sched in configs:
+        small(sched, 4000, ())  # ~0.3 MB each
+    assert small.nbytes <= 1 << 20 and 1 <= len(small) < len(configs)
+    # the most recent stays; the global cache holds programs as before
+    assert small(configs[-1], 4000, ()) is small(configs[-1], 4000, ())
+    assert ds.DDIM().program(7) is ds.DDIM().program(7)
+
+
+def test_09_program_cache_is_thread_safe():
+    from diffsched.core import scheduler
+
+    cache = scheduler._ProgramCache(max_bytes=200_000)
+    errors = []
+
+    def work(i):
+        try:
+            for k in range(20):
+                p = cache(ds.DDIM(eta=0.1 * ((i + k) % 5)), 5 + k % 3, ())
+                assert p.num_calls == 5 + k % 3
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and cache.nbytes <= 200_000
+
+
+# -- 10. eager and compiled agree on non-finite input --------------------------------------
+
+# configs with a call where the sample or the model output has a zero weight (found by
+# scanning every class's tables): there the eager path skips the array
+NONFINITE_CONFIGS = [
+    ds.DDIM(),  # clipping: the sample's own weight is 0 (it reaches x̂_0 only, clipped)
+    ds.DDPM(),  # the model output's weight is 0
+    ds.DDIMInverse(),
+    ds.Euler(prediction_type="sample"),  # last call: the output only
+    ds.Euler(final_sigmas_type="sigma_min"),  # last call: the sample only
+    ds.Heun(),
+    ds.DPM2Ancestral(),
+    ds.PNDM(),
+    ds.IPNDM(),
+    ds.EDMEuler(final_sigmas_type="sigma_min"),
+    ds.DPMSolverSinglestep(prediction_type="sample"),
+    ds.DPMSolverMultistep(thresholding=True),
+    ds.LCM(thresholding=True),
+]
+
+
+@pytest.mark.parametrize("sched", NONFINITE_CONFIGS, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("where", ["output", "sample"])
+def test_10_eager_and_compiled_agree_on_non_finite_input(sched, where):
+    jnp = jax.numpy
+    x0 = np.random.default_rng(1).standard_normal((2, 1, 2, 2))
+    n = 4
+    poison = np.ones(x0.shape)
+    poison.reshape(-1)[[2, 5]] = (np.nan, np.inf)  # one NaN, one inf, in two batch items
+
+    def run(xp, x, at):
+        state, ts = sched.init(n, x)
+        for i in range(len(ts)):
+            m = 0.1 * x
+            if i == at and where == "output":
+                m = m * xp.asarray(poison)
+            elif i == at:
+                x = x * xp.asarray(poison)
+            state, x = sched.step(state, x, m)
+        return np.asarray(x)
+
+    calls = len(sched.init(n, x0)[1])
+    for at in range(calls):
+        eager = run(np, x0.copy(), at)
+        traced = run(jnp, jnp.asarray(x0), at)
+        np.testing.assert_array_equal(np.isfinite(eager), np.isfinite(traced), f"call {at}")
+        assert not np.isfinite(eager).all(), f"call {at}"  # it propagates, as in diffusers
+        finite = np.isfinite(eager)
+        np.testing.assert_allclose(eager[finite], traced[finite], rtol=1e-9, atol=1e-12)
+
+
+# -- 11. integer seeds are used whole ------------------------------------------------------
+
+
+def test_11_seeds_outside_32_bits_are_refused():
+    sched = ds.DDPM()
+    a = _loop(sched, 4, X64 + 1, key=5)
+    assert not np.array_equal(a, _loop(sched, 4, X64 + 1, key=6))
+    for key in (2**32 + 5, -1, 2**64):
+        with pytest.raises(ValueError, match=r"key: an integer seed must lie in \[0, 2\*\*32\)"):
+            sched.init(4, X64, key)
+    sched.init(4, X64, 2**32 - 1)
+
+
+# -- 12. unclear errors become ValueError / TypeError naming what is wrong ------------------
+
+
+def _deep_json(tmp_path):
+    path = tmp_path / "scheduler_config.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+def _latin1(tmp_path):
+    path = tmp_path / "scheduler_config.json"
+    path.write_bytes(b'{"_class_name": "DDIMScheduler", "x": "\xe9"}')
+    return path
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda p: ds.DDIM(timesteps_offset=10**30), ValueError, ["timesteps_offset"]),
+        (lambda p: ds.EDMEuler(sigma_max=1e308).init(10, X64), ValueError, ["sigma_max"]),
+        (
+            lambda p: ds.FlowMatchEuler(use_dynamic_shifting=True).init(10, X64, mu=1000.0),
+            ValueError,
+            ["mu=1000"],
+        ),
+        (
+            lambda p: ds.FlowMatchEuler(use_dynamic_shifting=True).init(
+                10, X64, image_seq_len=10**12
+            ),
+            ValueError,
+            ["image_seq_len"],
+        ),
+        (lambda p: ds.from_config(_deep_json(p)), ValueError, ["nested", "scheduler_config"]),
+        (lambda p: ds.from_config(_latin1(p)), ValueError, ["UTF-8", "scheduler_config"]),
+        (lambda p: ds.sample(lambda x, t: x, ds.DDIM, X64, 4), TypeError, ["DDIM", "construct"]),
+        (
+            lambda p: ds.sample(
+                lambda x, t: x, peer.scheduler({"_class_name": "DDIMScheduler"}), X64, 4
+            ),
+            TypeError,
+            ["DDIMScheduler", "from_config"],
+        ),
+        (
+            lambda p: ds.DPMSolverMultistep(lambda_min_clipped=float("inf")).init(10, X64),
+            ValueError,
+            ["lambda_min_clipped"],
+        ),
+    ],
+)
+def test_12_clear_errors(call, error, words, tmp_path):
+    with pytest.raises(error) as err:
+        call(tmp_path)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+    assert "fewer steps" not in str(err.value)
+
+
+def test_12_adapter_given_numpy_arrays():
+    adapter = ds.to_diffusers(ds.DDIM())
+    adapter.set_timesteps(4)
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        adapter.step(X64, adapter.timesteps[0], X64)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_12_huge_custom_timesteps(cls):
+    # DDPM indexed its table with int64(1e30) (an IndexError); every class that takes
+    # timesteps= runs or says what is wrong
+    try:
+        cls().init(None, X64, timesteps=[10**30, 5, 1])
+    except TypeError as err:
+        assert "timesteps" in str(err)
+    except ValueError as err:
+        assert "timesteps" in str(err)
+    if cls is ds.DDPM:
+        with pytest.raises(ValueError, match="timesteps"):
+            cls().init(None, X64, timesteps=[10**30, 5, 1])
+
+
+def test_12_thresholding_with_an_empty_batch():
+    sched = ds.DDIM(thresholding=True)
+    x = np.zeros((0, 2, 2, 2))
+    state, ts = sched.init(4, x)
+    for _ in ts:
+        state, x = sched.step(state, x, x)
+    assert x.shape == (0, 2, 2, 2)
+
+
+# -- 13. range checks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: ds.SASolver(tau=1e30), "tau"),
+        (lambda: ds.LMS(order=0), "order"),
+        (lambda: ds.FlowMatchEuler(base_image_seq_len=-5), "base_image_seq_len"),
+        (lambda: ds.FlowMatchEuler(max_image_seq_len=0), "max_image_seq_len"),
+        (lambda: ds.grids.named_grid("edm", ds.Euler(), 5, rho=True), "rho"),
+        (
+            lambda: ds.tune(lambda x, t: x, ds.Euler(), 4, np.zeros((0, 2))),
+            "calibration_noise",
+        ),
+    ],
+)
+def test_13_range_checks(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+def test_13_dtype_and_shape_must_match_the_template():
+    sched = ds.DDIM()
+    state, _ = sched.init(4, np.zeros((1, 2, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="float64 sample"):
+        sched.step(state, X64, X64)
+    for cls in CLASSES:  # with or without history
+        state, _ = cls().init(6, X64)
+        other = np.zeros((2, 2, 2, 2))
+        with pytest.raises(ValueError, match="differs from the template"):
+            cls().step(state, other, other)
+
+
+# -- 14. files: only regular files of sane size are read -----------------------------------
+
+
+def test_14_non_regular_and_huge_files_are_refused(tmp_path):
+    fifo = tmp_path / "scheduler_config.json"
+    os.mkfifo(fifo)
+    result = []
+
+    def read():
+        try:
+            ds.from_config(fifo)
+        except Exception as err:
+            result.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5.0)
+    blocked = reader.is_alive()
+    if blocked:  # release the reader
+        with open(fifo, "w"):
+            pass
+        reader.join(5.0)
+    assert not blocked, "reading a FIFO blocked"
+    assert isinstance(result[0], ValueError) and "not a regular file" in str(result[0])
+    assert str(fifo) in str(result[0])
+    with pytest.raises(ValueError, match="not a regular file"):
+        ds.grids.load_grid(fifo)
+    if os.path.exists("/dev/zero"):  # a device that never ends
+        with pytest.raises(ValueError, match="/dev/zero is not a regular file"):
+            ds.from_config("/dev/zero")
+    big = tmp_path / "big" / "scheduler_config.json"
+    big.parent.mkdir()
+    with open(big, "wb") as f:
+        f.truncate(11 << 20)
+    with pytest.raises(ValueError, match="bytes"):
+        ds.from_config(big)
+    with pytest.raises(ValueError, match="bytes"):
+        ds.grids.load_grid(big)
+
+
+# -- 15. the adapter and threads -------------------------------------------------------------
+
+
+def test_15_one_adapter_per_thread_is_documented_and_cheap():
+    from pathlib import Path
+
+    from diffsched.diffusers import DiffusersScheduler
+
+    assert "one adapter per thread" in DiffusersScheduler.__doc__
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "one adapter per thread" in readme
+    sched = ds.DPMSolverMultistep()
+    ds.to_diffusers(sched)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        ds.to_diffusers(sched)
+    assert (time.perf_counter() - t0) / 200 < 1e-3  # measured ~5 us (was ~33 us)
+
+
+# -- 16. sample_max_value below 1; the NaN trained_betas error ------------------------------
+
+
+def test_16_sample_max_value_below_one_matches_diffusers():
+    sched = ds.DDIM(thresholding=True, sample_max_value=0.5, prediction_type="sample")
+    x = oracle.start_sample()
+    model = oracle.linear_tanh_model()
+
+    def sample_model(x, t):  # x̂_0 beyond 0.5 in places: the clamp is active
+        return 3.0 * model(x, t)
+
+    _, ours = oracle.run_ours(sched, 6, x, sample_model)
+    _, theirs = peer.run(sched.to_config(), sample_model, x, 6)
+    err = oracle.rel(ours, theirs)
+    assert err < 1e-6, err  # observed 2.1e-15
+
+
+def test_16_nan_trained_betas_error_names_the_key():
+    betas = [0.01] * 1000
+    betas[3] = float("nan")
+    with pytest.raises(ValueError, match="trained_betas"):
+        ds.DDIM(trained_betas=betas)
+    with pytest.raises(ValueError, match="trained_betas"):
+        ds.from_config({"_class_name": "DDIMScheduler", "trained_betas": betas})
