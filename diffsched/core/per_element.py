@@ -263,7 +263,7 @@ def init(
         history=history,
         fingerprint=None
         if fingerprint is None
-        else xp.asarray([fingerprint], dtype=xp.int32, device=dev),  # fmt: skip
+        else xp.asarray([fingerprint], dtype=xp.int32, device=dev),
     )
     if not ops.is_jax(xp):  # the eager path reads the plan on the host (see _plan_of)
         ident = id(state_coefs)
