@@ -3,9 +3,14 @@
 Each pipeline is built from tiny random-weight components (no downloads) and run twice
 with the same seed: with diffusers' own scheduler of the config (``to_config()``, built
 with the class's ``from_config``) and with ``DiffusersScheduler`` wrapping ours. The
-images (float32, torch CPU) must agree within 1e-5, the sample after every step within
-1e-5 of its largest entry (the samples of σ-based methods reach tens), and the generators
-must end in the same state (as much noise drawn).
+images (float32, torch CPU) must agree within 2e-5 (4e-5 for the EDM classes), the sample
+after every step within 1e-5 of its largest entry (the samples of σ-based methods reach
+tens), and the generators must end in the same state (as much noise drawn).
+
+The bounds are float32 rounding, at least 4x the largest image difference seen on any
+machine (the ADAPTER line of the test summary prints them): 5e-6 but for EDM, whose loop
+starts at σ = 80 (latents of ~300 whose first step cancels down to ~10: 5.9e-6 here,
+9.1e-6 on another machine of this kind).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import diffsched as ds  # noqa: E402
 from diffsched.core.options import specs  # noqa: E402
 from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
 
-IMAGE_TOL = 1e-5
+IMAGE_TOL = 2e-5
+EDM_IMAGE_TOL = 4e-5  # the σ = 80 start (see the module doc)
 SIZE = 32  # image side; the latents are 16 x 16
 PROMPT = "a cat"
 # Stable Diffusion's training schedule
@@ -454,7 +460,7 @@ def sdxl_pipe(tmp_path_factory):
 def test_stable_diffusion_xl_edm(sdxl_pipe, name, options):
     """The EDM loop: init_noise_sigma, c_in scaling, c_noise timesteps, the preconditioned
     output; the SDE variant draws its noise with the pipeline's generator."""
-    compare(sdxl_pipe, method(name)(**options), **sd_call(name))
+    compare(sdxl_pipe, method(name)(**options), image_tol=EDM_IMAGE_TOL, **sd_call(name))
 
 
 # -- IPNDM: Dance Diffusion ----------------------------------------------------------------
