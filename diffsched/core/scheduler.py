@@ -338,6 +338,15 @@ class BaseScheduler:
             fingerprint=self.fingerprint, describe_maker=_maker,
         )  # fmt: skip
 
+    def check_state(self, state: Any, call: str = "step") -> None:
+        """Refuses a state another config's ``init`` made (for methods whose ``step`` reads
+        the state before the engine's own check: RePaint, ScoreSdeVe)."""
+        made = engine.origin(state) if isinstance(state, engine.EngineState) else None
+        if made is not None and made[0] != self.fingerprint:
+            raise ValueError(
+                engine._foreign(type(self).__name__, call, made[0], self.fingerprint, _maker)
+            )
+
     def init_noise_scale(self, num_steps: int | None, **init_options: Any) -> float:
         """The factor turning standard normal noise into the first model input (1.0 for
         nearly every config; diffusers' ``init_noise_sigma`` over its first input scale)."""

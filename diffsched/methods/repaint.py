@@ -184,6 +184,7 @@ class RePaint(Scheduler):
         ``original_image`` and ``mask`` (1 where the image is known) broadcast against the
         sample; ``noise`` replaces the call's normal w (the sample's shape).
         """
+        self.check_state(state)
         if (original_image is None) != (mask is None):
             raise ValueError("RePaint.step takes original_image= and mask= together")
         xp = ops.namespace(sample, prediction)

@@ -137,6 +137,7 @@ class ScoreSdeVe(BaseScheduler):
         """
         if self.correct_steps == 0:
             return super().step(state, sample, prediction, noise=noise)
+        self.check_state(state)
         xp = ops.namespace(sample, prediction)
         if tuple(prediction.shape) != tuple(sample.shape) or len(sample.shape) < 1:
             # the engine's step raises the clear error
