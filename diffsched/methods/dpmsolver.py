@@ -83,6 +83,7 @@ from ..core.scheduler import (
 )
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as coefficients
+from ._img2img import first_call, restarted
 from .euler import training_alphas_cumprod
 
 
@@ -235,29 +236,44 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
         return kind
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
         grid = self._grid(num_steps, **init_options)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
         abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
         return float(abar[0]), float(abar[1])
 
     # -- the table -------------------------------------------------------------------------
 
-    def _orders(self, n: int, sig: np.ndarray) -> list[int]:
-        """The order of each of the n calls (module docstring, "Order at each call")."""
+    def _orders(self, n: int, sig: np.ndarray, begin: int = 0) -> list[int]:
+        """The order of each of the n calls (module docstring, "Order at each call"), the
+        warm-up starting at call ``begin``."""
         few = self.lower_order_final and n < 15
         to_zero = getattr(self, "final_sigmas_type", None) == "zero"
         return multistep_orders(
             n, self.solver_order, sig,
             last_first=self.euler_at_final or few or to_zero, second_last_second=few,
+            begin=begin,
         )  # fmt: skip
 
-    def _table(self, grid: solver_grid.SolverGrid) -> Tableau:
-        return multistep_tableau(
-            grid, self._orders(len(grid.timesteps), grid.sigmas),
+    def _table(self, grid: solver_grid.SolverGrid, strength: float = 1.0) -> Tableau:
+        cut = first_call(len(grid.timesteps), strength)
+        tab = multistep_tableau(
+            grid, self._orders(len(grid.timesteps), grid.sigmas, cut),
             prediction_type=self.prediction_type, data=self.data_prediction,
             second="taylor" if self.solver_type == "heun" else "midpoint",
             stochastic=not self.deterministic, processes_x0=self.processes_x0,
         )  # fmt: skip
+        return restarted_on_grid(tab, grid, cut)
+
+
+def restarted_on_grid(tab: Tableau, grid: solver_grid.SolverGrid, cut: int) -> Tableau:
+    """``tab``'s calls from ``cut`` on (image-to-image), the loop starting at level ``cut``
+    of ``grid``: x = α x_0 + σ_t ε there."""
+    if cut == 0:
+        return tab
+    alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[cut : cut + 1], grid.flow)
+    return restarted(tab, cut, (float(alpha[0]), float(sigma[0])))
 
 
 def multistep_orders(
@@ -267,15 +283,18 @@ def multistep_orders(
     *,
     last_first: bool,
     second_last_second: bool,
+    begin: int = 0,
 ) -> list[int]:
-    """The order of each of n calls: the warm-up (1, 2, ...), first order at the last call
-    when ``last_first``, at most second at the one before when ``second_last_second``, and
-    first order into a final level σ = 0 (h = ∞)."""
+    """The order of each of n calls: the warm-up (1, 2, ...) from call ``begin`` (where an
+    image-to-image loop starts: diffusers restarts the warm-up at a pipeline's begin index),
+    first order at the last call when ``last_first``, at most second at the one before when
+    ``second_last_second``, and first order into a final level σ = 0 (h = ∞)."""
     out = []
     for i in range(n):
-        if solver_order == 1 or i < 1 or (i == n - 1 and last_first) or sigmas[i + 1] == 0:
+        k = i - begin  # calls made before this one
+        if solver_order == 1 or k < 1 or (i == n - 1 and last_first) or sigmas[i + 1] == 0:
             out.append(1)
-        elif solver_order == 2 or i < 2 or (i == n - 2 and second_last_second):
+        elif solver_order == 2 or k < 2 or (i == n - 2 and second_last_second):
             out.append(2)
         else:
             out.append(3)
@@ -371,6 +390,10 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
     ``init(..., timesteps=[...])``: custom integer timesteps (descending), as diffusers'
     ``set_timesteps(timesteps=...)``. ``init(..., mu=μ)``: the flow shift becomes e^μ, as
     diffusers' ``set_timesteps(mu=...)`` (needs ``use_dynamic_shifting``).
+    ``init(..., strength=s)``: image-to-image over the last floor(N s) calls of the N-step
+    grid, the warm-up restarted there (orders 1, 2, ... from the first call run; the
+    lower-order final steps still counted on the whole grid), as diffusers runs it after a
+    pipeline's ``set_begin_index``.
 
     Karras / Lu / exponential / beta levels span the whole training range [σ_0, σ_{T-1}]
     (not the spaced one). Third-order ``sde-dpmsolver++`` keeps diffusers' D_2 weight (module
@@ -421,8 +444,10 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
             flow_shift=shift, timesteps=timesteps,
         )  # fmt: skip
 
-    def tableau(self, num_steps: int | None, timesteps: Any = None, mu: Any = None) -> Tableau:
-        return self._table(self._grid(num_steps, timesteps, mu))
+    def tableau(
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
+    ) -> Tableau:
+        return self._table(self._grid(num_steps, timesteps, mu), strength)
 
 
 @document
