@@ -57,11 +57,13 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
+from ._img2img import first_call
 from .dpmsolver import (
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
     reject_learned_variance,
+    restarted_on_grid,
 )
 from .euler import training_alphas_cumprod
 
@@ -194,16 +196,21 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
         return order_list(n, self.solver_order, lower, zero)
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
         grid = self._grid(num_steps, **init_options)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
         abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of α, σ_t
         return float(abar[0]), float(abar[1])
 
     # -- the table -----------------------------------------------------------------------
 
-    def tableau(self, num_steps: int | None, timesteps: Any = None, mu: Any = None) -> Tableau:
+    def tableau(
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
+    ) -> Tableau:
         grid = self._grid(num_steps, timesteps, mu)
         n = len(grid.timesteps)
+        cut = first_call(n, strength)  # image-to-image: calls before the cut never run
         sig = grid.sigmas
         alpha, sigma = solver_grid.alpha_sigma(sig, grid.flow)
         lam = solver_grid.half_log_snr(alpha, sigma)
@@ -212,7 +219,8 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n], level)
         eps = predictions.noise_from_alpha_sigma(self.prediction_type, alpha[:n], sigma[:n])
         data = self.algorithm_type in DATA_FORMS
-        orders = self._orders(n)
+        # diffusers lowers a group's order where its first calls were not run (a cut)
+        orders = [min(k, j - cut + 1) for j, k in enumerate(self._orders(n))]
 
         update = Update(n)
         noise = np.zeros(n)
@@ -230,7 +238,7 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
                 add(SAMPLE, lag, j, value * eps.sample_coef[i])
                 add(OUTPUT, lag, j, value * eps.prediction_coef[i])
 
-        for j in range(n):
+        for j in range(cut, n):
             k = orders[j]
             s, t = j - k + 1, j + 1  # from the group's first call to the next level
             second = "taylor" if k == 3 or self.solver_type == "heun" else "midpoint"
@@ -259,7 +267,7 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
             for i, w in enumerate(np.array([c.d0, c.d1, c.d2][:used]) @ d[:used]):
                 if w != 0.0:
                     add_model(s + i, j, float(w))
-        return Tableau(
+        tab = Tableau(
             timesteps=grid.timesteps,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
@@ -268,3 +276,4 @@ class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
             start=(float(alpha[0]), float(sigma[0])),
             init_noise_sigma=1.0,
         )
+        return restarted_on_grid(tab, grid, cut)

@@ -34,6 +34,7 @@ from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
 from ..schedules import sigmas as sigma_schedules
+from ._img2img import first_call, restarted
 from .euler import _EulerBase
 
 
@@ -85,15 +86,16 @@ class LMS(SigmaGrid, Spacing, Scheduler):
     _grid = _EulerBase._grid
     _init_noise_sigma = _EulerBase._init_noise_sigma
 
-    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)
-        return float(sigma_schedules.alpha_bar_of(sig[0])), float(
+        return float(sigma_schedules.alpha_bar_of(sig[first_call(num_steps, strength)])), float(
             sigma_schedules.alpha_bar_of(sig[-1])
         )
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, sig = self._grid(num_steps)
         n = len(ts)
+        cut = first_call(n, strength)  # image-to-image: calls before the cut never run
         s = sig[:n]
         c = lms_coefficients(sig, self.order)
         x0 = predictions.x0_from_ve(self.prediction_type, s)
@@ -101,10 +103,10 @@ class LMS(SigmaGrid, Spacing, Scheduler):
         update = {(SAMPLE, 0): 1 + c[:, 0] / s, (X0, 0): -c[:, 0] / s}
         for k in range(1, min(self.order, n)):
             col = np.zeros(n)
-            col[k:] = c[k:, k] / s[:-k]
+            col[cut + k :] = c[cut + k :, k] / s[cut : n - k]  # no derivative before the cut
             update[(SAMPLE, k)] = col
             update[(X0, k)] = -col
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
@@ -113,3 +115,4 @@ class LMS(SigmaGrid, Spacing, Scheduler):
             start=(1.0, float(s[0])),
             init_noise_sigma=self._init_noise_sigma(sig),
         )
+        return restarted(tab, cut, (1.0, float(s[cut])))
