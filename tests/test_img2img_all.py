@@ -18,9 +18,19 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
 
 import oracle  # noqa: E402
+from test_adapter import (  # noqa: E402  (the tiny pipelines' helpers and fixtures)
+    NAMES,
+    build,
+    compare,
+    init_image,  # noqa: F401  (a fixture)
+    sd_call,
+    sd_components,  # noqa: F401  (a fixture)
+    sd_scheduler,
+)
 
 import diffsched as ds  # noqa: E402
 from diffsched.interop import peer  # noqa: E402
@@ -148,3 +158,35 @@ def test_strength_matches_diffusers(case, strength):
     r = oracle.rel(ours, theirs)
     oracle.record("IMG2IMG", _label(case) + f"-s={strength}", r)
     assert r < F64_TOL, r
+
+
+# -- StableDiffusionImg2ImgPipeline through the adapter ---------------------------------------
+
+PIPELINE_STEPS = 8  # strength 0.3 runs the last 2 steps, 0.75 the last 6
+PIPELINE_CASES = [
+    # (FlowMatchEulerDiscreteScheduler has no add_noise: SD3's img2img runs it, test_adapter)
+    *((name, {}) for name in NAMES if name != "FlowMatchEuler"),
+    ("DPMSolverMultistep", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    ("UniPC", {"solver_order": 3}),
+    ("DPMSolverSinglestep", {"solver_order": 3}),
+    ("PNDM", {"reduce_warmup": True}),
+]
+
+
+@pytest.fixture(scope="module")
+def img2img_pipe(sd_components):
+    return build(
+        diffusers.StableDiffusionImg2ImgPipeline, sd_components, diffusers.DDIMScheduler()
+    )
+
+
+@pytest.mark.parametrize("strength", STRENGTHS)
+@pytest.mark.parametrize(
+    ("name", "options"), PIPELINE_CASES, ids=[f"{n}{o or ''}" for n, o in PIPELINE_CASES]
+)
+def test_img2img_pipeline(img2img_pipe, init_image, name, options, strength):
+    """Every class that takes ``strength``, in the pipeline: images, the sample after every
+    step and the noise drawn equal to diffusers' own scheduler (``compare``)."""
+    call = sd_call(name, image=init_image, strength=strength, num_inference_steps=PIPELINE_STEPS)
+    diff = compare(img2img_pipe, sd_scheduler(name, **options), **call)
+    oracle.record("IMG2IMG pipeline", f"{name}{options or ''}-s={strength}", max(diff, 1e-30))
