@@ -174,17 +174,15 @@ PIPELINE_CASES = [
 
 
 @pytest.fixture(scope="module")
-def img2img_pipe(sd_components):
-    return build(
-        diffusers.StableDiffusionImg2ImgPipeline, sd_components, diffusers.DDIMScheduler()
-    )
+def img2img_pipe(sd_components):  # noqa: F811  (the imported fixture)
+    return build(diffusers.StableDiffusionImg2ImgPipeline, sd_components, diffusers.DDIMScheduler())
 
 
 @pytest.mark.parametrize("strength", STRENGTHS)
 @pytest.mark.parametrize(
     ("name", "options"), PIPELINE_CASES, ids=[f"{n}{o or ''}" for n, o in PIPELINE_CASES]
 )
-def test_img2img_pipeline(img2img_pipe, init_image, name, options, strength):
+def test_img2img_pipeline(img2img_pipe, init_image, name, options, strength):  # noqa: F811
     """Every class that takes ``strength``, in the pipeline: images, the sample after every
     step and the noise drawn equal to diffusers' own scheduler (``compare``)."""
     call = sd_call(name, image=init_image, strength=strength, num_inference_steps=PIPELINE_STEPS)
