@@ -71,6 +71,10 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "FlowMatchHeun": dict(),
         "FlowMatchLCM": dict(),
         "VariableIPNDM": dict(**SD, use_karras_sigmas=True),
+        # diffusers' newer flow schedulers (issue 18)
+        "LTXEulerAncestralRF": dict(),
+        "FlowMapEuler": dict(shift=5.0),
+        "MiniMaxH3": dict(),
     }
     for name, kwargs in optional.items():
         cls = getattr(ds, name, None)

@@ -43,6 +43,10 @@ MODULES = {
     "TCDScheduler": "diffusers.schedulers.scheduling_tcd",
     "DDIMInverseScheduler": "diffusers.schedulers.scheduling_ddim_inverse",
     "SASolverScheduler": "diffusers.schedulers.scheduling_sasolver",
+    # diffusers' newer flow schedulers (issue 18)
+    "LTXEulerAncestralRFScheduler": "diffusers.schedulers.scheduling_ltx_euler_ancestral_rf",
+    "FlowMapEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_map_euler_discrete",
+    "MiniMaxH3Scheduler": "diffusers.schedulers.scheduling_minimax_h3",
 }
 
 

@@ -12,12 +12,15 @@ from .dpmsolver_singlestep import DPMSolverSinglestep
 from .edm import EDMEuler
 from .edm_dpmsolver import EDMDPMSolverMultistep
 from .euler import Euler, EulerAncestral
+from .flow_map import FlowMapEuler
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
 from .heun import Heun
 from .ipndm import IPNDM
 from .ipndm_variable import VariableIPNDM
 from .lcm import LCM
 from .lms import LMS
+from .ltx_ancestral import LTXEulerAncestralRF
+from .minimax_h3 import MiniMaxH3
 from .pndm import PNDM
 from .sasolver import SASolver
 from .tcd import TCD
@@ -49,6 +52,12 @@ ALL = (
     DPMSolverSinglestep,
     EDMDPMSolverMultistep,
 )
+# diffusers' newer flow schedulers (issue 18)
+ALL += (
+    LTXEulerAncestralRF,
+    FlowMapEuler,
+    MiniMaxH3,
+)
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
 
@@ -73,10 +82,13 @@ __all__ = [
     "EDMEuler",
     "Euler",
     "EulerAncestral",
+    "FlowMapEuler",
     "FlowMatchEuler",
     "FlowMatchHeun",
     "FlowMatchLCM",
     "Heun",
+    "LTXEulerAncestralRF",
+    "MiniMaxH3",
     "SASolver",
     "UniPC",
     "VariableIPNDM",

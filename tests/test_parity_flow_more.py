@@ -1,0 +1,125 @@
+"""Parity with diffusers 0.42.1 for its newer flow schedulers: ``LTXEulerAncestralRF``
+(``LTXEulerAncestralRFScheduler``), ``FlowMapEuler`` (``FlowMapEulerDiscreteScheduler``)
+and ``MiniMaxH3`` (``MiniMaxH3Scheduler``).
+
+Each case runs our loop and diffusers' (driven as its pipelines drive it, float64 tables
+and grids: :func:`diffsched.interop.peer.run`) from the same start with the same model and,
+where the method draws, the same noise; timesteps equal, final samples within 1e-6
+relative in float64 (observed: about 1e-16; MiniMaxH3 1.5e-8, because the float64 peer
+builds its grid in float64 where diffusers, and we, build it in float32) and 1e-4 in
+float32 (observed 9e-8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import oracle  # noqa: E402
+
+import diffsched as ds  # noqa: E402
+from diffsched.interop import peer  # noqa: E402
+
+F64_TOL = 1e-6
+F32_TOL = 1e-4
+LTX_SIGMAS = [1.0, 0.9375, 0.75, 0.5, 0.25, 0.125, 0.0]  # float32-exact ComfyUI-style levels
+
+# (scheduler, step counts, init options = diffusers' set_timesteps keywords)
+CASES = [
+    (ds.LTXEulerAncestralRF(), (1, 4, 20), {}),
+    (ds.LTXEulerAncestralRF(eta=0.0), (3, 10), {}),
+    (ds.LTXEulerAncestralRF(eta=0.5, s_noise=0.8, num_train_steps=500), (7,), {}),
+    (ds.LTXEulerAncestralRF(s_noise=0.0), (5,), {}),
+    (ds.LTXEulerAncestralRF(), (None,), {"sigmas": LTX_SIGMAS}),
+    (ds.FlowMapEuler(), (1, 4, 16), {}),
+    (ds.FlowMapEuler(shift=5.0, num_train_steps=1000), (2, 8), {}),
+    (ds.FlowMapEuler(shift=3.0), (None,), {"sigmas": [1.0, 0.8, 0.5, 0.2]}),
+    (ds.FlowMapEuler(), (None,), {"timesteps": [1000.0, 750.0, 400.0, 100.0]}),
+    (ds.MiniMaxH3(), (2, 8, 30), {}),
+    (ds.MiniMaxH3(shift=3.0), (5, 12), {}),
+    (ds.MiniMaxH3(shift=1.0), (6,), {}),
+    (ds.MiniMaxH3(), (None,), {"sigmas": [1.0, 0.75, 0.5, 0.0]}),
+]
+
+
+def _params():
+    out = []
+    for i, (sched, steps, options) in enumerate(CASES):
+        for n in steps:
+            label = f"{type(sched).__name__}{i}-N={n}{'-' + next(iter(options)) if options else ''}"
+            out.append(pytest.param(sched, n, options, id=label))
+    return out
+
+
+def compare(sched, n, options, dtype=torch.float64):
+    x = oracle.start_sample(dtype=dtype)
+    model = oracle.linear_tanh_model()
+    noises = oracle.noise_list(40, dtype=dtype)
+    host = {k: tuple(v) for k, v in options.items()}
+    ts, ours = _run_ours(sched, n, x, model, noises, host)
+    config = sched.to_config()
+    kwargs = {k: list(v) for k, v in options.items()}
+    their_ts, theirs = peer.run(
+        config, model, x, n, noises=None if sched.deterministic else noises,
+        float64=dtype == torch.float64, **kwargs,
+    )  # fmt: skip
+    return ts, ours, their_ts, theirs
+
+
+def _run_ours(sched, n, x, model, noises, options):
+    state, ts = sched.init(n, x, **options)
+    y = x
+    for i, t in enumerate(ts):
+        kwargs = {} if sched.deterministic else {"noise": noises[i]}
+        state, y = sched.step(state, y, model(y, t), **kwargs)
+    return ts, y
+
+
+@pytest.mark.parametrize(("sched", "n", "options"), _params())
+def test_parity_float64(sched, n, options):
+    ts, ours, their_ts, theirs = compare(sched, n, options)
+    np.testing.assert_allclose(
+        np.asarray(ts, np.float64), their_ts.double().numpy(), rtol=1e-6, atol=1e-6
+    )
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY flow (newer)", type(sched).__name__, r)
+    assert r < F64_TOL, r
+
+
+@pytest.mark.parametrize(
+    ("sched", "n", "options"), [p for p in _params() if "N=None" not in p.id][::3]
+)
+def test_parity_float32(sched, n, options):
+    _, ours, _, theirs = compare(sched, n, options, dtype=torch.float32)
+    r = oracle.rel(ours, theirs)
+    oracle.record("PARITY flow (newer) float32", type(sched).__name__, r)
+    assert r < F32_TOL, r
+
+
+def test_flow_map_r_timesteps():
+    """The model's second time input: the next call's timestep, 0 at the last call."""
+    sched = ds.FlowMapEuler(shift=5.0)
+    _, ts = sched.init(4, np.zeros(3))
+    np.testing.assert_allclose(sched.r_timesteps(4), [*np.asarray(ts)[1:], 0.0])
+
+
+def test_minimax_counts_grid_points():
+    """N grid points, the terminal 0 included: N - 1 calls; fewer where points repeat."""
+    _, ts = ds.MiniMaxH3().init(8, np.zeros(3))
+    assert len(ts) == 7
+    with pytest.raises(ValueError, match="num_steps >= 2"):
+        ds.MiniMaxH3().init(1, np.zeros(3))
+    with pytest.raises(ValueError, match=r"ending at 0\.0"):
+        ds.MiniMaxH3().init(None, np.zeros(3), sigmas=[1.0, 0.5])
+
+
+def test_configs_round_trip():
+    for sched in (
+        ds.LTXEulerAncestralRF(eta=0.3, s_noise=0.9),
+        ds.FlowMapEuler(shift=5.0),
+        ds.MiniMaxH3(shift=3.0),
+    ):
+        assert ds.from_config(sched.to_config()) == sched
