@@ -123,3 +123,55 @@ def test_configs_round_trip():
         ds.MiniMaxH3(shift=3.0),
     ):
         assert ds.from_config(sched.to_config()) == sched
+
+
+# -- image-to-image: the flow img2img pipelines' cut, set_begin_index, scale_noise ----------
+
+
+def _img2img_diffusers(config, n, strength, clean, noise, model, noises, our_start):
+    from unittest import mock
+
+    module = peer.module_of(config)
+    d = peer.scheduler(config)
+    d.set_timesteps(n)
+    peer._double_grids(d)
+    calls = d.num_inference_steps
+    t_start = int(max(calls - min(calls * strength, calls), 0))  # SD3 / FLUX img2img
+    timesteps = d.timesteps[t_start:]
+    d.set_begin_index(t_start)
+    current = [0]
+    # LTXEulerAncestralRFScheduler has no scale_noise (nor add_noise): our start
+    start = d.scale_noise(clean, timesteps[:1], noise) if hasattr(d, "scale_noise") else our_start
+    x = start
+    with mock.patch.object(module, "randn_tensor", lambda *a, **k: noises[current[0]], create=True):
+        for i, t in enumerate(timesteps):
+            current[0] = i
+            x = d.step(model(x, t), t, x).prev_sample
+    return timesteps, start, x
+
+
+@pytest.mark.parametrize("strength", (0.3, 0.75))
+@pytest.mark.parametrize(
+    ("sched", "n"),
+    [(ds.LTXEulerAncestralRF(), 10), (ds.FlowMapEuler(shift=5.0), 10), (ds.MiniMaxH3(), 11)],
+    ids=lambda v: type(v).__name__ if not isinstance(v, int) else f"N={v}",
+)
+def test_strength_matches_diffusers(sched, n, strength):
+    clean = torch.tanh(oracle.start_sample(seed=3))
+    noise = oracle.start_sample(seed=4)
+    noises = oracle.noise_list(n)
+    model = oracle.linear_tanh_model()
+    state, ts = sched.init(n, clean, strength=strength)
+    start = sched.add_noise(state, clean, noise)
+    x = start
+    for i, t in enumerate(ts):
+        kwargs = {} if sched.deterministic else {"noise": noises[i]}
+        state, x = sched.step(state, x, model(x, t), **kwargs)
+    their_ts, their_start, theirs = _img2img_diffusers(
+        sched.to_config(), n, strength, clean, noise, model, noises, start
+    )
+    np.testing.assert_allclose(np.asarray(ts, np.float64), their_ts.double().numpy(), rtol=1e-6)
+    assert oracle.rel(start, their_start) < F64_TOL
+    r = oracle.rel(x, theirs)
+    oracle.record("IMG2IMG flow (newer)", f"{type(sched).__name__}-s={strength}", r)
+    assert r < F64_TOL, r

@@ -31,6 +31,8 @@ from ..core.engine import OUTPUT, SAMPLE, Program, Tableau
 from ..core.options import option
 from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, _cached_program, document
 from ..schedules import shifts
+from ._img2img import restarted
+from .flow_match import first_flow_call
 
 
 @document
@@ -48,7 +50,9 @@ class FlowMapEuler(BaseScheduler):
     :meth:`r_timesteps` lists (diffusers' ``step(..., r_timestep=)``, defaulted to the
     next timestep, as here). ``init(..., sigmas=[...])`` (N unshifted levels, the terminal
     0 appended) or ``init(..., timesteps=[...])`` (N values σ T) give a custom grid, as
-    diffusers' ``set_timesteps``; the shift applies to both.
+    diffusers' ``set_timesteps``; the shift applies to both. ``init(..., strength=s)``:
+    image-to-image, the first int(N - N s) calls skipped, as the flow img2img pipelines
+    cut theirs (``add_noise``: diffusers' ``scale_noise`` at the first call run).
     """
 
     DIFFUSERS_CLASS = "FlowMapEulerDiscreteScheduler"
@@ -120,16 +124,22 @@ class FlowMapEuler(BaseScheduler):
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels of (1)."""
-        sig = self.grid(num_steps, **init_options)
-        return float(sig[0]), 0.0
+        return float(self.tableau(num_steps, **init_options).start[1]), 0.0
 
-    def tableau(self, num_steps: int | None, sigmas: Any = None, timesteps: Any = None) -> Tableau:
+    def tableau(
+        self,
+        num_steps: int | None,
+        sigmas: Any = None,
+        timesteps: Any = None,
+        strength: float = 1.0,
+    ) -> Tableau:
         sig = self.grid(num_steps, sigmas, timesteps)
         s, s_next = sig[:-1], sig[1:]
-        return Tableau(
+        tab = Tableau(
             timesteps=s * self.num_train_steps,
             x0_sample=np.ones_like(s),  # x̂_0 = x - σ û
             x0_output=-s,
             update={(SAMPLE, 0): np.ones_like(s), (OUTPUT, 0): s_next - s},  # (2)
-            start=(1.0 - float(s[0]), float(s[0])),
         )
+        cut = first_flow_call(len(s), strength)  # image-to-image (a one-step method)
+        return restarted(tab, cut, (1.0 - float(s[cut]), float(s[cut])))

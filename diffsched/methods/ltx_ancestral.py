@@ -34,7 +34,8 @@ from ..core import ops, predictions
 from ..core.engine import SAMPLE, X0, Program, Tableau
 from ..core.options import option
 from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, _cached_program, document
-from .flow_match import FlowMatchEuler
+from ._img2img import restarted
+from .flow_match import FlowMatchEuler, first_flow_call
 
 GUARD = 1e-12  # diffusers' guard on the divisions by α_σd (4)
 
@@ -55,6 +56,9 @@ class LTXEulerAncestralRF(BaseScheduler):
     included (float32), called at t = σ T; diffusers then lists the terminal level as a
     timestep too, and so does this table: a last model call, at t = 0, that changes
     nothing. ``init(..., timesteps=[...])`` is diffusers' alias of ``sigmas=``.
+    ``init(..., strength=s)``: image-to-image, the first int(N - N s) calls skipped, as the
+    flow img2img pipelines cut theirs (diffusers' class has no ``add_noise`` or
+    ``scale_noise``; ours starts at x = (1 - σ) x_0 + σ ε of the first call run).
     """
 
     DIFFUSERS_CLASS = "LTXEulerAncestralRFScheduler"
@@ -124,10 +128,17 @@ class LTXEulerAncestralRF(BaseScheduler):
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels of (1)."""
+        strength = init_options.pop("strength", 1.0)
         _, sig = self.grid(num_steps, **init_options)
-        return float(sig[0]), float(sig[-1])
+        return float(sig[first_flow_call(len(sig) - 1, strength)]), float(sig[-1])
 
-    def tableau(self, num_steps: int | None, sigmas: Any = None, timesteps: Any = None) -> Tableau:
+    def tableau(
+        self,
+        num_steps: int | None,
+        sigmas: Any = None,
+        timesteps: Any = None,
+        strength: float = 1.0,
+    ) -> Tableau:
         ts, sig = self.grid(num_steps, sigmas, timesteps)
         n = len(ts)
         keep, to_x0, noise = np.ones(n), np.zeros(n), np.zeros(n)
@@ -148,11 +159,12 @@ class LTXEulerAncestralRF(BaseScheduler):
             if not self.deterministic:
                 var = s_next**2 - s_down**2 * a_next**2 / (a_down**2 + GUARD)
                 noise[i] = math.sqrt(max(var, 0.0)) * self.s_noise
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=np.ones(n),
             x0_output=-sig[:n],  # (1): x̂_0 = x - σ v̂
             update={(SAMPLE, 0): keep, (X0, 0): to_x0},
             noise=None if self.deterministic else noise,
-            start=(1.0 - float(sig[0]), float(sig[0])),
         )
+        cut = first_flow_call(n, strength)  # image-to-image (a one-step method)
+        return restarted(tab, cut, (1.0 - float(sig[cut]), float(sig[cut])))

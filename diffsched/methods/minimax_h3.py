@@ -34,7 +34,9 @@ from ..core.engine import SAMPLE, X0, Program, Tableau
 from ..core.options import option
 from ..core.scheduler import BaseScheduler, _cached_program, document
 from ..schedules import shifts
+from ._img2img import restarted
 from .edm_dpmsolver import float32_linspace
+from .flow_match import first_flow_call
 
 # u = x_0 - ε: MiniMax-H3's data-ward velocity (ours; diffusers' class has no such key)
 DATA_VELOCITY = "data_velocity"
@@ -54,7 +56,10 @@ class MiniMaxH3(BaseScheduler):
     terminal 0 included, so N points give N - 1 model calls (fewer where the shifted
     float32 grid repeats a point). ``init(..., sigmas=[...])``: a grid used as given
     (float32, strictly decreasing, ending at 0; ``num_steps`` None or its length), as
-    diffusers' ``set_timesteps(sigmas=...)``.
+    diffusers' ``set_timesteps(sigmas=...)``. ``init(..., strength=s)``: image-to-image,
+    the first int(K - K s) of the K calls skipped, as the flow img2img pipelines cut theirs;
+    ``add_noise`` starts at the first call run, x = t x_0 + (1 - t) ε (diffusers'
+    ``scale_noise`` at that timestep).
     """
 
     DIFFUSERS_CLASS = "MiniMaxH3Scheduler"
@@ -115,21 +120,23 @@ class MiniMaxH3(BaseScheduler):
                 raise
             return self._compile(num_steps, init_options)
 
-    def noise_levels(self, num_steps: int, sigmas: Any = None) -> tuple[float, float]:
+    def noise_levels(
+        self, num_steps: int, sigmas: Any = None, strength: float = 1.0
+    ) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels of (1)."""
-        sig = self.grid(num_steps, sigmas)
-        return float(sig[0]), float(sig[-1])
+        return float(self.tableau(num_steps, sigmas, strength).start[1]), 0.0
 
-    def tableau(self, num_steps: int | None, sigmas: Any = None) -> Tableau:
+    def tableau(self, num_steps: int | None, sigmas: Any = None, strength: float = 1.0) -> Tableau:
         sig = self.grid(num_steps, sigmas)
         s, s_next = sig[:-1], sig[1:]
         ts = (np.float32(1.0) - s.astype(np.float32)).astype(np.float64)  # t = 1 - σ, float32
         sigma_t = 1.0 - ts  # (2): σ as diffusers recovers it from the timestep
         ratio = s_next / s  # (3)
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=np.ones_like(s),
             x0_output=sigma_t,
             update={(SAMPLE, 0): ratio, (X0, 0): 1.0 - ratio},
-            start=(1.0 - float(s[0]), float(s[0])),
         )
+        cut = first_flow_call(len(ts), strength)  # image-to-image (a one-step method)
+        return restarted(tab, cut, (1.0 - float(s[cut]), float(s[cut])))
