@@ -75,6 +75,7 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "LTXEulerAncestralRF": dict(),
         "FlowMapEuler": dict(shift=5.0),
         "MiniMaxH3": dict(),
+        "Helios": dict(stages=1, shift=3.0),
     }
     for name, kwargs in optional.items():
         cls = getattr(ds, name, None)

@@ -42,6 +42,22 @@ CASES = [
     (ds.MiniMaxH3(shift=3.0), (5, 12), {}),
     (ds.MiniMaxH3(shift=1.0), (6,), {}),
     (ds.MiniMaxH3(), (None,), {"sigmas": [1.0, 0.75, 0.5, 0.0]}),
+    (ds.Helios(), (3, 10), {"stage_index": 0}),
+    (ds.Helios(), (6,), {"stage_index": 1}),
+    (ds.Helios(solver_order=3, solver_type="bh1"), (12,), {"stage_index": 2}),
+    (ds.Helios(scheduler_type="euler", gamma=0.5), (5,), {"stage_index": 1}),
+    (
+        ds.Helios(use_dynamic_shifting=True, time_shift_type="linear"),
+        (8,),
+        {"stage_index": 2, "mu": 2.0},
+    ),
+    (ds.Helios(stages=1, stage_range=(0.0, 1.0), shift=3.0), (1, 9), {}),
+    (ds.Helios(stages=1, stage_range=(0.0, 1.0), scheduler_type="euler"), (7,), {}),
+    (
+        ds.Helios(lower_order_final=False, disable_corrector=(2,)),
+        (8,),
+        {"stage_index": 0},
+    ),
 ]
 
 
@@ -58,10 +74,10 @@ def compare(sched, n, options, dtype=torch.float64):
     x = oracle.start_sample(dtype=dtype)
     model = oracle.linear_tanh_model()
     noises = oracle.noise_list(40, dtype=dtype)
-    host = {k: tuple(v) for k, v in options.items()}
+    host = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     ts, ours = _run_ours(sched, n, x, model, noises, host)
     config = sched.to_config()
-    kwargs = {k: list(v) for k, v in options.items()}
+    kwargs = dict(options)
     their_ts, theirs = peer.run(
         config, model, x, n, noises=None if sched.deterministic else noises,
         float64=dtype == torch.float64, **kwargs,

@@ -47,6 +47,7 @@ MODULES = {
     "LTXEulerAncestralRFScheduler": "diffusers.schedulers.scheduling_ltx_euler_ancestral_rf",
     "FlowMapEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_map_euler_discrete",
     "MiniMaxH3Scheduler": "diffusers.schedulers.scheduling_minimax_h3",
+    "HeliosScheduler": "diffusers.schedulers.scheduling_helios",
 }
 
 

@@ -14,6 +14,7 @@ from .edm_dpmsolver import EDMDPMSolverMultistep
 from .euler import Euler, EulerAncestral
 from .flow_map import FlowMapEuler
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
+from .helios import Helios
 from .heun import Heun
 from .ipndm import IPNDM
 from .ipndm_variable import VariableIPNDM
@@ -57,6 +58,7 @@ ALL += (
     LTXEulerAncestralRF,
     FlowMapEuler,
     MiniMaxH3,
+    Helios,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -86,6 +88,7 @@ __all__ = [
     "FlowMatchEuler",
     "FlowMatchHeun",
     "FlowMatchLCM",
+    "Helios",
     "Heun",
     "LTXEulerAncestralRF",
     "MiniMaxH3",

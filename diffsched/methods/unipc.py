@@ -273,8 +273,12 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         strength: float = 1.0,
     ) -> Tableau:
         grid = self._grid(num_steps, sigmas, mu, timesteps)
+        return self.table(grid, first_call(len(grid.timesteps), strength))
+
+    def table(self, grid: solver_grid.SolverGrid, cut: int = 0) -> Tableau:
+        """The predictor-corrector table over ``grid`` (eq. 3-8), the warm-up starting at
+        call ``cut`` (image-to-image; the calls before it are dropped)."""
         n = len(grid.timesteps)
-        cut = first_call(n, strength)  # image-to-image: the warm-up restarts here
         sig = grid.sigmas
         alpha, sigma = solver_grid.alpha_sigma(sig, grid.flow)
         lam = solver_grid.half_log_snr(alpha, sigma)  # +inf at a final σ = 0
