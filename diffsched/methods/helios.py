@@ -57,8 +57,9 @@ class Helios(BaseScheduler):
 
     ``init(..., stage_index=k)``: the loop of stage k (0, the first, by default), as
     diffusers' ``set_timesteps(stage_index=k)`` (which needs it said when ``stages > 1``);
-    ``init(..., mu=μ)`` the dynamic shift (``use_dynamic_shifting``). diffusers' DMD variant (``scheduler_type="dmd"``) is the
-    class ``HeliosDMDScheduler``, not this one (its ``step`` refuses it).
+    ``init(..., mu=μ)`` the dynamic shift (``use_dynamic_shifting``). diffusers' DMD
+    variant (``scheduler_type="dmd"``) is the class ``HeliosDMDScheduler``, not this one
+    (its ``step`` refuses it).
     """
 
     DIFFUSERS_CLASS = "HeliosScheduler"
