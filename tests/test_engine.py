@@ -76,6 +76,7 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "FlowMapEuler": dict(shift=5.0),
         "MiniMaxH3": dict(),
         "Helios": dict(stages=1, shift=3.0),
+        "HeliosDMD": dict(),
     }
     for name, kwargs in optional.items():
         cls = getattr(ds, name, None)

@@ -191,3 +191,47 @@ def test_strength_matches_diffusers(sched, n, strength):
     r = oracle.rel(x, theirs)
     oracle.record("IMG2IMG flow (newer)", f"{type(sched).__name__}-s={strength}", r)
     assert r < F64_TOL, r
+
+
+# -- HeliosDMD: driven as the distilled Helios pipeline drives it ------------------------------
+
+DMD_SHAPE = (2, 2, 2, 2, 8)  # (batch, channels, frames, height, width): diffusers reshapes σ to 5-D
+
+
+def _dmd_diffusers(config, n, x, model, **set_timesteps):
+    d = peer.scheduler(config)
+    d.set_timesteps(n, **set_timesteps)
+    start = x
+    for i, t in enumerate(d.timesteps):
+        x = d.step(
+            model(x, t), t, x, cur_sampling_step=i, dmd_noisy_tensor=start,
+            dmd_sigmas=d.sigmas, dmd_timesteps=d.timesteps, all_timesteps=d.timesteps,
+        ).prev_sample  # fmt: skip
+    return d.timesteps, x
+
+
+@pytest.mark.parametrize(
+    ("sched", "n", "options"),
+    [
+        (ds.HeliosDMD(), 3, {"stage_index": 0}),
+        (ds.HeliosDMD(), 2, {"stage_index": 1}),
+        (ds.HeliosDMD(gamma=0.5), 4, {"stage_index": 2}),
+        (ds.HeliosDMD(), 2, {"stage_index": 0, "is_amplify_first_chunk": True}),
+        (ds.HeliosDMD(use_dynamic_shifting=True), 3, {"stage_index": 1, "mu": 1.5}),
+        (ds.HeliosDMD(stages=1, shift=3.0), 4, {}),
+        (ds.HeliosDMD(), 1, {"stage_index": 2}),
+    ],
+    ids=lambda v: f"N={v}" if isinstance(v, int) else None,
+)
+def test_helios_dmd_parity(sched, n, options):
+    x = oracle.start_sample(shape=DMD_SHAPE)
+    model = oracle.linear_tanh_model()
+    state, ts = sched.init(n, x, **options)
+    y = x
+    for t in ts:
+        state, y = sched.step(state, y, model(y, t))
+    their_ts, theirs = _dmd_diffusers(sched.to_config(), n, x, model, **options)
+    np.testing.assert_allclose(np.asarray(ts), their_ts.double().numpy(), rtol=1e-12)
+    r = oracle.rel(y, theirs)
+    oracle.record("PARITY flow (newer)", "HeliosDMD", r)
+    assert r < F64_TOL, r

@@ -48,6 +48,7 @@ MODULES = {
     "FlowMapEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_map_euler_discrete",
     "MiniMaxH3Scheduler": "diffusers.schedulers.scheduling_minimax_h3",
     "HeliosScheduler": "diffusers.schedulers.scheduling_helios",
+    "HeliosDMDScheduler": "diffusers.schedulers.scheduling_helios_dmd",
 }
 
 

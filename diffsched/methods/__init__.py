@@ -14,7 +14,7 @@ from .edm_dpmsolver import EDMDPMSolverMultistep
 from .euler import Euler, EulerAncestral
 from .flow_map import FlowMapEuler
 from .flow_match import FlowMatchEuler, FlowMatchHeun, FlowMatchLCM
-from .helios import Helios
+from .helios import Helios, HeliosDMD
 from .heun import Heun
 from .ipndm import IPNDM
 from .ipndm_variable import VariableIPNDM
@@ -59,6 +59,7 @@ ALL += (
     FlowMapEuler,
     MiniMaxH3,
     Helios,
+    HeliosDMD,
 )
 # methods diffusers does not have (their config's ``_class_name`` is our class name)
 OURS_ONLY = (VariableIPNDM,)
@@ -89,6 +90,7 @@ __all__ = [
     "FlowMatchHeun",
     "FlowMatchLCM",
     "Helios",
+    "HeliosDMD",
     "Heun",
     "LTXEulerAncestralRF",
     "MiniMaxH3",
