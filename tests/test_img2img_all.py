@@ -170,6 +170,8 @@ PIPELINE_CASES = [
     ("UniPC", {"solver_order": 3}),
     ("DPMSolverSinglestep", {"solver_order": 3}),
     ("PNDM", {"reduce_warmup": True}),
+    ("EDMEuler", {}),
+    ("EDMDPMSolverMultistep", {"solver_order": 3}),
 ]
 
 
