@@ -32,7 +32,10 @@ and the adapter does as the diffusers class of the wrapped scheduler does:
   started in mid-schedule has no memory of earlier calls: exact for one-step methods and
   the two-stage ones (started on a first stage), and diffusers' own behaviour for LMS
   (which keeps the full schedule's coefficients); the other multistep methods restart
-  their warm-up in diffusers, which our tables do not model: an error says so.
+  their warm-up in diffusers, and the adapter runs them from there as the method's own
+  image-to-image loop (``init(..., strength=s)`` whose first call is that call). PNDM
+  starts at ``set_begin_index``'s call too (its diffusers class counts calls from
+  wherever the pipeline starts it, which is the same loop).
 
 ``add_noise`` is, as in diffusers, sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε at the given timesteps
 for the classes whose diffusers ``add_noise`` reads ᾱ at them (DDIM, DDPM, PNDM, LCM, TCD,
@@ -218,6 +221,7 @@ class DiffusersScheduler:
         self._starts: dict[int, tuple[float, float]] = {}
         self._state: engine.EngineState | None = None
         self._state_index = 0  # the call index the engine state is at
+        self._run: tuple[engine.Program, int] | None = None  # (program run, its first call)
         self._template: tuple | None = None
         self._host_timesteps: np.ndarray | None = None
         self.timesteps = None
@@ -392,13 +396,13 @@ class DiffusersScheduler:
         if self._name in _PLACED_BY_TIMESTEP:
             self._step_index = self._index_of(timestep)
         elif self._step_index is None:
-            if self._name in _COUNTED_FROM_TOP:
+            if self._name in _COUNTED_FROM_TOP and self._begin_index is None:
                 if _scalar(timestep) != float(self._host_timesteps[0]):
                     raise NotImplementedError(
                         f"{self._name} starts at the top of its schedule (timestep "
                         f"{self._host_timesteps[0]}), got timestep {_scalar(timestep)}: it has "
-                        "no image-to-image (a Runge-Kutta / multistep warm-up cannot start "
-                        "mid-schedule); use a one-step method such as DDIM"
+                        "no place to start at without set_begin_index (its calls are counted, "
+                        "not placed by timestep); call set_begin_index first"
                     )
                 self._step_index = 0
             elif self._begin_index is not None:
@@ -457,13 +461,15 @@ class DiffusersScheduler:
                 "model calls; call set_timesteps again to start a new loop"
             )
         state = self._engine_state(sample, i)
-        scale, scale_next = float(program.input_scale[i]), float(program.input_scale[i + 1])
+        program, first = self._run
+        k = i - first  # the call of the program run
+        scale, scale_next = float(program.input_scale[k]), float(program.input_scale[k + 1])
         held = sample if scale == 1.0 else sample / scale
         noise = None
         if program.stochastic:
             if variance_noise is not None:
                 noise = variance_noise
-            elif program.coefs[i, _NOISE] != 0 or self._name in _DRAWS_AT_EVERY_CALL:
+            elif program.coefs[k, _NOISE] != 0 or self._name in _DRAWS_AT_EVERY_CALL:
                 from diffusers.utils.torch_utils import randn_tensor
 
                 noise = randn_tensor(
@@ -508,34 +514,61 @@ class DiffusersScheduler:
 
         template = (tuple(sample.shape), sample.dtype, sample.device)
         if self._state is None or template != self._template:
-            if i > 0:
-                self._check_fresh_start(i)
-            self._state, _ = self._loop.init(self._num_steps, sample, 0, **self._options)
-            self._state_index, self._template = 0, template
+            options = self._options
+            self._run = (self._program, 0)
+            if i > 0 and not self._starts_fresh(i):
+                options = {**options, "strength": self._restart_strength(i)}
+                self._run = (self._loop.program(self._num_steps, **options), i)
+            self._state, _ = self._loop.init(self._num_steps, sample, 0, **options)
+            self._state_index, self._template = self._run[1], template
         if self._state_index != i:
-            step = torch.full_like(self._state.step, i)
+            step = torch.full_like(self._state.step, i - self._run[1])
             self._state, self._state_index = self._state._replace(step=step), i
         return self._state
 
-    def _check_fresh_start(self, start: int) -> None:
-        """Refuses to start at call ``start`` where a later call reads what an earlier
-        call left (a multistep method), unless diffusers' class does the same."""
+    def _starts_fresh(self, start: int) -> bool:
+        """Whether the loop can start at call ``start`` of the whole program: no later call
+        reads what an earlier call left (one-step and two-stage methods), or diffusers'
+        class drops those terms as the engine does (LMS)."""
         if self._name in _STARTS_WITHOUT_WARMUP:
-            return
+            return True
         program = self._program
         written: set[int] = set()
         for n in range(start, program.num_calls):
             for slot, coef in program.reads[n]:
                 if coef != 0 and int(slot) not in written:
-                    raise NotImplementedError(
-                        f"{self._name} cannot start at model call {start} (image-to-image, "
-                        f"set_begin_index): call {n} uses calls before {start}, and diffusers "
-                        "restarts this method's multistep warm-up there, which diffsched does "
-                        "not model; start at call 0 (strength=1)"
-                    )
+                    return False
             for slot, *coefs in program.writes[n]:
                 if any(c != 0 for c in coefs):
                     written.add(int(slot))
+        return True
+
+    def _restart_strength(self, start: int) -> float:
+        """The ``strength`` of the method's image-to-image loop whose calls are this loop's
+        from call ``start`` on, with the multistep warm-up restarted there (as diffusers
+        restarts it at a pipeline's begin index)."""
+        from .methods._img2img import strength_of_cut
+
+        n = self._resolved_steps()
+        cut, rest = divmod(start, self.order)
+        why = None
+        if "strength" in self._options or rest:
+            why = "not at the start of a step"
+        else:
+            strength = strength_of_cut(n, cut)
+            try:
+                timesteps = self._loop.program(n, **self._options, strength=strength).timesteps
+            except TypeError:
+                why = "the method has no image-to-image loop (init(..., strength=))"
+            else:
+                if np.array_equal(np.asarray(timesteps), self._host_timesteps[start:]):
+                    return strength
+                why = "its image-to-image loop runs other calls"
+        raise NotImplementedError(
+            f"{self._name} cannot start at model call {start} (image-to-image, "
+            f"set_begin_index): a later call uses calls before it, and {why}; start at "
+            "call 0 (strength=1)"
+        )
 
     def _columns(self) -> engine.Tableau:
         if self._tableau is None:

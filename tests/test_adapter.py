@@ -49,11 +49,10 @@ NAMES = (
     "DPM2Ancestral", "LMS", "SASolver", "DPMSolverMultistep", "UniPC", "DEIS",
     "DPMSolverSinglestep", "TCD", "FlowMatchEuler",
 )  # fmt: skip
-# image-to-image: the methods that start mid-schedule as diffusers' classes do, and the
-# multistep ones that refuse (diffusers restarts their warm-up, which we do not model)
+# image-to-image: the methods that start mid-schedule as diffusers' classes do (the
+# multistep ones, whose warm-up diffusers restarts, and two strengths: test_img2img_all)
 IMG2IMG = ("DDIM", "DDPM", "LCM", "Euler", "EulerAncestral", "Heun", "DPM2", "DPM2Ancestral",
            "LMS", "TCD", "DPMSolverSinglestep")  # fmt: skip
-NO_IMG2IMG = ("PNDM", "SASolver", "DPMSolverMultistep", "UniPC", "DEIS")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -331,22 +330,6 @@ def test_wrapped_eta_wins_over_the_pipeline_default(sd_pipe):
 def test_stable_diffusion_img2img(img2img_pipe, init_image, name):
     call = sd_call(name, image=init_image, strength=0.6, num_inference_steps=4)
     compare(img2img_pipe, sd_scheduler(name), **call)
-
-
-@pytest.mark.parametrize("name", NO_IMG2IMG)
-def test_img2img_refused_for_multistep_warmups(img2img_pipe, init_image, name):
-    call = sd_call(name, image=init_image, strength=0.6, num_inference_steps=4)
-    with pytest.raises(NotImplementedError, match=r"mid-schedule|cannot start"):
-        run(img2img_pipe, DiffusersScheduler(sd_scheduler(name)), **call)
-
-
-def test_img2img_singlestep_refused_on_a_second_order_call(img2img_pipe, init_image):
-    """DPMSolverSinglestep starts mid-schedule where a step starts (strength 0.6 of 4 steps:
-    call 2, in IMG2IMG); call 1 is a second-order update of call 0's output, which diffusers
-    lowers to first order there (a warm-up restart): refused."""
-    call = sd_call("DPMSolverSinglestep", image=init_image, strength=0.75, num_inference_steps=4)
-    with pytest.raises(NotImplementedError, match=r"cannot start at model call 1"):
-        run(img2img_pipe, DiffusersScheduler(sd_scheduler("DPMSolverSinglestep")), **call)
 
 
 def test_latent_consistency_pipeline(sd_components):

@@ -85,6 +85,12 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
         "ComfyDPMPP2M": dict(model="flux"),
         "ComfyResMultistep": dict(model="x0"),
         "ComfyUniPC": dict(variant="bh2"),
+        # diffusers' newer flow schedulers (issue 18)
+        "LTXEulerAncestralRF": dict(),
+        "FlowMapEuler": dict(shift=5.0),
+        "MiniMaxH3": dict(),
+        "Helios": dict(stages=1, shift=3.0),
+        "HeliosDMD": dict(),
     }
     for name, kwargs in special.items():
         cases[name] = (getattr(ds, name)(**kwargs), 6)

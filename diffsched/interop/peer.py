@@ -55,6 +55,12 @@ MODULES = {
     "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
     "CogVideoXDPMScheduler": "diffusers.schedulers.scheduling_dpm_cogvideox",
     "RePaintScheduler": "diffusers.schedulers.scheduling_repaint",
+    # diffusers' newer flow schedulers (issue 18)
+    "LTXEulerAncestralRFScheduler": "diffusers.schedulers.scheduling_ltx_euler_ancestral_rf",
+    "FlowMapEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_map_euler_discrete",
+    "MiniMaxH3Scheduler": "diffusers.schedulers.scheduling_minimax_h3",
+    "HeliosScheduler": "diffusers.schedulers.scheduling_helios",
+    "HeliosDMDScheduler": "diffusers.schedulers.scheduling_helios_dmd",
 }
 
 

@@ -57,7 +57,9 @@ x_t = c_x x_s + c_0 D_0 + c_1 D_1 + c_2 D_2 (+ c_z z), with the weights of
 * for (7), diffusers' ``sde-dpmsolver++`` weighs D_2 by α_t ((1 - e^{-2h} - 2h)/(2h)² - 1/2)
   = -α_t (φ_2(-2h) + 1/2) ≈ -α_t, where the reference-code convention above gives
   α_t (1/2 - φ_2(-2h)) = 2 α_t h φ_3(-2h) ≈ α_t h/3 (a sign slip in diffusers; kept with
-  ``sde_third="diffusers"`` for parity).
+  ``sde_third="diffusers"`` for parity; ``reference`` is the corrected weight, ``taylor``
+  twice it; the classes' option ``sde_third_order``, measured in
+  :mod:`diffsched.methods.dpmsolver`).
 
 Every weight is formed from expm1 and the series of φ near 0, so that h = 0 (a repeated
 level: the step is the identity) and small h lose no digits, and the weights are finite
@@ -177,10 +179,13 @@ def data_prediction(
     c1 = 0.5 * c0 if second == "midpoint" else 2 * alpha_t * _h_phi(2, h, 2.0)
     if sde_third == "diffusers":
         c2 = -alpha_t * (phi(2, -2 * h) + 0.5)
-    elif sde_third == "reference":
-        c2 = 2 * alpha_t * _h_phi(3, h, 2.0) * (2.0 if third == "taylor" else 1.0)
+    elif sde_third in ("reference", "taylor"):
+        full = third == "taylor" or sde_third == "taylor"
+        c2 = 2 * alpha_t * _h_phi(3, h, 2.0) * (2.0 if full else 1.0)
     else:
-        raise ValueError(f"sde_third must be 'diffusers' or 'reference', got: {sde_third!r}")
+        raise ValueError(
+            f"sde_third must be 'diffusers', 'reference' or 'taylor', got: {sde_third!r}"
+        )
     decay = math.exp(-h)
     noise = sigma_t * math.sqrt(-math.expm1(-2 * h))  # σ_t sqrt(1 - e^{-2h})
     return Coefficients(sigma_t / sigma_s * decay, c0, c1, c2, noise)

@@ -69,8 +69,9 @@ class DDPM(X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
     beta_schedule: str = option(
         "linear",
         "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
-        "diffusers' scaled_linear), squared_cosine (Nichol & Dhariwal 2021, eq. 17) or sigmoid "
-        "(a logistic ramp from beta_start to beta_end; Xu et al. 2022, GeoDiff)",
+        "diffusers' scaled_linear), squared_cosine (Nichol & Dhariwal 2021, eq. 17), sigmoid "
+        "(a logistic ramp from beta_start to beta_end; Xu et al. 2022, GeoDiff) or laplace "
+        "(the Laplace log-SNR schedule, Hang et al. 2024, as diffusers discretises it)",
         "beta_schedule",
         choices=beta_schedules.EXTENDED_BETA_SCHEDULES,
         diffusers_values=beta_schedules.DIFFUSERS_EXTENDED_BETA_SCHEDULES,

@@ -56,11 +56,13 @@ from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
 from ..schedules import solver_grid
+from ._img2img import first_call
 from .dpmsolver import (
     Thresholding,
     flow_prediction_type_option,
     multistep_orders,
     multistep_tableau,
+    restarted_on_grid,
 )
 from .euler import training_alphas_cumprod
 
@@ -78,7 +80,9 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
     (``DPMSolverMultistep``), which integrates x̂_0.
 
     ``init(..., mu=μ)``: the flow shift becomes e^μ, as diffusers' ``set_timesteps(mu=...)``
-    (needs ``use_dynamic_shifting``).
+    (needs ``use_dynamic_shifting``). ``init(..., strength=s)``: image-to-image over the
+    last floor(N s) calls of the N-step grid, the warm-up restarted there, as diffusers
+    runs it after a pipeline's ``set_begin_index``.
     """
 
     DIFFUSERS_CLASS = "DEISMultistepScheduler"
@@ -131,19 +135,23 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
         )  # fmt: skip
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
         grid = self._grid(num_steps, **init_options)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
         abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
         return float(abar[0]), float(abar[1])
 
-    def tableau(self, num_steps: int | None, mu: Any = None) -> Tableau:
+    def tableau(self, num_steps: int | None, mu: Any = None, strength: float = 1.0) -> Tableau:
         grid = self._grid(num_steps, mu)
         n = len(grid.timesteps)
+        cut = first_call(n, strength)
         few = self.lower_order_final and n < 15
         orders = multistep_orders(
-            n, self.solver_order, grid.sigmas, last_first=few, second_last_second=few
+            n, self.solver_order, grid.sigmas, last_first=few, second_last_second=few, begin=cut
         )
-        return multistep_tableau(
+        tab = multistep_tableau(
             grid, orders, prediction_type=self.prediction_type, data=False,
             second="taylor", third="taylor", processes_x0=self.processes_x0,
         )  # fmt: skip
+        return restarted_on_grid(tab, grid, cut)

@@ -48,9 +48,23 @@ the training σ_0 with ``final_sigmas_type="sigma_min"``, or the inverse's trail
 makes diffusers' second-order ``heun`` and third-order steps 0/0 = NaN (r_0 = h_0/h = ∞);
 here the weights are written with h/h_0 and φ's, and the step is the identity, as it should.
 diffusers has no third-order ``sde-dpmsolver`` step (an UnboundLocalError); here it is (7)
-with the D_2 weight -2 σ_t h φ_3(h). diffusers' third-order ``sde-dpmsolver++`` weighs D_2 by
-α_t ((1 - e^{-2h} - 2h)/(2h)² - 1/2) ≈ -α_t (where α_t h/3 is consistent with its other
-weights); it is kept, for parity, and said so in the class docstring.
+with the D_2 weight -2 σ_t h φ_3(h).
+
+**The third-order sde-dpmsolver++ weight** (``sde_third_order``). diffusers weighs D_2 of
+(6) by α_t ((1 - e^{-2h} - 2h)/(2h)² - 1/2) = -α_t (φ_2(-2h) + 1/2) ≈ -α_t: the sign of
+the 1/2 is slipped. Carrying the deterministic step's convention (c_2 = α_t h φ_3(-h), Lu's
+reference code and diffusers' ODE) to (6), whose integrals are 2 α_t h^{n+1} φ_{n+1}(-2h),
+gives α_t (1/2 - φ_2(-2h)) = 2 α_t h φ_3(-2h) ≈ α_t h/3, consistent with its other weights;
+diffusers' O(1) weight on D_2 = O(h²) leaves an O(h²) error per step. Measured
+(``tests/test_sde_third_order.py``: the exact law of the final sample on an exact Gaussian
+model, 2-Wasserstein error against the exact law, linspace grid, N = 40, 80, 160, 320):
+diffusers' weight 9.0e-1, 3.6e-1, 4.1e-1, 3.1e-1 (no convergence); the corrected one
+5.2e-1, 1.0e-1, 1.0e-2, 1.7e-3 (orders 2.3, 3.4, 2.6); with Karras levels (N = 20 to 160)
+1.4e-1, 6.0e-2, 2.3e-2, 9.4e-3 (order 1.2-1.4) against 7.3e-2, 6.2e-3, 1.6e-3, 4.1e-4;
+the second-order step (2M SDE) gives 3.8e-2, 1.0e-2, 2.5e-3 at N = 80, 160, 320. The full
+Taylor weight (twice the corrected one) converges alike, with larger errors here. So:
+``sde_third_order="diffusers"`` (the default, so that diffusers configs give diffusers'
+samples) keeps the slip; ``"corrected"`` is the weight to use.
 
 The grid is :func:`diffsched.schedules.solver_grid.solver_grid` with this class's settings
 (float32 levels, as diffusers stores them): λ clipping, Karras and Lu timesteps rounded
@@ -83,6 +97,7 @@ from ..core.scheduler import (
 )
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as coefficients
+from ._img2img import first_call, restarted
 from .euler import training_alphas_cumprod
 
 
@@ -98,6 +113,24 @@ def reject_learned_variance(owner: str, variance_type: str | None) -> None:
 
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+# the D_2 weight of third-order sde-dpmsolver++ steps -> the coefficient module's name
+SDE_THIRD_ORDER = {"diffusers": "diffusers", "corrected": "reference"}
+
+
+def sde_third_order_option() -> Any:
+    """``sde_third_order``: diffusers' D_2 weight of third-order ``sde-dpmsolver++`` steps
+    (a sign slip, kept for parity) or the corrected one (the module docstring)."""
+    return option(
+        "diffusers",
+        "the D_2 weight of third-order sde-dpmsolver++ steps: diffusers (its value, "
+        "-α_t (φ_2(-2h) + 1/2) ≈ -α_t, a sign slip: first order at best) or corrected "
+        "(α_t (1/2 - φ_2(-2h)) = 2 α_t h φ_3(-2h), the weight of the deterministic third-order "
+        "step carried to the SDE; third order in a weak-error measurement, see the module "
+        "docstring); ours only, so diffusers configs load as diffusers",
+        None, choices=tuple(SDE_THIRD_ORDER),
+    )  # fmt: skip
+
+
 SOLVER_TYPES = ("midpoint", "heun")
 VARIANCE_TYPES = ("learned", "learned_range")
 
@@ -235,29 +268,47 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
         return kind
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
         grid = self._grid(num_steps, **init_options)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
         abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
         return float(abar[0]), float(abar[1])
 
     # -- the table -------------------------------------------------------------------------
 
-    def _orders(self, n: int, sig: np.ndarray) -> list[int]:
-        """The order of each of the n calls (module docstring, "Order at each call")."""
+    def _orders(self, n: int, sig: np.ndarray, begin: int = 0) -> list[int]:
+        """The order of each of the n calls (module docstring, "Order at each call"), the
+        warm-up starting at call ``begin``."""
         few = self.lower_order_final and n < 15
         to_zero = getattr(self, "final_sigmas_type", None) == "zero"
         return multistep_orders(
             n, self.solver_order, sig,
             last_first=self.euler_at_final or few or to_zero, second_last_second=few,
+            begin=begin,
         )  # fmt: skip
 
-    def _table(self, grid: solver_grid.SolverGrid) -> Tableau:
-        return multistep_tableau(
-            grid, self._orders(len(grid.timesteps), grid.sigmas),
+    def _table(
+        self, grid: solver_grid.SolverGrid, strength: float = 1.0, sde_third: str = "diffusers"
+    ) -> Tableau:
+        cut = first_call(len(grid.timesteps), strength)
+        tab = multistep_tableau(
+            grid, self._orders(len(grid.timesteps), grid.sigmas, cut),
             prediction_type=self.prediction_type, data=self.data_prediction,
             second="taylor" if self.solver_type == "heun" else "midpoint",
             stochastic=not self.deterministic, processes_x0=self.processes_x0,
+            sde_third=SDE_THIRD_ORDER[sde_third],
         )  # fmt: skip
+        return restarted_on_grid(tab, grid, cut)
+
+
+def restarted_on_grid(tab: Tableau, grid: solver_grid.SolverGrid, cut: int) -> Tableau:
+    """``tab``'s calls from ``cut`` on (image-to-image), the loop starting at level ``cut``
+    of ``grid``: x = α x_0 + σ_t ε there."""
+    if cut == 0:
+        return tab
+    alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[cut : cut + 1], grid.flow)
+    return restarted(tab, cut, (float(alpha[0]), float(sigma[0])))
 
 
 def multistep_orders(
@@ -267,15 +318,18 @@ def multistep_orders(
     *,
     last_first: bool,
     second_last_second: bool,
+    begin: int = 0,
 ) -> list[int]:
-    """The order of each of n calls: the warm-up (1, 2, ...), first order at the last call
-    when ``last_first``, at most second at the one before when ``second_last_second``, and
-    first order into a final level σ = 0 (h = ∞)."""
+    """The order of each of n calls: the warm-up (1, 2, ...) from call ``begin`` (where an
+    image-to-image loop starts: diffusers restarts the warm-up at a pipeline's begin index),
+    first order at the last call when ``last_first``, at most second at the one before when
+    ``second_last_second``, and first order into a final level σ = 0 (h = ∞)."""
     out = []
     for i in range(n):
-        if solver_order == 1 or i < 1 or (i == n - 1 and last_first) or sigmas[i + 1] == 0:
+        k = i - begin  # calls made before this one
+        if solver_order == 1 or k < 1 or (i == n - 1 and last_first) or sigmas[i + 1] == 0:
             out.append(1)
-        elif solver_order == 2 or i < 2 or (i == n - 2 and second_last_second):
+        elif solver_order == 2 or k < 2 or (i == n - 2 and second_last_second):
             out.append(2)
         else:
             out.append(3)
@@ -292,12 +346,14 @@ def multistep_tableau(
     third: str = "reference",
     stochastic: bool = False,
     processes_x0: bool = False,
+    sde_third: str = "diffusers",
 ) -> Tableau:
     """The tableau of eq. 3-7 over ``grid`` with the given order at each call.
 
     ``data``: the x̂_0 form (2) (else the ε form (1), ε̂ formed from x̂_0 at the call's
     level, after thresholding when ``processes_x0``); ``second`` / ``third``: the weights
-    c_1 (of second-order steps) and c_2 (see :mod:`._dpm_solver_coefficients`).
+    c_1 (of second-order steps) and c_2 (see :mod:`._dpm_solver_coefficients`); ``sde_third``
+    the c_2 of the stochastic x̂_0 form (eq. 6): ``diffusers``, ``reference`` or ``taylor``.
     """
     ts, sig = grid.timesteps, grid.sigmas
     n = len(ts)
@@ -332,6 +388,7 @@ def multistep_tableau(
         c = form(
             alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
             second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
+            **({"sde_third": sde_third} if data else {}),
         )  # fmt: skip
         h = lam[i + 1] - lam[i]
         h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
@@ -371,10 +428,16 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
     ``init(..., timesteps=[...])``: custom integer timesteps (descending), as diffusers'
     ``set_timesteps(timesteps=...)``. ``init(..., mu=μ)``: the flow shift becomes e^μ, as
     diffusers' ``set_timesteps(mu=...)`` (needs ``use_dynamic_shifting``).
+    ``init(..., strength=s)``: image-to-image over the last floor(N s) calls of the N-step
+    grid, the warm-up restarted there (orders 1, 2, ... from the first call run; the
+    lower-order final steps still counted on the whole grid), as diffusers runs it after a
+    pipeline's ``set_begin_index``.
 
     Karras / Lu / exponential / beta levels span the whole training range [σ_0, σ_{T-1}]
-    (not the spaced one). Third-order ``sde-dpmsolver++`` keeps diffusers' D_2 weight (module
-    docstring); third-order ``sde-dpmsolver`` (which diffusers cannot run) uses eq. 7's.
+    (not the spaced one). Third-order ``sde-dpmsolver++`` keeps diffusers' D_2 weight, a
+    sign slip that stops its convergence, unless ``sde_third_order="corrected"`` (module
+    docstring, with the measurement); third-order ``sde-dpmsolver`` (which diffusers cannot
+    run) uses eq. 7's.
     """
 
     DIFFUSERS_CLASS = "DPMSolverMultistepScheduler"
@@ -388,6 +451,7 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
     final_sigmas_type: str = with_default(SolverOptions, "final_sigmas_type", "zero")
     use_dynamic_shifting: bool = with_default(SolverOptions, "use_dynamic_shifting", False)
     time_shift_type: str = with_default(SolverOptions, "time_shift_type", "exponential")
+    sde_third_order: str = sde_third_order_option()
 
     def _check(self) -> None:
         super()._check()
@@ -423,8 +487,10 @@ class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
             flow_shift=shift, timesteps=timesteps,
         )  # fmt: skip
 
-    def tableau(self, num_steps: int | None, timesteps: Any = None, mu: Any = None) -> Tableau:
-        return self._table(self._grid(num_steps, timesteps, mu))
+    def tableau(
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
+    ) -> Tableau:
+        return self._table(self._grid(num_steps, timesteps, mu), strength, self.sde_third_order)
 
 
 @document

@@ -61,6 +61,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, document
 from ..schedules import sigmas as sigma_schedules
 from . import _dpm_solver_coefficients as coefficients
+from ._img2img import first_call, restarted
 from .dpmsolver import Thresholding, multistep_orders
 from .edm import EDMEuler
 
@@ -173,14 +174,15 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
         ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))  # c_noise (Table 1)
         return ts, sig
 
-    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)
-        abar = sigma_schedules.alpha_bar_of(sig[[0, -1]])
+        abar = sigma_schedules.alpha_bar_of(sig[[first_call(num_steps, strength), -1]])
         return float(abar[0]), float(abar[1])
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, sig = self._grid(num_steps)
         n = len(ts)
+        cut = first_call(n, strength)  # image-to-image: the warm-up restarts here
         s = sig[:n]
         # eq. 1 at each call: D = c_skip x + c_out F
         c_skip = self.sigma_data**2 / (s**2 + self.sigma_data**2)
@@ -191,7 +193,7 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
         orders = multistep_orders(
             n, self.solver_order, sig,
             last_first=self.euler_at_final or few or self.final_sigmas_type == "zero",
-            second_last_second=few,
+            second_last_second=few, begin=cut,
         )  # fmt: skip
         stochastic = not self.deterministic
         second = "taylor" if self.solver_type == "heun" else "midpoint"
@@ -212,7 +214,7 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
             for lag in range(p):  # eq. 3-4: D of call i - lag
                 update.add(X0, lag, i, w[lag])
             noise[i] = c.noise
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=c_skip,
             x0_output=c_out,
@@ -222,3 +224,4 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
             start=(1.0, float(s[0])),
             init_noise_sigma=math.sqrt(self.sigma_max**2 + 1),  # diffusers' value
         )
+        return restarted(tab, cut, (1.0, float(s[cut])))

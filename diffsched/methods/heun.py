@@ -32,8 +32,9 @@ import numpy as np
 
 from ..core import families, predictions
 from ..core.engine import Tableau
-from ..core.options import with_default
+from ..core.options import option, with_default
 from ..core.scheduler import Clipping, Scheduler, SigmaGrid, Spacing, document
+from ..schedules import betas as beta_schedules
 from .euler import _EulerBase
 from .kit import EULER, HEUN, butcher_step, runge_kutta
 
@@ -81,6 +82,16 @@ class Heun(Clipping, _TwoStageBase):
     CLI_NAME = "heun"
     PREDICTION_TYPES = predictions.PREDICTION_TYPES
     ORDER = 2
+
+    beta_schedule: str = option(
+        "linear",
+        "the training betas: linear (Ho et al. 2020), quadratic (evenly spaced in sqrt(β); "
+        "diffusers' scaled_linear), squared_cosine (Nichol & Dhariwal 2021, eq. 17) or "
+        "exponential (ᾱ(u) = e^{-12 u}, discretised as squared_cosine; diffusers' exp)",
+        "beta_schedule",
+        choices=beta_schedules.EXPONENTIAL_BETA_SCHEDULES,
+        diffusers_values=beta_schedules.DIFFUSERS_EXPONENTIAL_BETA_SCHEDULES,
+    )
     CALLS_PER_STEP = 2  # one on the last step, to σ = 0
 
     clip_denoised_sample: bool = with_default(Clipping, "clip_denoised_sample", False)

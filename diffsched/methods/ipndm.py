@@ -47,6 +47,7 @@ from ..core import families
 from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import Scheduler, _tuple_of_floats, document
+from ._img2img import first_call, restarted
 from .pndm import ADAMS_BASHFORTH
 
 ALPHA_FLOOR = 1e-8  # the clamp of eq. 3
@@ -134,19 +135,20 @@ class IPNDM(Scheduler):
         ts = np.arctan2(b[:-1], a[:-1]) * (2 / math.pi)
         return a, b, ts
 
-    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         a, _, _ = self.grid(num_steps)
-        return float(a[0] ** 2), float(a[-1] ** 2)
+        return float(a[first_call(num_steps, strength)] ** 2), float(a[-1] ** 2)
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         a, b, ts = self.grid(num_steps)
         n = len(ts)
+        cut = first_call(n, strength)  # image-to-image: the warm-up restarts here
         a_safe = np.maximum(a[:-1], ALPHA_FLOOR)
         # eq. 3-4: x_{i+1} = (a_{i+1} / a_safe) x_i + c_i ε̂_i
         c = b[1:] - a[1:] * b[:-1] / a_safe
         update = Update(n)
-        for i in range(n):
-            weights = ADAMS_BASHFORTH[min(i + 1, 4)]
+        for i in range(cut, n):
+            weights = ADAMS_BASHFORTH[min(i - cut + 1, 4)]
             for k, w in enumerate(weights):  # eq. 1-2: ε_{i-k} = b x_{i-k} + a v_{i-k}
                 j = i - k
                 update.add(SAMPLE, k, i, c[i] * w * b[j])
@@ -155,9 +157,10 @@ class IPNDM(Scheduler):
             update[(SAMPLE, 0)][i] = (
                 a[i + 1] * (1 - weights[0] * b[i] ** 2) / a_safe[i] + b[i + 1] * weights[0] * b[i]
             )
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=a[:-1],  # x̂_0 = a x - b v
             x0_output=-b[:-1],
             update=update,
         )
+        return restarted(tab, cut, (float(a[cut]), float(b[cut])))

@@ -34,6 +34,7 @@ from ..core.engine import Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
 from ..schedules import sigmas as sigma_schedules
+from ._img2img import first_call, restarted
 from .euler import _EulerBase
 from .kit import adams_bashforth_weights, linear_multistep
 
@@ -81,21 +82,25 @@ class LMS(SigmaGrid, Spacing, Scheduler):
     _grid = _EulerBase._grid
     _init_noise_sigma = _EulerBase._init_noise_sigma
 
-    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)
-        return float(sigma_schedules.alpha_bar_of(sig[0])), float(
+        return float(sigma_schedules.alpha_bar_of(sig[first_call(num_steps, strength)])), float(
             sigma_schedules.alpha_bar_of(sig[-1])
         )
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, sig = self._grid(num_steps)
         n = len(ts)
+        cut = first_call(n, strength)  # image-to-image: calls before the cut never run
         s = sig[:n]
         x0 = predictions.x0_from_ve(self.prediction_type, s)
-        # eq. 2 with d_j = (x_j - x̂_0,j) / σ_j (eq. 1)
-        weights = [adams_bashforth_weights(sig, i, self.order) for i in range(n)]
+        # eq. 2 with d_j = (x_j - x̂_0,j) / σ_j (eq. 1); image-to-image keeps the whole
+        # schedule's weights and drops the derivatives of calls before the cut
+        weights = [
+            adams_bashforth_weights(sig, i, self.order)[: max(i - cut, 0) + 1] for i in range(n)
+        ]
         update = linear_multistep(s, weights)
-        return Tableau(
+        tab = Tableau(
             timesteps=ts,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
@@ -104,3 +109,4 @@ class LMS(SigmaGrid, Spacing, Scheduler):
             start=(1.0, float(s[0])),
             init_noise_sigma=self._init_noise_sigma(sig),
         )
+        return restarted(tab, cut, (1.0, float(s[cut])))

@@ -23,8 +23,9 @@ engine stores where later calls read them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from ..core import families, ops
 from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import FinalAlpha, Scheduler, Spacing, document, spaced_timesteps
+from ._img2img import first_call
 
 # Linear multistep weights on (ε_n, ε_{n-1}, ...), by order (Adams-Bashforth; eq. 12).
 ADAMS_BASHFORTH = {
@@ -64,6 +66,15 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
     applies the multistep weights to the ODE derivative in σ. ``prediction_type`` is
     ``"noise"`` or ``"angular_velocity"``; ``alpha_clip_strategy`` defaults to
     ``"alpha_zero"`` here.
+
+    ``init(..., strength=s)``: image-to-image as diffusers computes it when an img2img
+    pipeline hands ``PNDMScheduler`` its timesteps from step c = N - floor(N s) on.
+    diffusers counts calls, not levels, so the warm-up runs on those timesteps: with
+    ``reduce_warmup`` the second call run is taken as the improved-Euler redo of the first
+    (for c >= 2 the later calls then read their sample one step off its level), and the
+    Runge-Kutta warm-up moves from the full schedule's first levels to the given ones. That
+    is what diffusers computes, not a sound solver: for image-to-image prefer a one-step or
+    a multistep method that restarts cleanly (``DPMSolverMultistep``).
     """
 
     DIFFUSERS_CLASS = "PNDMScheduler"
@@ -80,8 +91,24 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
 
     # -- the plan: which calls, between which timesteps, with which ε estimate ----------
 
-    def plan(self, num_steps: int) -> list[Call]:
-        """The model calls of an N-step loop, in order."""
+    def plan(self, num_steps: int, strength: float = 1.0) -> list[Call]:
+        """The model calls of an N-step loop, in order; with ``strength`` s < 1, the calls
+        diffusers makes when an img2img pipeline hands it the timesteps from step
+        N - floor(N s) on (see the class docstring)."""
+        full = self._full_plan(num_steps)
+        cut = first_call(num_steps, strength)
+        if cut == 0:
+            return full
+        passed = [call.timestep for call in full][cut:]
+        delta = self.num_train_steps // num_steps
+        if self.reduce_warmup:
+            return _multistep_calls(passed, delta, reduced=True)
+        firsts = [call.timestep for call in full[:12]]  # t_from of the Runge-Kutta steps
+        return _runge_kutta_calls(firsts, passed[:12], delta // 2) + _multistep_calls(
+            passed[12:], delta, reduced=False, history=[0, 4, 8]
+        )
+
+    def _full_plan(self, num_steps: int) -> list[Call]:
         ops.check_num_steps(num_steps)
         minimum = 2 if self.reduce_warmup else 4
         if num_steps < minimum:
@@ -94,21 +121,24 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
         if self.reduce_warmup:
             return _multistep_calls([ts[0], ts[1], *ts[1:]], delta, reduced=True)
         # three Runge-Kutta steps (12 calls) whose first outputs seed the history
-        return _runge_kutta_calls(ts[:4], delta // 2) + _multistep_calls(
+        prk = []
+        for i in range(3):  # each from t to t - δ: at t, twice at the midpoint, at t - δ
+            mid = int(ts[i + 1]) + delta // 2
+            prk += [int(ts[i]), mid, mid, int(ts[i + 1])]
+        return _runge_kutta_calls(prk, prk, delta // 2) + _multistep_calls(
             list(ts[3:]), delta, reduced=False, history=[0, 4, 8]
         )
 
-    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
-        del init_options
-        calls = self.plan(num_steps)
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
+        calls = self.plan(num_steps, strength)
         acp, last = self.alphas_cumprod, calls[-1].t_to
         return float(acp[calls[0].timestep]), float(
             acp[last] if last >= 0 else self.final_alpha_cumprod
         )
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         """Each call: φ from its anchor sample with its ε combination (eq. 11-13)."""
-        calls = self.plan(num_steps)
+        calls = self.plan(num_steps, strength)
         acp, final = self.alphas_cumprod, self.final_alpha_cumprod
         n_calls = len(calls)
         update = Update(n_calls)
@@ -118,11 +148,13 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
             for j, w in call.output.items():
                 update.add(OUTPUT, n - j, n, beta * w)
         zeros = np.zeros(n_calls)
+        a_start = float(acp[calls[0].timestep])
         return Tableau(
             timesteps=np.asarray([call.timestep for call in calls], dtype=np.int64),
             x0_sample=zeros,
             x0_output=zeros,
             update=update,
+            start=(math.sqrt(a_start), math.sqrt(1.0 - a_start)),
         )
 
     def _transfer(self, acp: np.ndarray, final: float, call: Call) -> tuple[float, float]:
@@ -137,25 +169,22 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
         return ratio, -eps
 
 
-def _runge_kutta_calls(ts: np.ndarray, half: int) -> list[Call]:
-    """The pseudo Runge-Kutta warm-up over the three intervals of ``ts`` (4 points, eq. 13).
+def _runge_kutta_calls(firsts: list[int], passed: list[int], half: int) -> list[Call]:
+    """The pseudo Runge-Kutta warm-up (eq. 13): the calls at the timesteps ``passed`` (12
+    or fewer), three steps of four calls from t to t - δ.
 
-    Each step from t to t - δ calls the model at t, twice at the midpoint and at t - δ,
-    always moving from the step's starting sample, and ends with the weights
-    (1, 2, 2, 1)/6 of the classical Runge-Kutta method. The midpoint is t - δ + δ/2 with
-    δ/2 = (T // N) // 2, as in diffusers.
+    Each step calls the model at t, twice at the midpoint t - δ/2 and at t - δ, always
+    moving from the step's starting sample, and ends with the weights (1, 2, 2, 1)/6 of the
+    classical Runge-Kutta method; δ/2 = (T // N) // 2, as in diffusers. As diffusers counts
+    them, call k of the warm-up moves from ``firsts[4 (k // 4)]`` (the full schedule's)
+    to ``passed[k]`` less δ/2 at the even calls: for a full loop (``passed`` = ``firsts``,
+    [t, t - δ/2, t - δ/2, t - δ] per step) that is t - δ/2, t - δ/2, t - δ, t - δ.
     """
     calls = []
-    for i in range(3):
-        start, end = int(ts[i]), int(ts[i + 1])
-        mid = end + half
-        g = 4 * i  # index of this step's first call
-        calls += [
-            Call(start, start, start - half, g, {g: 1.0}, True),
-            Call(mid, start, mid, g, {g + 1: 1.0}, False),
-            Call(mid, start, mid - half, g, {g + 2: 1.0}, False),
-            Call(end, start, end, g, {g: 1 / 6, g + 1: 2 / 6, g + 2: 2 / 6, g + 3: 1 / 6}, False),
-        ]
+    for k, t in enumerate(passed[:12]):
+        g = 4 * (k // 4)  # index of this step's first call
+        out = {g: 1 / 6, g + 1: 2 / 6, g + 2: 2 / 6, g + 3: 1 / 6} if k % 4 == 3 else {k: 1.0}
+        calls.append(Call(int(t), firsts[g], int(t) - (0 if k % 2 else half), g, out, k == g))
     return calls
 
 

@@ -83,6 +83,7 @@ from ..core.scheduler import (
     document,
 )
 from ..schedules import solver_grid as grids
+from ._img2img import first_call, restarted
 from .dpmsolver import reject_learned_variance
 
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
@@ -156,13 +157,13 @@ def step_weights(
     return weights
 
 
-def _orders(num_calls: int, predictor: int, corrector: int, lower_final: bool):
+def _orders(num_calls: int, predictor: int, corrector: int, lower_final: bool, begin: int = 0):
     """(p_n, q_n) per call: the predictor's order at call n and the order of the corrector
-    that call n + 1 applies to it (warm-up: one more output per call)."""
+    that call n + 1 applies to it (warm-up from call ``begin``: one more output per call)."""
     history = max(predictor, corrector - 1)
     p, q = np.zeros(num_calls, np.int64), np.zeros(num_calls, np.int64)
-    for n in range(num_calls):
-        have = min(n, history)  # outputs before this call (diffusers' lower_order_nums)
+    for n in range(begin, num_calls):
+        have = min(n - begin, history)  # outputs before this call (diffusers' lower_order_nums)
         p_cap = min(predictor, num_calls - n) if lower_final else predictor
         q_cap = min(corrector, num_calls - n + 1) if lower_final else corrector
         p[n], q[n] = min(p_cap, have + 1), min(q_cap, have + 2)
@@ -193,6 +194,12 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
     ``algorithm_type="noise_prediction"`` and ``thresholding``, ε̂ is re-derived from the
     thresholded x̂_0 at the call's own (α, σ); diffusers indexes its tables with a missing
     timestep there and fails.
+
+    ``init(..., strength=s)``: image-to-image over the last floor(N s) calls of the N-step
+    grid, the warm-up restarted there (no corrector at the first call run), as diffusers
+    runs it after a pipeline's ``set_begin_index``; ``add_noise`` starts at that call's
+    (α, σ) (diffusers' ``add_noise`` reads ᾱ at the timestep instead, which differs on the
+    re-gridded σ's).
     """
 
     DIFFUSERS_CLASS = "SASolverScheduler"
@@ -286,11 +293,11 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
         lo, hi = DEFAULT_TAU_RANGE
         return np.where((timesteps >= lo) & (timesteps <= hi), 1.0, 0.0)
 
-    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         g = self.grid(num_steps)
         alpha, sigma = grids.alpha_sigma(g.sigmas, g.flow)
         snr = alpha**2 / (alpha**2 + sigma**2)  # ᾱ of the same signal-to-noise ratio
-        return float(snr[0]), float(snr[-1])
+        return float(snr[first_call(num_steps, strength)]), float(snr[-1])
 
     # -- the tableau ---------------------------------------------------------------------
 
@@ -307,21 +314,22 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
             return sigma, alpha, zeros
         return 1.0 / sigma, -alpha / sigma, zeros  # sample: ε = (x - α x_0) / σ
 
-    def tableau(self, num_steps: int) -> Tableau:
+    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         g = self.grid(num_steps)
         n_calls = len(g.timesteps)
+        cut = first_call(n_calls, strength)  # image-to-image: the warm-up restarts here
         alpha, sigma = grids.alpha_sigma(g.sigmas, g.flow)
         lam = grids.half_log_snr(alpha, sigma)
         tau = self.taus(g.timesteps)
         data = self.algorithm_type == "data_prediction"
         p_ord, q_ord = _orders(
-            n_calls, self.predictor_order, self.corrector_order, self.lower_order_final
+            n_calls, self.predictor_order, self.corrector_order, self.lower_order_final, cut
         )
         lags = max(self.predictor_order, self.corrector_order) + 1
         pred = np.zeros((n_calls, lags))  # P_{n,k} (eq. 3-4, 6): on M_{n-k}
         corr = np.zeros((n_calls, lags))  # C_{n,k}: on M_{n+1-k}, applied at call n + 1
         keep, fresh = np.zeros(n_calls), np.zeros(n_calls)
-        for n in range(n_calls):
+        for n in range(cut, n_calls):  # calls before the cut are never run
             t2, h = tau[n] ** 2, lam[n + 1] - lam[n]
             if data:  # eq. 1 and 3
                 c, scale = 1.0 + t2, (1.0 + t2) * alpha[n + 1]
@@ -357,7 +365,7 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
                 if np.any(term):
                     update[(operand, j)] = update.get((operand, j), 0.0) + term
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n_calls], sigma[:n_calls])
-        return Tableau(
+        tab = Tableau(
             timesteps=g.timesteps,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
@@ -365,3 +373,4 @@ class SASolver(SigmaGrid, Spacing, Scheduler):
             noise=None if self.deterministic else fresh,
             start=(float(alpha[0]), float(sigma[0])),
         )
+        return restarted(tab, cut, (float(alpha[cut]), float(sigma[cut])))

@@ -72,7 +72,13 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
 from ..schedules import shifts, solver_grid
 from ._dpm_solver_coefficients import phi
-from .dpmsolver import Thresholding, custom_timesteps, flow_prediction_type_option
+from ._img2img import first_call
+from .dpmsolver import (
+    Thresholding,
+    custom_timesteps,
+    flow_prediction_type_option,
+    restarted_on_grid,
+)
 from .euler import training_alphas_cumprod
 
 SOLVER_TYPES = ("bh1", "bh2")
@@ -114,7 +120,10 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
     the final level as is (0: the last step lands on x̂_0; final_sigmas_type then unused).
     ``init(..., timesteps=[...])``: custom integer timesteps (descending), as
     ``DPMSolverMultistep`` takes them (diffusers' UniPC has no such argument; a tuned grid
-    from :func:`diffsched.tune` is one).
+    from :func:`diffsched.tune` is one). ``init(..., strength=s)``: image-to-image over the
+    last floor(N s) calls of the N-step grid, the warm-up restarted there (no corrector at
+    the first call run, orders rising from 1), as diffusers runs it after a pipeline's
+    ``set_begin_index``.
     """
 
     DIFFUSERS_CLASS = "UniPCMultistepScheduler"
@@ -248,17 +257,29 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         return grid
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
         grid = self._grid(num_steps, **init_options)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[0, -1]], grid.flow)
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
         abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of α, σ_t
         return float(abar[0]), float(abar[1])
 
     # -- the table -----------------------------------------------------------------------
 
     def tableau(
-        self, num_steps: int | None, sigmas: Any = None, mu: Any = None, timesteps: Any = None
+        self,
+        num_steps: int | None,
+        sigmas: Any = None,
+        mu: Any = None,
+        timesteps: Any = None,
+        strength: float = 1.0,
     ) -> Tableau:
         grid = self._grid(num_steps, sigmas, mu, timesteps)
+        return self.table(grid, first_call(len(grid.timesteps), strength))
+
+    def table(self, grid: solver_grid.SolverGrid, cut: int = 0) -> Tableau:
+        """The predictor-corrector table over ``grid`` (eq. 3-8), the warm-up starting at
+        call ``cut`` (image-to-image; the calls before it are dropped)."""
         n = len(grid.timesteps)
         sig = grid.sigmas
         alpha, sigma = solver_grid.alpha_sigma(sig, grid.flow)
@@ -274,7 +295,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         orders = []
         for j in range(n):
             p = min(self.solver_order, n - j) if self.lower_order_final else self.solver_order
-            p = min(p, j + 1)
+            p = min(p, j - cut + 1)
             orders.append(1 if sig[j + 1] == 0 else p)
 
         update = Update(n)
@@ -302,7 +323,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         for j in range(n):
             # the corrected sample x^c_j = x̃_j + corr (eq. 7): {lag: coefficient of m}
             corr: dict[int, float] = {}
-            if j > 0 and (j - 1) not in self.disable_corrector and weights[j - 1] is not None:
+            if j > cut and (j - 1) not in self.disable_corrector and weights[j - 1] is not None:
                 _, b_h, r, rho_p, rho_c = weights[j - 1]
                 p = orders[j - 1]
                 scale = lead[j] * b_h
@@ -332,7 +353,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 w = -lead[t] * b_h * rho_p[k - 1] / r[k - 1]
                 add_model(k, j, w)
                 add_model(0, j, -w)
-        return Tableau(
+        tab = Tableau(
             timesteps=grid.timesteps,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
@@ -340,6 +361,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             start=(float(alpha[0]), float(sigma[0])),
             init_noise_sigma=1.0,
         )
+        return restarted_on_grid(tab, grid, cut)
 
 
 def _step_indices(value: Any) -> tuple[int, ...]:

@@ -25,10 +25,17 @@ DIFFUSERS_BETA_SCHEDULES = {
     "squared_cosine": "squaredcos_cap_v2",
 }
 
-# Schedules that only some diffusers classes accept (DDPMScheduler: GeoDiff's sigmoid): a
-# method opts in by declaring its beta_schedule with these choices.
-EXTENDED_BETA_SCHEDULES = (*BETA_SCHEDULES, "sigmoid")
-DIFFUSERS_EXTENDED_BETA_SCHEDULES = {**DIFFUSERS_BETA_SCHEDULES, "sigmoid": "sigmoid"}
+# Schedules that only some diffusers classes accept (DDPMScheduler: GeoDiff's sigmoid and
+# the Laplace schedule; HeunDiscreteScheduler: the exponential ᾱ): a method opts in by
+# declaring its beta_schedule with these choices.
+EXTENDED_BETA_SCHEDULES = (*BETA_SCHEDULES, "sigmoid", "laplace")
+DIFFUSERS_EXTENDED_BETA_SCHEDULES = {
+    **DIFFUSERS_BETA_SCHEDULES,
+    "sigmoid": "sigmoid",
+    "laplace": "laplace",
+}
+EXPONENTIAL_BETA_SCHEDULES = (*BETA_SCHEDULES, "exponential")
+DIFFUSERS_EXPONENTIAL_BETA_SCHEDULES = {**DIFFUSERS_BETA_SCHEDULES, "exponential": "exp"}
 
 
 def betas(
@@ -47,6 +54,13 @@ def betas(
       beta_t = 1 - ᾱ(t+1)/ᾱ(t), capped at 0.999 (Nichol & Dhariwal 2021, eq. 17).
     * ``sigmoid``: beta_t = beta_start + (beta_end - beta_start) · s(-6 + 12 t/(T-1)), s the
       logistic function (Xu et al. 2022, "GeoDiff"; of diffusers' classes only DDPM has it).
+    * ``laplace``: ᾱ(u) = sqrt(sigmoid(λ(u))), λ(u) = -(1/2) sgn(1/2 - u) log(1 - 2|1/2 - u|
+      + 10⁻⁶), the log-SNR of the Laplace schedule (Hang et al. 2024, "Improved Noise Schedule
+      for Diffusion Training", μ = 0, b = 1/2), discretised as ``squared_cosine`` is. The
+      square root is diffusers' (the paper's ᾱ is sigmoid(λ)), kept for parity; of
+      diffusers' classes only DDPM has it.
+    * ``exponential``: ᾱ(u) = e^{-12 u}, discretised as ``squared_cosine`` is (diffusers'
+      ``exp``; of its classes only Heun has it).
     * ``trained_betas`` given: used as they are, and ``schedule`` is ignored.
     """
     if trained_betas is not None:
@@ -65,6 +79,10 @@ def betas(
         return _squared_cosine_betas(num_train_steps)
     if schedule == "sigmoid":
         return _sigmoid_betas(num_train_steps, beta_start, beta_end)
+    if schedule == "laplace":
+        return _alpha_bar_betas(_laplace_alpha_bar, num_train_steps)
+    if schedule == "exponential":
+        return _alpha_bar_betas(lambda u: np.exp(-12.0 * u), num_train_steps)
     raise ValueError(f"beta_schedule must be one of {EXTENDED_BETA_SCHEDULES}, got: {schedule!r}")
 
 
@@ -75,6 +93,21 @@ def _squared_cosine_betas(num_train_steps: int, max_beta: float = 0.999) -> np.n
     t = np.arange(num_train_steps, dtype=np.float64)
     ratios = alpha_bar((t + 1) / num_train_steps) / alpha_bar(t / num_train_steps)
     return np.minimum(1.0 - ratios, max_beta)
+
+
+def _alpha_bar_betas(alpha_bar, num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
+    """β_t = 1 - ᾱ((t + 1)/T) / ᾱ(t/T), capped at ``max_beta`` (Nichol & Dhariwal 2021,
+    eq. 17's discretisation)."""
+    t = np.arange(num_train_steps, dtype=np.float64)
+    ratios = alpha_bar((t + 1) / num_train_steps) / alpha_bar(t / num_train_steps)
+    return np.minimum(1.0 - ratios, max_beta)
+
+
+def _laplace_alpha_bar(u: np.ndarray) -> np.ndarray:
+    # Hang et al. 2024's Laplace log-SNR (μ = 0, b = 1/2) with diffusers' 1e-6 guard; the
+    # square root is diffusers' (the paper's ᾱ is sigmoid(λ)), kept for parity
+    lam = -0.5 * np.copysign(1.0, 0.5 - u) * np.log(1.0 - 2.0 * np.abs(0.5 - u) + 1e-6)
+    return np.sqrt(np.exp(lam) / (1.0 + np.exp(lam)))
 
 
 def _sigmoid_betas(num_train_steps: int, beta_start: float, beta_end: float) -> np.ndarray:
