@@ -27,6 +27,22 @@ from diffsched.interop import peer  # noqa: E402
 
 # keys a class accepts that change nothing here (its INERT_KEYS), and why
 INERT_WHY = {
+    "CogVideoXDDIMScheduler": {
+        k: "CogVideoXDDIMScheduler.step never reads it (no clipping or thresholding)"
+        for k in ("clip_sample", "clip_sample_range", "sample_max_value")
+    },
+    "CogVideoXDPMScheduler": {
+        k: "CogVideoXDPMScheduler.step never reads it (no clipping or thresholding)"
+        for k in ("clip_sample", "clip_sample_range", "sample_max_value")
+    },
+    "SCMScheduler": {
+        "num_train_timesteps": "only the timesteps before set_timesteps, which a loop "
+        "never uses; sCM's timesteps are angles in [0, π/2]",
+    },
+    "ScoreSdeVeScheduler": {
+        "num_train_timesteps": "ScoreSdeVeScheduler never reads it: its times are "
+        "linspace(1, sampling_eps, N) whatever the training count",
+    },
     "LCMScheduler": {
         "steps_offset": "LCMScheduler.set_timesteps never reads it",
         "timestep_spacing": "LCMScheduler.set_timesteps never reads it",
