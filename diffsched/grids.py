@@ -79,7 +79,7 @@ def save_grid(path: str | os.PathLike, init_options: dict) -> Path:
 def load_grid(path: str | os.PathLike) -> dict[str, list]:
     """A grid saved by :func:`save_grid` (or ``diffsched tune --save``): ``init``'s
     keyword arguments."""
-    from .interop.config import load_json
+    from .core.config import load_json
 
     data = load_json(path, "grid file")
     _check_grid(data, str(path))

@@ -413,7 +413,7 @@ class BaseScheduler:
         ``scheduler_config.json``, a model folder, or another scheduler's ``to_config()``):
         the keys this class has are read, the others (another class's) are dropped, as
         diffusers' ``SomeScheduler.from_config(pipe.scheduler.config)`` swaps schedulers."""
-        from ..interop.config import build
+        from .config import build
 
         return build(cls, source, overrides, strict=False)
 

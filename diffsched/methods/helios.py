@@ -102,7 +102,7 @@ class _HeliosStages(BaseScheduler):
             )
         if not self.use_flow_sigmas:
             raise ValueError(
-                f"{type(self).__name__} option use_flow_sigmas=False is not supported; it must "
+                f"{type(self).__name__} option 'use_flow_sigmas'=False is not supported; it must "
                 "be True"
             )
         if self.use_dynamic_shifting and self.shift != 1.0:
@@ -248,12 +248,12 @@ class Helios(_HeliosStages):
         ):
             if not ok:
                 raise ValueError(
-                    f"Helios option {name}={getattr(self, name)!r} is not supported; it must be "
+                    f"Helios option {name!r}={getattr(self, name)!r} is not supported; it must be "
                     f"{want}"
                 )
         if not self.predict_x0 and self.scheduler_type == "unipc":
             raise ValueError(
-                "Helios option predict_x0=False: the flow prediction has no noise form here "
+                "Helios option 'predict_x0'=False: the flow prediction has no noise form here "
                 "(diffusers' conversion refuses it too); use predict_x0=True"
             )
 

@@ -91,15 +91,16 @@ class LTXEulerAncestralRF(BaseScheduler):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(the timesteps of the calls, the levels with the final one), float32 values."""
         custom = sigmas if sigmas is not None else timesteps
+        label = "sigmas" if sigmas is not None else "timesteps (diffusers' alias of sigmas)"
         if custom is None:
             return FlowMatchEuler(num_train_steps=self.num_train_steps)._grid(num_steps)
         try:
             sig = np.asarray(custom, dtype=np.float64).reshape(-1).astype(np.float32)
         except (TypeError, ValueError):
-            raise TypeError(f"sigmas must be a list of numbers, got: {custom!r}") from None
+            raise TypeError(f"{label} must be a list of numbers, got: {custom!r}") from None
         if sig.size < 2 or np.any(np.diff(sig) > 0) or sig[-1] < 0 or sig[0] > 1:
             raise ValueError(
-                "sigmas must list at least two non-increasing levels in [0, 1], the terminal "
+                f"{label} must list at least two non-increasing levels in [0, 1], the terminal "
                 f"one included, got: {np.asarray(custom).tolist()}"
             )
         ts = (sig * np.float32(self.num_train_steps)).astype(np.float64)

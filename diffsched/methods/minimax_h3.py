@@ -103,6 +103,11 @@ class MiniMaxH3(BaseScheduler):
     def program(self, num_steps: int | None, **init_options: Any) -> Program:
         """The compiled tableau of a loop over ``num_steps`` grid points (or custom
         ``sigmas=``, whose length is then the number of points)."""
+        if "timesteps" in init_options:
+            raise TypeError(
+                "MiniMaxH3.init takes no timesteps= (its custom grid is sigmas=, as diffusers' "
+                "set_timesteps takes it)"
+            )
         custom = init_options.get("sigmas")
         if custom is not None:
             count = len(np.asarray(custom).reshape(-1))
