@@ -221,3 +221,17 @@ def well_conditioned_dpm2_ancestral():
         yield
     finally:
         cls.set_timesteps = original
+
+
+def grid(cases):
+    """pytest parameters: one per (case, step count); a case is ``(sched, steps, *extra)``
+    and its parameters are ``(sched, n, *extra)``; dict extras show in the id."""
+    import pytest
+
+    params = []
+    for i, (sched, steps, *extra) in enumerate(cases):
+        shown = "".join(f"-{sorted(e.items())}" for e in extra if isinstance(e, dict))
+        for n in steps:
+            label = f"{type(sched).__name__}{i}-N={n}{shown}"
+            params.append(pytest.param(sched, n, *extra, id=label))
+    return params

@@ -104,12 +104,7 @@ def torch_float64_default(sched):
         torch.set_default_dtype(before)
 
 
-def _grid(cases):
-    return [
-        pytest.param(sched, n, theirs, id=f"{type(sched).__name__}{i}-N={n}")
-        for i, (sched, steps, theirs) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n", "theirs"), _grid(DDPM_CASES + EDM_CASES))

@@ -47,12 +47,7 @@ CASES = [
 ]
 
 
-def _grid(cases):
-    return [
-        pytest.param(sched, n, id=f"DEIS{i}-N={n}")
-        for i, (sched, steps) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n"), _grid(CASES))

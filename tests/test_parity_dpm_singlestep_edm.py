@@ -75,12 +75,7 @@ EDM_CASES = [
 ]
 
 
-def _grid(cases):
-    return [
-        pytest.param(sched, n, id=f"{type(sched).__name__}{i}-N={n}")
-        for i, (sched, steps) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n"), _grid(SINGLESTEP_CASES + EDM_CASES))

@@ -111,14 +111,7 @@ LCM_CASES = [
 ]
 
 
-def _grid(cases):
-    return [
-        pytest.param(
-            sched, n, options, id=f"{type(sched).__name__}{i}-N={n}-{sorted(options.items())}"
-        )
-        for i, (sched, steps, options) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n", "options"), _grid(EULER_CASES + HEUN_CASES + LCM_CASES))

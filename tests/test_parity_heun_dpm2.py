@@ -63,12 +63,7 @@ ANCESTRAL_CASES = [
 ]
 
 
-def _grid(cases):
-    return [
-        pytest.param(sched, n, id=f"{type(sched).__name__}{i}-N={n}")
-        for i, (sched, steps) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n"), _grid(HEUN_CASES + DPM2_CASES + ANCESTRAL_CASES))

@@ -63,12 +63,7 @@ def float64_default():
         torch.set_default_dtype(before)
 
 
-def _grid(cases):
-    return [
-        pytest.param(sched, n, id=f"{type(sched).__name__}{i}-N={n}")
-        for i, (sched, steps) in enumerate(cases)
-        for n in steps
-    ]
+_grid = oracle.grid  # one case per (config, step count)
 
 
 @pytest.mark.parametrize(("sched", "n"), _grid(LMS_CASES + IPNDM_CASES))

@@ -84,46 +84,6 @@ def asarray(xp, values: np.ndarray, dtype, like: Array) -> Array:
     return xp.asarray(values, dtype=dtype, device=device(like), copy=True)
 
 
-def coefficients(table: Array, step: Array, index: int | None = None) -> Sequence[Array]:
-    """Row ``step`` of a coefficient table, as a tuple of 0-d arrays (no host sync).
-
-    ``index`` is the step's value when the caller already has it on the host (see
-    :func:`concrete_int`); the row is then a view instead of a gather.
-    """
-    xp = namespace(table)
-    if is_torch(xp):
-        if index is None:  # index_select keeps torch.compile free of data-dependent shapes
-            return table.index_select(0, step.reshape(1))[0].unbind(0)
-        return table[index].unbind(0)
-    row = table[step if index is None else index]
-    return tuple(row[i] for i in range(row.shape[0]))
-
-
-def lincomb(*terms: tuple[Array, Array], owned: Array | None = None) -> Array:
-    """sum(coef * x for coef, x in terms): a linear combination, coefficients 0-d arrays.
-
-    ``owned`` may be the first term's array when the caller made it and no longer needs
-    it: the result is then accumulated into it in place (PyTorch, NumPy), which saves an
-    allocation per step. User arrays and state arrays are never written to.
-    """
-    (c0, x0), rest = terms[0], terms[1:]
-    xp = namespace(x0)
-    if is_torch(xp):
-        out = x0.mul_(c0) if owned is x0 else x0 * c0
-        for c, x in rest:
-            out.addcmul_(x, c)
-        return out
-    if is_numpy(xp):
-        out = np.multiply(x0, c0, out=x0) if owned is x0 else x0 * c0
-        for c, x in rest:
-            out += c * x
-        return out
-    out = c0 * x0
-    for c, x in rest:
-        out = out + c * x
-    return out
-
-
 def select(flag: Array, a: Array, b: Array) -> Array:
     """``a`` where the 0-d ``flag`` is 1, ``b`` where it is 0, chosen without a host sync.
 

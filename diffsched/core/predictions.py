@@ -75,15 +75,6 @@ def noise_coefficients(prediction_type: str, alpha_bar: np.ndarray) -> Linear:
     raise AssertionError  # unreachable
 
 
-def noise_uses_sample(prediction_type: str) -> bool:
-    """Whether ε's x_t coefficient can be nonzero (it is zero when the model predicts ε).
-
-    Lets a step skip a multiply-add that is zero by construction, decided from the config
-    alone, never from array values.
-    """
-    return prediction_type != "noise"
-
-
 def dynamic_threshold(x0, ratio: float, max_value: float):
     """Dynamic thresholding of the predicted x_0 (Saharia et al. 2022, "Imagen", sec. 2.3).
 

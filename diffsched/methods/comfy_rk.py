@@ -60,7 +60,7 @@ import numpy as np
 
 from ..core.scheduler import Churn, document
 from ._comfy import Calls, ComfySampler, check_step_count
-from .kit import EULER, HEUN, RKStep, butcher_step, churn_levels, runge_kutta
+from .kit import EULER, HEUN, RALSTON, RKStep, butcher_step, churn_levels, runge_kutta
 
 
 def first_stages(steps: list[RKStep]) -> np.ndarray:
@@ -130,6 +130,28 @@ class ComfyHeun(_ChurnSampler):
 
     def step_rows(self, sig, hat, i, noise):
         tableau = EULER if sig[i + 1] == 0 else HEUN
+        return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class Ralston(_ChurnSampler):
+    """Ralston's second-order Runge-Kutta method (Ralston 1962, eq. 3.5: c_2 = 2/3, weights
+    1/4 and 3/4, the pair with the smallest error bound) on the probability-flow ODE, with
+    optional churn; the step to σ = 0 is Euler's, as Heun's.
+
+    Second order; two model calls per step, one on the step to σ = 0 (2N - 1 calls). Not to
+    be confused with Heun (c_2 = 1, weights 1/2, 1/2).
+
+    Not in diffusers (nor in ComfyUI): ComfyUI's convention (model input, nearest-index
+    timesteps, its schedulers through ``scheduler`` or ``init(..., sigmas=[...])``).
+    """
+
+    ORDER = 2
+    CALLS_PER_STEP = 2
+
+    def step_rows(self, sig, hat, i, noise):
+        tableau = EULER if sig[i + 1] == 0 else RALSTON
         return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
 
 

@@ -132,7 +132,6 @@ def sde_third_order_option() -> Any:
 
 
 SOLVER_TYPES = ("midpoint", "heun")
-VARIANCE_TYPES = ("learned", "learned_range")
 
 
 @dataclass(frozen=True, kw_only=True)

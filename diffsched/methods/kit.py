@@ -92,6 +92,9 @@ def butcher_step(
 
 EULER = ([[0.0]], [1.0], [0.0])  # (a, b, c): Euler's method
 HEUN = ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5], [0.0, 1.0])  # the explicit trapezoidal rule
+# Ralston 1962 ("Runge-Kutta methods with minimum error bounds", Math. Comp. 16, eq. 3.5):
+# the second-order pair with the smallest truncation-error bound, c_2 = 2/3
+RALSTON = ([[0.0, 0.0], [2 / 3, 0.0]], [0.25, 0.75], [0.0, 2 / 3])
 
 
 def runge_kutta(steps: Sequence[RKStep]) -> tuple[np.ndarray, Update, np.ndarray]:
