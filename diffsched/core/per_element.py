@@ -239,8 +239,21 @@ def init(
     xp = ops.namespace(sample_template)
     dtype = ops.compute_dtype(xp, sample_template.dtype)
     like = sample_template
-    dev = ops.device(sample_template)
+    dev = history_dev = ops.device(sample_template)
     shape = tuple(sample_template.shape)
+    if ops.is_jax(xp):
+        shardings = engine._jax_shardings(sample_template)
+        if shardings is not None:  # a template sharded over a mesh: the tables replicated,
+            # the ring sharded as the sample on its sample axes
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            dev = shardings[0]
+            sharding = sample_template.sharding
+            history_dev = NamedSharding(
+                sharding.mesh, PartitionSpec(None, None, *sharding.spec),
+                memory_kind=sharding.memory_kind,
+            )  # fmt: skip
+            like = xp.zeros((), dtype=xp.int32, device=dev)
     index = ops.index_dtype(xp)
     flat = np.arange(p.start.size).reshape(p.start.shape)
     keys = np.vectorize(lambda e: element_key(key, int(e)), otypes=[np.int64])(flat)
@@ -248,7 +261,10 @@ def init(
     lags = p.reads.shape[1] // width
     state_coefs = ops.asarray(xp, p.coefs, dtype, like)
     if ops.is_jax(xp):
-        history = xp.zeros((lags + 1, width, *shape) if lags else (0, *shape), dtype=dtype)
+        history = xp.zeros(
+            (lags + 1, width, *shape) if lags else (0, *shape), dtype=dtype,
+            device=history_dev if lags else dev,
+        )  # fmt: skip
     else:
         history = tuple(xp.zeros(shape, dtype=dtype, device=dev) for _ in range(lags * width))
     state = ElementState(
