@@ -77,6 +77,8 @@ class ComfySampler(BaseScheduler):
     COMFY_NAMES: ClassVar[tuple[str, ...]] = ()
     # options a name fixes (uni_pc_bh2: variant="bh2")
     COMFY_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # defaults a name sets, which options may override (dpmpp_2m_sde_heun: solver_type="heun")
+    COMFY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     model: str = option(
         "eps", "ComfyUI's model sampling: eps, v, x0, lcm (discrete tables, the model input "
