@@ -38,7 +38,7 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
 STOCHASTIC_SAMPLERS = (
     "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpm_adaptive", "dpmpp_2s_ancestral_cfg_pp",
     "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation_cfg_pp", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
+    "gradient_estimation_cfg_pp",
 )  # fmt: skip
 SAMPLERS: tuple[str, ...] = tuple(_CLASSES)  # the names from_comfy runs
 SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)

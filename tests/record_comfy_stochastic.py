@@ -24,12 +24,14 @@ OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_stochastic.json"
 SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
             "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
             "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
-            "res_multistep_ancestral", "er_sde")  # fmt: skip
+            "res_multistep_ancestral", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+            "sa_solver_pece")  # fmt: skip
 # the samplers with their own tests of every scheduler (the _gpu names: the same method)
 MAIN = tuple(s for s in SAMPLERS if not s.endswith("_gpu"))
 CHECK32 = ("karras", "exponential", "kl_optimal")  # see record_comfy_samplers
 # offset_first_sigma_for_snr on flow models
-OFFSET = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "er_sde")
+OFFSET = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "er_sde", "seeds_2",
+          "seeds_3", "sa_solver", "sa_solver_pece")  # fmt: skip
 # options (ComfyUI's er_sde takes a function: the recorder maps our names to it)
 OPTIONS = {
     "euler_ancestral": ({"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.7}),
@@ -44,6 +46,16 @@ OPTIONS = {
                {"noise_scaler": "reverse_time_sde", "eta": 1.0},
                {"noise_scaler": "reverse_time_sde", "eta": 0.5, "max_stage": 2},
                {"noise_scaler": "reverse_time_sde", "eta": 0.0, "s_noise": 0.0}),
+    "seeds_2": ({"eta": 0.5}, {"r": 0.3}, {"s_noise": 0.7}, {"eta": 0.0}),
+    "seeds_3": ({"eta": 0.5}, {"r_1": 0.25, "r_2": 0.6}, {"s_noise": 0.7}, {"eta": 0.0}),
+    "sa_solver": ({"predictor_order": 2, "corrector_order": 2}, {"predictor_order": 1,
+                  "corrector_order": 0}, {"predictor_order": 6, "corrector_order": 6},
+                  {"simple_order_2": True, "predictor_order": 2, "corrector_order": 2},
+                  {"eta": 0.5, "sde_start_percent": 0.0, "sde_end_percent": 1.0},
+                  {"use_pece": True, "s_noise": 0.7}, {"eta": 0.0}),
+    "sa_solver_pece": ({"predictor_order": 2, "corrector_order": 3},
+                       {"simple_order_2": True, "predictor_order": 2, "corrector_order": 2},
+                       {"eta": 1.5, "sde_start_percent": 0.1, "sde_end_percent": 0.5}),
 }  # fmt: skip
 FLOW_SIGMAS = [1.0, 0.8, 0.55, 0.3, 0.1, 0.0]  # σ_0 = 1: ComfyUI's offset on flow models
 EPS_SIGMAS = [14.6, 7.0, 3.1, 1.2, 0.45, 0.1, 0.0]
@@ -96,12 +108,28 @@ def cases() -> list[dict]:
     return out
 
 
-def _options(case: dict):
-    """ComfyUI's sampler options of a case (er_sde's noise_scaler as the node builds it)."""
+def _options(oracle, case: dict):
+    """ComfyUI's sampler options of a case: er_sde's noise_scaler and sa_solver's tau_func
+    as ComfyUI's nodes (SamplerER_SDE, SamplerSASolver) build them from ours."""
     options = dict(case["options"])
     if case["sampler"] == "er_sde" and options.pop("noise_scaler", None) == "reverse_time_sde":
         eta = options.pop("eta")
         options["noise_scaler"] = lambda x: x ** (eta + 1)
+    tau = {k: options.pop(k) for k in ("eta", "sde_start_percent", "sde_end_percent")
+           if case["sampler"].startswith("sa_solver") and k in options}  # fmt: skip
+    if tau:
+        made = []
+
+        def tau_func(sigma):  # built at its first call: inside the run's precision mode
+            if not made:
+                ms, _ = oracle.make_model_sampling(case["model"])
+                made.append(oracle.modules()["K"].sa_solver.get_tau_interval_func(
+                    ms.percent_to_sigma(tau.get("sde_start_percent", 0.2)),
+                    ms.percent_to_sigma(tau.get("sde_end_percent", 0.8)),
+                    eta=tau.get("eta", 1.0)))  # fmt: skip
+            return made[0](sigma)
+
+        options["tau_func"] = tau_func
     return options or None
 
 
@@ -113,7 +141,7 @@ def run(oracle, case: dict, precision: str = "float64", noise_replay=None) -> di
         case["sampler"], case["scheduler"], case["steps"], toy(oracle),
         torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        sampler_options=_options(case), precision=precision, noise_replay=noise_replay,
+        sampler_options=_options(oracle, case), precision=precision, noise_replay=noise_replay,
     )  # fmt: skip
 
 

@@ -162,3 +162,34 @@ def test_fixture_is_the_live_oracle():
         live = rec.run(ORACLE, case)
         assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
         assert np.array_equal(live["model_timestep"], case["expected"]["timesteps"])
+
+
+def test_a_reused_draw_is_the_draw():
+    """A ("noise", lag) tableau term adds the draw of an earlier call again: the engine
+    writes it in the operands it keeps, and the result equals adding that draw by hand."""
+    from diffsched.core import engine
+
+    rng = np.random.default_rng(3)
+    x, m1, m2 = (rng.standard_normal(4) for _ in range(3))
+    z0, z1 = rng.standard_normal(4), rng.standard_normal(4)
+    update = engine.Update(2)
+    update.add(engine.SAMPLE, 0, 0, 0.7)
+    update.add(engine.X0, 0, 0, 0.2)
+    update.add(engine.SAMPLE, 1, 1, 0.5)
+    update.add(engine.X0, 0, 1, 0.3)
+    update.add(engine.NOISE, 1, 1, 0.9)
+    tab = engine.Tableau(timesteps=np.array([1.0, 0.5]), x0_sample=np.array([1.0, 1.0]),
+                         x0_output=np.array([-0.8, -0.4]), update=update,
+                         noise=np.array([0.6, 0.25]))  # fmt: skip
+    program = engine.compile(tab, processes_x0=False, describe_bad=str)
+    state, _ = engine.init(program, x, 0)
+    state, x1 = engine.step("t", state, x, m1, z0, process=None, stochastic=True)
+    state, x2 = engine.step("t", state, x1, m2, z1, process=None, stochastic=True)
+    d0, d1 = x - 0.8 * m1, x1 - 0.4 * m2
+    assert np.allclose(x1, 0.7 * x + 0.2 * d0 + 0.6 * z0, rtol=1e-14)
+    assert np.allclose(x2, 0.5 * x + 0.3 * d1 + 0.9 * z0 + 0.25 * z1, rtol=1e-13)
+    bad = engine.Tableau(timesteps=tab.timesteps, x0_sample=tab.x0_sample,
+                         x0_output=tab.x0_output, update=update,
+                         noise=np.array([0.0, 0.25]))  # fmt: skip
+    with pytest.raises(ValueError, match="reuses the noise of call 0, which draws none"):
+        engine.compile(bad, processes_x0=False, describe_bad=str)

@@ -1,5 +1,6 @@
 """ComfyUI's stochastic samplers: ancestral steps, DPM-Solver++ SDE solvers, DDPM, LCM,
-RES multistep with ancestral noise and the ER-SDE solver.
+RES multistep with ancestral noise, the ER-SDE solver, SEEDS and SA-Solver (the last two
+in their classes' docstrings).
 
 Every sampler works on the variance-exploding sample x = x_0 + σ ε (ε-, v-, x_0- and LCM
 models) or on the rectified-flow sample x = (1 - σ) x_0 + σ ε (flow, flux). Write
@@ -88,7 +89,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.engine import SAMPLE, X0, Update
+from ..core.engine import NOISE, SAMPLE, X0, Update
 from ..core.options import option
 from ..core.scheduler import document
 from ._comfy import Calls, ComfySampler
@@ -668,4 +669,283 @@ class ComfyERSDE(_Stochastic):
             if self.s_noise > 0:
                 var = rho[i + 1] ** 2 - rho[i] ** 2 * ratio**2
                 loop.add_noise(a_t * self.s_noise * math.sqrt(var) if var > 0 else 0.0)
+        return loop.calls()
+
+
+def _phi1_h(z: float) -> float:
+    """z φ_1(z) = e^z - 1."""
+    return math.expm1(z)
+
+
+def _phi2_h(z: float) -> float:
+    """z φ_2(z) = (e^z - 1 - z)/z."""
+    return (math.expm1(z) - z) / z
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SEEDS(_Stochastic):
+    """SEEDS (Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality
+    Sampling from Diffusion Models", NeurIPS 2023; the data-prediction forms, ComfyUI's
+    ``seeds_2`` and ``seeds_3``), stages at λ_s + r_k h.
+
+    Each stage k is the exponential SDE step of eq. 3 from s to its level σ_k,
+
+        x_k = (σ_k/σ_s) e^{-η r_k h} x_s - α_k Σ_j a_kj x̂_0,j + σ_k S_noise n_k,
+
+    and its noise n_k is the Ornstein-Uhlenbeck increment of one path over the step:
+    n_k = e^{-η (r_k - r_{k-1}) h} n_{k-1} + sqrt(1 - e^{-2 η (r_k - r_{k-1}) h}) z_k (n_0 = 0),
+    so a stage uses the draws of the stages before it again (the engine's "noise" terms).
+    """
+
+    ORDER = 2
+    eta: float = option(1.0, "η: the SDE's stochasticity (0: the exponential ODE solver)", **_ETA)
+
+    def stage_weights(self, h_eta: float) -> tuple[list[float], list[list[float]]]:
+        """(r_k of each stage and the end, the weights a_kj of x̂_0 of stage j)."""
+        raise NotImplementedError
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        loop = _Loop()
+        sigmas = self.offset_first(sigmas)
+        noisy = self.eta > 0 and self.s_noise > 0
+        for i in range(len(sigmas) - 1):
+            s, t = float(sigmas[i]), float(sigmas[i + 1])
+            c = loop.call(s)
+            if t == 0:
+                loop.add(X0, c, 1.0)
+                continue
+            lam_s, lam_t = self.lam(s), self.lam(t)
+            h = lam_t - lam_s
+            h_eta = h * (self.eta + 1)
+            rs, weights = self.stage_weights(h_eta)
+            calls = [c]
+            draws: list[tuple[int, float]] = []  # (call whose draw, factor) of n_{k-1}
+            r_prev = 0.0
+            for k, (r, row) in enumerate(zip(rs, weights, strict=True)):
+                last = k == len(rs) - 1
+                lam_k = lam_t if last else lam_s + r * (lam_t - lam_s)
+                sig_k = t if last else self.sigma_of(lam_k)
+                a_k = sig_k * math.exp(lam_k)
+                loop.add(SAMPLE, c, sig_k / s * math.exp(-r * h * self.eta))
+                for j, w in enumerate(row):
+                    loop.add(X0, calls[j], -a_k * w)
+                if noisy:
+                    seg = (r_prev - r) * h * self.eta  # <= 0
+                    draws = [(src, f * math.exp(seg)) for src, f in draws]
+                    for src, f in draws:  # the draws of the stages before, again
+                        loop.add(NOISE, src, sig_k * self.s_noise * f)
+                    fresh = math.sqrt(-math.expm1(2 * seg))
+                    loop.add_noise(sig_k * self.s_noise * fresh)
+                    draws.append((len(loop.levels) - 1, fresh))
+                r_prev = r
+                if not last:
+                    calls.append(loop.call(sig_k, first=False))
+        return loop.calls()
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfySEEDS2(_SEEDS):
+    """ComfyUI's ``seeds_2``: SEEDS-2, two stages (the second at λ_s + r h), x̂_0 mixed as
+    (1 - 1/(2r)) x̂_0,s + x̂_0,2/(2r) in the final step.
+
+    Two model calls and two normals per step (one call on the step to 0); the final step
+    uses the first stage's draw again.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    CALLS_PER_STEP = 2
+    COMFY_NAMES = ("seeds_2",)
+    r: float = option(0.5, "the intermediate stage at λ_s + r h", low=0.0, low_open=True,
+                      high=1.0)  # fmt: skip
+
+    def stage_weights(self, h_eta):
+        r, fac = self.r, 1 / (2 * self.r)
+        return [r, 1.0], [[_phi1_h(-r * h_eta)], [_phi1_h(-h_eta) * (1 - fac),
+                                                  _phi1_h(-h_eta) * fac]]  # fmt: skip
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfySEEDS3(_SEEDS):
+    """ComfyUI's ``seeds_3``: SEEDS-3, stages at λ_s + r_1 h and λ_s + r_2 h.
+
+    Third order; three model calls and three normals per step (one call on the step to 0);
+    each stage uses the draws of the stages before it again.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
+    schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
+    """
+
+    ORDER = 3
+    CALLS_PER_STEP = 3
+    COMFY_NAMES = ("seeds_3",)
+    r_1: float = option(1 / 3, "the first stage at λ_s + r_1 h", low=0.0, low_open=True,
+                        high=1.0)  # fmt: skip
+    r_2: float = option(2 / 3, "the second stage at λ_s + r_2 h", low=0.0, low_open=True,
+                        high=1.0)  # fmt: skip
+
+    def _check(self) -> None:
+        super()._check()
+        if not self.r_1 < self.r_2:
+            raise ValueError(
+                f"ComfySEEDS3: the stages must be in order, r_1 < r_2; got r_1={self.r_1}, "
+                f"r_2={self.r_2}"
+            )
+
+    def stage_weights(self, h_eta):
+        r1, r2 = self.r_1, self.r_2
+        a32 = r2 / r1 * _phi2_h(-r2 * h_eta)
+        a31 = _phi1_h(-r2 * h_eta) - a32
+        b3 = _phi2_h(-h_eta) / r2
+        b1 = _phi1_h(-h_eta) - b3
+        return [r1, r2, 1.0], [[_phi1_h(-r1 * h_eta)], [a31, a32], [b1, 0.0, b3]]
+
+
+def _sa_weights(
+    lams: np.ndarray, lam_s: float, lam_t: float, alpha_t: float, tau: float
+) -> np.ndarray:
+    """SA-Solver's b_k (Xue et al. 2023, eq. 15 and 18, data prediction): x̂_0 interpolated
+    by the Lagrange polynomial ℓ_k through the nodes ``lams`` and integrated exactly,
+
+        b_k = α_t (1 + τ²) ∫_{λ_s}^{λ_t} e^{(1 + τ²)(λ - λ_t)} ℓ_k(λ) dλ,
+
+    in u = λ - λ_t (the monomial integrals I_j = ∫_{-h}^0 (1 + τ²) e^{(1 + τ²) u} u^j du by
+    parts: I_j = [e^{(1+τ²) u} u^j] - j I_{j-1} / (1 + τ²))."""
+    a = 1 + tau**2
+    h = lam_t - lam_s
+    nodes = np.asarray(lams, np.float64) - lam_t
+    p = len(nodes)
+    integrals = np.empty(p)
+    for j in range(p):
+        boundary = (1.0 if j == 0 else 0.0) - math.exp(-a * h) * (-h) ** j
+        integrals[j] = boundary - (j / a * integrals[j - 1] if j else 0.0)
+    out = np.empty(p)
+    for k in range(p):
+        others = np.delete(nodes, k)
+        coef = np.atleast_1d(np.poly(others))[::-1] / np.prod(nodes[k] - others)  # ascending
+        out[k] = alpha_t * float(coef @ integrals)
+    return out
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfySASolver(_Stochastic):
+    """ComfyUI's ``sa_solver`` and ``sa_solver_pece``: SA-Solver, the stochastic Adams
+    predictor-corrector method (Xue et al. 2023, "SA-Solver: Stochastic Adams Solver for
+    Fast Sampling of Diffusion Models", NeurIPS 2023, Alg. 1, data prediction).
+
+    With the SDE's stochasticity τ(σ) (``eta`` for σ between ``percent_to_sigma`` of
+    ``sde_start_percent`` and ``sde_end_percent``, else 0), the predictor from λ_i to
+    λ_{i+1} (h = λ_{i+1} - λ_i) is
+
+        x̃_{i+1} = (σ_{i+1}/σ_i) e^{-τ² h} x_i + Σ_k b^p_k x̂_0,{i-k}
+                  + σ_{i+1} S_noise sqrt(1 - e^{-2 τ² h}) z_i,
+
+    b^p through the last ``predictor_order`` estimates; the model is called at x̃_{i+1},
+    and the corrector recomputes x_{i+1} with b^c through ``corrector_order`` estimates
+    that include the new one, with the same e^{-τ² h} x_i and the same draw z_i: so
+    x_{i+1} = x̃_{i+1} + Σ b^c x̂_0 - Σ b^p x̂_0 (the draw needs no keeping).
+    ``use_pece`` (``sa_solver_pece``) calls the model again at x_{i+1} and uses that
+    estimate. Orders fall towards the end of a list ending at 0 (ComfyUI's), and
+    ``simple_order_2`` takes the paper's App. D order-2 weights.
+
+    One model call and at most one normal per step (PECE: two calls, one on the first
+    step). Not in diffusers (diffsched's ``SASolver`` is diffusers' grid of the method):
+    ComfyUI's convention.
+    """
+
+    ORDER = 3
+    COMFY_NAMES = ("sa_solver", "sa_solver_pece")
+    COMFY_OPTIONS = {"sa_solver_pece": {"use_pece": True}}  # noqa: RUF012
+    eta: float = option(1.0, "τ inside the SDE interval (0: the ODE, Adams predictor-"
+                        "corrector)", **_ETA)  # fmt: skip
+    sde_start_percent: float = option(
+        0.2, "the SDE interval starts at percent_to_sigma of this", low=0.0, high=1.0
+    )
+    sde_end_percent: float = option(
+        0.8, "the SDE interval ends at percent_to_sigma of this", low=0.0, high=1.0
+    )
+    predictor_order: int = option(3, "the predictor's number of estimates", low=1, high=6)
+    corrector_order: int = option(4, "the corrector's number of estimates (0: none)", low=0,
+                                  high=6)  # fmt: skip
+    use_pece: bool = option(False, "call the model at the corrected sample (PECE)")
+    simple_order_2: bool = option(False, "the paper's simple order-2 weights (App. D)")
+
+    @property
+    def deterministic(self) -> bool:
+        return self.s_noise == 0 or self.eta == 0
+
+    def tau(self, sigma: float) -> float:
+        ms = self.model_sampling
+        start = ms.percent_to_sigma(self.sde_start_percent)
+        end = ms.percent_to_sigma(self.sde_end_percent)
+        return self.eta if self.eta > 0 and start >= sigma >= end else 0.0
+
+    def weights(self, lams, lam_s, lam_t, sigma_t, tau, corrector):
+        alpha_t = sigma_t * math.exp(lam_t)
+        if self.simple_order_2 and len(lams) == 2:  # App. D: [older, newer]
+            a, h = 1 + tau**2, lam_t - lam_s
+            if corrector:
+                b1 = alpha_t * 0.5 * a * h
+                return np.array([alpha_t * -math.expm1(-h * a) - b1, b1])
+            b2 = alpha_t * 0.5 * a * h**2 / (lams[-2] - lam_s)
+            return np.array([b2, alpha_t * -math.expm1(-h * a) - b2])
+        return _sa_weights(lams, lam_s, lam_t, alpha_t, tau)
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        loop = _Loop()
+        sigmas = self.offset_first(sigmas)
+        n = len(sigmas) - 1
+        lams = [self.lam(float(x)) if x > 0 else math.inf for x in sigmas]
+        most = max(self.predictor_order, self.corrector_order)
+        to_end = sigmas[-1] == 0
+        finals: list[int] = []  # the call whose x̂_0 is step j's estimate
+        last_pred: dict[tuple[str, int], float] = {}  # the previous predictor's Σ b^p x̂_0
+        tau = 0.0
+        for i in range(n):
+            s, t = float(sigmas[i]), float(sigmas[i + 1])
+            a = loop.call(s)
+            finals.append(a)
+            known = min(i + 1, most)
+            p_order = min(self.predictor_order, known)
+            c_order = 0 if i == 0 or (t == 0 and not self.use_pece) else min(
+                self.corrector_order, known)  # fmt: skip
+            if to_end:
+                p_order = min(p_order, n - 1 - i)
+                c_order = min(c_order, n - i)
+            # x_i as {(operand, call): coefficient}
+            x_i: dict[tuple[str, int], float] = {(SAMPLE, a): 1.0}
+            if c_order:
+                b = self.weights(np.array(lams[i - c_order + 1 : i + 1]), lams[i - 1], lams[i],
+                                 s, tau, corrector=True)  # fmt: skip
+                for k, w in enumerate(b):
+                    key = (X0, finals[i - c_order + 1 + k])
+                    x_i[key] = x_i.get(key, 0.0) + float(w)
+                for key, w in last_pred.items():
+                    x_i[key] = x_i.get(key, 0.0) - w
+                if self.use_pece:
+                    for (op, src), w in x_i.items():
+                        loop.add(op, src, w)
+                    finals[-1] = loop.call(s, first=False)
+                    x_i = {(SAMPLE, finals[-1]): 1.0}
+            if t == 0:
+                loop.add(X0, finals[-1], 1.0)
+                continue
+            tau = self.tau(t)
+            h = lams[i + 1] - lams[i]
+            b = self.weights(np.array(lams[i - p_order + 1 : i + 1]), lams[i], lams[i + 1], t,
+                             tau, corrector=False)  # fmt: skip
+            decay = t / s * math.exp(-(tau**2) * h)
+            for (op, src), w in x_i.items():
+                loop.add(op, src, decay * w)
+            last_pred = {}
+            for k, w in enumerate(b):
+                key = (X0, finals[i - p_order + 1 + k])
+                last_pred[key] = last_pred.get(key, 0.0) + float(w)
+                loop.add(X0, key[1], float(w))
+            if tau > 0 and self.s_noise > 0:
+                loop.add_noise(t * math.sqrt(-math.expm1(-2 * tau**2 * h)) * self.s_noise)
         return loop.calls()
