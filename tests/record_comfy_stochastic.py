@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from record_comfy_samplers import BASE_MODELS, NOISE, _floats, load_oracle, toy
+from record_comfy_samplers import BASE_MODELS, NOISE, SHAPE, TOY_SEED, _floats, load_oracle, toy
 from record_comfy_schedules import SCHEDULERS
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_stochastic.json"
@@ -29,6 +29,8 @@ SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_s
 # the samplers with their own tests of every scheduler (the _gpu names: the same method)
 MAIN = tuple(s for s in SAMPLERS if not s.endswith("_gpu"))
 CHECK32 = ("karras", "exponential", "kl_optimal")  # see record_comfy_samplers
+# run with classifier-free guidance (cfg 3, the uncond toy model)
+CFG = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "seeds_2", "sa_solver_pece", "er_sde")
 # offset_first_sigma_for_snr on flow models
 OFFSET = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "er_sde", "seeds_2",
           "seeds_3", "sa_solver", "sa_solver_pece")  # fmt: skip
@@ -68,10 +70,10 @@ def cases() -> list[dict]:
     out = []
 
     def add(sampler, scheduler, steps, model, options=None, denoise=1.0, sigmas=None,
-            check32=False):  # fmt: skip
+            check32=False, cfg=1.0):  # fmt: skip
         out.append(dict(sampler=sampler, scheduler=scheduler, steps=steps, model=model,
                         options=options or {}, denoise=denoise, sigmas=sigmas,
-                        check32=check32))  # fmt: skip
+                        check32=check32, cfg=cfg))  # fmt: skip
 
     for i, sampler in enumerate(MAIN):
         for j, scheduler in enumerate(SCHEDULERS):
@@ -105,6 +107,8 @@ def cases() -> list[dict]:
             # ComfyUI's dpm_2_ancestral RF at η = 0 takes sqrt(σ² - σ² (1 + ulp)): NaN
             nan = sampler == "dpm_2_ancestral" and value.get("eta") == 0.0
             add(sampler, "karras", 4, "eps-sd15" if nan else "flow-sd3", value)
+    for k, sampler in enumerate(CFG):  # guidance: a conditional and an unconditional call
+        add(sampler, SCHEDULERS[2 * k % 9], 6, BASE_MODELS[k % 3], cfg=3.0, check32=k < 2)
     return out
 
 
@@ -142,6 +146,7 @@ def run(oracle, case: dict, precision: str = "float64", noise_replay=None) -> di
         torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
         sampler_options=_options(oracle, case), precision=precision, noise_replay=noise_replay,
+        cfg=case["cfg"], uncond_model_fn=oracle.toy_model(SHAPE, seed=TOY_SEED, which="uncond"),
     )  # fmt: skip
 
 
@@ -152,7 +157,7 @@ def expected(oracle, case: dict) -> dict:
     r = run(oracle, case)
     row = dict(
         sigmas=_floats(r["sigmas"]),
-        timesteps=_floats(r["model_timestep"]),
+        timesteps=_floats(r["model_timestep"][r["model_which"] == 0]),  # (cond calls)
         sample=_floats(r["sample"]),
         noise_den=[int(i) for i in r["noise_den_index"]],
         noise=[_floats(z) for z in r["noise_draws"]],
@@ -170,6 +175,7 @@ def main() -> None:
         raise SystemExit("the oracle (../shared/oracles/comfyui) is not there")
     data = {
         "format": "diffsched-comfy-stochastic/1",
+        "b_uncond": _floats(toy(oracle).params["b_uncond"].numpy()),
         "cases": [dict(case, expected=expected(oracle, case)) for case in cases()],
     }
     OUT.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")

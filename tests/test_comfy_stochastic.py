@@ -17,7 +17,7 @@ import oracle as summary
 import pytest
 import record_comfy_samplers as base
 import record_comfy_stochastic as rec
-from test_comfy_samplers import NOISE, rel, toy
+from test_comfy_samplers import NOISE, W, rel, toy
 
 import diffsched as ds
 from diffsched.core.engine import COEF_COLUMNS
@@ -28,6 +28,18 @@ ORACLE = base.load_oracle()
 TOL64 = 1e-9  # observed <= 3e-14
 TOL32 = 1e-5  # observed <= 1e-6 (ComfyUI's float32 tables and model)
 NOISE_COLUMN = COEF_COLUMNS.index("out_noise")
+B_UNCOND = np.array(FIXTURE["b_uncond"])
+
+
+def guided(case: dict, x, t):
+    """ComfyUI's CFG: u + (c - u) · cfg, of x̂_0 in ComfyUI, of the raw outputs here (the
+    same for x̂_0 linear in the output), with the toy model's unconditional form."""
+    cond = toy(x, t)
+    if case["cfg"] == 1.0:
+        return cond
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],)).reshape(-1, 1)
+    uncond = np.tanh(x.reshape(x.shape[0], -1) @ W + t / 1000 * B_UNCOND).reshape(x.shape)
+    return uncond + (cond - uncond) * case["cfg"]
 
 
 def build(case: dict) -> ds.Scheduler:
@@ -67,12 +79,14 @@ def run(case: dict, noise=NOISE):
     held = noise * sched.init_noise_scale(steps, **opts)
     for i, t in enumerate(timesteps):
         z = draws.pop(i, None)
-        state, held = sched.step(state, held, toy(held, t), **({} if z is None else {"noise": z}))
+        kwargs = {} if z is None else {"noise": z}
+        state, held = sched.step(state, held, guided(case, held, t), **kwargs)
     return sig, np.asarray(timesteps), held
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    keys = ("sampler", "scheduler", "steps", "model", "options", "denoise", "sigmas", "check32")
+    keys = ("sampler", "scheduler", "steps", "model", "options", "denoise", "sigmas", "check32",
+            "cfg")  # fmt: skip
     assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
 
 
@@ -158,10 +172,11 @@ def test_names_options_and_errors():
 
 @pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
 def test_fixture_is_the_live_oracle():
-    for case in CASES[::9]:
+    for case in CASES[::9] + [c for c in CASES if c["cfg"] != 1.0][:2]:
         live = rec.run(ORACLE, case)
         assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
-        assert np.array_equal(live["model_timestep"], case["expected"]["timesteps"])
+        cond = live["model_which"] == 0
+        assert np.array_equal(live["model_timestep"][cond], case["expected"]["timesteps"])
 
 
 def test_a_reused_draw_is_the_draw():
