@@ -36,12 +36,9 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
 }
 # ComfyUI's stochastic and guidance-aware samplers (issue 17)
 STOCHASTIC_SAMPLERS = (
-    "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral",
-    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
-    "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
-    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
+    "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpm_adaptive", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation_cfg_pp",
 )  # fmt: skip
 SAMPLERS: tuple[str, ...] = tuple(_CLASSES)  # the names from_comfy runs
 SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)
@@ -71,6 +68,7 @@ def from_comfy(
     clash = sorted(set(fixed) & set(settings))
     if clash:
         raise TypeError(f"ComfyUI sampler {sampler_name!r} fixes {clash}; leave them out")
+    settings = {**cls.COMFY_DEFAULTS.get(sampler_name, {}), **settings}
     return cls(model=model, scheduler=scheduler_name, **fixed, **settings)
 
 

@@ -101,8 +101,8 @@ def test_fixture_cases_are_the_recorder_cases():
 
 
 def test_the_grid_covers_every_sampler_scheduler_and_model():
-    assert set(rec.SAMPLERS) == set(ds.comfy.SAMPLERS)
-    for sampler in ds.comfy.SAMPLERS:
+    assert set(rec.SAMPLERS) <= set(ds.comfy.SAMPLERS)  # the rest: test_comfy_stochastic
+    for sampler in rec.SAMPLERS:
         mine = [c for c in CASES if c["sampler"] == sampler]
         assert {c["scheduler"] for c in mine} >= set(ds.comfy.SCHEDULERS)
         assert {c["model"] for c in mine} >= {*rec.BASE_MODELS, "eps-sd15-zsnr", "v-sd15-zsnr",
@@ -218,7 +218,7 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match=r"unknown ComfyUI scheduler 'karas'; known: .*'karras'"):
         ds.from_comfy("euler", "karas")
     with pytest.raises(NotImplementedError, match="issue 17"):
-        ds.from_comfy("dpmpp_2m_sde", "karras")
+        ds.from_comfy("dpm_adaptive", "karras")
     with pytest.raises(TypeError, match="fixes"):
         ds.from_comfy("uni_pc_bh2", variant="bh1")
     with pytest.raises(TypeError, match="no option"):

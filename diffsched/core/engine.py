@@ -45,6 +45,8 @@ from . import ops
 Array = Any
 SAMPLE, OUTPUT, X0 = "sample", "output", "x0"
 OPERANDS = (SAMPLE, OUTPUT, X0)
+# a tableau term only (lag >= 1): the fresh noise an earlier call drew (see resolve_noise)
+NOISE = "noise"
 Term = tuple[str, int]  # (operand, lag): lag 0 is this call, 1 the call before, ...
 
 # Columns of the per-call coefficient table (``EngineState.coefs``).
@@ -70,7 +72,9 @@ class Tableau:
         x0_sample, x0_output: (N,) x̂_0 = x0_sample · x + x0_output · output at each call
             (the prediction-type conversion at that call's noise level, native x).
         update: {(operand, lag): (N,) coefficients}: the next native sample, as
-            Σ coef · operand(call n - lag); operands are "sample", "output" and "x0".
+            Σ coef · operand(call n - lag); operands are "sample", "output" and "x0", and
+            "noise" with lag >= 1: the fresh noise drawn at an earlier call, used again
+            (SEEDS; :func:`resolve_noise`).
         noise: (N,) coefficient of fresh standard normal noise, or None (deterministic).
         input_scale: (N + 1,) native sample = input_scale · held sample; entry N is for the
             final sample (1 for every method: the final sample is native). None: all 1.
@@ -102,7 +106,8 @@ class Tableau:
             if arr.shape != (n,):
                 raise ValueError(f"tableau column {name} must have shape ({n},)")
         for (operand, lag), col in self.update.items():
-            if operand not in OPERANDS or not 0 <= lag < n:
+            reused = operand == NOISE and lag >= 1 and self.noise is not None
+            if not (reused or operand in OPERANDS) or not 0 <= lag < n:
                 raise ValueError(f"bad tableau term {(operand, lag)!r}")
             early = np.asarray(col, np.float64)[:lag] if np.ndim(col) else np.zeros(0)
             if np.any(early != 0):
@@ -223,6 +228,7 @@ class EngineState(NamedTuple):
 def held_columns(tableau: Tableau, *, processes_x0: bool) -> HeldColumns:
     """The tableau's update in held space; x̂_0 is expanded into sample and output unless
     ``processes_x0`` keeps it as its own (nonlinear) operand."""
+    tableau = resolve_noise(tableau)
     n_calls = tableau.num_calls
     scale = (
         np.ones(n_calls + 1)
@@ -251,6 +257,39 @@ def held_columns(tableau: Tableau, *, processes_x0: bool) -> HeldColumns:
         coef[(operand, lag)] = coef.get((operand, lag), 0.0) + col
     noise = np.zeros(n_calls) if tableau.noise is None else tableau.column_noise() / next_scale
     return HeldColumns(scale, a, b, coef, noise)
+
+
+def resolve_noise(tableau: Tableau) -> Tableau:
+    """``tableau`` with its ("noise", L) terms written in the other operands.
+
+    The noise z_m drawn at call m is in call m + 1's sample: x_{m+1} = Σ U_m · (operands of
+    calls <= m) + c_m z_m, so z_m = (x_{m+1} - Σ U_m · ...) / c_m, a fixed combination of
+    operands the engine keeps anyway: reusing a draw (SEEDS, Gonzalez et al. 2023) costs no
+    history of noise and keeps the loop fixed-shape. Needs c_m != 0 (a clear error).
+    """
+    terms = [t for t in tableau.update if t[0] == NOISE]
+    if not terms:
+        return tableau
+    n = tableau.num_calls
+    fresh = tableau.column_noise()
+    cols = {t: tableau.column(t) for t in tableau.update if t[0] != NOISE}
+    reuse = {t: tableau.column(t) for t in terms}
+    for call in range(n):  # in call order: an earlier call's row is already resolved
+        for (_, lag), col in reuse.items():
+            w = col[call]
+            if w == 0:
+                continue
+            m = call - lag
+            if fresh[m] == 0:
+                raise ValueError(
+                    f"model call {call} reuses the noise of call {m}, which draws none"
+                )
+            k = w / fresh[m]
+            parts = [((SAMPLE, lag - 1), k)]
+            parts += [((op, lag + j), -k * c[m]) for (op, j), c in cols.items() if c[m] != 0]
+            for term, value in parts:
+                cols.setdefault(term, np.zeros(n))[call] += value
+    return dataclasses.replace(tableau, update=cols)
 
 
 def compile(tableau: Tableau, *, processes_x0: bool, describe_bad: Callable[[int], str]) -> Program:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core import families, ops
 from ..core.engine import Tableau, Update
-from ..core.options import option
+from ..core.options import describe, option, specs
 from ..core.scheduler import BaseScheduler
 from ..schedules import comfy as comfy_schedules
 
@@ -77,6 +77,8 @@ class ComfySampler(BaseScheduler):
     COMFY_NAMES: ClassVar[tuple[str, ...]] = ()
     # options a name fixes (uni_pc_bh2: variant="bh2")
     COMFY_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # defaults a name sets, which options may override (dpmpp_2m_sde_heun: solver_type="heun")
+    COMFY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     model: str = option(
         "eps", "ComfyUI's model sampling: eps, v, x0, lcm (discrete tables, the model input "
@@ -114,7 +116,15 @@ class ComfySampler(BaseScheduler):
     )  # fmt: skip
 
     def _check(self) -> None:
-        _ = self.model_sampling  # the settings fit the model, said at construction
+        ms = self.model_sampling  # the settings fit the model, said at construction
+        if ms.discrete and not ms.sigma_max < float(np.finfo(np.float32).max):
+            settings = {n: getattr(self, n) for n in ("linear_start", "linear_end",
+                        "beta_schedule", "zsnr") if getattr(self, n) is not None}  # fmt: skip
+            raise ValueError(
+                f"{type(self).__name__}: the model sampling's largest σ ({ms.sigma_max:.3g}) "
+                f"is beyond float32, where ComfyUI keeps its σ table: the β's of {settings} "
+                "give no usable schedule"
+            )
 
     @property
     def model_sampling(self) -> comfy_schedules.ModelSampling:
@@ -194,7 +204,14 @@ class ComfySampler(BaseScheduler):
                 f"{sig.tolist()}"
             )
         ms = self.model_sampling
-        calls = self.calls(sig)
+        try:
+            calls = self.calls(sig)
+        except (ArithmeticError, ValueError) as err:
+            if isinstance(err, ValueError) and "math domain" not in str(err):
+                raise
+            raise ValueError(
+                f"{self._bad_call(None, None)}: no finite step on the σ's {sig.tolist()} ({err})"
+            ) from None
         c_x, c_out = ms.denoised_coefficients(calls.sigmas)
         native = 1.0 / ms.input_scale(calls.sigmas)  # native x = native · held sample
         end = float(sig[-1] if calls.end is None else calls.end)
@@ -212,6 +229,18 @@ class ComfySampler(BaseScheduler):
             input_scale=np.append(native, final),
             start=(latent_scale, noise_scale),
             init_noise_sigma=noise_scale,
+        )
+
+    def _bad_call(self, program_tableau: Tableau | None, n: int | None) -> str:
+        """What a non-finite coefficient says: the model and the options that differ from
+        their defaults (a large eta, a stage outside its step, a model sampling whose
+        levels overflow)."""
+        changed = [f"{name}={describe(getattr(self, name))}" for name, (default, _) in
+                   specs(self).items() if getattr(self, name) != default]  # fmt: skip
+        where = "" if n is None else f" at model call {n}"
+        return (
+            f"{type(self).__name__}{where}: model={self.model!r} with these options "
+            f"({', '.join(changed) or 'the defaults'}) gives a non-finite coefficient"
         )
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
