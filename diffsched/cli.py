@@ -194,9 +194,9 @@ def to_backend(x: np.ndarray, backend: str, dtype: str):
 
 def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model (x = (1 - σ) x_0 + σ ε)."""
-    from .methods.flow_match import _FlowMatchBase
+    from .methods.flow_match import is_flow_match
 
-    return isinstance(scheduler, _FlowMatchBase)
+    return is_flow_match(scheduler)
 
 
 def is_edm(scheduler: Scheduler) -> bool:

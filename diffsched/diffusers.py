@@ -744,9 +744,9 @@ def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:
     """The N of a custom ``sigmas=`` grid: N + 1 levels (the final one included) for the
     σ-based methods, N levels (one per model call, as diffusers' flow-matching classes take
     them) for the flow-matching ones."""
-    from .methods.flow_match import _FlowMatchBase
+    from .methods.flow_match import is_flow_match
 
-    return len(sigmas) - (0 if isinstance(scheduler, _FlowMatchBase) else 1)
+    return len(sigmas) - (0 if is_flow_match(scheduler) else 1)
 
 
 def _host(value: Any) -> Any:

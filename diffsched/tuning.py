@@ -180,7 +180,7 @@ class Grid(NamedTuple):
     @staticmethod
     def of(scheduler: Scheduler, num_steps: int) -> Grid:
         _check_tunable(scheduler)
-        from .methods.euler import training_alphas_cumprod
+        from .methods._karras import training_alphas_cumprod
 
         params = inspect.signature(scheduler.tableau).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

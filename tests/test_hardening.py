@@ -288,7 +288,7 @@ def test_08_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
 def test_09_program_cache_is_bounded_in_bytes():
     from diffsched.core import scheduler
 
-    cache = scheduler._cached_program
+    cache = scheduler.cached_program
     assert cache.max_bytes <= 64 << 20
     small = scheduler._ProgramCache(max_bytes=1 << 20)
     configs = [ds.EDMEuler(sigma_max=80.0 + i) for i in range(6)]

@@ -31,7 +31,7 @@ Array = Any
 MAX_TRAIN_STEPS = 100_000
 
 
-def _tuple_of_floats(value: Any) -> tuple[float, ...]:
+def tuple_of_floats(value: Any) -> tuple[float, ...]:
     """A list (or array) of real numbers as a tuple of floats; anything else a TypeError."""
     if isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1:
         raise TypeError(f"expected a list of numbers, got: {value!r}")
@@ -80,7 +80,7 @@ class BaseScheduler:
             value = getattr(self, name)
             if name == "trained_betas" and value is not None:
                 try:
-                    value = _tuple_of_floats(value)
+                    value = tuple_of_floats(value)
                 except TypeError as err:
                     raise TypeError(f"{owner} option trained_betas: {err}") from None
             elif name == "prediction_type":
@@ -186,7 +186,7 @@ class BaseScheduler:
                 "steps (pass num_steps=None)"
             )
         try:
-            return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
         except TypeError as err:
             if "unhashable" not in str(err):
                 raise
@@ -456,7 +456,7 @@ class Scheduler(BaseScheduler):
         None, "explicit betas (length num_train_steps); override the schedule",
         "trained_betas", nullable=True,
         to_diffusers=lambda v: None if v is None else list(v),
-        from_diffusers=lambda v: None if v is None else _tuple_of_floats(v),
+        from_diffusers=lambda v: None if v is None else tuple_of_floats(v),
     )  # fmt: skip
     prediction_type: str = option(
         "noise",
@@ -547,7 +547,7 @@ class _ProgramCache:
             total -= dropped.nbytes
 
 
-_cached_program = _ProgramCache()
+cached_program = _ProgramCache()
 _MAKERS: dict[int, str] = {}  # fingerprint -> the config, for the foreign-state error
 
 

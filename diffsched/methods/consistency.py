@@ -193,10 +193,10 @@ class SCM(BaseScheduler):
         return super().program(num_steps, **init_options)
 
     def _program_custom(self, num_steps: int, init_options: dict):
-        from ..core.scheduler import _cached_program
+        from ..core.scheduler import cached_program
 
         ops.check_num_steps(num_steps)
-        return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+        return cached_program(self, num_steps, tuple(sorted(init_options.items())))
 
     def _angles(
         self,

@@ -57,6 +57,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
 from ..schedules import solver_grid
 from ._img2img import first_call
+from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     flow_prediction_type_option,
@@ -64,7 +65,6 @@ from .dpmsolver import (
     multistep_tableau,
     restarted_on_grid,
 )
-from .euler import training_alphas_cumprod
 
 
 @document

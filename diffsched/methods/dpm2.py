@@ -55,12 +55,12 @@ from ..core.engine import Tableau
 from ..core.scheduler import document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
-from .heun import _TwoStageBase, interleave
+from ._karras import TwoStageBase, interleave
 from .kit import RKStep, runge_kutta
 
 
 @dataclass(frozen=True, kw_only=True)
-class _DPM2Base(_TwoStageBase):
+class _DPM2Base(TwoStageBase):
     def _grid(self, num_steps: int, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, σ's with the final 0 appended), as diffusers' set_timesteps."""
         kind = self.sigma_kind

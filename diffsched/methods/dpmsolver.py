@@ -98,7 +98,7 @@ from ..core.scheduler import (
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
-from .euler import training_alphas_cumprod
+from ._karras import training_alphas_cumprod
 
 
 def reject_learned_variance(owner: str, variance_type: str | None) -> None:

@@ -62,6 +62,7 @@ from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
+from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     SDE_THIRD_ORDER,
     Thresholding,
@@ -71,7 +72,6 @@ from .dpmsolver import (
     restarted_on_grid,
     sde_third_order_option,
 )
-from .euler import training_alphas_cumprod
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 DATA_FORMS = ("dpmsolver++", "sde-dpmsolver++")

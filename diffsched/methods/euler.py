@@ -29,98 +29,18 @@ import numpy as np
 
 from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
-from ..core.options import option, with_default
+from ..core.options import option
 from ..core.scheduler import (
     Churn,
-    Scheduler,
     SigmaGrid,
-    Spacing,
-    ZeroTerminalSNR,
     document,
 )
-from ..schedules import sigmas as sigma_schedules
-from ._img2img import first_call
-
-# diffusers' ``rescale_betas_zero_snr`` σ_max clamp: ᾱ_{T-1} = 2^-24, not 0, so σ is finite
-ZERO_SNR_ALPHA_BAR = 2.0**-24
-
-
-def training_alphas_cumprod(sched: Scheduler) -> np.ndarray:
-    """ᾱ of the training steps, with diffusers' finite clamp under zero terminal SNR."""
-    acp = sched.alphas_cumprod
-    if getattr(sched, "rescale_betas_zero_snr", False):
-        acp[-1] = ZERO_SNR_ALPHA_BAR
-    return acp
-
-
-@dataclass(frozen=True, kw_only=True)
-class _EulerBase(ZeroTerminalSNR, Spacing, Scheduler):
-    timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
-
-    def _grid(
-        self, num_steps: int, sigmas: Any = None, timesteps: Any = None, strength: float = 1.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(timesteps, σ's with the final level appended), as diffusers' set_timesteps."""
-        acp = training_alphas_cumprod(self)
-        log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))
-        kind = self.sigma_kind if isinstance(self, SigmaGrid) else None
-        if sigmas is not None and timesteps is not None:
-            raise ValueError("pass at most one of sigmas= and timesteps=")
-        if sigmas is not None:
-            sig = sigma_schedules.as_float32(_descending("sigmas", sigmas))
-            ts = sigma_schedules.sigma_to_t(sig[:-1], log_train)
-        else:
-            if timesteps is not None:
-                if kind is not None:
-                    raise ValueError(f"timesteps= cannot be combined with {self.sigma_option()}")
-                ts = sigma_schedules.as_float32(_descending("timesteps", timesteps))
-                train = np.exp(log_train)
-                sig = np.interp(ts, np.arange(len(train)), train)
-            else:
-                ts, sig = sigma_schedules.discrete_grid(
-                    acp, num_steps, spacing=self.timestep_spacing, offset=self.timesteps_offset,
-                    kind=kind, interpolation=getattr(self, "interpolation_type", "linear"),
-                    sigma_min=getattr(self, "sigma_min", None),
-                    sigma_max=getattr(self, "sigma_max", None),
-                )  # fmt: skip
-            final = 0.0
-            if getattr(self, "final_sigmas_type", "zero") == "sigma_min":
-                final = float(np.sqrt((1 - acp[0]) / acp[0]))
-            sig = sigma_schedules.as_float32(np.concatenate([sig, [final]]))
-        if getattr(self, "timestep_type", "discrete") == "continuous" and (
-            self.prediction_type == "angular_velocity"
-        ):
-            ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))
-        ts = sigma_schedules.as_float32(ts)
-        cut = first_call(len(ts), strength)
-        return ts[cut:], sig[cut:]
-
-    def _init_noise_sigma(self, sig: np.ndarray) -> float:
-        top = float(np.max(sig))
-        if self.timestep_spacing in ("linspace", "trailing"):
-            return top
-        return float(np.sqrt(top**2 + 1))
-
-    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
-        ts, sig = self._grid(num_steps, **init_options)
-        n = len(ts)
-        return float(sigma_schedules.alpha_bar_of(sig[0])), float(
-            sigma_schedules.alpha_bar_of(sig[n])
-        )
-
-
-def _descending(name: str, values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size < 1 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a non-empty list of finite numbers")
-    if np.any(np.diff(arr) > 0):
-        raise ValueError(f"{name} must be non-increasing, got: {arr.tolist()}")
-    return arr
+from ._karras import EulerBase
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Euler(Churn, SigmaGrid, _EulerBase):
+class Euler(Churn, SigmaGrid, EulerBase):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -191,7 +111,7 @@ class Euler(Churn, SigmaGrid, _EulerBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EulerAncestral(_EulerBase):
+class EulerAncestral(EulerBase):
     """Euler ancestral sampling (k-diffusion's ``sample_euler_ancestral``; "Euler a").
 
     First order; one model call per step; stochastic. diffusers:

@@ -29,7 +29,7 @@ import numpy as np
 from ..core import ops, predictions
 from ..core.engine import OUTPUT, SAMPLE, Program, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, _cached_program, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, cached_program, document
 from ..schedules import shifts
 from ._img2img import restarted
 from .flow_match import first_flow_call
@@ -110,7 +110,7 @@ class FlowMapEuler(BaseScheduler):
             num_steps = count
         num_steps = ops.check_num_steps(num_steps)
         try:
-            return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
         except TypeError as err:
             if "unhashable" not in str(err):
                 raise

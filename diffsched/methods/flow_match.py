@@ -63,13 +63,13 @@ from ..core.scheduler import (
     BaseScheduler,
     Churn,
     SigmaGrid,
-    _cached_program,
+    cached_program,
     document,
 )
 from ..schedules import comfy, shifts
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import check_strength
-from .heun import interleave
+from ._karras import interleave
 
 FLOW_PREDICTION_TYPES = (predictions.FLOW,)
 
@@ -260,7 +260,7 @@ class _FlowMatchBase(BaseScheduler):
                 )
         num_steps = ops.check_num_steps(num_steps)
         try:
-            return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
         except TypeError as err:
             if "unhashable" not in str(err):
                 raise
@@ -531,3 +531,9 @@ class FlowMatchLCM(_ShiftedGrid, _FlowMatchBase):
     ) -> Tableau:
         """The step of FlowMatchEuler(stochastic_sampling=True): x̂_0 re-noised (eq. 4)."""
         return self._euler_tableau(num_steps, sigmas, timesteps, mu, image_seq_len, strength, True)
+
+
+def is_flow_match(scheduler: object) -> bool:
+    """Whether ``scheduler`` is one of the rectified-flow classes of this module (its grid
+    lists every level, the final one included, as a call's)."""
+    return isinstance(scheduler, _FlowMatchBase)

@@ -37,7 +37,7 @@ import numpy as np
 from ..core import predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, _tuple_of_floats, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document, tuple_of_floats
 from ..schedules import solver_grid
 from .unipc import UniPC
 
@@ -65,7 +65,7 @@ class _HeliosStages(BaseScheduler):
     stage_range: tuple[float, ...] = option(
         (0.0, 1 / 3, 2 / 3, 1.0), "the stages' bounds r_0 < ... < r_stages in the training "
         "range [0, 1] (the first stages + 1 values are read)", "stage_range",
-        to_diffusers=list, from_diffusers=_tuple_of_floats,
+        to_diffusers=list, from_diffusers=tuple_of_floats,
     )  # fmt: skip
     gamma: float = option(
         1 / 3, "γ of the raised start of stages after the first (the re-noising after an "
@@ -90,7 +90,7 @@ class _HeliosStages(BaseScheduler):
 
     def _check(self) -> None:
         try:
-            r = np.asarray(_tuple_of_floats(self.stage_range))
+            r = np.asarray(tuple_of_floats(self.stage_range))
         except TypeError as err:
             raise TypeError(f"{type(self).__name__} option stage_range: {err}") from None
         object.__setattr__(self, "stage_range", tuple(r.tolist()))

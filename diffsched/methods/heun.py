@@ -33,39 +33,15 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import Clipping, Scheduler, SigmaGrid, Spacing, document
+from ..core.scheduler import Clipping, document
 from ..schedules import betas as beta_schedules
-from .euler import _EulerBase
+from ._karras import TwoStageBase, interleave
 from .kit import EULER, HEUN, butcher_step, runge_kutta
-
-
-@dataclass(frozen=True, kw_only=True)
-class _TwoStageBase(SigmaGrid, Spacing, Scheduler):
-    """The options shared by diffusers' Heun and DPM2 schedulers (Stable Diffusion's betas,
-    linspace spacing), and Euler's σ grid and initial noise level."""
-
-    beta_start: float = with_default(Scheduler, "beta_start", 0.00085)
-    beta_end: float = with_default(Scheduler, "beta_end", 0.012)
-    timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
-
-    # the same grid and start as Euler's (no zero terminal SNR, no custom σ's here)
-    _grid = _EulerBase._grid
-    _init_noise_sigma = _EulerBase._init_noise_sigma
-    noise_levels = _EulerBase.noise_levels
-
-
-def interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Per-call values of a two-stage loop: ``first[i]`` at call 2i (N of them), then
-    ``second[i]`` at call 2i + 1 (the N - 1 steps that have a second stage)."""
-    out = np.empty(2 * len(first) - 1)
-    out[0::2] = first
-    out[1::2] = second[: len(first) - 1]
-    return out
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Heun(Clipping, _TwoStageBase):
+class Heun(Clipping, TwoStageBase):
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1).
 
     Second order; two model calls per step (one on the last step, to σ = 0); deterministic.

@@ -46,7 +46,7 @@ import numpy as np
 from ..core import families
 from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option
-from ..core.scheduler import Scheduler, _tuple_of_floats, document
+from ..core.scheduler import Scheduler, document, tuple_of_floats
 from ._img2img import first_call, restarted
 from .pndm import ADAMS_BASHFORTH
 
@@ -101,7 +101,7 @@ class IPNDM(Scheduler):
         "trained_betas",
         nullable=True,
         to_diffusers=lambda v: None if v is None else list(v),
-        from_diffusers=lambda v: None if v is None else _tuple_of_floats(v),
+        from_diffusers=lambda v: None if v is None else tuple_of_floats(v),
     )
 
     def _check(self) -> None:
@@ -109,7 +109,7 @@ class IPNDM(Scheduler):
         if grid is None:
             return
         try:
-            grid = _tuple_of_floats(grid)
+            grid = tuple_of_floats(grid)
         except TypeError as err:
             raise TypeError(f"IPNDM option noise_grid: {err}") from None
         arr = np.asarray(grid)

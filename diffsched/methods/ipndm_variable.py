@@ -43,7 +43,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option
 from ..core.scheduler import SigmaGrid, document
-from .euler import _EulerBase
+from ._karras import EulerBase
 from .kit import adams_bashforth_weights, linear_multistep
 
 __all__ = ["MAX_ORDER", "VariableIPNDM", "adams_bashforth_weights"]
@@ -53,7 +53,7 @@ MAX_ORDER = 4
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class VariableIPNDM(SigmaGrid, _EulerBase):
+class VariableIPNDM(SigmaGrid, EulerBase):
     """iPNDM with variable step sizes on the probability-flow ODE in σ (Zhang & Chen 2023;
     the form GITS and AMED use with searched grids).
 

@@ -35,7 +35,7 @@ from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call, restarted
-from .euler import _EulerBase
+from ._karras import KarrasGrid
 from .kit import adams_bashforth_weights, linear_multistep
 
 
@@ -57,7 +57,7 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class LMS(SigmaGrid, Spacing, Scheduler):
+class LMS(KarrasGrid, SigmaGrid, Spacing, Scheduler):
     """Linear multistep sampling on the probability-flow ODE (k-diffusion's ``sample_lms``).
 
     Order ``order`` (4 by default; 1, 2, ... during the warm-up); one model call per step;
@@ -78,9 +78,7 @@ class LMS(SigmaGrid, Spacing, Scheduler):
         "most 64 (its cost grows as order²)", low=1, high=64,
     )  # fmt: skip
 
-    # diffusers' LMS builds its grid as Euler does (without Euler's extra options)
-    _grid = _EulerBase._grid
-    _init_noise_sigma = _EulerBase._init_noise_sigma
+    # diffusers' LMS builds its grid as Euler does (KarrasGrid), without Euler's extra options
 
     def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)

@@ -32,7 +32,7 @@ import numpy as np
 from ..core import ops
 from ..core.engine import SAMPLE, X0, Program, Tableau
 from ..core.options import option
-from ..core.scheduler import BaseScheduler, _cached_program, document
+from ..core.scheduler import BaseScheduler, cached_program, document
 from ..schedules import shifts
 from ._img2img import restarted
 from .edm_dpmsolver import float32_linspace
@@ -119,7 +119,7 @@ class MiniMaxH3(BaseScheduler):
             num_steps = count
         num_steps = ops.check_num_steps(num_steps)
         try:
-            return _cached_program(self, num_steps, tuple(sorted(init_options.items())))
+            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
         except TypeError as err:
             if "unhashable" not in str(err):
                 raise

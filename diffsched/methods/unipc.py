@@ -73,13 +73,13 @@ from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroT
 from ..schedules import shifts, solver_grid
 from ._dpm_solver_coefficients import phi
 from ._img2img import first_call
+from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
     restarted_on_grid,
 )
-from .euler import training_alphas_cumprod
 
 SOLVER_TYPES = ("bh1", "bh2")
 
