@@ -53,12 +53,15 @@ Every step is a Runge-Kutta step of the kit (:func:`~diffsched.methods.kit.runge
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.options import option, with_default
 from ..core.scheduler import Churn, document
+from ..schedules import sigmas as sigma_schedules
 from ._comfy import Calls, ComfySampler, check_step_count
 from .kit import EULER, HEUN, RALSTON, RKStep, butcher_step, churn_levels, runge_kutta
 
@@ -269,3 +272,104 @@ class ComfyDPMFast(ComfySampler):
         steps = [_dpm_solver_step(ts[i], ts[i + 1], k) for i, k in enumerate(orders)]
         levels, update, _ = runge_kutta(steps)
         return Calls(levels, update, first=first_stages(steps))
+
+
+# the single-step solvers a restart loop runs (Butcher tableaux of the kit)
+RESTART_SOLVERS = {"euler": EULER, "heun": HEUN, "ralston": RALSTON}
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class Restart(ComfySampler):
+    """Restart sampling (Xu et al. 2023, "Restart Sampling for Improving Generative
+    Processes", Alg. 1): an ODE solver on the main σ grid that, on reaching the level
+    nearest t_min, jumps back up to the level nearest t_max by adding forward noise,
+
+        x(t_max) = x(t_min) + S_noise · sqrt(t_max² - t_min²) ε,              (Alg. 1, l. 6)
+
+    and solves the ODE down to t_min again on a Karras grid of N_restart steps (eq. 5 of
+    Karras et al. 2022, ρ = 7), K times (l. 5-9); then the main grid goes on. The noise
+    contracts the errors the ODE steps accumulated (sec. 3); between jumps the method is
+    the deterministic solver (Heun's by default, as in the paper).
+
+    ``restart_steps`` = N_restart and ``restart_times`` = K; 0 and 0 choose them by the
+    main grid's N as the paper's Stable Diffusion setting is used in practice (interval
+    [0.1, 2]): no restart below N = 20, N_restart = 9 and K = 1 from 20, N_restart = N // 4
+    and K = 2 from 36. A restart adds K · N_restart steps to the N of the main grid.
+    Stochastic (at the jumps); ``noise=`` overrides the draw of a jump.
+
+    Not in diffusers nor in ComfyUI: ComfyUI's convention (model input, nearest-index
+    timesteps, its schedulers through ``scheduler`` (default karras) or ``init(...,
+    sigmas=[...])``).
+    """
+
+    ORDER = 2
+    CALLS_PER_STEP = 2
+    scheduler: str = with_default(ComfySampler, "scheduler", "karras")
+    solver: str = option(
+        "heun", "the ODE solver between jumps: heun (the paper's), euler or ralston",
+        choices=tuple(RESTART_SOLVERS),
+    )  # fmt: skip
+    restart_min: float = option(0.1, "t_min: the restart interval's lower end (the main "
+                                "grid's level nearest it)", low=0.0, low_open=True)  # fmt: skip
+    restart_max: float = option(2.0, "t_max: the level the jumps reach (the main grid's "
+                                "level nearest it)", low=0.0, low_open=True)  # fmt: skip
+    restart_steps: int = option(0, "N_restart: ODE steps of each restart pass (0, with "
+                                "restart_times 0: by N)", low=0, high=10_000)  # fmt: skip
+    restart_times: int = option(0, "K: restart passes (0, with restart_steps 0: by N)",
+                                low=0, high=100)  # fmt: skip
+    s_noise: float = option(1.0, "S_noise: the scale of the jumps' noise", low=0.0)
+
+    def _check(self) -> None:
+        super()._check()
+        if (self.restart_steps == 0) != (self.restart_times == 0):
+            raise ValueError(
+                "Restart options restart_steps and restart_times are both 0 (chosen by N) or "
+                f"both positive, got restart_steps={self.restart_steps}, "
+                f"restart_times={self.restart_times}"
+            )
+        if self.restart_min >= self.restart_max:
+            raise ValueError(
+                f"Restart option restart_min={self.restart_min} must be below "
+                f"restart_max={self.restart_max}"
+            )
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    def plan(self, num_steps: int) -> tuple[int, int]:
+        """(N_restart, K) for a main grid of ``num_steps`` steps."""
+        if self.restart_times:
+            return self.restart_steps, self.restart_times
+        if num_steps >= 36:
+            return num_steps // 4, 2
+        return (9, 1) if num_steps >= 20 else (0, 0)
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        n = len(sigmas) - 1
+        tableau = RESTART_SOLVERS[self.solver]
+        per_pass, times = self.plan(n)
+        levels = np.asarray(sigmas, dtype=np.float64)
+        low = int(np.argmin(np.abs(levels - self.restart_min)))  # Alg. 1's t_min, t_max
+        high = int(np.argmin(np.abs(levels - self.restart_max)))
+        restart = per_pass > 0 and high < low < n and levels[low] > 0
+        jump = self.s_noise * math.sqrt(levels[high] ** 2 - levels[low] ** 2) if restart else 0.0
+        inner = (sigma_schedules.karras(levels[low], levels[high], per_pass + 1)
+                 if restart else None)  # fmt: skip
+        pairs: list[tuple[float, float]] = []
+        for i in range(n):
+            pairs.append((levels[i], levels[i + 1]))
+            if restart and i + 1 == low:
+                for _ in range(times):
+                    pairs.extend(itertools.pairwise(inner))
+        steps = []
+        for k, (sigma, sigma_next) in enumerate(pairs):
+            # the jump's noise ends the step that lands on t_min before a restart pass
+            nxt = pairs[k + 1][0] if k + 1 < len(pairs) else sigma_next
+            noise = jump if nxt > sigma_next else 0.0
+            rule = EULER if sigma_next == 0 else tableau
+            steps.append(butcher_step(sigma, sigma_next, *rule, noise=noise))
+        calls_sigmas, update, noise = runge_kutta(steps)
+        return Calls(calls_sigmas, update, noise if restart else None,
+                     first=first_stages(steps))  # fmt: skip
