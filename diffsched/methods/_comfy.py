@@ -214,6 +214,21 @@ class ComfySampler(BaseScheduler):
             init_noise_sigma=noise_scale,
         )
 
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(α, σ) of each call's native sample: (1, σ) on discrete models (the
+        variance-exploding x), (1 - σ, σ) on flow models; σ the call's level."""
+        sig = self.sigmas(num_steps, **init_options)
+        levels = self.calls(sig).sigmas
+        if self.model_sampling.flow:
+            return 1.0 - levels, levels
+        return np.ones_like(levels), levels
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
+
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         sig = self.sigmas(num_steps, **init_options)
         if self.model_sampling.flow:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.scheduler import Churn, document
+from ..core.scheduler import BrownianNoise, Churn, document
 from ._comfy import Calls, ComfySampler, check_step_count
 from .kit import EULER, HEUN, RKStep, butcher_step, churn_levels, runge_kutta
 
@@ -69,7 +69,7 @@ def first_stages(steps: list[RKStep]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ChurnSampler(Churn, ComfySampler):
+class _ChurnSampler(BrownianNoise, Churn, ComfySampler):
     """A single-step ComfyUI sampler with Karras et al.'s churn (eq. 2)."""
 
     @property

@@ -31,6 +31,7 @@ from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
+    BrownianNoise,
     Churn,
     Scheduler,
     SigmaGrid,
@@ -120,7 +121,7 @@ def _descending(name: str, values: Any) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Euler(Churn, SigmaGrid, _EulerBase):
+class Euler(BrownianNoise, Churn, SigmaGrid, _EulerBase):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -191,7 +192,7 @@ class Euler(Churn, SigmaGrid, _EulerBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EulerAncestral(_EulerBase):
+class EulerAncestral(BrownianNoise, _EulerBase):
     """Euler ancestral sampling (k-diffusion's ``sample_euler_ancestral``; "Euler a").
 
     First order; one model call per step; stochastic. diffusers:

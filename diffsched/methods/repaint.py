@@ -194,7 +194,7 @@ class RePaint(Scheduler):
                 f"noise must be a floating-point array of the sample's shape "
                 f"{tuple(sample.shape)}, got {tuple(noise.shape)} {noise.dtype}"
             )
-        known, kz, uz, b = engine.extra_row(state)
+        known, kz, uz, b = engine.extra_row(state)[-4:]  # after the base columns
         new_state, unknown = engine.step(
             type(self).__name__, state, sample, prediction, None,
             process=self._process if self.processes_x0 else None, stochastic=False,
