@@ -255,9 +255,19 @@ class BaseScheduler:
                 "does not give; use noise_type='gaussian'"
             )
         noise = program.coefs[:n, engine.COEF_COLUMNS.index("out_noise")]
-        intervals = brownian.call_intervals(tau, noise)
+        intervals = self.brownian_intervals(tau, noise, num_steps, init_options)
         columns = np.stack([weight, intervals[:, 0], intervals[:, 1]], axis=1)
         return engine.with_columns(program, columns)
+
+    def brownian_intervals(
+        self, tau: np.ndarray, noise: np.ndarray, num_steps: int, init_options: dict
+    ) -> np.ndarray:
+        """(N, 2) the tree levels each call's Brownian draw spans (``noise_type="brownian"``),
+        from each call's τ = σ/(α + σ) and noise coefficient: by default from the call's
+        level to the next different one (:func:`diffsched.core.brownian.call_intervals`);
+        a method whose draws span other intervals (an SDE solver drawing twice over one
+        step) says so here."""
+        return brownian.call_intervals(tau, noise)
 
     @property
     def takes_unconditional(self) -> bool:

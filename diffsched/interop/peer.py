@@ -55,6 +55,11 @@ MODULES = {
     "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
     "CogVideoXDPMScheduler": "diffusers.schedulers.scheduling_dpm_cogvideox",
     "RePaintScheduler": "diffusers.schedulers.scheduling_repaint",
+    # issue 17
+    "DPMSolverSDEScheduler": "diffusers.schedulers.scheduling_dpmsolver_sde",
+    "CosineDPMSolverMultistepScheduler": (
+        "diffusers.schedulers.scheduling_cosine_dpmsolver_multistep"
+    ),
 }
 
 
