@@ -214,7 +214,12 @@ def test_every_stochastic_class_takes_the_option():
 
 def test_refused_where_it_cannot_apply():
     sched = ds.DDPM(noise_type="brownian")
-    state, _ = sched.init(4, np.zeros((2, 3)), 0, offsets=np.array([0, 1]).reshape(2, 1))
+    with pytest.raises(ValueError, match="noise_type='brownian' is not supported with per-elem"):
+        sched.init(4, np.zeros((2, 3)), 0, offsets=np.array([0, 1]).reshape(2, 1))
+    # a per-element state of the Gaussian config, stepped by the Brownian one
+    state, _ = sched.replace(noise_type="gaussian").init(
+        4, np.zeros((2, 3)), 0, offsets=np.array([0, 1]).reshape(2, 1)
+    )
     with pytest.raises(ValueError, match="noise_type='brownian' is not supported with per-elem"):
         sched.step(state, np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="noise_type"):

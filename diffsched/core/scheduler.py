@@ -289,6 +289,12 @@ class BaseScheduler:
         ``sigmas=`` / ``timesteps=`` where the method takes them).
         """
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
+            if getattr(self, "noise_type", "gaussian") == "brownian":
+                raise ValueError(
+                    f"{type(self).__name__}: noise_type='brownian' is not supported with "
+                    "per-element schedules (init(..., offsets=) or an array strength=); "
+                    "use noise_type='gaussian'"
+                )
             return self._init_per_element(num_steps, sample_template, key, init_options)
         init_options.pop("offsets", None)
         return engine.init(self.program(num_steps, **init_options), sample_template, key)

@@ -98,6 +98,13 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
         _, sig = EDMDPMSolverMultistep._grid(self, num_steps)  # type: ignore[arg-type]
         if self.final_sigmas_type == "sigma_min":  # diffusers' final level, as configured
             sig = sigma_schedules.as_float32(np.append(sig[:-1], self.sigma_min))
+            if sig[-1] >= sig[-2]:
+                raise ValueError(
+                    f"CosineDPMSolverMultistep option final_sigmas_type='sigma_min' with "
+                    f"{num_steps} steps: the last call is at σ={sig[-2]:.6g}, not above "
+                    f"sigma_min={self.sigma_min} (a step that does not go down); take more "
+                    "steps or final_sigmas_type='zero'"
+                )
         f32 = np.float32  # diffusers: float32 atan(σ) / π * 2 (torch's atan is within an ulp
         angle = np.arctan(sig[:-1]).astype(f32) / f32(math.pi) * f32(2)  # of this one)
         return angle.astype(np.float64), sig
