@@ -61,6 +61,7 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
     ORDER = 2
     TRAINING_TIMESTEPS = False  # (2/π) arctan σ
 
+    noise_type: str = with_default(BrownianNoise, "noise_type", "brownian")
     sigma_min: float = with_default(EDMEuler, "sigma_min", 0.3)
     sigma_max: float = with_default(EDMEuler, "sigma_max", 500.0)
     sigma_data: float = with_default(EDMEuler, "sigma_data", 1.0)
@@ -76,7 +77,8 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
     lower_order_final: bool = with_default(EDMDPMSolverMultistep, "lower_order_final", True)
     euler_at_final: bool = with_default(EDMDPMSolverMultistep, "euler_at_final", False)
     final_sigmas_type: str = option(
-        "zero", "the level of the final sample: zero (the last step lands on D) or sigma_min",
+        "zero", "the level of the final sample: zero (the last step lands on D) or sigma_min "
+        "(never above the last call's float32 level, where diffusers' step gives NaN)",
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
 
@@ -96,15 +98,6 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
     def _grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """((2/π) arctan σ of each call in float32, the N levels and the final one)."""
         _, sig = EDMDPMSolverMultistep._grid(self, num_steps)  # type: ignore[arg-type]
-        if self.final_sigmas_type == "sigma_min":  # diffusers' final level, as configured
-            sig = sigma_schedules.as_float32(np.append(sig[:-1], self.sigma_min))
-            if sig[-1] >= sig[-2]:
-                raise ValueError(
-                    f"CosineDPMSolverMultistep option final_sigmas_type='sigma_min' with "
-                    f"{num_steps} steps: the last call is at σ={sig[-2]:.6g}, not above "
-                    f"sigma_min={self.sigma_min} (a step that does not go down); take more "
-                    "steps or final_sigmas_type='zero'"
-                )
         f32 = np.float32  # diffusers: float32 atan(σ) / π * 2 (torch's atan is within an ulp
         angle = np.arctan(sig[:-1]).astype(f32) / f32(math.pi) * f32(2)  # of this one)
         return angle.astype(np.float64), sig
