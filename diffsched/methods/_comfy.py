@@ -77,6 +77,11 @@ class ComfySampler(BaseScheduler):
     COMFY_NAMES: ClassVar[tuple[str, ...]] = ()
     # options a name fixes (uni_pc_bh2: variant="bh2")
     COMFY_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # CFG++ (step(..., unconditional=)) on flow models splits x = α x̂_0 + σ ε̂ with the
+    # model's α = 1 - σ (ComfyUI's euler_cfg_pp), or, set True, with α = 1, the split
+    # x = x̂_0 + σ d ComfyUI's dpmpp_2m_cfg_pp and gradient_estimation_cfg_pp use on
+    # every model
+    CFG_PP_VE_SPLIT: ClassVar[bool] = False
 
     model: str = option(
         "eps", "ComfyUI's model sampling: eps, v, x0, lcm (discrete tables, the model input "
@@ -217,11 +222,12 @@ class ComfySampler(BaseScheduler):
     def native_levels(
         self, tableau: Tableau, num_steps: int, init_options: dict
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(α, σ) of each call's native sample: (1, σ) on discrete models (the
-        variance-exploding x), (1 - σ, σ) on flow models; σ the call's level."""
+        """(α, σ) of each call's native sample (σ its level): (1, σ) on discrete models;
+        on flow models (1 - σ, σ), the model's own split (ComfyUI's euler_cfg_pp), or
+        (1, σ) where the class sets ``CFG_PP_VE_SPLIT``."""
         sig = self.sigmas(num_steps, **init_options)
         levels = self.calls(sig).sigmas
-        if self.model_sampling.flow:
+        if self.model_sampling.flow and not self.CFG_PP_VE_SPLIT:
             return 1.0 - levels, levels
         return np.ones_like(levels), levels
 
