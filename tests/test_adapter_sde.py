@@ -37,12 +37,13 @@ def our_tree_sampler(ours, num_steps):
     """diffusers' BrownianTreeNoiseSampler(x, σ_min, σ_max, seed), drawing our tree's
     increments: a request for (σ, σ') is served at the levels of our call whose interval
     is nearest (diffusers' float32 midpoints are an ulp off ours, and a Brownian path moves
-    by sqrt(δ) over δ), rounded to float32 as our table holds them, with the seed diffusers
+    by sqrt(δ) over δ), from that call's row of our float32 table, with the seed diffusers
     passes."""
     program = ours.program(num_steps)
     first = len(engine.COEF_COLUMNS) + 1
+    table = program.coefs[: program.num_calls].astype(np.float32).astype(np.float64)
     levels = program.coefs[: program.num_calls, first : first + 2]
-    levels = levels.astype(np.float32).astype(np.float64)
+    leaves = table[:, first + 2 : first + 7]  # (k, f, k', f', scale) as a float32 table
 
     def make(x, sigma_min=None, sigma_max=None, seed=None, **_):
         key = torch.tensor(ops.seed_array(np, int(seed or 0), np.zeros(())).item(),
@@ -50,9 +51,10 @@ def our_tree_sampler(ours, num_steps):
 
         def draw(sigma, sigma_next):
             want = np.array([float(v) / (1.0 + float(v)) for v in (sigma, sigma_next)])
-            t0, t1 = levels[np.argmin(np.abs(levels - want).sum(axis=1))]
+            row = leaves[np.argmin(np.abs(levels - want).sum(axis=1))]
             like = torch.zeros(x.shape, dtype=x.dtype)
-            return brownian.increment(brownian.tree_seed(key), float(t0), float(t1), like)
+            return brownian.call_increment(brownian.tree_seed(key), tuple(row.tolist()),
+                                           like, x.dtype)  # fmt: skip
 
         return draw
 

@@ -225,3 +225,23 @@ def test_refused_where_it_cannot_apply():
         sched.step(state, np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="noise_type"):
         ds.DDPM(noise_type="pink")
+
+
+def test_float32_loops_draw_the_float64_noise():
+    """The leaf coordinates of each call's levels are computed in float64 in init, so a
+    float32 loop evaluates the path where a float64 one does (a level rounded to float32
+    would move a draw by about sqrt(3e-8 / Δτ) ~ 5e-4): the draws agree to float32
+    rounding (observed 7.2e-6)."""
+    sched = ds.DPMSolverSDE(use_karras_sigmas=True)
+    out = {}
+    for dtype in (np.float32, np.float64):
+        state, ts = sched.init(7, np.zeros(1000, dtype), 4)
+        draws = []
+        for _ in ts:
+            z = _brownian_noise(state, np.zeros(1000, dtype))
+            if z is not None:
+                draws.append(np.asarray(z, np.float64))
+            state, _ = sched.step(state, np.zeros(1000, dtype), np.zeros(1000, dtype),
+                                  noise=z)  # fmt: skip
+        out[dtype] = np.stack(draws)
+    assert np.abs(out[np.float32] - out[np.float64]).max() < 5e-5

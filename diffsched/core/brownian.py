@@ -17,7 +17,8 @@ bisection of depth D = :data:`DEPTH` (a Brownian bridge at each node):
     W(1) = Z_0,                                                                     (1)
     W(m) = (W(l) + W(r)) / 2 + sqrt((r - l) / 4) Z_node,  m = (l + r) / 2,           (2)
 
-descending into the half that holds τ, then, inside the leaf [l, r] of width 2^-D,
+descending into the half that holds τ (the bits of τ's leaf index, computed once in
+float64 on the host: :func:`leaf`), then, inside the leaf [l, r] of width 2^-D,
 
     W(τ) = W(l) + (τ - l)/(r - l) (W(r) - W(l)) + sqrt((τ - l)(r - τ)/(r - l)) Z_leaf. (3)
 
@@ -61,75 +62,84 @@ def _draw(seed: Array, index: Any, like: Array, dtype: Any) -> Array:
     return ops.normal(seed, counter, tuple(like.shape), dtype, like)
 
 
-def value_host(seed: Array, t: float, like: Array, dtype: Any, cache: dict | None = None) -> Array:
-    """W(t) (eqs. 1-3) for a level known on the host; ``cache`` shares the draws of nodes
-    two evaluations both visit."""
+def leaf(t: float) -> tuple[int, float]:
+    """(k, f): the level t in [0, 1] as its depth-D leaf k (0 <= k < 2^D) and the fraction
+    f in [0, 1] of that leaf below t, computed in float64 (a table holds them exactly in
+    any dtype: k < 2^24, and f only weighs the leaf's own bridge)."""
+    scaled = float(t) * (1 << DEPTH)
+    k = min(math.floor(scaled), (1 << DEPTH) - 1)
+    return k, scaled - k
+
+
+def value_host(seed: Array, t: Any, like: Array, dtype: Any, cache: dict | None = None) -> Array:
+    """W(t) (eqs. 1-3) for a level known on the host (a float, or its (k, f) of
+    :func:`leaf`); ``cache`` shares the draws of nodes two evaluations both visit."""
     cache = {} if cache is None else cache
+    k, frac = leaf(t) if not isinstance(t, tuple) else (int(t[0]), float(t[1]))
 
     def z(index: int) -> Array:
         if index not in cache:
             cache[index] = _draw(seed, index, like, dtype)
         return cache[index]
 
-    lo, hi, k = 0.0, 1.0, 0
     w_lo: Any = 0.0
     w_hi = z(0)  # eq. 1
     for depth in range(DEPTH):
-        mid = 0.5 * (lo + hi)
-        w_mid = 0.5 * (w_lo + w_hi) + 2.0 ** (-(depth + 2) / 2) * z((1 << depth) + k)  # eq. 2
-        if t < mid:
-            hi, w_hi, k = mid, w_mid, 2 * k
+        prefix = k >> (DEPTH - depth)  # the node of this depth on t's path
+        w_mid = 0.5 * (w_lo + w_hi) + 2.0 ** (-(depth + 2) / 2) * z((1 << depth) + prefix)  # eq. 2
+        if (k >> (DEPTH - 1 - depth)) & 1:
+            w_lo = w_mid
         else:
-            lo, w_lo, k = mid, w_mid, 2 * k + 1
-    h = hi - lo
-    frac = (t - lo) / h
-    spread = math.sqrt(max((t - lo) * (hi - t), 0.0) / h)
-    out = w_lo + frac * (w_hi - w_lo)  # eq. 3
+            w_hi = w_mid
+    out = w_lo + frac * (w_hi - w_lo)  # eq. 3, leaf width h = 2^-D
+    spread = math.sqrt(max(frac * (1.0 - frac), 0.0) * 2.0**-DEPTH)
     if spread != 0.0:
         out = out + spread * z((1 << DEPTH) + k)
     return out
 
 
-def value_traced(seed: Array, t: Array, like: Array, dtype: Any) -> Array:
-    """W(t) (eqs. 1-3) for a 0-d array level (under ``jax.jit`` / ``torch.compile``): the
-    same draws and arithmetic, the branch of eq. 2 taken by ``where``."""
+def value_traced(seed: Array, k: Array, frac: Array, like: Array, dtype: Any) -> Array:
+    """W at the level (k, f) of :func:`leaf` given as 0-d arrays (under ``jax.jit`` /
+    ``torch.compile``): the same draws and arithmetic, eq. 2's branch by ``where``."""
     xp = ops.namespace(like)
-    lo = xp.zeros_like(t)
-    hi = xp.ones_like(t)
-    k = xp.asarray(0, dtype=xp.int32, device=ops.device(like))
+    k = xp.astype(k, xp.int32)
     w_lo = xp.zeros(tuple(like.shape), dtype=dtype, device=ops.device(like))
     w_hi = _draw(seed, 0, like, dtype)
     for depth in range(DEPTH):
-        mid = 0.5 * (lo + hi)
-        node = k + (1 << depth)
+        node = (k >> (DEPTH - depth)) + (1 << depth)
         w_mid = 0.5 * (w_lo + w_hi) + 2.0 ** (-(depth + 2) / 2) * _draw(seed, node, like, dtype)
-        left = t < mid
-        hi, lo = xp.where(left, mid, hi), xp.where(left, lo, mid)
-        w_hi, w_lo = xp.where(left, w_mid, w_hi), xp.where(left, w_lo, w_mid)
-        k = 2 * k + xp.astype(xp.logical_not(left), xp.int32)
-    h = hi - lo
-    frac = (t - lo) / h
-    spread = xp.sqrt(xp.maximum((t - lo) * (hi - t), xp.zeros_like(t)) / h)
-    leaf = _draw(seed, k + (1 << DEPTH), like, dtype)
-    return w_lo + frac * (w_hi - w_lo) + spread * leaf
+        right = ((k >> (DEPTH - 1 - depth)) & 1) == 1
+        w_lo, w_hi = xp.where(right, w_mid, w_lo), xp.where(right, w_hi, w_mid)
+    spread = xp.sqrt(xp.maximum(frac * (1.0 - frac), xp.zeros_like(frac)) * 2.0**-DEPTH)
+    leaf_z = _draw(seed, k + (1 << DEPTH), like, dtype)
+    return w_lo + frac * (w_hi - w_lo) + spread * leaf_z
 
 
-def increment(seed: Array, t0: Any, t1: Any, like: Array, dtype: Any = None) -> Array:
-    """(W(t1) - W(t0)) / sqrt|t1 - t0| (eq. 4): Python-float levels on the host, 0-d
-    arrays when traced; 0 where t0 = t1. ``seed`` is the tree's (:func:`tree_seed`)."""
+def increment(seed: Array, t0: float, t1: float, like: Array, dtype: Any = None) -> Array:
+    """(W(t1) - W(t0)) / sqrt|t1 - t0| (eq. 4) for levels known on the host; 0 where
+    t0 = t1. ``seed`` is the tree's (:func:`tree_seed`)."""
     dtype = like.dtype if dtype is None else dtype
     xp = ops.namespace(like)
-    if isinstance(t0, float | int) and isinstance(t1, float | int):
-        if t0 == t1:
-            return xp.zeros(tuple(like.shape), dtype=dtype, device=ops.device(like))
+    if t0 == t1:
+        return xp.zeros(tuple(like.shape), dtype=dtype, device=ops.device(like))
+    cache: dict = {}
+    w1 = value_host(seed, float(t1), like, dtype, cache)
+    w0 = value_host(seed, float(t0), like, dtype, cache)
+    return (w1 - w0) * (1.0 / math.sqrt(abs(t1 - t0)))
+
+
+def call_increment(seed: Array, row: tuple, like: Array, dtype: Any) -> Array:
+    """Eq. 4 from a call's table row (k_0, f_0, k_1, f_1, 1/sqrt|τ_1 - τ_0|) of
+    :func:`leaf_columns`: Python floats on the eager path, 0-d arrays when traced."""
+    k0, f0, k1, f1, scale = row
+    if isinstance(k0, float | int):
         cache: dict = {}
-        w1 = value_host(seed, float(t1), like, dtype, cache)
-        w0 = value_host(seed, float(t0), like, dtype, cache)
-        return (w1 - w0) * (1.0 / math.sqrt(abs(t1 - t0)))
-    w1 = value_traced(seed, t1, like, dtype)
-    w0 = value_traced(seed, t0, like, dtype)
-    gap = xp.abs(t1 - t0)
-    return (w1 - w0) / xp.sqrt(xp.where(gap > 0, gap, xp.ones_like(gap)))
+        w1 = value_host(seed, (k1, f1), like, dtype, cache)
+        w0 = value_host(seed, (k0, f0), like, dtype, cache)
+        return (w1 - w0) * scale
+    w1 = value_traced(seed, k1, f1, like, dtype)
+    w0 = value_traced(seed, k0, f0, like, dtype)
+    return (w1 - w0) * scale
 
 
 # -- a scheduler's levels -----------------------------------------------------------------
@@ -154,4 +164,16 @@ def call_intervals(tau: np.ndarray, noise: np.ndarray, final: float = 0.0) -> np
     for i in np.flatnonzero(np.asarray(noise) != 0):
         later = [t for t in tau[i + 1 :] if t != tau[i]]
         out[i, 1] = later[0] if later else final
+    return out
+
+
+def leaf_columns(intervals: np.ndarray) -> np.ndarray:
+    """(N, 5) per call: (k_0, f_0, k_1, f_1, 1/sqrt|τ_1 - τ_0|) of the (N, 2) levels of
+    :func:`call_intervals` (0 for the scale where the call draws nothing), all computed in
+    float64 on the host, so a float32 loop draws the noise a float64 one does."""
+    out = np.zeros((len(intervals), 5))
+    for i, (t0, t1) in enumerate(np.asarray(intervals, np.float64)):
+        out[i, 0:2] = leaf(t0)
+        out[i, 2:4] = leaf(t1)
+        out[i, 4] = 0.0 if t0 == t1 else 1.0 / math.sqrt(abs(t1 - t0))
     return out

@@ -227,10 +227,11 @@ class BaseScheduler:
     def _with_step_columns(
         self, program: engine.Program, tableau: engine.Tableau, num_steps: int, init_options: dict
     ) -> engine.Program:
-        """``program`` with three per-call columns (:func:`engine.with_columns`; the first
+        """``program`` with eight per-call columns (:func:`engine.with_columns`; the first
         extra ones): the CFG++ weight of the guided-minus-unconditional output
-        (:func:`engine.guided_step`) and the two tree levels of the call's Brownian draw
-        (:mod:`diffsched.core.brownian`)."""
+        (:func:`engine.guided_step`), the two tree levels τ, τ' of the call's Brownian draw,
+        and those levels as leaf coordinates with the draw's scale
+        (:func:`diffsched.core.brownian.leaf_columns`)."""
         n = program.num_calls
         levels = self.native_levels(tableau, num_steps, init_options)
         held = program.held
@@ -256,7 +257,9 @@ class BaseScheduler:
             )
         noise = program.coefs[:n, engine.COEF_COLUMNS.index("out_noise")]
         intervals = self.brownian_intervals(tau, noise, num_steps, init_options)
-        columns = np.stack([weight, intervals[:, 0], intervals[:, 1]], axis=1)
+        columns = np.concatenate(
+            [weight[:, None], intervals, brownian.leaf_columns(intervals)], axis=1
+        )
         return engine.with_columns(program, columns)
 
     def brownian_intervals(
@@ -746,11 +749,10 @@ class BrownianNoise:
 def _brownian_noise(state: engine.EngineState, sample: Array) -> Array | None:
     """This call's Brownian draw (eq. 4 of :mod:`diffsched.core.brownian`), from the levels
     the state's table holds; None on the eager path where the call draws no noise."""
-    _, t0, t1 = engine.extra_row(state)[:3]
-    dtype = state.coefs.dtype
-    if isinstance(t0, float) and t0 == t1:
+    row = engine.extra_row(state)[3:8]  # after the CFG++ weight and the levels τ, τ'
+    if isinstance(row[4], float) and row[4] == 0.0:
         return None
-    return brownian.increment(brownian.tree_seed(state.key), t0, t1, sample, dtype)
+    return brownian.call_increment(brownian.tree_seed(state.key), row, sample, state.coefs.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
