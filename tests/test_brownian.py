@@ -2,9 +2,11 @@
 
 The law of the path (mean, variance, independence of disjoint intervals, additivity), its
 consistency across step counts, equality across NumPy, PyTorch and JAX, jitted against
-eager, and that ``noise=`` still replaces the draw. Observed figures (100 000 paths): the
-variance of a raw increment within 0.6 % of |Δτ|, |mean| < 0.004 sqrt|Δτ|, correlations
-of disjoint increments below 0.004; additivity to 4e-16; backends to 2e-16.
+eager, and that ``noise=`` still replaces the draw. Observed figures (100 000 paths, seed
+1234): the variance of a raw increment within 1.1 % of |Δτ| (0.992-1.011 over five
+intervals from 3e-5 to 1 wide), |mean| <= 0.003 sqrt|Δτ|, the largest correlation of
+disjoint increments 0.007; additivity to 4.4e-16; NumPy, PyTorch and jitted JAX equal to
+1e-12 (float64).
 """
 
 from __future__ import annotations
