@@ -25,7 +25,7 @@ from diffsched.methods import CLASSES
 jax.config.update("jax_enable_x64", True)
 
 CASES = every()
-OWN_STEP = {"RePaint", "ScoreSdeVe"}  # steps of their own (known region; predictor-corrector)
+OWN_STEP = {"ScoreSdeVe"}  # a Langevin corrector: no x̂_0 / ε̂ split to guide
 SHAPE = (2, 3, 4)
 
 
@@ -57,6 +57,7 @@ def test_every_class_is_covered():
 def test_unconditional_equal_to_prediction_is_the_plain_step(name):
     sched, n = CASES[name]
     if type(sched).__name__ in OWN_STEP:
+        assert not sched.takes_unconditional
         with pytest.raises(TypeError, match="unconditional"):
             state, _ = sched.init(n, np.zeros(SHAPE), 0)
             sched.step(state, np.zeros(SHAPE), np.zeros(SHAPE), unconditional=np.zeros(SHAPE))
@@ -198,3 +199,21 @@ def test_bad_unconditional():
     state, _ = sched.init(4, np.zeros(SHAPE), 0, offsets=np.array([0, 1]).reshape(2, 1, 1))
     with pytest.raises(ValueError, match="unconditional= is not supported with per-element"):
         sched.step(state, np.zeros(SHAPE), np.zeros(SHAPE), unconditional=np.zeros(SHAPE))
+
+
+def test_repaint_with_a_known_region():
+    sched = ds.RePaint(eta=0.5)
+    rng = np.random.default_rng(4)
+    image, mask = rng.standard_normal(SHAPE), (rng.random(SHAPE) < 0.5).astype(float)
+    start = rng.standard_normal(SHAPE)
+    out = []
+    for mode in ("plain", "same", "cfgpp"):
+        x = start
+        state, ts = sched.init(5, np.zeros(SHAPE), 2)
+        for i, _ in enumerate(ts):
+            g, u = _outputs(i, x)
+            extra = {"same": {"unconditional": g}, "cfgpp": {"unconditional": u}}.get(mode, {})
+            state, x = sched.step(state, x, g, original_image=image, mask=mask, **extra)
+        out.append(x)
+    assert np.array_equal(out[0], out[1])
+    assert np.abs(out[2] - out[0]).max() > 1e-3
