@@ -179,10 +179,9 @@ def _stochastic(cls):
 
 
 BROWNIAN_CLASSES = [cls for cls in CLASSES if issubclass(cls, BrownianNoise)]
-# Heun++'s churn is drawn at its third stage, at σ_{i+2}, below the next step's start: its
-# interval overlaps the next one (draws correlated, each still standard normal); DPM-Solver++
-# SDE draws over (σ_i, σ_m) and (σ_i, σ_{i+1}) by design (k-diffusion's dpmpp_sde)
-OVERLAPPING = {"ComfyHeunPP2", "DPMSolverSDE"}
+# DPM-Solver++ SDE draws over (σ_i, σ_m) and (σ_i, σ_{i+1}) by design (k-diffusion's
+# dpmpp_sde: the second draw shares the path of the first)
+OVERLAPPING = {"DPMSolverSDE"}
 
 
 @pytest.mark.parametrize("cls", BROWNIAN_CLASSES, ids=lambda c: c.__name__)
