@@ -27,7 +27,7 @@ from .interop.config import from_config
 from .methods import *  # noqa: F403
 from .methods import ALL as _ALL
 from .methods import CLASSES as _CLASSES
-from .sampling import diffusion_forcing, sample
+from .sampling import Guided, diffusion_forcing, sample
 from .tuning import tune
 
 SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
@@ -35,6 +35,7 @@ SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
 __all__ = [
     "SCHEDULERS",
     "EngineState",
+    "Guided",
     "Scheduler",
     "Tableau",
     "comfy",

@@ -466,7 +466,9 @@ class DiffusersScheduler:
         scale, scale_next = float(program.input_scale[k]), float(program.input_scale[k + 1])
         held = sample if scale == 1.0 else sample / scale
         noise = None
-        if program.stochastic:
+        # Brownian classes draw from the loop's own tree (its key, or noise_sampler_seed)
+        brownian = getattr(self._loop, "noise_type", "gaussian") == "brownian"
+        if program.stochastic and (variance_noise is not None or not brownian):
             if variance_noise is not None:
                 noise = variance_noise
             elif program.coefs[k, _NOISE] != 0 or self._name in _DRAWS_AT_EVERY_CALL:

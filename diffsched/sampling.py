@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,42 @@ from .core.scheduler import Array, Scheduler
 
 Model = Callable[[Array, Array], Array]
 Callback = Callable[[int, Array, Array], None]
+
+
+@dataclass(frozen=True)
+class Guided:
+    """A classifier-free-guided model (Ho & Salimans 2022): ``cond(x, t)`` and
+    ``uncond(x, t)`` mixed as u + scale (c - u).
+
+    ``ds.sample(ds.Guided(cond, uncond, scale), ...)`` calls both per step and, with
+    ``cfg_pp=True`` (the default), passes the unconditional output to the step (CFG++,
+    Chung et al. 2024: x̂_0 from the guided output, the renoising direction from the
+    unconditional one; ``Scheduler.step(..., unconditional=)``). CFG++ is meant for small
+    scales (the paper's λ in [0, 1], about scale / 12.5 of classic CFG); ``cfg_pp=False``
+    is classic CFG. Called as ``model(x, t)`` it returns the guided output.
+    """
+
+    cond: Model
+    uncond: Model
+    scale: float
+    cfg_pp: bool = True
+
+    def outputs(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """(the guided output, the unconditional one) at (x, t)."""
+        u = self.uncond(x, t)
+        return u + self.scale * (self.cond(x, t) - u), u
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        return self.outputs(x, t)[0]
+
+
+def _call(model: Model, scheduler: Scheduler, state, x: Array, t: Array):
+    """One model call and one step; a :class:`Guided` model with ``cfg_pp`` passes its
+    unconditional output."""
+    if isinstance(model, Guided) and model.cfg_pp:
+        guided, uncond = model.outputs(x, t)
+        return scheduler.step(state, x, guided, unconditional=uncond)
+    return scheduler.step(state, x, model(x, t))
 
 
 def sample(
@@ -27,6 +64,7 @@ def sample(
     callback: Callback | None = None,
     compile: bool = False,
     image: Array | None = None,
+    guidance: tuple[Model, Model, float] | None = None,
     **init_options: Any,
 ) -> Array:
     """Run a scheduler's loop from ``noise`` and return the final sample.
@@ -34,6 +72,8 @@ def sample(
     Args:
         model: ``model(sample, timestep) -> prediction``, in the scheduler's
             ``prediction_type``. Called on the sample exactly as the scheduler holds it.
+            A :class:`Guided` model runs CFG++ (its conditional and unconditional outputs
+            both go to the step); None with ``guidance``.
         scheduler: any diffsched scheduler.
         noise: standard normal noise; the loop starts from it times
             ``scheduler.init_noise_scale`` (diffusers' start), or, with ``image``, from the
@@ -50,10 +90,18 @@ def sample(
             sharded like it (see the README, "Multi-device sampling").
         image: a clean sample for image-to-image (with ``strength=`` < 1 in
             ``init_options``): the loop starts from ``add_noise(state, image, noise)``.
+        guidance: ``(cond, uncond, scale)``: the same as ``model=Guided(cond, uncond,
+            scale)`` (CFG++).
         **init_options: passed to ``init`` (``strength``, custom ``sigmas`` / ``timesteps``,
             ``offsets`` for per-element schedules: then ``model`` is called with
             per-element timesteps of ``offsets``' shape, see :func:`diffusion_forcing`).
     """
+    if guidance is not None:
+        if model is not None:
+            raise ValueError("pass either a model or guidance=(cond, uncond, scale), not both")
+        if not isinstance(guidance, tuple | list) or len(guidance) != 3:
+            raise TypeError(f"guidance must be (cond, uncond, scale), got: {guidance!r}")
+        model = Guided(*guidance)
     from .core.scheduler import BaseScheduler
 
     if not isinstance(scheduler, BaseScheduler):
@@ -88,7 +136,7 @@ def sample(
         steps = _progress_bar(timesteps, type(scheduler).__name__)
     x = noise
     for i, t in enumerate(steps):
-        state, x = scheduler.step(state, x, model(x, t))
+        state, x = _call(model, scheduler, state, x, t)
         if callback is not None:
             callback(i, t, x)
     return x
@@ -99,7 +147,7 @@ def _compiled_loop(model: Model, scheduler: Scheduler, state, timesteps, noise):
 
     def body(i, carry):
         state, x = carry
-        return scheduler.step(state, x, model(x, timesteps[i]))
+        return _call(model, scheduler, state, x, timesteps[i])
 
     def loop(state, x):
         return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, x))[1]

@@ -876,3 +876,75 @@ def extra_row(state: EngineState) -> tuple:
         return tuple(_host_rows(state, index)[0][len(COEF_COLUMNS) :])
     row = ops.row(state.coefs, state.step)
     return tuple(row[k] for k in range(len(COEF_COLUMNS), state.coefs.shape[1]))
+
+
+# -- CFG++: guidance-aware steps ------------------------------------------------------------
+
+
+def guided_step(
+    name: str,
+    state: EngineState,
+    sample: Array,
+    prediction: Array,
+    unconditional: Array,
+    noise: Array | None,
+    *,
+    weight: Any,
+    process: Process,
+    stochastic: bool,
+) -> tuple[EngineState, Array]:
+    """One CFG++ call (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free
+    Guidance for Diffusion Models"): ``prediction`` is the guided output g, ``unconditional``
+    the unconditional one u.
+
+    The rule, for any table: write this call's update A x + B F (+ P x̂_0 where x̂_0 is
+    processed) in the basis (x̂_0, ε̂), x = α x̂_0 + σ ε̂ at the call's level, and take x̂_0
+    from g and ε̂ from u; every history write (what later calls read as earlier outputs)
+    is formed from u, as ComfyUI's multistep cfg_pp samplers keep the unconditional x̂_0.
+    With x̂_0 = a x + b F this is
+
+        out = step(x, u) + w (g - u) + P (proc x̂_0(g) - proc x̂_0(u)),  w = B + α (A b - B a),
+
+    ``weight`` the call's w (computed in init: ``BaseScheduler._with_step_columns``). So
+    u = g gives the plain step exactly (the correction is an exact zero).
+    """
+    xp = ops.namespace(sample, prediction)
+    if ops.namespace(unconditional) is not xp and type(unconditional) is not type(sample):
+        raise TypeError(
+            f"unconditional must be a {type(sample).__name__} like the prediction, "
+            f"got {type(unconditional).__name__}"
+        )
+    if tuple(unconditional.shape) != tuple(prediction.shape):
+        raise ValueError(
+            f"unconditional must have the prediction's shape {tuple(prediction.shape)}, "
+            f"got {tuple(unconditional.shape)}"
+        )
+    if not ops.is_float(unconditional):
+        raise TypeError(f"expected a floating-point unconditional, got {unconditional.dtype}")
+    new_state, out = step(
+        name, state, sample, unconditional, noise, process=process, stochastic=stochastic
+    )
+    dtype = state.coefs.dtype
+    g = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
+    u = unconditional if unconditional.dtype == dtype else xp.astype(unconditional, dtype)
+    total = out if out.dtype == dtype else xp.astype(out, dtype)
+    index = ops.host_index(state.step)
+    if index is not None:
+        row = _host_rows(state, index)[0]
+        terms = [(1.0, total), (float(weight), g - u)]  # g - u first: u = g adds exact zeros
+        if process is not None and row[4] != 0:
+            x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
+            d_g = process(ops.combine(((row[0], x), (row[1], g))), True)
+            d_u = process(ops.combine(((row[0], x), (row[1], u))), True)
+            terms.append((row[4], d_g - d_u))
+        total = ops.combine(terms)
+    else:
+        total = total + weight * (g - u)
+        if process is not None:
+            c = ops.row(state.coefs, state.step)
+            x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
+            total = total + c[4] * (process(c[0] * x + c[1] * g, True)
+                                    - process(c[0] * x + c[1] * u, True))  # fmt: skip
+    if total.dtype != sample.dtype:
+        total = xp.astype(total, sample.dtype)
+    return new_state, total

@@ -165,3 +165,36 @@ def noise_from_alpha_sigma(prediction_type: str, alpha: np.ndarray, sigma: np.nd
     sigma = np.asarray(sigma, dtype=np.float64)
     alpha = np.asarray(alpha, dtype=np.float64)
     return Linear((1.0 - alpha * x0.sample_coef) / sigma, -alpha * x0.prediction_coef / sigma)
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def native_levels(
+    prediction_type: str, x0_sample: np.ndarray, x0_output: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(α, σ) of each call's native sample x = α x_0 + σ ε, read off its x̂_0 conversion
+    x̂_0 = a x + b F (the inverse of :func:`x0_from_alpha_sigma`, for a native sample that
+    may be the paper's times any factor c):
+
+    * ``noise`` (x̂_0 = (x/c - s ε)/r): α = 1/a, σ = -b/a;
+    * ``angular_velocity`` and ``trigflow`` (x̂_0 = r x/c - s F, r² + s² = 1):
+      α = (1 - b²)/a, σ = -b sqrt(1 - b²)/a;
+    * ``flow`` (x̂_0 = x/c - s v): α = (1 + b)/a, σ = -b/a;
+    * ``negative_noise`` (x̂_0 = x/c + s F): α = 1/a, σ = b/a;
+    * ``score`` (x̂_0 = x/c + s² ∇ log p): α = 1/a, σ = sqrt(b)/a.
+
+    None for ``sample`` (x̂_0 = F says nothing of the level) and for other types.
+    """
+    a = np.asarray(x0_sample, dtype=np.float64)
+    b = np.asarray(x0_output, dtype=np.float64)
+    if prediction_type == "noise":
+        return 1.0 / a, -b / a
+    if prediction_type in ("angular_velocity", "trigflow"):
+        r = np.sqrt(np.clip(1.0 - b**2, 0.0, None))
+        return r * r / a, -b * r / a
+    if prediction_type == FLOW:
+        return (1.0 + b) / a, -b / a
+    if prediction_type == "negative_noise":
+        return 1.0 / a, b / a
+    if prediction_type == "score":
+        return 1.0 / a, np.sqrt(np.clip(b, 0.0, None)) / a
+    return None

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..schedules import betas as beta_schedules
 from ..schedules import comfy as comfy_schedules
-from . import engine, families, ops, per_element, predictions
+from . import brownian, engine, families, ops, per_element, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
@@ -232,9 +232,88 @@ class BaseScheduler:
                     f"its init options: {accepted or 'none'}"
                 )
         tab = self.tableau(num_steps, **init_options)
-        return engine.compile(
+        program = engine.compile(
             tab, processes_x0=self.processes_x0, describe_bad=lambda n: self._bad_call(tab, n)
         )
+        return self._with_step_columns(program, tab, num_steps, init_options)
+
+    # -- CFG++ and Brownian noise: per-call numbers beyond the engine's columns ----------
+
+    def native_levels(
+        self, tableau: engine.Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(α, σ) of each call's native sample x = α x_0 + σ ε (N,), read off the tableau's
+        x̂_0 conversion (:func:`diffsched.core.predictions.native_levels`); for x_0 models,
+        off the same config's ε-model tableau. None where the prediction type says nothing
+        of the level (then ``unconditional=`` and ``noise_type="brownian"`` are refused)."""
+        kind = getattr(self, "prediction_type", None)
+        n = tableau.num_calls
+        a = np.broadcast_to(np.asarray(tableau.x0_sample, np.float64), (n,))
+        b = np.broadcast_to(np.asarray(tableau.x0_output, np.float64), (n,))
+        if kind == "sample" and "noise" in self.PREDICTION_TYPES:
+            twin = dataclasses.replace(self, prediction_type="noise")  # type: ignore[type-var]
+            return twin.native_levels(twin.tableau(num_steps, **init_options), num_steps,
+                                      init_options)  # fmt: skip
+        if not isinstance(kind, str):
+            return None
+        return predictions.native_levels(kind, a, b)
+
+    def _with_step_columns(
+        self, program: engine.Program, tableau: engine.Tableau, num_steps: int, init_options: dict
+    ) -> engine.Program:
+        """``program`` with eight per-call columns (:func:`engine.with_columns`; the first
+        extra ones): the CFG++ weight of the guided-minus-unconditional output
+        (:func:`engine.guided_step`), the two tree levels τ, τ' of the call's Brownian draw,
+        and those levels as leaf coordinates with the draw's scale
+        (:func:`diffsched.core.brownian.leaf_columns`)."""
+        n = program.num_calls
+        levels = self.native_levels(tableau, num_steps, init_options)
+        held = program.held
+        weight, tau = np.zeros(n), np.zeros(n)
+        if levels is not None and held is not None:
+            alpha, sigma = (np.broadcast_to(np.asarray(v, np.float64), (n,)) for v in levels)
+            c = program.coefs[:n]
+            out_x, out_m = c[:, engine.COEF_COLUMNS.index("out_sample")], c[
+                :, engine.COEF_COLUMNS.index("out_output")]  # fmt: skip
+            with np.errstate(all="ignore"):
+                # the held update A x + B F = P x̂_0 + Q ε̂ with ε̂ = (x - α x̂_0)/σ: CFG++
+                # keeps P x̂_0(guided) and takes Q ε̂(unconditional), which is the plain
+                # update on the guided output plus α (A b - B a) (guided - unconditional)
+                alpha_held = alpha / held.scale[:-1]
+                weight = out_m + alpha_held * (out_x * held.x0_output - out_m * held.x0_sample)
+            weight = np.where(np.isfinite(weight), weight, out_m)  # α = 0 or undefined
+            tau = brownian.flow_time(alpha, sigma)
+        elif getattr(self, "noise_type", "gaussian") == "brownian":
+            raise ValueError(
+                f"{type(self).__name__} option noise_type='brownian' needs the noise level of "
+                f"each call, which prediction_type={getattr(self, 'prediction_type', None)!r} "
+                "does not give; use noise_type='gaussian'"
+            )
+        noise = program.coefs[:n, engine.COEF_COLUMNS.index("out_noise")]
+        intervals = self.brownian_intervals(tau, noise, num_steps, init_options)
+        columns = np.concatenate(
+            [weight[:, None], intervals, brownian.leaf_columns(intervals)], axis=1
+        )
+        return engine.with_columns(program, columns)
+
+    def brownian_intervals(
+        self, tau: np.ndarray, noise: np.ndarray, num_steps: int, init_options: dict
+    ) -> np.ndarray:
+        """(N, 2) the tree levels each call's Brownian draw spans (``noise_type="brownian"``),
+        from each call's τ = σ/(α + σ) and noise coefficient: by default from the call's
+        level to the next different one (:func:`diffsched.core.brownian.call_intervals`);
+        a method whose draws span other intervals (an SDE solver drawing twice over one
+        step) says so here."""
+        return brownian.call_intervals(tau, noise)
+
+    @property
+    def takes_unconditional(self) -> bool:
+        """Whether ``step`` takes ``unconditional=`` (CFG++): where the prediction type
+        gives each call's noise level."""
+        kind = getattr(self, "prediction_type", None)
+        return kind in ("noise", "angular_velocity", "trigflow", predictions.FLOW,
+                        "negative_noise", "score") or (
+            kind == "sample" and "noise" in self.PREDICTION_TYPES)  # fmt: skip
 
     # -- the contract --------------------------------------------------------------------
 
@@ -247,6 +326,12 @@ class BaseScheduler:
         ``sigmas=`` / ``timesteps=`` where the method takes them).
         """
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
+            if getattr(self, "noise_type", "gaussian") == "brownian":
+                raise ValueError(
+                    f"{type(self).__name__}: noise_type='brownian' is not supported with "
+                    "per-element schedules (init(..., offsets=) or an array strength=); "
+                    "use noise_type='gaussian'"
+                )
             return self._init_per_element(num_steps, sample_template, key, init_options)
         init_options.pop("offsets", None)
         program = self.program(num_steps, **init_options)
@@ -311,6 +396,7 @@ class BaseScheduler:
         prediction: Array,
         *,
         noise: Array | None = None,
+        unconditional: Array | None = None,
     ) -> tuple[engine.EngineState, Array]:
         """One model call's update: (next state, the sample for the next model call).
 
@@ -323,13 +409,41 @@ class BaseScheduler:
         ``torch.compile``), where the state's values are abstract, or for a copied state
         on an accelerator, where reading them would sync, the check is skipped, as the
         past-the-end check is.
+
+        ``unconditional`` (CFG++, Chung et al. 2024): ``prediction`` is the guided output
+        and ``unconditional`` the unconditional one; x̂_0 is taken from the guided output,
+        the renoising direction ε̂ and the history later calls read from the unconditional
+        (:func:`diffsched.core.engine.guided_step`); ``unconditional=prediction`` is the
+        plain step exactly.
         """
+        brownian_on = getattr(self, "noise_type", "gaussian") == "brownian"
         if isinstance(state, per_element.ElementState):
+            if unconditional is not None or (brownian_on and noise is None):
+                what = "unconditional=" if unconditional is not None else "noise_type='brownian'"
+                raise ValueError(
+                    f"{type(self).__name__}: {what} is not supported with per-element "
+                    "schedules (init(..., offsets=) or an array strength=)"
+                )
             return per_element.step(
                 type(self).__name__, state, sample, prediction, noise,
                 process=self._process if self.processes_x0 else None,
                 stochastic=not self.deterministic,
                 fingerprint=self.fingerprint, describe_maker=_maker,
+            )  # fmt: skip
+        if noise is None and brownian_on and not self.deterministic:
+            noise = _brownian_noise(state, sample)
+        if unconditional is not None:
+            if not self.takes_unconditional:
+                raise TypeError(
+                    f"{type(self).__name__}.step takes no unconditional=: its prediction_type "
+                    f"{getattr(self, 'prediction_type', None)!r} does not split into x̂_0 "
+                    "and a noise direction"
+                )
+            return engine.guided_step(
+                type(self).__name__, state, sample, prediction, unconditional, noise,
+                weight=engine.extra_row(state)[0],
+                process=self._process if self.processes_x0 else None,
+                stochastic=not self.deterministic,
             )  # fmt: skip
         return engine.step(
             type(self).__name__, state, sample, prediction, noise,
@@ -777,6 +891,31 @@ class Churn:
     s_tmin: float = step_time(0.0, "churn only where σ >= S_tmin", low=0.0)
     s_tmax: float = step_time(float("inf"), "churn only where σ <= S_tmax", low=0.0)
     s_noise: float = step_time(1.0, "S_noise of Alg. 2: the scale of the added noise", low=0.0)
+
+
+NOISE_TYPES = ("gaussian", "brownian")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrownianNoise:
+    """Which noise a stochastic method's calls draw (every stochastic class takes it)."""
+
+    noise_type: str = option(
+        "gaussian", "gaussian (an independent standard normal per call, keyed by (seed, "
+        "call)) or brownian (the normalised increment (W(τ') - W(τ)) / sqrt|τ' - τ| of one "
+        "Brownian path over the call's noise levels, τ = σ/(α + σ): a virtual Brownian tree "
+        "keyed by the seed, so one seed gives consistent noise at any step count; "
+        "diffsched.core.brownian)", None, choices=NOISE_TYPES,
+    )  # fmt: skip
+
+
+def _brownian_noise(state: engine.EngineState, sample: Array) -> Array | None:
+    """This call's Brownian draw (eq. 4 of :mod:`diffsched.core.brownian`), from the levels
+    the state's table holds; None on the eager path where the call draws no noise."""
+    row = engine.extra_row(state)[3:8]  # after the CFG++ weight and the levels τ, τ'
+    if isinstance(row[4], float) and row[4] == 0.0:
+        return None
+    return brownian.call_increment(brownian.tree_seed(state.key), row, sample, state.coefs.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)

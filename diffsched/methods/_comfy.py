@@ -80,6 +80,12 @@ class ComfySampler(BaseScheduler):
     # defaults a name sets, which options may override (dpmpp_2m_sde_heun: solver_type="heun")
     COMFY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    # CFG++ (step(..., unconditional=)) on flow models splits x = α x̂_0 + σ ε̂ with the
+    # model's α = 1 - σ (ComfyUI's euler_cfg_pp), or, set True, with α = 1, the split
+    # x = x̂_0 + σ d ComfyUI's dpmpp_2m_cfg_pp and gradient_estimation_cfg_pp use on
+    # every model
+    CFG_PP_VE_SPLIT: ClassVar[bool] = False
+
     model: str = option(
         "eps", "ComfyUI's model sampling: eps, v, x0, lcm (discrete tables, the model input "
         "x / sqrt(σ² + 1)), flow or flux (rectified flow, the model input x)",
@@ -242,6 +248,22 @@ class ComfySampler(BaseScheduler):
             f"{type(self).__name__}{where}: model={self.model!r} with these options "
             f"({', '.join(changed) or 'the defaults'}) gives a non-finite coefficient"
         )
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(α, σ) of each call's native sample (σ its level): (1, σ) on discrete models;
+        on flow models (1 - σ, σ), the model's own split (ComfyUI's euler_cfg_pp), or
+        (1, σ) where the class sets ``CFG_PP_VE_SPLIT``."""
+        sig = self.sigmas(num_steps, **init_options)
+        levels = self.calls(sig).sigmas
+        if self.model_sampling.flow and not self.CFG_PP_VE_SPLIT:
+            return 1.0 - levels, levels
+        return np.ones_like(levels), levels
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         sig = self.sigmas(num_steps, **init_options)

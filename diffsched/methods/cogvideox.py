@@ -38,6 +38,7 @@ from ..core import predictions
 from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import (
+    BrownianNoise,
     FinalAlpha,
     Scheduler,
     Spacing,
@@ -125,7 +126,7 @@ class CogVideoXDDIM(_CogVideoXBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class CogVideoXDPM(_CogVideoXBase):
+class CogVideoXDPM(BrownianNoise, _CogVideoXBase):
     """SDE-DPM-Solver++(2M) on CogVideoX's SNR-shifted schedule (Yang et al. 2024).
 
     Second order (first on the first and last steps); one model call per step; stochastic.

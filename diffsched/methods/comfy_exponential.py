@@ -90,6 +90,7 @@ class ComfyDPMPP2M(_ExponentialMultistep):
 
     ORDER = 2
     COMFY_NAMES = ("dpmpp_2m",)
+    CFG_PP_VE_SPLIT = True  # as ComfyUI's cfg_pp variant of it
 
     def weights(self, lam, i):
         h = lam[i + 1] - lam[i]

@@ -197,6 +197,7 @@ class ComfyGradientEstimation(_Multistep):
 
     ORDER = 2
     COMFY_NAMES = ("gradient_estimation",)
+    CFG_PP_VE_SPLIT = True  # as ComfyUI's cfg_pp variant of it
 
     ge_gamma: float = option(2.0, "γ of eq. 4: 1 is Euler, 2 the second-order extrapolation")
 

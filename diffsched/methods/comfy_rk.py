@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.options import option, with_default
-from ..core.scheduler import Churn, document
+from ..core.scheduler import BrownianNoise, Churn, document
 from ..schedules import sigmas as sigma_schedules
 from ._comfy import Calls, ComfySampler, check_step_count
 from .kit import EULER, HEUN, RALSTON, RKStep, butcher_step, churn_levels, runge_kutta
@@ -72,7 +72,7 @@ def first_stages(steps: list[RKStep]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ChurnSampler(Churn, ComfySampler):
+class _ChurnSampler(BrownianNoise, Churn, ComfySampler):
     """A single-step ComfyUI sampler with Karras et al.'s churn (eq. 2)."""
 
     @property
@@ -94,6 +94,23 @@ class _ChurnSampler(Churn, ComfySampler):
         levels, update, noise = runge_kutta(steps)
         noise = noise if self.s_churn > 0 else None
         return Calls(levels, update, noise, start_sigma=hat[0], first=first_stages(steps))
+
+    def brownian_intervals(
+        self, tau: np.ndarray, noise: np.ndarray, num_steps: int, init_options: dict
+    ) -> np.ndarray:
+        """The churn of eq. 2 raises step i + 1's start from σ_{i+1} to σ̂_{i+1}: the draw
+        of the call that ends step i spans (σ_{i+1}, σ̂_{i+1}), in τ (Heun++ ends its steps
+        with a stage at σ_{i+2}, whose own level would overlap the next step's)."""
+        sig = self.sigmas(num_steps, **init_options)
+        hat = churn_levels(sig, self.s_churn, self.s_tmin, self.s_tmax)
+        step = np.cumsum(self.calls(sig).first) - 1  # each call's step
+        flow = self.model_sampling.flow and not self.CFG_PP_VE_SPLIT
+        to_tau = (lambda v: v) if flow else (lambda v: v / (1.0 + v))
+        out = np.stack([tau, tau], axis=1)
+        for i in np.flatnonzero(np.asarray(noise) != 0):
+            j = int(step[i]) + 1  # the step whose churn this call draws
+            out[i] = to_tau(sig[j]), to_tau(hat[j])
+        return np.clip(out, 0.0, 1.0)  # a churned flow level above 1: the path's end
 
 
 @document

@@ -35,7 +35,7 @@ import numpy as np
 from ..core import ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -44,7 +44,7 @@ Array = Any
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class CMStochasticIterative(BaseScheduler):
+class CMStochasticIterative(BrownianNoise, BaseScheduler):
     """Multistep consistency sampling (Song et al. 2023, Alg. 1).
 
     One model call per step; stochastic (deterministic for one step). diffusers:
@@ -128,6 +128,18 @@ class CMStochasticIterative(BaseScheduler):
         _, sig, cut = self._grid(num_steps, **init_options)
         return float(sigma_schedules.alpha_bar_of(sig[cut])), 1.0
 
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(1, σ) of each call: the native sample is variance-exploding, x = x_0 + σ ε."""
+        _, sig, cut = self._grid(num_steps, **init_options)
+        levels = sig[:-1][cut:]
+        return np.ones_like(levels), levels
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
+
     def tableau(
         self, num_steps: int | None, timesteps: Any = None, strength: float = 1.0
     ) -> Tableau:
@@ -153,7 +165,7 @@ class CMStochasticIterative(BaseScheduler):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class SCM(BaseScheduler):
+class SCM(BrownianNoise, BaseScheduler):
     """Multistep sampling of continuous-time consistency models in TrigFlow (Lu & Song 2024).
 
     One model call per step; stochastic. diffusers: ``SCMScheduler`` (Sana-Sprint). Not to

@@ -20,6 +20,7 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.scheduler import (
+    BrownianNoise,
     FinalAlpha,
     Scheduler,
     Spacing,
@@ -35,7 +36,7 @@ from ._img2img import first_call
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DDIM(X0Processing, Spacing, FinalAlpha, ZeroTerminalSNR, Scheduler):
+class DDIM(BrownianNoise, X0Processing, Spacing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     """Denoising diffusion implicit models (Song et al. 2020).
 
     First order; one model call per step; deterministic for η = 0, stochastic otherwise.

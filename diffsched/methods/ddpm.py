@@ -32,6 +32,7 @@ from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
     LEARNED_VARIANCES,
+    BrownianNoise,
     Scheduler,
     Spacing,
     X0Processing,
@@ -49,7 +50,7 @@ MIN_POSTERIOR_VARIANCE = 1e-20  # diffusers' floor of β̃_t
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DDPM(X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
+class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
     """Denoising diffusion probabilistic models: ancestral sampling (Ho et al. 2020).
 
     First order; one model call per step; stochastic (no noise at timestep 0). diffusers:

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..core import families, predictions
 from ..core.engine import Tableau
-from ..core.scheduler import document
+from ..core.scheduler import BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 from ._karras import TwoStageBase, interleave
@@ -145,7 +145,7 @@ class DPM2(_DPM2Base):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPM2Ancestral(_DPM2Base):
+class DPM2Ancestral(BrownianNoise, _DPM2Base):
     """DPM2 ancestral sampling (k-diffusion's ``sample_dpm_2_ancestral``; "DPM2 a").
 
     Second order in its deterministic part; two model calls per step (one on the last step,

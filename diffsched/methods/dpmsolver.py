@@ -87,6 +87,7 @@ from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import (
+    BrownianNoise,
     Scheduler,
     SigmaGrid,
     SolverOptions,
@@ -410,7 +411,7 @@ def multistep_tableau(
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverMultistep(ZeroTerminalSNR, _DPMSolverBase):
+class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     """Multistep DPM-Solver / DPM-Solver++ (Lu et al. 2022a, 2022b): "DPM++ 2M".
 
     Order ``solver_order`` (2 by default; 1, 2 during the warm-up, lower at the end, see the

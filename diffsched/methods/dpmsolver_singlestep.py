@@ -58,7 +58,7 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
-from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, document
+from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
@@ -99,7 +99,7 @@ def order_list(num_steps: int, order: int, lower_order_final: bool, final_zero: 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverSinglestep(Thresholding, SigmaGrid, Scheduler):
+class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
     """DPM-Solver singlestep (Lu et al. 2022a, Alg. 1-2; DPM-Solver++ of Lu et al. 2022b).
 
     Order ``solver_order`` (2 by default; 1-3), reached within each group of as many calls

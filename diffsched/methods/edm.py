@@ -36,7 +36,7 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, Churn, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Churn, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -45,7 +45,7 @@ SIGMA_SCHEDULES = ("karras", "exponential")
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EDMEuler(Churn, BaseScheduler):
+class EDMEuler(BrownianNoise, Churn, BaseScheduler):
     """Euler's method on EDM's preconditioned denoiser (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -122,6 +122,17 @@ class EDMEuler(Churn, BaseScheduler):
             sig = np.append(sig, final)
         ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))  # c_noise (Table 1)
         return ts, sig, first_call(len(ts), strength)
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(1, σ) of each call: the native sample is x = x_0 + σ ε, σ = e^{4 c_noise}."""
+        sig = np.exp(4.0 * np.asarray(tableau.timesteps, np.float64))
+        return np.ones_like(sig), sig
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         _, sig, cut = self._grid(num_steps, **init_options)

@@ -58,7 +58,7 @@ import numpy as np
 from ..core import families
 from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
-from ..core.scheduler import BaseScheduler, document
+from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
@@ -85,7 +85,7 @@ def float32_linspace(start: float, end: float, num: int) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
+class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
     """Multistep DPM-Solver++ on EDM's preconditioned denoiser (Lu et al. 2022b, Alg. 2;
     Karras et al. 2022, eq. 7).
 
@@ -173,6 +173,17 @@ class EDMDPMSolverMultistep(Thresholding, BaseScheduler):
         sig = sigma_schedules.as_float32(np.append(sig, final))
         ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))  # c_noise (Table 1)
         return ts, sig
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(1, σ) of each call: the native sample is x = x_0 + σ ε, σ = e^{4 c_noise}."""
+        sig = np.exp(4.0 * np.asarray(tableau.timesteps, np.float64))
+        return np.ones_like(sig), sig
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
 
     def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)

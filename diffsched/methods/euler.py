@@ -31,6 +31,7 @@ from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
+    BrownianNoise,
     Churn,
     SigmaGrid,
     document,
@@ -40,7 +41,7 @@ from ._karras import EulerBase
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Euler(Churn, SigmaGrid, EulerBase):
+class Euler(BrownianNoise, Churn, SigmaGrid, EulerBase):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -111,7 +112,7 @@ class Euler(Churn, SigmaGrid, EulerBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EulerAncestral(EulerBase):
+class EulerAncestral(BrownianNoise, EulerBase):
     """Euler ancestral sampling (k-diffusion's ``sample_euler_ancestral``; "Euler a").
 
     First order; one model call per step; stochastic. diffusers:

@@ -61,6 +61,7 @@ from ..core.options import option
 from ..core.scheduler import (
     MAX_TRAIN_STEPS,
     BaseScheduler,
+    BrownianNoise,
     Churn,
     SigmaGrid,
     cached_program,
@@ -363,7 +364,7 @@ class _ShiftedGrid(SigmaGrid):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class FlowMatchEuler(_ShiftedGrid, _FlowMatchBase):
+class FlowMatchEuler(BrownianNoise, _ShiftedGrid, _FlowMatchBase):
     """Euler's method on the rectified-flow ODE (Liu et al. 2022; Esser et al. 2024).
 
     First order; one model call per step; deterministic (eq. 3) unless
@@ -414,7 +415,7 @@ class FlowMatchEuler(_ShiftedGrid, _FlowMatchBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class FlowMatchHeun(Churn, _FlowMatchBase):
+class FlowMatchHeun(BrownianNoise, Churn, _FlowMatchBase):
     """Heun's method on the rectified-flow ODE (Karras et al. 2022, Alg. 1 and 2, in σ ∈ [0, 1]).
 
     Second order; two model calls per step (one on the last step, to σ = 0); deterministic
@@ -482,7 +483,7 @@ class FlowMatchHeun(Churn, _FlowMatchBase):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class FlowMatchLCM(_ShiftedGrid, _FlowMatchBase):
+class FlowMatchLCM(BrownianNoise, _ShiftedGrid, _FlowMatchBase):
     """Multistep consistency sampling of a flow model (Luo et al. 2023, Alg. 1, in flow form).
 
     First order; one model call per step; stochastic: each step re-noises the estimate

@@ -29,13 +29,13 @@ import numpy as np
 from ..core import ops
 from ..core.engine import SAMPLE, X0, Tableau, Update
 from ..core.options import option
-from ..core.scheduler import BaseScheduler, document
+from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class KarrasVe(BaseScheduler):
+class KarrasVe(BrownianNoise, BaseScheduler):
     """Karras et al. 2022's stochastic second-order sampler (Alg. 2), diffusers' variant.
 
     Second order; two model calls per step (one on the last step); stochastic.

@@ -25,7 +25,14 @@ import numpy as np
 from ..core import families, ops, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import FinalAlpha, Scheduler, X0Processing, ZeroTerminalSNR, document
+from ..core.scheduler import (
+    BrownianNoise,
+    FinalAlpha,
+    Scheduler,
+    X0Processing,
+    ZeroTerminalSNR,
+    document,
+)
 from ._img2img import check_strength
 
 SIGMA_DATA = 0.5
@@ -33,7 +40,7 @@ SIGMA_DATA = 0.5
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class LCM(X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
+class LCM(BrownianNoise, X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     """Latent consistency models (Luo et al. 2023), multistep sampling.
 
     One model call per step; stochastic (noise is injected between steps). diffusers:
@@ -71,6 +78,14 @@ class LCM(X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     @property
     def deterministic(self) -> bool:
         return False  # noise is injected between steps
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) at each call's training timestep (the boundary
+        condition's c_skip, c_out hide the level from the x̂_0 conversion)."""
+        abar = self.alphas_cumprod[np.asarray(tableau.timesteps, np.int64)]
+        return np.sqrt(abar), np.sqrt(1.0 - abar)
 
     def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         return float(self.alphas_cumprod[self.timesteps(num_steps, strength)[0]]), 1.0

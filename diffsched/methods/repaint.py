@@ -178,11 +178,14 @@ class RePaint(Scheduler):
         noise: Array | None = None,
         original_image: Array | None = None,
         mask: Array | None = None,
+        unconditional: Array | None = None,
     ) -> tuple[engine.EngineState, Array]:
         """One model call: the DDIM step, the known region imposed, the steps up after it.
 
         ``original_image`` and ``mask`` (1 where the image is known) broadcast against the
-        sample; ``noise`` replaces the call's normal w (the sample's shape).
+        sample; ``noise`` replaces the call's normal w (the sample's shape);
+        ``unconditional`` makes the DDIM step CFG++ (``prediction`` the guided output; see
+        :func:`diffsched.core.engine.guided_step`).
         """
         self.check_state(state)
         if (original_image is None) != (mask is None):
@@ -195,11 +198,18 @@ class RePaint(Scheduler):
                 f"noise must be a floating-point array of the sample's shape "
                 f"{tuple(sample.shape)}, got {tuple(noise.shape)} {noise.dtype}"
             )
-        known, kz, uz, b = engine.extra_row(state)
-        new_state, unknown = engine.step(
-            type(self).__name__, state, sample, prediction, None,
-            process=self._process if self.processes_x0 else None, stochastic=False,
-        )  # fmt: skip
+        known, kz, uz, b = engine.extra_row(state)[-4:]  # after the base columns
+        process = self._process if self.processes_x0 else None
+        if unconditional is None:
+            new_state, unknown = engine.step(
+                type(self).__name__, state, sample, prediction, None,
+                process=process, stochastic=False,
+            )  # fmt: skip
+        else:
+            new_state, unknown = engine.guided_step(
+                type(self).__name__, state, sample, prediction, unconditional, None,
+                weight=engine.extra_row(state)[0], process=process, stochastic=False,
+            )  # fmt: skip
         z = noise if noise is not None else engine.call_noise(state, unknown)
         if z.dtype != unknown.dtype:
             z = xp.astype(z, unknown.dtype)

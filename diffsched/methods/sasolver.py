@@ -75,6 +75,7 @@ from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
+    BrownianNoise,
     Scheduler,
     SigmaGrid,
     SolverOptions,
@@ -172,7 +173,7 @@ def _orders(num_calls: int, predictor: int, corrector: int, lower_final: bool, b
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class SASolver(SigmaGrid, Spacing, Scheduler):
+class SASolver(BrownianNoise, SigmaGrid, Spacing, Scheduler):
     """Stochastic Adams solver, predictor-corrector (Xue et al. 2023, SA-Solver).
 
     Order ``predictor_order`` / ``corrector_order`` (2 / 2 by default; lower during the

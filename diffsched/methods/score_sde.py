@@ -123,6 +123,10 @@ class ScoreSdeVe(BaseScheduler):
             init_noise_sigma=self.sigma_max,
         )
 
+    @property
+    def takes_unconditional(self) -> bool:
+        return False  # a Langevin corrector has no x̂_0 / ε̂ split to guide
+
     def step(
         self,
         state: engine.EngineState,

@@ -39,7 +39,7 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import with_default
-from ..core.scheduler import Scheduler, ZeroTerminalSNR, document, step_time
+from ..core.scheduler import BrownianNoise, Scheduler, ZeroTerminalSNR, document, step_time
 from .lcm import LCM
 
 
@@ -51,7 +51,7 @@ def consistency_target(next_timesteps: np.ndarray, gamma: float) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class TCD(ZeroTerminalSNR, Scheduler):
+class TCD(BrownianNoise, ZeroTerminalSNR, Scheduler):
     """Trajectory consistency distillation sampling (Zheng et al. 2024), strategic
     stochastic sampling.
 
@@ -104,6 +104,14 @@ class TCD(ZeroTerminalSNR, Scheduler):
     @property
     def deterministic(self) -> bool:
         return self.eta == 0
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) at each call's training timestep (the boundary
+        condition's c_skip, c_out hide the level from the x̂_0 conversion)."""
+        abar = self.alphas_cumprod[np.asarray(tableau.timesteps, np.int64)]
+        return np.sqrt(abar), np.sqrt(1.0 - abar)
 
     def _levels(self, num_steps: int, strength: float = 1.0):
         """(timesteps, ᾱ_t, ᾱ_{t'}, ᾱ_s) of every step (t' = 0 after the last)."""

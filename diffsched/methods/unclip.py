@@ -23,7 +23,7 @@ import numpy as np
 from ..core import ops, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, Clipping, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clipping, document
 from ..schedules import betas as beta_schedules
 from ._img2img import first_call
 from .ddpm import posterior_tableau
@@ -33,7 +33,7 @@ VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class UnCLIP(Clipping, BaseScheduler):
+class UnCLIP(BrownianNoise, Clipping, BaseScheduler):
     """unCLIP's ancestral sampler (Ramesh et al. 2022): DDPM on timesteps spread over the
     whole training range.
 

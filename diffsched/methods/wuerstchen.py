@@ -27,7 +27,7 @@ import numpy as np
 from ..core import ops
 from ..core.engine import OUTPUT, SAMPLE, Tableau
 from ..core.options import option
-from ..core.scheduler import BaseScheduler, document
+from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ._img2img import first_call
 
 ALPHA_BAR_RANGE = (0.0001, 0.9999)
@@ -35,7 +35,7 @@ ALPHA_BAR_RANGE = (0.0001, 0.9999)
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DDPMWuerstchen(BaseScheduler):
+class DDPMWuerstchen(BrownianNoise, BaseScheduler):
     """Würstchen / Stable Cascade ancestral sampling in continuous time (Pernias et al.
     2023).
 
