@@ -76,3 +76,8 @@ def test_options_are_checked():
         ds.Restart(restart_steps=3)
     with pytest.raises(ValueError, match="restart_min"):
         ds.Restart(restart_min=3.0, restart_max=2.0)
+
+
+def test_brownian_noise_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="revisit one interval"):
+        ds.Restart(noise_type="brownian")

@@ -180,6 +180,7 @@ def native_levels(
       α = (1 - b²)/a, σ = -b sqrt(1 - b²)/a;
     * ``flow`` (x̂_0 = x/c - s v): α = (1 + b)/a, σ = -b/a;
     * ``negative_noise`` (x̂_0 = x/c + s F): α = 1/a, σ = b/a;
+    * ``data_velocity`` (x̂_0 = x/c + s u, u = x_0 - ε): α = (1 - b)/a, σ = b/a;
     * ``score`` (x̂_0 = x/c + s² ∇ log p): α = 1/a, σ = sqrt(b)/a.
 
     None for ``sample`` (x̂_0 = F says nothing of the level) and for other types.
@@ -195,6 +196,8 @@ def native_levels(
         return (1.0 + b) / a, -b / a
     if prediction_type == "negative_noise":
         return 1.0 / a, b / a
+    if prediction_type == "data_velocity":  # x̂_0 = x/c + s u, u = x_0 - ε = -v (MiniMax-H3)
+        return (1.0 - b) / a, b / a
     if prediction_type == "score":
         return 1.0 / a, np.sqrt(np.clip(b, 0.0, None)) / a
     return None

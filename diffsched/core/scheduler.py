@@ -311,7 +311,7 @@ class BaseScheduler:
         """Whether ``step`` takes ``unconditional=`` (CFG++): where the prediction type
         gives each call's noise level."""
         kind = getattr(self, "prediction_type", None)
-        return kind in ("noise", "angular_velocity", "trigflow", predictions.FLOW,
+        return kind in ("noise", "angular_velocity", "trigflow", predictions.FLOW, "data_velocity",
                         "negative_noise", "score") or (
             kind == "sample" and "noise" in self.PREDICTION_TYPES)  # fmt: skip
 

@@ -297,7 +297,7 @@ RESTART_SOLVERS = {"euler": EULER, "heun": HEUN, "ralston": RALSTON}
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class Restart(ComfySampler):
+class Restart(BrownianNoise, ComfySampler):
     """Restart sampling (Xu et al. 2023, "Restart Sampling for Improving Generative
     Processes", Alg. 1): an ODE solver on the main σ grid that, on reaching the level
     nearest t_min, jumps back up to the level nearest t_max by adding forward noise,
@@ -344,6 +344,12 @@ class Restart(ComfySampler):
                 "Restart options restart_steps and restart_times are both 0 (chosen by N) or "
                 f"both positive, got restart_steps={self.restart_steps}, "
                 f"restart_times={self.restart_times}"
+            )
+        if self.noise_type == "brownian":
+            raise ValueError(
+                "Restart option noise_type='brownian' does not apply: its K jumps revisit one "
+                "interval (t_min, t_max), which needs independent draws, not one path's "
+                "increments; use noise_type='gaussian'"
             )
         if self.restart_min >= self.restart_max:
             raise ValueError(

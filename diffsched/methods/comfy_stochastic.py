@@ -91,7 +91,7 @@ import numpy as np
 
 from ..core.engine import NOISE, SAMPLE, X0, Update
 from ..core.options import option
-from ..core.scheduler import document
+from ..core.scheduler import BrownianNoise, document
 from ._comfy import Calls, ComfySampler
 
 QUADRATURE_POINTS = 200  # ComfyUI's er_sde: cells of the rectangle rule of S_1, S_2
@@ -151,7 +151,7 @@ class _Loop:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Stochastic(ComfySampler):
+class _Stochastic(BrownianNoise, ComfySampler):
     """A ComfyUI sampler drawing fresh noise, S_noise times (eq. 1-4)."""
 
     s_noise: float = option(1.0, "S_noise: the scale of the added noise", low=0.0)
@@ -293,6 +293,21 @@ class ComfyDPMPP2SAncestral(_Stochastic):
     CALLS_PER_STEP = 2
     COMFY_NAMES = ("dpmpp_2s_ancestral",)
     eta: float = option(1.0, "η of eq. 1: 0 is DPM-Solver++(2S), 1 the ancestral step", **_ETA)
+
+    def brownian_intervals(
+        self, tau: np.ndarray, noise: np.ndarray, num_steps: int, init_options: dict
+    ) -> np.ndarray:
+        """Step i's draw (at its midpoint call) spans the step's own levels (σ_{i+1}, σ_i),
+        in τ: the midpoint lies below σ_{i+1} when the step goes down to σ_down."""
+        sig = self.sigmas(num_steps, **init_options)
+        step = np.cumsum(self.calls(sig).first) - 1  # each call's step
+        flow = self.model_sampling.flow and not self.CFG_PP_VE_SPLIT
+        to_tau = (lambda v: v) if flow else (lambda v: v / (1.0 + v))
+        out = np.stack([tau, tau], axis=1)
+        for i in np.flatnonzero(np.asarray(noise) != 0):
+            j = int(step[i])
+            out[i] = to_tau(sig[j + 1]), to_tau(sig[j])
+        return np.clip(out, 0.0, 1.0)
 
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop = _Loop()

@@ -39,7 +39,7 @@ from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
-from .heun import _TwoStageBase, interleave
+from ._karras import TwoStageBase, interleave
 
 
 def ancestral_split(s_from: np.ndarray, s_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def ancestral_split(s_from: np.ndarray, s_to: np.ndarray) -> tuple[np.ndarray, n
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverSDE(BrownianNoise, _TwoStageBase):
+class DPMSolverSDE(BrownianNoise, TwoStageBase):
     """DPM-Solver++ SDE (k-diffusion's ``sample_dpmpp_sde``; "DPM++ SDE"): two model calls
     per step, the second at the log-σ midpoint, noise from a Brownian tree (eqs. 1-4).
 

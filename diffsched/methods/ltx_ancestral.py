@@ -33,7 +33,13 @@ import numpy as np
 from ..core import ops, predictions
 from ..core.engine import SAMPLE, X0, Program, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, cached_program, document
+from ..core.scheduler import (
+    MAX_TRAIN_STEPS,
+    BaseScheduler,
+    BrownianNoise,
+    cached_program,
+    document,
+)
 from ._img2img import restarted
 from .flow_match import FlowMatchEuler, first_flow_call
 
@@ -42,7 +48,7 @@ GUARD = 1e-12  # diffusers' guard on the divisions by α_σd (4)
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class LTXEulerAncestralRF(BaseScheduler):
+class LTXEulerAncestralRF(BrownianNoise, BaseScheduler):
     """Ancestral Euler on the rectified-flow ODE (k-diffusion's ``sample_euler_ancestral_RF``).
 
     First order; one model call per step; stochastic for η > 0 and S_noise > 0 (one noise
