@@ -77,8 +77,9 @@ def tune(
     scheduler: Scheduler,
     num_steps: int,
     calibration_noise: Array,
+    tune: str = "grid",
     **options: Any,
-) -> dict[str, list]:
+) -> Any:
     """The ``init`` keyword arguments (``sigmas=`` or ``timesteps=``) of the N-step grid
     that minimizes, for ``scheduler``, the distance of its final samples from
     ``calibration_noise`` to the model's probability-flow ODE solution from the same noise.
@@ -93,8 +94,60 @@ def tune(
     and a grid fitted to a small batch learns those. On the exact models 256 samples gave
     grids that did 1.5-3.5x better on held-out noise than 64 at 10 steps; use as many as
     the model's cost allows (the tuner's cost is ~2000 loops' worth of model calls).
+
+    ``tune`` chooses what is tuned: ``"grid"`` (the default: the result is ``init``'s
+    keyword arguments, as above), ``"coefficients"`` (the x̂_0 history weights of the
+    scheduler's table on its own grid, its first call moved to the top) or ``"both"`` (the
+    grid, then the weights on it). The last two return a :class:`~diffsched.Tuned`
+    scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
+    num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
+    :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
+    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``).
     """
-    return search(model, scheduler, num_steps, calibration_noise, **options).init_options
+    if tune == "grid":
+        return search(model, scheduler, num_steps, calibration_noise, **options).init_options
+    if tune not in ("coefficients", "both"):
+        raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
+    return search_coefficients(
+        model, scheduler, num_steps, calibration_noise, grid=tune == "both", **options
+    ).scheduler
+
+
+def search_coefficients(
+    model: Model,
+    scheduler: Scheduler,
+    num_steps: int,
+    calibration_noise: Array,
+    *,
+    grid: bool = True,
+    candidates: int = 100,
+    substeps: int = 4,
+    max_evaluations: int = 300,
+    tolerance: float = 2e-3,
+    **fit_options: Any,
+):
+    """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
+    :class:`~diffsched.tuning_coefficients.CoefficientResult`, its ``model_calls`` the
+    whole cost (reference, grid search and fit)."""
+    from .tuning_coefficients import fit_coefficients
+
+    t0 = time.perf_counter()
+    with small_matrices():
+        counted = _CountingModel(model)
+        g = Grid.of(scheduler, num_steps)
+        own = g.init_options(g.start)
+        start = calibration_noise * scheduler.init_noise_scale(None, **own)
+        ref = reference_trajectory(counted, scheduler, start, g, candidates, substeps)
+        init_options = own
+        if grid:
+            found = _search(counted, scheduler, num_steps, calibration_noise,
+                            candidates=candidates, substeps=substeps,
+                            max_evaluations=max_evaluations, tolerance=tolerance,
+                            reference=ref)  # fmt: skip
+            init_options = found.init_options
+        result = fit_coefficients(counted, scheduler, num_steps, calibration_noise, ref.final,
+                                  init_options, **fit_options)  # fmt: skip
+    return result._replace(model_calls=counted.calls, seconds=time.perf_counter() - t0)
 
 
 def search(
@@ -123,7 +176,7 @@ def search(
 
 
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-            max_evaluations, tolerance) -> TuneResult:  # fmt: skip
+            max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
     t0 = time.perf_counter()
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)
@@ -133,7 +186,11 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
         )
     own = grid.start
     start = calibration_noise * scheduler.init_noise_scale(None, **grid.init_options(own))
-    ref = reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
+    ref = (
+        reference
+        if reference is not None
+        else reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
+    )
 
     def error(levels: np.ndarray) -> float:
         out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
