@@ -107,9 +107,15 @@ class _Loop:
         _, self.timesteps = scheduler.init(num_steps, like, **grid)
         self.init_scale = scheduler.init_noise_scale(num_steps, **grid)
         self.calls = 0
-        log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
+        from .tuning import is_flow
+
         ts = np.asarray(tab.timesteps, dtype=np.float64)
-        self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
+        if is_flow(scheduler):  # x = (1 - σ) x_0 + σ ε at t = σ T: λ = log((1 - σ) / σ)
+            sig = np.clip(ts / scheduler.num_train_steps, 1e-9, 1 - 1e-9)
+            self.lams = np.log((1 - sig) / sig)
+        else:
+            log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
+            self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
 
     def _model(self, x: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
         self.calls += 1

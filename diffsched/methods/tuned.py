@@ -113,7 +113,8 @@ class Tuned(BaseScheduler):
         0, "the number of steps the table was tuned for (0: none, the base as it is)", low=0
     )
     grid_sigmas: tuple[float, ...] | None = option(
-        None, "the tuned grid, as the base's init(sigmas=) (tuned_steps + 1 levels)",
+        None, "the tuned grid, as the base's init(sigmas=) (tuned_steps + 1 levels; N for the "
+        "flow-matching classes)",
         nullable=True,
     )  # fmt: skip
     grid_timesteps: tuple[float, ...] | None = option(
@@ -140,10 +141,10 @@ class Tuned(BaseScheduler):
         n = self.tuned_steps
         if self.grid_sigmas is not None and self.grid_timesteps is not None:
             raise ValueError(f"{owner} takes grid_sigmas or grid_timesteps, not both")
-        if self.grid_sigmas is not None and len(self.grid_sigmas) != n + 1:
+        if self.grid_sigmas is not None and len(self.grid_sigmas) not in (n, n + 1):
             raise ValueError(
-                f"{owner} option grid_sigmas must have tuned_steps + 1 = {n + 1} levels, "
-                f"got: {len(self.grid_sigmas)}"
+                f"{owner} option grid_sigmas must have tuned_steps + 1 = {n + 1} levels (N for "
+                f"the flow-matching classes), got: {len(self.grid_sigmas)}"
             )
         if self.grid_timesteps is not None and len(self.grid_timesteps) != n:
             raise ValueError(
