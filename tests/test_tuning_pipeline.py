@@ -24,7 +24,7 @@ from diffsched import tuning_pipeline as tp  # noqa: E402
 PROMPTS = ["a cat", "a dog"]
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 STEPS = 4
-CHEAP = {"candidates": 24, "substeps": 2, "max_evaluations": 30, "iterations": 2}
+CHEAP = {"candidates": 12, "substeps": 2, "max_evaluations": 12, "iterations": 1}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def pipe(sd_components):  # noqa: F811
 
 def test_tune_save_load_reproduce(pipe, tmp_path):
     path = tmp_path / "tuned.json"
-    tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=8, guidance_scale=5.0, path=path, **CHEAP)
+    tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=4, guidance_scale=5.0, path=path, **CHEAP)
     assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
     about = json.loads(path.read_text(encoding="utf-8"))["about"]
     assert about["prompts"] == PROMPTS and about["model_calls"] > 0
