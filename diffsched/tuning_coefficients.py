@@ -24,9 +24,12 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    the fit did not see; the base itself (μ = ∞) is on the path. The best μ is refitted on
    the whole batch, and kept only where it beats the base there as well.
 
-Cost: with L = 3 and two moments, about 2 parameters per call; a Jacobian costs about
-N²/... calls (measured: see ``docs/tuning.md``), each fit a few iterations; the whole is
-about 100-200 × N batch model calls on top of the reference solve.
+Cost: with L = 4 (the default: on development noise, not the benchmark's, 4 lowered the
+error at 10 calls by a fifth against 3, and 6 no further) and two moments, about 3
+parameters per call; a Jacobian costs the calls after each parameter's (about P·N/2), each
+fit a few iterations along the ridge path: about 70-160 × N batch model calls at 5-15
+calls (measured, ``benchmarks/tune_coefficients.py``), on top of the reference solve
+(~360 calls) and, for ``"both"``, the grid search (150-250 × N).
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ def fit_coefficients(
     reference: np.ndarray,
     grid: dict | None = None,
     *,
-    history: int = 3,
+    history: int = 4,
     moments: int = 2,
     final_moments: int = 1,
     calls: str = "all",
