@@ -35,6 +35,11 @@ derivative-free coordinate search converges in a few hundred loops.
 
 The grid is returned as the keyword arguments of ``init``: ``sigmas=`` (N + 1 levels, the
 last one final) for methods that take custom σ's, else ``timesteps=`` (N integers).
+
+``tune="coefficients"`` / ``"both"`` tune the table's x̂_0 history weights as well
+(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler.
+Rectified-flow schedulers that take custom ``sigmas=`` (static shift) are searched in
+logit σ against a model-only Heun reference (:func:`flow_reference`).
 """
 
 from __future__ import annotations

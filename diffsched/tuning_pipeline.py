@@ -11,8 +11,8 @@ file that :class:`~diffsched.diffusers.DiffusersScheduler` loads into the same p
 The calibration batch is ``calibration`` latents of standard normal noise, the prompts
 taken in turn; every tuner call of the model is one batched UNet call on all of them
 (twice the batch with guidance). The cost is that of :func:`diffsched.tune`: the reference
-(``candidates * substeps`` calls, 400 by default), the grid search (about 150 × N) and the
-fit (about 100 × N): a few thousand batched UNet calls at 8-10 steps. ``candidates``,
+(``candidates * substeps`` calls, 400 by default), the grid search (130-280 × N) and the
+fit (70-330 × N at 5-15 steps; docs/tuning.md): a few thousand batched UNet calls. ``candidates``,
 ``substeps``, ``max_evaluations`` and ``iterations`` trade accuracy for cost.
 
 The pipeline must be a text-to-image pipeline whose denoiser is
