@@ -29,6 +29,7 @@ from .methods import ALL as _ALL
 from .methods import CLASSES as _CLASSES
 from .sampling import Guided, diffusion_forcing, sample
 from .tuning import tune
+from .tuning_coefficients import load_tuned, save_tuned
 
 SCHEDULERS = {cls.DIFFUSERS_CLASS: cls for cls in _ALL}
 
@@ -45,8 +46,10 @@ __all__ = [
     "from_config",
     "load_grid",
     "named_grid",
+    "load_tuned",
     "sample",
     "save_grid",
+    "save_tuned",
     "tune",
     *(cls.__name__ for cls in _CLASSES),
 ]

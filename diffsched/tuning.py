@@ -35,6 +35,11 @@ derivative-free coordinate search converges in a few hundred loops.
 
 The grid is returned as the keyword arguments of ``init``: ``sigmas=`` (N + 1 levels, the
 last one final) for methods that take custom σ's, else ``timesteps=`` (N integers).
+
+``tune="coefficients"`` / ``"both"`` tune the table's x̂_0 history weights as well
+(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler.
+Rectified-flow schedulers that take custom ``sigmas=`` (static shift) are searched in
+logit σ against a model-only Heun reference (:func:`flow_reference`).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .core import predictions
+from .core import ops, predictions
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
@@ -77,8 +82,9 @@ def tune(
     scheduler: Scheduler,
     num_steps: int,
     calibration_noise: Array,
+    tune: str = "grid",
     **options: Any,
-) -> dict[str, list]:
+) -> Any:
     """The ``init`` keyword arguments (``sigmas=`` or ``timesteps=``) of the N-step grid
     that minimizes, for ``scheduler``, the distance of its final samples from
     ``calibration_noise`` to the model's probability-flow ODE solution from the same noise.
@@ -93,8 +99,67 @@ def tune(
     and a grid fitted to a small batch learns those. On the exact models 256 samples gave
     grids that did 1.5-3.5x better on held-out noise than 64 at 10 steps; use as many as
     the model's cost allows (the tuner's cost is ~2000 loops' worth of model calls).
+
+    ``tune`` chooses what is tuned: ``"grid"`` (the default: the result is ``init``'s
+    keyword arguments, as above), ``"coefficients"`` (the x̂_0 history weights of the
+    scheduler's table on its own grid, its first call moved to the top) or ``"both"`` (the
+    grid, then the weights on it). The last two return a :class:`~diffsched.Tuned`
+    scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
+    num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
+    :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
+    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``).
     """
-    return search(model, scheduler, num_steps, calibration_noise, **options).init_options
+    if tune == "grid":
+        return search(model, scheduler, num_steps, calibration_noise, **options).init_options
+    if tune not in ("coefficients", "both"):
+        raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
+    return search_coefficients(
+        model, scheduler, num_steps, calibration_noise, grid=tune == "both", **options
+    ).scheduler
+
+
+def search_coefficients(
+    model: Model,
+    scheduler: Scheduler,
+    num_steps: int,
+    calibration_noise: Array,
+    *,
+    grid: bool = True,
+    candidates: int = 100,
+    substeps: int = 4,
+    max_evaluations: int = 300,
+    tolerance: float = 2e-3,
+    **fit_options: Any,
+):
+    """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
+    :class:`~diffsched.tuning_coefficients.CoefficientResult`, its ``model_calls`` the
+    whole cost (reference, grid search and fit)."""
+    from .tuning_coefficients import fit_coefficients
+
+    t0 = time.perf_counter()
+    with small_matrices():
+        counted = _CountingModel(model)
+        if is_flow(scheduler):
+            g = FlowGrid.of(scheduler, num_steps)
+            own = g.init_options(g.start)
+            start = calibration_noise * scheduler.init_noise_scale(num_steps)
+            ref = _FlowReference(flow_reference(counted, scheduler, start, g.sigma0,
+                                                steps=candidates * substeps // 2))  # fmt: skip
+        else:
+            g = Grid.of(scheduler, num_steps)
+            own = g.init_options(g.start)
+            start = calibration_noise * scheduler.init_noise_scale(None, **own)
+            ref = reference_trajectory(counted, scheduler, start, g, candidates, substeps)
+        init_options = own
+        if grid:
+            found = _search(counted, scheduler, num_steps, calibration_noise,
+                            candidates=candidates, substeps=substeps,
+                            max_evaluations=max_evaluations, tolerance=tolerance,
+                            reference=ref)  # fmt: skip
+            init_options = found.init_options
+        result = fit_coefficients(counted, scheduler, num_steps, calibration_noise, ref.final,
+                                  init_options, **fit_options)  # fmt: skip
+    return result._replace(model_calls=counted.calls, seconds=time.perf_counter() - t0)
 
 
 def search(
@@ -123,7 +188,12 @@ def search(
 
 
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-            max_evaluations, tolerance) -> TuneResult:  # fmt: skip
+            max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
+    if is_flow(scheduler):
+        return _search_flow(model, scheduler, num_steps, calibration_noise,
+                            substeps=substeps, candidates=candidates,
+                            max_evaluations=max_evaluations, tolerance=tolerance,
+                            reference=reference)  # fmt: skip
     t0 = time.perf_counter()
     shape = tuple(getattr(calibration_noise, "shape", ()))
     if len(shape) < 1 or 0 in shape:
@@ -138,7 +208,11 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
         )
     own = grid.start
     start = calibration_noise * scheduler.init_noise_scale(None, **grid.init_options(own))
-    ref = reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
+    ref = (
+        reference
+        if reference is not None
+        else reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
+    )
 
     def error(levels: np.ndarray) -> float:
         out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
@@ -334,6 +408,164 @@ def reference_trajectory(
             denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * to_numpy64(out))
         state, x = solver.step(state, x, out)
     return Reference(np.exp(log_sig), levels, native, denoised, to_numpy64(x))
+
+
+# -- rectified flows ------------------------------------------------------------------------
+
+
+def is_flow(scheduler: Scheduler) -> bool:
+    """Whether the scheduler samples a rectified-flow model, x = (1 - σ) x_0 + σ ε."""
+    return scheduler.prediction_type == "flow" or bool(getattr(scheduler, "use_flow_sigmas", False))
+
+
+class FlowGrid(NamedTuple):
+    """The N call levels of a flow scheduler's loop as searched: u = logit σ, the first
+    fixed at the loop's own first level; ``init_options`` undoes the config's static
+    shift σ ↦ sσ / (1 + (s - 1)σ) (Esser et al. 2024, eq. 23), which the scheduler applies
+    to custom ``sigmas=`` as well."""
+
+    start: np.ndarray  # the scheduler's own levels (u), first fixed
+    sigma0: float  # the first call's σ (the reference starts there)
+    shift: float
+    low: float  # the least u a level may take
+    final: bool = False  # whether sigmas= takes the final level 0 as well (N + 1 values)
+
+    mode = "sigmas"
+
+    @staticmethod
+    def of(scheduler: Scheduler, num_steps: int) -> FlowGrid:
+        name = type(scheduler).__name__
+        if not scheduler.deterministic:
+            raise ValueError(f"tune needs a deterministic scheduler, got {name} with noise")
+        if getattr(scheduler, "use_dynamic_shifting", False):
+            raise ValueError(
+                f"tune takes flow grids with a static shift; {name} has use_dynamic_shifting=True"
+            )
+        if "sigmas" not in inspect.signature(scheduler.tableau).parameters:
+            raise ValueError(
+                f"tune takes rectified-flow grids through custom sigmas= only; {name} with flow "
+                "levels takes none (integer timesteps= only): use UniPC or FlowMatchEuler"
+            )
+        tab = scheduler.tableau(num_steps)
+        sigma0 = float(tab.start[1]) if tab.start is not None else 1.0
+        sig = np.asarray(tab.timesteps, np.float64) / scheduler.num_train_steps
+        sig[0] = sigma0
+        shift = float(getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0))
+        grid = FlowGrid(_logit(sig), sigma0, shift, float(_logit(np.array([1e-3]))[0]))
+        try:
+            calls = scheduler.tableau(num_steps, **grid.init_options(grid.start)).num_calls
+        except ValueError:
+            calls = None
+        if calls != num_steps:  # diffusers' multistep solvers: N + 1 levels, the last final
+            grid = grid._replace(final=True)
+        back = np.asarray(scheduler.tableau(num_steps, **grid.init_options(grid.start)).timesteps)
+        if not np.allclose(back / scheduler.num_train_steps, grid.sigmas(grid.start), rtol=1e-3,
+                           atol=2e-3):  # fmt: skip
+            raise ValueError(
+                f"tune cannot set the flow levels of {name} with these options (a terminal "
+                "shift, a named σ schedule or an inversion reshapes custom sigmas=)"
+            )
+        return grid
+
+    def sigmas(self, levels: np.ndarray) -> np.ndarray:
+        sig = 1.0 / (1.0 + np.exp(-np.asarray(levels, np.float64)))
+        sig[0] = self.sigma0
+        return sig
+
+    def init_options(self, levels: np.ndarray) -> dict[str, list]:
+        sig = self.sigmas(levels)
+        base = sig / (self.shift - (self.shift - 1.0) * sig)  # the inverse of the shift
+        return {"sigmas": [*base.tolist(), 0.0] if self.final else base.tolist()}
+
+    def valid(self, levels: np.ndarray) -> bool:
+        gaps = -np.diff(levels)
+        return bool(levels[0] == self.start[0] and np.all(gaps > 1e-4) and levels[-1] >= self.low)
+
+
+def _logit(sig: np.ndarray) -> np.ndarray:
+    sig = np.clip(np.asarray(sig, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(sig / (1 - sig))
+
+
+def flow_reference(model: Model, scheduler: Scheduler, start: Array, sigma0: float,
+                   steps: int = 200, sigma_min: float = 1e-3) -> np.ndarray:  # fmt: skip
+    """The rectified-flow ODE dx/dσ = v(x, σ) from ``start`` at σ0 to σ = 0 with the model
+    alone: Heun's method (second order) on ``steps`` levels spaced as σ^(1/3) evenly down to
+    ``sigma_min``, then x̂_0 = x - σ v there (the model has no level below its lowest)."""
+    xp = ops.namespace(start)
+    like = start
+    big_t = scheduler.num_train_steps
+
+    def velocity(x: np.ndarray, sigma: float) -> np.ndarray:
+        arg = x if isinstance(like, np.ndarray) else ops.asarray(xp, x, like.dtype, like)
+        t = np.float64(sigma * big_t)
+        if not isinstance(like, np.ndarray):
+            t = ops.asarray(xp, np.asarray(t), like.dtype, like)
+        return to_numpy64(model(arg, t))
+
+    rho = 3.0
+    ramp = np.linspace(0.0, 1.0, steps + 1)
+    sig = (sigma0 ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma0 ** (1 / rho))) ** rho
+    x = to_numpy64(start)
+    for a, b in itertools.pairwise(sig):
+        v = velocity(x, a)
+        guess = x + (b - a) * v
+        x = x + (b - a) * 0.5 * (v + velocity(guess, b))
+    return x - sig[-1] * velocity(x, sig[-1])
+
+
+class _FlowReference(NamedTuple):
+    final: np.ndarray
+
+
+def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, candidates,
+                 max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
+    """:func:`search` for rectified-flow schedulers: the reference is
+    :func:`flow_reference`; the starts are the scheduler's own grid, σ even (the unshifted
+    grid) and u = logit σ even; then the same coordinate search, in u."""
+    t0 = time.perf_counter()
+    counted = _CountingModel(model)
+    grid = FlowGrid.of(scheduler, num_steps)
+    if reference is None:
+        start = calibration_noise * scheduler.init_noise_scale(num_steps)
+        reference = _FlowReference(flow_reference(counted, scheduler, start, grid.sigma0,
+                                                  steps=candidates * substeps // 2))  # fmt: skip
+    ref = reference
+
+    def error(levels: np.ndarray) -> float:
+        out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
+        return relative_error(out, ref.final)
+
+    own = grid.start
+    tried = {"own": own}
+    even = np.linspace(grid.sigma0, grid.sigma0 / num_steps, num_steps)
+    shifted = grid.shift * even / (1 + (grid.shift - 1) * even)
+    tried["even"] = _logit(shifted)
+    tried["logit"] = np.concatenate([own[:1], np.linspace(own[1], own[-1], num_steps - 1)]
+                                    if num_steps > 1 else own[:1])  # fmt: skip
+    tried = {k: v for k, v in tried.items() if np.all(np.isfinite(v[1:])) and grid.valid(
+        np.concatenate([own[:1], v[1:]]))}  # fmt: skip
+    tried = {k: np.concatenate([own[:1], v[1:]]) for k, v in tried.items()}
+    scored = {name: error(levels) for name, levels in tried.items()}
+    from .sampling import sample
+
+    own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps))
+    own_error = relative_error(own_out, ref.final)
+    best_name = min(scored, key=scored.get)
+    levels, best = _coordinate_search(
+        error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
+    )
+    options = grid.init_options(levels)
+    if own_error <= best:  # the scheduler's own grid, exactly, is never beaten by less
+        options, best = grid.init_options(own), own_error
+    return TuneResult(
+        init_options=options,
+        start_options=grid.init_options(own),
+        start_error=own_error,
+        error=best,
+        model_calls=counted.calls,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 # -- the refinement ------------------------------------------------------------------------

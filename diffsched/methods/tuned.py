@@ -1,0 +1,257 @@
+"""A tuned table: a base method's coefficients with a small, fitted correction of the
+weights of its earlier x̂_0 estimates, on a fixed grid (:func:`diffsched.tune` with
+``tune="coefficients"`` or ``"both"`` returns one).
+
+Every deterministic method is a table (:class:`~diffsched.core.engine.Tableau`): call n
+forms x̂_0 from its sample and model output, and the next native sample is a fixed linear
+combination of the samples, outputs and x̂_0's of this and earlier calls. A multistep
+solver's weights come from a polynomial model of x̂_0(λ) along the trajectory, λ = -log σ
+(DPM-Solver++, Lu et al. 2022b, eq. 9; UniPC, Zhao et al. 2023; DEIS, Zhang & Chen 2023;
+iPNDM); learned solvers fit them instead (S4S, Frankel et al. 2025; PAS, Wang et al.
+2025). The tuned table keeps the base's and adds, at call n,
+
+    x_{n+1} = base_n(...) + Σ_{j=0}^{L} δ_{n,j} x̂_0(n - j)                             (1)
+
+with moments that vanish up to the order the tuner kept,
+
+    Σ_j δ_{n,j} = 0,    Σ_j δ_{n,j} (λ_{n-j} - λ_n) = 0,                               (2)
+
+so that on a trajectory whose x̂_0 is constant, or linear in λ, the correction is zero
+and the base's consistency (order) conditions hold: the tuned table is a real solver plus
+a correction of the size of its truncation error. The δ's are stored explicitly (the
+``weights`` option, N rows of L + 1), with the grid they were fitted on (``grid_sigmas`` or
+``grid_timesteps``) and the base's config (``base``), so that ``tableau`` needs no fit and
+the class runs on every backend, jitted and compiled, as every other.
+
+``Tuned()`` (no weights) is its base, DPM-Solver++(2M), unchanged; ``Tuned(base=sched)``
+is ``sched``. :func:`diffsched.save_tuned` / :func:`diffsched.load_tuned` write and read
+one as a small JSON file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core import families
+from ..core.engine import X0, Tableau
+from ..core.options import option
+from ..core.scheduler import BaseScheduler, document
+
+__all__ = ["Tuned"]
+
+
+def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1:
+        raise TypeError(f"{owner} option {name} expects a list of numbers, got: {value!r}")
+    try:
+        out = tuple(float(v) for v in np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{owner} option {name} expects a list of numbers, got: {value!r}"
+        ) from None
+    if any(isinstance(v, bool | str) for v in value) or not np.all(np.isfinite(out)):
+        raise ValueError(f"{owner} option {name} expects finite numbers, got: {value!r}")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _base_from_json(text: str) -> BaseScheduler:
+    from ..interop.config import from_config
+
+    return from_config(json.loads(text))
+
+
+def base_json(base: Any) -> str:
+    """The canonical text of a base config: a scheduler, a config dict or its JSON."""
+    if isinstance(base, BaseScheduler):
+        config = base.to_config()
+    elif isinstance(base, dict):
+        config = base
+    elif isinstance(base, str):
+        try:
+            config = json.loads(base)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Tuned option base is not a scheduler config: {err}") from None
+    else:
+        raise TypeError(
+            f"Tuned option base expects a scheduler, a config dict or its JSON, got: {base!r}"
+        )
+    if not isinstance(config, dict) or not isinstance(config.get("_class_name"), str):
+        raise ValueError(f"Tuned option base must be a config with a _class_name, got: {base!r}")
+    return json.dumps(config, sort_keys=True)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class Tuned(BaseScheduler):
+    """A base method's table with tuned x̂_0 history weights on a tuned grid (module
+    docstring, eq. (1)-(2)); made by :func:`diffsched.tune` (``tune="coefficients"`` or
+    ``"both"``), saved and loaded by :func:`diffsched.save_tuned` /
+    :func:`diffsched.load_tuned`. It runs only the number of steps it was tuned for.
+
+    Any other attribute (``alphas_cumprod``, ``prediction_type``, ...) is the base's.
+    Not in diffusers (ours: its pipelines load it through ``DiffusersScheduler``).
+    """
+
+    DIFFUSERS_CLASS = None
+    FAMILY = families.MORE
+
+    base: Any = option(  # noqa: RUF009
+        None,
+        "the base method: a scheduler, its config dict or that dict's JSON (kept as JSON); "
+        "None is DPMSolverMultistep()",
+        nullable=True,
+    )
+    tuned_steps: int = option(
+        0, "the number of steps the table was tuned for (0: none, the base as it is)", low=0
+    )
+    grid_sigmas: tuple[float, ...] | None = option(
+        None, "the tuned grid, as the base's init(sigmas=) (tuned_steps + 1 levels; N for the "
+        "flow-matching classes)",
+        nullable=True,
+    )  # fmt: skip
+    grid_timesteps: tuple[float, ...] | None = option(
+        None, "the tuned grid, as the base's init(timesteps=) (tuned_steps values)",
+        nullable=True,
+    )  # fmt: skip
+    weights: tuple[float, ...] | None = option(
+        None,
+        "the corrections δ of eq. (1), row by row: tuned_steps rows of L + 1 weights of the "
+        "x̂_0 of this call and of the L calls before",
+        nullable=True,
+    )
+
+    def _check(self) -> None:
+        owner = type(self).__name__
+        object.__setattr__(self, "base", None if self.base is None else base_json(self.base))
+        if self.base is not None and json.loads(self.base)["_class_name"] == owner:
+            raise ValueError("Tuned option base must be another method, got a Tuned config")
+        for name in ("grid_sigmas", "grid_timesteps", "weights"):
+            value = _floats_or_none(owner, name, getattr(self, name))
+            object.__setattr__(self, name, value)
+            if value is not None and self.tuned_steps == 0:
+                raise ValueError(f"{owner} option {name} needs tuned_steps > 0, got tuned_steps=0")
+        n = self.tuned_steps
+        if self.grid_sigmas is not None and self.grid_timesteps is not None:
+            raise ValueError(f"{owner} takes grid_sigmas or grid_timesteps, not both")
+        if self.grid_sigmas is not None and len(self.grid_sigmas) not in (n, n + 1):
+            raise ValueError(
+                f"{owner} option grid_sigmas must have tuned_steps + 1 = {n + 1} levels (N for "
+                f"the flow-matching classes), got: {len(self.grid_sigmas)}"
+            )
+        if self.grid_timesteps is not None and len(self.grid_timesteps) != n:
+            raise ValueError(
+                f"{owner} option grid_timesteps must have tuned_steps = {n} values, "
+                f"got: {len(self.grid_timesteps)}"
+            )
+        if self.weights is not None:
+            if len(self.weights) % n or not self.weights:
+                raise ValueError(
+                    f"{owner} option weights must have tuned_steps = {n} rows of equal length, "
+                    f"got {len(self.weights)} numbers"
+                )
+            w = self.weight_table()
+            early = np.triu(np.ones((n, w.shape[1]), bool), 1)  # lag j > call n
+            if np.any(w[early] != 0):
+                raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
+        base = self._make_base()  # a bad base config: its own error, now
+        object.__setattr__(self, "_base_instance", base)  # plain attributes: compilers trace
+        object.__setattr__(self, "_base_processes", bool(base.processes_x0))  # them directly
+        object.__setattr__(self, "_base_deterministic", bool(base.deterministic))
+
+    # -- the base -------------------------------------------------------------------------
+
+    @property
+    def base_scheduler(self) -> BaseScheduler:
+        """The base method (a scheduler instance)."""
+        return self._base_instance
+
+    def _make_base(self) -> BaseScheduler:
+        if self.base is None:
+            from .dpmsolver import DPMSolverMultistep
+
+            return DPMSolverMultistep()
+        return _base_from_json(self.base)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("base", "base_scheduler", "weights"):
+            raise AttributeError(name)
+        return getattr(self.base_scheduler, name)
+
+    @property
+    def grid_options(self) -> dict[str, list]:
+        """The tuned grid as the base's init keyword arguments ({} if none)."""
+        if self.grid_sigmas is not None:
+            return {"sigmas": list(self.grid_sigmas)}
+        if self.grid_timesteps is not None:
+            ts = [int(t) if float(t).is_integer() else t for t in self.grid_timesteps]
+            return {"timesteps": ts}
+        return {}
+
+    def weight_table(self) -> np.ndarray:
+        """The corrections δ of eq. (1): (tuned_steps, L + 1); zeros(N, 1) if none."""
+        if self.weights is None:
+            return np.zeros((max(self.tuned_steps, 1), 1))
+        return np.asarray(self.weights, dtype=np.float64).reshape(self.tuned_steps, -1)
+
+    @property
+    def deterministic(self) -> bool:
+        return self._base_deterministic
+
+    @property
+    def processes_x0(self) -> bool:
+        return self._base_processes
+
+    def _process(self, x0: Any, owned: bool) -> Any:
+        return self.base_scheduler._process(x0, owned)
+
+    # -- the table ------------------------------------------------------------------------
+
+    def _options(self, num_steps: int | None, init_options: dict) -> dict:
+        if not self.tuned_steps:
+            return init_options
+        if num_steps != self.tuned_steps:
+            raise ValueError(
+                f"Tuned was tuned for num_steps={self.tuned_steps}, got num_steps={num_steps}"
+            )
+        clash = sorted(set(init_options) & {"sigmas", "timesteps"})
+        if clash and self.grid_options:
+            raise ValueError(f"Tuned has its tuned grid; init got {clash} as well")
+        return {**self.grid_options, **init_options}
+
+    def tableau(self, num_steps: int, **init_options: Any) -> Tableau:
+        """The base's table on the tuned grid, plus eq. (1)'s corrections."""
+        base = self.base_scheduler
+        tab = base.tableau(num_steps, **self._options(num_steps, init_options))
+        if self.weights is None:
+            return tab
+        w = self.weight_table()
+        if tab.num_calls != len(w):
+            raise ValueError(
+                f"Tuned weights have {len(w)} rows; the base's {num_steps}-step loop makes "
+                f"{tab.num_calls} model calls"
+            )
+        update = {term: tab.column(term) for term in tab.update}
+        for lag in range(w.shape[1]):
+            if np.any(w[:, lag] != 0):
+                update[(X0, lag)] = tab.column((X0, lag)) + w[:, lag]
+        return Tableau(
+            timesteps=tab.timesteps,
+            x0_sample=tab.x0_sample,
+            x0_output=tab.x0_output,
+            update=update,
+            noise=tab.noise,
+            input_scale=tab.input_scale,
+            start=tab.start,
+            init_noise_sigma=tab.init_noise_sigma,
+        )
+
+    def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
+        return self.base_scheduler.noise_levels(num_steps, **self._options(num_steps, init_options))

@@ -1,0 +1,413 @@
+"""Tuned coefficients: the x̂_0 history weights of a multistep method, fitted to the
+user's model as a small correction that keeps the method's order conditions
+(:mod:`diffsched.methods.tuned`, eq. (1)-(2)).
+
+Learned solvers that fit the solver's coefficients as well as its grid (S4S, Frankel et
+al. 2025; EPD, Zhu et al. 2025; PAS, Wang et al. 2025) reach a few times the accuracy per
+model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
+
+1. **Parameters.** At call n, the corrections δ_{n,0..L} of the x̂_0 of this call and the
+   L before lie in the null space of the moment conditions (2) of ``moments`` orders
+   (``final_moments`` at the last call, whose step lands on σ = 0 and jumps to x̂_0: a
+   discrete-time model has no level below its lowest trained one, and a tuned final
+   combination of the last x̂_0 estimates is the cheapest place to remove error):
+   δ_n = E_n θ_n, E_n an orthonormal basis of that null space.
+2. **Objective.** ||x_N(θ) - x*||² / ||x*||² + μ ||θ||² on the calibration batch, x*
+   the reference ODE solution (:func:`diffsched.tuning.reference_trajectory`), x_N the
+   tuned table's final samples: ridge toward the base table.
+3. **Fit.** Levenberg-Marquardt (damped Gauss-Newton). The Jacobian is by finite
+   differences that reuse the run's prefix: a change of θ_n changes x_{n+1} only, so its
+   column costs the N - n - 1 calls after n (none for the last call, where the final
+   sample is linear in θ).
+4. **The ridge μ**, from a path μ = s·(1, 10⁻¹, ..., 10⁻⁴, 0) (s = trace(JᵀJ)/P at the
+   base), fitted on ``1 - holdout`` of the calibration batch and scored on the rest, which
+   the fit did not see; the base itself (μ = ∞) is on the path. The best μ is refitted on
+   the whole batch, and kept only where it beats the base there as well. A fit leaves the
+   base only where it lowers the held-out split's error by 2% or more, and a calibration
+   error below the reference's accuracy (1e-6: the loop already lands on the reference, as
+   an empirical model's samples land on its training points) is not fitted at all.
+
+Cost: with L = 4 (the default: on development noise, not the benchmark's, 4 lowered the
+error at 10 calls by a fifth against 3, and 6 no further) and two moments, about 3
+parameters per call; a Jacobian costs the calls after each parameter's (about P·N/2), each
+fit a few iterations along the ridge path: about 70-160 × N batch model calls at 5-15
+calls (measured, ``benchmarks/tune_coefficients.py``), on top of the reference solve
+(~360 calls) and, for ``"both"``, the grid search (150-250 × N).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .core import ops
+from .core.engine import OUTPUT, SAMPLE, X0
+from .core.ops import to_numpy64
+from .core.scheduler import Array, Scheduler
+from .methods.tuned import Tuned
+from .schedules import sigmas as sigma_schedules
+
+Model = Callable[[Array, Array], Array]
+RIDGES = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 0.0)  # μ / s on the path, large to small
+RESOLUTION = 1e-6  # the reference's relative accuracy: a smaller error is not fitted
+MIN_GAIN = 0.02  # the held-out split must fall by this fraction to leave the base table
+
+
+class CoefficientResult(NamedTuple):
+    """What :func:`fit_coefficients` found, and what it cost."""
+
+    scheduler: Tuned  # the tuned table (its base's grid, or the tuned grid)
+    start_error: float  # the base table's error on the calibration batch
+    error: float  # the tuned table's error on the calibration batch
+    held_errors: dict[float, float]  # μ/s -> error on the held-out split (inf: the base)
+    ridge: float  # the chosen μ/s (inf: the base kept)
+    model_calls: int  # batch model calls of the fit (the reference's not included)
+    seconds: float
+
+
+def null_basis(lams: np.ndarray, moments: int) -> np.ndarray:
+    """An orthonormal basis (columns) of the weights δ over the levels ``lams`` (λ of this
+    call first, then the earlier ones) whose moments Σ δ_j (λ_j - λ_0)^k vanish for
+    k < ``moments``."""
+    k = len(lams)
+    rows = [(lams - lams[0]) ** p for p in range(min(moments, k))]
+    if not rows:
+        return np.eye(k)
+    c = np.array(rows, dtype=np.float64)
+    scale = np.max(np.abs(c), axis=1, keepdims=True)
+    c = c / np.where(scale > 0, scale, 1.0)
+    _, s, vt = np.linalg.svd(c)
+    rank = int(np.sum(s > 1e-10 * s[0])) if len(s) else 0
+    return vt[rank:].T.copy()
+
+
+class _Loop:
+    """The table run in its native space on host float64 arrays, with the corrections
+    W (N, L + 1) of eq. (1); the model is called on the noise's backend."""
+
+    def __init__(self, model: Model, scheduler: Scheduler, num_steps: int, grid: dict,
+                 like: Array) -> None:  # fmt: skip
+        tab = scheduler.tableau(num_steps, **grid)
+        if tab.noise is not None and np.any(tab.column_noise() != 0):
+            raise ValueError("coefficient tuning needs a deterministic scheduler")
+        if scheduler.processes_x0:
+            raise ValueError(
+                f"coefficient tuning needs a linear x̂_0: {type(scheduler).__name__} clips or "
+                "thresholds it (thresholding / clip_sample)"
+            )
+        self.model = model
+        self.n = tab.num_calls
+        self.scale = np.ones(self.n + 1) if tab.input_scale is None else np.asarray(tab.input_scale)
+        self.a = np.broadcast_to(np.asarray(tab.x0_sample, np.float64), (self.n,))
+        self.b = np.broadcast_to(np.asarray(tab.x0_output, np.float64), (self.n,))
+        self.terms = {term: tab.column(term) for term in tab.update}
+        self.like = like
+        self.xp = ops.namespace(like)
+        _, self.timesteps = scheduler.init(num_steps, like, **grid)
+        self.init_scale = scheduler.init_noise_scale(num_steps, **grid)
+        self.calls = 0
+        from .tuning import is_flow
+
+        ts = np.asarray(tab.timesteps, dtype=np.float64)
+        if is_flow(scheduler):  # x = (1 - σ) x_0 + σ ε at t = σ T: λ = log((1 - σ) / σ)
+            sig = np.clip(ts / scheduler.num_train_steps, 1e-9, 1 - 1e-9)
+            self.lams = np.log((1 - sig) / sig)
+        else:
+            log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
+            self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
+
+    def _model(self, x: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        held = x / self.scale[k]
+        if isinstance(self.like, np.ndarray):
+            arg = held.astype(self.like.dtype, copy=False)
+        else:
+            arg = ops.asarray(self.xp, held, self.like.dtype, self.like)
+        return to_numpy64(self.model(arg, self.timesteps[k]))
+
+    def start(self, noise: np.ndarray) -> np.ndarray:
+        return noise * self.init_scale * self.scale[0]
+
+    def run(self, x: np.ndarray, w: np.ndarray, rows: np.ndarray, first: int = 0,
+            hist: tuple | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
+        """From native sample x at call ``first`` (with the operands of the calls before
+        in ``hist``): (the final native sample, the operands of every call)."""
+        xs, ms, ds = ([], [], []) if hist is None else (list(h[:first]) for h in hist)
+        for k in range(first, self.n):
+            m = self._model(x, k, rows)
+            d = self.a[k] * x + self.b[k] * m
+            xs.append(x)
+            ms.append(m)
+            ds.append(d)
+            nxt = 0.0
+            for (operand, lag), col in self.terms.items():
+                c = col[k]
+                if c != 0 and k - lag >= 0:
+                    src = {SAMPLE: xs, OUTPUT: ms, X0: ds}[operand]
+                    nxt = nxt + c * src[k - lag]
+            for lag in range(w.shape[1]):
+                if k - lag >= 0 and w[k, lag] != 0:
+                    nxt = nxt + w[k, lag] * ds[k - lag]
+            x = nxt
+        return x / self.scale[self.n], (xs, ms, ds)
+
+
+class _Params:
+    """θ -> W: per tuned call, its null-space basis (module docstring, step 1)."""
+
+    def __init__(self, lams: np.ndarray, history: int, moments: int, final_moments: int,
+                 calls: str) -> None:  # fmt: skip
+        n = len(lams)
+        self.shape = (n, history + 1)
+        self.blocks: list[tuple[int, np.ndarray]] = []  # (call, basis (L_n + 1, f_n))
+        for k in range(n):
+            if calls == "final" and k != n - 1:
+                continue
+            lk = min(history, k)
+            basis = null_basis(
+                lams[k - np.arange(lk + 1)], final_moments if k == n - 1 else moments
+            )
+            if basis.shape[1]:
+                self.blocks.append((k, basis))
+        self.size = sum(b.shape[1] for _, b in self.blocks)
+
+    def weights(self, theta: np.ndarray) -> np.ndarray:
+        w = np.zeros(self.shape)
+        i = 0
+        for k, basis in self.blocks:
+            f = basis.shape[1]
+            w[k, : basis.shape[0]] = basis @ theta[i : i + f]
+            i += f
+        return w
+
+
+def fit_coefficients(
+    model: Model,
+    scheduler: Scheduler,
+    num_steps: int,
+    calibration_noise: Array,
+    reference: np.ndarray,
+    grid: dict | None = None,
+    *,
+    history: int = 4,
+    moments: int = 2,
+    final_moments: int = 1,
+    calls: str = "all",
+    ridges: Sequence[float] = RIDGES,
+    iterations: int = 3,
+    holdout: float = 0.25,
+    seed: int = 0,
+) -> CoefficientResult:
+    """The tuned table (:class:`~diffsched.Tuned`) of ``scheduler`` on ``grid`` (``init``
+    options; None: its own) whose final samples from ``calibration_noise`` come closest to
+    ``reference`` (the ODE solution from the same noise), by the fit of the module
+    docstring. ``calls="final"`` tunes the last call's combination only."""
+    t0 = time.perf_counter()
+    grid = dict(grid or {})
+    checks = (("history", history, 1), ("moments", moments, 0),
+              ("final_moments", final_moments, 0), ("iterations", iterations, 0))  # fmt: skip
+    for name, value, low in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if calls not in ("all", "final"):
+        raise ValueError(f"calls must be 'all' or 'final', got {calls!r}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must lie in (0, 1), got {holdout!r}")
+    loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
+    params = _Params(loop.lams, history, moments, final_moments, calls)
+    noise = to_numpy64(calibration_noise)
+    ref = np.asarray(reference, dtype=np.float64)
+    batch = noise.shape[0]
+    if batch < 4:
+        raise ValueError(f"coefficient tuning needs a calibration batch of 4 or more, got {batch}")
+    order = np.random.default_rng(seed).permutation(batch)
+    n_held = max(1, round(holdout * batch))
+    held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
+    everything = np.arange(batch)
+    zero = np.zeros(params.size)
+
+    def error(theta, rows):
+        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta), rows)
+        return float(np.linalg.norm(out - ref[rows]) / np.linalg.norm(ref[rows]))
+
+    start_error = error(zero, everything)
+    if (
+        params.size == 0 or start_error < RESOLUTION
+    ):  # nothing to fit above the reference's accuracy
+        return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start_error,
+                                 start_error, {}, math.inf, loop.calls,
+                                 time.perf_counter() - t0)  # fmt: skip
+    held_errors = {math.inf: error(zero, held)}
+    theta = zero
+    s = None
+    thetas = {}
+    for ridge in sorted(ridges, reverse=True):
+        theta, s = _levenberg_marquardt(loop, params, noise, ref, fit, theta, ridge, s,
+                                        iterations)  # fmt: skip
+        thetas[ridge] = theta
+        held_errors[ridge] = error(theta, held)
+    fitted = {ridge: e for ridge, e in held_errors.items() if ridge != math.inf}
+    best = min(fitted, key=fitted.get)
+    if not fitted[best] < held_errors[math.inf] * (1 - MIN_GAIN):  # the base, unless clearly beaten
+        best = math.inf
+    if best == math.inf:
+        return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start_error,
+                                 start_error, held_errors, best, loop.calls,
+                                 time.perf_counter() - t0)  # fmt: skip
+    theta, _ = _levenberg_marquardt(loop, params, noise, ref, everything, thetas[best], best, s,
+                                    iterations)  # fmt: skip
+    err = error(theta, everything)
+    if err > start_error:
+        theta, err = zero, start_error
+    weights = params.weights(theta)
+    return CoefficientResult(
+        scheduler=_tuned(scheduler, num_steps, grid, weights),
+        start_error=start_error,
+        error=err,
+        held_errors=held_errors,
+        ridge=best,
+        model_calls=loop.calls,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _levenberg_marquardt(
+    loop: _Loop,
+    params: _Params,
+    noise: np.ndarray,
+    ref: np.ndarray,
+    rows: np.ndarray,
+    theta: np.ndarray,
+    ridge: float,
+    s: float | None,
+    iterations: int,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, float]:
+    """``iterations`` damped Gauss-Newton steps on ||r||² + μ||θ||², μ = ridge · s."""
+    norm = np.linalg.norm(ref[rows])
+    target = ref[rows]
+    x0 = loop.start(noise[rows])
+    mu = None
+    damping = 1e-3
+    for _ in range(iterations):
+        w = params.weights(theta)
+        out, hist = loop.run(x0, w, rows)
+        r = ((out - target) / norm).ravel()
+        cols = []
+        xs, _, ds = hist
+        for k, basis in params.blocks:
+            for f in range(basis.shape[1]):
+                dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
+                if k == loop.n - 1:
+                    cols.append((dx / loop.scale[loop.n] / norm).ravel())
+                else:
+                    x_next = xs[k + 1] + eps * dx
+                    pert, _ = loop.run(x_next, w, rows, first=k + 1, hist=hist)
+                    cols.append(((pert - out) / eps / norm).ravel())
+        jac = np.stack(cols, axis=1)
+        jtj = jac.T @ jac
+        if s is None:
+            s = float(np.trace(jtj) / len(theta))
+        mu = ridge * s
+        g = jac.T @ r + mu * theta
+        f0 = r @ r + mu * theta @ theta
+        for _ in range(6):  # damping up until the objective falls
+            step = np.linalg.solve(
+                jtj + mu * np.eye(len(theta)) + damping * np.diag(np.diag(jtj) + s * 1e-9), -g
+            )
+            trial = theta + step
+            out_t, _ = loop.run(x0, params.weights(trial), rows)
+            rt = ((out_t - target) / norm).ravel()
+            f1 = rt @ rt + mu * trial @ trial
+            if f1 < f0:
+                theta, damping = trial, damping / 3
+                break
+            damping *= 10
+        else:
+            break
+    return theta, s
+
+
+def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray | None) -> Tuned:
+    kw: dict[str, Any] = {"base": scheduler, "tuned_steps": num_steps}
+    if "sigmas" in grid:
+        kw["grid_sigmas"] = [float(v) for v in grid["sigmas"]]
+    if "timesteps" in grid:
+        kw["grid_timesteps"] = [float(v) for v in grid["timesteps"]]
+    if weights is not None and np.any(weights != 0):
+        kw["weights"] = np.asarray(weights, np.float64).ravel().tolist()
+    return Tuned(**kw)
+
+
+# -- the file -------------------------------------------------------------------------------
+
+FORMAT = "diffsched-tuned"
+
+
+def save_tuned(path: str | os.PathLike, tuned: Tuned, **about: Any) -> Path:
+    """Writes a tuned table as a small JSON file: its config (base config, steps, grid,
+    weights) and ``about`` (what it was tuned on: model, calibration size, ...; JSON
+    values). Atomic: written to a temporary file beside it, then renamed."""
+    if not isinstance(tuned, Tuned):
+        raise TypeError(f"save_tuned takes a Tuned scheduler, got {type(tuned).__name__}")
+    data = {"format": FORMAT, "version": 1, "config": tuned.to_config(), "about": about}
+    out = Path(path)
+    text = json.dumps(data, indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def load_tuned(path: str | os.PathLike, base: Any = None, num_steps: int | None = None) -> Tuned:
+    """The :class:`~diffsched.Tuned` scheduler saved by :func:`save_tuned`. Given ``base``
+    (the scheduler, or config, it is meant to replace) or ``num_steps``, a file tuned for
+    another config or another number of steps is refused with a ValueError that names
+    what differs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tuned table (no 'format': {FORMAT!r})")
+    from .interop.config import from_config
+
+    tuned = from_config(data["config"])
+    if not isinstance(tuned, Tuned):
+        raise ValueError(f"{path} holds a {type(tuned).__name__} config, not a Tuned one")
+    if num_steps is not None and num_steps != tuned.tuned_steps:
+        raise ValueError(
+            f"{path} was tuned for num_steps={tuned.tuned_steps}, not num_steps={num_steps}"
+        )
+    if base is not None:
+        from .methods.tuned import base_json
+
+        ours = json.loads(tuned.base or base_json(tuned.base_scheduler))
+        theirs = json.loads(base_json(base))
+        if isinstance(base, Tuned):
+            theirs = json.loads(base.base or base_json(base.base_scheduler))
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            shown = ", ".join(
+                f"{k}: {ours.get(k)!r} (tuned) vs {theirs.get(k)!r}" for k in differ[:6]
+            )
+            raise ValueError(
+                f"{path} was tuned for another scheduler config; differing keys: {shown}"
+            )
+    return tuned

@@ -1,0 +1,181 @@
+"""Tuning for diffusers pipeline users: the pipeline's own denoiser (its UNet, the prompt
+embeddings and classifier-free guidance) is the model the tuner fits, and the result is a
+file that :class:`~diffsched.diffusers.DiffusersScheduler` loads into the same pipeline::
+
+    import diffsched.tuning_pipeline as tp
+
+    tuned = tp.tune(pipe, ["a cat", "a house"], 8, path="tuned.json")  # minutes
+    pipe.scheduler = tp.load("tuned.json", pipe)
+    image = pipe("a cat", num_inference_steps=8).images[0]
+
+The calibration batch is ``calibration`` latents of standard normal noise, the prompts
+taken in turn; every tuner call of the model is one batched UNet call on all of them
+(twice the batch with guidance). The cost is that of :func:`diffsched.tune`: the reference
+(``candidates * substeps`` calls, 400 by default), the grid search (130-280 × N) and the
+fit (70-330 × N at 5-15 steps; docs/tuning.md): a few thousand batched UNet calls. ``candidates``,
+``substeps``, ``max_evaluations`` and ``iterations`` trade accuracy for cost.
+
+The pipeline must be a text-to-image pipeline whose denoiser is
+``unet(x, t, encoder_hidden_states=...)`` and whose ``encode_prompt`` returns the
+(conditional, unconditional) embeddings (Stable Diffusion 1.x / 2.x and their kin).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .core.scheduler import BaseScheduler
+from .methods.tuned import Tuned
+from .tuning_coefficients import load_tuned, save_tuned
+
+__all__ = ["PipelineDenoiser", "load", "tune"]
+
+# the config keys that make two schedules the same model's: a file tuned with one refuses
+# a pipeline with another
+MODEL_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+              "prediction_type", "rescale_betas_zero_snr")  # fmt: skip
+
+
+class PipelineDenoiser:
+    """``model(sample, t)``: the pipeline's UNet on ``sample`` (a batch of latents) with
+    the prompts' embeddings (sample i takes prompt i mod P) and classifier-free guidance,
+    ε̂ = ε̂_u + g (ε̂_c - ε̂_u), as the pipeline's own loop computes it."""
+
+    def __init__(self, pipe: Any, prompts: Sequence[str], guidance_scale: float = 7.5,
+                 negative_prompt: str | Sequence[str] | None = None) -> None:  # fmt: skip
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise ValueError("tune needs at least one prompt")
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.guidance_scale = float(guidance_scale)
+        self.guided = self.guidance_scale > 1.0  # as the pipelines decide it
+        negative = negative_prompt
+        if isinstance(negative, str):
+            negative = [negative] * len(prompts)
+        cond, uncond = pipe.encode_prompt(
+            list(prompts), pipe.device, 1, self.guided, negative_prompt=negative
+        )
+        self.cond, self.uncond = cond, uncond
+        self.calls = 0
+
+    def _rows(self, embeds: Any, batch: int) -> Any:
+        import torch
+
+        index = torch.arange(batch, device=embeds.device) % embeds.shape[0]
+        return embeds[index]
+
+    def __call__(self, sample: Any, t: Any) -> Any:
+        import torch
+
+        self.calls += 1
+        batch = sample.shape[0]
+        with torch.no_grad():
+            if not self.guided:
+                return self.unet(sample, t, encoder_hidden_states=self._rows(self.cond, batch),
+                                 return_dict=False)[0]  # fmt: skip
+            both = torch.cat([sample, sample])
+            embeds = torch.cat([self._rows(self.uncond, batch), self._rows(self.cond, batch)])
+            out = self.unet(both, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            uncond, cond = out.chunk(2)
+            return uncond + self.guidance_scale * (cond - uncond)
+
+
+def calibration_noise(pipe: Any, num_samples: int, seed: int = 0, height: int | None = None,
+                      width: int | None = None) -> Any:  # fmt: skip
+    """Standard normal latents of the pipeline's shape (its default image size unless
+    ``height`` / ``width`` are given), float32 on the pipeline's device, seed ``seed``."""
+    import torch
+
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    size = pipe.unet.config.sample_size
+    h = (height // scale) if height else size
+    w = (width // scale) if width else size
+    shape = (num_samples, pipe.unet.config.in_channels, h, w)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return noise.to(device=pipe.device, dtype=pipe.unet.dtype)
+
+
+def tune(
+    pipe: Any,
+    prompts: Sequence[str],
+    num_steps: int,
+    *,
+    scheduler: BaseScheduler | None = None,
+    calibration: int = 16,
+    guidance_scale: float = 7.5,
+    negative_prompt: str | Sequence[str] | None = None,
+    seed: int = 0,
+    tune: str = "both",
+    path: str | os.PathLike | None = None,
+    **options: Any,
+) -> Tuned:
+    """The :class:`~diffsched.Tuned` table of ``scheduler`` (default: UniPC on the
+    pipeline's training schedule) for ``num_steps`` steps of this pipeline on these prompts
+    and this guidance scale, tuned on ``calibration`` latents of seed ``seed``; written to
+    ``path`` when given (with what it was tuned on and what it cost), for :func:`load`.
+
+    ``tune`` is ``"both"`` (grid and coefficients), ``"coefficients"`` or ``"grid"``;
+    ``options`` go to :func:`diffsched.tuning.search_coefficients` (or
+    :func:`~diffsched.tuning.search` for ``"grid"``).
+    """
+    from .methods.unipc import UniPC
+    from .tuning import search, search_coefficients
+    from .tuning_coefficients import _tuned
+
+    if tune not in ("grid", "coefficients", "both"):
+        raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
+    if scheduler is None:
+        scheduler = UniPC.from_config(dict(pipe.scheduler.config))
+    model = PipelineDenoiser(pipe, prompts, guidance_scale, negative_prompt)
+    noise = calibration_noise(pipe, calibration, seed)
+    t0 = time.perf_counter()
+    if tune == "grid":
+        found = search(model, scheduler, num_steps, noise, **options)
+        tuned = _tuned(scheduler, num_steps, found.init_options, None)
+        start_error, error = found.start_error, found.error
+    else:
+        result = search_coefficients(model, scheduler, num_steps, noise, grid=tune == "both",
+                                     **options)  # fmt: skip
+        tuned, start_error, error = result.scheduler, result.start_error, result.error
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        save_tuned(
+            path, tuned, pipeline=type(pipe).__name__, prompts=list(prompts),
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+            calibration=calibration, seed=seed, tune=tune, model_calls=model.calls,
+            seconds=seconds, calibration_error_before=start_error, calibration_error=error,
+        )  # fmt: skip
+    return tuned
+
+
+def load(path: str | os.PathLike, pipe: Any = None, num_steps: int | None = None):
+    """The :class:`~diffsched.diffusers.DiffusersScheduler` of a file written by
+    :func:`tune`, for ``pipe.scheduler``. Given ``pipe``, a file tuned for another
+    training schedule or prediction type than its scheduler's is refused (ValueError)."""
+    from .diffusers import DiffusersScheduler
+
+    tuned = load_tuned(path, num_steps=num_steps)
+    if pipe is not None:
+        ours = tuned.base_scheduler.to_config()
+        theirs = dict(pipe.scheduler.config)
+        differ = [k for k in MODEL_KEYS if k in ours and k in theirs
+                  and not _same(ours[k], theirs[k])]  # fmt: skip
+        if differ:
+            shown = ", ".join(f"{k}: {ours[k]!r} (tuned) vs {theirs[k]!r}" for k in differ)
+            raise ValueError(f"{path} was tuned for another model's schedule: {shown}")
+    return DiffusersScheduler(tuned)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return bool(np.isclose(a, b, rtol=1e-9, atol=0))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b

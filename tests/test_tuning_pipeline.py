@@ -1,0 +1,78 @@
+"""Tuning for pipeline users (diffsched.tuning_pipeline) on a tiny random-weight Stable
+Diffusion pipeline (test_adapter's builders): tuning runs on the pipeline's own denoiser,
+writes a file, the file loads as the pipeline's scheduler and the pipeline then gives the
+tuned loop's samples; a file tuned for another schedule is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_adapter import build, sd_components  # noqa: E402, F401
+
+import diffsched as ds  # noqa: E402
+from diffsched import tuning_pipeline as tp  # noqa: E402
+
+PROMPTS = ["a cat", "a dog"]
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+STEPS = 4
+CHEAP = {"candidates": 12, "substeps": 2, "max_evaluations": 12, "iterations": 1}
+
+
+@pytest.fixture(scope="module")
+def pipe(sd_components):  # noqa: F811
+    return build(diffusers.StableDiffusionPipeline, sd_components,
+                 diffusers.UniPCMultistepScheduler(**SD))  # fmt: skip
+
+
+def test_tune_save_load_reproduce(pipe, tmp_path):
+    path = tmp_path / "tuned.json"
+    tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=4, guidance_scale=5.0, path=path, **CHEAP)
+    assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
+    about = json.loads(path.read_text(encoding="utf-8"))["about"]
+    assert about["prompts"] == PROMPTS and about["model_calls"] > 0
+    assert about["calibration_error"] <= about["calibration_error_before"]
+
+    scheduler = tp.load(path, pipe, num_steps=STEPS)
+    assert scheduler.wrapped == tuned
+    # the pipeline with the loaded file gives the tuned loop's samples on the same noise
+    noise = tp.calibration_noise(pipe, 2, seed=5)
+    model = tp.PipelineDenoiser(pipe, PROMPTS, 5.0)
+    ours = ds.sample(model, tuned, noise, STEPS)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = scheduler
+        latents = pipe(PROMPTS, num_inference_steps=STEPS, guidance_scale=5.0,
+                       latents=noise.clone(), output_type="latent").images  # fmt: skip
+    finally:
+        pipe.scheduler = original
+    diff = float((latents - ours).abs().max() / ours.abs().max())
+    print("PIPELINE tuned vs pipeline rel diff", diff, "tuner calls", about["model_calls"],
+          "seconds", about["seconds"])  # fmt: skip
+    assert diff < 1e-5, diff  # float32 UNet calls in the same order
+    # and the tuned table is not the base's: the file changes the samples
+    base = ds.sample(model, tuned.base_scheduler, noise, STEPS)
+    assert float((base - ours).abs().max()) > 10 * diff * float(ours.abs().max())
+
+
+def test_load_refuses_another_schedule(pipe, tmp_path):
+    tuned = ds.Tuned(
+        base=ds.UniPC.from_config(diffusers.UniPCMultistepScheduler(**SD).config), tuned_steps=STEPS
+    )
+    path = ds.save_tuned(tmp_path / "t.json", tuned)
+    other = build(diffusers.StableDiffusionPipeline,
+                  {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
+                  | {"safety_checker": None, "feature_extractor": None,
+                     "requires_safety_checker": False},
+                  diffusers.UniPCMultistepScheduler(prediction_type="v_prediction"))  # fmt: skip
+    with pytest.raises(ValueError, match="prediction_type"):
+        tp.load(path, other)
+    assert tp.load(path, pipe).config is not None
