@@ -574,7 +574,7 @@ def inverse_refusal(name: str) -> str:
 
 def tune_refusal(scheduler: Scheduler, num_steps: int = 6) -> str | None:
     """Why ``tune`` cannot take this scheduler config (None if it can)."""
-    from .tuning import Grid
+    from .grids import Grid
 
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"

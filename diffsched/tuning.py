@@ -57,7 +57,7 @@ from .core import ops, predictions
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
-from .grids import NAMED_GRIDS, named_sigmas
+from .grids import NAMED_GRIDS, Grid, is_flow, named_sigmas
 from .schedules import sigmas as sigma_schedules
 
 Model = Callable[[Array, Array], Array]
@@ -243,91 +243,6 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
 # -- the grid: what is searched, and how it becomes init's arguments ----------------------
 
 
-class Grid(NamedTuple):
-    """The N call levels of a scheduler's loop as searched: log σ (``mode == "sigmas"``)
-    or integer timesteps (``"timesteps"``), the first fixed at the largest trained level."""
-
-    mode: str
-    start: np.ndarray  # the scheduler's own levels, first moved to the top
-    log_train: np.ndarray  # log σ of the training steps, ascending in t
-
-    @staticmethod
-    def of(scheduler: Scheduler, num_steps: int) -> Grid:
-        _check_tunable(scheduler)
-        from .methods._karras import training_alphas_cumprod
-
-        params = inspect.signature(scheduler.tableau).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        modes = [m for m in ("sigmas", "timesteps") if takes_any or m in params]
-        log_train = np.log(sigma_schedules.from_alphas_cumprod(training_alphas_cumprod(scheduler)))
-        program = scheduler.program(num_steps)
-        ts = np.asarray(program.timesteps, dtype=np.float64)
-        _, first = np.unique(ts, return_index=True)
-        ts = ts[np.sort(first)]  # the N step levels (two-stage methods repeat them)
-        ts[0] = len(log_train) - 1
-        for mode in modes:  # σ's where the method takes them for this config, else timesteps
-            start = (
-                np.round(ts)
-                if mode == "timesteps"
-                else np.interp(ts, np.arange(len(log_train)), log_train)
-            )
-            grid = Grid(mode, start, log_train)
-            try:
-                scheduler.program(None, **grid.init_options(start))
-            except ValueError:
-                continue
-            if scheduler.noise_levels(num_steps)[1] < 1.0:
-                raise ValueError(
-                    f"tune takes loops that end at σ = 0; {type(scheduler).__name__} with "
-                    "these options ends above it (final_sigmas_type='zero' where the method "
-                    "has it)"
-                )
-            return grid
-        raise TypeError(
-            f"{type(scheduler).__name__} with these options takes no custom grid (init has "
-            "neither sigmas= nor timesteps= for it): it cannot be tuned"
-        )
-
-    def init_options(self, levels: np.ndarray) -> dict[str, list]:
-        if self.mode == "timesteps":
-            return {"timesteps": [int(t) for t in levels]}
-        return {"sigmas": [*np.exp(levels).tolist(), 0.0]}
-
-    def valid(self, levels: np.ndarray) -> bool:
-        """Strictly decreasing, first at the top, last at or above the lowest training
-        level (integers apart in timesteps mode)."""
-        gaps = -np.diff(levels)
-        if levels[0] != self.start[0]:
-            return False
-        if self.mode == "timesteps":
-            return bool(np.all(gaps >= 1) and levels[-1] >= 0)
-        return bool(np.all(gaps > 1e-4) and levels[-1] >= self.log_train[0])
-
-    def snap(self, log_sigmas: np.ndarray) -> np.ndarray | None:
-        """Levels given in log σ, in this grid's coordinates (None if not valid there)."""
-        levels = np.asarray(log_sigmas, dtype=np.float64).copy()
-        levels[0] = self.log_train[-1]
-        if self.mode == "timesteps":
-            levels = np.round(sigma_schedules.sigma_to_t(np.exp(levels), self.log_train))
-            levels[0] = len(self.log_train) - 1
-        return levels if self.valid(levels) else None
-
-
-def _check_tunable(scheduler: Scheduler) -> None:
-    name = type(scheduler).__name__
-    if not isinstance(scheduler, Scheduler) or not getattr(scheduler, "TRAINING_TIMESTEPS", True):
-        raise TypeError(f"tune needs a scheduler of a discrete-time model, got: {name}")
-    if not scheduler.deterministic:
-        raise ValueError(
-            f"tune needs a deterministic scheduler (it fits the probability-flow ODE), got {name} "
-            "with stochastic options"
-        )
-    if getattr(scheduler, "use_flow_sigmas", False) or scheduler.prediction_type == "flow":
-        raise ValueError(
-            f"tune does not take rectified-flow grids yet, got {name} with flow levels"
-        )
-
-
 # -- the reference trajectory ---------------------------------------------------------------
 
 
@@ -411,11 +326,6 @@ def reference_trajectory(
 
 
 # -- rectified flows ------------------------------------------------------------------------
-
-
-def is_flow(scheduler: Scheduler) -> bool:
-    """Whether the scheduler samples a rectified-flow model, x = (1 - σ) x_0 + σ ε."""
-    return scheduler.prediction_type == "flow" or bool(getattr(scheduler, "use_flow_sigmas", False))
 
 
 class FlowGrid(NamedTuple):

@@ -115,7 +115,7 @@ class _Loop:
         _, self.timesteps = scheduler.init(num_steps, like, **grid)
         self.init_scale = scheduler.init_noise_scale(num_steps, **grid)
         self.calls = 0
-        from .tuning import is_flow
+        from .grids import is_flow
 
         ts = np.asarray(tab.timesteps, dtype=np.float64)
         if is_flow(scheduler):  # x = (1 - σ) x_0 + σ ε at t = σ T: λ = log((1 - σ) / σ)

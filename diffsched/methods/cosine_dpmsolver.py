@@ -56,7 +56,6 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
 
     DIFFUSERS_CLASS = "CosineDPMSolverMultistepScheduler"
     FAMILY = families.SOLVERS
-    CLI_NAME = "cosine-dpm++2m-sde"
     PREDICTION_TYPES = EDMEuler.PREDICTION_TYPES
     ORDER = 2
     TRAINING_TIMESTEPS = False  # (2/π) arctan σ

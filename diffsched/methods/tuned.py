@@ -63,9 +63,15 @@ def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | No
 
 @functools.lru_cache(maxsize=64)
 def _base_from_json(text: str) -> BaseScheduler:
-    from ..interop.config import from_config
+    from ..core.config import build
+    from . import CLASSES  # the registry (this package's, read when the base is needed)
 
-    return from_config(json.loads(text))
+    config = json.loads(text)
+    classes = {cls.config_class_name(): cls for cls in CLASSES}
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if name not in classes:
+        raise ValueError(f"Tuned: unknown base scheduler class {name!r}")
+    return build(classes[name], config, {}, strict=True)
 
 
 def base_json(base: Any) -> str:
