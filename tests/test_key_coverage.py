@@ -90,6 +90,12 @@ PARTNER = {  # values that need another key to be valid in diffusers too
     },
 }
 REFUSED_IN_CLASS = {
+    ("DPMSolverSDEScheduler", "prediction_type", "sample"): (
+        "diffusers' step raises NotImplementedError for it"
+    ),
+    ("CosineDPMSolverMultistepScheduler", "prediction_type", "sample"): (
+        "diffusers' step raises ValueError for it (epsilon and v_prediction only)"
+    ),
     ("DPMSolverMultistepInverseScheduler", "algorithm_type", "sde-dpmsolver"): (
         "a negative noise variance from data to noise (diffusers returns NaN)"
     ),
