@@ -365,6 +365,30 @@ class DiffusersScheduler:
         return float(program.init_noise_scale * program.input_scale[0])
 
     @property
+    def alphas_cumprod(self) -> Any:
+        """ᾱ_t of the training steps as a float32 tensor, as diffusers' schedulers expose it
+        (DiffEdit with ``num_reg_steps > 0`` and LEDITS++ read it); an AttributeError for
+        a method without a training schedule (EDM, flow matching)."""
+        import torch
+
+        acp = getattr(self.wrapped, "alphas_cumprod", None)
+        if acp is None:
+            raise AttributeError(
+                f"{type(self.wrapped).__name__} has no training schedule (alphas_cumprod)"
+            )
+        return torch.as_tensor(np.asarray(acp, dtype=np.float32))
+
+    @property
+    def betas(self) -> Any:
+        """β_t of the training steps as a float32 tensor (diffusers' ``betas``)."""
+        import torch
+
+        betas = getattr(self.wrapped, "betas", None)
+        if betas is None:
+            raise AttributeError(f"{type(self.wrapped).__name__} has no training betas")
+        return torch.as_tensor(np.asarray(betas, dtype=np.float32))
+
+    @property
     def step_index(self) -> int | None:
         """The index of the next model call (None before the first)."""
         return self._step_index

@@ -775,3 +775,17 @@ def test_adapter_pickles():
     assert isinstance(back, DiffusersScheduler) and back.wrapped == adapter.wrapped
     assert type(back).__name__ == "DDIMScheduler"
     assert torch.equal(back.timesteps, adapter.timesteps)
+
+
+@pytest.mark.parametrize("name", ["DDIM", "DPMSolverMultistep", "Euler", "UniPC"])
+def test_the_adapter_exposes_the_training_schedule(name):
+    """Pipelines read ``scheduler.alphas_cumprod`` (DiffEdit with num_reg_steps > 0,
+    LEDITS++): the adapter gives diffusers' float32 table."""
+    ours = sd_scheduler(name)
+    theirs = diffusers_twin(ours)
+    adapter = DiffusersScheduler(ours)
+    assert adapter.alphas_cumprod.dtype == torch.float32
+    torch.testing.assert_close(adapter.alphas_cumprod, theirs.alphas_cumprod, rtol=2e-6, atol=0)
+    torch.testing.assert_close(adapter.betas, theirs.betas, rtol=2e-6, atol=0)
+    with pytest.raises(AttributeError, match="no training schedule"):
+        _ = DiffusersScheduler(ds.FlowMatchEuler()).alphas_cumprod
