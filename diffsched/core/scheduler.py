@@ -173,10 +173,7 @@ class BaseScheduler:
         With a custom grid (``sigmas=`` of N + 1 levels or ``timesteps=`` of N points),
         ``num_steps`` may be None; otherwise it must agree with the grid.
         """
-        custom = init_options.get("sigmas")
-        count = None if custom is None else len(custom) - 1
-        if init_options.get("timesteps") is not None:
-            count = len(init_options["timesteps"])
+        count = self.custom_steps(init_options)
         if num_steps is None and count is not None:
             num_steps = count
         num_steps = ops.check_num_steps(num_steps)
@@ -191,6 +188,17 @@ class BaseScheduler:
             if "unhashable" not in str(err):
                 raise
             return self._compile(num_steps, init_options)
+
+    def custom_steps(self, init_options: dict) -> int | None:
+        """The N a custom grid of ``init_options`` gives (None without one): ``sigmas=``
+        holds N + 1 levels (the final one included), ``timesteps=`` N points. Methods whose
+        grids count otherwise (diffusers' flow classes: one level per call) override it."""
+        count = None
+        if init_options.get("sigmas") is not None:
+            count = len(np.asarray(init_options["sigmas"]).reshape(-1)) - 1
+        if init_options.get("timesteps") is not None:
+            count = len(np.asarray(init_options["timesteps"]).reshape(-1))
+        return count
 
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
         ops.check_num_steps(num_steps)

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core import ops, predictions
-from ..core.engine import OUTPUT, SAMPLE, Program, Tableau
+from ..core import predictions
+from ..core.engine import OUTPUT, SAMPLE, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, cached_program, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document
 from ..schedules import shifts
 from ._img2img import restarted
 from .flow_match import first_flow_call
@@ -94,27 +94,12 @@ class FlowMapEuler(BaseScheduler):
         sig = shifts.shift(base, self.shift) if self.shift != 1.0 else base
         return np.append(sig, 0.0)
 
-    def program(self, num_steps: int | None, **init_options: Any) -> Program:
-        """The compiled tableau of an N-step loop; with custom ``sigmas=`` / ``timesteps=``
-        (N values, one per call), ``num_steps`` is N or None."""
+    def custom_steps(self, init_options: dict) -> int | None:
+        """Custom ``sigmas=`` / ``timesteps=`` hold N values, one per call."""
         for name in ("sigmas", "timesteps"):
-            custom = init_options.get(name)
-            if custom is None:
-                continue
-            count = len(np.asarray(custom).reshape(-1))
-            if num_steps is not None and num_steps != count:
-                raise ValueError(
-                    f"num_steps={num_steps} disagrees with {name}=, which lists {count} "
-                    "levels (pass num_steps=None)"
-                )
-            num_steps = count
-        num_steps = ops.check_num_steps(num_steps)
-        try:
-            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
-        except TypeError as err:
-            if "unhashable" not in str(err):
-                raise
-            return self._compile(num_steps, init_options)
+            if init_options.get(name) is not None:
+                return len(np.asarray(init_options[name]).reshape(-1))
+        return None
 
     def r_timesteps(self, num_steps: int | None, **init_options: Any) -> np.ndarray:
         """The target time r of each call (the model's second time input): the next call's

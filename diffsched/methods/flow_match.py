@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core import families, ops, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Program, Tableau
+from ..core import families, predictions
+from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
     MAX_TRAIN_STEPS,
@@ -64,7 +64,6 @@ from ..core.scheduler import (
     BrownianNoise,
     Churn,
     SigmaGrid,
-    cached_program,
     document,
 )
 from ..schedules import comfy, shifts
@@ -233,13 +232,10 @@ class _FlowMatchBase(BaseScheduler):
 
     # -- the contract ----------------------------------------------------------------------
 
-    def program(self, num_steps: int | None, **init_options: Any) -> Program:
-        """The compiled tableau of an N-step loop (cached per config and options).
-
-        Custom ``sigmas=`` are diffusers' flow-matching ones: N levels, one per model call,
-        without the final 0 (unlike the N + 1 levels ``sigmas=`` means for ``Euler``), so
-        ``num_steps`` is N or None, as with ``timesteps=``.
-        """
+    def custom_steps(self, init_options: dict) -> int | None:
+        """Custom ``sigmas=`` are diffusers' flow-matching ones: N levels, one per model
+        call, without the final 0 (unlike the N + 1 levels ``sigmas=`` means for ``Euler``),
+        as ``timesteps=``; given both, they must agree."""
         counts = {
             name: len(np.asarray(init_options[name]).reshape(-1))
             for name in ("sigmas", "timesteps")
@@ -250,22 +246,7 @@ class _FlowMatchBase(BaseScheduler):
                 f"sigmas= and timesteps= must have the same length (one per model call), "
                 f"got {counts['sigmas']} and {counts['timesteps']}"
             )
-        if counts:
-            count = next(iter(counts.values()))
-            if num_steps is None:
-                num_steps = count
-            elif num_steps != count:
-                raise ValueError(
-                    f"num_steps={num_steps} disagrees with the custom grid, which gives {count} "
-                    "steps (pass num_steps=None)"
-                )
-        num_steps = ops.check_num_steps(num_steps)
-        try:
-            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
-        except TypeError as err:
-            if "unhashable" not in str(err):
-                raise
-            return self._compile(num_steps, init_options)
+        return next(iter(counts.values()), None)
 
     def _bad_call(self, program_tableau: Tableau, n: int) -> str:
         t = program_tableau.timesteps[n]

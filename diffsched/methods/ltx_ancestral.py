@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core import ops, predictions
-from ..core.engine import SAMPLE, X0, Program, Tableau
+from ..core import predictions
+from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
     MAX_TRAIN_STEPS,
     BaseScheduler,
     BrownianNoise,
-    cached_program,
     document,
 )
 from ._img2img import restarted
@@ -113,25 +112,11 @@ class LTXEulerAncestralRF(BrownianNoise, BaseScheduler):
         # every level is a call (diffusers' timesteps): the last one's step is the identity
         return ts, np.append(sig.astype(np.float64), sig[-1])
 
-    def program(self, num_steps: int | None, **init_options: Any) -> Program:
-        """The compiled tableau of an N-step loop; with custom ``sigmas=`` (N + 1 levels,
-        the terminal one included) ``num_steps`` is N or None."""
+    def custom_steps(self, init_options: dict) -> int | None:
+        """Custom ``sigmas=`` (or its alias ``timesteps=``): N + 1 levels, the terminal one
+        included."""
         custom = init_options.get("sigmas", init_options.get("timesteps"))
-        if custom is not None:
-            count = len(np.asarray(custom).reshape(-1)) - 1
-            if num_steps is not None and num_steps != count:
-                raise ValueError(
-                    f"num_steps={num_steps} disagrees with the custom grid, which gives "
-                    f"{count} steps (pass num_steps=None)"
-                )
-            num_steps = count
-        num_steps = ops.check_num_steps(num_steps)
-        try:
-            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
-        except TypeError as err:
-            if "unhashable" not in str(err):
-                raise
-            return self._compile(num_steps, init_options)
+        return None if custom is None else len(np.asarray(custom).reshape(-1)) - 1
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels of (1)."""

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core import ops
-from ..core.engine import SAMPLE, X0, Program, Tableau
+from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
-from ..core.scheduler import BaseScheduler, cached_program, document
+from ..core.scheduler import BaseScheduler, document
 from ..schedules import shifts
 from ._img2img import restarted
 from .edm_dpmsolver import float32_linspace
@@ -100,30 +99,16 @@ class MiniMaxH3(BaseScheduler):
         keep = np.append(True, sig[1:] != sig[:-1])  # torch.unique_consecutive
         return sig[keep].astype(np.float64)
 
-    def program(self, num_steps: int | None, **init_options: Any) -> Program:
-        """The compiled tableau of a loop over ``num_steps`` grid points (or custom
-        ``sigmas=``, whose length is then the number of points)."""
+    def custom_steps(self, init_options: dict) -> int | None:
+        """Custom ``sigmas=`` (no ``timesteps=``): its length is the number of grid points,
+        which is ``num_steps`` here (diffusers' ``num_inference_steps``)."""
         if "timesteps" in init_options:
             raise TypeError(
                 "MiniMaxH3.init takes no timesteps= (its custom grid is sigmas=, as diffusers' "
                 "set_timesteps takes it)"
             )
         custom = init_options.get("sigmas")
-        if custom is not None:
-            count = len(np.asarray(custom).reshape(-1))
-            if num_steps is not None and num_steps != count:
-                raise ValueError(
-                    f"num_steps={num_steps} disagrees with sigmas=, which lists {count} grid "
-                    "points (pass num_steps=None)"
-                )
-            num_steps = count
-        num_steps = ops.check_num_steps(num_steps)
-        try:
-            return cached_program(self, num_steps, tuple(sorted(init_options.items())))
-        except TypeError as err:
-            if "unhashable" not in str(err):
-                raise
-            return self._compile(num_steps, init_options)
+        return None if custom is None else len(np.asarray(custom).reshape(-1))
 
     def noise_levels(
         self, num_steps: int, sigmas: Any = None, strength: float = 1.0
