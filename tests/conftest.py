@@ -32,6 +32,22 @@ def model():
     return oracle.linear_tanh_model()
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its records to the controller (whose summary
+    prints them)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["max_rel"] = [[label, name, value] for (label, name), value
+                                   in oracle.MAX_REL.items()]  # fmt: skip
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller merges each worker's records (pytest-xdist)."""
+    for label, name, value in getattr(node, "workeroutput", {}).get("max_rel", []):
+        oracle.record(label, name, value)
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line per comparison kind, e.g. ``PARITY max rel diff: DDIM 3e-15 PNDM ...``."""
     if not oracle.MAX_REL:

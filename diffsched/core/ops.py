@@ -21,15 +21,18 @@ import numpy as np
 Array = Any
 
 
-_NAMESPACES: dict[tuple[type, ...], Any] = {}
+# array type -> its namespace (NumPy and PyTorch types; JAX's cover tracers: not cached).
+# Keyed by single types, filled when a type is first seen eagerly (init): a lookup under
+# torch.compile then never inserts, so dynamo's guard on the dict's size holds
+_NAMESPACES: dict[type, Any] = {}
 
 
 def namespace(*arrays: Array):
     """The array-API namespace of ``arrays`` (all from one library)."""
+    found = [_NAMESPACES.get(type(a)) for a in arrays]
+    if found and found[0] is not None and all(xp is found[0] for xp in found):
+        return found[0]
     types = tuple(type(a) for a in arrays)
-    xp = _NAMESPACES.get(types)
-    if xp is not None:
-        return xp
     try:
         xp = array_api_compat.array_namespace(*arrays)
     except TypeError as err:
@@ -37,8 +40,9 @@ def namespace(*arrays: Array):
         raise TypeError(
             f"expected NumPy, PyTorch or JAX arrays (all of one library), got: {kinds}"
         ) from err
-    if all(t.__module__.split(".")[0] in ("numpy", "torch") for t in types):
-        _NAMESPACES[types] = xp  # JAX array types also cover tracers: not cached
+    for t in types:
+        if t.__module__.split(".")[0] in ("numpy", "torch"):
+            _NAMESPACES[t] = xp
     return xp
 
 
