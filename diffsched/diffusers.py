@@ -160,15 +160,9 @@ class FrozenConfig(dict):
     clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
 
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
-        **kwargs: Any,
-    ) -> DiffusersScheduler:  # fmt: skip
-        """The adapter of the ``scheduler_config.json`` in a folder (or its ``subfolder``),
-        as diffusers' loader calls it for a scheduler diffusers has no class for; other
-        keywords of the loader are ignored."""
-        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        return DiffusersScheduler(_from_config(folder))
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> DiffusersScheduler:
+        """:meth:`DiffusersScheduler.from_pretrained` (diffusers' loader may call it here)."""
+        return DiffusersScheduler.from_pretrained(*args, **kwargs)
 
     def __reduce__(self):
         return (FrozenConfig, (dict(self),))
