@@ -8,6 +8,9 @@
   reconstruction error.
 * ``diffsched bench``: that error for several schedulers and step counts, as a markdown
   table and a log-log plot; ``--against diffusers`` runs the same configs through diffusers.
+  ``bench --stochastic`` measures the stochastic samplers (and any deterministic one) by the
+  distance between their samples' moments and the exact data moments, beside the
+  Monte-Carlo floor of exact data samples.
 * ``diffsched tune``: the grid of N steps closest to the exact solution, measured on
   held-out noise.
 * ``diffsched list``: the schedulers and their options, with defaults, and the commands
@@ -41,6 +44,7 @@ from .core.scheduler import Scheduler
 from .exact import models, reference
 from .exact.threads import small_matrices
 from .interop.config import from_config
+from .methods._comfy import ComfySampler
 from .sampling import sample
 from .tuning import relative_error
 
@@ -122,11 +126,33 @@ def build_scheduler(
 
 def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
     """``name[:key=value,key=value]``, e.g. ``pndm:reduce_warmup=true``: (label, scheduler,
-    the options given). Commas inside brackets belong to a list value."""
+    the options given). Commas inside brackets belong to a list value. ``comfy-SAMPLER``
+    is ComfyUI's KSampler sampler by name (:func:`diffsched.from_comfy`; the options
+    ``scheduler`` and ``model`` pick its scheduler and model sampling, default normal and
+    eps), e.g. ``comfy-dpmpp_2m_sde:scheduler=karras``."""
     name, _, rest = spec.partition(":")
     pairs = [p for p in re.split(r",(?![^\[]*\])", rest) if p.strip()]
     options = parse_options(pairs)
+    if name.strip().lower().startswith(COMFY_PREFIX):
+        return spec, build_comfy(name.strip()[len(COMFY_PREFIX) :], options, spec), options
     return spec, build_scheduler(name, options, flag=f"--schedulers {spec}"), options
+
+
+COMFY_PREFIX = "comfy-"
+
+
+def build_comfy(sampler_name: str, options: dict[str, Any], spec: str) -> Scheduler:
+    """ComfyUI's KSampler ``sampler_name`` (``ds.from_comfy``) with ``options``; a bad name
+    or option is a UsageError naming the spec."""
+    from .comfy import from_comfy
+
+    options = dict(options)
+    scheduler_name = options.pop("scheduler", "normal")
+    model = options.pop("model", "eps")
+    try:
+        return from_comfy(sampler_name, scheduler_name, model=model, **options)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        raise UsageError(f"--schedulers {spec}: {err}") from None
 
 
 def adapt_to_model(
@@ -282,6 +308,8 @@ def exact_model(scheduler: Scheduler, model_name: str):
     the training steps of its betas, EDM's network F, iPNDM's continuous-time v model, or
     the rectified-flow form (t = σ T)."""
     kwargs = model_kwargs(model_name)
+    if isinstance(scheduler, ComfySampler):
+        return comfy_exact_model(scheduler, model_name)
     if is_flow(scheduler):
         return models.make_flow_model(model_name, scheduler.num_train_steps, **kwargs)
     if is_edm(scheduler):
@@ -296,6 +324,30 @@ def exact_model(scheduler: Scheduler, model_name: str):
         )
     return models.make_model(model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
                              **kwargs)  # fmt: skip
+
+
+# ComfyUI's discrete model samplings and the exact models' names for their outputs
+COMFY_PREDICTIONS = {"eps": "noise", "v": "angular_velocity", "x0": "sample"}
+
+
+def comfy_exact_model(scheduler: ComfySampler, model_name: str):
+    """The exact network a ComfyUI sampler calls: on a discrete model sampling (eps, v,
+    x0) the denoiser at ᾱ_t = 1/(1 + σ_t²) of its σ table, called on x / sqrt(σ² + 1) at
+    the table index ComfyUI gives σ (the nearest in log σ, as ComfyUI calls its network:
+    between table entries the σ the sample holds and the index's differ by at most half a
+    table step); on a flow model sampling the rectified-flow model at t = σ · multiplier."""
+    kwargs = model_kwargs(model_name)
+    ms = scheduler.model_sampling
+    if ms.kind in COMFY_PREDICTIONS:
+        alphas_cumprod = 1.0 / (1.0 + ms.sigmas.astype(np.float64) ** 2)
+        return models.make_model(model_name, alphas_cumprod, COMFY_PREDICTIONS[ms.kind],
+                                 **kwargs)  # fmt: skip
+    if ms.kind == "flow" and float(ms.multiplier).is_integer() and ms.multiplier >= 1:
+        return models.make_flow_model(model_name, int(ms.multiplier), **kwargs)
+    raise UsageError(
+        f"{type(scheduler).__name__} on ComfyUI's {ms.kind!r} model sampling: the exact models "
+        "take eps, v, x0 and flow (an integer multiplier) only"
+    )
 
 
 def exact_solution(
@@ -895,10 +947,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_STEPS = (5, 10, 20, 50)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    check_at_least([("--num-samples", args.num_samples, 1), ("--steps", args.steps, 1),
-                    ("--calibration", args.calibration, 1), ("--seed", args.seed, 0)])  # fmt: skip
+    check_at_least([("--calibration", args.calibration, 1), ("--seed", args.seed, 0)])
     out = check_out(args.out)
+    if args.stochastic:
+        return cmd_bench_stochastic(args, out)
+    if args.calls is not None:
+        raise UsageError("--calls is for --stochastic (the ODE bench takes --steps)")
+    args.schedulers = args.schedulers or list(DEFAULT_BENCH)
+    args.steps = args.steps or list(DEFAULT_STEPS)
+    args.model = args.model or ["digits", "gmm"]
+    args.num_samples = 32 if args.num_samples is None else args.num_samples
+    check_at_least([("--num-samples", args.num_samples, 1), ("--steps", args.steps, 1)])
     if args.against is not None:
         try:
             import diffusers  # noqa: F401
@@ -931,6 +994,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     notes = sorted({f"{r['scheduler']}: {r['note']}" for r in rows if r["note"]})
     for note in notes:
         print(f"n/a: {note}")
+    if any(r["error"] is None and "stochastic" in r["note"] for r in rows):
+        print("(bench --stochastic measures stochastic samplers by their samples' moments)")
     if not any(r["error"] for r in rows):
         print(f"no plot: every row is n/a ({out} not written)")
         return 0
@@ -980,6 +1045,218 @@ OURS_CANDIDATES = tuple(
 TUNED = (f"ipndm-v:{BEST_SD}", f"unipc:{BEST_SD}", f"unipc:{BEST_SD},solver_order=3",
          f"dpm++2m:{BEST_SD}")  # fmt: skip
 BEST_BUDGETS = (5, 6, 8, 10, 15, 20)
+
+
+# -- bench --stochastic: sample moments against the exact data moments ----------------------
+#
+# A stochastic sampler does not follow the probability-flow ODE, so no per-sample reference
+# exists; what it should get right is the distribution. The exact models' data moments are
+# known in closed form (the mixture's, or the empirical data's), so each row samples a batch
+# and measures
+#
+#     mean error = |m̂ - m| / sqrt(tr Σ),    covariance error = ||Σ̂ - Σ||_F / ||Σ||_F,
+#
+# m̂, Σ̂ the batch's sample mean and (unbiased) covariance, m, Σ the data's. Both are zero
+# only in the limit of infinite batches: the Monte-Carlo floor is the same two distances for
+# batches of exact data samples of the same size (their average and 95th percentile over
+# FLOOR_BATCHES batches), so a row at or below the floor's 95th percentile is as close as
+# exact sampling would be at this batch size, and a row above it is a bias the batch
+# resolves. The loop starts from the scheduler's own noise (N(0, init_noise_scale²), not the
+# exact marginal at its first level): that mismatch, small where ᾱ at the first level is
+# small, is part of what a row measures. Deterministic methods are measured the same way.
+
+# SD1.5's training schedule for every row, as ComfyUI's default model sampling has it
+DEFAULT_STOCHASTIC = (
+    f"ddpm:{BEST_SD}",
+    f"ddim:{BEST_SD},eta=1.0",
+    f"euler-a:{BEST_SD}",
+    f"dpm2-a:{BEST_SD}",
+    f"dpmpp-sde:{BEST_SD}",
+    f"dpm++2m:{BEST_SD},algorithm_type=sde-dpmsolver++",
+    f"sa-solver:{BEST_SD}",
+    "comfy-dpmpp_2m_sde:scheduler=karras",
+    "comfy-dpmpp_3m_sde:scheduler=karras",
+    "comfy-er_sde",
+    "comfy-res_multistep_ancestral",
+    "comfy-seeds_2",
+    f"ddim:{BEST_SD}",
+    f"dpm++2m:{BEST_SD}",
+)  # fmt: skip
+DEFAULT_CALLS = (5, 10, 20, 50, 200)
+STOCHASTIC_SAMPLES = 8192  # samples per row: a floor of about 1% (it falls as 1/sqrt(n))
+FLOOR_BATCHES = 256
+FLOOR_SEED = 2000  # the exact data batches of the floor: seed + this
+
+
+def data_moments(model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The exact data's mean (d,) and covariance (d, d) of the named model."""
+    return models.make_denoiser(model_name, **model_kwargs(model_name)).moments()
+
+
+def moment_distance(samples: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[float, float]:
+    """(|m̂ - m| / sqrt(tr Σ), ||Σ̂ - Σ||_F / ||Σ||_F) of a batch (B, ...) against the data's
+    mean m and covariance Σ; Σ̂ is the unbiased sample covariance (B >= 2)."""
+    x = np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1)
+    if x.shape[0] < 2:
+        raise ValueError(f"samples must hold at least 2 samples, got {x.shape[0]}")
+    m_hat = x.mean(axis=0)
+    centred = x - m_hat
+    cov_hat = centred.T @ centred / (x.shape[0] - 1)
+    mean_err = float(np.linalg.norm(m_hat - mean) / math.sqrt(np.trace(cov)))
+    return mean_err, float(np.linalg.norm(cov_hat - cov) / np.linalg.norm(cov))
+
+
+def moment_floor(model_name: str, num_samples: int, seed: int,
+                 batches: int = FLOOR_BATCHES) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """The Monte-Carlo floor: the (mean, covariance) distances of ``batches`` batches of
+    ``num_samples`` exact data samples, their average ("average") and 95th percentile
+    ("p95")."""
+    denoiser = models.make_denoiser(model_name, **model_kwargs(model_name))
+    mean, cov = denoiser.moments()
+    rng = np.random.default_rng(seed + FLOOR_SEED)
+    found = np.array([moment_distance(denoiser.sample(num_samples, rng), mean, cov)
+                      for _ in range(batches)])  # fmt: skip
+    return {"average": tuple(found.mean(axis=0)), "p95": tuple(np.percentile(found, 95, axis=0))}
+
+
+def steps_within(scheduler: Scheduler, budget: int) -> int | None:
+    """The most steps whose model calls fit ``budget`` (None: not even one step does)."""
+    for n in range(budget, 0, -1):
+        if _calls(scheduler, n) <= budget:
+            return n
+    return None
+
+
+def stochastic_rows(
+    specs: Sequence[str],
+    budgets: Sequence[int],
+    model_names: Sequence[str],
+    num_samples: int,
+    seed: int,
+) -> tuple[list[dict], dict[str, dict]]:
+    """One row per (model, scheduler, model-call budget): the steps that fit, their calls,
+    and the moment distances of the batch sampled from noise of ``seed`` (the stochastic
+    draws keyed by ``seed``); and per model the Monte-Carlo floor."""
+    rows, floors = [], {}
+    bar = _bar(len(model_names) * len(specs) * len(budgets), "bench --stochastic rows")
+    for model_name in model_names:
+        mean, cov = data_moments(model_name)
+        floors[model_name] = moment_floor(model_name, num_samples, seed)
+        noise = make_noise(model_name, num_samples, seed)
+        for spec in specs:
+            label, scheduler, options = parse_spec(spec)
+            scheduler, _ = adapt_to_model(scheduler, model_name, options)
+            for budget in budgets:
+                bar.set_postfix_str(f"{model_name} {label} {budget}", refresh=False)
+                bar.update()
+                row = {"model": model_name, "scheduler": label, "budget": budget,
+                       "steps": steps_within(scheduler, budget), "calls": None,
+                       "mean_error": None, "cov_error": None, "note": ""}  # fmt: skip
+                if row["steps"] is None:
+                    row["note"] = f"no step fits in {budget} model calls"
+                else:
+                    result = run(scheduler, model_name, row["steps"], noise, seed=seed,
+                                 with_exact=False)  # fmt: skip
+                    row["calls"] = result.model_calls
+                    row["mean_error"], row["cov_error"] = moment_distance(result.samples,
+                                                                          mean, cov)  # fmt: skip
+                rows.append(row)
+    bar.close()
+    return rows, floors
+
+
+def format_moments(rows: list[dict], floors: dict[str, dict], num_samples: int) -> str:
+    """The ``bench --stochastic`` table: per model the floor's two rows, then one row per
+    scheduler and budget; "within floor" says whether both distances are at or below the
+    floor's 95th percentile."""
+    lines = ["| model | scheduler | budget | steps | model calls | mean error | cov. error "
+             "| within floor |", "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for model_name, floor in floors.items():
+        for key, what in (("average", "average"), ("p95", "95th percentile")):
+            m, c = floor[key]
+            lines.append(f"| {model_name} | floor: exact data, {what} of {FLOOR_BATCHES} "
+                         f"batches | - | - | - | {m:.2e} | {c:.2e} | - |")  # fmt: skip
+        for r in rows:
+            if r["model"] != model_name:
+                continue
+            if r["steps"] is None:
+                cells = "n/a | n/a | n/a | n/a | n/a"
+            else:
+                p95 = floor["p95"]
+                within = r["mean_error"] <= p95[0] and r["cov_error"] <= p95[1]
+                cells = (f"{r['steps']} | {r['calls']} | {r['mean_error']:.2e} | "
+                         f"{r['cov_error']:.2e} | {'yes' if within else 'no'}")  # fmt: skip
+            lines.append(f"| {model_name} | {_short(r['scheduler'])} | {r['budget']} | {cells} |")
+    lines.append("")
+    lines.append(f"{num_samples} samples per row. mean error = |m̂ - m| / sqrt(tr Σ), cov. "
+                 "error = ||Σ̂ - Σ||_F / ||Σ||_F against the exact data moments; the floor is "
+                 f"the same for {num_samples} exact data samples (what a perfect sampler "
+                 "gets); SD1.5's betas where the spec says none.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
+    """Covariance error against model calls, log-log, one panel per model, one line per
+    scheduler; the floor's average (dashed) and 95th percentile (dotted) in grey."""
+    plt = _pyplot()
+    model_names = list(floors)
+    labels = list(dict.fromkeys(r["scheduler"] for r in rows))
+    fig, axes = plt.subplots(1, len(model_names), figsize=(6 * len(model_names), 4.6),
+                             squeeze=False)  # fmt: skip
+    cmap = plt.get_cmap("tab20")
+    handles = {}
+    for ax, model_name in zip(axes[0], model_names, strict=True):
+        for k, label in enumerate(labels):
+            pts = [r for r in rows if r["model"] == model_name and r["scheduler"] == label
+                   and r["cov_error"] is not None]  # fmt: skip
+            if not pts:
+                continue
+            (line,) = ax.loglog([r["calls"] for r in pts], [r["cov_error"] for r in pts], "-",
+                                marker="os^vD<>ph*"[k % 10], ms=4,
+                                color=cmap(k % 20))  # fmt: skip
+            handles[_short(label)] = line
+        floor = floors[model_name]
+        avg = ax.axhline(floor["average"][1], color="0.4", ls="--", lw=1)
+        p95 = ax.axhline(floor["p95"][1], color="0.4", ls=":", lw=1)
+        handles["floor (exact data): average"] = avg
+        handles["floor: 95th percentile"] = p95
+        ax.set_xlabel("model calls")
+        ax.set_ylabel("||Σ̂ - Σ||_F / ||Σ||_F (sample vs exact data covariance)")
+        ax.set_title(model_name)
+        ax.grid(True, which="major", alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(3, len(handles)), fontsize=7, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05 * math.ceil(len(handles) / 3), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_bench_stochastic(args: argparse.Namespace, out: Path) -> int:
+    """``bench --stochastic``: every spec checked, then the rows, the table, the plot."""
+    for flag, value in (("--against", args.against), ("--best", args.best or None),
+                        ("--steps", args.steps)):  # fmt: skip
+        if value is not None:
+            hint = " (give model-call budgets with --calls)" if flag == "--steps" else ""
+            raise UsageError(f"{flag} is not for --stochastic{hint}")
+    specs = args.schedulers or list(DEFAULT_STOCHASTIC)
+    budgets = args.calls or list(DEFAULT_CALLS)
+    model_names = args.model or ["gmm"]
+    num_samples = STOCHASTIC_SAMPLES if args.num_samples is None else args.num_samples
+    check_at_least([("--num-samples", num_samples, 2), ("--calls", budgets, 1)])
+    for spec in specs:
+        _, scheduler, _ = parse_spec(spec)
+        if is_inverse(scheduler):
+            raise UsageError(f"--schedulers {spec}: {inverse_refusal(spec.partition(':')[0])}")
+        if steps_within(scheduler, max(budgets)) is None:
+            raise UsageError(f"--schedulers {spec}: no step count fits in {max(budgets)} model "
+                             "calls")  # fmt: skip
+        for model_name in model_names:
+            exact_model(scheduler, model_name)
+    rows, floors = stochastic_rows(specs, budgets, model_names, num_samples, args.seed)
+    print(format_moments(rows, floors, num_samples))
+    plot_moments(out, rows, floors)
+    print(f"wrote {out}")
+    return 0
 
 
 def _steps_for(scheduler: Scheduler, budget: int) -> int | None:
@@ -1194,12 +1471,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="error against exact solutions over schedulers and steps",
                        formatter_class=fmt)  # fmt: skip
-    b.add_argument("--schedulers", nargs="+", default=list(DEFAULT_BENCH),
-                   help="name[:key=value,...] specs (not the inverse schedulers)")  # fmt: skip
-    b.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50], help="step counts")
-    b.add_argument("--model", nargs="+", choices=models.MODEL_NAMES, default=["digits", "gmm"],
-                   help="exact models")  # fmt: skip
-    b.add_argument("--num-samples", type=int, default=32, help="samples per model")
+    b.add_argument("--schedulers", nargs="+", default=None,
+                   help="name[:key=value,...] specs (not the inverse schedulers; comfy-SAMPLER "
+                        "is ComfyUI's sampler, e.g. comfy-dpmpp_2m_sde:scheduler=karras; "
+                        f"default: {' '.join(DEFAULT_BENCH)}; with --stochastic: "
+                        f"{' '.join(_short(s) for s in DEFAULT_STOCHASTIC)}, on SD1.5's "
+                        "betas)")  # fmt: skip
+    b.add_argument(
+        "--steps",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"step counts (default: {' '.join(map(str, DEFAULT_STEPS))})",
+    )
+    b.add_argument(
+        "--model",
+        nargs="+",
+        choices=models.MODEL_NAMES,
+        default=None,
+        help="exact models (default: digits gmm; with --stochastic: gmm)",
+    )
+    b.add_argument("--num-samples", type=int, default=None,
+                   help="samples per model (default: 32; with --stochastic: "
+                        f"{STOCHASTIC_SAMPLES})")  # fmt: skip
+    b.add_argument("--stochastic", action="store_true",
+                   help="measure samplers (stochastic ones by default) by the distance of their "
+                        "samples' mean and covariance to the exact data's, at model-call "
+                        "budgets (--calls), beside the Monte-Carlo floor of exact data "
+                        "samples")  # fmt: skip
+    b.add_argument("--calls", nargs="+", type=int, default=None,
+                   help="--stochastic: model-call budgets; each scheduler runs the most steps "
+                        f"that fit (default: {' '.join(map(str, DEFAULT_CALLS))})")  # fmt: skip
     b.add_argument("--seed", type=int, default=0, help="seed of the start noise")
     b.add_argument("--against", choices=("diffusers",), help="also run diffusers' schedulers")
     b.add_argument("--out", default="diffsched_bench.png",

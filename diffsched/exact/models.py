@@ -272,6 +272,20 @@ class EmpiricalDenoiser:
         weights = _softmax_rows(xp, logits)  # (B, n)
         return xp.reshape(weights @ data, x_t.shape)
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The data's mean (d,) and covariance (d, d), float64: those of the uniform
+        distribution over the rows, (1/n) Σ_i y_i and (1/n) Σ_i (y_i - m)(y_i - m)^T."""
+        mean = self.data.mean(axis=0)
+        centred = self.data - mean
+        return mean, centred.T @ centred / self.data.shape[0]
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` rows drawn uniformly with replacement, float64 array (n, d)."""
+        n = _check_positive_int(n, "n", minimum=0)
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return self.data[rng.integers(0, self.data.shape[0], n)]
+
 
 # ----------------------------------------------------------------------------------------
 # Gaussian mixture
@@ -348,6 +362,17 @@ class GaussianMixture:
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         k = rng.choice(self.n_components, size=n, p=self.weights)
         return self.means[k] + self.stds[k, None] * rng.standard_normal((n, self.dim))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture's mean (dim,) and covariance (dim, dim), float64:
+        m = Σ_k w_k μ_k and Σ = Σ_k w_k (s_k² I + (μ_k - m)(μ_k - m)^T) (the law of total
+        covariance: the mean of the components' covariances plus the covariance of their
+        means)."""
+        mean = self.weights @ self.means
+        centred = self.means - mean
+        cov = (centred.T * self.weights) @ centred
+        cov += float(self.weights @ self.stds**2) * np.eye(self.dim)
+        return mean, cov
 
     def posterior_mean(self, x_t: Array, alpha_bar: Array | float) -> Array:
         """E[x_0 | x_t] in closed form, ``x_t`` of shape (B, *S), prod(S) == dim, 0 <= ᾱ < 1.
