@@ -1201,7 +1201,7 @@ def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
     plt = _pyplot()
     model_names = list(floors)
     labels = list(dict.fromkeys(r["scheduler"] for r in rows))
-    fig, axes = plt.subplots(1, len(model_names), figsize=(6 * len(model_names), 4.6),
+    fig, axes = plt.subplots(1, len(model_names), figsize=(8 * len(model_names), 7),
                              squeeze=False)  # fmt: skip
     cmap = plt.get_cmap("tab20")
     handles = {}
@@ -1220,13 +1220,18 @@ def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
         p95 = ax.axhline(floor["p95"][1], color="0.4", ls=":", lw=1)
         handles["floor (exact data): average"] = avg
         handles["floor: 95th percentile"] = p95
+        ticks = [c for c in (5, 10, 20, 50, 100, 200, 500) if any(
+            r["calls"] is not None and r["calls"] >= c for r in rows)]  # fmt: skip
+        ax.set_xticks(ticks, [str(c) for c in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
         ax.set_xlabel("model calls")
-        ax.set_ylabel("||Σ̂ - Σ||_F / ||Σ||_F (sample vs exact data covariance)")
-        ax.set_title(model_name)
+        ax.set_ylabel("covariance error ||Σ̂ - Σ||_F / ||Σ||_F")
+        ax.set_title(f"{model_name}: sample covariance against the exact data's")
         ax.grid(True, which="major", alpha=0.3)
+    columns = 2 * len(model_names)
     fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(3, len(handles)), fontsize=7, frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.05 * math.ceil(len(handles) / 3), 1, 1))
+               ncol=columns, fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.032 * math.ceil(len(handles) / columns), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
