@@ -360,6 +360,11 @@ def exact_solution(
     if is_flow(scheduler):
         sigma_start, sigma_end = scheduler.noise_levels(num_steps, **init_options)
         return reference.solve_flow_ode(model.denoiser, noise, sigma_start, sigma_end), ""
+    if isinstance(scheduler, ComfySampler) and scheduler.model_sampling.flow:
+        # ComfyUI's flow loop: x = (1 - σ) x_0 + σ ε from σ_0, its result x / (1 - σ_last)
+        sig = scheduler.sigmas(num_steps, **init_options)
+        flow = reference.solve_flow_ode(model.denoiser, noise, float(sig[0]), float(sig[-1]))
+        return flow / (1.0 - float(sig[-1])), ""
     start, end = scheduler.noise_levels(num_steps, **init_options)
     if not 0.0 <= start < 1.0:
         return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 <= ᾱ < 1"

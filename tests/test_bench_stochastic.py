@@ -177,3 +177,17 @@ def test_comfy_exact_model_is_the_denoiser():
     _, flow, _ = cli.parse_spec("comfy-er_sde:model=flow")
     v = cli.exact_model(flow, "gmm")(x, 400.0)
     assert np.allclose(v, (x - models.flow_posterior_mean(GMM, x, 0.4)) / 0.4, rtol=1e-12)
+
+
+def test_comfy_specs_in_the_ode_bench():
+    """comfy-SAMPLER specs run in the ODE bench too: ComfyUI's euler on a flow model is
+    diffsched's flow Euler (the same loop; observed 9e-8 relative between the errors: ComfyUI
+    keeps its σ's in float32), and on the
+    eps model (simple scheduler: the σ's of its table) its error falls with the steps."""
+    rows = cli.bench_rows(["comfy-euler:model=flow", "flow-euler", "comfy-euler:scheduler=simple"],
+                          [5, 40], ["gmm"], 8, 0)  # fmt: skip
+    err = {(r["scheduler"], r["steps"]): r["error"] for r in rows}
+    for n in (5, 40):
+        assert err["comfy-euler:model=flow", n] == pytest.approx(err["flow-euler", n], rel=1e-6)
+    simple = "comfy-euler:scheduler=simple"
+    assert err[simple, 40] < err[simple, 5] / 4  # first order: about 8x (observed 7.1x)
