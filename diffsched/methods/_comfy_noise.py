@@ -219,6 +219,13 @@ class ComfyNoise:
         first model call (churn of the first step)."""
         return 0
 
+    def comfy_initial_noise(self, seed: int, shape: Any, num_steps: int | None, **init_options):
+        """The unit noise a loop equal to ComfyUI's KSampler with ``seed`` starts from (times
+        ``init_noise_scale``, as ``ds.sample`` does), float64: ComfyUI's initial noise
+        (:func:`initial_noise`), combined with its first churn draw where a churn sampler's
+        first step churns."""
+        return initial_noise(seed, shape).double()
+
     def _with_step_columns(self, program, tableau, num_steps, init_options):
         program = super()._with_step_columns(  # type: ignore[misc]
             program, tableau, num_steps, init_options
