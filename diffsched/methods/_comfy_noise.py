@@ -45,6 +45,7 @@ Eager PyTorch on the CPU only: a torch.Generator state cannot be traced, so
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -169,7 +170,11 @@ def brownian_draw(seed: int, lo: float, hi: float, a: float, b: float, shape: tu
     f32 = torch.float32
     lo, hi, a, b = (torch.tensor(float(v), dtype=f32) for v in (lo, hi, a, b))
     first, last, sign = (a, b, 1) if a < b else (b, a, -1)
-    with _TREES_LOCK:
+    with _TREES_LOCK, warnings.catch_warnings():
+        # torchsde compares a float32 query with its ends as Python floats and warns that
+        # σ_lo or σ_hi lies past them: the draw is ComfyUI's all the same (ComfyUI sees the
+        # same warning)
+        warnings.filterwarnings("ignore", message="Should have t[ab]", category=UserWarning)
         w = _tree(seed, lo, hi, shape)(first, last)
     return (w * sign) / (b - a).abs().sqrt()
 
