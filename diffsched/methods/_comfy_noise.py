@@ -92,7 +92,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return out
 
 
-def initial_noise(seed: int, shape: Any):
+def initial_noise(seed: int, shape: Any) -> Any:
     """ComfyUI's initial noise for ``seed`` (``comfy.sample.prepare_noise``): a float32
     torch tensor of ``shape`` on the CPU, bit for bit ComfyUI's. The global torch
     generator is not touched.
@@ -106,7 +106,7 @@ def initial_noise(seed: int, shape: Any):
     return torch.randn(_shape(shape), generator=gen, dtype=torch.float32)
 
 
-def generator_state(seed: int, skip: tuple[int, ...] | None = None):
+def generator_state(seed: int, skip: tuple[int, ...] | None = None) -> Any:
     """The state (uint8 tensor) of a generator seeded with ``seed``, after one float32 draw
     of shape ``skip`` where given (the global generator after the initial noise)."""
     torch = _torch()
@@ -116,7 +116,7 @@ def generator_state(seed: int, skip: tuple[int, ...] | None = None):
     return gen.get_state()
 
 
-def generator_draw(state, shape: tuple[int, ...]):
+def generator_draw(state: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
     """(the next float32 normal of ``shape`` of the stream in ``state``, the stream's state
     after it); ``state`` is not changed."""
     torch = _torch()
@@ -126,13 +126,14 @@ def generator_draw(state, shape: tuple[int, ...]):
     return z, gen.get_state()
 
 
-def seed_bytes(seed: int):
+def seed_bytes(seed: int) -> Any:
     """``seed`` as 8 little-endian bytes (a uint8 tensor): the Brownian stream's state."""
     torch = _torch()
     return torch.tensor(list(int(seed).to_bytes(8, "little")), dtype=torch.uint8)
 
 
-def seed_of(data) -> int:
+def seed_of(data: Any) -> int:
+    """The seed :func:`seed_bytes` wrote."""
     return int.from_bytes(bytes(data.tolist()), "little")
 
 
@@ -163,7 +164,9 @@ def _tree(seed: int, lo, hi, shape: tuple[int, ...]):
     return tree
 
 
-def brownian_draw(seed: int, lo: float, hi: float, a: float, b: float, shape: tuple[int, ...]):
+def brownian_draw(
+    seed: int, lo: float, hi: float, a: float, b: float, shape: tuple[int, ...]
+) -> Any:
     """Eq. 1: the float32 draw ComfyUI's Brownian noise sampler of ``seed`` over [lo, hi]
     makes when asked for (σ, σ') = (a, b)."""
     torch = _torch()
@@ -224,7 +227,9 @@ class ComfyNoise:
         first model call (churn of the first step)."""
         return 0
 
-    def comfy_initial_noise(self, seed: int, shape: Any, num_steps: int | None, **init_options):
+    def comfy_initial_noise(
+        self, seed: int, shape: Any, num_steps: int | None, **init_options: Any
+    ) -> Any:
         """The unit noise a loop equal to ComfyUI's KSampler with ``seed`` starts from (times
         ``init_noise_scale``, as ``ds.sample`` does), float64: ComfyUI's initial noise
         (:func:`initial_noise`), combined with its first churn draw where a churn sampler's
@@ -263,6 +268,8 @@ class ComfyNoise:
         )
 
     def init(self, num_steps, sample_template, key=0, **init_options):
+        """The class's ``init``; with ``noise_stream="comfy"`` ``key`` is ComfyUI's seed
+        (an integer in [0, 2**64)) and the state's ``key`` holds the stream."""
         if self.noise_stream != "comfy":
             return super().init(num_steps, sample_template, key, **init_options)  # type: ignore[misc]
         if type(sample_template).__module__.split(".")[0] != "torch":
@@ -293,6 +300,8 @@ class ComfyNoise:
         return state._replace(key=stream), timesteps
 
     def step(self, state, sample, prediction, *, noise=None, unconditional=None):
+        """The class's ``step``; with ``noise_stream="comfy"`` the call takes ComfyUI's
+        draw (``noise=`` still replaces it; the stream moves on either way)."""
         if self.noise_stream != "comfy":
             return super().step(  # type: ignore[misc]
                 state, sample, prediction, noise=noise, unconditional=unconditional

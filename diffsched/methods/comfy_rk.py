@@ -15,7 +15,10 @@ eq. 4 with s = 1; ComfyUI runs them unchanged on the flow sample):
 and the step starts from (x̂_i, σ̂_i): ComfyUI calls the model there (at σ̂_i's timestep).
 The noise of (2) is drawn by the update that ends step i - 1 (``noise=`` replaces it);
 that of step 0 is part of the initial noise, whose scale becomes sqrt(a² + σ̂_0² - σ_0²)
-(a the scale of ComfyUI's noise_scaling), equal in distribution.
+(a the scale of ComfyUI's noise_scaling), equal in distribution. With
+``noise_stream="comfy"`` the draws are ComfyUI's ``torch.randn_like`` on its global
+generator for the seed, and ``comfy_initial_noise`` folds the first step's draw into the
+initial noise exactly (:mod:`diffsched.methods._comfy_noise`).
 
 Each step from σ̂_i to σ_{i+1}, h = σ_{i+1} - σ̂_i, d_i = d(x̂_i, σ̂_i):
 
@@ -250,7 +253,8 @@ class ComfyHeunPP2(_ChurnSampler):
 
     Three model calls per step (two on the step before the last, one on the last: 3N - 3
     calls). ComfyUI draws a churn normal every step, used only when ``s_churn`` > 0; this
-    class draws only those it uses.
+    class draws only those it uses (with ``noise_stream="comfy"`` its stream moves as
+    ComfyUI's does).
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).

@@ -79,7 +79,11 @@ paper's ER-SDE 5) or ρ^{η + 1} (``reverse_time_sde``: η = 1 is the reverse-ti
 η = 0 the ODE).
 
 ComfyUI draws noise where it multiplies it by 0 (η = 0, the step to σ = 0 of some
-samplers); these classes draw only the normals they use, one per call at most.
+samplers); these classes draw only the normals they use, one per call at most. Each records
+where ComfyUI draws (``add_noise(..., draw=(σ, σ'))``, the pair ComfyUI's noise sampler is
+asked for), so that with ``noise_stream="comfy"`` they draw ComfyUI's own normals for a seed
+(its seeded torch.Generator; torchsde's Brownian tree for dpmpp_sde, dpmpp_2m_sde and
+dpmpp_3m_sde): :mod:`diffsched.methods._comfy_noise`.
 """
 
 from __future__ import annotations
