@@ -8,7 +8,8 @@ Each case is a ComfyUI KSampler run on the oracle's toy model with ComfyUI drawi
 normal itself from the case's seed (its initial noise, its samplers' seeded generator, its
 global generator's churn draws, its Brownian tree): nothing replayed. The fixture keeps the
 final sample of the float64 run (noise drawn in float32 as ComfyUI draws it, then upcast),
-how many draws ComfyUI made and of which kinds, and the toy model of any shape besides the
+how many draws ComfyUI made and of which kinds, for a few cases the float32 run's sample
+(ComfyUI as it runs on a CPU) and its float32 σ list, and the toy model of any shape besides the
 (2, 8) of tests/fixtures/comfy_samplers.json. Deterministic: two runs write the same file.
 """
 
@@ -43,6 +44,19 @@ OPTIONS = {
     "seeds_3": ({"eta": 0.5, "r_1": 0.25, "r_2": 0.6},),
     "sa_solver": ({"eta": 0.5, "sde_start_percent": 0.0, "sde_end_percent": 1.0},),
 }
+# float32 ComfyUI (what it runs on a CPU), from the seed: (sampler, scheduler, steps, model,
+# options, whether our loop takes ComfyUI's float32 σ list: a Brownian path is queried at
+# the float32 σ's, and ComfyUI's float32 karras / exponential lists are not the float64 ones
+# rounded)
+CHECK32 = (
+    ("euler_ancestral", "karras", 8, "eps-sd15", {}, False),
+    ("seeds_3", "exponential", 6, "v-sd15", {}, False),
+    ("er_sde", "simple", 5, "flow-sd3", {}, False),
+    ("heun", "karras", 6, "eps-sd15", {"s_churn": 1.0}, False),
+    ("dpmpp_2m_sde", "karras", 8, "eps-sd15", {}, True),
+    ("dpmpp_3m_sde_gpu", "exponential", 6, "v-sd15", {}, True),
+    ("dpmpp_2m_sde_heun", "simple", 5, "flow-sd3", {}, True),
+)
 CHURN_OPTIONS = (
     {"s_churn": 1.0},  # every step churns, the first one too
     {"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 5.0, "s_noise": 1.1},  # not the first step
@@ -56,10 +70,10 @@ def cases() -> list[dict]:
     out = []
 
     def add(sampler, scheduler, steps, model, options=None, seed=0, denoise=1.0, sigmas=None,
-            shape=SHAPE):  # fmt: skip
+            shape=SHAPE, check32=False, sigmas32=False):  # fmt: skip
         out.append(dict(sampler=sampler, scheduler=scheduler, steps=steps, model=model,
                         options=options or {}, seed=seed, denoise=denoise, sigmas=sigmas,
-                        shape=list(shape)))  # fmt: skip
+                        shape=list(shape), check32=check32, sigmas32=sigmas32))  # fmt: skip
 
     for i, sampler in enumerate(SAMPLERS):
         churns = CHURN_OPTIONS if sampler in CHURN else ({},)
@@ -83,6 +97,9 @@ def cases() -> list[dict]:
         )
         add(sampler, "karras", 6, "eps-sd15", options, SEEDS[(k + 1) % 6], denoise=0.6)
         add(sampler, "sgm_uniform", 5, "eps-sd15", options, SEEDS[(k + 2) % 6], shape=OTHER_SHAPE)
+    for k, (sampler, scheduler, steps, model, options, sigmas32) in enumerate(CHECK32):
+        add(sampler, scheduler, steps, model, options, SEEDS[(k + 4) % 6], check32=True,
+            sigmas32=sigmas32)  # fmt: skip
     return out
 
 
@@ -91,7 +108,7 @@ def toy_params(oracle, shape) -> dict:
     return {"W": _floats(params["W"].numpy()), "b": _floats(params["b"].numpy())}
 
 
-def run(oracle, case: dict) -> dict:
+def run(oracle, case: dict, precision: str = "float64") -> dict:
     import torch
 
     sigmas = case["sigmas"]
@@ -100,7 +117,7 @@ def run(oracle, case: dict) -> dict:
         oracle.toy_model(tuple(case["shape"]), seed=TOY_SEED), None, model=case["model"],
         seed=case["seed"], shape=tuple(case["shape"]), denoise=case["denoise"],
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        sampler_options=_options(oracle, case),
+        sampler_options=_options(oracle, case), precision=precision,
     )  # fmt: skip
 
 
@@ -114,7 +131,15 @@ def _options(oracle, case: dict):
 def expected(oracle, case: dict) -> dict:
     r = run(oracle, case)
     kinds = [str(k) for k in r["noise_kind"]]
-    return dict(sample=_floats(r["sample"]), draws=len(kinds), kinds=sorted(set(kinds)))
+    out = dict(sample=_floats(r["sample"]), draws=len(kinds), kinds=sorted(set(kinds)),
+               sample32=None, sigmas32=None)  # fmt: skip
+    if case["check32"]:
+        out["sample32"] = _floats(run(oracle, case, "float32")["sample"])
+    if case["sigmas32"]:
+        out["sigmas32"] = _floats(oracle.compute_sigmas(
+            case["sampler"], case["scheduler"], case["steps"], model=case["model"],
+            precision="float32"))  # fmt: skip
+    return out
 
 
 def main() -> None:
