@@ -97,6 +97,8 @@ def cases() -> list[dict]:
         )
         add(sampler, "karras", 6, "eps-sd15", options, SEEDS[(k + 1) % 6], denoise=0.6)
         add(sampler, "sgm_uniform", 5, "eps-sd15", options, SEEDS[(k + 2) % 6], shape=OTHER_SHAPE)
+    for sampler in ("dpmpp_2s_ancestral", "euler_ancestral"):  # η > 1: σ_down = 0 above the end
+        add(sampler, "karras", 6, "eps-sd15", {"eta": 1.5}, SEEDS[2])
     for k, (sampler, scheduler, steps, model, options, sigmas32) in enumerate(CHECK32):
         add(sampler, scheduler, steps, model, options, SEEDS[(k + 4) % 6], check32=True,
             sigmas32=sigmas32)  # fmt: skip
