@@ -7,6 +7,10 @@ loop starts from standard normal noise times ``init_noise_scale`` and its final 
 KSampler's result; ``init(..., denoise=d)`` is KSampler's partial denoise and
 ``init(..., sigmas=[...])`` runs an explicit σ list (``SamplerCustom``).
 
+With ``noise_stream="comfy"`` a stochastic sampler draws ComfyUI's own noise for the seed
+``init`` is given as its key, from :func:`initial_noise` (ComfyUI's initial noise): the same
+image as ComfyUI on the CPU (:mod:`diffsched.methods._comfy_noise`).
+
 :func:`sampler_function` goes the other way: a k-diffusion sampler function of a diffsched
 scheduler, for ComfyUI's ``KSAMPLER`` (a custom node's sampler).
 
@@ -22,10 +26,14 @@ import numpy as np
 
 from .methods import CLASSES
 from .methods._comfy import ComfySampler
+from .methods._comfy_noise import initial_noise
 from .methods.comfy_exponential import ComfyUniPC
 from .schedules.comfy import KSAMPLER_SCHEDULERS
 
-__all__ = ["SAMPLERS", "SCHEDULERS", "STOCHASTIC_SAMPLERS", "from_comfy", "sampler_function"]
+__all__ = [
+    "SAMPLERS", "SCHEDULERS", "STOCHASTIC_SAMPLERS", "from_comfy", "initial_noise",
+    "sampler_function",
+]  # fmt: skip
 
 # sampler name -> (class, fixed options), from each class's COMFY_NAMES and COMFY_OPTIONS
 _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {

@@ -53,6 +53,9 @@ class Calls(NamedTuple):
             first entry (churn raises it: the initial noise then carries that churn).
         first: (N,) whether each call is the first of a step (None: every call is; what
             ComfyUI reports to its progress callback).
+        draws: (N, 2) the (σ, σ') ComfyUI's noise sampler is asked for after each call, NaN
+            where ComfyUI draws nothing (None: after each call that adds noise); draws it
+            multiplies by 0 included (``noise_stream="comfy"``).
     """
 
     sigmas: np.ndarray
@@ -61,6 +64,7 @@ class Calls(NamedTuple):
     end: float | None = None
     start_sigma: float | None = None
     first: np.ndarray | None = None
+    draws: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

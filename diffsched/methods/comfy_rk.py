@@ -15,7 +15,10 @@ eq. 4 with s = 1; ComfyUI runs them unchanged on the flow sample):
 and the step starts from (x̂_i, σ̂_i): ComfyUI calls the model there (at σ̂_i's timestep).
 The noise of (2) is drawn by the update that ends step i - 1 (``noise=`` replaces it);
 that of step 0 is part of the initial noise, whose scale becomes sqrt(a² + σ̂_0² - σ_0²)
-(a the scale of ComfyUI's noise_scaling), equal in distribution.
+(a the scale of ComfyUI's noise_scaling), equal in distribution. With
+``noise_stream="comfy"`` the draws are ComfyUI's ``torch.randn_like`` on its global
+generator for the seed, and ``comfy_initial_noise`` folds the first step's draw into the
+initial noise exactly (:mod:`diffsched.methods._comfy_noise`).
 
 Each step from σ̂_i to σ_{i+1}, h = σ_{i+1} - σ̂_i, d_i = d(x̂_i, σ̂_i):
 
@@ -56,6 +59,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -63,6 +67,7 @@ from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Churn, document
 from ..schedules import sigmas as sigma_schedules
 from ._comfy import Calls, ComfySampler, check_step_count
+from ._comfy_noise import GLOBAL, ComfyNoise, generator_draw, generator_state, initial_noise
 from .kit import EULER, HEUN, RALSTON, RKStep, butcher_step, churn_levels, runge_kutta
 
 
@@ -72,8 +77,48 @@ def first_stages(steps: list[RKStep]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ChurnSampler(BrownianNoise, Churn, ComfySampler):
+class _ChurnSampler(ComfyNoise, BrownianNoise, Churn, ComfySampler):
     """A single-step ComfyUI sampler with Karras et al.'s churn (eq. 2)."""
+
+    # noise_stream="comfy": ComfyUI's churn draws torch.randn_like, the global generator
+    COMFY_STREAM = GLOBAL
+    # ComfyUI's heunpp2 draws its churn normal every step, used or not
+    COMFY_CHURN_EVERY_STEP: ClassVar[bool] = False
+
+    def _comfy_churns(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((N,) whether ComfyUI draws a churn normal at the start of step i, σ̂)."""
+        hat = churn_levels(sigmas, self.s_churn, self.s_tmin, self.s_tmax)
+        n = len(hat)
+        return (np.ones(n, bool) if self.COMFY_CHURN_EVERY_STEP else hat > sigmas[:n]), hat
+
+    def comfy_draws(self, sigmas: np.ndarray) -> np.ndarray:
+        """Step i's churn normal (ComfyUI draws it before step i's first call) is drawn by
+        the last call of step i - 1, over (σ_i, σ̂_i); step 0's: see :meth:`comfy_skip`."""
+        churns, hat = self._comfy_churns(sigmas)
+        step = np.cumsum(self.calls(sigmas).first) - 1  # each call's step
+        out = np.full((len(step), 2), np.nan)
+        for i in np.flatnonzero(churns[1:]) + 1:
+            out[np.flatnonzero(step == i - 1)[-1]] = sigmas[i], hat[i]
+        return out
+
+    def comfy_skip(self, sigmas: np.ndarray) -> int:
+        return int(self._comfy_churns(sigmas)[0][0])
+
+    def comfy_initial_noise(self, seed: int, shape: Any, num_steps: int | None, **init_options):
+        """ComfyUI's start where step 0 churns: x = a n_0 + S_noise sqrt(σ̂_0² - σ_0²) z_0
+        (z_0 the global generator's next draw), scaled to unit variance by this class's
+        start scale (``init_noise_scale``), so the loop's first sample is ComfyUI's."""
+        n0 = initial_noise(seed, shape).double()
+        sig = self.sigmas(num_steps, **init_options)
+        hat = churn_levels(sig, self.s_churn, self.s_tmin, self.s_tmax)
+        if not hat[0] > sig[0]:
+            return n0
+        z0 = generator_draw(generator_state(seed, tuple(n0.shape)), tuple(n0.shape))[0].double()
+        program = self.program(num_steps, **init_options)
+        total = program.init_noise_scale * float(program.input_scale[0])  # native start scale
+        a = self.model_sampling.noise_scaling(float(sig[0]))[0]
+        c = self.s_noise * math.sqrt(hat[0] ** 2 - sig[0] ** 2)
+        return (a * n0 + c * z0) / total
 
     @property
     def deterministic(self) -> bool:
@@ -208,7 +253,8 @@ class ComfyHeunPP2(_ChurnSampler):
 
     Three model calls per step (two on the step before the last, one on the last: 3N - 3
     calls). ComfyUI draws a churn normal every step, used only when ``s_churn`` > 0; this
-    class draws only those it uses.
+    class draws only those it uses (with ``noise_stream="comfy"`` its stream moves as
+    ComfyUI's does).
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
@@ -217,6 +263,7 @@ class ComfyHeunPP2(_ChurnSampler):
     ORDER = 2
     CALLS_PER_STEP = 3
     COMFY_NAMES = ("heunpp2",)
+    COMFY_CHURN_EVERY_STEP = True
 
     def step_rows(self, sig, hat, i, noise):
         s0, lo, hi, end = sig[0], hat[i], sig[i + 1], sig[-1]

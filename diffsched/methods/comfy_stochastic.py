@@ -79,7 +79,11 @@ paper's ER-SDE 5) or ρ^{η + 1} (``reverse_time_sde``: η = 1 is the reverse-ti
 η = 0 the ODE).
 
 ComfyUI draws noise where it multiplies it by 0 (η = 0, the step to σ = 0 of some
-samplers); these classes draw only the normals they use, one per call at most.
+samplers); these classes draw only the normals they use, one per call at most. Each records
+where ComfyUI draws (``add_noise(..., draw=(σ, σ'))``, the pair ComfyUI's noise sampler is
+asked for), so that with ``noise_stream="comfy"`` they draw ComfyUI's own normals for a seed
+(its seeded torch.Generator; torchsde's Brownian tree for dpmpp_sde, dpmpp_2m_sde and
+dpmpp_3m_sde): :mod:`diffsched.methods._comfy_noise`.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ from ..core.engine import NOISE, SAMPLE, X0, Update
 from ..core.options import option
 from ..core.scheduler import BrownianNoise, document
 from ._comfy import Calls, ComfySampler
+from ._comfy_noise import BROWNIAN, ComfyNoise
 
 QUADRATURE_POINTS = 200  # ComfyUI's er_sde: cells of the rectangle rule of S_1, S_2
 
@@ -122,6 +127,7 @@ class _Loop:
         self.rows: list[dict[tuple[str, int], float]] = []
         self.noise: list[float] = []
         self.first: list[bool] = []
+        self.draws: list[tuple[float, float]] = []  # ComfyUI's draw after each call
 
     def call(self, sigma: float, first: bool = True) -> int:
         """A new model call at ``sigma``; its index."""
@@ -129,6 +135,7 @@ class _Loop:
         self.rows.append({})
         self.noise.append(0.0)
         self.first.append(first)
+        self.draws.append((math.nan, math.nan))
         return len(self.levels) - 1
 
     def add(self, operand: str, call: int, value: float) -> None:
@@ -136,8 +143,16 @@ class _Loop:
         key = (operand, call)
         self.rows[-1][key] = self.rows[-1].get(key, 0.0) + float(value)
 
-    def add_noise(self, value: float) -> None:
+    def add_noise(self, value: float, draw: tuple[float, float] | None = None) -> None:
+        """Adds value · z to the last call's next sample; ``draw``: the (σ, σ') ComfyUI asks
+        its noise sampler for there, recorded even where ``value`` is 0 (ComfyUI draws and
+        multiplies by 0; its stream moves on: ``noise_stream="comfy"``)."""
         self.noise[-1] += float(value)
+        if draw is None and value == 0:
+            return
+        if not math.isnan(self.draws[-1][0]):
+            raise ValueError("ComfyUI's samplers draw at most once after a model call")
+        self.draws[-1] = (0.0, 0.0) if draw is None else (float(draw[0]), float(draw[1]))
 
     def calls(self, **extra) -> Calls:
         n = len(self.levels)
@@ -147,11 +162,18 @@ class _Loop:
                 if value != 0:
                     update.add(operand, i - src, i, value)
         noise = np.asarray(self.noise) if any(self.noise) else None
-        return Calls(np.asarray(self.levels), update, noise, first=np.asarray(self.first), **extra)
+        return Calls(
+            np.asarray(self.levels),
+            update,
+            noise,
+            first=np.asarray(self.first),
+            draws=np.asarray(self.draws, np.float64).reshape(-1, 2),
+            **extra,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Stochastic(BrownianNoise, ComfySampler):
+class _Stochastic(ComfyNoise, BrownianNoise, ComfySampler):
     """A ComfyUI sampler drawing fresh noise, S_noise times (eq. 1-4)."""
 
     s_noise: float = option(1.0, "S_noise: the scale of the added noise", low=0.0)
@@ -222,7 +244,7 @@ class ComfyEulerAncestral(_Stochastic):
                 loop.add(SAMPLE, c, scale * down / s)
                 loop.add(X0, c, scale * (1 - down / s))
                 if self.eta > 0:
-                    loop.add_noise(self.s_noise * renoise)
+                    loop.add_noise(self.s_noise * renoise, (s, t))
                 continue
             down, up = ancestral_step(s, t, self.eta)
             if down == 0:
@@ -230,7 +252,7 @@ class ComfyEulerAncestral(_Stochastic):
                 continue
             loop.add(SAMPLE, c, 1.0)
             _derivative(loop, c, down - s, s)
-            loop.add_noise(self.s_noise * up)
+            loop.add_noise(self.s_noise * up, (s, t))
         return loop.calls()
 
 
@@ -273,7 +295,7 @@ class ComfyDPM2Ancestral(_Stochastic):
             m = loop.call(mid, first=False)
             loop.add(SAMPLE, c, ratio)
             _derivative(loop, m, ratio * (down - s), mid)
-            loop.add_noise(self.s_noise * noise)
+            loop.add_noise(self.s_noise * noise, (s, t))
         return loop.calls()
 
 
@@ -322,6 +344,8 @@ class ComfyDPMPP2SAncestral(_Stochastic):
             if (t == 0) if flow else (down == 0):  # Euler
                 loop.add(SAMPLE, c, 1.0)
                 _derivative(loop, c, down - s, s)
+                if t > 0:  # η > 1 can take σ_down to 0 above the end: σ_up = σ_t
+                    loop.add_noise(self.s_noise * noise, (s, t))
                 continue
             if flow:
                 if s == 1.0:
@@ -336,7 +360,7 @@ class ComfyDPMPP2SAncestral(_Stochastic):
                 loop.add(SAMPLE, c, scale * down / s)
                 loop.add(X0, m, scale * (1 - down / s))
                 if self.eta > 0:
-                    loop.add_noise(self.s_noise * noise)
+                    loop.add_noise(self.s_noise * noise, (s, t))
                 continue
             h = math.log(s) - math.log(down)  # λ_down - λ_s
             mid = math.exp(-(-math.log(s) + 0.5 * h))
@@ -345,7 +369,7 @@ class ComfyDPMPP2SAncestral(_Stochastic):
             m = loop.call(mid, first=False)
             loop.add(SAMPLE, c, math.exp(-h))
             loop.add(X0, m, -math.expm1(-h))
-            loop.add_noise(self.s_noise * noise)
+            loop.add_noise(self.s_noise * noise, (s, t))
         return loop.calls()
 
 
@@ -365,6 +389,7 @@ class ComfyDPMPPSDE(_Stochastic):
 
     ORDER = 2
     CALLS_PER_STEP = 2
+    COMFY_STREAM = BROWNIAN  # noise_stream="comfy": torchsde's tree, as ComfyUI
     COMFY_NAMES = ("dpmpp_sde", "dpmpp_sde_gpu")
     eta: float = option(1.0, "η of eq. 1 in each stage: 0 is DPM-Solver++(2S)-like", **_ETA)
     r: float = option(0.5, "the intermediate stage at λ_s + r h", low=0.0, low_open=True)
@@ -390,7 +415,7 @@ class ComfyDPMPPSDE(_Stochastic):
             loop.add(SAMPLE, c, a_u / a_s * math.exp(-hh))
             loop.add(X0, c, -a_u * math.expm1(-hh))
             if noisy:
-                loop.add_noise(a_u * self.s_noise * up)
+                loop.add_noise(a_u * self.s_noise * up, (s, u))
             m = loop.call(u, first=False)
             down, up = ancestral_step(math.exp(-lam_s), math.exp(-lam_t), self.eta)
             hh = -math.log(down) - lam_s
@@ -399,7 +424,7 @@ class ComfyDPMPPSDE(_Stochastic):
             loop.add(X0, c, w * (1 - fac))
             loop.add(X0, m, w * fac)
             if noisy:
-                loop.add_noise(a_t * self.s_noise * up)
+                loop.add_noise(a_t * self.s_noise * up, (s, t))
         return loop.calls()
 
 
@@ -429,7 +454,7 @@ class _SDEMultistep(_Stochastic):
             hs.append(h)
             self.corrections(loop, c, hs, h_eta, a_t)
             if self.eta > 0 and self.s_noise > 0:
-                loop.add_noise(t * math.sqrt(-math.expm1(-2 * h * self.eta)) * self.s_noise)
+                loop.add_noise(t * math.sqrt(-math.expm1(-2 * h * self.eta)) * self.s_noise, (s, t))
         return loop.calls()
 
 
@@ -448,6 +473,7 @@ class ComfyDPMPP2MSDE(_SDEMultistep):
     """
 
     ORDER = 2
+    COMFY_STREAM = BROWNIAN  # noise_stream="comfy": torchsde's tree, as ComfyUI
     COMFY_NAMES = ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
                    "dpmpp_2m_sde_heun_gpu")  # fmt: skip
     COMFY_DEFAULTS = {  # noqa: RUF012
@@ -483,6 +509,7 @@ class ComfyDPMPP3MSDE(_SDEMultistep):
     """
 
     ORDER = 3
+    COMFY_STREAM = BROWNIAN  # noise_stream="comfy": torchsde's tree, as ComfyUI
     COMFY_NAMES = ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu")
     eta: float = option(1.0, "η of eq. 3: 0 is DPM-Solver++(3M), 1 the SDE solver", **_ETA)
 
@@ -531,7 +558,7 @@ class ComfyDDPM(_Stochastic):
             loop.add(X0, c, out * k / math.sqrt(alpha))
             if t > 0:
                 loop.add_noise(
-                    out * self.s_noise * math.sqrt((1 - alpha) * (1 - ab_t) / (1 - ab_s))
+                    out * self.s_noise * math.sqrt((1 - alpha) * (1 - ab_t) / (1 - ab_s)), (s, t)
                 )
         return loop.calls()
 
@@ -561,7 +588,7 @@ class ComfyLCM(_Stochastic):
                 continue
             a, b = ms.noise_scaling(t, max_denoise=False)
             loop.add(X0, c, b)
-            loop.add_noise(self.s_noise * a)
+            loop.add_noise(self.s_noise * a, (float(sigmas[i]), t))
         return loop.calls()
 
 
@@ -603,7 +630,7 @@ class ComfyResMultistepAncestral(_Stochastic):
                 loop.add(X0, c, h * b1)
                 loop.add(X0, c - 1, h * b2)
             if t > 0:
-                loop.add_noise(self.s_noise * up)
+                loop.add_noise(self.s_noise * up, (s, t))
             old_down = down
         return loop.calls()
 
@@ -683,7 +710,7 @@ class ComfyERSDE(_Stochastic):
                     loop.add(X0, c - 2, k2 * d_p)
             if self.s_noise > 0:
                 var = rho[i + 1] ** 2 - rho[i] ** 2 * ratio**2
-                loop.add_noise(a_t * self.s_noise * math.sqrt(var) if var > 0 else 0.0)
+                loop.add_noise(a_t * self.s_noise * math.sqrt(var) if var > 0 else 0.0, (s, t))
         return loop.calls()
 
 
@@ -735,7 +762,7 @@ class _SEEDS(_Stochastic):
             rs, weights = self.stage_weights(h_eta)
             calls = [c]
             draws: list[tuple[int, float]] = []  # (call whose draw, factor) of n_{k-1}
-            r_prev = 0.0
+            r_prev, sig_prev = 0.0, s
             for k, (r, row) in enumerate(zip(rs, weights, strict=True)):
                 last = k == len(rs) - 1
                 lam_k = lam_t if last else lam_s + r * (lam_t - lam_s)
@@ -750,9 +777,9 @@ class _SEEDS(_Stochastic):
                     for src, f in draws:  # the draws of the stages before, again
                         loop.add(NOISE, src, sig_k * self.s_noise * f)
                     fresh = math.sqrt(-math.expm1(2 * seg))
-                    loop.add_noise(sig_k * self.s_noise * fresh)
+                    loop.add_noise(sig_k * self.s_noise * fresh, (sig_prev, sig_k))
                     draws.append((len(loop.levels) - 1, fresh))
-                r_prev = r
+                r_prev, sig_prev = r, sig_k
                 if not last:
                     calls.append(loop.call(sig_k, first=False))
         return loop.calls()
@@ -962,5 +989,5 @@ class ComfySASolver(_Stochastic):
                 last_pred[key] = last_pred.get(key, 0.0) + float(w)
                 loop.add(X0, key[1], float(w))
             if tau > 0 and self.s_noise > 0:
-                loop.add_noise(t * math.sqrt(-math.expm1(-2 * tau**2 * h)) * self.s_noise)
+                loop.add_noise(t * math.sqrt(-math.expm1(-2 * tau**2 * h)) * self.s_noise, (s, t))
         return loop.calls()
