@@ -35,3 +35,33 @@ def test_ralston_converges_at_second_order_on_an_exact_flow_model():
 def test_a_new_method_class_is_registered_by_its_module_alone():
     assert ds.Ralston in ds.methods.CLASSES and ds.Ralston.FAMILY == "ComfyUI samplers"
     assert ds.from_config(ds.Ralston().to_config()) == ds.Ralston()
+
+
+def test_no_method_reads_an_option_through_getattr_with_a_default():
+    """Options are read as attributes, or passed to the grid functions explicitly
+    (``diffsched.schedules``): no ``getattr(self, "option", default)`` for options only some
+    classes have."""
+    import ast
+    from pathlib import Path
+
+    # another helper's file this round (ComfyUI's stochastic samplers, η only on some)
+    allowed = {("comfy_stochastic.py", "eta")}
+    found = []
+    for path in sorted((Path(ds.__file__).parent / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+                and len(node.args) == 3
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in ("self", "sched", "scheduler")
+            ):
+                name = (
+                    ast.literal_eval(node.args[1])
+                    if isinstance(node.args[1], ast.Constant)
+                    else "?"
+                )
+                if (path.name, name) not in allowed:
+                    found.append(f"{path.name}:{node.lineno} {name}")
+    assert not found, found

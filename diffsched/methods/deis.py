@@ -57,7 +57,6 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
 from ..schedules import solver_grid
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     flow_prediction_type_option,
@@ -128,7 +127,7 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
                 raise TypeError(f"mu must be a number, got: {mu!r}")
             shift = math.exp(float(mu))
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma="sigma_min", converted_final_sigma="last",
             flow_shift=shift,

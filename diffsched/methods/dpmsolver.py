@@ -96,10 +96,9 @@ from ..core.scheduler import (
     ZeroTerminalSNR,
     document,
 )
-from ..schedules import solver_grid
+from ..schedules import discrete, solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
-from ._karras import training_alphas_cumprod
 
 
 def reject_learned_variance(owner: str, variance_type: str | None) -> None:
@@ -236,13 +235,18 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
     def processes_x0(self) -> bool:
         return self.thresholding
 
-    def _check(self) -> None:
+    def _check_solver(self, *, use_lu_lambdas: bool) -> None:
+        """The checks of both classes (``use_lu_lambdas``: the forward class's option, False
+        for the inverse, which has none)."""
         owner = type(self).__name__
         reject_learned_variance(owner, self.variance_type)
-        kinds = [f"use_{k}_sigmas" for k in ("karras", "exponential", "beta")
-                 if getattr(self, f"use_{k}_sigmas")]  # fmt: skip
-        if getattr(self, "use_lu_lambdas", False):
-            kinds.append("use_lu_lambdas")
+        chosen = {
+            "use_karras_sigmas": self.use_karras_sigmas,
+            "use_exponential_sigmas": self.use_exponential_sigmas,
+            "use_beta_sigmas": self.use_beta_sigmas,
+            "use_lu_lambdas": use_lu_lambdas,
+        }
+        kinds = [name for name, on in chosen.items() if on]
         if self.use_flow_sigmas:
             kinds.append("use_flow_sigmas")
         if self.sigma_schedule is not None:
@@ -259,9 +263,9 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
                 f"'sde-dpmsolver++', got: {self.algorithm_type!r} (as diffusers)"
             )
 
-    def _grid_kind(self) -> str | None:
+    def _grid_kind(self, *, use_lu_lambdas: bool) -> str | None:
         kind = self.sigma_kind
-        if kind is None and getattr(self, "use_lu_lambdas", False):
+        if kind is None and use_lu_lambdas:
             kind = "lu"
         if kind is None and self.use_flow_sigmas:
             kind = "flow"
@@ -277,11 +281,10 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
 
     # -- the table -------------------------------------------------------------------------
 
-    def _orders(self, n: int, sig: np.ndarray, begin: int = 0) -> list[int]:
+    def _orders(self, n: int, sig: np.ndarray, begin: int, *, to_zero: bool) -> list[int]:
         """The order of each of the n calls (module docstring, "Order at each call"), the
-        warm-up starting at call ``begin``."""
+        warm-up starting at call ``begin``; ``to_zero``: ``final_sigmas_type="zero"``."""
         few = self.lower_order_final and n < 15
-        to_zero = getattr(self, "final_sigmas_type", None) == "zero"
         return multistep_orders(
             n, self.solver_order, sig,
             last_first=self.euler_at_final or few or to_zero, second_last_second=few,
@@ -289,11 +292,11 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
         )  # fmt: skip
 
     def _table(
-        self, grid: solver_grid.SolverGrid, strength: float = 1.0, sde_third: str = "diffusers"
+        self, grid: solver_grid.SolverGrid, strength: float, *, sde_third: str, to_zero: bool
     ) -> Tableau:
         cut = first_call(len(grid.timesteps), strength)
         tab = multistep_tableau(
-            grid, self._orders(len(grid.timesteps), grid.sigmas, cut),
+            grid, self._orders(len(grid.timesteps), grid.sigmas, cut, to_zero=to_zero),
             prediction_type=self.prediction_type, data=self.data_prediction,
             second="taylor" if self.solver_type == "heun" else "midpoint",
             stochastic=not self.deterministic, processes_x0=self.processes_x0,
@@ -454,7 +457,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     sde_third_order: str = sde_third_order_option()
 
     def _check(self) -> None:
-        super()._check()
+        self._check_solver(use_lu_lambdas=self.use_lu_lambdas)
         if not self.data_prediction and self.final_sigmas_type == "zero":
             raise ValueError(
                 f"DPMSolverMultistep option final_sigmas_type='zero' needs algorithm_type "
@@ -466,7 +469,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
-        kind = self._grid_kind()
+        kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
         shift = self.flow_shift
         if mu is not None:
             if not self.use_dynamic_shifting:
@@ -478,8 +481,11 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
+        acp = discrete.training_alphas_cumprod(
+            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+        )
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            acp, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             lambda_min_clipped=self.lambda_min_clipped,
@@ -490,7 +496,10 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     def tableau(
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
     ) -> Tableau:
-        return self._table(self._grid(num_steps, timesteps, mu), strength, self.sde_third_order)
+        return self._table(
+            self._grid(num_steps, timesteps, mu), strength,
+            sde_third=self.sde_third_order, to_zero=self.final_sigmas_type == "zero",
+        )  # fmt: skip
 
 
 @document
@@ -521,7 +530,7 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     CLI_NAME = "dpm++2m-inverse"
 
     def _check(self) -> None:
-        super()._check()
+        self._check_solver(use_lu_lambdas=False)
         if not self.deterministic:
             raise ValueError(
                 f"DPMSolverMultistepInverse option algorithm_type={self.algorithm_type!r}: the "
@@ -538,9 +547,9 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     def _grid(self, num_steps: int | None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: ascending timesteps and N + 1 levels (float32)."""
         grid = solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
-            sigma_schedule=self._grid_kind(), final_sigma="last",
+            sigma_schedule=self._grid_kind(use_lu_lambdas=False), final_sigma="last",
             lambda_min_clipped=self.lambda_min_clipped, reverse=True,
         )  # fmt: skip
         _, first = np.unique(grid.timesteps, return_index=True)
@@ -551,4 +560,5 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
         return grid
 
     def tableau(self, num_steps: int | None) -> Tableau:
-        return self._table(self._grid(num_steps))
+        # the inverse ends at the top of the spaced range, never at σ = 0
+        return self._table(self._grid(num_steps), 1.0, sde_third="diffusers", to_zero=False)

@@ -62,7 +62,6 @@ from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions,
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     SDE_THIRD_ORDER,
     Thresholding,
@@ -188,7 +187,7 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
             if kind is not None:
                 raise ValueError(f"custom timesteps= cannot be combined with {kind} sigmas")
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps, spacing="linspace",
+            self.alphas_cumprod, num_steps, spacing="linspace",
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             lambda_min_clipped=self.lambda_min_clipped, round_karras=True,
             flow_shift=shift, flow_base="ramp", timesteps=timesteps,

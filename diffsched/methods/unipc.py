@@ -70,10 +70,9 @@ from ..core import families, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
-from ..schedules import shifts, solver_grid
+from ..schedules import discrete, shifts, solver_grid
 from ._dpm_solver_coefficients import phi
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     custom_timesteps,
@@ -234,8 +233,11 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 other = "sigmas=" if sigmas is not None else f"{kind} levels"
                 raise ValueError(f"UniPC: timesteps= cannot be combined with {other}")
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
+        acp = discrete.training_alphas_cumprod(
+            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+        )
         grid = solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            acp, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             converted_final_sigma="last" if self.final_sigmas_type == "sigma_min" else "zero",
