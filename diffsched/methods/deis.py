@@ -23,7 +23,9 @@ exactly (:mod:`diffsched.methods._dpm_solver_coefficients`, eq. 3):
     x_t = (α_t/α_s) x_s - σ_t (h φ_1(h) D_0 + h φ_2(h) D_1 + 2 h φ_3(h) D_2),             (4)
 
 h = λ_t - λ_s, D_1 = h ε̂'(λ_s) and D_2 = h² ε̂''(λ_s) / 2 of the interpolating polynomial
-(the divided differences of DPM-Solver's multistep, exact for it). Order 1 is DDIM, order 2
+(the divided differences of DPM-Solver's multistep, exact for it): DPM-Solver's table
+(:func:`diffsched.methods.dpmsolver.multistep_tableau`, on the kit's exponential step).
+Order 1 is DDIM, order 2
 DPM-Solver's multistep ``heun`` step; order 3 differs from DPM-Solver's third-order step by
 its full D_2 term (DPM-Solver's reference code halves it). (4) is used here rather than
 diffusers' closed-form integrals of (2), which subtract values of size ρ (log ρ)² / h² to

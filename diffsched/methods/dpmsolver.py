@@ -71,7 +71,10 @@ The grid is :func:`diffsched.schedules.solver_grid.solver_grid` with this class'
 except for the cosine schedule, the final level 0 or the training σ_0 (also on flow grids,
 as diffusers), custom integer ``timesteps=``, and the flow shift e^μ of ``init(mu=)``.
 ``prediction_type="flow"`` forms x̂_0 = x - σ v with the grid's σ (σ_t on flow grids), as
-diffusers. The inverse (``DPMSolverMultistepInverse``) runs (3)-(5) over the ascending grid
+diffusers. Each row of (3)-(7) is the kit's exponential step
+(:func:`diffsched.methods.kit.exponential_multistep`, with m formed by its
+:func:`~diffsched.methods.kit.noise_estimate` / ``data_estimate``).
+The inverse (``DPMSolverMultistepInverse``) runs (3)-(5) over the ascending grid
 (h < 0), from a clean sample up to the top of the spaced range.
 """
 
@@ -84,7 +87,7 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
     BrownianNoise,
@@ -99,6 +102,7 @@ from ..core.scheduler import (
 from ..schedules import discrete, solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
+from .kit import data_estimate, exponential_multistep, noise_estimate
 
 
 def reject_learned_variance(owner: str, variance_type: str | None) -> None:
@@ -366,26 +370,13 @@ def multistep_tableau(
     # does its ε̂ = (x - α x̂_0) / σ_t formed from it (DEIS: the ε form takes flow models)
     level = sig[:n] if prediction_type == predictions.FLOW else sigma[:n]
     x0 = predictions.x0_from_alpha_sigma(prediction_type, alpha[:n], level)
-    with np.errstate(divide="ignore", invalid="ignore"):  # ε̂ = (x - α x̂_0) / σ_t
-        eps_sample = (1.0 - alpha[:n] * x0.sample_coef) / level
-        eps_output = -alpha[:n] * x0.prediction_coef / level
-    update = Update(n)
-    noise = np.zeros(n)
-    add = update.add
-
-    def add_model(lag: int, i: int, value: float) -> None:
-        """``value`` times m of call i - lag: x̂_0, or ε̂ (from the thresholded x̂_0)."""
-        j = i - lag
-        if data:
-            add(X0, lag, i, value)
-        elif processes_x0:
-            add(SAMPLE, lag, i, value / level[j])
-            add(X0, lag, i, -value * alpha[j] / level[j])
-        else:
-            add(SAMPLE, lag, i, value * eps_sample[j])
-            add(OUTPUT, lag, i, value * eps_output[j])
-
+    # m of (3)-(7): x̂_0, or ε̂ (from the thresholded x̂_0 when ``processes_x0``)
+    if data:
+        estimate = data_estimate(n)
+    else:
+        estimate = noise_estimate(prediction_type, alpha[:n], level, from_x0=processes_x0)
     form = coefficients.data_prediction if data else coefficients.noise_prediction
+    keep, rows, noise = np.zeros(n), [], np.zeros(n)
     for i in range(n):
         p = orders[i]
         c = form(
@@ -396,11 +387,10 @@ def multistep_tableau(
         h = lam[i + 1] - lam[i]
         h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
         h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
-        w = coefficients.model_weights(c, coefficients.multistep_differences(h, h0, h1), p)
-        add(SAMPLE, 0, i, c.x)
-        for lag in range(p):
-            add_model(lag, i, w[lag])
-        noise[i] = c.noise
+        keep[i], noise[i] = c.x, c.noise
+        w = coefficients.multistep_differences(h, h0, h1)
+        rows.append(coefficients.model_weights(c, w, p)[:p])  # m_i, ..., m_{i-p+1}
+    update = exponential_multistep(keep, rows, estimate)
     return Tableau(
         timesteps=ts,
         x0_sample=x0.sample_coef,
