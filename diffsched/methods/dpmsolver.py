@@ -343,6 +343,40 @@ def multistep_orders(
     return out
 
 
+def multistep_rows(
+    alpha: np.ndarray,
+    sigma: np.ndarray,
+    lam: np.ndarray,
+    orders: list[int],
+    *,
+    data: bool,
+    second: str,
+    third: str,
+    stochastic: bool,
+    sde_third: str,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(c_x, the weights of m_i, ..., m_{i-p+1}, the noise c_z) of eq. 3-7 at each call i,
+    p = ``orders[i]``, from the levels (α, σ_t, λ) of the calls and the final one; the rows
+    of the kit's :func:`~diffsched.methods.kit.exponential_multistep`."""
+    form = coefficients.data_prediction if data else coefficients.noise_prediction
+    n = len(orders)
+    keep, rows, noise = np.zeros(n), [], np.zeros(n)
+    for i in range(n):
+        p = orders[i]
+        c = form(
+            alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
+            second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
+            **({"sde_third": sde_third} if data else {}),
+        )  # fmt: skip
+        h = lam[i + 1] - lam[i]
+        h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
+        h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
+        keep[i], noise[i] = c.x, c.noise
+        w = coefficients.multistep_differences(h, h0, h1)
+        rows.append(coefficients.model_weights(c, w, p)[:p])  # m_i, ..., m_{i-p+1}
+    return keep, rows, noise
+
+
 def multistep_tableau(
     grid: solver_grid.SolverGrid,
     orders: list[int],
@@ -375,21 +409,10 @@ def multistep_tableau(
         estimate = data_estimate(n)
     else:
         estimate = noise_estimate(prediction_type, alpha[:n], level, from_x0=processes_x0)
-    form = coefficients.data_prediction if data else coefficients.noise_prediction
-    keep, rows, noise = np.zeros(n), [], np.zeros(n)
-    for i in range(n):
-        p = orders[i]
-        c = form(
-            alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
-            second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
-            **({"sde_third": sde_third} if data else {}),
-        )  # fmt: skip
-        h = lam[i + 1] - lam[i]
-        h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
-        h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
-        keep[i], noise[i] = c.x, c.noise
-        w = coefficients.multistep_differences(h, h0, h1)
-        rows.append(coefficients.model_weights(c, w, p)[:p])  # m_i, ..., m_{i-p+1}
+    keep, rows, noise = multistep_rows(
+        alpha, sigma, lam, orders, data=data, second=second, third=third,
+        stochastic=stochastic, sde_third=sde_third,
+    )  # fmt: skip
     update = exponential_multistep(keep, rows, estimate)
     return Tableau(
         timesteps=ts,
