@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .core.scheduler import Scheduler
+from .schedules import discrete
 from .schedules import sigmas as sigma_schedules
 
 NAMED_GRIDS = ("edm", "logsnr", *sigma_schedules.AYS_SCHEDULES)
@@ -113,12 +114,12 @@ class Grid(NamedTuple):
     @staticmethod
     def of(scheduler: Scheduler, num_steps: int) -> Grid:
         check_tunable(scheduler)
-        from .methods._karras import training_alphas_cumprod
-
         params = inspect.signature(scheduler.tableau).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         modes = [m for m in ("sigmas", "timesteps") if takes_any or m in params]
-        log_train = np.log(sigma_schedules.from_alphas_cumprod(training_alphas_cumprod(scheduler)))
+        zero_snr = bool(getattr(scheduler, "rescale_betas_zero_snr", False))  # any class
+        acp = discrete.training_alphas_cumprod(scheduler.alphas_cumprod, zero_terminal_snr=zero_snr)
+        log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))
         program = scheduler.program(num_steps)
         ts = np.asarray(program.timesteps, dtype=np.float64)
         _, first = np.unique(ts, return_index=True)

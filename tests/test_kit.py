@@ -35,3 +35,89 @@ def test_ralston_converges_at_second_order_on_an_exact_flow_model():
 def test_a_new_method_class_is_registered_by_its_module_alone():
     assert ds.Ralston in ds.methods.CLASSES and ds.Ralston.FAMILY == "ComfyUI samplers"
     assert ds.from_config(ds.Ralston().to_config()) == ds.Ralston()
+
+
+def test_no_method_reads_an_option_through_getattr_with_a_default():
+    """Options are read as attributes, or passed to the grid functions explicitly
+    (``diffsched.schedules``): no ``getattr(self, "option", default)`` for options only some
+    classes have."""
+    import ast
+    from pathlib import Path
+
+    # another helper's file this round (ComfyUI's stochastic samplers, η only on some)
+    allowed = {("comfy_stochastic.py", "eta")}
+    found = []
+    for path in sorted((Path(ds.__file__).parent / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+                and len(node.args) == 3
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in ("self", "sched", "scheduler")
+            ):
+                name = (
+                    ast.literal_eval(node.args[1])
+                    if isinstance(node.args[1], ast.Constant)
+                    else "?"
+                )
+                if (path.name, name) not in allowed:
+                    found.append(f"{path.name}:{node.lineno} {name}")
+    assert not found, found
+
+
+def test_the_one_noise_estimate_recovers_the_noise_of_every_prediction_type():
+    """ε̂ = (x - α x̂_0)/σ (kit.noise_estimate), from the model output and from x̂_0."""
+    from diffsched.methods.kit import noise_estimate
+
+    rng = np.random.default_rng(1)
+    x0, eps = rng.standard_normal(5), rng.standard_normal(5)
+    sigma = np.array([0.05, 0.3, 0.6, 0.9, 0.99])
+    vp = np.sqrt(1 - sigma**2)
+    outputs = {
+        "noise": (vp, eps),
+        "sample": (vp, x0),
+        "angular_velocity": (vp, vp * eps - sigma * x0),
+        "flow": (1 - sigma, eps - x0),
+    }
+    for kind, (alpha, out) in outputs.items():
+        x = alpha * x0 + sigma * eps
+        est = noise_estimate(kind, alpha, sigma, from_x0=False)
+        np.testing.assert_allclose(est.sample * x + est.output * out, eps, atol=1e-12)
+        assert not np.any(est.x0), kind
+        est = noise_estimate(kind, alpha, sigma, from_x0=True)
+        np.testing.assert_allclose(est.sample * x + est.x0 * x0, eps, atol=1e-12)
+        assert not np.any(est.output), kind
+
+
+def test_exponential_step_starts_from_its_origin_and_weighs_the_estimates():
+    """Row i of kit.exponential_multistep: keep_i on the sample of call o_i, c_ik times
+    m_{i-k} spread over the operands m is formed from."""
+    from diffsched.core.engine import OUTPUT, SAMPLE, X0
+    from diffsched.methods.kit import Estimate, exponential_multistep
+
+    est = Estimate(np.array([2.0, 3.0, 5.0]), np.array([7.0, 11.0, 13.0]), np.zeros(3))
+    update = exponential_multistep([0.5, 0.25, 0.125], [[1.0], {0: 2.0, 1: 0.0}, {1: 3.0}],
+                                   est, origin=[0, 0, 2])  # fmt: skip
+    assert update[(SAMPLE, 0)].tolist() == [0.5 + 2.0, 2.0 * 3.0, 0.125]
+    assert update[(SAMPLE, 1)].tolist() == [0.0, 0.25, 3.0 * 3.0]
+    assert update[(OUTPUT, 0)].tolist() == [7.0, 2.0 * 11.0, 0.0]
+    assert update[(OUTPUT, 1)].tolist() == [0.0, 0.0, 3.0 * 11.0]
+    assert (X0, 0) not in update and (SAMPLE, 2) not in update
+
+
+def test_unipc_weights_with_bh2_at_second_order_are_dpm_solver_plus_plus_2m():
+    """UniP-2 with B(h) = e^ĥ - 1 takes ρ = 1/2: DPM-Solver++(2M) (Zhao et al. 2023,
+    sec. 3.3); UniC-1's ρ^c = 1/2; the corrector's ρ^c solves R ρ = g."""
+    import math
+
+    from diffsched.methods.kit import unipc_rhos
+
+    hh = -0.7
+    h_phis = [math.expm1(hh) / hh - 1, 0.01]  # ĥ φ_2(ĥ), and a made-up third
+    st = unipc_rhos(np.array([-1.3]), hh, "bh2", h_phis)
+    assert st.b_h == math.expm1(hh) and st.rho_p.tolist() == [0.5]
+    g = [h_phis[0] / st.b_h, h_phis[1] * 2 / st.b_h]
+    np.testing.assert_allclose(np.array([[1, 1], [-1.3, 1]]) @ st.rho_c, g, rtol=0, atol=1e-14)
+    assert unipc_rhos(np.zeros(0), hh, "bh1", h_phis).rho_c.tolist() == [0.5]

@@ -18,19 +18,9 @@ import numpy as np
 
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, ZeroTerminalSNR
+from ..schedules import discrete
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
-
-# diffusers' ``rescale_betas_zero_snr`` σ_max clamp: ᾱ_{T-1} = 2^-24, not 0, so σ is finite
-ZERO_SNR_ALPHA_BAR = 2.0**-24
-
-
-def training_alphas_cumprod(sched: Scheduler) -> np.ndarray:
-    """ᾱ of the training steps, with diffusers' finite clamp under zero terminal SNR."""
-    acp = sched.alphas_cumprod
-    if getattr(sched, "rescale_betas_zero_snr", False):
-        acp[-1] = ZERO_SNR_ALPHA_BAR
-    return acp
 
 
 class KarrasGrid:
@@ -38,47 +28,36 @@ class KarrasGrid:
     σ-based method (a mixin of a :class:`~diffsched.core.scheduler.Scheduler` with
     :class:`~diffsched.core.scheduler.Spacing`)."""
 
+    def grid_options(self) -> discrete.GridOptions:
+        """This class's options of :func:`~diffsched.schedules.discrete.ve_grid`: the
+        spacing, and the defaults of the options that only some classes have (a class with
+        one of them replaces its default by its own)."""
+        return discrete.GridOptions(
+            spacing=self.timestep_spacing, offset=self.timesteps_offset,  # type: ignore[attr-defined]
+            sigma_schedule=None, interpolation="linear", sigma_min=None, sigma_max=None,
+            final_sigma="zero", continuous_timesteps=False, zero_terminal_snr=False,
+        )  # fmt: skip
+
     def _grid(
         self, num_steps: int, sigmas: Any = None, timesteps: Any = None, strength: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, σ's with the final level appended), as diffusers' set_timesteps."""
-        acp = training_alphas_cumprod(self)
-        log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))
-        kind = self.sigma_kind if isinstance(self, SigmaGrid) else None
-        if sigmas is not None and timesteps is not None:
-            raise ValueError("pass at most one of sigmas= and timesteps=")
-        if sigmas is not None:
-            sig = sigma_schedules.as_float32(descending("sigmas", sigmas))
-            ts = sigma_schedules.sigma_to_t(sig[:-1], log_train)
-        else:
-            if timesteps is not None:
-                if kind is not None:
-                    raise ValueError(f"timesteps= cannot be combined with {self.sigma_option()}")
-                ts = sigma_schedules.as_float32(descending("timesteps", timesteps))
-                train = np.exp(log_train)
-                sig = np.interp(ts, np.arange(len(train)), train)
-            else:
-                ts, sig = sigma_schedules.discrete_grid(
-                    acp, num_steps, spacing=self.timestep_spacing, offset=self.timesteps_offset,
-                    kind=kind, interpolation=getattr(self, "interpolation_type", "linear"),
-                    sigma_min=getattr(self, "sigma_min", None),
-                    sigma_max=getattr(self, "sigma_max", None),
-                )  # fmt: skip
-            final = 0.0
-            if getattr(self, "final_sigmas_type", "zero") == "sigma_min":
-                final = float(np.sqrt((1 - acp[0]) / acp[0]))
-            sig = sigma_schedules.as_float32(np.concatenate([sig, [final]]))
-        if getattr(self, "timestep_type", "discrete") == "continuous" and (
-            self.prediction_type == "angular_velocity"
-        ):
-            ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))
-        ts = sigma_schedules.as_float32(ts)
+        options = self.grid_options()
+        if timesteps is not None and sigmas is None and options.sigma_schedule is not None:
+            raise ValueError(f"timesteps= cannot be combined with {self.sigma_option()}")  # type: ignore[attr-defined]
+        ts, sig = discrete.ve_grid(
+            self.alphas_cumprod,
+            num_steps,
+            options,
+            sigmas=sigmas,
+            timesteps=timesteps,  # type: ignore[attr-defined]
+        )
         cut = first_call(len(ts), strength)
         return ts[cut:], sig[cut:]
 
     def _init_noise_sigma(self, sig: np.ndarray) -> float:
         top = float(np.max(sig))
-        if self.timestep_spacing in ("linspace", "trailing"):
+        if self.timestep_spacing in ("linspace", "trailing"):  # type: ignore[attr-defined]
             return top
         return float(np.sqrt(top**2 + 1))
 
@@ -90,21 +69,14 @@ class KarrasGrid:
         )
 
 
-def descending(name: str, values: Any) -> np.ndarray:
-    """``values`` as a non-empty, non-increasing float64 array of finite numbers."""
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size < 1 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a non-empty list of finite numbers")
-    if np.any(np.diff(arr) > 0):
-        raise ValueError(f"{name} must be non-increasing, got: {arr.tolist()}")
-    return arr
-
-
 @dataclass(frozen=True, kw_only=True)
 class EulerBase(KarrasGrid, ZeroTerminalSNR, Spacing, Scheduler):
     """The options of diffusers' Euler-type schedulers (linspace spacing, zero terminal SNR)."""
 
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
+
+    def grid_options(self) -> discrete.GridOptions:
+        return super().grid_options()._replace(zero_terminal_snr=self.rescale_betas_zero_snr)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +87,9 @@ class TwoStageBase(KarrasGrid, SigmaGrid, Spacing, Scheduler):
     beta_start: float = with_default(Scheduler, "beta_start", 0.00085)
     beta_end: float = with_default(Scheduler, "beta_end", 0.012)
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
+
+    def grid_options(self) -> discrete.GridOptions:
+        return super().grid_options()._replace(sigma_schedule=self.sigma_kind)
 
 
 def interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:

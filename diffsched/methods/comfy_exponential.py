@@ -43,15 +43,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
-from ..core.engine import SAMPLE, X0, Update
 from ..core.options import option
 from ..core.scheduler import document
 from ._comfy import Calls, ComfySampler
-from .kit import exponential_multistep, half_log_snr
+from .kit import UniPCRhos, data_estimate, exponential_multistep, half_log_snr, unipc_rhos
 
 UNIPC_END = 0.001  # ComfyUI's uni_pc ends here instead of at σ = 0
 
@@ -72,7 +70,8 @@ class _ExponentialMultistep(ComfySampler):
                 rows.append([-math.expm1(-(lam[i + 1] - lam[i]))])
             else:
                 rows.append(self.weights(lam, i))
-        return Calls(sigmas[:n], exponential_multistep(sigmas[:n], sigmas[1:], rows))
+        keep = sigmas[1:] / sigmas[:n]  # e^{-h} of eq. 1
+        return Calls(sigmas[:n], exponential_multistep(keep, rows, data_estimate(n)))
 
 
 @document
@@ -123,37 +122,18 @@ class ComfyResMultistep(_ExponentialMultistep):
         return [h * (phi1 - phi2 / c2), h * phi2 / c2]  # eq. 3 (e^-h = σ_{i+1}/σ_i)
 
 
-class UniPCStep(NamedTuple):
-    """The numbers of one UniPC step (eq. 4-5) of order p into level t."""
-
-    r: np.ndarray  # (p - 1,) r_k
-    b_h: float  # B(h)
-    h_phi_1: float  # e^ĥ - 1
-    rho_p: np.ndarray  # (p - 1,) predictor weights
-    rho_c: np.ndarray  # (p,) corrector weights, the last for m_t
-
-
-def unipc_step(lam: np.ndarray, k: int, p: int, variant: str) -> UniPCStep:
-    """UniPC's step into call level k from the p previous calls k-1, ..., k-p (eq. 4-5)."""
+def unipc_step(lam: np.ndarray, k: int, p: int, variant: str) -> tuple[np.ndarray, UniPCRhos]:
+    """(r, the weights) of UniPC's step into call level k from the p previous calls k-1, ...,
+    k-p (eq. 4-5), the φ's by ComfyUI's recursion φ_{i+1}(z) = (φ_i(z) - 1/i!)/z."""
     h = lam[k] - lam[k - 1]
     r = np.array([(lam[k - 1 - i] - lam[k - 1]) / h for i in range(1, p)])
     hh = -h
-    h_phi_1 = math.expm1(hh)
-    b_h = hh if variant == "bh1" else math.expm1(hh)
-    g, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1  # ĥ φ_2(ĥ), by ComfyUI's recursion
+    h_phis, h_phi_k, factorial = [], math.expm1(hh) / hh - 1, 1  # ĥ φ_2(ĥ)
     for i in range(1, p + 1):
-        g.append(h_phi_k * factorial / b_h)
+        h_phis.append(h_phi_k)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    nodes = np.append(r, 1.0)
-    system = np.stack([nodes**i for i in range(p)])
-    g = np.array(g)
-    if p == 1:
-        rho_p, rho_c = np.zeros(0), np.array([0.5])
-    else:
-        rho_p = np.array([0.5]) if p == 2 else np.linalg.solve(system[:-1, :-1], g[:-1])
-        rho_c = np.linalg.solve(system, g)
-    return UniPCStep(r, b_h, h_phi_1, rho_p, rho_c)
+    return r, unipc_rhos(r, hh, variant, h_phis)
 
 
 @document
@@ -190,8 +170,7 @@ class ComfyUniPC(ComfySampler):
         log_alpha = 0.5 * np.log(1 / (t**2 + 1))  # ComfyUI's λ, α, σ_vp of σ
         alpha = np.exp(log_alpha)
         if n == 1:  # ComfyUI: order 0, the one call's output unused, x_vp / α(end) returned
-            update = Update(1)
-            update.add(SAMPLE, 0, 0, alpha[0] / alpha[1])
+            update = exponential_multistep([alpha[0] / alpha[1]], [[]], data_estimate(1))
             return Calls(sigmas[:1], update, end=float(t[-1]))
         std = np.sqrt(1.0 - np.exp(2.0 * log_alpha))
         lam = log_alpha - 0.5 * np.log(1.0 - np.exp(2.0 * log_alpha))
@@ -199,32 +178,32 @@ class ComfyUniPC(ComfySampler):
         def order_into(k: int) -> int:
             return k if k < order else min(order, n + 1 - k)
 
-        update = Update(n)
+        keep, rows = np.zeros(n), []
         for k in range(n):
             # x^c_k = x̃_k + Σ_j e_j m_{k-j} (eq. 5; none at k = 0)
             corr: dict[int, float] = {}
             if k >= 1:
                 p = order_into(k)
-                st = unipc_step(lam, k, p, self.variant)
+                r, st = unipc_step(lam, k, p, self.variant)
                 scale = alpha[k] * st.b_h
                 for i in range(1, p):  # D_i = (m_{k-1-i} - m_{k-1}) / r_i
-                    w = scale * (st.rho_p[i - 1] - st.rho_c[i - 1]) / st.r[i - 1]
+                    w = scale * (st.rho_p[i - 1] - st.rho_c[i - 1]) / r[i - 1]
                     corr[1 + i] = corr.get(1 + i, 0.0) + w
                     corr[1] = corr.get(1, 0.0) - w
                 corr[0] = corr.get(0, 0.0) - scale * st.rho_c[-1]  # - ρ^c_p (m_k - m_{k-1})
                 corr[1] = corr.get(1, 0.0) + scale * st.rho_c[-1]
             # x̃_{k+1} (eq. 4) from x^c_k, in the variance-preserving sample
             p = order_into(k + 1)
-            st = unipc_step(lam, k + 1, p, self.variant)
+            r, st = unipc_step(lam, k + 1, p, self.variant)
             ratio = std[k + 1] / std[k]
             vp = {j: ratio * e for j, e in corr.items()}
-            vp[0] = vp.get(0, 0.0) - alpha[k + 1] * st.h_phi_1
+            vp[0] = vp.get(0, 0.0) - alpha[k + 1] * math.expm1(-(lam[k + 1] - lam[k]))
             for i in range(1, p):  # D_i = (m_{k-i} - m_k) / r_i
-                w = -alpha[k + 1] * st.b_h * st.rho_p[i - 1] / st.r[i - 1]
+                w = -alpha[k + 1] * st.b_h * st.rho_p[i - 1] / r[i - 1]
                 vp[i] = vp.get(i, 0.0) + w
                 vp[0] -= w
             # native x = x_vp / α at both ends
-            update.add(SAMPLE, 0, k, ratio * alpha[k] / alpha[k + 1])
-            for j, c in vp.items():
-                update.add(X0, j, k, c / alpha[k + 1])
+            keep[k] = ratio * alpha[k] / alpha[k + 1]
+            rows.append({j: c / alpha[k + 1] for j, c in vp.items()})
+        update = exponential_multistep(keep, rows, data_estimate(n))
         return Calls(sigmas[:n], update, end=float(t[-1]))

@@ -23,7 +23,9 @@ exactly (:mod:`diffsched.methods._dpm_solver_coefficients`, eq. 3):
     x_t = (α_t/α_s) x_s - σ_t (h φ_1(h) D_0 + h φ_2(h) D_1 + 2 h φ_3(h) D_2),             (4)
 
 h = λ_t - λ_s, D_1 = h ε̂'(λ_s) and D_2 = h² ε̂''(λ_s) / 2 of the interpolating polynomial
-(the divided differences of DPM-Solver's multistep, exact for it). Order 1 is DDIM, order 2
+(the divided differences of DPM-Solver's multistep, exact for it): DPM-Solver's table
+(:func:`diffsched.methods.dpmsolver.multistep_tableau`, on the kit's exponential step).
+Order 1 is DDIM, order 2
 DPM-Solver's multistep ``heun`` step; order 3 differs from DPM-Solver's third-order step by
 its full D_2 term (DPM-Solver's reference code halves it). (4) is used here rather than
 diffusers' closed-form integrals of (2), which subtract values of size ρ (log ρ)² / h² to
@@ -57,7 +59,6 @@ from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
 from ..schedules import solver_grid
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     flow_prediction_type_option,
@@ -128,7 +129,7 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
                 raise TypeError(f"mu must be a number, got: {mu!r}")
             shift = math.exp(float(mu))
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma="sigma_min", converted_final_sigma="last",
             flow_shift=shift,

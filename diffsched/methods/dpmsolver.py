@@ -71,7 +71,10 @@ The grid is :func:`diffsched.schedules.solver_grid.solver_grid` with this class'
 except for the cosine schedule, the final level 0 or the training σ_0 (also on flow grids,
 as diffusers), custom integer ``timesteps=``, and the flow shift e^μ of ``init(mu=)``.
 ``prediction_type="flow"`` forms x̂_0 = x - σ v with the grid's σ (σ_t on flow grids), as
-diffusers. The inverse (``DPMSolverMultistepInverse``) runs (3)-(5) over the ascending grid
+diffusers. Each row of (3)-(7) is the kit's exponential step
+(:func:`diffsched.methods.kit.exponential_multistep`, with m formed by its
+:func:`~diffsched.methods.kit.noise_estimate` / ``data_estimate``).
+The inverse (``DPMSolverMultistepInverse``) runs (3)-(5) over the ascending grid
 (h < 0), from a clean sample up to the top of the spaced range.
 """
 
@@ -84,7 +87,7 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
     BrownianNoise,
@@ -96,10 +99,10 @@ from ..core.scheduler import (
     ZeroTerminalSNR,
     document,
 )
-from ..schedules import solver_grid
+from ..schedules import discrete, solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
-from ._karras import training_alphas_cumprod
+from .kit import data_estimate, exponential_multistep, noise_estimate
 
 
 def reject_learned_variance(owner: str, variance_type: str | None) -> None:
@@ -236,13 +239,18 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
     def processes_x0(self) -> bool:
         return self.thresholding
 
-    def _check(self) -> None:
+    def _check_solver(self, *, use_lu_lambdas: bool) -> None:
+        """The checks of both classes (``use_lu_lambdas``: the forward class's option, False
+        for the inverse, which has none)."""
         owner = type(self).__name__
         reject_learned_variance(owner, self.variance_type)
-        kinds = [f"use_{k}_sigmas" for k in ("karras", "exponential", "beta")
-                 if getattr(self, f"use_{k}_sigmas")]  # fmt: skip
-        if getattr(self, "use_lu_lambdas", False):
-            kinds.append("use_lu_lambdas")
+        chosen = {
+            "use_karras_sigmas": self.use_karras_sigmas,
+            "use_exponential_sigmas": self.use_exponential_sigmas,
+            "use_beta_sigmas": self.use_beta_sigmas,
+            "use_lu_lambdas": use_lu_lambdas,
+        }
+        kinds = [name for name, on in chosen.items() if on]
         if self.use_flow_sigmas:
             kinds.append("use_flow_sigmas")
         if self.sigma_schedule is not None:
@@ -259,9 +267,9 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
                 f"'sde-dpmsolver++', got: {self.algorithm_type!r} (as diffusers)"
             )
 
-    def _grid_kind(self) -> str | None:
+    def _grid_kind(self, *, use_lu_lambdas: bool) -> str | None:
         kind = self.sigma_kind
-        if kind is None and getattr(self, "use_lu_lambdas", False):
+        if kind is None and use_lu_lambdas:
             kind = "lu"
         if kind is None and self.use_flow_sigmas:
             kind = "flow"
@@ -277,11 +285,10 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
 
     # -- the table -------------------------------------------------------------------------
 
-    def _orders(self, n: int, sig: np.ndarray, begin: int = 0) -> list[int]:
+    def _orders(self, n: int, sig: np.ndarray, begin: int, *, to_zero: bool) -> list[int]:
         """The order of each of the n calls (module docstring, "Order at each call"), the
-        warm-up starting at call ``begin``."""
+        warm-up starting at call ``begin``; ``to_zero``: ``final_sigmas_type="zero"``."""
         few = self.lower_order_final and n < 15
-        to_zero = getattr(self, "final_sigmas_type", None) == "zero"
         return multistep_orders(
             n, self.solver_order, sig,
             last_first=self.euler_at_final or few or to_zero, second_last_second=few,
@@ -289,11 +296,11 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
         )  # fmt: skip
 
     def _table(
-        self, grid: solver_grid.SolverGrid, strength: float = 1.0, sde_third: str = "diffusers"
+        self, grid: solver_grid.SolverGrid, strength: float, *, sde_third: str, to_zero: bool
     ) -> Tableau:
         cut = first_call(len(grid.timesteps), strength)
         tab = multistep_tableau(
-            grid, self._orders(len(grid.timesteps), grid.sigmas, cut),
+            grid, self._orders(len(grid.timesteps), grid.sigmas, cut, to_zero=to_zero),
             prediction_type=self.prediction_type, data=self.data_prediction,
             second="taylor" if self.solver_type == "heun" else "midpoint",
             stochastic=not self.deterministic, processes_x0=self.processes_x0,
@@ -336,6 +343,40 @@ def multistep_orders(
     return out
 
 
+def multistep_rows(
+    alpha: np.ndarray,
+    sigma: np.ndarray,
+    lam: np.ndarray,
+    orders: list[int],
+    *,
+    data: bool,
+    second: str,
+    third: str,
+    stochastic: bool,
+    sde_third: str,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(c_x, the weights of m_i, ..., m_{i-p+1}, the noise c_z) of eq. 3-7 at each call i,
+    p = ``orders[i]``, from the levels (α, σ_t, λ) of the calls and the final one; the rows
+    of the kit's :func:`~diffsched.methods.kit.exponential_multistep`."""
+    form = coefficients.data_prediction if data else coefficients.noise_prediction
+    n = len(orders)
+    keep, rows, noise = np.zeros(n), [], np.zeros(n)
+    for i in range(n):
+        p = orders[i]
+        c = form(
+            alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
+            second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
+            **({"sde_third": sde_third} if data else {}),
+        )  # fmt: skip
+        h = lam[i + 1] - lam[i]
+        h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
+        h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
+        keep[i], noise[i] = c.x, c.noise
+        w = coefficients.multistep_differences(h, h0, h1)
+        rows.append(coefficients.model_weights(c, w, p)[:p])  # m_i, ..., m_{i-p+1}
+    return keep, rows, noise
+
+
 def multistep_tableau(
     grid: solver_grid.SolverGrid,
     orders: list[int],
@@ -363,41 +404,16 @@ def multistep_tableau(
     # does its ε̂ = (x - α x̂_0) / σ_t formed from it (DEIS: the ε form takes flow models)
     level = sig[:n] if prediction_type == predictions.FLOW else sigma[:n]
     x0 = predictions.x0_from_alpha_sigma(prediction_type, alpha[:n], level)
-    with np.errstate(divide="ignore", invalid="ignore"):  # ε̂ = (x - α x̂_0) / σ_t
-        eps_sample = (1.0 - alpha[:n] * x0.sample_coef) / level
-        eps_output = -alpha[:n] * x0.prediction_coef / level
-    update = Update(n)
-    noise = np.zeros(n)
-    add = update.add
-
-    def add_model(lag: int, i: int, value: float) -> None:
-        """``value`` times m of call i - lag: x̂_0, or ε̂ (from the thresholded x̂_0)."""
-        j = i - lag
-        if data:
-            add(X0, lag, i, value)
-        elif processes_x0:
-            add(SAMPLE, lag, i, value / level[j])
-            add(X0, lag, i, -value * alpha[j] / level[j])
-        else:
-            add(SAMPLE, lag, i, value * eps_sample[j])
-            add(OUTPUT, lag, i, value * eps_output[j])
-
-    form = coefficients.data_prediction if data else coefficients.noise_prediction
-    for i in range(n):
-        p = orders[i]
-        c = form(
-            alpha[i], sigma[i], alpha[i + 1], sigma[i + 1],
-            second="taylor" if p == 3 else second, third=third, stochastic=stochastic,
-            **({"sde_third": sde_third} if data else {}),
-        )  # fmt: skip
-        h = lam[i + 1] - lam[i]
-        h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
-        h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
-        w = coefficients.model_weights(c, coefficients.multistep_differences(h, h0, h1), p)
-        add(SAMPLE, 0, i, c.x)
-        for lag in range(p):
-            add_model(lag, i, w[lag])
-        noise[i] = c.noise
+    # m of (3)-(7): x̂_0, or ε̂ (from the thresholded x̂_0 when ``processes_x0``)
+    if data:
+        estimate = data_estimate(n)
+    else:
+        estimate = noise_estimate(prediction_type, alpha[:n], level, from_x0=processes_x0)
+    keep, rows, noise = multistep_rows(
+        alpha, sigma, lam, orders, data=data, second=second, third=third,
+        stochastic=stochastic, sde_third=sde_third,
+    )  # fmt: skip
+    update = exponential_multistep(keep, rows, estimate)
     return Tableau(
         timesteps=ts,
         x0_sample=x0.sample_coef,
@@ -454,7 +470,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     sde_third_order: str = sde_third_order_option()
 
     def _check(self) -> None:
-        super()._check()
+        self._check_solver(use_lu_lambdas=self.use_lu_lambdas)
         if not self.data_prediction and self.final_sigmas_type == "zero":
             raise ValueError(
                 f"DPMSolverMultistep option final_sigmas_type='zero' needs algorithm_type "
@@ -466,7 +482,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
-        kind = self._grid_kind()
+        kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
         shift = self.flow_shift
         if mu is not None:
             if not self.use_dynamic_shifting:
@@ -478,8 +494,11 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
+        acp = discrete.training_alphas_cumprod(
+            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+        )
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            acp, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             lambda_min_clipped=self.lambda_min_clipped,
@@ -490,7 +509,10 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     def tableau(
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
     ) -> Tableau:
-        return self._table(self._grid(num_steps, timesteps, mu), strength, self.sde_third_order)
+        return self._table(
+            self._grid(num_steps, timesteps, mu), strength,
+            sde_third=self.sde_third_order, to_zero=self.final_sigmas_type == "zero",
+        )  # fmt: skip
 
 
 @document
@@ -521,7 +543,7 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     CLI_NAME = "dpm++2m-inverse"
 
     def _check(self) -> None:
-        super()._check()
+        self._check_solver(use_lu_lambdas=False)
         if not self.deterministic:
             raise ValueError(
                 f"DPMSolverMultistepInverse option algorithm_type={self.algorithm_type!r}: the "
@@ -538,9 +560,9 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     def _grid(self, num_steps: int | None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: ascending timesteps and N + 1 levels (float32)."""
         grid = solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
-            sigma_schedule=self._grid_kind(), final_sigma="last",
+            sigma_schedule=self._grid_kind(use_lu_lambdas=False), final_sigma="last",
             lambda_min_clipped=self.lambda_min_clipped, reverse=True,
         )  # fmt: skip
         _, first = np.unique(grid.timesteps, return_index=True)
@@ -551,4 +573,5 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
         return grid
 
     def tableau(self, num_steps: int | None) -> Tableau:
-        return self._table(self._grid(num_steps))
+        # the inverse ends at the top of the spaced range, never at σ = 0
+        return self._table(self._grid(num_steps), 1.0, sde_third="diffusers", to_zero=False)

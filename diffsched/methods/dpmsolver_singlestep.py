@@ -16,7 +16,8 @@ estimates them from k - 1 intermediate model calls between s and t; here, as in 
 those intermediate levels are the grid's own: a group of k consecutive calls n, n + 1,
 ..., n + k - 1 starts at s = λ_n, its i-th call steps from the group's first sample x_n
 (not from its predecessor's result) to λ_{n+i+1} with order i + 1, and its last result is
-the next group's start. With m_j the prediction at call j:
+the next group's start (the kit's :func:`~diffsched.methods.kit.exponential_multistep`
+with each call's origin at its group's first sample). With m_j the prediction at call j:
 
 * order 1 (DPM-Solver-1, which is DDIM): D_0 = m_n;
 * order 2 (DPM-Solver-2; 2022a, Alg. 1), s = λ_n, the call n + 1 at r_0 h:
@@ -56,13 +57,12 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     SDE_THIRD_ORDER,
     Thresholding,
@@ -72,6 +72,7 @@ from .dpmsolver import (
     restarted_on_grid,
     sde_third_order_option,
 )
+from .kit import data_estimate, exponential_multistep, noise_estimate
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 DATA_FORMS = ("dpmsolver++", "sde-dpmsolver++")
@@ -188,7 +189,7 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
             if kind is not None:
                 raise ValueError(f"custom timesteps= cannot be combined with {kind} sigmas")
         return solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps, spacing="linspace",
+            self.alphas_cumprod, num_steps, spacing="linspace",
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             lambda_min_clipped=self.lambda_min_clipped, round_karras=True,
             flow_shift=shift, flow_base="ramp", timesteps=timesteps,
@@ -226,27 +227,19 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
         # diffusers' flow x̂_0 = x - σ v uses the grid's σ (σ_t itself on flow grids)
         level = sig[:n] if self.prediction_type == predictions.FLOW else sigma[:n]
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n], level)
-        eps = predictions.noise_from_alpha_sigma(self.prediction_type, alpha[:n], sigma[:n])
         data = self.algorithm_type in DATA_FORMS
+        # m of (1): x̂_0, or ε̂ (from the thresholded x̂_0 where x̂_0 is thresholded)
+        if data:
+            estimate = data_estimate(n)
+        else:
+            estimate = noise_estimate(
+                self.prediction_type, alpha[:n], sigma[:n], from_x0=self.thresholding
+            )
         # diffusers lowers a group's order where its first calls were not run (a cut)
         orders = [min(k, j - cut + 1) for j, k in enumerate(self._orders(n))]
 
-        update = Update(n)
-        noise = np.zeros(n)
-        add = update.add
-
-        def add_model(i: int, j: int, value: float) -> None:
-            """``value`` times the prediction m_i of call i, in the row of call j."""
-            lag = j - i
-            if data:
-                add(X0, lag, j, value)
-            elif self.thresholding:  # ε̂ = (x - α x̂_0) / σ from the thresholded x̂_0
-                add(SAMPLE, lag, j, value / sigma[i])
-                add(X0, lag, j, -value * alpha[i] / sigma[i])
-            else:
-                add(SAMPLE, lag, j, value * eps.sample_coef[i])
-                add(OUTPUT, lag, j, value * eps.prediction_coef[i])
-
+        # call j steps from its group's first sample x_s (eq. 1): keep, origin s, weights
+        keep, origin, rows, noise = np.zeros(n), np.arange(n), [{} for _ in range(n)], np.zeros(n)
         for j in range(cut, n):
             k = orders[j]
             s, t = j - k + 1, j + 1  # from the group's first call to the next level
@@ -256,8 +249,7 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
             if self.algorithm_type == "sde-dpmsolver++":
                 kwargs = {"stochastic": True, "sde_third": SDE_THIRD_ORDER[self.sde_third_order]}
             c = weights(alpha[s], sigma[s], alpha[t], sigma[t], second=second, **kwargs)
-            add(SAMPLE, j - s, j, c.x)  # the group's first sample
-            noise[j] = c.noise
+            keep[j], origin[j], noise[j] = c.x, s, c.noise
             h = lam[t] - lam[s]
             # D_0, D_1, D_2 as weights of m_s, m_{s+1}, m_{s+2} (eq. 2-3)
             d = np.zeros((3, k))
@@ -277,12 +269,12 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
             used = 1 if k == 1 else 3 if k == 3 and self.solver_type == "heun" else 2
             for i, w in enumerate(np.array([c.d0, c.d1, c.d2][:used]) @ d[:used]):
                 if w != 0.0:
-                    add_model(s + i, j, float(w))
+                    rows[j][j - s - i] = float(w)  # m_{s+i}, j - s - i calls back
         tab = Tableau(
             timesteps=grid.timesteps,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
-            update=update,
+            update=exponential_multistep(keep, rows, estimate, origin=origin),
             noise=None if self.deterministic else noise,
             start=(float(alpha[0]), float(sigma[0])),
             init_noise_sigma=1.0,

@@ -56,14 +56,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import families
-from ..core.engine import SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
-from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
-from .dpmsolver import Thresholding, multistep_orders
+from .dpmsolver import Thresholding, multistep_orders, multistep_rows
 from .edm import EDMEuler
+from .kit import data_estimate, exponential_multistep
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -208,23 +208,14 @@ class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
         )  # fmt: skip
         stochastic = not self.deterministic
         second = "taylor" if self.solver_type == "heun" else "midpoint"
-        lam = -np.log(np.where(sig > 0, sig, np.nan))  # λ = -log σ (α = 1)
-        update = Update(n)
-        noise = np.zeros(n)
-        for i in range(n):
-            p = orders[i]  # the third-order step takes the Taylor c_1 whatever solver_type
-            c = coefficients.data_prediction(
-                1.0, s[i], 1.0, sig[i + 1], second="taylor" if p == 3 else second,
-                stochastic=stochastic, sde_third="reference",
-            )  # fmt: skip
-            h = coefficients.step_size(1.0, s[i], 1.0, sig[i + 1])
-            h0 = lam[i] - lam[i - 1] if p >= 2 else math.nan
-            h1 = lam[i - 1] - lam[i - 2] if p >= 3 else math.nan
-            w = coefficients.model_weights(c, coefficients.multistep_differences(h, h0, h1), p)
-            update.add(SAMPLE, 0, i, c.x)
-            for lag in range(p):  # eq. 3-4: D of call i - lag
-                update.add(X0, lag, i, w[lag])
-            noise[i] = c.noise
+        with np.errstate(divide="ignore"):
+            lam = -np.log(sig)  # λ = -log σ (α = 1; +∞ at a final σ = 0)
+        # eq. 3-4, the third-order step with the Taylor c_1 whatever solver_type
+        keep, rows, noise = multistep_rows(
+            np.ones_like(sig), sig, lam, orders, data=True, second=second, third="reference",
+            stochastic=stochastic, sde_third="reference",
+        )  # fmt: skip
+        update = exponential_multistep(keep, rows, data_estimate(n))
         tab = Tableau(
             timesteps=ts,
             x0_sample=c_skip,

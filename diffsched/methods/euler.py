@@ -36,6 +36,7 @@ from ..core.scheduler import (
     SigmaGrid,
     document,
 )
+from ..schedules import discrete
 from ._karras import EulerBase
 
 
@@ -77,6 +78,15 @@ class Euler(BrownianNoise, Churn, SigmaGrid, EulerBase):
         "zero", "the level of the final sample: zero, or the lowest training σ (sigma_min)",
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
+
+    def grid_options(self) -> discrete.GridOptions:
+        continuous = self.timestep_type == "continuous"
+        return super().grid_options()._replace(
+            sigma_schedule=self.sigma_kind, interpolation=self.interpolation_type,
+            sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+            final_sigma=self.final_sigmas_type,
+            continuous_timesteps=continuous and self.prediction_type == "angular_velocity",
+        )  # fmt: skip
 
     @property
     def deterministic(self) -> bool:

@@ -27,7 +27,8 @@ method (Karras et al. 2022, Alg. 1 and 2, taken over to σ ∈ [0, 1]) adds chur
 with the last step, to σ = 0, the Euler step (5) alone (it lands on x̂_0). The model is
 called on x_σ itself (no input scaling) at the timestep t = σ T.
 
-The grid (diffusers' ``set_timesteps``; T = ``num_train_steps``):
+The grid (diffusers' ``set_timesteps``; T = ``num_train_steps``;
+:func:`diffsched.schedules.flow.flow_grid` with each class's options):
 
     training levels   σ_k = k / T, k = T, ..., 1, statically shifted (9) unless dynamic  (7)
     N levels          linspace(σ_max, σ_min, N) between the first and last of (7)        (8)
@@ -66,8 +67,7 @@ from ..core.scheduler import (
     SigmaGrid,
     document,
 )
-from ..schedules import comfy, shifts
-from ..schedules import sigmas as sigma_schedules
+from ..schedules import comfy, flow, shifts
 from ._img2img import check_strength
 from ._karras import interleave
 
@@ -83,31 +83,6 @@ def first_flow_call(num_steps: int, strength: float) -> int:
     """
     strength = check_strength(strength)
     return int(max(num_steps - min(num_steps * strength, num_steps), 0))
-
-
-def _levels(name: str, values: Any, low: float, high: float) -> np.ndarray:
-    """A custom grid as a non-empty, finite, non-increasing float64 vector within [low, high]."""
-    try:
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a list of numbers, got: {values!r}") from None
-    if arr.size < 1 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a non-empty list of finite numbers, got: {values!r}")
-    if np.any(np.diff(arr) > 0):
-        raise ValueError(f"{name} must be non-increasing, got: {arr.tolist()}")
-    if arr.min() < low or arr.max() > high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got: {arr.tolist()}")
-    return arr
-
-
-def _training_ends(num_train_steps: int, shift: float | None) -> tuple[float, float]:
-    """The first and last training levels (7), T/T and 1/T, statically shifted by ``shift``
-    (None: not shifted), in float32 arithmetic op by op, as diffusers computes them in its
-    ``__init__``, so that the grid spanned between them is diffusers' to the last bit."""
-    sig = np.array([num_train_steps, 1], dtype=np.float32) / np.float32(num_train_steps)
-    if shift is not None:  # (9), each operation rounded to float32
-        sig = (np.float32(shift) * sig) / (np.float32(1) + np.float32(shift - 1) * sig)
-    return float(sig[0]), float(sig[1])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,40 +110,22 @@ class _FlowMatchBase(BaseScheduler):
 
     # -- the grid --------------------------------------------------------------------------
 
+    def flow_grid_options(self) -> flow.GridOptions:
+        """This class's options of :func:`~diffsched.schedules.flow.flow_grid`: the static
+        shift, and the defaults of the options only some classes have (a class with one of
+        them states its own)."""
+        return flow.GridOptions(
+            num_train_steps=self.num_train_steps, shift=self.shift,
+            time_shift_type="exponential", shift_terminal=None, sigma_schedule=None,
+            invert_sigmas=False,
+        )  # fmt: skip
+
     def _mu(self, mu: Any, image_seq_len: Any) -> float | None:
-        """μ of the dynamic shift (None without it): given, or from the image's token count."""
+        """μ of the dynamic shift: None here (a class without one; as diffusers, μ only
+        acts with dynamic shifting)."""
         if mu is not None and image_seq_len is not None:
             raise ValueError("pass at most one of mu= and image_seq_len=")
-        if not getattr(self, "use_dynamic_shifting", False):
-            return None  # as diffusers: μ only acts with dynamic shifting
-        if image_seq_len is not None:
-            if isinstance(image_seq_len, bool) or not isinstance(image_seq_len, int | np.integer):
-                raise TypeError(f"image_seq_len must be an integer, got: {image_seq_len!r}")
-            if image_seq_len < 1:
-                raise ValueError(f"image_seq_len must be at least 1, got: {image_seq_len}")
-            if self.base_image_seq_len == self.max_image_seq_len:  # type: ignore[attr-defined]
-                raise ValueError(
-                    "image_seq_len= needs base_image_seq_len and max_image_seq_len to differ, "
-                    f"both are {self.max_image_seq_len}"  # type: ignore[attr-defined]
-                )
-            mu = shifts.mu_from_image_seq_len(
-                int(image_seq_len), self.base_image_seq_len, self.max_image_seq_len,  # type: ignore[attr-defined]
-                self.base_shift, self.max_shift,  # type: ignore[attr-defined]
-            )  # fmt: skip
-        if mu is None:
-            raise ValueError(
-                f"{type(self).__name__} with use_dynamic_shifting=True needs the shift of the "
-                "image: pass mu= (diffusers' set_timesteps(mu=...)) or image_seq_len= (the "
-                "number of latent tokens, from which mu is computed as the FLUX pipeline does)"
-            )
-        if isinstance(mu, bool) or not isinstance(mu, int | float | np.integer | np.floating):
-            raise TypeError(f"mu must be a number, got: {mu!r}")
-        mu = float(mu)
-        if not math.isfinite(mu):
-            raise ValueError(f"mu must be finite, got: {mu}")
-        if getattr(self, "time_shift_type", "exponential") == "linear" and mu <= 0:
-            raise ValueError(f"the linear time shift needs mu > 0, got: {mu}")
-        return mu
+        return None
 
     def _grid(
         self,
@@ -179,56 +136,10 @@ class _FlowMatchBase(BaseScheduler):
         image_seq_len: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps of the N calls, their N levels and the final one), float32 values."""
-        T = self.num_train_steps
-        dynamic = getattr(self, "use_dynamic_shifting", False)
-        mu = self._mu(mu, image_seq_len)
-        custom_ts = None
-        # custom levels are shifted in float32 arithmetic, the default grid in float64, as
-        # diffusers computes them (a float32 / float64 NumPy array)
-        work = np.float32
-        if timesteps is not None:
-            custom_ts = _levels("timesteps", timesteps, 0.0, T).astype(np.float32)
-        if sigmas is not None:
-            base = _levels("sigmas", sigmas, 0.0, 1.0).astype(np.float32)
-        elif custom_ts is not None:
-            base = custom_ts / np.float32(T)
-        else:
-            # (8) between the first and last training levels (7)
-            top, bottom = _training_ends(T, None if dynamic else self.shift)
-            base = np.linspace(top * T, bottom * T, num_steps) / T
-            work = np.float64
-        if dynamic:  # (10)
-            kind = self.time_shift_type  # type: ignore[attr-defined]
-            sig = shifts.time_shift(base, mu, kind, dtype=work)
-        else:  # (9)
-            sig = shifts.shift(base, self.shift, dtype=work)
-        terminal = getattr(self, "shift_terminal", None)
-        if terminal:  # (11); diffusers skips a terminal of 0 as it skips None
-            if sig[-1] == 1:
-                raise ValueError(
-                    f"shift_terminal={terminal} stretches 1 - σ to end at the last model call, "
-                    "whose level is 1 here (a single step from pure noise): use more steps"
-                )
-            sig = shifts.stretch_to_terminal(sig, terminal, dtype=work)
-        sig = np.asarray(sig, dtype=np.float64)
-        kind = self.sigma_kind if isinstance(self, SigmaGrid) else None
-        if kind is not None:  # (12); ComfyUI's schedules on this class's own flow levels
-            model = None
-            if kind in sigma_schedules.COMFY_SCHEDULES:
-                shift_type = getattr(self, "time_shift_type", "exponential")
-                model = comfy.flow_sampling(T, self.shift, mu if dynamic else None, shift_type)
-            sig = sigma_schedules.convert(kind, sig, num_steps, None, None, model)
-        sig = sigma_schedules.as_float32(sig)
-        if custom_ts is not None:
-            ts = custom_ts.astype(np.float64)
-        else:
-            ts = sigma_schedules.as_float32(sig * T)  # (13)
-        final = 0.0
-        if getattr(self, "invert_sigmas", False):  # (14)
-            sig = sigma_schedules.as_float32(1.0 - sig)
-            ts = sigma_schedules.as_float32(sig * T)
-            final = 1.0
-        return ts, np.append(sig, final)
+        return flow.flow_grid(
+            num_steps, self.flow_grid_options(), mu=self._mu(mu, image_seq_len),
+            sigmas=sigmas, timesteps=timesteps,
+        )  # fmt: skip
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -259,7 +170,7 @@ class _FlowMatchBase(BaseScheduler):
         """(σ at the first model call, σ of the final sample) of an N-step loop: flow levels
         of (1), not ᾱ's; the final sample approximates the flow ODE solution between them
         (:func:`diffsched.exact.reference.solve_flow_ode`)."""
-        if getattr(self, "invert_sigmas", False):
+        if self.flow_grid_options().invert_sigmas:
             raise ValueError(
                 "invert_sigmas=True runs a model whose time is reversed (t = (1 - σ) T, Mochi); "
                 "its levels are not those of the exact flow models (t = σ T)"
@@ -301,6 +212,49 @@ class _ShiftedGrid(SigmaGrid):
         "exponential", "the dynamic shift: exponential e^μ / (e^μ + 1/σ - 1) or linear "
         "μ / (μ + 1/σ - 1) (eq. 10)", "time_shift_type", choices=shifts.TIME_SHIFT_TYPES,
     )  # fmt: skip
+
+    def flow_grid_options(self) -> flow.GridOptions:
+        return flow.GridOptions(
+            num_train_steps=self.num_train_steps, shift=self.shift,  # type: ignore[attr-defined]
+            time_shift_type=self.time_shift_type, shift_terminal=self.shift_terminal,
+            sigma_schedule=self.sigma_kind, invert_sigmas=self.invert_sigmas,
+        )  # fmt: skip
+
+    def _mu(self, mu: Any, image_seq_len: Any) -> float | None:
+        """μ of the dynamic shift (eq. 10; None without it): given, or from the image's
+        token count."""
+        if mu is not None and image_seq_len is not None:
+            raise ValueError("pass at most one of mu= and image_seq_len=")
+        if not self.use_dynamic_shifting:
+            return None  # as diffusers: μ only acts with dynamic shifting
+        if image_seq_len is not None:
+            if isinstance(image_seq_len, bool) or not isinstance(image_seq_len, int | np.integer):
+                raise TypeError(f"image_seq_len must be an integer, got: {image_seq_len!r}")
+            if image_seq_len < 1:
+                raise ValueError(f"image_seq_len must be at least 1, got: {image_seq_len}")
+            if self.base_image_seq_len == self.max_image_seq_len:
+                raise ValueError(
+                    "image_seq_len= needs base_image_seq_len and max_image_seq_len to differ, "
+                    f"both are {self.max_image_seq_len}"
+                )
+            mu = shifts.mu_from_image_seq_len(
+                int(image_seq_len), self.base_image_seq_len, self.max_image_seq_len,
+                self.base_shift, self.max_shift,
+            )  # fmt: skip
+        if mu is None:
+            raise ValueError(
+                f"{type(self).__name__} with use_dynamic_shifting=True needs the shift of the "
+                "image: pass mu= (diffusers' set_timesteps(mu=...)) or image_seq_len= (the "
+                "number of latent tokens, from which mu is computed as the FLUX pipeline does)"
+            )
+        if isinstance(mu, bool) or not isinstance(mu, int | float | np.integer | np.floating):
+            raise TypeError(f"mu must be a number, got: {mu!r}")
+        mu = float(mu)
+        if not math.isfinite(mu):
+            raise ValueError(f"mu must be finite, got: {mu}")
+        if self.time_shift_type == "linear" and mu <= 0:
+            raise ValueError(f"the linear time shift needs mu > 0, got: {mu}")
+        return mu
 
     def _check(self) -> None:
         kind = self.sigma_kind  # at most one re-gridding, as diffusers checks in __init__

@@ -43,6 +43,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option
 from ..core.scheduler import SigmaGrid, document
+from ..schedules import discrete
 from ._karras import EulerBase
 from .kit import adams_bashforth_weights, linear_multistep
 
@@ -77,6 +78,9 @@ class VariableIPNDM(SigmaGrid, EulerBase):
         MAX_ORDER, "the most past derivatives each step combines (eq. 2)", "solver_order",
         low=1, high=MAX_ORDER,
     )  # fmt: skip
+
+    def grid_options(self) -> discrete.GridOptions:
+        return super().grid_options()._replace(sigma_schedule=self.sigma_kind)
 
     def tableau(self, num_steps: int, **init_options: Any) -> Tableau:
         ts, sig = self._grid(num_steps, **init_options)

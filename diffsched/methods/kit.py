@@ -15,21 +15,27 @@ x = x_0 + σ ε) from a few numbers per step:
 * :func:`adams_bashforth_weights` and :func:`linear_multistep`: linear multistep in σ
   (variable-step Adams-Bashforth; Hairer, Nørsett & Wanner, "Solving Ordinary Differential
   Equations I", sec. III.1 and III.5), x_{i+1} = x_i + Σ_k w_{ik} d_{i-k};
-* :func:`exponential_multistep`: multistep in λ = -log σ with the data prediction x̂_0
-  (Lu et al. 2022b, "DPM-Solver++", eq. 9; Zhang & Chen 2023, "DEIS"; Zhang et al. 2023,
-  "RES", arXiv:2308.02157): x_{i+1} = (σ_{i+1}/σ_i) x_i + Σ_k c_{ik} x̂_0,{i-k}.
+* :func:`exponential_multistep`: exponential integrators in the half log-SNR
+  λ = log(α/σ) (Lu et al. 2022a/b, "DPM-Solver" eq. 3.4 and "DPM-Solver++" eq. 9; Zhang &
+  Chen 2023, "DEIS"; Zhao et al. 2023, "UniPC"; Xue et al. 2023, "SA-Solver"; Zhang et al.
+  2023, "RES", arXiv:2308.02157): x_{i+1} = keep_i x_i + Σ_k c_{ik} m_{i-k}, with the
+  prediction m = x̂_0 or ε̂ formed in one place (:func:`noise_estimate`,
+  :func:`data_estimate`), and the B(h) family of UniPC (:func:`unipc_rhos`).
 
 Each step's numbers are computed by the method, in float64, in ``init``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from ..core.engine import SAMPLE, X0, Update
+from ..core import predictions
+from ..core.engine import OUTPUT, SAMPLE, X0, Update
 
 
 def derivative(update: Update, call: int, lag: int, weight: float, sigma: float) -> None:
@@ -173,22 +179,78 @@ def linear_multistep(sigmas: np.ndarray, weights: Sequence[Sequence[float]]) -> 
     return update
 
 
-# -- exponential multistep in λ = -log σ ---------------------------------------------------
+# -- exponential multistep in λ (log-SNR) --------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """The prediction m an exponential integrator expands, per call j, as a combination of
+    that call's operands: m_j = sample[j] x_j + output[j] F_j + x0[j] x̂_0,j (F the model
+    output, x̂_0 after any thresholding). Each (N,) float64."""
+
+    sample: np.ndarray
+    output: np.ndarray
+    x0: np.ndarray
+
+
+def data_estimate(num_calls: int) -> Estimate:
+    """m = x̂_0: the data prediction (DPM-Solver++, UniPC with x̂_0, SA-Solver's eq. 1)."""
+    zeros = np.zeros(num_calls)
+    return Estimate(zeros, zeros, np.ones(num_calls))
+
+
+def noise_estimate(
+    prediction_type: str, alpha: np.ndarray, sigma: np.ndarray, *, from_x0: bool
+) -> Estimate:
+    """m = ε̂ = (x - α x̂_0) / σ of x = α x_0 + σ ε (Lu et al. 2022a, eq. 3.4's noise
+    prediction): the one conversion every exponential integrator of ε̂ uses.
+
+    ``from_x0``: formed from the call's x̂_0 operand, after thresholding (Saharia et al.
+    2022), as diffusers does when it thresholds; else from the model output, x̂_0's linear
+    form (:func:`~diffsched.core.predictions.x0_from_alpha_sigma`) substituted.
+    """
+    alpha = np.asarray(alpha, np.float64)
+    sigma = np.asarray(sigma, np.float64)
+    zeros = np.zeros_like(alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: no ε̂ (the step never uses it)
+        if from_x0:
+            return Estimate(1.0 / sigma, zeros, -alpha / sigma)
+        eps = predictions.noise_from_alpha_sigma(prediction_type, alpha, sigma)
+    return Estimate(
+        np.asarray(eps.sample_coef, np.float64) + zeros, eps.prediction_coef + zeros, zeros
+    )
 
 
 def exponential_multistep(
-    sigmas: np.ndarray, sigmas_next: np.ndarray, weights: Sequence[Sequence[float]]
+    keep: Sequence[float],
+    weights: Sequence[Mapping[int, float] | Sequence[float]],
+    estimate: Estimate,
+    *,
+    origin: Sequence[int] | None = None,
 ) -> Update:
-    """The update of x_{i+1} = (σ_{i+1}/σ_i) x_i + Σ_k c[i][k] x̂_0,{i-k}: the exact
-    solution of the probability-flow ODE in λ = -log σ,
-    x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^λ x̂_0(λ) dλ (Lu et al. 2022b, eq. 9 with
-    α = 1), with x̂_0 interpolated through the last calls' estimates (the weights c)."""
+    """The update of the exponential integrators in λ = log(α/σ) (Lu et al. 2022a, eq. 3.4;
+    2022b, eq. 9; Zhang & Chen 2023; Zhao et al. 2023; Xue et al. 2023):
+
+        x_{i+1} = keep_i x_{o_i} + Σ_k c_{ik} m_{i-k},                                  (E)
+
+    the exact solution's linear part (σ_t/σ_s for x̂_0, α_t/α_s for ε̂, e^{-τ² h} σ_t/σ_s
+    for an SDE) times the step's starting sample x_{o_i} (o_i = i, the last call's sample;
+    a singlestep group's first sample otherwise), plus the integral of the prediction's
+    interpolating polynomial, c_{ik} the weight of m at call i - k (``weights[i]``: a
+    list indexed by k, or a {k: c} mapping), m formed by ``estimate``. Fresh noise (SDE
+    variants) is the tableau's noise column, not part of (E)."""
     n = len(weights)
     update = Update(n)
     for i, row in enumerate(weights):
-        update.add(SAMPLE, 0, i, float(sigmas_next[i] / sigmas[i]))
-        for k, c in enumerate(row):
-            update.add(X0, k, i, float(c))
+        update.add(SAMPLE, 0 if origin is None else int(i - origin[i]), i, float(keep[i]))
+        for k, c in row.items() if isinstance(row, Mapping) else enumerate(row):
+            if c == 0:
+                continue
+            j = i - k
+            for operand, factor in (
+                (SAMPLE, estimate.sample[j]), (OUTPUT, estimate.output[j]), (X0, estimate.x0[j])
+            ):  # fmt: skip
+                if factor != 0:
+                    update.add(operand, k, i, float(c) * float(factor))
     return update
 
 
@@ -196,3 +258,37 @@ def half_log_snr(sigma: np.ndarray) -> np.ndarray:
     """λ = -log σ, the half log signal-to-noise ratio of x = x_0 + σ ε (+∞ at σ = 0)."""
     with np.errstate(divide="ignore"):
         return -np.log(np.asarray(sigma, np.float64))
+
+
+# UniPC's free function of the step, B(h) (Zhao et al. 2023, sec. 3.2 and app. C): ĥ or e^ĥ - 1
+B_OF_H = {"bh1": lambda hh: hh, "bh2": math.expm1}
+
+
+class UniPCRhos(NamedTuple):
+    """The weights of one UniPC step of order p (Zhao et al. 2023, Alg. 2-3)."""
+
+    b_h: float  # B(h)
+    rho_p: np.ndarray  # (p - 1,) the predictor's (UniP) weights of D_1..D_{p-1}
+    rho_c: np.ndarray  # (p,) the corrector's (UniC), the last one for D_p = m_t - m_0
+
+
+def unipc_rhos(r: np.ndarray, hh: float, variant: str, h_phis: Sequence[float]) -> UniPCRhos:
+    """ρ^p and ρ^c of a UniPC step of order p = len(r) + 1 (Zhao et al. 2023, Thm. 3.1).
+
+    ``r``: r_1..r_{p-1}, the earlier calls' λ offsets over h; ``hh``: ĥ (-h with x̂_0, h
+    with ε̂); ``variant``: B(h), ``bh1`` or ``bh2``; ``h_phis``: ĥ φ_{i+1}(ĥ) for i = 1..p
+    (the caller's evaluation of φ). ρ solves Σ_k ρ_k r_k^{i-1} = g_i,
+    g_i = ĥ φ_{i+1}(ĥ) i! / B(h), over r_1..r_{p-1} (ρ^p; 1/2 at p = 2, as the authors'
+    code) and over r_1..r_{p-1}, 1 (ρ^c; 1/2 at p = 1).
+    """
+    p = len(r) + 1
+    if variant not in B_OF_H:
+        raise ValueError(f"UniPC's B(h) must be one of {tuple(B_OF_H)}, got: {variant!r}")
+    b_h = B_OF_H[variant](hh)
+    g = np.array([h_phis[i - 1] * math.factorial(i) / b_h for i in range(1, p + 1)])
+    nodes = np.append(np.asarray(r, dtype=np.float64), 1.0)
+    system = np.stack([nodes**i for i in range(p)])  # row i: r_k^i
+    if p == 1:
+        return UniPCRhos(b_h, np.zeros(0), np.array([0.5]))
+    rho_p = np.array([0.5]) if p == 2 else np.linalg.solve(system[:-1, :-1], g[:-1])
+    return UniPCRhos(b_h, rho_p, np.linalg.solve(system, g))

@@ -33,6 +33,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import with_default
 from ..core.scheduler import Scheduler, SigmaGrid, Spacing, document, step_time
+from ..schedules import discrete
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call, restarted
 from ._karras import KarrasGrid
@@ -79,6 +80,8 @@ class LMS(KarrasGrid, SigmaGrid, Spacing, Scheduler):
     )  # fmt: skip
 
     # diffusers' LMS builds its grid as Euler does (KarrasGrid), without Euler's extra options
+    def grid_options(self) -> discrete.GridOptions:
+        return super().grid_options()._replace(sigma_schedule=self.sigma_kind)
 
     def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)

@@ -41,7 +41,9 @@ Because the corrector repeats the predictor's step from the same x^c_n with the 
     x^c_{n+1} = x_{n+1} + Σ_k C_{n,k} M_{n+1-k} - Σ_k P_{n,k} M_{n-k}:                (5)
 
 the noise of a call is never reused, and each call is one linear row: its predictor, on
-the sample corrected by (5), in terms of this call's and earlier calls' M.
+the sample corrected by (5), in terms of this call's and earlier calls' M (the kit's
+:func:`~diffsched.methods.kit.exponential_multistep`; M = ε̂ from its
+:func:`~diffsched.methods.kit.noise_estimate`).
 
 For order 2 in data-prediction form, diffusers (and the authors' code) integrate the slope
 term of the linear Lagrange polynomial without the exponential weight, as UniPC's
@@ -72,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
     BrownianNoise,
@@ -86,6 +88,7 @@ from ..core.scheduler import (
 from ..schedules import solver_grid as grids
 from ._img2img import first_call, restarted
 from .dpmsolver import reject_learned_variance
+from .kit import data_estimate, exponential_multistep, noise_estimate
 
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 MAX_ORDER = 4  # diffusers' closed forms stop at Lagrange polynomials of degree 3
@@ -302,19 +305,6 @@ class SASolver(BrownianNoise, SigmaGrid, Spacing, Scheduler):
 
     # -- the tableau ---------------------------------------------------------------------
 
-    def _estimate(self, alpha: np.ndarray, sigma: np.ndarray):
-        """M_n = ms·x_n + mo·output_n + mx·x̂_0,n: x̂_0 (eq. 1) or ε̂ (eq. 2) per call."""
-        zeros, ones = np.zeros_like(alpha), np.ones_like(alpha)
-        if self.algorithm_type == "data_prediction":
-            return zeros, zeros, ones
-        if self.thresholding:  # ε̂ = (x - α x̂_0) / σ from the thresholded x̂_0
-            return 1.0 / sigma, zeros, -alpha / sigma
-        if self.prediction_type == "noise":
-            return zeros, ones, zeros
-        if self.prediction_type == "angular_velocity":  # ε = α v + σ x
-            return sigma, alpha, zeros
-        return 1.0 / sigma, -alpha / sigma, zeros  # sample: ε = (x - α x_0) / σ
-
     def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         g = self.grid(num_steps)
         n_calls = len(g.timesteps)
@@ -353,18 +343,15 @@ class SASolver(BrownianNoise, SigmaGrid, Spacing, Scheduler):
         weight[:, :] = pred
         weight[1:, :] += keep[1:, None] * corr[:-1]
         weight[1:, 1:] -= keep[1:, None] * pred[:-1, :-1]
-        ms, mo, mx = self._estimate(alpha[:n_calls], sigma[:n_calls])
-        update: dict = {(SAMPLE, 0): keep.copy()}
-        calls = np.arange(n_calls)
-        for j in range(min(lags, n_calls)):
-            col = np.where(calls >= j, weight[:, j], 0.0)
-            if not np.any(col):
-                continue
-            src = np.clip(calls - j, 0, None)  # the call M_{n-j} comes from
-            for operand, factor in ((SAMPLE, ms), (OUTPUT, mo), (X0, mx)):
-                term = col * factor[src]
-                if np.any(term):
-                    update[(operand, j)] = update.get((operand, j), 0.0) + term
+        # M of eq. 1 (x̂_0) or eq. 2 (ε̂, from the thresholded x̂_0 where x̂_0 is thresholded)
+        if data:
+            estimate = data_estimate(n_calls)
+        else:
+            estimate = noise_estimate(
+                self.prediction_type, alpha[:n_calls], sigma[:n_calls], from_x0=self.thresholding
+            )
+        rows = [{j: weight[n, j] for j in range(min(lags, n + 1))} for n in range(n_calls)]
+        update = exponential_multistep(keep, rows, estimate)
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n_calls], sigma[:n_calls])
         tab = Tableau(
             timesteps=g.timesteps,

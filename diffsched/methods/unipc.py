@@ -40,7 +40,9 @@ Since (4) and (6) share everything but the ρ's,
     x^c_t = x̃_t + ℓ B(h) (Σ_{k<p} (ρ^p_k - ρ^c_k) D_k - ρ^c_p (m_t - m_0)),          (7)
 
 a fixed linear combination of the model call's sample and of the last p + 1 model
-outputs: the table holds it. The model output m_t is formed from the uncorrected x̃_t; the
+outputs: the table holds it (the kit's :func:`~diffsched.methods.kit.exponential_multistep`,
+with ρ from :func:`~diffsched.methods.kit.unipc_rhos`, shared with ComfyUI's ``uni_pc``).
+The model output m_t is formed from the uncorrected x̃_t; the
 corrected x^c_t starts the next predictor step and is never a model input (the corrector
 costs no model call). The order rises from 1 by one per call (the multistep warm-up) and,
 with ``lower_order_final``, falls to N - n at call n.
@@ -67,19 +69,19 @@ from typing import Any
 import numpy as np
 
 from ..core import families, predictions
-from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
+from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, ZeroTerminalSNR, document
-from ..schedules import shifts, solver_grid
+from ..schedules import discrete, shifts, solver_grid
 from ._dpm_solver_coefficients import phi
 from ._img2img import first_call
-from ._karras import training_alphas_cumprod
 from .dpmsolver import (
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
     restarted_on_grid,
 )
+from .kit import UniPCRhos, data_estimate, exponential_multistep, noise_estimate, unipc_rhos
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -89,18 +91,9 @@ def unipc_weights(r: np.ndarray, hh: float, solver_type: str) -> tuple[float, li
 
     ``r`` holds r_1..r_{p-1} (eq. 3); ``hh`` is ĥ; ρ^p has p - 1 entries, ρ^c has p.
     """
-    p = len(r) + 1
-    b_h = hh if solver_type == "bh1" else math.expm1(hh)
-    g = np.array([hh * phi(i + 1, hh) * math.factorial(i) / b_h for i in range(1, p + 1)])  # eq. 5
-    nodes = np.append(np.asarray(r, dtype=np.float64), 1.0)
-    system = np.vander(nodes, p, increasing=True).T  # row i: r_k^i
-    if p == 1:
-        rho_p: list = []
-        rho_c = [0.5]
-    else:
-        rho_p = [0.5] if p == 2 else list(np.linalg.solve(system[:-1, :-1], g[:-1]))
-        rho_c = list(np.linalg.solve(system, g))
-    return b_h, rho_p, rho_c
+    h_phis = [hh * phi(i + 1, hh) for i in range(1, len(r) + 2)]  # ĥ φ_{i+1}(ĥ) of eq. 5
+    rhos = unipc_rhos(np.asarray(r, dtype=np.float64), hh, solver_type, h_phis)
+    return rhos.b_h, list(rhos.rho_p), list(rhos.rho_c)
 
 
 @document
@@ -234,8 +227,11 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 other = "sigmas=" if sigmas is not None else f"{kind} levels"
                 raise ValueError(f"UniPC: timesteps= cannot be combined with {other}")
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
+        acp = discrete.training_alphas_cumprod(
+            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+        )
         grid = solver_grid.solver_grid(
-            training_alphas_cumprod(self), num_steps,
+            acp, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             converted_final_sigma="last" if self.final_sigmas_type == "sigma_min" else "zero",
@@ -287,7 +283,6 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         # diffusers' flow x̂_0 = x - σ v uses the grid's σ (σ_t itself on flow grids)
         level = sig[:n] if self.prediction_type == predictions.FLOW else sigma[:n]
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n], level)
-        eps = predictions.noise_from_alpha_sigma(self.prediction_type, alpha[:n], sigma[:n])
         data = self.predict_x0
         lead = alpha if data else sigma  # ℓ of (4) and (6) at each level
 
@@ -298,45 +293,41 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             p = min(p, j - cut + 1)
             orders.append(1 if sig[j + 1] == 0 else p)
 
-        update = Update(n)
-        add = update.add
+        # m of (1)-(2): x̂_0, or ε̂ formed from the call's sample and output
+        if data:
+            estimate = data_estimate(n)
+        else:
+            estimate = noise_estimate(self.prediction_type, alpha[:n], sigma[:n], from_x0=False)
+        keep, rows = np.zeros(n), [{} for _ in range(n)]
 
         def add_model(lag: int, j: int, value: float) -> None:
-            """``value`` times m of call j - lag (x̂_0, or ε̂ formed from the call's sample)."""
-            i = j - lag
-            if data:
-                add(X0, lag, j, value)
-            else:
-                add(SAMPLE, lag, j, value * eps.sample_coef[i])
-                add(OUTPUT, lag, j, value * eps.prediction_coef[i])
+            """``value`` times m of call j - lag, in the row of call j."""
+            rows[j][lag] = rows[j].get(lag, 0.0) + value
 
-        def step_weights(j: int) -> tuple[float, float, list, list, list]:
-            """(ĥ, B, r, ρ^p, ρ^c) of the predictor step from call j to level j + 1."""
-            p = orders[j]
+        def step_weights(j: int) -> tuple[np.ndarray, UniPCRhos]:
+            """(r, B and the ρ's) of the predictor step from call j to level j + 1."""
             h = lam[j + 1] - lam[j]
             hh = -h if data else h
-            r = [(lam[j - k] - lam[j]) / h for k in range(1, p)]  # eq. 3
-            b_h, rho_p, rho_c = unipc_weights(np.array(r), hh, self.solver_type)
-            return hh, b_h, r, rho_p, rho_c
+            r = np.array([(lam[j - k] - lam[j]) / h for k in range(1, orders[j])])  # eq. 3
+            return r, UniPCRhos(*unipc_weights(r, hh, self.solver_type))
 
-        weights = [None] * n
+        weights: list[tuple[np.ndarray, UniPCRhos] | None] = [None] * n
         for j in range(n):
             # the corrected sample x^c_j = x̃_j + corr (eq. 7): {lag: coefficient of m}
             corr: dict[int, float] = {}
             if j > cut and (j - 1) not in self.disable_corrector and weights[j - 1] is not None:
-                _, b_h, r, rho_p, rho_c = weights[j - 1]
-                p = orders[j - 1]
-                scale = lead[j] * b_h
-                for k in range(1, p):  # D_k = (m_{j-1-k} - m_{j-1}) / r_k
-                    w = scale * (rho_p[k - 1] - rho_c[k - 1]) / r[k - 1]
+                r, st = weights[j - 1]
+                scale = lead[j] * st.b_h
+                for k in range(1, orders[j - 1]):  # D_k = (m_{j-1-k} - m_{j-1}) / r_k
+                    w = scale * (st.rho_p[k - 1] - st.rho_c[k - 1]) / r[k - 1]
                     corr[1 + k] = corr.get(1 + k, 0.0) + w
                     corr[1] = corr.get(1, 0.0) - w
-                corr[0] = corr.get(0, 0.0) - scale * rho_c[-1]  # D_p = m_j - m_{j-1}
-                corr[1] = corr.get(1, 0.0) + scale * rho_c[-1]
+                corr[0] = corr.get(0, 0.0) - scale * st.rho_c[-1]  # D_p = m_j - m_{j-1}
+                corr[1] = corr.get(1, 0.0) + scale * st.rho_c[-1]
             # the predictor from x^c_j to level j + 1 (eq. 4)
             t = j + 1
             s_x = sigma[t] / sigma[j] if data else alpha[t] / alpha[j]
-            add(SAMPLE, 0, j, s_x)
+            keep[j] = s_x
             for lag, c in corr.items():
                 add_model(lag, j, s_x * c)
             if sig[t] == 0:  # h = ∞: the first-order limit (8)
@@ -346,18 +337,18 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             if sig[t] == sig[j]:  # h = 0 (a final level repeating the last): the identity
                 weights[j] = None
                 continue
-            hh, b_h, r, rho_p, rho_c = step_weights(j)
-            weights[j] = (hh, b_h, r, rho_p, rho_c)
+            r, st = weights[j] = step_weights(j)
+            hh = lam[j] - lam[t] if data else lam[t] - lam[j]  # ĥ
             add_model(0, j, -lead[t] * math.expm1(hh))
             for k in range(1, orders[j]):  # D_k = (m_{j-k} - m_j) / r_k
-                w = -lead[t] * b_h * rho_p[k - 1] / r[k - 1]
+                w = -lead[t] * st.b_h * st.rho_p[k - 1] / r[k - 1]
                 add_model(k, j, w)
                 add_model(0, j, -w)
         tab = Tableau(
             timesteps=grid.timesteps,
             x0_sample=x0.sample_coef,
             x0_output=x0.prediction_coef,
-            update=update,
+            update=exponential_multistep(keep, rows, estimate),
             start=(float(alpha[0]), float(sigma[0])),
             init_noise_sigma=1.0,
         )
