@@ -44,8 +44,6 @@ def test_no_method_reads_an_option_through_getattr_with_a_default():
     import ast
     from pathlib import Path
 
-    # another helper's file this round (ComfyUI's stochastic samplers, η only on some)
-    allowed = {("comfy_stochastic.py", "eta")}
     found = []
     for path in sorted((Path(ds.__file__).parent / "methods").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -62,8 +60,7 @@ def test_no_method_reads_an_option_through_getattr_with_a_default():
                     if isinstance(node.args[1], ast.Constant)
                     else "?"
                 )
-                if (path.name, name) not in allowed:
-                    found.append(f"{path.name}:{node.lineno} {name}")
+                found.append(f"{path.name}:{node.lineno} {name}")
     assert not found, found
 
 

@@ -185,7 +185,8 @@ def brownian_draw(
 @dataclass(frozen=True, kw_only=True)
 class ComfyNoise:
     """The ``noise_stream`` option of ComfyUI's stochastic classes (see
-    :mod:`diffsched.methods._comfy_noise`)."""
+    :mod:`diffsched.methods._comfy_noise`), mixed in beside
+    :class:`~diffsched.core.scheduler.BrownianNoise` (its ``noise_type``)."""
 
     # which stream this class's draws come from with noise_stream="comfy"
     COMFY_STREAM: ClassVar[str] = GENERATOR
@@ -201,7 +202,7 @@ class ComfyNoise:
 
     def _check(self) -> None:
         super()._check()  # type: ignore[misc]
-        if self.noise_stream == "comfy" and getattr(self, "noise_type", "gaussian") != "gaussian":
+        if self.noise_stream == "comfy" and self.noise_type != "gaussian":  # type: ignore[attr-defined]
             raise ValueError(
                 f"{type(self).__name__}: noise_stream='comfy' draws ComfyUI's own noise, which "
                 f"noise_type={self.noise_type!r} would replace; use noise_type='gaussian'"

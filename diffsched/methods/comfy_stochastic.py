@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -177,10 +178,12 @@ class _Stochastic(ComfyNoise, BrownianNoise, ComfySampler):
     """A ComfyUI sampler drawing fresh noise, S_noise times (eq. 1-4)."""
 
     s_noise: float = option(1.0, "S_noise: the scale of the added noise", low=0.0)
+    # η; the samplers with an η option declare it (ddpm and lcm always take the full step)
+    eta: ClassVar[float] = 1.0
 
     @property
     def deterministic(self) -> bool:
-        return self.s_noise == 0 or getattr(self, "eta", 1.0) == 0
+        return self.s_noise == 0 or self.eta == 0
 
     # the half log-SNR λ = log(α/σ) and its inverse (VE: α = 1; flow: α = 1 - σ)
     def lam(self, sigma: float) -> float:
