@@ -34,12 +34,8 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
     if issubclass(cls, ComfySampler)
     for name in cls.COMFY_NAMES
 }
-# ComfyUI's stochastic and guidance-aware samplers (issue 17)
-STOCHASTIC_SAMPLERS = (
-    "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpm_adaptive", "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation_cfg_pp",
-)  # fmt: skip
+# ComfyUI's samplers (issue 17) no class runs yet
+STOCHASTIC_SAMPLERS = tuple(name for name in ("dpm_adaptive",) if name not in _CLASSES)
 SAMPLERS: tuple[str, ...] = tuple(_CLASSES)  # the names from_comfy runs
 SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)
 
