@@ -212,3 +212,25 @@ def test_in_comfyuis_ksampler_equals_the_class_on_its_own(sched, model):
     d = rel(got["sample"], held)
     summary.record("COMFY sampler_function (any class) in KSAMPLER", type(sched).__name__, d)
     assert d < TOL, d
+
+
+def test_custom_sigma_lists_of_heun_and_dpmsolver():
+    """``init(None, template, sigmas=[...])``: the list's levels (float32 values), its
+    timesteps at their place among the training σ's; clear errors otherwise."""
+    x = np.zeros(3)
+    sched = ds.DPMSolverMultistep()
+    _, timesteps = sched.init(None, x, sigmas=EPS_SIGMAS)
+    assert len(timesteps) == len(EPS_SIGMAS) - 1 and np.all(np.diff(timesteps) < 0)
+    _, heun_ts = ds.Heun().init(None, x, sigmas=EPS_SIGMAS)
+    assert len(heun_ts) == 2 * (len(EPS_SIGMAS) - 1) - 1
+    with pytest.raises(ValueError, match="at most one of sigmas="):
+        sched.init(None, x, sigmas=EPS_SIGMAS, timesteps=[999, 500])
+    with pytest.raises(ValueError, match="decreasing"):
+        sched.init(None, x, sigmas=[1.0, 2.0, 0.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ds.DPMSolverMultistep(use_flow_sigmas=True, prediction_type="flow").init(
+            None, x, sigmas=[2.0, 0.5, 0.0]
+        )
+    flow = ds.DPMSolverMultistep(use_flow_sigmas=True, prediction_type="flow")
+    _, ts = flow.init(None, x, sigmas=FLOW_SIGMAS)
+    np.testing.assert_array_equal(ts, np.trunc(FLOW_SIGMAS[:-1] * 1000.0))  # as flow grids
