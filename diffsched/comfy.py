@@ -91,6 +91,8 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
       native sample α' x_0 + σ' ε of the class at the same signal-to-noise ratio; flow:
       native / (α' + σ')), ComfyUI's denoiser is called at that call's level, and its x̂_0
       turned into the class's prediction (x̂_0 = a · held + b · prediction at the call).
+      The list goes in with its final level, or without it where the class appends its
+      own final 0; a call whose x̂_0 reads no prediction (at σ = 0) calls no model.
       A class whose init takes no ``sigmas=`` is a TypeError; one that does not run the
       list it is given (a shift of its own, float32 rounding aside; churn raising the first
       level) a ValueError at the call.
@@ -124,11 +126,14 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
         if len(sig) <= 1:
             return x
         flow_model = _comfy_flow(model) if flow is None else flow
-        plan = _Plan(sched, space, sig, flow_model)
+        plan = _plan(sched, space, sig, flow_model)
         state, _ = sched.init(None, x, extra_args.get("seed", 0), sigmas=plan.custom)
         held = x * float(plan.to_held[0])
         s_in = x.new_ones([x.shape[0]])
         for n in range(plan.calls):
+            if not plan.needs_model[n]:  # x̂_0 is the sample's own: the prediction unread
+                state, held = sched.step(state, held, torch.zeros_like(held))
+                continue
             native = held * float(plan.to_comfy[n])
             denoised = model(native, float(plan.levels[n]) * s_in, **extra_args)
             if callback is not None and plan.step[n] >= 0:  # once per step, as k-diffusion
@@ -136,8 +141,7 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
                 callback({"x": native, "i": i, "sigma": sig[i], "sigma_hat": sig[i],
                           "denoised": denoised})  # fmt: skip
             a, b = float(plan.x0_sample[n]), float(plan.x0_output[n])
-            prediction = (denoised - a * held) / b
-            state, held = sched.step(state, held, prediction)
+            state, held = sched.step(state, held, (denoised - a * held) / b)
         return held * float(plan.to_comfy[-1])
 
     sample.__name__ = f"sample_{type(sched).__name__}"
@@ -183,33 +187,46 @@ def _space(sched: BaseScheduler) -> str:
     return "vp"
 
 
+def _plan(sched: BaseScheduler, space: str, sig: np.ndarray, flow_model: bool) -> _Plan:
+    """The plan of ComfyUI's σ list ``sig`` on ``sched``: the list in the class's own σ,
+    with its final level (N + 1 levels) or, where the class appends its own final 0,
+    without it; the form the class counts as its steps is tried first."""
+    name = type(sched).__name__
+    with np.errstate(divide="ignore"):
+        ratio = sig / (1.0 - sig) if flow_model else sig  # σ/α of each level
+    if space == "flow":
+        own = sig if flow_model else ratio / (1.0 + ratio)
+    elif flow_model and np.any(sig >= 1):
+        raise ValueError(
+            f"sampler_function: {name} runs variance-exploding σ's; the flow model's σ = 1 "
+            f"has none (σ/(1 - σ) = ∞): start below 1, got {sig.tolist()}"
+        )
+    else:
+        own = ratio
+    forms = [own]
+    if own[-1] == 0 and len(own) > 2:  # the class may append the final 0 itself
+        forms.insert(0 if sched.custom_steps({"sigmas": own}) == len(own) else 1, own[:-1])
+    errors = []
+    for custom in forms:
+        try:
+            return _Plan(sched, space, sig, flow_model, custom, float(own[-1]))
+        except ValueError as err:
+            errors.append(err)
+    mismatch = [e for e in errors if "does not run" in str(e)]
+    raise (mismatch or errors)[0]
+
+
 class _Plan:
     """What sampler_function's loop needs for a σ list: the class's custom grid and per
     call ComfyUI's σ, the factors between ComfyUI's x and the held sample, and the x̂_0
-    conversion."""
+    conversion (:func:`_plan`)."""
 
-    def __init__(self, sched: BaseScheduler, space: str, sig: np.ndarray, flow_model: bool):
+    def __init__(self, sched: BaseScheduler, space: str, sig: np.ndarray, flow_model: bool,
+                 custom: np.ndarray, last: float):  # fmt: skip
         name = type(sched).__name__
-        with np.errstate(divide="ignore"):
-            ratio = sig / (1.0 - sig) if flow_model else sig  # σ/α of each level
-        if space == "flow":
-            own = ratio / (1.0 + ratio) if not flow_model else sig
-        else:
-            if flow_model and np.any(sig >= 1):
-                raise ValueError(
-                    f"sampler_function: {name} runs variance-exploding σ's; the flow "
-                    f"model's σ = 1 has none (σ/(1 - σ) = ∞): start below 1, got {sig.tolist()}"
-                )
-            own = ratio
-        counted = sched.custom_steps({"sigmas": own})
-        self.custom = own if counted == len(own) - 1 else own[:-1]
-        if counted != len(own) - 1 and own[-1] != 0:
-            raise ValueError(
-                f"sampler_function: {name} takes its σ list without the final level (it "
-                f"appends its own); ComfyUI's list must end at 0, got {sig.tolist()}"
-            )
-        steps = len(own) - 1
-        options = {"sigmas": self.custom}
+        self.custom = custom
+        options = {"sigmas": custom}
+        steps = sched.custom_steps(options)
         program = sched.program(None, **options)
         levels = sched.native_levels(sched.tableau(steps, **options), steps, options)
         n = program.num_calls
@@ -224,13 +241,15 @@ class _Plan:
                 k = alpha
         scale = program.input_scale  # native = scale · held
         # the final sample: at the class's last level, α' from its convention
-        last = float(own[-1])
         a_f = {"ve": 1.0, "vp": 1.0 / math.sqrt(1.0 + last**2), "flow": 1.0 - last}[space]
         a_c = 1.0 - float(sig[-1]) if flow_model else 1.0
         self.calls = n
         self.to_comfy = np.append(scale[:n] / k, scale[-1] * a_c / a_f)  # held -> ComfyUI x
         self.to_held = k / scale[:n]
         self.x0_sample, self.x0_output = program.held.x0_sample, program.held.x0_output
+        # a call whose x̂_0 does not read the prediction (b = 0: a call at σ = 0) needs no
+        # model call; any other must lie above the list's end
+        self.needs_model = self.x0_output != 0
         self.step = self._steps(name, sig)
 
     def _steps(self, name: str, sig: np.ndarray) -> np.ndarray:
@@ -245,7 +264,9 @@ class _Plan:
             if i < len(sig) - 1 and last and math.isclose(level, sig[i], rel_tol=1e-6):
                 out[n] = i
                 i += 1
-        if i != len(sig) - 1 or not math.isclose(self.levels[0], sig[0], rel_tol=1e-6):
+        low = float(sig[-1]) * (1 + 1e-6)
+        if (i != len(sig) - 1 or not math.isclose(self.levels[0], sig[0], rel_tol=1e-6)
+                or np.any(self.needs_model & ~(self.levels > low))):  # fmt: skip
             raise ValueError(
                 f"sampler_function: {name} does not run the σ list it is given (a shift, a "
                 f"churn or a final level of its own?): ComfyUI's {sig.tolist()}, its calls at "
