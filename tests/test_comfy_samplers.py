@@ -189,9 +189,10 @@ def test_sampler_function_runs_in_comfyuis_ksampler(sampler, scheduler, model, o
     assert d < TOL64
 
 
-def test_sampler_function_refuses_other_classes():
-    with pytest.raises(TypeError, match="ComfyUI sampler"):
-        ds.comfy.sampler_function(ds.Euler())
+def test_sampler_function_refuses_classes_without_a_sigma_list():
+    # any class that runs a given σ list is taken: tests/test_comfy_sampler_function.py
+    with pytest.raises(TypeError, match="takes no sigmas="):
+        ds.comfy.sampler_function(ds.DDIM())
 
 
 def test_deis_rhoab_past_comfyuis_range_is_adams_bashforth():

@@ -24,6 +24,7 @@ denoise; the final sample is ComfyUI's result. A method gives only its model cal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from ..core import families, ops
-from ..core.engine import Tableau, Update
+from ..core.engine import COEF_COLUMNS, Program, Tableau, Update
 from ..core.options import describe, option, specs
 from ..core.scheduler import BaseScheduler
 from ..schedules import comfy as comfy_schedules
@@ -56,6 +57,11 @@ class Calls(NamedTuple):
         draws: (N, 2) the (σ, σ') ComfyUI's noise sampler is asked for after each call, NaN
             where ComfyUI draws nothing (None: after each call that adds noise); draws it
             multiplies by 0 included (``noise_stream="comfy"``).
+        guided: (N,) for a method whose CFG++ form is its own (ComfyUI's ``*_cfg_pp``
+            samplers, :class:`CFGPlusPlus`): the coefficient of each call's guided x̂_0 in
+            its update (native x), the rest of the call's x̂_0 terms taken from the
+            unconditional output; None: the engine's CFG++ rule
+            (:func:`diffsched.core.engine.guided_step`).
     """
 
     sigmas: np.ndarray
@@ -65,6 +71,7 @@ class Calls(NamedTuple):
     start_sigma: float | None = None
     first: np.ndarray | None = None
     draws: np.ndarray | None = None
+    guided: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +272,22 @@ class ComfySampler(BaseScheduler):
             return 1.0 - levels, levels
         return np.ones_like(levels), levels
 
+    def _with_step_columns(
+        self, program: Program, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> Program:
+        """The base columns, and where the method's :class:`Calls` give their own CFG++
+        split (``guided``), the CFG++ weight from it: the guided x̂_0's coefficient c
+        adds c · b (g - u) to the native update (x̂_0 = a x + b · output), so the held
+        weight is c b / (the next call's input scale)."""
+        program = super()._with_step_columns(program, tableau, num_steps, init_options)
+        guided = self.calls(self.sigmas(num_steps, **init_options)).guided
+        if guided is None:
+            return program
+        held = program.held
+        coefs = np.array(program.coefs)
+        coefs[:-1, len(COEF_COLUMNS)] = np.asarray(guided) * held.x0_output / held.scale[1:]
+        return dataclasses.replace(program, coefs=coefs, host={})
+
     @property
     def takes_unconditional(self) -> bool:
         return True
@@ -274,6 +297,18 @@ class ComfySampler(BaseScheduler):
         if self.model_sampling.flow:
             raise NotImplementedError("noise_levels: flow models have no ᾱ")
         return float(1.0 / (1.0 + sig[0] ** 2)), float(1.0 / (1.0 + sig[-1] ** 2))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CFGPlusPlus:
+    """A ComfyUI sampler with a CFG++ form (Chung et al. 2024, "CFG++: Manifold-constrained
+    Classifier Free Guidance for Diffusion Models"): ComfyUI's ``<name>_cfg_pp``."""
+
+    cfg_pp: bool = option(
+        False, "ComfyUI's <name>_cfg_pp form: step(..., unconditional=u) as ComfyUI's CFG++ "
+        "sampler (x̂_0 from the guided output, the renoising direction and the history from "
+        "u); without unconditional= the step takes u = the prediction",
+    )  # fmt: skip
 
 
 def check_step_count(owner: str, sigmas: np.ndarray, least: int) -> None:

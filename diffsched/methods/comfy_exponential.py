@@ -48,7 +48,7 @@ import numpy as np
 
 from ..core.options import option
 from ..core.scheduler import document
-from ._comfy import Calls, ComfySampler
+from ._comfy import Calls, CFGPlusPlus, ComfySampler
 from .kit import UniPCRhos, data_estimate, exponential_multistep, half_log_snr, unipc_rhos
 
 UNIPC_END = 0.001  # ComfyUI's uni_pc ends here instead of at σ = 0
@@ -76,19 +76,26 @@ class _ExponentialMultistep(ComfySampler):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyDPMPP2M(_ExponentialMultistep):
+class ComfyDPMPP2M(CFGPlusPlus, _ExponentialMultistep):
     """ComfyUI's ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2; eq. 2).
 
     Second order (first on the first step and on the step to σ = 0); one model call per
     step; deterministic. diffsched's ``DPMSolverMultistep`` is the same method on diffusers'
     grids.
 
+    ``dpmpp_2m_cfg_pp`` (``cfg_pp=True``): eq. 2 with x_i = x̂_0(u) + σ_i ε̂(u) and
+    x̂_0(g) in place of the current x̂_0 (the kept x̂_0,{i-1} is the unconditional one), on
+    every model: the engine's CFG++ rule on this class (its split is x̂_0 + σ ε̂,
+    ``CFG_PP_VE_SPLIT``), which the option only names; without ``unconditional=`` it is
+    ``dpmpp_2m``.
+
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
-    COMFY_NAMES = ("dpmpp_2m",)
+    COMFY_NAMES = ("dpmpp_2m", "dpmpp_2m_cfg_pp")
+    COMFY_OPTIONS = {"dpmpp_2m_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
     CFG_PP_VE_SPLIT = True  # as ComfyUI's cfg_pp variant of it
 
     def weights(self, lam, i):
@@ -100,19 +107,27 @@ class ComfyDPMPP2M(_ExponentialMultistep):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyResMultistep(_ExponentialMultistep):
+class ComfyResMultistep(CFGPlusPlus, _ExponentialMultistep):
     """ComfyUI's ``res_multistep``: the second-order RES multistep method (Zhang et al.
     2023, arXiv:2308.02157; eq. 3), deterministic (η = 0).
 
     Second order; one model call per step. ComfyUI draws a normal per step and multiplies
     it by 0; this class draws none.
 
+    ``res_multistep_cfg_pp`` (``cfg_pp=True``), ComfyUI's CFG++ form with guided g and
+    unconditional u: x_{i+1} = e^{-h} (x_i + x̂_0(g) - x̂_0(u)) + h (b_1 x̂_0(u) + b_2
+    x̂_0,{i-1}(u)), i.e. only the e^{-h} part of x̂_0 comes from g (the engine's rule
+    would take e^{-h} + h b_1 from it); the first step and the step to 0: x_{i+1} =
+    x̂_0(g) + σ_{i+1} (x_i - x̂_0(u))/σ_i. On every model (x = x̂_0 + σ ε̂). Without
+    ``unconditional=`` it is ``res_multistep``.
+
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
-    COMFY_NAMES = ("res_multistep",)
+    COMFY_NAMES = ("res_multistep", "res_multistep_cfg_pp")
+    COMFY_OPTIONS = {"res_multistep_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
 
     def weights(self, lam, i):
         h = lam[i + 1] - lam[i]
@@ -120,6 +135,16 @@ class ComfyResMultistep(_ExponentialMultistep):
         phi1 = math.expm1(-h) / -h
         phi2 = (phi1 - 1.0) / -h
         return [h * (phi1 - phi2 / c2), h * phi2 / c2]  # eq. 3 (e^-h = σ_{i+1}/σ_i)
+
+    def calls(self, sigmas: np.ndarray) -> Calls:
+        out = super().calls(sigmas)
+        if not self.cfg_pp:
+            return out
+        n = len(sigmas) - 1
+        lam = half_log_snr(sigmas)
+        guided = [1.0 if i == 0 or sigmas[i + 1] == 0 else math.exp(-(lam[i + 1] - lam[i]))
+                  for i in range(n)]  # fmt: skip
+        return out._replace(guided=np.array(guided))
 
 
 def unipc_step(lam: np.ndarray, k: int, p: int, variant: str) -> tuple[np.ndarray, UniPCRhos]:

@@ -58,7 +58,7 @@ import numpy as np
 
 from ..core.options import option
 from ..core.scheduler import document
-from ._comfy import Calls, ComfySampler
+from ._comfy import Calls, CFGPlusPlus, ComfySampler
 from .kit import adams_bashforth_weights, linear_multistep
 
 IPNDM_WEIGHTS = (  # eq. 3: equal-step Adams-Bashforth, orders 1 to 4
@@ -185,18 +185,25 @@ class ComfyIPNDMV(_Multistep):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyGradientEstimation(_Multistep):
+class ComfyGradientEstimation(CFGPlusPlus, _Multistep):
     """ComfyUI's ``gradient_estimation``: Euler with the derivative extrapolated from the
     last two calls (Permenter & Yuan 2024, Alg. 2; eq. 4).
 
     Second order at γ = 2; one model call per step; deterministic.
+
+    ``gradient_estimation_cfg_pp`` (``cfg_pp=True``): x̂_0 from the guided output g, the
+    derivatives d = (x - x̂_0(u))/σ (and the one kept for the next step) from the
+    unconditional u, x = x̂_0 + σ d on every model: the engine's CFG++ rule on this class
+    (its split is x̂_0 + σ d, ``CFG_PP_VE_SPLIT``), which the option only names; without
+    ``unconditional=`` it is ``gradient_estimation``.
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
-    COMFY_NAMES = ("gradient_estimation",)
+    COMFY_NAMES = ("gradient_estimation", "gradient_estimation_cfg_pp")
+    COMFY_OPTIONS = {"gradient_estimation_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
     CFG_PP_VE_SPLIT = True  # as ComfyUI's cfg_pp variant of it
 
     ge_gamma: float = option(2.0, "γ of eq. 4: 1 is Euler, 2 the second-order extrapolation")

@@ -66,7 +66,7 @@ import numpy as np
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Churn, document
 from ..schedules import sigmas as sigma_schedules
-from ._comfy import Calls, ComfySampler, check_step_count
+from ._comfy import Calls, CFGPlusPlus, ComfySampler, check_step_count
 from ._comfy_noise import GLOBAL, ComfyNoise, generator_draw, generator_state, initial_noise
 from .kit import EULER, HEUN, RALSTON, RKStep, butcher_step, churn_levels, runge_kutta
 
@@ -160,7 +160,7 @@ class _ChurnSampler(ComfyNoise, BrownianNoise, Churn, ComfySampler):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyEuler(_ChurnSampler):
+class ComfyEuler(CFGPlusPlus, _ChurnSampler):
     """ComfyUI's ``euler`` (and ``ddim``, which ComfyUI runs as Euler): Euler's method on
     the probability-flow ODE, with optional churn (Karras et al. 2022, Alg. 2; eq. 3).
 
@@ -168,11 +168,17 @@ class ComfyEuler(_ChurnSampler):
     confused with diffsched's ``Euler`` (diffusers' grid and timestep interpolation) or
     with ComfyUI's ``ddim`` being DDIM (it is not: same as this).
 
+    ``euler_cfg_pp`` (``cfg_pp=True``): x_{i+1} = α_{i+1} x̂_0(g) + σ_{i+1} ε̂(u), ε̂(u) =
+    (x_i - α_i x̂_0(u))/σ_i, with the model's α (1, or 1 - σ on flow models): the engine's
+    CFG++ rule on this class, which the option only names; without ``unconditional=`` it is
+    ``euler``.
+
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
-    COMFY_NAMES = ("euler", "ddim")
+    COMFY_NAMES = ("euler", "ddim", "euler_cfg_pp")
+    COMFY_OPTIONS = {"euler_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
 
     def step_rows(self, sig, hat, i, noise):
         return butcher_step(hat[i], sig[i + 1], *EULER, noise=noise)

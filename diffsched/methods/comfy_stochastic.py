@@ -97,7 +97,7 @@ import numpy as np
 from ..core.engine import NOISE, SAMPLE, X0, Update
 from ..core.options import option
 from ..core.scheduler import BrownianNoise, document
-from ._comfy import Calls, ComfySampler
+from ._comfy import Calls, CFGPlusPlus, ComfySampler
 from ._comfy_noise import BROWNIAN, ComfyNoise
 
 QUADRATURE_POINTS = 200  # ComfyUI's er_sde: cells of the rectangle rule of S_1, S_2
@@ -219,20 +219,58 @@ _ETA = dict(low=0.0)
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyEulerAncestral(_Stochastic):
+class ComfyEulerAncestral(CFGPlusPlus, _Stochastic):
     """ComfyUI's ``euler_ancestral``: Euler to σ_down, then fresh noise σ_up (eq. 1); on
     flow models its RF form (eq. 2).
 
     First order; one model call and one normal per step (none on the step to 0).
 
+    ``euler_ancestral_cfg_pp`` (``cfg_pp=True``): ComfyUI's CFG++ form, a DDIM-like
+    ancestral step in x/α on every model (no RF form), with guided g and unconditional u:
+    ρ = σ/α, (ρ_down, ρ_up) of eq. 1 from (ρ_s, ρ_t),
+
+        x_t = α_t x̂_0(g) + α_t ρ_down (x_s - α_s x̂_0(u))/σ_s + α_t S_noise ρ_up z,
+
+    α = σ e^λ (1, or 1 - σ on flow models; at σ_s = 1 on a flow model ρ_s = ∞, where
+    ComfyUI's eq. 1 gives ρ_up = ρ_t whatever η: kept), x_t = x̂_0(g) on the step to 0,
+    noise only where η > 0 and S_noise > 0 (η = 0 is ``euler_cfg_pp``). Without
+    ``unconditional=`` it is this step with u = the prediction: ``euler_ancestral`` on
+    ε-, v- and x_0-models, the DDIM-like form above (not the RF one) on flow models.
+
     Not in diffusers as such (diffsched's ``EulerAncestral`` is diffusers' grid of it):
     ComfyUI's convention (model input, nearest-index timesteps, its schedulers).
     """
 
-    COMFY_NAMES = ("euler_ancestral",)
+    COMFY_NAMES = ("euler_ancestral", "euler_ancestral_cfg_pp")
+    COMFY_OPTIONS = {"euler_ancestral_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
     eta: float = option(1.0, "η of eq. 1: 0 is Euler, 1 the ancestral (DDPM-like) step", **_ETA)
 
+    def cfg_pp_calls(self, sigmas: np.ndarray) -> Calls:
+        """ComfyUI's euler_ancestral_cfg_pp (the class docstring)."""
+        loop, guided = _Loop(), []
+        for i in range(len(sigmas) - 1):
+            s, t = float(sigmas[i]), float(sigmas[i + 1])
+            c = loop.call(s)
+            if t == 0:
+                loop.add(X0, c, 1.0)
+                guided.append(1.0)
+                continue
+            a_s, a_t = self.alpha(s), self.alpha(t)
+            # ρ_s = ∞ at α_s = 0: eq. 1's root is NaN there and min(ρ_t, NaN) keeps ρ_t,
+            # as ComfyUI's min() of tensors does (ρ_down = 0, ρ_up = ρ_t)
+            rho_s = s / a_s if a_s > 0 else math.inf
+            with np.errstate(invalid="ignore"):
+                down, up = ancestral_step(rho_s, t / a_t, self.eta)
+            loop.add(SAMPLE, c, a_t * down / s)
+            loop.add(X0, c, a_t - a_t * down * a_s / s)
+            guided.append(a_t)
+            if self.eta > 0 and self.s_noise > 0:
+                loop.add_noise(a_t * self.s_noise * up)
+        return loop.calls(guided=np.array(guided))
+
     def calls(self, sigmas: np.ndarray) -> Calls:
+        if self.cfg_pp:
+            return self.cfg_pp_calls(sigmas)
         loop = _Loop()
         flow = self.model_sampling.flow
         for i in range(len(sigmas) - 1):
@@ -304,11 +342,24 @@ class ComfyDPM2Ancestral(_Stochastic):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyDPMPP2SAncestral(_Stochastic):
+class ComfyDPMPP2SAncestral(CFGPlusPlus, _Stochastic):
     """ComfyUI's ``dpmpp_2s_ancestral``: DPM-Solver++(2S) to σ_down, then fresh noise
     (eq. 1); on flow models its RF form (eq. 2; the midpoint at 0.9999 when σ_s = 1).
 
     Second order; two model calls per step (one on the step to 0), one normal per step.
+
+    ``dpmpp_2s_ancestral_cfg_pp`` (``cfg_pp=True``): ComfyUI's CFG++ form, in λ = -log σ
+    and eq. 1 on every model (no RF form), with guided g_k and unconditional u_k of the
+    step's calls k = 1 (at σ_s) and 2 (at σ_m):
+
+        x_m = x̂_0(g_1) + σ_m (x_s - x̂_0(u_1))/σ_s,
+        x_down = (σ_down/σ_s) (x_s + x̂_0(g_1) - x̂_0(u_2)) + (1 - σ_down/σ_s) x̂_0(g_2),
+
+    then + S_noise σ_up z; x̂_0(g_1) on the step where σ_down = 0. ComfyUI's second line
+    mixes the first call's guided x̂_0 with the second call's unconditional one (its hook
+    keeps the latest u); here x̂_0(g_1) = x_m - (σ_m/σ_s)(x_s - x̂_0(u_1)), from what the
+    loop keeps. So without ``unconditional=`` (u = the prediction) it is not
+    ``dpmpp_2s_ancestral``: x_down gains (σ_down/σ_s)(x̂_0(g_1) - x̂_0(g_2)).
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
@@ -316,8 +367,38 @@ class ComfyDPMPP2SAncestral(_Stochastic):
 
     ORDER = 2
     CALLS_PER_STEP = 2
-    COMFY_NAMES = ("dpmpp_2s_ancestral",)
+    COMFY_NAMES = ("dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp")
+    COMFY_OPTIONS = {"dpmpp_2s_ancestral_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
     eta: float = option(1.0, "η of eq. 1: 0 is DPM-Solver++(2S), 1 the ancestral step", **_ETA)
+
+    def cfg_pp_calls(self, sigmas: np.ndarray) -> Calls:
+        """ComfyUI's dpmpp_2s_ancestral_cfg_pp (the class docstring), each update written
+        with the current call's x̂_0 as u's and ``guided`` the part from g."""
+        loop, guided = _Loop(), []
+        for i in range(len(sigmas) - 1):
+            s, t = float(sigmas[i]), float(sigmas[i + 1])
+            down, up = ancestral_step(s, t, self.eta)
+            c = loop.call(s)
+            if down == 0:
+                loop.add(X0, c, 1.0)
+                guided.append(1.0)
+            else:
+                h = math.log(s) - math.log(down)  # λ_down - λ_s
+                half, full = math.exp(-0.5 * h), math.exp(-h)  # σ_m/σ_s, σ_down/σ_s
+                loop.add(SAMPLE, c, half)  # x_m = g_1 + (σ_m/σ_s)(x_s - u_1)
+                loop.add(X0, c, 1.0 - half)
+                guided.append(1.0)
+                m = loop.call(s * half, first=False)
+                # x_down = (σ_down/σ_s)(x_s + g_1 - u_2) + (1 - σ_down/σ_s) g_2, with
+                # g_1 = x_m - (σ_m/σ_s)(x_s - u_1)
+                loop.add(SAMPLE, c, full * (1.0 - half))
+                loop.add(SAMPLE, m, full)
+                loop.add(X0, c, full * half)
+                loop.add(X0, m, 1.0 - 2.0 * full)
+                guided.append(1.0 - full)
+            if t > 0:
+                loop.add_noise(self.s_noise * up)
+        return loop.calls(guided=np.array(guided))
 
     def brownian_intervals(
         self, tau: np.ndarray, noise: np.ndarray, num_steps: int, init_options: dict
@@ -335,6 +416,8 @@ class ComfyDPMPP2SAncestral(_Stochastic):
         return np.clip(out, 0.0, 1.0)
 
     def calls(self, sigmas: np.ndarray) -> Calls:
+        if self.cfg_pp:
+            return self.cfg_pp_calls(sigmas)
         loop = _Loop()
         flow = self.model_sampling.flow
         for i in range(len(sigmas) - 1):
@@ -597,23 +680,30 @@ class ComfyLCM(_Stochastic):
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyResMultistepAncestral(_Stochastic):
+class ComfyResMultistepAncestral(CFGPlusPlus, _Stochastic):
     """ComfyUI's ``res_multistep_ancestral``: the second-order RES multistep method to
     σ_down, then fresh noise σ_up (eq. 1).
 
     Second order (Euler on the first step); one model call and one normal per step (none
     on the step to 0).
 
+    ``res_multistep_ancestral_cfg_pp`` (``cfg_pp=True``), ComfyUI's CFG++ form with guided
+    g and unconditional u: x_down = e^{-h} (x_s + x̂_0(g) - x̂_0(u)) + h (b_1 x̂_0(u) +
+    b_2 x̂_0,{i-1}(u)) (only the e^{-h} part of x̂_0 from g), on the first step and where
+    σ_down = 0 x_down = x̂_0(g) + σ_down (x_s - x̂_0(u))/σ_s; then the same noise. Without
+    ``unconditional=`` it is ``res_multistep_ancestral``.
+
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps, its
     schedulers through ``scheduler`` or ``init(..., sigmas=[...])``, ``init(..., denoise=d)``).
     """
 
     ORDER = 2
-    COMFY_NAMES = ("res_multistep_ancestral",)
+    COMFY_NAMES = ("res_multistep_ancestral", "res_multistep_ancestral_cfg_pp")
+    COMFY_OPTIONS = {"res_multistep_ancestral_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
     eta: float = option(1.0, "η of eq. 1: 0 is res_multistep", **_ETA)
 
     def calls(self, sigmas: np.ndarray) -> Calls:
-        loop = _Loop()
+        loop, guided = _Loop(), []
         old_down = None
         for i in range(len(sigmas) - 1):
             s, t = float(sigmas[i]), float(sigmas[i + 1])
@@ -622,6 +712,7 @@ class ComfyResMultistepAncestral(_Stochastic):
             if down == 0 or old_down is None:  # Euler
                 loop.add(SAMPLE, c, 1.0)
                 _derivative(loop, c, down - s, s)
+                guided.append(1.0)
             else:
                 h = math.log(s) - math.log(down)
                 c2 = (math.log(old_down) - math.log(float(sigmas[i - 1]))) / h
@@ -632,10 +723,11 @@ class ComfyResMultistepAncestral(_Stochastic):
                 loop.add(SAMPLE, c, math.exp(-h))
                 loop.add(X0, c, h * b1)
                 loop.add(X0, c - 1, h * b2)
+                guided.append(math.exp(-h))  # CFG++: only e^{-h} x̂_0 from g
             if t > 0:
                 loop.add_noise(self.s_noise * up, (s, t))
             old_down = down
-        return loop.calls()
+        return loop.calls(guided=np.array(guided) if self.cfg_pp else None)
 
 
 def _reverse_time_scaler(eta: float):

@@ -444,6 +444,9 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     ``init(..., timesteps=[...])``: custom integer timesteps (descending), as diffusers'
     ``set_timesteps(timesteps=...)``. ``init(..., mu=μ)``: the flow shift becomes e^μ, as
     diffusers' ``set_timesteps(mu=...)`` (needs ``use_dynamic_shifting``).
+    ``init(None, template, sigmas=[σ_0, ..., σ_N])``: an explicit list of levels, the final
+    one included (variance-exploding σ's, or flow σ's with ``use_flow_sigmas``; float32
+    values; not in diffusers): what ``ds.comfy.sampler_function`` runs ComfyUI's σ's with.
     ``init(..., strength=s)``: image-to-image over the last floor(N s) calls of the N-step
     grid, the warm-up restarted there (orders 1, 2, ... from the first call run; the
     lower-order final steps still counted on the whole grid), as diffusers runs it after a
@@ -507,10 +510,20 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
         )  # fmt: skip
 
     def tableau(
-        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0
-    ) -> Tableau:
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0,
+        sigmas: Any = None,
+    ) -> Tableau:  # fmt: skip
+        if sigmas is None:
+            grid = self._grid(num_steps, timesteps, mu)
+        elif timesteps is not None or mu is not None:
+            raise ValueError("pass at most one of sigmas=, timesteps= and mu=")
+        else:  # an explicit list (not in diffusers): replaces the grid options' levels
+            acp = discrete.training_alphas_cumprod(
+                self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+            )
+            grid = solver_grid.custom_grid(acp, sigmas, flow=self.use_flow_sigmas)
         return self._table(
-            self._grid(num_steps, timesteps, mu), strength,
+            grid, strength,
             sde_third=self.sde_third_order, to_zero=self.final_sigmas_type == "zero",
         )  # fmt: skip
 

@@ -18,9 +18,11 @@ of the step ending there, then by the predictor (1) of the step starting there.
 x̂_0 may be clipped (``clip_denoised_sample``): (1) and (3) both use the clipped estimate.
 
 The grid: the spacing's timesteps with σ interpolated over the training σ's, or a Karras /
-exponential / beta grid between the same end points (:mod:`diffsched.schedules.sigmas`).
-The model is called on x / sqrt(σ² + 1), the variance-preserving sample it was trained on;
-that is the sample this scheduler holds (``input_scale``).
+exponential / beta grid between the same end points (:mod:`diffsched.schedules.sigmas`),
+or an explicit list: ``init(None, template, sigmas=[σ_0, ..., σ_N])`` (float32 values, as
+``Euler``'s; not in diffusers, whose Heun takes custom timesteps only). The model is
+called on x / sqrt(σ² + 1), the variance-preserving sample it was trained on; that is the
+sample this scheduler holds (``input_scale``).
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ class Heun(Clipping, TwoStageBase):
 
     clip_denoised_sample: bool = with_default(Clipping, "clip_denoised_sample", False)
 
-    def tableau(self, num_steps: int, timesteps: Any = None, strength: float = 1.0) -> Tableau:
-        ts, sig = self._grid(num_steps, timesteps=timesteps, strength=strength)
+    def tableau(
+        self, num_steps: int, timesteps: Any = None, strength: float = 1.0, sigmas: Any = None
+    ) -> Tableau:
+        ts, sig = self._grid(num_steps, sigmas=sigmas, timesteps=timesteps, strength=strength)
         n = len(ts)
         s, s_next = sig[:n], sig[1 : n + 1]
         # call 2i: the predictor (1-2) at σ_i; call 2i + 1: the corrector (3-4) at σ_{i+1}

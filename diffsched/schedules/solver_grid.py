@@ -296,3 +296,25 @@ def solver_grid(
         final = _final(final_kind, sig, float(train[0]), name)
     grid = sigma_schedules.as_float32(np.concatenate([np.asarray(sig, np.float64), [final]]))
     return SolverGrid(timesteps=np.asarray(ts, dtype=np.int64), sigmas=grid, flow=flow)
+
+
+def custom_grid(alphas_cumprod: Any, sigmas: Any, flow: bool = False) -> SolverGrid:
+    """The grid of an explicit list of N + 1 levels, the final one included (``init(...,
+    sigmas=)`` of the solver classes; float32 values, as every grid here): variance-exploding
+    σ's with the timestep of each call at its place among the training σ's (rounded, as
+    Karras grids), or with ``flow`` rectified-flow σ's in [0, 1] with timesteps σ · T."""
+    sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if sig.size < 2 or not np.all(np.isfinite(sig)) or np.any(sig < 0):
+        raise ValueError(f"sigmas must hold at least 2 finite levels >= 0, got: {sig.tolist()}")
+    if np.any(np.diff(sig) >= 0):
+        raise ValueError(f"sigmas must be decreasing, got: {sig.tolist()}")
+    if flow and sig[0] > 1:
+        raise ValueError(f"flow sigmas must lie in [0, 1], got: {sig.tolist()}")
+    sig = sigma_schedules.as_float32(sig)
+    acp = np.asarray(alphas_cumprod, dtype=np.float64)
+    if flow:
+        ts = _truncate(sig[:-1] * len(acp))
+    else:
+        log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))
+        ts = _truncate(sigma_schedules.sigma_to_t(sig[:-1], log_train).round())
+    return SolverGrid(timesteps=ts, sigmas=sig, flow=flow)
