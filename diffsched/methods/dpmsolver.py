@@ -497,17 +497,20 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
-        acp = discrete.training_alphas_cumprod(
-            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
-        )
         return solver_grid.solver_grid(
-            acp, num_steps,
+            self._training_alphas_cumprod(), num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
             sigma_schedule=kind, final_sigma=self.final_sigmas_type,
             lambda_min_clipped=self.lambda_min_clipped,
             round_karras=self.beta_schedule != "squared_cosine",
             flow_shift=shift, timesteps=timesteps,
         )  # fmt: skip
+
+    def _training_alphas_cumprod(self) -> np.ndarray:
+        """ᾱ of the training steps, zero-SNR rescaled where asked (the grids' table)."""
+        return discrete.training_alphas_cumprod(
+            self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+        )
 
     def tableau(
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0,
@@ -518,10 +521,9 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
         elif timesteps is not None or mu is not None:
             raise ValueError("pass at most one of sigmas=, timesteps= and mu=")
         else:  # an explicit list (not in diffusers): replaces the grid options' levels
-            acp = discrete.training_alphas_cumprod(
-                self.alphas_cumprod, zero_terminal_snr=self.rescale_betas_zero_snr
+            grid = solver_grid.custom_grid(
+                self._training_alphas_cumprod(), sigmas, flow=self.use_flow_sigmas
             )
-            grid = solver_grid.custom_grid(acp, sigmas, flow=self.use_flow_sigmas)
         return self._table(
             grid, strength,
             sde_third=self.sde_third_order, to_zero=self.final_sigmas_type == "zero",
