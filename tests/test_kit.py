@@ -4,6 +4,7 @@ one module, is picked up by every registry and generic test), and it converges."
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import diffsched as ds
 from diffsched.exact import models
@@ -118,3 +119,37 @@ def test_unipc_weights_with_bh2_at_second_order_are_dpm_solver_plus_plus_2m():
     g = [h_phis[0] / st.b_h, h_phis[1] * 2 / st.b_h]
     np.testing.assert_allclose(np.array([[1, 1], [-1.3, 1]]) @ st.rho_c, g, rtol=0, atol=1e-14)
     assert unipc_rhos(np.zeros(0), hh, "bh1", h_phis).rho_c.tolist() == [0.5]
+
+
+def _FLOW_MATCH(**o):
+    return ds.FlowMatchEuler(**o)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **o: ds.DPMSolverMultistep(use_flow_sigmas=True, prediction_type="flow", **o),
+        lambda **o: ds.DPMSolverSinglestep(use_flow_sigmas=True, prediction_type="flow", **o),
+        lambda **o: ds.DEIS(use_flow_sigmas=True, prediction_type="flow", **o),
+        lambda **o: ds.UniPC(use_flow_sigmas=True, prediction_type="flow", **o),
+        _FLOW_MATCH,
+        lambda **o: ds.Helios(**o),
+    ],
+    ids=["DPMSolverMultistep", "DPMSolverSinglestep", "DEIS", "UniPC", "FlowMatchEuler", "Helios"],
+)
+def test_every_dynamic_shift_checks_mu_the_same_way(make):
+    """init(..., mu=) (schedules.shifts.checked_mu): refused without use_dynamic_shifting,
+    a number and finite with it."""
+    x = np.zeros((1, 3))
+    if make is not _FLOW_MATCH:
+        with pytest.raises(ValueError, match="only with use_dynamic_shifting=True"):
+            make().init(4, x, mu=0.5)
+    else:  # as diffusers, whose flow pipelines pass μ to every config (FLUX.1-schnell's too)
+        assert np.array_equal(make().init(4, x, mu=0.5)[1], make().init(4, x)[1])
+    dynamic = make(use_dynamic_shifting=True)
+    with pytest.raises(TypeError, match="mu must be a number"):
+        dynamic.init(4, x, mu="0.5")
+    with pytest.raises(ValueError, match="mu must be finite"):
+        dynamic.init(4, x, mu=float("nan"))
+    a, b = dynamic.init(4, x, mu=0.5)[1], dynamic.init(4, x, mu=1.5)[1]
+    assert not np.allclose(np.asarray(a, float), np.asarray(b, float))

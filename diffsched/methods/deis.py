@@ -51,13 +51,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
-from ..schedules import solver_grid
+from ..schedules import shifts, solver_grid
 from ._img2img import first_call
 from .dpmsolver import (
     Thresholding,
@@ -121,13 +119,8 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
     def _grid(self, num_steps: int | None, mu: Any = None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self.sigma_kind or ("flow" if self.use_flow_sigmas else None)
-        shift = self.flow_shift
-        if mu is not None:
-            if not self.use_dynamic_shifting:
-                raise ValueError("init(..., mu=) needs use_dynamic_shifting=True")
-            if isinstance(mu, bool) or not isinstance(mu, int | float | np.number):
-                raise TypeError(f"mu must be a number, got: {mu!r}")
-            shift = math.exp(float(mu))
+        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
+        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
         return solver_grid.solver_grid(
             self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,

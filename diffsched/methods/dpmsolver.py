@@ -99,7 +99,7 @@ from ..core.scheduler import (
     ZeroTerminalSNR,
     document,
 )
-from ..schedules import discrete, solver_grid
+from ..schedules import discrete, shifts, solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
 from .kit import data_estimate, exponential_multistep, noise_estimate
@@ -486,13 +486,8 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
-        shift = self.flow_shift
-        if mu is not None:
-            if not self.use_dynamic_shifting:
-                raise ValueError("init(..., mu=) needs use_dynamic_shifting=True")
-            if isinstance(mu, bool) or not isinstance(mu, int | float | np.number):
-                raise TypeError(f"mu must be a number, got: {mu!r}")
-            shift = math.exp(float(mu))
+        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
+        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
         if timesteps is not None:
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")

@@ -60,7 +60,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
-from ..schedules import solver_grid
+from ..schedules import shifts, solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
 from .dpmsolver import (
@@ -177,13 +177,8 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = "flow" if self.use_flow_sigmas else self.sigma_kind
-        shift = self.flow_shift
-        if mu is not None:
-            if not self.use_dynamic_shifting:
-                raise ValueError("init(..., mu=) is used only with use_dynamic_shifting=True")
-            if isinstance(mu, bool) or not isinstance(mu, int | float | np.number):
-                raise TypeError(f"mu must be a number, got: {mu!r}")
-            shift = math.exp(float(mu))  # diffusers: flow_shift = e^μ
+        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
+        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
         if timesteps is not None:
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
             if kind is not None:

@@ -247,11 +247,7 @@ class _ShiftedGrid(SigmaGrid):
                 "image: pass mu= (diffusers' set_timesteps(mu=...)) or image_seq_len= (the "
                 "number of latent tokens, from which mu is computed as the FLUX pipeline does)"
             )
-        if isinstance(mu, bool) or not isinstance(mu, int | float | np.integer | np.floating):
-            raise TypeError(f"mu must be a number, got: {mu!r}")
-        mu = float(mu)
-        if not math.isfinite(mu):
-            raise ValueError(f"mu must be finite, got: {mu}")
+        mu = shifts.checked_mu(mu, dynamic=True, who=type(self).__name__)
         if self.time_shift_type == "linear" and mu <= 0:
             raise ValueError(f"the linear time shift needs mu > 0, got: {mu}")
         return mu

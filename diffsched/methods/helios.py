@@ -38,7 +38,7 @@ from ..core import predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau, Update
 from ..core.options import option, with_default
 from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, document, tuple_of_floats
-from ..schedules import solver_grid
+from ..schedules import shifts, solver_grid
 from .unipc import UniPC
 
 SCHEDULER_TYPES = ("unipc", "euler")
@@ -157,10 +157,7 @@ class _HeliosStages(BaseScheduler):
         ``num_steps`` points less the last timestep and the last level before 0."""
         T = self.num_train_steps
         owner = type(self).__name__
-        if mu is not None and not self.use_dynamic_shifting:
-            raise ValueError(f"{owner}: init(..., mu=) is used only with use_dynamic_shifting=True")
-        if self.use_dynamic_shifting and mu is None:
-            raise ValueError(f"{owner} with use_dynamic_shifting=True needs init(..., mu=μ)")
+        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=owner, required=True)
         if self.stages == 1:
             if stage_index not in (None, 0):
                 raise ValueError(f"{owner} with stages=1 has stage 0 only, got: {stage_index!r}")
@@ -195,9 +192,7 @@ class _HeliosStages(BaseScheduler):
                 ts = t_range[1] + levels[:-1] * (t_range[0] - t_range[1])
         return solver_grid.SolverGrid(ts, levels, True)
 
-    def _time_shift(self, mu: Any, sig: np.ndarray) -> np.ndarray:
-        if isinstance(mu, bool) or not isinstance(mu, int | float | np.number):
-            raise TypeError(f"mu must be a number, got: {mu!r}")
+    def _time_shift(self, mu: float, sig: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             tail = 1.0 / sig - 1.0  # ∞ at σ = 0: the level stays 0
         if self.time_shift_type == "exponential":

@@ -208,12 +208,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
         flow = self.use_flow_sigmas
         if flow and kind is None:
             kind = "flow"
-        if self.use_dynamic_shifting and mu is None:
-            raise ValueError("UniPC with use_dynamic_shifting=True needs init(..., mu=μ)")
-        if mu is not None and not self.use_dynamic_shifting:
-            raise ValueError("init(..., mu=) is used only with use_dynamic_shifting=True")
-        if mu is not None and (isinstance(mu, bool) or not isinstance(mu, int | float | np.number)):
-            raise TypeError(f"mu must be a number, got: {mu!r}")
+        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who="UniPC", required=True)
         levels = final = None
         if sigmas is not None:
             if kind != "flow":
@@ -237,7 +232,7 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
             converted_final_sigma="last" if self.final_sigmas_type == "sigma_min" else "zero",
             sigma_min=self.sigma_min, sigma_max=self.sigma_max,
             flow_shift=self.flow_shift, flow_base="linspace",
-            flow_mu=float(mu) if mu is not None and kind == "flow" else None,
+            flow_mu=mu if kind == "flow" else None,
             time_shift_type=self.time_shift_type, shift_terminal=self.shift_terminal,
             flow_nudge_from_one=True, karras_as_flow=flow and kind == "karras", sigmas=levels,
             timesteps=timesteps,

@@ -15,6 +15,7 @@ scalars rounded to float32 first), as diffusers' flow-matching schedulers comput
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,25 @@ def mu_from_image_seq_len(
     slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
     intercept = base_shift - slope * base_image_seq_len
     return float(image_seq_len * slope + intercept)
+
+
+def checked_mu(mu: Any, *, dynamic: bool, who: str, required: bool = False) -> float | None:
+    """μ of diffusers' ``set_timesteps(mu=)`` (the dynamic shift of flow grids, e^μ or μ),
+    checked: a finite number, given only with ``use_dynamic_shifting=True`` (and given, where
+    ``required``: the classes whose diffusers form has no default shift); None if not given."""
+    if mu is None:
+        if dynamic and required:
+            raise ValueError(f"{who} with use_dynamic_shifting=True needs init(..., mu=μ)")
+        return None
+    if not dynamic:
+        raise ValueError(
+            f"{who}: init(..., mu=) is used only with use_dynamic_shifting=True, got mu={mu!r}"
+        )
+    if isinstance(mu, bool) or not isinstance(mu, int | float | np.integer | np.floating):
+        raise TypeError(f"mu must be a number, got: {mu!r}")
+    if not math.isfinite(mu):
+        raise ValueError(f"mu must be finite, got: {mu}")
+    return float(mu)
 
 
 def stretch_to_terminal(sigmas: np.ndarray, terminal: float, dtype=np.float64) -> np.ndarray:
