@@ -13,9 +13,10 @@ compared before the clamp, recorded from the scheduler's last output), and the g
 end in the same state (as many draws). Where diffusers' own float32 arithmetic loses
 digits (KarrasVe's correction at small σ, RePaint's x̂_0 at small ᾱ, Piflow's 128 float32
 substeps), the reference is diffusers' class doing the same arithmetic in float64 on the
-pipeline's tensors (see each). Piflow's pipelines (Kandinsky 6) need its VAE and
-transformers, which are not small: its adapter is checked against ``PiflowScheduler``
-driven as they drive it. FlowMapEuler's ``step(..., r_timestep=)`` is checked directly.
+pipeline's tensors (see each). Piflow runs in Kandinsky6SRPipeline (a tiny VAE and
+transformer; the text-to-video pipeline needs a text encoder that is not small) and in its
+loop written out with a model whose output is n_grid times as wide. FlowMapEuler's
+``step(..., r_timestep=)`` is checked directly.
 """
 
 from __future__ import annotations
@@ -450,6 +451,76 @@ def test_flow_map_r_timestep():
     ours.set_timesteps(4)
     with pytest.raises(NotImplementedError, match="r_timestep"):
         ours.step(x, ours.timesteps[0], x, r_timestep=float(r[1]))
+
+
+class PiflowInDouble(diffusers.PiflowScheduler):
+    """diffusers' Piflow whose grid and ``step`` arithmetic are float64 (peer), its
+    timesteps (the model's input) rounded to float32, its results to the sample's dtype.
+    In float32 its N = 1 loop (one segment, 128 float32 substeps) ends 3.6e-6 (relative)
+    off ours in Kandinsky 6's pipeline."""
+
+    def set_timesteps(self, *args, **kwargs):
+        with peer._double_tables(peer.module_of({"_class_name": "PiflowScheduler"})):
+            super().set_timesteps(*args, **kwargs)
+        self.timesteps = self.timesteps.float()
+
+    def step(self, model_output, timestep, sample, return_dict=True):
+        with peer._double_tables(peer.module_of({"_class_name": "PiflowScheduler"})):
+            out = super().step(model_output.double(), timestep, sample.double(), False)[0]
+        return (out.to(sample.dtype),)
+
+
+@pytest.fixture(scope="module")
+def kandinsky6_sr():
+    """Kandinsky6SRPipeline (video super-resolution, PiflowScheduler) from a tiny random VAE
+    and transformer (n_grid = 2: its output has 2 × 4 latent channels); its NABLA attention
+    runs through torch's flex_attention on CPU."""
+    if not hasattr(diffusers, "Kandinsky6SRPipeline"):
+        pytest.skip("diffusers has no Kandinsky6SRPipeline")
+    torch.manual_seed(0)
+    vae = diffusers.Kandinsky6SRVAE(
+        latent_channels=4, encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
+        layers_per_block=1,
+    ).eval()  # fmt: skip
+    try:
+        transformer = diffusers.Kandinsky6SRTransformer3DModel(
+            in_visual_dim=4, out_visual_dim=8, time_dim=16, model_dim=16, ff_dim=32,
+            num_visual_blocks=1, axes_dims=(2, 4, 2), tile_sizes=((16, 16),),
+        ).eval()  # fmt: skip
+    except ImportError as err:  # flex_attention missing from this torch
+        pytest.skip(str(err))
+    pipe = diffusers.Kandinsky6SRPipeline(
+        transformer=transformer, vae=vae, scheduler=diffusers.PiflowScheduler(n_grid=2)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("sched", "steps"),
+    [(ds.Piflow(n_grid=2), 2), (ds.Piflow(n_grid=2, shift=3.0), 1),
+     (ds.Piflow(n_grid=2, final_step_size_scale=1.0, num_policy_substeps=32), 4)],
+    ids=["defaults-N2", "shift3-N1", "f1-K32-N4"],
+)  # fmt: skip
+def test_kandinsky6_sr_pipeline(kandinsky6_sr, sched, steps):
+    """The super-resolved video, and the last latents before the VAE (recorded)."""
+    video = torch.rand(1, 5, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    out = []
+    for scheduler in (PiflowInDouble.from_config(sched.to_config()), DiffusersScheduler(sched)):
+        seen = recording(scheduler, "step")
+        kandinsky6_sr.scheduler = scheduler
+        gen = torch.Generator().manual_seed(0)
+        frames = kandinsky6_sr(
+            video=video, resolution_scale=2, num_inference_steps=steps, generator=gen,
+            output_type="pt",
+        ).frames  # fmt: skip
+        out.append((seen[-1][1][0], frames, gen.get_state()))
+    (want, frames_w, g_w), (got, frames_g, g_g) = out
+    assert got.shape == (1, 5, 8, 8, 4)  # channels last: the model's output was 8 wide
+    close(want, got, f"Piflow (Kandinsky 6 SR)-N={steps}")
+    assert float((frames_g - frames_w).abs().max()) <= TOL
+    assert torch.equal(g_g, g_w)
 
 
 @pytest.mark.parametrize(
