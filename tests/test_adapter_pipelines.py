@@ -554,3 +554,38 @@ def test_piflow_driven_as_kandinsky6(sched, steps):
             x = double.step(out, t, x, return_dict=False)[0]
     close(x, got, f"Piflow-N={steps}")
     assert oracle.rel(got, want) < 1e-4  # diffusers' own float32 loop
+
+
+def test_protocol_misuse_is_refused():
+    """Calls out of the protocol's order, and what the table cannot do, say so."""
+    x = torch.zeros(1, 3, 4, 4)
+    karras = DiffusersScheduler(ds.KarrasVe())
+    karras.set_timesteps(3)
+    with pytest.raises(RuntimeError, match="step_correct must follow step"):
+        karras.step_correct(x, 1.0, 0.5, x, x, x)
+    sde = DiffusersScheduler(ds.ScoreSdeVe(correct_steps=1))
+    sde.set_timesteps(2)
+    sde.set_sigmas(2)
+    with pytest.raises(RuntimeError, match="step_pred called at a corrector call"):
+        sde.step_pred(x, sde.timesteps[0], x)
+    sde.step_correct(x + 1, x)
+    with pytest.raises(RuntimeError, match="step_correct called at a predictor call"):
+        sde.step_correct(x + 1, x)
+    cascade = DiffusersScheduler(ds.DDPMWuerstchen())
+    with pytest.raises(NotImplementedError, match="custom timesteps"):
+        cascade.set_timesteps(timesteps=[1.0, 0.5, 0.0])
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        karras.step(np.zeros((1, 3, 4, 4)), 1.0, 0.5, x)
+
+
+def test_protocol_adapters_pickle_and_keep_their_loop():
+    import pickle
+
+    repaint = DiffusersScheduler(ds.RePaint())
+    repaint.set_timesteps(10, 3, 2)
+    repaint.eta = 0.5  # as RePaintPipeline sets it
+    back = pickle.loads(pickle.dumps(repaint))
+    assert type(back).__name__ == "RePaintScheduler" and back.eta == 0.5
+    assert torch.equal(back.timesteps, repaint.timesteps)
+    cog = DiffusersScheduler(ds.CogVideoXDPM())
+    assert isinstance(pickle.loads(pickle.dumps(cog)), diffusers.CogVideoXDPMScheduler)
