@@ -901,6 +901,7 @@ class _ScoreSdeVeLoop:
     ) -> None:
         import torch
 
+        self._loop = self.wrapped  # set_sigmas' and sampling_eps' changes last one loop
         if sampling_eps is not None and sampling_eps != self._loop.sampling_eps:
             self._loop = self._loop.replace(sampling_eps=float(sampling_eps))
         _set_loop(self, num_inference_steps, {}, device)
@@ -1194,6 +1195,14 @@ class _FlowMapLoop:
         grid = self._loop.grid(self._num_steps, **self._options)
         self.sigmas = _tensor(grid, torch.float64, device)
         self.timesteps = _tensor(grid[:-1] * self._loop.num_train_steps, torch.float64, device)
+
+    def _index_of(self, timestep: Any) -> int:
+        # float64 timesteps, as diffusers' (which places a timestep by the nearest)
+        ts = np.asarray(self._host_timesteps, np.float64)
+        k = int(np.argmin(np.abs(ts - _scalar(timestep))))
+        if abs(ts[k] - _scalar(timestep)) > 1e-3:
+            raise ValueError(f"{self._name}: timestep {_scalar(timestep)} is not one of {ts}")
+        return k
 
     def step(
         self,

@@ -410,8 +410,10 @@ def anyflow():
         (ds.FlowMapEuler(shift=5.0), dict(num_inference_steps=4)),
         (ds.FlowMapEuler(), dict(num_inference_steps=2)),
         (ds.FlowMapEuler(shift=3.0), dict(num_inference_steps=None, sigmas=[1.0, 0.8, 0.5, 0.2])),
+        # custom levels below 1: the first timestep (964.28...) is not a float32 number
+        (ds.FlowMapEuler(shift=3.0), dict(num_inference_steps=3, sigmas=[0.9, 0.6, 0.3])),
     ],
-    ids=["shift5", "defaults", "custom-sigmas"],
+    ids=["shift5", "defaults", "custom-sigmas", "custom-sigmas-below-1"],
 )  # fmt: skip
 def test_anyflow_pipeline(anyflow, sched, call):
     """AnyFlow reads ``sigmas[i + 1]`` for the model's target time r (the flow map's)."""
@@ -428,7 +430,7 @@ def test_anyflow_pipeline(anyflow, sched, call):
         out.append((frames, scheduler.sigmas.clone(), gen.get_state()))
     (want, s_w, g_w), (got, s_g, g_g) = out
     assert s_g.dtype == s_w.dtype and torch.allclose(s_g, s_w, rtol=0, atol=1e-12)
-    close(want, got, f"FlowMapEuler-{call['num_inference_steps']}")
+    close(want, got, f"FlowMapEuler-{call['num_inference_steps']}-{len(call.get('sigmas', ()))}")
     assert torch.equal(g_g, g_w)
 
 
