@@ -57,7 +57,21 @@ diffusers has no class for (``VariableIPNDM``) is recorded as this module's
 imports and builds with :meth:`DiffusersScheduler.from_pretrained`: that folder needs
 diffsched to load.
 
-Not provided: ``sigmas`` (read by some flow and editing pipelines).
+Pipelines with a protocol of their own (issue 18). Some pipelines drive their scheduler
+through methods other than ``step`` or choose their loop by ``isinstance`` of diffusers'
+class; the adapter of those classes has that protocol too (``_PROTOCOLS``), each method a
+model call of our table: ScoreSdeVePipeline (``set_sigmas``, ``step_correct``,
+``step_pred``), KarrasVePipeline (``schedule``, ``add_noise_to_input``, ``step``,
+``step_correct``), RePaintPipeline (``step(..., original_image, mask, generator)``,
+``undo_step``, ``scheduler.eta = ...``), CogVideoXPipeline's DPM branch (``step`` with the
+previous x̂_0 and timestep, which our state holds), Stable Cascade (DDPMWuerstchen's
+``timesteps`` with the final 0), Sana-Sprint (SCM's ``set_timesteps`` keywords) and AnyFlow
+(FlowMapEuler's ``sigmas`` and ``step(..., r_timestep=)``, which must be the call's own
+target). The adapters of CogVideoXDPM and DDPMWuerstchen are subclasses of diffusers' class
+(whose ``__init__`` never runs and whose methods ours override), since their pipelines test
+``isinstance``. Noise is drawn where, and as often as, diffusers draws it.
+
+Not provided: ``sigmas`` (read by some flow and editing pipelines) but for FlowMapEuler.
 
 diffusers and torch are imported only when the adapter is used.
 """
@@ -122,11 +136,16 @@ _DRAWS_AT_EVERY_CALL = frozenset(
         "EDMDPMSolverMultistepScheduler",
         "FlowMatchEulerDiscreteScheduler",
         "FlowMatchLCMScheduler",
+        "DDPMWuerstchenScheduler",  # also on the step to t = 0 (issue 18)
+        "SCMScheduler",  # also on the last call (its noise weight sin 0 = 0)
+        "CogVideoXDPMScheduler",  # also on the last call, to ᾱ = 1 (once; twice with history)
     }
 )
 # classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
-# read before set_timesteps (ConsistencyModelPipeline); issue 18
-_SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset({"CMStochasticIterativeScheduler"})
+# read before set_timesteps (ConsistencyModelPipeline, ScoreSdeVePipeline); issue 18
+_SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset(
+    {"CMStochasticIterativeScheduler", "ScoreSdeVeScheduler"}
+)
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ
@@ -461,17 +480,42 @@ class DiffusersScheduler:
         unknown = set(kwargs) - _KNOWN_STEP_KWARGS
         if unknown:
             raise TypeError(f"step() of {self._name} got unexpected keyword arguments: {unknown}")
-        for what, arr in (("model_output", model_output), ("sample", sample)):
+        self._check_tensors(model_output=model_output, sample=sample)
+        self._step_time_options(
+            {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
+        )
+        i = self._call_index(timestep)
+        prev, denoised = self._advance(
+            i, model_output, sample, generator=generator, variance_noise=variance_noise
+        )
+        if not return_dict:
+            return (prev, denoised)
+        return SchedulerOutput(prev, denoised)
+
+    def _check_tensors(self, **arrays: Any) -> None:
+        for what, arr in arrays.items():
             if not hasattr(arr, "device") or not hasattr(arr, "detach"):
                 raise TypeError(
                     f"step() of {self._name}: {what} must be a torch.Tensor (a diffusers "
                     f"pipeline's), got {type(arr).__name__}; use the scheduler itself "
                     "(init / step) for NumPy or JAX arrays"
                 )
-        self._step_time_options(
-            {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
-        )
-        i = self._call_index(timestep)
+
+    def _advance(
+        self,
+        i: int,
+        model_output: Any,
+        sample: Any,
+        *,
+        generator: Any = None,
+        variance_noise: Any = None,
+        draws: int = 1,
+        **step_options: Any,
+    ) -> tuple[Any, Any]:
+        """Runs model call ``i`` on the native ``sample``: (next native sample, the call's
+        x̂_0 or None). The noise of a stochastic call is ``variance_noise`` if given, else
+        drawn with ``generator`` (``draws`` draws where diffusers draws that many at the
+        call, the last one used); ``step_options`` go to the wrapped scheduler's step."""
         program = self._program
         if i >= program.num_calls:
             raise IndexError(
@@ -486,24 +530,26 @@ class DiffusersScheduler:
         noise = None
         # Brownian classes draw from the loop's own tree (its key, or noise_sampler_seed)
         brownian = getattr(self._loop, "noise_type", "gaussian") == "brownian"
-        if program.stochastic and (variance_noise is not None or not brownian):
-            if variance_noise is not None:
-                noise = variance_noise
-            elif program.coefs[k, _NOISE] != 0 or self._name in _DRAWS_AT_EVERY_CALL:
-                from diffusers.utils.torch_utils import randn_tensor
+        if variance_noise is not None and (program.stochastic or self._name == "RePaintScheduler"):
+            noise = variance_noise  # (RePaint's noise is outside its table: always taken)
+        elif not brownian and (
+            (program.stochastic and program.coefs[k, _NOISE] != 0)
+            # drawn and unused, as diffusers, also where a loop has no noise at all (one step)
+            or (self._name in _DRAWS_AT_EVERY_CALL and not self._loop.deterministic)
+        ):
+            from diffusers.utils.torch_utils import randn_tensor
 
+            for _ in range(draws):
                 noise = randn_tensor(
                     tuple(model_output.shape), generator=generator,
                     device=model_output.device, dtype=model_output.dtype,
                 )  # fmt: skip
-        state, out = self._loop.step(state, held, model_output, noise=noise)
+            noise = noise if program.stochastic else None
+        state, out = self._loop.step(state, held, model_output, noise=noise, **step_options)
         self._state, self._state_index = state, i + 1
         self._step_index = i + 1
         prev = out if scale_next == 1.0 else out * scale_next
-        denoised = self._denoised(i, sample, model_output, prev)
-        if not return_dict:
-            return (prev, denoised)
-        return SchedulerOutput(prev, denoised)
+        return prev, self._denoised(i, sample, model_output, prev)
 
     def _step_time_options(self, passed: dict[str, Any]) -> None:
         """Uses the step-time options a pipeline passes where ours are at their default."""
@@ -603,6 +649,8 @@ class DiffusersScheduler:
     def _denoised(self, i: int, native: Any, model_output: Any, prev: Any) -> Any:
         """The call's x̂_0 from the method's conversion (None where it has none); LCM's
         boundary-conditioned estimate (diffusers' ``denoised``)."""
+        if tuple(model_output.shape) != tuple(native.shape):
+            return None  # several predictions per call (Piflow): no one x̂_0
         tab = self._columns()
         n = tab.num_calls
         a = float(np.broadcast_to(tab.x0_sample, (n,))[i])
@@ -718,23 +766,515 @@ class DiffusersScheduler:
         return None
 
 
+# -- pipelines that drive their scheduler through methods of its own (issue 18) -------------
+
+
+class StepOutput(dict):
+    """A step's named outputs, as diffusers' ``BaseOutput``: by attribute
+    (``out.prev_sample``), by name (``out["derivative"]``) or by position (``out[0]``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int | slice):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+
+def _randn(shape: tuple, generator: Any, **kwargs: Any) -> Any:
+    """diffusers' ``randn_tensor`` (the draws its schedulers make, in their order)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(shape, generator=generator, **kwargs)
+
+
+def _set_loop(adapter: DiffusersScheduler, num_steps: int, options: dict, device: Any) -> None:
+    """Prepares an N-step loop with init ``options`` (a protocol's ``set_timesteps``)."""
+    adapter._num_steps = num_steps
+    adapter._options = options
+    adapter._compile()
+    adapter.num_inference_steps = num_steps
+    adapter._step_index = None
+    adapter._begin_index = None
+    adapter._device = device
+
+
+def _tensor(values: Any, dtype: Any, device: Any) -> Any:
+    import torch
+
+    out = torch.as_tensor(np.asarray(values), dtype=dtype)
+    return out if device is None else out.to(device)
+
+
+class _KarrasVeLoop:
+    """``KarrasVePipeline``'s protocol (Karras et al. 2022, Alg. 2): per step i,
+    ``add_noise_to_input`` (the churn to σ̂_i, drawn with the pipeline's generator as
+    diffusers draws it, also where γ_i = 0), ``step`` (the Euler call at σ̂_i: our call 2i)
+    and, where σ_{i+1} ≠ 0, ``step_correct`` (the correction: our call 2i + 1, without its
+    churn column, which the next ``add_noise_to_input`` adds). ``timesteps`` are the step
+    indices N-1 .. 0 and ``schedule`` the levels σ, as diffusers' (the pipeline reads
+    ``schedule[t]``); the pipeline starts from σ_max z (``init_noise_sigma``)."""
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+        import torch
+
+        _set_loop(self, num_inference_steps, {}, device)
+        sigma, hat, churn = self._loop._levels(num_inference_steps)
+        self._churn = (hat, churn)
+        self.timesteps = _tensor(np.arange(num_inference_steps)[::-1].copy(), torch.int64, device)
+        # diffusers' schedule lists σ_i by its timestep i' = N - 1 - i: schedule[t] is σ_{N-1-t}
+        self.schedule = _tensor(sigma[::-1].copy(), torch.float32, device)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(self._loop.sigma_max)
+
+    def add_noise_to_input(self, sample: Any, sigma: Any, generator: Any = None) -> tuple:
+        """(x̂_i, σ̂_i): the churn of the coming step (Alg. 2, lines 5-6)."""
+        import torch
+
+        self._require_program()
+        i = (self._step_index or 0) // 2
+        hat, churn = self._churn
+        z = _randn(tuple(sample.shape), generator).to(sample.device, sample.dtype)
+        return sample + float(churn[i]) * z, torch.tensor(float(hat[i]), dtype=torch.float32)
+
+    def step(
+        self,
+        model_output: Any,
+        sigma_hat: Any,
+        sigma_prev: Any,
+        sample_hat: Any,
+        return_dict: bool = True,
+    ) -> Any:
+        """The Euler call at σ̂_i (Alg. 2, line 8)."""
+        self._check_tensors(model_output=model_output, sample_hat=sample_hat)
+        self._require_program()
+        i = self._step_index or 0
+        prev, x0 = self._advance(i, model_output, sample_hat)
+        derivative = (sample_hat - x0) / float(self._churn[0][i // 2])
+        out = StepOutput(prev_sample=prev, derivative=derivative, pred_original_sample=x0)
+        return out if return_dict else (prev, derivative)
+
+    def step_correct(
+        self,
+        model_output: Any,
+        sigma_hat: Any,
+        sigma_prev: Any,
+        sample_hat: Any,
+        sample_prev: Any,
+        derivative: Any,
+        return_dict: bool = True,
+    ) -> Any:
+        """The second-order correction at σ_{i+1} (Alg. 2, lines 9-11); the stored x̂_i and
+        its x̂_0 come from the state (``sample_hat`` and ``derivative`` are not read)."""
+        import torch
+
+        self._check_tensors(model_output=model_output, sample_prev=sample_prev)
+        i = self._step_index
+        if i is None or i % 2 == 0:
+            raise RuntimeError("KarrasVe: step_correct must follow step")
+        prev, x0 = self._advance(
+            i, model_output, sample_prev, variance_noise=torch.zeros_like(sample_prev)
+        )
+        out = StepOutput(prev_sample=prev, derivative=derivative, pred_original_sample=x0)
+        return out if return_dict else (prev, derivative)
+
+
+class _ScoreSdeVeLoop:
+    """``ScoreSdeVePipeline``'s protocol (Song et al. 2021, Alg. 1): ``set_timesteps`` and
+    ``set_sigmas``, then per step C ``step_correct`` calls and one ``step_pred``; each draws
+    its z with the pipeline's generator as diffusers does. ``timesteps`` are the times
+    t_i = linspace(1, ε_s, N) and ``sigmas`` the levels σ(t_i) the model is called at;
+    ``step_pred`` returns ``prev_sample`` and ``prev_sample_mean`` (the pipeline returns the
+    last mean, as our loop's final sample)."""
+
+    def set_timesteps(
+        self, num_inference_steps: int, sampling_eps: float | None = None, device: Any = None
+    ) -> None:
+        import torch
+
+        self._loop = self.wrapped  # set_sigmas' and sampling_eps' changes last one loop
+        if sampling_eps is not None and sampling_eps != self._loop.sampling_eps:
+            self._loop = self._loop.replace(sampling_eps=float(sampling_eps))
+        _set_loop(self, num_inference_steps, {}, device)
+        eps = self._loop.sampling_eps
+        self.timesteps = torch.linspace(1, eps, num_inference_steps, device=device)
+        self.set_sigmas(num_inference_steps)
+
+    def set_sigmas(
+        self,
+        num_inference_steps: int,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        sampling_eps: float | None = None,
+    ) -> None:
+        """The levels of the loop (σ_min, σ_max, ε_s given here replace the config's)."""
+        import torch
+
+        changes = {
+            k: float(v)
+            for k, v in (
+                ("sigma_min", sigma_min),
+                ("sigma_max", sigma_max),
+                ("sampling_eps", sampling_eps),
+            )
+            if v is not None and v != getattr(self._loop, k)
+        }
+        if changes or self._num_steps != num_inference_steps:
+            self._loop = self._loop.replace(**changes)
+            _set_loop(self, num_inference_steps, {}, getattr(self, "_device", None))
+        model_sigma, g = self._loop._levels(num_inference_steps)
+        self._diffusion = g
+        self.sigmas = torch.tensor(model_sigma, dtype=torch.float32)
+        self.discrete_sigmas = torch.exp(
+            torch.linspace(
+                math.log(self._loop.sigma_min), math.log(self._loop.sigma_max), num_inference_steps
+            )
+        )
+
+    def step_correct(
+        self, model_output: Any, sample: Any, generator: Any = None, return_dict: bool = True
+    ) -> Any:
+        """A Langevin corrector call (Alg. 4)."""
+        self._check_tensors(model_output=model_output, sample=sample)
+        self._require_program()
+        i = self._step_index or 0
+        if i % (self._loop.correct_steps + 1) == self._loop.correct_steps:
+            raise RuntimeError(
+                f"ScoreSdeVe: step_correct called at a predictor call (correct_steps="
+                f"{self._loop.correct_steps} correctors, then step_pred)"
+            )
+        z = _randn(tuple(sample.shape), generator, layout=sample.layout).to(sample.device)
+        prev, _ = self._advance(i, model_output, sample, variance_noise=z.to(sample.dtype))
+        return StepOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def step_pred(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> Any:
+        """The reverse-diffusion predictor call (Alg. 2)."""
+        import torch
+
+        self._check_tensors(model_output=model_output, sample=sample)
+        self._require_program()
+        i = self._step_index or 0
+        calls = self._loop.correct_steps + 1
+        if i % calls != calls - 1:
+            raise RuntimeError(
+                f"ScoreSdeVe: step_pred called at a corrector call ({calls - 1} step_correct "
+                "calls come first)"
+            )
+        z = _randn(
+            tuple(sample.shape),
+            generator,
+            layout=sample.layout,
+            device=sample.device,
+            dtype=sample.dtype,
+        )
+        mean, _ = self._advance(i, model_output, sample, variance_noise=torch.zeros_like(sample))
+        prev = mean + float(self._diffusion[i // calls]) * z
+        out = StepOutput(prev_sample=prev, prev_sample_mean=mean)
+        return out if return_dict else (prev, mean)
+
+
+class _RePaintLoop:
+    """``RePaintPipeline``'s protocol (Lugmayr et al. 2022, Alg. 1): ``timesteps`` is the
+    whole resampling schedule, down and up; a model call's ``step(..., original_image,
+    mask, generator)`` and, where the schedule goes up, ``undo_step`` per level (the forward
+    noising x ← sqrt(1 - β_s) x + sqrt(β_s) z over the level's training steps, line 10).
+    Our table folds the steps up that follow a call into that call's update (factor A, and
+    one normal w); ``step`` runs the call with w = 0, divides A out and adds the call's own
+    draw (diffusers': z, in both regions), so that the steps up, drawn one by one with the
+    pipeline's generator, complete the table's update: the same draws as diffusers, in its
+    order. The pipeline's ``scheduler.eta = ...`` sets η."""
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int,
+        jump_length: int = 10,
+        jump_n_sample: int = 10,
+        device: Any = None,
+    ) -> None:
+        import torch
+
+        options = {"jump_length": jump_length, "jump_n_sample": jump_n_sample}
+        _set_loop(self, num_inference_steps, options, device)
+        visited, n = self._loop.schedule(num_inference_steps, jump_length, jump_n_sample)
+        self.num_inference_steps = n
+        self.timesteps = _tensor(visited, torch.int64, device)
+
+    @property
+    def eta(self) -> float:
+        return float(self._loop.eta)
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        if float(value) != self._loop.eta:
+            self._loop = self._loop.replace(eta=float(value))
+            if self._num_steps is not None:
+                self._compile()
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        original_image: Any = None,
+        mask: Any = None,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> Any:
+        """A model call: DDIM in the unknown region, the noised known image in the known one
+        (Alg. 1, lines 5-8), the steps up that follow it divided out."""
+        import torch
+
+        self._check_tensors(model_output=model_output, sample=sample)
+        self._require_program()
+        i = self._step_index or 0
+        z = _randn(
+            tuple(model_output.shape),
+            generator,
+            device=model_output.device,
+            dtype=model_output.dtype,
+        )
+        known = {} if mask is None else {"original_image": original_image, "mask": mask}
+        out, x0 = self._advance(
+            i, model_output, sample, variance_noise=torch.zeros_like(sample), **known
+        )
+        _, kz, uz, b = (float(v) for v in self._program.coefs[i, -4:])
+        up = math.sqrt(max(1.0 - b * b, 0.0))  # A: the product of the steps up's sqrt(1 - β)
+        weight = uz / up if mask is None else (mask * (kz - uz) + uz) / up
+        prev = out / up + weight * z
+        return StepOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+
+    def undo_step(self, sample: Any, timestep: Any, generator: Any = None) -> Any:
+        """One level up: the forward process over the level's training steps (Alg. 1,
+        line 10), each with its own draw."""
+        betas = self._loop.betas
+        start = int(timestep)
+        for s in range(start, start + self._loop.num_train_steps // self.num_inference_steps):
+            z = _randn(tuple(sample.shape), generator, device=sample.device, dtype=sample.dtype)
+            sample = math.sqrt(1.0 - betas[s]) * sample + math.sqrt(betas[s]) * z
+        return sample
+
+
+class _CogVideoXDPMLoop:
+    """``CogVideoXPipeline``'s protocol for its DPM scheduler (chosen by ``isinstance``):
+    ``step(model_output, old_pred_original_sample, timestep, timestep_back, sample, ...)``
+    returns ``(prev_sample, pred_original_sample)``. The previous x̂_0 and timestep are in
+    our state (the arguments are not read). diffusers draws twice at a call with history and
+    uses the second draw; so does the adapter."""
+
+    def step(
+        self,
+        model_output: Any,
+        old_pred_original_sample: Any = None,
+        timestep: Any = None,
+        timestep_back: Any = None,
+        sample: Any = None,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: Any = None,
+        variance_noise: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        self._check_tensors(model_output=model_output, sample=sample)
+        i = self._call_index(timestep)
+        stride = self._loop.num_train_steps // self.num_inference_steps
+        last = int(_scalar(timestep)) - stride < 0
+        draws = 1 if old_pred_original_sample is None or last else 2
+        prev, x0 = self._advance(
+            i, model_output, sample, generator=generator, variance_noise=variance_noise, draws=draws
+        )
+        return SchedulerOutput(prev, x0) if return_dict else (prev, x0)
+
+
+class _WuerstchenLoop:
+    """Stable Cascade's protocol (chosen by ``isinstance`` of ``DDPMWuerstchenScheduler``):
+    ``timesteps`` are the N levels t_i and the final 0 (the pipeline runs all but the last),
+    and ``step`` takes the batch's timestep ratios (placed by the first)."""
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, timesteps: Any = None, device: Any = None
+    ) -> None:
+        import torch
+
+        if timesteps is not None:
+            raise NotImplementedError(
+                "DDPMWuerstchen through the adapter: custom timesteps are not supported; "
+                "give num_inference_steps"
+            )
+        _set_loop(self, num_inference_steps, {}, device)
+        grid = np.append(np.asarray(self._program.timesteps, np.float64), 0.0)
+        # the pipeline calls the model at these: diffusers' float32 linspace, which can be
+        # an ulp off our float64 grid rounded (the step is placed by the nearest level)
+        self.timesteps = torch.linspace(1.0, 0.0, num_inference_steps + 1, device=device)
+        if not np.allclose(self.timesteps.cpu().double().numpy(), grid, rtol=0, atol=1e-6):
+            self.timesteps = _tensor(grid, torch.float32, device)
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> Any:
+        self._check_tensors(model_output=model_output, sample=sample)
+        first = timestep.reshape(-1)[0] if hasattr(timestep, "reshape") else timestep
+        i = self._call_index(first)
+        prev, x0 = self._advance(i, model_output, sample, generator=generator)
+        return SchedulerOutput(prev, x0) if return_dict else (prev,)
+
+    def _index_of(self, timestep: Any) -> int:
+        # the levels are diffusers' float32 linspace; ours are float64: the nearest
+        ts = np.asarray(self._host_timesteps, np.float64)
+        k = int(np.argmin(np.abs(ts - _scalar(timestep))))
+        if abs(ts[k] - _scalar(timestep)) > 1e-6:
+            raise ValueError(f"{self._name}: timestep {_scalar(timestep)} is not one of {ts}")
+        return k
+
+
+class _SCMLoop:
+    """Sana-Sprint's protocol: ``set_timesteps(N, timesteps=, max_timesteps=,
+    intermediate_timesteps=)`` as diffusers' (our init options); ``timesteps`` holds the N
+    angles and the final 0 (the pipeline runs all but the last)."""
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int,
+        timesteps: Any = None,
+        device: Any = None,
+        max_timesteps: float | None = 1.57080,
+        intermediate_timesteps: float | None = 1.3,
+    ) -> None:
+        import torch
+
+        if timesteps is not None:
+            options = {"timesteps": _host(timesteps), "max_timesteps": max_timesteps}
+        else:
+            options = {"max_timesteps": max_timesteps}
+        if intermediate_timesteps is not None:
+            options["intermediate_timesteps"] = intermediate_timesteps
+        _set_loop(self, num_inference_steps, options, device)
+        self.timesteps = _tensor(
+            self._loop._angles(num_inference_steps, **options), torch.float32, device
+        )
+
+
+class _FlowMapLoop:
+    """AnyFlow's protocol: ``sigmas`` (the N levels and the final 0, float64 as diffusers'),
+    ``timesteps`` in float64, and ``step(..., r_timestep=)``: the model's target time,
+    which must be the call's own (the next timestep, 0 at the last call: our table's r)."""
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        sigmas: Any = None,
+        timesteps: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        import torch
+
+        DiffusersScheduler.set_timesteps(
+            self, num_inference_steps, device=device, sigmas=sigmas, timesteps=timesteps, **kwargs
+        )
+        grid = self._loop.grid(self._num_steps, **self._options)
+        self.sigmas = _tensor(grid, torch.float64, device)
+        self.timesteps = _tensor(grid[:-1] * self._loop.num_train_steps, torch.float64, device)
+
+    def _index_of(self, timestep: Any) -> int:
+        # float64 timesteps, as diffusers' (which places a timestep by the nearest)
+        ts = np.asarray(self._host_timesteps, np.float64)
+        k = int(np.argmin(np.abs(ts - _scalar(timestep))))
+        if abs(ts[k] - _scalar(timestep)) > 1e-3:
+            raise ValueError(f"{self._name}: timestep {_scalar(timestep)} is not one of {ts}")
+        return k
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        r_timestep: Any = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        if r_timestep is not None:
+            self._require_program()
+            i = self._call_index(timestep)
+            want = float(self._loop.r_timesteps(self._num_steps, **self._options)[i])
+            got = _host(r_timestep)
+            got = np.asarray(got if isinstance(got, tuple) else [float(got)], np.float64)
+            if not np.allclose(got, want, rtol=1e-6, atol=1e-6):
+                raise NotImplementedError(
+                    f"{self._name}: r_timestep {got.tolist()} is not this call's target "
+                    f"{want} (the next timestep): steps to other targets (any-step sampling "
+                    "off the loop's grid) are not in the table; use custom sigmas= or "
+                    "timesteps= in set_timesteps for another grid"
+                )
+        return DiffusersScheduler.step(
+            self, model_output, timestep, sample, return_dict=return_dict, **kwargs
+        )
+
+
+# diffusers class -> the protocol its pipelines drive it by (methods beside the common ones)
+_PROTOCOLS: dict[str, type] = {
+    "KarrasVeScheduler": _KarrasVeLoop,
+    "ScoreSdeVeScheduler": _ScoreSdeVeLoop,
+    "RePaintScheduler": _RePaintLoop,
+    "CogVideoXDPMScheduler": _CogVideoXDPMLoop,
+    "DDPMWuerstchenScheduler": _WuerstchenLoop,
+    "SCMScheduler": _SCMLoop,
+    "FlowMapEulerDiscreteScheduler": _FlowMapLoop,
+}
+# classes whose pipelines choose their loop by isinstance of diffusers' class
+_ISINSTANCE_CHECKED = frozenset({"CogVideoXDPMScheduler", "DDPMWuerstchenScheduler"})
+
+
 @functools.cache
 def _pipeline_class(diffusers_class: str | None) -> type:
     """The adapter's class as diffusers' pipelines save it: a subclass of diffusers'
     ``SchedulerMixin`` named as the wrapped scheduler's diffusers class (module
     ``diffusers``), so that ``model_index.json`` records that class; the plain adapter
-    where diffusers is not installed."""
+    where diffusers is not installed. Where a pipeline drives its scheduler through
+    methods of its own (KarrasVe, ScoreSdeVe, RePaint, ...), the class also has that
+    protocol (:data:`_PROTOCOLS`), and where a pipeline asks ``isinstance`` of diffusers'
+    class to choose its loop (CogVideoX's DPM, Stable Cascade's Würstchen), it is also a
+    subclass of that class (whose methods ours override; its ``__init__`` never runs)."""
+    protocol = _PROTOCOLS.get(diffusers_class)
     try:
+        import diffusers
         from diffusers import SchedulerMixin
     except ImportError:
-        return DiffusersScheduler
+        if protocol is None:
+            return DiffusersScheduler
+        return type(DiffusersScheduler.__name__, (protocol, DiffusersScheduler), {})
     name = diffusers_class or "PipelineScheduler"
     namespace = {
         "__module__": "diffusers" if diffusers_class else __name__,
         "__qualname__": name,
         "__doc__": DiffusersScheduler.__doc__,
     }
-    return type(name, (DiffusersScheduler, SchedulerMixin), namespace)
+    bases: tuple[type, ...] = (DiffusersScheduler, SchedulerMixin)
+    if diffusers_class in _ISINSTANCE_CHECKED:
+        bases = (DiffusersScheduler, getattr(diffusers, diffusers_class))
+    if protocol is not None:
+        bases = (protocol, *bases)
+    return type(name, bases, namespace)
 
 
 def __getattr__(name: str) -> Any:

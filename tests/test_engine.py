@@ -29,6 +29,9 @@ SHAPE = (2, 4, 8, 8)
 _G = np.random.default_rng(0)
 _X = _G.standard_normal(SHAPE)
 _W = _G.standard_normal((8, 8)) / 8**0.5
+# a model whose output is wider than the sample (Piflow's n_grid velocities per channel):
+# its first 8 columns are _W's, the others more of the same kind
+_W_WIDE = np.concatenate([_W, _G.standard_normal((8, 8 * 31)) / 8**0.5], axis=1)
 _NOISE = _G.standard_normal((40, *SHAPE))
 SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
 
@@ -125,10 +128,11 @@ CASES = every()
 NAMES = list(CASES)
 
 
-def model(x, t):
-    """tanh(x @ W + 1e-3 t) on any backend."""
+def model(x, t, width=8):
+    """tanh(x @ W + 1e-3 t) on any backend; ``width`` output channels (the method's
+    ``prediction_shape``: 8, the sample's, for every class but Piflow)."""
     xp = array_api_compat.array_namespace(x)
-    w = xp.asarray(_W, dtype=x.dtype, device=array_api_compat.device(x))
+    w = xp.asarray(_W_WIDE[:, :width], dtype=x.dtype, device=array_api_compat.device(x))
     t = xp.astype(xp.asarray(t), x.dtype)
     return xp.tanh(x @ w + 1e-3 * t)
 
@@ -152,6 +156,11 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def width(sched):
+    """The model output's last axis for ``sched`` (its ``prediction_shape`` hook)."""
+    return sched.prediction_shape(SHAPE)[-1]
+
+
 def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
     x = to_backend(_X, backend, dtype)
     state, timesteps = sched.init(n, x, key=3)
@@ -160,7 +169,7 @@ def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
     pred_buffer = None
     for i, t in enumerate(timesteps):
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend, dtype)}
-        pred = model(y, t)
+        pred = model(y, t, width(sched))
         if buffer:  # one prediction array, overwritten by every call (as a CUDA graph does)
             if pred_buffer is None:
                 pred_buffer = pred.clone() if backend == "torch" else np.array(pred)
@@ -196,7 +205,7 @@ def test_jitted_fori_loop_equals_eager(name):
         def body(i, carry):
             state, y = carry
             kwargs = {} if sched.deterministic else {"noise": noise[i]}
-            return sched.step(state, y, model(y, timesteps[i]), **kwargs)
+            return sched.step(state, y, model(y, timesteps[i], width(sched)), **kwargs)
 
         return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, y))
 
@@ -206,8 +215,8 @@ def test_jitted_fori_loop_equals_eager(name):
     oracle.record("ENGINE jax.jit vs eager", name, r)
     assert r < 1e-12
     # a step past the end cannot raise under jit: it returns NaN, unmistakably
-    _, after = jax.jit(lambda s, y: sched.step(s, y, y, **({} if sched.deterministic else
-                                                           {"noise": y})))(end, got)  # fmt: skip
+    _, after = jax.jit(lambda s, y: sched.step(s, y, model(y, 0.0, width(sched)), **(
+        {} if sched.deterministic else {"noise": y})))(end, got)  # fmt: skip
     assert bool(jnp.all(jnp.isnan(after)))
 
 
@@ -253,7 +262,7 @@ def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
     y = x
     for i, t in enumerate(timesteps):
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend)}
-        pred = model(y, t) * 3
+        pred = model(y, t, width(sched)) * 3
         kept = [to_numpy(a).copy() for a in (y, pred, *oracle.leaves(state))]
         new_state, out = sched.step(state, y, pred, **kwargs)
         for a, before in zip((y, pred, *oracle.leaves(state)), kept, strict=True):

@@ -94,8 +94,16 @@ def names_the_problem(err: Exception, keys) -> bool:
     )
 
 
-def finite_model(x, t):
-    return np.tanh(0.7 * x + 1e-3 * float(t))
+def finite_model(x, t, shape=None):
+    """A finite model; ``shape``: its output's (the method's ``prediction_shape``), whose
+    last axis holds blocks of the sample's channels (Piflow's n_grid velocities), each its
+    own function of x."""
+    out = np.tanh(0.7 * x + 1e-3 * float(t))
+    if shape is None or tuple(shape) == tuple(x.shape):
+        return out
+    blocks = tuple(shape)[-1] // x.shape[-1]
+    return np.concatenate([out] + [np.tanh((0.7 - 0.1 * k) * x + 0.05 * k + 1e-3 * float(t))
+                                   for k in range(1, blocks)], axis=-1)  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -126,7 +134,7 @@ def test_constructor_and_loop(cls, data):
             other.step(state, x, x)
     y = x * sched.init_noise_scale(n)
     for t in timesteps:
-        pred = finite_model(y, t).astype(dtype)
+        pred = finite_model(y, t, sched.prediction_shape(shape)).astype(dtype)
         kept = (y.copy(), pred.copy())
         new_state, out = sched.step(state, y, pred)
         assert np.array_equal(y, kept[0]) and np.array_equal(pred, kept[1])
@@ -199,7 +207,7 @@ def test_threads_share_one_config(cls):
         state, timesteps = sched.init(6, x, key=key)
         y = x * sched.init_noise_scale(6)
         for t in timesteps:
-            state, y = sched.step(state, y, finite_model(y, t))
+            state, y = sched.step(state, y, finite_model(y, t, sched.prediction_shape(x.shape)))
         return y
 
     serial = [loop(k) for k in range(32)]
@@ -225,6 +233,11 @@ def test_half_precision_stays_close_to_float64(cls, dtype):
     sched = _default_instance(cls)
     x64 = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = torch.randn((8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 8
+    wide = sched.prediction_shape(x64.shape)[-1]  # Piflow: n_grid velocities per channel
+    if wide > 8:
+        more = torch.randn((8, wide - 8), generator=torch.Generator().manual_seed(3),
+                           dtype=torch.float64)  # fmt: skip
+        w = torch.cat([w, more / 8], dim=1)
 
     def loop(x, round_to=None):
         state, timesteps = sched.init(50, x, key=0)

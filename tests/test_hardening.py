@@ -506,8 +506,9 @@ def test_13_dtype_and_shape_must_match_the_template():
     for cls in CLASSES:  # with or without history
         state, _ = cls().init(6, X64)
         other = np.zeros((2, 2, 2, 2))
+        prediction = np.zeros(cls().prediction_shape(other.shape))  # Piflow's is wider
         with pytest.raises(ValueError, match="differs from the template"):
-            cls().step(state, other, other)
+            cls().step(state, other, prediction)
 
 
 # -- 14. files: only regular files of sane size are read -----------------------------------

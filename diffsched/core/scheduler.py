@@ -132,6 +132,12 @@ class BaseScheduler:
     def _process(self, x0: Array, owned: bool) -> Array:
         return x0
 
+    def prediction_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the model output ``step`` takes for a sample of ``sample_shape``:
+        the sample's own for every method but those whose model gives several predictions
+        at once (``Piflow``)."""
+        return tuple(sample_shape)
+
     @property
     def processes_x0(self) -> bool:
         """Whether x̂_0 is clipped or thresholded (then it is a nonlinear operand)."""

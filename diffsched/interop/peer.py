@@ -61,6 +61,7 @@ MODULES = {
     "MiniMaxH3Scheduler": "diffusers.schedulers.scheduling_minimax_h3",
     "HeliosScheduler": "diffusers.schedulers.scheduling_helios",
     "HeliosDMDScheduler": "diffusers.schedulers.scheduling_helios_dmd",
+    "PiflowScheduler": "diffusers.schedulers.scheduling_piflow",
     # issue 17
     "DPMSolverSDEScheduler": "diffusers.schedulers.scheduling_dpmsolver_sde",
     "CosineDPMSolverMultistepScheduler": (

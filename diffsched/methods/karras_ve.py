@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import ops
-from ..core.engine import SAMPLE, X0, Tableau, Update
+from ..core.engine import OUTPUT, SAMPLE, Tableau, Update
 from ..core.options import option
 from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
@@ -107,18 +107,19 @@ class KarrasVe(BrownianNoise, BaseScheduler):
             a = 2 * i  # the Euler call at σ̂_i, on x̂_i
             h = nxt[i] - hat[i]
             ts[a], x0_out[a] = hat[i], hat[i]
-            # line 8: x_{i+1} = x̂_i + h (x̂_i - D) / σ̂_i
-            upd.add(SAMPLE, 0, a, 1 + h / hat[i])
-            upd.add(X0, 0, a, -h / hat[i])
+            # line 8: x_{i+1} = x̂_i + h d_i, d_i = (x̂_i - D) / σ̂_i = -F (written with F,
+            # not as x̂_i and D: their difference is F's own scale times σ̂_i, and forming
+            # it in half or single precision cancels digits where σ is small)
+            upd.add(SAMPLE, 0, a, 1.0)
+            upd.add(OUTPUT, 0, a, -h)
             if i == num_steps - 1:
                 break
             b = a + 1  # the correction at σ_{i+1}, on the Euler result
             ts[b], x0_out[b] = nxt[i], nxt[i]
-            # line 11: x̂_i + h (d_i + d'_i) / 2, then the next step's churn
-            upd.add(SAMPLE, 1, b, 1 + 0.5 * h / hat[i])
-            upd.add(X0, 1, b, -0.5 * h / hat[i])
-            upd.add(SAMPLE, 0, b, 0.5 * h / nxt[i])
-            upd.add(X0, 0, b, -0.5 * h / nxt[i])
+            # line 11: x̂_i + h (d_i + d'_i) / 2 with d'_i = -F', then the next step's churn
+            upd.add(SAMPLE, 1, b, 1.0)
+            upd.add(OUTPUT, 1, b, -0.5 * h)
+            upd.add(OUTPUT, 0, b, -0.5 * h)
             noise[b] = churn[i + 1]
         return Tableau(
             timesteps=ts,
