@@ -36,7 +36,7 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
 }
 # ComfyUI's stochastic and guidance-aware samplers (issue 17)
 STOCHASTIC_SAMPLERS = (
-    "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpm_adaptive", "dpmpp_2s_ancestral_cfg_pp",
+    "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
     "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp",
     "gradient_estimation_cfg_pp",
 )  # fmt: skip

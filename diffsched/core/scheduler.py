@@ -58,6 +58,9 @@ class BaseScheduler:
 
     # None, or why init(..., offsets=) cannot run this method per element
     NO_PER_ELEMENT: ClassVar[str | None] = None
+    # an adaptive loop (docs/adaptive.md): init(max_calls, ...) bounds the model calls; the
+    # state says the next timestep (next_timestep) and whether the loop is over (done)
+    ADAPTIVE: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
