@@ -38,7 +38,6 @@ the nearest table index of σ (discrete models) or σ times the multiplier (flow
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -200,7 +199,7 @@ class AdaptiveComfy(ComfySampler):
             raise ValueError(f"{owner}.init: the sample template needs a batch axis, got a 0-d")
         dev = ops.device(sample_template)
         shape = tuple(sample_template.shape)
-        clock, extra_count = self._start(first, low)
+        clock, extra_count = self._start(first, low, last)
         ms = self.model_sampling
         table = np.zeros(1)
         if ms.discrete:
@@ -298,8 +297,9 @@ class AdaptiveComfy(ComfySampler):
 
     # -- the step -----------------------------------------------------------------------------
 
-    def _start(self, sigma_start: float, sigma_end: float) -> tuple[list[float], int]:
-        """(the initial clock, the number of extra arrays)."""
+    def _start(self, sigma_start: float, sigma_end: float, sigma_last: float):
+        """(the initial clock, the number of extra arrays) of a loop from σ_start to σ_end
+        on a list ending at σ_last."""
         raise NotImplementedError
 
     def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array):

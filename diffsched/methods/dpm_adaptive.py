@@ -45,9 +45,23 @@ from ..core import ops
 from ..core.options import option
 from ..core.scheduler import document
 from ._adaptive import (
-    ACCEPTED, CALLS, E0, E1, E2, END, FINAL, H, REJECTED, SIGMA, STAGE, AdaptiveComfy,
-    AdaptiveState, S, T, _counts,
-)  # fmt: skip
+    ACCEPTED,
+    CALLS,
+    E0,
+    E1,
+    E2,
+    END,
+    FINAL,
+    REJECTED,
+    SIGMA,
+    STAGE,
+    AdaptiveComfy,
+    AdaptiveState,
+    H,
+    S,
+    T,
+    _counts,
+)
 
 Array = Any
 
@@ -101,9 +115,10 @@ class ComfyDPMAdaptive(AdaptiveComfy):
                 )
 
     def _first_sigma(self, sigma_start: float) -> float:
-        return math.exp(-(-math.log(sigma_start)))
+        tau = -math.log(sigma_start)  # ComfyUI's round trip through τ = -log σ
+        return math.exp(-tau)
 
-    def _start(self, sigma_start: float, sigma_end: float) -> tuple[list[float], int]:
+    def _start(self, sigma_start: float, sigma_end: float, sigma_last: float):
         s, end = -math.log(sigma_start), -math.log(sigma_end)
         clock = [0.0] * (FINAL + 1)
         clock[S], clock[END], clock[H] = s, end, self.h_init
