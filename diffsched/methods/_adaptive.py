@@ -204,7 +204,7 @@ class AdaptiveComfy(ComfySampler):
         table = np.zeros(1)
         if ms.discrete:
             table = np.array(comfy_schedules._log_table(ms), np.float64)
-        final = 1.0 / ms.inverse_noise_scaling(last)
+        final = ms.inverse_noise_scaling(last)
         clock = np.asarray(clock, np.float64)
         clock[FINAL] = final
         done0 = not bool(self._running(clock[S], clock[END]))
@@ -348,7 +348,8 @@ class AdaptiveComfy(ComfySampler):
         sigma = state.clock[SIGMA]
         x_call = self._to_native(xp, x_in, sigma)
         denoised = self._denoised(xp, sigma, x_call, m, state.table)
-        x, extra, clock, counts, finished, nxt = self._advance(xp, state, x_call, denoised)
+        with np.errstate(all="ignore"):  # NumPy: a done state's step (h = 0) is discarded
+            x, extra, clock, counts, finished, nxt = self._advance(xp, state, x_call, denoised)
         calls = counts[CALLS] + 1
         counts = xp.concat([counts[:CALLS], xp.reshape(calls, (1,)), counts[CALLS + 1 :]])
         done = finished | (calls >= counts[MAX_CALLS])

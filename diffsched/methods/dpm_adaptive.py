@@ -90,7 +90,7 @@ class ComfyDPMAdaptive(AdaptiveComfy):
     EXTRA = 3  # x_prev, ε̂_s, ε̂(u1, s1)
 
     order: int = option(3, "k: DPM-Solver-12 (2) or DPM-Solver-23 (3); k calls per attempt",
-                        choices=(2, 3))  # fmt: skip
+                        low=2, high=3)  # fmt: skip
     rtol: float = option(0.05, "the relative tolerance of (4)", low=0.0)
     atol: float = option(0.0078, "the absolute tolerance of (4)", low=0.0)
     h_init: float = option(0.05, "the first proposed step in τ = -log σ", low=0.0,
