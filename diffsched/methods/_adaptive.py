@@ -38,6 +38,7 @@ the nearest table index of σ (discrete models) or σ times the multiplier (flow
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -348,7 +349,8 @@ class AdaptiveComfy(ComfySampler):
         sigma = state.clock[SIGMA]
         x_call = self._to_native(xp, x_in, sigma)
         denoised = self._denoised(xp, sigma, x_call, m, state.table)
-        with np.errstate(all="ignore"):  # NumPy: a done state's step (h = 0) is discarded
+        quiet = np.errstate(all="ignore") if ops.is_numpy(xp) else contextlib.nullcontext()
+        with quiet:  # NumPy: the step of a done state (h = 0) is computed, then discarded
             x, extra, clock, counts, finished, nxt = self._advance(xp, state, x_call, denoised)
         calls = counts[CALLS] + 1
         counts = xp.concat([counts[:CALLS], xp.reshape(calls, (1,)), counts[CALLS + 1 :]])
@@ -370,6 +372,12 @@ class AdaptiveComfy(ComfySampler):
         return clock[FINAL]
 
 
+def const(xp, value: float, like: Array) -> Array:
+    """A 0-d array of ``value`` in ``like``'s dtype and device (two-argument functions take
+    arrays: scalars go through a dtype query ``torch.compile`` cannot trace)."""
+    return xp.full((), value, dtype=like.dtype, device=ops.device(like))
+
+
 def _counts(xp, counts: Array, stage: Array, accept: Array, reject: Array) -> Array:
     """The counts after a call's stage: the next stage, the accepted and rejected attempts
     (the calls, counted by the base, and the bound unchanged)."""
@@ -387,6 +395,5 @@ def pi_factor(err: Array, err_prev: Array, order: int, beta: float, safety: floa
     fac = safety · err^(-α) · err_prev^β, α = 1/q - 0.75 β, q the order of the error
     estimate plus one."""
     alpha = 1.0 / order - 0.75 * beta
-    tiny = 1e-10
-    err = xp.maximum(err, tiny)
+    err = xp.maximum(err, const(xp, 1e-10, err))
     return safety * err ** (-alpha) * err_prev**beta

@@ -64,6 +64,7 @@ from ._adaptive import (
     S,
     T,
     _counts,
+    const,
     pi_factor,
 )
 
@@ -183,14 +184,14 @@ class AdaptiveRK(AdaptiveComfy):
         accept = last & (err <= 1.0)
         reject = last & ~(err <= 1.0)
         fac = pi_factor(err, clock[E0], pair.embedded_order + 1, self.beta, self.safety, xp)
-        fac = xp.clip(fac, FAC_MIN, FAC_MAX)
-        fac = xp.where(accept, fac, xp.minimum(fac, 1.0))
+        fac = xp.minimum(xp.maximum(fac, const(xp, FAC_MIN, fac)), const(xp, FAC_MAX, fac))
+        fac = xp.where(accept, fac, xp.minimum(fac, const(xp, 1.0, fac)))
         h_new = xp.where(last, h * fac, clock[H])
         s_new = xp.where(accept, t, s)
         x_new = xp.where(accept, x_call, x)
         k_first = xp.where(accept, k[stages - 1], k[0])  # FSAL
         k = xp.concat([k_first[None, ...], k[1:]], axis=0)
-        err_prev = xp.where(accept, xp.maximum(err, ERR_PREV_START), clock[E0])
+        err_prev = xp.where(accept, xp.maximum(err, const(xp, ERR_PREV_START, err)), clock[E0])
         t_new = xp.where(last, xp.minimum(clock[END], s_new + h_new), t)
         # after the attempt: its successor's first new stage
         h_next = t_new - s_new
@@ -200,7 +201,7 @@ class AdaptiveRK(AdaptiveComfy):
         sigma_next = xp.where(last, sigma_after, sigma_stage)
         clock = xp.stack([s_new, t_new, h_new, sigma_next, err_prev, clock[E0 + 1],
                           clock[E2], clock[END], clock[FINAL]])  # fmt: skip
-        stage_next = xp.where(last, 1, stage + 1)
+        stage_next = xp.where(last, stage * 0 + 1, stage + 1)
         counts = _counts(xp, counts, stage_next, accept, reject)
         finished = accept & ~self._running(s_new, clock[END])
         return x_new, k, clock, counts, finished, nxt

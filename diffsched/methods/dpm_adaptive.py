@@ -41,7 +41,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import ops
 from ..core.options import option
 from ..core.scheduler import document
 from ._adaptive import (
@@ -61,6 +60,7 @@ from ._adaptive import (
     S,
     T,
     _counts,
+    const,
 )
 
 Array = Any
@@ -163,7 +163,7 @@ class ComfyDPMAdaptive(AdaptiveComfy):
             sigma_stage = xp.where(first, sig(s1), sig(s2))
 
         # the error (4) and the PID controller (5), used at the attempt's last call
-        atol = xp.asarray(self.atol, dtype=x.dtype, device=ops.device(x))
+        atol = const(xp, self.atol, x)
         delta = xp.maximum(atol, self.rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)))
         ratio = (x_low - x_high) / delta
         n = math.prod(x.shape)
@@ -195,7 +195,7 @@ class ComfyDPMAdaptive(AdaptiveComfy):
             eps0,
             xp.where(stage == 1, eps1, state.extra[2]) if self.order == 3 else eps1,
         ])  # fmt: skip
-        counts = _counts(xp, counts, xp.where(last, 0, stage + 1), accept, reject)
+        counts = _counts(xp, counts, xp.where(last, stage * 0, stage + 1), accept, reject)
         finished = last & accept & ~self._running(s_new, clock[END])
         nxt = xp.where(last, x_new, stage_next)
         return x_new, extra, clock, counts, finished, nxt
