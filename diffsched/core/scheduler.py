@@ -24,7 +24,7 @@ import numpy as np
 
 from ..schedules import betas as beta_schedules
 from ..schedules import comfy as comfy_schedules
-from . import brownian, engine, families, ops, per_element, predictions
+from . import adaptive, brownian, engine, families, ops, per_element, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
@@ -427,6 +427,8 @@ class BaseScheduler:
         (:func:`diffsched.core.engine.guided_step`); ``unconditional=prediction`` is the
         plain step exactly.
         """
+        if isinstance(state, adaptive.AdaptiveState):
+            raise ValueError(adaptive.foreign(type(self).__name__, state, _maker))
         brownian_on = getattr(self, "noise_type", "gaussian") == "brownian"
         if isinstance(state, per_element.ElementState):
             if unconditional is not None or (brownian_on and noise is None):
@@ -466,6 +468,8 @@ class BaseScheduler:
     def check_state(self, state: Any, call: str = "step") -> None:
         """Refuses a state another config's ``init`` made (for methods whose ``step`` reads
         the state before the engine's own check: RePaint, ScoreSdeVe)."""
+        if isinstance(state, adaptive.AdaptiveState):
+            raise ValueError(adaptive.foreign(type(self).__name__, state, _maker))
         made = engine.origin(state) if isinstance(state, engine.EngineState) else None
         if made is not None and made[0] != self.fingerprint:
             raise ValueError(

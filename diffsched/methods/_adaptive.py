@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core import ops
+from ..core.adaptive import AdaptiveState
 from ..core.engine import Tableau
 from ..schedules import comfy as comfy_schedules
 from ._comfy import ComfySampler
@@ -58,32 +59,6 @@ CLOCK = 9
 STAGE, CALLS, ACCEPTED, REJECTED, MAX_CALLS = range(5)
 DEFAULT_GRID_STEPS = 20  # KSampler's default steps: the σ list whose ends an adaptive loop spans
 CALL_LIMIT = 100_000  # the largest max_calls
-
-
-class AdaptiveState(NamedTuple):
-    """The loop state of an adaptive method: arrays of shapes fixed at ``init``.
-
-    Attributes:
-        x: the accepted solution (native sample) at the current level.
-        extra: (E, *shape) the method's per-attempt arrays (stage derivatives, ...).
-        clock: (9,) compute dtype: the time τ = -log σ of ``x``, the time the attempt steps
-            to, the proposed step size, σ of the pending model call, three error memories of
-            the step-size controller, the end time, the factor of the result (ComfyUI's
-            inverse noise scaling).
-        counts: (5,) int32: the stage of the pending call within its attempt, model calls
-            so far, accepted and rejected attempts, the bound ``max_calls``.
-        flags: (2,) bool: done, reached (the loop ended at its end level).
-        table: (T,) log σ of the model's table (discrete timesteps), or (1,) zero.
-        fingerprint: 0-d int32: the config's fingerprint (``step`` refuses a foreign state).
-    """
-
-    x: Array
-    extra: Array
-    clock: Array
-    counts: Array
-    flags: Array
-    table: Array
-    fingerprint: Array
 
 
 def _check_max_calls(owner: str, max_calls: Any) -> int:
@@ -321,9 +296,9 @@ class AdaptiveComfy(ComfySampler):
         if noise is not None:
             raise TypeError(f"{owner}.step takes no noise=: the method is deterministic")
         if not isinstance(state, AdaptiveState):
-            raise TypeError(
-                f"{owner}.step needs the state its init(max_calls, ...) made, got "
-                f"{type(state).__name__}"
+            raise ValueError(
+                f"{owner}.step was given a state that another configuration's init made: it "
+                f"needs the state its own init(max_calls, ...) made, got {type(state).__name__}"
             )
         made = ops.concrete_int(state.fingerprint)
         if made is not None and made != self.fingerprint:
