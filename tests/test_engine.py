@@ -152,19 +152,6 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def calls(sched, state, timesteps):
-    """(call index, timestep) of every model call: the timesteps of init, or, for an
-    adaptive scheduler (docs/adaptive.md), each call's next_timestep(state) until done
-    (``state`` is read through the one-element list, updated by the caller's loop)."""
-    if not getattr(sched, "ADAPTIVE", False):
-        yield from enumerate(timesteps)
-        return
-    i = 0
-    while not bool(sched.done(state[0])):
-        yield i, sched.next_timestep(state[0])
-        i += 1
-
-
 def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
     x = to_backend(_X, backend, dtype)
     state, timesteps = sched.init(n, x, key=3)
@@ -172,7 +159,7 @@ def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
     step = step or sched.step
     pred_buffer = None
     holder = [state]
-    for i, t in calls(sched, holder, timesteps):
+    for i, t in oracle.calls(sched, holder, timesteps):
         state = holder[0]
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend, dtype)}
         pred = model(y, t)
@@ -274,7 +261,7 @@ def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
     state, timesteps = sched.init(n, x, key=3)
     y = x
     holder = [state]
-    for i, t in calls(sched, holder, timesteps):
+    for i, t in oracle.calls(sched, holder, timesteps):
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend)}
         pred = model(y, t) * 3
         kept = [to_numpy(a).copy() for a in (y, pred, *oracle.leaves(state))]
