@@ -176,16 +176,17 @@ def _adaptive_loop(
     """An adaptive scheduler's loop: model calls until ``scheduler.done(state)`` (at most
     ``max_calls``): a Python while loop, or ``jax.lax.while_loop`` with ``compile``."""
     name = type(scheduler).__name__
-    if image is not None:
-        raise ValueError(f"sample: {name} is adaptive; image-to-image (image=) is not supported")
     if isinstance(model, Guided) and model.cfg_pp:
         raise ValueError(
             f"sample: {name} is adaptive and takes no CFG++ (unconditional=); use "
             "Guided(cond, uncond, scale, cfg_pp=False) for classic guidance"
         )
     state, _ = scheduler.init(max_calls, noise, key, **init_options)
-    scale = scheduler.init_noise_scale(max_calls, **init_options)
-    x = noise * scale if scale != 1.0 else noise
+    if image is not None:  # image-to-image: the clean image noised to the first call
+        x = scheduler.add_noise(state, image, noise)
+    else:
+        scale = scheduler.init_noise_scale(max_calls, **init_options)
+        x = noise * scale if scale != 1.0 else noise
     if compile:
         if not _ops.is_jax(_ops.namespace(noise)):
             raise ValueError(

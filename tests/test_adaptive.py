@@ -321,10 +321,14 @@ def test_bad_calls_are_clear_errors():
     sched = ds.AdaptiveRK()
     with pytest.raises(ValueError, match="max_calls"):
         sched.init(0, NOISE)
+    with pytest.raises(ValueError, match=r"max_calls.*\[1, 10000\]"):
+        sched.init(10_001, NOISE)
     with pytest.raises(TypeError, match="max_calls"):
         sched.init(2.5, NOISE)
-    with pytest.raises(TypeError, match=r"unexpected keyword.*offsets"):
+    with pytest.raises(ValueError, match="no per-element schedules"):
         sched.init(10, NOISE, offsets=np.zeros(2, int))
+    with pytest.raises(TypeError, match=r"unexpected keyword.*timesteps"):
+        sched.init(10, NOISE, timesteps=[999, 500])
     with pytest.raises(TypeError, match="num_steps"):
         sched.init(10, NOISE, steps=1.5)
     state, _ = sched.init(10, NOISE)
@@ -338,5 +342,5 @@ def test_bad_calls_are_clear_errors():
         sched.program(10)
     with pytest.raises(ValueError, match="CFG\\+\\+"):
         ds.sample(ds.Guided(toy, toy, 2.0), sched, NOISE, 10)
-    with pytest.raises(ValueError, match="image"):
-        ds.sample(toy, sched, NOISE, 10, image=NOISE)
+    with pytest.raises(TypeError, match="unconditional"):
+        sched.step(state, NOISE, NOISE, unconditional=NOISE)

@@ -58,20 +58,18 @@ CLOCK = 9
 # count entries (int32)
 STAGE, CALLS, ACCEPTED, REJECTED, MAX_CALLS = range(5)
 DEFAULT_GRID_STEPS = 20  # KSampler's default steps: the σ list whose ends an adaptive loop spans
-CALL_LIMIT = 100_000  # the largest max_calls
 
 
 def _check_max_calls(owner: str, max_calls: Any) -> int:
-    if isinstance(max_calls, bool) or not isinstance(max_calls, int | np.integer):
-        raise TypeError(
-            f"{owner}.init: max_calls (the bound on model calls of an adaptive loop) must be an "
-            f"integer, got: {max_calls!r}"
-        )
-    if not 1 <= max_calls <= CALL_LIMIT:
-        raise ValueError(
-            f"{owner}.init: max_calls must be an integer in [1, {CALL_LIMIT}], got: {max_calls}"
-        )
-    return int(max_calls)
+    """``max_calls`` (init's first argument, where fixed-grid classes take num_steps) as an
+    int in [1, 10000], or a clear error."""
+    try:
+        return ops.check_num_steps(max_calls)
+    except (TypeError, ValueError) as err:
+        raise type(err)(
+            f"{owner}.init: max_calls, the bound on the model calls of an adaptive loop (the "
+            f"argument fixed-grid classes call num_steps): {err}"
+        ) from None
 
 
 def _where(flag: Array, a: Array, b: Array, xp) -> Array:
@@ -165,8 +163,13 @@ class AdaptiveComfy(ComfySampler):
         default 20), ``sigmas=[...]`` (an explicit list) or ``denoise``. ``key`` is unused
         (the method is deterministic) but checked as every class checks it."""
         owner = type(self).__name__
-        max_calls = _check_max_calls(owner, max_calls)
+        if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
+            raise ValueError(
+                f"{owner} has no per-element schedules (offsets=, an array strength=): "
+                f"{self.NO_PER_ELEMENT}"
+            )
         opts = self._span_options(owner, init_options)
+        max_calls = _check_max_calls(owner, max_calls)
         first, low, last = self.span(**opts)
         xp = ops.namespace(sample_template)
         dtype = ops.compute_dtype(xp, sample_template.dtype)
@@ -198,6 +201,21 @@ class AdaptiveComfy(ComfySampler):
             timesteps[0] = float(ms.timestep(np.asarray(clock[SIGMA])))
         ts_dtype = xp.float64 if dtype == xp.float64 else xp.float32
         return state, xp.asarray(timesteps, dtype=ts_dtype, device=dev)
+
+    def add_noise(self, state: AdaptiveState, clean: Array, noise: Array) -> Array:
+        """A clean sample noised to the loop's first model input (image-to-image, as
+        ComfyUI's noise scaling: x = a · noise + b · clean at the first level, then the
+        model input); reads the state's first level on the host (call it before any step)."""
+        owner = type(self).__name__
+        for name, arr in (("clean", clean), ("noise", noise)):
+            if not ops.is_float(arr):
+                raise TypeError(
+                    f"{owner}.add_noise: {name} must be a floating-point array, got {arr.dtype}"
+                )
+        sigma0 = float(ops.to_numpy64(state.clock[SIGMA]))
+        a, b = self.model_sampling.noise_scaling(sigma0)
+        xp = ops.namespace(clean)
+        return self._to_held(xp, noise * a + clean * b, sigma0)
 
     def _running(self, s: Any, end: Any) -> Any:
         """Whether the loop goes on from time s (ComfyUI's ``s < t_end - 1e-5``)."""
@@ -288,13 +306,26 @@ class AdaptiveComfy(ComfySampler):
         return x
 
     def step(
-        self, state: AdaptiveState, sample: Array, prediction: Array, *, noise: Array | None = None
+        self,
+        state: AdaptiveState,
+        sample: Array,
+        prediction: Array,
+        *,
+        noise: Array | None = None,
+        unconditional: Array | None = None,
     ) -> tuple[AdaptiveState, Array]:
         """One model call: (next state, the sample for the next model call, or the result
-        once ``done``). A done state is returned unchanged with ``sample``."""
+        once ``done``). A done state is returned unchanged with ``sample``. ``noise=`` and
+        ``unconditional=`` (CFG++) are refused: the method is deterministic, and its error
+        control sees one model output per call."""
         owner = type(self).__name__
         if noise is not None:
             raise TypeError(f"{owner}.step takes no noise=: the method is deterministic")
+        if unconditional is not None:
+            raise TypeError(
+                f"{owner}.step takes no unconditional= (CFG++): an adaptive loop's error "
+                "control sees one model output per call; pass the guided output"
+            )
         if not isinstance(state, AdaptiveState):
             raise ValueError(
                 f"{owner}.step was given a state that another configuration's init made: it "
