@@ -340,16 +340,26 @@ class AdaptiveComfy(ComfySampler):
                 f"by {_maker(made)}; step of {_maker(self.fingerprint)}"
             )
         shape = tuple(state.x.shape)
+        xp = ops.namespace(state.clock)
+        if ops.namespace(sample, prediction) is not xp:
+            raise TypeError(
+                f"{owner}.step: the state holds {type(state.clock).__name__} arrays but step was "
+                f"given {type(sample).__name__} arrays; init and step must use one array library"
+            )
         for name, arr in (("sample", sample), ("prediction", prediction)):
-            if tuple(getattr(arr, "shape", ())) != shape:
+            if tuple(arr.shape) != shape:
                 raise ValueError(
-                    f"{owner}.step: {name} must have the template's shape {shape}, got "
-                    f"{tuple(getattr(arr, 'shape', ()))}"
+                    f"{owner}.step: {name} shape {tuple(arr.shape)} differs from the template's "
+                    f"{shape} given to init"
                 )
             if not ops.is_float(arr):
-                raise TypeError(f"{owner}.step: {name} must be floating point, got {arr.dtype}")
-        xp = ops.namespace(state.clock)
+                raise TypeError(f"{owner}.step: expected a floating-point {name}, got {arr.dtype}")
         dtype = state.clock.dtype
+        if sample.dtype != dtype and sample.dtype == xp.float64:
+            raise TypeError(
+                f"{owner}.step got a float64 sample but the state computes in {dtype} (init was "
+                "given a lower-precision sample_template): pass a float64 template to init"
+            )
         x_in = sample if sample.dtype == dtype else xp.astype(sample, dtype)
         m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
         sigma = state.clock[SIGMA]
