@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from record_comfy_samplers import NOISE, SHAPE, _floats, toy
 from record_comfy_schedules import load_oracle
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_adaptive.json"
+IMAGE = 0.8 * np.tanh(np.random.default_rng(17).standard_normal(SHAPE))  # a clean latent
 
 # oracle preset -> (ds.from_comfy model, settings)
 MODELS = {
@@ -46,9 +48,9 @@ def cases() -> list[dict]:
     models, partial denoise and an explicit σ list."""
     out = []
 
-    def add(scheduler, steps, model, options, denoise=1.0, sigmas=None):
+    def add(scheduler, steps, model, options, denoise=1.0, sigmas=None, image=False):
         out.append(dict(scheduler=scheduler, steps=steps, model=model, options=options,
-                        denoise=denoise, sigmas=sigmas))  # fmt: skip
+                        denoise=denoise, sigmas=sigmas, image=image))  # fmt: skip
 
     schedulers = ("karras", "normal", "simple", "exponential", "sgm_uniform")
     for i, options in enumerate(OPTIONS):
@@ -58,6 +60,8 @@ def cases() -> list[dict]:
     add("simple", 10, "x0-sd15", {"order": 2})
     add("karras", 10, "eps-sd15", {}, denoise=0.6)
     add("simple", 8, "flow-sd3", {"order": 2}, denoise=0.5)
+    add("karras", 10, "v-sd15", {}, denoise=0.5, image=True)  # image-to-image
+    add("simple", 10, "flow-sd3", {}, denoise=0.7, image=True)
     add(None, 4, "eps-sd15", {}, sigmas=[14.6, 7.0, 1.2, 0.1, 0.0])
     add(None, 3, "flow-sd3", {"rtol": 0.01}, sigmas=[0.9, 0.5, 0.2, 0.05])  # ends above 0
     return out
@@ -72,6 +76,7 @@ def run(oracle, case: dict) -> dict:
         torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
         sampler_options=case["options"] or None,
+        latent_image=torch.tensor(IMAGE) if case["image"] else None,
     )  # fmt: skip
 
 

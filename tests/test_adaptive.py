@@ -81,7 +81,7 @@ def counts(sched, state) -> dict:
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    keys = ("scheduler", "steps", "model", "options", "denoise", "sigmas")
+    keys = ("scheduler", "steps", "model", "options", "denoise", "sigmas", "image")
     assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
     assert {c["model"] for c in CASES} >= {"eps-sd15", "v-sd15", "flow-sd3"}
     rejected = [c for c in CASES if len(set(c["expected"]["den_sigma"])) <
@@ -93,6 +93,12 @@ def test_fixture_cases_are_the_recorder_cases():
 def test_dpm_adaptive_equals_comfyui(case):
     exp = case["expected"]
     sched = build(case)
+    if case["image"]:  # image-to-image: ds.sample with add_noise, then the same loop
+        got = ds.sample(toy, sched, NOISE, 1000, image=rec.IMAGE, **init_options(case))
+        d = rel(got, exp["sample"])
+        assert d < TOL64, d
+        summary.record("COMFY float64 vs oracle", f"dpm_adaptive img2img {case['model']}", d)
+        return
     out, sigmas, ts, state = loop(sched, toy, NOISE, **init_options(case))
     where = (case["scheduler"], case["model"], case["options"])
     # the same model calls: σ and timestep of every call (so the same accepted steps)
