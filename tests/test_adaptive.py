@@ -126,6 +126,16 @@ def test_fixture_is_the_live_oracle():
         assert np.array_equal(live["den_sigma"], case["expected"]["den_sigma"])
 
 
+def test_sample_callback_sees_every_call():
+    sched = ds.AdaptiveRK(model="flux", rtol=1e-3)
+    seen = []
+    out = ds.sample(toy, sched, NOISE, 500, callback=lambda i, t, x: seen.append((i, float(t))))
+    want, _, ts, state = loop(sched, toy, NOISE, max_calls=500)
+    assert np.array_equal(out, want)
+    assert [i for i, _ in seen] == list(range(counts(sched, state)["calls"]))
+    assert np.array_equal([t for _, t in seen], ts)
+
+
 def test_from_comfy_names_it():
     sched = ds.from_comfy("dpm_adaptive", "karras", model="v", order=2, rtol=0.01)
     assert type(sched) is ds.ComfyDPMAdaptive and sched.ADAPTIVE
@@ -324,6 +334,7 @@ def test_bad_options_are_clear_errors(make, match):
 
 
 def test_bad_calls_are_clear_errors():
+    torch = pytest.importorskip("torch")
     sched = ds.AdaptiveRK()
     with pytest.raises(ValueError, match="max_calls"):
         sched.init(0, NOISE)
@@ -346,6 +357,9 @@ def test_bad_calls_are_clear_errors():
         sched.replace(rtol=0.5).step(state, NOISE, NOISE)
     with pytest.raises(TypeError, match="adaptive"):
         sched.program(10)
+    with pytest.raises(TypeError, match="adaptive"):
+        fn = ds.comfy.sampler_function(ds.ComfyDPMAdaptive())
+        fn(None, torch.tensor(NOISE), torch.tensor([1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="CFG\\+\\+"):
         ds.sample(ds.Guided(toy, toy, 2.0), sched, NOISE, 10)
     with pytest.raises(TypeError, match="unconditional"):

@@ -136,6 +136,12 @@ class AdaptiveComfy(ComfySampler):
             "while the loop runs, so it has no tableau; use init(max_calls, ...) and step"
         )
 
+    def calls(self, sigmas: np.ndarray):
+        raise TypeError(
+            f"{type(self).__name__} is adaptive (ADAPTIVE = True): it has no fixed model calls "
+            "on a σ list (ds.comfy.sampler_function does not run it; ComfyUI has its own)"
+        )
+
     def program(self, num_steps: int | None, **init_options: Any):
         return self.tableau(num_steps, **init_options)
 
