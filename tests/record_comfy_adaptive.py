@@ -8,7 +8,8 @@ Each case is a ComfyUI KSampler run of dpm_adaptive on the oracle's toy model (t
 model, W, b and initial noise as tests/record_comfy_samplers.py) with some of its options
 (order, rtol, atol, h_init, PID coefficients, accept_safety): the fixture keeps σ and the
 timestep of every model call (den_sigma: it fixes the accepted steps and the rejected
-attempts) and the final sample of the float64 run. Deterministic: two runs write the same
+attempts) and the final sample of the float64 run, and the timesteps and final sample of
+the float32 run. Deterministic: two runs write the same
 file.
 """
 
@@ -67,7 +68,7 @@ def cases() -> list[dict]:
     return out
 
 
-def run(oracle, case: dict) -> dict:
+def run(oracle, case: dict, precision: str = "float64") -> dict:
     import torch
 
     sigmas = case["sigmas"]
@@ -76,7 +77,7 @@ def run(oracle, case: dict) -> dict:
         torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
         sampler_options=case["options"] or None,
-        latent_image=torch.tensor(IMAGE) if case["image"] else None,
+        latent_image=torch.tensor(IMAGE) if case["image"] else None, precision=precision,
     )  # fmt: skip
 
 
@@ -88,6 +89,9 @@ def record(oracle) -> dict:
         expected = dict(sigmas=_floats(r["sigmas"]), den_sigma=_floats(r["den_sigma"]),
                         timesteps=_floats(r["model_timestep"]),
                         sample=_floats(r["sample"]))  # fmt: skip
+        r32 = run(oracle, case, "float32")  # ComfyUI's float32 run (its float32 tables)
+        expected.update(timesteps32=_floats(r32["model_timestep"]),
+                        sample32=_floats(r32["sample"]))  # fmt: skip
         rows.append(dict(case, expected=expected))
     return {
         "format": "diffsched-comfy-adaptive/1",
