@@ -313,6 +313,26 @@ def test_float32_runs_close_to_float64():
     assert np.abs(got - want).max() < 1e-3
 
 
+def test_bench_adaptive_rows(capsys, tmp_path):
+    """`diffsched bench --adaptive RTOL...`: rows of the adaptive samplers beside the fixed
+    grids, their error falling as rtol falls."""
+    from diffsched import cli
+
+    out = tmp_path / "bench.png"
+    argv = ["bench", "--schedulers", "flow-euler", "--steps", "4", "--model", "gmm",
+            "--num-samples", "4", "--adaptive", "0.1", "0.001", "--out", str(out)]  # fmt: skip
+    code = cli.main(argv)
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert "| gmm | flow-euler | 4 |" in text
+    rows = cli.adaptive_rows([0.1, 0.001], ["gmm"], 4, 0)
+    for label in cli.ADAPTIVE_BENCH:
+        mine = [r for r in rows if r["scheduler"] == label]
+        assert [r["steps"] for r in mine] == ["rtol=0.1", "rtol=0.001"]
+        assert f"| gmm | {label} | rtol=0.001 | {mine[1]['calls']} |" in text
+        assert mine[1]["error"] < mine[0]["error"] / 5 and mine[1]["calls"] > mine[0]["calls"]
+
+
 # -- the kit's embedded pairs --------------------------------------------------------------------
 
 
