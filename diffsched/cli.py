@@ -923,6 +923,47 @@ def diffusers_error(scheduler: Scheduler, model_name: str, num_steps: int, ours:
     return relative_error(out, ours.exact)
 
 
+# bench --adaptive: the adaptive samplers on the exact models' flow form (ComfyUI's flow
+# model sampling: t = 1000 σ, as the flow schedulers call make_flow_model's models), from the
+# noise at σ = 1, over σ in [ADAPTIVE_SIGMA_MIN, 1]; label -> scheduler of rtol
+ADAPTIVE_SIGMA_MIN = 1e-3
+ADAPTIVE_RTOLS = (1e-1, 1e-2, 1e-3)
+ADAPTIVE_MAX_CALLS = 10_000
+ADAPTIVE_BENCH: dict[str, Any] = {
+    "adaptive-rk": lambda r: methods.AdaptiveRK(model="flow", rtol=r, atol=r / 10),
+    "adaptive-rk:solver=dopri5": lambda r: methods.AdaptiveRK(model="flow", solver="dopri5",
+                                                              rtol=r, atol=r / 10),
+    "dpm_adaptive (ends at σ=1e-3)": lambda r: methods.ComfyDPMAdaptive(model="flow", rtol=r,
+                                                                        atol=r / 10),
+}  # fmt: skip
+
+
+def adaptive_rows(rtols: Sequence[float], model_names: Sequence[str], num_samples: int,
+                  seed: int) -> list[dict]:  # fmt: skip
+    """One row per (model, adaptive sampler, rtol): the model calls it spent and its error
+    against the exact flow ODE solution at its end (σ = 0: AdaptiveRK's final step; σ_min
+    for dpm_adaptive, which stops there), the same start noise as the fixed grids' rows."""
+    rows = []
+    sigmas = [1.0, ADAPTIVE_SIGMA_MIN, 0.0]
+    for model_name in model_names:
+        noise = make_noise(model_name, num_samples, seed)
+        model = models.make_flow_model(model_name, 1000, **model_kwargs(model_name))
+        exact = {end: reference.solve_flow_ode(model.denoiser, noise, 1.0, end)
+                 for end in (0.0, ADAPTIVE_SIGMA_MIN)}  # fmt: skip
+        for label, make in ADAPTIVE_BENCH.items():
+            for rtol in rtols:
+                sched = make(rtol)
+                state, _ = sched.init(ADAPTIVE_MAX_CALLS, noise, sigmas=sigmas)
+                x = noise
+                while not sched.done(state):
+                    state, x = sched.step(state, x, model(x, sched.next_timestep(state)))
+                end = 0.0 if isinstance(sched, methods.AdaptiveRK) else ADAPTIVE_SIGMA_MIN
+                rows.append({"model": model_name, "scheduler": label, "steps": f"rtol={rtol:g}",
+                             "calls": int(sched.info(state)["calls"]),
+                             "error": relative_error(x, exact[end]), "note": ""})  # fmt: skip
+    return rows
+
+
 # Errors below this are exact solutions up to the reference's resolution (DOP853 at rtol
 # 1e-10) and the final rounding: their ratio (7e-11 against 1e-21, say) means nothing.
 EXACT_FLOOR = 1e-9
@@ -994,6 +1035,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         exact_model(scheduler, args.model[0])
     rows = bench_rows(args.schedulers, args.steps, args.model, args.num_samples, args.seed,
                       args.against)  # fmt: skip
+    if args.adaptive is not None:  # the adaptive samplers beside the fixed grids
+        rows += adaptive_rows(args.adaptive or ADAPTIVE_RTOLS, args.model, args.num_samples,
+                              args.seed)  # fmt: skip
     table = format_table(rows)
     print(table)
     notes = sorted({f"{r['scheduler']}: {r['note']}" for r in rows if r["note"]})
@@ -1524,6 +1568,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calibration", type=int, default=256,
                    help="--best: calibration samples of the tuner (seed --seed; the errors "
                         f"are measured on other noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip
+    b.add_argument("--adaptive", nargs="*", type=float, default=None, metavar="RTOL",
+                   help="also the adaptive samplers (AdaptiveRK bosh3 and dopri5, ComfyUI's "
+                        "dpm_adaptive) on the models' flow form from σ = 1, one row per rtol "
+                        "(atol = rtol/10; default: "
+                        f"{' '.join(f'{r:g}' for r in ADAPTIVE_RTOLS)})")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", formatter_class=fmt,

@@ -34,8 +34,7 @@ from .methods.comfy_exponential import ComfyUniPC
 from .schedules.comfy import KSAMPLER_SCHEDULERS
 
 __all__ = [
-    "SAMPLERS", "SCHEDULERS", "STOCHASTIC_SAMPLERS", "from_comfy", "initial_noise",
-    "sampler_function",
+    "SAMPLERS", "SCHEDULERS", "from_comfy", "initial_noise", "sampler_function",
 ]  # fmt: skip
 
 # sampler name -> (class, fixed options), from each class's COMFY_NAMES and COMFY_OPTIONS
@@ -45,8 +44,6 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
     if issubclass(cls, ComfySampler)
     for name in cls.COMFY_NAMES
 }
-# ComfyUI's samplers (issue 17) no class runs yet
-STOCHASTIC_SAMPLERS = tuple(name for name in ("dpm_adaptive",) if name not in _CLASSES)
 SAMPLERS: tuple[str, ...] = tuple(_CLASSES)  # the names from_comfy runs
 SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)
 
@@ -63,11 +60,6 @@ def from_comfy(
     (``order`` for lms, ``max_order`` and ``deis_mode``, ``ge_gamma``, ``s_churn``, ...).
     """
     if not isinstance(sampler_name, str) or sampler_name not in SAMPLERS:
-        if sampler_name in STOCHASTIC_SAMPLERS:
-            raise NotImplementedError(
-                f"ComfyUI sampler {sampler_name!r} is one of the stochastic or guidance-aware "
-                f"samplers of issue 17, not implemented yet; from_comfy runs: {SAMPLERS}"
-            )
         raise ValueError(f"unknown ComfyUI sampler {sampler_name!r}; known: {SAMPLERS}")
     if not isinstance(scheduler_name, str) or scheduler_name not in SCHEDULERS:
         raise ValueError(f"unknown ComfyUI scheduler {scheduler_name!r}; known: {SCHEDULERS}")

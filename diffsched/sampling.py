@@ -80,14 +80,17 @@ def sample(
             image noised to the first model call (``scheduler.add_noise``). It sets the
             backend, dtype and device.
         num_steps: the number of steps N (PNDM's warm-up adds model calls: the timesteps
-            ``init`` returns are the calls).
+            ``init`` returns are the calls). For an adaptive scheduler (``ADAPTIVE``), the
+            bound on model calls ``max_calls`` (the loop runs until ``done``; see
+            docs/adaptive.md).
         key: integer seed or JAX PRNG key for stochastic schedulers.
         progress: show a tqdm progress bar (needs ``tqdm``; eager loops only).
         callback: ``callback(i, timestep, sample)`` after each step (eager loops only).
         compile: JAX arrays only: run the whole loop as one ``jax.jit``-compiled
-            ``jax.lax.fori_loop``, the state as the carry. A ``noise`` sharded over a
-            device mesh (a ``NamedSharding``) runs on all its devices and the result is
-            sharded like it (see the README, "Multi-device sampling").
+            ``jax.lax.fori_loop`` (adaptive schedulers: ``jax.lax.while_loop`` until
+            ``done``, at most ``max_calls`` calls), the state as the carry. A ``noise``
+            sharded over a device mesh (a ``NamedSharding``) runs on all its devices and
+            the result is sharded like it (see the README, "Multi-device sampling").
         image: a clean sample for image-to-image (with ``strength=`` < 1 in
             ``init_options``): the loop starts from ``add_noise(state, image, noise)``.
         guidance: ``(cond, uncond, scale)``: the same as ``model=Guided(cond, uncond,
@@ -115,6 +118,10 @@ def sample(
         raise TypeError(f"sample: scheduler must be a diffsched scheduler, got {what}{hint}")
     if not callable(model):
         raise TypeError(f"sample: model must be callable, got {type(model).__name__}")
+    if getattr(scheduler, "ADAPTIVE", False):
+        return _adaptive_loop(model, scheduler, noise, num_steps, key, progress=progress,
+                              callback=callback, compile=compile, image=image,
+                              init_options=init_options)  # fmt: skip
     state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
     if image is not None:  # image-to-image: the clean image noised to the first call
         noise = scheduler.add_noise(state, image, noise)
@@ -161,6 +168,59 @@ def _compiled_loop(model: Model, scheduler: Scheduler, state, timesteps, noise):
     if sharding is not None and len(sharding.device_set) > 1:
         return jax.jit(loop, out_shardings=sharding)(state, noise)
     return jax.jit(loop)(state, noise)
+
+
+def _adaptive_loop(
+    model, scheduler, noise, max_calls, key, *, progress, callback, compile, image, init_options
+):
+    """An adaptive scheduler's loop: model calls until ``scheduler.done(state)`` (at most
+    ``max_calls``): a Python while loop, or ``jax.lax.while_loop`` with ``compile``."""
+    name = type(scheduler).__name__
+    if isinstance(model, Guided) and model.cfg_pp:
+        raise ValueError(
+            f"sample: {name} is adaptive and takes no CFG++ (unconditional=); use "
+            "Guided(cond, uncond, scale, cfg_pp=False) for classic guidance"
+        )
+    state, _ = scheduler.init(max_calls, noise, key, **init_options)
+    if image is not None:  # image-to-image: the clean image noised to the first call
+        x = scheduler.add_noise(state, image, noise)
+    else:
+        scale = scheduler.init_noise_scale(max_calls, **init_options)
+        x = noise * scale if scale != 1.0 else noise
+    if compile:
+        if not _ops.is_jax(_ops.namespace(noise)):
+            raise ValueError(
+                f"compile=True compiles the loop with jax.jit and needs JAX arrays, "
+                f"got {type(noise).__name__}"
+            )
+        if callback is not None or progress:
+            raise ValueError("callback and progress run Python per step: not with compile=True")
+        import jax
+
+        def cond(carry):
+            return ~scheduler.done(carry[0])
+
+        def body(carry):
+            state, x = carry
+            return scheduler.step(state, x, model(x, scheduler.next_timestep(state)))
+
+        return jax.jit(lambda state, x: jax.lax.while_loop(cond, body, (state, x))[1])(state, x)
+    bar = None
+    if progress:
+        bar = _progress_bar(range(max_calls), name)
+        bar = bar if hasattr(bar, "update") else None
+    i = 0
+    while not bool(scheduler.done(state)):
+        t = scheduler.next_timestep(state)
+        state, x = scheduler.step(state, x, model(x, t))
+        if callback is not None:
+            callback(i, t, x)
+        if bar is not None:
+            bar.update(1)
+        i += 1
+    if bar is not None:
+        bar.close()
+    return x
 
 
 def _progress_bar(timesteps, name: str):

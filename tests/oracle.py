@@ -24,6 +24,21 @@ __all__ = ["MODULES", "module_of", "scheduler"]
 
 SHAPE = (2, 4, 8, 8)
 
+
+def calls(sched, holder: list, timesteps):
+    """(call index, timestep) of every model call of a loop: the ``timesteps`` of init, or,
+    for an adaptive scheduler (``ADAPTIVE``, docs/adaptive.md), its state's
+    ``next_timestep`` until ``done``; ``holder[0]`` is the state, which the caller's loop
+    keeps up to date."""
+    if not getattr(sched, "ADAPTIVE", False):
+        yield from enumerate(timesteps)
+        return
+    i = 0
+    while not bool(sched.done(holder[0])):
+        yield i, sched.next_timestep(holder[0])
+        i += 1
+
+
 # Largest relative difference seen per (label, scheduler), printed by conftest's
 # pytest_terminal_summary hook.
 MAX_REL: dict[tuple[str, str], float] = {}

@@ -218,8 +218,6 @@ def test_names_and_errors():
         ds.from_comfy("eulr")
     with pytest.raises(ValueError, match=r"unknown ComfyUI scheduler 'karas'; known: .*'karras'"):
         ds.from_comfy("euler", "karas")
-    with pytest.raises(NotImplementedError, match="issue 17"):
-        ds.from_comfy("dpm_adaptive", "karras")
     with pytest.raises(TypeError, match="fixes"):
         ds.from_comfy("uni_pc_bh2", variant="bh1")
     with pytest.raises(TypeError, match="no option"):

@@ -92,8 +92,8 @@ def test_fixture_cases_are_the_recorder_cases():
 
 def test_the_grid_covers_every_sampler_scheduler_and_model():
     cfgpp = {name for name in ds.comfy.SAMPLERS if name.endswith("_cfg_pp")}  # test_comfy_cfgpp
-    assert set(rec.SAMPLERS) | set(base.SAMPLERS) | cfgpp == set(ds.comfy.SAMPLERS)
-    assert not set(rec.SAMPLERS) & set(ds.comfy.STOCHASTIC_SAMPLERS)
+    adaptive = {"dpm_adaptive"}  # tests/test_adaptive.py
+    assert set(rec.SAMPLERS) | set(base.SAMPLERS) | cfgpp | adaptive == set(ds.comfy.SAMPLERS)
     for sampler in rec.MAIN:
         mine = [c for c in CASES if c["sampler"] == sampler]
         assert {c["scheduler"] for c in mine} >= set(ds.comfy.SCHEDULERS)

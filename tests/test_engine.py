@@ -119,8 +119,8 @@ def every() -> dict[str, tuple[ds.Scheduler, int]]:
     cases.update({name: (sched, 6) for name, sched in more.items()})
     covered = {type(sched) for sched, _ in cases.values()}
     for cls in ds.methods.CLASSES:  # every registered class, with its defaults at least
-        if cls not in covered:
-            cases[cls.__name__] = (cls(), 6)
+        if cls not in covered:  # an adaptive class: 40 calls bound a whole loop
+            cases[cls.__name__] = (cls(), 40 if cls.ADAPTIVE else 6)
     return cases
 
 
@@ -167,7 +167,9 @@ def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
     y = x * sched.init_noise_scale(n)
     step = step or sched.step
     pred_buffer = None
-    for i, t in enumerate(timesteps):
+    holder = [state]
+    for i, t in oracle.calls(sched, holder, timesteps):
+        state = holder[0]
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend, dtype)}
         pred = model(y, t, width(sched))
         if buffer:  # one prediction array, overwritten by every call (as a CUDA graph does)
@@ -179,6 +181,7 @@ def run(sched, n, backend, *, step=None, dtype="float64", buffer=False):
                 pred_buffer[...] = pred
             pred = pred_buffer
         state, y = step(state, y, pred, **kwargs)
+        holder[0] = state
     return y
 
 
@@ -205,7 +208,10 @@ def test_jitted_fori_loop_equals_eager(name):
         def body(i, carry):
             state, y = carry
             kwargs = {} if sched.deterministic else {"noise": noise[i]}
-            return sched.step(state, y, model(y, timesteps[i], width(sched)), **kwargs)
+            # an adaptive loop's calls: its state's next timestep (a step after done
+            # returns its arguments, so max_calls iterations give the while loop's result)
+            t = sched.next_timestep(state) if sched.ADAPTIVE else timesteps[i]
+            return sched.step(state, y, model(y, t, width(sched)), **kwargs)
 
         return jax.lax.fori_loop(0, timesteps.shape[0], body, (state, y))
 
@@ -214,6 +220,9 @@ def test_jitted_fori_loop_equals_eager(name):
     r = rel(got, want)
     oracle.record("ENGINE jax.jit vs eager", name, r)
     assert r < 1e-12
+    if sched.ADAPTIVE:  # past the end an adaptive step returns its arguments (its contract)
+        assert bool(sched.done(end))
+        return
     # a step past the end cannot raise under jit: it returns NaN, unmistakably
     _, after = jax.jit(lambda s, y: sched.step(s, y, model(y, 0.0, width(sched)), **(
         {} if sched.deterministic else {"noise": y})))(end, got)  # fmt: skip
@@ -260,7 +269,8 @@ def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
     x = to_backend(_X, backend)
     state, timesteps = sched.init(n, x, key=3)
     y = x
-    for i, t in enumerate(timesteps):
+    holder = [state]
+    for i, t in oracle.calls(sched, holder, timesteps):
         kwargs = {} if sched.deterministic else {"noise": to_backend(_NOISE[i], backend)}
         pred = model(y, t, width(sched)) * 3
         kept = [to_numpy(a).copy() for a in (y, pred, *oracle.leaves(state))]
@@ -270,6 +280,7 @@ def test_pure_steps_and_a_reused_prediction_buffer(name, backend):
         again = sched.step(state, y, pred, **kwargs)[1]
         assert np.array_equal(to_numpy(again), to_numpy(out))
         state, y = new_state, out
+        holder[0] = state
 
 
 @pytest.mark.parametrize("name", NAMES)

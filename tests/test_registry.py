@@ -89,3 +89,21 @@ def test_the_readme_table_names_every_class():
     named = set(re.findall(r"`([A-Za-z0-9]+)`", table))
     missing = [name for name in NAMES if name not in named]
     assert not missing, f"README's scheduler table lacks {missing}"
+
+
+def test_the_comfyui_page_maps_every_sampler_name_to_its_class():
+    """docs/comfyui.md's table: a row per ComfyUI sampler name, linking the class
+    ``ds.from_comfy`` builds for it (the one hand-written table besides the README's)."""
+    text = (ROOT / "docs" / "comfyui.md").read_text(encoding="utf-8")
+    table = text[text.index("| ComfyUI sampler | diffsched class |") :]
+    table = table[: table.index("\n\n")]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        names, cls = line.split("|")[1:3]
+        for name in re.findall(r"`([a-z0-9_]+)`", names):
+            rows[name] = cls
+    missing = [name for name in ds.comfy.SAMPLERS if name not in rows]
+    assert not missing, f"docs/comfyui.md's sampler table lacks {missing}"
+    for name in ds.comfy.SAMPLERS:
+        cls = type(ds.from_comfy(name)).__name__
+        assert cls in rows[name] or "without `_cfg_pp`" in rows[name], (name, cls)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..schedules import betas as beta_schedules
 from ..schedules import comfy as comfy_schedules
-from . import brownian, engine, families, ops, per_element, predictions
+from . import adaptive, brownian, engine, families, ops, per_element, predictions
 from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
@@ -58,6 +58,9 @@ class BaseScheduler:
 
     # None, or why init(..., offsets=) cannot run this method per element
     NO_PER_ELEMENT: ClassVar[str | None] = None
+    # an adaptive loop (docs/adaptive.md): init(max_calls, ...) bounds the model calls; the
+    # state says the next timestep (next_timestep) and whether the loop is over (done)
+    ADAPTIVE: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -430,6 +433,8 @@ class BaseScheduler:
         (:func:`diffsched.core.engine.guided_step`); ``unconditional=prediction`` is the
         plain step exactly.
         """
+        if isinstance(state, adaptive.AdaptiveState):
+            raise ValueError(adaptive.foreign(type(self).__name__, state, _maker))
         brownian_on = getattr(self, "noise_type", "gaussian") == "brownian"
         if isinstance(state, per_element.ElementState):
             if unconditional is not None or (brownian_on and noise is None):
@@ -469,6 +474,8 @@ class BaseScheduler:
     def check_state(self, state: Any, call: str = "step") -> None:
         """Refuses a state another config's ``init`` made (for methods whose ``step`` reads
         the state before the engine's own check: RePaint, ScoreSdeVe)."""
+        if isinstance(state, adaptive.AdaptiveState):
+            raise ValueError(adaptive.foreign(type(self).__name__, state, _maker))
         made = engine.origin(state) if isinstance(state, engine.EngineState) else None
         if made is not None and made[0] != self.fingerprint:
             raise ValueError(

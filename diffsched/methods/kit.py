@@ -292,3 +292,71 @@ def unipc_rhos(r: np.ndarray, hh: float, variant: str, h_phis: Sequence[float]) 
         return UniPCRhos(b_h, np.zeros(0), np.array([0.5]))
     rho_p = np.array([0.5]) if p == 2 else np.linalg.solve(system[:-1, :-1], g[:-1])
     return UniPCRhos(b_h, rho_p, np.linalg.solve(system, g))
+
+
+# -- embedded Runge-Kutta pairs (adaptive step size) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedPair:
+    """An explicit Runge-Kutta pair with an embedded error estimate (Hairer, Nørsett &
+    Wanner, "Solving Ordinary Differential Equations I", sec. II.4): the Butcher tableau
+    (a, b, c) of order ``order`` and the weights ``b_hat`` of a lower-order solution; the
+    difference of the two, h Σ_j (b_j - b̂_j) k_j, estimates the local error.
+
+    Both pairs here are FSAL ("first same as last"): the last stage sits at c = 1 with the
+    row a[-1] = b, so its derivative is the first stage of the next step.
+    """
+
+    name: str
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_hat: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int  # of the propagated solution (b)
+    embedded_order: int  # of the estimate (b̂)
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def fsal(self) -> bool:
+        return self.c[-1] == 1.0 and tuple(self.a[-1][: self.stages - 1]) == self.b[:-1]
+
+
+# Bogacki & Shampine 1989, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4),
+# eq. (3): third order, an FSAL second-order estimate; four stages, three calls per step
+BOSH3 = EmbeddedPair(
+    name="bosh3",
+    a=((0.0, 0.0, 0.0, 0.0), (1 / 2, 0.0, 0.0, 0.0), (0.0, 3 / 4, 0.0, 0.0),
+       (2 / 9, 1 / 3, 4 / 9, 0.0)),
+    b=(2 / 9, 1 / 3, 4 / 9, 0.0),
+    b_hat=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
+    c=(0.0, 1 / 2, 3 / 4, 1.0),
+    order=3,
+    embedded_order=2,
+)  # fmt: skip
+
+# Dormand & Prince 1980, "A family of embedded Runge-Kutta formulae", J. Comput. Appl.
+# Math. 6(1), Table 2 (RK5(4)7M): fifth order, an FSAL fourth-order estimate; seven
+# stages, six calls per step
+DOPRI5 = EmbeddedPair(
+    name="dopri5",
+    a=(
+        (0.0,) * 7,
+        (1 / 5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        (3 / 40, 9 / 40, 0.0, 0.0, 0.0, 0.0, 0.0),
+        (44 / 45, -56 / 15, 32 / 9, 0.0, 0.0, 0.0, 0.0),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0.0, 0.0, 0.0),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0.0, 0.0),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+    ),
+    b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+    b_hat=(5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    order=5,
+    embedded_order=4,
+)
+
+EMBEDDED_PAIRS = {pair.name: pair for pair in (BOSH3, DOPRI5)}

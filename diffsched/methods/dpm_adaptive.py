@@ -1,0 +1,201 @@
+"""DPM-Solver-12 and DPM-Solver-23 with adaptive step size: Lu, Zhou, Bao, Chen, Li & Zhu
+2022, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around
+10 Steps", sec. 4 and app. (Alg. 4-5), with the PID step-size controller of Söderlind 2003
+("Digital filters in adaptive time-stepping", ACM TOMS 29(1)), as ComfyUI's ``dpm_adaptive``
+runs them.
+
+In the time τ = -log σ (λ of the paper with α = 1: the variance-exploding x = x_0 + σ ε,
+on which ComfyUI also runs flow samples) and the noise estimate ε̂ = (x - x̂_0(x, σ)) / σ,
+a step from s to t = s + h of DPM-Solver-k (paper, Alg. 1-2, with e^h - 1 = expm1(h)):
+
+    DPM-Solver-1:  x_t = x_s - σ_t (e^h - 1) ε̂(x_s, s)                                  (1)
+    DPM-Solver-2:  u = x_s - σ_{s1} (e^{r1 h} - 1) ε̂_s,  s1 = s + r1 h,
+                   x_t = x_s - σ_t (e^h - 1) ε̂_s - σ_t/(2 r1) (e^h - 1) (ε̂(u, s1) - ε̂_s)   (2)
+    DPM-Solver-3:  r1 = 1/3, r2 = 2/3, u1 as in (2),
+                   u2 = x_s - σ_{s2} (e^{r2 h} - 1) ε̂_s
+                        - σ_{s2} (r2/r1) ((e^{r2 h} - 1)/(r2 h) - 1) (ε̂(u1, s1) - ε̂_s),
+                   x_t = x_s - σ_t (e^h - 1) ε̂_s - σ_t/r2 ((e^h - 1)/h - 1) (ε̂(u2, s2) - ε̂_s)  (3)
+
+An attempt of ``order`` k ∈ {2, 3} computes the pair (x_low, x_high) = (DPM-Solver-(k-1),
+DPM-Solver-k) sharing their model calls (k = 3: DPM-Solver-2 with r1 = 1/3, whose stage is
+DPM-Solver-3's first), k calls per attempt (the call at s is made again after a rejected
+attempt, as ComfyUI makes it). The error (Alg. 4)
+
+    E = ‖(x_low - x_high) / δ‖_2 / sqrt(n),  δ = max(atol, rtol · max(|x_low|, |x_prev|))   (4)
+
+(x_prev the last accepted x_low, n the number of elements of the whole sample) drives the
+PID controller: with ê_k = 1/(E + 10⁻⁸) and the memories ê_{k-1}, ê_{k-2} (all three ê_0 at
+the first attempt),
+
+    f = 1 + atan(ê_k^{b1} ê_{k-1}^{b2} ê_{k-2}^{b3} - 1),
+    b1 = (p + i + d)/k, b2 = -(p + 2 d)/k, b3 = d/k                                      (5)
+
+(p, i, d = ``pcoeff``, ``icoeff``, ``dcoeff``); the attempt is accepted when f >= ``accept_safety``
+(then x = x_high, the memories shift), and the proposed step is multiplied by f either
+way. The next attempt steps to t = min(τ_end, s + h). The loop ends when s >= τ_end - 10⁻⁵.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.options import option
+from ..core.scheduler import document
+from ._adaptive import (
+    ACCEPTED,
+    CALLS,
+    E0,
+    E1,
+    E2,
+    END,
+    FINAL,
+    REJECTED,
+    SIGMA,
+    STAGE,
+    AdaptiveComfy,
+    AdaptiveState,
+    H,
+    S,
+    T,
+    _counts,
+    const,
+)
+
+Array = Any
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ComfyDPMAdaptive(AdaptiveComfy):
+    """ComfyUI's ``dpm_adaptive``: DPM-Solver-12 / 23 with PID step-size control (Lu et al.
+    2022, Alg. 4-5), from the first level of the σ list to its last nonzero one.
+
+    Adaptive (``ADAPTIVE = True``): ``init(max_calls, template, key, steps=N)`` takes the
+    bound on model calls; the σ list (``scheduler`` with ``steps``, default 20, or
+    ``sigmas=``, ``denoise=``) gives only its two ends, as ComfyUI's. ``order`` calls per
+    attempt; the loop ends at the last nonzero level, whose x is the result (ComfyUI's: no
+    step to 0). When ``max_calls`` runs out first, ``done`` is set, ``reached`` is not, and
+    the result is the last accepted x, at σ = e^{-s} (``info(state)``, ``next_sigma``).
+    Deterministic only (ComfyUI's η = 0, its default); the σ's of every call equal
+    ComfyUI's, and so do its accepted steps and its result.
+
+    Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps).
+    """
+
+    ORDER = 3
+    CALLS_PER_STEP = 3
+    COMFY_NAMES = ("dpm_adaptive",)
+    EXTRA = 3  # x_prev, ε̂_s, ε̂(u1, s1)
+
+    order: int = option(3, "k: DPM-Solver-12 (2) or DPM-Solver-23 (3); k calls per attempt",
+                        low=2, high=3)  # fmt: skip
+    rtol: float = option(0.05, "the relative tolerance of (4)", low=0.0)
+    atol: float = option(0.0078, "the absolute tolerance of (4)", low=0.0)
+    h_init: float = option(0.05, "the first proposed step in τ = -log σ", low=0.0,
+                           low_open=True)  # fmt: skip
+    pcoeff: float = option(0.0, "p of the PID controller (5)")
+    icoeff: float = option(1.0, "i of the PID controller (5)")
+    dcoeff: float = option(0.0, "d of the PID controller (5)")
+    accept_safety: float = option(0.81, "an attempt is accepted when the factor f of (5) is "
+                                  "at least this", low=0.0, low_open=True)  # fmt: skip
+
+    def _check(self) -> None:
+        super()._check()
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError(
+                "ComfyDPMAdaptive options rtol and atol: at least one must be positive (δ of the "
+                "error norm would be 0), got rtol=0.0, atol=0.0"
+            )
+        for name in ("rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff", "accept_safety"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(
+                    f"ComfyDPMAdaptive option {name} must be finite, got: {getattr(self, name)!r}"
+                )
+
+    def _first_sigma(self, sigma_start: float) -> float:
+        tau = -math.log(sigma_start)  # ComfyUI's round trip through τ = -log σ
+        return math.exp(-tau)
+
+    def _start(self, sigma_start: float, sigma_end: float, sigma_last: float):
+        s, end = -math.log(sigma_start), -math.log(sigma_end)
+        clock = [0.0] * (FINAL + 1)
+        clock[S], clock[END], clock[H] = s, end, self.h_init
+        clock[T] = min(end, s + self.h_init)
+        clock[SIGMA] = math.exp(-s)
+        return clock, self.EXTRA
+
+    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array):
+        clock, counts, x = state.clock, state.counts, state.x
+        stage = counts[STAGE]
+        s, t = clock[S], clock[T]
+        h = t - s
+        first = stage == 0
+        x = xp.where(first & (counts[CALLS] == 0), x_call, x)  # the loop's start
+        eps = (x_call - denoised) / clock[SIGMA]
+        eps0 = xp.where(first, eps, state.extra[1])
+        x_prev = xp.where(counts[CALLS] == 0, x_call, state.extra[0])
+        last = stage == self.order - 1
+
+        def sig(tau):
+            return xp.exp(-tau)
+
+        sig_t, em = sig(t), xp.expm1(h)
+        if self.order == 2:
+            r1 = 1 / 2
+            s1 = s + r1 * h
+            u1 = x - sig(s1) * xp.expm1(r1 * h) * eps0  # (2)
+            x_low = x - sig_t * em * eps0  # (1)
+            x_high = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps - eps0)  # (2)
+            eps1 = state.extra[2]
+            stage_next, sigma_stage = u1, sig(s1)
+        else:
+            r1, r2 = 1 / 3, 2 / 3
+            s1, s2 = s + r1 * h, s + r2 * h
+            u1 = x - sig(s1) * xp.expm1(r1 * h) * eps0
+            eps1 = xp.where(stage == 1, eps, state.extra[2])
+            e2 = xp.expm1(r2 * h)
+            u2 = x - sig(s2) * e2 * eps0 - sig(s2) * (r2 / r1) * (e2 / (r2 * h) - 1) * (eps1 - eps0)
+            x_low = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps1 - eps0)  # (2), r1 = 1/3
+            x_high = x - sig_t * em * eps0 - sig_t / r2 * (em / h - 1) * (eps - eps0)  # (3)
+            stage_next = xp.where(first, u1, u2)
+            sigma_stage = xp.where(first, sig(s1), sig(s2))
+
+        # the error (4) and the PID controller (5), used at the attempt's last call
+        atol = const(xp, self.atol, x)
+        delta = xp.maximum(atol, self.rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)))
+        ratio = (x_low - x_high) / delta
+        n = math.prod(x.shape)
+        error = xp.sqrt(xp.sum(ratio * ratio)) / n**0.5
+        inv = 1 / (error + 1e-8)
+        fresh = (counts[ACCEPTED] + counts[REJECTED]) == 0
+        e1 = xp.where(fresh, inv, clock[E1])
+        e2m = xp.where(fresh, inv, clock[E2])
+        k = self.order
+        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+        b2 = -(self.pcoeff + 2 * self.dcoeff) / k
+        b3 = self.dcoeff / k
+        factor = inv**b1 * e1**b2 * e2m**b3
+        factor = 1 + xp.atan(factor - 1)
+        accept = last & (factor >= self.accept_safety)
+        reject = last & ~(factor >= self.accept_safety)
+
+        x_new = xp.where(accept, x_high, x)
+        s_new = xp.where(accept, t, s)
+        h_new = xp.where(last, clock[H] * factor, clock[H])
+        t_new = xp.where(last, xp.minimum(clock[END], s_new + h_new), t)
+        e1_new = xp.where(accept, inv, xp.where(last & fresh, e1, clock[E1]))
+        e2_new = xp.where(accept, e1, xp.where(last & fresh, e2m, clock[E2]))
+        sigma_next = xp.where(last, sig(s_new), sigma_stage)
+        clock = xp.stack([s_new, t_new, h_new, sigma_next, xp.where(last, inv, clock[E0]),
+                          e1_new, e2_new, clock[END], clock[FINAL]])  # fmt: skip
+        extra = xp.stack([
+            xp.where(accept, x_low, x_prev),
+            eps0,
+            xp.where(stage == 1, eps1, state.extra[2]) if self.order == 3 else eps1,
+        ])  # fmt: skip
+        counts = _counts(xp, counts, xp.where(last, stage * 0, stage + 1), accept, reject)
+        finished = last & accept & ~self._running(s_new, clock[END])
+        nxt = xp.where(last, x_new, stage_next)
+        return x_new, extra, clock, counts, finished, nxt
