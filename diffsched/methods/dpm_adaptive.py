@@ -95,9 +95,11 @@ class ComfyDPMAdaptive(AdaptiveComfy):
     atol: float = option(0.0078, "the absolute tolerance of (4)", low=0.0)
     h_init: float = option(0.05, "the first proposed step in τ = -log σ", low=0.0,
                            low_open=True)  # fmt: skip
-    pcoeff: float = option(0.0, "p of the PID controller (5)")
-    icoeff: float = option(1.0, "i of the PID controller (5)")
-    dcoeff: float = option(0.0, "d of the PID controller (5)")
+    # |p|, |i|, |d| <= 10 keep the product of (5) finite: ê <= 1e8 and |b1|, |b2| <= 15,
+    # |b3| <= 5 give at most 1e280; far larger coefficients overflow it to inf (then NaN)
+    pcoeff: float = option(0.0, "p of the PID controller (5)", low=-10.0, high=10.0)
+    icoeff: float = option(1.0, "i of the PID controller (5)", low=-10.0, high=10.0)
+    dcoeff: float = option(0.0, "d of the PID controller (5)", low=-10.0, high=10.0)
     accept_safety: float = option(0.81, "an attempt is accepted when the factor f of (5) is "
                                   "at least this", low=0.0, low_open=True)  # fmt: skip
 
