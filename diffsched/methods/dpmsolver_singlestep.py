@@ -65,6 +65,7 @@ from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
 from .dpmsolver import (
     SDE_THIRD_ORDER,
+    SolverGridLevels,
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
@@ -100,7 +101,7 @@ def order_list(num_steps: int, order: int, lower_order_final: bool, final_zero: 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
+class DPMSolverSinglestep(BrownianNoise, Thresholding, SolverGridLevels, SigmaGrid, Scheduler):
     """DPM-Solver singlestep (Lu et al. 2022a, Alg. 1-2; DPM-Solver++ of Lu et al. 2022b).
 
     Order ``solver_order`` (2 by default; 1-3), reached within each group of as many calls
@@ -199,14 +200,6 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
         zero = self.final_sigmas_type == "zero"
         lower = self.lower_order_final or n % self.solver_order != 0 or zero
         return order_list(n, self.solver_order, lower, zero)
-
-    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
-        strength = init_options.pop("strength", 1.0)
-        grid = self._grid(num_steps, **init_options)
-        cut = first_call(len(grid.timesteps), strength)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
-        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of α, σ_t
-        return float(abar[0]), float(abar[1])
 
     # -- the table -----------------------------------------------------------------------
 
