@@ -47,7 +47,6 @@ that both reproduce alike).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +54,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
-from ..schedules import shifts, solver_grid
+from ..schedules import solver_grid
 from ._img2img import first_call
 from .dpmsolver import (
     DPMSolverMultistep,
@@ -118,8 +117,7 @@ class DEIS(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler):
     def _grid(self, num_steps: int | None, mu: Any = None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self.sigma_kind or ("flow" if self.use_flow_sigmas else None)
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         return solver_grid.solver_grid(
             self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,

@@ -190,9 +190,16 @@ def custom_timesteps(values: Any, num_train_steps: int) -> np.ndarray:
 
 
 class SolverGridLevels:
-    """The noise levels of a class whose ``_grid(num_steps, **init_options)`` is diffusers'
-    ``set_timesteps`` grid (:class:`~diffsched.schedules.solver_grid.SolverGrid`), the
-    first call's of an image-to-image loop (``strength``) included."""
+    """For a class whose ``_grid(num_steps, **init_options)`` is diffusers' ``set_timesteps``
+    grid (:class:`~diffsched.schedules.solver_grid.SolverGrid`): its noise levels, the first
+    call's of an image-to-image loop (``strength``) included, and its flow shift."""
+
+    def flow_shift_of(self, mu: Any) -> float:
+        """The static ``flow_shift``, or e^μ of ``init(..., mu=μ)`` with
+        ``use_dynamic_shifting`` (diffusers sets flow_shift = e^μ)."""
+        dynamic = self.use_dynamic_shifting  # type: ignore[attr-defined]
+        mu = shifts.checked_mu(mu, dynamic=dynamic, who=type(self).__name__)
+        return self.flow_shift if mu is None else math.exp(mu)  # type: ignore[attr-defined]
 
     def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
         strength = init_options.pop("strength", 1.0)
@@ -493,8 +500,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         if timesteps is not None:
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")

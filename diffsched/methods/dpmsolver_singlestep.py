@@ -50,7 +50,6 @@ of the order or the final σ is 0; here the same rule is applied without changin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +59,7 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
-from ..schedules import shifts, solver_grid
+from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
 from .dpmsolver import (
@@ -178,8 +177,7 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SolverGridLevels, SigmaGr
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = "flow" if self.use_flow_sigmas else self.sigma_kind
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         if timesteps is not None:
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
             if kind is not None:
