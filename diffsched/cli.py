@@ -32,7 +32,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -901,7 +901,8 @@ def _bar(total: int, desc: str):
 
 
 def bench_cells(specs: Sequence[str], values: Sequence[int], model_names: Sequence[str],
-                num_samples: int, seed: int, desc: str):  # fmt: skip
+                num_samples: int, seed: int,
+                desc: str) -> Iterator[tuple[str, np.ndarray, str, Scheduler, int]]:  # fmt: skip
     """Each cell of a bench grid, (model, its noise of ``seed``, scheduler label, the
     scheduler adapted to the model, value of ``values``), models outermost, with a progress
     bar ``desc`` over the cells."""

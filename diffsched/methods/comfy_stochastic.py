@@ -89,6 +89,7 @@ dpmpp_3m_sde): :mod:`diffsched.methods._comfy_noise`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -139,7 +140,9 @@ class _Loop:
         self.draws.append((math.nan, math.nan))
         return len(self.levels) - 1
 
-    def steps(self, sigmas: np.ndarray, land: bool = True):
+    def steps(
+        self, sigmas: np.ndarray, land: bool = True
+    ) -> Iterator[tuple[int, float, float, int]]:
         """Each step of ``sigmas`` as (i, σ_s, σ_t, its model call at σ_s). With ``land``
         the step to σ = 0 lands on that call's x̂_0 and is not yielded."""
         for i in range(len(sigmas) - 1):
