@@ -32,7 +32,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -520,15 +520,43 @@ def matplotlib_ticker():
     return matplotlib.ticker
 
 
+def model_panels(count: int, width: float, height: float) -> tuple[Any, Any]:
+    """(figure, axes) of ``count`` panels side by side, each ``width`` by ``height`` inches;
+    ``axes[0][k]`` is panel k."""
+    return _pyplot().subplots(1, count, figsize=(width * count, height), squeeze=False)
+
+
+def save_with_legend(fig: Any, path: Path, handles: dict, ncol: int, per_row: int,
+                     band: float) -> None:  # fmt: skip
+    """``fig`` with one shared legend of ``handles`` below its panels (``ncol`` columns, a
+    band of ``band`` of the height per ``per_row`` entries), written to ``path``, closed."""
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
+               fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, band * math.ceil(len(handles) / per_row), 1, 1))
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def calls_axis(ax: Any, rows: list[dict], marks: tuple[int, ...], ylabel: str,
+               title: str) -> None:  # fmt: skip
+    """A log-log panel against model calls: ticks at the ``marks`` some row reaches, the
+    labels, the title and a major grid."""
+    ticks = [c for c in marks if any(r["calls"] is not None and r["calls"] >= c for r in rows)]
+    ax.set_xticks(ticks, [str(c) for c in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+    ax.set_xlabel("model calls")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot_bench(path: Path, rows: list[dict]) -> None:
     """Error against model calls, log-log, one panel per model, one line per scheduler;
     diffusers' errors as open circles in the series' colour; one shared legend below."""
-    plt = _pyplot()
     model_names = sorted({r["model"] for r in rows})
     labels = list(dict.fromkeys(r["scheduler"] for r in rows))
-    fig, axes = plt.subplots(1, len(model_names), figsize=(6 * len(model_names), 4.6),
-                             squeeze=False)  # fmt: skip
-    cmap = plt.get_cmap("tab20")
+    fig, axes = model_panels(len(model_names), 6, 4.6)
+    cmap = _pyplot().get_cmap("tab20")
     handles = {}
     for ax, model_name in zip(axes[0], model_names, strict=True):
         for k, label in enumerate(labels):
@@ -545,22 +573,12 @@ def plot_bench(path: Path, rows: list[dict]) -> None:
             if peer:
                 ax.loglog([r["calls"] for r in peer], [r["diffusers_error"] for r in peer],
                           "o", ms=9, mfc="none", mec=color, alpha=0.6)  # fmt: skip
-        ticks = [c for c in (5, 10, 20, 50, 100) if any(r["calls"] >= c for r in rows)]
-        ax.set_xticks(ticks, [str(c) for c in ticks])
-        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
-        ax.set_xlabel("model calls")
-        ax.set_ylabel("relative RMS error vs exact ODE solution")
-        ax.set_title(model_name)
-        ax.grid(True, which="major", alpha=0.3)
+        calls_axis(ax, rows, (5, 10, 20, 50, 100), "relative RMS error vs exact ODE solution",
+                   model_name)  # fmt: skip
     if any(r.get("diffusers_error") for r in rows):
         (ring,) = axes[0][0].plot([], [], "o", ms=9, mfc="none", mec="0.3")
         handles["diffusers, same config (open circles)"] = ring
-    fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(4, len(handles)), fontsize=8, frameon=False)  # fmt: skip
-    rows_of_legend = math.ceil(len(handles) / 4)
-    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_with_legend(fig, path, handles, min(4, len(handles)), 4, 0.06)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -882,6 +900,25 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
 
 
+def bench_cells(specs: Sequence[str], values: Sequence[int], model_names: Sequence[str],
+                num_samples: int, seed: int,
+                desc: str) -> Iterator[tuple[str, np.ndarray, str, Scheduler, int]]:  # fmt: skip
+    """Each cell of a bench grid, (model, its noise of ``seed``, scheduler label, the
+    scheduler adapted to the model, value of ``values``), models outermost, with a progress
+    bar ``desc`` over the cells."""
+    bar = _bar(len(model_names) * len(specs) * len(values), desc)
+    for model_name in model_names:
+        noise = make_noise(model_name, num_samples, seed)
+        for spec in specs:
+            label, scheduler, options = parse_spec(spec)
+            scheduler, _ = adapt_to_model(scheduler, model_name, options)
+            for value in values:
+                bar.set_postfix_str(f"{model_name} {label} {value}", refresh=False)
+                bar.update()
+                yield model_name, noise, label, scheduler, value
+    bar.close()
+
+
 def bench_rows(
     specs: Sequence[str],
     steps: Sequence[int],
@@ -892,22 +929,15 @@ def bench_rows(
 ) -> list[dict]:
     """One row per (model, scheduler, steps): model calls and errors (ours, diffusers')."""
     rows = []
-    bar = _bar(len(model_names) * len(specs) * len(steps), "bench rows")
-    for model_name in model_names:
-        noise = make_noise(model_name, num_samples, seed)
-        for spec in specs:
-            label, scheduler, options = parse_spec(spec)
-            scheduler, _ = adapt_to_model(scheduler, model_name, options)
-            for n in steps:
-                bar.set_postfix_str(f"{model_name} {label} {n}", refresh=False)
-                bar.update()
-                result = run(scheduler, model_name, n, noise, seed=seed)
-                row = {"model": model_name, "scheduler": label, "steps": n,
-                       "calls": result.model_calls, "error": result.error,
-                       "note": result.note}  # fmt: skip
-                if against == "diffusers" and result.exact is not None:
-                    row["diffusers_error"] = diffusers_error(scheduler, model_name, n, result)
-                rows.append(row)
+    cells = bench_cells(specs, steps, model_names, num_samples, seed, "bench rows")
+    for model_name, noise, label, scheduler, n in cells:
+        result = run(scheduler, model_name, n, noise, seed=seed)
+        row = {"model": model_name, "scheduler": label, "steps": n,
+               "calls": result.model_calls, "error": result.error,
+               "note": result.note}  # fmt: skip
+        if against == "diffusers" and result.exact is not None:
+            row["diffusers_error"] = diffusers_error(scheduler, model_name, n, result)
+        rows.append(row)
     return rows
 
 
@@ -1186,31 +1216,24 @@ def stochastic_rows(
     """One row per (model, scheduler, model-call budget): the steps that fit, their calls,
     and the moment distances of the batch sampled from noise of ``seed`` (the stochastic
     draws keyed by ``seed``); and per model the Monte-Carlo floor."""
-    rows, floors = [], {}
-    bar = _bar(len(model_names) * len(specs) * len(budgets), "bench --stochastic rows")
-    for model_name in model_names:
-        mean, cov = data_moments(model_name)
-        floors[model_name] = moment_floor(model_name, num_samples, seed)
-        noise = make_noise(model_name, num_samples, seed)
-        for spec in specs:
-            label, scheduler, options = parse_spec(spec)
-            scheduler, _ = adapt_to_model(scheduler, model_name, options)
-            for budget in budgets:
-                bar.set_postfix_str(f"{model_name} {label} {budget}", refresh=False)
-                bar.update()
-                row = {"model": model_name, "scheduler": label, "budget": budget,
-                       "steps": steps_within(scheduler, budget), "calls": None,
-                       "mean_error": None, "cov_error": None, "note": ""}  # fmt: skip
-                if row["steps"] is None:
-                    row["note"] = f"no step fits in {budget} model calls"
-                else:
-                    result = run(scheduler, model_name, row["steps"], noise, seed=seed,
-                                 with_exact=False)  # fmt: skip
-                    row["calls"] = result.model_calls
-                    row["mean_error"], row["cov_error"] = moment_distance(result.samples,
-                                                                          mean, cov)  # fmt: skip
-                rows.append(row)
-    bar.close()
+    rows = []
+    moments = {model_name: data_moments(model_name) for model_name in model_names}
+    floors = {model_name: moment_floor(model_name, num_samples, seed)
+              for model_name in model_names}  # fmt: skip
+    cells = bench_cells(specs, budgets, model_names, num_samples, seed, "bench --stochastic rows")
+    for model_name, noise, label, scheduler, budget in cells:
+        row = {"model": model_name, "scheduler": label, "budget": budget,
+               "steps": steps_within(scheduler, budget), "calls": None,
+               "mean_error": None, "cov_error": None, "note": ""}  # fmt: skip
+        if row["steps"] is None:
+            row["note"] = f"no step fits in {budget} model calls"
+        else:
+            result = run(scheduler, model_name, row["steps"], noise, seed=seed,
+                         with_exact=False)  # fmt: skip
+            row["calls"] = result.model_calls
+            row["mean_error"], row["cov_error"] = moment_distance(result.samples,
+                                                                  *moments[model_name])  # fmt: skip
+        rows.append(row)
     return rows, floors
 
 
@@ -1247,12 +1270,10 @@ def format_moments(rows: list[dict], floors: dict[str, dict], num_samples: int) 
 def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
     """Covariance error against model calls, log-log, one panel per model, one line per
     scheduler; the floor's average (dashed) and 95th percentile (dotted) in grey."""
-    plt = _pyplot()
     model_names = list(floors)
     labels = list(dict.fromkeys(r["scheduler"] for r in rows))
-    fig, axes = plt.subplots(1, len(model_names), figsize=(8 * len(model_names), 7),
-                             squeeze=False)  # fmt: skip
-    cmap = plt.get_cmap("tab20")
+    fig, axes = model_panels(len(model_names), 8, 7)
+    cmap = _pyplot().get_cmap("tab20")
     handles = {}
     for ax, model_name in zip(axes[0], model_names, strict=True):
         for k, label in enumerate(labels):
@@ -1269,20 +1290,11 @@ def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
         p95 = ax.axhline(floor["p95"][1], color="0.4", ls=":", lw=1)
         handles["floor (exact data): average"] = avg
         handles["floor: 95th percentile"] = p95
-        ticks = [c for c in (5, 10, 20, 50, 100, 200, 500) if any(
-            r["calls"] is not None and r["calls"] >= c for r in rows)]  # fmt: skip
-        ax.set_xticks(ticks, [str(c) for c in ticks])
-        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
-        ax.set_xlabel("model calls")
-        ax.set_ylabel("covariance error ||Σ̂ - Σ||_F / ||Σ||_F")
-        ax.set_title(f"{model_name}: sample covariance against the exact data's")
-        ax.grid(True, which="major", alpha=0.3)
+        calls_axis(ax, rows, (5, 10, 20, 50, 100, 200, 500),
+                   "covariance error ||Σ̂ - Σ||_F / ||Σ||_F",
+                   f"{model_name}: sample covariance against the exact data's")  # fmt: skip
     columns = 2 * len(model_names)
-    fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=columns, fontsize=8, frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.032 * math.ceil(len(handles) / columns), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_with_legend(fig, path, handles, columns, columns, 0.032)
 
 
 def cmd_bench_stochastic(args: argparse.Namespace, out: Path) -> int:
@@ -1313,9 +1325,7 @@ def cmd_bench_stochastic(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _steps_for(scheduler: Scheduler, budget: int) -> int | None:
-    """The most steps whose model calls fit the budget."""
-    return max((n for n in range(1, budget + 1) if _calls(scheduler, n) <= budget), default=None)
+_steps_for = steps_within  # bench --best's name (benchmarks/tune_coefficients.py uses it)
 
 
 def best_rows(

@@ -451,13 +451,17 @@ def _interpolation_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return table, log_sigma, is_zero.astype(np.float64)
 
 
-def _timestep_array(timestep: Any, xp, dtype, device, num_steps: int) -> Array:
-    """``timestep`` as a 0-d array of ``dtype``; host values are range-checked."""
+def _timestep_array(
+    timestep: Any, xp, dtype, device, high: float, low_open: bool = False, scale: float = 1.0
+) -> Array:
+    """``timestep`` / ``scale`` as a 0-d array of ``dtype``; host values are range-checked,
+    in [0, high] ((0, high] with ``low_open``) and divided on the host, in float64."""
     if _is_host_number(timestep):
         value = _host_scalar(timestep, "timestep")
-        if not 0.0 <= value <= num_steps - 1:
-            raise ValueError(f"timestep must be in [0, {num_steps - 1}], got {value!r}")
-        return xp.asarray(value, dtype=dtype, device=device)
+        if not ((value > 0.0 if low_open else value >= 0.0) and value <= high):
+            left = "(" if low_open else "["
+            raise ValueError(f"timestep must be in {left}0, {high}], got {value!r}")
+        return xp.asarray(value / scale, dtype=dtype, device=device)
     if not array_api_compat.is_array_api_obj(timestep):
         raise ValueError(
             f"timestep must be a number or a one-element array, got {type(timestep).__name__}"
@@ -466,7 +470,8 @@ def _timestep_array(timestep: Any, xp, dtype, device, num_steps: int) -> Array:
         raise ValueError(
             f"timestep must be a scalar or one-element array, got shape {tuple(timestep.shape)}"
         )
-    return xp.reshape(xp.asarray(timestep, dtype=dtype, device=device), ())
+    t = xp.reshape(xp.asarray(timestep, dtype=dtype, device=device), ())
+    return t / scale if scale != 1.0 else t
 
 
 def _interpolate_alpha_bar(xp, t: Array, tables: tuple[Array, Array, Array]) -> Array:
@@ -506,7 +511,7 @@ def alpha_bar_at(alphas_cumprod: Any, timestep: Any, like: Array) -> Array:
     xp, device = _namespace(like, "like")
     table = check_alphas_cumprod(alphas_cumprod)
     tables = _converted({}, _interpolation_tables(table), xp, like.dtype, device)
-    t = _timestep_array(timestep, xp, like.dtype, device, table.shape[0])
+    t = _timestep_array(timestep, xp, like.dtype, device, table.shape[0] - 1)
     return _interpolate_alpha_bar(xp, t, tables)
 
 
@@ -563,7 +568,7 @@ class DenoiserModel:
         """ᾱ(timestep) as a 0-d array of ``like``'s backend, dtype and device."""
         xp, device = _namespace(like, "like")
         tables = _converted(self._cache, self._tables, xp, like.dtype, device)
-        t = _timestep_array(timestep, xp, like.dtype, device, self.alphas_cumprod.shape[0])
+        t = _timestep_array(timestep, xp, like.dtype, device, self.alphas_cumprod.shape[0] - 1)
         return _interpolate_alpha_bar(xp, t, tables)
 
     def __call__(self, sample: Array, timestep: Any) -> Array:
@@ -689,21 +694,7 @@ class FlowModel:
         """σ = t / T as a 0-d array of ``like``'s backend, dtype and device."""
         xp, device = _namespace(like, "like")
         T = self.num_train_steps
-        if _is_host_number(timestep):
-            value = _host_scalar(timestep, "timestep")
-            if not 0.0 < value <= T:
-                raise ValueError(f"timestep must be in (0, {T}], got {value!r}")
-            return xp.asarray(value / T, dtype=like.dtype, device=device)
-        if not array_api_compat.is_array_api_obj(timestep):
-            raise ValueError(
-                f"timestep must be a number or a one-element array, got {type(timestep).__name__}"
-            )
-        if math.prod(tuple(timestep.shape)) != 1:
-            raise ValueError(
-                f"timestep must be a scalar or one-element array, got shape {tuple(timestep.shape)}"
-            )
-        t = xp.reshape(xp.asarray(timestep, dtype=like.dtype, device=device), ())
-        return t / T
+        return _timestep_array(timestep, xp, like.dtype, device, T, low_open=True, scale=T)
 
     def __call__(self, sample: Array, timestep: Any) -> Array:
         """The exact velocity v̂ (F2) for ``sample`` (B, *S) at ``timestep``."""

@@ -45,7 +45,7 @@ def sigma_from_alpha_bar(alpha_bar: float) -> float:
     return math.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
-def _check_alpha_bar(value: Any, name: str, low: float, high: float, closed: str) -> float:
+def _check_interval(value: Any, name: str, low: float, high: float, closed: str) -> float:
     """``value`` as a float in the interval from ``low`` to ``high``, ``closed`` at "low",
     "high" or "both" ends, else ValueError."""
     try:
@@ -61,7 +61,13 @@ def _check_alpha_bar(value: Any, name: str, low: float, high: float, closed: str
     return value
 
 
-def _check_start(x_start: Any) -> np.ndarray:
+def _check_start(denoiser: Any, x_start: Any) -> np.ndarray:
+    """``x_start`` as a float64 copy, checked with the ``denoiser`` it goes to."""
+    if not callable(getattr(denoiser, "posterior_mean", None)):
+        raise ValueError(
+            "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
+            f"got {type(denoiser).__name__}"
+        )
     try:
         x = np.array(x_start, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as err:
@@ -73,6 +79,33 @@ def _check_start(x_start: Any) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("x_start must be finite, got NaN or inf entries")
     return x
+
+
+def _check_tolerances(rtol: float, atol: float, sigma_min: float) -> None:
+    if not (rtol > 0 and atol > 0 and 0 < sigma_min < 1):
+        raise ValueError(
+            f"rtol, atol and sigma_min must be positive (sigma_min < 1), got "
+            f"{rtol!r}, {atol!r}, {sigma_min!r}"
+        )
+
+
+def _dop853(rhs: Any, x: np.ndarray, t_start: float, t_end: float, rtol: float, atol: float,
+            what: str) -> np.ndarray:  # fmt: skip
+    """x(t_end) from x(t_start) by SciPy's DOP853 on dx/dt = rhs(t, x), every sample of the
+    batch in one system (they do not interact, but share steps)."""
+    shape = x.shape
+    solution = solve_ivp(
+        lambda t, y: rhs(t, y.reshape(shape)).ravel(),
+        (t_start, t_end),
+        x.ravel(),
+        method="DOP853",
+        t_eval=[t_end],
+        rtol=rtol,
+        atol=atol,
+    )
+    if not solution.success:
+        raise RuntimeError(f"{what} integration failed: {solution.message}")
+    return solution.y[:, -1].reshape(shape)
 
 
 def denoise_at_sigma(denoiser: Any, x_tilde: np.ndarray, sigma: float) -> np.ndarray:
@@ -116,72 +149,25 @@ def solve_pf_ode(
     (1-ᾱ)/s² ~ 1e-11, and the integration from σ_min's neighbourhood costs few steps since the
     flow is nearly constant there (dx̃/du = O(σ) or O(σ²)).
     """
-    if not callable(getattr(denoiser, "posterior_mean", None)):
-        raise ValueError(
-            "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
-            f"got {type(denoiser).__name__}"
-        )
-    x = _check_start(x_start)
-    a_start = _check_alpha_bar(alpha_bar_start, "alpha_bar_start", 0.0, 1.0, closed="neither")
-    a_end = _check_alpha_bar(alpha_bar_end, "alpha_bar_end", a_start, 1.0, closed="both")
-    if not (rtol > 0 and atol > 0 and 0 < sigma_min < 1):
-        raise ValueError(
-            f"rtol, atol and sigma_min must be positive (sigma_min < 1), got "
-            f"{rtol!r}, {atol!r}, {sigma_min!r}"
-        )
+    x = _check_start(denoiser, x_start)
+    a_start = _check_interval(alpha_bar_start, "alpha_bar_start", 0.0, 1.0, closed="neither")
+    a_end = _check_interval(alpha_bar_end, "alpha_bar_end", a_start, 1.0, closed="both")
+    _check_tolerances(rtol, atol, sigma_min)
     if a_end == a_start:
         return x
 
     sigma_start = sigma_from_alpha_bar(a_start)
     sigma_end = sigma_min if a_end == 1.0 else sigma_from_alpha_bar(a_end)
     x_tilde = x / math.sqrt(a_start)
-    if sigma_end < sigma_start:
-        x_tilde = _integrate(denoiser, x_tilde, sigma_start, sigma_end, rtol, atol)
+    if sigma_end < sigma_start:  # dx̃/du = x̃ - D(x̃; e^u), u = log σ
+        x_tilde = _dop853(
+            lambda u, state: state - denoise_at_sigma(denoiser, state, math.exp(u)),
+            x_tilde, math.log(sigma_start), math.log(sigma_end), rtol, atol,
+            "probability-flow ODE",
+        )  # fmt: skip
     if a_end == 1.0:
         return denoise_at_sigma(denoiser, x_tilde, min(sigma_end, sigma_start))
     return math.sqrt(a_end) * x_tilde
-
-
-def _integrate(
-    denoiser: Any,
-    x_tilde: np.ndarray,
-    sigma_start: float,
-    sigma_end: float,
-    rtol: float,
-    atol: float,
-) -> np.ndarray:
-    """x̃(σ_end) from x̃(σ_start) by DOP853 on dx̃/du = x̃ - D(x̃; e^u), u = log σ."""
-    shape = x_tilde.shape
-
-    def rhs(u: float, y: np.ndarray) -> np.ndarray:
-        state = y.reshape(shape)
-        return (state - denoise_at_sigma(denoiser, state, math.exp(u))).ravel()
-
-    u_end = math.log(sigma_end)
-    solution = solve_ivp(
-        rhs,
-        (math.log(sigma_start), u_end),
-        x_tilde.ravel(),
-        method="DOP853",
-        t_eval=[u_end],
-        rtol=rtol,
-        atol=atol,
-    )
-    if not solution.success:
-        raise RuntimeError(f"probability-flow ODE integration failed: {solution.message}")
-    return solution.y[:, -1].reshape(shape)
-
-
-def _check_sigma(value: Any, name: str, low: float, high: float, low_open: bool) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a real number, got {value!r}") from err
-    ok = (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        left = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {left}{low!r}, {high!r}], got {value!r}")
-    return value
 
 
 def solve_flow_ode(
@@ -208,44 +194,20 @@ def solve_flow_ode(
     s z / sqrt(1 + σ²/((1 - σ)² s²)), a relative error σ²/(2 s²) (below 1e-11 for the
     default σ_min = 1e-7 and s >= 0.05).
     """
-    if not callable(getattr(denoiser, "posterior_mean", None)):
-        raise ValueError(
-            "denoiser must have a posterior_mean(x_t, alpha_bar) method, "
-            f"got {type(denoiser).__name__}"
-        )
-    x = _check_start(x_start)
-    s_start = _check_sigma(sigma_start, "sigma_start", 0.0, 1.0, low_open=True)
-    s_end = _check_sigma(sigma_end, "sigma_end", 0.0, s_start, low_open=False)
-    if not (rtol > 0 and atol > 0 and 0 < sigma_min < 1):
-        raise ValueError(
-            f"rtol, atol and sigma_min must be positive (sigma_min < 1), got "
-            f"{rtol!r}, {atol!r}, {sigma_min!r}"
-        )
+    x = _check_start(denoiser, x_start)
+    s_start = _check_interval(sigma_start, "sigma_start", 0.0, 1.0, closed="high")
+    s_end = _check_interval(sigma_end, "sigma_end", 0.0, s_start, closed="both")
+    _check_tolerances(rtol, atol, sigma_min)
     if s_end == s_start:
         return x
     stop = sigma_min if s_end == 0.0 else s_end
-    shape = x.shape
 
-    def rhs(tau: float, y: np.ndarray) -> np.ndarray:  # (R1)
-        state = y.reshape(shape)
+    def rhs(tau: float, state: np.ndarray) -> np.ndarray:  # (R1)
         with small_matrices():  # small products: one BLAS thread (see .threads)
-            x0 = flow_posterior_mean(denoiser, state, math.exp(tau))
-        return (state - x0).ravel()
+            return state - flow_posterior_mean(denoiser, state, math.exp(tau))
 
     if stop < s_start:
-        tau_end = math.log(stop)
-        solution = solve_ivp(
-            rhs,
-            (math.log(s_start), tau_end),
-            x.ravel(),
-            method="DOP853",
-            t_eval=[tau_end],
-            rtol=rtol,
-            atol=atol,
-        )
-        if not solution.success:
-            raise RuntimeError(f"flow ODE integration failed: {solution.message}")
-        x = solution.y[:, -1].reshape(shape)
+        x = _dop853(rhs, x, math.log(s_start), math.log(stop), rtol, atol, "flow ODE")
     if s_end == 0.0:
         return np.asarray(flow_posterior_mean(denoiser, x, min(stop, s_start)))
     return x

@@ -124,9 +124,17 @@ class _ChurnSampler(ComfyNoise, BrownianNoise, Churn, ComfySampler):
     def deterministic(self) -> bool:
         return self.s_churn == 0
 
+    # the Butcher tableau (a, b, c) of a step (the kit's EULER, HEUN, RALSTON), or None
+    # where the class writes its own step_rows
+    BUTCHER: ClassVar[tuple | None] = None
+
     def step_rows(self, sig: np.ndarray, hat: np.ndarray, i: int, noise: float) -> RKStep:
-        """Step i from (x̂_i, σ̂_i) to σ_{i+1}, adding ``noise`` · z (the next churn)."""
-        raise NotImplementedError
+        """Step i from (x̂_i, σ̂_i) to σ_{i+1}, adding ``noise`` · z (the next churn): the
+        class's Butcher tableau, Euler's on the step to σ = 0."""
+        if self.BUTCHER is None:
+            raise NotImplementedError
+        tableau = EULER if sig[i + 1] == 0 else self.BUTCHER
+        return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
 
     def calls(self, sigmas: np.ndarray) -> Calls:
         hat = churn_levels(sigmas, self.s_churn, self.s_tmin, self.s_tmax)
@@ -179,9 +187,7 @@ class ComfyEuler(CFGPlusPlus, _ChurnSampler):
 
     COMFY_NAMES = ("euler", "ddim", "euler_cfg_pp")
     COMFY_OPTIONS = {"euler_cfg_pp": {"cfg_pp": True}}  # noqa: RUF012
-
-    def step_rows(self, sig, hat, i, noise):
-        return butcher_step(hat[i], sig[i + 1], *EULER, noise=noise)
+    BUTCHER = EULER
 
 
 @document
@@ -198,10 +204,7 @@ class ComfyHeun(_ChurnSampler):
     ORDER = 2
     CALLS_PER_STEP = 2
     COMFY_NAMES = ("heun",)
-
-    def step_rows(self, sig, hat, i, noise):
-        tableau = EULER if sig[i + 1] == 0 else HEUN
-        return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
+    BUTCHER = HEUN
 
 
 @document
@@ -220,10 +223,7 @@ class Ralston(_ChurnSampler):
 
     ORDER = 2
     CALLS_PER_STEP = 2
-
-    def step_rows(self, sig, hat, i, noise):
-        tableau = EULER if sig[i + 1] == 0 else RALSTON
-        return butcher_step(hat[i], sig[i + 1], *tableau, noise=noise)
+    BUTCHER = RALSTON
 
 
 @document

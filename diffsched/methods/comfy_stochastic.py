@@ -89,6 +89,7 @@ dpmpp_3m_sde): :mod:`diffsched.methods._comfy_noise`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -138,6 +139,19 @@ class _Loop:
         self.first.append(first)
         self.draws.append((math.nan, math.nan))
         return len(self.levels) - 1
+
+    def steps(
+        self, sigmas: np.ndarray, land: bool = True
+    ) -> Iterator[tuple[int, float, float, int]]:
+        """Each step of ``sigmas`` as (i, σ_s, σ_t, its model call at σ_s). With ``land``
+        the step to σ = 0 lands on that call's x̂_0 and is not yielded."""
+        for i in range(len(sigmas) - 1):
+            s, t = float(sigmas[i]), float(sigmas[i + 1])
+            c = self.call(s)
+            if land and t == 0:
+                self.add(X0, c, 1.0)
+                continue
+            yield i, s, t, c
 
     def add(self, operand: str, call: int, value: float) -> None:
         """Adds value · operand(call) to the last call's next sample."""
@@ -248,9 +262,7 @@ class ComfyEulerAncestral(CFGPlusPlus, _Stochastic):
     def cfg_pp_calls(self, sigmas: np.ndarray) -> Calls:
         """ComfyUI's euler_ancestral_cfg_pp (the class docstring)."""
         loop, guided = _Loop(), []
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
+        for _, s, t, c in loop.steps(sigmas, land=False):
             if t == 0:
                 loop.add(X0, c, 1.0)
                 guided.append(1.0)
@@ -273,9 +285,7 @@ class ComfyEulerAncestral(CFGPlusPlus, _Stochastic):
             return self.cfg_pp_calls(sigmas)
         loop = _Loop()
         flow = self.model_sampling.flow
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
+        for _, s, t, c in loop.steps(sigmas, land=False):
             if flow:
                 if t == 0:
                     loop.add(X0, c, 1.0)
@@ -319,13 +329,11 @@ class ComfyDPM2Ancestral(_Stochastic):
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop = _Loop()
         flow = self.model_sampling.flow
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
+        for _, s, t, c in loop.steps(sigmas, land=False):
             if flow:
                 down, ratio, noise = rf_ancestral_step(s, t, self.eta)
             else:
                 (down, noise), ratio = ancestral_step(s, t, self.eta), 1.0
-            c = loop.call(s)
             if down == 0:  # Euler
                 loop.add(SAMPLE, c, 1.0)
                 _derivative(loop, c, down - s, s)
@@ -375,10 +383,8 @@ class ComfyDPMPP2SAncestral(CFGPlusPlus, _Stochastic):
         """ComfyUI's dpmpp_2s_ancestral_cfg_pp (the class docstring), each update written
         with the current call's x̂_0 as u's and ``guided`` the part from g."""
         loop, guided = _Loop(), []
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
+        for _, s, t, c in loop.steps(sigmas, land=False):
             down, up = ancestral_step(s, t, self.eta)
-            c = loop.call(s)
             if down == 0:
                 loop.add(X0, c, 1.0)
                 guided.append(1.0)
@@ -420,13 +426,11 @@ class ComfyDPMPP2SAncestral(CFGPlusPlus, _Stochastic):
             return self.cfg_pp_calls(sigmas)
         loop = _Loop()
         flow = self.model_sampling.flow
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
+        for _, s, t, c in loop.steps(sigmas, land=False):
             if flow:
                 down, ratio, noise = rf_ancestral_step(s, t, self.eta)
             else:
                 (down, noise), ratio = ancestral_step(s, t, self.eta), 1.0
-            c = loop.call(s)
             if (t == 0) if flow else (down == 0):  # Euler
                 loop.add(SAMPLE, c, 1.0)
                 _derivative(loop, c, down - s, s)
@@ -484,12 +488,7 @@ class ComfyDPMPPSDE(_Stochastic):
         loop = _Loop()
         sigmas = self.offset_first(sigmas)
         noisy = self.eta > 0 and self.s_noise > 0
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
-            if t == 0:
-                loop.add(X0, c, 1.0)
-                continue
+        for _, s, t, c in loop.steps(sigmas):
             lam_s, lam_t = self.lam(s), self.lam(t)
             h = lam_t - lam_s
             lam_u = lam_s + self.r * h
@@ -525,12 +524,7 @@ class _SDEMultistep(_Stochastic):
         loop = _Loop()
         sigmas = self.offset_first(sigmas)
         hs: list[float] = []  # the h of each step so far
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
-            if t == 0:
-                loop.add(X0, c, 1.0)
-                continue
+        for _, s, t, c in loop.steps(sigmas):
             lam_s, lam_t = self.lam(s), self.lam(t)
             h = lam_t - lam_s
             h_eta = h * (self.eta + 1)
@@ -632,9 +626,7 @@ class ComfyDDPM(_Stochastic):
 
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop = _Loop()
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
+        for _, s, t, c in loop.steps(sigmas, land=False):
             ab_s, ab_t = 1 / (s * s + 1), 1 / (t * t + 1)
             alpha = ab_s / ab_t
             out = 1.0 if t == 0 else math.sqrt(1 + t**2)  # back to the VE sample
@@ -666,15 +658,10 @@ class ComfyLCM(_Stochastic):
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop = _Loop()
         ms = self.model_sampling
-        for i in range(len(sigmas) - 1):
-            t = float(sigmas[i + 1])
-            c = loop.call(sigmas[i])
-            if t == 0:
-                loop.add(X0, c, 1.0)
-                continue
+        for _, s, t, c in loop.steps(sigmas):
             a, b = ms.noise_scaling(t, max_denoise=False)
             loop.add(X0, c, b)
-            loop.add_noise(self.s_noise * a, (float(sigmas[i]), t))
+            loop.add_noise(self.s_noise * a, (s, t))
         return loop.calls()
 
 
@@ -705,10 +692,8 @@ class ComfyResMultistepAncestral(CFGPlusPlus, _Stochastic):
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop, guided = _Loop(), []
         old_down = None
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
+        for i, s, t, c in loop.steps(sigmas, land=False):
             down, up = ancestral_step(s, t, self.eta)
-            c = loop.call(s)
             if down == 0 or old_down is None:  # Euler
                 loop.add(SAMPLE, c, 1.0)
                 _derivative(loop, c, down - s, s)
@@ -770,15 +755,9 @@ class ComfyERSDE(_Stochastic):
         f = _er_sde_scaler if self.noise_scaler == "er_sde" else _reverse_time_scaler(self.eta)
         loop = _Loop()
         sigmas = self.offset_first(sigmas)
-        n = len(sigmas) - 1
         rho = [math.exp(-self.lam(float(x))) if x > 0 else 0.0 for x in sigmas]
         cells = np.arange(QUADRATURE_POINTS, dtype=np.float64)
-        for i in range(n):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
-            if t == 0:
-                loop.add(X0, c, 1.0)
-                continue
+        for i, s, t, c in loop.steps(sigmas):
             stage = min(self.max_stage, i + 1)
             a_s, a_t = s / rho[i], t / rho[i + 1]
             ratio = float(f(rho[i + 1]) / f(rho[i]))
@@ -845,12 +824,7 @@ class _SEEDS(_Stochastic):
         loop = _Loop()
         sigmas = self.offset_first(sigmas)
         noisy = self.eta > 0 and self.s_noise > 0
-        for i in range(len(sigmas) - 1):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            c = loop.call(s)
-            if t == 0:
-                loop.add(X0, c, 1.0)
-                continue
+        for _, s, t, c in loop.steps(sigmas):
             lam_s, lam_t = self.lam(s), self.lam(t)
             h = lam_t - lam_s
             h_eta = h * (self.eta + 1)
@@ -1042,9 +1016,7 @@ class ComfySASolver(_Stochastic):
         finals: list[int] = []  # the call whose x̂_0 is step j's estimate
         last_pred: dict[tuple[str, int], float] = {}  # the previous predictor's Σ b^p x̂_0
         tau = 0.0
-        for i in range(n):
-            s, t = float(sigmas[i]), float(sigmas[i + 1])
-            a = loop.call(s)
+        for i, s, t, a in loop.steps(sigmas, land=False):
             finals.append(a)
             known = min(i + 1, most)
             p_order = min(self.predictor_order, known)

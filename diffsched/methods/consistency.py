@@ -28,14 +28,14 @@ on s_i evenly spaced from ``max_timesteps`` to 0 (or [max, intermediate, 0] for 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core import ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, document
+from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clipping, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -74,6 +74,10 @@ class CMStochasticIterative(BrownianNoise, BaseScheduler):
     s_noise: float = option(1.0, "S_noise, the scale of the re-noising", "s_noise", low=0.0)
     rho: float = option(7.0, "ρ of the Karras grid (eq. 5)", "rho", low=0.0, low_open=True)
     clip_denoised_sample: bool = option(True, "clip f(x, σ) to [-1, 1]", "clip_denoised")
+    # with Clipping's processing of x̂_0 at a fixed range (diffusers' class has no option)
+    clip_sample_range: ClassVar[float] = 1.0
+    processes_x0 = Clipping.processes_x0
+    _process = Clipping._process
     prediction_type: str = option("consistency", "what the model predicts: F of f = c_skip x "
                                   "+ c_out F", None, choices=PREDICTION_TYPES)  # fmt: skip
 
@@ -87,13 +91,6 @@ class CMStochasticIterative(BrownianNoise, BaseScheduler):
     @property
     def deterministic(self) -> bool:
         return False
-
-    @property
-    def processes_x0(self) -> bool:
-        return self.clip_denoised_sample
-
-    def _process(self, x0: Array, owned: bool) -> Array:
-        return ops.clip(x0, 1.0, owned) if self.clip_denoised_sample else x0
 
     def _indices(self, num_steps: int | None, timesteps: Any = None) -> np.ndarray:
         if timesteps is None:

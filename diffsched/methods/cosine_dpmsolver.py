@@ -37,13 +37,13 @@ from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
-from .edm import EDMEuler
+from .edm import EDMDenoiser, EDMEuler
 from .edm_dpmsolver import SOLVER_TYPES, EDMDPMSolverMultistep
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
+class CosineDPMSolverMultistep(BrownianNoise, EDMDenoiser, BaseScheduler):
     """Multistep SDE-DPM-Solver++ of Stable Audio (eqs. 1-2; k-diffusion's
     ``sample_dpmpp_2m_sde`` with σ_data preconditioning and arctan timesteps).
 
@@ -83,13 +83,6 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
 
     algorithm_type = "sde-dpmsolver++"  # what EDMDPMSolverMultistep's table reads
 
-    def _check(self) -> None:
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"CosineDPMSolverMultistep option sigma_min must be below "
-                f"sigma_max={self.sigma_max}, got: {self.sigma_min}"
-            )
-
     @property
     def deterministic(self) -> bool:
         return False
@@ -112,10 +105,6 @@ class CosineDPMSolverMultistep(BrownianNoise, BaseScheduler):
         """(1, σ) of each call: the native sample is x = x_0 + σ ε."""
         _, sig = self._grid(num_steps)
         return np.ones(len(sig) - 1), sig[:-1]
-
-    @property
-    def takes_unconditional(self) -> bool:
-        return True
 
     def tableau(self, num_steps: int) -> Tableau:
         return EDMDPMSolverMultistep.tableau(self, num_steps)  # type: ignore[arg-type]

@@ -47,7 +47,6 @@ that both reproduce alike).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +54,11 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import Scheduler, SigmaGrid, SolverOptions, Spacing, document
-from ..schedules import shifts, solver_grid
+from ..schedules import solver_grid
 from ._img2img import first_call
 from .dpmsolver import (
+    DPMSolverMultistep,
+    SolverGridLevels,
     Thresholding,
     flow_prediction_type_option,
     multistep_orders,
@@ -68,7 +69,7 @@ from .dpmsolver import (
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
+class DEIS(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler):
     """Diffusion exponential integrator sampler, multistep in log ρ (Zhang & Chen 2023).
 
     Order ``solver_order`` (2 by default; 1, 2 during the warm-up, lower at the end); one
@@ -103,10 +104,7 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
         "logrho", "the polynomial's variable: logrho (log ρ, eq. 3)", "solver_type",
         choices=("logrho",),
     )  # fmt: skip
-    lower_order_final: bool = option(
-        True, "with fewer than 15 steps, first order at the last call and at most second "
-        "order at the one before", "lower_order_final",
-    )  # fmt: skip
+    lower_order_final: bool = with_default(DPMSolverMultistep, "lower_order_final", True)
     use_flow_sigmas: bool = with_default(SolverOptions, "use_flow_sigmas", False)
     flow_shift: float = with_default(SolverOptions, "flow_shift", 1.0)
     timestep_spacing: str = with_default(Spacing, "timestep_spacing", "linspace")
@@ -119,8 +117,7 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
     def _grid(self, num_steps: int | None, mu: Any = None) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self.sigma_kind or ("flow" if self.use_flow_sigmas else None)
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         return solver_grid.solver_grid(
             self.alphas_cumprod, num_steps,
             spacing=self.timestep_spacing, offset=self.timesteps_offset,
@@ -128,21 +125,12 @@ class DEIS(Thresholding, SigmaGrid, Spacing, Scheduler):
             flow_shift=shift,
         )  # fmt: skip
 
-    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
-        strength = init_options.pop("strength", 1.0)
-        grid = self._grid(num_steps, **init_options)
-        cut = first_call(len(grid.timesteps), strength)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
-        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
-        return float(abar[0]), float(abar[1])
-
     def tableau(self, num_steps: int | None, mu: Any = None, strength: float = 1.0) -> Tableau:
         grid = self._grid(num_steps, mu)
         n = len(grid.timesteps)
         cut = first_call(n, strength)
-        few = self.lower_order_final and n < 15
         orders = multistep_orders(
-            n, self.solver_order, grid.sigmas, last_first=few, second_last_second=few, begin=cut
+            n, self.solver_order, grid.sigmas, lower_order_final=self.lower_order_final, begin=cut
         )
         tab = multistep_tableau(
             grid, orders, prediction_type=self.prediction_type, data=False,

@@ -189,8 +189,29 @@ def custom_timesteps(values: Any, num_train_steps: int) -> np.ndarray:
     return ts
 
 
+class SolverGridLevels:
+    """For a class whose ``_grid(num_steps, **init_options)`` is diffusers' ``set_timesteps``
+    grid (:class:`~diffsched.schedules.solver_grid.SolverGrid`): its noise levels, the first
+    call's of an image-to-image loop (``strength``) included, and its flow shift."""
+
+    def flow_shift_of(self, mu: Any) -> float:
+        """The static ``flow_shift``, or e^μ of ``init(..., mu=μ)`` with
+        ``use_dynamic_shifting`` (diffusers sets flow_shift = e^μ)."""
+        dynamic = self.use_dynamic_shifting  # type: ignore[attr-defined]
+        mu = shifts.checked_mu(mu, dynamic=dynamic, who=type(self).__name__)
+        return self.flow_shift if mu is None else math.exp(mu)  # type: ignore[attr-defined]
+
+    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        strength = init_options.pop("strength", 1.0)
+        grid = self._grid(num_steps, **init_options)  # type: ignore[attr-defined]
+        cut = first_call(len(grid.timesteps), strength)
+        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
+        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
+        return float(abar[0]), float(abar[1])
+
+
 @dataclass(frozen=True, kw_only=True)
-class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
+class _DPMSolverBase(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler):
     """The options of diffusers' DPM-Solver multistep classes (forward and inverse)."""
 
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
@@ -275,24 +296,14 @@ class _DPMSolverBase(Thresholding, SigmaGrid, Spacing, Scheduler):
             kind = "flow"
         return kind
 
-    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
-        strength = init_options.pop("strength", 1.0)
-        grid = self._grid(num_steps, **init_options)
-        cut = first_call(len(grid.timesteps), strength)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
-        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of (α, σ_t)
-        return float(abar[0]), float(abar[1])
-
     # -- the table -------------------------------------------------------------------------
 
     def _orders(self, n: int, sig: np.ndarray, begin: int, *, to_zero: bool) -> list[int]:
         """The order of each of the n calls (module docstring, "Order at each call"), the
         warm-up starting at call ``begin``; ``to_zero``: ``final_sigmas_type="zero"``."""
-        few = self.lower_order_final and n < 15
         return multistep_orders(
-            n, self.solver_order, sig,
-            last_first=self.euler_at_final or few or to_zero, second_last_second=few,
-            begin=begin,
+            n, self.solver_order, sig, lower_order_final=self.lower_order_final,
+            last_first=self.euler_at_final or to_zero, begin=begin,
         )  # fmt: skip
 
     def _table(
@@ -323,14 +334,17 @@ def multistep_orders(
     solver_order: int,
     sigmas: np.ndarray,
     *,
-    last_first: bool,
-    second_last_second: bool,
+    lower_order_final: bool,
+    last_first: bool = False,
     begin: int = 0,
 ) -> list[int]:
     """The order of each of n calls: the warm-up (1, 2, ...) from call ``begin`` (where an
     image-to-image loop starts: diffusers restarts the warm-up at a pipeline's begin index),
-    first order at the last call when ``last_first``, at most second at the one before when
-    ``second_last_second``, and first order into a final level σ = 0 (h = ∞)."""
+    with ``lower_order_final`` and n < 15 first order at the last call and at most second at
+    the one before, first order at the last call when ``last_first``, and first order into a
+    final level σ = 0 (h = ∞)."""
+    second_last_second = lower_order_final and n < 15
+    last_first = last_first or second_last_second
     out = []
     for i in range(n):
         k = i - begin  # calls made before this one
@@ -486,8 +500,7 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         if timesteps is not None:
             if kind is not None:
                 raise ValueError(f"timesteps= cannot be combined with {kind} levels")

@@ -50,7 +50,6 @@ of the order or the final σ is 0; here the same rule is applied without changin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +59,12 @@ from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
-from ..schedules import shifts, solver_grid
+from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
 from .dpmsolver import (
     SDE_THIRD_ORDER,
+    SolverGridLevels,
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
@@ -100,7 +100,7 @@ def order_list(num_steps: int, order: int, lower_order_final: bool, final_zero: 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
+class DPMSolverSinglestep(BrownianNoise, Thresholding, SolverGridLevels, SigmaGrid, Scheduler):
     """DPM-Solver singlestep (Lu et al. 2022a, Alg. 1-2; DPM-Solver++ of Lu et al. 2022b).
 
     Order ``solver_order`` (2 by default; 1-3), reached within each group of as many calls
@@ -177,8 +177,7 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
     ) -> solver_grid.SolverGrid:
         """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
         kind = "flow" if self.use_flow_sigmas else self.sigma_kind
-        mu = shifts.checked_mu(mu, dynamic=self.use_dynamic_shifting, who=type(self).__name__)
-        shift = self.flow_shift if mu is None else math.exp(mu)  # diffusers: flow_shift = e^μ
+        shift = self.flow_shift_of(mu)
         if timesteps is not None:
             timesteps = custom_timesteps(timesteps, self.num_train_steps)
             if kind is not None:
@@ -199,14 +198,6 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SigmaGrid, Scheduler):
         zero = self.final_sigmas_type == "zero"
         lower = self.lower_order_final or n % self.solver_order != 0 or zero
         return order_list(n, self.solver_order, lower, zero)
-
-    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
-        strength = init_options.pop("strength", 1.0)
-        grid = self._grid(num_steps, **init_options)
-        cut = first_call(len(grid.timesteps), strength)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
-        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of α, σ_t
-        return float(abar[0]), float(abar[1])
 
     # -- the table -----------------------------------------------------------------------
 

@@ -43,9 +43,43 @@ from ._img2img import first_call
 SIGMA_SCHEDULES = ("karras", "exponential")
 
 
+class EDMDenoiser:
+    """EDM's preconditioned denoiser (eq. 7, Table 1) for a class with :class:`EDMEuler`'s
+    options σ_min, σ_max, σ_data and prediction_type: their check, c_skip and c_out, and the
+    native sample x = x_0 + σ ε of a call at timestep c_noise = ¼ ln σ."""
+
+    def _check(self) -> None:
+        if self.sigma_min >= self.sigma_max:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{type(self).__name__} option sigma_min must be below "
+                f"sigma_max={self.sigma_max}, got: {self.sigma_min}"  # type: ignore[attr-defined]
+            )
+
+    def preconditioning(self, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c_skip, c_out) of eq. 7 at each σ: D = c_skip x + c_out F, c_out negated for
+        angular_velocity (diffusers' v_prediction)."""
+        data = self.sigma_data  # type: ignore[attr-defined]
+        c_skip = data**2 / (sigma**2 + data**2)
+        c_out = sigma * data / np.sqrt(sigma**2 + data**2)
+        if self.prediction_type == "angular_velocity":  # type: ignore[attr-defined]
+            c_out = -c_out
+        return c_skip, c_out
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(1, σ) of each call: the native sample is x = x_0 + σ ε, σ = e^{4 c_noise}."""
+        sig = np.exp(4.0 * np.asarray(tableau.timesteps, np.float64))
+        return np.ones_like(sig), sig
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
+
+
 @document
 @dataclass(frozen=True, kw_only=True)
-class EDMEuler(BrownianNoise, Churn, BaseScheduler):
+class EDMEuler(BrownianNoise, Churn, EDMDenoiser, BaseScheduler):
     """Euler's method on EDM's preconditioned denoiser (Karras et al. 2022, Alg. 1 and 2).
 
     First order; one model call per step; deterministic unless ``s_churn`` > 0 (Alg. 2).
@@ -94,13 +128,6 @@ class EDMEuler(BrownianNoise, Churn, BaseScheduler):
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
 
-    def _check(self) -> None:
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"EDMEuler option sigma_min must be below sigma_max={self.sigma_max}, "
-                f"got: {self.sigma_min}"
-            )
-
     @property
     def deterministic(self) -> bool:
         return self.s_churn == 0
@@ -123,17 +150,6 @@ class EDMEuler(BrownianNoise, Churn, BaseScheduler):
         ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))  # c_noise (Table 1)
         return ts, sig, first_call(len(ts), strength)
 
-    def native_levels(
-        self, tableau: Tableau, num_steps: int, init_options: dict
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(1, σ) of each call: the native sample is x = x_0 + σ ε, σ = e^{4 c_noise}."""
-        sig = np.exp(4.0 * np.asarray(tableau.timesteps, np.float64))
-        return np.ones_like(sig), sig
-
-    @property
-    def takes_unconditional(self) -> bool:
-        return True
-
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         _, sig, cut = self._grid(num_steps, **init_options)
         return (
@@ -152,11 +168,7 @@ class EDMEuler(BrownianNoise, Churn, BaseScheduler):
         )
         hat = s * (gamma + 1)
         churn = np.sqrt(hat**2 - s**2) * self.s_noise  # x̂ = x + churn · z
-        # eq. 7 / Table 1 at σ̂: D = c_skip x̂ + c_out F
-        c_skip = self.sigma_data**2 / (hat**2 + self.sigma_data**2)
-        c_out = hat * self.sigma_data / np.sqrt(hat**2 + self.sigma_data**2)
-        if self.prediction_type == "angular_velocity":
-            c_out = -c_out
+        c_skip, c_out = self.preconditioning(hat)  # eq. 7 / Table 1 at σ̂
         ratio = (s_next - hat) / hat  # x_{i+1} = x̂ + (σ_{i+1} - σ̂)(x̂ - D)/σ̂
         # D is formed from x̂ = x + churn z: its z part moves into the noise column
         noise = churn * (1 + ratio) - ratio * c_skip * churn

@@ -61,8 +61,8 @@ from ..core.options import option, with_default
 from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call, restarted
-from .dpmsolver import Thresholding, multistep_orders, multistep_rows
-from .edm import EDMEuler
+from .dpmsolver import DPMSolverMultistep, Thresholding, multistep_orders, multistep_rows
+from .edm import EDMDenoiser, EDMEuler
 from .kit import data_estimate, exponential_multistep
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
@@ -85,7 +85,7 @@ def float32_linspace(start: float, end: float, num: int) -> np.ndarray:
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
+class EDMDPMSolverMultistep(BrownianNoise, Thresholding, EDMDenoiser, BaseScheduler):
     """Multistep DPM-Solver++ on EDM's preconditioned denoiser (Lu et al. 2022b, Alg. 2;
     Karras et al. 2022, eq. 7).
 
@@ -131,26 +131,13 @@ class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
         "DPM-Solver++(2M)) or heun (the Taylor term h φ_2(-h))", "solver_type",
         choices=SOLVER_TYPES,
     )  # fmt: skip
-    lower_order_final: bool = option(
-        True, "with fewer than 15 steps, first order at the last call and at most second "
-        "order at the one before", "lower_order_final",
-    )  # fmt: skip
-    euler_at_final: bool = option(
-        False, "first order (Euler) at the last call, whatever the number of steps",
-        "euler_at_final",
-    )  # fmt: skip
+    lower_order_final: bool = with_default(DPMSolverMultistep, "lower_order_final", True)
+    euler_at_final: bool = with_default(DPMSolverMultistep, "euler_at_final", False)
     final_sigmas_type: str = option(
         "zero", "the level of the final sample: zero (the last step lands on D) or sigma_min "
         "(σ_min, or the grid's last level where float32 puts it below σ_min)",
         "final_sigmas_type", choices=("zero", "sigma_min"),
     )  # fmt: skip
-
-    def _check(self) -> None:
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"EDMDPMSolverMultistep option sigma_min must be below "
-                f"sigma_max={self.sigma_max}, got: {self.sigma_min}"
-            )
 
     @property
     def deterministic(self) -> bool:
@@ -174,17 +161,6 @@ class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
         ts = sigma_schedules.as_float32(0.25 * np.log(sig[:-1]))  # c_noise (Table 1)
         return ts, sig
 
-    def native_levels(
-        self, tableau: Tableau, num_steps: int, init_options: dict
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(1, σ) of each call: the native sample is x = x_0 + σ ε, σ = e^{4 c_noise}."""
-        sig = np.exp(4.0 * np.asarray(tableau.timesteps, np.float64))
-        return np.ones_like(sig), sig
-
-    @property
-    def takes_unconditional(self) -> bool:
-        return True
-
     def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
         _, sig = self._grid(num_steps)
         abar = sigma_schedules.alpha_bar_of(sig[[first_call(num_steps, strength), -1]])
@@ -195,16 +171,10 @@ class EDMDPMSolverMultistep(BrownianNoise, Thresholding, BaseScheduler):
         n = len(ts)
         cut = first_call(n, strength)  # image-to-image: the warm-up restarts here
         s = sig[:n]
-        # eq. 1 at each call: D = c_skip x + c_out F
-        c_skip = self.sigma_data**2 / (s**2 + self.sigma_data**2)
-        c_out = s * self.sigma_data / np.sqrt(s**2 + self.sigma_data**2)
-        if self.prediction_type == "angular_velocity":
-            c_out = -c_out
-        few = self.lower_order_final and n < 15
+        c_skip, c_out = self.preconditioning(s)  # eq. 1 at each call: D = c_skip x + c_out F
         orders = multistep_orders(
-            n, self.solver_order, sig,
-            last_first=self.euler_at_final or few or self.final_sigmas_type == "zero",
-            second_last_second=few, begin=cut,
+            n, self.solver_order, sig, lower_order_final=self.lower_order_final,
+            last_first=self.euler_at_final or self.final_sigmas_type == "zero", begin=cut,
         )  # fmt: skip
         stochastic = not self.deterministic
         second = "taylor" if self.solver_type == "heun" else "midpoint"

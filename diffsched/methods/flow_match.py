@@ -185,7 +185,8 @@ class _FlowMatchBase(BaseScheduler):
 
 @dataclass(frozen=True, kw_only=True)
 class _ShiftedGrid(SigmaGrid):
-    """The σ-grid options of FlowMatchEulerDiscreteScheduler and FlowMatchLCMScheduler."""
+    """The σ-grid options of FlowMatchEulerDiscreteScheduler and FlowMatchLCMScheduler, and
+    their one table: Euler's step (3) or x̂_0 re-noised (4)."""
 
     use_dynamic_shifting: bool = option(
         False, "shift each image's levels by μ (eq. 10; FLUX) instead of by the static shift; "
@@ -261,17 +262,18 @@ class _ShiftedGrid(SigmaGrid):
                 f"{comfy.TABLE_SCHEDULES + comfy.FLOW_LISTS}"
             )
 
-    def _euler_tableau(
+    def tableau(
         self,
         num_steps: int,
-        sigmas: Any,
-        timesteps: Any,
-        mu: Any,
-        image_seq_len: Any,
-        strength: float,
-        stochastic: bool,
+        sigmas: Any = None,
+        timesteps: Any = None,
+        mu: Any = None,
+        image_seq_len: Any = None,
+        strength: float = 1.0,
     ) -> Tableau:
-        """Euler's step (3), or with ``stochastic`` x̂_0 re-noised to the next level (4)."""
+        """Euler's step (3), or x̂_0 re-noised to the next level (4) where the class is
+        stochastic (FlowMatchEuler's ``stochastic_sampling``, FlowMatchLCM)."""
+        stochastic = not self.deterministic  # type: ignore[attr-defined]
         ts, sig = self._grid(num_steps, sigmas, timesteps, mu, image_seq_len)
         cut = first_flow_call(len(ts), strength)
         ts, sig = ts[cut:], sig[cut:]
@@ -329,19 +331,6 @@ class FlowMatchEuler(BrownianNoise, _ShiftedGrid, _FlowMatchBase):
     @property
     def deterministic(self) -> bool:
         return not self.stochastic_sampling
-
-    def tableau(
-        self,
-        num_steps: int,
-        sigmas: Any = None,
-        timesteps: Any = None,
-        mu: Any = None,
-        image_seq_len: Any = None,
-        strength: float = 1.0,
-    ) -> Tableau:
-        return self._euler_tableau(
-            num_steps, sigmas, timesteps, mu, image_seq_len, strength, self.stochastic_sampling
-        )
 
 
 @document
@@ -450,19 +439,7 @@ class FlowMatchLCM(BrownianNoise, _ShiftedGrid, _FlowMatchBase):
 
     @property
     def deterministic(self) -> bool:
-        return False
-
-    def tableau(
-        self,
-        num_steps: int,
-        sigmas: Any = None,
-        timesteps: Any = None,
-        mu: Any = None,
-        image_seq_len: Any = None,
-        strength: float = 1.0,
-    ) -> Tableau:
-        """The step of FlowMatchEuler(stochastic_sampling=True): x̂_0 re-noised (eq. 4)."""
-        return self._euler_tableau(num_steps, sigmas, timesteps, mu, image_seq_len, strength, True)
+        return False  # the step of FlowMatchEuler(stochastic_sampling=True): eq. 4
 
 
 def is_flow_match(scheduler: object) -> bool:

@@ -27,14 +27,14 @@ sqrt(1 - ᾱ_{t'}): the same distribution as drawing them one by one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core import engine, ops, predictions
 from ..core.engine import OUTPUT, X0, Tableau
 from ..core.options import option
-from ..core.scheduler import Scheduler, document
+from ..core.scheduler import Clipping, Scheduler, document
 from ..schedules import betas as beta_schedules
 
 Array = Any
@@ -81,17 +81,14 @@ class RePaint(Scheduler):
         "eta argument)", "eta", low=0.0,
     )  # fmt: skip
     clip_denoised_sample: bool = option(True, "clip x̂_0 to [-1, 1]", "clip_sample")
+    # with Clipping's processing of x̂_0 at a fixed range (diffusers' class has no option)
+    clip_sample_range: ClassVar[float] = 1.0
+    processes_x0 = Clipping.processes_x0
+    _process = Clipping._process
 
     @property
     def deterministic(self) -> bool:
         return False
-
-    @property
-    def processes_x0(self) -> bool:
-        return self.clip_denoised_sample
-
-    def _process(self, x0: Array, owned: bool) -> Array:
-        return ops.clip(x0, 1.0, owned) if self.clip_denoised_sample else x0
 
     def schedule(self, num_steps: int, jump_length: int = 10, jump_n_sample: int = 10):
         """diffusers' resampling schedule: every timestep visited, going down and up."""

@@ -105,13 +105,8 @@ class TCD(BrownianNoise, ZeroTerminalSNR, Scheduler):
     def deterministic(self) -> bool:
         return self.eta == 0
 
-    def native_levels(
-        self, tableau: Tableau, num_steps: int, init_options: dict
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) at each call's training timestep (the boundary
-        condition's c_skip, c_out hide the level from the x̂_0 conversion)."""
-        abar = self.alphas_cumprod[np.asarray(tableau.timesteps, np.int64)]
-        return np.sqrt(abar), np.sqrt(1.0 - abar)
+    # LCM's: the levels at the training timesteps, which the boundary condition hides
+    native_levels = LCM.native_levels
 
     def _levels(self, num_steps: int, strength: float = 1.0):
         """(timesteps, ᾱ_t, ᾱ_{t'}, ᾱ_s) of every step (t' = 0 after the last)."""

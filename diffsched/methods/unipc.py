@@ -76,6 +76,7 @@ from ..schedules import discrete, shifts, solver_grid
 from ._dpm_solver_coefficients import phi
 from ._img2img import first_call
 from .dpmsolver import (
+    SolverGridLevels,
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
@@ -98,7 +99,7 @@ def unipc_weights(r: np.ndarray, hh: float, solver_type: str) -> tuple[float, li
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
+class UniPC(Thresholding, SolverGridLevels, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
     """UniPC, the unified predictor-corrector (Zhao et al. 2023, Alg. 2 with UniC).
 
     Order ``solver_order`` for the predictor UniP, one more after the corrector UniC (1, 2,
@@ -246,14 +247,6 @@ class UniPC(Thresholding, ZeroTerminalSNR, SigmaGrid, Spacing, Scheduler):
                 )
             grid = grid._replace(sigmas=sig)
         return grid
-
-    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
-        strength = init_options.pop("strength", 1.0)
-        grid = self._grid(num_steps, **init_options)
-        cut = first_call(len(grid.timesteps), strength)
-        alpha, sigma = solver_grid.alpha_sigma(grid.sigmas[[cut, -1]], grid.flow)
-        abar = alpha**2 / (alpha**2 + sigma**2)  # the variance-preserving level of α, σ_t
-        return float(abar[0]), float(abar[1])
 
     # -- the table -----------------------------------------------------------------------
 
