@@ -257,6 +257,20 @@ def worst(checked: list) -> tuple[float, float]:
             max((d32 for _, _, d32 in checked if d32 is not None), default=0.0))  # fmt: skip
 
 
+def check_sampler(
+    cases: list[dict], sampler: str, run: Callable, tol64: float, tol32: float, label: str
+) -> list:
+    """:func:`check_cases` of one sampler's cases, its largest differences recorded for the
+    summary as "<label> float64 vs oracle" and "<label> float32 oracle vs ours"."""
+    import oracle as summary
+
+    checked = check_cases([c for c in cases if c["sampler"] == sampler], run, tol64, tol32)
+    worst64, worst32 = worst(checked)
+    summary.record(f"{label} float64 vs oracle", sampler, worst64)
+    summary.record(f"{label} float32 oracle vs ours", sampler, worst32)
+    return checked
+
+
 def check_live(cases: list[dict], run: Callable, timesteps: bool = True) -> None:
     """The fixture is the live oracle: ``run(ORACLE, case)`` gives the recorded result
     (1e-13) and, with ``timesteps``, the recorded timesteps of the conditional calls."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import comfy_parity as cp
 import numpy as np
-import oracle as summary
 import pytest
 import record_comfy_cfgpp as rec
 from comfy_parity import build, needs_oracle, rel
@@ -67,10 +66,7 @@ def test_the_grid_covers_every_name_model_and_scheduler():
 
 @pytest.mark.parametrize("sampler", list(rec.SAMPLERS))
 def test_cfgpp_sampler_equals_comfyui(sampler):
-    checked = cp.check_cases([c for c in CASES if c["sampler"] == sampler], run, TOL64, TOL32)
-    worst64, worst32 = cp.worst(checked)
-    summary.record("COMFY cfg_pp float64 vs oracle", sampler, worst64)
-    summary.record("COMFY cfg_pp float32 oracle vs ours", sampler, worst32)
+    cp.check_sampler(CASES, sampler, run, TOL64, TOL32, "COMFY cfg_pp")
 
 
 def test_names_map_to_the_classes_with_cfg_pp():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import comfy_parity as cp
 import numpy as np
-import oracle as summary
 import pytest
 import record_comfy_samplers as base
 import record_comfy_stochastic as rec
@@ -67,10 +66,7 @@ def test_the_grid_covers_every_sampler_scheduler_and_model():
 
 @pytest.mark.parametrize("sampler", rec.SAMPLERS)
 def test_sampler_equals_comfyui(sampler):
-    checked = cp.check_cases([c for c in CASES if c["sampler"] == sampler], run, TOL64, TOL32)
-    worst64, worst32 = cp.worst(checked)
-    summary.record("COMFY stochastic float64 vs oracle", sampler, worst64)
-    summary.record("COMFY stochastic float32 oracle vs ours", sampler, worst32)
+    cp.check_sampler(CASES, sampler, run, TOL64, TOL32, "COMFY stochastic")
 
 
 def test_noise_is_what_makes_the_difference():
