@@ -23,6 +23,8 @@ __all__ = ["MODULES", "module_of", "scheduler"]
 # ----------------------------------------------------------------------------------------
 
 SHAPE = (2, 4, 8, 8)
+F64_BOUND = 1e-6  # final samples against diffusers with float64 tables, in float64
+F32_BOUND = 1e-4  # ... in float32
 
 
 def calls(sched, holder: list, timesteps):
@@ -47,6 +49,14 @@ MAX_REL: dict[tuple[str, str], float] = {}
 def record(label: str, scheduler_name: str, value: float) -> None:
     key = (label, scheduler_name)
     MAX_REL[key] = max(MAX_REL.get(key, 0.0), float(value))
+
+
+def check(ours, theirs, label: str, name: str, bound: float) -> float:
+    """:func:`rel` of the two, recorded under (label, name) and asserted below ``bound``."""
+    r = rel(ours, theirs)
+    record(label, name, r)
+    assert r < bound, r
+    return r
 
 
 def rel(ours, theirs) -> float:
@@ -151,6 +161,80 @@ def drive(d, num_steps, x, model, *, eta=0.0, rederive=False, noises=None, stren
     return d.timesteps, y
 
 
+@contextlib.contextmanager
+def float64_default(active: bool = True):
+    """torch's default dtype float64 (where ``active``): the grids diffusers builds in the
+    default dtype (``torch.linspace`` without a dtype, ``torch.tensor`` of Python floats)
+    computed in double precision."""
+    if not active:
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def img2img_inputs(noise_count: int, tanh: bool = True):
+    """(clean image, noise, model, step noises) of the image-to-image comparisons: the clean
+    image tanh of a normal sample (seed 3; ``tanh=False``: the sample itself), the noise
+    added to it seed 4, ``noise_count`` step draws."""
+    clean = start_sample(seed=3)
+    return (torch.tanh(clean) if tanh else clean, start_sample(seed=4), linear_tanh_model(),
+            noise_list(noise_count))  # fmt: skip
+
+
+def img2img_ours(sched, num_steps, strength, clean, noise, model, noises):
+    """(timesteps, start, final sample) of our image-to-image loop: ``init(strength=)``,
+    ``add_noise`` of ``clean``, then the steps (``noises[i]`` at step i if stochastic)."""
+    state, timesteps = sched.init(num_steps, clean, strength=strength)
+    start = sched.add_noise(state, clean, noise)
+    x = start
+    for i, t in enumerate(timesteps):
+        kwargs = {} if sched.deterministic else {"noise": noises[i]}
+        state, x = sched.step(state, x, model(x, t), **kwargs)
+    return timesteps, start, x
+
+
+def img2img_diffusers(config, num_steps, strength, clean, noise, model, noises, given_start=None):
+    """(timesteps, start, final sample) of diffusers' scheduler (float64 tables) driven as
+    ``StableDiffusionImg2ImgPipeline`` drives it: ``set_timesteps(N)``, the last floor(N s)
+    steps (``timesteps[t_start · order:]``), ``set_begin_index``, ``add_noise`` at the first
+    of them (``given_start`` for a class without ``add_noise``: start None), the step loop
+    with ``randn_tensor``'s draw at step i replaced by ``noises[i]``."""
+    from unittest import mock
+
+    from diffsched.interop import peer
+
+    module = peer.module_of(config)
+    d = peer.scheduler(config)
+    with peer._double_tables(module):
+        d.set_timesteps(num_steps)
+    peer._double_grids(d)
+    t_start = num_steps - min(int(num_steps * strength), num_steps)
+    timesteps = d.timesteps[t_start * d.order :]
+    if hasattr(d, "set_begin_index"):
+        d.set_begin_index(t_start * d.order)
+    current = [0]
+
+    def draw(shape, *args, **kwargs):
+        return noises[current[0]]
+
+    with (
+        peer._double_tables(module),
+        mock.patch.object(module, "randn_tensor", draw, create=True),
+    ):
+        # IPNDMScheduler has no add_noise (its img2img pipelines cannot run it): our start
+        start = d.add_noise(clean, noise, timesteps[:1]) if hasattr(d, "add_noise") else None
+        x = start if start is not None else given_start
+        for i, t in enumerate(timesteps):
+            current[0] = i
+            x = d.step(model(d.scale_model_input(x, t), t), t, x).prev_sample
+    return timesteps, start, x
+
+
 def scheduler_from_config(config: dict, *, float64: bool = True):
     """diffusers' own ``SchedulerClass.from_config(config)`` (float64 tables by default).
 
@@ -236,6 +320,22 @@ def well_conditioned_dpm2_ancestral():
         yield
     finally:
         cls.set_timesteps = original
+
+
+def values_seen(cases) -> dict[str, set]:
+    """{"Class.option": the values the grid's cases give it} (``trained_betas``: whether
+    given), and {"Class.steps": the step counts}, of ``(sched, steps, ...)`` cases."""
+    import dataclasses
+
+    seen: dict[str, set] = {}
+    for sched, steps, *_ in cases:
+        name = type(sched).__name__
+        for field in dataclasses.fields(sched):
+            value = getattr(sched, field.name)
+            value = value is not None if field.name == "trained_betas" else value
+            seen.setdefault(f"{name}.{field.name}", set()).add(value)
+        seen.setdefault(f"{name}.steps", set()).update(steps)
+    return seen
 
 
 def grid(cases):

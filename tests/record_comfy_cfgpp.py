@@ -3,7 +3,7 @@
 tests/test_comfy_cfgpp.py holds ``ds.from_comfy("<name>_cfg_pp")`` to when the oracle is
 absent.
 
-    python tests/record_comfy_cfgpp.py     # from the repository root
+    python tests/record_comfy_cfgpp.py [OUT]  # from the repository root (OUT: to cmp a rerun)
 
 Each case is a ComfyUI KSampler run with classifier-free guidance (``cfg``) of the oracle's
 toy model (conditional: bias b; unconditional: bias b_uncond; the same W as
@@ -17,14 +17,10 @@ Deterministic: two runs write the same file.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import comfy_parity as cp
+from record_comfy_schedules import SCHEDULERS
 
-import numpy as np
-from record_comfy_samplers import NOISE, SHAPE, TOY_SEED, _floats
-from record_comfy_schedules import SCHEDULERS, load_oracle
-
-OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_cfgpp.json"
+OUT = cp.FIXTURES / "comfy_cfgpp.json"
 # ComfyUI's CFG++ names -> the diffsched class ds.from_comfy gives (with cfg_pp=True)
 SAMPLERS = {
     "euler_cfg_pp": "ComfyEuler",
@@ -79,57 +75,22 @@ def cases() -> list[dict]:
 
 
 def run(oracle, case: dict, precision: str = "float64", noise_replay=None) -> dict:
-    import torch
-
-    sigmas = case["sigmas"]
-    return oracle.run(
-        case["sampler"], case["scheduler"], case["steps"],
-        oracle.toy_model(SHAPE, seed=TOY_SEED), torch.tensor(NOISE), model=case["model"],
-        cfg=case["cfg"], denoise=case["denoise"], precision=precision,
-        sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        uncond_model_fn=oracle.toy_model(SHAPE, seed=TOY_SEED, which=case["uncond"]),
-        sampler_options=case["options"] or None, noise_replay=noise_replay,
-    )  # fmt: skip
+    return cp.run(oracle, case, precision, cfg=case["cfg"], noise_replay=noise_replay,
+                  uncond_model_fn=cp.toy(oracle, which=case["uncond"]))  # fmt: skip
 
 
 def expected(oracle, case: dict) -> dict:
     """What a test compares, from the oracle's float64 (and float32) runs."""
-    import torch
-
-    r = run(oracle, case)
-    row = dict(
-        sigmas=_floats(r["sigmas"]),
-        timesteps=_floats(r["model_timestep"][r["model_which"] == 0]),
-        sample=_floats(r["sample"]),
-        noise_den=[int(i) for i in r["noise_den_index"]],
-        noise=[_floats(z) for z in r["noise_draws"]],
-    )
-    row["sample32"] = None
-    if case["check32"]:
-        replay = [torch.tensor(z, dtype=torch.float32) for z in r["noise_draws"]]
-        row["sample32"] = _floats(run(oracle, case, "float32", replay)["sample"])
-    return row
+    return cp.replayed_expected(oracle, case, run)
 
 
 def record(oracle) -> dict:
-    params = oracle.toy_model(SHAPE, seed=TOY_SEED).params
     return {
         "format": "diffsched-comfy-cfgpp/2",
-        "toy": {"shape": list(SHAPE), "W": [_floats(r) for r in params["W"].numpy()],
-                "b": _floats(params["b"].numpy()), "b_uncond": _floats(params["b_uncond"].numpy()),
-                "noise": [_floats(r) for r in np.asarray(NOISE)]},
+        "toy": cp.toy_record(oracle, uncond=True),
         "cases": [dict(case, expected=expected(oracle, case)) for case in cases()],
-    }  # fmt: skip
-
-
-def main() -> None:
-    oracle = load_oracle()
-    if oracle is None:
-        raise SystemExit("the oracle (../shared/oracles/comfyui) is not there")
-    data = record(oracle)
-    OUT.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {OUT} ({len(data['cases'])} cases)")
+    }
 
 
 if __name__ == "__main__":
-    main()
+    cp.main(record, OUT)

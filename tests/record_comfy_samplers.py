@@ -2,7 +2,7 @@
 tests/fixtures/comfy_samplers.json, the numbers tests/test_comfy_samplers.py holds
 diffsched's ComfyUI samplers (ds.from_comfy) to when the oracle is absent.
 
-    python tests/record_comfy_samplers.py     # from the repository root
+    python tests/record_comfy_samplers.py [OUT]  # from the repository root (OUT: to cmp a rerun)
 
 Each case is a ComfyUI KSampler run on the oracle's toy model, pred(x_in, t) =
 tanh(x_in.reshape(B, D) @ W + (t / 1000) b) (W, b written once), from one fixed initial
@@ -13,29 +13,11 @@ call, the churn noise ComfyUI drew, the final sample (float64 run, and float32 r
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import comfy_parity as cp
+from comfy_parity import floats, run
+from record_comfy_schedules import SCHEDULERS
 
-import numpy as np
-from record_comfy_schedules import SCHEDULERS, load_oracle
-
-OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_samplers.json"
-SHAPE = (2, 8)
-TOY_SEED = 0
-NOISE = np.random.default_rng(16).standard_normal(SHAPE)
-
-# oracle preset -> (ds.from_comfy model, settings)
-MODELS = {
-    "eps-sd15": ("eps", {}),
-    "v-sd15": ("v", {}),
-    "flow-sd3": ("flow", {"shift": 3.0}),
-    "eps-sd15-zsnr": ("eps", {"zsnr": True}),
-    "v-sd15-zsnr": ("v", {"zsnr": True}),
-    "flux-dev": ("flux", {}),
-    "x0-sd15": ("x0", {}),
-    "lcm-sd15": ("lcm", {}),
-    "flow-auraflow": ("flow", {"multiplier": 1.0, "shift": 1.73}),
-}
+OUT = cp.FIXTURES / "comfy_samplers.json"
 BASE_MODELS = ("eps-sd15", "v-sd15", "flow-sd3")
 SAMPLERS = ("euler", "ddim", "heun", "heunpp2", "dpm_2", "lms", "dpm_fast", "dpmpp_2m",
             "ipndm", "ipndm_v", "deis", "res_multistep", "gradient_estimation", "uni_pc",
@@ -92,59 +74,28 @@ def cases() -> list[dict]:
     return out
 
 
-def toy(oracle):
-    return oracle.toy_model(SHAPE, seed=TOY_SEED)
-
-
-def run(oracle, case: dict, precision: str = "float64") -> dict:
-    import torch
-
-    sigmas = case["sigmas"]
-    return oracle.run(
-        case["sampler"], case["scheduler"], case["steps"], toy(oracle),
-        torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
-        sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        sampler_options=case["options"] or None, precision=precision,
-    )  # fmt: skip
-
-
-def _floats(a) -> list:
-    return [float(x) for x in np.asarray(a, dtype=np.float64).reshape(-1)]
-
-
 def expected(oracle, case: dict) -> dict:
     """What a test compares, from the oracle's float64 (and float32) runs."""
     r = run(oracle, case)
     churn = r["noise_kind"] == "randn_like"
     row = dict(
-        sigmas=_floats(r["sigmas"]),
-        timesteps=_floats(r["model_timestep"]),
-        sample=_floats(r["sample"]),
+        sigmas=floats(r["sigmas"]),
+        timesteps=floats(r["model_timestep"]),
+        sample=floats(r["sample"]),
         churn_den=[int(i) for i in r["noise_den_index"][churn]],
-        churn_noise=[_floats(z) for z in r["noise_draws"][churn]],
+        churn_noise=[floats(z) for z in r["noise_draws"][churn]],
     )
-    row["sample32"] = _floats(run(oracle, case, "float32")["sample"]) if case["check32"] else None
+    row["sample32"] = floats(run(oracle, case, "float32")["sample"]) if case["check32"] else None
     return row
 
 
 def record(oracle) -> dict:
-    params = toy(oracle).params
     return {
         "format": "diffsched-comfy-samplers/1",
-        "toy": {"shape": list(SHAPE), "W": [_floats(r) for r in params["W"].numpy()],
-                "b": _floats(params["b"].numpy()), "noise": [_floats(r) for r in NOISE]},
+        "toy": cp.toy_record(oracle),
         "cases": [dict(case, expected=expected(oracle, case)) for case in cases()],
-    }  # fmt: skip
-
-
-def main() -> None:
-    oracle = load_oracle()
-    if oracle is None:
-        raise SystemExit("the oracle (../shared/oracles/comfyui) is not there")
-    data = record(oracle)
-    OUT.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {OUT} ({len(data['cases'])} cases)")
+    }
 
 
 if __name__ == "__main__":
-    main()
+    cp.main(record, OUT)

@@ -2,7 +2,7 @@
 into tests/fixtures/comfy_seed.json, the numbers tests/test_comfy_seed.py holds diffsched's
 ``noise_stream="comfy"`` to when the oracle is absent.
 
-    python tests/record_comfy_seed.py     # from the repository root
+    python tests/record_comfy_seed.py [OUT]  # from the repository root (OUT: to cmp a rerun)
 
 Each case is a ComfyUI KSampler run on the oracle's toy model with ComfyUI drawing every
 normal itself from the case's seed (its initial noise, its samplers' seeded generator, its
@@ -15,14 +15,12 @@ how many draws ComfyUI made and of which kinds, for a few cases the float32 run'
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from record_comfy_samplers import SHAPE, TOY_SEED, _floats, load_oracle
-from record_comfy_stochastic import FLOW_SIGMAS
+import comfy_parity as cp
+from comfy_parity import SHAPE, floats
+from record_comfy_stochastic import FLOW_SIGMAS, _options
 from record_comfy_stochastic import SAMPLERS as STOCHASTIC
 
-OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_seed.json"
+OUT = cp.FIXTURES / "comfy_seed.json"
 
 # the churn samplers (global generator); ComfyUI's ddim reseeds that generator with seed + 1
 # for its (unused) inpaint noise: not covered (see docs/comfyui.md)
@@ -106,56 +104,40 @@ def cases() -> list[dict]:
 
 
 def toy_params(oracle, shape) -> dict:
-    params = oracle.toy_model(tuple(shape), seed=TOY_SEED).params
-    return {"W": _floats(params["W"].numpy()), "b": _floats(params["b"].numpy())}
+    params = cp.toy(oracle, shape).params
+    return {"W": floats(params["W"].numpy()), "b": floats(params["b"].numpy())}
 
 
 def run(oracle, case: dict, precision: str = "float64") -> dict:
-    import torch
-
-    sigmas = case["sigmas"]
-    return oracle.run(
-        case["sampler"], case["scheduler"], case["steps"],
-        oracle.toy_model(tuple(case["shape"]), seed=TOY_SEED), None, model=case["model"],
-        seed=case["seed"], shape=tuple(case["shape"]), denoise=case["denoise"],
-        sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        sampler_options=_options(oracle, case), precision=precision,
-    )  # fmt: skip
-
-
-def _options(oracle, case: dict):
-    """SA-Solver's interval options as ComfyUI's SamplerSASolver node builds its tau_func."""
-    from record_comfy_stochastic import _options as stochastic_options
-
-    return stochastic_options(oracle, case)
+    """ComfyUI drawing every normal itself from the case's seed (SA-Solver's interval
+    options as ComfyUI's SamplerSASolver node builds its tau_func)."""
+    shape = tuple(case["shape"])
+    options = _options(oracle, case)
+    return cp.run(oracle, case, precision, noise=None, model_fn=cp.toy(oracle, shape),
+                  seed=case["seed"], shape=shape, sampler_options=options)  # fmt: skip
 
 
 def expected(oracle, case: dict) -> dict:
     r = run(oracle, case)
     kinds = [str(k) for k in r["noise_kind"]]
-    out = dict(sample=_floats(r["sample"]), draws=len(kinds), kinds=sorted(set(kinds)),
+    out = dict(sample=floats(r["sample"]), draws=len(kinds), kinds=sorted(set(kinds)),
                sample32=None, sigmas32=None)  # fmt: skip
     if case["check32"]:
-        out["sample32"] = _floats(run(oracle, case, "float32")["sample"])
+        out["sample32"] = floats(run(oracle, case, "float32")["sample"])
     if case["sigmas32"]:
-        out["sigmas32"] = _floats(oracle.compute_sigmas(
+        out["sigmas32"] = floats(oracle.compute_sigmas(
             case["sampler"], case["scheduler"], case["steps"], model=case["model"],
             precision="float32"))  # fmt: skip
     return out
 
 
-def main() -> None:
-    oracle = load_oracle()
-    if oracle is None:
-        raise SystemExit("the oracle (../shared/oracles/comfyui) is not there")
-    data = {
+def record(oracle) -> dict:
+    return {
         "format": "diffsched-comfy-seed/1",
         "toys": {",".join(map(str, OTHER_SHAPE)): toy_params(oracle, OTHER_SHAPE)},
         "cases": [dict(case, expected=expected(oracle, case)) for case in cases()],
     }
-    OUT.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {OUT} ({len(data['cases'])} cases)")
 
 
 if __name__ == "__main__":
-    main()
+    cp.main(record, OUT)

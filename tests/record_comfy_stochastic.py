@@ -2,7 +2,7 @@
 tests/fixtures/comfy_stochastic.json, the numbers tests/test_comfy_stochastic.py holds
 diffsched's stochastic ComfyUI samplers (ds.from_comfy) to when the oracle is absent.
 
-    python tests/record_comfy_stochastic.py     # from the repository root
+    python tests/record_comfy_stochastic.py [OUT]  # from the repository root (OUT: to cmp a rerun)
 
 Each case is a ComfyUI KSampler run on the oracle's toy model (the W, b and initial noise
 of tests/fixtures/comfy_samplers.json); the fixture keeps the σ list, the timestep of every
@@ -13,13 +13,11 @@ with the float64 run's draws replayed. Deterministic: two runs write the same fi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from record_comfy_samplers import BASE_MODELS, NOISE, SHAPE, TOY_SEED, _floats, load_oracle, toy
+import comfy_parity as cp
+from record_comfy_samplers import BASE_MODELS
 from record_comfy_schedules import SCHEDULERS
 
-OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_stochastic.json"
+OUT = cp.FIXTURES / "comfy_stochastic.json"
 
 SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
             "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
@@ -138,49 +136,23 @@ def _options(oracle, case: dict):
 
 
 def run(oracle, case: dict, precision: str = "float64", noise_replay=None) -> dict:
-    import torch
-
-    sigmas = case["sigmas"]
-    return oracle.run(
-        case["sampler"], case["scheduler"], case["steps"], toy(oracle),
-        torch.tensor(NOISE), model=case["model"], denoise=case["denoise"],
-        sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
-        sampler_options=_options(oracle, case), precision=precision, noise_replay=noise_replay,
-        cfg=case["cfg"], uncond_model_fn=oracle.toy_model(SHAPE, seed=TOY_SEED, which="uncond"),
-    )  # fmt: skip
+    return cp.run(oracle, case, precision, sampler_options=_options(oracle, case),
+                  noise_replay=noise_replay, cfg=case["cfg"],
+                  uncond_model_fn=cp.toy(oracle, which="uncond"))  # fmt: skip
 
 
 def expected(oracle, case: dict) -> dict:
     """What a test compares, from the oracle's float64 (and float32) runs."""
-    import torch
-
-    r = run(oracle, case)
-    row = dict(
-        sigmas=_floats(r["sigmas"]),
-        timesteps=_floats(r["model_timestep"][r["model_which"] == 0]),  # (cond calls)
-        sample=_floats(r["sample"]),
-        noise_den=[int(i) for i in r["noise_den_index"]],
-        noise=[_floats(z) for z in r["noise_draws"]],
-    )
-    row["sample32"] = None
-    if case["check32"]:
-        replay = [torch.tensor(z, dtype=torch.float32) for z in r["noise_draws"]]
-        row["sample32"] = _floats(run(oracle, case, "float32", replay)["sample"])
-    return row
+    return cp.replayed_expected(oracle, case, run)
 
 
-def main() -> None:
-    oracle = load_oracle()
-    if oracle is None:
-        raise SystemExit("the oracle (../shared/oracles/comfyui) is not there")
-    data = {
+def record(oracle) -> dict:
+    return {
         "format": "diffsched-comfy-stochastic/1",
-        "b_uncond": _floats(toy(oracle).params["b_uncond"].numpy()),
+        "b_uncond": cp.floats(cp.toy(oracle).params["b_uncond"].numpy()),
         "cases": [dict(case, expected=expected(oracle, case)) for case in cases()],
     }
-    OUT.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {OUT} ({len(data['cases'])} cases)")
 
 
 if __name__ == "__main__":
-    main()
+    cp.main(record, OUT)

@@ -14,8 +14,8 @@ import torch
 
 from diffsched.interop import peer
 
-F64_BOUND = 1e-6
-F32_BOUND = 1e-4
+F64_BOUND = oracle.F64_BOUND
+F32_BOUND = oracle.F32_BOUND
 
 
 def recording(model):
@@ -69,3 +69,16 @@ def compare(sched, n, *, dtype=torch.float64, config=None, set_timesteps=None, *
     assert first < (1e-7 if dtype == torch.float64 else 1e-6), first
     assert oracle.rel(theirs, start) > 1e-3  # the loop moved the sample
     return oracle.rel(ours, theirs)
+
+
+def check(sched, n, *, label=None, name=None, **options) -> float:
+    """:func:`compare` held to F64_BOUND (F32_BOUND with ``dtype=torch.float32``), its
+    difference recorded for the summary under ``label`` ("PARITY", or "PARITY float32",
+    by default) and ``name`` (the class name by default); returns the difference."""
+    float32 = options.get("dtype", torch.float64) == torch.float32
+    r = compare(sched, n, **options)
+    if label is None:
+        label = "PARITY float32" if float32 else "PARITY"
+    oracle.record(label, type(sched).__name__ if name is None else name, r)
+    assert r < (F32_BOUND if float32 else F64_BOUND), r
+    return r

@@ -13,92 +13,41 @@ Observed (97 cases, 25 in float32): float64 <= 2.3e-15; float32 <= 7.1e-7.
 
 from __future__ import annotations
 
-import json
-
+import comfy_parity as cp
 import numpy as np
-import oracle as summary
 import pytest
 import record_comfy_cfgpp as rec
-import record_comfy_samplers as base
+from comfy_parity import build, needs_oracle, rel
 
 import diffsched as ds
-from diffsched.core.engine import COEF_COLUMNS
 
-FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+FIXTURE = cp.load_fixture(rec.OUT)
 CASES = FIXTURE["cases"]
 W = np.array(FIXTURE["toy"]["W"])
 B = np.array(FIXTURE["toy"]["b"])
 B_UNCOND = np.array(FIXTURE["toy"]["b_uncond"])
 NOISE = np.array(FIXTURE["toy"]["noise"])
-ORACLE = base.load_oracle()
 TOL64 = 1e-9  # observed 2.3e-15
 TOL32 = 1e-5  # observed 6.7e-7 (ComfyUI's float32 tables and model)
-NOISE_COLUMN = COEF_COLUMNS.index("out_noise")
-
-
-def toy(x, t, b=B):
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],)).reshape(-1, 1)
-    return np.tanh(x.reshape(x.shape[0], -1) @ W + t / 1000 * b).reshape(x.shape)
-
-
-def uncond(x, t):
-    return toy(x, t, B_UNCOND)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def build(case: dict, **extra) -> ds.Scheduler:
-    model, settings = base.MODELS[case["model"]]
-    return ds.from_comfy(case["sampler"], case["scheduler"] or "normal", model=model,
-                         **settings, **case["options"], **extra)  # fmt: skip
-
-
-def init_options(case: dict) -> dict:
-    if case["sigmas"] is not None:
-        return {"sigmas": case["sigmas"]}
-    return {} if case["denoise"] == 1.0 else {"denoise": case["denoise"]}
-
-
-def replay(case: dict, program) -> dict[int, np.ndarray]:
-    """{call index: the draw ComfyUI made after that call}, for our calls that add noise."""
-    exp = case["expected"]
-    uses = program.coefs[:-1, NOISE_COLUMN] != 0
-    out = {}
-    for d, z in zip(exp["noise_den"], exp["noise"], strict=True):
-        if uses[d - 1]:
-            assert d - 1 not in out, "two draws after one call"
-            out[d - 1] = np.reshape(z, NOISE.shape)
-    assert len(out) == int(uses.sum()), "a call of ours adds noise where ComfyUI drew none"
-    return out
+toy = cp.toy_model(W, B)
+uncond = cp.toy_model(W, B_UNCOND)
 
 
 def run(case: dict, sched=None):
     """Our CFG++ loop on the toy model, ComfyUI's draws replayed: (σ's, timesteps, result)."""
-    sched = build(case) if sched is None else sched
-    opts = init_options(case)
-    steps = None if case["sigmas"] is not None else case["steps"]
-    state, timesteps = sched.init(steps, NOISE, **opts)
-    draws = replay(case, sched.program(steps, **opts))
-    held = NOISE * sched.init_noise_scale(steps, **opts)
-    for i, t in enumerate(timesteps):
-        kwargs = {} if i not in draws else {"noise": draws.pop(i)}
-        c = toy(held, t)
+
+    def predict(x, t):
+        c = toy(x, t)
         if case["uncond"] == "cond":  # u = c: the step without unconditional=
-            state, held = sched.step(state, held, c, **kwargs)
-            continue
-        u = uncond(held, t)
-        state, held = sched.step(state, held, u + (c - u) * case["cfg"], unconditional=u,
-                                 **kwargs)  # fmt: skip
-    return sched.sigmas(steps, **opts), np.asarray(timesteps), held
+            return c, {}
+        u = uncond(x, t)
+        return u + (c - u) * case["cfg"], {"unconditional": u}
+
+    return cp.run_replayed(case, build(case) if sched is None else sched, NOISE, predict)
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    keys = ("sampler", "scheduler", "steps", "model", "cfg", "options", "sigmas", "denoise",
-            "uncond", "check32")  # fmt: skip
-    assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
+    assert cp.recorder_cases(CASES) == rec.cases()
 
 
 def test_the_grid_covers_every_name_model_and_scheduler():
@@ -116,22 +65,7 @@ def test_the_grid_covers_every_name_model_and_scheduler():
 
 @pytest.mark.parametrize("sampler", list(rec.SAMPLERS))
 def test_cfgpp_sampler_equals_comfyui(sampler):
-    worst64 = worst32 = 0.0
-    for case in [c for c in CASES if c["sampler"] == sampler]:
-        exp = case["expected"]
-        sig, ts, out = run(case)
-        where = (case["scheduler"], case["model"], case["steps"], case["options"], case["cfg"])
-        assert rel(sig, exp["sigmas"]) < 1e-12, where
-        assert rel(ts, exp["timesteps"]) < 1e-12, where
-        d = rel(out, exp["sample"])
-        assert d < TOL64, (where, d)
-        worst64 = max(worst64, d)
-        if exp["sample32"] is not None:
-            d32 = rel(out, exp["sample32"])
-            assert d32 < TOL32, (where, d32)
-            worst32 = max(worst32, d32)
-    summary.record("COMFY cfg_pp float64 vs oracle", sampler, worst64)
-    summary.record("COMFY cfg_pp float32 oracle vs ours", sampler, worst32)
+    cp.check_sampler(CASES, sampler, run, TOL64, TOL32, "COMFY cfg_pp")
 
 
 def test_names_map_to_the_classes_with_cfg_pp():
@@ -202,13 +136,9 @@ def test_ds_sample_with_guided_runs_comfyuis_cfgpp(sampler):
     assert rel(out, case["expected"]["sample"]) > 1e-3  # its own noise, not ComfyUI's
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 def test_fixture_is_the_live_oracle():
-    for case in CASES[::7]:
-        live = rec.run(ORACLE, case)
-        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
-        cond = live["model_which"] == 0
-        assert np.array_equal(live["model_timestep"][cond], case["expected"]["timesteps"])
+    cp.check_live(CASES[::7], rec.run)
 
 
 def test_compiled_jax_loop_equals_eager():

@@ -17,31 +17,25 @@ run on its own loop with the same σ list and model.
 
 from __future__ import annotations
 
-import json
-
+import comfy_parity as cp
 import numpy as np
 import oracle as summary
 import pytest
 import record_comfy_samplers as rec
 import torch
+from comfy_parity import ORACLE, needs_oracle, rel
 
 import diffsched as ds
 from diffsched.schedules import comfy as comfy_schedules
 
-FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+FIXTURE = cp.load_fixture(rec.OUT)
 W = np.array(FIXTURE["toy"]["W"])
 B = np.array(FIXTURE["toy"]["b"])
 NOISE = np.array(FIXTURE["toy"]["noise"])
-ORACLE = rec.load_oracle()
 TOL = 1e-12  # observed 4.1e-16 (pure), 4.8e-14 (v-model, KSAMPLER)
 # float32 values, as the classes' custom grids hold
 EPS_SIGMAS = np.float32([14.6146, 6.1, 2.4, 0.92, 0.31, 0.06, 0.0]).astype(np.float64)
 FLOW_SIGMAS = np.float32([0.97, 0.86, 0.7, 0.5, 0.28, 0.09, 0.0]).astype(np.float64)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 class Denoiser:
@@ -160,13 +154,13 @@ def ksampler(fn, sampler, scheduler, model, sigmas):
     original = ORACLE._sampler_object
     ORACLE._sampler_object = lambda S, U, name, opts: S.KSAMPLER(fn)
     try:
-        return ORACLE.run(sampler, scheduler, 6, rec.toy(ORACLE), torch.tensor(NOISE),
+        return ORACLE.run(sampler, scheduler, 6, cp.toy(ORACLE), torch.tensor(NOISE),
                           model=model, sigmas=torch.tensor(sigmas))  # fmt: skip
     finally:
         ORACLE._sampler_object = original
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 @pytest.mark.parametrize(
     "sched,sampler,scheduler,model",
     [
@@ -185,7 +179,7 @@ def test_in_comfyuis_ksampler_equals_comfyuis_sampler(sched, sampler, scheduler,
     float32), the float64 run: ComfyUI's sampler of the same method to float64 precision."""
     sigmas = ORACLE.compute_sigmas(sampler, scheduler, 6, model=model, precision="float32")
     sigmas = np.asarray(sigmas, np.float64)
-    want = ORACLE.run(sampler, scheduler, 6, rec.toy(ORACLE), torch.tensor(NOISE), model=model,
+    want = ORACLE.run(sampler, scheduler, 6, cp.toy(ORACLE), torch.tensor(NOISE), model=model,
                       sigmas=torch.tensor(sigmas))  # fmt: skip
     got = ksampler(ds.comfy.sampler_function(sched), sampler, scheduler, model, sigmas)
     assert np.array_equal(got["step_i"], want["step_i"])
@@ -194,7 +188,7 @@ def test_in_comfyuis_ksampler_equals_comfyuis_sampler(sched, sampler, scheduler,
     assert d < TOL, d
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 @pytest.mark.parametrize(
     "sched,model",
     [

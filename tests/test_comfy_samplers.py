@@ -10,19 +10,18 @@ noise ComfyUI drew replayed. Observed: float64 <= 1.8e-13 (zero-SNR v models, σ
 
 from __future__ import annotations
 
-import json
-
+import comfy_parity as cp
 import numpy as np
 import oracle as summary
 import pytest
 import record_comfy_samplers as rec
+from comfy_parity import ORACLE, build, init_options, needs_oracle, rel
 
 import diffsched as ds
 from diffsched.methods.kit import churn_levels
 
-FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+FIXTURE = cp.load_fixture(rec.OUT)
 CASES = FIXTURE["cases"]
-ORACLE = rec.load_oracle()
 W = np.array(FIXTURE["toy"]["W"])
 B = np.array(FIXTURE["toy"]["b"])
 NOISE = np.array(FIXTURE["toy"]["noise"])
@@ -31,30 +30,7 @@ TOL32 = 1e-5  # observed 7.0e-7 (ComfyUI's float32 tables and model)
 # uni_pc's float32 run: ComfyUI's σ_vp = sqrt(1 - exp(2 log α)) at its end σ = 0.001 cancels
 # to 0.00097656 in float32 (2.3% off), which moves its last step: observed 1.6e-5
 TOL32_UNIPC = 5e-5
-
-
-def toy(x, t):
-    """The oracle's toy model: tanh(x_in @ W + (t / 1000) b), per batch row."""
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],)).reshape(-1, 1)
-    return np.tanh(x.reshape(x.shape[0], -1) @ W + t / 1000 * B).reshape(x.shape)
-
-
-def rel(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def build(case: dict) -> ds.Scheduler:
-    model, settings = rec.MODELS[case["model"]]
-    scheduler = case["scheduler"] or "normal"
-    return ds.from_comfy(case["sampler"], scheduler, model=model, **settings, **case["options"])
-
-
-def init_options(case: dict) -> dict:
-    if case["sigmas"] is not None:
-        return {"sigmas": case["sigmas"]}
-    return {} if case["denoise"] == 1.0 else {"denoise": case["denoise"]}
+toy = cp.toy_model(W, B)  # the oracle's toy model
 
 
 def churn_replay(case: dict, sched, sig) -> dict[int, np.ndarray]:
@@ -76,7 +52,7 @@ def run(case: dict, noise=NOISE):
     """Our loop on the toy model, ComfyUI's churn draws replayed: (σ's, timesteps, result)."""
     sched = build(case)
     opts = init_options(case)
-    steps = None if case["sigmas"] is not None else case["steps"]
+    steps = cp.steps(case)
     sig = sched.sigmas(steps, **opts)
     state, timesteps = sched.init(steps, noise, **opts)
     program = sched.program(steps, **opts)
@@ -96,8 +72,7 @@ def run(case: dict, noise=NOISE):
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    keys = ("sampler", "scheduler", "steps", "model", "options", "denoise", "sigmas", "check32")
-    assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
+    assert cp.recorder_cases(CASES) == rec.cases()
 
 
 def test_the_grid_covers_every_sampler_scheduler_and_model():
@@ -113,24 +88,11 @@ def test_the_grid_covers_every_sampler_scheduler_and_model():
 
 @pytest.mark.parametrize("sampler", rec.SAMPLERS)
 def test_sampler_equals_comfyui(sampler):
-    cases = [c for c in CASES if c["sampler"] == sampler]
-    worst64 = worst32 = 0.0
-    for case in cases:
-        exp = case["expected"]
-        sig, ts, out = run(case)
-        where = (case["scheduler"], case["model"], case["steps"], case["options"])
-        assert rel(sig, exp["sigmas"]) < 1e-12, where
-        assert ts.shape == (len(exp["timesteps"]),), where
-        assert rel(ts, exp["timesteps"]) < 1e-12, where  # nearest table index: equal
-        d = rel(out, exp["sample"])
-        assert d < TOL64, (where, d)
-        worst64 = max(worst64, d)
+    tol32 = TOL32_UNIPC if sampler.startswith("uni_pc") else TOL32
+    checked = cp.check_cases([c for c in CASES if c["sampler"] == sampler], run, TOL64, tol32)
+    for case, d, _ in checked:
         summary.record("COMFY float64 vs oracle", f"{sampler} {case['model']}", d)
-        if exp["sample32"] is not None:
-            d32 = rel(out, exp["sample32"])
-            assert d32 < (TOL32_UNIPC if sampler.startswith("uni_pc") else TOL32), (where, d32)
-            worst32 = max(worst32, d32)
-    summary.record("COMFY float32 oracle vs ours", sampler, worst32)
+    summary.record("COMFY float32 oracle vs ours", sampler, cp.worst(checked)[1])
 
 
 def test_initial_noise_is_comfyuis_noise_scaling():
@@ -139,21 +101,18 @@ def test_initial_noise_is_comfyuis_noise_scaling():
             continue
         sched = build(case)
         opts = init_options(case)
-        steps = None if case["sigmas"] is not None else case["steps"]
+        steps = cp.steps(case)
         sig = sched.sigmas(steps, **opts)
         native = sched.init_noise_scale(steps, **opts) * sched.program(steps, **opts).input_scale[0]
         assert native == pytest.approx(sched.model_sampling.noise_scaling(sig[0])[0], rel=1e-14)
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 def test_fixture_is_the_live_oracle():
-    for case in CASES[::5]:
-        live = rec.run(ORACLE, case)
-        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
-        assert np.array_equal(live["model_timestep"], case["expected"]["timesteps"])
+    cp.check_live(CASES[::5], rec.run)
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 @pytest.mark.parametrize(
     "sampler,scheduler,model,options",
     [
@@ -173,12 +132,12 @@ def test_sampler_function_runs_in_comfyuis_ksampler(sampler, scheduler, model, o
     case = dict(sampler=sampler, scheduler=scheduler, steps=6, model=model, options=options,
                 denoise=1.0, sigmas=None, check32=False)  # fmt: skip
     reference = rec.run(ORACLE, case)
-    ours = rec.MODELS[model]
+    ours = cp.MODELS[model]
     fn = ds.comfy.sampler_function(ds.from_comfy(sampler, model=ours[0], **ours[1], **options))
     original = ORACLE._sampler_object
     ORACLE._sampler_object = lambda S, U, name, opts: S.KSAMPLER(fn)
     try:
-        got = ORACLE.run(sampler, scheduler, 6, rec.toy(ORACLE), torch.tensor(NOISE),
+        got = ORACLE.run(sampler, scheduler, 6, cp.toy(ORACLE), torch.tensor(NOISE),
                          model=model)  # fmt: skip
     finally:
         ORACLE._sampler_object = original
@@ -240,7 +199,7 @@ def test_config_round_trip():
         assert ds.from_config(config) == sched
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 @pytest.mark.parametrize("sampler,model", [("dpmpp_2m", "eps-sd15"), ("heun", "flow-sd3")])
 def test_partial_denoise_of_a_latent_is_comfyuis_img2img(sampler, model):
     """init(..., denoise=d) and add_noise (ds.sample's image=) from a nonzero latent equal
@@ -248,9 +207,9 @@ def test_partial_denoise_of_a_latent_is_comfyuis_img2img(sampler, model):
     import torch
 
     latent = np.random.default_rng(5).standard_normal(NOISE.shape) * 0.5
-    reference = ORACLE.run(sampler, "karras", 5, rec.toy(ORACLE), torch.tensor(NOISE),
+    reference = ORACLE.run(sampler, "karras", 5, cp.toy(ORACLE), torch.tensor(NOISE),
                            model=model, denoise=0.6, latent_image=torch.tensor(latent))  # fmt: skip
-    name, settings = rec.MODELS[model]
+    name, settings = cp.MODELS[model]
     sched = ds.from_comfy(sampler, "karras", model=name, **settings)
     got = ds.sample(toy, sched, NOISE, 5, image=latent, denoise=0.6)
     d = rel(got, reference["sample"])

@@ -10,17 +10,15 @@ float32 tan near π/2: 1.3e-4); the σ-grid classes (float32 grids) within 5.3e-
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+import comfy_parity as cp
 import numpy as np
 import pytest
 import record_comfy_schedules as rec
 
 from diffsched.schedules import comfy
 
-FIXTURE = json.loads((Path(rec.OUT)).read_text(encoding="utf-8"))
-ORACLE = rec.load_oracle()
+FIXTURE = cp.load_fixture(rec.OUT)
+ORACLE = cp.ORACLE
 TOL64 = 1e-12  # observed 2.7e-15
 TOL32 = 5e-6  # observed 1.5e-6 (karras on the zero-SNR table: σ_max^(1/7) in float32)
 

@@ -11,16 +11,16 @@ made.
 
 from __future__ import annotations
 
-import json
 import threading
 
+import comfy_parity as cp
 import numpy as np
 import oracle as summary
 import pytest
-import record_comfy_samplers as base
 import record_comfy_seed as rec
 import record_comfy_stochastic as stochastic
-from test_comfy_samplers import B, W, rel
+from comfy_parity import init_options, needs_oracle, rel, steps
+from test_comfy_samplers import B, W
 
 import diffsched as ds
 from diffsched.methods import _comfy_noise
@@ -28,13 +28,12 @@ from diffsched.methods import _comfy_noise
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchsde")
 
-FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+FIXTURE = cp.load_fixture(rec.OUT)
 CASES = FIXTURE["cases"]
-ORACLE = base.load_oracle()
 TOL64 = 1e-9  # observed 3.1e-15 (dpmpp_3m_sde); most samplers <= 1e-15
 TOL32 = 1e-5  # float32 ComfyUI: observed 1.1e-6 (dpmpp_2m_sde_heun, flow); others <= 3.4e-7
-TOYS = {tuple(base.SHAPE): (W, B)} | {
-    tuple(int(n) for n in k.split(",")): (
+TOYS = {tuple(cp.SHAPE): cp.toy_model(W, B)} | {
+    tuple(int(n) for n in k.split(",")): cp.toy_model(
         np.array(v["W"]).reshape(int(np.prod([int(n) for n in k.split(",")][1:])), -1),
         np.array(v["b"]),
     )
@@ -44,26 +43,11 @@ TOYS = {tuple(base.SHAPE): (W, B)} | {
 
 def toy(x, t):
     """The oracle's toy model of x's shape, on torch float64 tensors."""
-    w, b = TOYS[tuple(x.shape)]
-    x = x.numpy()
-    t = np.broadcast_to(np.asarray(float(t)), (x.shape[0],)).reshape(-1, 1)
-    return torch.from_numpy(np.tanh(x.reshape(x.shape[0], -1) @ w + t / 1000 * b).reshape(x.shape))
+    return torch.from_numpy(TOYS[tuple(x.shape)](x.numpy(), float(t)))
 
 
 def build(case: dict, **extra) -> ds.Scheduler:
-    model, settings = base.MODELS[case["model"]]
-    return ds.from_comfy(case["sampler"], case["scheduler"] or "normal", model=model,
-                         noise_stream="comfy", **settings, **case["options"], **extra)  # fmt: skip
-
-
-def init_options(case: dict) -> dict:
-    if case["sigmas"] is not None:
-        return {"sigmas": case["sigmas"]}
-    return {} if case["denoise"] == 1.0 else {"denoise": case["denoise"]}
-
-
-def steps(case: dict):
-    return None if case["sigmas"] is not None else case["steps"]
+    return cp.build(case, noise_stream="comfy", **extra)
 
 
 def run(case: dict, sched=None):
@@ -87,7 +71,7 @@ def our_draws(sched, case: dict) -> int:
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    assert [{k: v for k, v in c.items() if k != "expected"} for c in CASES] == rec.cases()
+    assert cp.recorder_cases(CASES) == rec.cases()
 
 
 def test_the_grid_covers_every_stochastic_sampler():
@@ -268,8 +252,6 @@ def test_the_tree_cache_is_bounded_and_rebuilt_trees_agree():
                           atol=1e-5)  # fmt: skip
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 def test_fixture_is_the_live_oracle():
-    for case in CASES[::23]:
-        live = rec.run(ORACLE, case)
-        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
+    cp.check_live(CASES[::23], rec.run, timesteps=False)

@@ -10,25 +10,21 @@ of the float64 oracle and 1e-5 of its float32 run (the same draws replayed there
 
 from __future__ import annotations
 
-import json
-
+import comfy_parity as cp
 import numpy as np
-import oracle as summary
 import pytest
 import record_comfy_samplers as base
 import record_comfy_stochastic as rec
-from test_comfy_samplers import NOISE, W, rel, toy
+from comfy_parity import build, needs_oracle, rel
+from test_comfy_samplers import NOISE, W, toy
 
 import diffsched as ds
-from diffsched.core.engine import COEF_COLUMNS
 
-FIXTURE = json.loads(rec.OUT.read_text(encoding="utf-8"))
+FIXTURE = cp.load_fixture(rec.OUT)
 CASES = FIXTURE["cases"]
-ORACLE = base.load_oracle()
 TOL64 = 1e-9  # observed 6.2e-13 (dpm_2_ancestral, zero-SNR v: σ_max = 4519); others <= 1.2e-14
 TOL32 = 1e-5  # observed 1.8e-6 (ddpm; ComfyUI's float32 tables and model); others <= 7.1e-7
-NOISE_COLUMN = COEF_COLUMNS.index("out_noise")
-B_UNCOND = np.array(FIXTURE["b_uncond"])
+uncond = cp.toy_model(W, np.array(FIXTURE["b_uncond"]))
 
 
 def guided(case: dict, x, t):
@@ -37,57 +33,17 @@ def guided(case: dict, x, t):
     cond = toy(x, t)
     if case["cfg"] == 1.0:
         return cond
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],)).reshape(-1, 1)
-    uncond = np.tanh(x.reshape(x.shape[0], -1) @ W + t / 1000 * B_UNCOND).reshape(x.shape)
-    return uncond + (cond - uncond) * case["cfg"]
-
-
-def build(case: dict) -> ds.Scheduler:
-    model, settings = base.MODELS[case["model"]]
-    scheduler = case["scheduler"] or "normal"
-    return ds.from_comfy(case["sampler"], scheduler, model=model, **settings, **case["options"])
-
-
-def init_options(case: dict) -> dict:
-    if case["sigmas"] is not None:
-        return {"sigmas": case["sigmas"]}
-    return {} if case["denoise"] == 1.0 else {"denoise": case["denoise"]}
-
-
-def replay(case: dict, program) -> dict[int, np.ndarray]:
-    """{call index: the draw ComfyUI made after that call}, for the calls that add noise.
-    A draw after d denoiser calls follows our call d - 1."""
-    exp = case["expected"]
-    uses = program.coefs[:-1, NOISE_COLUMN] != 0
-    out = {}
-    for d, z in zip(exp["noise_den"], exp["noise"], strict=True):
-        if uses[d - 1]:
-            assert d - 1 not in out, "two draws after one call"
-            out[d - 1] = np.reshape(z, NOISE.shape)
-    assert len(out) == int(uses.sum()), "a call of ours adds noise where ComfyUI drew none"
-    return out
+    u = uncond(x, t)
+    return u + (cond - u) * case["cfg"]
 
 
 def run(case: dict, noise=NOISE):
     """Our loop on the toy model, ComfyUI's draws replayed: (σ's, timesteps, result)."""
-    sched = build(case)
-    opts = init_options(case)
-    steps = None if case["sigmas"] is not None else case["steps"]
-    sig = sched.sigmas(steps, **opts)
-    state, timesteps = sched.init(steps, noise, **opts)
-    draws = replay(case, sched.program(steps, **opts))
-    held = noise * sched.init_noise_scale(steps, **opts)
-    for i, t in enumerate(timesteps):
-        z = draws.pop(i, None)
-        kwargs = {} if z is None else {"noise": z}
-        state, held = sched.step(state, held, guided(case, held, t), **kwargs)
-    return sig, np.asarray(timesteps), held
+    return cp.run_replayed(case, build(case), noise, lambda x, t: (guided(case, x, t), {}))
 
 
 def test_fixture_cases_are_the_recorder_cases():
-    keys = ("sampler", "scheduler", "steps", "model", "options", "denoise", "sigmas", "check32",
-            "cfg")  # fmt: skip
-    assert [{k: c[k] for k in keys} for c in CASES] == rec.cases()
+    assert cp.recorder_cases(CASES) == rec.cases()
 
 
 def test_the_grid_covers_every_sampler_scheduler_and_model():
@@ -110,24 +66,7 @@ def test_the_grid_covers_every_sampler_scheduler_and_model():
 
 @pytest.mark.parametrize("sampler", rec.SAMPLERS)
 def test_sampler_equals_comfyui(sampler):
-    cases = [c for c in CASES if c["sampler"] == sampler]
-    worst64 = worst32 = 0.0
-    for case in cases:
-        exp = case["expected"]
-        sig, ts, out = run(case)
-        where = (case["scheduler"], case["model"], case["steps"], case["options"])
-        assert rel(sig, exp["sigmas"]) < 1e-12, where
-        assert ts.shape == (len(exp["timesteps"]),), where
-        assert rel(ts, exp["timesteps"]) < 1e-12, where  # nearest table index: equal
-        d = rel(out, exp["sample"])
-        assert d < TOL64, (where, d)
-        worst64 = max(worst64, d)
-        if exp["sample32"] is not None:
-            d32 = rel(out, exp["sample32"])
-            assert d32 < TOL32, (where, d32)
-            worst32 = max(worst32, d32)
-    summary.record("COMFY stochastic float64 vs oracle", sampler, worst64)
-    summary.record("COMFY stochastic float32 oracle vs ours", sampler, worst32)
+    cp.check_sampler(CASES, sampler, run, TOL64, TOL32, "COMFY stochastic")
 
 
 def test_noise_is_what_makes_the_difference():
@@ -171,13 +110,9 @@ def test_names_options_and_errors():
         assert ds.from_config(sched.to_config()) == sched
 
 
-@pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
+@needs_oracle
 def test_fixture_is_the_live_oracle():
-    for case in CASES[::9] + [c for c in CASES if c["cfg"] != 1.0][:2]:
-        live = rec.run(ORACLE, case)
-        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
-        cond = live["model_which"] == 0
-        assert np.array_equal(live["model_timestep"][cond], case["expected"]["timesteps"])
+    cp.check_live(CASES[::9] + [c for c in CASES if c["cfg"] != 1.0][:2], rec.run)
 
 
 def test_a_reused_draw_is_the_draw():

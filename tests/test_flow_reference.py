@@ -10,6 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference_checks import (
+    assert_converges,
+    nearest_training_image,
+    relative_difference,
+    rk4,
+    start_points,
+)
 
 from diffsched.exact import models
 from diffsched.exact.models import (
@@ -19,19 +26,9 @@ from diffsched.exact.models import (
     flow_posterior_mean,
     make_denoiser,
     make_flow_model,
-    sample_shape,
 )
 from diffsched.exact.reference import SIGMA_MIN, solve_flow_ode, solve_pf_ode
 from diffsched.methods.flow_match import FlowMatchEuler, FlowMatchHeun
-
-
-def start_points(name: str, count: int, seed: int) -> np.ndarray:
-    """Flow samples at σ = 1: standard normal noise."""
-    return np.random.default_rng(seed).standard_normal(sample_shape(name, count))
-
-
-def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def velocity(denoiser, x, sigma):
@@ -48,16 +45,8 @@ def velocity(denoiser, x, sigma):
 
 def rk4_sigma(denoiser, x, sigma_start, sigma_end, steps):
     """x(σ_end) by classical fixed-step RK4 in σ itself on dx/dσ = v(x, σ)."""
-    h = (sigma_end - sigma_start) / steps
     y = np.array(x, dtype=np.float64)
-    for k in range(steps):
-        s = sigma_start + k * h
-        k1 = velocity(denoiser, y, s)
-        k2 = velocity(denoiser, y + h / 2 * k1, s + h / 2)
-        k3 = velocity(denoiser, y + h / 2 * k2, s + h / 2)
-        k4 = velocity(denoiser, y + h * k3, s + h)
-        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return y
+    return rk4(lambda s, y: velocity(denoiser, y, s), y, sigma_start, sigma_end, steps)
 
 
 LEVELS = [(1.0, 0.3), (1.0, 0.0), (0.7, 0.05), (0.7, 0.0)]
@@ -66,12 +55,9 @@ LEVELS = [(1.0, 0.3), (1.0, 0.0), (0.7, 0.05), (0.7, 0.0)]
 @pytest.mark.parametrize("name", ["digits", "gmm"])
 @pytest.mark.parametrize(("sigma_start", "sigma_end"), LEVELS)
 def test_converges_when_tolerance_is_tightened(name, sigma_start, sigma_end):
-    denoiser = make_denoiser(name)
     x = start_points(name, 3, seed=0)
-    default = solve_flow_ode(denoiser, x, sigma_start, sigma_end)
-    tighter = solve_flow_ode(denoiser, x, sigma_start, sigma_end, rtol=1e-12, atol=1e-14)
-    assert default.shape == x.shape and default.dtype == np.float64
-    assert relative_difference(default, tighter) < 1e-9
+    assert_converges(solve_flow_ode, make_denoiser(name), x, sigma_start, sigma_end,
+                     rtol=1e-12, atol=1e-14, tol=1e-9)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["digits", "gmm"])
@@ -86,9 +72,7 @@ def test_matches_fixed_step_rk4(name, sigma_start, sigma_end):
     crude = rk4_sigma(denoiser, x, sigma_start, max(sigma_end, SIGMA_MIN), 500)
     if sigma_end == 0:
         if name == "digits":
-            flat = crude.reshape(len(x), -1)
-            gaps = np.sum((flat[:, None] - denoiser.data[None]) ** 2, axis=2)
-            crude = denoiser.data[np.argmin(gaps, axis=1)].reshape(x.shape)
+            crude = nearest_training_image(denoiser, crude)
         else:
             crude = crude - SIGMA_MIN * velocity(denoiser, crude, SIGMA_MIN)  # x̂_0 (eq. 2)
     assert relative_difference(reference, crude) < 1e-8

@@ -12,8 +12,6 @@ diffusers' own scheduler within 1e-5.
 
 from __future__ import annotations
 
-from unittest import mock
-
 import numpy as np
 import pytest
 
@@ -33,7 +31,6 @@ from test_adapter import (  # noqa: E402  (the tiny pipelines' helpers and fixtu
 )
 
 import diffsched as ds  # noqa: E402
-from diffsched.interop import peer  # noqa: E402
 
 # the bound of the issue; observed at most 1.3e-8 (SA-Solver; most cases about 1e-16)
 F64_TOL = 1e-6
@@ -97,55 +94,13 @@ def _label(case) -> str:
     return f"{type(sched).__name__}({','.join(changed)})-N={n}"
 
 
-def diffusers_img2img(config, n, strength, clean, noise, model, noises, given_start):
-    """(timesteps, final sample) of diffusers' scheduler driven as its img2img pipeline."""
-    module = peer.module_of(config)
-    d = peer.scheduler(config)
-    with peer._double_tables(module):
-        d.set_timesteps(n)
-    peer._double_grids(d)
-    t_start = n - min(int(n * strength), n)
-    timesteps = d.timesteps[t_start * d.order :]
-    if hasattr(d, "set_begin_index"):
-        d.set_begin_index(t_start * d.order)
-    current = [0]
-
-    def draw(shape, *args, **kwargs):
-        return noises[current[0]]
-
-    with (
-        peer._double_tables(module),
-        mock.patch.object(module, "randn_tensor", draw, create=True),
-    ):
-        # IPNDMScheduler has no add_noise (its img2img pipelines cannot run it): our start
-        start = d.add_noise(clean, noise, timesteps[:1]) if hasattr(d, "add_noise") else None
-        x = start if start is not None else given_start
-        for i, t in enumerate(timesteps):
-            current[0] = i
-            x = d.step(model(d.scale_model_input(x, t), t), t, x).prev_sample
-    return timesteps, start, x
-
-
-def ours_img2img(sched, n, strength, clean, noise, model, noises):
-    state, ts = sched.init(n, clean, strength=strength)
-    start = sched.add_noise(state, clean, noise)
-    x = start
-    for i, t in enumerate(ts):
-        kwargs = {} if sched.deterministic else {"noise": noises[i]}
-        state, x = sched.step(state, x, model(x, t), **kwargs)
-    return ts, start, x
-
-
 @pytest.mark.parametrize("strength", STRENGTHS)
 @pytest.mark.parametrize("case", CASES + ONE_STEP, ids=_label)
 def test_strength_matches_diffusers(case, strength):
     sched, n = case
-    clean = torch.tanh(oracle.start_sample(seed=3))
-    noise = oracle.start_sample(seed=4)
-    noises = oracle.noise_list(n + 12)
-    model = oracle.linear_tanh_model()
-    ts, start, ours = ours_img2img(sched, n, strength, clean, noise, model, noises)
-    their_ts, their_start, theirs = diffusers_img2img(
+    clean, noise, model, noises = oracle.img2img_inputs(n + 12)
+    ts, start, ours = oracle.img2img_ours(sched, n, strength, clean, noise, model, noises)
+    their_ts, their_start, theirs = oracle.img2img_diffusers(
         sched.to_config(), n, strength, clean, noise, model, noises, start
     )
     # (σ-based timesteps: ours float32 as diffusers stores them; the float64 peer's not)
@@ -155,9 +110,7 @@ def test_strength_matches_diffusers(case, strength):
     if their_start is not None:  # ours is the model input: diffusers' native sample / scale
         scale = sched.program(n, strength=strength).input_scale[0]
         assert oracle.rel(start * scale, their_start) < F64_TOL
-    r = oracle.rel(ours, theirs)
-    oracle.record("IMG2IMG", _label(case) + f"-s={strength}", r)
-    assert r < F64_TOL, r
+    oracle.check(ours, theirs, "IMG2IMG", _label(case) + f"-s={strength}", F64_TOL)
 
 
 # -- StableDiffusionImg2ImgPipeline through the adapter ---------------------------------------

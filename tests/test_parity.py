@@ -20,8 +20,7 @@ import torch
 import diffsched as ds
 from diffsched.core.options import diffusers_options
 
-F64_BOUND = 1e-6
-F32_BOUND = 1e-4
+F64_BOUND, F32_BOUND = oracle.F64_BOUND, oracle.F32_BOUND  # 1e-6, 1e-4
 
 # Explicit betas of no named schedule (cubic in t), to exercise ``trained_betas``.
 TRAINED = tuple(float(b) for b in np.linspace(0.0001 ** (1 / 3), 0.02 ** (1 / 3), 1000) ** 3)
@@ -197,24 +196,15 @@ def compare(sched, n, *, strength=None, extra=None, dtype=torch.float64, config=
 )
 def test_parity_float64(sched, n, strength, extra):
     ours, theirs = compare(sched, n, strength=strength, extra=extra)
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < F64_BOUND
+    oracle.check(ours, theirs, "PARITY", type(sched).__name__, F64_BOUND)
 
 
 def test_grid_covers_every_option_value():
     """The grid above reaches every value of every option (guards against edits of it)."""
-    seen: dict[str, set] = {}
+    seen = oracle.values_seen(DDIM_CASES + PNDM_CASES + LCM_CASES)
     for case in DDIM_CASES + PNDM_CASES + LCM_CASES:
-        sched, steps = case[0], case[1]
-        name = type(sched).__name__
-        for field in dataclasses.fields(sched):
-            value = getattr(sched, field.name)
-            value = value is not None if field.name == "trained_betas" else value
-            seen.setdefault(f"{name}.{field.name}", set()).add(value)
-        seen.setdefault(f"{name}.steps", set()).update(steps)
         if len(case) > 2 and case[2] is not None:
-            seen.setdefault(f"{name}.strength", set()).add(case[2])
+            seen.setdefault(f"{type(case[0]).__name__}.strength", set()).add(case[2])
     for name in ("DDIM", "PNDM", "LCM"):
         cls = getattr(ds, name)
         assert set(cls.PREDICTION_TYPES) <= seen[f"{name}.prediction_type"]
@@ -262,9 +252,7 @@ F32_CASES = [
 )
 def test_parity_float32(sched, n):
     ours, theirs = compare(sched, n, dtype=torch.float32)
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < F32_BOUND
+    oracle.check(ours, theirs, "PARITY float32", type(sched).__name__, F32_BOUND)
 
 
 # -- the training tables ------------------------------------------------------------------
@@ -373,6 +361,4 @@ def test_default_values_pinned():
 def test_default_loop_matches_diffusers_defaults(cls, n):
     """Our default instance against diffusers' class built with no arguments at all."""
     ours, theirs = compare(cls(), n, config={"_class_name": cls.DIFFUSERS_CLASS})
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY", cls.__name__, r)
-    assert r < F64_BOUND
+    oracle.check(ours, theirs, "PARITY", cls.__name__, F64_BOUND)

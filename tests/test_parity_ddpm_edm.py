@@ -14,10 +14,7 @@ quirks shape the grid:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import inspect
-from unittest import mock
 
 import numpy as np
 import oracle
@@ -90,30 +87,12 @@ EDM_CASES = [
 ]
 
 
-@contextlib.contextmanager
-def torch_float64_default(sched):
-    """diffusers' sigmoid betas in double precision (see the module docstring)."""
-    if getattr(sched, "beta_schedule", None) != "sigmoid":
-        yield
-        return
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n", "theirs"), _grid(DDPM_CASES + EDM_CASES))
+@pytest.mark.parametrize(("sched", "n", "theirs"), oracle.grid(DDPM_CASES + EDM_CASES))
 def test_parity_float64(sched, n, theirs):
     config = sched.to_config() | (theirs or {})
-    with torch_float64_default(sched):
-        r = sigma_parity.compare(sched, n, config=config)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    # diffusers' sigmoid betas in double precision (see the module docstring)
+    with oracle.float64_default(getattr(sched, "beta_schedule", None) == "sigmoid"):
+        sigma_parity.check(sched, n, config=config)
 
 
 @pytest.mark.parametrize(
@@ -121,21 +100,12 @@ def test_parity_float64(sched, n, theirs):
     [(DDPM(**SD), 20), (DDPM(**THRESHOLD, variance_type="fixed_large"), 20), (EDMEuler(), 20)],
 )
 def test_parity_float32(sched, n):
-    r = sigma_parity.compare(sched, n, dtype=torch.float32)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, n, dtype=torch.float32)
 
 
 def test_grid_covers_every_option_value():
     """The grid above reaches every value of every option (guards against edits of it)."""
-    seen: dict[str, set] = {}
-    for sched, steps, _ in DDPM_CASES + EDM_CASES:
-        name = type(sched).__name__
-        for field in dataclasses.fields(sched):
-            value = getattr(sched, field.name)
-            value = value is not None if field.name == "trained_betas" else value
-            seen.setdefault(f"{name}.{field.name}", set()).add(value)
-        seen.setdefault(f"{name}.steps", set()).update(steps)
+    seen = oracle.values_seen(DDPM_CASES + EDM_CASES)
     for cls in (DDPM, EDMEuler):
         name = cls.__name__
         assert set(cls.PREDICTION_TYPES) <= seen[f"{name}.prediction_type"]
@@ -168,9 +138,7 @@ def test_grid_covers_every_option_value():
 )
 def test_ddpm_custom_timesteps(sched, timesteps):
     """diffusers steps to the next listed timestep (and adds noise at a last t > 0)."""
-    r = sigma_parity.compare(sched, None, timesteps=timesteps)
-    oracle.record("PARITY", "DDPM", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, None, timesteps=timesteps)
 
 
 def test_ddpm_custom_timesteps_checked():
@@ -191,11 +159,7 @@ def test_edm_custom_sigmas():
     ramp = np.array([0.0, 0.1, 0.35, 0.6, 0.8, 1.0])
     lo, hi = sched.sigma_min ** (1 / sched.rho), sched.sigma_max ** (1 / sched.rho)
     levels = [*((hi + ramp * (lo - hi)) ** sched.rho), 0.0]
-    r = sigma_parity.compare(
-        sched, None, sigmas=levels, set_timesteps={"sigmas": torch.tensor(ramp)}
-    )
-    oracle.record("PARITY", "EDMEuler", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, None, sigmas=levels, set_timesteps={"sigmas": torch.tensor(ramp)})
     # the default grid given as custom levels is the default loop
     default = sched.program(8)
     sig = (hi + np.linspace(0, 1, 8) * (lo - hi)) ** sched.rho
@@ -203,29 +167,6 @@ def test_edm_custom_sigmas():
     np.testing.assert_allclose(custom.coefs, default.coefs, rtol=1e-12, equal_nan=True)
     with pytest.raises(ValueError, match="non-increasing"):
         sched.init(None, torch.zeros(2, 3), sigmas=[1.0, 2.0, 0.0])
-
-
-def _img2img_diffusers(config, n, strength, clean, noise, model, noises):
-    """diffusers driven as its img2img pipelines drive it: the last floor(n s) steps."""
-    module = peer.module_of(config)
-    d = peer.scheduler(config)
-    with peer._double_tables(module):
-        d.set_timesteps(n)
-    peer._double_grids(d)
-    begin = n - min(int(n * strength), n)
-    timesteps = d.timesteps[begin:]
-    if hasattr(d, "set_begin_index"):
-        d.set_begin_index(begin)
-    step = [0]
-    with (
-        peer._double_tables(module),
-        mock.patch.object(module, "randn_tensor", lambda *a, **k: noises[step[0]]),
-    ):
-        x = d.add_noise(clean, noise, timesteps[:1])
-        for i, t in enumerate(timesteps):
-            step[0] = i
-            x = d.step(model(d.scale_model_input(x, t), t), t, x).prev_sample
-    return timesteps, x
 
 
 @pytest.mark.parametrize(
@@ -238,23 +179,14 @@ def _img2img_diffusers(config, n, strength, clean, noise, model, noises):
     ],
 )
 def test_strength(sched, n, strength):
-    clean = torch.tanh(oracle.start_sample(seed=3))
-    noise = oracle.start_sample(seed=4)
-    noises = oracle.noise_list(n)
-    model = oracle.linear_tanh_model()
-    state, ts = sched.init(n, clean, strength=strength)
-    x = sched.add_noise(state, clean, noise)
-    for i, t in enumerate(ts):
-        kwargs = {} if sched.deterministic else {"noise": noises[i]}
-        state, x = sched.step(state, x, model(x, t), **kwargs)
-    their_ts, theirs = _img2img_diffusers(
+    clean, noise, model, noises = oracle.img2img_inputs(n)
+    ts, _, x = oracle.img2img_ours(sched, n, strength, clean, noise, model, noises)
+    their_ts, _, theirs = oracle.img2img_diffusers(
         sched.to_config(), n, strength, clean, noise, model, noises
     )
     assert len(ts) == len(their_ts) == int(n * strength)
     np.testing.assert_allclose(np.asarray(ts, np.float64), their_ts.double().numpy(), rtol=1e-6)
-    r = oracle.rel(x, theirs)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    oracle.check(x, theirs, "PARITY", type(sched).__name__, sigma_parity.F64_BOUND)
 
 
 # -- options, configs and diffusers' quirks --------------------------------------------------

@@ -111,14 +111,11 @@ LCM_CASES = [
 ]
 
 
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n", "options"), _grid(EULER_CASES + HEUN_CASES + LCM_CASES))
+@pytest.mark.parametrize(
+    ("sched", "n", "options"), oracle.grid(EULER_CASES + HEUN_CASES + LCM_CASES)
+)
 def test_parity_float64(sched, n, options):
-    r = sigma_parity.compare(sched, n, **options)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n, **options)
 
 
 def test_grid_covers_every_option():
@@ -151,9 +148,7 @@ def test_grid_covers_every_option():
 )
 def test_parity_float32(sched, n, options):
     """Against diffusers' own float32 tables and loop."""
-    r = sigma_parity.compare(sched, n, dtype=torch.float32, **options)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, n, dtype=torch.float32, **options)
 
 
 @pytest.mark.parametrize(
@@ -196,9 +191,7 @@ def test_stochastic_with_diffusers_own_draws(sched, n):
     for i, t in enumerate(ts):
         z = draws.get(i, torch.zeros_like(start))  # Heun's calls without churn draw nothing
         state, y = sched.step(state, y, model(y, t), noise=z)
-    r = oracle.rel(y, x)
-    oracle.record("PARITY diffusers' own noise", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    oracle.check(y, x, "PARITY diffusers' own noise", type(sched).__name__, sigma_parity.F64_BOUND)
 
 
 # -- the grid: bit-identical timesteps, custom grids, image_seq_len ---------------------------
@@ -255,9 +248,9 @@ def test_custom_grids(cls, config, custom):
     n = len(custom.get("sigmas", custom.get("timesteps")))
     # the harness draws noise for 8 calls when num_steps is None: stochastic loops pass N
     for num_steps in (None, n) if sched.deterministic else (n,):
-        r = sigma_parity.compare(sched, num_steps, **custom)
-        oracle.record("PARITY custom grid", cls.__name__, r)
-        assert r < sigma_parity.F64_BOUND
+        sigma_parity.check(
+            sched, num_steps, **custom, label="PARITY custom grid", name=cls.__name__
+        )
     d = _diffusers(sched)
     d.set_timesteps(**custom)
     _, ts = sched.init(None, np.zeros(3), **custom)
@@ -351,9 +344,7 @@ def test_img2img_loop(sched, n, strength):
         kwargs = {} if sched.deterministic else {"noise": noises[i]}
         state, x = sched.step(state, x, model(x, t), **kwargs)
     _, theirs = peer.run(config, model, theirs_start, n, noises=noises, strength=strength)
-    r = oracle.rel(x, theirs)
-    oracle.record("PARITY img2img", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    oracle.check(x, theirs, "PARITY img2img", type(sched).__name__, sigma_parity.F64_BOUND)
 
 
 # -- the published configs -------------------------------------------------------------------
@@ -438,9 +429,15 @@ def test_fixture_loop_matches_diffusers(name, n, image_seq_len, flow_registry):
         )
         ours = {"sigmas": sigmas, "image_seq_len": image_seq_len}
         theirs = {"sigmas": sigmas, "mu": mu}
-    r = sigma_parity.compare(sched, n, config=config, set_timesteps=theirs, **ours)
-    oracle.record("CONFIG flow fixtures vs diffusers", name, r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(
+        sched,
+        n,
+        config=config,
+        set_timesteps=theirs,
+        **ours,
+        label="CONFIG flow fixtures vs diffusers",
+        name=name,
+    )
     d = peer.scheduler(config, float64=False)
     d.set_timesteps(n, **theirs)
     assert sched.init(n, np.zeros(3), **ours)[1].tolist() == d.timesteps.double().tolist()
@@ -458,9 +455,9 @@ def test_fixture_of_a_solver_with_flow_sigmas(name, cls_name):
     config = load(name)
     sched = ds.from_config(config)
     assert isinstance(sched, cls)
-    r = sigma_parity.compare(sched, 30, config=config)
-    oracle.record("CONFIG flow fixtures vs diffusers", name, r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(
+        sched, 30, config=config, label="CONFIG flow fixtures vs diffusers", name=name
+    )
 
 
 # -- configs -----------------------------------------------------------------------------------

@@ -100,9 +100,7 @@ def test_parity_float64(sched, n, options):
     np.testing.assert_allclose(
         np.asarray(ts, np.float64), their_ts.double().numpy(), rtol=1e-6, atol=1e-6
     )
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY flow (newer)", type(sched).__name__, r)
-    assert r < F64_TOL, r
+    oracle.check(ours, theirs, "PARITY flow (newer)", type(sched).__name__, F64_TOL)
 
 
 @pytest.mark.parametrize(
@@ -110,9 +108,7 @@ def test_parity_float64(sched, n, options):
 )
 def test_parity_float32(sched, n, options):
     _, ours, _, theirs = compare(sched, n, options, dtype=torch.float32)
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY flow (newer) float32", type(sched).__name__, r)
-    assert r < F32_TOL, r
+    oracle.check(ours, theirs, "PARITY flow (newer) float32", type(sched).__name__, F32_TOL)
 
 
 def test_flow_map_r_timesteps():
@@ -173,24 +169,14 @@ def _img2img_diffusers(config, n, strength, clean, noise, model, noises, our_sta
     ids=lambda v: type(v).__name__ if not isinstance(v, int) else f"N={v}",
 )
 def test_strength_matches_diffusers(sched, n, strength):
-    clean = torch.tanh(oracle.start_sample(seed=3))
-    noise = oracle.start_sample(seed=4)
-    noises = oracle.noise_list(n)
-    model = oracle.linear_tanh_model()
-    state, ts = sched.init(n, clean, strength=strength)
-    start = sched.add_noise(state, clean, noise)
-    x = start
-    for i, t in enumerate(ts):
-        kwargs = {} if sched.deterministic else {"noise": noises[i]}
-        state, x = sched.step(state, x, model(x, t), **kwargs)
+    clean, noise, model, noises = oracle.img2img_inputs(n)
+    ts, start, x = oracle.img2img_ours(sched, n, strength, clean, noise, model, noises)
     their_ts, their_start, theirs = _img2img_diffusers(
         sched.to_config(), n, strength, clean, noise, model, noises, start
     )
     np.testing.assert_allclose(np.asarray(ts, np.float64), their_ts.double().numpy(), rtol=1e-6)
     assert oracle.rel(start, their_start) < F64_TOL
-    r = oracle.rel(x, theirs)
-    oracle.record("IMG2IMG flow (newer)", f"{type(sched).__name__}-s={strength}", r)
-    assert r < F64_TOL, r
+    oracle.check(x, theirs, "IMG2IMG flow (newer)", f"{type(sched).__name__}-s={strength}", F64_TOL)
 
 
 # -- HeliosDMD: driven as the distilled Helios pipeline drives it ------------------------------
@@ -232,6 +218,4 @@ def test_helios_dmd_parity(sched, n, options):
         state, y = sched.step(state, y, model(y, t))
     their_ts, theirs = _dmd_diffusers(sched.to_config(), n, x, model, **options)
     np.testing.assert_allclose(np.asarray(ts), their_ts.double().numpy(), rtol=1e-12)
-    r = oracle.rel(y, theirs)
-    oracle.record("PARITY flow (newer)", "HeliosDMD", r)
-    assert r < F64_TOL, r
+    oracle.check(y, theirs, "PARITY flow (newer)", "HeliosDMD", F64_TOL)

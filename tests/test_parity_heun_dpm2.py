@@ -7,7 +7,6 @@ counts from 1 to 1000; see ``sigma_parity`` for how the loops are driven.
 from __future__ import annotations
 
 import inspect
-from unittest import mock
 
 import numpy as np
 import oracle
@@ -63,14 +62,9 @@ ANCESTRAL_CASES = [
 ]
 
 
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n"), _grid(HEUN_CASES + DPM2_CASES + ANCESTRAL_CASES))
+@pytest.mark.parametrize(("sched", "n"), oracle.grid(HEUN_CASES + DPM2_CASES + ANCESTRAL_CASES))
 def test_parity_float64(sched, n):
-    r = sigma_parity.compare(sched, n)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n)
 
 
 # diffusers' float32 ᾱ (a float32 cumulative product) moves the fractional timesteps of
@@ -86,9 +80,7 @@ def test_parity_float64(sched, n):
     ],
 )
 def test_parity_float32(sched, n):
-    r = sigma_parity.compare(sched, n, dtype=torch.float32)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, n, dtype=torch.float32)
 
 
 def test_options_cover_every_diffusers_option():
@@ -120,9 +112,7 @@ def test_dpm2_rejects_sample_prediction(cls):
 
 def test_custom_timesteps():
     ts = [999, 850, 700, 500, 300, 120, 40]
-    r = sigma_parity.compare(Heun(**SD), None, timesteps=ts)
-    oracle.record("PARITY", "Heun", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(Heun(**SD), None, timesteps=ts)
 
 
 def test_call_layout():
@@ -135,29 +125,6 @@ def test_call_layout():
     assert ts[1] == ts[2] and ts[3] == ts[4]
     _, ts = DPM2().init(4, torch.zeros(2))
     assert torch.all(ts[0:-1:2] > ts[1::2]) and torch.all(ts[1::2] > ts[2::2])
-
-
-def _img2img_diffusers(config, model, clean, noise, n, strength, noises):
-    """diffusers' image-to-image loop (its Stable Diffusion img2img pipeline's
-    ``get_timesteps``): the last floor(N · strength) steps, from ``add_noise``."""
-    d = peer.scheduler(config)
-    module = peer.module_of(config)
-    with peer._double_tables(module):
-        d.set_timesteps(n)
-    peer._double_grids(d)
-    t_start = n - min(int(n * strength), n)
-    timesteps = d.timesteps[t_start * d.order :]
-    d.set_begin_index(t_start * d.order)
-    x = d.add_noise(clean, noise, timesteps[:1])
-    current = [0]
-    draw = mock.patch.object(
-        module, "randn_tensor", lambda *a, **k: noises[current[0]], create=True
-    )
-    with peer._double_tables(module), draw:
-        for i, t in enumerate(timesteps):
-            current[0] = i
-            x = d.step(model(d.scale_model_input(x, t), t), t, x).prev_sample
-    return timesteps, x
 
 
 @pytest.mark.parametrize(
@@ -173,20 +140,11 @@ def _img2img_diffusers(config, model, clean, noise, n, strength, noises):
 )
 def test_image_to_image(sched, n, strength):
     """``strength=`` cuts the loop where diffusers' img2img pipelines do (two calls a step)."""
-    clean = oracle.start_sample(seed=3)
-    noise = oracle.start_sample(seed=4)
-    model = oracle.linear_tanh_model()
-    noises = oracle.noise_list(2 * n)
-    state, timesteps = sched.init(n, clean, strength=strength)
-    x = sched.add_noise(state, clean, noise)
-    for i, t in enumerate(timesteps):
-        kwargs = {} if sched.deterministic else {"noise": noises[i]}
-        state, x = sched.step(state, x, model(x, t), **kwargs)
-    their_ts, theirs = _img2img_diffusers(
-        sched.to_config(), model, clean, noise, n, strength, noises
+    clean, noise, model, noises = oracle.img2img_inputs(2 * n, tanh=False)
+    timesteps, _, x = oracle.img2img_ours(sched, n, strength, clean, noise, model, noises)
+    their_ts, _, theirs = oracle.img2img_diffusers(
+        sched.to_config(), n, strength, clean, noise, model, noises
     )
     assert len(timesteps) == len(their_ts) == 2 * int(n * strength) - 1
     torch.testing.assert_close(timesteps, their_ts.to(torch.float64), rtol=1e-5, atol=1e-5)
-    r = oracle.rel(x, theirs)
-    oracle.record("PARITY img2img", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    oracle.check(x, theirs, "PARITY img2img", type(sched).__name__, sigma_parity.F64_BOUND)

@@ -4,13 +4,12 @@ Every option value is covered at least once (not every product), each at a few s
 counts from the smallest to 1000; see ``sigma_parity`` for how the loops are driven.
 diffusers' IPNDMScheduler builds its grid at torch's default dtype, float32, which the
 peer's float64 tables do not reach: the float64 comparisons evaluate it in float64
-(:func:`float64_default`), and :func:`test_ipndm_grid_is_diffusers_float32_grid` bounds the
-difference to diffusers' float32 grid.
+(:func:`oracle.float64_default`), and :func:`test_ipndm_grid_is_diffusers_float32_grid`
+bounds the difference to diffusers' float32 grid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
 import diffusers
@@ -52,34 +51,16 @@ IPNDM_CASES = [
 ]
 
 
-@contextlib.contextmanager
-def float64_default():
-    """torch's default dtype set to float64: diffusers' IPNDM grid in double precision."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n"), _grid(LMS_CASES + IPNDM_CASES))
+@pytest.mark.parametrize(("sched", "n"), oracle.grid(LMS_CASES + IPNDM_CASES))
 def test_parity_float64(sched, n):
-    with float64_default() if isinstance(sched, IPNDM) else contextlib.nullcontext():
-        r = sigma_parity.compare(sched, n)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    with oracle.float64_default(isinstance(sched, IPNDM)):
+        sigma_parity.check(sched, n)
 
 
 @pytest.mark.parametrize(("sched", "n"), [(LMS(**SD), 20), (IPNDM(), 20)])
 def test_parity_float32(sched, n):
     """Against diffusers as it runs: float32 tables, float32 samples."""
-    r = sigma_parity.compare(sched, n, dtype=torch.float32)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, n, dtype=torch.float32)
 
 
 def test_ipndm_one_step_ignores_the_model():
@@ -87,7 +68,7 @@ def test_ipndm_one_step_ignores_the_model():
     sched = IPNDM()
     start, model = oracle.start_sample(), oracle.linear_tanh_model()
     _, ours, _ = sigma_parity.loop_ours(sched, 1, start, model, None)
-    with float64_default():
+    with oracle.float64_default():
         _, theirs = peer.run(sched.to_config(), model, start, 1)
     assert torch.count_nonzero(ours) == 0 and torch.count_nonzero(theirs) == 0
 

@@ -23,8 +23,7 @@ import torch
 import diffsched as ds
 from diffsched.interop import peer
 
-F64_BOUND = 1e-6
-F32_BOUND = 1e-4
+F64_BOUND, F32_BOUND = oracle.F64_BOUND, oracle.F32_BOUND  # 1e-6, 1e-4
 
 
 class Draws:
@@ -50,29 +49,19 @@ DEFAULT_DTYPE_GRIDS = {"ScoreSdeVeScheduler", "DDPMWuerstchenScheduler", "Karras
 
 
 @contextlib.contextmanager
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-@contextlib.contextmanager
 def patched(config, draws, float64):
     module = peer.module_of(config)
     double = peer._double_tables(module) if float64 else contextlib.nullcontext()
     default = contextlib.nullcontext()
     if float64 and config["_class_name"] in DEFAULT_DTYPE_GRIDS:
-        default = float64_default()
+        default = oracle.float64_default()
     with double, default, mock.patch.object(module, "randn_tensor", draws, create=True):
         yield
 
 
 def build(config, float64):
     if float64 and config["_class_name"] in DEFAULT_DTYPE_GRIDS:
-        with float64_default():
+        with oracle.float64_default():
             return peer.scheduler(config, float64=float64)
     return peer.scheduler(config, float64=float64)
 
@@ -343,9 +332,7 @@ def test_parity_float64(sched, n, init_options):
     ts, ours, seen, theirs = compare(sched, n, torch.float64, init_options)
     assert len(ts) == len(seen)
     np.testing.assert_allclose(ts, seen, rtol=1e-6, atol=1e-6)
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < F64_BOUND
+    oracle.check(ours, theirs, "PARITY", type(sched).__name__, F64_BOUND)
     assert oracle.rel(ours, oracle.start_sample()) > 1e-3  # the loop moved
 
 
@@ -361,9 +348,7 @@ def test_parity_float32(sched, n):
     assert ours.dtype == torch.float32
     ts, _, seen, _ = compare(sched, n, torch.float32, float64=False)
     np.testing.assert_allclose(ts, seen, rtol=2e-6, atol=1e-6)
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < F32_BOUND
+    oracle.check(ours, theirs, "PARITY float32", type(sched).__name__, F32_BOUND)
 
 
 NEW_CLASSES = (
@@ -420,9 +405,7 @@ def test_parallel_parity_float64(sched, n):
     theirs_ts, theirs = peer.run(sched.to_config(), model, x, n, noises=noises)
     ts, ours = run_ours(sched, n, x, model, noises)
     assert ts == [float(t) for t in theirs_ts]
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < F64_BOUND
+    oracle.check(ours, theirs, "PARITY", type(sched).__name__, F64_BOUND)
     # the same numbers as the sequential class they stand for
     base = ds.DDIM if isinstance(sched, ds.DDIM) else ds.DDPM
     twin = base(**{f.name: getattr(sched, f.name) for f in dataclasses.fields(sched)})
@@ -439,9 +422,7 @@ def test_parallel_parity_float32(sched):
     _, theirs = peer.run(sched.to_config(), model, x, 10, noises=noises)
     _, ours = run_ours(sched, 10, x.float(), model, [z.float() for z in noises])
     assert ours.dtype == torch.float32
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < F32_BOUND
+    oracle.check(ours, theirs, "PARITY float32", type(sched).__name__, F32_BOUND)
 
 
 # -- RePaint: the known image and mask at every step, the resampling jumps in the table -------
@@ -481,9 +462,13 @@ def test_repaint_parity(sched, n, options, dtype):
         init_options=options, step_options=step_options,
     )  # fmt: skip
     assert ts == seen
-    r = oracle.rel(ours, theirs)
-    oracle.record("PARITY" if dtype == torch.float64 else "PARITY float32", "RePaint", r)
-    assert r < (F64_BOUND if dtype == torch.float64 else F32_BOUND)
+    oracle.check(
+        ours,
+        theirs,
+        "PARITY" if dtype == torch.float64 else "PARITY float32",
+        "RePaint",
+        F64_BOUND if dtype == torch.float64 else F32_BOUND,
+    )
     assert oracle.rel(ours, x) > 1e-3
 
 

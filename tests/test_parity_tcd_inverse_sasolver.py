@@ -123,14 +123,9 @@ SASOLVER_CASES = [
 ]
 
 
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n"), _grid(TCD_CASES + INVERSE_CASES + SASOLVER_CASES))
+@pytest.mark.parametrize(("sched", "n"), oracle.grid(TCD_CASES + INVERSE_CASES + SASOLVER_CASES))
 def test_parity_float64(sched, n):
-    r = sigma_parity.compare(sched, n)
-    oracle.record("PARITY", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n)
 
 
 @pytest.mark.parametrize(
@@ -138,18 +133,14 @@ def test_parity_float64(sched, n):
 )
 def test_tcd_strength(sched, n, strength):
     """Image-to-image: the last floor(50 · strength) points of the original schedule."""
-    r = sigma_parity.compare(sched, n, strength=strength)
-    oracle.record("PARITY", "TCD", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n, strength=strength, name="TCD")
 
 
 @pytest.mark.parametrize(
     ("sched", "n"), [(TCD(), 8), (DDIMInverse(**SD), 20), (SASolver(**SD), 20)]
 )
 def test_parity_float32(sched, n):
-    r = sigma_parity.compare(sched, n, dtype=torch.float32)
-    oracle.record("PARITY float32", type(sched).__name__, r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, n, dtype=torch.float32)
 
 
 # -- the noise diffusers draws itself ------------------------------------------------------
@@ -192,9 +183,9 @@ def test_parity_with_diffusers_own_noise(sched, n):
         noise = drawn.get(i, torch.zeros_like(x))  # TCD draws nothing at its last step
         state, x = sched.step(state, x, model(x, t), noise=noise)
     assert len(drawn) == (n - 1 if isinstance(sched, TCD) else n)
-    r = oracle.rel(x, theirs)
-    oracle.record("PARITY diffusers' own noise", type(sched).__name__, r)
-    assert r < sigma_parity.F64_BOUND
+    oracle.check(
+        x, theirs, "PARITY diffusers' own noise", type(sched).__name__, sigma_parity.F64_BOUND
+    )
 
 
 # -- TCD -----------------------------------------------------------------------------------

@@ -73,14 +73,9 @@ MU_CASES = [
 ]
 
 
-_grid = oracle.grid  # one case per (config, step count)
-
-
-@pytest.mark.parametrize(("sched", "n"), _grid(CASES))
+@pytest.mark.parametrize(("sched", "n"), oracle.grid(CASES))
 def test_parity_float64(sched, n):
-    r = sigma_parity.compare(sched, n)
-    oracle.record("PARITY", "UniPC", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n)
 
 
 @pytest.mark.parametrize(
@@ -88,16 +83,12 @@ def test_parity_float64(sched, n):
     [pytest.param(s, n, mu, id=f"{i}-N={n}") for i, (s, ns, mu) in enumerate(MU_CASES) for n in ns],
 )
 def test_parity_dynamic_shifting(sched, n, mu):
-    r = sigma_parity.compare(sched, n, mu=mu)
-    oracle.record("PARITY", "UniPC", r)
-    assert r < sigma_parity.F64_BOUND
+    sigma_parity.check(sched, n, mu=mu)
 
 
 @pytest.mark.parametrize("sched", [U(**SD15), U(**WAN, solver_order=3)], ids=["sd15", "wan"])
 def test_parity_float32(sched):
-    r = sigma_parity.compare(sched, 20, dtype=torch.float32)
-    oracle.record("PARITY float32", "UniPC", r)
-    assert r < sigma_parity.F32_BOUND
+    sigma_parity.check(sched, 20, dtype=torch.float32)
 
 
 def test_custom_sigmas():
@@ -178,9 +169,9 @@ def test_step_to_zero_where_diffusers_is_nan(sched, n):
     assert not torch.isfinite(theirs).all()
     x = ours(sched, n)
     assert torch.isfinite(x).all()
-    r = oracle.rel(x, diffusers_loop(sched, n, final_sigma=1e-150))
-    oracle.record("PARITY (σ → 0 limit)", "UniPC", r)
-    assert r < 1e-9
+    oracle.check(
+        x, diffusers_loop(sched, n, final_sigma=1e-150), "PARITY (σ → 0 limit)", "UniPC", 1e-9
+    )
 
 
 @pytest.mark.parametrize("order", [2, 3])

@@ -6,20 +6,18 @@ import math
 
 import numpy as np
 import pytest
+from reference_checks import (
+    assert_converges,
+    nearest_training_image,
+    relative_difference,
+    rk4,
+    start_points,
+)
 
-from diffsched.exact.models import EmpiricalDenoiser, GaussianMixture, make_denoiser, sample_shape
+from diffsched.exact.models import EmpiricalDenoiser, GaussianMixture, make_denoiser
 from diffsched.exact.reference import SIGMA_MIN, sigma_from_alpha_bar, solve_pf_ode
 
 ALPHA_BAR_START = 0.05  # σ ≈ 4.4, the noisy end of a typical sampling run
-
-
-def start_points(name: str, count: int, seed: int) -> np.ndarray:
-    """x_t at ᾱ_start: VP-scaled, roughly unit variance."""
-    return np.random.default_rng(seed).standard_normal(sample_shape(name, count))
-
-
-def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def rk4_log_sigma(denoiser, x_start, alpha_bar_start, sigma_end, steps):
@@ -34,27 +32,16 @@ def rk4_log_sigma(denoiser, x_start, alpha_bar_start, sigma_end, steps):
         return y - denoiser.posterior_mean(y / math.sqrt(variance), 1.0 / variance)
 
     u0 = math.log(sigma_from_alpha_bar(alpha_bar_start))
-    h = (math.log(sigma_end) - u0) / steps
     y = x_start / math.sqrt(alpha_bar_start)
-    for k in range(steps):
-        u = u0 + k * h
-        k1 = slope(u, y)
-        k2 = slope(u + h / 2, y + h / 2 * k1)
-        k3 = slope(u + h / 2, y + h / 2 * k2)
-        k4 = slope(u + h, y + h * k3)
-        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return y
+    return rk4(slope, y, u0, math.log(sigma_end), steps)
 
 
 @pytest.mark.parametrize("name", ["digits", "gmm"])
 @pytest.mark.parametrize("alpha_bar_end", [0.6, 1.0])
 def test_converges_when_tolerance_is_tightened(name, alpha_bar_end):
-    denoiser = make_denoiser(name)
     x = start_points(name, 3, seed=0)
-    default = solve_pf_ode(denoiser, x, ALPHA_BAR_START, alpha_bar_end)
-    tighter = solve_pf_ode(denoiser, x, ALPHA_BAR_START, alpha_bar_end, rtol=1e-11, atol=1e-13)
-    assert default.shape == x.shape and default.dtype == np.float64
-    assert relative_difference(default, tighter) < 1e-8
+    assert_converges(solve_pf_ode, make_denoiser(name), x, ALPHA_BAR_START, alpha_bar_end,
+                     rtol=1e-11, atol=1e-13, tol=1e-8)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["digits", "gmm"])
@@ -76,9 +63,7 @@ def test_matches_fixed_step_rk4(name, alpha_bar_end):
     else:
         end = rk4_log_sigma(denoiser, x, ALPHA_BAR_START, SIGMA_MIN, 500)
         if name == "digits":
-            flat = end.reshape(len(x), -1)
-            nearest = np.argmin(np.sum((flat[:, None] - denoiser.data[None]) ** 2, axis=2), axis=1)
-            crude = denoiser.data[nearest].reshape(x.shape)
+            crude = nearest_training_image(denoiser, end)
         else:
             crude = denoiser.posterior_mean(end, 1 / (1 + SIGMA_MIN**2))
     assert relative_difference(reference, crude) < 1e-6
