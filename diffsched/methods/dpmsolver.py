@@ -496,9 +496,16 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
             )
 
     def _grid(
-        self, num_steps: int | None, timesteps: Any = None, mu: Any = None
+        self, num_steps: int | None, timesteps: Any = None, mu: Any = None, sigmas: Any = None
     ) -> solver_grid.SolverGrid:
-        """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values)."""
+        """diffusers' ``set_timesteps``: timesteps and N + 1 levels (float32 values), or the
+        explicit list ``sigmas=`` (not in diffusers), which replaces the grid options' levels."""
+        if sigmas is not None:
+            if timesteps is not None or mu is not None:
+                raise ValueError("pass at most one of sigmas=, timesteps= and mu=")
+            return solver_grid.custom_grid(
+                self._training_alphas_cumprod(), sigmas, flow=self.use_flow_sigmas
+            )
         kind = self._grid_kind(use_lu_lambdas=self.use_lu_lambdas)
         shift = self.flow_shift_of(mu)
         if timesteps is not None:
@@ -524,16 +531,8 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
         self, num_steps: int | None, timesteps: Any = None, mu: Any = None, strength: float = 1.0,
         sigmas: Any = None,
     ) -> Tableau:  # fmt: skip
-        if sigmas is None:
-            grid = self._grid(num_steps, timesteps, mu)
-        elif timesteps is not None or mu is not None:
-            raise ValueError("pass at most one of sigmas=, timesteps= and mu=")
-        else:  # an explicit list (not in diffusers): replaces the grid options' levels
-            grid = solver_grid.custom_grid(
-                self._training_alphas_cumprod(), sigmas, flow=self.use_flow_sigmas
-            )
         return self._table(
-            grid, strength,
+            self._grid(num_steps, timesteps, mu, sigmas), strength,
             sde_third=self.sde_third_order, to_zero=self.final_sigmas_type == "zero",
         )  # fmt: skip
 
