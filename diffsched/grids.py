@@ -116,7 +116,7 @@ class Grid(NamedTuple):
         check_tunable(scheduler)
         params = inspect.signature(scheduler.tableau).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        modes = [m for m in ("sigmas", "timesteps") if takes_any or m in params]
+        modes = [m for m in scheduler.TUNED_LEVELS if takes_any or m in params]
         zero_snr = bool(getattr(scheduler, "rescale_betas_zero_snr", False))  # any class
         acp = discrete.training_alphas_cumprod(scheduler.alphas_cumprod, zero_terminal_snr=zero_snr)
         log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from record_comfy_samplers import NOISE, SHAPE, _floats, toy
-from record_comfy_schedules import load_oracle
+from comfy_parity import NOISE, SHAPE, load_oracle, toy
+from comfy_parity import floats as _floats
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "comfy_adaptive.json"
 IMAGE = 0.8 * np.tanh(np.random.default_rng(17).standard_normal(SHAPE))  # a clean latent

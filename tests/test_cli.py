@@ -501,15 +501,13 @@ def test_tune_saves_a_grid_that_sample_reads_back(capsys, tmp_path):
     status, out, err = run_cli(capsys, *argv)
     assert status == 0, err
     grid = ds.load_grid(path)
-    # DPM-Solver++ takes sigmas= (continuous levels, N + 1 with the final 0): the tuner's
-    # first choice over integer timesteps=
-    assert list(grid) == ["sigmas"] and len(grid["sigmas"]) == 5 and grid["sigmas"][-1] == 0
-    assert "tuned grid: sigmas=[" in out
+    assert list(grid) == ["timesteps"] and len(grid["timesteps"]) == 4
+    assert f"tuned grid: timesteps={grid['timesteps']}" in out
     row = re.search(r"\| calibration noise \| ([\d.e+-]+) \| ([\d.e+-]+) \|", out)
     assert row and float(row[2]) <= float(row[1])
     assert re.search(r"\| held-out noise \| [\d.e+-]+ \| [\d.e+-]+ \|", out)
     _, timesteps = ds.DPMSolverMultistep().init(None, np.zeros((2, 2)), **grid)
-    assert len(timesteps) == 4
+    assert np.asarray(timesteps).tolist() == grid["timesteps"]
     held_out = re.search(r"\| held-out noise \| [\d.e+-]+ \| ([\d.e+-]+) \|", out)[1]
     status, out, err = run_cli(capsys, "sample", "dpm++2m", "--model", "gmm", "--grid", path,
                                "--num-samples", 16, "--out", tmp_path / "s.png")  # fmt: skip

@@ -207,7 +207,7 @@ def test_other_bad_arguments():
     with pytest.raises(ValueError, match="rectified-flow"):
         search(
             never_called,
-            ds.DPMSolverMultistep(use_flow_sigmas=True, prediction_type="flow"),
+            ds.DEIS(use_flow_sigmas=True, prediction_type="flow"),  # no sigmas= to take
             STEPS,
             CALIBRATION,
         )

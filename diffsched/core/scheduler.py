@@ -61,6 +61,8 @@ class BaseScheduler:
     # an adaptive loop (docs/adaptive.md): init(max_calls, ...) bounds the model calls; the
     # state says the next timestep (next_timestep) and whether the loop is over (done)
     ADAPTIVE: ClassVar[bool] = False
+    # the custom-grid keywords of init the tuner (diffsched.grids.Grid) tries, in this order
+    TUNED_LEVELS: ClassVar[tuple[str, ...]] = ("sigmas", "timesteps")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -476,6 +476,9 @@ class DPMSolverMultistep(BrownianNoise, ZeroTerminalSNR, _DPMSolverBase):
     DIFFUSERS_CLASS = "DPMSolverMultistepScheduler"
     FAMILY = families.SOLVERS
     CLI_NAME = "dpm++2m"
+    # tuned as diffusers' form takes a custom grid: integer training timesteps, at which the
+    # model is called exactly (sigmas= is the ComfyUI interop's list)
+    TUNED_LEVELS = ("timesteps", "sigmas")
 
     use_lu_lambdas: bool = option(
         False, "levels evenly spaced in λ over the training range (Lu et al. 2022a, "
