@@ -81,6 +81,7 @@ class TuneResult(NamedTuple):
     error: float  # the tuned grid's error on the calibration set
     model_calls: int  # model calls, each on the whole calibration batch
     seconds: float
+    base: Scheduler | None = None  # the method the grid is for (None: the scheduler tuned)
 
 
 def tune(
@@ -135,11 +136,18 @@ def search_coefficients(
     substeps: int = 4,
     max_evaluations: int = 300,
     tolerance: float = 2e-3,
+    bases: Any = "auto",
     **fit_options: Any,
 ):
     """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
     :class:`~diffsched.tuning_coefficients.CoefficientResult`, its ``model_calls`` the
-    whole cost (reference, grid search and fit)."""
+    whole cost (reference, grid search and fit).
+
+    ``bases``: the methods whose tables compete with ``scheduler``'s as the tuned table's
+    base, for the same model: ``"auto"`` (:func:`candidate_bases`), a list of schedulers,
+    or None (``scheduler`` alone). Their starting grids are scored on the calibration
+    batch (N model calls each) and one leaves ``scheduler`` only where it
+    :meth:`Score.beats` it; the grid search and the fit then tune that one."""
     from .tuning_coefficients import fit_coefficients
 
     t0 = time.perf_counter()
@@ -156,14 +164,26 @@ def search_coefficients(
             own = g.init_options(g.start)
             start = calibration_noise * scheduler.init_noise_scale(None, **own)
             ref = reference_trajectory(counted, scheduler, start, g, candidates, substeps)
-        init_options = own
+        others = _bases(scheduler, bases)
+        init_options, base = own, scheduler
         if grid:
             found = _search(counted, scheduler, num_steps, calibration_noise,
                             candidates=candidates, substeps=substeps,
                             max_evaluations=max_evaluations, tolerance=tolerance,
-                            reference=ref)  # fmt: skip
-            init_options = found.init_options
-        result = fit_coefficients(counted, scheduler, num_steps, calibration_noise, ref.final,
+                            reference=ref, bases=others)  # fmt: skip
+            init_options, base = found.init_options, found.base or scheduler
+        elif others:  # the method whose own grid clearly does best
+            scored = {}
+            for i, sched in enumerate((scheduler, *others)):
+                try:
+                    opts = Grid.of(sched, num_steps).init_options(Grid.of(sched, num_steps).start)
+                except (TypeError, ValueError):
+                    continue
+                out = _run(counted, sched, calibration_noise, opts)
+                scored[i] = (Score.of(out, ref.final), sched, opts)
+            pick = _pick_start({i: v[0] for i, v in scored.items()}, 0)
+            _, base, init_options = scored[pick]
+        result = fit_coefficients(counted, base, num_steps, calibration_noise, ref.final,
                                   init_options, **fit_options)  # fmt: skip
     return result._replace(model_calls=counted.calls, seconds=time.perf_counter() - t0)
 
@@ -194,7 +214,9 @@ def search(
 
 
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-            max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
+            max_evaluations, tolerance, reference=None, bases=()) -> TuneResult:  # fmt: skip
+    """:func:`search`; ``bases``: other methods for the same model whose starts compete
+    with the scheduler's (the result's ``base`` says which one the grid is for)."""
     if is_flow(scheduler):
         return _search_flow(model, scheduler, num_steps, calibration_noise,
                             substeps=substeps, candidates=candidates,
@@ -220,32 +242,113 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
         else reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
     )
 
-    def error(levels: np.ndarray) -> Score:
-        out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
+    def error(sched: Scheduler, g: Grid, levels: np.ndarray) -> Score:
+        out = _run(counted, sched, calibration_noise, g.init_options(levels))
         return Score.of(out, ref.final)
 
-    tried = {"own": own, "gits": ref.dynamic_programming(num_steps)}
-    for name in NAMED_GRIDS:
-        try:
-            tried[name] = grid.snap(np.log(named_sigmas(name, grid, num_steps)))
-        except ValueError:
-            continue
-    tried = {name: levels for name, levels in tried.items() if levels is not None}
-    scored = {name: error(levels) for name, levels in tried.items()}
-    best_name = _pick_start(scored)
+    gits = ref.dynamic_programming(num_steps)
+    tried, scored, grids = {}, {}, {}
+    for i, sched in enumerate((scheduler, *bases)):
+        if i == 0:
+            g, path = grid, gits
+        else:
+            try:
+                g = Grid.of(sched, num_steps)
+            except (TypeError, ValueError):
+                continue
+            path = g.snap(np.log(ref.sigmas[ref.dynamic_programming(num_steps, index=True)]))
+        grids[i] = (sched, g)
+        starts = {"own": g.start, "gits": path}
+        for name in NAMED_GRIDS:
+            try:
+                starts[name] = g.snap(np.log(named_sigmas(name, g, num_steps)))
+            except ValueError:
+                continue
+        for name, levels in starts.items():
+            if levels is not None:
+                tried[i, name] = levels
+                scored[i, name] = error(sched, g, levels)
+    best_key = _pick_start(scored, (0, "own"))
+    sched, g = grids[best_key[0]]
     levels, best = _coordinate_search(
-        error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
+        lambda lv: error(sched, g, lv),
+        g,
+        tried[best_key],
+        scored[best_key],
+        max_evaluations,
+        tolerance,
     )
-    if not best.beats(scored["own"]):  # a fall carried by a few samples: the own grid
-        levels, best = own, scored["own"]
+    if not best.beats(scored[0, "own"]):  # a fall carried by a few samples: the own grid
+        sched, g, levels, best = scheduler, grid, own, scored[0, "own"]
     return TuneResult(
-        init_options=grid.init_options(levels),
+        init_options=g.init_options(levels),
         start_options=grid.init_options(own),
-        start_error=scored["own"].error,
+        start_error=scored[0, "own"].error,
         error=best.error,
         model_calls=counted.calls,
         seconds=time.perf_counter() - t0,
+        base=sched,
     )
+
+
+def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
+    if bases is None or is_flow(scheduler):
+        return []
+    if isinstance(bases, str):
+        if bases != "auto":
+            raise ValueError(f"bases must be 'auto', a list of schedulers or None, got {bases!r}")
+        return candidate_bases(scheduler)
+    out = list(bases)
+    for b in out:
+        if not isinstance(b, Scheduler):
+            raise TypeError(f"bases must hold schedulers, got {type(b).__name__}")
+        for key in ("prediction_type", "num_train_steps"):
+            if getattr(b, key, None) != getattr(scheduler, key, None):
+                raise ValueError(f"bases must be methods for the same model: {type(b).__name__} "
+                                 f"has {key}={getattr(b, key, None)!r}, the scheduler "
+                                 f"{getattr(scheduler, key, None)!r}")  # fmt: skip
+        if not np.allclose(b.alphas_cumprod, scheduler.alphas_cumprod, rtol=1e-12):
+            raise ValueError(f"bases must be methods for the same model: {type(b).__name__} "
+                             "has another training schedule (alphas_cumprod)")  # fmt: skip
+    return out
+
+
+def candidate_bases(scheduler: Scheduler) -> list[Scheduler]:
+    """The methods that :func:`tune` tries beside ``scheduler`` (``bases="auto"``): UniPC
+    and DPM-Solver++ of orders 2 and 3 and variable-step iPNDM, on its config (the same
+    model: training schedule and prediction type), those that take it."""
+    from .methods.dpmsolver import DPMSolverMultistep
+    from .methods.ipndm_variable import VariableIPNDM
+    from .methods.unipc import UniPC
+
+    config = {k: v for k, v in scheduler.to_config().items() if k in BASE_KEYS}
+    mine = json_config(scheduler)
+    out = []
+    for cls, kw in ((UniPC, {"solver_order": 3}), (UniPC, {"solver_order": 2}),
+                    (DPMSolverMultistep, {"solver_order": 3}),
+                    (DPMSolverMultistep, {"solver_order": 2}),
+                    (VariableIPNDM, {"solver_order": 4})):  # fmt: skip
+        try:
+            other = cls.from_config(config, **kw)
+        except (TypeError, ValueError):
+            continue
+        if json_config(other) != mine and other.deterministic and not other.processes_x0:
+            out.append(other)
+    return out
+
+
+# the config keys a candidate base takes from the scheduler: the model (training schedule,
+# prediction type) and the loop's own grid
+BASE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset",
+             "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+             "final_sigmas_type")  # fmt: skip
+
+
+def json_config(scheduler: Scheduler) -> str:
+    import json
+
+    return json.dumps(scheduler.to_config(), sort_keys=True)
 
 
 # -- the grid: what is searched, and how it becomes init's arguments ----------------------
@@ -263,9 +366,10 @@ class Reference(NamedTuple):
     denoised: list[np.ndarray]  # K x̂_0 of the model's output there
     final: np.ndarray  # the reference final sample (σ = 0), host float64
 
-    def dynamic_programming(self, n: int) -> np.ndarray:
+    def dynamic_programming(self, n: int, index: bool = False) -> np.ndarray:
         """GITS' grid: the N candidate levels whose first-order steps (the last one to
-        σ = 0) have the least summed local error along the reference trajectory."""
+        σ = 0) have the least summed local error along the reference trajectory (their
+        indices among the candidates if ``index``)."""
         sig = self.sigmas
         k = len(sig)
         targets = [*self.native, self.final]  # node k: the final level, σ = 0
@@ -288,7 +392,8 @@ class Reference(NamedTuple):
         for m in range(n, 0, -1):
             j = int(back[m, j])
             path.append(j)
-        return self.levels[np.array(path[::-1])]
+        chosen = np.array(path[::-1])
+        return chosen if index else self.levels[chosen]
 
 
 def reference_trajectory(
@@ -559,10 +664,10 @@ class Score(NamedTuple):
         return float(np.mean(diff)) >= SIGNIFICANCE * spread
 
 
-def _pick_start(scored: dict[str, Score]) -> str:
-    """The start with the least error among the scheduler's own grid and those that
-    :meth:`Score.beats` it."""
-    allowed = [k for k, e in scored.items() if k == "own" or e.beats(scored["own"])]
+def _pick_start(scored: dict[Any, Score], own: Any = "own") -> Any:
+    """The start with the least error among the scheduler's own grid (key ``own``) and
+    those that :meth:`Score.beats` it."""
+    allowed = [k for k, e in scored.items() if k == own or e.beats(scored[own])]
     return min(allowed, key=lambda k: scored[k].error)
 
 

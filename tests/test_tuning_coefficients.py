@@ -73,8 +73,9 @@ def test_the_engine_runs_the_fitted_table(tuned):
 
 
 def test_corrections_keep_the_moment_conditions(tuned):
-    base, steps, result = tuned
+    _, steps, result = tuned
     sched = result.scheduler
+    base = sched.base_scheduler  # the base the tuner picked
     w = sched.weight_table()
     tab = base.tableau(steps, **sched.grid_options)
     log_train = np.log(np.sqrt((1 - base.alphas_cumprod) / base.alphas_cumprod))
@@ -139,8 +140,10 @@ def test_save_load_round_trip_and_refusals(tuned, tmp_path):
     )
     with pytest.raises(ValueError, match="beta_end"):
         ds.load_tuned(path, base=base.replace(beta_end=0.02))
-    with pytest.raises(ValueError, match="another scheduler config"):
-        ds.load_tuned(path, base=ds.DDIM(**SD))
+    with pytest.raises(ValueError, match="another model's schedule; differing: prediction_type"):
+        ds.load_tuned(path, base=base.replace(prediction_type="angular_velocity"))
+    # another method for the same model: the file brings its own base
+    assert ds.load_tuned(path, base=ds.DDIM(**SD)) == sched
     with pytest.raises(ValueError, match=f"num_steps={steps + 1}"):
         ds.load_tuned(path, num_steps=steps + 1)
     with pytest.raises(ValueError, match=f"tuned for num_steps={steps}"):
@@ -216,3 +219,45 @@ def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
     assert tuned_grid < 0.9 * before, (before, tuned_grid)
     both = search_coefficients(model, sched, 6, CALIBRATION).scheduler
     assert flow_held_out_error(both, 6) <= tuned_grid * 1.05, (tuned_grid, both)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def run_cli(capsys, *argv):
+    capsys.readouterr()
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_tunes_the_table_saves_it_and_sample_reads_it_back(capsys, tmp_path):
+    """`diffsched tune --tune both --save` writes a Tuned file that ds.load_tuned and
+    `sample --config` read; sample measures it on tune's held-out noise, with tune's error."""
+    import re
+
+    path = tmp_path / "t.json"
+    argv = ("tune", "unipc", "--model", "gmm", "--steps", 4, "--calibration", 16, "--held-out",
+            16, "--max-evaluations", 20, "--tune", "both", "--save", path)  # fmt: skip
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    assert "tuned table: base " in out
+    tuned = ds.load_tuned(path, base=cli.build_scheduler("unipc", {}), num_steps=4)
+    assert tuned.tuned_steps == 4
+    assert json.loads(path.read_text(encoding="utf-8"))["about"]["tune"] == "both"
+    row = re.search(r"\| held-out noise \| ([\d.e+-]+) \| ([\d.e+-]+) \|", out)
+    assert float(row[2]) <= float(row[1])  # never worse than the scheduler as it is
+    status, out, err = run_cli(capsys, "sample", "--config", path, "--model", "gmm", "--steps",
+                               4, "--num-samples", 16, "--no-progress",
+                               "--out", tmp_path / "s.png")  # fmt: skip
+    assert status == 0, err
+    assert "model calls: 4" in out and f"noise: seed {cli.HELD_OUT_SEED}" in out
+    assert f"relative RMS error vs exact ODE solution: {row[2]}" in out
+    status, _, err = run_cli(capsys, "sample", "--config", path, "-o", "eta=1", "--model",
+                             "gmm", "--steps", 4)  # fmt: skip
+    assert status == 2 and "is a tuned table: it takes no -o options" in err
+    with pytest.raises(SystemExit):  # argparse's choices
+        cli.main(["tune", "--tune", "weights"])
+    assert "invalid choice: 'weights'" in capsys.readouterr().err
+    status, _, err = run_cli(capsys, "tune", "--tune", "both", "--calibration", 2)
+    assert status == 2 and "--calibration 4 or more" in err
