@@ -137,6 +137,7 @@ def search_coefficients(
     max_evaluations: int = 300,
     tolerance: float = 2e-3,
     bases: Any = "auto",
+    reference: Any = None,
     **fit_options: Any,
 ):
     """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
@@ -147,7 +148,9 @@ def search_coefficients(
     base, for the same model: ``"auto"`` (:func:`candidate_bases`), a list of schedulers,
     or None (``scheduler`` alone). Their starting grids are scored on the calibration
     batch (N model calls each) and one leaves ``scheduler`` only where it
-    :meth:`Score.beats` it; the grid search and the fit then tune that one."""
+    :meth:`Score.beats` it; the grid search and the fit then tune that one. ``reference``:
+    the :func:`reference_trajectory` (or flow reference) of this noise, if solved already
+    (its calls are then not counted)."""
     from .tuning_coefficients import fit_coefficients
 
     t0 = time.perf_counter()
@@ -157,13 +160,14 @@ def search_coefficients(
             g = FlowGrid.of(scheduler, num_steps)
             own = g.init_options(g.start)
             start = calibration_noise * scheduler.init_noise_scale(num_steps)
-            ref = _FlowReference(flow_reference(counted, scheduler, start, g.sigma0,
-                                                steps=candidates * substeps // 2))  # fmt: skip
+            ref = reference or _FlowReference(flow_reference(
+                counted, scheduler, start, g.sigma0, steps=candidates * substeps // 2))  # fmt: skip
         else:
             g = Grid.of(scheduler, num_steps)
             own = g.init_options(g.start)
             start = calibration_noise * scheduler.init_noise_scale(None, **own)
-            ref = reference_trajectory(counted, scheduler, start, g, candidates, substeps)
+            ref = reference or reference_trajectory(counted, scheduler, start, g, candidates,
+                                                    substeps)  # fmt: skip
         others = _bases(scheduler, bases)
         init_options, base = own, scheduler
         if grid:
