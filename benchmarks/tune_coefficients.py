@@ -347,15 +347,15 @@ def table(path: str) -> str:
     base = {(r["model"], r["budget"]): r for r in rows if r.get("baseline")}
     tuned = [r for r in rows if not r.get("baseline") and "tuned both" in r]
     lines = [
-        "| model | calls | cal | diffusers' best | ours untuned | " + " | ".join(KINDS)
+        "| model | calls | cal | draws | diffusers' best | ours untuned | " + " | ".join(KINDS)
         + " | tuned both / diffusers' best | worse than base (draws) | bases picked "
         "| cost of tuned both (calls, s) |",
-        "|---|---:|---:|" + "---:|" * (len(KINDS) + 4) + "---|---:|",
+        "|---|---:|---:|---:|" + "---:|" * (len(KINDS) + 4) + "---|---:|",
     ]  # fmt: skip
     for key in sorted({(r["model"], r["budget"], r["calibration"]) for r in tuned}):
         group = [r for r in tuned if (r["model"], r["budget"], r["calibration"]) == key]
         b = base.get(key[:2], {})
-        cells = [key[0], str(key[1]), str(key[2])]
+        cells = [key[0], str(key[1]), str(key[2]), str(len(group))]
         theirs = b.get("diffusers", {}).get("error")
         cells.append(f"{theirs:.4f}" if theirs else "-")
         ours = b.get("ours untuned", {}).get("error")

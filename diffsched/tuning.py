@@ -42,7 +42,10 @@ The grid is returned as the keyword arguments of ``init``: ``sigmas=`` (N + 1 le
 last one final) for methods that take custom σ's, else ``timesteps=`` (N integers).
 
 ``tune="coefficients"`` / ``"both"`` tune the table's x̂_0 history weights as well
-(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler.
+(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler;
+its base is the scheduler, or another method for the same model (:func:`candidate_bases`)
+whose starting grids beat the scheduler's clearly (:meth:`Score.beats`) on the calibration
+batch, at N model calls per start.
 Rectified-flow schedulers that take custom ``sigmas=`` (static shift) are searched in
 logit σ against a model-only Heun reference (:func:`flow_reference`).
 """
@@ -114,7 +117,10 @@ def tune(
     scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
     num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
-    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``).
+    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``) and
+    ``bases``: by default (``"auto"``) the tuned table's base may be another method for the
+    same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids
+    clearly do better on the calibration batch (:func:`search_coefficients`).
     """
     if tune == "grid":
         return search(model, scheduler, num_steps, calibration_noise, **options).init_options
@@ -134,7 +140,7 @@ def search_coefficients(
     grid: bool = True,
     candidates: int = 100,
     substeps: int = 4,
-    max_evaluations: int = 300,
+    max_evaluations: int = 100,
     tolerance: float = 2e-3,
     bases: Any = "auto",
     reference: Any = None,
