@@ -345,7 +345,9 @@ def table(path: str) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     rows = [r for r in rows if "model" in r]
     base = {(r["model"], r["budget"]): r for r in rows if r.get("baseline")}
-    tuned = [r for r in rows if not r.get("baseline") and "tuned both" in r]
+    unique = {(r["model"], r["budget"], r["calibration"], r["draw"]): r for r in rows
+              if not r.get("baseline") and "tuned both" in r}  # fmt: skip
+    tuned = list(unique.values())  # a draw run twice (files merged) counts once
     lines = [
         "| model | calls | cal | draws | diffusers' best | ours untuned | " + " | ".join(KINDS)
         + " | tuned both / diffusers' best | worse than base (draws) | bases picked "
