@@ -1,26 +1,30 @@
-"""Tuned coefficients against tuned grids, our untuned best and diffusers' best, on the
-exact models, on held-out noise.
+"""Tuned tables against tuned grids, the untuned base and diffusers' best, on the exact
+models and a small trained network, on held-out noise.
 
-Per model (gmm, digits), budget of model calls (5, 10), calibration size (64, 256) and
-calibration draw (3 seeds), on UniPC (bh2, order 2, Stable Diffusion 1.5's schedule):
+Per model (``gmm`` and ``digits``: exact; ``net``: a small MLP denoiser of the digits data
+trained here, see :class:`NetDenoiser`), budget of model calls (5, 10), calibration size
+(64, 256) and calibration draw (3 seeds), tuning UniPC (bh2, order 2, Stable Diffusion 1.5's
+schedule):
 
 * ``diffusers' best``: the least error over ``diffsched.cli.BEST_CANDIDATES`` (every
   deterministic diffusers class with every σ option and trailing spacing), run by our
-  classes, which equal diffusers' on these configs to < 1e-6 (the parity tests), so the
-  figure is diffusers' own without importing it here;
+  classes, which equal diffusers' on these configs to < 1e-6 (the parity tests), chosen on
+  the held-out noise itself (so an optimistic figure);
 * ``ours untuned``: the least error over ``cli.OURS_CANDIDATES`` (iPNDM-v, DPM++2M and UniPC
-  on our named grids);
-* ``tuned grid`` (``ds.tune``'s default), ``tuned coefficients`` (the x̂_0 history weights
-  on the scheduler's own grid), ``tuned both`` (grid, then weights), each with the ridge
-  chosen on held-out calibration noise (``reg``) and without a ridge (``noreg``);
-* at 10 calls, ``final only``: the last call's combination of the last x̂_0's tuned alone
-  (on the tuned grid), the discrete end.
+  on our named grids), chosen the same way;
+* ``untuned base``: UniPC as it is; ``tuned grid``: ``ds.tune``'s default (the grid of the
+  base); ``tuned both, base only``: grid and x̂_0 weights of UniPC (``bases=None``);
+  ``tuned both``: the default of ``tune="both"``, where the other candidate bases (UniPC
+  and DPM-Solver++ of orders 2 and 3, iPNDM-v) compete by calibration error.
 
-The held-out noise (256 samples, seed 7) is never seen by any tuner. Costs are batch model
-calls and seconds of one core. Usage::
+The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
+shared by the three tuners; the cost column is that of ``tuned both`` alone, reference
+included. The held-out noise (256 samples, seed 7) is never seen by any tuner. The exact
+solution of the network's ODE is solved with its own float64 forward pass (DOP853, rtol
+1e-10). Costs are batch model calls and seconds of one shared core. Usage::
 
-    python benchmarks/tune_coefficients.py [--models gmm digits] [--budgets 5 10]
-        [--calibration 64 256] [--draws 3] [--jobs 16] [--out results.jsonl]
+    python benchmarks/tune_coefficients.py [--models gmm digits net] [--budgets 5 10]
+        [--calibration 64 256] [--draws 3] [--jobs 2] [--out results.jsonl]
     python benchmarks/tune_coefficients.py --table results.jsonl
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -41,6 +46,137 @@ import numpy as np  # noqa: E402
 
 HELD_SEED, HELD_SIZE = 7, 256
 BASE = "unipc:beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
+NET_PATH = None  # the trained network's weights (.npz), set by run_all for the workers
+
+
+# -- the trained network -------------------------------------------------------------------
+
+NET_SIGMA_DATA = 0.5
+NET_SEED = 0
+
+
+class NetDenoiser:
+    """A small trained network: an MLP denoiser of scikit-learn's 8x8 digits (the exact
+    models' data) with EDM's preconditioning (Karras et al. 2022, eq. 7; σ_data = 0.5),
+    trained in the benchmark by denoising score matching on σ from 0.02 to 20 (Stable
+    Diffusion's training levels span 0.029 to 14.6), run in float64 so the reference ODE
+    solve sees a smooth function. ``posterior_mean(x_t, ᾱ)`` as the exact denoisers'."""
+
+    def __init__(self, state: dict) -> None:
+        import torch
+
+        self.net = _mlp().double()
+        self.net.load_state_dict({k: torch.as_tensor(v).double() for k, v in state.items()})
+        self.net.eval()
+
+    @property
+    def dim(self) -> int:
+        return 64
+
+    def posterior_mean(self, x_t, alpha_bar):
+        import torch
+
+        x = np.asarray(x_t, dtype=np.float64)
+        a = float(np.asarray(alpha_bar, dtype=np.float64))
+        sigma = math.sqrt((1 - a) / a)
+        flat = x.reshape(len(x), -1) / math.sqrt(a)  # x̃ = x_0 + σ ε
+        with torch.no_grad():
+            d = _preconditioned(self.net, torch.from_numpy(flat), sigma)
+        return d.numpy().reshape(x.shape)
+
+
+def _mlp():
+    import torch
+
+    torch.manual_seed(NET_SEED)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64 + 16, 512), torch.nn.SiLU(), torch.nn.Linear(512, 512),
+        torch.nn.SiLU(), torch.nn.Linear(512, 512), torch.nn.SiLU(), torch.nn.Linear(512, 64),
+    )  # fmt: skip
+
+
+def _preconditioned(net, x, sigma):
+    """D(x̃; σ) = c_skip x̃ + c_out F(c_in x̃, c_noise) (EDM, eq. 7), σ a float or (B, 1)."""
+    import torch
+
+    sd = NET_SIGMA_DATA
+    sigma = torch.as_tensor(sigma, dtype=x.dtype)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0], 1)
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
+    c_in = 1 / torch.sqrt(sigma**2 + sd**2)
+    freqs = torch.arange(8, dtype=x.dtype)
+    phase = torch.log(sigma) / 4 * (2.0**freqs) * math.pi / 4
+    emb = torch.cat([torch.sin(phase), torch.cos(phase)], dim=1)
+    return c_skip * x + c_out * net(torch.cat([c_in * x, emb], dim=1))
+
+
+def train_net(steps: int = 4000, batch: int = 512) -> dict:
+    """The network's weights, trained from seed ``NET_SEED`` (float32, CPU; ~1 min on one
+    core): EDM's loss, ln σ uniform on [ln 0.02, ln 20], Adam with a cosine decay."""
+    import torch
+
+    from diffsched.exact.models import digits_data
+
+    data = torch.from_numpy(digits_data()).float()
+    net = _mlp()
+    gen = torch.Generator().manual_seed(NET_SEED)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    lo, hi = math.log(0.02), math.log(20.0)
+    for _ in range(steps):
+        x0 = data[torch.randint(len(data), (batch,), generator=gen)]
+        sigma = torch.exp(lo + (hi - lo) * torch.rand(batch, 1, generator=gen))
+        noisy = x0 + sigma * torch.randn(x0.shape, generator=gen)
+        weight = (sigma**2 + NET_SIGMA_DATA**2) / (sigma * NET_SIGMA_DATA) ** 2
+        loss = (weight * (_preconditioned(net, noisy, sigma) - x0) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+_NET = {}
+
+
+def net_denoiser(path: str | None = None) -> NetDenoiser:
+    """The trained network, from ``path`` (an .npz of its weights) if it exists, else
+    trained now (and written there)."""
+    key = path or ""
+    if key not in _NET:
+        if path and os.path.exists(path):
+            with np.load(path) as f:
+                state = dict(f)
+        else:
+            state = train_net()
+            if path:
+                np.savez(path, **state)
+        _NET[key] = NetDenoiser(state)
+    return _NET[key]
+
+
+def model_for(sched, name: str, net_path: str | None = None):
+    """The model a scheduler's loop calls: the exact one (``gmm``, ``digits``) or the
+    trained network (``net``, digits-shaped), wrapped as the CLI wraps exact denoisers."""
+    from diffsched import cli
+    from diffsched.exact import models
+
+    if name != "net":
+        return cli.exact_model(sched, name)
+    original = models.make_denoiser
+    models.make_denoiser = lambda *args, **kwargs: net_denoiser(net_path)
+    try:
+        return cli.exact_model(sched, "digits")
+    finally:
+        models.make_denoiser = original
+
+
+def noise_for(name: str, num: int, seed: int) -> np.ndarray:
+    from diffsched import cli
+
+    return cli.make_noise("digits" if name == "net" else name, num, seed)
 
 
 def _exact(model, sched, noise, steps, grid):
@@ -60,16 +196,21 @@ def _held_error(model, sched, noise, steps, exact, grid=None):
 
 
 def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
-    """One calibration draw: the reference, the grid search and four fits, all measured."""
+    """One calibration draw: the reference, the grid search and the two table tuners."""
     from diffsched import cli
     from diffsched.exact.threads import small_matrices
-    from diffsched.tuning import Grid, _CountingModel, _search, reference_trajectory
-    from diffsched.tuning_coefficients import RIDGES, fit_coefficients
+    from diffsched.tuning import (
+        Grid,
+        _CountingModel,
+        _search,
+        reference_trajectory,
+        search_coefficients,
+    )
 
     _, base, _ = cli.parse_spec(BASE)
-    model = cli.exact_model(base, model_name)
-    cal = cli.make_noise(model_name, calibration, 100 + draw)
-    held = cli.make_noise(model_name, HELD_SIZE, HELD_SEED)
+    model = model_for(base, model_name, NET_PATH)
+    cal = noise_for(model_name, calibration, 100 + draw)
+    held = noise_for(model_name, HELD_SIZE, HELD_SEED)
     row = {"model": model_name, "budget": budget, "calibration": calibration, "draw": draw}
     with small_matrices():
         g = Grid.of(base, budget)
@@ -88,19 +229,18 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
             "error": _held_error(model, base, held, budget, exact_top, found.init_options),
             "calls": counted.calls, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
-        variants = [("tuned coefficients", own, {}), ("tuned both", found.init_options, {})]
-        if budget >= 10:
-            variants.append(("final only", found.init_options, {"calls": "final"}))
-        for name, grid, extra in variants:
-            for reg, ridges in (("reg", RIDGES), ("noreg", (0.0,))):
-                counted.calls, t0 = 0, time.perf_counter()
-                res = fit_coefficients(counted, base, budget, cal, ref.final, grid, ridges=ridges,
-                                       **extra)  # fmt: skip
-                row[f"{name} {reg}"] = {
-                    "error": _held_error(model, res.scheduler, held, budget, exact_top),
-                    "calls": counted.calls, "seconds": time.perf_counter() - t0,
-                    "ridge": res.ridge, "calibration error": res.error,
-                }  # fmt: skip
+        for name, bases in (("tuned both, base only", None), ("tuned both", "auto")):
+            t0 = time.perf_counter()
+            res = search_coefficients(model, base, budget, cal, bases=bases, reference=ref)
+            tuned = res.scheduler
+            b = tuned.base_scheduler
+            row[name] = {
+                "error": _held_error(model, tuned, held, budget, exact_top),
+                "calls": res.model_calls, "seconds": time.perf_counter() - t0,
+                "base": f"{type(b).__name__} {getattr(b, 'solver_order', '')}".strip(),
+                "weights": tuned.weights is not None, "ridge": res.ridge,
+                "calibration error": res.error,
+            }  # fmt: skip
     return row
 
 
@@ -110,17 +250,19 @@ def baseline_job(model_name: str, budget: int) -> dict:
     import diffsched as ds
     from diffsched import cli
     from diffsched.exact.reference import solve_pf_ode
+    from diffsched.exact.threads import small_matrices
     from diffsched.grids import named_grid
 
-    held = cli.make_noise(model_name, HELD_SIZE, HELD_SEED)
+    held = noise_for(model_name, HELD_SIZE, HELD_SEED)
     row = {"model": model_name, "budget": budget, "baseline": True}
     best = {"diffusers": (np.inf, ""), "ours untuned": (np.inf, "")}
     exact: dict = {}
+    data_name = "digits" if model_name == "net" else model_name
 
     def error(sched, steps, grid):
         grid = grid or {}
         n = None if grid else steps
-        model = cli.exact_model(sched, model_name)
+        model = model_for(sched, model_name, NET_PATH)
         scale = sched.init_noise_scale(n, **grid)
         levels = sched.noise_levels(n, **grid)
         key = (round(scale, 12), *(round(v, 12) for v in levels))
@@ -129,35 +271,43 @@ def baseline_job(model_name: str, budget: int) -> dict:
         out = np.asarray(ds.sample(model, sched, held, n, **grid))
         return float(np.linalg.norm(out - exact[key]) / np.linalg.norm(exact[key]))
 
-    for spec in cli.BEST_CANDIDATES:
-        _, sched, options = cli.parse_spec(spec)
-        sched, _ = cli.adapt_to_model(sched, model_name, options)
-        steps = cli._steps_for(sched, budget)
-        if steps is None:
-            continue
-        try:
-            err = error(sched, steps, None)
-        except Exception:  # a config that cannot run this budget
-            continue
-        if err < best["diffusers"][0]:
-            best["diffusers"] = (err, cli._short(spec))
-    for spec, grid_name in cli.OURS_CANDIDATES:
-        _, sched, _ = cli.parse_spec(spec)
-        try:
-            grid = None if grid_name is None else named_grid(grid_name, sched, budget)
-            err = error(sched, budget, grid)
-        except Exception:
-            continue
-        if err < best["ours untuned"][0]:
-            name = cli._short(spec) + (f" --grid {grid_name}" if grid_name else "")
-            best["ours untuned"] = (err, name)
+    with small_matrices():
+        for spec in cli.BEST_CANDIDATES:
+            _, sched, options = cli.parse_spec(spec)
+            sched, _ = cli.adapt_to_model(sched, data_name, options)
+            steps = cli._steps_for(sched, budget)
+            if steps is None:
+                continue
+            try:
+                err = error(sched, steps, None)
+            except Exception:  # a config that cannot run this budget
+                continue
+            if err < best["diffusers"][0]:
+                best["diffusers"] = (err, cli._short(spec))
+        for spec, grid_name in cli.OURS_CANDIDATES:
+            _, sched, _ = cli.parse_spec(spec)
+            try:
+                grid = None if grid_name is None else named_grid(grid_name, sched, budget)
+                err = error(sched, budget, grid)
+            except Exception:
+                continue
+            if err < best["ours untuned"][0]:
+                name = cli._short(spec) + (f" --grid {grid_name}" if grid_name else "")
+                best["ours untuned"] = (err, name)
     for kind, (err, spec) in best.items():
         row[kind] = {"error": err, "spec": spec}
     row["exact solves"] = len(exact)
     return row
 
 
+def _init_worker(net_path):
+    global NET_PATH
+    NET_PATH = net_path
+
+
 def run_all(args) -> None:
+    if "net" in args.models:  # trained once, here; the workers load it
+        net_denoiser(args.net)
     jobs = [("baseline", (m, b)) for m in args.models for b in args.budgets]
     jobs += [
         ("tune", (m, b, c, d))
@@ -169,7 +319,10 @@ def run_all(args) -> None:
     # baselines first, then one draw of every config before the next draw: a run cut short
     # still has every row
     jobs.sort(key=lambda j: (j[0] == "tune", j[1][3] if j[0] == "tune" else 0))
-    with open(args.out, "a", encoding="utf-8") as out, ProcessPoolExecutor(args.jobs) as pool:
+    with (
+        open(args.out, "a", encoding="utf-8") as out,
+        ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.net,)) as pool,
+    ):
         futures = {
             pool.submit(tune_job if kind == "tune" else baseline_job, *a): (kind, a)
             for kind, a in jobs
@@ -184,47 +337,47 @@ def run_all(args) -> None:
             print(json.dumps(row)[:300], flush=True)
 
 
+KINDS = ("untuned base", "tuned grid", "tuned both, base only", "tuned both")
+
+
 def table(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     rows = [r for r in rows if "model" in r]
     base = {(r["model"], r["budget"]): r for r in rows if r.get("baseline")}
-    tuned = [r for r in rows if not r.get("baseline")]
-    kinds = ["untuned base", "tuned grid", "tuned coefficients reg",
-             "tuned coefficients noreg", "tuned both reg", "tuned both noreg",
-             "final only reg", "final only noreg"]  # fmt: skip
+    unique = {(r["model"], r["budget"], r["calibration"], r["draw"]): r for r in rows
+              if not r.get("baseline") and "tuned both" in r}  # fmt: skip
+    tuned = list(unique.values())  # a draw run twice (files merged) counts once
     lines = [
-        "| model | calls | cal | diffusers' best | ours untuned | " + " | ".join(kinds)
-        + " | best tuned / diffusers | cost (calls, s) |",
-        "|---|---:|---:|" + "---:|" * (len(kinds) + 4),
+        "| model | calls | cal | draws | diffusers' best | ours untuned | " + " | ".join(KINDS)
+        + " | tuned both / diffusers' best | worse than base (draws) | bases picked "
+        "| cost of tuned both (calls, s) |",
+        "|---|---:|---:|---:|" + "---:|" * (len(KINDS) + 4) + "---|---:|",
     ]  # fmt: skip
     for key in sorted({(r["model"], r["budget"], r["calibration"]) for r in tuned}):
         group = [r for r in tuned if (r["model"], r["budget"], r["calibration"]) == key]
         b = base.get(key[:2], {})
-        cells = [key[0], str(key[1]), str(key[2])]
+        cells = [key[0], str(key[1]), str(key[2]), str(len(group))]
         theirs = b.get("diffusers", {}).get("error")
         cells.append(f"{theirs:.4f}" if theirs else "-")
         ours = b.get("ours untuned", {}).get("error")
         cells.append(f"{ours:.4f}" if ours else "-")
-        best_mean = np.inf
-        for kind in kinds:
+        for kind in KINDS:
             errs = [r[kind]["error"] for r in group if kind in r]
-            if not errs:
-                cells.append("-")
-                continue
             mean = statistics.fmean(errs)
             spread = statistics.pstdev(errs) if len(errs) > 1 else 0.0
             cells.append(f"{mean:.4f} ± {spread:.4f}")
-            if kind != "untuned base":
-                best_mean = min(best_mean, mean)
-        cells.append(f"{best_mean / theirs:.2f}" if theirs and np.isfinite(best_mean) else "-")
-        calls = statistics.fmean(
-            r["reference"]["calls"] + r["tuned grid"]["calls"] + r["tuned both reg"]["calls"]
-            for r in group
-        )
+        both = statistics.fmean(r["tuned both"]["error"] for r in group)
+        cells.append(f"{both / theirs:.2f}" if theirs else "-")
+        worse = sum(r["tuned both"]["error"] > r["untuned base"]["error"] * (1 + 1e-9)
+                    for r in group)  # fmt: skip
+        cells.append(f"{worse} of {len(group)}")
+        picked = sorted({r["tuned both"]["base"] + ("+w" if r["tuned both"]["weights"] else "")
+                         for r in group})  # fmt: skip
+        cells.append(", ".join(picked))
+        calls = statistics.fmean(r["reference"]["calls"] + r["tuned both"]["calls"] for r in group)
         secs = statistics.fmean(
-            r["reference"]["seconds"] + r["tuned grid"]["seconds"] + r["tuned both reg"]["seconds"]
-            for r in group
+            r["reference"]["seconds"] + r["tuned both"]["seconds"] for r in group
         )
         cells.append(f"{calls:.0f} ({calls / key[1]:.0f} × N), {secs:.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
@@ -233,11 +386,16 @@ def table(path: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["gmm", "digits"])
+    p.add_argument("--models", nargs="+", default=["gmm", "digits", "net"])
     p.add_argument("--budgets", nargs="+", type=int, default=[5, 10])
     p.add_argument("--calibration", nargs="+", type=int, default=[64, 256])
     p.add_argument("--draws", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument(
+        "--net",
+        default="tune_coefficients_net.npz",
+        help="the trained network's weights: read if there, else trained and written",
+    )
     p.add_argument("--out", default="tune_coefficients.jsonl")
     p.add_argument("--table", help="print the table of a results file and exit")
     args = p.parse_args(argv)

@@ -111,6 +111,15 @@ def build_scheduler(
                              f"--config {config})")  # fmt: skip
         if not Path(config).exists():
             raise UsageError(f"--config: no such file or folder: {config!r}")
+        if is_tuned_file(config):  # written by 'diffsched tune --tune coefficients|both'
+            from .tuning_coefficients import load_tuned
+
+            if options:
+                raise UsageError(f"--config {config} is a tuned table: it takes no -o options")
+            try:
+                return load_tuned(config)
+            except (ValueError, TypeError) as err:
+                raise UsageError(f"--config {config}: {err}") from None
         try:
             return from_config(config, **options)
         except (ValueError, TypeError, OSError) as err:
@@ -122,6 +131,18 @@ def build_scheduler(
         return SCHEDULERS[name](**options)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{flag}: {err}; see `diffsched list` for the options") from None
+
+
+def is_tuned_file(path: str) -> bool:
+    """Whether ``path`` is a tuned table written by ``diffsched tune --save``."""
+    if not Path(path).is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == "diffsched-tuned"
 
 
 def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
@@ -737,7 +758,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return sample_round_trip(args, scheduler, out)
     exact_model(scheduler, args.model)  # a UsageError where no exact model fits
     seed = args.seed
-    if args.grid is not None and grid is not None and Path(args.grid).is_file():
+    tuned_file = args.config is not None and is_tuned_file(args.config)
+    if tuned_file or (args.grid is not None and grid is not None and Path(args.grid).is_file()):
         # a tuned grid was fitted on the noise of its calibration seed: measure it elsewhere
         seed = args.seed + HELD_OUT_SEED
         print(f"noise: seed {seed} (--seed + {HELD_OUT_SEED}: held out from the calibration "
@@ -831,6 +853,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_at_least([("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
                     ("--held-out", args.held_out, 1), ("--seed", args.seed, 0),
                     ("--max-evaluations", args.max_evaluations, 0)])  # fmt: skip
+    if args.tune != "grid" and args.calibration < 4:
+        raise UsageError(f"--tune {args.tune} needs --calibration 4 or more (a quarter is held "
+                         f"out of the fit), got {args.calibration}")  # fmt: skip
     out = None if args.save is None else check_out(args.save, "--save", ".json")
     name = scheduler_name(args, "dpm++2m")
     options = parse_options(args.option)
@@ -848,9 +873,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     model = exact_model(scheduler, args.model)
     calibration = make_noise(args.model, args.calibration, args.seed)
     held_out = make_noise(args.model, args.held_out, args.seed + HELD_OUT_SEED)
-    print(f"tuning {type(scheduler).__name__}, {args.steps} steps, on {args.model}: "
-          f"calibration {args.calibration} samples (seed {args.seed}), held out "
+    what = "" if args.tune == "grid" else f" ({args.tune})"
+    print(f"tuning {type(scheduler).__name__}, {args.steps} steps{what}, on "
+          f"{args.model}: calibration {args.calibration} samples (seed {args.seed}), held out "
           f"{args.held_out} (seed {args.seed + HELD_OUT_SEED})", flush=True)  # fmt: skip
+    if args.tune != "grid":
+        return _tune_table(args, scheduler, model, calibration, held_out, out, name)
     result = search(model, scheduler, args.steps, calibration,
                     max_evaluations=args.max_evaluations)  # fmt: skip
     ((kind, values),) = result.init_options.items()
@@ -876,6 +904,49 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"wrote {out} (use: diffsched sample {how} --model {args.model} --grid {out} "
               f"--seed {args.seed}, which measures it on held-out noise, or "
               f"sched.init(None, x, **ds.load_grid('{out}')))")  # fmt: skip
+    return 0
+
+
+def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
+                calibration: np.ndarray, held_out: np.ndarray, out: Path | None,
+                name: str | None) -> int:  # fmt: skip
+    """``tune --tune coefficients|both``: the tuned table (:class:`~diffsched.Tuned`),
+    measured on held-out noise against the scheduler as it is, and saved for
+    ``ds.load_tuned`` / ``diffsched sample --config``."""
+    from .tuning import search_coefficients
+
+    result = search_coefficients(model, scheduler, args.steps, calibration,
+                                 grid=args.tune == "both",
+                                 max_evaluations=args.max_evaluations)  # fmt: skip
+    tuned = result.scheduler
+    base = tuned.base_scheduler
+    order = getattr(base, "solver_order", None)
+    grid = tuned.grid_options
+    shown = "its own" if not grid else next(iter(grid.values()))
+    if grid and "sigmas" in grid:
+        shown = [float(f"{v:.6g}") for v in shown]
+    print(
+        f"tuned table: base {type(base).__name__}"
+        + (f" (solver_order={order})" if order is not None else "")
+        + f", grid {shown}, "
+        + ("x̂_0 weights tuned" if tuned.weights is not None else "base weights kept")
+    )
+    before = run(scheduler, args.model, args.steps, held_out)
+    after = run(tuned, args.model, args.steps, held_out)
+    print(f"| relative RMS error vs exact ODE solution | {type(scheduler).__name__} | tuned |")
+    print("|---|---:|---:|")
+    print(f"| held-out noise | {before.error:.3e} | {after.error:.3e} |")
+    print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
+          f"calls on the calibration batch ({result.model_calls / args.steps:.0f} × N), "
+          f"{result.seconds:.1f} s")  # fmt: skip
+    if out is not None:
+        from .tuning_coefficients import save_tuned
+
+        save_tuned(out, tuned, model=args.model, calibration=args.calibration, seed=args.seed,
+                   tune=args.tune, model_calls=result.model_calls)  # fmt: skip
+        print(f"wrote {out} (use: diffsched sample --config {out} --model {args.model} "
+              f"--steps {args.steps} --seed {args.seed}, which measures it on held-out noise, "
+              f"or ds.load_tuned('{out}'))")  # fmt: skip
     return 0
 
 
@@ -1586,8 +1657,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", formatter_class=fmt,
-                       help="search the grid of N steps closest to the exact ODE solution, "
-                            "and measure it on held-out noise")  # fmt: skip
+                       help="search the grid of N steps (and the table's coefficients) "
+                            "closest to the exact ODE solution, and measure it on held-out "
+                            "noise")  # fmt: skip
     t.add_argument("scheduler", nargs="?", help="as --scheduler")
     t.add_argument("--scheduler", dest="scheduler_flag", default=None, metavar="NAME",
                    help=f"one of {', '.join(_tunable())} (default: dpm++2m; the list "
@@ -1604,8 +1676,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{HELD_OUT_SEED})")  # fmt: skip
     t.add_argument("--max-evaluations", type=int, default=300,
                    help="end-to-end runs of the refinement, at most")  # fmt: skip
+    t.add_argument("--tune", choices=("grid", "coefficients", "both"), default="grid",
+                   help="what is tuned: the grid (the file is init's sigmas= / timesteps=, "
+                        "for --grid), the x̂_0 weights of the table on its own grid, or both "
+                        "(a Tuned table, for --config and ds.load_tuned)")  # fmt: skip
     t.add_argument("--save", default=None,
-                   help="write the grid to this JSON file (its folder must exist)")  # fmt: skip
+                   help="write the grid (--tune grid) or the tuned table to this JSON file "
+                        "(its folder must exist)")  # fmt: skip
     t.set_defaults(func=cmd_tune)
 
     listing = sub.add_parser("list", help="schedulers, their options, defaults, diffusers "

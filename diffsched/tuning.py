@@ -24,7 +24,12 @@ one scheduler, one number of steps and one model, in three stages:
    end-to-end error on the calibration set (the distance of the scheduler's own final
    samples to the reference), in log σ, or in integer timesteps for methods that take
    ``timesteps=``. A move is kept only where it lowers the error, so the result is never
-   worse than any start, the scheduler's own grid included.
+   worse than any start on the calibration set. The scheduler's own grid is left (for a
+   start, or for the refined grid) only where the fall in error is two standard errors of
+   the paired per-sample differences or more: a fall carried by a few samples does not
+   carry over to other noise (an empirical model's samples flip between training images;
+   on digits with 64 calibration samples the refined grid landed every calibration sample
+   on its image and did worse than the own grid on held-out noise).
 
 Why this search: the local costs of (2) see the curvature of the model's trajectories and
 give a good global shape in a few hundred model calls, but they score a first-order step,
@@ -37,7 +42,10 @@ The grid is returned as the keyword arguments of ``init``: ``sigmas=`` (N + 1 le
 last one final) for methods that take custom σ's, else ``timesteps=`` (N integers).
 
 ``tune="coefficients"`` / ``"both"`` tune the table's x̂_0 history weights as well
-(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler.
+(:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler;
+its base is the scheduler, or another method for the same model (:func:`candidate_bases`)
+whose starting grids beat the scheduler's clearly (:meth:`Score.beats`) on the calibration
+batch, at N model calls per start.
 Rectified-flow schedulers that take custom ``sigmas=`` (static shift) are searched in
 logit σ against a model-only Heun reference (:func:`flow_reference`).
 """
@@ -64,6 +72,7 @@ Model = Callable[[Array, Array], Array]
 
 RESOLUTION = 1e-6  # relative error of the reference solve (measured: 1e-6 to 2e-6)
 MIN_GAIN = 1e-3  # the least relative fall in error that the refinement counts as one
+SIGNIFICANCE = 2.0  # standard errors of the paired per-sample fall to leave the own grid
 
 
 class TuneResult(NamedTuple):
@@ -75,6 +84,7 @@ class TuneResult(NamedTuple):
     error: float  # the tuned grid's error on the calibration set
     model_calls: int  # model calls, each on the whole calibration batch
     seconds: float
+    base: Scheduler | None = None  # the method the grid is for (None: the scheduler tuned)
 
 
 def tune(
@@ -107,7 +117,10 @@ def tune(
     scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
     num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
-    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``).
+    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``) and
+    ``bases``: by default (``"auto"``) the tuned table's base may be another method for the
+    same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids
+    clearly do better on the calibration batch (:func:`search_coefficients`).
     """
     if tune == "grid":
         return search(model, scheduler, num_steps, calibration_noise, **options).init_options
@@ -127,13 +140,23 @@ def search_coefficients(
     grid: bool = True,
     candidates: int = 100,
     substeps: int = 4,
-    max_evaluations: int = 300,
+    max_evaluations: int = 100,
     tolerance: float = 2e-3,
+    bases: Any = "auto",
+    reference: Any = None,
     **fit_options: Any,
 ):
     """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
     :class:`~diffsched.tuning_coefficients.CoefficientResult`, its ``model_calls`` the
-    whole cost (reference, grid search and fit)."""
+    whole cost (reference, grid search and fit).
+
+    ``bases``: the methods whose tables compete with ``scheduler``'s as the tuned table's
+    base, for the same model: ``"auto"`` (:func:`candidate_bases`), a list of schedulers,
+    or None (``scheduler`` alone). Their starting grids are scored on the calibration
+    batch (N model calls each) and one leaves ``scheduler`` only where it
+    :meth:`Score.beats` it; the grid search and the fit then tune that one. ``reference``:
+    the :func:`reference_trajectory` (or flow reference) of this noise, if solved already
+    (its calls are then not counted)."""
     from .tuning_coefficients import fit_coefficients
 
     t0 = time.perf_counter()
@@ -143,21 +166,34 @@ def search_coefficients(
             g = FlowGrid.of(scheduler, num_steps)
             own = g.init_options(g.start)
             start = calibration_noise * scheduler.init_noise_scale(num_steps)
-            ref = _FlowReference(flow_reference(counted, scheduler, start, g.sigma0,
-                                                steps=candidates * substeps // 2))  # fmt: skip
+            ref = reference or _FlowReference(flow_reference(
+                counted, scheduler, start, g.sigma0, steps=candidates * substeps // 2))  # fmt: skip
         else:
             g = Grid.of(scheduler, num_steps)
             own = g.init_options(g.start)
             start = calibration_noise * scheduler.init_noise_scale(None, **own)
-            ref = reference_trajectory(counted, scheduler, start, g, candidates, substeps)
-        init_options = own
+            ref = reference or reference_trajectory(counted, scheduler, start, g, candidates,
+                                                    substeps)  # fmt: skip
+        others = _bases(scheduler, bases)
+        init_options, base = own, scheduler
         if grid:
             found = _search(counted, scheduler, num_steps, calibration_noise,
                             candidates=candidates, substeps=substeps,
                             max_evaluations=max_evaluations, tolerance=tolerance,
-                            reference=ref)  # fmt: skip
-            init_options = found.init_options
-        result = fit_coefficients(counted, scheduler, num_steps, calibration_noise, ref.final,
+                            reference=ref, bases=others)  # fmt: skip
+            init_options, base = found.init_options, found.base or scheduler
+        elif others:  # the method whose own grid clearly does best
+            scored = {}
+            for i, sched in enumerate((scheduler, *others)):
+                try:
+                    opts = Grid.of(sched, num_steps).init_options(Grid.of(sched, num_steps).start)
+                except (TypeError, ValueError):
+                    continue
+                out = _run(counted, sched, calibration_noise, opts)
+                scored[i] = (Score.of(out, ref.final), sched, opts)
+            pick = _pick_start({i: v[0] for i, v in scored.items()}, 0)
+            _, base, init_options = scored[pick]
+        result = fit_coefficients(counted, base, num_steps, calibration_noise, ref.final,
                                   init_options, **fit_options)  # fmt: skip
     return result._replace(model_calls=counted.calls, seconds=time.perf_counter() - t0)
 
@@ -188,7 +224,9 @@ def search(
 
 
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-            max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
+            max_evaluations, tolerance, reference=None, bases=()) -> TuneResult:  # fmt: skip
+    """:func:`search`; ``bases``: other methods for the same model whose starts compete
+    with the scheduler's (the result's ``base`` says which one the grid is for)."""
     if is_flow(scheduler):
         return _search_flow(model, scheduler, num_steps, calibration_noise,
                             substeps=substeps, candidates=candidates,
@@ -214,30 +252,113 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
         else reference_trajectory(counted, scheduler, start, grid, candidates, substeps)
     )
 
-    def error(levels: np.ndarray) -> float:
-        out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
-        return relative_error(out, ref.final)
+    def error(sched: Scheduler, g: Grid, levels: np.ndarray) -> Score:
+        out = _run(counted, sched, calibration_noise, g.init_options(levels))
+        return Score.of(out, ref.final)
 
-    tried = {"own": own, "gits": ref.dynamic_programming(num_steps)}
-    for name in NAMED_GRIDS:
-        try:
-            tried[name] = grid.snap(np.log(named_sigmas(name, grid, num_steps)))
-        except ValueError:
-            continue
-    tried = {name: levels for name, levels in tried.items() if levels is not None}
-    scored = {name: error(levels) for name, levels in tried.items()}
-    best_name = min(scored, key=scored.get)
+    gits = ref.dynamic_programming(num_steps)
+    tried, scored, grids = {}, {}, {}
+    for i, sched in enumerate((scheduler, *bases)):
+        if i == 0:
+            g, path = grid, gits
+        else:
+            try:
+                g = Grid.of(sched, num_steps)
+            except (TypeError, ValueError):
+                continue
+            path = g.snap(np.log(ref.sigmas[ref.dynamic_programming(num_steps, index=True)]))
+        grids[i] = (sched, g)
+        starts = {"own": g.start, "gits": path}
+        for name in NAMED_GRIDS:
+            try:
+                starts[name] = g.snap(np.log(named_sigmas(name, g, num_steps)))
+            except ValueError:
+                continue
+        for name, levels in starts.items():
+            if levels is not None:
+                tried[i, name] = levels
+                scored[i, name] = error(sched, g, levels)
+    best_key = _pick_start(scored, (0, "own"))
+    sched, g = grids[best_key[0]]
     levels, best = _coordinate_search(
-        error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
+        lambda lv: error(sched, g, lv),
+        g,
+        tried[best_key],
+        scored[best_key],
+        max_evaluations,
+        tolerance,
     )
+    if not best.beats(scored[0, "own"]):  # a fall carried by a few samples: the own grid
+        sched, g, levels, best = scheduler, grid, own, scored[0, "own"]
     return TuneResult(
-        init_options=grid.init_options(levels),
+        init_options=g.init_options(levels),
         start_options=grid.init_options(own),
-        start_error=scored["own"],
-        error=best,
+        start_error=scored[0, "own"].error,
+        error=best.error,
         model_calls=counted.calls,
         seconds=time.perf_counter() - t0,
+        base=sched,
     )
+
+
+def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
+    if bases is None or is_flow(scheduler):
+        return []
+    if isinstance(bases, str):
+        if bases != "auto":
+            raise ValueError(f"bases must be 'auto', a list of schedulers or None, got {bases!r}")
+        return candidate_bases(scheduler)
+    out = list(bases)
+    for b in out:
+        if not isinstance(b, Scheduler):
+            raise TypeError(f"bases must hold schedulers, got {type(b).__name__}")
+        for key in ("prediction_type", "num_train_steps"):
+            if getattr(b, key, None) != getattr(scheduler, key, None):
+                raise ValueError(f"bases must be methods for the same model: {type(b).__name__} "
+                                 f"has {key}={getattr(b, key, None)!r}, the scheduler "
+                                 f"{getattr(scheduler, key, None)!r}")  # fmt: skip
+        if not np.allclose(b.alphas_cumprod, scheduler.alphas_cumprod, rtol=1e-12):
+            raise ValueError(f"bases must be methods for the same model: {type(b).__name__} "
+                             "has another training schedule (alphas_cumprod)")  # fmt: skip
+    return out
+
+
+def candidate_bases(scheduler: Scheduler) -> list[Scheduler]:
+    """The methods that :func:`tune` tries beside ``scheduler`` (``bases="auto"``): UniPC
+    and DPM-Solver++ of orders 2 and 3 and variable-step iPNDM, on its config (the same
+    model: training schedule and prediction type), those that take it."""
+    from .methods.dpmsolver import DPMSolverMultistep
+    from .methods.ipndm_variable import VariableIPNDM
+    from .methods.unipc import UniPC
+
+    config = {k: v for k, v in scheduler.to_config().items() if k in BASE_KEYS}
+    mine = json_config(scheduler)
+    out = []
+    for cls, kw in ((UniPC, {"solver_order": 3}), (UniPC, {"solver_order": 2}),
+                    (DPMSolverMultistep, {"solver_order": 3}),
+                    (DPMSolverMultistep, {"solver_order": 2}),
+                    (VariableIPNDM, {"solver_order": 4})):  # fmt: skip
+        try:
+            other = cls.from_config(config, **kw)
+        except (TypeError, ValueError):
+            continue
+        if json_config(other) != mine and other.deterministic and not other.processes_x0:
+            out.append(other)
+    return out
+
+
+# the config keys a candidate base takes from the scheduler: the model (training schedule,
+# prediction type) and the loop's own grid
+BASE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset",
+             "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+             "final_sigmas_type")  # fmt: skip
+
+
+def json_config(scheduler: Scheduler) -> str:
+    import json
+
+    return json.dumps(scheduler.to_config(), sort_keys=True)
 
 
 # -- the grid: what is searched, and how it becomes init's arguments ----------------------
@@ -255,9 +376,10 @@ class Reference(NamedTuple):
     denoised: list[np.ndarray]  # K x̂_0 of the model's output there
     final: np.ndarray  # the reference final sample (σ = 0), host float64
 
-    def dynamic_programming(self, n: int) -> np.ndarray:
+    def dynamic_programming(self, n: int, index: bool = False) -> np.ndarray:
         """GITS' grid: the N candidate levels whose first-order steps (the last one to
-        σ = 0) have the least summed local error along the reference trajectory."""
+        σ = 0) have the least summed local error along the reference trajectory (their
+        indices among the candidates if ``index``)."""
         sig = self.sigmas
         k = len(sig)
         targets = [*self.native, self.final]  # node k: the final level, σ = 0
@@ -280,7 +402,8 @@ class Reference(NamedTuple):
         for m in range(n, 0, -1):
             j = int(back[m, j])
             path.append(j)
-        return self.levels[np.array(path[::-1])]
+        chosen = np.array(path[::-1])
+        return chosen if index else self.levels[chosen]
 
 
 def reference_trajectory(
@@ -442,9 +565,9 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
                                                   steps=candidates * substeps // 2))  # fmt: skip
     ref = reference
 
-    def error(levels: np.ndarray) -> float:
+    def error(levels: np.ndarray) -> Score:
         out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
-        return relative_error(out, ref.final)
+        return Score.of(out, ref.final)
 
     own = grid.start
     tried = {"own": own}
@@ -460,19 +583,20 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
     from .sampling import sample
 
     own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps))
-    own_error = relative_error(own_out, ref.final)
-    best_name = min(scored, key=scored.get)
+    own_error = Score.of(own_out, ref.final)
+    scored["own"] = own_error  # the scheduler's own grid, exactly
+    best_name = _pick_start(scored)
     levels, best = _coordinate_search(
         error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
     )
     options = grid.init_options(levels)
-    if own_error <= best:  # the scheduler's own grid, exactly, is never beaten by less
+    if not best.beats(own_error):  # the own grid, unless clearly beaten
         options, best = grid.init_options(own), own_error
     return TuneResult(
         init_options=options,
         start_options=grid.init_options(own),
-        start_error=own_error,
-        error=best,
+        start_error=own_error.error,
+        error=best.error,
         model_calls=counted.calls,
         seconds=time.perf_counter() - t0,
     )
@@ -482,13 +606,13 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
 
 
 def _coordinate_search(
-    error: Callable[[np.ndarray], float],
+    error: Callable[[np.ndarray], Score],
     grid: Grid,
     levels: np.ndarray,
-    best: float,
+    best: Score,
     max_evaluations: int,
     tolerance: float,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, Score]:
     """Move each free level up or down by its own step, keeping a move only if the error
     falls (by more than ``MIN_GAIN`` of itself); a level's step grows after a kept move
     and halves after a round without one. Stops below ``RESOLUTION``, the accuracy of the
@@ -500,7 +624,7 @@ def _coordinate_search(
     step = np.maximum(np.round(gaps / 3), 1.0) if integer else gaps / 3
     floor = 1.0 if integer else tolerance
     evaluations = 0
-    while evaluations < max_evaluations and np.any(step[1:] >= floor) and best > RESOLUTION:
+    while evaluations < max_evaluations and np.any(step[1:] >= floor) and best.error > RESOLUTION:
         for k in range(1, n):
             if step[k] < floor:
                 continue
@@ -512,7 +636,7 @@ def _coordinate_search(
                     continue
                 evaluations += 1
                 e = error(trial)
-                if e < best * (1 - MIN_GAIN):
+                if e.error < best.error * (1 - MIN_GAIN):
                     levels, best, moved = trial, e, True
                     break
             step[k] = step[k] * 1.5 if moved else step[k] / 2
@@ -521,6 +645,40 @@ def _coordinate_search(
             if evaluations >= max_evaluations:
                 break
     return levels, best
+
+
+class Score(NamedTuple):
+    """The error of one run on the calibration batch, and each sample's share of it."""
+
+    per_sample: np.ndarray  # ||x_i - x*_i||² B / ||x*||²: their mean is the error squared
+    error: float  # the relative error on the whole batch
+
+    @staticmethod
+    def of(out: np.ndarray, ref: np.ndarray) -> Score:
+        b = len(ref)
+        d = ((out - ref).reshape(b, -1) ** 2).sum(axis=1)
+        return Score(d / max(float((ref**2).sum()), 1e-300) * b, relative_error(out, ref))
+
+    def beats(self, other: Score) -> bool:
+        """Whether this run is clearly better than ``other``: its error is lower by
+        ``MIN_GAIN`` of itself, and the fall is ``SIGNIFICANCE`` standard errors of the
+        paired per-sample differences or more. A fall carried by a few samples (as an
+        empirical model's samples that flip onto another training image) is not taken: it
+        does not carry over to other noise."""
+        if not self.error < other.error * (1 - MIN_GAIN):
+            return False
+        diff = other.per_sample - self.per_sample
+        if len(diff) < 2:
+            return True
+        spread = float(np.std(diff, ddof=1)) / math.sqrt(len(diff))
+        return float(np.mean(diff)) >= SIGNIFICANCE * spread
+
+
+def _pick_start(scored: dict[Any, Score], own: Any = "own") -> Any:
+    """The start with the least error among the scheduler's own grid (key ``own``) and
+    those that :meth:`Score.beats` it."""
+    allowed = [k for k, e in scored.items() if k == own or e.beats(scored[own])]
+    return min(allowed, key=lambda k: scored[k].error)
 
 
 # -- helpers -------------------------------------------------------------------------------

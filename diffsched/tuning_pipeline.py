@@ -11,9 +11,10 @@ file that :class:`~diffsched.diffusers.DiffusersScheduler` loads into the same p
 The calibration batch is ``calibration`` latents of standard normal noise, the prompts
 taken in turn; every tuner call of the model is one batched UNet call on all of them
 (twice the batch with guidance). The cost is that of :func:`diffsched.tune`: the reference
-(``candidates * substeps`` calls, 400 by default), the grid search (130-280 × N) and the
-fit (70-330 × N at 5-15 steps; docs/tuning.md): a few thousand batched UNet calls. ``candidates``,
-``substeps``, ``max_evaluations`` and ``iterations`` trade accuracy for cost.
+(``candidates * substeps`` calls, 400 by default), the candidate bases' starting grids,
+the grid search (100 runs at most) and the fit: about 230-270 × N batched UNet calls at
+5-10 steps (docs/tuning.md). ``candidates``, ``substeps``, ``max_evaluations``, ``ridges``
+and ``iterations`` trade accuracy for cost.
 
 The pipeline must be a text-to-image pipeline whose denoiser is
 ``unet(x, t, encoder_hidden_states=...)`` and whose ``encode_prompt`` returns the

@@ -213,3 +213,46 @@ def test_other_bad_arguments():
         )
     with pytest.raises(ValueError, match="candidates"):
         search(never_called, ds.Euler(**SD), STEPS, CALIBRATION, candidates=STEPS - 1)
+
+
+# -- guards against overfitting --------------------------------------------------------------
+
+
+def test_a_fall_carried_by_a_few_samples_does_not_count():
+    """Score.beats: the own grid is left only for a fall of two standard errors of the
+    paired per-sample differences (an empirical model's samples flip between training
+    images: fixing one calibration sample's flip does not carry over to other noise)."""
+    from diffsched.tuning import Score
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((64, 8))
+    near = ref + 0.01 * rng.standard_normal(ref.shape)
+    flipped = near.copy()
+    flipped[3] = -ref[3]  # one sample on another mode
+    spread = ref + 0.005 * rng.standard_normal(ref.shape)  # every sample a little better
+    one_fixed = Score.of(near, ref)
+    assert one_fixed.error < 0.2 * Score.of(flipped, ref).error  # a far lower error ...
+    assert not one_fixed.beats(Score.of(flipped, ref))  # ... carried by one sample
+    assert Score.of(spread, ref).beats(Score.of(near, ref))
+    assert not Score.of(near, ref).beats(Score.of(spread, ref))
+    assert np.mean(Score.of(near, ref).per_sample) == pytest.approx(one_fixed.error**2)
+
+
+def test_candidate_bases_are_other_methods_for_the_same_model():
+    from diffsched.tuning import _bases, candidate_bases
+
+    sched = ds.UniPC(**SD, solver_order=2)
+    found = candidate_bases(sched)
+    names = {(type(b).__name__, b.solver_order) for b in found}
+    assert names == {("UniPC", 3), ("DPMSolverMultistep", 3), ("DPMSolverMultistep", 2),
+                     ("VariableIPNDM", 4)}  # fmt: skip
+    for b in found:
+        assert np.array_equal(b.alphas_cumprod, sched.alphas_cumprod)
+        assert b.prediction_type == sched.prediction_type
+    assert _bases(sched, None) == []
+    with pytest.raises(ValueError, match="bases must be 'auto'"):
+        _bases(sched, "all")
+    with pytest.raises(ValueError, match="same model"):
+        _bases(sched, [ds.DPMSolverMultistep(**{**SD, "beta_end": 0.02})])
+    with pytest.raises(TypeError, match="bases must hold schedulers"):
+        _bases(sched, ["unipc"])

@@ -25,10 +25,10 @@ jax.config.update("jax_enable_x64", True)
 SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
 CALIBRATION = cli.make_noise("gmm", 64, 1)
 HELD_OUT = cli.make_noise("gmm", 128, 2)
-CASES = {  # name -> (base, steps, grid tuned first)
-    "DPMSolverMultistep-6-coefficients": (ds.DPMSolverMultistep(**SD), 6, False),
-    "UniPC-8-both": (ds.UniPC(**SD), 8, True),
-    "VariableIPNDM-6-coefficients": (ds.VariableIPNDM(**SD), 6, False),
+CASES = {  # name -> (base, steps, grid tuned first, the moments kept (default 1))
+    "DPMSolverMultistep-6-coefficients": (ds.DPMSolverMultistep(**SD), 6, False, 1),
+    "UniPC-8-both": (ds.UniPC(**SD), 8, True, 2),
+    "VariableIPNDM-6-coefficients": (ds.VariableIPNDM(**SD), 6, False, 1),
 }
 
 
@@ -43,16 +43,17 @@ def held_out_error(sched, steps: int) -> float:
 
 @pytest.fixture(scope="module", params=list(CASES))
 def tuned(request):
-    base, steps, grid = CASES[request.param]
+    base, steps, grid, moments = CASES[request.param]
     model = cli.exact_model(base, "gmm")
-    return base, steps, search_coefficients(model, base, steps, CALIBRATION, grid=grid)
+    result = search_coefficients(model, base, steps, CALIBRATION, grid=grid, moments=moments)
+    return base, steps, result, moments
 
 
 def test_never_worse_than_the_base_on_held_out_noise(tuned):
     # measured (held-out base -> tuned): DPM-Solver++ 6 steps 0.108 -> 0.078 (coefficients
     # only), UniPC 8 steps 0.077 -> 0.060 (grid and coefficients), VariableIPNDM 6 steps
     # 0.145 -> 0.088
-    base, steps, result = tuned
+    base, steps, result, _ = tuned
     before, after = held_out_error(base, steps), held_out_error(result.scheduler, steps)
     assert after <= before, (before, after)
     assert result.error <= result.start_error
@@ -63,7 +64,7 @@ def test_never_worse_than_the_base_on_held_out_noise(tuned):
 def test_the_engine_runs_the_fitted_table(tuned):
     # the error the fit reports is that of ds.sample with the Tuned class, on the
     # calibration noise, against the reference (measured agreement ~1e-15)
-    base, steps, result = tuned
+    base, steps, result, _ = tuned
     model = cli.exact_model(base, "gmm")
     grid = Grid.of(base, steps)
     start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
@@ -73,8 +74,9 @@ def test_the_engine_runs_the_fitted_table(tuned):
 
 
 def test_corrections_keep_the_moment_conditions(tuned):
-    base, steps, result = tuned
+    _, steps, result, moments = tuned
     sched = result.scheduler
+    base = sched.base_scheduler  # the base the tuner picked
     w = sched.weight_table()
     tab = base.tableau(steps, **sched.grid_options)
     log_train = np.log(np.sqrt((1 - base.alphas_cumprod) / base.alphas_cumprod))
@@ -84,7 +86,7 @@ def test_corrections_keep_the_moment_conditions(tuned):
         d = w[n, lags]
         assert np.all(w[n, len(lags) :] == 0)
         assert abs(d.sum()) < 1e-12 * max(1.0, np.abs(d).max())  # zeroth moment
-        if n < len(w) - 1:  # first moment (the last call keeps the zeroth only)
+        if moments == 2 and n < len(w) - 1:  # first moment (the last call: zeroth only)
             first = d @ (lam[n - lags] - lam[n])
             assert abs(first) < 1e-12 * max(1.0, np.abs(d).max() * np.ptp(lam))
             # exact on an x̂_0 trajectory linear in λ: the correction adds nothing
@@ -103,7 +105,7 @@ def test_null_basis_is_orthonormal_and_annihilates_the_moments():
 
 
 def test_tuned_runs_the_same_on_numpy_torch_and_jax(tuned):
-    base, steps, result = tuned
+    base, steps, result, _ = tuned
     sched = result.scheduler
     model = cli.exact_model(base, "gmm")
     noise = HELD_OUT[:16]
@@ -123,7 +125,7 @@ def test_tuned_runs_the_same_on_numpy_torch_and_jax(tuned):
 
 
 def test_save_load_round_trip_and_refusals(tuned, tmp_path):
-    base, steps, result = tuned
+    base, steps, result, _ = tuned
     sched = result.scheduler
     path = ds.save_tuned(tmp_path / "tuned.json", sched, model="gmm", calibration=64)
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -139,8 +141,10 @@ def test_save_load_round_trip_and_refusals(tuned, tmp_path):
     )
     with pytest.raises(ValueError, match="beta_end"):
         ds.load_tuned(path, base=base.replace(beta_end=0.02))
-    with pytest.raises(ValueError, match="another scheduler config"):
-        ds.load_tuned(path, base=ds.DDIM(**SD))
+    with pytest.raises(ValueError, match="another model's schedule; differing: prediction_type"):
+        ds.load_tuned(path, base=base.replace(prediction_type="angular_velocity"))
+    # another method for the same model: the file brings its own base
+    assert ds.load_tuned(path, base=ds.DDIM(**SD)) == sched
     with pytest.raises(ValueError, match=f"num_steps={steps + 1}"):
         ds.load_tuned(path, num_steps=steps + 1)
     with pytest.raises(ValueError, match=f"tuned for num_steps={steps}"):
@@ -216,3 +220,45 @@ def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
     assert tuned_grid < 0.9 * before, (before, tuned_grid)
     both = search_coefficients(model, sched, 6, CALIBRATION).scheduler
     assert flow_held_out_error(both, 6) <= tuned_grid * 1.05, (tuned_grid, both)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def run_cli(capsys, *argv):
+    capsys.readouterr()
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_tunes_the_table_saves_it_and_sample_reads_it_back(capsys, tmp_path):
+    """`diffsched tune --tune both --save` writes a Tuned file that ds.load_tuned and
+    `sample --config` read; sample measures it on tune's held-out noise, with tune's error."""
+    import re
+
+    path = tmp_path / "t.json"
+    argv = ("tune", "unipc", "--model", "gmm", "--steps", 4, "--calibration", 16, "--held-out",
+            16, "--max-evaluations", 20, "--tune", "both", "--save", path)  # fmt: skip
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    assert "tuned table: base " in out
+    tuned = ds.load_tuned(path, base=cli.build_scheduler("unipc", {}), num_steps=4)
+    assert tuned.tuned_steps == 4
+    assert json.loads(path.read_text(encoding="utf-8"))["about"]["tune"] == "both"
+    row = re.search(r"\| held-out noise \| ([\d.e+-]+) \| ([\d.e+-]+) \|", out)
+    assert float(row[2]) <= float(row[1])  # never worse than the scheduler as it is
+    status, out, err = run_cli(capsys, "sample", "--config", path, "--model", "gmm", "--steps",
+                               4, "--num-samples", 16, "--no-progress",
+                               "--out", tmp_path / "s.png")  # fmt: skip
+    assert status == 0, err
+    assert "model calls: 4" in out and f"noise: seed {cli.HELD_OUT_SEED}" in out
+    assert f"relative RMS error vs exact ODE solution: {row[2]}" in out
+    status, _, err = run_cli(capsys, "sample", "--config", path, "-o", "eta=1", "--model",
+                             "gmm", "--steps", 4)  # fmt: skip
+    assert status == 2 and "is a tuned table: it takes no -o options" in err
+    with pytest.raises(SystemExit):  # argparse's choices
+        cli.main(["tune", "--tune", "weights"])
+    assert "invalid choice: 'weights'" in capsys.readouterr().err
+    status, _, err = run_cli(capsys, "tune", "--tune", "both", "--calibration", 2)
+    assert status == 2 and "--calibration 4 or more" in err
