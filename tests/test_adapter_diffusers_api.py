@@ -1,0 +1,97 @@
+"""The adapter's diffusers API surface that diffusers' own scheduler tests exercise
+(benchmarks/diffusers_own_tests.py): the step output as a mapping, ``save_config``, and the
+state before ``set_timesteps`` (diffusers' classes set up the loop over every training step
+in ``__init__``), each compared with diffusers' own class of the same config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import diffsched as ds  # noqa: E402
+from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
+
+SD = dict(beta_schedule="quadratic", beta_start=0.00085, beta_end=0.012)
+
+
+def twin(sched):
+    """diffusers' own class of the same config."""
+    config = sched.to_config()
+    cls = getattr(diffusers, config["_class_name"])
+    return cls.from_config({k: v for k, v in config.items() if not k.startswith("_diffsched")})
+
+
+def test_step_output_is_a_mapping_like_diffusers():
+    adapter, theirs = DiffusersScheduler(ds.DDIM(**SD)), twin(ds.DDIM(**SD))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for s in (adapter, theirs):
+        s.set_timesteps(5)
+    t = theirs.timesteps[0]
+    ours, want = adapter.step(0.1 * x, t, x), theirs.step(0.1 * x, t, x)
+    assert list(ours.keys()) == list(want.keys()) == ["prev_sample", "pred_original_sample"]
+    rel = float(
+        (ours["prev_sample"] - want["prev_sample"]).abs().max() / want["prev_sample"].abs().max()
+    )
+    assert rel < 1e-6, rel  # observed 4e-8 (diffusers' float32 ᾱ table)
+    assert torch.equal(ours.values()[1], ours.pred_original_sample)
+    assert [k for k, _ in ours.items()] == list(ours.keys())
+    assert len(ours.to_tuple()) == 2 and ours[0] is ours.prev_sample
+    with pytest.raises(KeyError):
+        ours["sample"]
+    # a field that is None is not a key (diffusers' BaseOutput)
+    out = SchedulerOutput(x)
+    assert list(out.keys()) == ["prev_sample"] and out.to_tuple() == (x,) and len(out) == 2
+
+
+def test_save_config_loads_in_diffusers_and_back(tmp_path):
+    sched = ds.DPMSolverMultistep(**SD, solver_order=3, use_karras_sigmas=True)
+    DiffusersScheduler(sched).save_config(tmp_path)
+    theirs = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path)
+    assert theirs.config.solver_order == 3 and theirs.config.use_karras_sigmas is True
+    assert ds.from_config(tmp_path) == sched
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "DPMSolverMultistepScheduler"
+    with pytest.raises(NotImplementedError, match="push_to_hub"):
+        DiffusersScheduler(sched).save_config(tmp_path, push_to_hub=True)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [ds.Euler(**SD), ds.LMS(**SD), ds.DDIM(**SD)],
+    ids=lambda s: type(s).__name__,
+)
+def test_before_set_timesteps_as_diffusers(sched):
+    """timesteps, init_noise_sigma, scale_model_input and step before set_timesteps: the
+    loop over every training step, as diffusers' __init__ sets it up."""
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    assert adapter.timesteps.dtype == theirs.timesteps.dtype
+    assert torch.equal(adapter.timesteps, theirs.timesteps)
+    ours_sigma, their_sigma = adapter.init_noise_sigma, theirs.init_noise_sigma
+    assert type(ours_sigma) is type(their_sigma)  # a tensor for Euler and LMS, a float for DDIM
+    assert float(ours_sigma) == pytest.approx(float(their_sigma), rel=1e-6)
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = theirs.timesteps[0]
+    got, want = adapter.scale_model_input(x, t), theirs.scale_model_input(x, t)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)  # observed ~1e-8 (float32 σ)
+    if isinstance(sched, ds.DDIM):  # diffusers' DDIM needs set_timesteps before step
+        return
+    ours = adapter.step(0.1 * x, t, x).prev_sample
+    want = theirs.step(0.1 * x, t, x).prev_sample
+    assert adapter.num_inference_steps == sched.num_train_steps
+    rel = float((ours - want).abs().max() / want.abs().max())
+    assert rel < 1e-5, rel  # observed ~1e-7 (diffusers' float32 σ table)
+
+
+def test_init_noise_sigma_after_set_timesteps_type():
+    for sched, kind in ((ds.Heun(**SD), torch.Tensor), (ds.DPMSolverMultistep(**SD), float)):
+        adapter, theirs = DiffusersScheduler(sched), twin(sched)
+        adapter.set_timesteps(6)
+        theirs.set_timesteps(6)
+        assert isinstance(adapter.init_noise_sigma, kind)
+        assert isinstance(theirs.init_noise_sigma, kind)
+        assert np.isclose(float(adapter.init_noise_sigma), float(theirs.init_noise_sigma))
