@@ -95,3 +95,35 @@ def test_init_noise_sigma_after_set_timesteps_type():
         assert isinstance(adapter.init_noise_sigma, kind)
         assert isinstance(theirs.init_noise_sigma, kind)
         assert np.isclose(float(adapter.init_noise_sigma), float(theirs.init_noise_sigma))
+
+
+def test_swap_drops_values_this_class_cannot_take():
+    """diffusers' test_compatibles: a config saved by one class loaded into another. Euler's
+    null sigma_min / sigma_max (EDM has no null) and DDPM's variance_type "fixed_small"
+    (DPM-Solver reads only the learned ones) give this class's default, with a warning, as
+    diffusers drops the keys another class left at its default (_use_default_values)."""
+    euler = diffusers.EulerDiscreteScheduler().config  # sigma_min in _use_default_values
+    theirs = diffusers.EDMEulerScheduler.from_config(euler)
+    edm = ds.EDMEuler.from_config(dict(euler))
+    assert (edm.sigma_min, edm.sigma_max) == (theirs.config.sigma_min, theirs.config.sigma_max)
+    saved = DiffusersScheduler(ds.Euler()).config  # ours: every key, null sigma_min
+    assert saved["sigma_min"] is None and "_use_default_values" not in saved
+    with pytest.warns(UserWarning, match=r"\['sigma_max', 'sigma_min'\]"):
+        edm = ds.EDMEuler.from_config(dict(saved))
+    assert (edm.sigma_min, edm.sigma_max) == (theirs.config.sigma_min, theirs.config.sigma_max)
+    ddpm = diffusers.DDPMScheduler(variance_type="fixed_small").config
+    with pytest.warns(UserWarning, match="variance_type"):
+        ours = ds.DPMSolverMultistep.from_config(dict(ddpm))
+    assert ours.variance_type is None
+    their_dpm = diffusers.DPMSolverMultistepScheduler.from_config(ddpm)
+    adapter = DiffusersScheduler(ours)
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for s in (adapter, their_dpm):
+        s.set_timesteps(5)
+    t = their_dpm.timesteps[0]
+    got = adapter.step(0.1 * x, t, x).prev_sample
+    want = their_dpm.step(0.1 * x, t, x).prev_sample
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6  # observed ~1e-8
+    # the class's own config keeps its check
+    with pytest.raises(ValueError, match="variance_type"):
+        ds.DPMSolverMultistep.from_config({**ddpm, "_class_name": "DPMSolverMultistepScheduler"})
