@@ -76,6 +76,19 @@ NOT_FOR_AN_ADAPTER = {
     "test_deprecated_kwargs": "diffusers' _deprecated_kwargs bookkeeping of its __init__",
     "test_getattr_is_correct": "diffusers' ConfigMixin deprecation warnings for config keys "
     "read as attributes",
+    "test_from_pretrained": "asserts diffusers' _use_default_values bookkeeping key (which "
+    "keys __init__ was not given); the save/load round trip is test_from_save_pretrained",
+    "test_variance": "diffusers' private _get_variance",
+    "test_batch_step_no_noise": "ParaDiGMS' batch_step_no_noise (several timesteps per call)",
+}
+
+# differences understood and left (see the report): marked xfail, with the reason
+KNOWN = {
+    "test_trained_betas": "trained_betas of 2 entries for 1000 training steps: refused "
+    "(ValueError) where diffusers takes any length",
+    "test_betas": "beta_end up to 2 (ᾱ underflows): refused (ValueError) by design",
+    "test_full_loop_with_noise": "diffusers' float32 σ/ᾱ tables: equal to < 1e-12 against "
+    "diffusers with float64 tables",
 }
 
 
@@ -146,6 +159,8 @@ def pytest_collection_modifyitems(config, items) -> None:
         reason = NOT_FOR_AN_ADAPTER.get(item.name)
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"not for an adapter: {reason}"))
+        elif item.name in KNOWN:
+            item.add_marker(pytest.mark.xfail(reason=KNOWN[item.name], strict=False))
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -176,8 +191,9 @@ def run_file(root: Path, file: str, real: bool, timeout: int, verbose: bool) -> 
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else err.stdout or ""
         out += "\nTIMEOUT"
-    counts = {k: 0 for k in ("passed", "failed", "skipped", "error")}
-    for number, what in re.findall(r"(\d+) (passed|failed|skipped|errors?)", out.splitlines()[-1]):
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "xfailed", "error")}
+    last = out.splitlines()[-1] if out else ""
+    for number, what in re.findall(r"(\d+) (passed|failed|skipped|xfailed|errors?)", last):
         counts[what.rstrip("s") if what.startswith("error") else what] = int(number)
     failures = re.findall(r"^(?:FAILED|ERROR) \S+::(\S+?)(?: - (.*))?$", out, re.M)
     if verbose:
@@ -200,7 +216,7 @@ def main() -> None:
         c = result["counts"]
         print(
             f"{key:18s} passed {c['passed']:3d} failed {c['failed']:3d} error {c['error']:2d} "
-            f"skipped {c['skipped']:2d} ({result['seconds']:.0f} s)"
+            f"skipped {c['skipped']:2d} xfailed {c['xfailed']:2d} ({result['seconds']:.0f} s)"
         )
         for test, why in result["failures"]:
             print(f"    {test}: {(why or '')[:160]}")

@@ -441,6 +441,9 @@ class DiffusersScheduler:
             # diffusers' classes set it in __init__, from the loop over every training step
             program = _training_loop(self.wrapped)
             if program is None:
+                value = _fixed_init_noise_sigma(self.wrapped)
+                if value is not None:
+                    return value
                 self._require_program()
         else:
             program = self._program
@@ -875,6 +878,21 @@ def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
     except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
         return None
     return program if np.isfinite(program.init_noise_scale * program.input_scale[0]) else None
+
+
+@functools.cache
+def _fixed_init_noise_sigma(scheduler: BaseScheduler) -> float | None:
+    """init_noise_sigma where it does not depend on the number of steps (1 for the VP
+    solvers: diffusers' DPM-Solver, DEIS, UniPC, LCM set 1.0 in __init__), read off 2- and
+    3-step programs; None where it depends on it or they cannot be built."""
+    try:
+        values = {
+            float(p.init_noise_scale * p.input_scale[0])
+            for p in (scheduler.program(2), scheduler.program(3))
+        }
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    return values.pop() if len(values) == 1 else None
 
 
 @functools.cache

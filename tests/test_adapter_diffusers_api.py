@@ -127,3 +127,10 @@ def test_swap_drops_values_this_class_cannot_take():
     # the class's own config keeps its check
     with pytest.raises(ValueError, match="variance_type"):
         ds.DPMSolverMultistep.from_config({**ddpm, "_class_name": "DPMSolverMultistepScheduler"})
+
+
+def test_init_noise_sigma_before_set_timesteps_without_a_training_loop():
+    """DPM-Solver's 1000-step loop visits a level twice (no program): its init_noise_sigma
+    does not depend on the steps, 1.0 as diffusers' __init__ sets; EDM-Euler's does."""
+    for sched in (ds.DPMSolverMultistep(**SD), ds.UniPC(**SD)):
+        assert DiffusersScheduler(sched).init_noise_sigma == twin(sched).init_noise_sigma == 1.0
