@@ -143,6 +143,19 @@ _TENSOR_INIT_NOISE_SIGMA = frozenset(
         "CosineDPMSolverMultistepScheduler",
     }
 )
+# classes whose diffusers num_inference_steps is the length of the grid set (one call a
+# step; less than asked where duplicate timesteps were dropped, or LCM's strength cut)
+_STEPS_ARE_TIMESTEPS = frozenset(
+    {
+        "DEISMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverMultistepInverseScheduler",
+        "LCMScheduler",
+        "SASolverScheduler",
+        "TCDScheduler",
+        "UniPCMultistepScheduler",
+    }
+)
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ
@@ -382,7 +395,9 @@ class DiffusersScheduler:
         ts = self._host_timesteps
         host = torch.from_numpy(ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32))
         self.timesteps = host.to(device) if device is not None else host
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = (
+            len(ts) if self._name in _STEPS_ARE_TIMESTEPS else num_inference_steps
+        )
         self._step_index = None
         self._begin_index = None
 
@@ -522,10 +537,13 @@ class DiffusersScheduler:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
+    def scale_model_input(
+        self, sample: Any, timestep: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         """The model input of the call at ``timestep``: the native sample / input_scale
         (the sample itself, before ``set_timesteps`` too, for the methods whose model input
-        is always the native sample, as diffusers' DDIM, DDPM, ...)."""
+        is always the native sample, as diffusers' DDIM, DDPM, ...). Other arguments are
+        ignored, as by diffusers' classes that take them (``generator=`` for SA-Solver)."""
         if self._program is None:
             if _native_input(self.wrapped):
                 return sample

@@ -134,3 +134,25 @@ def test_init_noise_sigma_before_set_timesteps_without_a_training_loop():
     does not depend on the steps, 1.0 as diffusers' __init__ sets; EDM-Euler's does."""
     for sched in (ds.DPMSolverMultistep(**SD), ds.UniPC(**SD)):
         assert DiffusersScheduler(sched).init_noise_sigma == twin(sched).init_noise_sigma == 1.0
+
+
+def test_num_inference_steps_counts_the_grid_where_diffusers_does():
+    """DPM-Solver's inverse grid over all 1000 training steps drops a duplicate timestep:
+    diffusers' num_inference_steps is then the grid's length (999), as ours."""
+    sched = ds.DPMSolverMultistepInverse(beta_schedule="linear")
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    adapter.set_timesteps(1000)
+    theirs.set_timesteps(1000)
+    assert torch.equal(adapter.timesteps, theirs.timesteps.to(adapter.timesteps.dtype))
+    assert adapter.num_inference_steps == theirs.num_inference_steps == 999
+    heun = DiffusersScheduler(ds.Heun())  # two calls a step: the steps asked
+    heun.set_timesteps(5)
+    assert heun.num_inference_steps == 5 and len(heun.timesteps) == 9
+
+
+def test_scale_model_input_takes_extra_arguments_as_diffusers_sasolver():
+    adapter = DiffusersScheduler(ds.SASolver(**SD))
+    adapter.set_timesteps(4)
+    x = torch.ones(1, 2, 2, 2)
+    got = adapter.scale_model_input(x, adapter.timesteps[0], generator=torch.manual_seed(0))
+    assert got is x
