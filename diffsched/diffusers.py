@@ -625,6 +625,36 @@ class DiffusersScheduler:
             return (prev, denoised)
         return SchedulerOutput(prev, denoised)
 
+    # -- PNDM's two phases (diffusers' PNDMScheduler names them) -------------------------
+
+    def _prk_calls(self, what: str) -> int:
+        """The number of PNDM's Runge-Kutta warm-up calls (3 steps of 4; none with
+        reduce_warmup, diffusers' skip_prk_steps)."""
+        if self._name != "PNDMScheduler":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {what!r}")
+        self._require_program()
+        return 0 if self._loop.reduce_warmup else 12
+
+    @property
+    def prk_timesteps(self) -> Any:
+        """PNDM: the timesteps of the Runge-Kutta warm-up calls (the first of ``timesteps``)."""
+        return self.timesteps[: self._prk_calls("prk_timesteps")]
+
+    @property
+    def plms_timesteps(self) -> Any:
+        """PNDM: the timesteps of the linear multistep calls (the rest of ``timesteps``)."""
+        return self.timesteps[self._prk_calls("plms_timesteps") :]
+
+    def step_prk(self, *args: Any, **kwargs: Any) -> SchedulerOutput | tuple:
+        """PNDM: :meth:`step` for a call of the Runge-Kutta warm-up."""
+        self._prk_calls("step_prk")
+        return self.step(*args, **kwargs)
+
+    def step_plms(self, *args: Any, **kwargs: Any) -> SchedulerOutput | tuple:
+        """PNDM: :meth:`step` for a call of the linear multistep phase."""
+        self._prk_calls("step_plms")
+        return self.step(*args, **kwargs)
+
     def _step_time_options(self, passed: dict[str, Any]) -> None:
         """Uses the step-time options a pipeline passes where ours are at their default."""
         changes = {}

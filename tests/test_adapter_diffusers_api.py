@@ -156,3 +156,27 @@ def test_scale_model_input_takes_extra_arguments_as_diffusers_sasolver():
     x = torch.ones(1, 2, 2, 2)
     got = adapter.scale_model_input(x, adapter.timesteps[0], generator=torch.manual_seed(0))
     assert got is x
+
+
+@pytest.mark.parametrize("reduce_warmup", [False, True])
+def test_pndm_phases_as_diffusers(reduce_warmup):
+    """PNDM's prk_timesteps / plms_timesteps and step_prk / step_plms (diffusers' own
+    tests drive its loop through them): the same timesteps and the same final sample."""
+    sched = ds.PNDM(beta_schedule="linear", reduce_warmup=reduce_warmup)
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    outs = []
+    for s in (adapter, theirs):
+        s.set_timesteps(10)
+        x = torch.linspace(-1, 1, 32, dtype=torch.float64).reshape(2, 1, 4, 4)
+        for t in s.prk_timesteps:
+            x = s.step_prk(0.3 * x + 0.01 * float(t) / 1000, t, x).prev_sample
+        for t in s.plms_timesteps:
+            x = s.step_plms(0.3 * x + 0.01 * float(t) / 1000, t, x).prev_sample
+        outs.append(x)
+    assert torch.equal(adapter.prk_timesteps, torch.as_tensor(theirs.prk_timesteps).long())
+    assert len(adapter.prk_timesteps) == (0 if reduce_warmup else 12)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    assert rel < 1e-6, rel  # observed ~1e-8 (diffusers' float32 ᾱ table)
+    with pytest.raises(AttributeError, match="step_prk"):
+        DiffusersScheduler(ds.DDIM()).step_prk(x, 0, x)
+    assert not hasattr(DiffusersScheduler(ds.DDIM()), "prk_timesteps")
