@@ -180,3 +180,29 @@ def test_pndm_phases_as_diffusers(reduce_warmup):
     with pytest.raises(AttributeError, match="step_prk"):
         DiffusersScheduler(ds.DDIM()).step_prk(x, 0, x)
     assert not hasattr(DiffusersScheduler(ds.DDIM()), "prk_timesteps")
+
+
+def test_log_linear_with_custom_timesteps_as_diffusers():
+    """diffusers' test_custom_timesteps: with interpolation_type="log_linear" its σ's are
+    N + 1 levels even in log σ whatever the custom timesteps (ours interpolated them
+    linearly in t before): the custom loop equals the N-step loop, and diffusers'."""
+    sched = ds.Euler(beta_schedule="linear", interpolation_type="log_linear")
+    theirs = twin(sched)
+    theirs.set_timesteps(10)
+    ts = tuple(theirs.timesteps.tolist())
+    ours_n = sched.program(10)
+    ours_custom = sched.program(10, timesteps=ts)
+    np.testing.assert_array_equal(ours_n.coefs, ours_custom.coefs)
+    adapter = DiffusersScheduler(sched)
+    x = torch.linspace(-1, 1, 32, dtype=torch.float64).reshape(2, 1, 4, 4)
+    outs = []
+    for s, kw in ((adapter, {"timesteps": list(ts)}), (twin(sched), {"timesteps": list(ts)})):
+        s.set_timesteps(**kw)
+        y = x * s.init_noise_sigma
+        g = torch.Generator().manual_seed(0)
+        for t in s.timesteps:
+            m = 0.5 * s.scale_model_input(y, t)
+            y = s.step(m, t, y, generator=g).prev_sample
+        outs.append(y)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    assert rel < 1e-5, rel  # observed ~1e-7 (diffusers' float32 σ table)
