@@ -146,6 +146,35 @@ _DRAWS_AT_EVERY_CALL = frozenset(
 _SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset(
     {"CMStochasticIterativeScheduler", "ScoreSdeVeScheduler"}
 )
+# classes whose diffusers init_noise_sigma is a (float32, 0-d) tensor, read off its sigmas
+# (`init_noise_sigma.cpu()` works there); the others' is a Python float
+_TENSOR_INIT_NOISE_SIGMA = frozenset(
+    {
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "DPMSolverSDEScheduler",
+        "EDMEulerScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "CosineDPMSolverMultistepScheduler",
+    }
+)
+# classes whose diffusers num_inference_steps is the length of the grid set (one call a
+# step; less than asked where duplicate timesteps were dropped, or LCM's strength cut)
+_STEPS_ARE_TIMESTEPS = frozenset(
+    {
+        "DEISMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverMultistepInverseScheduler",
+        "LCMScheduler",
+        "SASolverScheduler",
+        "TCDScheduler",
+        "UniPCMultistepScheduler",
+    }
+)
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
 # our step-time option -> diffusers' step keyword, where the names differ
@@ -194,6 +223,31 @@ class SchedulerOutput(NamedTuple):
     prev_sample: Any
     pred_original_sample: Any = None
 
+    # diffusers' BaseOutput is also a mapping of its fields that are not None
+    # (``out["prev_sample"]``, ``out.values()``, ``out.to_tuple()``)
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        """The names of the fields that are not None (as diffusers' ``BaseOutput``)."""
+        return [name for name in self._fields if getattr(self, name) is not None]
+
+    def values(self) -> list[Any]:
+        """The fields that are not None, in order."""
+        return [getattr(self, name) for name in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, value) of the fields that are not None."""
+        return [(name, getattr(self, name)) for name in self.keys()]
+
+    def to_tuple(self) -> tuple:
+        """The fields that are not None, as a plain tuple."""
+        return tuple(self.values())
+
 
 class DiffusersScheduler:
     """A diffsched scheduler as a diffusers pipeline's ``scheduler``.
@@ -237,7 +291,7 @@ class DiffusersScheduler:
         self._run: tuple[engine.Program, int] | None = None  # (program run, its first call)
         self._template: tuple | None = None
         self._host_timesteps: np.ndarray | None = None
-        self.timesteps = None
+        self._timesteps = None
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -277,6 +331,13 @@ class DiffusersScheduler:
         os.makedirs(save_directory, exist_ok=True)
         with open(os.path.join(save_directory, "scheduler_config.json"), "w") as f:
             json.dump(dict(self._config), f, indent=2, sort_keys=True)
+
+    def save_config(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """:meth:`save_pretrained` (diffusers' ``ConfigMixin.save_config``; ``push_to_hub``
+        and the hub's keywords are not supported)."""
+        if kwargs.get("push_to_hub"):
+            raise NotImplementedError(f"{self._name}.save_config: push_to_hub is not supported")
+        self.save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(
@@ -353,7 +414,9 @@ class DiffusersScheduler:
         ts = self._host_timesteps
         host = torch.from_numpy(ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32))
         self.timesteps = host.to(device) if device is not None else host
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = (
+            len(ts) if self._name in _STEPS_ARE_TIMESTEPS else num_inference_steps
+        )
         self._step_index = None
         self._begin_index = None
 
@@ -365,16 +428,59 @@ class DiffusersScheduler:
         self._state = None
 
     def _require_program(self) -> engine.Program:
+        if self._program is None and _training_loop(self.wrapped) is not None:
+            # diffusers' classes start with the loop over every training step (__init__)
+            self.set_timesteps(self.wrapped.num_train_steps)
         if self._program is None:
             raise RuntimeError(f"{self!r}: call set_timesteps before using the scheduler")
         return self._program
 
     @property
-    def init_noise_sigma(self) -> float:
-        """The standard deviation of the pipeline's first (native) sample."""
+    def timesteps(self) -> Any:
+        """The loop's timesteps (a tensor); before ``set_timesteps``, those of the loop over
+        every training step, as diffusers' classes set them in ``__init__`` (None where the
+        method has no such loop)."""
+        if self._timesteps is None and self._program is None:
+            import torch
+
+            program = _training_loop(self.wrapped)
+            if program is not None:
+                ts = np.asarray(program.timesteps)
+                return torch.from_numpy(
+                    ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32)
+                )
+        return self._timesteps
+
+    @timesteps.setter
+    def timesteps(self, value: Any) -> None:
+        self._timesteps = value
+
+    @property
+    def init_noise_sigma(self) -> Any:
+        """The standard deviation of the pipeline's first (native) sample: a float32 0-d
+        tensor for the classes whose diffusers value is one (Euler, Heun, LMS, ...; the
+        float32 rounding is diffusers'), else a float; before ``set_timesteps``, that of
+        the loop over every training step (as diffusers' ``__init__`` sets it)."""
+        value = self._init_noise_sigma()
+        if self._name in _TENSOR_INIT_NOISE_SIGMA:
+            import torch
+
+            return torch.tensor(value, dtype=torch.float32)
+        return value
+
+    def _init_noise_sigma(self) -> float:
         if self._program is None and self._name in _SIGMA_MAX_BEFORE_SET_TIMESTEPS:
             return float(self.wrapped.sigma_max)
-        program = self._require_program()
+        if self._program is None:
+            # diffusers' classes set it in __init__, from the loop over every training step
+            program = _training_loop(self.wrapped)
+            if program is None:
+                value = _fixed_init_noise_sigma(self.wrapped)
+                if value is not None:
+                    return value
+                self._require_program()
+        else:
+            program = self._program
         return float(program.init_noise_scale * program.input_scale[0])
 
     @property
@@ -450,8 +556,22 @@ class DiffusersScheduler:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def scale_model_input(self, sample: Any, timestep: Any = None) -> Any:
-        """The model input of the call at ``timestep``: the native sample / input_scale."""
+    def scale_model_input(
+        self, sample: Any, timestep: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """The model input of the call at ``timestep``: the native sample / input_scale
+        (the sample itself, before ``set_timesteps`` too, for the methods whose model input
+        is always the native sample, as diffusers' DDIM, DDPM, ...). Other arguments are
+        ignored, as by diffusers' classes that take them (``generator=`` for SA-Solver)."""
+        if self._program is None:
+            if _native_input(self.wrapped):
+                return sample
+            program = _training_loop(self.wrapped)
+            if program is not None:  # diffusers' loop before set_timesteps (its __init__)
+                ts = np.asarray(program.timesteps)
+                found = np.flatnonzero(ts.astype(np.float32) == np.float32(_scalar(timestep)))
+                if found.size:
+                    return sample / float(program.input_scale[found[0]])
         program = self._require_program()
         if np.all(program.input_scale == 1.0):  # the model input is the native sample
             return sample
@@ -550,6 +670,36 @@ class DiffusersScheduler:
         self._step_index = i + 1
         prev = out if scale_next == 1.0 else out * scale_next
         return prev, self._denoised(i, sample, model_output, prev)
+
+    # -- PNDM's two phases (diffusers' PNDMScheduler names them) -------------------------
+
+    def _prk_calls(self, what: str) -> int:
+        """The number of PNDM's Runge-Kutta warm-up calls (3 steps of 4; none with
+        reduce_warmup, diffusers' skip_prk_steps)."""
+        if self._name != "PNDMScheduler":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {what!r}")
+        self._require_program()
+        return 0 if self._loop.reduce_warmup else 12
+
+    @property
+    def prk_timesteps(self) -> Any:
+        """PNDM: the timesteps of the Runge-Kutta warm-up calls (the first of ``timesteps``)."""
+        return self.timesteps[: self._prk_calls("prk_timesteps")]
+
+    @property
+    def plms_timesteps(self) -> Any:
+        """PNDM: the timesteps of the linear multistep calls (the rest of ``timesteps``)."""
+        return self.timesteps[self._prk_calls("plms_timesteps") :]
+
+    def step_prk(self, *args: Any, **kwargs: Any) -> SchedulerOutput | tuple:
+        """PNDM: :meth:`step` for a call of the Runge-Kutta warm-up."""
+        self._prk_calls("step_prk")
+        return self.step(*args, **kwargs)
+
+    def step_plms(self, *args: Any, **kwargs: Any) -> SchedulerOutput | tuple:
+        """PNDM: :meth:`step` for a call of the linear multistep phase."""
+        self._prk_calls("step_plms")
+        return self.step(*args, **kwargs)
 
     def _step_time_options(self, passed: dict[str, Any]) -> None:
         """Uses the step-time options a pipeline passes where ours are at their default."""
@@ -1298,6 +1448,49 @@ def _restore(wrapped: BaseScheduler, state: dict) -> DiffusersScheduler:
 def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:
     """``scheduler`` as a diffusers pipeline's scheduler (:class:`DiffusersScheduler`)."""
     return DiffusersScheduler(scheduler)
+
+
+@functools.cache
+def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
+    """The loop over every training step (diffusers' schedule before ``set_timesteps``),
+    None where the method has no such loop."""
+    steps = getattr(scheduler, "num_train_steps", None)
+    if not isinstance(steps, int):
+        return None
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            program = scheduler.program(steps)
+    except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
+        return None
+    return program if np.isfinite(program.init_noise_scale * program.input_scale[0]) else None
+
+
+@functools.cache
+def _fixed_init_noise_sigma(scheduler: BaseScheduler) -> float | None:
+    """init_noise_sigma where it does not depend on the number of steps (1 for the VP
+    solvers: diffusers' DPM-Solver, DEIS, UniPC, LCM set 1.0 in __init__), read off 2- and
+    3-step programs; None where it depends on it or they cannot be built."""
+    try:
+        values = {
+            float(p.init_noise_scale * p.input_scale[0])
+            for p in (scheduler.program(2), scheduler.program(3))
+        }
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    return values.pop() if len(values) == 1 else None
+
+
+@functools.cache
+def _native_input(scheduler: BaseScheduler) -> bool:
+    """Whether the model input of every call is the native sample (input_scale 1), read
+    off a 2-step program."""
+    try:
+        return bool(np.all(scheduler.program(2).input_scale == 1.0))
+    except (ValueError, TypeError, NotImplementedError):
+        return False
 
 
 def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:

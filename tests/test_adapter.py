@@ -580,7 +580,7 @@ def test_euler_schedule_matches_diffusers():
     twin.set_timesteps(7, device="cpu")
     assert adapter.timesteps.dtype == twin.timesteps.dtype == torch.float32
     assert torch.equal(adapter.timesteps, twin.timesteps)
-    assert adapter.init_noise_sigma == pytest.approx(float(twin.init_noise_sigma), rel=1e-6)
+    assert float(adapter.init_noise_sigma) == pytest.approx(float(twin.init_noise_sigma), rel=1e-6)
     assert len(adapter) == len(twin) == 1000 and adapter.order == twin.order == 1
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for t in twin.timesteps:

@@ -114,18 +114,40 @@ def build(cls: type, source: Any, overrides: dict, *, strict: bool) -> Scheduler
     }
     kwargs: dict[str, Any] = {}
     unknown = []
+    # another class's config (scheduler swapping): a value of a shared key that this class
+    # cannot take (DDPM's variance_type "fixed_small" for DPM-Solver, Euler's null
+    # sigma_min for EDM) is dropped for this class's default, as diffusers drops the keys
+    # another class left at its default (its _use_default_values); a warning names them
+    # (a pipeline's in-memory config has no _class_name: possibly another class's)
+    swapped = not strict and config.get("_class_name") != name
+    dropped = []
+    # diffusers' in-memory configs list the keys their class left at its default: diffusers
+    # reads those as absent (the loading class's own default), and so do we
+    defaults = config.get("_use_default_values") or ()
     for key, value in config.items():
-        if key.startswith("_"):
+        if key.startswith("_") or key in defaults:
             continue
         if key in by_key:
             field, default, spec = by_key[key]
-            if value is None and not spec.nullable:
-                value = _null(name, key, field, default, spec)
-            kwargs[field] = from_diffusers(name, key, field, value, default, spec)
+            try:
+                if value is None and not spec.nullable:
+                    value = _null(name, key, field, default, spec)
+                kwargs[field] = from_diffusers(name, key, field, value, default, spec)
+            except ValueError:
+                if not swapped:
+                    raise
+                dropped.append(key)
         elif key in cls.INERT_KEYS or (key in INERT_VALUES and value == INERT_VALUES[key]):
             continue
         else:
             unknown.append(key)
+    if dropped:
+        warnings.warn(
+            f"{name} cannot take the value(s) of {sorted(dropped)} in the "
+            f"{config.get('_class_name') or 'given'} config; its default(s) used",
+            UserWarning,
+            stacklevel=3,
+        )
     if unknown and strict:
         warnings.warn(
             f"{name} has no option(s) {sorted(unknown)}; ignored", UserWarning, stacklevel=3

@@ -82,7 +82,9 @@ def ve_grid(
     """(timesteps, σ's with the final level appended), as diffusers' ``set_timesteps``.
 
     ``sigmas``: N + 1 custom levels (the last one final); ``timesteps``: N custom
-    (fractional) timesteps, σ's interpolated linearly in t over (1); at most one of them.
+    (fractional) timesteps, σ's interpolated linearly in t over (1) (with ``log_linear``
+    interpolation, diffusers' N + 1 levels even in log σ, which ignore the timesteps'
+    values); at most one of them.
     """
     acp = training_alphas_cumprod(alphas_cumprod, zero_terminal_snr=options.zero_terminal_snr)
     log_train = np.log(sigma_schedules.from_alphas_cumprod(acp))
@@ -99,6 +101,12 @@ def ve_grid(
             ts = sigma_schedules.as_float32(descending("timesteps", timesteps))
             train = np.exp(log_train)
             sig = np.interp(ts, np.arange(len(train)), train)
+            if options.interpolation == "log_linear":
+                # diffusers' log_linear levels depend on N alone, custom timesteps or not
+                _, sig = sigma_schedules.discrete_grid(
+                    acp, len(ts), spacing=options.spacing, offset=options.offset,
+                    interpolation="log_linear",
+                )  # fmt: skip
         else:
             ts, sig = sigma_schedules.discrete_grid(
                 acp, num_steps, spacing=options.spacing, offset=options.offset, kind=kind,

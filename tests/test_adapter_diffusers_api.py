@@ -1,0 +1,208 @@
+"""The adapter's diffusers API surface that diffusers' own scheduler tests exercise
+(benchmarks/diffusers_own_tests.py): the step output as a mapping, ``save_config``, and the
+state before ``set_timesteps`` (diffusers' classes set up the loop over every training step
+in ``__init__``), each compared with diffusers' own class of the same config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import diffsched as ds  # noqa: E402
+from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
+
+SD = dict(beta_schedule="quadratic", beta_start=0.00085, beta_end=0.012)
+
+
+def twin(sched):
+    """diffusers' own class of the same config."""
+    config = sched.to_config()
+    cls = getattr(diffusers, config["_class_name"])
+    return cls.from_config({k: v for k, v in config.items() if not k.startswith("_diffsched")})
+
+
+def test_step_output_is_a_mapping_like_diffusers():
+    adapter, theirs = DiffusersScheduler(ds.DDIM(**SD)), twin(ds.DDIM(**SD))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for s in (adapter, theirs):
+        s.set_timesteps(5)
+    t = theirs.timesteps[0]
+    ours, want = adapter.step(0.1 * x, t, x), theirs.step(0.1 * x, t, x)
+    assert list(ours.keys()) == list(want.keys()) == ["prev_sample", "pred_original_sample"]
+    rel = float(
+        (ours["prev_sample"] - want["prev_sample"]).abs().max() / want["prev_sample"].abs().max()
+    )
+    assert rel < 1e-6, rel  # observed 4e-8 (diffusers' float32 ᾱ table)
+    assert torch.equal(ours.values()[1], ours.pred_original_sample)
+    assert [k for k, _ in ours.items()] == list(ours.keys())
+    assert len(ours.to_tuple()) == 2 and ours[0] is ours.prev_sample
+    with pytest.raises(KeyError):
+        ours["sample"]
+    # a field that is None is not a key (diffusers' BaseOutput)
+    out = SchedulerOutput(x)
+    assert list(out.keys()) == ["prev_sample"] and out.to_tuple() == (x,) and len(out) == 2
+
+
+def test_save_config_loads_in_diffusers_and_back(tmp_path):
+    sched = ds.DPMSolverMultistep(**SD, solver_order=3, use_karras_sigmas=True)
+    DiffusersScheduler(sched).save_config(tmp_path)
+    theirs = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path)
+    assert theirs.config.solver_order == 3 and theirs.config.use_karras_sigmas is True
+    assert ds.from_config(tmp_path) == sched
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "DPMSolverMultistepScheduler"
+    with pytest.raises(NotImplementedError, match="push_to_hub"):
+        DiffusersScheduler(sched).save_config(tmp_path, push_to_hub=True)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [ds.Euler(**SD), ds.LMS(**SD), ds.DDIM(**SD)],
+    ids=lambda s: type(s).__name__,
+)
+def test_before_set_timesteps_as_diffusers(sched):
+    """timesteps, init_noise_sigma, scale_model_input and step before set_timesteps: the
+    loop over every training step, as diffusers' __init__ sets it up."""
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    assert adapter.timesteps.dtype == theirs.timesteps.dtype
+    assert torch.equal(adapter.timesteps, theirs.timesteps)
+    ours_sigma, their_sigma = adapter.init_noise_sigma, theirs.init_noise_sigma
+    assert type(ours_sigma) is type(their_sigma)  # a tensor for Euler and LMS, a float for DDIM
+    assert float(ours_sigma) == pytest.approx(float(their_sigma), rel=1e-6)
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = theirs.timesteps[0]
+    got, want = adapter.scale_model_input(x, t), theirs.scale_model_input(x, t)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)  # observed ~1e-8 (float32 σ)
+    if isinstance(sched, ds.DDIM):  # diffusers' DDIM needs set_timesteps before step
+        return
+    ours = adapter.step(0.1 * x, t, x).prev_sample
+    want = theirs.step(0.1 * x, t, x).prev_sample
+    assert adapter.num_inference_steps == sched.num_train_steps
+    rel = float((ours - want).abs().max() / want.abs().max())
+    assert rel < 1e-5, rel  # observed ~1e-7 (diffusers' float32 σ table)
+
+
+def test_init_noise_sigma_after_set_timesteps_type():
+    for sched, kind in ((ds.Heun(**SD), torch.Tensor), (ds.DPMSolverMultistep(**SD), float)):
+        adapter, theirs = DiffusersScheduler(sched), twin(sched)
+        adapter.set_timesteps(6)
+        theirs.set_timesteps(6)
+        assert isinstance(adapter.init_noise_sigma, kind)
+        assert isinstance(theirs.init_noise_sigma, kind)
+        assert np.isclose(float(adapter.init_noise_sigma), float(theirs.init_noise_sigma))
+
+
+def test_swap_drops_values_this_class_cannot_take():
+    """diffusers' test_compatibles: a config saved by one class loaded into another. Euler's
+    null sigma_min / sigma_max (EDM has no null) and DDPM's variance_type "fixed_small"
+    (DPM-Solver reads only the learned ones) give this class's default, with a warning, as
+    diffusers drops the keys another class left at its default (_use_default_values)."""
+    euler = diffusers.EulerDiscreteScheduler().config  # sigma_min in _use_default_values
+    theirs = diffusers.EDMEulerScheduler.from_config(euler)
+    edm = ds.EDMEuler.from_config(dict(euler))
+    assert (edm.sigma_min, edm.sigma_max) == (theirs.config.sigma_min, theirs.config.sigma_max)
+    saved = DiffusersScheduler(ds.Euler()).config  # ours: every key, null sigma_min
+    assert saved["sigma_min"] is None and "_use_default_values" not in saved
+    with pytest.warns(UserWarning, match=r"\['sigma_max', 'sigma_min'\]"):
+        edm = ds.EDMEuler.from_config(dict(saved))
+    assert (edm.sigma_min, edm.sigma_max) == (theirs.config.sigma_min, theirs.config.sigma_max)
+    ddpm = diffusers.DDPMScheduler(variance_type="fixed_small").config
+    with pytest.warns(UserWarning, match="variance_type"):
+        ours = ds.DPMSolverMultistep.from_config(dict(ddpm))
+    assert ours.variance_type is None
+    their_dpm = diffusers.DPMSolverMultistepScheduler.from_config(ddpm)
+    adapter = DiffusersScheduler(ours)
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for s in (adapter, their_dpm):
+        s.set_timesteps(5)
+    t = their_dpm.timesteps[0]
+    got = adapter.step(0.1 * x, t, x).prev_sample
+    want = their_dpm.step(0.1 * x, t, x).prev_sample
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6  # observed ~1e-8
+    # the class's own config keeps its check
+    with pytest.raises(ValueError, match="variance_type"):
+        ds.DPMSolverMultistep.from_config({**ddpm, "_class_name": "DPMSolverMultistepScheduler"})
+
+
+def test_init_noise_sigma_before_set_timesteps_without_a_training_loop():
+    """DPM-Solver's 1000-step loop visits a level twice (no program): its init_noise_sigma
+    does not depend on the steps, 1.0 as diffusers' __init__ sets; EDM-Euler's does."""
+    for sched in (ds.DPMSolverMultistep(**SD), ds.UniPC(**SD)):
+        assert DiffusersScheduler(sched).init_noise_sigma == twin(sched).init_noise_sigma == 1.0
+
+
+def test_num_inference_steps_counts_the_grid_where_diffusers_does():
+    """DPM-Solver's inverse grid over all 1000 training steps drops a duplicate timestep:
+    diffusers' num_inference_steps is then the grid's length (999), as ours."""
+    sched = ds.DPMSolverMultistepInverse(beta_schedule="linear")
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    adapter.set_timesteps(1000)
+    theirs.set_timesteps(1000)
+    assert torch.equal(adapter.timesteps, theirs.timesteps.to(adapter.timesteps.dtype))
+    assert adapter.num_inference_steps == theirs.num_inference_steps == 999
+    heun = DiffusersScheduler(ds.Heun())  # two calls a step: the steps asked
+    heun.set_timesteps(5)
+    assert heun.num_inference_steps == 5 and len(heun.timesteps) == 9
+
+
+def test_scale_model_input_takes_extra_arguments_as_diffusers_sasolver():
+    adapter = DiffusersScheduler(ds.SASolver(**SD))
+    adapter.set_timesteps(4)
+    x = torch.ones(1, 2, 2, 2)
+    got = adapter.scale_model_input(x, adapter.timesteps[0], generator=torch.manual_seed(0))
+    assert got is x
+
+
+@pytest.mark.parametrize("reduce_warmup", [False, True])
+def test_pndm_phases_as_diffusers(reduce_warmup):
+    """PNDM's prk_timesteps / plms_timesteps and step_prk / step_plms (diffusers' own
+    tests drive its loop through them): the same timesteps and the same final sample."""
+    sched = ds.PNDM(beta_schedule="linear", reduce_warmup=reduce_warmup)
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    outs = []
+    for s in (adapter, theirs):
+        s.set_timesteps(10)
+        x = torch.linspace(-1, 1, 32, dtype=torch.float64).reshape(2, 1, 4, 4)
+        for t in s.prk_timesteps:
+            x = s.step_prk(0.3 * x + 0.01 * float(t) / 1000, t, x).prev_sample
+        for t in s.plms_timesteps:
+            x = s.step_plms(0.3 * x + 0.01 * float(t) / 1000, t, x).prev_sample
+        outs.append(x)
+    assert torch.equal(adapter.prk_timesteps, torch.as_tensor(theirs.prk_timesteps).long())
+    assert len(adapter.prk_timesteps) == (0 if reduce_warmup else 12)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    assert rel < 1e-6, rel  # observed ~1e-8 (diffusers' float32 ᾱ table)
+    with pytest.raises(AttributeError, match="step_prk"):
+        DiffusersScheduler(ds.DDIM()).step_prk(x, 0, x)
+    assert not hasattr(DiffusersScheduler(ds.DDIM()), "prk_timesteps")
+
+
+def test_log_linear_with_custom_timesteps_as_diffusers():
+    """diffusers' test_custom_timesteps: with interpolation_type="log_linear" its σ's are
+    N + 1 levels even in log σ whatever the custom timesteps (ours interpolated them
+    linearly in t before): the custom loop equals the N-step loop, and diffusers'."""
+    sched = ds.Euler(beta_schedule="linear", interpolation_type="log_linear")
+    theirs = twin(sched)
+    theirs.set_timesteps(10)
+    ts = tuple(theirs.timesteps.tolist())
+    ours_n = sched.program(10)
+    ours_custom = sched.program(10, timesteps=ts)
+    np.testing.assert_array_equal(ours_n.coefs, ours_custom.coefs)
+    adapter = DiffusersScheduler(sched)
+    x = torch.linspace(-1, 1, 32, dtype=torch.float64).reshape(2, 1, 4, 4)
+    outs = []
+    for s, kw in ((adapter, {"timesteps": list(ts)}), (twin(sched), {"timesteps": list(ts)})):
+        s.set_timesteps(**kw)
+        y = x * s.init_noise_sigma
+        g = torch.Generator().manual_seed(0)
+        for t in s.timesteps:
+            m = 0.5 * s.scale_model_input(y, t)
+            y = s.step(m, t, y, generator=g).prev_sample
+        outs.append(y)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    assert rel < 1e-5, rel  # observed ~1e-7 (diffusers' float32 σ table)
