@@ -34,6 +34,11 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    on the whole batch is two standard errors of the paired per-sample differences or
    more (:meth:`diffsched.tuning.Score.beats`): a fall carried by a few samples does not
    carry over to other noise.
+   A path 10⁻³..10⁻⁵ lowered the held-out error of ``tune="both"`` on the exact
+   mixture at 10 calls (256 calibration samples, three draws,
+   ``benchmarks/tune_coefficients.py``) from 0.0278 to 0.0236 at the same cost, but raised
+   it on the digits model at 5 calls (64 samples: 0.1455 to 0.1514; 256: 0.1155 to 0.1185,
+   one draw's fit no longer passing the guards): the default stays.
 
 Cost: with L = 4 (the default: on development noise, not the benchmark's, 4 lowered the
 error at 10 calls by a fifth against 3, and 6 no further) and one moment, about 4

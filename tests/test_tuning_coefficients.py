@@ -262,3 +262,23 @@ def test_cli_tunes_the_table_saves_it_and_sample_reads_it_back(capsys, tmp_path)
     assert "invalid choice: 'weights'" in capsys.readouterr().err
     status, _, err = run_cli(capsys, "tune", "--tune", "both", "--calibration", 2)
     assert status == 2 and "--calibration 4 or more" in err
+
+
+def test_refine_fits_more_bases_and_keeps_the_best_held_out_split():
+    """``refine=2`` refines and fits the runner-up base too; its first candidate is
+    ``refine=1``'s table, so the pick's error on the split the fit did not see is no
+    higher, and the runner-up is taken only by 2% or more."""
+    from diffsched.tuning import _held_error, json_config
+
+    base = ds.UniPC(**SD)
+    model = cli.exact_model(base, "gmm")
+    kw = {"max_evaluations": 12, "iterations": 1}
+    one = search_coefficients(model, base, 5, CALIBRATION, refine=1, **kw)
+    two = search_coefficients(model, base, 5, CALIBRATION, refine=2, **kw)
+    assert _held_error(two) <= _held_error(one)
+    assert two.model_calls > one.model_calls  # the runner-up's search and fit were paid for
+    if json_config(two.scheduler.base_scheduler) != json_config(one.scheduler.base_scheduler):
+        assert _held_error(two) < 0.98 * _held_error(one)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="refine must be"):
+            search_coefficients(model, base, 5, CALIBRATION, refine=bad)
