@@ -71,7 +71,14 @@ target). The adapters of CogVideoXDPM and DDPMWuerstchen are subclasses of diffu
 (whose ``__init__`` never runs and whose methods ours override), since their pipelines test
 ``isinstance``. Noise is drawn where, and as often as, diffusers draws it.
 
-Not provided: ``sigmas`` (read by some flow and editing pipelines) but for FlowMapEuler.
+``sigmas`` (read by the flow and editing pipelines, ``scheduler.sigmas[...]``) is diffusers'
+list of noise levels, float32: the level of each model call, read off our table's x̂_0
+conversion (``_call_levels``: σ/α of x = α x_0 + σ ε for the σ-based classes, σ for the
+flow-matching ones), then diffusers' final entries (:data:`_SIGMAS_TAIL`). The two-stage
+classes that call the model at an interpolated midpoint (DPM2, DPM-Solver-SDE) list each
+step's level twice instead (:data:`_SIGMAS_INTERLEAVED`). Classes whose diffusers
+counterpart has no ``sigmas`` (DDIM, DDPM, PNDM, LCM, TCD, ...) raise an AttributeError, as
+do the classes whose table gives no levels yet (:data:`_SIGMAS_NOT_PROVIDED`).
 
 diffusers and torch are imported only when the adapter is used.
 """
@@ -177,6 +184,71 @@ _STEPS_ARE_TIMESTEPS = frozenset(
 )
 # classes whose set_timesteps takes strength= (their own image-to-image schedule)
 _STRENGTH_IN_SET_TIMESTEPS = frozenset({"LCMScheduler", "TCDScheduler"})
+# diffusers classes without ``sigmas`` (hasattr after set_timesteps, diffusers 0.42.1)
+_NO_SIGMAS = frozenset(
+    {
+        "DDIMScheduler",
+        "DDIMInverseScheduler",
+        "DDPMScheduler",
+        "LCMScheduler",
+        "DDIMParallelScheduler",
+        "DDPMParallelScheduler",
+        "PNDMScheduler",
+        "TCDScheduler",
+        "IPNDMScheduler",
+        "CogVideoXDDIMScheduler",
+        "CogVideoXDPMScheduler",
+        "KarrasVeScheduler",
+        "RePaintScheduler",
+        "UnCLIPScheduler",
+        "DDPMWuerstchenScheduler",
+        "SCMScheduler",
+    }
+)
+# classes whose diffusers __init__ sigmas are those of the loop over every training step
+# (the others' are the training σ table, or absent: not provided before set_timesteps)
+_SIGMAS_OF_TRAINING_LOOP = frozenset(
+    {
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "DPMSolverSDEScheduler",
+        "DPMSolverMultistepInverseScheduler",
+    }
+)
+# classes with diffusers ``sigmas`` that the adapter does not derive (yet): why
+_SIGMAS_NOT_PROVIDED = {
+    "EDMEulerScheduler": "EDM's preconditioned output gives no level by the x̂_0 conversion",
+    "EDMDPMSolverMultistepScheduler": "EDM's preconditioned output gives no level",
+    "CosineDPMSolverMultistepScheduler": "its table gives no level by the x̂_0 conversion",
+    "CMStochasticIterativeScheduler": "its table gives no level by the x̂_0 conversion",
+    "MiniMaxH3Scheduler": "its table gives no level by the x̂_0 conversion",
+    "PiflowScheduler": "several predictions per call: no level by the x̂_0 conversion",
+    "HeliosScheduler": "not derived",
+    "HeliosDMDScheduler": "not derived",
+    "PipelineScheduler": "diffusers has no class for it",
+    # their protocols set sigmas in set_timesteps / set_sigmas (as diffusers' set_sigmas)
+    "ScoreSdeVeScheduler": "call set_timesteps or set_sigmas first",
+    "FlowMapEulerDiscreteScheduler": "call set_timesteps first",
+}
+# the two-stage classes whose diffusers sigmas list each step's level twice (their second
+# call is at an interpolated level, which diffusers keeps apart)
+_SIGMAS_INTERLEAVED = frozenset(
+    {"KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler"}
+)
+# diffusers' entries after the per-call levels: "zero" (σ = 0), "min" (the training σ at
+# t = 0, diffusers' sigma_min final), "max" (the inverse's trailing σ at the last training
+# step); one entry unless listed
+_SIGMAS_TAIL = {
+    "KDPM2DiscreteScheduler": ("zero",) * 3,
+    "KDPM2AncestralDiscreteScheduler": ("zero",) * 3,
+    "DEISMultistepScheduler": ("min",),
+    "SASolverScheduler": ("min",),
+    "DPMSolverMultistepInverseScheduler": ("max",),
+}
 # our step-time option -> diffusers' step keyword, where the names differ
 _STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
 # diffusers step keywords some class takes; accepted by every adapter (used where the
@@ -482,6 +554,42 @@ class DiffusersScheduler:
         else:
             program = self._program
         return float(program.init_noise_scale * program.input_scale[0])
+
+    @property
+    def sigmas(self) -> Any:
+        """diffusers' ``sigmas`` after the same ``set_timesteps``: the noise level of each
+        model call and the final one(s), a float32 tensor on the loop's device (see the
+        module docstring); before ``set_timesteps``, those of the loop over every training
+        step (as diffusers' ``__init__``) for the classes whose ``__init__`` sets that loop,
+        else a RuntimeError. An AttributeError where diffusers' class has no ``sigmas``.
+        Entries agree with diffusers' within float32 rounding of the level, but at the
+        smallest levels, where diffusers' float32 ᾱ cumulative product loses digits (ours is
+        float64: 8e-5 relative at σ ≈ 0.01, below 1e-6 absolute)."""
+        import torch
+
+        if "_sigmas" in self.__dict__:  # set by a protocol (ScoreSdeVe, FlowMapEuler)
+            return self.__dict__["_sigmas"]
+        name = self._name or "PipelineScheduler"
+        if name in _NO_SIGMAS:
+            raise AttributeError(f"{name} has no sigmas (diffusers' class has none)")
+        if name in _SIGMAS_NOT_PROVIDED:
+            raise AttributeError(
+                f"{name}: sigmas is not provided by the adapter ({_SIGMAS_NOT_PROVIDED[name]})"
+            )
+        if self._program is not None:
+            loop, steps, options = self._loop, self._resolved_steps(), self._options
+        elif name in _SIGMAS_OF_TRAINING_LOOP and _training_loop(self.wrapped) is not None:
+            loop, steps, options = self.wrapped, self.wrapped.num_train_steps, {}
+        else:
+            raise RuntimeError(f"{name}: call set_timesteps before reading sigmas")
+        values = _diffusers_sigmas(name, loop, steps, options)
+        device = getattr(self._timesteps, "device", None)
+        out = torch.from_numpy(values.astype(np.float32))
+        return out.to(device) if device is not None else out
+
+    @sigmas.setter
+    def sigmas(self, value: Any) -> None:
+        self.__dict__["_sigmas"] = value
 
     @property
     def alphas_cumprod(self) -> Any:
@@ -1500,6 +1608,42 @@ def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:
     from .methods.flow_match import is_flow_match
 
     return len(sigmas) - (0 if is_flow_match(scheduler) else 1)
+
+
+def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
+    """The noise level of each model call, read off the x̂_0 conversion of a noise (or
+    flow) model: x̂_0 = A x + B m is x_0 for x = α x_0 + σ ε when α = 1 / A, σ = -B / A
+    (m = ε), or α = (1 + B) / A (m = ε - x_0); σ/α for the σ-based methods (Karras et al.
+    2022, eq. 1's σ of the VP sample scaled by 1/α), σ for the flow-matching ones."""
+    flow = loop.prediction_type == "flow"
+    if not flow and loop.prediction_type != "noise":
+        loop = loop.replace(prediction_type="noise")
+    tab = loop.tableau(steps, **options)
+    a = np.broadcast_to(np.asarray(tab.x0_sample, np.float64), (tab.num_calls,))
+    b = np.broadcast_to(np.asarray(tab.x0_output, np.float64), (tab.num_calls,))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -b / a if flow else -b  # σ (flow), σ/α = -B (σ-based)
+
+
+def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
+    """diffusers' ``sigmas`` of the class ``name`` for an N-step loop (float64)."""
+    levels = _call_levels(loop, steps, options)
+    if name in _SIGMAS_INTERLEAVED:
+        # the first call of each step (σ_0 .. σ_{N-1}); diffusers lists σ_1 .. σ_{N-1} twice
+        step_levels = levels[:: type(loop).CALLS_PER_STEP]
+        levels = np.concatenate([step_levels[:1], np.repeat(step_levels[1:], 2)])
+    kinds = _SIGMAS_TAIL.get(name, ("zero",))
+    if getattr(loop, "final_sigmas_type", "zero") == "sigma_min":
+        kinds = ("min",)  # diffusers' final_sigmas_type="sigma_min": the training σ at t = 0
+    tail = []
+    for kind in kinds:
+        if kind == "zero":
+            tail.append(0.0)
+        else:
+            acp = np.asarray(loop.alphas_cumprod, np.float64)
+            a = acp[0] if kind == "min" else acp[-1]
+            tail.append(math.sqrt((1.0 - a) / a))
+    return np.concatenate([levels, tail])
 
 
 def _host(value: Any) -> Any:

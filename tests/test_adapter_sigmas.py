@@ -1,0 +1,130 @@
+"""The adapter's ``sigmas`` (issue: diffusers pipelines read ``scheduler.sigmas[...]``):
+for every class whose diffusers counterpart has ``sigmas``, the same list after the same
+``set_timesteps`` (length, interleaving of the two-stage methods, final entries), float32,
+compared with diffusers' own class of the same config; an AttributeError for the classes
+whose diffusers counterpart has none.
+
+Tolerance: diffusers computes its levels from a float32 cumulative product of ᾱ (ours is
+float64), which loses digits where 1 - ᾱ is small: observed 8.3e-5 relative at σ ≈ 0.01
+(8.3e-7 absolute), 1.3e-5 at σ ≈ 0.03 (3.8e-7 absolute), up to 2.3e-6 relative at the
+middle levels and 1e-7 at σ_max = 157 (1.5e-5 absolute); the flow-matching levels agree
+exactly. Hence |ours - theirs| <= 1e-5 |theirs| + 4e-6 (worst observed: 0.33 of it)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import diffsched as ds  # noqa: E402
+from diffsched.diffusers import DiffusersScheduler  # noqa: E402
+
+RTOL, ATOL = 1e-5, 4e-6  # worst observed entry: 0.33 of the bound (see the module doc)
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+KARRAS = {**SD, "use_karras_sigmas": True}
+TRAILING = {**SD, "timestep_spacing": "trailing"}
+
+# diffusers class -> option variants (diffusers config keys) beside the default config
+CASES = {
+    "EulerDiscreteScheduler": [KARRAS, TRAILING, {**SD, "final_sigmas_type": "sigma_min"}],
+    "EulerAncestralDiscreteScheduler": [TRAILING],
+    "HeunDiscreteScheduler": [KARRAS, TRAILING],
+    "LMSDiscreteScheduler": [KARRAS],
+    "KDPM2DiscreteScheduler": [KARRAS, TRAILING],
+    "KDPM2AncestralDiscreteScheduler": [TRAILING],
+    "DPMSolverSDEScheduler": [KARRAS],
+    "DEISMultistepScheduler": [KARRAS, TRAILING],
+    "DPMSolverMultistepScheduler": [
+        KARRAS,
+        {**SD, "final_sigmas_type": "sigma_min"},
+        {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"},
+    ],
+    "DPMSolverMultistepInverseScheduler": [KARRAS],
+    "DPMSolverSinglestepScheduler": [KARRAS, TRAILING],
+    "SASolverScheduler": [KARRAS],
+    "UniPCMultistepScheduler": [
+        KARRAS,
+        TRAILING,
+        {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"},
+    ],
+    "FlowMatchEulerDiscreteScheduler": [{"shift": 3.0}, {"use_karras_sigmas": True}],
+    "FlowMatchHeunDiscreteScheduler": [{"shift": 3.0}],
+    "FlowMatchLCMScheduler": [{"shift": 3.0}],
+    "LTXEulerAncestralRFScheduler": [{}],
+}
+STEPS = (4, 9)
+
+
+def pair(name, config):
+    """Our adapter and diffusers' own class of the same diffusers config."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = ds.from_config({"_class_name": name, **config})
+        conf = {k: v for k, v in ours.to_config().items() if not k.startswith("_diffsched")}
+        return DiffusersScheduler(ours), getattr(diffusers, name).from_config(conf)
+
+
+def compare(adapter, theirs):
+    ours, want = adapter.sigmas, theirs.sigmas
+    assert ours.dtype == want.dtype == torch.float32
+    assert ours.shape == want.shape, (ours.shape, want.shape)
+    assert bool(ours[-1] == 0) == bool(want[-1] == 0)  # the final entry: 0 or a level
+    assert torch.allclose(ours.double(), want.double(), rtol=RTOL, atol=ATOL), (ours, want)
+
+
+PARAMS = [
+    pytest.param(name, config, id=f"{name}-{i}")
+    for name, variants in CASES.items()
+    for i, config in enumerate([{}, *variants])
+]
+
+
+@pytest.mark.parametrize(("name", "config"), PARAMS)
+def test_sigmas_as_diffusers(name, config):
+    adapter, theirs = pair(name, config)
+    for steps in STEPS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.set_timesteps(steps)
+        adapter.set_timesteps(steps)
+        compare(adapter, theirs)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+     "LMSDiscreteScheduler"],
+)  # fmt: skip
+def test_sigmas_before_set_timesteps(name):
+    """diffusers' __init__ sets up the loop over every training step (its sigmas too)."""
+    compare(*pair(name, SD))
+
+
+def test_sigmas_before_set_timesteps_is_an_error_elsewhere():
+    adapter, _ = pair("DPMSolverMultistepScheduler", SD)
+    with pytest.raises(RuntimeError, match="call set_timesteps before reading sigmas"):
+        _ = adapter.sigmas
+
+
+def test_sigmas_on_the_timesteps_device():
+    adapter, _ = pair("EulerDiscreteScheduler", SD)
+    adapter.set_timesteps(4, device="meta")
+    assert adapter.sigmas.device == adapter.timesteps.device
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
+     "DDIMInverseScheduler", "IPNDMScheduler"],
+)  # fmt: skip
+def test_no_sigmas_where_diffusers_has_none(name):
+    adapter, theirs = pair(name, SD)
+    adapter.set_timesteps(4)
+    theirs.set_timesteps(4)
+    assert not hasattr(theirs, "sigmas")
+    with pytest.raises(AttributeError, match=name):
+        _ = adapter.sigmas
+    assert not hasattr(adapter, "sigmas")
