@@ -74,7 +74,8 @@ target). The adapters of CogVideoXDPM and DDPMWuerstchen are subclasses of diffu
 ``sigmas`` (read by the flow and editing pipelines, ``scheduler.sigmas[...]``) is diffusers'
 list of noise levels, float32: the level of each model call, read off our table's x̂_0
 conversion (``_call_levels``: σ/α of x = α x_0 + σ ε for the σ-based classes, σ for the
-flow-matching ones), then diffusers' final entries (:data:`_SIGMAS_TAIL`). The two-stage
+flow-matching ones), then diffusers' final entries (:data:`_SIGMAS_TAIL`); for the EDM
+classes, the levels of their grid (:data:`_SIGMAS_OF_GRID`). The two-stage
 classes that call the model at an interpolated midpoint (DPM2, DPM-Solver-SDE) list each
 step's level twice instead (:data:`_SIGMAS_INTERLEAVED`). Classes whose diffusers
 counterpart has no ``sigmas`` (DDIM, DDPM, PNDM, LCM, TCD, ...) raise an AttributeError, as
@@ -221,10 +222,6 @@ _SIGMAS_OF_TRAINING_LOOP = frozenset(
 )
 # classes with diffusers ``sigmas`` that the adapter does not derive (yet): why
 _SIGMAS_NOT_PROVIDED = {
-    "EDMEulerScheduler": "EDM's preconditioned output gives no level by the x̂_0 conversion",
-    "EDMDPMSolverMultistepScheduler": "EDM's preconditioned output gives no level",
-    "CosineDPMSolverMultistepScheduler": "its table gives no level by the x̂_0 conversion",
-    "CMStochasticIterativeScheduler": "its table gives no level by the x̂_0 conversion",
     "MiniMaxH3Scheduler": "its table gives no level by the x̂_0 conversion",
     "PiflowScheduler": "several predictions per call: no level by the x̂_0 conversion",
     "HeliosScheduler": "not derived",
@@ -234,6 +231,16 @@ _SIGMAS_NOT_PROVIDED = {
     "ScoreSdeVeScheduler": "call set_timesteps or set_sigmas first",
     "FlowMapEulerDiscreteScheduler": "call set_timesteps first",
 }
+# the EDM-parameterised classes (whose preconditioned output gives no level by the x̂_0
+# conversion): their sigmas are the grid's levels with its final one (``_grid(...)[1]``)
+_SIGMAS_OF_GRID = frozenset(
+    {
+        "EDMEulerScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "CosineDPMSolverMultistepScheduler",
+        "CMStochasticIterativeScheduler",
+    }
+)
 # the two-stage classes whose diffusers sigmas list each step's level twice (their second
 # call is at an interpolated level, which diffusers keeps apart)
 _SIGMAS_INTERLEAVED = frozenset(
@@ -1627,6 +1634,8 @@ def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
 
 def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
     """diffusers' ``sigmas`` of the class ``name`` for an N-step loop (float64)."""
+    if name in _SIGMAS_OF_GRID:
+        return np.asarray(loop._grid(steps, **options)[1], np.float64)
     levels = _call_levels(loop, steps, options)
     if name in _SIGMAS_INTERLEAVED:
         # the first call of each step (σ_0 .. σ_{N-1}); diffusers lists σ_1 .. σ_{N-1} twice

@@ -54,6 +54,10 @@ CASES = {
     "FlowMatchHeunDiscreteScheduler": [{"shift": 3.0}],
     "FlowMatchLCMScheduler": [{"shift": 3.0}],
     "LTXEulerAncestralRFScheduler": [{}],
+    "EDMEulerScheduler": [{"sigma_schedule": "exponential"}, {"final_sigmas_type": "sigma_min"}],
+    "EDMDPMSolverMultistepScheduler": [{"sigma_schedule": "exponential"}],
+    "CosineDPMSolverMultistepScheduler": [{"sigma_schedule": "karras"}],
+    "CMStochasticIterativeScheduler": [{"sigma_max": 40.0}],
 }
 STEPS = (4, 9)
 
