@@ -75,7 +75,7 @@ target). The adapters of CogVideoXDPM and DDPMWuerstchen are subclasses of diffu
 list of noise levels, float32: the level of each model call, read off our table's x̂_0
 conversion (``_call_levels``: σ/α of x = α x_0 + σ ε for the σ-based classes, σ for the
 flow-matching ones), then diffusers' final entries (:data:`_SIGMAS_TAIL`); for the EDM
-classes, the levels of their grid (:data:`_SIGMAS_OF_GRID`). The two-stage
+classes, MiniMax-H3 and pi-Flow, the levels of their grid (:data:`_SIGMAS_OF_GRID`). The two-stage
 classes that call the model at an interpolated midpoint (DPM2, DPM-Solver-SDE) list each
 step's level twice instead (:data:`_SIGMAS_INTERLEAVED`). Classes whose diffusers
 counterpart has no ``sigmas`` (DDIM, DDPM, PNDM, LCM, TCD, ...) raise an AttributeError, as
@@ -222,25 +222,25 @@ _SIGMAS_OF_TRAINING_LOOP = frozenset(
 )
 # classes with diffusers ``sigmas`` that the adapter does not derive (yet): why
 _SIGMAS_NOT_PROVIDED = {
-    "MiniMaxH3Scheduler": "its table gives no level by the x̂_0 conversion",
-    "PiflowScheduler": "several predictions per call: no level by the x̂_0 conversion",
-    "HeliosScheduler": "not derived",
-    "HeliosDMDScheduler": "not derived",
+    "HeliosScheduler": "its staged (pyramid) loop is not derived",
+    "HeliosDMDScheduler": "its staged (pyramid) loop is not derived",
     "PipelineScheduler": "diffusers has no class for it",
     # their protocols set sigmas in set_timesteps / set_sigmas (as diffusers' set_sigmas)
     "ScoreSdeVeScheduler": "call set_timesteps or set_sigmas first",
     "FlowMapEulerDiscreteScheduler": "call set_timesteps first",
 }
-# the EDM-parameterised classes (whose preconditioned output gives no level by the x̂_0
-# conversion): their sigmas are the grid's levels with its final one (``_grid(...)[1]``)
-_SIGMAS_OF_GRID = frozenset(
-    {
-        "EDMEulerScheduler",
-        "EDMDPMSolverMultistepScheduler",
-        "CosineDPMSolverMultistepScheduler",
-        "CMStochasticIterativeScheduler",
-    }
-)
+# classes whose table gives no level by the x̂_0 conversion (the EDM-preconditioned
+# output, MiniMax-H3's and pi-Flow's): their sigmas are their grid's levels, the final
+# one included
+_SIGMAS_OF_GRID = {
+    "EDMEulerScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
+    "EDMDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
+    "CosineDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
+    "CMStochasticIterativeScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
+    "MiniMaxH3Scheduler": lambda loop, n, options: loop.grid(n, **options),
+    # pi-Flow's last call ends a hair above 0 (its final time); diffusers lists 0
+    "PiflowScheduler": lambda loop, n, options: np.append(loop._sigma(loop.raw_times(n))[:-1], 0),
+}
 # the two-stage classes whose diffusers sigmas list each step's level twice (their second
 # call is at an interpolated level, which diffusers keeps apart)
 _SIGMAS_INTERLEAVED = frozenset(
@@ -1635,7 +1635,7 @@ def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
 def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
     """diffusers' ``sigmas`` of the class ``name`` for an N-step loop (float64)."""
     if name in _SIGMAS_OF_GRID:
-        return np.asarray(loop._grid(steps, **options)[1], np.float64)
+        return np.asarray(_SIGMAS_OF_GRID[name](loop, steps, options), np.float64)
     levels = _call_levels(loop, steps, options)
     if name in _SIGMAS_INTERLEAVED:
         # the first call of each step (σ_0 .. σ_{N-1}); diffusers lists σ_1 .. σ_{N-1} twice

@@ -58,6 +58,8 @@ CASES = {
     "EDMDPMSolverMultistepScheduler": [{"sigma_schedule": "exponential"}],
     "CosineDPMSolverMultistepScheduler": [{"sigma_schedule": "karras"}],
     "CMStochasticIterativeScheduler": [{"sigma_max": 40.0}],
+    "MiniMaxH3Scheduler": [],
+    "PiflowScheduler": [],
 }
 STEPS = (4, 9)
 
