@@ -225,9 +225,6 @@ _SIGMAS_NOT_PROVIDED = {
     "HeliosScheduler": "its staged (pyramid) loop is not derived",
     "HeliosDMDScheduler": "its staged (pyramid) loop is not derived",
     "PipelineScheduler": "diffusers has no class for it",
-    # their protocols set sigmas in set_timesteps / set_sigmas (as diffusers' set_sigmas)
-    "ScoreSdeVeScheduler": "call set_timesteps or set_sigmas first",
-    "FlowMapEulerDiscreteScheduler": "call set_timesteps first",
 }
 # classes whose table gives no level by the x̂_0 conversion (the EDM-preconditioned
 # output, MiniMax-H3's and pi-Flow's): their sigmas are their grid's levels, the final
