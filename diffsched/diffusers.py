@@ -371,6 +371,7 @@ class DiffusersScheduler:
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
+        self.__dict__.pop("_sigmas", None)  # a protocol's sigmas belong to the old loop
 
     def __repr__(self) -> str:
         return f"DiffusersScheduler({self.wrapped!r})"
