@@ -465,7 +465,11 @@ def reference_trajectory(
     level down to σ = 0, solved with variable-step iPNDM (fourth order) on ``candidates``
     levels even in log σ (down to the lowest training level), each interval cut in
     ``substeps``, and one step from there to 0 (a discrete-time model has no level below
-    its lowest trained one)."""
+    its lowest trained one) of the order the model's own x̂_0 near that level supports
+    (:func:`_final_sample`): the fourth-order multistep step where it is consistent with
+    extrapolations of x̂_0 to σ = 0, lower orders where these stop converging (on a trained
+    network the step to 0, ten times longer than those before it, missed the exact
+    solution by 0.11, the jump to x̂_0 by 0.012)."""
     from .methods.ipndm_variable import VariableIPNDM
 
     log_train = grid.log_train
@@ -492,7 +496,48 @@ def reference_trajectory(
             native.append(xk)
             denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * to_numpy64(out))
         state, x = solver.step(state, x, out)
-    return Reference(np.exp(log_sig), levels, native, denoised, to_numpy64(x))
+    final = _final_sample(np.exp(log_sig), denoised, to_numpy64(x))
+    return Reference(np.exp(log_sig), levels, native, denoised, final)
+
+
+def _final_sample(sigmas: np.ndarray, denoised: list[np.ndarray], stepped: np.ndarray,
+                  ratio: float = math.sqrt(2.0), most: int = 4,
+                  growth: float = 2.0) -> np.ndarray:  # fmt: skip
+    """The ODE's end x(0) from the last level σ_L, of an order each sample's own
+    trajectory supports. Along the probability-flow ODE x̂_0(σ) = x(σ) - σ ε(x(σ), σ) has
+    dx̂_0/dσ = -σ dε/dσ (Karras et al. 2022, eq. 4 with D = x̂_0), so for ε smooth in σ,
+    x̂_0(σ) = x(0) + c_2 σ² + c_3 σ³ + ... (no σ term): the estimates, in rising order, are
+    the jump x̂_0(σ_L) (error O(σ_L²)), the extrapolations to σ = 0 of x̂_0 at the
+    levels nearest σ_L, ratio σ_L, ratio² σ_L, ... on the basis 1, σ², σ³, ... (1 + k
+    levels: error O(σ^(k+2))), and the fourth-order multistep step ``stepped``. A model
+    whose x̂_0 is not smooth in σ near its lowest level (a trained network) makes the
+    higher orders diverge, so (as Romberg's and Bulirsch-Stoer's extrapolations, Hairer et
+    al. 1993, II.9) each sample takes the estimate E_k whose change from E_(k-1), the
+    error estimate of E_(k-1), is least: the orders past the point where they stop
+    converging are not used."""
+    sig = np.asarray(sigmas, np.float64)
+    low = sig[-1]
+    picks: list[int] = []
+    for j in range(most):
+        i = int(np.argmin(np.abs(np.log(sig) - np.log(low * ratio**j))))
+        if i not in picks:
+            picks.append(i)
+    estimates = [denoised[-1]]
+    for k in range(2, len(picks) + 1):
+        nodes = sig[picks[:k]]
+        powers = np.array([0, *range(2, k + 1)])
+        basis = nodes[None, :] ** powers[:, None]  # (k, k): row p, node i
+        weights = np.linalg.solve(basis, np.eye(k)[:, 0])  # Σ_i w_i σ_i^p = [p = 0]
+        estimates.append(sum(w * denoised[i] for w, i in zip(weights, picks[:k], strict=True)))
+    estimates.append(stepped)
+    stack = np.stack([np.asarray(e, np.float64) for e in estimates])  # (M, batch, ...)
+    axes = tuple(range(2, stack.ndim))
+    change = np.sqrt(np.sum((stack[1:] - stack[:-1]) ** 2, axis=axes))  # (M - 1, batch)
+    best = np.argmin(change, axis=0) + 1  # per sample: E_k with the least |E_k - E_(k-1)|
+    for k in range(1, len(change)):  # and on while the next change is no jump out of line
+        up = (best == k) & (change[k] <= growth * change[k - 1])
+        best = np.where(up, k + 1, best)
+    return np.take_along_axis(stack, best.reshape(1, -1, *([1] * len(axes))), 0)[0]
 
 
 # -- rectified flows ------------------------------------------------------------------------
