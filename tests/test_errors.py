@@ -451,3 +451,13 @@ def test_different_classes_are_not_equal():
 def test_option_types(cls, option, value, expected):
     with pytest.raises(TypeError, match=f"option {option} expects {expected}, got: "):
         cls(**{option: value})
+
+
+def test_a_float32_table_out_of_range_names_the_schedule_options():
+    """A table float32 cannot hold (ᾱ at the top level near float32's tiniest) is refused
+    for a float32 sample, naming the options that set the noise schedule (found by the
+    fuzz test: ComfyUI's linear_start=0.25); a float64 sample runs."""
+    sched = ds.ComfyHeunPP2(linear_start=0.25)
+    with pytest.raises(ValueError, match=r"float32.*\(the noise schedule: linear_start=0\.25\)"):
+        sched.init(1, np.zeros((2, 3), np.float32))
+    sched.init(1, np.zeros((2, 3), np.float64))

@@ -507,6 +507,11 @@ def _jax_shardings(template: Array):
     )
 
 
+class Float32RangeError(ValueError):
+    """A table whose coefficients float32 cannot hold (raised by ``init`` for a float32
+    sample; the scheduler names its noise-schedule options in the message)."""
+
+
 def _check_fits_float32(program: Program) -> None:
     """Coefficients beyond float32's range would turn a float32 step into inf / NaN."""
     n = program.num_calls
@@ -522,7 +527,7 @@ def _check_fits_float32(program: Program) -> None:
     big = np.abs(values).max(axis=1) > 1e18  # two such factors in a row overflow float32
     if big.any():
         i = int(np.argmax(big))
-        raise ValueError(
+        raise Float32RangeError(
             f"model call {i} (timestep {program.timesteps[i]}) has a coefficient of magnitude "
             f"{np.abs(values[i]).max():.3g}, beyond float32's range: the noise schedule (betas) "
             "reaches a level float32 cannot represent; use a float64 sample_template"

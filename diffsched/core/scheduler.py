@@ -355,7 +355,19 @@ class BaseScheduler:
         init_options.pop("offsets", None)
         program = self.program(num_steps, **init_options)
         made = (self.fingerprint, _digest(repr(sorted(init_options.items()))))
-        return engine.init(program, sample_template, key, made)
+        try:
+            return engine.init(program, sample_template, key, made)
+        except engine.Float32RangeError as err:
+            said = self._schedule_said()
+            raise engine.Float32RangeError(f"{type(self).__name__}: {err}{said}") from None
+
+    def _schedule_said(self) -> str:
+        """The options that set this config's noise schedule (those changed from their
+        defaults, else all), for a message."""
+        names = [n for n, (default, _) in specs(self).items() if n in _SCHEDULE_OPTIONS]
+        changed = [n for n in names if getattr(self, n) != specs(self)[n][0]] or names
+        said = ", ".join(f"{n}={describe(getattr(self, n), 60)}" for n in changed)
+        return f" (the noise schedule: {said})" if said else ""
 
     @functools.cached_property
     def fingerprint(self) -> int:
@@ -685,6 +697,11 @@ class _ProgramCache:
 
 
 cached_program = _ProgramCache()
+# the options that set a config's noise schedule (diffusers' and ComfyUI's names), which an
+# error about the schedule's levels names
+_SCHEDULE_OPTIONS = frozenset({"beta_start", "beta_end", "beta_schedule", "trained_betas",
+                               "rescale_betas_zero_snr", "linear_start", "linear_end",
+                               "zsnr", "snr_shift_scale"})  # fmt: skip
 _MAKERS: dict[int, str] = {}  # fingerprint -> the config, for the foreign-state error
 
 
