@@ -1114,18 +1114,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
             import diffusers  # noqa: F401
         except ImportError as err:
             raise UsageError("--against diffusers needs diffusers installed") from err
+    if args.tune is not None and not args.best:
+        raise UsageError("--tune is for --best (the tune command tunes one scheduler)")
     if args.best:
+        args.tune = args.tune or "both"
+        if args.tune == "both" and args.calibration < 4:
+            raise UsageError(f"--best --tune both needs --calibration 4 or more (a quarter is "
+                             f"held out), got {args.calibration}")  # fmt: skip
         rows = best_rows(args.model, args.num_samples, args.seed,
                          calibration=args.calibration,
-                         with_diffusers=args.against == "diffusers")  # fmt: skip
+                         with_diffusers=args.against == "diffusers",
+                         tune=args.tune)  # fmt: skip
         print(format_best(rows))
         tuned = [r["tuned"] for r in rows if r.get("tuned")]
         if tuned:
             calls = sum(t["tuner_calls"] for t in tuned) / len(tuned)
             secs = sum(t["tuner_seconds"] for t in tuned) / len(tuned)
+            what = "grid" if args.tune == "grid" else "table (grid and coefficients)"
             print(f"tuner: {calls:.0f} model calls on the calibration batch of "
                   f"{args.calibration}, "
-                  f"{secs:.1f} s, per tuned grid on average")  # fmt: skip
+                  f"{secs:.1f} s, per tuned {what} on average")  # fmt: skip
         return 0
     for spec in args.schedulers:  # every spec and step count checked before anything runs
         _, scheduler, _ = parse_spec(spec)
@@ -1194,6 +1202,8 @@ OURS_CANDIDATES = tuple(
 # The methods tuned by `bench --best`
 TUNED = (f"ipndm-v:{BEST_SD}", f"unipc:{BEST_SD}", f"unipc:{BEST_SD},solver_order=3",
          f"dpm++2m:{BEST_SD}")  # fmt: skip
+# The table tuned by `bench --best --tune both` (the other bases compete: candidate_bases)
+TUNED_BOTH = (f"unipc:{BEST_SD}",)
 BEST_BUDGETS = (5, 6, 8, 10, 15, 20)
 
 
@@ -1371,7 +1381,7 @@ def plot_moments(path: Path, rows: list[dict], floors: dict[str, dict]) -> None:
 def cmd_bench_stochastic(args: argparse.Namespace, out: Path) -> int:
     """``bench --stochastic``: every spec checked, then the rows, the table, the plot."""
     for flag, value in (("--against", args.against), ("--best", args.best or None),
-                        ("--steps", args.steps)):  # fmt: skip
+                        ("--steps", args.steps), ("--tune", args.tune)):  # fmt: skip
         if value is not None:
             hint = " (give model-call budgets with --calls)" if flag == "--steps" else ""
             raise UsageError(f"{flag} is not for --stochastic{hint}")
@@ -1406,17 +1416,22 @@ def best_rows(
     budgets: Sequence[int] = BEST_BUDGETS,
     calibration: int = 256,
     with_diffusers: bool = True,
+    tune: str = "both",
 ) -> list[dict]:
-    """Per model and model-call budget: our best tuned method (grid searched by
-    :func:`diffsched.tuning.search` on calibration noise), our best untuned method and
+    """Per model and model-call budget: our best tuned method, our best untuned method and
     grid, and diffusers' best configuration, all measured on held-out noise against the
-    exact ODE solution."""
+    exact ODE solution. ``tune``: ``"both"`` (the default) tunes UniPC's table, grid and
+    coefficients, the other bases competing (:func:`diffsched.tuning.search_coefficients`);
+    ``"grid"`` the grids of the methods in ``TUNED`` (:func:`diffsched.tuning.search`)."""
     from .grids import named_grid
-    from .tuning import search
+    from .tuning import search, search_coefficients
 
+    if tune not in ("grid", "both"):
+        raise ValueError(f"tune must be 'grid' or 'both', got {tune!r}")
+    tuned_specs = TUNED if tune == "grid" else TUNED_BOTH
     out = []
     total = len(model_names) * len(budgets) * (len(BEST_CANDIDATES) + len(OURS_CANDIDATES)
-                                               + len(TUNED))  # fmt: skip
+                                               + len(tuned_specs))  # fmt: skip
     bar = _bar(total, "bench --best")
     for model_name in model_names:
         cal = make_noise(model_name, calibration, seed)
@@ -1443,13 +1458,21 @@ def best_rows(
                     continue
                 measure("untuned", f"{spec}" + (f" --grid {grid_name}" if grid_name else ""),
                         sched, budget, grid)  # fmt: skip
-            for spec in TUNED:
+            for spec in tuned_specs:
                 bar.update()
                 _, sched, _ = parse_spec(spec)
                 model = exact_model(sched, model_name)
                 t0 = time.perf_counter()
-                result = search(model, sched, budget, cal)
-                measure("tuned", spec, sched, budget, result.init_options)
+                if tune == "grid":
+                    result = search(model, sched, budget, cal)
+                    measure("tuned", spec, sched, budget, result.init_options)
+                else:
+                    result = search_coefficients(model, sched, budget, cal)
+                    table = result.scheduler
+                    base = table.base_scheduler
+                    label = (f"tuned {type(base).__name__} {getattr(base, 'solver_order', '')}"
+                             .strip() + (" + weights" if table.weights is not None else ""))
+                    measure("tuned", label, table, budget)
                 found["tuned"][-1] |= {"tuner_calls": result.model_calls,
                                        "tuner_seconds": time.perf_counter() - t0}  # fmt: skip
             row = {"model": model_name, "budget": budget}
@@ -1643,9 +1666,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG plot to write (its folder must exist; none when every row is "
                         "n/a)")  # fmt: skip
     b.add_argument("--best", action="store_true",
-                   help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our most accurate "
-                        "method with a tuned grid and untuned, beside diffusers' best with "
-                        "--against diffusers (SD1.5's betas; held-out noise)")  # fmt: skip
+                   help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our tuned table "
+                        "(--tune) and our most accurate untuned method, beside diffusers' best "
+                        "with --against diffusers (SD1.5's betas; held-out noise)")  # fmt: skip
+    b.add_argument("--tune", choices=("both", "grid"), default=None,
+                   help="--best: what is tuned: 'both' UniPC's grid and coefficients (the "
+                        "other bases competing), 'grid' the grids of iPNDM-v, UniPC 2 and 3 "
+                        "and DPM++2M (default: both)")  # fmt: skip
     b.add_argument("--calibration", type=int, default=256,
                    help="--best: calibration samples of the tuner (seed --seed; the errors "
                         f"are measured on other noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip

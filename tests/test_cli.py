@@ -554,12 +554,13 @@ def test_compile_with_defaults_and_img2img(capsys, tmp_path):
     assert "relative RMS error vs exact ODE solution" in out
 
 
-def test_best_rows_measure_ours_and_diffusers_on_held_out_noise():
+@pytest.mark.parametrize("tune", ["both", "grid"])
+def test_best_rows_measure_ours_and_diffusers_on_held_out_noise(tune):
     """`bench --best` on a tiny budget: diffusers' best configuration is one of ours run
     through diffusers, so our untuned run of the same spec has the same error; the tuned
-    row carries the tuner's cost."""
+    row (a tuned table, or tuned grids) carries the tuner's cost."""
     pytest.importorskip("diffusers")
-    (row,) = cli.best_rows(["gmm"], 8, 0, budgets=(4,), calibration=8)
+    (row,) = cli.best_rows(["gmm"], 8, 0, budgets=(4,), calibration=8, tune=tune)
     assert row["model"] == "gmm" and row["budget"] == 4
     peer, tuned = row["diffusers"], row["tuned"]
     _, ours, options = cli.parse_spec(peer["spec"])
@@ -568,6 +569,19 @@ def test_best_rows_measure_ours_and_diffusers_on_held_out_noise():
     assert again.error == pytest.approx(peer["error"], rel=1e-6)
     assert row["untuned"]["error"] <= peer["error"] * (1 + 1e-6)
     assert tuned["calls"] == 4 and tuned["tuner_calls"] > 0 and np.isfinite(tuned["error"])
+    assert tuned["spec"].startswith("tuned ") == (tune == "both")
+
+
+def test_bench_tune_flag_is_for_best(capsys, tmp_path):
+    """`--tune` picks what `bench --best` tunes; elsewhere it is refused, as is a
+    calibration batch too small to hold a quarter out."""
+    status, _, err = run_cli(capsys, "bench", "--tune", "grid", "--out", tmp_path / "b.png")
+    assert status == 2 and "--tune is for --best" in err
+    status, _, err = run_cli(capsys, "bench", "--best", "--calibration", 2,
+                             "--out", tmp_path / "b.png")  # fmt: skip
+    assert status == 2 and "needs --calibration 4 or more" in err
+    with pytest.raises(ValueError, match="tune must be 'grid' or 'both'"):
+        cli.best_rows(["gmm"], 4, 0, budgets=(4,), calibration=8, tune="coefficients")
 
 
 # -- every listed scheduler in every command --------------------------------------------------
