@@ -222,6 +222,29 @@ def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
     assert flow_held_out_error(both, 6) <= tuned_grid * 1.05, (tuned_grid, both)
 
 
+def test_single_step_stage_times_are_tuned():
+    """A single-step method's stage times are levels of its grid: DPM-Solver's singlestep
+    solver (order 2) calls the model at every grid level, the odd ones its stages, so
+    ``tune="both"`` moves the stage times with the step times and fits x̂_0 weights across
+    steps; on held-out noise the table does better than the untuned solver."""
+    # measured (6 calls, held-out, this module's noise): 0.154 -> 0.069; stage levels
+    # 832, 500, 166 -> 629, 473, 36
+    base = ds.DPMSolverSinglestep(solver_order=2, **SD)
+    model = cli.exact_model(base, "gmm")
+    result = search_coefficients(model, base, 6, CALIBRATION, bases=None)
+    tuned = result.scheduler
+    assert type(tuned.base_scheduler) is ds.DPMSolverSinglestep
+    _, own = base.init(6, CALIBRATION)
+    _, levels = tuned.init(6, CALIBRATION)
+    own, levels = np.asarray(own, np.float64), np.asarray(levels, np.float64)
+    assert len(levels) == 6 and levels[0] == own[0]
+    # the stage times moved, and not all by one rescaling of the step times
+    assert np.max(np.abs(levels[1::2] - own[1::2])) >= 10
+    assert not np.allclose(levels[1::2] / own[1::2], levels[1] / own[1], rtol=1e-3)
+    before, after = held_out_error(base, 6), held_out_error(tuned, 6)
+    assert after < 0.7 * before, (before, after)
+
+
 # -- the command line ----------------------------------------------------------------------
 
 
