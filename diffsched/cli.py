@@ -1105,6 +1105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.calls is not None:
         raise UsageError("--calls is for --stochastic (the ODE bench takes --steps)")
     args.schedulers = args.schedulers or list(DEFAULT_BENCH)
+    budgets = args.steps or list(BEST_BUDGETS)  # --best: model-call budgets
     args.steps = args.steps or list(DEFAULT_STEPS)
     args.model = args.model or ["digits", "gmm"]
     args.num_samples = 32 if args.num_samples is None else args.num_samples
@@ -1124,7 +1125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = best_rows(args.model, args.num_samples, args.seed,
                          calibration=args.calibration,
                          with_diffusers=args.against == "diffusers",
-                         tune=args.tune)  # fmt: skip
+                         tune=args.tune, budgets=budgets)  # fmt: skip
         print(format_best(rows))
         tuned = [r["tuned"] for r in rows if r.get("tuned")]
         if tuned:
@@ -1470,8 +1471,10 @@ def best_rows(
                     result = search_coefficients(model, sched, budget, cal)
                     table = result.scheduler
                     base = table.base_scheduler
-                    label = (f"tuned {type(base).__name__} {getattr(base, 'solver_order', '')}"
-                             .strip() + (" + weights" if table.weights is not None else ""))
+                    label = (
+                        f"tuned {type(base).__name__} {getattr(base, 'solver_order', '')}".strip()
+                        + (" + weights" if table.weights is not None else "")
+                    )
                     measure("tuned", label, table, budget)
                 found["tuned"][-1] |= {"tuner_calls": result.model_calls,
                                        "tuner_seconds": time.perf_counter() - t0}  # fmt: skip
@@ -1666,7 +1669,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG plot to write (its folder must exist; none when every row is "
                         "n/a)")  # fmt: skip
     b.add_argument("--best", action="store_true",
-                   help="per budget of 5, 6, 8, 10, 15 and 20 model calls, our tuned table "
+                   help="per budget of 5, 6, 8, 10, 15 and 20 model calls (or --steps), our "
+                        "tuned table "
                         "(--tune) and our most accurate untuned method, beside diffusers' best "
                         "with --against diffusers (SD1.5's betas; held-out noise)")  # fmt: skip
     b.add_argument("--tune", choices=("both", "grid"), default=None,

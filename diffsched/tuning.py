@@ -67,6 +67,7 @@ from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
 from .grids import NAMED_GRIDS, Grid, is_flow, named_sigmas
 from .schedules import sigmas as sigma_schedules
+from .schedules.shifts import checked_mu
 
 Model = Callable[[Array, Array], Array]
 
@@ -145,6 +146,7 @@ def search_coefficients(
     bases: Any = "auto",
     reference: Any = None,
     refine: int = 1,
+    mu: float | None = None,
     **fit_options: Any,
 ):
     """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
@@ -171,13 +173,15 @@ def search_coefficients(
 
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
+    _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
     with small_matrices():
         counted = _CountingModel(model)
         if is_flow(scheduler):
-            g = FlowGrid.of(scheduler, num_steps)
+            g = FlowGrid.of(scheduler, num_steps, mu)
             own = g.init_options(g.start)
-            start = calibration_noise * scheduler.init_noise_scale(num_steps)
+            start = calibration_noise * scheduler.init_noise_scale(
+                num_steps, **({} if mu is None else {"mu": g.mu}))  # fmt: skip
             ref = reference or _FlowReference(flow_reference(
                 counted, scheduler, start, g.sigma0, steps=candidates * substeps // 2))  # fmt: skip
         else:
@@ -192,7 +196,8 @@ def search_coefficients(
             founds = _search_bases(counted, scheduler, num_steps, calibration_noise,
                                    candidates=candidates, substeps=substeps,
                                    max_evaluations=max_evaluations, tolerance=tolerance,
-                                   reference=ref, bases=others, refine=refine)  # fmt: skip
+                                   reference=ref, bases=others, refine=refine,
+                                   mu=mu)  # fmt: skip
             result = None
             for found in founds:  # each base refined and fitted; the held-out split decides
                 fitted = fit_coefficients(counted, found.base or scheduler, num_steps,
@@ -233,6 +238,7 @@ def search(
     substeps: int = 4,
     max_evaluations: int = 300,
     tolerance: float = 2e-3,
+    mu: float | None = None,
 ) -> TuneResult:
     """:func:`tune`, with the errors before and after and the cost.
 
@@ -241,25 +247,39 @@ def search(
         substeps: reference steps per candidate interval.
         max_evaluations: end-to-end runs of the refinement, at most.
         tolerance: the refinement stops when every level's move is below this (in log σ).
+        mu: the dynamic shift's μ, for a flow scheduler with ``use_dynamic_shifting=True``
+            (required there, refused elsewhere): the grid is tuned for that μ, which the
+            result's ``init_options`` carry.
     """
+    _mu_for_flow_only(scheduler, mu)
     with small_matrices():  # the tuner's models multiply small matrices (see exact.threads)
         return _search(model, scheduler, num_steps, calibration_noise, candidates=candidates,
                        substeps=substeps, max_evaluations=max_evaluations,
-                       tolerance=tolerance)  # fmt: skip
+                       tolerance=tolerance, mu=mu)  # fmt: skip
+
+
+def _mu_for_flow_only(scheduler: Scheduler, mu: Any) -> None:
+    if mu is not None and not is_flow(scheduler):
+        raise ValueError(
+            f"tune takes mu= for flow schedulers with use_dynamic_shifting=True only; "
+            f"{type(scheduler).__name__} has no flow levels, got mu={mu!r}"
+        )
 
 
 def _search(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-            max_evaluations, tolerance, reference=None, bases=()) -> TuneResult:  # fmt: skip
+            max_evaluations, tolerance, reference=None, bases=(),
+            mu=None) -> TuneResult:  # fmt: skip
     """:func:`search`; ``bases``: other methods for the same model whose starts compete
     with the scheduler's (the result's ``base`` says which one the grid is for)."""
     return _search_bases(model, scheduler, num_steps, calibration_noise, candidates=candidates,
                          substeps=substeps, max_evaluations=max_evaluations,
-                         tolerance=tolerance, reference=reference, bases=bases)[0]  # fmt: skip
+                         tolerance=tolerance, reference=reference, bases=bases,
+                         mu=mu)[0]  # fmt: skip
 
 
 def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
                   max_evaluations, tolerance, reference=None, bases=(),
-                  refine=1) -> list[TuneResult]:  # fmt: skip
+                  refine=1, mu=None) -> list[TuneResult]:  # fmt: skip
     """:func:`_search`, the grids of the ``refine`` bases whose best starts do best each
     refined: the first is :func:`_search`'s, the others those of the next bases by their
     best start's error (each kept only where it :meth:`Score.beats` the own grid's)."""
@@ -267,7 +287,7 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
         return [_search_flow(model, scheduler, num_steps, calibration_noise,
                              substeps=substeps, candidates=candidates,
                              max_evaluations=max_evaluations, tolerance=tolerance,
-                             reference=reference)]  # fmt: skip
+                             reference=reference, mu=mu)]  # fmt: skip
     t0 = time.perf_counter()
     shape = tuple(getattr(calibration_noise, "shape", ()))
     if len(shape) < 1 or 0 in shape:
@@ -554,29 +574,45 @@ class FlowGrid(NamedTuple):
     shift: float
     low: float  # the least u a level may take
     final: bool = False  # whether sigmas= takes the final level 0 as well (N + 1 values)
+    mu: float | None = None  # the dynamic shift's μ (use_dynamic_shifting), passed to init
 
     mode = "sigmas"
 
     @staticmethod
-    def of(scheduler: Scheduler, num_steps: int) -> FlowGrid:
+    def of(scheduler: Scheduler, num_steps: int, mu: float | None = None) -> FlowGrid:
+        """The grid of ``scheduler``'s N-step loop; ``mu``: the dynamic shift's μ, which a
+        scheduler with ``use_dynamic_shifting=True`` needs (and the others refuse). A
+        dynamic shift (FLUX: e^μ / (e^μ + 1/σ - 1), or μ / (μ + 1/σ - 1)) maps custom
+        ``sigmas=`` as the static shift s = e^μ (or μ) does, so the grid is tuned for that
+        μ (one resolution) and ``init_options`` carry it."""
         name = type(scheduler).__name__
         if not scheduler.deterministic:
             raise ValueError(f"tune needs a deterministic scheduler, got {name} with noise")
-        if getattr(scheduler, "use_dynamic_shifting", False):
+        dynamic = bool(getattr(scheduler, "use_dynamic_shifting", False))
+        if dynamic and mu is None:
             raise ValueError(
-                f"tune takes flow grids with a static shift; {name} has use_dynamic_shifting=True"
+                f"tune of {name} with use_dynamic_shifting=True needs mu= (the μ its init "
+                "takes: the grid is tuned for that shift)"
             )
+        if mu is not None:
+            mu = checked_mu(mu, dynamic=dynamic, who=f"tune of {name}")
         if "sigmas" not in inspect.signature(scheduler.tableau).parameters:
             raise ValueError(
                 f"tune takes rectified-flow grids through custom sigmas= only; {name} with flow "
                 "levels takes none (integer timesteps= only): use UniPC or FlowMatchEuler"
             )
-        tab = scheduler.tableau(num_steps)
+        extra = {} if mu is None else {"mu": mu}
+        tab = scheduler.tableau(num_steps, **extra)
         sigma0 = float(tab.start[1]) if tab.start is not None else 1.0
         sig = np.asarray(tab.timesteps, np.float64) / scheduler.num_train_steps
         sig[0] = sigma0
-        shift = float(getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0))
-        grid = FlowGrid(_logit(sig), sigma0, shift, float(_logit(np.array([1e-3]))[0]))
+        if mu is not None:  # (4) of schedules.flow as the static shift (3)
+            linear = getattr(scheduler, "time_shift_type", "exponential") == "linear"
+            shift = float(mu) if linear else math.exp(mu)
+        else:
+            static = getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0)
+            shift = float(static)
+        grid = FlowGrid(_logit(sig), sigma0, shift, float(_logit(np.array([1e-3]))[0]), mu=mu)
         try:
             calls = scheduler.tableau(num_steps, **grid.init_options(grid.start)).num_calls
         except ValueError:
@@ -600,7 +636,10 @@ class FlowGrid(NamedTuple):
     def init_options(self, levels: np.ndarray) -> dict[str, list]:
         sig = self.sigmas(levels)
         base = sig / (self.shift - (self.shift - 1.0) * sig)  # the inverse of the shift
-        return {"sigmas": [*base.tolist(), 0.0] if self.final else base.tolist()}
+        out: dict[str, Any] = {"sigmas": [*base.tolist(), 0.0] if self.final else base.tolist()}
+        if self.mu is not None:
+            out["mu"] = self.mu
+        return out
 
     def valid(self, levels: np.ndarray) -> bool:
         gaps = -np.diff(levels)
@@ -644,15 +683,16 @@ class _FlowReference(NamedTuple):
 
 
 def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, candidates,
-                 max_evaluations, tolerance, reference=None) -> TuneResult:  # fmt: skip
+                 max_evaluations, tolerance, reference=None, mu=None) -> TuneResult:  # fmt: skip
     """:func:`search` for rectified-flow schedulers: the reference is
     :func:`flow_reference`; the starts are the scheduler's own grid, σ even (the unshifted
     grid) and u = logit σ even; then the same coordinate search, in u."""
     t0 = time.perf_counter()
     counted = _CountingModel(model)
-    grid = FlowGrid.of(scheduler, num_steps)
+    grid = FlowGrid.of(scheduler, num_steps, mu)
+    extra = {} if mu is None else {"mu": grid.mu}
     if reference is None:
-        start = calibration_noise * scheduler.init_noise_scale(num_steps)
+        start = calibration_noise * scheduler.init_noise_scale(num_steps, **extra)
         reference = _FlowReference(flow_reference(counted, scheduler, start, grid.sigma0,
                                                   steps=candidates * substeps // 2))  # fmt: skip
     ref = reference
@@ -674,7 +714,7 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
     scored = {name: error(levels) for name, levels in tried.items()}
     from .sampling import sample
 
-    own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps))
+    own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps, **extra))
     own_error = Score.of(own_out, ref.final)
     scored["own"] = own_error  # the scheduler's own grid, exactly
     best_name = _pick_start(scored)

@@ -362,6 +362,8 @@ def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray
         kw["grid_sigmas"] = [float(v) for v in grid["sigmas"]]
     if "timesteps" in grid:
         kw["grid_timesteps"] = [float(v) for v in grid["timesteps"]]
+    if "mu" in grid:
+        kw["grid_mu"] = float(grid["mu"])
     if weights is not None and np.any(weights != 0):
         kw["weights"] = np.asarray(weights, np.float64).ravel().tolist()
     return Tuned(**kw)

@@ -188,7 +188,7 @@ def flow_held_out_error(sched, steps: int, grid: dict | None = None) -> float:
 
     grid = grid or {}
     model = flow_model()
-    n = None if grid and not isinstance(sched, ds.UniPC) else steps
+    n = None if "sigmas" in grid and not isinstance(sched, ds.UniPC) else steps
     out = np.asarray(ds.sample(model, sched, HELD_OUT, n, **grid))
     sigma0 = float(sched.tableau(steps, **grid).start[1])
     exact = solve_flow_ode(model.denoiser, HELD_OUT, sigma0, 0.0)
@@ -220,6 +220,60 @@ def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
     assert tuned_grid < 0.9 * before, (before, tuned_grid)
     both = search_coefficients(model, sched, 6, CALIBRATION).scheduler
     assert flow_held_out_error(both, 6) <= tuned_grid * 1.05, (tuned_grid, both)
+
+
+@pytest.mark.parametrize(
+    ("sched", "mu"),
+    [
+        (ds.FlowMatchEuler(use_dynamic_shifting=True), 1.5),
+        (ds.FlowMatchEuler(use_dynamic_shifting=True, time_shift_type="linear"), 2.5),
+    ],
+    ids=["exponential", "linear"],
+)
+def test_dynamic_shift_is_tuned_for_its_mu(sched, mu, tmp_path):
+    """A flow scheduler with ``use_dynamic_shifting=True`` is tuned for one μ (one
+    resolution): the grid's ``init_options`` and the tuned table carry it, the table runs
+    without it, and a file saved with it loads back to the same samples."""
+    # measured (held-out, 6 steps): exponential μ = 1.5: 0.329 -> grid 0.199 -> both 0.075;
+    # linear μ = 2.5: 0.248 -> grid 0.200 -> both 0.076
+    from diffsched.tuning import search
+
+    model = flow_model()
+    before = flow_held_out_error(sched, 6, {"mu": mu})
+    found = search(model, sched, 6, CALIBRATION, mu=mu)
+    assert found.init_options["mu"] == mu and len(found.init_options["sigmas"]) == 6
+    tuned_grid = flow_held_out_error(sched, 6, found.init_options)
+    assert tuned_grid < 0.9 * before, (before, tuned_grid)
+    both = search_coefficients(model, sched, 6, CALIBRATION, mu=mu).scheduler
+    assert both.grid_mu == mu and both.weights is not None
+    after = flow_held_out_error(both, 6)
+    assert after < 0.5 * before, (before, after)
+    path = ds.save_tuned(tmp_path / "t.json", both)
+    again = ds.load_tuned(path, base=sched, num_steps=6)
+    assert again == both
+    np.testing.assert_array_equal(np.asarray(ds.sample(model, again, HELD_OUT, 6)),
+                                  np.asarray(ds.sample(model, both, HELD_OUT, 6)))  # fmt: skip
+    with pytest.raises(ValueError, match="init got"):
+        both.init(6, HELD_OUT, mu=mu)
+
+
+def test_dynamic_shift_refusals():
+    from diffsched.tuning import search
+
+    model = flow_model()
+    dynamic = ds.FlowMatchEuler(use_dynamic_shifting=True)
+    with pytest.raises(ValueError, match="needs mu="):
+        search(model, dynamic, 6, CALIBRATION)
+    with pytest.raises(ValueError, match="only with use_dynamic_shifting=True"):
+        search(model, ds.FlowMatchEuler(shift=3.0), 6, CALIBRATION, mu=1.0)
+    with pytest.raises(ValueError, match="mu must be finite"):
+        search(model, dynamic, 6, CALIBRATION, mu=float("nan"))
+    with pytest.raises(ValueError, match="no flow levels"):
+        search(cli.exact_model(ds.UniPC(**SD), "gmm"), ds.UniPC(**SD), 6, CALIBRATION, mu=1.0)
+    with pytest.raises(ValueError, match="needs a base with use_dynamic_shifting=True"):
+        ds.Tuned(base=ds.FlowMatchEuler(), tuned_steps=2, grid_sigmas=[1.0, 0.5], grid_mu=1.0)
+    with pytest.raises(ValueError, match="grid_mu needs grid_sigmas"):
+        ds.Tuned(base=dynamic, tuned_steps=2, grid_mu=1.0)
 
 
 def test_single_step_stage_times_are_tuned():

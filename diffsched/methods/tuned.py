@@ -133,6 +133,11 @@ class Tuned(BaseScheduler):
         "x̂_0 of this call and of the L calls before",
         nullable=True,
     )
+    grid_mu: float | None = option(
+        None, "the dynamic shift's μ the grid was tuned for (a flow base with "
+        "use_dynamic_shifting=True), passed to the base's init(mu=)",
+        nullable=True,
+    )  # fmt: skip
 
     def _check(self) -> None:
         owner = type(self).__name__
@@ -145,6 +150,13 @@ class Tuned(BaseScheduler):
             if value is not None and self.tuned_steps == 0:
                 raise ValueError(f"{owner} option {name} needs tuned_steps > 0, got tuned_steps=0")
         n = self.tuned_steps
+        if self.grid_mu is not None:
+            mu = self.grid_mu
+            if isinstance(mu, bool) or not isinstance(mu, int | float) or not np.isfinite(mu):
+                raise TypeError(f"{owner} option grid_mu expects a finite number, got: {mu!r}")
+            object.__setattr__(self, "grid_mu", float(mu))
+            if self.grid_sigmas is None:
+                raise ValueError(f"{owner} option grid_mu needs grid_sigmas (a tuned flow grid)")
         if self.grid_sigmas is not None and self.grid_timesteps is not None:
             raise ValueError(f"{owner} takes grid_sigmas or grid_timesteps, not both")
         if self.grid_sigmas is not None and len(self.grid_sigmas) not in (n, n + 1):
@@ -168,6 +180,11 @@ class Tuned(BaseScheduler):
             if np.any(w[early] != 0):
                 raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
         base = self._make_base()  # a bad base config: its own error, now
+        if self.grid_mu is not None and not getattr(base, "use_dynamic_shifting", False):
+            raise ValueError(
+                f"{owner} option grid_mu needs a base with use_dynamic_shifting=True, got "
+                f"{type(base).__name__} without"
+            )
         object.__setattr__(self, "_base_instance", base)  # plain attributes: compilers trace
         object.__setattr__(self, "_base_processes", bool(base.processes_x0))  # them directly
         object.__setattr__(self, "_base_deterministic", bool(base.deterministic))
@@ -195,7 +212,8 @@ class Tuned(BaseScheduler):
     def grid_options(self) -> dict[str, list]:
         """The tuned grid as the base's init keyword arguments ({} if none)."""
         if self.grid_sigmas is not None:
-            return {"sigmas": list(self.grid_sigmas)}
+            mu = {} if self.grid_mu is None else {"mu": self.grid_mu}
+            return {"sigmas": list(self.grid_sigmas), **mu}
         if self.grid_timesteps is not None:
             ts = [int(t) if float(t).is_integer() else t for t in self.grid_timesteps]
             return {"timesteps": ts}
@@ -227,7 +245,7 @@ class Tuned(BaseScheduler):
             raise ValueError(
                 f"Tuned was tuned for num_steps={self.tuned_steps}, got num_steps={num_steps}"
             )
-        clash = sorted(set(init_options) & {"sigmas", "timesteps"})
+        clash = sorted(set(init_options) & {"sigmas", "timesteps", "mu"})
         if clash and self.grid_options:
             raise ValueError(f"Tuned has its tuned grid; init got {clash} as well")
         return {**self.grid_options, **init_options}
