@@ -71,7 +71,7 @@ from .schedules import sigmas as sigma_schedules
 from .tuning import Score
 
 Model = Callable[[Array, Array], Array]
-RIDGES = (1e-2, 1e-3, 1e-4)  # μ / s on the path, large to small
+RIDGES = (1e-2, 1e-3, 1e-4)  # μ / s on the path, large to small (select="split")
 RESOLUTION = 1e-6  # the reference's relative accuracy: a smaller error is not fitted
 MIN_GAIN = 0.02  # the held-out split must fall by this fraction to leave the base table
 
@@ -220,6 +220,7 @@ def fit_coefficients(
     iterations: int = 2,
     holdout: float = 0.25,
     seed: int = 0,
+    select: str = "loo",
 ) -> CoefficientResult:
     """The tuned table (:class:`~diffsched.Tuned`) of ``scheduler`` on ``grid`` (``init``
     options; None: its own) whose final samples from ``calibration_noise`` come closest to
@@ -234,6 +235,8 @@ def fit_coefficients(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if calls not in ("all", "final"):
         raise ValueError(f"calls must be 'all' or 'final', got {calls!r}")
+    if select not in ("loo", "split"):
+        raise ValueError(f"select must be 'loo' or 'split', got {select!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must lie in (0, 1), got {holdout!r}")
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
@@ -264,6 +267,9 @@ def fit_coefficients(
         return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start_error,
                                  start_error, {}, math.inf, loop.calls,
                                  time.perf_counter() - t0)  # fmt: skip
+    if select == "loo":
+        return _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid,
+                        sorted(ridges, reverse=True), iterations, t0)  # fmt: skip
     held_errors = {math.inf: error(zero, held)}
     theta = zero
     s = None
@@ -297,6 +303,133 @@ def fit_coefficients(
         model_calls=loop.calls,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, target: np.ndarray,
+              norm: float, theta: np.ndarray,
+              eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(r, J) at θ: the per-sample residuals (B, D) of the final samples against ``target``
+    (divided by ``norm``) and their finite-difference Jacobian (B, D, P), each column from
+    the run's prefix (module docstring, step 3)."""
+    w = params.weights(theta)
+    out, hist = loop.run(x0, w, rows)
+    b = len(rows)
+    r = ((out - target) / norm).reshape(b, -1)
+    cols = []
+    xs, _, ds = hist
+    for k, basis in params.blocks:
+        for f in range(basis.shape[1]):
+            dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
+            if k == loop.n - 1:
+                cols.append((dx / loop.scale[loop.n] / norm).reshape(b, -1))
+            else:
+                pert, _ = loop.run(xs[k + 1] + eps * dx, w, rows, first=k + 1, hist=hist)
+                cols.append(((pert - out) / eps / norm).reshape(b, -1))
+    return r, np.stack(cols, axis=-1)
+
+
+def leave_one_out(jac: np.ndarray, resid: np.ndarray, theta: np.ndarray,
+                  mu: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Ridge regression on the linearisation r(θ') = r + J (θ' - θ) at θ, penalty
+    μ||θ'||²: (its solution θ', each sample's squared residual had it been left out of
+    the fit). ``jac`` (B, D, P) and ``resid`` (B, D) at ``theta``. With y = Jθ - r the fit
+    solves (JᵀJ + μI) θ' = Jᵀy, and the residual e_i = J_i θ' - y_i of sample i (a block
+    of D rows) left out is (I - J_i A⁻¹ J_iᵀ)⁻¹ e_i = e_i + J_i (A - J_iᵀ J_i)⁻¹ J_iᵀ e_i,
+    A = JᵀJ + μI (Woodbury): the block form of ridge regression's leave-one-out identity
+    (Golub, Heath and Wahba 1979, eq. 2.3; Allen's PRESS), P x P solves and no refit."""
+    b, d, p = jac.shape
+    flat = jac.reshape(b * d, p)
+    y = flat @ theta - resid.ravel()
+    a = flat.T @ flat + mu * np.eye(p)
+    new = np.linalg.solve(a, flat.T @ y)
+    e = (flat @ new - y).reshape(b, d)
+    own = np.einsum("bdp,bdq->bpq", jac, jac)  # J_iᵀ J_i
+    jte = np.einsum("bdp,bd->bp", jac, e)
+    z = np.linalg.solve(a[None] - own, jte[..., None])[..., 0]
+    loo = e + np.einsum("bdp,bp->bd", jac, z)
+    return new, np.sum(loo**2, axis=1)
+
+
+def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, start: Score,
+             scheduler: Scheduler, num_steps: int, grid: dict, path: Sequence[float],
+             iterations: int, t0: float) -> CoefficientResult:  # fmt: skip
+    """The fit of the module docstring on the whole batch, its ridge chosen by
+    leave-one-out: along ``path`` (μ/s, large to small, each fit starting from the one
+    before) the fitted θ's leave-one-out error (:func:`leave_one_out`, at the fit's last
+    Jacobian) scores it, and the least wins; it is kept only where its leave-one-out
+    per-sample errors beat the base's errors (:meth:`diffsched.tuning.Score.beats`: each
+    sample judged by a fit that did not see it)."""
+    rows = np.arange(noise.shape[0])
+    norm = float(np.linalg.norm(ref))
+    x0 = loop.start(noise)
+    b = len(rows)
+    theta = np.zeros(params.size)
+    s = None
+    best: tuple[float, np.ndarray, Score] | None = None
+    held_errors = {math.inf: start.error}
+    for ridge in path:
+        theta, s, last = _gauss_newton(loop, params, x0, rows, ref, norm, theta, ridge, s,
+                                       iterations)  # fmt: skip
+        if last is None:
+            continue
+        _, per = leave_one_out(*last, ridge * s)  # the last step's linearisation
+        held = Score(per * b, float(math.sqrt(per.sum())))
+        held_errors[ridge] = held.error
+        if best is None or held.error < best[2].error:
+            best = (ridge, theta, held)
+    weights, ridge, err = None, math.inf, start.error
+    if best is not None and best[2].error < start.error * (1 - MIN_GAIN):
+        fitted = _score(loop, params, x0, rows, ref, best[1])
+        if fitted.beats(start):  # a fall carried by a few samples: the base
+            ridge, err, weights = best[0], fitted.error, params.weights(best[1])
+    return CoefficientResult(
+        scheduler=_tuned(scheduler, num_steps, grid, weights),
+        start_error=start.error,
+        error=err,
+        held_errors=held_errors,
+        ridge=ridge,
+        model_calls=loop.calls,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray,
+                  target: np.ndarray, norm: float, theta: np.ndarray, ridge: float,
+                  s: float | None, iterations: int) -> tuple:  # fmt: skip
+    """``iterations`` damped Gauss-Newton steps on ||r||² + μ||θ||², μ = ridge · s:
+    (θ, s, the last linearisation (J (B, D, P), r (B, D), θ there) or None)."""
+    last = None
+    damping = 1e-3
+    for _ in range(iterations):
+        r, jac = _jacobian(loop, params, x0, rows, target, norm, theta)
+        last = (jac, r, theta)
+        flat = jac.reshape(-1, jac.shape[-1])
+        jtj = flat.T @ flat
+        if s is None:
+            s = float(np.trace(jtj) / len(theta)) or 1.0
+        mu = ridge * s
+        g = flat.T @ r.ravel() + mu * theta
+        f0 = float(np.sum(r**2) + mu * theta @ theta)
+        for _ in range(6):  # damping up until the objective falls
+            step = np.linalg.solve(
+                jtj + mu * np.eye(len(theta)) + damping * np.diag(np.diag(jtj) + s * 1e-9), -g
+            )
+            trial = theta + step
+            out, _ = loop.run(x0, params.weights(trial), rows)
+            rt = ((out - target) / norm).reshape(r.shape)
+            if float(np.sum(rt**2) + mu * trial @ trial) < f0:
+                theta, damping = trial, damping / 3
+                break
+            damping *= 10
+        else:
+            break
+    return theta, s, last
+
+
+def _score(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, target: np.ndarray,
+           theta: np.ndarray) -> Score:  # fmt: skip
+    out, _ = loop.run(x0, params.weights(theta), rows)
+    return Score.of(out, target)
 
 
 def _levenberg_marquardt(

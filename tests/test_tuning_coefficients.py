@@ -94,6 +94,50 @@ def test_corrections_keep_the_moment_conditions(tuned):
             assert abs(d @ traj) < 1e-10 * max(1.0, np.abs(d).max() * np.abs(traj).max())
 
 
+def test_leave_one_out_equals_refitting_without_each_sample():
+    """The ridge's leave-one-out residuals (the block Woodbury identity) are those of the
+    fit redone without each sample, on a linear problem where both are exact."""
+    from diffsched.tuning_coefficients import leave_one_out
+
+    rng = np.random.default_rng(0)
+    b, d, p, mu = 7, 3, 4, 0.3
+    jac, y = rng.standard_normal((b, d, p)), rng.standard_normal((b, d))
+    flat = jac.reshape(b * d, p)
+    a = flat.T @ flat + mu * np.eye(p)
+    theta = np.linalg.solve(a, flat.T @ y.ravel())
+    start = rng.standard_normal(p)  # any point: the problem is linear
+    resid = (flat @ start).reshape(b, d) - y
+    explicit = []
+    for i in range(b):
+        keep = np.arange(b) != i
+        rest = jac[keep].reshape(-1, p)
+        th = np.linalg.solve(rest.T @ rest + mu * np.eye(p), rest.T @ y[keep].ravel())
+        explicit.append(np.sum((jac[i] @ th - y[i]) ** 2))
+    fitted, loo = leave_one_out(jac, resid, start, mu)
+    np.testing.assert_allclose(fitted, theta, rtol=1e-10)
+    np.testing.assert_allclose(loo, explicit, rtol=1e-10)
+    in_sample = np.sum(((flat @ theta).reshape(b, d) - y) ** 2, axis=1)
+    assert np.all(loo >= in_sample)
+
+
+def test_select_split_and_loo_both_fit_and_refuse_others():
+    """``select="loo"`` (the default: the whole batch fitted, the ridge chosen by
+    leave-one-out) and ``"split"`` (a held-out quarter) each leave the base for a table
+    with less calibration error; another value is refused."""
+    base = ds.UniPC(**SD)
+    model = cli.exact_model(base, "gmm")
+    grid = Grid.of(base, 6)
+    own = grid.init_options(grid.start)
+    ref = reference_trajectory(model, base, CALIBRATION * base.init_noise_scale(None, **own), grid)
+    for select in ("loo", "split"):
+        result = fit_coefficients(model, base, 6, CALIBRATION, ref.final, own, select=select)
+        assert result.scheduler.weights is not None, select
+        assert result.error < 0.95 * result.start_error, (select, result)
+        assert result.held_errors[result.ridge] < result.held_errors[np.inf]
+    with pytest.raises(ValueError, match="select must be 'loo' or 'split'"):
+        fit_coefficients(model, base, 6, CALIBRATION, ref.final, own, select="cv")
+
+
 def test_null_basis_is_orthonormal_and_annihilates_the_moments():
     lams = np.array([2.0, 1.5, 0.7, 0.1])
     basis = null_basis(lams, 2)
