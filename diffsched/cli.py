@@ -850,6 +850,12 @@ def same_image_fraction(samples: np.ndarray, exact: np.ndarray) -> float:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import search
 
+    if args.pipeline is not None:
+        return _tune_pipeline(args)
+    if args.prompt or args.guidance_scale is not None:
+        raise UsageError("--prompt and --guidance-scale are for --pipeline")
+    args.tune = args.tune or "grid"
+    args.calibration = 64 if args.calibration is None else args.calibration
     check_at_least([("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
                     ("--held-out", args.held_out, 1), ("--seed", args.seed, 0),
                     ("--max-evaluations", args.max_evaluations, 0)])  # fmt: skip
@@ -947,6 +953,75 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
         print(f"wrote {out} (use: diffsched sample --config {out} --model {args.model} "
               f"--steps {args.steps} --seed {args.seed}, which measures it on held-out noise, "
               f"or ds.load_tuned('{out}'))")  # fmt: skip
+    return 0
+
+
+def _tune_pipeline(args: argparse.Namespace) -> int:
+    """``tune --pipeline DIR --prompt P ...``: the pipeline's own denoiser (UNet, prompts,
+    guidance) tuned by :func:`diffsched.tuning_pipeline.tune`, written to ``--save`` for
+    :func:`diffsched.tuning_pipeline.load`."""
+    if not args.prompt:
+        raise UsageError("--pipeline needs at least one --prompt")
+    if args.save is None:
+        raise UsageError("--pipeline needs --save (the tuned table's file)")
+    if args.config is not None:
+        raise UsageError("--pipeline brings its scheduler's config: give no --config")
+    args.tune = args.tune or "both"
+    args.calibration = 16 if args.calibration is None else args.calibration
+    guidance = 7.5 if args.guidance_scale is None else args.guidance_scale
+    check_at_least([("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
+                    ("--seed", args.seed, 0),
+                    ("--max-evaluations", args.max_evaluations, 0)])  # fmt: skip
+    if args.tune != "grid" and args.calibration < 4:
+        raise UsageError(f"--tune {args.tune} needs --calibration 4 or more, got "
+                         f"{args.calibration}")  # fmt: skip
+    out = check_out(args.save, "--save", ".json")
+    if not Path(args.pipeline).is_dir():
+        raise UsageError(f"--pipeline: no such folder: {args.pipeline!r} (a pipeline saved by "
+                         "save_pretrained)")  # fmt: skip
+    try:
+        import diffusers
+    except ImportError as err:
+        raise UsageError("--pipeline needs diffusers installed") from err
+    from . import tuning_pipeline
+
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(args.pipeline)
+    except (OSError, ValueError, TypeError) as err:
+        raise UsageError(f"--pipeline {args.pipeline}: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    name = scheduler_name(args, None)
+    options = parse_options(args.option)
+    scheduler = None
+    if name is not None or options:
+        cls = type(build_scheduler(name or "unipc", {}))
+        try:
+            scheduler = cls.from_config(dict(pipe.scheduler.config), **options)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{name or 'unipc'} on the pipeline's config: {err}") from None
+    print(f"tuning {type(scheduler).__name__ if scheduler else 'UniPC'} for "
+          f"{type(pipe).__name__}, {args.steps} steps ({args.tune}), on {args.calibration} "
+          f"latents (seed {args.seed}), {len(args.prompt)} prompt(s), guidance {guidance}",
+          flush=True)  # fmt: skip
+    try:
+        tuned = tuning_pipeline.tune(pipe, args.prompt, args.steps, scheduler=scheduler,
+                                     calibration=args.calibration, guidance_scale=guidance,
+                                     seed=args.seed, tune=args.tune, path=out,
+                                     max_evaluations=args.max_evaluations)  # fmt: skip
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    import json
+
+    about = json.loads(out.read_text(encoding="utf-8"))["about"]
+    print("| relative RMS error vs the reference ODE solution | base | tuned |")
+    print("|---|---:|---:|")
+    print(f"| calibration latents | {about['calibration_error_before']:.3e} | "
+          f"{about['calibration_error']:.3e} |")  # fmt: skip
+    print(f"tuner: {about['model_calls']} batched UNet calls "
+          f"({about['model_calls'] / args.steps:.0f} × N), {about['seconds']:.1f} s; base "
+          f"{type(tuned.base_scheduler).__name__}")  # fmt: skip
+    print(f"wrote {out} (use: pipe.scheduler = diffsched.tuning_pipeline.load('{out}', pipe); "
+          f"pipe(..., num_inference_steps={args.steps}))")  # fmt: skip
     return 0
 
 
@@ -1700,17 +1775,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
     t.add_argument("--steps", type=int, default=6, help="number of steps")
     t.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
-    t.add_argument("--calibration", type=int, default=64, help="calibration samples")
+    t.add_argument(
+        "--calibration",
+        type=int,
+        default=None,
+        help="calibration samples (default 64; 16 latents with --pipeline)",
+    )
     t.add_argument("--held-out", type=int, default=64, help="held-out samples (other noise)")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the calibration noise (held out: seed + "
                         f"{HELD_OUT_SEED})")  # fmt: skip
     t.add_argument("--max-evaluations", type=int, default=300,
                    help="end-to-end runs of the refinement, at most")  # fmt: skip
-    t.add_argument("--tune", choices=("grid", "coefficients", "both"), default="grid",
+    t.add_argument("--tune", choices=("grid", "coefficients", "both"), default=None,
                    help="what is tuned: the grid (the file is init's sigmas= / timesteps=, "
                         "for --grid), the x̂_0 weights of the table on its own grid, or both "
-                        "(a Tuned table, for --config and ds.load_tuned)")  # fmt: skip
+                        "(a Tuned table, for --config and ds.load_tuned); default grid, both "
+                        "with --pipeline")  # fmt: skip
+    t.add_argument("--pipeline", default=None, metavar="DIR",
+                   help="tune for a diffusers text-to-image pipeline saved in DIR "
+                        "(save_pretrained; Stable Diffusion-like): its UNet with --prompt and "
+                        "--guidance-scale is the model; writes --save for "
+                        "diffsched.tuning_pipeline.load")  # fmt: skip
+    t.add_argument("--prompt", action="append", default=[],
+                   help="--pipeline: a prompt of the calibration batch (repeatable; latent i "
+                        "takes prompt i mod P)")  # fmt: skip
+    t.add_argument("--guidance-scale", type=float, default=None,
+                   help="--pipeline: classifier-free guidance scale (default 7.5)")  # fmt: skip
     t.add_argument("--save", default=None,
                    help="write the grid (--tune grid) or the tuned table to this JSON file "
                         "(its folder must exist)")  # fmt: skip

@@ -118,10 +118,15 @@ def tune(
     scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
     num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
-    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``holdout``, ``seed``) and
-    ``bases``: by default (``"auto"``) the tuned table's base may be another method for the
-    same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids
-    clearly do better on the calibration batch (:func:`search_coefficients`).
+    ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``select``, ``holdout``,
+    ``seed``) and ``bases``: by default (``"auto"``) the tuned table's base may be another
+    method for the same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM)
+    where its grids clearly do better on the calibration batch
+    (:func:`search_coefficients`).
+
+    A flow scheduler with ``use_dynamic_shifting=True`` takes ``mu=`` (the μ its ``init``
+    takes, one resolution's shift): the grid is tuned for that μ, and the result carries
+    it (``init_options["mu"]``, or the tuned table's ``grid_mu``).
     """
     if tune == "grid":
         return search(model, scheduler, num_steps, calibration_noise, **options).init_options

@@ -25,15 +25,25 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    column costs the N - n - 1 calls after n (none for the last call, where the final
    sample is linear in θ).
 4. **The ridge μ**, from a path μ = s·(10⁻², 10⁻³, 10⁻⁴) (s = trace(JᵀJ)/P at the
-   base), fitted on ``1 - holdout`` of the calibration batch and scored on the rest, which
-   the fit did not see; the base itself (μ = ∞) is on the path. The best μ is refitted on
-   the whole batch. A fit leaves the base only where it lowers the held-out split's error
-   by 2% or more, and a calibration error below the reference's accuracy (1e-6: the loop
-   already lands on the reference, as an empirical model's samples land on its training
-   points) is not fitted at all. The refitted table is kept only where its fall in error
-   on the whole batch is two standard errors of the paired per-sample differences or
-   more (:meth:`diffsched.tuning.Score.beats`): a fall carried by a few samples does not
-   carry over to other noise.
+   base), each fit starting from the one before. By default (``select="loo"``) every
+   fit is on the whole calibration batch and is scored by its leave-one-out error: at
+   the fit's last linearisation, the residual each sample would have had were it left out
+   of the fit, by the block Woodbury form of ridge regression's leave-one-out identity
+   (:func:`leave_one_out`; Golub, Heath and Wahba 1979), which costs P x P solves and no
+   model call. With ``select="split"`` the fits are on ``1 - holdout`` of the batch, scored
+   on the rest and the best refitted on the whole batch (one more fit). Either way the
+   base itself (μ = ∞) is on the path, a fit leaves the base only where its out-of-sample
+   error is 2% below the base's, and a calibration error below the reference's accuracy
+   (1e-6: the loop already lands on the reference, as an empirical model's samples land
+   on its training points) is not fitted at all. The fitted table is kept only where its
+   fall in error on the whole batch is two standard errors of the paired per-sample
+   differences or more (:meth:`diffsched.tuning.Score.beats`): a fall carried by a few
+   samples does not carry over to other noise.
+   Leave-one-out uses every calibration sample for the fit (the split sets a quarter
+   aside) and saves the refit: on the exact mixture at 10 calls, 256 calibration samples,
+   three draws, scored on 2048 held-out noises, the grid and weights of UniPC gave 0.0320
+   (leave-one-out) against 0.0314 (split), and the weights on UniPC's own grid 0.0531
+   against 0.0649 (``benchmarks/tune_coefficients.py`` has both).
    A path 10⁻³..10⁻⁵ lowered the held-out error of ``tune="both"`` on the exact
    mixture at 10 calls (256 calibration samples, three draws,
    ``benchmarks/tune_coefficients.py``) from 0.0278 to 0.0236 at the same cost, but raised

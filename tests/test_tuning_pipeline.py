@@ -76,3 +76,48 @@ def test_load_refuses_another_schedule(pipe, tmp_path):
     with pytest.raises(ValueError, match="prediction_type"):
         tp.load(path, other)
     assert tp.load(path, pipe).config is not None
+
+
+def test_cli_tunes_a_saved_pipeline_and_the_file_loads(pipe, tmp_path, capsys):
+    """`diffsched tune --pipeline DIR --prompt ...` tunes the pipeline saved in DIR on its
+    own denoiser and writes the file `tuning_pipeline.load` reads; the loaded scheduler
+    runs in the pipeline. Misuse is a usage error."""
+    from diffsched import cli
+
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder)
+    out = tmp_path / "tuned.json"
+
+    def run(*argv):
+        capsys.readouterr()
+        status = cli.main([str(a) for a in argv])
+        return (status, *capsys.readouterr())
+
+    status, text, err = run("tune", "--pipeline", folder, "--prompt", "a cat", "--prompt",
+                            "a dog", "--steps", STEPS, "--calibration", 4, "--guidance-scale",
+                            5.0, "--max-evaluations", 6, "--save", out)  # fmt: skip
+    assert status == 0, err
+    assert f"wrote {out}" in text and "batched UNet calls" in text
+    about = json.loads(out.read_text(encoding="utf-8"))["about"]
+    assert about["prompts"] == PROMPTS and about["guidance_scale"] == 5.0
+    assert about["calibration"] == 4 and about["tune"] == "both"
+    assert about["calibration_error"] <= about["calibration_error_before"]
+    scheduler = tp.load(out, pipe, num_steps=STEPS)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = scheduler
+        latents = pipe(PROMPTS, num_inference_steps=STEPS, guidance_scale=5.0,
+                       latents=tp.calibration_noise(pipe, 2, seed=3),
+                       output_type="latent").images  # fmt: skip
+    finally:
+        pipe.scheduler = original
+    assert torch.isfinite(latents).all() and latents.shape[0] == 2
+
+    for argv, words in (
+        (("--pipeline", folder, "--save", out), "at least one --prompt"),
+        (("--pipeline", folder, "--prompt", "a cat"), "needs --save"),
+        (("--pipeline", tmp_path / "nowhere", "--prompt", "a", "--save", out), "no such folder"),
+        (("--prompt", "a cat"), "--prompt and --guidance-scale are for --pipeline"),
+    ):
+        status, _, err = run("tune", *argv)
+        assert status == 2 and words in err, (argv, err)
