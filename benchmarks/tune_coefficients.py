@@ -311,7 +311,20 @@ def _init_worker(net_path):
 def run_all(args) -> None:
     if "net" in args.models:  # trained once, here; the workers load it
         net_denoiser(args.net)
-    jobs = [("baseline", (m, b)) for m in args.models for b in args.budgets]
+    done = set()
+    if args.baselines:  # baseline rows measured before (they do not depend on the tuner)
+        with (
+            open(args.baselines, encoding="utf-8") as f,
+            open(args.out, "a", encoding="utf-8") as out,
+        ):
+            for line in f:
+                row = json.loads(line) if line.strip() else {}
+                key = (row.get("model"), row.get("budget"))
+                if row.get("baseline") and key[0] in args.models and key[1] in args.budgets:
+                    out.write(json.dumps(row) + "\n")
+                    done.add(key)
+    jobs = [("baseline", (m, b)) for m in args.models for b in args.budgets
+            if (m, b) not in done]  # fmt: skip
     jobs += [
         ("tune", (m, b, c, d))
         for m in args.models
@@ -400,6 +413,8 @@ def main(argv=None) -> None:
         help="the trained network's weights: read if there, else trained and written",
     )
     p.add_argument("--out", default="tune_coefficients.jsonl")
+    p.add_argument("--baselines", help="a results file whose baseline rows (diffusers' best, "
+                   "ours untuned) are reused, not measured again")  # fmt: skip
     p.add_argument("--table", help="print the table of a results file and exit")
     args = p.parse_args(argv)
     if args.table:

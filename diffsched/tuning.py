@@ -152,6 +152,7 @@ def search_coefficients(
     reference: Any = None,
     refine: int = 1,
     mu: float | None = None,
+    grid_score: str = "final",
     **fit_options: Any,
 ):
     """:func:`tune` with ``tune="both"`` (``grid=True``) or ``"coefficients"``: the
@@ -174,10 +175,12 @@ def search_coefficients(
     0.0160, at 347 × N calls against 269 × N (5 calls: 0.0447 to 0.0446, 291 × N against
     245 × N; the network unchanged), but raised it on the digits model (64 samples: 5
     calls 0.1455 to 0.1491, 10 calls 0.0715 to 0.0731): a 16-sample split picks noisily."""
-    from .tuning_coefficients import fit_coefficients
+    from .tuning_coefficients import FinalScorer, fit_coefficients
 
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
+    if grid_score not in ("final", "plain"):
+        raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
     _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
     with small_matrices():
@@ -197,12 +200,17 @@ def search_coefficients(
                                                     substeps)  # fmt: skip
         others = _bases(scheduler, bases)
         init_options, base = own, scheduler
+        scorer = None
+        if grid_score == "final" and fit_options.get("calls", "all") in ("all", "final"):
+            scorer = FinalScorer(counted, calibration_noise, ref.final,
+                                 fit_options.get("history", 4),
+                                 fit_options.get("final_moments", 1))  # fmt: skip
         if grid:
             founds = _search_bases(counted, scheduler, num_steps, calibration_noise,
                                    candidates=candidates, substeps=substeps,
                                    max_evaluations=max_evaluations, tolerance=tolerance,
                                    reference=ref, bases=others, refine=refine,
-                                   mu=mu)  # fmt: skip
+                                   mu=mu, scorer=scorer)  # fmt: skip
             result = None
             for found in founds:  # each base refined and fitted; the held-out split decides
                 fitted = fit_coefficients(counted, found.base or scheduler, num_steps,
@@ -218,8 +226,11 @@ def search_coefficients(
                     opts = Grid.of(sched, num_steps).init_options(Grid.of(sched, num_steps).start)
                 except (TypeError, ValueError):
                     continue
-                out = _run(counted, sched, calibration_noise, opts)
-                scored[i] = (Score.of(out, ref.final), sched, opts)
+                if scorer is not None:
+                    scored[i] = (scorer(sched, num_steps, opts), sched, opts)
+                else:
+                    out = _run(counted, sched, calibration_noise, opts)
+                    scored[i] = (Score.of(out, ref.final), sched, opts)
             pick = _pick_start({i: v[0] for i, v in scored.items()}, 0)
             _, base, init_options = scored[pick]
         result = fit_coefficients(counted, base, num_steps, calibration_noise, ref.final,
@@ -284,15 +295,18 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
 
 def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
                   max_evaluations, tolerance, reference=None, bases=(),
-                  refine=1, mu=None) -> list[TuneResult]:  # fmt: skip
+                  refine=1, mu=None, scorer=None) -> list[TuneResult]:  # fmt: skip
     """:func:`_search`, the grids of the ``refine`` bases whose best starts do best each
     refined: the first is :func:`_search`'s, the others those of the next bases by their
-    best start's error (each kept only where it :meth:`Score.beats` the own grid's)."""
+    best start's error (each kept only where it :meth:`Score.beats` the own grid's).
+    ``scorer(scheduler, num_steps, init_options)``: a grid's :class:`Score` on the
+    calibration batch (default: its final samples' error; ``tune="both"`` passes
+    :class:`~diffsched.tuning_coefficients.FinalScorer`)."""
     if is_flow(scheduler):
         return [_search_flow(model, scheduler, num_steps, calibration_noise,
                              substeps=substeps, candidates=candidates,
                              max_evaluations=max_evaluations, tolerance=tolerance,
-                             reference=reference, mu=mu)]  # fmt: skip
+                             reference=reference, mu=mu, scorer=scorer)]  # fmt: skip
     t0 = time.perf_counter()
     shape = tuple(getattr(calibration_noise, "shape", ()))
     if len(shape) < 1 or 0 in shape:
@@ -314,6 +328,8 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
     )
 
     def error(sched: Scheduler, g: Grid, levels: np.ndarray) -> Score:
+        if scorer is not None:
+            return scorer(sched, num_steps, g.init_options(levels))
         out = _run(counted, sched, calibration_noise, g.init_options(levels))
         return Score.of(out, ref.final)
 
@@ -688,7 +704,8 @@ class _FlowReference(NamedTuple):
 
 
 def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, candidates,
-                 max_evaluations, tolerance, reference=None, mu=None) -> TuneResult:  # fmt: skip
+                 max_evaluations, tolerance, reference=None, mu=None,
+                 scorer=None) -> TuneResult:  # fmt: skip
     """:func:`search` for rectified-flow schedulers: the reference is
     :func:`flow_reference`; the starts are the scheduler's own grid, σ even (the unshifted
     grid) and u = logit σ even; then the same coordinate search, in u."""
@@ -703,6 +720,8 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
     ref = reference
 
     def error(levels: np.ndarray) -> Score:
+        if scorer is not None:
+            return scorer(scheduler, num_steps, grid.init_options(levels))
         out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
         return Score.of(out, ref.final)
 
@@ -719,8 +738,11 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
     scored = {name: error(levels) for name, levels in tried.items()}
     from .sampling import sample
 
-    own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps, **extra))
-    own_error = Score.of(own_out, ref.final)
+    if scorer is not None:
+        own_error = scorer(scheduler, num_steps, extra)
+    else:
+        own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps, **extra))
+        own_error = Score.of(own_out, ref.final)
     scored["own"] = own_error  # the scheduler's own grid, exactly
     best_name = _pick_start(scored)
     levels, best = _coordinate_search(
