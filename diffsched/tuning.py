@@ -165,7 +165,10 @@ def search_coefficients(
     batch (N model calls each) and one leaves ``scheduler`` only where it
     :meth:`Score.beats` it; the grid search and the fit then tune that one. ``reference``:
     the :func:`reference_trajectory` (or flow reference) of this noise, if solved already
-    (its calls are then not counted). ``refine`` (with ``grid=True``): the number of bases
+    (its calls are then not counted). ``grid_score``: ``"final"`` (the default) scores each
+    grid and start after its last call's x̂_0 combination, fitted in closed form
+    (:class:`~diffsched.tuning_coefficients.FinalScorer`: no model call), ``"plain"`` by the
+    base table's own error. ``refine`` (with ``grid=True``): the number of bases
     whose grids are refined and whose tables are fitted, the first by its best start as
     above, the others the next bases by their best start's error (a quarter of
     ``max_evaluations`` each); the fitted table with the least error on the calibration
