@@ -502,50 +502,12 @@ def _levenberg_marquardt(
     ridge: float,
     s: float | None,
     iterations: int,
-    eps: float = 1e-5,
 ) -> tuple[np.ndarray, float]:
-    """``iterations`` damped Gauss-Newton steps on ||r||² + μ||θ||², μ = ridge · s."""
-    norm = np.linalg.norm(ref[rows])
-    target = ref[rows]
-    x0 = loop.start(noise[rows])
-    mu = None
-    damping = 1e-3
-    for _ in range(iterations):
-        w = params.weights(theta)
-        out, hist = loop.run(x0, w, rows)
-        r = ((out - target) / norm).ravel()
-        cols = []
-        xs, _, ds = hist
-        for k, basis in params.blocks:
-            for f in range(basis.shape[1]):
-                dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
-                if k == loop.n - 1:
-                    cols.append((dx / loop.scale[loop.n] / norm).ravel())
-                else:
-                    x_next = xs[k + 1] + eps * dx
-                    pert, _ = loop.run(x_next, w, rows, first=k + 1, hist=hist)
-                    cols.append(((pert - out) / eps / norm).ravel())
-        jac = np.stack(cols, axis=1)
-        jtj = jac.T @ jac
-        if s is None:
-            s = float(np.trace(jtj) / len(theta))
-        mu = ridge * s
-        g = jac.T @ r + mu * theta
-        f0 = r @ r + mu * theta @ theta
-        for _ in range(6):  # damping up until the objective falls
-            step = np.linalg.solve(
-                jtj + mu * np.eye(len(theta)) + damping * np.diag(np.diag(jtj) + s * 1e-9), -g
-            )
-            trial = theta + step
-            out_t, _ = loop.run(x0, params.weights(trial), rows)
-            rt = ((out_t - target) / norm).ravel()
-            f1 = rt @ rt + mu * trial @ trial
-            if f1 < f0:
-                theta, damping = trial, damping / 3
-                break
-            damping *= 10
-        else:
-            break
+    """``iterations`` damped Gauss-Newton steps on the samples ``rows`` (``select="split"``):
+    (θ, s)."""
+    theta, s, _ = _gauss_newton(loop, params, loop.start(noise[rows]), rows, ref[rows],
+                                float(np.linalg.norm(ref[rows])), theta, ridge, s,
+                                iterations)  # fmt: skip
     return theta, s
 
 
