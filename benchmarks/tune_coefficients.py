@@ -13,18 +13,22 @@ schedule):
 * ``ours untuned``: the least error over ``cli.OURS_CANDIDATES`` (iPNDM-v, DPM++2M and UniPC
   on our named grids), chosen the same way;
 * ``untuned base``: UniPC as it is; ``tuned grid``: ``ds.tune``'s default (the grid of the
-  base); ``tuned both, base only``: grid and x̂_0 weights of UniPC (``bases=None``);
-  ``tuned both``: the default of ``tune="both"``, where the other candidate bases (UniPC
-  and DPM-Solver++ of orders 2 and 3, iPNDM-v) compete by calibration error.
+  base); ``tuned coefficients``: the x̂_0 weights of UniPC on its own grid
+  (``tune="coefficients"``, ``bases=None``); ``tuned both, base only``: grid and x̂_0
+  weights of UniPC (``bases=None``); ``tuned both``: the default of ``tune="both"``, where
+  the other candidate bases (UniPC and DPM-Solver++ of orders 2 and 3, iPNDM-v) compete by
+  calibration error; ``tuned both, split``: the same with the ridge chosen on a held-out
+  quarter of the calibration batch (``select="split"``) instead of by leave-one-out.
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
-shared by the three tuners; the cost column is that of ``tuned both`` alone, reference
+shared by the tuners; the cost column is that of ``tuned both`` alone, reference
 included. The held-out noise (1024 samples, seed 7) is never seen by any tuner. The exact
 solution of the network's ODE is solved with its own float64 forward pass (DOP853, rtol
 1e-10). Costs are batch model calls and seconds of one shared core. Usage::
 
     python benchmarks/tune_coefficients.py [--models gmm digits net] [--budgets 5 10]
         [--calibration 64 256] [--draws 3] [--jobs 2] [--out results.jsonl]
+        [--baselines earlier.jsonl]
     python benchmarks/tune_coefficients.py --table results.jsonl
 """
 
@@ -229,12 +233,14 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
             "error": _held_error(model, base, held, budget, exact_top, found.init_options),
             "calls": counted.calls, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
-        for name, bases, select in (("tuned both, base only", None, "loo"),
-                                    ("tuned both", "auto", "loo"),
-                                    ("tuned both, split", "auto", "split")):  # fmt: skip
+        tuners = (("tuned coefficients", None, "loo", False),
+                  ("tuned both, base only", None, "loo", True),
+                  ("tuned both", "auto", "loo", True),
+                  ("tuned both, split", "auto", "split", True))  # fmt: skip
+        for name, bases, select, grid in tuners:
             t0 = time.perf_counter()
             res = search_coefficients(model, base, budget, cal, bases=bases, reference=ref,
-                                      select=select)  # fmt: skip
+                                      select=select, grid=grid)  # fmt: skip
             tuned = res.scheduler
             b = tuned.base_scheduler
             row[name] = {
@@ -353,7 +359,8 @@ def run_all(args) -> None:
             print(json.dumps(row)[:300], flush=True)
 
 
-KINDS = ("untuned base", "tuned grid", "tuned both, base only", "tuned both", "tuned both, split")
+KINDS = ("untuned base", "tuned grid", "tuned coefficients", "tuned both, base only",
+         "tuned both", "tuned both, split")  # fmt: skip
 
 
 def table(path: str) -> str:

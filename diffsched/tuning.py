@@ -226,9 +226,11 @@ def search_coefficients(
             scored = {}
             for i, sched in enumerate((scheduler, *others)):
                 try:
-                    opts = Grid.of(sched, num_steps).init_options(Grid.of(sched, num_steps).start)
+                    gg = FlowGrid.of(sched, num_steps, mu) if is_flow(sched) else Grid.of(
+                        sched, num_steps)  # fmt: skip
                 except (TypeError, ValueError):
                     continue
+                opts = gg.init_options(gg.start)
                 if scorer is not None:
                     scored[i] = (scorer(sched, num_steps, opts), sched, opts)
                 else:
@@ -309,7 +311,8 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
         return [_search_flow(model, scheduler, num_steps, calibration_noise,
                              substeps=substeps, candidates=candidates,
                              max_evaluations=max_evaluations, tolerance=tolerance,
-                             reference=reference, mu=mu, scorer=scorer)]  # fmt: skip
+                             reference=reference, mu=mu, scorer=scorer,
+                             bases=bases)]  # fmt: skip
     t0 = time.perf_counter()
     shape = tuple(getattr(calibration_noise, "shape", ()))
     if len(shape) < 1 or 0 in shape:
@@ -393,12 +396,14 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
 
 
 def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
-    if bases is None or is_flow(scheduler):
+    if bases is None:
         return []
     if isinstance(bases, str):
         if bases != "auto":
             raise ValueError(f"bases must be 'auto', a list of schedulers or None, got {bases!r}")
-        return candidate_bases(scheduler)
+        return candidate_flow_bases(scheduler) if is_flow(scheduler) else candidate_bases(scheduler)
+    if is_flow(scheduler):
+        raise ValueError("bases of a flow scheduler: 'auto' or None (candidate_flow_bases)")
     out = list(bases)
     for b in out:
         if not isinstance(b, Scheduler):
@@ -707,11 +712,14 @@ class _FlowReference(NamedTuple):
 
 
 def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, candidates,
-                 max_evaluations, tolerance, reference=None, mu=None,
-                 scorer=None) -> TuneResult:  # fmt: skip
+                 max_evaluations, tolerance, reference=None, mu=None, scorer=None,
+                 bases=()) -> TuneResult:  # fmt: skip
     """:func:`search` for rectified-flow schedulers: the reference is
-    :func:`flow_reference`; the starts are the scheduler's own grid, σ even (the unshifted
-    grid) and u = logit σ even; then the same coordinate search, in u."""
+    :func:`flow_reference`; the starts are each method's own grid, σ even (the unshifted
+    grid) and u = logit σ even (the scheduler's, and those of ``bases``: other flow methods
+    for the same model and shift, from the same first level); then the same coordinate
+    search, in u, of the best start (another method's only where it :meth:`Score.beats`
+    the scheduler's own grid)."""
     t0 = time.perf_counter()
     counted = _CountingModel(model)
     grid = FlowGrid.of(scheduler, num_steps, mu)
@@ -722,46 +730,85 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
                                                   steps=candidates * substeps // 2))  # fmt: skip
     ref = reference
 
-    def error(levels: np.ndarray) -> Score:
+    def error(sched: Scheduler, g: FlowGrid, levels: np.ndarray) -> Score:
         if scorer is not None:
-            return scorer(scheduler, num_steps, grid.init_options(levels))
-        out = _run(counted, scheduler, calibration_noise, grid.init_options(levels))
+            return scorer(sched, num_steps, g.init_options(levels))
+        out = _run(counted, sched, calibration_noise, g.init_options(levels))
         return Score.of(out, ref.final)
 
-    own = grid.start
-    tried = {"own": own}
-    even = np.linspace(grid.sigma0, grid.sigma0 / num_steps, num_steps)
-    shifted = grid.shift * even / (1 + (grid.shift - 1) * even)
-    tried["even"] = _logit(shifted)
-    tried["logit"] = np.concatenate([own[:1], np.linspace(own[1], own[-1], num_steps - 1)]
-                                    if num_steps > 1 else own[:1])  # fmt: skip
-    tried = {k: v for k, v in tried.items() if np.all(np.isfinite(v[1:])) and grid.valid(
-        np.concatenate([own[:1], v[1:]]))}  # fmt: skip
-    tried = {k: np.concatenate([own[:1], v[1:]]) for k, v in tried.items()}
-    scored = {name: error(levels) for name, levels in tried.items()}
     from .sampling import sample
 
-    if scorer is not None:
-        own_error = scorer(scheduler, num_steps, extra)
-    else:
-        own_out = to_numpy64(sample(counted, scheduler, calibration_noise, num_steps, **extra))
-        own_error = Score.of(own_out, ref.final)
-    scored["own"] = own_error  # the scheduler's own grid, exactly
-    best_name = _pick_start(scored)
+    tried, scored, grids = {}, {}, {}
+    for i, sched in enumerate((scheduler, *bases)):
+        try:
+            g = grid if i == 0 else FlowGrid.of(sched, num_steps, mu)
+        except (TypeError, ValueError):
+            continue
+        if abs(g.sigma0 - grid.sigma0) > 1e-5:  # the reference starts at the scheduler's
+            continue
+        grids[i] = (sched, g)
+        own = g.start
+        starts = {"own": own}
+        even = np.linspace(g.sigma0, g.sigma0 / num_steps, num_steps)
+        starts["even"] = _logit(g.shift * even / (1 + (g.shift - 1) * even))
+        starts["logit"] = np.concatenate([own[:1], np.linspace(own[1], own[-1], num_steps - 1)]
+                                         if num_steps > 1 else own[:1])  # fmt: skip
+        for name, levels in starts.items():
+            levels = np.concatenate([own[:1], levels[1:]])
+            if np.all(np.isfinite(levels[1:])) and g.valid(levels):
+                tried[i, name] = levels
+                scored[i, name] = error(sched, g, levels)
+        # the own grid exactly (its σ's may differ from the levels' round trip by 1e-3)
+        if scorer is not None:
+            scored[i, "own"] = scorer(sched, num_steps, extra)
+        else:
+            out = to_numpy64(sample(counted, sched, calibration_noise, num_steps, **extra))
+            scored[i, "own"] = Score.of(out, ref.final)
+        tried[i, "own"] = own
+    own_error = scored[0, "own"]
+    key = _pick_start(scored, (0, "own"))
+    sched, g = grids[key[0]]
     levels, best = _coordinate_search(
-        error, grid, tried[best_name], scored[best_name], max_evaluations, tolerance
+        lambda lv: error(sched, g, lv), g, tried[key], scored[key], max_evaluations, tolerance
     )
-    options = grid.init_options(levels)
+    options = g.init_options(levels)
     if not best.beats(own_error):  # the own grid, unless clearly beaten
-        options, best = grid.init_options(own), own_error
+        sched, options, best = scheduler, grid.init_options(grid.start), own_error
     return TuneResult(
         init_options=options,
-        start_options=grid.init_options(own),
+        start_options=grid.init_options(grid.start),
         start_error=own_error.error,
         error=best.error,
         model_calls=counted.calls,
         seconds=time.perf_counter() - t0,
+        base=sched,
     )
+
+
+def candidate_flow_bases(scheduler: Scheduler) -> list[Scheduler]:
+    """The flow methods that :func:`tune` tries beside a flow ``scheduler``
+    (``bases="auto"``): UniPC of orders 3 and 2 on flow σ's with its shift (static, or the
+    same dynamic shift), those other than ``scheduler`` that take custom ``sigmas=``."""
+    from .methods.unipc import UniPC
+
+    kw: dict[str, Any] = {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                          "num_train_timesteps": scheduler.num_train_steps}  # fmt: skip
+    if getattr(scheduler, "use_dynamic_shifting", False):
+        kw |= {"use_dynamic_shifting": True,
+               "time_shift_type": getattr(scheduler, "time_shift_type", "exponential")}  # fmt: skip
+    else:
+        static = getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0)
+        kw["flow_shift"] = float(static)
+    mine = json_config(scheduler)
+    out = []
+    for order in (3, 2):
+        try:
+            other = UniPC.from_config(kw, solver_order=order)
+        except (TypeError, ValueError):
+            continue
+        if json_config(other) != mine:
+            out.append(other)
+    return out
 
 
 # -- the refinement ------------------------------------------------------------------------
