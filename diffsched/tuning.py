@@ -43,11 +43,15 @@ last one final) for methods that take custom σ's, else ``timesteps=`` (N intege
 
 ``tune="coefficients"`` / ``"both"`` tune the table's x̂_0 history weights as well
 (:mod:`diffsched.tuning_coefficients`) and return a :class:`~diffsched.Tuned` scheduler;
-its base is the scheduler, or another method for the same model (:func:`candidate_bases`)
-whose starting grids beat the scheduler's clearly (:meth:`Score.beats`) on the calibration
-batch, at N model calls per start.
-Rectified-flow schedulers that take custom ``sigmas=`` (static shift) are searched in
-logit σ against a model-only Heun reference (:func:`flow_reference`).
+its base is the scheduler, or another method for the same model (:func:`candidate_bases`;
+:func:`candidate_flow_bases` for flows) whose starting grids beat the scheduler's clearly
+(:meth:`Score.beats`) on the calibration batch, at N model calls per start. There every
+grid of (2) and (3) is scored after its last call's x̂_0 combination, fitted in closed form
+at no model call (:class:`~diffsched.tuning_coefficients.FinalScorer`): the grid is chosen
+for what the fitted table will make of it.
+Rectified-flow schedulers that take custom ``sigmas=`` (a static shift, or a dynamic one
+at a given ``mu``) are searched in logit σ against a model-only Heun reference
+(:func:`flow_reference`).
 """
 
 from __future__ import annotations
