@@ -278,8 +278,15 @@ def fit_coefficients(
                                  start_error, {}, math.inf, loop.calls,
                                  time.perf_counter() - t0)  # fmt: skip
     if select == "loo":
-        return _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid,
-                        sorted(ridges, reverse=True), iterations, t0)  # fmt: skip
+        path = sorted(ridges, reverse=True)
+        result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
+                          iterations, t0)  # fmt: skip
+        if result.ridge == math.inf and calls == "all":  # the last call alone (linear)
+            final = _Params(loop.lams, history, moments, final_moments, "final")
+            if final.size:
+                result = _fit_loo(loop, final, noise, ref, start, scheduler, num_steps, grid,
+                                  path, 1, t0)  # fmt: skip
+        return result
     held_errors = {math.inf: error(zero, held)}
     theta = zero
     s = None
@@ -339,7 +346,7 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, ta
 
 
 def leave_one_out(jac: np.ndarray, resid: np.ndarray, theta: np.ndarray,
-                  mu: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                  mu: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Ridge regression on the linearisation r(θ') = r + J (θ' - θ) at θ, penalty
     μ||θ'||²: (its solution θ', each sample's squared residual had it been left out of
     the fit). ``jac`` (B, D, P) and ``resid`` (B, D) at ``theta``. With y = Jθ - r the fit
@@ -350,7 +357,7 @@ def leave_one_out(jac: np.ndarray, resid: np.ndarray, theta: np.ndarray,
     b, d, p = jac.shape
     flat = jac.reshape(b * d, p)
     y = flat @ theta - resid.ravel()
-    a = flat.T @ flat + mu * np.eye(p)
+    a = flat.T @ flat + np.diag(np.broadcast_to(np.asarray(mu, np.float64), (p,)))
     new = np.linalg.solve(a, flat.T @ y)
     e = (flat @ new - y).reshape(b, d)
     own = np.einsum("bdp,bdq->bpq", jac, jac)  # J_iᵀ J_i
@@ -466,24 +473,39 @@ def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray
         flat = jac.reshape(-1, jac.shape[-1])
         jtj = flat.T @ flat
         if s is None:
-            s = float(np.trace(jtj) / len(theta)) or 1.0
-        mu = ridge * s
+            s = _penalty_scale(jtj)
+        mu = ridge * s  # per parameter
         g = flat.T @ r.ravel() + mu * theta
-        f0 = float(np.sum(r**2) + mu * theta @ theta)
+        f0 = float(np.sum(r**2) + theta @ (mu * theta))
         for _ in range(6):  # damping up until the objective falls
             step = np.linalg.solve(
-                jtj + mu * np.eye(len(theta)) + damping * np.diag(np.diag(jtj) + s * 1e-9), -g
+                jtj + np.diag(mu) + damping * np.diag(np.diag(jtj) + np.mean(s) * 1e-9), -g
             )
             trial = theta + step
             out, _ = loop.run(x0, params.weights(trial), rows)
             rt = ((out - target) / norm).reshape(r.shape)
-            if float(np.sum(rt**2) + mu * trial @ trial) < f0:
+            if float(np.sum(rt**2) + trial @ (mu * trial)) < f0:
                 theta, damping = trial, damping / 3
                 break
             damping *= 10
         else:
             break
     return theta, s, last
+
+
+PENALTY = "diagonal"
+
+
+def _penalty_scale(jtj: np.ndarray) -> np.ndarray:
+    """The ridge's scale per parameter at the base: each parameter's own JᵀJ diagonal
+    (``PENALTY="diagonal"``: the prior toward the base is the same for a weight of the
+    last call, whose column is small, as for one of the first, whose change reaches every
+    later call), or their mean (``"trace"``)."""
+    d = np.diag(jtj).astype(np.float64)
+    mean = float(np.mean(d)) or 1.0
+    if PENALTY == "trace":
+        return np.full_like(d, mean)
+    return np.maximum(d, 1e-12 * mean)
 
 
 def _score(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, target: np.ndarray,
