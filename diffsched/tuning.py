@@ -930,7 +930,6 @@ def _gains(score: Score, base: Score) -> bool:
     return score.error < base.error * (1 - START_GAIN)
 
 
-
 # -- helpers -------------------------------------------------------------------------------
 
 
