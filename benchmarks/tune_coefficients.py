@@ -22,9 +22,10 @@ schedule):
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
 shared by the tuners; the cost column is that of ``tuned both`` alone, reference
-included. The held-out noise (1024 samples, seed 7) is never seen by any tuner. The exact
-solution of the network's ODE is solved with its own float64 forward pass (DOP853, rtol
-1e-10). Costs are batch model calls and seconds of one shared core. Usage::
+included. The held-out noise (1024 samples, seed 7) is never seen by any tuner; its exact
+solutions are solved once per model and budget and kept beside the results file
+(``exact_*.npy``). The exact solution of the network's ODE is solved with its own float64
+forward pass (DOP853, rtol 1e-10). Costs are batch model calls and seconds of one shared core. Usage::
 
     python benchmarks/tune_coefficients.py [--models gmm digits net] [--budgets 5 10]
         [--calibration 64 256] [--draws 3] [--jobs 2] [--out results.jsonl]
@@ -219,8 +220,8 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
     with small_matrices():
         g = Grid.of(base, budget)
         own = g.init_options(g.start)
-        exact_top = _exact(model, base, held, budget, own)  # every tuned loop starts there
-        exact_default = _exact(model, base, held, budget, {})
+        exact_top = _cached_exact(model_name, budget, "top", model, base, held, own)
+        exact_default = _cached_exact(model_name, budget, "default", model, base, held, {})
         row["untuned base"] = {"error": _held_error(model, base, held, budget, exact_default)}
         counted = _CountingModel(model)
         t0 = time.perf_counter()
@@ -309,14 +310,36 @@ def baseline_job(model_name: str, budget: int) -> dict:
     return row
 
 
-def _init_worker(net_path):
-    global NET_PATH
+def _cached_exact(model_name, budget, kind, model, sched, held, grid):
+    """:func:`_exact` of the held-out noise, solved once per (model, budget, start) and
+    kept beside the results file (every draw and calibration size shares it)."""
+    if EXACT_DIR is None:
+        return _exact(model, sched, held, budget, grid)
+    net = os.path.splitext(os.path.basename(NET_PATH or ""))[0] if model_name == "net" else ""
+    name = f"exact_{model_name}{net}_{budget}_{kind}_{HELD_SEED}_{HELD_SIZE}.npy"
+    path = os.path.join(EXACT_DIR, name)
+    if os.path.exists(path):
+        return np.load(path)
+    out = _exact(model, sched, held, budget, grid)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, out)
+    os.replace(tmp, path)  # atomic: a worker never reads half a file
+    return out
+
+
+EXACT_DIR = None  # where the held-out exact solutions are cached (the results file's folder)
+
+
+def _init_worker(net_path, exact_dir=None):
+    global NET_PATH, EXACT_DIR
     NET_PATH = net_path
+    EXACT_DIR = exact_dir
 
 
 def run_all(args) -> None:
     if "net" in args.models:  # trained once, here; the workers load it
         net_denoiser(args.net)
+    exact_dir = os.path.dirname(os.path.abspath(args.out))
     done = set()
     if args.baselines:  # baseline rows measured before (they do not depend on the tuner)
         with (
@@ -343,7 +366,9 @@ def run_all(args) -> None:
     jobs.sort(key=lambda j: (j[0] == "tune", j[1][3] if j[0] == "tune" else 0))
     with (
         open(args.out, "a", encoding="utf-8") as out,
-        ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.net,)) as pool,
+        ProcessPoolExecutor(
+            args.jobs, initializer=_init_worker, initargs=(args.net, exact_dir)
+        ) as pool,
     ):
         futures = {
             pool.submit(tune_job if kind == "tune" else baseline_job, *a): (kind, a)
