@@ -25,7 +25,8 @@ shared by the tuners; the cost column is that of ``tuned both`` alone, reference
 included. The held-out noise (1024 samples, seed 7) is never seen by any tuner; its exact
 solutions are solved once per model and budget and kept beside the results file
 (``exact_*.npy``). The exact solution of the network's ODE is solved with its own float64
-forward pass (DOP853, rtol 1e-10). Costs are batch model calls and seconds of one shared core. Usage::
+forward pass (DOP853, rtol 1e-10). Costs are batch model calls and seconds of one shared
+core. Usage::
 
     python benchmarks/tune_coefficients.py [--models gmm digits net] [--budgets 5 10]
         [--calibration 64 256] [--draws 3] [--jobs 2] [--out results.jsonl]
