@@ -192,3 +192,9 @@ def check_tunable(scheduler: Scheduler) -> None:
 def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model, x = (1 - σ) x_0 + σ ε."""
     return scheduler.prediction_type == "flow" or bool(getattr(scheduler, "use_flow_sigmas", False))
+
+
+def flow_shift(scheduler: Scheduler) -> float:
+    """A flow scheduler's static shift s (FlowMatchEuler's ``shift``, the solvers'
+    ``flow_shift``; 1 where it has neither)."""
+    return float(getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0))

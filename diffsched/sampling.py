@@ -123,20 +123,9 @@ def sample(
                               callback=callback, compile=compile, image=image,
                               init_options=init_options)  # fmt: skip
     state, timesteps = scheduler.init(num_steps, noise, key, **init_options)
-    if image is not None:  # image-to-image: the clean image noised to the first call
-        noise = scheduler.add_noise(state, image, noise)
-    else:
-        scale = scheduler.init_noise_scale(num_steps, **init_options)
-        if scale != 1.0:  # the first model input as diffusers forms it (Euler-type, EDM)
-            noise = noise * scale
+    noise = _first_input(scheduler, state, noise, image, num_steps, init_options)
     if compile:
-        if not _ops.is_jax(_ops.namespace(noise)):
-            raise ValueError(
-                f"compile=True compiles the loop with jax.jit and needs JAX arrays, "
-                f"got {type(noise).__name__}"
-            )
-        if callback is not None or progress:
-            raise ValueError("callback and progress run Python per step: not with compile=True")
+        _check_compiled(noise, callback, progress)
         return _compiled_loop(model, scheduler, state, timesteps, noise)
     steps = timesteps
     if progress:
@@ -147,6 +136,26 @@ def sample(
         if callback is not None:
             callback(i, t, x)
     return x
+
+
+def _first_input(scheduler: Scheduler, state, noise, image, num_steps, init_options: dict):
+    """The first model input: the clean ``image`` noised to the first call
+    (image-to-image), else the noise at the scale diffusers forms it (Euler-type, EDM)."""
+    if image is not None:
+        return scheduler.add_noise(state, image, noise)
+    scale = scheduler.init_noise_scale(num_steps, **init_options)
+    return noise * scale if scale != 1.0 else noise
+
+
+def _check_compiled(noise, callback, progress) -> None:
+    """``compile=True`` compiles the loop with jax.jit: JAX arrays, no Python per step."""
+    if not _ops.is_jax(_ops.namespace(noise)):
+        raise ValueError(
+            f"compile=True compiles the loop with jax.jit and needs JAX arrays, "
+            f"got {type(noise).__name__}"
+        )
+    if callback is not None or progress:
+        raise ValueError("callback and progress run Python per step: not with compile=True")
 
 
 def _compiled_loop(model: Model, scheduler: Scheduler, state, timesteps, noise):
@@ -182,19 +191,9 @@ def _adaptive_loop(
             "Guided(cond, uncond, scale, cfg_pp=False) for classic guidance"
         )
     state, _ = scheduler.init(max_calls, noise, key, **init_options)
-    if image is not None:  # image-to-image: the clean image noised to the first call
-        x = scheduler.add_noise(state, image, noise)
-    else:
-        scale = scheduler.init_noise_scale(max_calls, **init_options)
-        x = noise * scale if scale != 1.0 else noise
+    x = _first_input(scheduler, state, noise, image, max_calls, init_options)
     if compile:
-        if not _ops.is_jax(_ops.namespace(noise)):
-            raise ValueError(
-                f"compile=True compiles the loop with jax.jit and needs JAX arrays, "
-                f"got {type(noise).__name__}"
-            )
-        if callback is not None or progress:
-            raise ValueError("callback and progress run Python per step: not with compile=True")
+        _check_compiled(noise, callback, progress)
         import jax
 
         def cond(carry):

@@ -69,7 +69,7 @@ from .core import ops, predictions
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
-from .grids import NAMED_GRIDS, Grid, is_flow, named_sigmas
+from .grids import NAMED_GRIDS, Grid, flow_shift, is_flow, named_sigmas
 from .schedules import sigmas as sigma_schedules
 from .schedules.shifts import checked_mu
 
@@ -643,8 +643,7 @@ class FlowGrid(NamedTuple):
             linear = getattr(scheduler, "time_shift_type", "exponential") == "linear"
             shift = float(mu) if linear else math.exp(mu)
         else:
-            static = getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0)
-            shift = float(static)
+            shift = flow_shift(scheduler)
         grid = FlowGrid(_logit(sig), sigma0, shift, float(_logit(np.array([1e-3]))[0]), mu=mu)
         try:
             calls = scheduler.tableau(num_steps, **grid.init_options(grid.start)).num_calls
@@ -801,8 +800,7 @@ def candidate_flow_bases(scheduler: Scheduler) -> list[Scheduler]:
         kw |= {"use_dynamic_shifting": True,
                "time_shift_type": getattr(scheduler, "time_shift_type", "exponential")}  # fmt: skip
     else:
-        static = getattr(scheduler, "shift", None) or getattr(scheduler, "flow_shift", 1.0)
-        kw["flow_shift"] = float(static)
+        kw["flow_shift"] = flow_shift(scheduler)
     mine = json_config(scheduler)
     out = []
     for order in (3, 2):

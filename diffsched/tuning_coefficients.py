@@ -584,7 +584,7 @@ def model_differences(ours: Scheduler, theirs: Scheduler) -> list[str]:
     schedule (ᾱ), the prediction type, the number of training steps, flow levels and
     their shift. The method, its order and its grid may differ: a tuned table brings its
     own (:func:`diffsched.tune` may pick another base method for the same model)."""
-    from .grids import is_flow
+    from .grids import flow_shift, is_flow
 
     out = []
     for key in ("prediction_type", "num_train_steps"):
@@ -594,8 +594,7 @@ def model_differences(ours: Scheduler, theirs: Scheduler) -> list[str]:
     if is_flow(ours) != is_flow(theirs):
         out.append(f"flow levels: {is_flow(ours)} (tuned) vs {is_flow(theirs)}")
     elif is_flow(ours):
-        a, b = (float(getattr(s, "shift", None) or getattr(s, "flow_shift", 1.0))
-                for s in (ours, theirs))  # fmt: skip
+        a, b = flow_shift(ours), flow_shift(theirs)
         if not math.isclose(a, b, rel_tol=1e-12):
             out.append(f"shift: {a!r} (tuned) vs {b!r}")
     else:

@@ -13,7 +13,6 @@ Observed: dpm_adaptive vs the float64 oracle <= 3e-14 relative, every call's σ 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 
@@ -21,6 +20,7 @@ import numpy as np
 import oracle as summary
 import pytest
 import record_comfy_adaptive as rec
+from test_models import jax_x64
 
 import diffsched as ds
 from diffsched.exact import models, reference
@@ -255,17 +255,6 @@ def test_final_denoise_is_the_step_to_zero():
     plain, _, _, _ = loop(sched.replace(final_denoise=False), flux_model, START, steps=10)
     assert np.abs(plain - at_low).max() < 1e-3
     assert np.abs(plain - out).max() > 1e-2
-
-
-@contextlib.contextmanager
-def jax_x64():
-    import jax
-
-    context = getattr(jax, "enable_x64", None)
-    if context is None:  # older JAX
-        from jax.experimental import enable_x64 as context
-    with context(True):
-        yield
 
 
 def traced_flux_model(x, t):
