@@ -69,7 +69,7 @@ from .core import ops, predictions
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
-from .grids import NAMED_GRIDS, Grid, flow_shift, is_flow, named_sigmas
+from .grids import NAMED_GRIDS, Grid, check_tunable, flow_shift, is_flow, named_sigmas
 from .schedules import sigmas as sigma_schedules
 from .schedules.shifts import checked_mu
 
@@ -126,7 +126,10 @@ def tune(
     ``seed``) and ``bases``: by default (``"auto"``) the tuned table's base may be another
     method for the same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM)
     where its grids clearly do better on the calibration batch
-    (:func:`search_coefficients`).
+    (:func:`search_coefficients`). A scheduler whose ``init`` takes no custom grid (DDIM,
+    DEIS, LMS, PNDM, DPM2) cannot start at the top level the reference starts from: for it
+    ``"grid"`` is refused, and ``"coefficients"`` / ``"both"`` tune one of its bases in
+    its place (the result's ``base_scheduler`` says which).
 
     A flow scheduler with ``use_dynamic_shifting=True`` takes ``mu=`` (the μ its ``init``
     takes, one resolution's shift): the grid is tuned for that μ, and the result carries
@@ -190,6 +193,9 @@ def search_coefficients(
         raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
     _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
+    others = _bases(scheduler, bases)
+    if not is_flow(scheduler):
+        scheduler, others = _stand_in(scheduler, num_steps, others)
     with small_matrices():
         counted = _CountingModel(model)
         if is_flow(scheduler):
@@ -205,7 +211,6 @@ def search_coefficients(
             start = calibration_noise * scheduler.init_noise_scale(None, **own)
             ref = reference or reference_trajectory(counted, scheduler, start, g, candidates,
                                                     substeps)  # fmt: skip
-        others = _bases(scheduler, bases)
         init_options, base = own, scheduler
         scorer = None
         if grid_score == "final" and fit_options.get("calls", "all") in ("all", "final"):
@@ -397,6 +402,34 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
             )
         )
     return results
+
+
+def _stand_in(scheduler: Scheduler, num_steps: int,
+              others: list[Scheduler]) -> tuple[Scheduler, list[Scheduler]]:  # fmt: skip
+    """(the method whose table is tuned first, the other bases): ``scheduler``, or where its
+    ``init`` takes no custom grid (DDIM, DEIS, LMS, PNDM: diffusers' classes that set their
+    own timesteps) the first of ``others`` that does. Such a loop cannot start at the top
+    level the reference starts from, so it cannot be scored against it; a tuned table of
+    another method for the same model is what ``tune="coefficients"`` / ``"both"`` can
+    give (the result's ``base`` says which)."""
+    check_tunable(scheduler)
+    try:
+        Grid.of(scheduler, num_steps)
+        return scheduler, others
+    except TypeError as err:
+        usable = []
+        for other in others:
+            try:
+                Grid.of(other, num_steps)
+            except (TypeError, ValueError):
+                continue
+            usable.append(other)
+        if not usable:
+            raise TypeError(
+                f"{err}; tune='coefficients' or 'both' tunes another method's table for the "
+                "same model in its place, with bases='auto' or a list of methods that take one"
+            ) from None
+        return usable[0], usable[1:]
 
 
 def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:

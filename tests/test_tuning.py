@@ -207,6 +207,28 @@ def test_deis_and_pndm_are_refused_for_their_grid(sched):
         tune(never_called, sched, STEPS, CALIBRATION)
 
 
+@pytest.mark.parametrize("sched", [ds.DDIM(**SD), ds.PNDM(**SD)])
+def test_a_scheduler_without_custom_grid_has_a_base_tuned_in_its_place(sched):
+    # its loop cannot start at the reference's top level: tune="coefficients" / "both" tune
+    # the table of one of its bases (another method for the same model) in its place, and
+    # with no base to take it the refusal says so
+    model = cli.exact_model(sched, "gmm")
+    for mode in ("coefficients", "both"):
+        tuned = tune(model, sched, STEPS, CALIBRATION, tune=mode, max_evaluations=20)
+        assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
+        base = tuned.base_scheduler
+        assert type(base) in (ds.UniPC, ds.DPMSolverMultistep, ds.VariableIPNDM)
+        assert np.array_equal(base.alphas_cumprod, sched.alphas_cumprod)
+        assert base.prediction_type == sched.prediction_type
+        # the own loop's held-out error against the tuned table's, each to its exact solution
+        assert (
+            cli.run(tuned, "gmm", STEPS, HELD_OUT).error
+            < cli.run(sched, "gmm", STEPS, HELD_OUT).error
+        )
+    with pytest.raises(TypeError, match=r"custom grid.*in its place, with bases='auto'"):
+        tune(never_called, sched, STEPS, CALIBRATION, tune="both", bases=None)
+
+
 @pytest.mark.parametrize(
     "sched",
     [

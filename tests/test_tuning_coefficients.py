@@ -198,6 +198,31 @@ def test_save_load_round_trip_and_refusals(tuned, tmp_path):
         ds.load_tuned(tmp_path / "bad.json")
 
 
+def test_a_two_call_step_has_one_weight_row_per_model_call(tmp_path):
+    # Heun calls the model twice a step (2N - 1 calls in N steps): the tuned table keeps a
+    # row of weights per call, runs in the engine as in the fit's own loop, and saves and
+    # loads; weights that do not fill whole rows are refused
+    base = ds.Heun(**SD)
+    steps = 3
+    model = cli.exact_model(base, "gmm")
+    result = search_coefficients(model, base, steps, CALIBRATION, grid=False, bases=None)
+    tuned = result.scheduler
+    calls = base.tableau(steps).num_calls
+    assert calls == 2 * steps - 1
+    assert tuned.weights is not None and tuned.weight_table().shape[0] == calls
+    assert result.error < result.start_error
+    grid = Grid.of(base, steps)
+    start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
+    ref = reference_trajectory(model, base, start, grid)
+    out = np.asarray(ds.sample(model, tuned, CALIBRATION, steps))
+    assert relative_error(out, ref.final) == pytest.approx(result.error, rel=1e-9)
+    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "heun.json", tuned), num_steps=steps)
+    assert loaded == tuned
+    rows = tuned.weight_table()
+    with pytest.raises(ValueError, match=rf"one row of equal length per model call .*{calls} rows"):
+        ds.Tuned(base=base, tuned_steps=steps, weights=rows.ravel()[:-1].tolist())
+
+
 def test_tune_dispatch_and_refusals():
     base = ds.DPMSolverMultistep(**SD)
     model = cli.exact_model(base, "gmm")

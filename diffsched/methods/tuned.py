@@ -129,8 +129,8 @@ class Tuned(BaseScheduler):
     )  # fmt: skip
     weights: tuple[float, ...] | None = option(
         None,
-        "the corrections δ of eq. (1), row by row: tuned_steps rows of L + 1 weights of the "
-        "x̂_0 of this call and of the L calls before",
+        "the corrections δ of eq. (1), row by row: one row per model call of the base's "
+        "tuned_steps-step loop, L + 1 weights of the x̂_0 of this call and of the L calls before",
         nullable=True,
     )
     grid_mu: float | None = option(
@@ -169,22 +169,25 @@ class Tuned(BaseScheduler):
                 f"{owner} option grid_timesteps must have tuned_steps = {n} values, "
                 f"got: {len(self.grid_timesteps)}"
             )
-        if self.weights is not None:
-            if len(self.weights) % n or not self.weights:
-                raise ValueError(
-                    f"{owner} option weights must have tuned_steps = {n} rows of equal length, "
-                    f"got {len(self.weights)} numbers"
-                )
-            w = self.weight_table()
-            early = np.triu(np.ones((n, w.shape[1]), bool), 1)  # lag j > call n
-            if np.any(w[early] != 0):
-                raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
         base = self._make_base()  # a bad base config: its own error, now
         if self.grid_mu is not None and not getattr(base, "use_dynamic_shifting", False):
             raise ValueError(
                 f"{owner} option grid_mu needs a base with use_dynamic_shifting=True, got "
                 f"{type(base).__name__} without"
             )
+        calls = n
+        if self.weights is not None:  # one row per model call (two per step for Heun)
+            calls = base.tableau(n, **self.grid_options).num_calls
+            if len(self.weights) % calls:
+                raise ValueError(
+                    f"{owner} option weights must have one row of equal length per model call "
+                    f"of the base's {n}-step loop ({calls} rows), got {len(self.weights)} numbers"
+                )
+            w = np.asarray(self.weights, dtype=np.float64).reshape(calls, -1)
+            early = np.triu(np.ones(w.shape, bool), 1)  # lag j > call n
+            if np.any(w[early] != 0):
+                raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
+        object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_base_instance", base)  # plain attributes: compilers trace
         object.__setattr__(self, "_base_processes", bool(base.processes_x0))  # them directly
         object.__setattr__(self, "_base_deterministic", bool(base.deterministic))
@@ -220,10 +223,10 @@ class Tuned(BaseScheduler):
         return {}
 
     def weight_table(self) -> np.ndarray:
-        """The corrections δ of eq. (1): (tuned_steps, L + 1); zeros(N, 1) if none."""
+        """The corrections δ of eq. (1): (model calls, L + 1); zeros(N, 1) if none."""
         if self.weights is None:
             return np.zeros((max(self.tuned_steps, 1), 1))
-        return np.asarray(self.weights, dtype=np.float64).reshape(self.tuned_steps, -1)
+        return np.asarray(self.weights, dtype=np.float64).reshape(self._calls, -1)
 
     @property
     def deterministic(self) -> bool:
