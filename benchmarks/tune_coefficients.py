@@ -2,9 +2,12 @@
 models and a small trained network, on held-out noise.
 
 Per model (``gmm`` and ``digits``: exact; ``net``: a small MLP denoiser of the digits data
-trained here, see :class:`NetDenoiser`), budget of model calls (5, 10), calibration size
-(64, 256) and calibration draw (3 seeds), tuning UniPC (bh2, order 2, Stable Diffusion 1.5's
-schedule):
+trained here, see :class:`NetDenoiser`; ``gmm64`` and ``gmm64-far``: exact mixtures of 8
+Gaussians with full covariances in 64 dimensions, :data:`FULL_MIXTURES`), budget of model
+calls (5, 10), calibration size (64, 256) and calibration draw (3 seeds), tuning UniPC
+(bh2, order 2, Stable Diffusion 1.5's schedule; ``--prediction v`` or ``v-zero-snr``: its
+v-prediction config, or that on zero terminal SNR with trailing spacing, and every
+diffusers candidate the same way):
 
 * ``diffusers' best``: the least error over ``diffsched.cli.BEST_CANDIDATES`` (every
   deterministic diffusers class with every σ option and trailing spacing), run by our
@@ -28,9 +31,9 @@ solutions are solved once per model and budget and kept beside the results file
 forward pass (DOP853, rtol 1e-10). Costs are batch model calls and seconds of one shared
 core. Usage::
 
-    python benchmarks/tune_coefficients.py [--models gmm digits net] [--budgets 5 10]
-        [--calibration 64 256] [--draws 3] [--jobs 2] [--out results.jsonl]
-        [--baselines earlier.jsonl]
+    python benchmarks/tune_coefficients.py [--models gmm digits net gmm64 gmm64-far]
+        [--budgets 5 10] [--calibration 64 256] [--draws 3] [--jobs 2]
+        [--prediction epsilon|v|v-zero-snr] [--out results.jsonl] [--baselines earlier.jsonl]
     python benchmarks/tune_coefficients.py --table results.jsonl
 """
 
@@ -53,6 +56,30 @@ import numpy as np  # noqa: E402
 HELD_SEED, HELD_SIZE = 7, 1024
 BASE = "unipc:beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
 NET_PATH = None  # the trained network's weights (.npz), set by run_all for the workers
+PREDICTION = "epsilon"  # the config's prediction type (--prediction), set for the workers
+PREDICTIONS = {  # --prediction -> the options every config takes (trailing spacing apart)
+    "epsilon": "",
+    "v": ",prediction_type=angular_velocity",
+    "v-zero-snr": ",prediction_type=angular_velocity,rescale_betas_zero_snr=true",
+}
+# exact mixtures with full covariances in 64 dimensions: means apart by about 5 (gmm64) or
+# 11 (gmm64-far) against standard deviations 0.1-0.6; on the far one the error of a few-step
+# loop is mostly a few samples that end in another component than the exact solution
+FULL_MIXTURES = {
+    "gmm64": {"n_components": 8, "dim": 64, "seed": 0, "mean_scale": 0.5,
+              "std_range": (0.1, 0.6), "covariance": "full"},
+    "gmm64-far": {"n_components": 8, "dim": 64, "seed": 0, "mean_scale": 1.0,
+                  "std_range": (0.1, 0.6), "covariance": "full"},
+}  # fmt: skip
+
+
+def spec(text: str) -> str:
+    """A scheduler spec with :data:`PREDICTION`'s options (zero terminal SNR: trailing
+    spacing, as diffusers requires)."""
+    extra = PREDICTIONS[PREDICTION]
+    if "zero_snr" in extra and "timestep_spacing=" not in text:
+        extra += ",timestep_spacing=trailing"
+    return text + extra
 
 
 # -- the trained network -------------------------------------------------------------------
@@ -169,12 +196,16 @@ def model_for(sched, name: str, net_path: str | None = None):
     from diffsched import cli
     from diffsched.exact import models
 
-    if name != "net":
+    if name not in ("net", *FULL_MIXTURES):
         return cli.exact_model(sched, name)
+    if name == "net":
+        denoiser = net_denoiser(net_path)
+    else:
+        denoiser = models.GaussianMixture(**FULL_MIXTURES[name])
     original = models.make_denoiser
-    models.make_denoiser = lambda *args, **kwargs: net_denoiser(net_path)
+    models.make_denoiser = lambda *args, **kwargs: denoiser
     try:
-        return cli.exact_model(sched, "digits")
+        return cli.exact_model(sched, "digits" if name == "net" else "gmm")
     finally:
         models.make_denoiser = original
 
@@ -182,6 +213,8 @@ def model_for(sched, name: str, net_path: str | None = None):
 def noise_for(name: str, num: int, seed: int) -> np.ndarray:
     from diffsched import cli
 
+    if name in FULL_MIXTURES:
+        return np.random.default_rng(seed).standard_normal((num, FULL_MIXTURES[name]["dim"]))
     return cli.make_noise("digits" if name == "net" else name, num, seed)
 
 
@@ -213,11 +246,12 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
         search_coefficients,
     )
 
-    _, base, _ = cli.parse_spec(BASE)
+    _, base, _ = cli.parse_spec(spec(BASE))
     model = model_for(base, model_name, NET_PATH)
     cal = noise_for(model_name, calibration, 100 + draw)
     held = noise_for(model_name, HELD_SIZE, HELD_SEED)
-    row = {"model": model_name, "budget": budget, "calibration": calibration, "draw": draw}
+    row = {"model": model_name, "budget": budget, "calibration": calibration, "draw": draw,
+           "prediction": PREDICTION}  # fmt: skip
     with small_matrices():
         g = Grid.of(base, budget)
         own = g.init_options(g.start)
@@ -265,10 +299,10 @@ def baseline_job(model_name: str, budget: int) -> dict:
     from diffsched.grids import named_grid
 
     held = noise_for(model_name, HELD_SIZE, HELD_SEED)
-    row = {"model": model_name, "budget": budget, "baseline": True}
+    row = {"model": model_name, "budget": budget, "baseline": True, "prediction": PREDICTION}
     best = {"diffusers": (np.inf, ""), "ours untuned": (np.inf, "")}
     exact: dict = {}
-    data_name = "digits" if model_name == "net" else model_name
+    data_name = {"net": "digits", **dict.fromkeys(FULL_MIXTURES, "gmm")}.get(model_name, model_name)
 
     def error(sched, steps, grid):
         grid = grid or {}
@@ -283,8 +317,11 @@ def baseline_job(model_name: str, budget: int) -> dict:
         return float(np.linalg.norm(out - exact[key]) / np.linalg.norm(exact[key]))
 
     with small_matrices():
-        for spec in cli.BEST_CANDIDATES:
-            _, sched, options = cli.parse_spec(spec)
+        for text in cli.BEST_CANDIDATES:
+            try:
+                _, sched, options = cli.parse_spec(spec(text))
+            except cli.UsageError:  # a class without this prediction config
+                continue
             sched, _ = cli.adapt_to_model(sched, data_name, options)
             steps = cli._steps_for(sched, budget)
             if steps is None:
@@ -294,19 +331,19 @@ def baseline_job(model_name: str, budget: int) -> dict:
             except Exception:  # a config that cannot run this budget
                 continue
             if err < best["diffusers"][0]:
-                best["diffusers"] = (err, cli._short(spec))
-        for spec, grid_name in cli.OURS_CANDIDATES:
-            _, sched, _ = cli.parse_spec(spec)
+                best["diffusers"] = (err, cli._short(text))
+        for text, grid_name in cli.OURS_CANDIDATES:
             try:
+                _, sched, _ = cli.parse_spec(spec(text))
                 grid = None if grid_name is None else named_grid(grid_name, sched, budget)
                 err = error(sched, budget, grid)
             except Exception:
                 continue
             if err < best["ours untuned"][0]:
-                name = cli._short(spec) + (f" --grid {grid_name}" if grid_name else "")
+                name = cli._short(text) + (f" --grid {grid_name}" if grid_name else "")
                 best["ours untuned"] = (err, name)
-    for kind, (err, spec) in best.items():
-        row[kind] = {"error": err, "spec": spec}
+    for kind, (err, name) in best.items():
+        row[kind] = {"error": err, "spec": name}
     row["exact solves"] = len(exact)
     return row
 
@@ -317,7 +354,8 @@ def _cached_exact(model_name, budget, kind, model, sched, held, grid):
     if EXACT_DIR is None:
         return _exact(model, sched, held, budget, grid)
     net = os.path.splitext(os.path.basename(NET_PATH or ""))[0] if model_name == "net" else ""
-    name = f"exact_{model_name}{net}_{budget}_{kind}_{HELD_SEED}_{HELD_SIZE}.npy"
+    variant = "" if PREDICTION == "epsilon" else f"_{PREDICTION}"
+    name = f"exact_{model_name}{net}{variant}_{budget}_{kind}_{HELD_SEED}_{HELD_SIZE}.npy"
     path = os.path.join(EXACT_DIR, name)
     if os.path.exists(path):
         return np.load(path)
@@ -331,10 +369,11 @@ def _cached_exact(model_name, budget, kind, model, sched, held, grid):
 EXACT_DIR = None  # where the held-out exact solutions are cached (the results file's folder)
 
 
-def _init_worker(net_path, exact_dir=None):
-    global NET_PATH, EXACT_DIR
+def _init_worker(net_path, exact_dir=None, prediction="epsilon"):
+    global NET_PATH, EXACT_DIR, PREDICTION
     NET_PATH = net_path
     EXACT_DIR = exact_dir
+    PREDICTION = prediction
 
 
 def run_all(args) -> None:
@@ -350,7 +389,9 @@ def run_all(args) -> None:
             for line in f:
                 row = json.loads(line) if line.strip() else {}
                 key = (row.get("model"), row.get("budget"))
-                if row.get("baseline") and key[0] in args.models and key[1] in args.budgets:
+                same = row.get("prediction", "epsilon") == args.prediction
+                wanted = key[0] in args.models and key[1] in args.budgets
+                if row.get("baseline") and same and wanted:
                     out.write(json.dumps(row) + "\n")
                     done.add(key)
     jobs = [("baseline", (m, b)) for m in args.models for b in args.budgets
@@ -368,7 +409,7 @@ def run_all(args) -> None:
     with (
         open(args.out, "a", encoding="utf-8") as out,
         ProcessPoolExecutor(
-            args.jobs, initializer=_init_worker, initargs=(args.net, exact_dir)
+            args.jobs, initializer=_init_worker, initargs=(args.net, exact_dir, args.prediction)
         ) as pool,
     ):
         futures = {
@@ -440,6 +481,8 @@ def main(argv=None) -> None:
     p.add_argument("--calibration", nargs="+", type=int, default=[64, 256])
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--prediction", choices=list(PREDICTIONS), default="epsilon",
+                   help="the configs' prediction type (v-zero-snr: zero terminal SNR)")  # fmt: skip
     p.add_argument(
         "--net",
         default="tune_coefficients_net.npz",

@@ -370,11 +370,25 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
             if levels is not None:
                 tried[i, name] = levels
                 scored[i, name] = error(sched, g, levels)
+    return _refined(error, grids, tried, scored, refine, max_evaluations, tolerance, counted, t0)
+
+
+def _refined(error: Callable, grids: dict, tried: dict, scored: dict[Any, Score], refine: int,
+             max_evaluations: int, tolerance: float, counted: _CountingModel,
+             t0: float) -> list[TuneResult]:  # fmt: skip
+    """The search's last stages, for either kind of grid (:class:`Grid`,
+    :class:`FlowGrid`): from the starts scored (``scored[i, name]``, their levels
+    ``tried[i, name]``, method i's ``grids[i] = (scheduler, grid)``, 0 the scheduler's own)
+    the best is picked (:func:`_pick_start`), and the ``refine`` - 1 next methods' best as
+    well; each is refined by :func:`_coordinate_search` and replaces the own grid only as
+    :func:`_kept` allows."""
     best_key = _pick_start(scored, (0, "own"))
     keys = [best_key]
     for i in sorted(grids, key=lambda i: min(e.error for k, e in scored.items() if k[0] == i)):
         if len(keys) < refine and i != best_key[0]:
             keys.append(min((k for k in scored if k[0] == i), key=lambda k: scored[k].error))
+    scheduler, grid = grids[0]
+    own = scored[0, "own"]
     results = []
     for rank, key in enumerate(keys):
         sched, g = grids[key[0]]
@@ -386,15 +400,15 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
             max_evaluations if rank == 0 else max_evaluations // 4,
             tolerance,
         )
-        if not _kept(best, scored[0, "own"], key == (0, "own")):  # the own grid
+        if not _kept(best, own, key == (0, "own")):  # the own grid
             if any(r.base is scheduler for r in results):
                 continue
-            sched, g, levels, best = scheduler, grid, own, scored[0, "own"]
+            sched, g, levels, best = scheduler, grid, grid.start, own
         results.append(
             TuneResult(
                 init_options=g.init_options(levels),
-                start_options=grid.init_options(own),
-                start_error=scored[0, "own"].error,
+                start_options=grid.init_options(grid.start),
+                start_error=own.error,
                 error=best.error,
                 model_calls=counted.calls,
                 seconds=time.perf_counter() - t0,
@@ -801,24 +815,7 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
             out = to_numpy64(sample(counted, sched, calibration_noise, num_steps, **extra))
             scored[i, "own"] = Score.of(out, ref.final)
         tried[i, "own"] = own
-    own_error = scored[0, "own"]
-    key = _pick_start(scored, (0, "own"))
-    sched, g = grids[key[0]]
-    levels, best = _coordinate_search(
-        lambda lv: error(sched, g, lv), g, tried[key], scored[key], max_evaluations, tolerance
-    )
-    options = g.init_options(levels)
-    if not _kept(best, own_error, key == (0, "own")):  # the own grid, unless clearly beaten
-        sched, options, best = scheduler, grid.init_options(grid.start), own_error
-    return TuneResult(
-        init_options=options,
-        start_options=grid.init_options(grid.start),
-        start_error=own_error.error,
-        error=best.error,
-        model_calls=counted.calls,
-        seconds=time.perf_counter() - t0,
-        base=sched,
-    )
+    return _refined(error, grids, tried, scored, 1, max_evaluations, tolerance, counted, t0)[0]
 
 
 def candidate_flow_bases(scheduler: Scheduler) -> list[Scheduler]:

@@ -11,8 +11,9 @@ provided:
   x_0 uniform over the rows y_i of the data, Bayes' rule gives
   p(i | x_t) ∝ exp(-|x_t - sqrt(ᾱ) y_i|² / (2 (1-ᾱ))), so E[x_0 | x_t] = Σ_i softmax_i y_i
   (Karras et al. 2022, app. B.3, "ideal denoiser").
-* :class:`GaussianMixture`: a mixture of isotropic Gaussians, for which the posterior over
-  components and the per-component posterior mean are Gaussian conditioning formulas.
+* :class:`GaussianMixture`: a mixture of Gaussians (isotropic, or with full covariances),
+  for which the posterior over components and the per-component posterior mean are
+  Gaussian conditioning formulas.
 
 All denoising code is written against the array API standard (``array_api_compat``), so the
 same model runs on NumPy, PyTorch and JAX arrays, float32 or float64, eagerly or under
@@ -316,14 +317,20 @@ def _spread_points(
 
 @dataclass(frozen=True)
 class GaussianMixture:
-    """A mixture Σ_k w_k N(μ_k, s_k² I) in ``dim`` dimensions, drawn deterministically.
+    """A mixture Σ_k w_k N(μ_k, Σ_k) in ``dim`` dimensions, drawn deterministically.
 
     From ``np.random.default_rng(seed)``: means μ_k spread over [-mean_scale, mean_scale]^dim
     (best of 32 uniform candidates each, see :func:`_spread_points`), standard deviations s_k
     uniform in ``std_range``, weights w ~ Dirichlet(5, ..., 5) (all components visible). With
     the defaults the clusters are well separated and the data lie within about [-3, 3].
 
-    Parameters are the read-only arrays ``means`` (K, dim), ``stds`` (K,), ``weights`` (K,).
+    ``covariance="isotropic"`` (the default): Σ_k = s_k² I. ``"full"``: Σ_k = U_k diag(s_k²)
+    U_kᵀ, the ``dim`` standard deviations s_k of each component drawn uniform in
+    ``std_range`` and U_k a random rotation (the Q of a Gaussian matrix's QR, its columns'
+    signs fixed by R's diagonal: Haar-distributed), drawn after the isotropic parameters.
+
+    Parameters are the read-only arrays ``means`` (K, dim), ``stds`` (K,) or (K, dim) and
+    ``weights`` (K,), and for ``"full"`` ``rotations`` (K, dim, dim), U_k.
     """
 
     n_components: int = 8
@@ -331,9 +338,11 @@ class GaussianMixture:
     seed: int = 0
     mean_scale: float = 1.8
     std_range: tuple[float, float] = (0.05, 0.3)
+    covariance: str = "isotropic"
     means: np.ndarray = field(init=False, repr=False, compare=False)
     stds: np.ndarray = field(init=False, repr=False, compare=False)
     weights: np.ndarray = field(init=False, repr=False, compare=False)
+    rotations: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)
     _cache: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -346,11 +355,20 @@ class GaussianMixture:
         if not (0 < low <= high < math.inf):
             raise ValueError(f"std_range must be (low, high) with 0 < low <= high, got {low, high}")
         rng = np.random.default_rng(seed)
+        if self.covariance not in ("isotropic", "full"):
+            raise ValueError(f"covariance must be 'isotropic' or 'full', got {self.covariance!r}")
         params = {
             "means": _spread_points(rng, k, dim, self.mean_scale),
             "stds": rng.uniform(low, high, size=k),
             "weights": rng.dirichlet(np.full(k, 5.0)),
         }
+        if self.covariance == "full":  # after the isotropic draws: those stay as they were
+            params["stds"] = rng.uniform(low, high, size=(k, dim))
+            rotations = []
+            for _ in range(k):
+                q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+                rotations.append(q * np.where(np.diag(r) < 0, -1.0, 1.0))
+            params["rotations"] = np.stack(rotations)
         for name, value in params.items():
             value.setflags(write=False)
             object.__setattr__(self, name, value)
@@ -361,7 +379,10 @@ class GaussianMixture:
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         k = rng.choice(self.n_components, size=n, p=self.weights)
-        return self.means[k] + self.stds[k, None] * rng.standard_normal((n, self.dim))
+        z = rng.standard_normal((n, self.dim))
+        if self.rotations is None:
+            return self.means[k] + self.stds[k, None] * z
+        return self.means[k] + np.einsum("nij,nj->ni", self.rotations[k], self.stds[k] * z)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The mixture's mean (dim,) and covariance (dim, dim), float64:
@@ -371,7 +392,11 @@ class GaussianMixture:
         mean = self.weights @ self.means
         centred = self.means - mean
         cov = (centred.T * self.weights) @ centred
-        cov += float(self.weights @ self.stds**2) * np.eye(self.dim)
+        if self.rotations is None:
+            cov += float(self.weights @ self.stds**2) * np.eye(self.dim)
+        else:  # Σ_k w_k U_k diag(s_k²) U_kᵀ
+            cov += np.einsum("k,kij,kj,klj->il", self.weights, self.rotations, self.stds**2,
+                             self.rotations)  # fmt: skip
         return mean, cov
 
     def posterior_mean(self, x_t: Array, alpha_bar: Array | float) -> Array:
@@ -380,12 +405,18 @@ class GaussianMixture:
         Given component k, x_t ~ N(sqrt(ᾱ) μ_k, v_k I) with v_k = ᾱ s_k² + 1 - ᾱ, so the
         responsibilities are r_k ∝ w_k v_k^(-dim/2) exp(-|x_t - sqrt(ᾱ) μ_k|² / (2 v_k))
         (normalised by a stable log-sum-exp), and Gaussian conditioning gives
-        E[x_0 | x_t, k] = μ_k + sqrt(ᾱ) s_k² / v_k (x_t - sqrt(ᾱ) μ_k).
+        E[x_0 | x_t, k] = μ_k + sqrt(ᾱ) s_k² / v_k (x_t - sqrt(ᾱ) μ_k). With full
+        covariances the same holds axis by axis in each component's eigenbasis: with
+        p = U_kᵀ (x_t - sqrt(ᾱ) μ_k) and v_kj = ᾱ s_kj² + 1 - ᾱ,
+        r_k ∝ w_k Π_j v_kj^(-1/2) exp(-Σ_j p_j² / (2 v_kj)) and
+        E[x_0 | x_t, k] = μ_k + U_k (sqrt(ᾱ) s_k² / v_k ⊙ p).
         Returns Σ_k r_k E[x_0 | x_t, k], of the shape/dtype/backend/device of ``x_t``.
         """
         xp, device = _namespace(x_t, "x_t")
         flat = _flatten_batch(xp, x_t, self.dim, "x_t")
         a = _alpha_bar_array(alpha_bar, xp, x_t.dtype, device)
+        if self.rotations is not None:
+            return xp.reshape(self._full_mean(xp, flat, a, device), x_t.shape)
         means, variances, log_weights = _converted(
             self._cache,
             (self.means, self.stds**2, np.log(self.weights)),
@@ -404,6 +435,28 @@ class GaussianMixture:
         conditional = xp.reshape(means, (1, k, dim)) + gain * diff  # (B, K, dim)
         mean = xp.sum(xp.reshape(resp, (-1, k, 1)) * conditional, axis=1)
         return xp.reshape(mean, x_t.shape)
+
+    def _full_mean(self, xp, flat: Array, a: Array, device: Any) -> Array:
+        """:meth:`posterior_mean` of ``flat`` (B, dim) with full covariances."""
+        means, variances, log_weights, rotations = _converted(
+            self._cache,
+            (self.means, self.stds**2, np.log(self.weights), self.rotations),
+            xp,
+            flat.dtype,
+            device,
+        )
+        k, dim = self.n_components, self.dim
+        sqrt_a = xp.sqrt(a)
+        diff = xp.reshape(flat, (1, -1, dim)) - sqrt_a * xp.reshape(means, (k, 1, dim))  # (K, B, D)
+        proj = xp.matmul(diff, rotations)  # p = U_kᵀ (x - sqrt(ᾱ) μ_k), row-wise: (K, B, D)
+        v = a * variances + (1 - a)  # (K, D)
+        sq = xp.sum(proj * proj / xp.reshape(v, (k, 1, dim)), axis=2)  # (K, B)
+        logits = xp.reshape(log_weights - 0.5 * xp.sum(xp.log(v), axis=1), (k, 1)) - sq / 2
+        resp = _softmax_rows(xp, xp.permute_dims(logits, (1, 0)))  # (B, K)
+        gain = xp.reshape(sqrt_a * variances / v, (k, 1, dim))
+        shift = xp.matmul(gain * proj, xp.permute_dims(rotations, (0, 2, 1)))  # U_k (g ⊙ p)
+        conditional = xp.reshape(means, (k, 1, dim)) + shift  # (K, B, D)
+        return xp.sum(xp.permute_dims(resp, (1, 0))[..., None] * conditional, axis=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -600,7 +653,8 @@ def _check_name(name: Any) -> str:
 
 
 def _check_kwargs(name: str, kwargs: dict) -> None:
-    allowed = () if name == "digits" else ("n_components", "dim", "seed", "mean_scale", "std_range")
+    allowed = () if name == "digits" else ("n_components", "dim", "seed", "mean_scale", "std_range",
+                                           "covariance")  # fmt: skip
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"model {name!r} accepts keyword arguments {allowed}, got {unknown}")
