@@ -110,7 +110,9 @@ def null_basis(lams: np.ndarray, moments: int) -> np.ndarray:
     call first, then the earlier ones) whose moments Σ δ_j (λ_j - λ_0)^k vanish for
     k < ``moments``."""
     k = len(lams)
-    rows = [(lams - lams[0]) ** p for p in range(min(moments, k))]
+    with np.errstate(invalid="ignore"):  # λ = -inf: the zero-SNR top level, held by no moment
+        gaps = np.nan_to_num(lams - lams[0], nan=0.0, posinf=0.0, neginf=0.0)
+    rows = [np.ones(k) if p == 0 else gaps**p for p in range(min(moments, k))]
     if not rows:
         return np.eye(k)
     c = np.array(rows, dtype=np.float64)

@@ -7,6 +7,7 @@ did, and it saves and loads as a file that refuses another config.
 from __future__ import annotations
 
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +197,36 @@ def test_save_load_round_trip_and_refusals(tuned, tmp_path):
     (tmp_path / "bad.json").write_text('{"sigmas": [1, 0]}', encoding="utf-8")
     with pytest.raises(ValueError, match="not a tuned table"):
         ds.load_tuned(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_full_covariance_mixture_v_prediction_and_zero_terminal_snr(zero_snr):
+    # an exact mixture with full covariances in 16 dimensions, v-prediction, and on zero
+    # terminal SNR (σ = inf at the first call, trailing spacing): tune="both" runs without a
+    # numerical warning and lowers the held-out error (measured, seeds 0-2: 0.21-0.24 ->
+    # 0.015-0.057)
+    from diffsched.exact.models import GaussianMixture, model_for
+
+    gmm = GaussianMixture(n_components=6, dim=16, seed=1, mean_scale=0.8, std_range=(0.1, 0.6),
+                          covariance="full")  # fmt: skip
+    kw = {**SD, "prediction_type": "angular_velocity"}
+    if zero_snr:
+        kw |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    sched = ds.UniPC(**kw)
+    model = model_for(gmm, sched.alphas_cumprod, sched.prediction_type)
+    rng = np.random.default_rng(11)
+    cal, held = rng.standard_normal((64, 16)), rng.standard_normal((256, 16))
+    steps = 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tuned = ds.tune(model, sched, steps, cal, tune="both")
+
+    def error(s):
+        out = np.asarray(ds.sample(model, s, held, steps))
+        exact, _ = cli.exact_solution(s, model, held * s.init_noise_scale(steps), steps)
+        return float(np.linalg.norm(out - exact) / np.linalg.norm(exact))
+
+    assert error(tuned) < 0.5 * error(sched)
 
 
 def test_a_two_call_step_has_one_weight_row_per_model_call(tmp_path):

@@ -36,9 +36,11 @@ SIGMA_SCHEDULES = ("karras", "exponential", "beta", *AYS_SCHEDULES, *COMFY_SCHED
 
 
 def from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t), float64, ascending in t."""
+    """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t), float64, ascending in t (inf where ᾱ_t = 0: zero
+    terminal SNR)."""
     acp = np.asarray(alphas_cumprod, dtype=np.float64)
-    return np.sqrt((1.0 - acp) / acp)
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1.0 - acp) / acp)
 
 
 def alpha_bar_of(sigma: np.ndarray | float) -> np.ndarray | float:
