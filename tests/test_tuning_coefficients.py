@@ -376,6 +376,19 @@ def test_dynamic_shift_refusals():
         ds.Tuned(base=dynamic, tuned_steps=2, grid_mu=1.0)
 
 
+def test_a_flow_scheduler_tunes_on_float32_torch_noise():
+    # the flow reference passes each level's timestep as a 0-d array of the noise's dtype
+    # (a float64 -> float32 cast torch refused on a 0-d NumPy array)
+    model = flow_model()
+    sched = ds.FlowMatchEuler(shift=3.0)
+    noise = torch.from_numpy(CALIBRATION[:16]).float()
+    grid = ds.tune(model, sched, 4, noise, max_evaluations=5)
+    tuned = ds.tune(model, sched, 4, noise, tune="both", max_evaluations=5)
+    for s, n, kw in ((sched, None, grid), (tuned, 4, {})):
+        out = ds.sample(model, s, noise, n, **kw)
+        assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+
+
 def test_flow_bases_compete_for_a_flow_scheduler():
     """With ``bases="auto"`` a flow scheduler's table may take UniPC on flow σ's of the
     same shift as its base (candidate_flow_bases), where its grids do clearly better: for

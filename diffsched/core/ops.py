@@ -85,6 +85,10 @@ def index_dtype(xp):
 def asarray(xp, values: np.ndarray, dtype, like: Array) -> Array:
     """A host NumPy array copied to the backend, dtype and device of ``like``: always a new
     array (never a view of ``values``, which may be shared)."""
+    values = np.asarray(values)
+    if values.ndim == 0:  # torch refuses to cast a 0-d NumPy array on copy (float64 -> 32)
+        one = xp.asarray(values.reshape(1), dtype=dtype, device=device(like), copy=True)
+        return xp.reshape(one, ())
     return xp.asarray(values, dtype=dtype, device=device(like), copy=True)
 
 
