@@ -668,15 +668,25 @@ def inverse_refusal(name: str) -> str:
             "it and reports the reconstruction error")  # fmt: skip
 
 
-def tune_refusal(scheduler: Scheduler, num_steps: int = 6) -> str | None:
-    """Why ``tune`` cannot take this scheduler config (None if it can)."""
+def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -> str | None:
+    """Why ``tune --tune {tune}`` cannot take this scheduler config (None if it can). A
+    scheduler without a custom grid (DDIM, DEIS, LMS, PNDM) takes ``coefficients`` and
+    ``both``, which tune one of its bases in its place (:func:`diffsched.tune`)."""
     from .grids import Grid
+    from .tuning import _stand_in, candidate_bases
 
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"
     try:
         Grid.of(scheduler, num_steps)
-    except (TypeError, ValueError) as err:
+    except TypeError as err:
+        try:
+            _stand_in(scheduler, num_steps, candidate_bases(scheduler))
+        except (TypeError, ValueError):
+            return str(err)
+        if tune == "grid":
+            return f"{err} (--tune coefficients or both tune one of its bases in its place)"
+    except ValueError as err:
         return str(err)
     return None
 
@@ -871,7 +881,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if note:
             print(note)
     check_loop(scheduler, args.steps, {}, "--steps")
-    refusal = tune_refusal(scheduler, args.steps)
+    refusal = tune_refusal(scheduler, args.steps, args.tune)
     if refusal is not None:
         tunable = [n for n, c in SCHEDULERS.items() if commands_of(n)["tune"] is None]
         raise UsageError(f"{'--config ' + args.config if name is None else name}: {refusal}; "

@@ -722,6 +722,14 @@ def test_tune_config(capsys, tmp_path):
     path.write_text(json.dumps(ds.DDIM().to_config()))
     status, _, err = run_cli(capsys, "tune", "--config", path, *argv)
     assert status == 2 and f"--config {path}: DDIM with these options takes no custom grid" in err
+    assert "--tune coefficients or both tune one of its bases in its place" in err
+    # the table of one of its bases, tuned in its place
+    both = ("--model", "gmm", "--steps", 3, "--calibration", 8, "--held-out", 4, "--tune", "both",
+            "--max-evaluations", 3)  # fmt: skip
+    status, out, err = run_cli(capsys, "tune", "--config", path, *both)
+    assert status == 0, err
+    assert "tuning DDIM, 3 steps (both), on gmm" in out
+    assert "tuned table: base UniPC" in out or "tuned table: base DPMSolverMultistep" in out
 
 
 def test_bench_all_na_and_no_samples(capsys, tmp_path):
