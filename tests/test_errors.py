@@ -461,3 +461,7 @@ def test_a_float32_table_out_of_range_names_the_schedule_options():
     with pytest.raises(ValueError, match=r"float32.*\(the noise schedule: linear_start=0\.25\)"):
         sched.init(1, np.zeros((2, 3), np.float32))
     sched.init(1, np.zeros((2, 3), np.float64))
+    # per-element schedules (offsets=) run the same table: the same refusal
+    with pytest.raises(ValueError, match=r"float32.*\(the noise schedule: linear_start=0\.25\)"):
+        sched.init(1, np.zeros((2, 3), np.float32), offsets=np.array([[0], [1]]))
+    sched.init(1, np.zeros((2, 3), np.float64), offsets=np.array([[0], [1]]))

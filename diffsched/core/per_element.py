@@ -238,6 +238,9 @@ def init(
 ) -> tuple[ElementState, Array]:
     xp = ops.namespace(sample_template)
     dtype = ops.compute_dtype(xp, sample_template.dtype)
+    if dtype != xp.float64:  # as the whole-sample engine: every program the elements run
+        for program in p.programs:
+            engine._check_fits_float32(program)
     like = sample_template
     dev = history_dev = ops.device(sample_template)
     shape = tuple(sample_template.shape)

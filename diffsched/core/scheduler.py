@@ -418,7 +418,11 @@ class BaseScheduler:
             programs = [self.program(num_steps, strength=float(v), **options) for v in distinct]
             which = np.searchsorted(distinct, values)
         plan = per_element.plan(programs, which, np.asarray(o, np.int64), self.processes_x0)
-        return per_element.init(plan, sample_template, key, self.fingerprint)
+        try:
+            return per_element.init(plan, sample_template, key, self.fingerprint)
+        except engine.Float32RangeError as err:
+            said = self._schedule_said()
+            raise engine.Float32RangeError(f"{type(self).__name__}: {err}{said}") from None
 
     def step(
         self,
