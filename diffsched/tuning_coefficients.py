@@ -344,14 +344,26 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, ta
     cols = []
     xs, _, ds = hist
     for k, basis in params.blocks:
+        if k == loop.n - 1:  # the final sample is linear in the last call's weights
+            cols.extend(_final_columns(loop, basis, ds, b, norm))
+            continue
         for f in range(basis.shape[1]):
             dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
-            if k == loop.n - 1:
-                cols.append((dx / loop.scale[loop.n] / norm).reshape(b, -1))
-            else:
-                pert, _ = loop.run(xs[k + 1] + eps * dx, w, rows, first=k + 1, hist=hist)
-                cols.append(((pert - out) / eps / norm).reshape(b, -1))
+            pert, _ = loop.run(xs[k + 1] + eps * dx, w, rows, first=k + 1, hist=hist)
+            cols.append(((pert - out) / eps / norm).reshape(b, -1))
     return r, np.stack(cols, axis=-1)
+
+
+def _final_columns(loop: _Loop, basis: np.ndarray, ds: list[np.ndarray], b: int,
+                   norm: float) -> list[np.ndarray]:  # fmt: skip
+    """The final samples' derivatives (B, D each) in the last call's parameters: the
+    last call's x̂_0's combined by each column of its null-space ``basis``."""
+    k = loop.n - 1
+    return [
+        (sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0])) / loop.scale[loop.n]
+         / norm).reshape(b, -1)
+        for f in range(basis.shape[1])
+    ]  # fmt: skip
 
 
 def leave_one_out(jac: np.ndarray, resid: np.ndarray, theta: np.ndarray,
@@ -414,9 +426,7 @@ class FinalScorer:
         r = ((out - self.ref) / norm).reshape(b, -1)
         per = np.sum(r**2, axis=1)
         if basis.shape[1]:
-            cols = [sum(basis[j, f] * ds[k - j] for j in range(m)) / loop.scale[loop.n] / norm
-                    for f in range(basis.shape[1])]  # fmt: skip
-            jac = np.stack([c.reshape(b, -1) for c in cols], axis=-1)
+            jac = np.stack(_final_columns(loop, basis, ds, b, norm), axis=-1)
             scale = float(np.einsum("bdp,bdp->", jac, jac) / jac.shape[-1]) or 1.0
             zero = np.zeros(jac.shape[-1])
             for ridge in FINAL_RIDGES:
