@@ -243,7 +243,7 @@ def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model (x = (1 - σ) x_0 + σ ε)."""
     from .methods.flow_match import is_flow_match
 
-    return is_flow_match(scheduler)
+    return is_flow_match(getattr(scheduler, "base_scheduler", scheduler))  # a Tuned: its base
 
 
 def is_edm(scheduler: Scheduler) -> bool:
@@ -673,10 +673,24 @@ def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -
     scheduler without a custom grid (DDIM, DEIS, LMS, PNDM) takes ``coefficients`` and
     ``both``, which tune one of its bases in its place (:func:`diffsched.tune`)."""
     from .grids import Grid
-    from .tuning import _stand_in, candidate_bases
+    from .grids import is_flow as flow_levels
+    from .tuning import FlowGrid, _stand_in, candidate_bases
 
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"
+    if flow_levels(scheduler) and not is_flow(scheduler):
+        name = type(scheduler).__name__
+        return (f"{name} on flow levels: the exact flow models are for the flow-matching "
+                "classes (flow-euler); ds.tune takes it with your own model")  # fmt: skip
+    if is_flow(scheduler):  # rectified-flow grids: custom sigmas= at a static shift
+        if getattr(scheduler, "use_dynamic_shifting", False):
+            return ("a dynamic shift needs the resolution's μ, which the exact models do not "
+                    "have: use ds.tune(model, scheduler, num_steps, noise, mu=...)")  # fmt: skip
+        try:
+            FlowGrid.of(scheduler, num_steps)
+        except (TypeError, ValueError) as err:
+            return str(err)
+        return None
     try:
         Grid.of(scheduler, num_steps)
     except TypeError as err:
@@ -931,8 +945,11 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
     ``ds.load_tuned`` / ``diffsched sample --config``."""
     from .tuning import search_coefficients
 
+    # a flow scheduler keeps its own base: the exact flow models run the flow-matching
+    # classes only (ds.tune also lets UniPC on flow σ's compete)
+    bases = None if is_flow(scheduler) else "auto"
     result = search_coefficients(model, scheduler, args.steps, calibration,
-                                 grid=args.tune == "both",
+                                 grid=args.tune == "both", bases=bases,
                                  max_evaluations=args.max_evaluations)  # fmt: skip
     tuned = result.scheduler
     base = tuned.base_scheduler
