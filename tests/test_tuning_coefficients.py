@@ -229,6 +229,24 @@ def test_full_covariance_mixture_v_prediction_and_zero_terminal_snr(zero_snr):
     assert error(tuned) < 0.5 * error(sched)
 
 
+def test_a_tuned_table_runs_per_element_and_refuses_image_to_image(tuned):
+    # per-element offsets of 0 run the same loop as the whole sample; strength= would start
+    # the table midway, where its weights do not apply: refused, naming the base to use
+    base, steps, result, _ = tuned
+    sched = result.scheduler
+    model = cli.exact_model(base, "gmm")
+    noise = HELD_OUT[:3]
+
+    def per_element_model(x, t):  # the exact model, one element's timestep at a time
+        t = np.asarray(t).reshape(-1)
+        return np.concatenate([model(x[i : i + 1], float(t[i])) for i in range(len(x))])
+
+    out = ds.sample(per_element_model, sched, noise, steps, offsets=np.zeros((3, 1), np.int64))
+    np.testing.assert_allclose(out, ds.sample(model, sched, noise, steps), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"strength=.*base_scheduler"):
+        sched.init(steps, noise, strength=0.5)
+
+
 def test_a_two_call_step_has_one_weight_row_per_model_call(tmp_path):
     # Heun calls the model twice a step (2N - 1 calls in N steps): the tuned table keeps a
     # row of weights per call, runs in the engine as in the fit's own loop, and saves and

@@ -248,6 +248,12 @@ class Tuned(BaseScheduler):
             raise ValueError(
                 f"Tuned was tuned for num_steps={self.tuned_steps}, got num_steps={num_steps}"
             )
+        if init_options.get("strength") is not None:
+            raise ValueError(
+                "Tuned runs the whole loop it was tuned for; init(strength=) (image-to-image) "
+                "starts it midway, where its tuned weights and grid do not apply: run the base "
+                "(tuned.base_scheduler) for image-to-image"
+            )
         clash = sorted(set(init_options) & {"sigmas", "timesteps", "mu"})
         if clash and self.grid_options:
             raise ValueError(f"Tuned has its tuned grid; init got {clash} as well")
