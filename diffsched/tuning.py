@@ -191,6 +191,8 @@ def search_coefficients(
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
     if grid_score not in ("final", "plain"):
         raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
+    _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
+                  tolerance=tolerance, least_batch=4)  # fmt: skip
     _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
     others = _bases(scheduler, bases)
@@ -281,11 +283,54 @@ def search(
             (required there, refused elsewhere): the grid is tuned for that μ, which the
             result's ``init_options`` carry.
     """
+    _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
+                  tolerance=tolerance)  # fmt: skip
     _mu_for_flow_only(scheduler, mu)
     with small_matrices():  # the tuner's models multiply small matrices (see exact.threads)
         return _search(model, scheduler, num_steps, calibration_noise, candidates=candidates,
                        substeps=substeps, max_evaluations=max_evaluations,
                        tolerance=tolerance, mu=mu)  # fmt: skip
+
+
+def _check_inputs(scheduler: Any, calibration_noise: Any, *, substeps: Any,
+                  max_evaluations: Any, tolerance: Any, least_batch: int = 1) -> None:  # fmt: skip
+    """Refuses, before any model call, what the tuner cannot take."""
+    from .core.scheduler import BaseScheduler
+
+    if not isinstance(scheduler, BaseScheduler):
+        raise TypeError(f"scheduler must be a diffsched scheduler, got {type(scheduler).__name__}")
+    shape = getattr(calibration_noise, "shape", None)
+    if shape is None or not hasattr(calibration_noise, "dtype"):
+        raise TypeError(
+            "calibration_noise must be an array (NumPy, PyTorch or JAX) of shape (batch, ...), "
+            f"got {type(calibration_noise).__name__}"
+        )
+    shape = tuple(shape)
+    if len(shape) < 1 or 0 in shape or shape[0] < least_batch:
+        raise ValueError(
+            f"calibration_noise must be a batch of at least {least_batch} sample"
+            f"{'s' if least_batch > 1 else ''}, got shape {shape}"
+        )
+    if not np.all(np.isfinite(to_numpy64(calibration_noise))):
+        raise ValueError("calibration_noise must be finite, got NaN or inf values")
+    for name, value, low in (("substeps", substeps, 1), ("max_evaluations", max_evaluations, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not (math.isfinite(tolerance) and tolerance > 0)
+    ):
+        raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+
+
+def _finite_reference(final: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(final)):
+        raise ValueError(
+            "the reference ODE solve met NaN or inf: the model's output is not finite on the "
+            "calibration batch (check the model and the scheduler's prediction_type)"
+        )
+    return final
 
 
 def _mu_for_flow_only(scheduler: Scheduler, mu: Any) -> None:
@@ -323,16 +368,12 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
                              reference=reference, mu=mu, scorer=scorer,
                              bases=bases)]  # fmt: skip
     t0 = time.perf_counter()
-    shape = tuple(getattr(calibration_noise, "shape", ()))
-    if len(shape) < 1 or 0 in shape:
-        raise ValueError(
-            f"calibration_noise must be a batch of at least one sample, got shape {shape}"
-        )
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < num_steps:
         raise ValueError(
-            f"candidates must be an integer >= num_steps={num_steps}, got {candidates!r}"
+            f"candidates (the reference trajectory's levels) must be an integer >= "
+            f"num_steps={num_steps}, got {candidates!r}"
         )
     own = grid.start
     start = calibration_noise * scheduler.init_noise_scale(None, **grid.init_options(own))
@@ -596,7 +637,7 @@ def reference_trajectory(
             native.append(xk)
             denoised.append(x0.sample_coef[k] * xk + x0.prediction_coef[k] * to_numpy64(out))
         state, x = solver.step(state, x, out)
-    final = _final_sample(np.exp(log_sig), denoised, to_numpy64(x))
+    final = _finite_reference(_final_sample(np.exp(log_sig), denoised, to_numpy64(x)))
     return Reference(np.exp(log_sig), levels, native, denoised, final)
 
 
@@ -754,7 +795,7 @@ def flow_reference(model: Model, scheduler: Scheduler, start: Array, sigma0: flo
         v = velocity(x, a)
         guess = x + (b - a) * v
         x = x + (b - a) * 0.5 * (v + velocity(guess, b))
-    return x - sig[-1] * velocity(x, sig[-1])
+    return _finite_reference(x - sig[-1] * velocity(x, sig[-1]))
 
 
 class _FlowReference(NamedTuple):

@@ -242,6 +242,31 @@ def test_loop_not_ending_at_zero_is_refused(sched):
         search(never_called, sched, STEPS, CALIBRATION)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"calibration_noise": CALIBRATION.tolist()}, TypeError, "must be an array"),
+        ({"calibration_noise": CALIBRATION * np.nan}, ValueError, "must be finite"),
+        ({"scheduler": "unipc"}, TypeError, "a diffsched scheduler, got str"),
+        ({"max_evaluations": -1}, ValueError, "max_evaluations must be an integer >= 0"),
+        ({"substeps": 0}, ValueError, "substeps must be an integer >= 1"),
+        ({"tolerance": 0.0}, ValueError, "tolerance must be a positive number"),
+        ({"tune": "both", "calibration_noise": CALIBRATION[:3]}, ValueError, "at least 4 samples"),
+    ],
+)
+def test_bad_input_is_refused_before_any_model_call(kwargs, error, match):
+    args = {"model": never_called, "scheduler": ds.UniPC(**SD), "num_steps": STEPS,
+            "calibration_noise": CALIBRATION} | kwargs  # fmt: skip
+    with pytest.raises(error, match=match):
+        tune(**args)
+
+
+@pytest.mark.parametrize("sched", [ds.UniPC(**SD), ds.FlowMatchEuler(shift=3.0)])
+def test_a_model_with_non_finite_output_is_named(sched):
+    with pytest.raises(ValueError, match="model's output is not finite"):
+        tune(lambda x, t: x * np.nan, sched, STEPS, CALIBRATION)
+
+
 def test_other_bad_arguments():
     with pytest.raises(ValueError, match="rectified-flow"):
         search(
