@@ -57,6 +57,7 @@ HELD_SEED, HELD_SIZE = 7, 1024
 BASE = "unipc:beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
 NET_PATH = None  # the trained network's weights (.npz), set by run_all for the workers
 PREDICTION = "epsilon"  # the config's prediction type (--prediction), set for the workers
+END = "zero"  # what is measured and tuned for (--end): the ODE at σ = 0, or the discrete limit
 PREDICTIONS = {  # --prediction -> the options every config takes (trailing spacing apart)
     "epsilon": "",
     "v": ",prediction_type=angular_velocity",
@@ -219,11 +220,18 @@ def noise_for(name: str, num: int, seed: int) -> np.ndarray:
 
 
 def _exact(model, sched, noise, steps, grid):
+    """The exact final samples from ``noise``: the ODE's solution at σ = 0, or with
+    ``--end lowest`` the discrete limit (the ODE to the lowest trained level, then the jump
+    to x̂_0 there, where a sampler that calls the model at trained levels only converges)."""
     from diffsched.exact.reference import solve_pf_ode
 
     start = noise * sched.init_noise_scale(None if grid else steps, **grid)
     levels = sched.noise_levels(None if grid else steps, **grid)
-    return solve_pf_ode(model.denoiser, start, *levels)
+    if END == "zero":
+        return solve_pf_ode(model.denoiser, start, *levels)
+    lowest = float(sched.alphas_cumprod[0])
+    x = solve_pf_ode(model.denoiser, start, levels[0], lowest)
+    return np.asarray(model.denoiser.posterior_mean(x, lowest))
 
 
 def _held_error(model, sched, noise, steps, exact, grid=None):
@@ -251,7 +259,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
     cal = noise_for(model_name, calibration, 100 + draw)
     held = noise_for(model_name, HELD_SIZE, HELD_SEED)
     row = {"model": model_name, "budget": budget, "calibration": calibration, "draw": draw,
-           "prediction": PREDICTION}  # fmt: skip
+           "prediction": PREDICTION, "end": END}  # fmt: skip
     with small_matrices():
         g = Grid.of(base, budget)
         own = g.init_options(g.start)
@@ -260,7 +268,8 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
         row["untuned base"] = {"error": _held_error(model, base, held, budget, exact_default)}
         counted = _CountingModel(model)
         t0 = time.perf_counter()
-        ref = reference_trajectory(counted, base, cal * base.init_noise_scale(None, **own), g)
+        ref = reference_trajectory(counted, base, cal * base.init_noise_scale(None, **own), g,
+                                   end=END)  # fmt: skip
         row["reference"] = {"calls": counted.calls, "seconds": time.perf_counter() - t0}
         counted.calls, t0 = 0, time.perf_counter()
         found = _search(counted, base, budget, cal, candidates=100, substeps=4,
@@ -276,7 +285,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
         for name, bases, select, grid in tuners:
             t0 = time.perf_counter()
             res = search_coefficients(model, base, budget, cal, bases=bases, reference=ref,
-                                      select=select, grid=grid)  # fmt: skip
+                                      select=select, grid=grid, end=END)  # fmt: skip
             tuned = res.scheduler
             b = tuned.base_scheduler
             row[name] = {
@@ -294,12 +303,12 @@ def baseline_job(model_name: str, budget: int) -> dict:
     solution is solved once per pair of end levels."""
     import diffsched as ds
     from diffsched import cli
-    from diffsched.exact.reference import solve_pf_ode
     from diffsched.exact.threads import small_matrices
     from diffsched.grids import named_grid
 
     held = noise_for(model_name, HELD_SIZE, HELD_SEED)
-    row = {"model": model_name, "budget": budget, "baseline": True, "prediction": PREDICTION}
+    row = {"model": model_name, "budget": budget, "baseline": True, "prediction": PREDICTION,
+           "end": END}  # fmt: skip
     best = {"diffusers": (np.inf, ""), "ours untuned": (np.inf, "")}
     exact: dict = {}
     data_name = {"net": "digits", **dict.fromkeys(FULL_MIXTURES, "gmm")}.get(model_name, model_name)
@@ -312,7 +321,7 @@ def baseline_job(model_name: str, budget: int) -> dict:
         levels = sched.noise_levels(n, **grid)
         key = (round(scale, 12), *(round(v, 12) for v in levels))
         if key not in exact:
-            exact[key] = solve_pf_ode(model.denoiser, held * scale, *levels)
+            exact[key] = _exact(model, sched, held, n, grid)
         out = np.asarray(ds.sample(model, sched, held, n, **grid))
         return float(np.linalg.norm(out - exact[key]) / np.linalg.norm(exact[key]))
 
@@ -354,7 +363,9 @@ def _cached_exact(model_name, budget, kind, model, sched, held, grid):
     if EXACT_DIR is None:
         return _exact(model, sched, held, budget, grid)
     net = os.path.splitext(os.path.basename(NET_PATH or ""))[0] if model_name == "net" else ""
-    variant = "" if PREDICTION == "epsilon" else f"_{PREDICTION}"
+    variant = ("" if PREDICTION == "epsilon" else f"_{PREDICTION}") + (
+        "" if END == "zero" else f"_end-{END}"
+    )
     name = f"exact_{model_name}{net}{variant}_{budget}_{kind}_{HELD_SEED}_{HELD_SIZE}.npy"
     path = os.path.join(EXACT_DIR, name)
     if os.path.exists(path):
@@ -369,11 +380,12 @@ def _cached_exact(model_name, budget, kind, model, sched, held, grid):
 EXACT_DIR = None  # where the held-out exact solutions are cached (the results file's folder)
 
 
-def _init_worker(net_path, exact_dir=None, prediction="epsilon"):
-    global NET_PATH, EXACT_DIR, PREDICTION
+def _init_worker(net_path, exact_dir=None, prediction="epsilon", end="zero"):
+    global NET_PATH, EXACT_DIR, PREDICTION, END
     NET_PATH = net_path
     EXACT_DIR = exact_dir
     PREDICTION = prediction
+    END = end
 
 
 def run_all(args) -> None:
@@ -389,7 +401,8 @@ def run_all(args) -> None:
             for line in f:
                 row = json.loads(line) if line.strip() else {}
                 key = (row.get("model"), row.get("budget"))
-                same = row.get("prediction", "epsilon") == args.prediction
+                same = (row.get("prediction", "epsilon"), row.get("end", "zero")) == (
+                    args.prediction, args.end)  # fmt: skip
                 wanted = key[0] in args.models and key[1] in args.budgets
                 if row.get("baseline") and same and wanted:
                     out.write(json.dumps(row) + "\n")
@@ -409,7 +422,9 @@ def run_all(args) -> None:
     with (
         open(args.out, "a", encoding="utf-8") as out,
         ProcessPoolExecutor(
-            args.jobs, initializer=_init_worker, initargs=(args.net, exact_dir, args.prediction)
+            args.jobs,
+            initializer=_init_worker,
+            initargs=(args.net, exact_dir, args.prediction, args.end),
         ) as pool,
     ):
         futures = {
@@ -481,6 +496,9 @@ def main(argv=None) -> None:
     p.add_argument("--calibration", nargs="+", type=int, default=[64, 256])
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--end", choices=["zero", "lowest"], default="zero",
+                   help="measure and tune for the ODE at σ = 0 or the discrete limit (the jump "
+                   "to x̂_0 at the lowest trained level)")  # fmt: skip
     p.add_argument("--prediction", choices=list(PREDICTIONS), default="epsilon",
                    help="the configs' prediction type (v-zero-snr: zero terminal SNR)")  # fmt: skip
     p.add_argument(

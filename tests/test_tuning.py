@@ -13,7 +13,15 @@ import torch
 import diffsched as ds
 from diffsched import cli
 from diffsched.exact.reference import sigma_from_alpha_bar, solve_pf_ode
-from diffsched.tuning import Grid, TuneResult, _final_sample, reference_trajectory, search, tune
+from diffsched.tuning import (
+    Grid,
+    TuneResult,
+    _final_sample,
+    reference_trajectory,
+    relative_error,
+    search,
+    tune,
+)
 
 SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
 STEPS = 6
@@ -240,6 +248,40 @@ def test_a_scheduler_without_custom_grid_has_a_base_tuned_in_its_place(sched):
 def test_loop_not_ending_at_zero_is_refused(sched):
     with pytest.raises(ValueError, match="σ = 0"):
         search(never_called, sched, STEPS, CALIBRATION)
+
+
+def test_end_lowest_fits_the_discrete_limit():
+    # end="lowest": the reference's final samples are the jump to x̂_0 at the lowest trained
+    # level from the ODE's solution there (the discrete limit), and the tuned table comes
+    # closer to that limit than the untuned one
+    from diffsched.tuning import search_coefficients
+
+    sched = ds.UniPC(**SD)
+    model = cli.exact_model(sched, "gmm")
+    grid = Grid.of(sched, STEPS)
+    start = CALIBRATION * sched.init_noise_scale(None, **grid.init_options(grid.start))
+    ref = reference_trajectory(model, sched, start, grid, end="lowest")
+    lowest = float(sched.alphas_cumprod[0])
+    x = solve_pf_ode(model.denoiser, start, float(sched.alphas_cumprod[-1]), lowest)
+    limit = model.denoiser.posterior_mean(x, lowest)
+    assert relative_error(ref.final, limit) < 1e-5  # measured 5.0e-7 (the solves' accuracy)
+    zero = reference_trajectory(model, sched, start, grid)
+    assert relative_error(zero.final, limit) > 4e-4  # the two ends differ (measured 1.4e-3)
+    tuned = search_coefficients(model, sched, STEPS, CALIBRATION, end="lowest",
+                                reference=ref).scheduler  # fmt: skip
+
+    def to_limit(s):
+        start = HELD_OUT * s.init_noise_scale(STEPS)
+        a0 = s.noise_levels(STEPS)[0]
+        x = solve_pf_ode(model.denoiser, start, a0, lowest)
+        limit = model.denoiser.posterior_mean(x, lowest)
+        return relative_error(np.asarray(ds.sample(model, s, HELD_OUT, STEPS)), limit)
+
+    assert to_limit(tuned) < 0.75 * to_limit(sched)  # measured 0.055 against 0.102
+    with pytest.raises(ValueError, match="end must be one of"):
+        tune(never_called, sched, STEPS, CALIBRATION, end="one")
+    with pytest.raises(ValueError, match="end='lowest' is for discrete-time models"):
+        tune(never_called, ds.FlowMatchEuler(), STEPS, CALIBRATION, end="lowest")
 
 
 @pytest.mark.parametrize(
