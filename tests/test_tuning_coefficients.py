@@ -290,6 +290,8 @@ def test_tune_dispatch_and_refusals():
         ds.Tuned(weights=[0.1, 0.2])  # no tuned_steps
     with pytest.raises(ValueError, match="before the first call"):
         ds.Tuned(tuned_steps=2, weights=[0.0, 0.1, 0.0, 0.0])
+    with pytest.raises(ValueError, match="within ±1e\\+06"):
+        ds.Tuned(tuned_steps=2, weights=[0.0, 0.0, 1e300, 0.0])
 
 
 # -- rectified flows -----------------------------------------------------------------------

@@ -44,6 +44,8 @@ from ..core.scheduler import BaseScheduler, document
 
 __all__ = ["Tuned"]
 
+MAX_WEIGHT = 1e6  # a larger correction is no tuned table (a corrupted file): refused
+
 
 def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | None:
     if value is None:
@@ -184,6 +186,11 @@ class Tuned(BaseScheduler):
                     f"of the base's {n}-step loop ({calls} rows), got {len(self.weights)} numbers"
                 )
             w = np.asarray(self.weights, dtype=np.float64).reshape(calls, -1)
+            if np.abs(w).max() > MAX_WEIGHT:
+                raise ValueError(
+                    f"{owner} option weights must lie within ±{MAX_WEIGHT:g} (corrections of a "
+                    f"solver's weights, which are of order 1), got {np.abs(w).max():.3g}"
+                )
             early = np.triu(np.ones(w.shape, bool), 1)  # lag j > call n
             if np.any(w[early] != 0):
                 raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
