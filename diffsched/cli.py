@@ -674,7 +674,7 @@ def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -
     ``both``, which tune one of its bases in its place (:func:`diffsched.tune`)."""
     from .grids import Grid
     from .grids import is_flow as flow_levels
-    from .tuning import FlowGrid, _stand_in, candidate_bases
+    from .tuning import FlowGrid, candidate_bases, stand_in
 
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"
@@ -695,7 +695,7 @@ def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -
         Grid.of(scheduler, num_steps)
     except TypeError as err:
         try:
-            _stand_in(scheduler, num_steps, candidate_bases(scheduler))
+            stand_in(scheduler, num_steps, candidate_bases(scheduler))
         except (TypeError, ValueError):
             return str(err)
         if tune == "grid":

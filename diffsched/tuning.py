@@ -204,7 +204,7 @@ def search_coefficients(
     t0 = time.perf_counter()
     others = _bases(scheduler, bases)
     if not is_flow(scheduler):
-        scheduler, others = _stand_in(scheduler, num_steps, others)
+        scheduler, others = stand_in(scheduler, num_steps, others)
     with small_matrices():
         counted = _CountingModel(model)
         if is_flow(scheduler):
@@ -472,7 +472,7 @@ def _refined(error: Callable, grids: dict, tried: dict, scored: dict[Any, Score]
     return results
 
 
-def _stand_in(scheduler: Scheduler, num_steps: int,
+def stand_in(scheduler: Scheduler, num_steps: int,
               others: list[Scheduler]) -> tuple[Scheduler, list[Scheduler]]:  # fmt: skip
     """(the method whose table is tuned first, the other bases): ``scheduler``, or where its
     ``init`` takes no custom grid (DDIM, DEIS, LMS, PNDM: diffusers' classes that set their
