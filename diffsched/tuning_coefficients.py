@@ -158,7 +158,7 @@ class _Loop:
             log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
             self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
 
-    def _model(self, x: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+    def _model(self, x: np.ndarray, k: int) -> np.ndarray:
         self.calls += 1
         held = x / self.scale[k]
         if isinstance(self.like, np.ndarray):
@@ -170,13 +170,13 @@ class _Loop:
     def start(self, noise: np.ndarray) -> np.ndarray:
         return noise * self.init_scale * self.scale[0]
 
-    def run(self, x: np.ndarray, w: np.ndarray, rows: np.ndarray, first: int = 0,
+    def run(self, x: np.ndarray, w: np.ndarray, first: int = 0,
             hist: tuple | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
         """From native sample x at call ``first`` (with the operands of the calls before
         in ``hist``): (the final native sample, the operands of every call)."""
         xs, ms, ds = ([], [], []) if hist is None else (list(h[:first]) for h in hist)
         for k in range(first, self.n):
-            m = self._model(x, k, rows)
+            m = self._model(x, k)
             d = self.a[k] * x + self.b[k] * m
             xs.append(x)
             ms.append(m)
@@ -272,7 +272,7 @@ def fit_coefficients(
     zero = np.zeros(params.size)
 
     def score(theta, rows):
-        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta), rows)
+        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta))
         return Score.of(out, ref[rows])
 
     def error(theta, rows):
@@ -331,15 +331,15 @@ def fit_coefficients(
     )
 
 
-def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, target: np.ndarray,
-              norm: float, theta: np.ndarray,
+def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray, norm: float,
+              theta: np.ndarray,
               eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(r, J) at θ: the per-sample residuals (B, D) of the final samples against ``target``
     (divided by ``norm``) and their finite-difference Jacobian (B, D, P), each column from
     the run's prefix (module docstring, step 3)."""
     w = params.weights(theta)
-    out, hist = loop.run(x0, w, rows)
-    b = len(rows)
+    out, hist = loop.run(x0, w)
+    b = x0.shape[0]
     r = ((out - target) / norm).reshape(b, -1)
     cols = []
     xs, _, ds = hist
@@ -349,7 +349,7 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, ta
             continue
         for f in range(basis.shape[1]):
             dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
-            pert, _ = loop.run(xs[k + 1] + eps * dx, w, rows, first=k + 1, hist=hist)
+            pert, _ = loop.run(xs[k + 1] + eps * dx, w, first=k + 1, hist=hist)
             cols.append(((pert - out) / eps / norm).reshape(b, -1))
     return r, np.stack(cols, axis=-1)
 
@@ -418,7 +418,7 @@ class FinalScorer:
 
         loop = _Loop(self.model, scheduler, num_steps, grid, self.noise)
         b = self.noise64.shape[0]
-        out, (_, _, ds) = loop.run(loop.start(self.noise64), np.zeros((loop.n, 1)), np.arange(b))
+        out, (_, _, ds) = loop.run(loop.start(self.noise64), np.zeros((loop.n, 1)))
         k = loop.n - 1
         m = min(self.history, k) + 1
         basis = null_basis(loop.lams[k - np.arange(m)], self.final_moments)
@@ -445,16 +445,15 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
     Jacobian) scores it, and the least wins; it is kept only where its leave-one-out
     per-sample errors beat the base's errors (:meth:`diffsched.tuning.Score.beats`: each
     sample judged by a fit that did not see it)."""
-    rows = np.arange(noise.shape[0])
     norm = float(np.linalg.norm(ref))
     x0 = loop.start(noise)
-    b = len(rows)
+    b = noise.shape[0]
     theta = np.zeros(params.size)
     s = None
     best: tuple[float, np.ndarray, Score] | None = None
     held_errors = {math.inf: start.error}
     for ridge in path:
-        theta, s, last = _gauss_newton(loop, params, x0, rows, ref, norm, theta, ridge, s,
+        theta, s, last = _gauss_newton(loop, params, x0, ref, norm, theta, ridge, s,
                                        iterations)  # fmt: skip
         if last is None:
             continue
@@ -465,7 +464,7 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
             best = (ridge, theta, held)
     weights, ridge, err = None, math.inf, start.error
     if best is not None and best[2].error < start.error * (1 - MIN_GAIN):
-        fitted = _score(loop, params, x0, rows, ref, best[1])
+        fitted = _score(loop, params, x0, ref, best[1])
         if fitted.beats(start):  # a fall carried by a few samples: the base
             ridge, err, weights = best[0], fitted.error, params.weights(best[1])
     return CoefficientResult(
@@ -479,15 +478,15 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
     )
 
 
-def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray,
-                  target: np.ndarray, norm: float, theta: np.ndarray, ridge: float,
+def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray,
+                  norm: float, theta: np.ndarray, ridge: float,
                   s: float | None, iterations: int) -> tuple:  # fmt: skip
     """``iterations`` damped Gauss-Newton steps on ||r||² + μ||θ||², μ = ridge · s:
     (θ, s, the last linearisation (J (B, D, P), r (B, D), θ there) or None)."""
     last = None
     damping = 1e-3
     for _ in range(iterations):
-        r, jac = _jacobian(loop, params, x0, rows, target, norm, theta)
+        r, jac = _jacobian(loop, params, x0, target, norm, theta)
         last = (jac, r, theta)
         flat = jac.reshape(-1, jac.shape[-1])
         jtj = flat.T @ flat
@@ -501,7 +500,7 @@ def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray
                 jtj + np.diag(mu) + damping * np.diag(np.diag(jtj) + np.mean(s) * 1e-9), -g
             )
             trial = theta + step
-            out, _ = loop.run(x0, params.weights(trial), rows)
+            out, _ = loop.run(x0, params.weights(trial))
             rt = ((out - target) / norm).reshape(r.shape)
             if float(np.sum(rt**2) + trial @ (mu * trial)) < f0:
                 theta, damping = trial, damping / 3
@@ -527,9 +526,9 @@ def _penalty_scale(jtj: np.ndarray) -> np.ndarray:
     return np.maximum(d, 1e-12 * mean)
 
 
-def _score(loop: _Loop, params: _Params, x0: np.ndarray, rows: np.ndarray, target: np.ndarray,
+def _score(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray,
            theta: np.ndarray) -> Score:  # fmt: skip
-    out, _ = loop.run(x0, params.weights(theta), rows)
+    out, _ = loop.run(x0, params.weights(theta))
     return Score.of(out, target)
 
 
@@ -546,7 +545,7 @@ def _levenberg_marquardt(
 ) -> tuple[np.ndarray, float]:
     """``iterations`` damped Gauss-Newton steps on the samples ``rows`` (``select="split"``):
     (θ, s)."""
-    theta, s, _ = _gauss_newton(loop, params, loop.start(noise[rows]), rows, ref[rows],
+    theta, s, _ = _gauss_newton(loop, params, loop.start(noise[rows]), ref[rows],
                                 float(np.linalg.norm(ref[rows])), theta, ridge, s,
                                 iterations)  # fmt: skip
     return theta, s
