@@ -884,8 +884,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                     ("--held-out", args.held_out, 1), ("--seed", args.seed, 0),
                     ("--max-evaluations", args.max_evaluations, 0)])  # fmt: skip
     if args.tune != "grid" and args.calibration < 4:
-        raise UsageError(f"--tune {args.tune} needs --calibration 4 or more (a quarter is held "
-                         f"out of the fit), got {args.calibration}")  # fmt: skip
+        raise UsageError(f"--tune {args.tune} needs --calibration 4 or more (each sample's "
+                         f"fit is judged on the others), got {args.calibration}")  # fmt: skip
     out = None if args.save is None else check_out(args.save, "--save", ".json")
     name = scheduler_name(args, "dpm++2m")
     options = parse_options(args.option)
