@@ -372,10 +372,20 @@ def comfy_exact_model(scheduler: ComfySampler, model_name: str):
 
 
 def exact_solution(
-    scheduler: Scheduler, model, noise: np.ndarray, num_steps: int, **init_options: Any
+    scheduler: Scheduler,
+    model,
+    noise: np.ndarray,
+    num_steps: int,
+    end: str = "zero",
+    **init_options: Any,
 ) -> tuple[np.ndarray | None, str]:
     """The probability-flow ODE solution from the scheduler's first to last noise level,
-    from ``noise``, the loop's first model input."""
+    from ``noise``, the loop's first model input. ``end="lowest"``: where the loop ends at
+    σ = 0, the discrete limit instead (the ODE to the lowest trained level, then the jump
+    to x̂_0 there; :func:`diffsched.tuning.reference_trajectory`), for the discrete-time
+    classes only."""
+    if end not in ("zero", "lowest"):
+        raise ValueError(f"end must be 'zero' or 'lowest', got {end!r}")
     if not scheduler.deterministic:
         return None, "stochastic sampler: it does not follow the probability-flow ODE"
     if is_flow(scheduler):
@@ -386,24 +396,33 @@ def exact_solution(
         sig = scheduler.sigmas(num_steps, **init_options)
         flow = reference.solve_flow_ode(model.denoiser, noise, float(sig[0]), float(sig[-1]))
         return flow / (1.0 - float(sig[-1])), ""
-    start, end = scheduler.noise_levels(num_steps, **init_options)
+    start, last = scheduler.noise_levels(num_steps, **init_options)
     if not 0.0 <= start < 1.0:
         return None, f"the first noise level has ᾱ = {start:g}; the reference needs 0 <= ᾱ < 1"
-    if start > end:
+    if start > last:
         return None, "the loop goes up in noise (an inversion); the reference goes down"
     if is_edm(scheduler):  # the model input c_in x at σ_0 as x_t = sqrt(ᾱ) x (variance preserving)
         d2 = scheduler.sigma_data**2
         noise = noise * math.sqrt(((1 - start) / start + d2) * start)
+    lowest = None
+    if end == "lowest" and last == 1.0:  # the jump to x̂_0 at the lowest trained level
+        lowest = float(np.asarray(scheduler.alphas_cumprod, np.float64)[0])
+        if not start <= lowest < 1.0:
+            return None, f"the lowest trained level (ᾱ = {lowest:g}) is not below the start"
     # many runs (bench rows, tuned grids) share a start: their exact solution is solved once
     key = (repr(model.denoiser), hashlib.sha1(np.ascontiguousarray(noise).tobytes()).hexdigest(),
-           start, end)  # fmt: skip
+           start, last, lowest)  # fmt: skip
     if key not in _EXACT:
         if len(_EXACT) >= 64:
             _EXACT.pop(next(iter(_EXACT)))
-        _EXACT[key] = solve_vp(model.denoiser, noise, start, end)
+        if lowest is None:
+            _EXACT[key] = solve_vp(model.denoiser, noise, start, last)
+        else:
+            x = solve_vp(model.denoiser, noise, start, lowest)
+            _EXACT[key] = np.asarray(model.denoiser.posterior_mean(x, lowest), np.float64)
     exact = _EXACT[key].copy()
-    if is_edm(scheduler) and end < 1.0:  # EDM's last sample is x = x_t / sqrt(ᾱ)
-        exact /= math.sqrt(end)
+    if is_edm(scheduler) and last < 1.0:  # EDM's last sample is x = x_t / sqrt(ᾱ)
+        exact /= math.sqrt(last)
     return exact, ""
 
 
@@ -440,10 +459,11 @@ def run(
     with_exact: bool = True,
     strength: float | None = None,
     grid: dict | None = None,
+    end: str = "zero",
 ) -> Run:
     """Our loop on an exact model from ``noise``, and the exact ODE solution from the same
     start. ``grid``: a custom grid (``init``'s ``sigmas=`` / ``timesteps=``), which sets
-    the number of steps."""
+    the number of steps; ``end``: as :func:`exact_solution`'s."""
     model = exact_model(scheduler, model_name)
     init_options = {} if strength is None else {"strength": strength}
     if grid:
@@ -464,7 +484,7 @@ def run(
     if with_exact and progress:
         print("solving the exact ODE reference...", file=sys.stderr, flush=True)
     exact, note = (
-        exact_solution(scheduler, model, start, num_steps, **init_options)
+        exact_solution(scheduler, model, start, num_steps, end, **init_options)
         if with_exact
         else (None, "")
     )
@@ -900,6 +920,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tunable = [n for n, c in SCHEDULERS.items() if commands_of(n)["tune"] is None]
         raise UsageError(f"{'--config ' + args.config if name is None else name}: {refusal}; "
                          f"tunable: {', '.join(tunable)}")  # fmt: skip
+    if args.end == "lowest" and (is_flow(scheduler) or is_edm(scheduler)):
+        raise UsageError(f"--end lowest is for discrete-time models (the jump to x̂_0 at the "
+                         f"lowest trained level); {type(scheduler).__name__} has continuous "
+                         f"levels")  # fmt: skip
     model = exact_model(scheduler, args.model)
     calibration = make_noise(args.model, args.calibration, args.seed)
     held_out = make_noise(args.model, args.held_out, args.seed + HELD_OUT_SEED)
@@ -910,13 +934,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.tune != "grid":
         return _tune_table(args, scheduler, model, calibration, held_out, out, name)
     result = search(model, scheduler, args.steps, calibration,
-                    max_evaluations=args.max_evaluations)  # fmt: skip
+                    max_evaluations=args.max_evaluations, end=args.end)  # fmt: skip
     ((kind, values),) = result.init_options.items()
     shown = values if kind == "timesteps" else [float(f"{v:.6g}") for v in values]
     print(f"tuned grid: {kind}={shown}")
-    before = run(scheduler, args.model, args.steps, held_out, grid=result.start_options)
-    after = run(scheduler, args.model, args.steps, held_out, grid=result.init_options)
-    print("| relative RMS error vs exact ODE solution | own grid | tuned grid |")
+    before = run(scheduler, args.model, args.steps, held_out, grid=result.start_options,
+                 end=args.end)  # fmt: skip
+    after = run(scheduler, args.model, args.steps, held_out, grid=result.init_options,
+                end=args.end)  # fmt: skip
+    print(f"| relative RMS error vs {_end_label(args.end)} | own grid | tuned grid |")
     print("|---|---:|---:|")
     print(f"| calibration noise | {result.start_error:.3e} | {result.error:.3e} |")
     print(f"| held-out noise | {before.error:.3e} | {after.error:.3e} |")
@@ -937,6 +963,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _end_label(end: str) -> str:
+    """What ``diffsched tune --end`` measures against, for its tables' header."""
+    return "exact ODE solution" if end == "zero" else "discrete limit (ODE to ᾱ_0, jump to x̂_0)"
+
+
 def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
                 calibration: np.ndarray, held_out: np.ndarray, out: Path | None,
                 name: str | None) -> int:  # fmt: skip
@@ -950,7 +981,7 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
     bases = None if is_flow(scheduler) else "auto"
     result = search_coefficients(model, scheduler, args.steps, calibration,
                                  grid=args.tune == "both", bases=bases,
-                                 max_evaluations=args.max_evaluations)  # fmt: skip
+                                 max_evaluations=args.max_evaluations, end=args.end)  # fmt: skip
     tuned = result.scheduler
     base = tuned.base_scheduler
     order = getattr(base, "solver_order", None)
@@ -964,9 +995,9 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
         + f", grid {shown}, "
         + ("x̂_0 weights tuned" if tuned.weights is not None else "base weights kept")
     )
-    before = run(scheduler, args.model, args.steps, held_out)
-    after = run(tuned, args.model, args.steps, held_out)
-    print(f"| relative RMS error vs exact ODE solution | {type(scheduler).__name__} | tuned |")
+    before = run(scheduler, args.model, args.steps, held_out, end=args.end)
+    after = run(tuned, args.model, args.steps, held_out, end=args.end)
+    print(f"| relative RMS error vs {_end_label(args.end)} | {type(scheduler).__name__} | tuned |")
     print("|---|---:|---:|")
     print(f"| held-out noise | {before.error:.3e} | {after.error:.3e} |")
     print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
@@ -976,7 +1007,7 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
         from .tuning_coefficients import save_tuned
 
         save_tuned(out, tuned, model=args.model, calibration=args.calibration, seed=args.seed,
-                   tune=args.tune, model_calls=result.model_calls)  # fmt: skip
+                   tune=args.tune, end=args.end, model_calls=result.model_calls)  # fmt: skip
         print(f"wrote {out} (use: diffsched sample --config {out} --model {args.model} "
               f"--steps {args.steps} --seed {args.seed}, which measures it on held-out noise, "
               f"or ds.load_tuned('{out}'))")  # fmt: skip
@@ -1034,13 +1065,15 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
         tuned = tuning_pipeline.tune(pipe, args.prompt, args.steps, scheduler=scheduler,
                                      calibration=args.calibration, guidance_scale=guidance,
                                      seed=args.seed, tune=args.tune, path=out,
-                                     max_evaluations=args.max_evaluations)  # fmt: skip
+                                     max_evaluations=args.max_evaluations,
+                                     end=args.end)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     import json
 
     about = json.loads(out.read_text(encoding="utf-8"))["about"]
-    print("| relative RMS error vs the reference ODE solution | base | tuned |")
+    what = "ODE solution" if args.end == "zero" else "discrete limit"
+    print(f"| relative RMS error vs the reference {what} | base | tuned |")
     print("|---|---:|---:|")
     print(f"| calibration latents | {about['calibration_error_before']:.3e} | "
           f"{about['calibration_error']:.3e} |")  # fmt: skip
@@ -1813,6 +1846,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{HELD_OUT_SEED})")  # fmt: skip
     t.add_argument("--max-evaluations", type=int, default=300,
                    help="end-to-end runs of the refinement, at most")  # fmt: skip
+    t.add_argument("--end", choices=("zero", "lowest"), default="zero",
+                   help="what the tuner fits and the held-out error measures: the ODE's "
+                        "solution at σ = 0, or the discrete limit (the ODE to the lowest "
+                        "trained level, then the jump to x̂_0 there), where a loop that "
+                        "calls the model at trained levels only converges")  # fmt: skip
     t.add_argument("--tune", choices=("grid", "coefficients", "both"), default=None,
                    help="what is tuned: the grid (the file is init's sigmas= / timesteps=, "
                         "for --grid), the x̂_0 weights of the table on its own grid, or both "

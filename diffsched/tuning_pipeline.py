@@ -150,7 +150,8 @@ def tune(
         save_tuned(
             path, tuned, pipeline=type(pipe).__name__, prompts=list(prompts),
             guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            calibration=calibration, seed=seed, tune=tune, model_calls=model.calls,
+            calibration=calibration, seed=seed, tune=tune, end=options.get("end", "zero"),
+            model_calls=model.calls,
             seconds=seconds, calibration_error_before=start_error, calibration_error=error,
         )  # fmt: skip
     return tuned

@@ -840,3 +840,48 @@ def test_table_ratio_of_two_exact_solutions():
     lines = table.splitlines()
     assert lines[2].endswith("| 7.233e-11 | 1.411e-21 | both < 1e-9 |")
     assert lines[3].endswith("| 2.000e-03 | 1.000e-03 | +1.0e+00 |")
+
+
+def test_exact_solution_end_lowest_is_the_discrete_limit():
+    """``end="lowest"``: the ODE to the lowest trained level, then the jump to x̂_0 there,
+    as the tuner's own reference solves it (a separate solver: within 2e-5; measured
+    1.7e-6); the two limits differ by far more (measured 2.6e-4) on this schedule."""
+    from diffsched.tuning import Grid, reference_trajectory
+
+    sched = cli.SCHEDULERS["unipc"]()
+    model = cli.exact_model(sched, "gmm")
+    grid = Grid.of(sched, 6)
+    options = grid.init_options(grid.start)
+    start = cli.make_noise("gmm", 16, 3) * sched.init_noise_scale(None, **options)
+    exact = {}
+    for end in ("zero", "lowest"):
+        exact[end], note = cli.exact_solution(sched, model, start, None, end, **options)
+        assert note == ""
+        ref = reference_trajectory(model, sched, start, grid, end=end).final
+        assert np.linalg.norm(ref - exact[end]) / np.linalg.norm(exact[end]) < 2e-5
+    gap = np.linalg.norm(exact["zero"] - exact["lowest"]) / np.linalg.norm(exact["zero"])
+    assert gap > 5e-5
+    with pytest.raises(ValueError, match="end must be 'zero' or 'lowest', got 'low'"):
+        cli.exact_solution(sched, model, start, None, "low", **options)
+
+
+def test_tune_end_lowest(capsys, tmp_path):
+    """`tune --end lowest` fits and measures against the discrete limit, records it in the
+    saved table, and refuses a rectified-flow scheduler with the reason."""
+    argv = ("--model", "gmm", "--steps", 4, "--calibration", 16, "--held-out", 8,
+            "--max-evaluations", 5)  # fmt: skip
+    saved = tmp_path / "t.json"
+    status, out, err = run_cli(capsys, "tune", "unipc", *argv, "--tune", "both", "--end",
+                               "lowest", "--save", saved)  # fmt: skip
+    assert status == 0, err
+    assert "| relative RMS error vs discrete limit" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| held-out noise |")]
+    untuned, tuned = (float(c) for c in row.strip("|").split("|")[1:3])
+    assert tuned < untuned
+    assert json.loads(saved.read_text())["about"]["end"] == "lowest"
+    status, out, err = run_cli(capsys, "tune", "dpm++2m", *argv, "--end", "lowest")
+    assert status == 0, err
+    assert "| relative RMS error vs discrete limit" in out and "tuned grid: timesteps=" in out
+    status, _, err = run_cli(capsys, "tune", "flow-euler", "-o", "shift=3.0", *argv, "--end",
+                             "lowest")  # fmt: skip
+    assert status == 2 and "--end lowest is for discrete-time models" in err

@@ -39,6 +39,7 @@ def test_tune_save_load_reproduce(pipe, tmp_path):
     assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
     about = json.loads(path.read_text(encoding="utf-8"))["about"]
     assert about["prompts"] == PROMPTS and about["model_calls"] > 0
+    assert about["end"] == "zero"  # the default: fitted to the ODE's solution at σ = 0
     assert about["calibration_error"] <= about["calibration_error_before"]
 
     scheduler = tp.load(path, pipe, num_steps=STEPS)
@@ -95,12 +96,14 @@ def test_cli_tunes_a_saved_pipeline_and_the_file_loads(pipe, tmp_path, capsys):
 
     status, text, err = run("tune", "--pipeline", folder, "--prompt", "a cat", "--prompt",
                             "a dog", "--steps", STEPS, "--calibration", 4, "--guidance-scale",
-                            5.0, "--max-evaluations", 6, "--save", out)  # fmt: skip
+                            5.0, "--max-evaluations", 6, "--end", "lowest", "--save",
+                            out)  # fmt: skip
     assert status == 0, err
     assert f"wrote {out}" in text and "batched UNet calls" in text
+    assert "vs the reference discrete limit" in text  # the UNet is never called below t = 0
     about = json.loads(out.read_text(encoding="utf-8"))["about"]
     assert about["prompts"] == PROMPTS and about["guidance_scale"] == 5.0
-    assert about["calibration"] == 4 and about["tune"] == "both"
+    assert about["calibration"] == 4 and about["tune"] == "both" and about["end"] == "lowest"
     assert about["calibration_error"] <= about["calibration_error_before"]
     scheduler = tp.load(out, pipe, num_steps=STEPS)
     original = pipe.scheduler
