@@ -406,7 +406,10 @@ def exact_solution(
         noise = noise * math.sqrt(((1 - start) / start + d2) * start)
     lowest = None
     if end == "lowest" and last == 1.0:  # the jump to x̂_0 at the lowest trained level
-        lowest = float(np.asarray(scheduler.alphas_cumprod, np.float64)[0])
+        trained = getattr(scheduler, "alphas_cumprod", None)
+        if trained is None or is_edm(scheduler):
+            return None, "end='lowest' needs a discrete-time schedule (trained levels)"
+        lowest = float(np.asarray(trained, np.float64)[0])
         if not start <= lowest < 1.0:
             return None, f"the lowest trained level (ᾱ = {lowest:g}) is not below the start"
     # many runs (bench rows, tuned grids) share a start: their exact solution is solved once

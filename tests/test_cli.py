@@ -863,6 +863,10 @@ def test_exact_solution_end_lowest_is_the_discrete_limit():
     assert gap > 5e-5
     with pytest.raises(ValueError, match="end must be 'zero' or 'lowest', got 'low'"):
         cli.exact_solution(sched, model, start, None, "low", **options)
+    edm = cli.SCHEDULERS["edm-euler"]()
+    noise = cli.make_noise("gmm", 4, 0) * edm.init_noise_scale(5)
+    assert cli.exact_solution(edm, cli.exact_model(edm, "gmm"), noise, 5, "lowest") == (
+        None, "end='lowest' needs a discrete-time schedule (trained levels)")  # fmt: skip
 
 
 def test_tune_end_lowest(capsys, tmp_path):
