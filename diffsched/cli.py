@@ -179,14 +179,15 @@ def build_comfy(sampler_name: str, options: dict[str, Any], spec: str) -> Schedu
 def adapt_to_model(
     scheduler: Scheduler, model_name: str, options: dict[str, Any]
 ) -> tuple[Scheduler, str]:
-    """The mixture's data reach about ±3, so clipping x̂_0 to [-1, 1] would distort them:
-    for ``gmm``, clipping is turned off unless the options set it. Returns the note to show."""
+    """The mixtures' data reach about ±3, so clipping x̂_0 to [-1, 1] would distort them:
+    for ``gmm`` and ``gmm64``, clipping is turned off unless the options set it. Returns the
+    note to show."""
     if (
-        model_name == "gmm"
+        data_name(model_name) == "gmm"
         and getattr(scheduler, "clip_denoised_sample", False)
         and "clip_denoised_sample" not in options
     ):
-        note = "note: gmm data exceed [-1, 1], so clip_denoised_sample=False"
+        note = f"note: {model_name} data exceed [-1, 1], so clip_denoised_sample=False"
         return scheduler.replace(clip_denoised_sample=False), note
     return scheduler, ""
 
@@ -214,12 +215,35 @@ class Run:
         return relative_error(self.samples, self.exact)
 
 
+# the exact models of the commands: name -> (the data set of diffsched.exact.models, options)
+EXACT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "digits": ("digits", {}),  # scikit-learn's 8x8 digits, as an empirical distribution
+    "gmm": ("gmm", {"n_components": 8, "dim": 2, "seed": 0}),  # isotropic, in the plane
+    # 8 Gaussians with full covariances in 64 dimensions (standard deviations 0.1-0.6 along
+    # random rotations, means about 3 apart): the kind of model issue 20 measured the tuner on
+    "gmm64": ("gmm", {"n_components": 8, "dim": 64, "seed": 0, "mean_scale": 0.5,
+                      "std_range": (0.1, 0.6), "covariance": "full"}),
+}  # fmt: skip
+MODEL_NAMES = tuple(EXACT_MODELS)
+MODEL_HELP = ("exact model: digits (8x8 digits, empirical), gmm (2-D mixture), gmm64 (64-D "
+              "mixture, full covariances)")  # fmt: skip
+
+
+def data_name(model_name: str) -> str:
+    """The data set (``"digits"`` or ``"gmm"``) of one of :data:`EXACT_MODELS`."""
+    if model_name not in EXACT_MODELS:
+        raise UsageError(f"unknown model {model_name!r}; known: {', '.join(EXACT_MODELS)}")
+    return EXACT_MODELS[model_name][0]
+
+
 def model_kwargs(model_name: str) -> dict[str, Any]:
-    return {} if model_name == "digits" else {"n_components": 8, "dim": 2, "seed": 0}
+    """The options of one of :data:`EXACT_MODELS` (a copy)."""
+    data_name(model_name)
+    return dict(EXACT_MODELS[model_name][1])
 
 
 def make_noise(model_name: str, num_samples: int, seed: int) -> np.ndarray:
-    shape = models.sample_shape(model_name, num_samples, **model_kwargs(model_name))
+    shape = models.sample_shape(data_name(model_name), num_samples, **model_kwargs(model_name))
     return np.random.default_rng(seed).standard_normal(shape)
 
 
@@ -328,22 +352,22 @@ def exact_model(scheduler: Scheduler, model_name: str):
     """The exact model the scheduler's loop calls: the denoiser in its prediction type at
     the training steps of its betas, EDM's network F, iPNDM's continuous-time v model, or
     the rectified-flow form (t = σ T)."""
-    kwargs = model_kwargs(model_name)
+    kwargs, data = model_kwargs(model_name), data_name(model_name)
     if isinstance(scheduler, ComfySampler):
         return comfy_exact_model(scheduler, model_name)
     if is_flow(scheduler):
-        return models.make_flow_model(model_name, scheduler.num_train_steps, **kwargs)
+        return models.make_flow_model(data, scheduler.num_train_steps, **kwargs)
     if is_edm(scheduler):
-        return EDMExactModel(models.make_denoiser(model_name, **kwargs), scheduler.sigma_data,
+        return EDMExactModel(models.make_denoiser(data, **kwargs), scheduler.sigma_data,
                              scheduler.prediction_type)  # fmt: skip
     if isinstance(scheduler, methods.IPNDM):
-        return CosineExactModel(models.make_denoiser(model_name, **kwargs))
+        return CosineExactModel(models.make_denoiser(data, **kwargs))
     if not scheduler.TRAINING_TIMESTEPS or getattr(scheduler, "use_flow_sigmas", False):
         raise UsageError(
             f"{type(scheduler).__name__} with these options calls the model at timesteps that "
             "are not training steps of its beta schedule; the exact models take those only"
         )
-    return models.make_model(model_name, scheduler.alphas_cumprod, scheduler.prediction_type,
+    return models.make_model(data, scheduler.alphas_cumprod, scheduler.prediction_type,
                              **kwargs)  # fmt: skip
 
 
@@ -357,14 +381,14 @@ def comfy_exact_model(scheduler: ComfySampler, model_name: str):
     the table index ComfyUI gives σ (the nearest in log σ, as ComfyUI calls its network:
     between table entries the σ the sample holds and the index's differ by at most half a
     table step); on a flow model sampling the rectified-flow model at t = σ · multiplier."""
-    kwargs = model_kwargs(model_name)
+    kwargs, data = model_kwargs(model_name), data_name(model_name)
     ms = scheduler.model_sampling
     if ms.kind in COMFY_PREDICTIONS:
         alphas_cumprod = 1.0 / (1.0 + ms.sigmas.astype(np.float64) ** 2)
-        return models.make_model(model_name, alphas_cumprod, COMFY_PREDICTIONS[ms.kind],
+        return models.make_model(data, alphas_cumprod, COMFY_PREDICTIONS[ms.kind],
                                  **kwargs)  # fmt: skip
     if ms.kind == "flow" and float(ms.multiplier).is_integer() and ms.multiplier >= 1:
-        return models.make_flow_model(model_name, int(ms.multiplier), **kwargs)
+        return models.make_flow_model(data, int(ms.multiplier), **kwargs)
     raise UsageError(
         f"{type(scheduler).__name__} on ComfyUI's {ms.kind!r} model sampling: the exact models "
         "take eps, v, x0 and flow (an integer multiplier) only"
@@ -509,7 +533,7 @@ def clean_data(model_name: str, noise: np.ndarray) -> np.ndarray:
         data = models.digits_data()
         rows = data[rng.integers(0, data.shape[0], noise.shape[0])]
         return rows.reshape(noise.shape)
-    return models.make_denoiser("gmm", **model_kwargs("gmm")).sample(noise.shape[0], rng)
+    return models.make_denoiser("gmm", **model_kwargs(model_name)).sample(noise.shape[0], rng)
 
 
 # -- pictures -------------------------------------------------------------------------------
@@ -543,7 +567,7 @@ def plot_samples(path: Path, model_name: str, samples: np.ndarray, exact, title:
         ax.set_axis_off()
     else:
         fig, ax = plt.subplots(figsize=(5, 5))
-        mixture = models.make_denoiser("gmm", **model_kwargs("gmm"))
+        mixture = models.make_denoiser("gmm", **model_kwargs(model_name))
         data = mixture.sample(2000, np.random.default_rng(123))
         ax.scatter(data[:, 0], data[:, 1], s=3, c="0.8", label="data")
         if exact is not None:
@@ -1186,7 +1210,7 @@ def adaptive_rows(rtols: Sequence[float], model_names: Sequence[str], num_sample
     sigmas = [1.0, ADAPTIVE_SIGMA_MIN, 0.0]
     for model_name in model_names:
         noise = make_noise(model_name, num_samples, seed)
-        model = models.make_flow_model(model_name, 1000, **model_kwargs(model_name))
+        model = models.make_flow_model(data_name(model_name), 1000, **model_kwargs(model_name))
         exact = {end: reference.solve_flow_ode(model.denoiser, noise, 1.0, end)
                  for end in (0.0, ADAPTIVE_SIGMA_MIN)}  # fmt: skip
         for label, make in ADAPTIVE_BENCH.items():
@@ -1389,7 +1413,7 @@ FLOOR_SEED = 2000  # the exact data batches of the floor: seed + this
 
 def data_moments(model_name: str) -> tuple[np.ndarray, np.ndarray]:
     """The exact data's mean (d,) and covariance (d, d) of the named model."""
-    return models.make_denoiser(model_name, **model_kwargs(model_name)).moments()
+    return models.make_denoiser(data_name(model_name), **model_kwargs(model_name)).moments()
 
 
 def moment_distance(samples: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[float, float]:
@@ -1410,7 +1434,7 @@ def moment_floor(model_name: str, num_samples: int, seed: int,
     """The Monte-Carlo floor: the (mean, covariance) distances of ``batches`` batches of
     ``num_samples`` exact data samples, their average ("average") and 95th percentile
     ("p95")."""
-    denoiser = models.make_denoiser(model_name, **model_kwargs(model_name))
+    denoiser = models.make_denoiser(data_name(model_name), **model_kwargs(model_name))
     mean, cov = denoiser.moments()
     rng = np.random.default_rng(seed + FLOOR_SEED)
     found = np.array([moment_distance(denoiser.sample(num_samples, rng), mean, cov)
@@ -1754,7 +1778,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a custom grid: one of edm, logsnr, ays-sd15, ays-sdxl, ays-svd (of "
                         "--steps steps), or a JSON file from 'diffsched tune --save' (then "
                         f"measured on held-out noise, seed --seed + {HELD_OUT_SEED})")  # fmt: skip
-    p.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
+    p.add_argument("--model", choices=MODEL_NAMES, default="digits", help=MODEL_HELP)
     p.add_argument("--num-samples", type=int, default=64, help="samples in the batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and key")
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library")
@@ -1786,9 +1810,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--model",
         nargs="+",
-        choices=models.MODEL_NAMES,
+        choices=MODEL_NAMES,
         default=None,
-        help="exact models (default: digits gmm; with --stochastic: gmm)",
+        help=f"{MODEL_HELP} (default: digits gmm; with --stochastic: gmm)",
     )
     b.add_argument("--num-samples", type=int, default=None,
                    help="samples per model (default: 32; with --stochastic: "
@@ -1837,7 +1861,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a scheduler option (repeatable)")  # fmt: skip
     t.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
     t.add_argument("--steps", type=int, default=6, help="number of steps")
-    t.add_argument("--model", choices=models.MODEL_NAMES, default="digits", help="exact model")
+    t.add_argument("--model", choices=MODEL_NAMES, default="digits", help=MODEL_HELP)
     t.add_argument("--calibration", type=int, default=None,
                    help="calibration samples (default 256: on the exact models the tuned "
                         "tables carried over to other noise clearly better than with 64; 16 "
