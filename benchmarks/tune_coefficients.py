@@ -469,7 +469,7 @@ def table(path: str) -> str:
     lines = [
         "| model | calls | cal | draws | diffusers' best | ours untuned | " + " | ".join(KINDS)
         + " | tuned both / diffusers' best | worst 1%'s share (diffusers' best, tuned both) "
-        "| worse than base (draws) | bases picked "
+        "| tuned both worse than base (draws) | bases picked "
         "| cost of tuned both (calls, s) |",
         "|---|---:|---:|---:|" + "---:|" * (len(KINDS) + 5) + "---|---:|",
     ]  # fmt: skip
@@ -495,9 +495,12 @@ def table(path: str) -> str:
             if theirs_share is not None and None not in shares
             else "-"
         )
-        worse = sum(r["tuned both"]["error"] > r["untuned base"]["error"] * (1 + 1e-9)
-                    for r in group)  # fmt: skip
-        cells.append(f"{worse} of {len(group)}")
+        worse = {
+            kind: sum(r[kind]["error"] > r["untuned base"]["error"] * (1 + 1e-9) for r in group)
+            for kind in ("tuned both", "tuned coefficients")
+        }
+        cells.append(f"{worse['tuned both']} of {len(group)} "
+                     f"(coefficients: {worse['tuned coefficients']})")  # fmt: skip
         picked = sorted({r["tuned both"]["base"] + ("+w" if r["tuned both"]["weights"] else "")
                          for r in group})  # fmt: skip
         cells.append(", ".join(picked))
