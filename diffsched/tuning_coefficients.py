@@ -45,9 +45,9 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    differences or more (:meth:`diffsched.tuning.Score.beats`): a fall carried by a few
    samples does not carry over to other noise. Nor is a fit that extrapolates
    (:class:`_Stress`): on the calibration noise negated (the same law, other
-   trajectories) it must move no sample more than 4 times as far from the base's result as
-   it moved any calibration sample; else the fit of the next least leave-one-out error is
-   judged. Where the fit of every call is dropped, the last call's combination alone
+   trajectories) it may move at most one sample more than 4 times as far from the base's
+   result as it moved any calibration sample; else the fit of the next least leave-one-out
+   error is judged. Where the fit of every call is dropped, the last call's combination alone
    (linear: one least-squares solve) is fitted and judged the same way.
    Leave-one-out uses every calibration sample for the fit (the split sets a quarter
    aside) and saves the refit: on the exact mixture at 10 calls, 256 calibration samples,
@@ -550,15 +550,20 @@ STRESS_FACTOR = 4.0  # a correction this many times its largest on the calibrati
 
 class _Stress:
     """The guard against a fit that extrapolates: a tuned table is a correction of the
-    base's error, fitted on the calibration batch; where on other noise it moves a sample
-    ``STRESS_FACTOR`` times farther from the base's result than it moved any calibration
-    sample, it acts where it was never fitted, and is refused. The other noise is the
-    calibration noise negated (the same law, other trajectories: no new draw, no reference
-    solve; 2N model calls, N more per fit checked). On the 64-D mixture ``gmm64-far`` at 10
-    calls (UniPC's own grid, ``tune="coefficients"``, 64 samples) a fit whose leave-one-out
-    error was 0.016 (the base's 0.132) gave 0.43 on 8192 held-out noises: its last calls'
-    extrapolation of x̂_0 sent the 3% of samples still between two components at σ = 0.37
-    (the grid's last level) 15-22 away, where the base's worst was 5.6."""
+    base's error, fitted on the calibration batch; where on other noise it moves two
+    samples or more ``STRESS_FACTOR`` times farther from the base's result than it moved
+    any calibration sample, it acts where it was never fitted, and is refused. The other
+    noise is the calibration noise negated (the same law, other trajectories: no new draw,
+    no reference solve; 2N model calls, N more per fit checked). On the 64-D mixture
+    ``gmm64-far`` at 10 calls (UniPC's own grid, ``tune="coefficients"``, 64 samples) a fit
+    whose leave-one-out error was 0.016 (the base's 0.132) gave 0.43 on 8192 held-out
+    noises: its last calls' extrapolation of x̂_0 sent the 3% of samples still between two
+    components at σ = 0.37 (the grid's last level) 15-22 away from the exact solution, where
+    the base's worst was 5.6; on the negated noise its two largest moves were 21 times the
+    largest on the calibration noise. Fits that did well on held-out noise moved one sample
+    12 times as far and the next 1.3 times (a flip), or their two largest 6 and 3 times (the
+    thresholds were set on these cases: ``benchmarks/tune_coefficients.py``, 64-D mixtures,
+    8192 held-out noises)."""
 
     def __init__(self, loop: _Loop, params: _Params, noise: np.ndarray) -> None:
         self.loop, self.params, self.noise = loop, params, noise
@@ -576,7 +581,9 @@ class _Stress:
         moved = np.sqrt(((calibrated - self.base[0]).reshape(b, -1) ** 2).sum(axis=1))
         other, _ = self.loop.run(self.loop.start(-self.noise), self.params.weights(theta))
         away = np.sqrt(((other - self.base[1]).reshape(b, -1) ** 2).sum(axis=1))
-        return bool(away.max() > STRESS_FACTOR * moved.max())
+        # two samples or more: one can be a flip (a sample near a boundary between modes
+        # that one table sends to the other side), which any table makes at its own rate
+        return bool(np.sort(away)[-2] > STRESS_FACTOR * moved.max())
 
 
 def _levenberg_marquardt(
