@@ -25,15 +25,18 @@ diffusers candidate the same way):
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
 shared by the tuners; the cost column is that of ``tuned both`` alone, reference
-included. The held-out noise (1024 samples, seed 7) is never seen by any tuner; its exact
+included. The held-out noise (``--held``, 1024 samples by default, seed 7) is never seen by
+any tuner; each row also gives the share of its squared error that the worst 1% of the
+held-out samples carry (on the mixtures, the few that end in another component); its exact
 solutions are solved once per model and budget and kept beside the results file
 (``exact_*.npy``). The exact solution of the network's ODE is solved with its own float64
 forward pass (DOP853, rtol 1e-10). Costs are batch model calls and seconds of one shared
 core. Usage::
 
     python benchmarks/tune_coefficients.py [--models gmm digits net gmm64 gmm64-far]
-        [--budgets 5 10] [--calibration 64 256] [--draws 3] [--jobs 2]
-        [--prediction epsilon|v|v-zero-snr] [--out results.jsonl] [--baselines earlier.jsonl]
+        [--budgets 5 10] [--calibration 64 256] [--draws 3] [--jobs 2] [--held 1024]
+        [--prediction epsilon|v|v-zero-snr] [--end zero|lowest] [--out results.jsonl]
+        [--baselines earlier.jsonl]
     python benchmarks/tune_coefficients.py --table results.jsonl
 """
 
