@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 import diffsched as ds
-from diffsched.cli import make_noise, model_kwargs
+from diffsched.cli import MODEL_NAMES, data_name, make_noise, model_kwargs
 from diffsched.exact import models, reference
 from diffsched.tuning import relative_error
 
@@ -30,12 +30,12 @@ RTOLS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gmm", choices=models.MODEL_NAMES)
+    parser.add_argument("--model", default="gmm", choices=MODEL_NAMES)
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     noise = make_noise(args.model, args.num_samples, args.seed)
-    model = models.make_flow_model(args.model, 1000, **model_kwargs(args.model))
+    model = models.make_flow_model(data_name(args.model), 1000, **model_kwargs(args.model))
     exact = {
         end: reference.solve_flow_ode(model.denoiser, noise, 1.0, end) for end in (0.0, SIGMA_MIN)
     }
