@@ -947,7 +947,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tunable = [n for n, c in SCHEDULERS.items() if commands_of(n)["tune"] is None]
         raise UsageError(f"{'--config ' + args.config if name is None else name}: {refusal}; "
                          f"tunable: {', '.join(tunable)}")  # fmt: skip
-    if args.end == "lowest" and (is_flow(scheduler) or is_edm(scheduler)):
+    if args.end == "lowest" and is_flow(scheduler):  # (EDM is refused above: not tunable)
         raise UsageError(f"--end lowest is for discrete-time models (the jump to x̂_0 at the "
                          f"lowest trained level); {type(scheduler).__name__} has continuous "
                          f"levels")  # fmt: skip

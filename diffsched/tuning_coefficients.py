@@ -281,7 +281,8 @@ def fit_coefficients(
     def error(theta, rows):
         return score(theta, rows).error
 
-    start = score(zero, everything)
+    start, untuned = _score(loop, params, loop.start(noise), ref, zero, outputs=True)
+    stress = _Stress(loop, noise, untuned)  # the base's run is shared by every fit judged
     start_error = start.error
     if (
         params.size == 0 or start_error < RESOLUTION
@@ -292,12 +293,12 @@ def fit_coefficients(
     if select == "loo":
         path = sorted(ridges, reverse=True)
         result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
-                          iterations, t0)  # fmt: skip
+                          iterations, t0, stress)  # fmt: skip
         if result.ridge == math.inf and calls == "all":  # the last call alone (linear)
             final = _Params(loop.lams, history, moments, final_moments, "final")
             if final.size:
                 result = _fit_loo(loop, final, noise, ref, start, scheduler, num_steps, grid,
-                                  path, 1, t0)  # fmt: skip
+                                  path, 1, t0, stress)  # fmt: skip
         return result
     held_errors = {math.inf: error(zero, held)}
     theta = zero
@@ -320,8 +321,8 @@ def fit_coefficients(
                                     iterations)  # fmt: skip
     fitted_score, out = _score(loop, params, loop.start(noise), ref, theta, outputs=True)
     err = fitted_score.error
-    extrapolates = _Stress(loop, params, noise).extrapolates
-    if not fitted_score.beats(start) or extrapolates(theta, out):  # a few samples carry it, or
+    extrapolates = stress.extrapolates(params.weights(theta), out)
+    if not fitted_score.beats(start) or extrapolates:  # a few samples carry it, or
         theta, err, best = zero, start_error, math.inf  # it acts where it was not fitted
     weights = params.weights(theta) if best != math.inf else None
     return CoefficientResult(
@@ -442,7 +443,7 @@ class FinalScorer:
 
 def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, start: Score,
              scheduler: Scheduler, num_steps: int, grid: dict, path: Sequence[float],
-             iterations: int, t0: float) -> CoefficientResult:  # fmt: skip
+             iterations: int, t0: float, stress: _Stress) -> CoefficientResult:  # fmt: skip
     """The fit of the module docstring on the whole batch, its ridge chosen by
     leave-one-out: along ``path`` (μ/s, large to small, each fit starting from the one
     before) the fitted θ's leave-one-out error (:func:`leave_one_out`, at the fit's last
@@ -467,7 +468,6 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
         held_errors[ridge] = held.error
         fits.append((ridge, theta, held))
     weights, ridge, err = None, math.inf, start.error
-    stress = _Stress(loop, params, noise)
     # the least leave-one-out error first; the next only where a better one extrapolates
     for best in sorted(fits, key=lambda f: f[2].error):
         if not best[2].error < start.error * (1 - MIN_GAIN):
@@ -475,7 +475,7 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
         fitted, out = _score(loop, params, x0, ref, best[1], outputs=True)
         if not fitted.beats(start):  # a fall carried by a few samples: the base
             break
-        if stress.extrapolates(best[1], out):
+        if stress.extrapolates(params.weights(best[1]), out):
             continue
         ridge, err, weights = best[0], fitted.error, params.weights(best[1])
         break
@@ -554,7 +554,7 @@ class _Stress:
     samples or more ``STRESS_FACTOR`` times farther from the base's result than it moved
     any calibration sample, it acts where it was never fitted, and is refused. The other
     noise is the calibration noise negated (the same law, other trajectories: no new draw,
-    no reference solve; 2N model calls, N more per fit checked). On the 64-D mixture
+    no reference solve; N model calls, N more per fit checked). On the 64-D mixture
     ``gmm64-far`` at 10 calls (UniPC's own grid, ``tune="coefficients"``, 64 samples) a fit
     whose leave-one-out error was 0.016 (the base's 0.132) gave 0.43 on 8192 held-out
     noises: its last calls' extrapolation of x̂_0 sent the 3% of samples still between two
@@ -565,22 +565,21 @@ class _Stress:
     thresholds were set on these cases: ``benchmarks/tune_coefficients.py``, 64-D mixtures,
     8192 held-out noises)."""
 
-    def __init__(self, loop: _Loop, params: _Params, noise: np.ndarray) -> None:
-        self.loop, self.params, self.noise = loop, params, noise
-        self.base: tuple[np.ndarray, np.ndarray] | None = None
+    def __init__(self, loop: _Loop, noise: np.ndarray, untuned: np.ndarray) -> None:
+        """``untuned``: the base's final samples from the calibration ``noise``."""
+        self.loop, self.noise, self.untuned = loop, noise, untuned
+        self.other: np.ndarray | None = None  # the base's from the negated noise, when asked
 
-    def _runs(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cal, _ = self.loop.run(self.loop.start(self.noise), w)
-        other, _ = self.loop.run(self.loop.start(-self.noise), w)
-        return cal, other
-
-    def extrapolates(self, theta: np.ndarray, calibrated: np.ndarray) -> bool:
-        if self.base is None:
-            self.base = self._runs(np.zeros(self.params.shape))
+    def extrapolates(self, weights: np.ndarray, calibrated: np.ndarray) -> bool:
+        """Whether the table of these corrections (``_Params.weights``), whose final
+        samples from the calibration noise are ``calibrated``, extrapolates."""
+        start = self.loop.start(-self.noise)
+        if self.other is None:
+            self.other, _ = self.loop.run(start, np.zeros_like(weights))
         b = calibrated.shape[0]
-        moved = np.sqrt(((calibrated - self.base[0]).reshape(b, -1) ** 2).sum(axis=1))
-        other, _ = self.loop.run(self.loop.start(-self.noise), self.params.weights(theta))
-        away = np.sqrt(((other - self.base[1]).reshape(b, -1) ** 2).sum(axis=1))
+        moved = np.sqrt(((calibrated - self.untuned).reshape(b, -1) ** 2).sum(axis=1))
+        other, _ = self.loop.run(start, weights)
+        away = np.sqrt(((other - self.other).reshape(b, -1) ** 2).sum(axis=1))
         # two samples or more: one can be a flip (a sample near a boundary between modes
         # that one table sends to the other side), which any table makes at its own rate
         return bool(np.sort(away)[-2] > STRESS_FACTOR * moved.max())
