@@ -293,6 +293,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
         row["tuned grid"] = {
             **_held(model, base, held, budget, exact_top, found.init_options),
             "calls": counted.calls, "seconds": time.perf_counter() - t0,
+            "confirmation": found.confirmation,
         }  # fmt: skip
         tuners = (("tuned coefficients", None, "loo", False),
                   ("tuned both, base only", None, "loo", True),
@@ -309,7 +310,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
                 "calls": res.model_calls, "seconds": time.perf_counter() - t0,
                 "base": f"{type(b).__name__} {getattr(b, 'solver_order', '')}".strip(),
                 "weights": tuned.weights is not None, "ridge": res.ridge,
-                "calibration error": res.error,
+                "calibration error": res.error, "confirmation": res.confirmation,
             }  # fmt: skip
     return row
 

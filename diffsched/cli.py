@@ -979,6 +979,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{same_image_fraction(after.samples, after.exact):.0%} |")  # fmt: skip
     print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
           f"calls on the calibration batch, {result.seconds:.1f} s")  # fmt: skip
+    _print_confirmation(result.confirmation)
     if out is not None:
         from .grids import save_grid
 
@@ -988,6 +989,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"--seed {args.seed}, which measures it on held-out noise, or "
               f"sched.init(None, x, **ds.load_grid('{out}')))")  # fmt: skip
     return 0
+
+
+def _print_confirmation(check: dict | None) -> None:
+    """The tuner's confirmation on the negated calibration noise, where it needed one."""
+    if check is not None:
+        kept = "kept" if check["tuned"] < check["base"] else "not kept: the untuned one returned"
+        print(f"the gain was weak on the calibration batch ({check['significance']:.1f} "
+              f"standard errors); on the negated batch the tuned "
+              f"result does {check['tuned']:.3e} against the untuned {check['base']:.3e} "
+              f"({kept})")  # fmt: skip
 
 
 def _end_label(end: str) -> str:
@@ -1030,6 +1041,7 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
     print(f"model calls per sample: {after.model_calls}; tuner: {result.model_calls} model "
           f"calls on the calibration batch ({result.model_calls / args.steps:.0f} × N), "
           f"{result.seconds:.1f} s")  # fmt: skip
+    _print_confirmation(result.confirmation)
     if out is not None:
         from .tuning_coefficients import save_tuned
 
@@ -1107,6 +1119,7 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
     print(f"tuner: {about['model_calls']} batched UNet calls "
           f"({about['model_calls'] / args.steps:.0f} × N), {about['seconds']:.1f} s; base "
           f"{type(tuned.base_scheduler).__name__}")  # fmt: skip
+    _print_confirmation(about.get("negated_check"))
     print(f"wrote {out} (use: pipe.scheduler = diffsched.tuning_pipeline.load('{out}', pipe); "
           f"pipe(..., num_inference_steps={args.steps}))")  # fmt: skip
     return 0

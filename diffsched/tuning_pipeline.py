@@ -138,13 +138,13 @@ def tune(
     noise = calibration_noise(pipe, calibration, seed)
     t0 = time.perf_counter()
     if tune == "grid":
-        found = search(model, scheduler, num_steps, noise, **options)
-        tuned = _tuned(scheduler, num_steps, found.init_options, None)
-        start_error, error = found.start_error, found.error
+        result = search(model, scheduler, num_steps, noise, **options)
+        tuned = _tuned(scheduler, num_steps, result.init_options, None)
     else:
         result = search_coefficients(model, scheduler, num_steps, noise, grid=tune == "both",
                                      **options)  # fmt: skip
-        tuned, start_error, error = result.scheduler, result.start_error, result.error
+        tuned = result.scheduler
+    start_error, error = result.start_error, result.error
     seconds = time.perf_counter() - t0
     if path is not None:
         save_tuned(
@@ -153,6 +153,7 @@ def tune(
             calibration=calibration, seed=seed, tune=tune, end=options.get("end", "zero"),
             model_calls=model.calls,
             seconds=seconds, calibration_error_before=start_error, calibration_error=error,
+            negated_check=result.confirmation,
         )  # fmt: skip
     return tuned
 
