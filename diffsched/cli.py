@@ -265,9 +265,20 @@ def to_backend(x: np.ndarray, backend: str, dtype: str):
 
 def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model (x = (1 - σ) x_0 + σ ε)."""
+    from .grids import is_flow as flow_levels
     from .methods.flow_match import is_flow_match
 
-    return is_flow_match(getattr(scheduler, "base_scheduler", scheduler))  # a Tuned: its base
+    base = getattr(scheduler, "base_scheduler", None)
+    if base is not None:  # a Tuned: its base, a flow-matching class or (ds.tune's) on flow σ's
+        return is_flow_match(base) or flow_levels(base)
+    return is_flow_match(scheduler)
+
+
+def _flow_sigma(alpha_bar: float) -> float:
+    """The flow level σ (x = (1 - σ) x_0 + σ ε) of the variance-preserving level ᾱ."""
+    if alpha_bar >= 1.0:
+        return 0.0
+    return 1.0 / (1.0 + math.sqrt(alpha_bar / (1.0 - alpha_bar)))
 
 
 def is_edm(scheduler: Scheduler) -> bool:
@@ -414,6 +425,12 @@ def exact_solution(
         return None, "stochastic sampler: it does not follow the probability-flow ODE"
     if is_flow(scheduler):
         sigma_start, sigma_end = scheduler.noise_levels(num_steps, **init_options)
+        from .methods.flow_match import is_flow_match
+
+        if not is_flow_match(getattr(scheduler, "base_scheduler", scheduler)):
+            # a solver on flow σ's (ds.tune's base for a flow table) gives its levels as
+            # ᾱ = α² / (α² + σ²) with α = 1 - σ: σ = 1 / (1 + sqrt(ᾱ / (1 - ᾱ)))
+            sigma_start, sigma_end = (_flow_sigma(a) for a in (sigma_start, sigma_end))
         return reference.solve_flow_ode(model.denoiser, noise, sigma_start, sigma_end), ""
     if isinstance(scheduler, ComfySampler) and scheduler.model_sampling.flow:
         # ComfyUI's flow loop: x = (1 - σ) x_0 + σ ε from σ_0, its result x / (1 - σ_last)
@@ -1014,11 +1031,8 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
     ``ds.load_tuned`` / ``diffsched sample --config``."""
     from .tuning import search_coefficients
 
-    # a flow scheduler keeps its own base: the exact flow models run the flow-matching
-    # classes only (ds.tune also lets UniPC on flow σ's compete)
-    bases = None if is_flow(scheduler) else "auto"
     result = search_coefficients(model, scheduler, args.steps, calibration,
-                                 grid=args.tune == "both", bases=bases,
+                                 grid=args.tune == "both", bases="auto",
                                  max_evaluations=args.max_evaluations, end=args.end)  # fmt: skip
     tuned = result.scheduler
     base = tuned.base_scheduler

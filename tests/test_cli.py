@@ -745,13 +745,22 @@ def test_tune_a_flow_matching_scheduler(capsys, tmp_path):
     status, out, err = run_cli(capsys, "tune", "flow-euler", "-o", "shift=3.0", *argv,
                                "--tune", "both", "--save", saved)  # fmt: skip
     assert status == 0, err
-    assert "tuned table: base FlowMatchEuler" in out
+    assert "tuned table: base " in out  # FlowMatchEuler, or UniPC on its flow σ's
     (row,) = [line for line in out.splitlines() if line.startswith("| held-out noise |")]
     untuned, tuned = (float(c) for c in row.strip("|").split("|")[1:3])
     assert tuned < untuned  # measured 0.45 -> 0.17 on 32 held-out noises
-    status, out, err = run_cli(capsys, "sample", "--config", saved, "--model", "gmm",
-                               "--steps", 4, "--out", tmp_path / "s.png")  # fmt: skip
-    assert status == 0, err
+    errors = []
+    for spec in (("--config", saved), ("flow-euler", "-o", "shift=3.0")):
+        status, out, err = run_cli(capsys, "sample", *spec, "--model", "gmm", "--steps", 4,
+                                   "--out", tmp_path / "s.png")  # fmt: skip
+        assert status == 0, err
+        (line,) = [x for x in out.splitlines() if x.startswith("relative RMS error vs exact")]
+        errors.append(float(line.rsplit(" ", 1)[1]))
+    assert errors[0] < errors[1]  # the table run back on the exact flow model, measured
+    for sigma in (0.3, 0.9, 1 - 1e-6):  # a solver on flow σ's gives ᾱ = α² / (α² + σ²)
+        alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
+        assert cli._flow_sigma(alpha_bar) == pytest.approx(sigma, rel=1e-9)
+    assert cli._flow_sigma(1.0) == 0.0
     status, _, err = run_cli(capsys, "tune", "unipc", "-o", "use_flow_sigmas=true", "-o",
                              "prediction_type=flow", *argv)  # fmt: skip
     assert status == 2 and "UniPC on flow levels" in err

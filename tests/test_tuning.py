@@ -415,3 +415,36 @@ def test_a_gain_fitted_to_a_few_samples_is_not_kept():
     assert table.scheduler.weights is None and table.scheduler.base_scheduler == sched
     own = found.start_options["timesteps"]
     assert list(table.scheduler.grid_timesteps) == pytest.approx(own)
+
+
+def test_a_table_whose_weights_do_not_carry_over_falls_back_to_its_grid():
+    """tuning._confirmed_table: a tuned table that does worse than the untuned scheduler
+    on the negated batch is replaced by its grid with the base's own weights where that
+    does better there, else by the untuned scheduler."""
+    from diffsched.tuning import _confirmed_table, solve_reference
+    from diffsched.tuning_coefficients import _tuned
+
+    sched = ds.UniPC(**SD)
+    model = cli.exact_model(sched, "gmm")
+    fitted = search_coefficients(model, sched, STEPS, CALIBRATION)
+    table = fitted.scheduler
+    assert table.weights is not None and table.grid_options  # grid and weights tuned
+    broken = _tuned(table.base_scheduler, STEPS, table.grid_options,
+                    -20 * table.weight_table())  # fmt: skip
+    grid = Grid.of(sched, STEPS)
+    own = grid.init_options(grid.start)
+    ref = solve_reference(model, sched, STEPS, CALIBRATION).final
+    solve = {"candidates": 100, "substeps": 4, "end": "zero", "mu": None}
+    checked = _confirmed_table(fitted._replace(scheduler=broken), model, sched, STEPS,
+                               CALIBRATION, ref, own, solve)  # fmt: skip
+    check = checked.confirmation
+    assert check["tuned"] > check["base"] > check["grid alone"]
+    assert checked.scheduler == _tuned(table.base_scheduler, STEPS, table.grid_options, None)
+    assert checked.error == fitted.start_error  # the grid alone's calibration error
+    # a table on the own grid has no other fallback than the untuned scheduler
+    own_broken = _tuned(sched, STEPS, own, -20 * table.weight_table())
+    checked = _confirmed_table(fitted._replace(scheduler=own_broken), model, sched, STEPS,
+                               CALIBRATION, ref, own, solve)  # fmt: skip
+    assert "grid alone" not in checked.confirmation
+    assert checked.scheduler == _tuned(sched, STEPS, own, None)
+    assert checked.error == pytest.approx(checked.start_error)
