@@ -268,10 +268,8 @@ def is_flow(scheduler: Scheduler) -> bool:
     from .grids import is_flow as flow_levels
     from .methods.flow_match import is_flow_match
 
-    base = getattr(scheduler, "base_scheduler", None)
-    if base is not None:  # a Tuned: its base, a flow-matching class or (ds.tune's) on flow σ's
-        return is_flow_match(base) or flow_levels(base)
-    return is_flow_match(scheduler)
+    base = getattr(scheduler, "base_scheduler", scheduler)  # a Tuned: its base
+    return is_flow_match(base) or flow_levels(base)  # a flow-matching class, or on flow σ's
 
 
 def _flow_sigma(alpha_bar: float) -> float:
@@ -737,15 +735,10 @@ def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -
     scheduler without a custom grid (DDIM, DEIS, LMS, PNDM) takes ``coefficients`` and
     ``both``, which tune one of its bases in its place (:func:`diffsched.tune`)."""
     from .grids import Grid
-    from .grids import is_flow as flow_levels
     from .tuning import FlowGrid, candidate_bases, stand_in
 
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"
-    if flow_levels(scheduler) and not is_flow(scheduler):
-        name = type(scheduler).__name__
-        return (f"{name} on flow levels: the exact flow models are for the flow-matching "
-                "classes (flow-euler); ds.tune takes it with your own model")  # fmt: skip
     if is_flow(scheduler):  # rectified-flow grids: custom sigmas= at a static shift
         if getattr(scheduler, "use_dynamic_shifting", False):
             return ("a dynamic shift needs the resolution's μ, which the exact models do not "

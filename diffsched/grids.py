@@ -183,6 +183,13 @@ def check_tunable(scheduler: Scheduler) -> None:
             f"tune needs a deterministic scheduler (it fits the probability-flow ODE), got {name} "
             "with stochastic options"
         )
+    from .methods import DDIMInverse, DPMSolverMultistepInverse
+
+    if isinstance(scheduler, DDIMInverse | DPMSolverMultistepInverse):
+        raise TypeError(
+            f"tuned and named grids are for loops from noise to data; {name} runs from data to "
+            "noise (an inversion): there is no sampling error to tune"
+        )
     if getattr(scheduler, "use_flow_sigmas", False) or scheduler.prediction_type == "flow":
         raise ValueError(
             f"tune does not take rectified-flow grids yet, got {name} with flow levels"
@@ -191,7 +198,8 @@ def check_tunable(scheduler: Scheduler) -> None:
 
 def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model, x = (1 - σ) x_0 + σ ε."""
-    return scheduler.prediction_type == "flow" or bool(getattr(scheduler, "use_flow_sigmas", False))
+    prediction = getattr(scheduler, "prediction_type", None)  # (ComfyUI's samplers: none)
+    return prediction == "flow" or bool(getattr(scheduler, "use_flow_sigmas", False))
 
 
 def flow_shift(scheduler: Scheduler) -> float:

@@ -735,7 +735,7 @@ def test_tune_config(capsys, tmp_path):
 def test_tune_a_flow_matching_scheduler(capsys, tmp_path):
     """`tune flow-euler` tunes the rectified-flow grid (custom sigmas=) on the exact flow
     model, and `--tune both` its table, which `sample --config` runs back; UniPC on flow
-    levels and a dynamic shift are refused with the reason."""
+    levels is tuned the same way, and a dynamic shift is refused with the reason."""
     argv = ("--model", "gmm", "--steps", 4, "--calibration", 16, "--held-out", 8,
             "--max-evaluations", 5)  # fmt: skip
     status, out, err = run_cli(capsys, "tune", "flow-euler", "-o", "shift=3.0", *argv)
@@ -761,9 +761,12 @@ def test_tune_a_flow_matching_scheduler(capsys, tmp_path):
         alpha_bar = (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma**2)
         assert cli._flow_sigma(alpha_bar) == pytest.approx(sigma, rel=1e-9)
     assert cli._flow_sigma(1.0) == 0.0
-    status, _, err = run_cli(capsys, "tune", "unipc", "-o", "use_flow_sigmas=true", "-o",
-                             "prediction_type=flow", *argv)  # fmt: skip
-    assert status == 2 and "UniPC on flow levels" in err
+    status, out, err = run_cli(capsys, "tune", "unipc", "-o", "use_flow_sigmas=true", "-o",
+                               "prediction_type=flow", "-o", "flow_shift=3.0", *argv)  # fmt: skip
+    assert status == 0, err  # a solver on flow σ's, on the exact flow model
+    (row,) = [line for line in out.splitlines() if line.startswith("| held-out noise |")]
+    untuned, tuned = (float(c) for c in row.strip("|").split("|")[1:3])
+    assert "tuned grid: sigmas=[0.99999" in out and tuned <= untuned
     status, _, err = run_cli(capsys, "tune", "flow-euler", "-o", "use_dynamic_shifting=true",
                              *argv)  # fmt: skip
     assert status == 2 and "mu=" in err

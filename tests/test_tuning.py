@@ -448,3 +448,10 @@ def test_a_table_whose_weights_do_not_carry_over_falls_back_to_its_grid():
     assert "grid alone" not in checked.confirmation
     assert checked.scheduler == _tuned(sched, STEPS, own, None)
     assert checked.error == pytest.approx(checked.start_error)
+
+
+@pytest.mark.parametrize("tune_what", ["grid", "coefficients", "both"])
+def test_an_inverse_scheduler_is_refused_with_the_reason(tune_what):
+    for sched in (ds.DDIMInverse(**SD), ds.DPMSolverMultistepInverse(**SD)):
+        with pytest.raises(TypeError, match="inversion"):
+            tune(never_called, sched, STEPS, CALIBRATION, tune=tune_what)
