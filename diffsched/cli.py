@@ -1003,12 +1003,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _print_confirmation(check: dict | None) -> None:
     """The tuner's confirmation on the negated calibration noise, where it needed one."""
-    if check is not None:
-        kept = "kept" if check["tuned"] < check["base"] else "not kept: the untuned one returned"
-        print(f"the gain was weak on the calibration batch ({check['significance']:.1f} "
-              f"standard errors); on the negated batch the tuned "
-              f"result does {check['tuned']:.3e} against the untuned {check['base']:.3e} "
-              f"({kept})")  # fmt: skip
+    if check is None:
+        return
+    kept = {"tuned": "kept", "grid alone": "refuted; its grid kept with the base's weights",
+            None: "refuted: the untuned one returned"}[check["kept"]]  # fmt: skip
+    print(f"the gain was weak on the calibration batch ({check['significance']:.1f} standard "
+          f"errors); on the negated batch the tuned result does {check['tuned']:.3e} against "
+          f"the untuned {check['base']:.3e} ({check['tuned significance']:+.1f} standard "
+          f"errors: {kept})")  # fmt: skip
 
 
 def _end_label(end: str) -> str:

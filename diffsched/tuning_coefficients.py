@@ -106,10 +106,10 @@ class CoefficientResult(NamedTuple):
     ridge: float  # the chosen μ/s (inf: the base kept)
     model_calls: int  # batch model calls of the fit (the reference's not included)
     seconds: float
-    # the errors of the tuned and the untuned table on the negated calibration noise, where
-    # the gain needed that confirmation (``diffsched.tuning._confirmation``; the untuned
-    # table returned if the tuned one's was not lower), and the calibration gain's significance
-    confirmation: dict[str, float] | None = None
+    # the check on the negated calibration noise where the gain needed one
+    # (``diffsched.tuning._confirmation``: the errors there, the significances, and what
+    # was "kept": "tuned", "grid alone" with the base's weights, or None, the untuned table)
+    confirmation: dict[str, Any] | None = None
 
 
 def null_basis(lams: np.ndarray, moments: int) -> np.ndarray:

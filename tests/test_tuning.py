@@ -368,33 +368,40 @@ def test_candidate_bases_are_other_methods_for_the_same_model():
 def test_a_weak_gain_is_confirmed_on_the_negated_noise(capsys):
     """tuning._confirmation: a result whose paired fall from the untuned one is CONFIRMED
     standard errors or more on the calibration batch needs no other noise; a weaker one
-    is measured on the negated batch, whose reference is then solved (and only then)."""
-    from diffsched.tuning import CONFIRMED, _confirmation
+    is run on the negated batch, whose reference is then solved (and only then), and kept
+    unless it does worse there by REFUTED standard errors (then the fallbacks, in order)."""
+    from diffsched.tuning import CONFIRMED, REFUTED, _confirmation
 
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((64, 8))
     solved = []
 
-    def negated_reference():
+    def negated_reference():  # the truth is the noise itself
         solved.append(True)
-        return np.ones((64, 8))
+        return -noise
 
-    untuned = lambda x: x + 0.1  # noqa: E731
-    everywhere = lambda x: x + 0.01  # noqa: E731  every sample a little better
-    few = lambda x: np.where(np.arange(64)[:, None] < 3, x, x + 0.1)  # noqa: E731
+    def off(by, exact=0):  # the first ``exact`` samples exact, the others off by ``by``
+        return lambda x: np.where(np.arange(64)[:, None] < exact, x, x + by)
+
+    untuned, everywhere, few = off(0.1), off(0.01), off(0.1, exact=3)
     assert _confirmation(noise, noise, everywhere, untuned, negated_reference) is None
     assert not solved
-    check = _confirmation(noise, noise, few, untuned, negated_reference)  # 3 of 64 samples
+    check = _confirmation(noise, noise, few, untuned, negated_reference, (("w", off(0.2)),))
     assert solved == [True]
-    ones = np.ones((64, 8))
-    assert check["tuned"] == pytest.approx(relative_error(few(-noise), ones))
-    assert check["base"] == pytest.approx(relative_error(untuned(-noise), ones))
-    assert 0 < check["significance"] < CONFIRMED
+    assert 0 < check["significance"] < CONFIRMED  # 3 of 64 samples better
+    assert check["tuned"] == pytest.approx(relative_error(few(-noise), -noise))
+    assert check["base"] == pytest.approx(relative_error(untuned(-noise), -noise))
+    assert check["kept"] == "tuned" and "w" not in check  # no fallback needed
+    bad = off(0.3, exact=3)
+    check = _confirmation(noise, noise, bad, untuned, negated_reference,
+                          (("w", off(0.2)), ("e", everywhere)))  # fmt: skip
+    assert check["tuned significance"] < -REFUTED and check["w significance"] < -REFUTED
+    assert check["kept"] == "e" and check["e"] < check["base"]
     assert CONFIRMED > 3  # above the largest of a few hundred null z-scores
-    cli._print_confirmation(check)  # what diffsched tune says about it
+    cli._print_confirmation({**check, "kept": None})  # what diffsched tune says about it
     said = capsys.readouterr().out
     assert f"{check['significance']:.1f} standard errors" in said
-    assert ("(kept)" in said) == (check["tuned"] < check["base"])
+    assert "refuted: the untuned one returned" in said
 
 
 def test_a_gain_fitted_to_a_few_samples_is_not_kept():
@@ -408,10 +415,12 @@ def test_a_gain_fitted_to_a_few_samples_is_not_kept():
     calibration = cli.make_noise("digits", 64, 105)
     found = search(model, sched, 10, calibration)
     assert found.confirmation["tuned"] > 1.5 * found.confirmation["base"]  # 0.153, 0.048
+    assert found.confirmation["kept"] is None
     assert found.init_options == found.start_options
     assert found.error == found.start_error
     table = search_coefficients(model, sched, 10, calibration)
     assert table.confirmation["tuned"] > 1.5 * table.confirmation["base"]  # 0.114, 0.048
+    assert table.confirmation["kept"] is None
     assert table.scheduler.weights is None and table.scheduler.base_scheduler == sched
     own = found.start_options["timesteps"]
     assert list(table.scheduler.grid_timesteps) == pytest.approx(own)
@@ -439,13 +448,14 @@ def test_a_table_whose_weights_do_not_carry_over_falls_back_to_its_grid():
                                CALIBRATION, ref, own, solve)  # fmt: skip
     check = checked.confirmation
     assert check["tuned"] > check["base"] > check["grid alone"]
+    assert check["kept"] == "grid alone"
     assert checked.scheduler == _tuned(table.base_scheduler, STEPS, table.grid_options, None)
     assert checked.error == fitted.start_error  # the grid alone's calibration error
     # a table on the own grid has no other fallback than the untuned scheduler
     own_broken = _tuned(sched, STEPS, own, -20 * table.weight_table())
     checked = _confirmed_table(fitted._replace(scheduler=own_broken), model, sched, STEPS,
                                CALIBRATION, ref, own, solve)  # fmt: skip
-    assert "grid alone" not in checked.confirmation
+    assert "grid alone" not in checked.confirmation and checked.confirmation["kept"] is None
     assert checked.scheduler == _tuned(sched, STEPS, own, None)
     assert checked.error == pytest.approx(checked.start_error)
 
