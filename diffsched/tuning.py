@@ -33,9 +33,10 @@ one scheduler, one number of steps and one model, in three stages:
 4. **Confirmation.** A result whose fall from the untuned scheduler is below
    :data:`CONFIRMED` (4) standard errors on the calibration batch, within reach of the
    largest of the few hundred grids the search compared, is run on the negated
-   calibration noise as well (its reference solved for it) and kept only where it does
-   better there (:func:`_confirmation`; ``tune="coefficients"`` / ``"both"`` the same, a
-   table falling back to its grid with the base's own weights, then to the untuned one).
+   calibration noise as well (its reference solved for it) and kept unless it does worse
+   there by :data:`REFUTED` (1) standard error or more (:func:`_confirmation`;
+   ``tune="coefficients"`` / ``"both"`` the same, a refuted table falling back to its grid
+   with the base's own weights, then to the untuned one).
 
 Why this search: the local costs of (2) see the curvature of the model's trajectories and
 give a good global shape in a few hundred model calls, but they score a first-order step,
@@ -87,7 +88,7 @@ MIN_GAIN = 1e-3  # the least relative fall in error that the refinement counts a
 SIGNIFICANCE = 2.0  # standard errors of the paired per-sample fall to leave the own grid
 # standard errors of the paired fall from the untuned base above which a result needs no
 # confirmation on other noise: the refinement compares up to a few hundred grids, and the
-# largest of 300 independent null z-scores is about 3 (:func:`_confirmed`)
+# largest of 300 independent null z-scores is about 3 (:func:`_confirmation`)
 CONFIRMED = 4.0
 # standard errors of the paired rise on the negated calibration noise that refute such a
 # result (:func:`_confirmation`)
@@ -104,9 +105,9 @@ class TuneResult(NamedTuple):
     model_calls: int  # model calls, each on the whole calibration batch
     seconds: float
     base: Scheduler | None = None  # the method the grid is for (None: the scheduler tuned)
-    # the confirmation on the negated calibration noise (:func:`_confirmed`), where the gain
-    # needed one: {"tuned": error, "base": error} there (the untuned grid kept if not lower)
-    confirmation: dict[str, float] | None = None
+    # the check on the negated calibration noise (:func:`_confirmation`), where the gain
+    # needed one: the errors there, the significances and what was "kept" (None: own grid)
+    confirmation: dict[str, Any] | None = None
 
 
 def tune(
@@ -409,7 +410,7 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
     """:func:`search`; ``bases``: other methods for the same model whose starts compete
     with the scheduler's (the result's ``base`` says which one the grid is for). A grid
     whose gain over the own one is not :data:`CONFIRMED` on the calibration batch is
-    kept only where it does better on the negated batch too (:func:`_confirmation`)."""
+    kept unless the negated batch refutes it (:func:`_confirmation`)."""
     t0 = time.perf_counter()
     counted = _CountingModel(model)
     solve = {"candidates": candidates, "substeps": substeps, "end": end, "mu": mu}
