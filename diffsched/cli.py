@@ -266,10 +266,9 @@ def to_backend(x: np.ndarray, backend: str, dtype: str):
 def is_flow(scheduler: Scheduler) -> bool:
     """Whether the scheduler samples a rectified-flow model (x = (1 - σ) x_0 + σ ε)."""
     from .grids import is_flow as flow_levels
-    from .methods.flow_match import is_flow_match
 
-    base = getattr(scheduler, "base_scheduler", scheduler)  # a Tuned: its base
-    return is_flow_match(base) or flow_levels(base)  # a flow-matching class, or on flow σ's
+    # a flow-matching class or a solver on flow σ's; a Tuned: its base
+    return flow_levels(getattr(scheduler, "base_scheduler", scheduler))
 
 
 def _flow_sigma(alpha_bar: float) -> float:

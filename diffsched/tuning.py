@@ -419,7 +419,7 @@ def _search(model, scheduler, num_steps, calibration_noise, *, candidates, subst
     found = _search_bases(model, scheduler, num_steps, calibration_noise, candidates=candidates,
                           substeps=substeps, max_evaluations=max_evaluations,
                           tolerance=tolerance, reference=ref, bases=bases,
-                          mu=mu, end=end)[0]  # fmt: skip
+                          mu=mu)[0]  # fmt: skip
     tuned = found.base or scheduler
     if found.init_options != found.start_options or tuned is not scheduler:
         untuned = _untuned_run(counted, scheduler, num_steps, mu)
@@ -517,9 +517,10 @@ def _confirmation(
 
 
 def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates, substeps,
-                  max_evaluations, tolerance, reference=None, bases=(),
-                  refine=1, mu=None, scorer=None, end="zero") -> list[TuneResult]:  # fmt: skip
-    """:func:`_search`, the grids of the ``refine`` bases whose best starts do best each
+                  max_evaluations, tolerance, reference, bases=(),
+                  refine=1, mu=None, scorer=None) -> list[TuneResult]:  # fmt: skip
+    """:func:`_search` on ``reference`` (:func:`solve_reference` of the calibration
+    noise), the grids of the ``refine`` bases whose best starts do best each
     refined: the first is :func:`_search`'s, the others those of the next bases by their
     best start's error (each kept only where it :meth:`Score.beats` the own grid's).
     ``scorer(scheduler, num_steps, init_options)``: a grid's :class:`Score` on the
@@ -535,13 +536,7 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)
     _check_candidates(candidates, num_steps)
-    own = grid.start
-    start = calibration_noise * scheduler.init_noise_scale(None, **grid.init_options(own))
-    ref = (
-        reference
-        if reference is not None
-        else reference_trajectory(counted, scheduler, start, grid, candidates, substeps, end)
-    )
+    ref = reference
 
     def error(sched: Scheduler, g: Grid, levels: np.ndarray) -> Score:
         if scorer is not None:
@@ -988,7 +983,7 @@ class _FlowReference(NamedTuple):
 
 
 def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, candidates,
-                 max_evaluations, tolerance, reference=None, mu=None, scorer=None,
+                 max_evaluations, tolerance, reference, mu=None, scorer=None,
                  bases=()) -> TuneResult:  # fmt: skip
     """:func:`search` for rectified-flow schedulers: the reference is
     :func:`flow_reference`; the starts are each method's own grid, σ even (the unshifted
@@ -1000,10 +995,6 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
     counted = _CountingModel(model)
     grid = FlowGrid.of(scheduler, num_steps, mu)
     extra = {} if mu is None else {"mu": grid.mu}
-    if reference is None:
-        start = calibration_noise * scheduler.init_noise_scale(num_steps, **extra)
-        reference = _FlowReference(flow_reference(counted, scheduler, start, grid.sigma0,
-                                                  steps=candidates * substeps // 2))  # fmt: skip
     ref = reference
 
     def error(sched: Scheduler, g: FlowGrid, levels: np.ndarray) -> Score:
