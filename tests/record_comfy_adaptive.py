@@ -6,11 +6,13 @@ ds.ComfyDPMAdaptive to when the oracle is absent.
 
 Each case is a ComfyUI KSampler run of dpm_adaptive on the oracle's toy model (the same
 model, W, b and initial noise as tests/record_comfy_samplers.py) with some of its options
-(order, rtol, atol, h_init, PID coefficients, accept_safety): the fixture keeps σ and the
-timestep of every model call (den_sigma: it fixes the accepted steps and the rejected
-attempts) and the final sample of the float64 run, and the timesteps and final sample of
-the float32 run. Deterministic: two runs write the same
-file.
+(order, rtol, atol, h_init, PID coefficients, accept_safety; η and s_noise of the
+stochastic variant, ComfyUI's SamplerDPMAdaptative node, with KSampler seed SEED): the
+fixture keeps σ and the timestep of every model call (den_sigma: it fixes the accepted
+steps and the rejected attempts) and the final sample of the float64 run, every noise
+draw with the number of model calls before it (η > 0), and the timesteps and final sample
+of the float32 run (its draws those of the float64 run). Deterministic: two runs write the
+same file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MODELS = {
     "flux-dev": ("flux", {}),
     "x0-sd15": ("x0", {}),
 }
+SEED = 5  # KSampler's seed: the stochastic cases' torch.Generator stream
 OPTIONS = (
     {},
     {"order": 2},
@@ -41,6 +44,12 @@ OPTIONS = (
     {"pcoeff": 0.3, "icoeff": 0.9, "dcoeff": 0.1},
     {"h_init": 0.5, "accept_safety": 0.9},
     {"rtol": 0.001, "atol": 0.0001, "order": 3},
+)
+# the stochastic variant (η > 0): η below and above 1 (σ_u capped at σ_t), s_noise, order 2
+STOCHASTIC = (
+    {"eta": 0.5},
+    {"eta": 1.0, "order": 2, "s_noise": 0.8},
+    {"eta": 1.5, "h_init": 0.5},
 )
 
 
@@ -65,10 +74,14 @@ def cases() -> list[dict]:
     add("simple", 10, "flow-sd3", {}, denoise=0.7, image=True)
     add(None, 4, "eps-sd15", {}, sigmas=[14.6, 7.0, 1.2, 0.1, 0.0])
     add(None, 3, "flow-sd3", {"rtol": 0.01}, sigmas=[0.9, 0.5, 0.2, 0.05])  # ends above 0
+    for i, options in enumerate(STOCHASTIC):
+        for j, model in enumerate(("eps-sd15", "v-sd15", "flow-sd3")):
+            add(schedulers[(i + 2 * j) % len(schedulers)], (10, 20)[(i + j) % 2], model, options)
+    add("karras", 10, "eps-sd15", {"eta": 1.0}, denoise=0.6)
     return out
 
 
-def run(oracle, case: dict, precision: str = "float64") -> dict:
+def run(oracle, case: dict, precision: str = "float64", replay=None) -> dict:
     import torch
 
     sigmas = case["sigmas"]
@@ -78,10 +91,13 @@ def run(oracle, case: dict, precision: str = "float64") -> dict:
         sigmas=None if sigmas is None else torch.tensor(sigmas, dtype=torch.float64),
         sampler_options=case["options"] or None,
         latent_image=torch.tensor(IMAGE) if case["image"] else None, precision=precision,
+        seed=SEED, noise_replay=replay,
     )  # fmt: skip
 
 
 def record(oracle) -> dict:
+    import torch
+
     params = toy(oracle).params
     rows = []
     for case in cases():
@@ -89,7 +105,14 @@ def record(oracle) -> dict:
         expected = dict(sigmas=_floats(r["sigmas"]), den_sigma=_floats(r["den_sigma"]),
                         timesteps=_floats(r["model_timestep"]),
                         sample=_floats(r["sample"]))  # fmt: skip
-        r32 = run(oracle, case, "float32")  # ComfyUI's float32 run (its float32 tables)
+        draws = None
+        if case["options"].get("eta", 0.0) > 0:  # (η = 0: ComfyUI draws, times 0)
+            expected.update(noise_den=[int(i) for i in r["noise_den_index"]],
+                            noise=[_floats(z) for z in r["noise_draws"]])  # fmt: skip
+            # the float32 run with the float64 run's draws (the same numbers: ComfyUI's
+            # seeded generator draws float32 in both)
+            draws = [torch.tensor(z, dtype=torch.float32) for z in r["noise_draws"]]
+        r32 = run(oracle, case, "float32", draws)  # ComfyUI's float32 run (its float32 tables)
         expected.update(timesteps32=_floats(r32["model_timestep"]),
                         sample32=_floats(r32["sample"]))  # fmt: skip
         rows.append(dict(case, expected=expected))

@@ -7,8 +7,9 @@ max_calls iterations equal to the while loop, torch.compile, purity, fuzz: the g
 tests, test_engine.py and test_fuzz.py, run every class, these included.)
 
 Observed: dpm_adaptive vs the float64 oracle <= 3e-14 relative, every call's σ equal to
-1e-15, the same timesteps (29 cases, 9..48 calls); vs its float32 run <= 5.2e-7 (v models
-1.4e-5) where that run makes the same calls (22 of 27); backends and jit agree to ~4e-15.
+1e-15, the same timesteps (39 cases, 9..273 calls; the 10 with η > 0 with ComfyUI's draws
+replayed, and with noise_stream="comfy" drawing them itself); vs its float32 run <= 5.2e-7
+(v models 1.4e-5) where that run makes the same calls; backends and jit agree to ~4e-15.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def init_options(case: dict) -> dict:
     return out if case["denoise"] == 1.0 else {**out, "denoise": case["denoise"]}
 
 
-def loop(sched, model, noise, max_calls=1000, **opts):
-    """The contract's eager loop: (result, σ of every call, timesteps, final state)."""
-    state, timesteps = sched.init(max_calls, noise, **opts)
+def loop(sched, model, noise, max_calls=1000, key=0, draws=None, **opts):
+    """The contract's eager loop: (result, σ of every call, timesteps, final state).
+    ``draws``: {call index: noise} passed to ``step`` at those calls (a replay)."""
+    state, timesteps = sched.init(max_calls, noise, key, **opts)
     x = noise * sched.init_noise_scale(max_calls, **opts)
     sigmas, ts = [], []
     while not sched.done(state):
@@ -74,8 +76,21 @@ def loop(sched, model, noise, max_calls=1000, **opts):
             assert float(t) == float(timesteps[0])
         sigmas.append(float(sched.next_sigma(state)))
         ts.append(float(t))
-        state, x = sched.step(state, x, model(x, t))
+        kw = {} if draws is None or len(ts) - 1 not in draws else {"noise": draws[len(ts) - 1]}
+        state, x = sched.step(state, x, model(x, t), **kw)
     return x, np.array(sigmas), np.array(ts), state
+
+
+def replayed(case: dict, dtype=np.float64) -> dict | None:
+    """ComfyUI's draws of a stochastic case, by the model call each follows (ComfyUI draws
+    once per accepted attempt, after its last call), or None (η = 0)."""
+    exp = case["expected"]
+    if not case["options"].get("eta"):
+        return None
+    return {
+        den - 1: np.array(z, dtype=dtype).reshape(NOISE.shape)
+        for den, z in zip(exp["noise_den"], exp["noise"], strict=True)
+    }
 
 
 def counts(sched, state) -> dict:
@@ -99,16 +114,21 @@ def test_dpm_adaptive_equals_comfyui(case):
     exp = case["expected"]
     sched = build(case)
     if case["image"]:  # image-to-image: ds.sample with add_noise, then the same loop
+        assert replayed(case) is None  # (ds.sample replays no draws)
         got = ds.sample(toy, sched, NOISE, 1000, image=rec.IMAGE, **init_options(case))
         d = rel(got, exp["sample"])
         assert d < TOL64, d
         summary.record("COMFY float64 vs oracle", f"dpm_adaptive img2img {case['model']}", d)
         return
-    out, sigmas, ts, state = loop(sched, toy, NOISE, **init_options(case))
+    out, sigmas, ts, state = loop(sched, toy, NOISE, draws=replayed(case), **init_options(case))
     where = (case["scheduler"], case["model"], case["options"])
-    # the same model calls: σ and timestep of every call (so the same accepted steps)
+    # the same model calls: σ and timestep of every call (so the same accepted steps);
+    # η > 1 (σ_u capped at σ_t, attempts renoised from σ_end) amplifies rounding: ComfyUI's
+    # own σ's move by up to 1.8e-12 where its input moves by 1e-15 (eps, 72 calls), against
+    # 1e-15 for η <= 1; we observe 1.2e-14 on those cases, 5e-16 on the others
     assert sigmas.shape == (len(exp["den_sigma"]),), where
-    assert rel(sigmas, exp["den_sigma"]) < 1e-12, where
+    chaotic = case["options"].get("eta", 0) > 1
+    assert rel(sigmas, exp["den_sigma"]) < (1e-10 if chaotic else 1e-12), where
     if sched.model_sampling.discrete:
         assert np.array_equal(ts, exp["timesteps"]), where  # the nearest table index
     else:
@@ -133,9 +153,15 @@ def test_float32_equals_comfyuis_float32_run_where_it_takes_the_same_calls():
     for case in CASES:
         exp = case["expected"]
         sched = build(case)
-        if case["image"]:
+        # η > 1: the ancestral split caps σ_u at σ_t, attempts step to σ_end and are
+        # renoised, and the controller amplifies rounding: ComfyUI's own float64 result
+        # moves by 4e-8 when its input moves by 1e-15 (η = 2, v, 273 calls); the fixture's
+        # η = 1.5 cases agree with it in float64 within 1.5e-14, in float32 within 3e-5
+        if case["image"] or case["options"].get("eta", 0) > 1:
             continue
-        out, _, ts, _ = loop(sched, toy32, NOISE.astype(np.float32), **init_options(case))
+        draws = replayed(case, np.float32)
+        out, _, ts, _ = loop(sched, toy32, NOISE.astype(np.float32), draws=draws,
+                             **init_options(case))  # fmt: skip
         assert out.dtype == np.float32
         if ts.shape == (len(exp["timesteps32"]),) and rel(ts, exp["timesteps32"]) < 1e-6:
             d = rel(out, exp["sample32"])
@@ -143,7 +169,7 @@ def test_float32_equals_comfyuis_float32_run_where_it_takes_the_same_calls():
             assert d < tol, (case["model"], case["scheduler"], case["options"], d)
             same, worst = same + 1, max(worst, d)
     summary.record("COMFY float32 oracle vs ours", "dpm_adaptive", worst)
-    assert same >= 18  # observed 22 of the 27 cases
+    assert same >= 24  # observed 29 of the 34 cases
 
 
 def toy32(x, t):
@@ -153,10 +179,13 @@ def toy32(x, t):
 
 @pytest.mark.skipif(ORACLE is None, reason="the ComfyUI oracle is not present")
 def test_fixture_is_the_live_oracle():
+    """The recorded numbers are the oracle's today, to rounding: another CPU's vector math
+    rounds differently, and the step-size control amplifies it (the η = 1.5 v case, 108
+    calls, moves by ~1e-14 where its input moves by 1e-16)."""
     for case in CASES[::6]:
         live = rec.run(ORACLE, case)
-        assert rel(live["sample"], case["expected"]["sample"]) < 1e-13
-        assert np.array_equal(live["den_sigma"], case["expected"]["den_sigma"])
+        assert rel(live["sample"], case["expected"]["sample"]) < 1e-11
+        assert np.allclose(live["den_sigma"], case["expected"]["den_sigma"], rtol=1e-11, atol=0)
 
 
 def test_sample_callback_sees_every_call():
@@ -167,6 +196,133 @@ def test_sample_callback_sees_every_call():
     assert np.array_equal(out, want)
     assert [i for i, _ in seen] == list(range(counts(sched, state)["calls"]))
     assert np.array_equal([t for _, t in seen], ts)
+
+
+STOCHASTIC = [c for c in CASES if c["options"].get("eta")]
+
+
+@pytest.mark.parametrize("case", STOCHASTIC, ids=lambda c: f"{c['model']}-{c['options']}")
+def test_the_comfy_stream_draws_comfyuis_noise(case):
+    """noise_stream="comfy": ComfyUI's seeded generator stream, one draw per accepted step,
+    the same result as ComfyUI with no replay (its seed, its initial noise)."""
+    torch = pytest.importorskip("torch")
+    sched = build(case).replace(noise_stream="comfy")
+    drawn = []
+
+    def model(x, t):
+        return torch.from_numpy(toy(x.numpy(), t))
+
+    out, sigmas, _, state = loop(sched, model, torch.tensor(NOISE), key=rec.SEED,
+                                 **init_options(case))  # fmt: skip
+    exp = case["expected"]
+    assert rel(sigmas, exp["den_sigma"]) < 1e-12
+    d = rel(out.numpy(), exp["sample"])
+    assert d < TOL64, d
+    assert counts(sched, state)["accepted"] == len(exp["noise"])
+    # the stream moves on at the accepted calls only: its state after the loop is the
+    # seeded generator's after as many draws
+    gen = torch.Generator().manual_seed(rec.SEED)
+    for z in exp["noise"]:
+        drawn.append(torch.randn(NOISE.shape, generator=gen, dtype=torch.float32))
+        assert np.array_equal(drawn[-1].double().numpy().reshape(-1), np.array(z))
+    assert torch.equal(state.key, gen.get_state())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_stochastic_draws_follow_the_key_and_compile():
+    """η > 0 on the default stream: a pure function of init's key (the same key, the same
+    result; another key, another), NumPy, PyTorch (eager and torch.compile) and the jitted
+    JAX while loop equal; the draws are those passed as noise= reproduce."""
+    jnp = pytest.importorskip("jax.numpy")
+    torch = pytest.importorskip("torch")
+    sched = ds.ComfyDPMAdaptive(model="flux", eta=1.0, rtol=0.01)
+    assert not sched.deterministic and sched.replace(eta=0.0).deterministic
+    a = ds.sample(traced_flux_model, sched, START, 300, key=7, steps=10)
+    assert np.array_equal(a, ds.sample(traced_flux_model, sched, START, 300, key=7, steps=10))
+    b = ds.sample(traced_flux_model, sched, START, 300, key=8, steps=10)
+    plain = ds.sample(traced_flux_model, sched.replace(eta=0.0), START, 300, steps=10)
+    assert np.abs(a - b).max() > 1e-2 and np.abs(a - plain).max() > 1e-2
+    got_torch = ds.sample(traced_flux_model, sched, torch.tensor(START), 300, key=7, steps=10)
+    assert np.abs(got_torch.numpy() - a).max() < 1e-12
+    with jax_x64():
+        jitted = ds.sample(traced_flux_model, sched, jnp.asarray(START), 300, key=7, steps=10,
+                           compile=True)  # fmt: skip
+    assert np.abs(np.asarray(jitted) - a).max() < 1e-12
+    # torch.compile(step, fullgraph=True): NumPy's draws (the Brownian tree's traced path
+    # under compile: test_brownian.test_torch_compile_draws_the_numpy_path)
+    for noisy in (sched,):
+        want = ds.sample(traced_flux_model, noisy, START, 12, key=7, steps=10)
+        torch._dynamo.reset()
+        step = torch.compile(noisy.step, fullgraph=True)
+        state, _ = noisy.init(12, torch.tensor(START), 7, steps=10)
+        x = torch.tensor(START) * noisy.init_noise_scale(12, steps=10)
+        for _ in range(12):
+            x_t = noisy.next_timestep(state)
+            state, x = step(state, x, traced_flux_model(x, x_t))
+        assert np.abs(x.numpy() - want).max() < 1e-11, noisy.noise_type  # observed 6e-13
+    # the draws are those step would take with noise= (draw k at the k-th accepted step)
+    state, _ = sched.init(300, START, 7, steps=10)
+    x = START * sched.init_noise_scale(300, steps=10)
+    while not sched.done(state):
+        k = int(sched.info(state)["accepted"])
+        z = np.asarray(ds.core.ops.normal(state.key, np.int32(k), START.shape, np.float64, x))
+        state, x = sched.step(state, x, traced_flux_model(x, sched.next_timestep(state)), noise=z)
+    assert np.array_equal(x, a)
+
+
+def test_brownian_draws_are_increments_of_one_path():
+    """noise_type="brownian": each accepted attempt from σ_s to σ_t draws
+    (W(τ_t) - W(τ_s)) / sqrt(τ_s - τ_t) of the seed's path (τ = σ / (1 + σ) on a
+    variance-exploding model, σ on a flow model): the loop equals one that passes those
+    increments, computed on the host, as noise= (over its first 15 calls: the controller
+    amplifies rounding, the draws' 4e-16 to 4e-6 by the end of this 60-call loop); the path does
+    not depend on the tolerance (two tolerances' results are closer than with independent
+    draws)."""
+    from diffsched.core import brownian
+
+    for model, tau in (("flux", lambda s: s), ("eps", lambda s: s / (1 + s))):
+        fn, start = (traced_flux_model, START) if model == "flux" else (toy, NOISE)
+        sched = ds.ComfyDPMAdaptive(model=model, eta=1.0, rtol=0.01, noise_type="brownian")
+        auto = ds.sample(fn, sched, start, 15, key=7, steps=10)
+        state, _ = sched.init(15, start, 7, steps=10)
+        x = start * sched.init_noise_scale(15, steps=10)
+        seed = brownian.tree_seed(state.key)
+        while not sched.done(state):
+            s_lo, s_hi = (float(np.exp(-state.clock[i])) for i in (1, 0))  # σ_t, σ_s
+            z = brownian.increment(seed, tau(s_hi), tau(s_lo), start)
+            state, x = sched.step(state, x, fn(x, sched.next_timestep(state)), noise=z)
+        assert sched.info(state)["accepted"] >= 3
+        # observed 1e-13 (flux), 6e-13 (eps); independent draws: 0.7-0.9
+        assert np.abs(x - auto).max() < 1e-9 * np.abs(auto).max(), model
+    a, b = (ds.sample(traced_flux_model, ds.ComfyDPMAdaptive(model="flux", eta=1.0, rtol=r,
+                                                            noise_type=t), START, 300, key=7,
+                      steps=10) for r in (0.01, 0.002) for t in ("brownian",))  # fmt: skip
+    c, d = (ds.sample(traced_flux_model, ds.ComfyDPMAdaptive(model="flux", eta=1.0, rtol=r),
+                      START, 300, key=7, steps=10) for r in (0.01, 0.002))  # fmt: skip
+    assert np.abs(a - b).max() < 0.6 * np.abs(c - d).max()  # observed 0.22 against 0.53
+
+
+def test_stochastic_samples_have_the_datas_moments():
+    """η > 0 samples the data distribution: on the exact mixture (ComfyUI's eps model,
+    8192 samples, Karras levels from σ_max to σ_min) the batch's mean and covariance are
+    within twice the Monte-Carlo floor's 95th percentile of the data's (batches of exact
+    samples), Gaussian and Brownian draws alike; a wrong noise scale (s_noise = 0.8) is not
+    (observed over four seeds: mean / covariance errors <= 0.021 / 0.023, against a p95
+    floor of 0.019 / 0.023; s_noise = 0.8: covariance 0.12)."""
+    from diffsched import cli
+
+    mean, cov = cli.data_moments("gmm")
+    p95 = np.array(cli.moment_floor("gmm", 8192, 0, batches=64)["p95"])
+    noise = cli.make_noise("gmm", 8192, 10)
+
+    def errors(**options):
+        sched = ds.ComfyDPMAdaptive(model="eps", scheduler="karras", **options)
+        out = ds.sample(cli.comfy_exact_model(sched, "gmm"), sched, noise, 1000, key=0, steps=10)
+        return np.array(cli.moment_distance(out, mean, cov))
+
+    for options in ({"eta": 0.5}, {"eta": 1.0}, {"eta": 1.0, "noise_type": "brownian"}):
+        assert np.all(errors(**options) < 2 * p95), options
+    assert errors(eta=1.0, s_noise=0.8)[1] > 2 * p95[1]
 
 
 def test_from_comfy_names_it():
@@ -387,3 +543,20 @@ def test_bad_calls_are_clear_errors():
         ds.sample(ds.Guided(toy, toy, 2.0), sched, NOISE, 10)
     with pytest.raises(TypeError, match="unconditional"):
         sched.step(state, NOISE, NOISE, unconditional=NOISE)
+    noisy = ds.ComfyDPMAdaptive(eta=0.5)
+    state, _ = noisy.init(10, NOISE)
+    with pytest.raises(ValueError, match=r"noise must be .*shape \(2, 8\)"):
+        noisy.step(state, NOISE, NOISE, noise=NOISE[:1])
+    with pytest.raises(TypeError, match="floating-point noise"):
+        noisy.step(state, NOISE, NOISE, noise=np.zeros((2, 8), int))
+    with pytest.raises(TypeError, match="noise="):
+        ds.ComfyDPMAdaptive(eta=0.0).step(state, NOISE, NOISE, noise=NOISE)
+    comfy = noisy.replace(noise_stream="comfy")
+    with pytest.raises(TypeError, match="eager PyTorch on the CPU"):
+        comfy.init(10, NOISE)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
+        comfy.init(10, torch.tensor(NOISE), -1)
+    with pytest.raises(ValueError, match="eta"):
+        ds.ComfyDPMAdaptive(eta=-0.1)
+    with pytest.raises(ValueError, match="noise_type='gaussian'"):
+        ds.ComfyDPMAdaptive(eta=0.5, noise_stream="comfy", noise_type="brownian")

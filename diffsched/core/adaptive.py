@@ -26,6 +26,10 @@ class AdaptiveState(NamedTuple):
         flags: (2,) bool: done, reached (the loop ended at its end level).
         table: (T,) log σ of the model's table (discrete timesteps), or (1,) zero.
         fingerprint: 0-d int32: the config's fingerprint (``step`` refuses a foreign state).
+        key: the noise stream of a stochastic configuration: the 0-d int32 seed of ``init``'s
+            key (draw k of the loop is a pure function of it and k), or with
+            ``noise_stream="comfy"`` the state of ComfyUI's seeded torch.Generator (uint8);
+            a deterministic configuration holds the seed and never reads it.
     """
 
     x: Array
@@ -35,6 +39,7 @@ class AdaptiveState(NamedTuple):
     flags: Array
     table: Array
     fingerprint: Array
+    key: Array
 
 
 def foreign(name: str, state: AdaptiveState, describe) -> str:

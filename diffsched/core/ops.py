@@ -152,11 +152,34 @@ _M1 = 0x7FEB352D
 _M2 = 0x846CA68B - (1 << 32)  # the same bits as a signed int32
 
 
+_TORCH_MULTIPLIERS: dict[Any, tuple[Array, Array]] = {}  # device -> (M1, M2) int32 tensors
+
+
+def _multipliers(x: Array) -> tuple[Any, Any]:
+    """(M1, M2) for ``x``'s backend: Python ints, or on PyTorch 0-d int32 tensors (one pair
+    per device, never handed out). torch.compile (2.13) folds a Python-int factor into a
+    range analysis that saturates an int32 product whose operand's range it knows (the
+    counter of a Brownian-tree node, ``(k >> d) + 2**d``) at 2**31 - 1 instead of wrapping
+    it: the draws under compile differed from NumPy's. A tensor factor is not folded."""
+    if type(x).__module__.split(".")[0] != "torch":
+        return _M1, _M2
+    dev = x.device
+    pair = _TORCH_MULTIPLIERS.get(dev)
+    if pair is None:
+        import torch
+
+        pair = (torch.tensor(_M1, dtype=torch.int32, device=dev),
+                torch.tensor(_M2, dtype=torch.int32, device=dev))  # fmt: skip
+        _TORCH_MULTIPLIERS[dev] = pair
+    return pair
+
+
 def _mix32(x: Array) -> Array:
+    m1, m2 = _multipliers(x)
     x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _M1
+    x = x * m1
     x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _M2
+    x = x * m2
     return x ^ ((x >> 16) & 0xFFFF)
 
 
@@ -168,6 +191,8 @@ def seed_array(xp, key: Any, like: Array) -> Array:
     """A 0-d int32 seed from an integer seed or a JAX PRNG key, on ``like``'s device."""
     if isinstance(key, bool):
         raise TypeError(f"expected an integer seed or a JAX PRNG key, got: {key!r}")
+    if type(like).__module__.split(".")[0] == "torch":
+        _multipliers(like)  # made here, eagerly: a compiled step then finds them (one graph)
     if isinstance(key, int | np.integer):
         if not 0 <= int(key) < 1 << 32:  # the noise streams take 32 bits: no silent wrap
             raise ValueError(

@@ -166,8 +166,9 @@ class AdaptiveComfy(ComfySampler):
     ) -> tuple[AdaptiveState, Array]:
         """The loop state and ``timesteps`` (``max_calls`` entries: the first call's, then
         NaN: see the module). ``init_options``: ``steps`` (KSampler's steps of the σ list,
-        default 20), ``sigmas=[...]`` (an explicit list) or ``denoise``. ``key`` is unused
-        (the method is deterministic) but checked as every class checks it."""
+        default 20), ``sigmas=[...]`` (an explicit list) or ``denoise``. ``key`` seeds the
+        noise of a stochastic configuration (:meth:`_key`); a deterministic one checks it
+        as every class does and never reads it."""
         owner = type(self).__name__
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
@@ -179,7 +180,7 @@ class AdaptiveComfy(ComfySampler):
         first, low, last = self.span(**opts)
         xp = ops.namespace(sample_template)
         dtype = ops.compute_dtype(xp, sample_template.dtype)
-        ops.seed_array(xp, key, sample_template)  # the same key checks as every class
+        stream = self._key(key, sample_template)
         if len(sample_template.shape) < 1:
             raise ValueError(f"{owner}.init: the sample template needs a batch axis, got a 0-d")
         dev = ops.device(sample_template)
@@ -201,6 +202,7 @@ class AdaptiveComfy(ComfySampler):
             flags=xp.asarray([done0, False], dtype=xp.bool, device=dev),
             table=xp.asarray(table, dtype=dtype, device=dev),
             fingerprint=xp.asarray(self.fingerprint, dtype=xp.int32, device=dev),
+            key=stream,
         )
         timesteps = np.full(max_calls, np.nan)
         if not done0:
@@ -302,10 +304,30 @@ class AdaptiveComfy(ComfySampler):
         on a list ending at σ_last."""
         raise NotImplementedError
 
-    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array):
+    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array,
+                 noise: Array | None):  # fmt: skip
         """One model call's stage: (x, extra, clock, counts, finished, next native sample);
-        counts with the stage, accepted and rejected updated (the base counts the call)."""
+        counts with the stage, accepted and rejected updated (the base counts the call).
+        ``noise``: a stochastic configuration's standard normal draw for the attempt this
+        call may accept (None where deterministic)."""
         raise NotImplementedError
+
+    # -- noise (stochastic configurations) ----------------------------------------------------
+
+    def _key(self, key: Any, sample_template: Array) -> Array:
+        """The state's noise stream for ``init``'s ``key``: the 0-d int32 seed (the same
+        checks as every class)."""
+        return ops.seed_array(ops.namespace(sample_template), key, sample_template)
+
+    def _noise(self, xp, state: AdaptiveState, sample: Array,
+               noise: Array | None) -> tuple[Array, Array]:  # fmt: skip
+        """(the draw for the attempt this call may accept, the stream's state after it,
+        kept only where the call accepts): ``noise`` where given, else draw k of the seed, k
+        the number of attempts accepted so far (a pure function of the state)."""
+        if noise is not None:
+            return noise, state.key
+        x = state.x
+        return ops.normal(state.key, state.counts[ACCEPTED], tuple(x.shape), x.dtype, x), state.key
 
     def _result(self, xp, state: AdaptiveState, x: Array, extra: Array) -> Array:
         """The native result of a finished (or cut) loop: by default the accepted x."""
@@ -322,11 +344,16 @@ class AdaptiveComfy(ComfySampler):
     ) -> tuple[AdaptiveState, Array]:
         """One model call: (next state, the sample for the next model call, or the result
         once ``done``). A done state is returned unchanged with ``sample``. ``noise=`` and
-        ``unconditional=`` (CFG++) are refused: the method is deterministic, and its error
-        control sees one model output per call."""
+        ``unconditional=`` (CFG++) is refused: the error control sees one model output per
+        call. ``noise=`` (a stochastic configuration only: a standard normal array of the
+        sample's shape) replaces the draw of the attempt this call may accept; a call that
+        accepts no attempt does not use it (which calls accept is decided as the loop runs:
+        ``info(state)["accepted"]`` counts them)."""
         owner = type(self).__name__
-        if noise is not None:
-            raise TypeError(f"{owner}.step takes no noise=: the method is deterministic")
+        if noise is not None and self.deterministic:
+            raise TypeError(
+                f"{owner}.step takes no noise=: this configuration is deterministic (η = 0)"
+            )
         if unconditional is not None:
             raise TypeError(
                 f"{owner}.step takes no unconditional= (CFG++): an adaptive loop's error "
@@ -366,19 +393,33 @@ class AdaptiveComfy(ComfySampler):
                 f"{owner}.step got a float64 sample but the state computes in {dtype} (init was "
                 "given a lower-precision sample_template): pass a float64 template to init"
             )
+        if noise is not None:
+            if ops.namespace(noise) is not xp or tuple(noise.shape) != shape:
+                raise ValueError(
+                    f"{owner}.step: noise must be a {type(state.clock).__name__} array of the "
+                    f"sample's shape {shape}, got {type(noise).__name__} of shape "
+                    f"{tuple(getattr(noise, 'shape', ()))}"
+                )
+            if not ops.is_float(noise):
+                raise TypeError(f"{owner}.step: expected a floating-point noise, got {noise.dtype}")
+            noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
         x_in = sample if sample.dtype == dtype else xp.astype(sample, dtype)
         m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
         sigma = state.clock[SIGMA]
         x_call = self._to_native(xp, x_in, sigma)
         denoised = self._denoised(xp, sigma, x_call, m, state.table)
         quiet = np.errstate(all="ignore") if ops.is_numpy(xp) else contextlib.nullcontext()
+        z, after = (None, state.key) if self.deterministic else self._noise(xp, state, x_in, noise)
         with quiet:  # NumPy: the step of a done state (h = 0) is computed, then discarded
-            x, extra, clock, counts, finished, nxt = self._advance(xp, state, x_call, denoised)
+            x, extra, clock, counts, finished, nxt = self._advance(xp, state, x_call, denoised, z)
+        key = state.key
+        if after is not state.key:  # the stream moves on where the call accepts an attempt
+            key = _where(counts[ACCEPTED] > state.counts[ACCEPTED], after, state.key, xp)
         calls = counts[CALLS] + 1
         counts = xp.concat([counts[:CALLS], xp.reshape(calls, (1,)), counts[CALLS + 1 :]])
         done = finished | (calls >= counts[MAX_CALLS])
         flags = xp.stack([done, finished])
-        new = AdaptiveState(x, extra, clock, counts, flags, state.table, state.fingerprint)
+        new = AdaptiveState(x, extra, clock, counts, flags, state.table, state.fingerprint, key)
         result = self._result(xp, new, x, extra) * self._final(xp, clock)
         held = self._to_held(xp, nxt, clock[SIGMA])
         out = _where(done, result, held, xp)

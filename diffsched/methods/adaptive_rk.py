@@ -154,7 +154,8 @@ class AdaptiveRK(AdaptiveComfy):
         dev, dtype = ops.device(like), like.dtype
         return tuple(xp.asarray(v, dtype=dtype, device=dev) for v in (rows, c_next, diff))
 
-    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array):
+    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array,
+                 noise: Array | None):  # fmt: skip
         pair = self.pair
         stages = pair.stages
         clock, counts = state.clock, state.counts

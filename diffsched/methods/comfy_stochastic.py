@@ -91,7 +91,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -104,11 +104,13 @@ from ._comfy_noise import BROWNIAN, ComfyNoise
 QUADRATURE_POINTS = 200  # ComfyUI's er_sde: cells of the rectangle rule of S_1, S_2
 
 
-def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
-    """(σ_down, σ_up) of eq. 1 (no noise when η = 0)."""
+def ancestral_step(sigma: Any, sigma_next: Any, eta: float, xp: Any = None) -> tuple[Any, Any]:
+    """(σ_down, σ_up) of eq. 1 (no noise when η = 0): of floats, or with ``xp`` of 0-d
+    arrays of that namespace (a loop that decides its levels as it runs)."""
     if eta == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        return sigma_next, 0.0 * sigma_next
+    smaller = min if xp is None else xp.minimum
+    up = smaller(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
     return (sigma_next**2 - up**2) ** 0.5, up
 
 

@@ -33,6 +33,18 @@ the first attempt),
 (p, i, d = ``pcoeff``, ``icoeff``, ``dcoeff``); the attempt is accepted when f >= ``accept_safety``
 (then x = x_high, the memories shift), and the proposed step is multiplied by f either
 way. The next attempt steps to t = min(τ_end, s + h). The loop ends when s >= τ_end - 10⁻⁵.
+
+With η > 0 (ancestral noise, k-diffusion's stochastic variant of Alg. 4) an attempt from s
+to t splits σ_t as an ancestral step does (Song et al. 2021, eq. 16 with η; ComfyUI's
+``get_ancestral_step``):
+
+    σ_u = min(σ_t, η sqrt(σ_t² (σ_s² - σ_t²) / σ_s²)),   σ_d = sqrt(σ_t² - σ_u²),
+    t' = min(τ_end, -log σ_d),   σ_u' = sqrt(σ_t² - σ_{t'}²)                              (6)
+
+The pair (x_low, x_high) and the error (4) are computed from s to t' (h = t' - s in
+(1)-(3)); an accepted attempt sets x = x_high + s_noise σ_u' z (z a fresh standard normal,
+drawn at acceptance only) and s = t; the controller (5) takes k = 1.5 in place of the
+order (the strong order of the noisy step).
 """
 
 from __future__ import annotations
@@ -41,8 +53,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..core import brownian
 from ..core.options import option
-from ..core.scheduler import document
+from ..core.scheduler import BrownianNoise, document
 from ._adaptive import (
     ACCEPTED,
     CALLS,
@@ -62,13 +75,15 @@ from ._adaptive import (
     _counts,
     const,
 )
+from ._comfy_noise import NOISE_STREAMS, check_seed, generator_draw, generator_state
+from .comfy_stochastic import ancestral_step
 
 Array = Any
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class ComfyDPMAdaptive(AdaptiveComfy):
+class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
     """ComfyUI's ``dpm_adaptive``: DPM-Solver-12 / 23 with PID step-size control (Lu et al.
     2022, Alg. 4-5), from the first level of the σ list to its last nonzero one.
 
@@ -78,8 +93,15 @@ class ComfyDPMAdaptive(AdaptiveComfy):
     attempt; the loop ends at the last nonzero level, whose x is the result (ComfyUI's: no
     step to 0). When ``max_calls`` runs out first, ``done`` is set, ``reached`` is not, and
     the result is the last accepted x, at σ = e^{-s} (``info(state)``, ``next_sigma``).
-    Deterministic only (ComfyUI's η = 0, its default); the σ's of every call equal
-    ComfyUI's, and so do its accepted steps and its result.
+    ``eta`` > 0 adds ancestral noise at each accepted step ((6) of the module; ComfyUI's
+    ``SamplerDPMAdaptative`` node): ``init``'s ``key`` seeds it, ``step(..., noise=z)``
+    replaces a draw, and ``noise_stream="comfy"`` draws ComfyUI's own (its torch.Generator
+    seeded with ``key``, one draw per accepted step; eager PyTorch on the CPU);
+    ``noise_type="brownian"`` draws each accepted step's noise as the increment of one
+    Brownian path over its levels (so rejected attempts and the tolerance do not change
+    the path a seed gives). The σ's of
+    every call equal ComfyUI's, and so do its accepted steps and its result (with η > 0,
+    for the same draws).
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps).
     """
@@ -102,19 +124,105 @@ class ComfyDPMAdaptive(AdaptiveComfy):
     dcoeff: float = option(0.0, "d of the PID controller (5)", low=-10.0, high=10.0)
     accept_safety: float = option(0.81, "an attempt is accepted when the factor f of (5) is "
                                   "at least this", low=0.0, low_open=True)  # fmt: skip
+    eta: float = option(0.0, "η of the ancestral split (6): 0 is the ODE solver (ComfyUI's "
+                        "default), 1 the full ancestral noise", low=0.0)  # fmt: skip
+    s_noise: float = option(1.0, "the factor of the noise an accepted step adds (6) (with "
+                            "eta > 0)", low=0.0)  # fmt: skip
+    noise_stream: str = option(
+        "diffsched", "diffsched (draw k of the seed init's key is, k the accepted steps so "
+        "far) or comfy (ComfyUI's seeded torch.Generator stream: equal to ComfyUI draw for "
+        "draw; eager PyTorch on the CPU)", choices=NOISE_STREAMS,
+    )  # fmt: skip
 
     def _check(self) -> None:
         super()._check()
+        if self.noise_stream == "comfy" and self.noise_type != "gaussian":
+            raise ValueError(
+                "ComfyDPMAdaptive: noise_stream='comfy' draws ComfyUI's own noise, which "
+                f"noise_type={self.noise_type!r} would replace; use noise_type='gaussian'"
+            )
         if self.rtol == 0 and self.atol == 0:
             raise ValueError(
                 "ComfyDPMAdaptive options rtol and atol: at least one must be positive (δ of the "
                 "error norm would be 0), got rtol=0.0, atol=0.0"
             )
-        for name in ("rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff", "accept_safety"):
+        for name in (
+            "rtol",
+            "atol",
+            "h_init",
+            "pcoeff",
+            "icoeff",
+            "dcoeff",
+            "accept_safety",
+            "eta",
+            "s_noise",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"ComfyDPMAdaptive option {name} must be finite, got: {getattr(self, name)!r}"
                 )
+
+    @property
+    def deterministic(self) -> bool:
+        return self.eta == 0
+
+    def _key(self, key: Any, sample_template: Array) -> Array:
+        """The seed array, or with ``noise_stream="comfy"`` (η > 0) the state of ComfyUI's
+        torch.Generator seeded with ``key``."""
+        if self.noise_stream != "comfy":
+            return super()._key(key, sample_template)
+        seed = check_seed(key, "ComfyDPMAdaptive.init key (ComfyUI's seed)")
+        if self.deterministic:  # nothing is drawn
+            return super()._key(0, sample_template)
+        self._check_comfy_stream(sample_template)
+        return generator_state(seed)
+
+    def _check_comfy_stream(self, array: Array) -> None:
+        bad = None
+        if type(array).__module__.split(".")[0] != "torch":
+            bad = f"got a {type(array).__name__} array"
+        elif array.device.type != "cpu":
+            bad = f"got a tensor on {array.device}"
+        else:
+            import torch
+
+            if torch.compiler.is_compiling():
+                bad = "not under torch.compile"
+        if bad:
+            raise TypeError(
+                "ComfyDPMAdaptive: noise_stream='comfy' draws ComfyUI's torch noise in eager "
+                f"PyTorch on the CPU; {bad}"
+            )
+
+    def _noise(self, xp, state: AdaptiveState, sample: Array, noise: Array | None):
+        if self.noise_type == "brownian" and noise is None:
+            return self._brownian_draw(xp, state), state.key
+        if self.noise_stream != "comfy":
+            return super()._noise(xp, state, sample, noise)
+        self._check_comfy_stream(sample)
+        if int(state.counts[STAGE]) != self.order - 1:  # no attempt ends at this call
+            return (xp.zeros_like(state.x) if noise is None else noise), state.key
+        z, after = generator_draw(state.key, tuple(state.x.shape))
+        return (z.to(state.x.dtype) if noise is None else noise), after
+
+    def _brownian_draw(self, xp, state: AdaptiveState) -> Array:
+        """The attempt's draw as the normalised increment (W(τ_t) - W(τ_s)) / sqrt(τ_s - τ_t)
+        of the seed's Brownian path (:mod:`diffsched.core.brownian`, eq. 4) over its levels
+        σ_s > σ_t, τ = σ / (α + σ) of the native sample (α = 1; flow models: 1 - σ)."""
+        x, clock = state.x, state.clock
+        levels = []
+        for time in (clock[S], clock[T]):
+            sigma = xp.exp(-time)
+            tau = sigma if self.model_sampling.flow else sigma / (1 + sigma)
+            scaled = tau * float(1 << brownian.DEPTH)
+            k = xp.minimum(xp.floor(scaled), const(xp, (1 << brownian.DEPTH) - 1, x))
+            levels.append((tau, k, scaled - k))
+        seed = brownian.tree_seed(state.key)
+        (tau0, k0, f0), (tau1, k1, f1) = levels
+        w0 = brownian.value_traced(seed, k0, f0, x, x.dtype)
+        w1 = brownian.value_traced(seed, k1, f1, x, x.dtype)
+        gap = xp.maximum(tau0 - tau1, const(xp, 1e-30, x))  # t = s: a done state's step
+        return (w1 - w0) / xp.sqrt(gap)
 
     def _first_sigma(self, sigma_start: float) -> float:
         tau = -math.log(sigma_start)  # ComfyUI's round trip through τ = -log σ
@@ -128,11 +236,18 @@ class ComfyDPMAdaptive(AdaptiveComfy):
         clock[SIGMA] = math.exp(-s)
         return clock, self.EXTRA
 
-    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array):
+    def _advance(self, xp, state: AdaptiveState, x_call: Array, denoised: Array,
+                 noise: Array | None):  # fmt: skip
         clock, counts, x = state.clock, state.counts, state.x
         stage = counts[STAGE]
         s, t = clock[S], clock[T]
-        h = t - s
+        t_up = t  # the time the attempt steps to: t, or t' of (6)
+        if not self.deterministic:
+            sig_t = xp.exp(-t)
+            down, _ = ancestral_step(xp.exp(-s), sig_t, self.eta, xp)
+            t_up = xp.minimum(clock[END], -xp.log(down))
+            renoise = xp.sqrt(xp.maximum(sig_t**2 - xp.exp(-t_up) ** 2, 0 * sig_t))  # σ_u'
+        h = t_up - s
         first = stage == 0
         x = xp.where(first & (counts[CALLS] == 0), x_call, x)  # the loop's start
         eps = (x_call - denoised) / clock[SIGMA]
@@ -143,7 +258,7 @@ class ComfyDPMAdaptive(AdaptiveComfy):
         def sig(tau):
             return xp.exp(-tau)
 
-        sig_t, em = sig(t), xp.expm1(h)
+        sig_t, em = sig(t_up), xp.expm1(h)
         if self.order == 2:
             r1 = 1 / 2
             s1 = s + r1 * h
@@ -174,7 +289,7 @@ class ComfyDPMAdaptive(AdaptiveComfy):
         fresh = (counts[ACCEPTED] + counts[REJECTED]) == 0
         e1 = xp.where(fresh, inv, clock[E1])
         e2m = xp.where(fresh, inv, clock[E2])
-        k = self.order
+        k = self.order if self.deterministic else 1.5  # (5); η > 0: the noisy step's order
         b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
         b2 = -(self.pcoeff + 2 * self.dcoeff) / k
         b3 = self.dcoeff / k
@@ -183,6 +298,8 @@ class ComfyDPMAdaptive(AdaptiveComfy):
         accept = last & (factor >= self.accept_safety)
         reject = last & ~(factor >= self.accept_safety)
 
+        if not self.deterministic:  # (6): the accepted step's noise
+            x_high = x_high + (self.s_noise * renoise) * noise
         x_new = xp.where(accept, x_high, x)
         s_new = xp.where(accept, t, s)
         h_new = xp.where(last, clock[H] * factor, clock[H])
