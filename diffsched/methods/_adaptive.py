@@ -343,7 +343,7 @@ class AdaptiveComfy(ComfySampler):
         unconditional: Array | None = None,
     ) -> tuple[AdaptiveState, Array]:
         """One model call: (next state, the sample for the next model call, or the result
-        once ``done``). A done state is returned unchanged with ``sample``. ``noise=`` and
+        once ``done``). A done state is returned unchanged with ``sample``.
         ``unconditional=`` (CFG++) is refused: the error control sees one model output per
         call. ``noise=`` (a stochastic configuration only: a standard normal array of the
         sample's shape) replaces the draw of the attempt this call may accept; a call that

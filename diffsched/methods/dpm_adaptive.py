@@ -99,9 +99,8 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
     seeded with ``key``, one draw per accepted step; eager PyTorch on the CPU);
     ``noise_type="brownian"`` draws each accepted step's noise as the increment of one
     Brownian path over its levels (so rejected attempts and the tolerance do not change
-    the path a seed gives). The σ's of
-    every call equal ComfyUI's, and so do its accepted steps and its result (with η > 0,
-    for the same draws).
+    the path a seed gives). The σ's of every call equal ComfyUI's, and so do its accepted
+    steps and its result (with η > 0, for the same draws).
 
     Not in diffusers: ComfyUI's convention (model input, nearest-index timesteps).
     """
@@ -146,17 +145,9 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
                 "ComfyDPMAdaptive options rtol and atol: at least one must be positive (δ of the "
                 "error norm would be 0), got rtol=0.0, atol=0.0"
             )
-        for name in (
-            "rtol",
-            "atol",
-            "h_init",
-            "pcoeff",
-            "icoeff",
-            "dcoeff",
-            "accept_safety",
-            "eta",
-            "s_noise",
-        ):
+        finite = ("rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff", "accept_safety", "eta",
+                  "s_noise")  # fmt: skip
+        for name in finite:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"ComfyDPMAdaptive option {name} must be finite, got: {getattr(self, name)!r}"
