@@ -128,6 +128,21 @@ def increment(seed: Array, t0: float, t1: float, like: Array, dtype: Any = None)
     return (w1 - w0) * (1.0 / math.sqrt(abs(t1 - t0)))
 
 
+def increment_traced(seed: Array, t0: Array, t1: Array, like: Array, dtype: Any) -> Array:
+    """Eq. 4 for levels known only as 0-d arrays of ``like``'s namespace (a loop that
+    decides its levels as it runs): their leaves (:func:`leaf`) are taken in the arrays'
+    dtype, so the draws follow the levels' last bits; 0 where t0 = t1."""
+    xp = ops.namespace(like)
+    values = []
+    for t in (t0, t1):
+        scaled = t * float(1 << DEPTH)
+        last = xp.full((), (1 << DEPTH) - 1, dtype=scaled.dtype, device=ops.device(like))
+        k = xp.minimum(xp.floor(scaled), last)
+        values.append(value_traced(seed, k, scaled - k, like, dtype))
+    gap = xp.maximum(xp.abs(t1 - t0), xp.full((), 1e-30, dtype=t0.dtype, device=ops.device(like)))
+    return (values[1] - values[0]) / xp.sqrt(gap)
+
+
 def call_increment(seed: Array, row: tuple, like: Array, dtype: Any) -> Array:
     """Eq. 4 from a call's table row (k_0, f_0, k_1, f_1, 1/sqrt|τ_1 - τ_0|) of
     :func:`leaf_columns`: Python floats on the eager path, 0-d arrays when traced."""

@@ -126,6 +126,26 @@ def generator_draw(state: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
     return z, gen.get_state()
 
 
+def comfy_bad(owner: str, what: str) -> str:
+    """The message refusing ``noise_stream="comfy"`` where its torch noise cannot run."""
+    return (
+        f"{owner}: noise_stream='comfy' draws ComfyUI's torch noise in eager PyTorch on the "
+        f"CPU; {what}"
+    )
+
+
+def check_eager_cpu(owner: str, array: Any, name: str) -> None:
+    """Refuses an ``array`` (named ``name``) that ComfyUI's torch noise cannot be drawn
+    beside: not a torch tensor (TypeError), not on the CPU (ValueError), or traced by
+    torch.compile (RuntimeError)."""
+    if type(array).__module__.split(".")[0] != "torch":
+        raise TypeError(comfy_bad(owner, f"got a {type(array).__name__} {name}"))
+    if array.device.type != "cpu":
+        raise ValueError(comfy_bad(owner, f"got a tensor on {array.device}"))
+    if _torch().compiler.is_compiling():
+        raise RuntimeError(comfy_bad(owner, "not under torch.compile"))
+
+
 def seed_bytes(seed: int) -> Any:
     """``seed`` as 8 little-endian bytes (a uint8 tensor): the Brownian stream's state."""
     torch = _torch()
@@ -263,25 +283,14 @@ class ComfyNoise:
         return engine.with_columns(program, columns)
 
     def _comfy_bad(self, what: str) -> str:
-        return (
-            f"{type(self).__name__}: noise_stream='comfy' draws ComfyUI's torch noise in eager "
-            f"PyTorch on the CPU; {what}"
-        )
+        return comfy_bad(type(self).__name__, what)
 
     def init(self, num_steps, sample_template, key=0, **init_options):
         """The class's ``init``; with ``noise_stream="comfy"`` ``key`` is ComfyUI's seed
         (an integer in [0, 2**64)) and the state's ``key`` holds the stream."""
         if self.noise_stream != "comfy":
             return super().init(num_steps, sample_template, key, **init_options)  # type: ignore[misc]
-        if type(sample_template).__module__.split(".")[0] != "torch":
-            raise TypeError(
-                self._comfy_bad(f"got a {type(sample_template).__name__} sample_template")
-            )
-        torch = _torch()
-        if sample_template.device.type != "cpu":
-            raise ValueError(self._comfy_bad(f"got a tensor on {sample_template.device}"))
-        if torch.compiler.is_compiling():
-            raise RuntimeError(self._comfy_bad("not under torch.compile"))
+        check_eager_cpu(type(self).__name__, sample_template, "sample_template")
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
                 self._comfy_bad("per-element schedules (offsets=, an array strength=) are not")

@@ -108,7 +108,7 @@ def ancestral_step(sigma: Any, sigma_next: Any, eta: float, xp: Any = None) -> t
     """(σ_down, σ_up) of eq. 1 (no noise when η = 0): of floats, or with ``xp`` of 0-d
     arrays of that namespace (a loop that decides its levels as it runs)."""
     if eta == 0:
-        return sigma_next, 0.0 * sigma_next
+        return sigma_next, 0.0
     smaller = min if xp is None else xp.minimum
     up = smaller(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
     return (sigma_next**2 - up**2) ** 0.5, up

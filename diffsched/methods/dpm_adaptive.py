@@ -53,7 +53,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import brownian
+from ..core import brownian, ops
 from ..core.options import option
 from ..core.scheduler import BrownianNoise, document
 from ._adaptive import (
@@ -75,7 +75,13 @@ from ._adaptive import (
     _counts,
     const,
 )
-from ._comfy_noise import NOISE_STREAMS, check_seed, generator_draw, generator_state
+from ._comfy_noise import (
+    NOISE_STREAMS,
+    check_eager_cpu,
+    check_seed,
+    generator_draw,
+    generator_state,
+)
 from .comfy_stochastic import ancestral_step
 
 Array = Any
@@ -165,55 +171,34 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
         seed = check_seed(key, "ComfyDPMAdaptive.init key (ComfyUI's seed)")
         if self.deterministic:  # nothing is drawn
             return super()._key(0, sample_template)
-        self._check_comfy_stream(sample_template)
+        check_eager_cpu("ComfyDPMAdaptive", sample_template, "sample_template")
         return generator_state(seed)
 
-    def _check_comfy_stream(self, array: Array) -> None:
-        bad = None
-        if type(array).__module__.split(".")[0] != "torch":
-            bad = f"got a {type(array).__name__} array"
-        elif array.device.type != "cpu":
-            bad = f"got a tensor on {array.device}"
-        else:
-            import torch
-
-            if torch.compiler.is_compiling():
-                bad = "not under torch.compile"
-        if bad:
-            raise TypeError(
-                "ComfyDPMAdaptive: noise_stream='comfy' draws ComfyUI's torch noise in eager "
-                f"PyTorch on the CPU; {bad}"
-            )
-
     def _noise(self, xp, state: AdaptiveState, sample: Array, noise: Array | None):
-        if self.noise_type == "brownian" and noise is None:
-            return self._brownian_draw(xp, state), state.key
-        if self.noise_stream != "comfy":
-            return super()._noise(xp, state, sample, noise)
-        self._check_comfy_stream(sample)
-        if int(state.counts[STAGE]) != self.order - 1:  # no attempt ends at this call
+        """The draw of the attempt this call may accept (``noise`` where given): the seed's
+        (:class:`AdaptiveComfy`), the Brownian path's increment over the attempt's levels
+        σ_s > σ_t (τ = σ / (α + σ) of the native sample: α = 1, flow models 1 - σ), or
+        ComfyUI's generator's (its stream moving on at an accepted attempt, ``noise`` given
+        or not). Where the stage is known on the host (eager, on the CPU), a call that ends
+        no attempt draws nothing; traced, every call draws and ``step`` keeps an accepted
+        attempt's."""
+        comfy = self.noise_stream == "comfy"
+        if comfy:
+            check_eager_cpu("ComfyDPMAdaptive", sample, "sample")
+        stage = ops.concrete_int(state.counts[STAGE])
+        if stage is not None and stage != self.order - 1:  # no attempt ends at this call
             return (xp.zeros_like(state.x) if noise is None else noise), state.key
-        z, after = generator_draw(state.key, tuple(state.x.shape))
-        return (z.to(state.x.dtype) if noise is None else noise), after
-
-    def _brownian_draw(self, xp, state: AdaptiveState) -> Array:
-        """The attempt's draw as the normalised increment (W(τ_t) - W(τ_s)) / sqrt(τ_s - τ_t)
-        of the seed's Brownian path (:mod:`diffsched.core.brownian`, eq. 4) over its levels
-        σ_s > σ_t, τ = σ / (α + σ) of the native sample (α = 1; flow models: 1 - σ)."""
-        x, clock = state.x, state.clock
-        levels = []
-        for time in (clock[S], clock[T]):
-            sigma = xp.exp(-time)
-            tau = sigma if self.model_sampling.flow else sigma / (1 + sigma)
-            scaled = tau * float(1 << brownian.DEPTH)
-            k = xp.minimum(xp.floor(scaled), const(xp, (1 << brownian.DEPTH) - 1, x))
-            levels.append((tau, k, scaled - k))
-        seed = brownian.tree_seed(state.key)
-        (tau0, k0, f0), (tau1, k1, f1) = levels
-        w0 = brownian.value_traced(seed, k0, f0, x, x.dtype)
-        w1 = brownian.value_traced(seed, k1, f1, x, x.dtype)
-        gap = xp.maximum(tau0 - tau1, const(xp, 1e-30, x))  # t = s: a done state's step
-        return (w1 - w0) / xp.sqrt(gap)
+        if comfy:
+            z, after = generator_draw(state.key, tuple(state.x.shape))
+            return (z.to(state.x.dtype) if noise is None else noise), after
+        if self.noise_type == "brownian" and noise is None:
+            levels = []
+            for time in (state.clock[S], state.clock[T]):
+                sigma = xp.exp(-time)
+                levels.append(sigma if self.model_sampling.flow else sigma / (1 + sigma))
+            seed = brownian.tree_seed(state.key)
+            return brownian.increment_traced(seed, *levels, state.x, state.x.dtype), state.key
+        return super()._noise(xp, state, sample, noise)
 
     def _first_sigma(self, sigma_start: float) -> float:
         tau = -math.log(sigma_start)  # ComfyUI's round trip through τ = -log σ
