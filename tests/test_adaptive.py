@@ -35,7 +35,11 @@ B = np.array(FIXTURE["toy"]["b"])
 NOISE = np.array(FIXTURE["toy"]["noise"])
 TOL64 = 1e-9  # observed 5e-14
 TOL32 = 1e-5  # observed 5.2e-7 (ComfyUI's float32 run, where it makes our float32 calls)
-TOL32_V = 5e-5  # v models: observed 1.4e-5
+# v models: observed 1.4e-5 here, and up to 9.1e-5 when every model output is moved by a
+# random ulp (22 seeds; another CPU's rounding): the table index of a call ComfyUI gives
+# the nearest σ, and its timesteps can agree where σ's moved (ComfyUI's own float32 run of
+# the PID case: timesteps equal, σ's 2.9e-4 apart, result 1.5e-4 from its float64 run)
+TOL32_V = 1e-3
 MIXTURE = models.GaussianMixture()
 START = np.random.default_rng(3).standard_normal((16, 2))
 
@@ -147,8 +151,8 @@ def test_float32_equals_comfyuis_float32_run_where_it_takes_the_same_calls():
     """The step-size control feeds rounding back into the levels: ComfyUI's own float32 run
     leaves its float64 path where a table index or an acceptance flips (v models: σ's
     1.8e-3 apart, results 1.6e-4). Where our float32 run makes the calls ComfyUI's float32
-    run makes (the same timesteps), the results agree within 1e-5 (observed 5.2e-7; v
-    models 1.4e-5: 48 calls of float32 v conversions, TOL32_V)."""
+    run makes (the same timesteps), the results agree within 1e-5 (observed 5.2e-7, and 9e-7
+    with every model output moved by a random ulp; v models: TOL32_V)."""
     same, worst = 0, 0.0
     for case in CASES:
         exp = case["expected"]
