@@ -5,7 +5,9 @@
   and print the model calls, the wall time and the error against the exact
   probability-flow ODE solution from the same noise. An inverse scheduler (data to noise)
   inverts data samples, regenerates them with its forward method and reports the
-  reconstruction error.
+  reconstruction error. ``comfy-SAMPLER`` names ComfyUI's KSampler sampler
+  (:func:`diffsched.from_comfy`; ``-o scheduler=NAME``, ``-o model=NAME``), in ``bench``'s
+  specs too.
 * ``diffsched bench``: that error for several schedulers and step counts, as a markdown
   table and a log-log plot; ``--against diffusers`` runs the same configs through diffusers.
   ``bench --stochastic`` measures the stochastic samplers (and any deterministic one) by the
@@ -14,7 +16,7 @@
 * ``diffsched tune``: the grid of N steps closest to the exact solution, measured on
   held-out noise.
 * ``diffsched list``: the schedulers and their options, with defaults, and the commands
-  each one works in (with the reason where it does not).
+  each one works in (with the reason where it does not); then ComfyUI's samplers.
 
 Every scheduler is run on an exact model of its own kind: the variance-preserving
 denoiser at the training steps of its betas; EDM's preconditioned network F at
@@ -98,13 +100,19 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def build_scheduler(
-    name: str | None, options: dict[str, Any], config: str | None = None, flag: str = "-o"
+    name: str | None,
+    options: dict[str, Any],
+    config: str | None = None,
+    flag: str = "-o",
+    name_flag: str | None = None,
 ) -> Scheduler:
     """A scheduler by name (or from a diffusers config file), with options overriding.
+    ``comfy-SAMPLER`` is ComfyUI's KSampler sampler by name (:func:`build_comfy`).
 
     A bad name, option or config is a :class:`UsageError` that names ``flag`` (the option
     flag, or the ``--schedulers`` spec) or ``--config``; the library's own message is kept
-    (with its hint where an option is diffusers' name for one of ours)."""
+    (with its hint where an option is diffusers' name for one of ours). ``name_flag``: where
+    the name was given, for a ComfyUI name's errors (default ``--scheduler NAME``)."""
     if config is not None:
         if name is not None:
             raise UsageError(f"give a scheduler name or --config, not both (got {name!r} and "
@@ -124,7 +132,10 @@ def build_scheduler(
             return from_config(config, **options)
         except (ValueError, TypeError, OSError) as err:
             raise UsageError(f"--config {config}: {err}") from None
-    name = (name or "ddim").lower()
+    name = (name or "ddim").strip().lower()
+    if name.startswith(COMFY_PREFIX):
+        return build_comfy(name[len(COMFY_PREFIX) :], options, flag,
+                           name_flag or f"--scheduler {name}")  # fmt: skip
     if name not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     try:
@@ -148,32 +159,70 @@ def is_tuned_file(path: str) -> bool:
 def parse_spec(spec: str) -> tuple[str, Scheduler, dict[str, Any]]:
     """``name[:key=value,key=value]``, e.g. ``pndm:reduce_warmup=true``: (label, scheduler,
     the options given). Commas inside brackets belong to a list value. ``comfy-SAMPLER``
-    is ComfyUI's KSampler sampler by name (:func:`diffsched.from_comfy`; the options
-    ``scheduler`` and ``model`` pick its scheduler and model sampling, default normal and
-    eps), e.g. ``comfy-dpmpp_2m_sde:scheduler=karras``."""
+    is ComfyUI's KSampler sampler by name (:func:`build_comfy`), e.g.
+    ``comfy-dpmpp_2m_sde:scheduler=karras``. Errors name ``--schedulers SPEC``."""
     name, _, rest = spec.partition(":")
     pairs = [p for p in re.split(r",(?![^\[]*\])", rest) if p.strip()]
     options = parse_options(pairs)
-    if name.strip().lower().startswith(COMFY_PREFIX):
-        return spec, build_comfy(name.strip()[len(COMFY_PREFIX) :], options, spec), options
-    return spec, build_scheduler(name, options, flag=f"--schedulers {spec}"), options
+    flag = f"--schedulers {spec}"
+    return spec, build_scheduler(name, options, flag=flag, name_flag=flag), options
 
 
+# ComfyUI's KSampler samplers on the command line: comfy-SAMPLER (diffsched.comfy.SAMPLERS)
 COMFY_PREFIX = "comfy-"
 
 
-def build_comfy(sampler_name: str, options: dict[str, Any], spec: str) -> Scheduler:
-    """ComfyUI's KSampler ``sampler_name`` (``ds.from_comfy``) with ``options``; a bad name
-    or option is a UsageError naming the spec."""
+def comfy_defaults() -> dict[str, str]:
+    """The defaults of a ``comfy-`` name's options ``scheduler`` and ``model``: those of
+    :func:`diffsched.from_comfy`."""
+    import inspect
+
     from .comfy import from_comfy
 
-    options = dict(options)
-    scheduler_name = options.pop("scheduler", "normal")
-    model = options.pop("model", "eps")
+    params = inspect.signature(from_comfy).parameters
+    return {"scheduler": params["scheduler_name"].default, "model": params["model"].default}
+
+
+def build_comfy(
+    sampler_name: str, options: dict[str, Any], flag: str = "-o", name_flag: str | None = None
+) -> Scheduler:
+    """ComfyUI's KSampler ``sampler_name`` (:func:`diffsched.from_comfy`) with ``options``:
+    ``scheduler`` (ComfyUI's schedule) and ``model`` (its model sampling), default normal
+    and eps, and any other keyword ``from_comfy`` takes (``shift``, ``eta``, ``s_noise``,
+    ...). The one place the commands turn a ``comfy-`` name into a scheduler.
+
+    A bad name or option is a :class:`UsageError` naming where it was given: ``name_flag``
+    (default ``--scheduler comfy-SAMPLER``) for the name, ``flag`` for the options (``-o``
+    names the option too: ``-o scheduler=NAME``; a ``--schedulers`` spec names itself). The
+    adaptive ``dpm_adaptive`` is refused: it has no fixed steps (``bench --adaptive`` runs
+    it)."""
+    from .comfy import SAMPLERS, SCHEDULERS, from_comfy
+
+    name_flag = name_flag or f"--scheduler {COMFY_PREFIX}{sampler_name}"
+    if sampler_name not in SAMPLERS:
+        raise UsageError(f"{name_flag}: unknown ComfyUI sampler {sampler_name!r}; known: "
+                         f"{', '.join(COMFY_PREFIX + n for n in SAMPLERS)}")  # fmt: skip
+    options = {**comfy_defaults(), **options}
+    scheduler_name = options.pop("scheduler")
+    if scheduler_name not in SCHEDULERS:
+        where = f"{flag} scheduler={scheduler_name}" if flag == "-o" else flag
+        raise UsageError(f"{where}: unknown ComfyUI scheduler {scheduler_name!r}; known: "
+                         f"{', '.join(SCHEDULERS)}")  # fmt: skip
     try:
-        return from_comfy(sampler_name, scheduler_name, model=model, **options)
+        scheduler = from_comfy(sampler_name, scheduler_name, **options)
     except (ValueError, TypeError, NotImplementedError) as err:
-        raise UsageError(f"--schedulers {spec}: {err}") from None
+        raise UsageError(f"{flag}: {err}; see `diffsched list` for the options") from None
+    if getattr(scheduler, "ADAPTIVE", False):
+        raise UsageError(f"{name_flag}: {adaptive_refusal(scheduler)}")
+    return scheduler
+
+
+def adaptive_refusal(scheduler: Scheduler) -> str:
+    """Why the commands do not run an adaptive scheduler (``ADAPTIVE``) themselves."""
+    return (f"{type(scheduler).__name__} is adaptive: its model calls are decided "
+            "while it runs, so it has no steps to run or measure here; 'diffsched bench "
+            "--adaptive' measures it against the exact solution (per rtol), and "
+            "ds.sample(model, sched, noise, max_calls) runs it")  # fmt: skip
 
 
 def adapt_to_model(
@@ -729,6 +778,12 @@ def inverse_refusal(name: str) -> str:
             "it and reports the reconstruction error")  # fmt: skip
 
 
+COMFY_TUNE_REFUSAL = (
+    "a ComfyUI sampler runs the σ list of a ComfyUI schedule (-o scheduler=NAME), not a grid "
+    "of training steps the tuner can search; tune one of diffsched's own schedulers"
+)
+
+
 def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -> str | None:
     """Why ``tune --tune {tune}`` cannot take this scheduler config (None if it can). A
     scheduler without a custom grid (DDIM, DEIS, LMS, PNDM) takes ``coefficients`` and
@@ -736,6 +791,8 @@ def tune_refusal(scheduler: Scheduler, num_steps: int = 6, tune: str = "grid") -
     from .grids import Grid
     from .tuning import FlowGrid, candidate_bases, stand_in
 
+    if isinstance(scheduler, ComfySampler):
+        return COMFY_TUNE_REFUSAL
     if is_inverse(scheduler):
         return "an inverse scheduler (data to noise): there is no sampling error to tune"
     if is_flow(scheduler):  # rectified-flow grids: custom sigmas= at a static shift
@@ -820,11 +877,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     check_backend(args.backend, args.compile)
     options = parse_options(args.option)
-    scheduler = build_scheduler(scheduler_name(args, "ddim"), options, args.config)
+    name = scheduler_name(args, "ddim")
+    scheduler = build_scheduler(name, options, args.config)
     if args.config is None:  # a model's config is taken as it is
         scheduler, note = adapt_to_model(scheduler, args.model, options)
         if note:
             print(note)
+    if isinstance(scheduler, ComfySampler):
+        check_comfy_sample(name, args)
     grid = resolve_grid(args.grid, scheduler, args.steps)
     steps = args.steps if grid is None else grid_steps(grid)
     init_options = dict(grid or {})
@@ -850,7 +910,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed, compile=args.compile,
         progress=not (args.no_progress or args.compile), strength=args.strength, grid=grid,
     )  # fmt: skip
-    title = (f"{type(scheduler).__name__}, {steps} steps ({result.model_calls} model "
+    title = (f"{scheduler_label(scheduler, name)}, {steps} steps ({result.model_calls} model "
              f"calls), {args.model}")  # fmt: skip
     print(f"{title}, {args.num_samples} samples, {args.backend} {args.dtype}")
     print(f"model calls: {result.model_calls}")
@@ -865,6 +925,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     plot_samples(out, args.model, result.samples, result.exact, title)
     print(f"wrote {out} ({time.perf_counter() - t0:.3f} s)")
     return 0
+
+
+def check_comfy_sample(name: str, args: argparse.Namespace) -> None:
+    """``sample`` with ComfyUI's sampler ``name``: the flags it cannot take are refused."""
+    from .comfy import SCHEDULERS
+
+    if args.grid is not None:
+        raise UsageError(f"--grid is for diffsched's own schedulers; {name} runs the σ list of "
+                         f"a ComfyUI schedule: -o scheduler=NAME, one of "
+                         f"{', '.join(SCHEDULERS)}")  # fmt: skip
+    if args.strength is not None:
+        raise UsageError(f"--strength is diffusers' image-to-image; {name} (ComfyUI's KSampler) "
+                         "takes a partial denoise instead, which sample does not run: use "
+                         "ds.sample(model, sched, noise, steps, image=x0, denoise=d)")  # fmt: skip
+
+
+def scheduler_label(scheduler: Scheduler, name: str | None) -> str:
+    """The scheduler's class for the output, with a ComfyUI sampler's name, schedule and
+    model sampling."""
+    label = type(scheduler).__name__
+    if isinstance(scheduler, ComfySampler) and name is not None:
+        label += (f" ({name.strip().lower()}, scheduler={scheduler.scheduler}, "
+                  f"model={scheduler.model})")  # fmt: skip
+    return label
 
 
 def sample_round_trip(args: argparse.Namespace, scheduler: Scheduler, out: Path) -> int:
@@ -953,9 +1037,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_loop(scheduler, args.steps, {}, "--steps")
     refusal = tune_refusal(scheduler, args.steps, args.tune)
     if refusal is not None:
-        tunable = [n for n, c in SCHEDULERS.items() if commands_of(n)["tune"] is None]
         raise UsageError(f"{'--config ' + args.config if name is None else name}: {refusal}; "
-                         f"tunable: {', '.join(tunable)}")  # fmt: skip
+                         f"tunable: {', '.join(_tunable())}")  # fmt: skip
     if args.end == "lowest" and is_flow(scheduler):  # (EDM is refused above: not tunable)
         raise UsageError(f"--end lowest is for discrete-time models (the jump to x̂_0 at the "
                          f"lowest trained level); {type(scheduler).__name__} has continuous "
@@ -1081,6 +1164,13 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
         raise UsageError(f"--tune {args.tune} needs --calibration 4 or more, got "
                          f"{args.calibration}")  # fmt: skip
     out = check_out(args.save, "--save", ".json")
+    name = scheduler_name(args, None)
+    options = parse_options(args.option)
+    cls = None  # the class named, built on the pipeline's config (None: its own, UniPC)
+    if name is not None or options:
+        cls = type(build_scheduler(name or "unipc", {}))
+        if issubclass(cls, ComfySampler):
+            raise UsageError(f"{name}: {COMFY_TUNE_REFUSAL}; tunable: {', '.join(_tunable())}")
     if not Path(args.pipeline).is_dir():
         raise UsageError(f"--pipeline: no such folder: {args.pipeline!r} (a pipeline saved by "
                          "save_pretrained)")  # fmt: skip
@@ -1095,11 +1185,8 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as err:
         raise UsageError(f"--pipeline {args.pipeline}: {err}") from None
     pipe.set_progress_bar_config(disable=True)
-    name = scheduler_name(args, None)
-    options = parse_options(args.option)
     scheduler = None
-    if name is not None or options:
-        cls = type(build_scheduler(name or "unipc", {}))
+    if cls is not None:
         try:
             scheduler = cls.from_config(dict(pipe.scheduler.config), **options)
         except (TypeError, ValueError) as err:
@@ -1755,7 +1842,37 @@ def cmd_list(args: argparse.Namespace) -> int:
             elif spec.choices:
                 allowed = f"; one of {spec.choices}"
             print(f"    {field} = {default!r}  [{where}]{allowed}")
+    for line in comfy_listing():
+        print(line)
     return 0
+
+
+def comfy_listing() -> list[str]:
+    """For `diffsched list`: ComfyUI's samplers as ``comfy-NAME: Class`` (the class
+    :func:`diffsched.from_comfy` builds for the name), after a line on their options with
+    the schedules and model samplings."""
+    from .comfy import SAMPLERS, SCHEDULERS, from_comfy
+    from .methods._comfy import MODELS
+
+    defaults = comfy_defaults()
+    exact = [m for m in MODELS if m in COMFY_PREDICTIONS or m == "flow"]
+    lines = [
+        f"{COMFY_PREFIX}SAMPLER: ComfyUI's KSampler sampler by name (ds.from_comfy), in sample "
+        "and bench, not tune; options -o scheduler=NAME, -o model=NAME and the class's own "
+        "(-o shift=3.0, -o eta=0.5, ...; docs/comfyui.md)",
+        f"    scheduler = {defaults['scheduler']!r}; one of {', '.join(SCHEDULERS)}; model = "
+        f"{defaults['model']!r}; one of {', '.join(exact)} (the exact models'; ComfyUI's "
+        f"{', '.join(m for m in MODELS if m not in exact)} have none here)",
+    ]  # fmt: skip
+    for name in SAMPLERS:
+        scheduler = from_comfy(name)
+        line = f"{COMFY_PREFIX}{name}: {type(scheduler).__name__}"
+        if getattr(scheduler, "ADAPTIVE", False):
+            line += " (adaptive: diffsched bench --adaptive)"
+        elif not scheduler.deterministic:
+            line += " (stochastic)"
+        lines.append(line)
+    return lines
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -1785,7 +1902,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scheduler", nargs="?", help="as --scheduler")
     p.add_argument("--scheduler", dest="scheduler_flag", default=None, metavar="NAME",
                    help=f"one of {', '.join(SCHEDULERS)} (default: ddim; an inverse "
-                        "scheduler inverts data and regenerates it)")  # fmt: skip
+                        "scheduler inverts data and regenerates it), or comfy-SAMPLER: "
+                        "ComfyUI's KSampler sampler by name (see the list command), e.g. "
+                        "comfy-dpmpp_2m -o scheduler=karras (ComfyUI's schedule, default "
+                        "normal) -o model=eps|v|x0|flow (its model sampling, default "
+                        "eps)")  # fmt: skip
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="a scheduler option, e.g. -o eta=0.5 (repeatable; see the list "
                         "command)")  # fmt: skip

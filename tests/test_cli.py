@@ -281,6 +281,216 @@ def test_sample_name_case_insensitive_with_digits(capsys, tmp_path):
     assert "DDIM, 4 steps" in out
 
 
+# -- ComfyUI's samplers by name ---------------------------------------------------------------
+
+COMFY_ARGS = ("--model", "gmm", "--num-samples", 16, "--no-progress")
+
+
+def sample_runs(monkeypatch) -> list:
+    """The (scheduler, Run) of each cli.run the command makes."""
+    runs = []
+    real = cli.run
+
+    def spy(scheduler, *args, **kwargs):
+        runs.append((scheduler, real(scheduler, *args, **kwargs)))
+        return runs[-1][1]
+
+    monkeypatch.setattr(cli, "run", spy)
+    return runs
+
+
+def test_sample_comfy_sampler_is_the_direct_run(capsys, tmp_path, monkeypatch):
+    """`sample comfy-dpmpp_2m -o scheduler=karras` runs ds.from_comfy("dpmpp_2m", "karras")
+    on ComfyUI's exact network: the error it prints is the one of that scheduler run
+    directly from the same noise (ds.sample, and the ODE reference from the first model
+    input), to 1e-12 in float64; the model calls are the scheduler's."""
+    runs = sample_runs(monkeypatch)
+    png = tmp_path / "c.png"
+    status, out, err = run_cli(capsys, "sample", "comfy-dpmpp_2m", "-o", "scheduler=karras",
+                               "--steps", 8, *COMFY_ARGS, "--out", png)  # fmt: skip
+    assert status == 0, err
+    sched = ds.from_comfy("dpmpp_2m", "karras")
+    ((used, result),) = runs
+    assert used == sched
+    noise = cli.make_noise("gmm", 16, 0)
+    model = cli.comfy_exact_model(sched, "gmm")
+    x = ds.sample(model, sched, noise, 8, 0)
+    exact = reference.solve_pf_ode(model.denoiser, noise * sched.init_noise_scale(8),
+                                   *sched.noise_levels(8))  # fmt: skip
+    direct = float(np.linalg.norm(x - exact) / np.linalg.norm(exact))
+    assert 0 < direct < 1  # observed 0.078
+    assert result.error == pytest.approx(direct, rel=1e-12)
+    again = cli.run(sched, "gmm", 8, noise)
+    assert again.error == pytest.approx(direct, rel=1e-12)
+    assert printed_error(out) == f"{direct:.3e}"
+    calls = sched.program(8).num_calls
+    assert f"model calls: {calls}" in out.splitlines() and result.model_calls == calls
+    assert ("ComfyDPMPP2M (comfy-dpmpp_2m, scheduler=karras, model=eps), 8 steps (8 model "
+            "calls), gmm, 16 samples, numpy float64") in out  # fmt: skip
+    normal = cli.run(ds.from_comfy("dpmpp_2m"), "gmm", 8, noise).error
+    assert f"{normal:.3e}" != printed_error(out)  # the schedule was taken
+    check_png(png)
+
+
+@pytest.mark.parametrize(
+    ("argv", "sched", "calls"),
+    [
+        (["comfy-euler"], ds.from_comfy("euler"), 6),
+        (["comfy-heun", "-o", "scheduler=simple"], ds.from_comfy("heun", "simple"), 11),
+        (["comfy-euler", "-o", "model=flow", "-o", "shift=3.0"],
+         ds.from_comfy("euler", model="flow", shift=3.0), 6),
+        (["comfy-uni_pc", "-o", "model=v"], ds.from_comfy("uni_pc", model="v"), 6),
+    ],
+)  # fmt: skip
+def test_sample_comfy_flag_and_options(capsys, tmp_path, monkeypatch, argv, sched, calls):
+    """`--scheduler comfy-NAME` is the positional form; -o scheduler=, model= and the
+    model sampling's settings reach from_comfy; the deterministic samplers print their
+    error against the exact ODE solution."""
+    runs = sample_runs(monkeypatch)
+    common = ["--steps", 6, *COMFY_ARGS]
+    status, out, err = run_cli(capsys, "sample", *argv, *common, "--out", tmp_path / "a.png")
+    assert status == 0, err
+    status, flagged, err = run_cli(capsys, "sample", "--scheduler", argv[0], *argv[1:], *common,
+                                   "--out", tmp_path / "b.png")  # fmt: skip
+    assert status == 0, err
+    assert [r[0] for r in runs] == [sched, sched]
+    assert np.array_equal(runs[0][1].samples, runs[1][1].samples)
+    direct = cli.run(sched, "gmm", 6, cli.make_noise("gmm", 16, 0))
+    assert runs[0][1].error == pytest.approx(direct.error, rel=1e-12)
+    assert 0 < direct.error < 1
+    assert printed_error(out) == printed_error(flagged) == f"{direct.error:.3e}"
+    assert f"model calls: {calls}" in out.splitlines() and direct.model_calls == calls
+
+
+@pytest.mark.parametrize(
+    ("argv", "sched"),
+    [
+        (["comfy-euler_ancestral"], ds.from_comfy("euler_ancestral")),
+        (["comfy-dpmpp_2m_sde", "-o", "scheduler=karras", "-o", "eta=0.5"],
+         ds.from_comfy("dpmpp_2m_sde", "karras", eta=0.5)),
+    ],
+)  # fmt: skip
+def test_sample_comfy_stochastic_sampler(capsys, tmp_path, monkeypatch, argv, sched):
+    """A stochastic ComfyUI sampler runs, its draws keyed by --seed as the direct run's,
+    and has no error against the ODE solution (as euler-a)."""
+    runs = sample_runs(monkeypatch)
+    status, out, err = run_cli(capsys, "sample", *argv, "--steps", 5, "--seed", 3, *COMFY_ARGS,
+                               "--out", tmp_path / "s.png")  # fmt: skip
+    assert status == 0, err
+    assert "error vs exact solution: n/a (stochastic sampler" in out
+    assert not ERROR_LINE.search(out)
+    ((used, result),) = runs
+    assert used == sched and not sched.deterministic
+    direct = cli.run(sched, "gmm", 5, cli.make_noise("gmm", 16, 3), seed=3)
+    np.testing.assert_array_equal(result.samples, direct.samples)
+    check_png(tmp_path / "s.png")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "comfy-nosuch"], "--scheduler comfy-nosuch: unknown ComfyUI sampler 'nosuch'; "
+                                     "known: comfy-dpmpp_2m, "),
+        (["sample", "--scheduler", "comfy-nosuch"], "unknown ComfyUI sampler 'nosuch'"),
+        (["sample", "comfy-euler", "-o", "scheduler=nosuch"],
+         "-o scheduler=nosuch: unknown ComfyUI scheduler 'nosuch'; known: simple, "),
+        (["sample", "comfy-euler", "-o", "eta=0.5"], "-o: ComfyEuler has no option(s) ['eta']"),
+        (["sample", "comfy-euler", "-o", "model=nosuch"], "-o: ComfyEuler option model must be"),
+        (["sample", "comfy-euler", "-o", "model=flux"], "'flux' model sampling"),
+        (["sample", "comfy-euler", "--grid", "edm"],
+         "--grid is for diffsched's own schedulers; comfy-euler runs the σ list of a ComfyUI "
+         "schedule: -o scheduler=NAME"),
+        (["sample", "comfy-euler", "--strength", "0.5"],
+         "--strength is diffusers' image-to-image; comfy-euler (ComfyUI's KSampler) takes a "
+         "partial denoise instead"),
+        (["sample", "comfy-euler", "--config", "{config}"], "not both"),
+        (["sample", "comfy-dpm_adaptive"],
+         "--scheduler comfy-dpm_adaptive: ComfyDPMAdaptive is adaptive: its model calls are "
+         "decided while it runs"),
+        (["tune", "comfy-dpm_adaptive"], "'diffsched bench --adaptive' measures it"),
+        (["tune", "comfy-euler"], f"comfy-euler: {cli.COMFY_TUNE_REFUSAL}; tunable: "),
+        (["tune", "--scheduler", "comfy-dpmpp_2m", "-o", "scheduler=karras"],
+         f"comfy-dpmpp_2m: {cli.COMFY_TUNE_REFUSAL}"),
+        (["bench", "--schedulers", "comfy-dpm_adaptive"],
+         "--schedulers comfy-dpm_adaptive: ComfyDPMAdaptive is adaptive"),
+        (["bench", "--stochastic", "--schedulers", "comfy-dpm_adaptive"], "is adaptive"),
+        (["bench", "--schedulers", "comfy-euler:scheduler=nosuch"],
+         "--schedulers comfy-euler:scheduler=nosuch: unknown ComfyUI scheduler 'nosuch'"),
+        (["bench", "--schedulers", "comfy-euler:eta=1"], "--schedulers comfy-euler:eta=1: "),
+    ],
+)  # fmt: skip
+def test_comfy_usage_errors(capsys, tmp_path, argv, message):
+    """A bad ComfyUI name, schedule or option, a flag sample cannot take with a ComfyUI
+    sampler, the adaptive dpm_adaptive (no fixed steps) and tuning a ComfyUI sampler are
+    usage errors naming the flag given, without a traceback."""
+    config = tmp_path / "scheduler_config.json"
+    config.write_text(json.dumps({"_class_name": "DDIMScheduler"}))
+    argv = [a.format(config=config) for a in argv]
+    extra = ["--out", tmp_path / "e.png"] if argv[0] != "tune" else []
+    status, out, err = run_cli(capsys, *argv, "--model", "gmm", *extra)
+    assert status == 2, (out, err)
+    assert err.startswith(f"diffsched {argv[0]}: error: ") and message in err, err
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_comfy_errors_list_the_known_names(capsys, tmp_path):
+    """The unknown sampler's error lists every ComfyUI sampler as the command line names
+    it; the unknown schedule's every ComfyUI schedule."""
+    status, _, err = run_cli(capsys, "sample", "comfy-nosuch", "--out", tmp_path / "e.png")
+    assert status == 2
+    known = err.split("known: ", 1)[1].strip().split(", ")
+    assert known == [f"comfy-{name}" for name in ds.comfy.SAMPLERS]
+    status, _, err = run_cli(capsys, "sample", "comfy-euler", "-o", "scheduler=nosuch",
+                             "--out", tmp_path / "e.png")  # fmt: skip
+    assert status == 2
+    assert err.split("known: ", 1)[1].strip().split(", ") == list(ds.comfy.SCHEDULERS)
+
+
+def test_comfy_names_build_in_one_place():
+    """sample's name and -o options and bench's spec build the same scheduler (the case of
+    the name aside); the defaults are from_comfy's; ComfyUI's samplers are not tunable."""
+    built = cli.build_scheduler("COMFY-dpmpp_2m_sde", {"scheduler": "karras", "eta": 0.5})
+    assert built == cli.parse_spec("comfy-dpmpp_2m_sde:scheduler=karras,eta=0.5")[1]
+    assert built == ds.from_comfy("dpmpp_2m_sde", "karras", eta=0.5)
+    assert cli.build_scheduler("comfy-euler", {}) == ds.from_comfy("euler", "normal", model="eps")
+    assert cli.comfy_defaults() == {"scheduler": "normal", "model": "eps"}
+    with pytest.raises(cli.UsageError, match=r"^--schedulers comfy-x:eta=1: unknown ComfyUI "):
+        cli.parse_spec("comfy-x:eta=1")
+    assert cli.tune_refusal(ds.from_comfy("euler")) == cli.COMFY_TUNE_REFUSAL
+    assert cli.tune_refusal(ds.from_comfy("dpm_adaptive")) == cli.COMFY_TUNE_REFUSAL
+
+
+def test_list_comfy_samplers(capsys):
+    """`list` ends with ComfyUI's samplers, comfy-NAME: the class from_comfy builds, one
+    line each, after a line with the schedules and model samplings; `sample --help` says
+    how to name them."""
+    status, out, _ = run_cli(capsys, "list")
+    assert status == 0
+    lines = out.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("comfy-SAMPLER: ")))
+    assert not any(x.startswith("comfy-") for x in lines[:start])
+    schedules = lines[start + 1]
+    assert f"one of {', '.join(ds.comfy.SCHEDULERS)};" in schedules
+    assert (
+        "scheduler = 'normal'" in schedules
+        and "model = 'eps'; one of eps, v, x0, flow" in schedules
+    )
+    listed = lines[start + 2 :]
+    assert len(listed) == len(ds.comfy.SAMPLERS)
+    for line, name in zip(listed, ds.comfy.SAMPLERS, strict=True):
+        sched = ds.from_comfy(name)
+        assert line.startswith(f"comfy-{name}: {type(sched).__name__}"), line
+        assert ("(stochastic)" in line) == (not sched.deterministic)
+        assert ("bench --adaptive" in line) == getattr(sched, "ADAPTIVE", False)
+    assert "comfy-dpm_adaptive: ComfyDPMAdaptive (adaptive: diffsched bench --adaptive)" in lines
+    assert "comfy-euler: ComfyEuler" in lines and "comfy-ddim: ComfyEuler" in lines
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("comfy- ", "comfy-")  # wrapped
+    assert "or comfy-SAMPLER: ComfyUI's KSampler sampler by name (see the list command)" in text
+
+
 # -- bench ----------------------------------------------------------------------------------
 
 
@@ -362,7 +572,8 @@ def test_list(capsys):
     assert status == 0
     sections = re.split(r"^(?=[\w+-]+: )", out, flags=re.MULTILINE)
     sections = {s.split(":", 1)[0]: s for s in sections if s.strip()}
-    assert list(sections) == list(cli.SCHEDULERS)
+    sections = {name: s for name, s in sections.items() if not name.startswith("comfy-")}
+    assert list(sections) == list(cli.SCHEDULERS)  # then ComfyUI's: test_list_comfy_samplers
     assert next(iter(sections)) == "ddim" and {"pndm", "lcm", "euler"} <= set(sections)
     assert sections["ddim"].startswith("ddim: DDIM — Denoising diffusion implicit models")
     assert "(diffusers: DDIMScheduler)" in sections["ddim"]
