@@ -596,3 +596,45 @@ def test_16_nan_trained_betas_error_names_the_key():
         ds.DDIM(trained_betas=betas)
     with pytest.raises(ValueError, match="trained_betas"):
         ds.from_config({"_class_name": "DDIMScheduler", "trained_betas": betas})
+
+
+# -- found by a longer, unseeded run of the fuzzer (tests/test_fuzz.py) ------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [(False, TypeError, "expects an integer seed"), (2.5, TypeError, "expects an integer seed"),
+     ("7", TypeError, "expects an integer seed"), (-1, ValueError, r"must lie in \[0, 2\*\*32\)"),
+     (1 << 32, ValueError, r"must lie in \[0, 2\*\*32\)")],
+)  # fmt: skip
+def test_noise_sampler_seed_is_checked_where_it_is_given(value, error, match):
+    """A bad seed was refused only by init, in a message that did not name the option."""
+    with pytest.raises(error, match=f"noise_sampler_seed {match}"):
+        ds.DPMSolverSDE(noise_sampler_seed=value)
+    with pytest.raises(error, match="noise_sampler_seed"):
+        ds.DPMSolverSDE.from_config({"noise_sampler_seed": value})
+    seeded = ds.DPMSolverSDE(noise_sampler_seed=np.uint32(7))
+    assert type(seeded.noise_sampler_seed) is int and seeded == ds.DPMSolverSDE(
+        noise_sampler_seed=7
+    )
+    # the seed is the key: init's own key is not used
+    one = _loop(seeded, 4, np.ones((1, 2, 2, 2)), key=0)
+    assert np.array_equal(one, _loop(seeded, 4, np.ones((1, 2, 2, 2)), key=5))
+    assert np.isfinite(one).all()
+
+
+@pytest.mark.parametrize(
+    ("cls", "option"),
+    [(ds.ComfySEEDS3, "r_1"), (ds.ComfySEEDS3, "r_2"), (ds.ComfySEEDS2, "r"),
+     (ds.ComfyDPMPPSDE, "r")],
+)  # fmt: skip
+def test_stage_fractions_that_amplify_rounding_are_refused(cls, option):
+    """A stage at λ_s + r h enters with weight ~1/r: r_1 = 2e-158 gave 1e141 and NaN
+    from a finite model. r >= 1e-3 is taken, and its loop stays finite."""
+    with pytest.raises(ValueError, match=f"{option} must lie in \\[0.001"):
+        cls(**{option: 2e-158})
+    with pytest.raises(ValueError, match=f"{option} must lie in \\[0.001"):
+        cls(**{option: 5e-4})
+    low = {option: 1e-3, **({"r_1": 1e-3, "r_2": 2e-3} if cls is ds.ComfySEEDS3 else {})}
+    out = _loop(cls(**low), 4, np.ones((1, 2, 2, 2)), model=lambda x, t: np.tanh(x))
+    assert np.isfinite(out).all()

@@ -231,6 +231,11 @@ def _derivative(loop: _Loop, call: int, weight: float, sigma: float) -> None:
 
 
 _ETA = dict(low=0.0)
+# A stage at λ_s + r h enters the step with weight ~1/r (its x̂_0 difference from the
+# first stage's, over r h), so 1/r multiplies the model's rounding: below 1e-3 that costs
+# a float32 loop more than half its digits, and r = 2e-158 gave 1e141 (the fuzzer).
+# ComfyUI's nodes step r by 0.01.
+_STAGE = dict(low=1e-3)
 
 
 @document
@@ -484,7 +489,7 @@ class ComfyDPMPPSDE(_Stochastic):
     COMFY_STREAM = BROWNIAN  # noise_stream="comfy": torchsde's tree, as ComfyUI
     COMFY_NAMES = ("dpmpp_sde", "dpmpp_sde_gpu")
     eta: float = option(1.0, "η of eq. 1 in each stage: 0 is DPM-Solver++(2S)-like", **_ETA)
-    r: float = option(0.5, "the intermediate stage at λ_s + r h", low=0.0, low_open=True)
+    r: float = option(0.5, "the intermediate stage at λ_s + r h", **_STAGE)
 
     def calls(self, sigmas: np.ndarray) -> Calls:
         loop = _Loop()
@@ -871,8 +876,7 @@ class ComfySEEDS2(_SEEDS):
 
     CALLS_PER_STEP = 2
     COMFY_NAMES = ("seeds_2",)
-    r: float = option(0.5, "the intermediate stage at λ_s + r h", low=0.0, low_open=True,
-                      high=1.0)  # fmt: skip
+    r: float = option(0.5, "the intermediate stage at λ_s + r h", **_STAGE, high=1.0)
 
     def stage_weights(self, h_eta):
         r, fac = self.r, 1 / (2 * self.r)
@@ -895,10 +899,8 @@ class ComfySEEDS3(_SEEDS):
     ORDER = 3
     CALLS_PER_STEP = 3
     COMFY_NAMES = ("seeds_3",)
-    r_1: float = option(1 / 3, "the first stage at λ_s + r_1 h", low=0.0, low_open=True,
-                        high=1.0)  # fmt: skip
-    r_2: float = option(2 / 3, "the second stage at λ_s + r_2 h", low=0.0, low_open=True,
-                        high=1.0)  # fmt: skip
+    r_1: float = option(1 / 3, "the first stage at λ_s + r_1 h", **_STAGE, high=1.0)
+    r_2: float = option(2 / 3, "the second stage at λ_s + r_2 h", **_STAGE, high=1.0)
 
     def _check(self) -> None:
         super()._check()

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
-from ..core.options import option, with_default
+from ..core.options import describe, option, with_default
 from ..core.scheduler import BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 from ._karras import TwoStageBase, interleave
@@ -79,6 +79,19 @@ class DPMSolverSDE(BrownianNoise, TwoStageBase):
     @property
     def deterministic(self) -> bool:
         return False
+
+    def _check(self) -> None:
+        super()._check()
+        seed = self.noise_sampler_seed
+        if seed is None:
+            return
+        if isinstance(seed, bool | np.bool_) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"DPMSolverSDE option noise_sampler_seed expects an integer seed "
+                            f"or None, got: {describe(seed)}")  # fmt: skip
+        if not 0 <= int(seed) < 1 << 32:  # the noise streams take 32 bits
+            raise ValueError(f"DPMSolverSDE option noise_sampler_seed must lie in [0, 2**32), "
+                             f"got: {describe(seed)}")  # fmt: skip
+        object.__setattr__(self, "noise_sampler_seed", int(seed))  # a NumPy integer: int
 
     def init(self, num_steps: int | None, sample_template: Any, key: Any = 0, **init_options: Any):
         """As every method's ``init``; ``noise_sampler_seed``, when set, is the key."""
