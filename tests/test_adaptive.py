@@ -564,3 +564,29 @@ def test_bad_calls_are_clear_errors():
         ds.ComfyDPMAdaptive(eta=-0.1)
     with pytest.raises(ValueError, match="noise_type='gaussian'"):
         ds.ComfyDPMAdaptive(eta=0.5, noise_stream="comfy", noise_type="brownian")
+
+
+@pytest.mark.parametrize("model", ["eps", "v", "flow"])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_host_path_equals_the_branch_free_step(model, lib, monkeypatch):
+    """Eager NumPy / PyTorch on the CPU read the stage on the host and make only the arrays
+    a call selects; the branch-free step (what jax.jit and torch.compile run) makes every
+    stage's and selects: the same expressions, so the same bits, calls and draws."""
+    import torch
+
+    from diffsched.core import ops
+
+    start = torch.from_numpy(NOISE.copy()) if lib == "torch" else NOISE.copy()
+    net = torch.tanh if lib == "torch" else np.tanh
+    rejected = 0
+    for order, eta in ((2, 0.0), (3, 0.0), (2, 1.0), (3, 1.0)):
+        sched = ds.from_comfy("dpm_adaptive", "karras", model=model, order=order, eta=eta,
+                              rtol=0.01, atol=0.001, h_init=2.0)  # fmt: skip
+        host, host_sigmas, _, state = loop(sched, lambda x, t: net(x), start, max_calls=400)
+        rejected += counts(sched, state)["rejected"]
+        with monkeypatch.context() as patched:
+            patched.setattr(ops, "concrete_int", lambda x: None)
+            free, free_sigmas, _, _ = loop(sched, lambda x, t: net(x), start, max_calls=400)
+        assert np.array_equal(np.asarray(host), np.asarray(free)), (order, eta)
+        assert np.array_equal(host_sigmas, free_sigmas), (order, eta)
+    assert rejected > 0  # both branches of the controller ran

@@ -420,12 +420,24 @@ class AdaptiveComfy(ComfySampler):
         done = finished | (calls >= counts[MAX_CALLS])
         flags = xp.stack([done, finished])
         new = AdaptiveState(x, extra, clock, counts, flags, state.table, state.fingerprint, key)
-        result = self._result(xp, new, x, extra) * self._final(xp, clock)
-        held = self._to_held(xp, nxt, clock[SIGMA])
-        out = _where(done, result, held, xp)
-        old = state.flags[0]
-        new = AdaptiveState(*(_where(old, a, b, xp) for a, b in zip(state, new, strict=True)))
-        out = _where(old, x_in, out, xp)
+        # eager NumPy / PyTorch on the CPU: the flags are read on the host and only the
+        # selected arrays are made (where(True, a, b) is a, bit for bit)
+        host_done = None if ops.is_jax(xp) else ops.concrete_int(done)
+        host_old = None if ops.is_jax(xp) else ops.concrete_int(state.flags[0])
+        if host_done is None:
+            result = self._result(xp, new, x, extra) * self._final(xp, clock)
+            held = self._to_held(xp, nxt, clock[SIGMA])
+            out = _where(done, result, held, xp)
+        elif host_done:
+            out = self._result(xp, new, x, extra) * self._final(xp, clock)
+        else:
+            out = self._to_held(xp, nxt, clock[SIGMA])
+        if host_old is None:
+            old = state.flags[0]
+            new = AdaptiveState(*(_where(old, a, b, xp) for a, b in zip(state, new, strict=True)))
+            out = _where(old, x_in, out, xp)
+        elif host_old:  # a done state is returned unchanged with the sample
+            new, out = state, x_in
         if out.dtype != sample.dtype:
             out = xp.astype(out, sample.dtype)
         return new, out
@@ -445,10 +457,13 @@ def _counts(xp, counts: Array, stage: Array, accept: Array, reject: Array) -> Ar
     """The counts after a call's stage: the next stage, the accepted and rejected attempts
     (the calls, counted by the base, and the bound unchanged)."""
     dtype = counts.dtype
+
+    def count(flag: Any) -> Any:  # a 0-d bool, or a Python bool read on the host
+        return int(flag) if isinstance(flag, bool) else xp.astype(flag, dtype)
+
     return xp.stack([
         xp.astype(stage, dtype), counts[CALLS],
-        counts[ACCEPTED] + xp.astype(accept, dtype), counts[REJECTED] + xp.astype(reject, dtype),
-        counts[MAX_CALLS],
+        counts[ACCEPTED] + count(accept), counts[REJECTED] + count(reject), counts[MAX_CALLS],
     ])  # fmt: skip
 
 

@@ -216,6 +216,22 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
                  noise: Array | None):  # fmt: skip
         clock, counts, x = state.clock, state.counts, state.x
         stage = counts[STAGE]
+        # the call's flags: 0-d arrays (traced: every stage's arrays are made and selected),
+        # or Python bools where the counts are read on the host (eager NumPy / PyTorch on
+        # the CPU: only the arrays this call selects are made, the same expressions)
+        host = None if ops.is_jax(xp) else ops.concrete_int(stage)
+        if host is None:
+            first, second, last = stage == 0, stage == 1, stage == self.order - 1
+            start = counts[CALLS] == 0
+            fresh = (counts[ACCEPTED] + counts[REJECTED]) == 0
+        else:
+            first, second, last = host == 0, host == 1, host == self.order - 1
+            start = ops.concrete_int(counts[CALLS]) == 0
+            fresh = ops.concrete_int(counts[ACCEPTED] + counts[REJECTED]) == 0
+
+        def pick(flag, a, b):  # a where flag, else b
+            return (a if flag else b) if isinstance(flag, bool) else xp.where(flag, a, b)
+
         s, t = clock[S], clock[T]
         t_up = t  # the time the attempt steps to: t, or t' of (6)
         if not self.deterministic:
@@ -224,73 +240,87 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
             t_up = xp.minimum(clock[END], -xp.log(down))
             renoise = xp.sqrt(xp.maximum(sig_t**2 - xp.exp(-t_up) ** 2, 0 * sig_t))  # σ_u'
         h = t_up - s
-        first = stage == 0
-        x = xp.where(first & (counts[CALLS] == 0), x_call, x)  # the loop's start
+        x = pick(first & start, x_call, x)  # the loop's start
         eps = (x_call - denoised) / clock[SIGMA]
-        eps0 = xp.where(first, eps, state.extra[1])
-        x_prev = xp.where(counts[CALLS] == 0, x_call, state.extra[0])
-        last = stage == self.order - 1
+        eps0 = pick(first, eps, state.extra[1])
+        x_prev = pick(start, x_call, state.extra[0])
 
         def sig(tau):
             return xp.exp(-tau)
 
         sig_t, em = sig(t_up), xp.expm1(h)
+        # the next stage's sample and σ (not made at an attempt's last call, on the host),
+        # and the pair (x_low, x_high) (made at the last call only, on the host)
+        stage_next, sigma_stage, x_low, x_high = x, clock[SIGMA], x, x
         if self.order == 2:
             r1 = 1 / 2
             s1 = s + r1 * h
-            u1 = x - sig(s1) * xp.expm1(r1 * h) * eps0  # (2)
-            x_low = x - sig_t * em * eps0  # (1)
-            x_high = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps - eps0)  # (2)
+            if last is not True:
+                stage_next, sigma_stage = x - sig(s1) * xp.expm1(r1 * h) * eps0, sig(s1)  # (2)
+            if last is not False:
+                x_low = x - sig_t * em * eps0  # (1)
+                x_high = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps - eps0)  # (2)
             eps1 = state.extra[2]
-            stage_next, sigma_stage = u1, sig(s1)
         else:
             r1, r2 = 1 / 3, 2 / 3
             s1, s2 = s + r1 * h, s + r2 * h
-            u1 = x - sig(s1) * xp.expm1(r1 * h) * eps0
-            eps1 = xp.where(stage == 1, eps, state.extra[2])
-            e2 = xp.expm1(r2 * h)
-            u2 = x - sig(s2) * e2 * eps0 - sig(s2) * (r2 / r1) * (e2 / (r2 * h) - 1) * (eps1 - eps0)
-            x_low = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps1 - eps0)  # (2), r1 = 1/3
-            x_high = x - sig_t * em * eps0 - sig_t / r2 * (em / h - 1) * (eps - eps0)  # (3)
-            stage_next = xp.where(first, u1, u2)
-            sigma_stage = xp.where(first, sig(s1), sig(s2))
+            eps1 = pick(second, eps, state.extra[2])
+            if last is not True:
+                u1 = u2 = x
+                if first is not False:
+                    u1 = x - sig(s1) * xp.expm1(r1 * h) * eps0
+                if first is not True:
+                    e2 = xp.expm1(r2 * h)
+                    u2 = (x - sig(s2) * e2 * eps0
+                          - sig(s2) * (r2 / r1) * (e2 / (r2 * h) - 1) * (eps1 - eps0))  # fmt: skip
+                stage_next = pick(first, u1, u2)
+                sigma_stage = pick(first, sig(s1), sig(s2))
+            if last is not False:
+                x_low = x - sig_t * em * eps0 - sig_t / (2 * r1) * em * (eps1 - eps0)  # (2)
+                x_high = x - sig_t * em * eps0 - sig_t / r2 * (em / h - 1) * (eps - eps0)  # (3)
 
         # the error (4) and the PID controller (5), used at the attempt's last call
-        atol = const(xp, self.atol, x)
-        delta = xp.maximum(atol, self.rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)))
-        ratio = (x_low - x_high) / delta
-        n = math.prod(x.shape)
-        error = xp.sqrt(xp.sum(ratio * ratio)) / n**0.5
-        inv = 1 / (error + 1e-8)
-        fresh = (counts[ACCEPTED] + counts[REJECTED]) == 0
-        e1 = xp.where(fresh, inv, clock[E1])
-        e2m = xp.where(fresh, inv, clock[E2])
-        k = self.order if self.deterministic else 1.5  # (5); η > 0: the noisy step's order
-        b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
-        b2 = -(self.pcoeff + 2 * self.dcoeff) / k
-        b3 = self.dcoeff / k
-        factor = inv**b1 * e1**b2 * e2m**b3
-        factor = 1 + xp.atan(factor - 1)
-        accept = last & (factor >= self.accept_safety)
-        reject = last & ~(factor >= self.accept_safety)
+        inv = e1 = e2m = factor = clock[E0]  # (not made before the last call, on the host)
+        accept = reject = False
+        if last is not False:
+            atol = const(xp, self.atol, x)
+            delta = xp.maximum(atol, self.rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)))
+            ratio = (x_low - x_high) / delta
+            n = math.prod(x.shape)
+            error = xp.sqrt(xp.sum(ratio * ratio)) / n**0.5
+            inv = 1 / (error + 1e-8)
+            e1 = pick(fresh, inv, clock[E1])
+            e2m = pick(fresh, inv, clock[E2])
+            k = self.order if self.deterministic else 1.5  # (5); η > 0: the noisy step's order
+            b1 = (self.pcoeff + self.icoeff + self.dcoeff) / k
+            b2 = -(self.pcoeff + 2 * self.dcoeff) / k
+            b3 = self.dcoeff / k
+            factor = inv**b1 * e1**b2 * e2m**b3
+            factor = 1 + xp.atan(factor - 1)
+            ok = factor >= self.accept_safety
+            if last is True:
+                accept = bool(ops.concrete_int(ok))
+                reject = not accept
+            else:
+                accept, reject = last & ok, last & ~ok
 
-        if not self.deterministic:  # (6): the accepted step's noise
+        if not self.deterministic and accept is not False:  # (6): the accepted step's noise
             x_high = x_high + (self.s_noise * renoise) * noise
-        x_new = xp.where(accept, x_high, x)
-        s_new = xp.where(accept, t, s)
-        h_new = xp.where(last, clock[H] * factor, clock[H])
-        t_new = xp.where(last, xp.minimum(clock[END], s_new + h_new), t)
-        e1_new = xp.where(accept, inv, xp.where(last & fresh, e1, clock[E1]))
-        e2_new = xp.where(accept, e1, xp.where(last & fresh, e2m, clock[E2]))
-        sigma_next = xp.where(last, sig(s_new), sigma_stage)
-        clock = xp.stack([s_new, t_new, h_new, sigma_next, xp.where(last, inv, clock[E0]),
+        x_new = pick(accept, x_high, x)
+        s_new = pick(accept, t, s)
+        h_new = pick(last, clock[H] * factor, clock[H])
+        t_new = pick(last, xp.minimum(clock[END], s_new + h_new), t)
+        e1_new = pick(accept, inv, pick(last & fresh, e1, clock[E1]))
+        e2_new = pick(accept, e1, pick(last & fresh, e2m, clock[E2]))
+        sigma_next = pick(last, sig(s_new), sigma_stage)
+        clock = xp.stack([s_new, t_new, h_new, sigma_next, pick(last, inv, clock[E0]),
                           e1_new, e2_new, clock[END], clock[FINAL]])  # fmt: skip
         extra = xp.stack([
-            xp.where(accept, x_low, x_prev),
+            pick(accept, x_low, x_prev),
             eps0,
-            xp.where(stage == 1, eps1, state.extra[2]) if self.order == 3 else eps1,
+            pick(second, eps1, state.extra[2]) if self.order == 3 else eps1,
         ])  # fmt: skip
-        counts = _counts(xp, counts, xp.where(last, stage * 0, stage + 1), accept, reject)
-        finished = last & accept & ~self._running(s_new, clock[END])
-        nxt = xp.where(last, x_new, stage_next)
+        counts = _counts(xp, counts, pick(last, stage * 0, stage + 1), accept, reject)
+        finished = ~self._running(s_new, clock[END]) & last & accept
+        nxt = pick(last, x_new, stage_next)
         return x_new, extra, clock, counts, finished, nxt
