@@ -129,8 +129,8 @@ def _substitute(name: str, real: type) -> type:
             config = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in config.items()}
             DiffusersScheduler.__init__(self, from_config({**config, "_class_name": name}))
 
-        def _configure(self, scheduler):
-            DiffusersScheduler._configure(self, scheduler)
+        def _configure(self, scheduler, hidden=None):
+            DiffusersScheduler._configure(self, scheduler, hidden)
             if name == scheduler.DIFFUSERS_CLASS:
                 self.__class__ = Substitute
 
@@ -138,7 +138,8 @@ def _substitute(name: str, real: type) -> type:
         def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
             config = {**dict(config or {}), **kwargs}
             adapter = cls.__new__(cls)
-            DiffusersScheduler.__init__(adapter, ours.from_config(config))
+            # another class's keys stay in the config, as diffusers keeps them
+            DiffusersScheduler.__init__(adapter, ours.from_config(config), config)
             return (adapter, {}) if return_unused_kwargs else adapter
 
     Substitute.__name__ = Substitute.__qualname__ = name

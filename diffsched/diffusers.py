@@ -96,6 +96,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .core import engine
+from .core.config import _read as _read_config
 from .core.options import STEP_TIME, specs
 from .core.scheduler import BaseScheduler
 from .interop.config import from_config as _from_config
@@ -344,17 +345,27 @@ class DiffusersScheduler:
     few microseconds: make one per pipeline call.
     """
 
-    def __init__(self, scheduler: BaseScheduler | DiffusersScheduler) -> None:
+    def __init__(
+        self, scheduler: BaseScheduler | DiffusersScheduler, config: Mapping[str, Any] | None = None
+    ) -> None:
+        """``config``: the diffusers config ``scheduler`` was made from (another class's, in
+        a scheduler swap): its keys the scheduler does not have are kept in ``.config``,
+        as diffusers keeps them, so a config passed through another class and back is the
+        same (``DPMSolverSDE``'s ``noise_sampler_seed`` through ``Euler``)."""
         if isinstance(scheduler, DiffusersScheduler):
             scheduler = scheduler.wrapped
         if not isinstance(scheduler, BaseScheduler):
             raise TypeError(f"expected a diffsched scheduler, got: {type(scheduler).__name__}")
-        self._configure(scheduler)
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config: expected a diffusers config (a mapping), got: "
+                            f"{type(config).__name__}")  # fmt: skip
+        self._configure(scheduler, _hidden_keys(scheduler, config))
 
-    def _configure(self, scheduler: BaseScheduler) -> None:
+    def _configure(self, scheduler: BaseScheduler, hidden: dict[str, Any] | None = None) -> None:
         self.__class__ = _pipeline_class(scheduler.DIFFUSERS_CLASS)  # see "Saving" above
         self.wrapped = scheduler
-        self._config = FrozenConfig(scheduler.to_config())
+        self._hidden = dict(hidden or {})  # another class's keys, kept as diffusers keeps them
+        self._config = FrozenConfig({**self._hidden, **scheduler.to_config()})
         self._name = scheduler.DIFFUSERS_CLASS
         self._loop = scheduler  # the config of this loop (step-time options may differ)
         self._num_steps: int | None = None
@@ -389,7 +400,11 @@ class DiffusersScheduler:
 
     @_internal_dict.setter
     def _internal_dict(self, config: Mapping[str, Any]) -> None:
-        self._configure(_from_config(dict(config)))
+        config = dict(config)
+        kept = {k: v for k, v in config.items() if k in self._hidden and v == self._hidden[k]}
+        own = {k: v for k, v in config.items() if k not in kept}
+        scheduler = _from_config(own)
+        self._configure(scheduler, {**kept, **_hidden_keys(scheduler, own)})
 
     def register_to_config(self, **changes: Any) -> None:
         """Changes diffusers config keys; the wrapped scheduler is rebuilt from the result."""
@@ -398,8 +413,11 @@ class DiffusersScheduler:
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> DiffusersScheduler:
         """The adapter of ``diffsched.from_config(config, **overrides)`` (a diffusers config
-        dict, a ``scheduler_config.json`` or a model folder; overrides are our option names)."""
-        return cls(_from_config(config, **overrides))
+        dict, a ``scheduler_config.json`` or a model folder; overrides are our option names).
+        The config's keys the class does not have stay in ``.config`` (as diffusers')."""
+        config = _read_config(config)
+        scheduler = _from_config(config, **overrides)
+        return cls(scheduler, config)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Writes ``scheduler_config.json`` (diffusers' format, our own options under
@@ -425,7 +443,8 @@ class DiffusersScheduler:
         as diffusers' loader calls it for a scheduler diffusers has no class for; other
         keywords of the loader are ignored."""
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        return DiffusersScheduler(_from_config(folder))
+        config = _read_config(folder)
+        return DiffusersScheduler(_from_config(config), config)
 
     def __reduce__(self):
         # the class may bear diffusers' class name (see "Saving"): pickle by the adapter's
@@ -1550,6 +1569,16 @@ def __getattr__(name: str) -> Any:
 
         return SchedulerMixin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _hidden_keys(scheduler: BaseScheduler, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys of ``config`` that ``scheduler``'s own config lacks (diffusers registers
+    them to the config of a class made from another's: its ``hidden_dict``), but for our
+    own metadata (``_diffsched...``), which belongs to the class that wrote it."""
+    if not config:
+        return {}
+    own = scheduler.to_config()
+    return {k: v for k, v in config.items() if k not in own and not k.startswith("_diffsched")}
 
 
 def _restore(wrapped: BaseScheduler, state: dict) -> DiffusersScheduler:

@@ -6,6 +6,7 @@ in ``__init__``), each compared with diffusers' own class of the same config."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -127,6 +128,41 @@ def test_swap_drops_values_this_class_cannot_take():
     # the class's own config keeps its check
     with pytest.raises(ValueError, match="variance_type"):
         ds.DPMSolverMultistep.from_config({**ddpm, "_class_name": "DPMSolverMultistepScheduler"})
+
+
+def test_another_class_keys_stay_in_the_config_as_diffusers():
+    """diffusers' test_compatibles: a config goes through another class and back unchanged.
+    diffusers registers the keys a class lacks to its config (its hidden_dict); so does the
+    adapter given the config it was made from (and its from_config): DPMSolverSDE's
+    noise_sampler_seed through Euler."""
+    sde = DiffusersScheduler(ds.DPMSolverSDE(noise_sampler_seed=3, **SD))
+    theirs = diffusers.EulerDiscreteScheduler.from_config(sde.config)
+    euler = DiffusersScheduler(ds.Euler.from_config(dict(sde.config)), sde.config)
+    assert theirs.config["noise_sampler_seed"] == euler.config["noise_sampler_seed"] == 3
+    assert euler.wrapped == ds.Euler(**SD)  # the key is carried, not read
+    back = DiffusersScheduler(ds.DPMSolverSDE.from_config(dict(euler.config)), euler.config)
+    theirs_only = {k: v for k, v in euler.config.items() if not k.startswith("_diffsched")}
+    assert dict(back.config) == {**theirs_only, **dict(sde.config)}
+    assert back.wrapped == sde.wrapped
+    # the class method, a pipeline's register_to_config and save_pretrained keep them too
+    with pytest.warns(UserWarning, match="noise_sampler_seed"):  # not a key of Euler's
+        loaded = DiffusersScheduler.from_config(
+            {**sde.config, "_class_name": "EulerDiscreteScheduler"}
+        )
+    assert loaded.config["noise_sampler_seed"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kept key is not reported again
+        loaded.register_to_config(steps_offset=1)
+    assert loaded.config["noise_sampler_seed"] == 3 and loaded.wrapped.timesteps_offset == 1
+    loaded.register_to_config(noise_sampler_seed=None)  # a new value is read again
+    assert loaded.config["noise_sampler_seed"] is None
+    # our own options travel with the class that wrote them only
+    brownian = DiffusersScheduler(ds.EulerAncestral(noise_type="brownian"))
+    assert "_diffsched_options" in brownian.config
+    plain = DiffusersScheduler(ds.UniPC.from_config(dict(brownian.config)), brownian.config)
+    assert "_diffsched_options" not in plain.config
+    with pytest.raises(TypeError, match="config: expected a diffusers config"):
+        DiffusersScheduler(ds.Euler(), config=[("a", 1)])
 
 
 def test_init_noise_sigma_before_set_timesteps_without_a_training_loop():
