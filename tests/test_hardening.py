@@ -638,3 +638,35 @@ def test_stage_fractions_that_amplify_rounding_are_refused(cls, option):
     low = {option: 1e-3, **({"r_1": 1e-3, "r_2": 2e-3} if cls is ds.ComfySEEDS3 else {})}
     out = _loop(cls(**low), 4, np.ones((1, 2, 2, 2)), model=lambda x, t: np.tanh(x))
     assert np.isfinite(out).all()
+
+
+def test_one_training_level_has_finite_timesteps():
+    """num_train_steps=1: σ → t interpolated over a one-entry table was 0/0 (a NaN
+    timestep and a NaN sample from DPMSolverSDE's midpoints); every σ is at t = 0 there."""
+    from diffsched.schedules.sigmas import sigma_to_t
+
+    assert np.array_equal(sigma_to_t(np.array([0.5, 2.0]), np.log(np.array([1.0]))), [0, 0])
+    # two equal training levels: an index, not NaN
+    t = sigma_to_t(np.array([0.5, 1.0, 2.0]), np.log(np.array([1.0, 1.0])))
+    assert np.isfinite(t).all() and ((t >= 0) & (t <= 1)).all()
+    sched = ds.DPMSolverSDE(num_train_steps=1, prediction_type="noise")
+    _, timesteps = sched.init(2, np.ones((2, 3)), 0)
+    assert np.isfinite(timesteps).all()
+    assert np.isfinite(_loop(sched, 2, np.ones((2, 3)))).all()
+
+
+@pytest.mark.parametrize("cls", [ds.FlowMatchEuler, ds.FlowMatchLCM, ds.FlowMatchHeun])
+def test_flow_shift_diffusers_float32_cannot_take_is_refused(cls):
+    """diffusers shifts the levels in float32: below 2**-23, 1 + (s - 1) σ rounds to 0 at
+    σ = 1 (shift 7.7e-199 gave a NaN grid and an error about rho)."""
+    for shift in (7.7e-199, 1e-39, 1e-7):
+        with pytest.raises(ValueError, match="option shift must lie in"):
+            cls(shift=shift)
+    _, timesteps = cls(shift=2.0**-23).init(4, np.ones(2), 0)
+    assert np.isfinite(timesteps).all()
+
+
+def test_float32_range_error_names_the_options_that_set_the_levels():
+    with pytest.raises(engine.Float32RangeError, match=r"sigma_data=1e\+19"):
+        ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3), np.float32), 0)
+    ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3)), 0)  # float64 holds it

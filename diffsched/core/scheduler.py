@@ -703,9 +703,13 @@ class _ProgramCache:
 cached_program = _ProgramCache()
 # the options that set a config's noise schedule (diffusers' and ComfyUI's names), which an
 # error about the schedule's levels names
+# the options that set a noise schedule's levels (the betas, or the σ range of the classes
+# with continuous levels: EDM's, the consistency models' σ_data scale), named by the
+# float32 range error
 _SCHEDULE_OPTIONS = frozenset({"beta_start", "beta_end", "beta_schedule", "trained_betas",
                                "rescale_betas_zero_snr", "linear_start", "linear_end",
-                               "zsnr", "snr_shift_scale"})  # fmt: skip
+                               "zsnr", "snr_shift_scale", "sigma_min", "sigma_max",
+                               "sigma_data", "rho", "shift", "flow_shift"})  # fmt: skip
 _MAKERS: dict[int, str] = {}  # fingerprint -> the config, for the foreign-state error
 
 

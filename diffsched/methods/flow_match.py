@@ -72,6 +72,9 @@ from ._img2img import check_strength
 from ._karras import interleave
 
 FLOW_PREDICTION_TYPES = (predictions.FLOW,)
+# the least static shift diffusers' float32 arithmetic takes: below it, 1 + (s - 1) σ at
+# σ = 1 rounds to 0 (s - 1 to -1), and the top level s / (1 + (s - 1)) is 0/0 or inf
+MIN_SHIFT = float(np.finfo(np.float32).eps)
 
 
 def first_flow_call(num_steps: int, strength: float) -> int:
@@ -100,7 +103,7 @@ class _FlowMatchBase(BaseScheduler):
     shift: float = option(
         1.0, "the static shift s of the levels, σ' = s σ / (1 + (s - 1) σ) (Esser et al. 2024, "
         "eq. 23; SD3 uses 3); not used with use_dynamic_shifting", "shift",
-        low=0.0, low_open=True,
+        low=MIN_SHIFT,
     )  # fmt: skip
     prediction_type: str = option(
         "flow", "what the model predicts: flow, the velocity v = ε - x_0 of "

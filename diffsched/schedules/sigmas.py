@@ -60,11 +60,16 @@ def sigma_to_t(sigmas: np.ndarray, log_train_sigmas: np.ndarray) -> np.ndarray:
     sigmas = np.asarray(sigmas, dtype=np.float64)
     log_sigma = np.log(np.maximum(sigmas, 1e-10))
     n = log_train_sigmas.shape[0]
+    if n == 1:  # one training level: every σ is at its timestep, 0
+        return np.zeros_like(log_sigma)
     # index of the last training level at or below each log σ (levels ascend in t)
     low = np.searchsorted(log_train_sigmas, log_sigma, side="right") - 1
     low = np.clip(low, 0, n - 2)
     lo, hi = log_train_sigmas[low], log_train_sigmas[low + 1]
-    w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+    span = lo - hi
+    with np.errstate(divide="ignore", invalid="ignore"):  # two equal levels: the lower index
+        w = np.where(span != 0, (lo - log_sigma) / span, 0.0)
+    w = np.clip(w, 0.0, 1.0)
     return (1 - w) * low + w * (low + 1)
 
 
