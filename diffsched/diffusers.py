@@ -401,7 +401,7 @@ class DiffusersScheduler:
     @_internal_dict.setter
     def _internal_dict(self, config: Mapping[str, Any]) -> None:
         config = dict(config)
-        kept = {k: v for k, v in config.items() if k in self._hidden and v == self._hidden[k]}
+        kept = {k: v for k, v in config.items() if k in self._hidden and _same(v, self._hidden[k])}
         own = {k: v for k, v in config.items() if k not in kept}
         scheduler = _from_config(own)
         self._configure(scheduler, {**kept, **_hidden_keys(scheduler, own)})
@@ -1579,6 +1579,14 @@ def _hidden_keys(scheduler: BaseScheduler, config: Mapping[str, Any] | None) -> 
         return {}
     own = scheduler.to_config()
     return {k: v for k, v in config.items() if k not in own and not k.startswith("_diffsched")}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two config values are equal (values that compare elementwise: by identity)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return a is b
 
 
 def _restore(wrapped: BaseScheduler, state: dict) -> DiffusersScheduler:
