@@ -1656,15 +1656,17 @@ def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
     """The noise level of each model call, read off the x̂_0 conversion of a noise (or
     flow) model: x̂_0 = A x + B m is x_0 for x = α x_0 + σ ε when α = 1 / A, σ = -B / A
     (m = ε), or α = (1 + B) / A (m = ε - x_0); σ/α for the σ-based methods (Karras et al.
-    2022, eq. 1's σ of the VP sample scaled by 1/α), σ for the flow-matching ones."""
+    2022, eq. 1's σ of the VP sample scaled by 1/α), σ for the flow-matching ones and the
+    solvers on flow σ's (``use_flow_sigmas``: α = 1 - σ, whatever the model predicts)."""
     flow = loop.prediction_type == "flow"
     if not flow and loop.prediction_type != "noise":
         loop = loop.replace(prediction_type="noise")
     tab = loop.tableau(steps, **options)
     a = np.broadcast_to(np.asarray(tab.x0_sample, np.float64), (tab.num_calls,))
     b = np.broadcast_to(np.asarray(tab.x0_output, np.float64), (tab.num_calls,))
+    flow_levels = flow or getattr(loop, "use_flow_sigmas", False)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -b / a if flow else -b  # σ (flow), σ/α = -B (σ-based)
+        return -b / a if flow_levels else -b  # σ (flow), σ/α = -B (σ-based)
 
 
 def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
@@ -1677,12 +1679,16 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
         step_levels = levels[:: type(loop).CALLS_PER_STEP]
         levels = np.concatenate([step_levels[:1], np.repeat(step_levels[1:], 2)])
     kinds = _SIGMAS_TAIL.get(name, ("zero",))
+    if kinds == ("min",) and getattr(loop, "use_flow_sigmas", False):
+        kinds = ("last",)  # DEIS, SA-Solver on flow σ's: diffusers repeats the last level
     if getattr(loop, "final_sigmas_type", "zero") == "sigma_min":
         kinds = ("min",)  # diffusers' final_sigmas_type="sigma_min": the training σ at t = 0
     tail = []
     for kind in kinds:
         if kind == "zero":
             tail.append(0.0)
+        elif kind == "last":
+            tail.append(float(levels[-1]))
         else:
             acp = np.asarray(loop.alphas_cumprod, np.float64)
             a = acp[0] if kind == "min" else acp[-1]

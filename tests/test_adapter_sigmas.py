@@ -36,7 +36,10 @@ CASES = {
     "KDPM2DiscreteScheduler": [KARRAS, TRAILING],
     "KDPM2AncestralDiscreteScheduler": [TRAILING],
     "DPMSolverSDEScheduler": [KARRAS],
-    "DEISMultistepScheduler": [KARRAS, TRAILING],
+    # flow σ's on a noise model: the levels are flow σ's whatever the model predicts;
+    # DEIS and SA-Solver repeat the last one there (diffusers' own tests,
+    # test_flow_and_karras_sigmas_values)
+    "DEISMultistepScheduler": [KARRAS, TRAILING, {"use_flow_sigmas": True, "flow_shift": 3.0}],
     "DPMSolverMultistepScheduler": [
         KARRAS,
         {**SD, "final_sigmas_type": "sigma_min"},
@@ -44,11 +47,12 @@ CASES = {
     ],
     "DPMSolverMultistepInverseScheduler": [KARRAS],
     "DPMSolverSinglestepScheduler": [KARRAS, TRAILING],
-    "SASolverScheduler": [KARRAS],
+    "SASolverScheduler": [KARRAS, {"use_flow_sigmas": True}],
     "UniPCMultistepScheduler": [
         KARRAS,
         TRAILING,
         {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"},
+        {"use_flow_sigmas": True, "use_karras_sigmas": True, "sigma_min": 0.01, "sigma_max": 200.0},
     ],
     "FlowMatchEulerDiscreteScheduler": [{"shift": 3.0}, {"use_karras_sigmas": True}],
     "FlowMatchHeunDiscreteScheduler": [{"shift": 3.0}],
