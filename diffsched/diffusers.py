@@ -254,6 +254,12 @@ _SIGMAS_TAIL = {
     "SASolverScheduler": ("min",),
     "DPMSolverMultistepInverseScheduler": ("max",),
 }
+# the classes whose diffusers set_timesteps refuses num_inference_steps with a custom grid
+_ONE_OF_STEPS_OR_GRID = frozenset({
+    "CMStochasticIterativeScheduler", "DDPMScheduler", "DDPMParallelScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "LCMScheduler", "TCDScheduler",
+})  # fmt: skip
 # our step-time option -> diffusers' step keyword, where the names differ
 _STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
 # diffusers step keywords some class takes; accepted by every adapter (used where the
@@ -481,6 +487,12 @@ class DiffusersScheduler:
         import torch
 
         loop = self.wrapped
+        custom = [n for n, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None]
+        if num_inference_steps is not None and custom and self._name in _ONE_OF_STEPS_OR_GRID:
+            raise ValueError(
+                f"{self._name}.set_timesteps: pass num_inference_steps or {custom[0]}, not "
+                "both (as diffusers' class)"
+            )
         options: dict[str, Any] = {}
         for name, value in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu)):
             if value is not None:
@@ -1456,6 +1468,39 @@ class _SCMLoop:
         )
 
 
+class _PreviousTimestep:
+    """``previous_timestep(t)`` of diffusers' DDPM, LCM and TCD: the loop's timestep after
+    t (a tensor; -1 after the last), t - 1 before ``set_timesteps`` (the loop over every
+    training step)."""
+
+    def previous_timestep(self, timestep: Any) -> Any:
+        import torch
+
+        if self._program is None:
+            return timestep - 1
+        ts = self.timesteps
+        found = np.flatnonzero(self._host_timesteps == _scalar(timestep))
+        if not found.size:
+            raise ValueError(
+                f"{self._name}.previous_timestep: timestep {_scalar(timestep)} is not one of "
+                f"this loop's timesteps {self._host_timesteps.tolist()}"
+            )
+        index = int(found[0])
+        return torch.tensor(-1) if index == len(ts) - 1 else ts[index + 1]
+
+
+class _CMLoop:
+    """The consistency-model class's ``sigma_to_t`` (diffusers' tests and users map σ_max to
+    the first timestep with it): c_noise of :mod:`diffsched.methods.consistency`."""
+
+    def sigma_to_t(self, sigmas: Any) -> np.ndarray:
+        from .methods.consistency import c_noise
+
+        if hasattr(sigmas, "detach"):
+            sigmas = sigmas.detach().cpu().numpy()
+        return c_noise(sigmas)
+
+
 class _FlowMapLoop:
     """AnyFlow's protocol: ``sigmas`` (the N levels and the final 0, float64 as diffusers'),
     ``timesteps`` in float64, and ``step(..., r_timestep=)``: the model's target time,
@@ -1522,6 +1567,11 @@ _PROTOCOLS: dict[str, type] = {
     "DDPMWuerstchenScheduler": _WuerstchenLoop,
     "SCMScheduler": _SCMLoop,
     "FlowMapEulerDiscreteScheduler": _FlowMapLoop,
+    "CMStochasticIterativeScheduler": _CMLoop,
+    **dict.fromkeys(
+        ("DDPMScheduler", "DDPMParallelScheduler", "LCMScheduler", "TCDScheduler"),
+        _PreviousTimestep,
+    ),
 }
 # classes whose pipelines choose their loop by isinstance of diffusers' class
 _ISINSTANCE_CHECKED = frozenset({"CogVideoXDPMScheduler", "DDPMWuerstchenScheduler"})

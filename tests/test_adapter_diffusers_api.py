@@ -165,6 +165,64 @@ def test_another_class_keys_stay_in_the_config_as_diffusers():
         DiffusersScheduler(ds.Euler(), config=[("a", 1)])
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [(ds.DDPM(**SD), "DDPMScheduler"), (ds.LCM(**SD), "LCMScheduler"),
+     (ds.TCD(**SD), "TCDScheduler"), (ds.DDPMParallel(**SD), "DDPMParallelScheduler")],
+)  # fmt: skip
+def test_previous_timestep_as_diffusers(ours, theirs):
+    """diffusers' DDPM, LCM and TCD have ``previous_timestep`` (their tests and step use
+    it): the loop's next timestep, -1 after the last; t - 1 before set_timesteps."""
+    adapter, twin_ = DiffusersScheduler(ours), twin(ours)
+    assert type(twin_).__name__ == theirs
+    t = torch.tensor(500)
+    assert int(adapter.previous_timestep(t)) == int(twin_.previous_timestep(t)) == 499
+    for s in (adapter, twin_):
+        s.set_timesteps(4)
+    got = [int(adapter.previous_timestep(t)) for t in adapter.timesteps]
+    assert got == [int(twin_.previous_timestep(t)) for t in twin_.timesteps]
+    assert got[-1] == -1
+    with pytest.raises(ValueError, match="not one of this loop's timesteps"):
+        adapter.previous_timestep(torch.tensor(3))
+
+
+def test_custom_timesteps_of_ddpm_and_previous_timestep():
+    adapter = DiffusersScheduler(ds.DDPM(**SD))
+    adapter.set_timesteps(timesteps=[100, 87, 50, 1, 0])
+    assert [int(adapter.previous_timestep(t)) for t in adapter.timesteps] == [87, 50, 1, 0, -1]
+
+
+@pytest.mark.parametrize(
+    ("ours", "name"),
+    [(ds.DDPM(), "DDPMScheduler"), (ds.Euler(), "EulerDiscreteScheduler"),
+     (ds.CMStochasticIterative(), "CMStochasticIterativeScheduler"),
+     (ds.DPMSolverMultistep(), "DPMSolverMultistepScheduler")],
+)  # fmt: skip
+def test_steps_with_a_custom_grid_refused_where_diffusers_refuses(ours, name):
+    timesteps = [900, 500, 100] if name != "CMStochasticIterativeScheduler" else [22, 10, 0]
+    with pytest.raises(ValueError):
+        getattr(diffusers, name)().set_timesteps(3, timesteps=timesteps)
+    with pytest.raises(ValueError, match="pass num_inference_steps or timesteps, not both"):
+        DiffusersScheduler(ours).set_timesteps(3, timesteps=timesteps)
+    DiffusersScheduler(ours).set_timesteps(timesteps=timesteps)  # alone, as diffusers
+    both = DiffusersScheduler(ds.UniPC())  # diffusers' UniPC takes both
+    both.set_timesteps(3, timesteps=[900, 500, 100])
+    assert both.timesteps.tolist() == [900, 500, 100]
+
+
+def test_consistency_sigma_to_t_as_diffusers():
+    adapter = DiffusersScheduler(ds.CMStochasticIterative())
+    theirs = diffusers.CMStochasticIterativeScheduler()
+    for sigma in (80.0, 0.002, np.array([1.0, 2.0]), 0.0):
+        np.testing.assert_allclose(adapter.sigma_to_t(sigma), theirs.sigma_to_t(sigma), rtol=1e-15)
+    # float32 in: diffusers computes in float32, ours in float64 (1 ulp of float32 apart)
+    sigma = torch.tensor([0.5, 3.0])
+    got = adapter.sigma_to_t(sigma)
+    np.testing.assert_allclose(got, theirs.sigma_to_t(sigma.numpy()), rtol=1e-6)
+    adapter.set_timesteps(4)  # its first timestep is c_noise(σ_max)
+    assert float(adapter.timesteps[0]) == pytest.approx(float(adapter.sigma_to_t(80.0)), 1e-6)
+
+
 def test_init_noise_sigma_before_set_timesteps_without_a_training_loop():
     """DPM-Solver's 1000-step loop visits a level twice (no program): its init_noise_sigma
     does not depend on the steps, 1.0 as diffusers' __init__ sets; EDM-Euler's does."""

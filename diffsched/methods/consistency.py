@@ -39,6 +39,13 @@ from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clip
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
+
+def c_noise(sigma: Any) -> np.ndarray:
+    """CM's timestep of a level, c_noise(σ) = 1000 · log(σ) / 4 (Song et al. 2023, app. C;
+    1e-44 keeps σ = 0 finite, as diffusers' ``sigma_to_t``)."""
+    return 1000 * 0.25 * np.log(np.asarray(sigma, dtype=np.float64) + 1e-44)
+
+
 Array = Any
 
 
@@ -117,7 +124,7 @@ class CMStochasticIterative(BrownianNoise, BaseScheduler):
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         ramp = k[::-1] / (self.num_train_steps - 1)  # diffusers reads the indices ascending
         sig = (hi + ramp * (lo - hi)) ** self.rho  # eq. 5
-        ts = 1000 * 0.25 * np.log(sig + 1e-44)
+        ts = c_noise(sig)
         sig = sigma_schedules.as_float32(np.append(sig, self.sigma_min))
         return ts, sig, first_call(len(ts), strength)
 
