@@ -210,6 +210,37 @@ def test_steps_with_a_custom_grid_refused_where_diffusers_refuses(ours, name):
     assert both.timesteps.tolist() == [900, 500, 100]
 
 
+@pytest.mark.parametrize("ours", [ds.LCM(), ds.TCD(), ds.TCD(eta=0.0)], ids=repr)
+def test_lcm_and_tcd_custom_timesteps_as_diffusers(ours):
+    """``set_timesteps(timesteps=[...])`` (init's ``timesteps=``): diffusers' loop over
+    custom training timesteps, the same draws from the same generator."""
+    import warnings
+
+    adapter, theirs = DiffusersScheduler(ours), twin(ours)
+    custom = [999, 759, 500, 87, 1]  # three of them off the distillation schedule
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # diffusers warns about those three
+        theirs.set_timesteps(timesteps=custom)
+    adapter.set_timesteps(timesteps=custom)
+    assert adapter.timesteps.tolist() == theirs.timesteps.tolist() == custom
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    outs = []
+    for s, kwargs in ((adapter, {}), (theirs, {"eta": getattr(ours, "eta", 0.3)})):
+        if isinstance(s, diffusers.LCMScheduler):
+            kwargs = {}
+        x, gen = start.clone(), torch.Generator().manual_seed(3)
+        for t in s.timesteps:  # diffusers' TCD takes eta in step
+            x = s.step(0.1 * x + 0.01, t, x, generator=gen, **kwargs).prev_sample
+        outs.append(x)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    assert rel < 1e-5  # observed 3e-7 (diffusers' float32 ᾱ)
+    for bad in ([100, 87, 50, 51, 0], [1000], [3, -1]):
+        with pytest.raises(ValueError, match="timesteps must be"):
+            ours.init(None, np.zeros(2), 0, timesteps=bad)
+    with pytest.raises(ValueError, match="custom timesteps take no strength"):
+        ours.init(None, np.zeros(2), 0, timesteps=custom, strength=0.5)
+
+
 def test_consistency_sigma_to_t_as_diffusers():
     adapter = DiffusersScheduler(ds.CMStochasticIterative())
     theirs = diffusers.CMStochasticIterativeScheduler()

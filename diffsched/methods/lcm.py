@@ -19,6 +19,7 @@ N are taken evenly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from ..core.scheduler import (
     document,
 )
 from ._img2img import check_strength
+from .dpmsolver import custom_timesteps
 
 SIGMA_DATA = 0.5
 
@@ -47,7 +49,8 @@ class LCM(BrownianNoise, X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
     ``LCMScheduler``. Not to be confused with TCD (Zheng et al. 2024), which keeps part of
     the predicted noise. The defaults are those of Stable Diffusion's schedule, without
     clipping. ``init(..., strength=s)``: image-to-image over the last floor(
-    num_original_steps · s) points of the original schedule.
+    num_original_steps · s) points of the original schedule; ``init(None, ...,
+    timesteps=[...])``: custom training timesteps, strictly decreasing.
     """
 
     DIFFUSERS_CLASS = "LCMScheduler"
@@ -87,12 +90,25 @@ class LCM(BrownianNoise, X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
         abar = self.alphas_cumprod[np.asarray(tableau.timesteps, np.int64)]
         return np.sqrt(abar), np.sqrt(1.0 - abar)
 
-    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
-        return float(self.alphas_cumprod[self.timesteps(num_steps, strength)[0]]), 1.0
+    def noise_levels(
+        self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None
+    ) -> tuple[float, float]:
+        return float(self.alphas_cumprod[self.timesteps(num_steps, strength, timesteps)[0]]), 1.0
 
-    def timesteps(self, num_steps: int, strength: float = 1.0) -> np.ndarray:
+    def timesteps(
+        self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None
+    ) -> np.ndarray:
         """The N timesteps, descending: N evenly taken of the original schedule's last
-        floor(num_original_steps · strength) points (image-to-image uses strength < 1)."""
+        floor(num_original_steps · strength) points (image-to-image uses strength < 1), or
+        ``timesteps``: custom training timesteps, strictly decreasing, as diffusers'
+        ``set_timesteps(timesteps=...)`` (the skipping-step schedule is then not used)."""
+        if timesteps is not None:
+            if check_strength(strength) != 1.0:
+                raise ValueError(
+                    f"{type(self).__name__}.init: custom timesteps take no strength (they are "
+                    f"the loop), got strength={strength}"
+                )
+            return custom_timesteps(timesteps, self.num_train_steps)
         ops.check_num_steps(num_steps)
         strength = check_strength(strength)
         if num_steps > self.num_train_steps:
@@ -116,9 +132,11 @@ class LCM(BrownianNoise, X0Processing, FinalAlpha, ZeroTerminalSNR, Scheduler):
         picks = np.floor(np.linspace(0, usable, num_steps, endpoint=False)).astype(np.int64)
         return original[picks]
 
-    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
+    def tableau(
+        self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None
+    ) -> Tableau:
         """The boundary condition and re-noising of every step."""
-        ts = self.timesteps(num_steps, strength)
+        ts = self.timesteps(num_steps, strength, timesteps)
         acp = self.alphas_cumprod
         a_t = acp[ts]
         a_next = np.concatenate([acp[ts[1:]], [1.0]])  # the last step adds no noise

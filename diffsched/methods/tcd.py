@@ -33,6 +33,7 @@ float64 gives 62); so does this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,8 @@ class TCD(BrownianNoise, ZeroTerminalSNR, Scheduler):
     where TCD keeps the predicted noise ε̂ down to s = ⌊(1 - γ) t'⌋ (eq. 1-3).
 
     ``init(..., strength=s)``: image-to-image over the last floor(num_original_steps · s)
-    points of the original schedule, as diffusers' ``set_timesteps(strength=...)``.
+    points of the original schedule, as diffusers' ``set_timesteps(strength=...)``;
+    ``init(None, ..., timesteps=[...])``: custom training timesteps, strictly decreasing.
 
     diffusers' ``TCDScheduler`` accepts, and never reads, the keys ``clip_sample``,
     ``clip_sample_range``, ``thresholding``, ``dynamic_thresholding_ratio``,
@@ -108,20 +110,24 @@ class TCD(BrownianNoise, ZeroTerminalSNR, Scheduler):
     # LCM's: the levels at the training timesteps, which the boundary condition hides
     native_levels = LCM.native_levels
 
-    def _levels(self, num_steps: int, strength: float = 1.0):
+    def _levels(self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None):
         """(timesteps, ᾱ_t, ᾱ_{t'}, ᾱ_s) of every step (t' = 0 after the last)."""
-        ts = self.timesteps(num_steps, strength)
+        ts = self.timesteps(num_steps, strength, timesteps)
         nxt = np.append(ts[1:], 0)
         s = consistency_target(nxt, self.eta)
         acp = self.alphas_cumprod
         return ts, acp[ts], acp[nxt], acp[s]
 
-    def noise_levels(self, num_steps: int, strength: float = 1.0) -> tuple[float, float]:
-        _, a_t, _, a_s = self._levels(num_steps, strength)
+    def noise_levels(
+        self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None
+    ) -> tuple[float, float]:
+        _, a_t, _, a_s = self._levels(num_steps, strength, timesteps)
         return float(a_t[0]), float(a_s[-1])
 
-    def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
-        ts, a_t, a_next, a_s = self._levels(num_steps, strength)
+    def tableau(
+        self, num_steps: int | None, strength: float = 1.0, timesteps: Any = None
+    ) -> Tableau:
+        ts, a_t, a_next, a_s = self._levels(num_steps, strength, timesteps)
         x0 = predictions.x0_coefficients(self.prediction_type, a_t)
         eps = predictions.noise_coefficients(self.prediction_type, a_t)
         last = np.arange(len(ts)) == len(ts) - 1
