@@ -129,8 +129,8 @@ def _substitute(name: str, real: type) -> type:
             config = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in config.items()}
             DiffusersScheduler.__init__(self, from_config({**config, "_class_name": name}))
 
-        def _configure(self, scheduler, hidden=None):
-            DiffusersScheduler._configure(self, scheduler, hidden)
+        def _configure(self, scheduler, *args):
+            DiffusersScheduler._configure(self, scheduler, *args)
             if name == scheduler.DIFFUSERS_CLASS:
                 self.__class__ = Substitute
 

@@ -365,13 +365,23 @@ class DiffusersScheduler:
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config: expected a diffusers config (a mapping), got: "
                             f"{type(config).__name__}")  # fmt: skip
-        self._configure(scheduler, _hidden_keys(scheduler, config))
+        self._configure(
+            scheduler, _hidden_keys(scheduler, config), _defaulted_keys(scheduler, config)
+        )
 
-    def _configure(self, scheduler: BaseScheduler, hidden: dict[str, Any] | None = None) -> None:
+    def _configure(
+        self,
+        scheduler: BaseScheduler,
+        hidden: dict[str, Any] | None = None,
+        defaulted: list[str] | None = None,
+    ) -> None:
         self.__class__ = _pipeline_class(scheduler.DIFFUSERS_CLASS)  # see "Saving" above
         self.wrapped = scheduler
         self._hidden = dict(hidden or {})  # another class's keys, kept as diffusers keeps them
-        self._config = FrozenConfig({**self._hidden, **scheduler.to_config()})
+        config = {**self._hidden, **scheduler.to_config()}
+        if defaulted:  # the keys the source config did not set (diffusers' bookkeeping)
+            config[_DEFAULTED] = list(defaulted)
+        self._config = FrozenConfig(config)
         self._name = scheduler.DIFFUSERS_CLASS
         self._loop = scheduler  # the config of this loop (step-time options may differ)
         self._num_steps: int | None = None
@@ -406,11 +416,15 @@ class DiffusersScheduler:
 
     @_internal_dict.setter
     def _internal_dict(self, config: Mapping[str, Any]) -> None:
-        config = dict(config)
+        config, old = dict(config), self._config
+        if config.get(_DEFAULTED):  # a key set now is no longer at its default
+            changed = {k for k, v in config.items() if k not in old or not _same(v, old[k])}
+            config[_DEFAULTED] = [k for k in config[_DEFAULTED] if k not in changed]
         kept = {k: v for k, v in config.items() if k in self._hidden and _same(v, self._hidden[k])}
         own = {k: v for k, v in config.items() if k not in kept}
         scheduler = _from_config(own)
-        self._configure(scheduler, {**kept, **_hidden_keys(scheduler, own)})
+        hidden = {**kept, **_hidden_keys(scheduler, own)}
+        self._configure(scheduler, hidden, _defaulted_keys(scheduler, own))
 
     def register_to_config(self, **changes: Any) -> None:
         """Changes diffusers config keys; the wrapped scheduler is rebuilt from the result."""
@@ -430,8 +444,9 @@ class DiffusersScheduler:
         ``_diffsched_options``) into ``save_directory``, as a pipeline's ``save_pretrained``
         does for its scheduler (see the module docstring, "Saving")."""
         os.makedirs(save_directory, exist_ok=True)
+        saved = {k: v for k, v in self._config.items() if k != _DEFAULTED}  # as diffusers
         with open(os.path.join(save_directory, "scheduler_config.json"), "w") as f:
-            json.dump(dict(self._config), f, indent=2, sort_keys=True)
+            json.dump(saved, f, indent=2, sort_keys=True)
 
     def save_config(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """:meth:`save_pretrained` (diffusers' ``ConfigMixin.save_config``; ``push_to_hub``
@@ -1621,14 +1636,38 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# diffusers' in-memory list of the config keys its class was not given (they take the
+# loading class's own default in a swap: core.config.build reads it), never saved
+_DEFAULTED = "_use_default_values"
+
+
 def _hidden_keys(scheduler: BaseScheduler, config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The keys of ``config`` that ``scheduler``'s own config lacks (diffusers registers
-    them to the config of a class made from another's: its ``hidden_dict``), but for our
-    own metadata (``_diffsched...``), which belongs to the class that wrote it."""
+    them to the config of a class made from another's: its ``hidden_dict``), but for the
+    metadata that belongs to the class that wrote it (ours, ``_diffsched...``, and
+    ``_use_default_values``)."""
     if not config:
         return {}
     own = scheduler.to_config()
-    return {k: v for k, v in config.items() if k not in own and not k.startswith("_diffsched")}
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in own and not k.startswith("_diffsched") and k != _DEFAULTED
+    }
+
+
+def _defaulted_keys(scheduler: BaseScheduler, config: Mapping[str, Any] | None) -> list[str]:
+    """diffusers' ``_use_default_values`` of ``scheduler`` made from ``config``: its keys
+    that ``config`` did not set (absent, listed there as defaulted, or a value this class
+    could not take and replaced by its default); none where no config is given."""
+    if not config:
+        return []
+    skipped = set(config.get(_DEFAULTED) or ())
+    return sorted(
+        k
+        for k, v in scheduler.to_config().items()
+        if not k.startswith("_") and (k not in config or k in skipped or not _same(config[k], v))
+    )
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -6,6 +6,7 @@ in ``__init__``), each compared with diffusers' own class of the same config."""
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 
 import numpy as np
@@ -141,7 +142,11 @@ def test_another_class_keys_stay_in_the_config_as_diffusers():
     assert theirs.config["noise_sampler_seed"] == euler.config["noise_sampler_seed"] == 3
     assert euler.wrapped == ds.Euler(**SD)  # the key is carried, not read
     back = DiffusersScheduler(ds.DPMSolverSDE.from_config(dict(euler.config)), euler.config)
-    theirs_only = {k: v for k, v in euler.config.items() if not k.startswith("_diffsched")}
+    theirs_only = {
+        k: v
+        for k, v in euler.config.items()
+        if not k.startswith("_diffsched") and k != "_use_default_values"
+    }
     assert dict(back.config) == {**theirs_only, **dict(sde.config)}
     assert back.wrapped == sde.wrapped
     # the class method, a pipeline's register_to_config and save_pretrained keep them too
@@ -163,6 +168,32 @@ def test_another_class_keys_stay_in_the_config_as_diffusers():
     assert "_diffsched_options" not in plain.config
     with pytest.raises(TypeError, match="config: expected a diffusers config"):
         DiffusersScheduler(ds.Euler(), config=[("a", 1)])
+
+
+def test_keys_another_class_defaulted_take_this_class_default_again():
+    """diffusers' test_compatibles, UniPC through EDM Euler and back: UniPC's null
+    sigma_min is not EDM's, which takes its own default (0.002) and lists the key in its
+    in-memory ``_use_default_values``; back in UniPC the key takes UniPC's default (None),
+    as in diffusers. The list is diffusers' bookkeeping: never saved."""
+    unipc = DiffusersScheduler(ds.UniPC())
+    with pytest.warns(UserWarning, match="sigma_m"):
+        edm = DiffusersScheduler(ds.EDMEuler.from_config(dict(unipc.config)), unipc.config)
+    assert edm.config["sigma_min"] == 0.002
+    assert {"sigma_min", "sigma_max"} <= set(edm.config["_use_default_values"])
+    back = DiffusersScheduler(ds.UniPC.from_config(dict(edm.config)), edm.config)
+    assert back.wrapped == unipc.wrapped and back.config["sigma_min"] is None
+    theirs = diffusers.UniPCMultistepScheduler.from_config(
+        diffusers.EDMEulerScheduler.from_config(diffusers.UniPCMultistepScheduler().config).config
+    )
+    assert theirs.config["sigma_min"] is None
+    # a key set later is no longer at its default; the list is not written
+    edm.register_to_config(sigma_min=0.01)
+    assert edm.wrapped.sigma_min == 0.01 and "sigma_min" not in edm.config["_use_default_values"]
+    with tempfile.TemporaryDirectory() as folder:
+        edm.save_pretrained(folder)
+        with open(f"{folder}/scheduler_config.json") as f:
+            assert "_use_default_values" not in json.load(f)
+    assert "_use_default_values" not in DiffusersScheduler(ds.Euler()).config
 
 
 @pytest.mark.parametrize(
