@@ -25,6 +25,7 @@ denoise; the final sample is ComfyUI's result. A method gives only its model cal
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -143,9 +144,10 @@ class ComfySampler(BaseScheduler):
                 "give no usable schedule"
             )
 
-    @property
+    @functools.cached_property
     def model_sampling(self) -> comfy_schedules.ModelSampling:
-        """ComfyUI's model sampling of ``model`` with the settings given."""
+        """ComfyUI's model sampling of ``model`` with the settings given (made once per
+        config: the steps read it at every call)."""
         settings = {
             name: getattr(self, name)
             for name in ("linear_start", "linear_end", "beta_schedule", "zsnr", "shift",
