@@ -590,3 +590,26 @@ def test_host_path_equals_the_branch_free_step(model, lib, monkeypatch):
         assert np.array_equal(np.asarray(host), np.asarray(free)), (order, eta)
         assert np.array_equal(host_sigmas, free_sigmas), (order, eta)
     assert rejected > 0  # both branches of the controller ran
+
+
+@pytest.mark.parametrize("solver", ["bosh3", "dopri5"])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_adaptive_rk_host_path_equals_the_branch_free_step(solver, lib, monkeypatch):
+    """AdaptiveRK's eager host path (the stage read on the host, only the selected arrays
+    made) against its branch-free step: the same bits, calls and accepted attempts."""
+    import torch
+
+    from diffsched.core import ops
+
+    start = torch.from_numpy(NOISE.copy()) if lib == "torch" else NOISE.copy()
+    rejected = 0
+    for model in ("flux", "flow"):
+        sched = ds.AdaptiveRK(model=model, solver=solver, rtol=1e-3, atol=1e-4, h_init=2.0)
+        host, host_sigmas, _, state = loop(sched, toy, start, max_calls=600)
+        rejected += counts(sched, state)["rejected"]
+        with monkeypatch.context() as patched:
+            patched.setattr(ops, "concrete_int", lambda x: None)
+            free, free_sigmas, _, _ = loop(sched, toy, start, max_calls=600)
+        assert np.array_equal(np.asarray(host), np.asarray(free)), model
+        assert np.array_equal(host_sigmas, free_sigmas), model
+    assert rejected > 0  # both branches of the controller ran

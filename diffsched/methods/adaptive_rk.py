@@ -161,50 +161,74 @@ class AdaptiveRK(AdaptiveComfy):
         clock, counts = state.clock, state.counts
         rows, c_next, diff = self._tables(xp, clock)
         stage = counts[STAGE]
+        # the stage: a 0-d array (traced: every branch's arrays are made and selected), or
+        # read on the host (eager NumPy / PyTorch on the CPU: only the selected arrays are
+        # made, the same expressions, so the same bits)
+        host = None if ops.is_jax(xp) else ops.concrete_int(stage)
+        last = stage == stages - 1 if host is None else host == stages - 1
+
+        def pick(flag, a, b):  # a where flag, else b
+            return (a if flag else b) if isinstance(flag, bool) else xp.where(flag, a, b)
+
         s, t = clock[S], clock[T]
         h = t - s
-        x = xp.where(counts[CALLS] == 0, x_call, state.x)  # the loop's start
+        start = counts[CALLS] == 0 if host is None else ops.concrete_int(counts[CALLS]) == 0
+        x = pick(start, x_call, state.x)  # the loop's start
         f = denoised - x_call  # (1)
         expand = (stages,) + (1,) * x.ndim
-        index = xp.reshape(xp.arange(stages, device=ops.device(x)), expand)
-        k = xp.where(index == xp.astype(stage, index.dtype), f[None, ...], state.extra)
-        last = stage == stages - 1
+        if host is None:
+            index = xp.reshape(xp.arange(stages, device=ops.device(x)), expand)
+            k = xp.where(index == xp.astype(stage, index.dtype), f[None, ...], state.extra)
+        else:
+            k = xp.concat([state.extra[:host], f[None, ...], state.extra[host + 1 :]], axis=0)
 
         def combine(weights: Array, ks: Array) -> Array:
             return xp.sum(xp.reshape(weights, expand) * ks, axis=0)
 
-        # within an attempt: the next stage's sample (2)
-        u_next = x + h * combine(ops.row(rows, stage), k)
-        sigma_stage = xp.exp(-(s + ops.row(c_next, stage) * h))
+        # within an attempt: the next stage's sample (2) (not made at an attempt's end)
+        u_next, sigma_stage = x, clock[SIGMA]
+        if last is not True:
+            u_next = x + h * combine(ops.row(rows, stage), k)
+            sigma_stage = xp.exp(-(s + ops.row(c_next, stage) * h))
 
-        # the attempt's end: error (3), PI control (4)
-        e = h * combine(diff, k)
-        scale = self.atol + self.rtol * xp.maximum(xp.abs(x), xp.abs(x_call))
-        ratio = e / scale
-        err = xp.sqrt(xp.mean(ratio * ratio))
-        accept = last & (err <= 1.0)
-        reject = last & ~(err <= 1.0)
-        fac = pi_factor(err, clock[E0], pair.embedded_order + 1, self.beta, self.safety, xp)
-        fac = xp.minimum(xp.maximum(fac, const(xp, FAC_MIN, fac)), const(xp, FAC_MAX, fac))
-        fac = xp.where(accept, fac, xp.minimum(fac, const(xp, 1.0, fac)))
-        h_new = xp.where(last, h * fac, clock[H])
-        s_new = xp.where(accept, t, s)
-        x_new = xp.where(accept, x_call, x)
-        k_first = xp.where(accept, k[stages - 1], k[0])  # FSAL
-        k = xp.concat([k_first[None, ...], k[1:]], axis=0)
-        err_prev = xp.where(accept, xp.maximum(err, const(xp, ERR_PREV_START, err)), clock[E0])
-        t_new = xp.where(last, xp.minimum(clock[END], s_new + h_new), t)
+        # the attempt's end: error (3), PI control (4) (made at its last call only)
+        accept = reject = False
+        fac = err = clock[E0]
+        if last is not False:
+            e = h * combine(diff, k)
+            scale = self.atol + self.rtol * xp.maximum(xp.abs(x), xp.abs(x_call))
+            ratio = e / scale
+            err = xp.sqrt(xp.mean(ratio * ratio))
+            ok = err <= 1.0
+            if last is True:
+                accept = bool(ops.concrete_int(ok))
+                reject = not accept
+            else:
+                accept, reject = last & ok, last & ~ok
+            fac = pi_factor(err, clock[E0], pair.embedded_order + 1, self.beta, self.safety, xp)
+            fac = xp.minimum(xp.maximum(fac, const(xp, FAC_MIN, fac)), const(xp, FAC_MAX, fac))
+            fac = pick(accept, fac, xp.minimum(fac, const(xp, 1.0, fac)))
+        h_new = pick(last, h * fac, clock[H])
+        s_new = pick(accept, t, s)
+        x_new = pick(accept, x_call, x)
+        if accept is not False:  # FSAL
+            k_first = pick(accept, k[stages - 1], k[0])
+            k = xp.concat([k_first[None, ...], k[1:]], axis=0)
+        err_prev = pick(accept, xp.maximum(err, const(xp, ERR_PREV_START, err)), clock[E0])
+        t_new = pick(last, xp.minimum(clock[END], s_new + h_new), t)
         # after the attempt: its successor's first new stage
-        h_next = t_new - s_new
-        u_after = x_new + h_next * combine(rows[stages - 1], k)
-        sigma_after = xp.exp(-(s_new + c_next[stages - 1] * h_next))
-        nxt = xp.where(last, u_after, u_next)
-        sigma_next = xp.where(last, sigma_after, sigma_stage)
+        nxt, sigma_next = u_next, sigma_stage
+        if last is not False:
+            h_next = t_new - s_new
+            u_after = x_new + h_next * combine(rows[stages - 1], k)
+            sigma_after = xp.exp(-(s_new + c_next[stages - 1] * h_next))
+            nxt = pick(last, u_after, u_next)
+            sigma_next = pick(last, sigma_after, sigma_stage)
         clock = xp.stack([s_new, t_new, h_new, sigma_next, err_prev, clock[E0 + 1],
                           clock[E2], clock[END], clock[FINAL]])  # fmt: skip
-        stage_next = xp.where(last, stage * 0 + 1, stage + 1)
+        stage_next = pick(last, stage * 0 + 1, stage + 1)
         counts = _counts(xp, counts, stage_next, accept, reject)
-        finished = accept & ~self._running(s_new, clock[END])
+        finished = ~self._running(s_new, clock[END]) & accept
         return x_new, k, clock, counts, finished, nxt
 
     def _result(self, xp, state: AdaptiveState, x: Array, extra: Array) -> Array:
