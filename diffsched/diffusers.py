@@ -113,6 +113,9 @@ _PLACED_BY_TIMESTEP = frozenset(
     }
 )
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
+# classes whose diffusers step reads only the timestep and N: a step from a timestep off
+# the loop is one step of the method (its ``step_at``), not an error
+_STEPS_FROM_ANY_TIMESTEP = frozenset({"DDIMScheduler", "DDIMParallelScheduler"})
 # multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
 # coefficients and drops the terms of the calls it has not seen (as the engine does)
 _STARTS_WITHOUT_WARMUP = frozenset({"LMSDiscreteScheduler"})
@@ -763,13 +766,52 @@ class DiffusersScheduler:
         self._step_time_options(
             {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
         )
-        i = self._call_index(timestep)
-        prev, denoised = self._advance(
-            i, model_output, sample, generator=generator, variance_noise=variance_noise
-        )
+        if self._name in _STEPS_FROM_ANY_TIMESTEP and not self._on_loop(timestep):
+            prev, denoised = self._free_step(model_output, timestep, sample, generator,
+                                             variance_noise)  # fmt: skip
+        else:
+            i = self._call_index(timestep)
+            prev, denoised = self._advance(
+                i, model_output, sample, generator=generator, variance_noise=variance_noise
+            )
         if not return_dict:
             return (prev, denoised)
         return SchedulerOutput(prev, denoised)
+
+    def _on_loop(self, timestep: Any) -> bool:
+        """Whether ``timestep`` is one of the loop's (the loop over every training step
+        before ``set_timesteps``)."""
+        self._require_program()
+        return bool(np.any(self._host_timesteps == _scalar(timestep)))
+
+    def _free_step(self, model_output: Any, timestep: Any, sample: Any, generator: Any,
+                   variance_noise: Any) -> tuple[Any, Any]:  # fmt: skip
+        """DDIM's step from a timestep that is not one of the loop's, as diffusers' (whose
+        step reads only t and N): the method's own one step t -> t - T // N
+        (``DDIM.step_at``), run on its own; the loop's position is unchanged."""
+        loop = self._loop
+        tab = loop.step_at(_scalar(timestep), self._resolved_steps())
+        program = engine.compile(
+            tab, processes_x0=loop.processes_x0, describe_bad=lambda n: loop._bad_call(tab, n)
+        )
+        state, _ = engine.init(program, sample, 0, (loop.fingerprint, 0))
+        noise = None
+        if program.stochastic and program.coefs[0, _NOISE] != 0:
+            if variance_noise is not None:
+                noise = variance_noise
+            else:
+                from diffusers.utils.torch_utils import randn_tensor
+
+                noise = randn_tensor(
+                    tuple(model_output.shape), generator=generator,
+                    device=model_output.device, dtype=model_output.dtype,
+                )  # fmt: skip
+        _, out = loop.step(state, sample, model_output, noise=noise)
+        a, b = float(np.ravel(tab.x0_sample)[0]), float(np.ravel(tab.x0_output)[0])
+        x0 = a * sample.to(model_output.dtype) + b * model_output
+        if loop.processes_x0:
+            x0 = loop._process(x0, True)
+        return out, x0.to(sample.dtype)
 
     def _check_tensors(self, **arrays: Any) -> None:
         for what, arr in arrays.items():

@@ -272,6 +272,55 @@ def test_lcm_and_tcd_custom_timesteps_as_diffusers(ours):
         ours.init(None, np.zeros(2), 0, timesteps=custom, strength=0.5)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"clip_sample": True}, {"prediction_type": "v_prediction"},
+     {"set_alpha_to_one": False}, {"thresholding": True, "prediction_type": "sample"}],
+    ids=repr,
+)  # fmt: skip
+def test_ddim_steps_from_a_timestep_off_the_loop_as_diffusers(config):
+    """diffusers' DDIM step reads only t and N (t -> t - T // N): a step from a timestep
+    that is not one of the loop's is that one step (``DDIM.step_at``), not an error, with
+    the same draw from the same generator; the loop's own position is unchanged."""
+    theirs = diffusers.DDIMScheduler(**config)
+    adapter = DiffusersScheduler.from_config(
+        {**dict(theirs.config), "_class_name": "DDIMScheduler"}
+    )
+    gen = torch.Generator().manual_seed(0)
+    for n in (10, 50):
+        theirs.set_timesteps(n)
+        adapter.set_timesteps(n)
+        for t in (1, 10, 49, 500, 999, int(theirs.timesteps[3])):
+            x = torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64)
+            for eta in (0.0, 0.5):
+                a = theirs.step(0.1 * x, t, x, eta=eta, generator=torch.Generator().manual_seed(1))
+                b = adapter.step(0.1 * x, t, x, eta=eta, generator=torch.Generator().manual_seed(1))
+                for field in ("prev_sample", "pred_original_sample"):
+                    got, want = getattr(b, field), getattr(a, field)
+                    rel = float((got - want).abs().max() / want.abs().max())
+                    assert rel < 2e-5, (t, eta, rel)  # observed 1.5e-6 (float32 ᾱ)
+    # the loop itself: an off-loop step in between changes nothing of it
+    adapter.set_timesteps(5)
+    x = torch.randn(1, 4, 8, 8, generator=gen, dtype=torch.float64)
+    plain, mixed = x.clone(), x.clone()
+    for t in adapter.timesteps:
+        plain = adapter.step(0.1 * plain, t, plain).prev_sample
+    for t in adapter.timesteps:
+        adapter.step(0.1 * x, 3, x)
+        mixed = adapter.step(0.1 * mixed, t, mixed).prev_sample
+    assert torch.equal(plain, mixed)
+
+
+def test_ddim_next_has_no_step_off_the_loop():
+    adapter = DiffusersScheduler(ds.DDIM(prev_timestep="next"))
+    adapter.set_timesteps(5)
+    x = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="no step from a timestep off the loop"):
+        adapter.step(x, 3, x)
+    with pytest.raises(ValueError, match="timestep must be an integer"):
+        ds.DDIM().step_at(1000, 10)
+
+
 def test_consistency_sigma_to_t_as_diffusers():
     adapter = DiffusersScheduler(ds.CMStochasticIterative())
     theirs = diffusers.CMStochasticIterativeScheduler()

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import families, predictions
+from ..core import families, ops, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
@@ -103,7 +103,30 @@ class DDIM(BrownianNoise, X0Processing, Spacing, FinalAlpha, ZeroTerminalSNR, Sc
         return ts, acp[ts], alpha_bar_at(acp, prev, self.final_alpha_cumprod)
 
     def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
-        ts, a_t, a_prev = self._levels(num_steps, strength)
+        return self._tableau(*self._levels(num_steps, strength))
+
+    def step_at(self, timestep: int, num_steps: int) -> Tableau:
+        """The one step of eq. 12 from any training ``timestep`` t to t - T // N (the
+        stride of an N-step loop; ``final_alpha_cumprod`` below 0), as diffusers' DDIM
+        steps from a timestep that is not one of its loop's (its step reads only t and
+        N). Not for ``prev_timestep="next"``, whose target is the loop's next timestep."""
+        if self.prev_timestep != "stride":
+            raise ValueError(
+                f"{type(self).__name__} with prev_timestep={self.prev_timestep!r} steps to the "
+                "loop's next timestep: it has no step from a timestep off the loop"
+            )
+        ops.check_num_steps(num_steps)
+        t = int(timestep)
+        if t != timestep or not 0 <= t < self.num_train_steps:
+            raise ValueError(
+                f"timestep must be an integer in [0, {self.num_train_steps - 1}], got: {timestep}"
+            )
+        ts = np.array([t], dtype=np.int64)
+        acp = self.alphas_cumprod
+        prev = ts - self.num_train_steps // num_steps
+        return self._tableau(ts, acp[ts], alpha_bar_at(acp, prev, self.final_alpha_cumprod))
+
+    def _tableau(self, ts: np.ndarray, a_t: np.ndarray, a_prev: np.ndarray) -> Tableau:
         x0 = predictions.x0_coefficients(self.prediction_type, a_t)
         eps = predictions.noise_coefficients(self.prediction_type, a_t)
         # eq. 16; with ᾱ_{t-1} = 1 after the last step, σ = 0 there.
