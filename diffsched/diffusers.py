@@ -115,7 +115,9 @@ _PLACED_BY_TIMESTEP = frozenset(
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
 # classes whose diffusers step reads only the timestep and N: a step from a timestep off
 # the loop is one step of the method (its ``step_at``), not an error
-_STEPS_FROM_ANY_TIMESTEP = frozenset({"DDIMScheduler", "DDIMParallelScheduler"})
+_STEPS_FROM_ANY_TIMESTEP = frozenset(
+    {"DDIMScheduler", "DDIMParallelScheduler", "DDIMInverseScheduler"}
+)
 # multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
 # coefficients and drops the terms of the calls it has not seen (as the engine does)
 _STARTS_WITHOUT_WARMUP = frozenset({"LMSDiscreteScheduler"})

@@ -273,32 +273,40 @@ def test_lcm_and_tcd_custom_timesteps_as_diffusers(ours):
 
 
 @pytest.mark.parametrize(
-    "config",
-    [{}, {"clip_sample": True}, {"prediction_type": "v_prediction"},
-     {"set_alpha_to_one": False}, {"thresholding": True, "prediction_type": "sample"}],
-    ids=repr,
+    ("name", "config"),
+    [("DDIMScheduler", {}), ("DDIMScheduler", {"clip_sample": True}),
+     ("DDIMScheduler", {"prediction_type": "v_prediction"}),
+     ("DDIMScheduler", {"set_alpha_to_one": False}),
+     ("DDIMScheduler", {"thresholding": True, "prediction_type": "sample"}),
+     ("DDIMParallelScheduler", {}), ("DDIMInverseScheduler", {}),
+     ("DDIMInverseScheduler", {"set_alpha_to_one": False, "prediction_type": "v_prediction"})],
 )  # fmt: skip
-def test_ddim_steps_from_a_timestep_off_the_loop_as_diffusers(config):
-    """diffusers' DDIM step reads only t and N (t -> t - T // N): a step from a timestep
-    that is not one of the loop's is that one step (``DDIM.step_at``), not an error, with
-    the same draw from the same generator; the loop's own position is unchanged."""
-    theirs = diffusers.DDIMScheduler(**config)
-    adapter = DiffusersScheduler.from_config(
-        {**dict(theirs.config), "_class_name": "DDIMScheduler"}
-    )
+def test_ddim_steps_from_a_timestep_off_the_loop_as_diffusers(name, config):
+    """diffusers' DDIM step reads only t and N (t -> t - T // N; the inverse: up to t from
+    t - T // N): a step from a timestep that is not one of the loop's is that one step
+    (``step_at``), not an error, with the same draw from the same generator; the loop's
+    own position is unchanged."""
+    theirs = getattr(diffusers, name)(**config)
+    adapter = DiffusersScheduler.from_config({**dict(theirs.config), "_class_name": name})
     gen = torch.Generator().manual_seed(0)
+    # diffusers' inverse step takes neither eta nor a generator
+    kws = [{}] if name == "DDIMInverseScheduler" else [{"eta": 0.0}, {"eta": 0.5}]
+
+    def seeded(kw: dict) -> dict:
+        return {**kw, "generator": torch.Generator().manual_seed(1)} if kw else kw
+
     for n in (10, 50):
         theirs.set_timesteps(n)
         adapter.set_timesteps(n)
         for t in (1, 10, 49, 500, 999, int(theirs.timesteps[3])):
             x = torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64)
-            for eta in (0.0, 0.5):
-                a = theirs.step(0.1 * x, t, x, eta=eta, generator=torch.Generator().manual_seed(1))
-                b = adapter.step(0.1 * x, t, x, eta=eta, generator=torch.Generator().manual_seed(1))
+            for kw in kws:
+                a = theirs.step(0.1 * x, t, x, **seeded(kw))
+                b = adapter.step(0.1 * x, t, x, **seeded(kw))
                 for field in ("prev_sample", "pred_original_sample"):
                     got, want = getattr(b, field), getattr(a, field)
                     rel = float((got - want).abs().max() / want.abs().max())
-                    assert rel < 2e-5, (t, eta, rel)  # observed 1.5e-6 (float32 ᾱ)
+                    assert rel < 2e-5, (t, kw, rel)  # observed 1.5e-6 (float32 ᾱ)
     # the loop itself: an off-loop step in between changes nothing of it
     adapter.set_timesteps(5)
     x = torch.randn(1, 4, 8, 8, generator=gen, dtype=torch.float64)

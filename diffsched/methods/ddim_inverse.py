@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..core import families, predictions
+from ..core import families, ops, predictions
 from ..core.engine import OUTPUT, SAMPLE, X0, Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -83,7 +83,10 @@ class DDIMInverse(Clipping, ZeroTerminalSNR, Scheduler):
 
     def _levels(self, num_steps: int):
         """(timesteps, ᾱ_u, ᾱ_t): each step goes up from u = t - T // N to t."""
-        ts = spaced_timesteps(self, num_steps)[::-1].copy()
+        return self._up_to(spaced_timesteps(self, num_steps)[::-1].copy(), num_steps)
+
+    def _up_to(self, ts: np.ndarray, num_steps: int):
+        """(ts, ᾱ_u, ᾱ_t) of the steps up from u = t - T // N to each t of ``ts``."""
         below = np.minimum(ts - self.num_train_steps // num_steps, self.num_train_steps - 1)
         acp = self.alphas_cumprod
         start = beta_schedules.final_alpha_cumprod(acp, self.alpha_clip_strategy)
@@ -103,7 +106,21 @@ class DDIMInverse(Clipping, ZeroTerminalSNR, Scheduler):
         return super()._bad_call(program_tableau, n)
 
     def tableau(self, num_steps: int) -> Tableau:
-        ts, a_u, a_t = self._levels(num_steps)
+        return self._tableau(*self._levels(num_steps))
+
+    def step_at(self, timestep: int, num_steps: int) -> Tableau:
+        """The one step from u = t - T // N up to any training ``timestep`` t, as
+        diffusers' DDIMInverse steps from a timestep that is not one of its loop's (its
+        step reads only t and N)."""
+        ops.check_num_steps(num_steps)
+        t = int(timestep)
+        if t != timestep or not 0 <= t < self.num_train_steps:
+            raise ValueError(
+                f"timestep must be an integer in [0, {self.num_train_steps - 1}], got: {timestep}"
+            )
+        return self._tableau(*self._up_to(np.array([t], dtype=np.int64), num_steps))
+
+    def _tableau(self, ts: np.ndarray, a_u: np.ndarray, a_t: np.ndarray) -> Tableau:
         x0 = predictions.x0_coefficients(self.prediction_type, a_u)
         eps = predictions.noise_coefficients(self.prediction_type, a_u)
         direction = np.sqrt(1.0 - a_t)
