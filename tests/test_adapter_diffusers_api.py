@@ -306,7 +306,7 @@ def test_ddim_steps_from_a_timestep_off_the_loop_as_diffusers(name, config):
                 for field in ("prev_sample", "pred_original_sample"):
                     got, want = getattr(b, field), getattr(a, field)
                     rel = float((got - want).abs().max() / want.abs().max())
-                    assert rel < 2e-5, (t, kw, rel)  # observed 1.5e-6 (float32 ᾱ)
+                    assert rel < 5e-5, (t, kw, rel)  # observed 2.5e-6 (float32 ᾱ)
     # the loop itself: an off-loop step in between changes nothing of it
     adapter.set_timesteps(5)
     x = torch.randn(1, 4, 8, 8, generator=gen, dtype=torch.float64)
