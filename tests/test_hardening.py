@@ -670,3 +670,18 @@ def test_float32_range_error_names_the_options_that_set_the_levels():
     with pytest.raises(engine.Float32RangeError, match=r"sigma_data=1e\+19"):
         ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3), np.float32), 0)
     ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3)), 0)  # float64 holds it
+
+
+def test_zero_snr_clamp_refusal_names_the_rising_levels():
+    """EulerAncestral on zero terminal SNR over every training step: diffusers' clamp of
+    ᾱ_{T-1} to 2^-24 puts σ there (4096) below σ at T-2, so the loop rises at its first
+    call, whatever the model predicts (diffusers' own loop gives NaN there). The refusal
+    said that ε-prediction was the cause; it names the levels now. A loop that skips
+    T-2 runs; DDPM (no clamp, ᾱ_{T-1} = 0) keeps the ε message."""
+    for prediction in ("noise", "angular_velocity"):
+        sched = ds.EulerAncestral(rescale_betas_zero_snr=True, prediction_type=prediction)
+        with pytest.raises(ValueError, match=r"timesteps 999 and 998 rises there"):
+            sched.program(1000)
+        assert np.isfinite(_loop(sched, 10, np.ones((1, 2, 2, 2)))).all()
+    with pytest.raises(ValueError, match="cannot give x_0 at zero signal-to-noise"):
+        ds.DDPM(rescale_betas_zero_snr=True).program(1000)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -151,6 +152,10 @@ class BaseScheduler:
     def _bad_call(self, program_tableau: engine.Tableau, n: int) -> str:
         t = program_tableau.timesteps[n]
         head = f"{type(self).__name__}: model call {n} (timestep {t}) has no finite update"
+        if getattr(self, "rescale_betas_zero_snr", False):
+            rising = self._zero_snr_rising(np.asarray(program_tableau.timesteps))
+            if rising:
+                return f"{head}: {rising}"
         if getattr(self, "rescale_betas_zero_snr", False) and self.prediction_type == "noise":
             return (
                 f"{head}; prediction_type='noise' cannot give x_0 at zero signal-to-noise "
@@ -176,6 +181,32 @@ class BaseScheduler:
         return (
             f"{head}: prediction_type={self.prediction_type!r} cannot give x_0 at that "
             f"noise level with these options ({', '.join(changed) or 'the defaults'})"
+        )
+
+    def _zero_snr_rising(self, timesteps: np.ndarray) -> str | None:
+        """Why a loop over diffusers' clamped zero-SNR levels fails, where it does: the
+        σ-grid classes clamp ᾱ of the last training step to 2^-24 (a finite σ_max, as
+        diffusers), which leaves that σ below the next step's, so a loop through both
+        (``timesteps`` holds both) rises there (an ancestral split of a rising step has no
+        real noise). None elsewhere."""
+        from ..schedules import discrete
+
+        grid_options = getattr(self, "grid_options", None)
+        acp = getattr(self, "alphas_cumprod", None)
+        if grid_options is None or acp is None or len(acp) < 2:
+            return None
+        options = grid_options()
+        clamp = discrete.ZERO_SNR_ALPHA_BAR
+        if not getattr(options, "zero_terminal_snr", False) or not acp[-2] < clamp:
+            return None
+        if not {len(acp) - 1, len(acp) - 2} <= set(np.round(timesteps).astype(int).tolist()):
+            return None
+        top, below = math.sqrt((1 - clamp) / clamp), math.sqrt((1 - acp[-2]) / acp[-2])
+        return (
+            f"diffusers' zero-SNR clamp of the last training step's ᾱ to 2^-24 puts its σ "
+            f"({top:.4g}) below the next step's ({below:.4g}), so a loop through both "
+            f"timesteps {len(acp) - 1} and {len(acp) - 2} rises there; take fewer steps or "
+            "another spacing (diffusers' own loop gives NaN there)"
         )
 
     def program(self, num_steps: int, **init_options: Any) -> engine.Program:
