@@ -113,11 +113,6 @@ _PLACED_BY_TIMESTEP = frozenset(
     }
 )
 _COUNTED_FROM_TOP = frozenset({"PNDMScheduler"})
-# classes whose diffusers step reads only the timestep and N: a step from a timestep off
-# the loop is one step of the method (its ``step_at``), not an error
-_STEPS_FROM_ANY_TIMESTEP = frozenset(
-    {"DDIMScheduler", "DDIMParallelScheduler", "DDIMInverseScheduler"}
-)
 # multistep classes whose diffusers step, started mid-schedule, keeps the full schedule's
 # coefficients and drops the terms of the calls it has not seen (as the engine does)
 _STARTS_WITHOUT_WARMUP = frozenset({"LMSDiscreteScheduler"})
@@ -768,7 +763,8 @@ class DiffusersScheduler:
         self._step_time_options(
             {"eta": eta, "use_clipped_model_output": use_clipped_model_output, **kwargs}
         )
-        if self._name in _STEPS_FROM_ANY_TIMESTEP and not self._on_loop(timestep):
+        # the classes whose diffusers step reads only t and N have the one step from any t
+        if hasattr(self._loop, "step_at") and not self._on_loop(timestep):
             prev, denoised = self._free_step(model_output, timestep, sample, generator,
                                              variance_noise)  # fmt: skip
         else:

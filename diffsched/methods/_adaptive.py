@@ -72,9 +72,20 @@ def _check_max_calls(owner: str, max_calls: Any) -> int:
         ) from None
 
 
-def _where(flag: Array, a: Array, b: Array, xp) -> Array:
-    """a where the 0-d bool ``flag``, else b (any dtype; no host sync)."""
+def _where(flag: Array | bool, a: Array, b: Array, xp) -> Array:
+    """a where ``flag``, else b (any dtype): a 0-d bool array is a select (no host sync;
+    both made), a Python bool read on the host (:func:`host_value`) takes the one chosen."""
+    if isinstance(flag, bool):
+        return a if flag else b
     return xp.where(flag, a, b)
+
+
+def host_value(xp, x: Array) -> int | None:
+    """The 0-d integer or bool ``x`` read on the host where that costs nothing (eager
+    NumPy, eager PyTorch on the CPU), else None (JAX, compiled, accelerators): where a step
+    may branch in Python and make only the arrays it selects, the same expressions as the
+    branch-free step, so the same bits."""
+    return None if ops.is_jax(xp) else ops.concrete_int(x)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,8 +433,7 @@ class AdaptiveComfy(ComfySampler):
         new = AdaptiveState(x, extra, clock, counts, flags, state.table, state.fingerprint, key)
         # eager NumPy / PyTorch on the CPU: the flags are read on the host and only the
         # selected arrays are made (where(True, a, b) is a, bit for bit)
-        host_done = None if ops.is_jax(xp) else ops.concrete_int(done)
-        host_old = None if ops.is_jax(xp) else ops.concrete_int(state.flags[0])
+        host_done, host_old = host_value(xp, done), host_value(xp, state.flags[0])
         if host_done is None:
             result = self._result(xp, new, x, extra) * self._final(xp, clock)
             held = self._to_held(xp, nxt, clock[SIGMA])

@@ -40,6 +40,7 @@ quantity at the last accepted level.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,9 @@ from ._adaptive import (
     S,
     T,
     _counts,
+    _where,
     const,
+    host_value,
     pi_factor,
 )
 
@@ -164,11 +167,10 @@ class AdaptiveRK(AdaptiveComfy):
         # the stage: a 0-d array (traced: every branch's arrays are made and selected), or
         # read on the host (eager NumPy / PyTorch on the CPU: only the selected arrays are
         # made, the same expressions, so the same bits)
-        host = None if ops.is_jax(xp) else ops.concrete_int(stage)
+        host = host_value(xp, stage)
         last = stage == stages - 1 if host is None else host == stages - 1
 
-        def pick(flag, a, b):  # a where flag, else b
-            return (a if flag else b) if isinstance(flag, bool) else xp.where(flag, a, b)
+        pick = functools.partial(_where, xp=xp)  # a where the flag, else b
 
         s, t = clock[S], clock[T]
         h = t - s

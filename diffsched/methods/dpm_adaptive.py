@@ -49,6 +49,7 @@ order (the strong order of the noisy step).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,9 @@ from ._adaptive import (
     S,
     T,
     _counts,
+    _where,
     const,
+    host_value,
 )
 from ._comfy_noise import (
     NOISE_STREAMS,
@@ -219,7 +222,7 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
         # the call's flags: 0-d arrays (traced: every stage's arrays are made and selected),
         # or Python bools where the counts are read on the host (eager NumPy / PyTorch on
         # the CPU: only the arrays this call selects are made, the same expressions)
-        host = None if ops.is_jax(xp) else ops.concrete_int(stage)
+        host = host_value(xp, stage)
         if host is None:
             first, second, last = stage == 0, stage == 1, stage == self.order - 1
             start = counts[CALLS] == 0
@@ -229,8 +232,7 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
             start = ops.concrete_int(counts[CALLS]) == 0
             fresh = ops.concrete_int(counts[ACCEPTED] + counts[REJECTED]) == 0
 
-        def pick(flag, a, b):  # a where flag, else b
-            return (a if flag else b) if isinstance(flag, bool) else xp.where(flag, a, b)
+        pick = functools.partial(_where, xp=xp)  # a where the flag, else b
 
         s, t = clock[S], clock[T]
         t_up = t  # the time the attempt steps to: t, or t' of (6)
