@@ -844,6 +844,7 @@ class DiffusersScheduler:
         state = self._engine_state(sample, i)
         program, first = self._run
         k = i - first  # the call of the program run
+        model_output, prediction = self._variance_channels(model_output, sample, program, k)
         scale, scale_next = float(program.input_scale[k]), float(program.input_scale[k + 1])
         held = sample if scale == 1.0 else sample / scale
         noise = None
@@ -860,15 +861,41 @@ class DiffusersScheduler:
 
             for _ in range(draws):
                 noise = randn_tensor(
-                    tuple(model_output.shape), generator=generator,
-                    device=model_output.device, dtype=model_output.dtype,
+                    tuple(prediction.shape), generator=generator,
+                    device=prediction.device, dtype=prediction.dtype,
                 )  # fmt: skip
             noise = noise if program.stochastic else None
         state, out = self._loop.step(state, held, model_output, noise=noise, **step_options)
         self._state, self._state_index = state, i + 1
         self._step_index = i + 1
         prev = out if scale_next == 1.0 else out * scale_next
-        return prev, self._denoised(i, sample, model_output, prev)
+        return prev, self._denoised(i, sample, prediction, prev)
+
+    def _variance_channels(
+        self, model_output: Any, sample: Any, program: engine.Program, k: int
+    ) -> tuple[Any, Any]:
+        """(the output the wrapped step takes, its prediction channels). With a learned
+        variance (``variance_type``) diffusers' classes take the model's 2C channels, or C
+        where they read no variance: its solvers (which drop it), DDPM and unCLIP at a call
+        that adds no noise; there the variance channels given to ours are zeros, never
+        read. Elsewhere a C-channel output is refused (diffusers' DDPM fails there)."""
+        loop = self._loop
+        if not getattr(loop, "learns_variance", False) or model_output.ndim < 2:
+            return model_output, model_output
+        c = sample.shape[1]
+        if tuple(model_output.shape) == tuple(sample.shape):
+            if loop.USES_LEARNED_VARIANCE and program.coefs[k, _NOISE] != 0:
+                raise ValueError(
+                    f"{self._name} with variance_type={loop.variance_type!r}: this call adds "
+                    f"noise with the learned variance, so model_output must have the sample's "
+                    f"{c} channels and {c} variance channels (shape "
+                    f"{loop.prediction_shape(tuple(sample.shape))}), got "
+                    f"{tuple(model_output.shape)}"
+                )
+            import torch
+
+            return torch.cat([model_output, torch.zeros_like(model_output)], dim=1), model_output
+        return model_output, model_output[:, :c]
 
     # -- PNDM's two phases (diffusers' PNDMScheduler names them) -------------------------
 

@@ -28,6 +28,11 @@ class Guided:
     unconditional one; ``Scheduler.step(..., unconditional=)``). CFG++ is meant for small
     scales (the paper's λ in [0, 1], about scale / 12.5 of classic CFG); ``cfg_pp=False``
     is classic CFG. Called as ``model(x, t)`` it returns the guided output.
+
+    With a scheduler whose model learns its variance (``variance_type="learned_range"``:
+    the prediction's C channels, then C variance channels along axis 1), ``ds.sample``
+    guides the prediction channels only and keeps the conditional variance, as DeepFloyd
+    IF's pipeline does (``outputs(x, t, channels=C)``).
     """
 
     cond: Model
@@ -35,10 +40,16 @@ class Guided:
     scale: float
     cfg_pp: bool = True
 
-    def outputs(self, x: Array, t: Array) -> tuple[Array, Array]:
-        """(the guided output, the unconditional one) at (x, t)."""
+    def outputs(self, x: Array, t: Array, channels: int | None = None) -> tuple[Array, Array]:
+        """(the guided output, the unconditional one) at (x, t); with ``channels`` = C, the
+        first C channels (axis 1) guided and the rest the conditional output's."""
         u = self.uncond(x, t)
-        return u + self.scale * (self.cond(x, t) - u), u
+        c = self.cond(x, t)
+        if channels is None:
+            return u + self.scale * (c - u), u
+        xp = _ops.namespace(u, c)
+        guided = u[:, :channels] + self.scale * (c[:, :channels] - u[:, :channels])
+        return xp.concat([guided, c[:, channels:]], axis=1), u
 
     def __call__(self, x: Array, t: Array) -> Array:
         return self.outputs(x, t)[0]
@@ -46,10 +57,13 @@ class Guided:
 
 def _call(model: Model, scheduler: Scheduler, state, x: Array, t: Array):
     """One model call and one step; a :class:`Guided` model with ``cfg_pp`` passes its
-    unconditional output."""
-    if isinstance(model, Guided) and model.cfg_pp:
-        guided, uncond = model.outputs(x, t)
-        return scheduler.step(state, x, guided, unconditional=uncond)
+    unconditional output; a learned variance is taken from the conditional output."""
+    if isinstance(model, Guided):
+        channels = x.shape[1] if getattr(scheduler, "learns_variance", False) else None
+        guided, uncond = model.outputs(x, t, channels)
+        if model.cfg_pp:
+            return scheduler.step(state, x, guided, unconditional=uncond)
+        return scheduler.step(state, x, guided)
     return scheduler.step(state, x, model(x, t))
 
 

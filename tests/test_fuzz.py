@@ -96,14 +96,17 @@ def names_the_problem(err: Exception, keys) -> bool:
 
 def finite_model(x, t, shape=None):
     """A finite model; ``shape``: its output's (the method's ``prediction_shape``), whose
-    last axis holds blocks of the sample's channels (Piflow's n_grid velocities), each its
-    own function of x."""
+    one wider axis holds blocks of the sample's (Piflow's n_grid velocities on the last
+    axis, a learned variance on axis 1), each its own function of x, in (0.1, 0.9) after
+    the first (a variance, or an interpolation weight in (-1, 1))."""
     out = np.tanh(0.7 * x + 1e-3 * float(t))
     if shape is None or tuple(shape) == tuple(x.shape):
         return out
-    blocks = tuple(shape)[-1] // x.shape[-1]
-    return np.concatenate([out] + [np.tanh((0.7 - 0.1 * k) * x + 0.05 * k + 1e-3 * float(t))
-                                   for k in range(1, blocks)], axis=-1)  # fmt: skip
+    axis = next(k for k, (a, b) in enumerate(zip(shape, x.shape, strict=True)) if a != b)
+    blocks = tuple(shape)[axis] // x.shape[axis]
+    return np.concatenate([out] + [0.5 + 0.4 * np.tanh((0.7 - 0.1 * k) * x + 0.05 * k
+                                                       + 1e-3 * float(t))
+                                   for k in range(1, blocks)], axis=axis)  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

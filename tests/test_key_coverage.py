@@ -71,13 +71,6 @@ EXTRA_VALUES = {
     ("DDPMScheduler", "beta_schedule"): ("laplace",),
     ("HeunDiscreteScheduler", "beta_schedule"): ("exp",),
 }
-# values refused with a clear error, and why (each alone: some need a partner option)
-REFUSED = {
-    "variance_type": {
-        "learned": "the variance channels are not a prediction (pass the prediction only)",
-        "learned_range": "the variance channels are not a prediction",
-    },
-}
 PARTNER = {  # values that need another key to be valid in diffusers too
     ("DPMSolverMultistepScheduler", "algorithm_type", "dpmsolver"): {
         "final_sigmas_type": "sigma_min"
@@ -89,6 +82,7 @@ PARTNER = {  # values that need another key to be valid in diffusers too
         "final_sigmas_type": "sigma_min"
     },
 }
+# values refused with a clear error, and why (each alone: some need a partner option)
 REFUSED_IN_CLASS = {
     ("DPMSolverSDEScheduler", "prediction_type", "sample"): (
         "diffusers' step raises NotImplementedError for it"
@@ -157,7 +151,7 @@ def test_every_value_diffusers_accepts_loads(name):
         for value in accepted_values(name, key, param):
             config = {"_class_name": name, key: value}
             config.update(PARTNER.get((name, key, value), {}))
-            why = REFUSED.get(key, {}).get(value) or REFUSED_IN_CLASS.get((name, key, value))
+            why = REFUSED_IN_CLASS.get((name, key, value))
             if why is not None:
                 with pytest.raises(ValueError, match=key):
                     ds.from_config(config)

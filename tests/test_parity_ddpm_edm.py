@@ -192,12 +192,6 @@ def test_strength(sched, n, strength):
 # -- options, configs and diffusers' quirks --------------------------------------------------
 
 
-@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
-def test_learned_variances_rejected(variance_type):
-    with pytest.raises(ValueError, match=f"variance_type={variance_type!r}"):
-        DDPM(variance_type=variance_type)
-
-
 def test_diffusers_fixed_large_log_is_nan():
     """Why fixed_large_log is compared against fixed_large: diffusers returns NaN."""
     config = DDPM(variance_type="fixed_large_log").to_config()

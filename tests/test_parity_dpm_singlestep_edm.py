@@ -252,7 +252,6 @@ def test_options_are_diffusers(cls, diffusers_name):
     ("cls", "kwargs", "match"),
     [
         (S, {"algorithm_type": "dpmsolver"}, "sigma_min"),
-        (S, {"variance_type": "learned_range"}, "variance_type"),
         (S, {"use_flow_sigmas": True, "use_karras_sigmas": True}, "use_flow_sigmas"),
         (S, {"prediction_type": "flow", "algorithm_type": "dpmsolver", **SIGMA_MIN}, "flow"),
         (S, {"solver_order": 4}, "solver_order"),

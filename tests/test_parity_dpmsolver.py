@@ -249,13 +249,6 @@ def test_weights_are_finite(h):
             assert coefficients.phi(k, z) == pytest.approx(series, rel=1e-14, abs=1e-300)
 
 
-@pytest.mark.parametrize("cls", [D, INV])
-@pytest.mark.parametrize("value", ["learned", "learned_range"])
-def test_learned_variance_is_an_error(cls, value):
-    with pytest.raises(ValueError, match="variance_type"):
-        cls(variance_type=value)
-
-
 def test_option_errors():
     with pytest.raises(ValueError, match="final_sigmas_type"):
         D(algorithm_type="dpmsolver")  # diffusers: the ε form cannot step to σ = 0

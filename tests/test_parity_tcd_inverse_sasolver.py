@@ -339,7 +339,6 @@ def test_sasolver_constant_tau_in_configs():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"variance_type": "learned_range"}, "variance_type"),
         ({"use_flow_sigmas": True, "use_karras_sigmas": True}, "use_flow_sigmas"),
         ({"prediction_type": "flow"}, "use_flow_sigmas=True"),
         (

@@ -1081,6 +1081,95 @@ class SigmaGrid:
 LEARNED_VARIANCES = ("learned", "learned_range")
 
 
+class VarianceChannels:
+    """A model that learns its variance (Nichol & Dhariwal 2021, sec. 3.1; DeepFloyd IF,
+    unCLIP's decoder): with ``variance_type`` ``"learned"`` or ``"learned_range"`` its output
+    holds the prediction's C channels, then C variance channels, along axis 1 (the channel
+    axis of diffusers' UNets), so ``step`` takes a prediction of shape (B, 2C, ...).
+
+    A method whose noise reads the variance says how in :meth:`learned_noise` (DDPM's
+    posterior draw); the others (the ODE and SDE solvers) drop it, as diffusers' do.
+    """
+
+    USES_LEARNED_VARIANCE: ClassVar[bool] = False  # whether learned_noise reads it
+
+    @property
+    def learns_variance(self) -> bool:
+        return getattr(self, "variance_type", None) in LEARNED_VARIANCES
+
+    @property
+    def NO_PER_ELEMENT(self) -> str | None:
+        if self.learns_variance:
+            return "a learned variance is read from the model output in step"
+        return None
+
+    def prediction_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The model output's shape for a sample of ``sample_shape``: the sample's, with
+        twice its channels (axis 1) where the variance is learned."""
+        shape = tuple(sample_shape)
+        if not self.learns_variance:
+            return shape
+        if len(shape) < 2:
+            raise ValueError(
+                f"{type(self).__name__} with variance_type={self.variance_type!r} needs a "
+                f"sample with a channel axis (axis 1, after the batch), got shape {shape}"
+            )
+        return (shape[0], 2 * shape[1], *shape[2:])
+
+    def split_variance(self, sample: Array, output: Array, name: str = "prediction"):
+        """(the prediction's channels, the variance's) of a model output of
+        :meth:`prediction_shape`; a clear error for any other shape."""
+        want = self.prediction_shape(tuple(sample.shape))
+        if tuple(output.shape) != want:
+            raise ValueError(
+                f"{type(self).__name__} with variance_type={self.variance_type!r}: {name} "
+                f"must have shape {want} (the sample's {tuple(sample.shape)} with its C "
+                f"prediction channels, then C variance channels, along axis 1), got "
+                f"{tuple(output.shape)}"
+            )
+        c = sample.shape[1]
+        return output[:, :c], output[:, c:]
+
+    def learned_noise(
+        self, state: engine.EngineState, sample: Array, variance: Array, noise: Array | None
+    ) -> Array | None:
+        """The noise the engine's step adds (its coefficient in the table) given the
+        model's variance channels: ``noise`` unchanged for a method that drops them."""
+        return noise
+
+    def call_draw(self, state: engine.EngineState, sample: Array) -> Array | None:
+        """The standard normal draw the engine's step would make at this call (Gaussian or
+        Brownian, as ``noise_type`` says; ``sample`` in the state's dtype), for a method
+        that scales it first; None where a Brownian call draws nothing."""
+        if getattr(self, "noise_type", "gaussian") == "brownian":
+            return _brownian_noise(state, sample)
+        return engine.call_noise(state, sample)
+
+    def step(
+        self,
+        state: engine.EngineState,
+        sample: Array,
+        prediction: Array,
+        *,
+        noise: Array | None = None,
+        unconditional: Array | None = None,
+    ) -> tuple[engine.EngineState, Array]:
+        """One model call (see :meth:`BaseScheduler.step`); with a learned variance,
+        ``prediction`` (and ``unconditional``) carry the variance channels (see the class)."""
+        if not self.learns_variance:
+            return super().step(state, sample, prediction, noise=noise,  # type: ignore[misc]
+                                unconditional=unconditional)  # fmt: skip
+        if isinstance(state, per_element.ElementState):
+            raise ValueError(f"{type(self).__name__}: {self.NO_PER_ELEMENT}")
+        self.check_state(state)  # type: ignore[attr-defined]
+        prediction, variance = self.split_variance(sample, prediction)
+        if unconditional is not None:  # the conditional output's variance is the call's
+            unconditional, _ = self.split_variance(sample, unconditional, "unconditional")
+        noise = self.learned_noise(state, sample, variance, noise)
+        return super().step(state, sample, prediction, noise=noise,  # type: ignore[misc]
+                            unconditional=unconditional)  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class SolverOptions:
     """Options the variance-preserving multistep solvers share (DPM-Solver, DEIS, UniPC,
@@ -1109,8 +1198,8 @@ class SolverOptions:
         "lambda_min_clipped",
     )  # fmt: skip
     variance_type: str | None = option(
-        None, "None; learned and learned_range (the model's extra variance channels, which "
-        "diffusers drops) are rejected: pass the first channels as the prediction",
+        None, "None, or learned / learned_range: the model output carries C variance "
+        "channels after the prediction's (axis 1), which the solver drops, as diffusers'",
         "variance_type", nullable=True, choices=LEARNED_VARIANCES,
     )  # fmt: skip
     final_sigmas_type: str = option(

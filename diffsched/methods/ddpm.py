@@ -16,8 +16,15 @@ The ``_log`` variance types form σ_t through its logarithm, σ_t = exp(½ log �
 improved-diffusion code keeps variances: the same numbers (diffusers' fixed_large_log takes
 the square root of log β_t instead, and returns NaN). β̃_t is floored at 1e-20 and no
 noise is added at timestep 0, as in diffusers (a loop whose last timestep is above 0, e.g.
-trailing spacing, adds σ_t z at its last step too). Learned variances (Nichol & Dhariwal 2021,
-eq. 15) come from extra output channels of the model and are not supported.
+trailing spacing, adds σ_t z at its last step too).
+
+A learned variance (Nichol & Dhariwal 2021, sec. 3.1) comes as C more output channels v
+(:class:`~diffsched.core.scheduler.VarianceChannels`): ``learned_range`` interpolates the
+log-variance between the two fixed choices (eq. 15),
+
+    σ_t² = exp(u log β_t + (1 - u) log β̃_t),   u = (v + 1) / 2,
+
+per element (β̃_t floored as above); ``learned`` takes σ_t² = v itself (diffusers').
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import families, predictions
+from ..core import engine, families, ops, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
@@ -35,6 +42,7 @@ from ..core.scheduler import (
     BrownianNoise,
     Scheduler,
     Spacing,
+    VarianceChannels,
     X0Processing,
     ZeroTerminalSNR,
     document,
@@ -50,7 +58,7 @@ MIN_POSTERIOR_VARIANCE = 1e-20  # diffusers' floor of β̃_t
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
+class DDPM(VarianceChannels, BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
     """Denoising diffusion probabilistic models: ancestral sampling (Ho et al. 2020).
 
     First order; one model call per step; stochastic (no noise at timestep 0). diffusers:
@@ -61,6 +69,8 @@ class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
 
     ``init(..., timesteps=[...])``: custom training timesteps, strictly decreasing, as
     diffusers' ``set_timesteps(timesteps=...)``; ``init(..., strength=s)``: image-to-image.
+    With ``variance_type="learned"`` or ``"learned_range"`` the model output has twice the
+    sample's channels (axis 1): the prediction, then the variance (``prediction_shape``).
     """
 
     DIFFUSERS_CLASS = "DDPMScheduler"
@@ -81,7 +91,9 @@ class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
         "fixed_small",
         "σ_t² of the added noise (Ho et al. 2020, sec. 3.2): fixed_small (β̃_t, the posterior "
         "variance) or fixed_large (β_t), each also through its log (fixed_small_log, "
-        "fixed_large_log); learned and learned_range are rejected (the model outputs them)",
+        "fixed_large_log); or learned from C extra output channels v: learned_range "
+        "(exp(u log β_t + (1 - u) log β̃_t), u = (v + 1)/2; Nichol & Dhariwal 2021, eq. 15) "
+        "or learned (v itself)",
         "variance_type",
         choices=FIXED_VARIANCES + LEARNED_VARIANCES,
     )
@@ -90,13 +102,7 @@ class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
     def deterministic(self) -> bool:
         return False
 
-    def _check(self) -> None:
-        if self.variance_type in LEARNED_VARIANCES:
-            raise ValueError(
-                f"DDPM option variance_type={self.variance_type!r} is not supported: a learned "
-                "variance (Nichol & Dhariwal 2021, eq. 15) comes as extra output channels of the "
-                f"model; use one of {FIXED_VARIANCES}"
-            )
+    USES_LEARNED_VARIANCE = True
 
     def _timesteps(self, num_steps: int, timesteps: Any = None) -> np.ndarray:
         if timesteps is None:
@@ -130,6 +136,16 @@ class DDPM(BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
         ts, a_t, a_prev = self._levels(num_steps, timesteps, strength)
         return posterior_tableau(self.prediction_type, self.variance_type, ts, a_t, a_prev)
 
+    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
+        program = super()._compile(num_steps, init_options)
+        if not self.learns_variance:
+            return program
+        ts, a_t, a_prev = self._levels(num_steps, **init_options)
+        return engine.with_columns(program, learned_variance_columns(ts, a_t, a_prev))
+
+    def learned_noise(self, state, sample, variance, noise):
+        return posterior_noise(self, state, sample, variance, noise)
+
 
 def posterior_tableau(
     prediction_type: str,
@@ -148,9 +164,12 @@ def posterior_tableau(
     mean_x0 = np.sqrt(a_prev) * beta / (1.0 - a_t)
     mean_x = np.sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
     posterior = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta, MIN_POSTERIOR_VARIANCE)
-    variance = posterior if variance_type.startswith("fixed_small") else beta
-    log = variance_type.endswith("_log")
-    std = np.exp(0.5 * np.log(variance)) if log else np.sqrt(variance)
+    if variance_type in LEARNED_VARIANCES:
+        std = np.ones_like(beta)  # σ_t from the model: the step scales the draw itself
+    else:
+        variance = posterior if variance_type.startswith("fixed_small") else beta
+        log = variance_type.endswith("_log")
+        std = np.exp(0.5 * np.log(variance)) if log else np.sqrt(variance)
     return Tableau(
         timesteps=ts,
         x0_sample=x0.sample_coef,
@@ -159,3 +178,44 @@ def posterior_tableau(
         noise=np.where(ts > 0, std, 0.0),  # no noise at t = 0
         start=(float(np.sqrt(a_t[0])), float(np.sqrt(1.0 - a_t[0]))),
     )
+
+
+def learned_variance_columns(ts: np.ndarray, a_t: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+    """(N, 3) per call: log β̃_t, log β_t (the ends of eq. 15's interpolation; both floored
+    at 1e-20 as diffusers floors β̃_t, which only a level visited twice makes bind for β_t)
+    and whether the call adds noise (t > 0)."""
+    beta = 1.0 - a_t / a_prev
+    posterior = (1.0 - a_prev) / (1.0 - a_t) * beta
+    floor = MIN_POSTERIOR_VARIANCE
+    return np.stack(
+        [np.log(np.maximum(posterior, floor)), np.log(np.maximum(beta, floor)),
+         (ts > 0).astype(np.float64)], axis=1,
+    )  # fmt: skip
+
+
+def posterior_noise(
+    sched: VarianceChannels, state: engine.EngineState, sample: Any, variance: Any, noise: Any
+) -> Any:
+    """σ_t z of this call from the model's variance channels ``variance`` (eq. 15 for
+    learned_range; σ_t = sqrt(v) for learned), with ``learned_variance_columns`` last in the
+    state's table; z is ``noise`` or the call's own draw."""
+    min_log, max_log, adds = engine.extra_row(state)[-3:]
+    if isinstance(adds, float) and adds == 0.0:
+        return noise  # no noise at this call (the engine's coefficient is 0)
+    if noise is not None and (
+        type(noise) is not type(sample) or not ops.is_float(noise)
+        or tuple(noise.shape) != tuple(sample.shape)
+    ):  # fmt: skip
+        return noise  # the engine's step names what it expects
+    xp = ops.namespace(sample, variance)
+    dtype = state.coefs.dtype
+    x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
+    z = sched.call_draw(state, x) if noise is None else noise
+    if z is None:
+        return None
+    z = z if z.dtype == dtype else xp.astype(z, dtype)
+    v = variance if variance.dtype == dtype else xp.astype(variance, dtype)
+    if sched.variance_type == "learned":
+        return xp.sqrt(v) * z
+    u = (v + 1.0) / 2.0  # eq. 15
+    return xp.exp(0.5 * (u * max_log + (1.0 - u) * min_log)) * z

@@ -95,6 +95,7 @@ from ..core.scheduler import (
     SigmaGrid,
     SolverOptions,
     Spacing,
+    VarianceChannels,
     X0Processing,
     ZeroTerminalSNR,
     document,
@@ -103,18 +104,6 @@ from ..schedules import discrete, shifts, solver_grid
 from . import _dpm_solver_coefficients as coefficients
 from ._img2img import first_call, restarted
 from .kit import data_estimate, exponential_multistep, noise_estimate
-
-
-def reject_learned_variance(owner: str, variance_type: str | None) -> None:
-    """Learned variances (diffusers' ``learned`` / ``learned_range``) put extra channels in
-    the model output, which are not a prediction: a clear error instead."""
-    if variance_type is not None:
-        raise ValueError(
-            f"{owner} option variance_type={variance_type!r} is not supported: the model's "
-            "variance channels are not a prediction; pass the prediction channels only, "
-            "with variance_type=None"
-        )
-
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 # the D_2 weight of third-order sde-dpmsolver++ steps -> the coefficient module's name
@@ -211,7 +200,9 @@ class SolverGridLevels:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _DPMSolverBase(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler):
+class _DPMSolverBase(
+    VarianceChannels, Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler
+):
     """The options of diffusers' DPM-Solver multistep classes (forward and inverse)."""
 
     PREDICTION_TYPES = predictions.FLOW_PREDICTION_TYPES
@@ -264,7 +255,6 @@ class _DPMSolverBase(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Schedul
         """The checks of both classes (``use_lu_lambdas``: the forward class's option, False
         for the inverse, which has none)."""
         owner = type(self).__name__
-        reject_learned_variance(owner, self.variance_type)
         chosen = {
             "use_karras_sigmas": self.use_karras_sigmas,
             "use_exponential_sigmas": self.use_exponential_sigmas,

@@ -58,7 +58,14 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import BrownianNoise, Scheduler, SigmaGrid, SolverOptions, document
+from ..core.scheduler import (
+    BrownianNoise,
+    Scheduler,
+    SigmaGrid,
+    SolverOptions,
+    VarianceChannels,
+    document,
+)
 from ..schedules import solver_grid
 from . import _dpm_solver_coefficients as dpm
 from ._img2img import first_call
@@ -68,7 +75,6 @@ from .dpmsolver import (
     Thresholding,
     custom_timesteps,
     flow_prediction_type_option,
-    reject_learned_variance,
     restarted_on_grid,
     sde_third_order_option,
 )
@@ -100,7 +106,9 @@ def order_list(num_steps: int, order: int, lower_order_final: bool, final_zero: 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverSinglestep(BrownianNoise, Thresholding, SolverGridLevels, SigmaGrid, Scheduler):
+class DPMSolverSinglestep(
+    VarianceChannels, BrownianNoise, Thresholding, SolverGridLevels, SigmaGrid, Scheduler
+):
     """DPM-Solver singlestep (Lu et al. 2022a, Alg. 1-2; DPM-Solver++ of Lu et al. 2022b).
 
     Order ``solver_order`` (2 by default; 1-3), reached within each group of as many calls
@@ -155,7 +163,6 @@ class DPMSolverSinglestep(BrownianNoise, Thresholding, SolverGridLevels, SigmaGr
 
     def _check(self) -> None:
         owner = type(self).__name__
-        reject_learned_variance(owner, self.variance_type)
         self.check_flow_grid()
         if self.prediction_type == predictions.FLOW and self.algorithm_type not in DATA_FORMS:
             raise ValueError(f"{owner}: prediction_type='flow' needs a data-prediction "

@@ -82,12 +82,12 @@ from ..core.scheduler import (
     SigmaGrid,
     SolverOptions,
     Spacing,
+    VarianceChannels,
     X0Processing,
     document,
 )
 from ..schedules import solver_grid as grids
 from ._img2img import first_call, restarted
-from .dpmsolver import reject_learned_variance
 from .kit import data_estimate, exponential_multistep, noise_estimate
 
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
@@ -176,7 +176,7 @@ def _orders(num_calls: int, predictor: int, corrector: int, lower_final: bool, b
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class SASolver(BrownianNoise, SigmaGrid, Spacing, Scheduler):
+class SASolver(VarianceChannels, BrownianNoise, SigmaGrid, Spacing, Scheduler):
     """Stochastic Adams solver, predictor-corrector (Xue et al. 2023, SA-Solver).
 
     Order ``predictor_order`` / ``corrector_order`` (2 / 2 by default; lower during the
@@ -251,7 +251,6 @@ class SASolver(BrownianNoise, SigmaGrid, Spacing, Scheduler):
 
     def _check(self) -> None:
         owner = type(self).__name__
-        reject_learned_variance(owner, self.variance_type)
         self.check_flow_grid()
         if self.prediction_type == predictions.FLOW and not self.use_flow_sigmas:
             raise ValueError(f"{owner}: prediction_type='flow' needs use_flow_sigmas=True")

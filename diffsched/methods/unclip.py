@@ -20,22 +20,32 @@ from typing import Any
 
 import numpy as np
 
-from ..core import ops, predictions
+from ..core import engine, ops, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clipping, document
+from ..core.scheduler import (
+    MAX_TRAIN_STEPS,
+    BaseScheduler,
+    BrownianNoise,
+    Clipping,
+    VarianceChannels,
+    document,
+)
 from ..schedules import betas as beta_schedules
 from ._img2img import first_call
-from .ddpm import posterior_tableau
+from .ddpm import learned_variance_columns, posterior_noise, posterior_tableau
 
 VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class UnCLIP(BrownianNoise, Clipping, BaseScheduler):
+class UnCLIP(VarianceChannels, BrownianNoise, Clipping, BaseScheduler):
     """unCLIP's ancestral sampler (Ramesh et al. 2022): DDPM on timesteps spread over the
     whole training range.
+
+    With ``variance_type="learned_range"`` (unCLIP's decoder) the model output has twice
+    the sample's channels (axis 1): the prediction, then the variance (as ``DDPM``'s).
 
     First order; one model call per step; stochastic (no noise at timestep 0). diffusers:
     ``UnCLIPScheduler`` (the Kandinsky prior, Karlo / unCLIP pipelines). Not to be confused
@@ -66,12 +76,7 @@ class UnCLIP(BrownianNoise, Clipping, BaseScheduler):
     )  # fmt: skip
     clip_denoised_sample: bool = with_default(Clipping, "clip_denoised_sample", True)
 
-    def _check(self) -> None:
-        if self.variance_type == "learned_range":
-            raise ValueError(
-                "UnCLIP option variance_type='learned_range' is not supported: a learned "
-                "variance comes as extra output channels of the model; use 'fixed_small_log'"
-            )
+    USES_LEARNED_VARIANCE = True
 
     @property
     def deterministic(self) -> bool:
@@ -101,4 +106,14 @@ class UnCLIP(BrownianNoise, Clipping, BaseScheduler):
 
     def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, a_t, a_prev = self._levels(num_steps, strength)
-        return posterior_tableau(self.prediction_type, "fixed_small_log", ts, a_t, a_prev)
+        return posterior_tableau(self.prediction_type, self.variance_type, ts, a_t, a_prev)
+
+    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
+        program = super()._compile(num_steps, init_options)
+        if not self.learns_variance:
+            return program
+        ts, a_t, a_prev = self._levels(num_steps, **init_options)
+        return engine.with_columns(program, learned_variance_columns(ts, a_t, a_prev))
+
+    def learned_noise(self, state, sample, variance, noise):
+        return posterior_noise(self, state, sample, variance, noise)
