@@ -86,6 +86,7 @@ diffusers and torch are imported only when the adapter is used.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -169,6 +170,7 @@ _TENSOR_INIT_NOISE_SIGMA = frozenset(
         "EDMEulerScheduler",
         "EDMDPMSolverMultistepScheduler",
         "CosineDPMSolverMultistepScheduler",
+        "ConsistencyDecoderScheduler",
     }
 )
 # classes whose diffusers num_inference_steps is the length of the grid set (one call a
@@ -205,6 +207,7 @@ _NO_SIGMAS = frozenset(
         "UnCLIPScheduler",
         "DDPMWuerstchenScheduler",
         "SCMScheduler",
+        "ConsistencyDecoderScheduler",
     }
 )
 # classes whose diffusers __init__ sigmas are those of the loop over every training step
@@ -551,9 +554,20 @@ class DiffusersScheduler:
         self._state = None
 
     def _require_program(self) -> engine.Program:
-        if self._program is None and _training_loop(self.wrapped) is not None:
-            # diffusers' classes start with the loop over every training step (__init__)
+        if self._program is None and (
+            _training_loop(self.wrapped) is not None
+            or _training_timesteps(self.wrapped) is not None
+        ):  # fmt: skip
+            # diffusers' classes start with the loop over every training step (__init__);
+            # where ours refuses that loop, set_timesteps says why
             self.set_timesteps(self.wrapped.num_train_steps)
+            init = _init_loop(self.wrapped)
+            if init is not self.wrapped:  # that loop without the config's σ grid
+                import torch
+
+                self._loop = init
+                self._compile()
+                self.timesteps = torch.from_numpy(self._host_timesteps.astype(np.float32))
         if self._program is None:
             raise RuntimeError(f"{self!r}: call set_timesteps before using the scheduler")
         return self._program
@@ -567,8 +581,10 @@ class DiffusersScheduler:
             import torch
 
             program = _training_loop(self.wrapped)
-            if program is not None:
-                ts = np.asarray(program.timesteps)
+            ts = np.asarray(program.timesteps) if program is not None else None
+            if ts is None:  # the loop is refused (its step says why), its timesteps are not
+                ts = _training_timesteps(self.wrapped)
+            if ts is not None:
                 return torch.from_numpy(
                     ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32)
                 )
@@ -630,7 +646,7 @@ class DiffusersScheduler:
         if self._program is not None:
             loop, steps, options = self._loop, self._resolved_steps(), self._options
         elif name in _SIGMAS_OF_TRAINING_LOOP and _training_loop(self.wrapped) is not None:
-            loop, steps, options = self.wrapped, self.wrapped.num_train_steps, {}
+            loop, steps, options = _init_loop(self.wrapped), self.wrapped.num_train_steps, {}
         else:
             raise RuntimeError(f"{name}: call set_timesteps before reading sigmas")
         values = _diffusers_sigmas(name, loop, steps, options)
@@ -1583,6 +1599,24 @@ class _CMLoop:
         return c_noise(sigmas)
 
 
+class _ConsistencyDecoderLoop:
+    """The consistency decoder's protocol (``ConsistencyDecoderVAE.decode``): ``step(
+    model_output, timestep, sample, generator)``, the generator its fourth positional
+    argument, as diffusers' class has it."""
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        return DiffusersScheduler.step(
+            self, model_output, timestep, sample, generator=generator, return_dict=return_dict
+        )
+
+
 class _FlowMapLoop:
     """AnyFlow's protocol: ``sigmas`` (the N levels and the final 0, float64 as diffusers'),
     ``timesteps`` in float64, and ``step(..., r_timestep=)``: the model's target time,
@@ -1650,6 +1684,7 @@ _PROTOCOLS: dict[str, type] = {
     "SCMScheduler": _SCMLoop,
     "FlowMapEulerDiscreteScheduler": _FlowMapLoop,
     "CMStochasticIterativeScheduler": _CMLoop,
+    "ConsistencyDecoderScheduler": _ConsistencyDecoderLoop,
     **dict.fromkeys(
         ("DDPMScheduler", "DDPMParallelScheduler", "LCMScheduler", "TCDScheduler"),
         _PreviousTimestep,
@@ -1756,6 +1791,29 @@ def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:
     return DiffusersScheduler(scheduler)
 
 
+# classes whose diffusers __init__ lists the plain training loop (every training σ, then 0:
+# no σ grid, spacing or offset), where set_timesteps applies the config's; ours the same
+_PLAIN_INIT_LOOP = frozenset({"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"})
+_PLAIN_OPTIONS = {  # (the spacing stays: every spacing of T steps is the same, and
+    # diffusers' init_noise_sigma reads it)
+    "timesteps_offset": 0,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "sigma_schedule": None,
+    "interpolation_type": "linear",
+    "final_sigmas_type": "zero",
+}
+
+
+def _init_loop(scheduler: BaseScheduler) -> BaseScheduler:
+    """The config of diffusers' loop before ``set_timesteps`` (see ``_PLAIN_INIT_LOOP``)."""
+    if scheduler.DIFFUSERS_CLASS not in _PLAIN_INIT_LOOP:
+        return scheduler
+    names = {f.name for f in dataclasses.fields(scheduler)}
+    return scheduler.replace(**{k: v for k, v in _PLAIN_OPTIONS.items() if k in names})
+
+
 @functools.cache
 def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
     """The loop over every training step (diffusers' schedule before ``set_timesteps``),
@@ -1768,10 +1826,27 @@ def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            program = scheduler.program(steps)
+            program = _init_loop(scheduler).program(steps)
     except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
         return None
     return program if np.isfinite(program.init_noise_scale * program.input_scale[0]) else None
+
+
+def _training_timesteps(scheduler: BaseScheduler) -> np.ndarray | None:
+    """The timesteps of the loop over every training step where that loop itself is
+    refused (a zero-SNR ε-model's first call has no x̂_0): diffusers' classes still list
+    them; a step there gives the refusal. None where the method has no such loop."""
+    steps = getattr(scheduler, "num_train_steps", None)
+    if not isinstance(steps, int):
+        return None
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return np.asarray(_init_loop(scheduler).tableau(steps).timesteps)
+    except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
+        return None
 
 
 @functools.cache

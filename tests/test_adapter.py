@@ -32,6 +32,7 @@ transformers = pytest.importorskip("transformers")
 import diffsched as ds  # noqa: E402
 from diffsched.core.options import specs  # noqa: E402
 from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
+from diffsched.interop import peer  # noqa: E402
 
 IMAGE_TOL = 2e-5
 EDM_IMAGE_TOL = 4e-5  # the σ = 80 start (see the module doc)
@@ -639,7 +640,7 @@ def test_lcm_denoised_matches_diffusers():
 def test_config_and_order():
     for cls in ds.methods.ALL:
         adapter = DiffusersScheduler(cls())
-        d_cls = getattr(diffusers, cls.DIFFUSERS_CLASS)
+        d_cls = peer.diffusers_class(cls.DIFFUSERS_CLASS)
         assert adapter.order == getattr(d_cls, "order", 1), cls.__name__  # Wuerstchen: none
         assert adapter.config == cls().to_config()
     config = DiffusersScheduler(ds.Euler(prediction_type="angular_velocity")).config

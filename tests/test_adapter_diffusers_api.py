@@ -17,6 +17,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import diffsched as ds  # noqa: E402
 from diffsched.diffusers import DiffusersScheduler, SchedulerOutput  # noqa: E402
+from diffsched.interop import peer  # noqa: E402
 
 SD = dict(beta_schedule="quadratic", beta_start=0.00085, beta_end=0.012)
 
@@ -419,3 +420,49 @@ def test_log_linear_with_custom_timesteps_as_diffusers():
         outs.append(y)
     rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
     assert rel < 1e-5, rel  # observed ~1e-7 (diffusers' float32 σ table)
+
+
+@pytest.mark.parametrize(
+    ("sched", "cause"),
+    [
+        (ds.DDPM(rescale_betas_zero_snr=True), "cannot give x_0 at zero signal-to-noise"),
+        (ds.EulerAncestral(rescale_betas_zero_snr=True), "zero-SNR clamp"),
+    ],
+)
+def test_refused_training_loop_still_lists_its_timesteps(sched, cause):
+    """Before set_timesteps diffusers' classes list the loop over every training step; where
+    ours refuses that loop (a zero-SNR ε-model's first call; diffusers' clamp), the adapter
+    lists its timesteps as diffusers' do and a step says why (it returned None, and the
+    caller's ``timesteps[-1]`` failed with a TypeError: diffusers' own test_rescale_betas_
+    zero_snr)."""
+    adapter = DiffusersScheduler(sched)
+    theirs = twin(sched)
+    np.testing.assert_array_equal(adapter.timesteps.numpy(), theirs.timesteps.numpy())
+    x = torch.zeros(1, 2, 4)
+    with pytest.raises(ValueError, match=cause):
+        adapter.step(x, adapter.timesteps[-1], x)
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"])
+def test_loop_before_set_timesteps_is_the_plain_training_loop(name):
+    """diffusers' Euler classes list every training σ before set_timesteps, whatever the
+    config's σ grid, spacing or offset (their __init__ applies none): the adapter the same
+    (it applied Karras σ's there: diffusers' test_karras_sigmas), its step included."""
+    config = {
+        "num_train_timesteps": 1100, "timestep_spacing": "leading", "steps_offset": 1,
+        **({"use_karras_sigmas": True, "sigma_min": 0.02, "sigma_max": 700.0}
+           if name == "EulerDiscreteScheduler" else {}),
+    }  # fmt: skip
+    adapter = DiffusersScheduler(ds.from_config({"_class_name": name, **config}))
+    theirs = peer.diffusers_class(name)(**config)
+    np.testing.assert_array_equal(adapter.timesteps.numpy(), theirs.timesteps.numpy())
+    # diffusers' float32 ᾱ product loses digits at the smallest σ (1.9e-6 seen at σ = 0.015)
+    np.testing.assert_allclose(adapter.sigmas.numpy(), theirs.sigmas.numpy(), rtol=1e-4, atol=2e-5)
+    assert float(adapter.init_noise_sigma) == pytest.approx(float(theirs.init_noise_sigma), 1e-6)
+    x = torch.linspace(-1, 1, 32, dtype=torch.float32).reshape(2, 1, 4, 4)
+    for t in (theirs.timesteps[-1], theirs.timesteps[500]):
+        outs = [
+            s.step(0.3 * x, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+            for s in (DiffusersScheduler(adapter.wrapped), peer.diffusers_class(name)(**config))
+        ]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)

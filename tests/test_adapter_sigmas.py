@@ -21,6 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import diffsched as ds  # noqa: E402
 from diffsched.diffusers import DiffusersScheduler  # noqa: E402
+from diffsched.interop import peer  # noqa: E402
 
 RTOL, ATOL = 1e-5, 4e-6  # worst observed entry: 0.33 of the bound (see the module doc)
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -74,7 +75,7 @@ def pair(name, config):
         warnings.simplefilter("ignore")
         ours = ds.from_config({"_class_name": name, **config})
         conf = {k: v for k, v in ours.to_config().items() if not k.startswith("_diffsched")}
-        return DiffusersScheduler(ours), getattr(diffusers, name).from_config(conf)
+        return DiffusersScheduler(ours), peer.diffusers_class(name).from_config(conf)
 
 
 def compare(adapter, theirs):

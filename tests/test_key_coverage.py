@@ -103,7 +103,7 @@ REFUSED_IN_CLASS = {
 
 
 def init_keys(name: str) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(getattr(diffusers, name).__init__).parameters
+    params = inspect.signature(peer.diffusers_class(name).__init__).parameters
     return {k: p for k, p in params.items() if k != "self"}
 
 

@@ -49,6 +49,7 @@ MODULES = {
     "DDPMWuerstchenScheduler": "diffusers.schedulers.scheduling_ddpm_wuerstchen",
     "UnCLIPScheduler": "diffusers.schedulers.scheduling_unclip",
     "CMStochasticIterativeScheduler": "diffusers.schedulers.scheduling_consistency_models",
+    "ConsistencyDecoderScheduler": "diffusers.schedulers.scheduling_consistency_decoder",
     "SCMScheduler": "diffusers.schedulers.scheduling_scm",
     "DDIMParallelScheduler": "diffusers.schedulers.scheduling_ddim_parallel",
     "DDPMParallelScheduler": "diffusers.schedulers.scheduling_ddpm_parallel",
@@ -87,6 +88,12 @@ def _double_tables(module):
         yield
     finally:
         module.torch = original
+
+
+def diffusers_class(name: str) -> type:
+    """diffusers' scheduler class of that name (also those its top level does not export,
+    as ``ConsistencyDecoderScheduler``)."""
+    return getattr(module_of({"_class_name": name}), name)
 
 
 def module_of(config: dict):

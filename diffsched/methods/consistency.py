@@ -23,6 +23,22 @@ x̂_0 = cos(s) x - sin(s) F (Lu & Song 2024, eq. 4), and
     x_{i+1} = cos(s_{i+1}) x̂_0 + sin(s_{i+1}) σ_d z,
 
 on s_i evenly spaced from ``max_timesteps`` to 0 (or [max, intermediate, 0] for two steps).
+
+**The consistency decoder** (OpenAI's decoder of Stable Diffusion latents, diffusers'
+``ConsistencyDecoderVAE``): the consistency function of eq. 12 on a variance-preserving
+sample x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (the squared-cosine ᾱ of T = 1024 training
+steps, Nichol & Dhariwal 2021, eq. 17), read in the variance-exploding variable x_t /
+sqrt(ᾱ_t) of level σ_t = sqrt(1/ᾱ_t - 1):
+
+    f(x_t, t) = c_skip x_t + c_out F(c_in x_t, t),
+    c_skip = σ_d² / (sqrt(ᾱ_t) (σ_t² + σ_d²)),   c_out = σ_t σ_d / sqrt(σ_t² + σ_d²),
+    c_in = 1 / (sqrt(ᾱ_t) sqrt(σ_t² + σ_d²)),
+    x_{i+1} = sqrt(ᾱ_{t_{i+1}}) f(x_i, t_i) + sqrt(1 - ᾱ_{t_{i+1}}) z,
+
+on the decoder's timesteps 1008, 512 (its two steps, diffusers' only loop), the last step
+returning f. Alg. 1 holds for any decreasing timesteps: an N-step loop here keeps 1008 first
+and spaces the rest as the two-step one, t_i = floor(1024 (N - i) / N), i = 1..N-1
+(one step: f at 1008 alone).
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ from ..core import ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
 from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clipping, document
+from ..schedules import betas as beta_schedules
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -264,4 +281,130 @@ class SCM(BrownianNoise, BaseScheduler):
             noise=np.sin(nxt) * self.sigma_data,
             start=(float(np.cos(now[0])), float(np.sin(now[0]) * self.sigma_data)),
             init_noise_sigma=self.sigma_data,
+        )
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ConsistencyDecoder(BrownianNoise, BaseScheduler):
+    """The consistency decoder's two-step sampler (Song et al. 2023, Alg. 1, on a
+    variance-preserving sample; see the module).
+
+    One model call per step; stochastic (the first step re-noises). diffusers:
+    ``ConsistencyDecoderScheduler`` (inside ``ConsistencyDecoderVAE``; give the VAE
+    ``DiffusersScheduler(ConsistencyDecoder())`` as its ``decoder_scheduler``). Not to be
+    confused with ``CMStochasticIterative`` (variance-exploding consistency models).
+
+    The held sample is the model input c_in x_t (diffusers' ``scale_model_input``); the final
+    sample is f of the last call. The loop starts from sqrt(1 - ᾱ_t0) z, as the decoder's.
+    Two steps are diffusers' loop (timesteps 1008 and 512; its class takes no other);
+    N steps: 1008, then floor(1024 (N - i) / N) (see the module), 1 <= N <= 63; or
+    ``init(None, x, timesteps=[...])``: custom training timesteps, strictly decreasing,
+    below ``num_train_steps``.
+    """
+
+    DIFFUSERS_CLASS = "ConsistencyDecoderScheduler"
+    PREDICTION_TYPES = ("consistency",)
+    FIRST_TIMESTEP: ClassVar[int] = 1008  # the decoder's first (and its grid's 1024)
+    MAX_STEPS: ClassVar[int] = 63  # 1024 (N - 1) / N reaches 1008 at N = 64
+
+    num_train_steps: int = option(
+        1024, "T, the number of training steps of the squared-cosine schedule",
+        "num_train_timesteps", low=2, high=MAX_TRAIN_STEPS,
+    )  # fmt: skip
+    sigma_data: float = option(0.5, "σ_d, the standard deviation of the data", "sigma_data",
+                               low=0.0, low_open=True)  # fmt: skip
+    prediction_type: str = option("consistency", "what the model predicts: F of f = c_skip x "
+                                  "+ c_out F", None, choices=PREDICTION_TYPES)  # fmt: skip
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """ᾱ_t for t = 0..T-1 (squared-cosine betas capped at 0.999), float64."""
+        betas = beta_schedules.betas("squared_cosine", self.num_train_steps, 0.0, 0.0, None)
+        return beta_schedules.alphas_cumprod(betas)
+
+    def _timesteps(self, num_steps: int | None, timesteps: Any = None) -> np.ndarray:
+        if timesteps is None:
+            ops.check_num_steps(num_steps)
+            if num_steps > self.MAX_STEPS:
+                raise ValueError(
+                    f"ConsistencyDecoder takes at most {self.MAX_STEPS} steps (its grid 1008, "
+                    f"1024 (N - i) / N would repeat 1008), got num_steps={num_steps}; give "
+                    "init(None, x, timesteps=[...]) for a finer grid"
+                )
+            i = np.arange(1, num_steps)
+            rest = np.floor(1024 * (num_steps - i) / num_steps)
+            arr = np.append(float(self.FIRST_TIMESTEP), rest)
+            name = "the decoder's timesteps"
+        else:
+            if num_steps is not None:
+                raise ValueError("pass num_steps=None with custom timesteps=")
+            arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
+            name = "timesteps"
+        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
+        if np.any(np.diff(arr) >= 0) or arr[0] >= self.num_train_steps or arr[-1] < 0:
+            raise ValueError(
+                f"{name} must be strictly decreasing in [0, {self.num_train_steps - 1}] "
+                f"(num_train_steps={self.num_train_steps}), got: {arr.astype(int).tolist()}"
+            )
+        return arr.astype(np.int64)
+
+    def program(self, num_steps: int | None, **init_options: Any):
+        if init_options.get("timesteps") is not None:  # a custom grid sets N
+            ts = self._timesteps(num_steps, init_options["timesteps"])
+            init_options = {**init_options, "timesteps": tuple(int(t) for t in ts)}
+            return super().program(len(ts), **init_options)
+        return super().program(num_steps, **init_options)
+
+    def _levels(self, num_steps: int, timesteps: Any = None, strength: float = 1.0):
+        """(timesteps, ᾱ there, ᾱ of the next call: 1 after the last)."""
+        if timesteps is not None:
+            ts = self._timesteps(None, timesteps)
+            if len(ts) != num_steps:
+                raise ValueError(f"num_steps={num_steps} but {len(ts)} timesteps")
+        else:
+            ts = self._timesteps(num_steps)
+        ts = ts[first_call(len(ts), strength) :]
+        acp = self.alphas_cumprod
+        return ts, acp[ts], beta_schedules.alpha_bar_at(acp, np.append(ts[1:], -1), 1.0)
+
+    def noise_levels(self, num_steps: int | None, **init_options: Any) -> tuple[float, float]:
+        _, a_t, _ = self._levels(num_steps, **init_options)
+        return float(a_t[0]), 1.0
+
+    def native_levels(
+        self, tableau: Tableau, num_steps: int, init_options: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) of each call: the native sample is variance-preserving."""
+        _, a_t, _ = self._levels(num_steps, **init_options)
+        return np.sqrt(a_t), np.sqrt(1.0 - a_t)
+
+    @property
+    def takes_unconditional(self) -> bool:
+        return True
+
+    def tableau(
+        self, num_steps: int | None, timesteps: Any = None, strength: float = 1.0
+    ) -> Tableau:
+        ts, a_t, a_next = self._levels(num_steps, timesteps, strength)
+        d = self.sigma_data
+        root = np.sqrt(a_t)
+        sigma2 = 1.0 / a_t - 1.0  # σ_t² of x_t / sqrt(ᾱ_t)
+        c_skip = d**2 / (root * (sigma2 + d**2))
+        c_out = np.sqrt(sigma2) * d / np.sqrt(sigma2 + d**2)
+        c_in = 1.0 / (root * np.sqrt(sigma2 + d**2))
+        return Tableau(
+            timesteps=ts,
+            x0_sample=c_skip,
+            x0_output=c_out,
+            update={(X0, 0): np.sqrt(a_next)},
+            noise=np.sqrt(1.0 - a_next),
+            input_scale=np.append(1.0 / c_in, 1.0),  # native x_t = held / c_in
+            start=(float(root[0]), float(np.sqrt(1.0 - a_t[0]))),
+            init_noise_sigma=float(np.sqrt(1.0 - a_t[0])),
         )

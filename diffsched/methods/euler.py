@@ -142,8 +142,9 @@ class EulerAncestral(BrownianNoise, EulerBase):
         ts, sig = self._grid(num_steps, **init_options)
         n = len(ts)  # log_linear grids carry one level more than they use
         s, s_next = sig[:n], sig[1 : n + 1]
-        up = np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
-        down = np.sqrt(s_next**2 - up**2)
+        with np.errstate(invalid="ignore"):  # a rising level: NaN, refused with its cause
+            up = np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
+            down = np.sqrt(s_next**2 - up**2)
         x0 = predictions.x0_from_ve(self.prediction_type, s)
         ratio = (down - s) / s
         return Tableau(
