@@ -129,7 +129,7 @@ def build_scheduler(
             except (ValueError, TypeError) as err:
                 raise UsageError(f"--config {config}: {err}") from None
         try:
-            return from_config(config, **options)
+            return _one_prediction(from_config(config, **options), f"--config {config}")
         except (ValueError, TypeError, OSError) as err:
             raise UsageError(f"--config {config}: {err}") from None
     name = (name or "ddim").strip().lower()
@@ -139,9 +139,30 @@ def build_scheduler(
     if name not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     try:
-        return SCHEDULERS[name](**options)
+        scheduler = SCHEDULERS[name](**options)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{flag}: {err}; see `diffsched list` for the options") from None
+    return _one_prediction(scheduler, flag)
+
+
+def _one_prediction(scheduler: Scheduler, where: str) -> Scheduler:
+    """``scheduler``, or a :class:`UsageError` where its model output is not the sample's
+    shape (a learned variance's extra channels): the command line's models give one
+    prediction per sample."""
+    shape = (1, 1, 4)
+    wide = tuple(scheduler.prediction_shape(shape))
+    if wide == shape:
+        return scheduler
+    if getattr(scheduler, "learns_variance", False):
+        raise UsageError(
+            f"{where}: {type(scheduler).__name__} with variance_type="
+            f"{scheduler.variance_type!r} takes variance channels from the model, which the "
+            "command line's models do not give; leave variance_type at its default here"
+        )
+    raise UsageError(
+        f"{where}: {type(scheduler).__name__} takes a model output of another shape than "
+        f"the sample's ({wide} for {shape}), which the command line's models do not give"
+    )
 
 
 def is_tuned_file(path: str) -> bool:

@@ -1138,3 +1138,16 @@ def test_gmm64_is_the_64_dimensional_full_covariance_mixture(capsys, tmp_path):
     with pytest.raises(SystemExit):
         run_cli(capsys, "sample", "--model", "gmm65")
     assert "invalid choice: 'gmm65'" in capsys.readouterr().err
+
+
+def test_learned_variance_is_refused_with_the_reason(capsys, tmp_path):
+    """The command line's models give the prediction only: a learned variance (a name with
+    -o, or a diffusers config such as DeepFloyd IF's) is a usage error, not a traceback."""
+    status, _, err = run_cli(capsys, "sample", "ddpm", "-o", "variance_type=learned_range",
+                             "--steps", 3)  # fmt: skip
+    assert status == 2 and "variance channels" in err and "Traceback" not in err
+    config = tmp_path / "scheduler_config.json"
+    config.write_text(json.dumps({"_class_name": "DPMSolverMultistepScheduler",
+                                  "variance_type": "learned"}))  # fmt: skip
+    status, _, err = run_cli(capsys, "sample", "--config", config, "--steps", 3)
+    assert status == 2 and f"--config {config}" in err and "variance_type='learned'" in err
