@@ -267,6 +267,32 @@ _ONE_OF_STEPS_OR_GRID = frozenset({
 _STEP_KWARG = {"rederive_noise": "use_clipped_model_output"}
 # diffusers step keywords some class takes; accepted by every adapter (used where the
 # wrapped scheduler has the option, ignored elsewhere, as pipelines expect)
+# classes whose diffusers step(..., return_dict=False) is the 1-tuple (prev_sample,) (the
+# others give (prev_sample, pred_original_sample), LCM's denoised)
+_ONE_OUTPUT = frozenset(
+    {
+        "ConsistencyDecoderScheduler",
+        "CMStochasticIterativeScheduler",
+        "CosineDPMSolverMultistepScheduler",
+        "DEISMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverMultistepInverseScheduler",
+        "DPMSolverSinglestepScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "FlowMapEulerDiscreteScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
+        "FlowMatchLCMScheduler",
+        "HeliosScheduler",
+        "HeliosDMDScheduler",
+        "IPNDMScheduler",
+        "LTXEulerAncestralRFScheduler",
+        "MiniMaxH3Scheduler",
+        "PNDMScheduler",
+        "SASolverScheduler",
+        "UniPCMultistepScheduler",
+    }
+)
 _KNOWN_STEP_KWARGS = frozenset(
     {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise", "order"}
     # UnCLIP's pipelines pass the loop's next timestep, which our table steps to (issue 18)
@@ -769,8 +795,9 @@ class DiffusersScheduler:
 
         The noise of a stochastic call is ``variance_noise`` if given, else drawn with
         ``generator`` (diffusers' ``randn_tensor``: model output's shape, dtype and device).
-        Returns a :class:`SchedulerOutput`, or ``(prev_sample, pred_original_sample)`` with
-        ``return_dict=False``.
+        Returns a :class:`SchedulerOutput`, or with ``return_dict=False`` the tuple diffusers'
+        class returns: ``(prev_sample, pred_original_sample)``, or ``(prev_sample,)`` for the
+        multistep solvers and the flow classes (``_ONE_OUTPUT``).
         """
         unknown = set(kwargs) - _KNOWN_STEP_KWARGS
         if unknown:
@@ -788,8 +815,8 @@ class DiffusersScheduler:
             prev, denoised = self._advance(
                 i, model_output, sample, generator=generator, variance_noise=variance_noise
             )
-        if not return_dict:
-            return (prev, denoised)
+        if not return_dict:  # the tuple of diffusers' class: (prev_sample,) or with x̂_0
+            return (prev,) if self._name in _ONE_OUTPUT else (prev, denoised)
         return SchedulerOutput(prev, denoised)
 
     def _on_loop(self, timestep: Any) -> bool:
@@ -1875,12 +1902,11 @@ def _native_input(scheduler: BaseScheduler) -> bool:
 
 
 def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:
-    """The N of a custom ``sigmas=`` grid: N + 1 levels (the final one included) for the
-    σ-based methods, N levels (one per model call, as diffusers' flow-matching classes take
-    them) for the flow-matching ones."""
-    from .methods.flow_match import is_flow_match
-
-    return len(sigmas) - (0 if is_flow_match(scheduler) else 1)
+    """The N of a custom ``sigmas=`` grid, as the class counts it (``custom_steps``): N + 1
+    levels (the final one included) for the σ-based methods, N levels (one per model call,
+    as diffusers' flow-matching classes and FlowMapEuler take them) for the flow ones."""
+    steps = scheduler.custom_steps({"sigmas": sigmas})
+    return len(sigmas) - 1 if steps is None else steps
 
 
 def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
