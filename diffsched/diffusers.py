@@ -66,8 +66,13 @@ model call of our table: ScoreSdeVePipeline (``set_sigmas``, ``step_correct``,
 ``undo_step``, ``scheduler.eta = ...``), CogVideoXPipeline's DPM branch (``step`` with the
 previous x̂_0 and timestep, which our state holds), Stable Cascade (DDPMWuerstchen's
 ``timesteps`` with the final 0), Sana-Sprint (SCM's ``set_timesteps`` keywords) and AnyFlow
-(FlowMapEuler's ``sigmas`` and ``step(..., r_timestep=)``, which must be the call's own
-target). The adapters of CogVideoXDPM and DDPMWuerstchen are subclasses of diffusers' class
+(FlowMapEuler's ``sigmas`` and ``step(..., r_timestep=)``: the call's own target runs our
+table; any other (t, r), on the grid or off it, is the flow map's one-call step between
+them, as diffusers' any-step sampling), the consistency decoder
+(``ConsistencyDecoderVAE``: ``step(model_output, t, sample, generator)``) and the VP score
+SDE (``step_pred(score, x, t, generator)``, as the deprecated class that no pipeline
+drives). The adapters of CogVideoXDPM and DDPMWuerstchen
+are subclasses of diffusers' class
 (whose ``__init__`` never runs and whose methods ours override), since their pipelines test
 ``isinstance``. Noise is drawn where, and as often as, diffusers draws it.
 
@@ -208,6 +213,7 @@ _NO_SIGMAS = frozenset(
         "DDPMWuerstchenScheduler",
         "SCMScheduler",
         "ConsistencyDecoderScheduler",
+        "ScoreSdeVpScheduler",  # (its attribute is None: never set)
     }
 )
 # classes whose diffusers __init__ sigmas are those of the loop over every training step
@@ -1408,6 +1414,35 @@ class _ScoreSdeVeLoop:
         return out if return_dict else (prev, mean)
 
 
+class _ScoreSdeVpLoop:
+    """The VP score SDE's protocol (diffusers' deprecated ``ScoreSdeVpScheduler``, which no
+    pipeline drives): ``set_timesteps(N)`` (the times t_i = linspace(1, ε_s, N), float32)
+    and per time ``step_pred(score, x, t, generator)``, which draws its z with the generator
+    as diffusers does and returns the tuple (sample, mean)."""
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+        import torch
+
+        _set_loop(self, num_inference_steps, {}, device)
+        eps = self._loop.sampling_eps
+        self.timesteps = torch.linspace(1, eps, num_inference_steps, device=device)
+
+    def step_pred(self, score: Any, x: Any, t: Any, generator: Any = None) -> tuple[Any, Any]:
+        """One Euler-Maruyama step of the reverse SDE: (the next sample, its mean)."""
+        import torch
+
+        self._check_tensors(score=score, x=x)
+        self._require_program()
+        i = self._call_index(t)
+        z = _randn(tuple(x.shape), generator, layout=x.layout, device=x.device, dtype=x.dtype)
+        mean, _ = self._advance(i, score, x, variance_noise=torch.zeros_like(x))
+        loop = self._loop
+        beta = loop.beta_min + float(loop.times(self._num_steps)[i]) * (
+            loop.beta_max - loop.beta_min
+        )  # the diffusion of this step (its table's last one is 0: the loop's mean)
+        return mean + math.sqrt(beta / self._num_steps) * z, mean
+
+
 class _RePaintLoop:
     """``RePaintPipeline``'s protocol (Lugmayr et al. 2022, Alg. 1): ``timesteps`` is the
     whole resampling schedule, down and up; a model call's ``step(..., original_image,
@@ -1646,8 +1681,10 @@ class _ConsistencyDecoderLoop:
 
 class _FlowMapLoop:
     """AnyFlow's protocol: ``sigmas`` (the N levels and the final 0, float64 as diffusers'),
-    ``timesteps`` in float64, and ``step(..., r_timestep=)``: the model's target time,
-    which must be the call's own (the next timestep, 0 at the last call: our table's r)."""
+    ``timesteps`` in float64, and ``step(..., r_timestep=)``: the model's target time. The
+    call's own (the next timestep, 0 at the last call) runs our table; another target, or
+    a timestep off the grid, is one step of the flow map between the two levels
+    (``FlowMapEuler.step_between``), as diffusers' any-step sampling."""
 
     def set_timesteps(
         self,
@@ -1683,28 +1720,73 @@ class _FlowMapLoop:
         return_dict: bool = True,
         **kwargs: Any,
     ) -> Any:
-        if r_timestep is not None:
-            self._require_program()
-            i = self._call_index(timestep)
-            want = float(self._loop.r_timesteps(self._num_steps, **self._options)[i])
-            got = _host(r_timestep)
-            got = np.asarray(got if isinstance(got, tuple) else [float(got)], np.float64)
-            if not np.allclose(got, want, rtol=1e-6, atol=1e-6):
-                raise NotImplementedError(
-                    f"{self._name}: r_timestep {got.tolist()} is not this call's target "
-                    f"{want} (the next timestep): steps to other targets (any-step sampling "
-                    "off the loop's grid) are not in the table; use custom sigmas= or "
-                    "timesteps= in set_timesteps for another grid"
-                )
+        self._require_program()
+        on_loop = self._on_grid(timestep)
+        if r_timestep is not None or not on_loop:
+            targets = self._loop.r_timesteps(self._num_steps, **self._options)
+            r = self._time_value(r_timestep) if r_timestep is not None else None
+            if not on_loop or not np.isclose(r, targets[self._index_of(timestep)], 1e-6, 1e-6):
+                return self._any_step(model_output, timestep, sample, r, return_dict)
         return DiffusersScheduler.step(
             self, model_output, timestep, sample, return_dict=return_dict, **kwargs
         )
+
+    def _on_grid(self, timestep: Any) -> bool:
+        try:
+            self._index_of(timestep)
+        except ValueError:
+            return False
+        return True
+
+    def _time_value(self, value: Any) -> float:
+        """One time from a number or a tensor of equal entries (one per batch element)."""
+        got = np.asarray(_host(value), np.float64).reshape(-1)
+        if got.size < 1 or np.any(got != got[0]):
+            raise NotImplementedError(
+                f"{self._name}: one time for the whole batch, got {got.tolist()} (a time per "
+                "element: diffsched's per-element schedules, init(..., offsets=))"
+            )
+        return float(got[0])
+
+    def _sigma_of(self, time: float) -> float:
+        """σ of a time as diffusers reads it: the loop's level where the time is one of its
+        timesteps, else time / T (off the grid)."""
+        grid = self._loop.grid(self._num_steps, **self._options)
+        ts = grid[:-1] * self._loop.num_train_steps
+        k = int(np.argmin(np.abs(ts - time)))
+        if abs(ts[k] - time) <= 1e-3:
+            return float(grid[k])
+        return time / self._loop.num_train_steps
+
+    def _any_step(self, model_output: Any, timestep: Any, sample: Any, r: float | None,
+                  return_dict: bool) -> Any:  # fmt: skip
+        """A flow map's step from t to any r (``FlowMapEuler.step_between``), as diffusers'
+        any-step sampling: the levels from the loop's grid where on it, else t / T; the
+        loop's position is not used, its counter moves on as diffusers'."""
+        self._check_tensors(model_output=model_output, sample=sample)
+        if r is None:
+            raise ValueError(
+                f"{self._name}: timestep {_scalar(timestep)} is not one of the loop's, so its "
+                "target cannot be inferred: pass r_timestep for any-step sampling"
+            )
+        sigma_t = self._sigma_of(self._time_value(timestep))
+        sigma_r = self._sigma_of(r)
+        prev = self._loop.step_between(sample.double(), model_output.double(), sigma_t, sigma_r)
+        prev = prev.to(model_output.dtype)
+        x0 = (sample.double() - sigma_t * model_output.double()).to(model_output.dtype)
+        if self._step_index is None:  # diffusers' counter starts at t's index (0 off the grid)
+            self._step_index = self._index_of(timestep) if self._on_grid(timestep) else 0
+        self._step_index += 1
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev, x0)
 
 
 # diffusers class -> the protocol its pipelines drive it by (methods beside the common ones)
 _PROTOCOLS: dict[str, type] = {
     "KarrasVeScheduler": _KarrasVeLoop,
     "ScoreSdeVeScheduler": _ScoreSdeVeLoop,
+    "ScoreSdeVpScheduler": _ScoreSdeVpLoop,
     "RePaintScheduler": _RePaintLoop,
     "CogVideoXDPMScheduler": _CogVideoXDPMLoop,
     "DDPMWuerstchenScheduler": _WuerstchenLoop,

@@ -436,8 +436,9 @@ def test_anyflow_pipeline(anyflow, sched, call):
 
 
 def test_flow_map_r_timestep():
-    """``step(..., r_timestep=)``: the call's own target (the next timestep, 0 at the last)
-    gives diffusers' step; another target is refused (not in the table), by name."""
+    """``step(..., r_timestep=)``: the call's own target (the next timestep, 0 at the last;
+    a tensor of one per batch element) gives diffusers' step; differing targets within the
+    batch are refused, by name (another target: ``test_flow_map_any_step_sampling``)."""
     sched = ds.FlowMapEuler(shift=5.0)
     ours, theirs = DiffusersScheduler(sched), theirs_of(sched)
     x = oracle.start_sample((2, 4, 6), dtype=torch.float32)
@@ -452,8 +453,8 @@ def test_flow_map_r_timestep():
         y = theirs.step(out, t, y, r_timestep=target).prev_sample
     assert oracle.rel(x, y) < 1e-6
     ours.set_timesteps(4)
-    with pytest.raises(NotImplementedError, match="r_timestep"):
-        ours.step(x, ours.timesteps[0], x, r_timestep=float(r[1]))
+    with pytest.raises(NotImplementedError, match="one time for the whole batch"):
+        ours.step(x, ours.timesteps[0], x, r_timestep=torch.tensor([float(r[1]), 0.0]))
 
 
 class PiflowInDouble(diffusers.PiflowScheduler):
@@ -590,6 +591,25 @@ def test_consistency_decoder_vae(sched):
     assert float((ours - theirs).abs().max()) <= TOL * float(theirs.abs().max())
 
 
+@pytest.mark.parametrize("sched", [ds.ScoreSdeVp(), ds.ScoreSdeVp(beta_max=12.0)], ids=repr)
+def test_score_sde_vp_protocol(sched):
+    """ScoreSdeVp's ``step_pred(score, x, t, generator)`` (no pipeline drives it: the score
+    SDE code's loop), against diffusers' class: the same samples and means (float32), and
+    the same draws."""
+    start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for scheduler in (peer.scheduler(sched.to_config(), float64=False), DiffusersScheduler(sched)):
+        scheduler.set_timesteps(10)
+        x, generator = start.clone(), torch.Generator().manual_seed(1)
+        for t in scheduler.timesteps:
+            x, mean = scheduler.step_pred(torch.tanh(x + t), x, t, generator)
+        runs.append((x, mean, generator.get_state()))
+    (x, mean, drawn), (ours, ours_mean, ours_drawn) = runs
+    assert torch.equal(drawn, ours_drawn)
+    assert float((ours - x).abs().max()) <= TOL * float(x.abs().max())
+    assert float((ours_mean - mean).abs().max()) <= TOL * float(mean.abs().max())
+
+
 def test_protocol_misuse_is_refused():
     """Calls out of the protocol's order, and what the table cannot do, say so."""
     x = torch.zeros(1, 3, 4, 4)
@@ -623,3 +643,36 @@ def test_protocol_adapters_pickle_and_keep_their_loop():
     assert torch.equal(back.timesteps, repaint.timesteps)
     cog = DiffusersScheduler(ds.CogVideoXDPM())
     assert isinstance(pickle.loads(pickle.dumps(cog)), diffusers.CogVideoXDPMScheduler)
+
+
+@pytest.mark.parametrize("shift", [1.0, 5.0])
+def test_flow_map_any_step_sampling(shift):
+    """A flow map steps from any t to any r in one call (AnyFlow's any-step sampling,
+    ``step(..., r_timestep=)``): off the loop's grid, to a level further down it, to 0 at
+    once, and t to itself (the identity), each equal to diffusers' class (float64 σ's on
+    both sides), its counter as diffusers' (it refused these before)."""
+    sched = ds.FlowMapEuler(shift=shift)
+    theirs = peer.scheduler(sched.to_config(), float64=False)
+    ours = DiffusersScheduler(sched)
+    for s in (theirs, ours):
+        s.set_timesteps(8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 4, 4, generator=g)
+    u = torch.randn(1, 4, 4, 4, generator=g)
+    ts = theirs.timesteps
+    pairs = [
+        (torch.tensor([777.7]), torch.tensor([123.4])),  # both off the grid
+        (ts[1:2], ts[5:6]),  # four levels down in one call
+        (ts[0:1], torch.tensor([0.0])),  # one-shot
+        (ts[2:3], ts[2:3]),  # r = t: the identity
+    ]
+    for t, r in pairs:
+        outs = []
+        for s in (theirs, ours):
+            s._step_index = None
+            outs.append((s.step(u, t, x, r_timestep=r).prev_sample, s.step_index))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=1e-6)
+        assert outs[1][1] == outs[0][1]
+    torch.testing.assert_close(ours.step(u, ts[2:3], x, r_timestep=ts[2:3]).prev_sample, x)
+    with pytest.raises(ValueError, match="pass r_timestep"):
+        ours.step(u, torch.tensor([777.7]), x)

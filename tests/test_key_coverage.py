@@ -43,6 +43,10 @@ INERT_WHY = {
         "num_train_timesteps": "ScoreSdeVeScheduler never reads it: its times are "
         "linspace(1, sampling_eps, N) whatever the training count",
     },
+    "ScoreSdeVpScheduler": {
+        "num_train_timesteps": "ScoreSdeVpScheduler reads it only in __len__: its times are "
+        "linspace(1, sampling_eps, N)",
+    },
     "LCMScheduler": {
         "steps_offset": "LCMScheduler.set_timesteps never reads it",
         "timestep_spacing": "LCMScheduler.set_timesteps never reads it",

@@ -45,7 +45,9 @@ class Draws:
 # classes whose grids diffusers builds in torch's default dtype (linspace, torch.tensor of
 # Python floats): float64 runs make that default float64, so their formulas run in double
 # precision; ours are float64 throughout (the float32 grids agree to float32 precision)
-DEFAULT_DTYPE_GRIDS = {"ScoreSdeVeScheduler", "DDPMWuerstchenScheduler", "KarrasVeScheduler"}
+DEFAULT_DTYPE_GRIDS = {
+    "ScoreSdeVeScheduler", "DDPMWuerstchenScheduler", "KarrasVeScheduler", "ScoreSdeVpScheduler"
+}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -92,6 +94,21 @@ def run_score_sde_ve(config, n, x, model, noises, float64):
             output = d.step_pred(model(sample, sigma), t, sample)
             sample, mean = output.prev_sample, output.prev_sample_mean
             call += 1
+    return seen, mean
+
+
+def run_score_sde_vp(config, n, x, model, noises, float64):
+    """ScoreSdeVp has no pipeline: the score SDE code's loop (``step_pred`` per time, the
+    final sample the last mean)."""
+    d = build(config, float64)
+    draws = Draws(noises)
+    with patched(config, draws, float64):
+        d.set_timesteps(n)
+        sample, seen = x, []
+        for i, t in enumerate(d.timesteps):
+            draws.at(i)
+            seen.append(float(t))
+            sample, mean = d.step_pred(model(sample, t), sample, t)
     return seen, mean
 
 
@@ -246,6 +263,8 @@ CASES = [
     (ds.ScoreSdeVe(), (1, 2, 5, 20)),
     (ds.ScoreSdeVe(correct_steps=0, sigma_max=50.0), (1, 3, 10, 100)),
     (ds.ScoreSdeVe(correct_steps=2, snr=0.3, sigma_min=0.05, sampling_eps=1e-3), (2, 7)),
+    (ds.ScoreSdeVp(), (1, 2, 10, 100)),
+    (ds.ScoreSdeVp(beta_min=0.5, beta_max=10.0, sampling_eps=1e-2), (3, 25)),
     (ds.KarrasVe(), (2, 3, 10, 50)),
     (ds.KarrasVe(sigma_min=0.1, sigma_max=5.0, s_churn=3.0, s_min=0.5, s_max=4.0), (2, 6, 25)),
     (ds.KarrasVe(sigma_max=10.0, s_churn=0.0, s_noise=1.0), (4, 12)),
@@ -310,6 +329,9 @@ def compare(sched, n, dtype, init_options=None, float64=True):
     if name == "ScoreSdeVeScheduler":
         seen, theirs = run_score_sde_ve(config, n, x, model, noises, float64)
         ours_noises = noises
+    elif name == "ScoreSdeVpScheduler":
+        seen, theirs = run_score_sde_vp(config, n, x, model, noises, float64)
+        ours_noises = noises
     elif name == "CogVideoXDPMScheduler":
         seen, theirs = run_cogvideox_dpm(config, n, x, model, noises, float64)
         ours_noises = noises
@@ -356,7 +378,7 @@ def test_parity_float32(sched, n):
 NEW_CLASSES = (
     ds.ScoreSdeVe, ds.KarrasVe, ds.DDPMWuerstchen, ds.UnCLIP, ds.CMStochasticIterative, ds.SCM,
     ds.DDIMParallel, ds.DDPMParallel, ds.CogVideoXDDIM, ds.CogVideoXDPM, ds.RePaint,
-    ds.ConsistencyDecoder,
+    ds.ConsistencyDecoder, ds.ScoreSdeVp,
 )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ MODULES = {
     # issue 18
     "ScoreSdeVeScheduler": "diffusers.schedulers.scheduling_sde_ve",
     "KarrasVeScheduler": "diffusers.schedulers.deprecated.scheduling_karras_ve",
+    "ScoreSdeVpScheduler": "diffusers.schedulers.deprecated.scheduling_sde_vp",
     "DDPMWuerstchenScheduler": "diffusers.schedulers.scheduling_ddpm_wuerstchen",
     "UnCLIPScheduler": "diffusers.schedulers.scheduling_unclip",
     "CMStochasticIterativeScheduler": "diffusers.schedulers.scheduling_consistency_models",

@@ -48,8 +48,10 @@ class FlowMapEuler(BaseScheduler):
     **The model's second time.** A flow-map model is called as û(x, t, r): at call i,
     t = ``timesteps[i]`` and r the next timestep (0 at the last call), which
     :meth:`r_timesteps` lists (diffusers' ``step(..., r_timestep=)``, defaulted to the
-    next timestep, as here). ``init(..., sigmas=[...])`` (N unshifted levels, the terminal
-    0 appended) or ``init(..., timesteps=[...])`` (N values σ T) give a custom grid, as
+    next timestep, as here); :meth:`step_between` is one call from any level to any
+    other (any-step sampling off the grid). ``init(..., sigmas=[...])`` (N unshifted
+    levels, the terminal 0 appended) or ``init(..., timesteps=[...])`` (N values σ T) give
+    a custom grid, as
     diffusers' ``set_timesteps``; the shift applies to both. ``init(..., strength=s)``:
     image-to-image, the first int(N - N s) calls skipped, as the flow img2img pipelines
     cut theirs (``add_noise``: diffusers' ``scale_noise`` at the first call run).
@@ -106,6 +108,13 @@ class FlowMapEuler(BaseScheduler):
         timestep, 0 at the last."""
         sig = self.grid(num_steps, **init_options)
         return sig[1:] * self.num_train_steps
+
+    @staticmethod
+    def step_between(sample: Any, output: Any, sigma_t: float, sigma_r: float) -> Any:
+        """(2) from any level σ_t to any σ_r in one call, x_r = x_t - (σ_t - σ_r) û: the
+        any-step sampling of a flow map off the loop's grid (diffusers' ``step`` with an
+        explicit ``r_timestep``); pure, no loop state (arrays of any backend)."""
+        return sample - (sigma_t - sigma_r) * output
 
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels of (1)."""

@@ -19,6 +19,17 @@ last predictor returns its mean (no z): that is what the pipeline returns.
 The corrector's step size depends on the model output and the noise: the one nonlinear
 operation of this method is outside the engine's x̂_0 slot, so :class:`ScoreSdeVe` scales
 the prediction by ε and the draw by sqrt(2 ε) before the engine's (linear) step.
+
+**Variance preserving** (:class:`ScoreSdeVp`): the VP SDE dx = -½ β(t) x dt + sqrt(β(t)) dw
+with β(t) = β_min + t (β_max - β_min) (eq. 11, the continuous DDPM), whose perturbation
+kernel has mean coefficient m(t) = exp(-¼ t² (β_max - β_min) - ½ t β_min) and standard
+deviation s(t) = sqrt(1 - m(t)²) (eq. 33); the model predicts ε, the score being -ε / s(t).
+Each call is one Euler-Maruyama step of the reverse SDE (eq. 6) from t_i = linspace(1, ε_s,
+N)[i] with dt = -1/N (diffusers' step: 1/N, not the grid's spacing):
+
+    x̄ = x - dt' (-½ β x + β ε / s),   x ← x̄ + sqrt(β dt') z,   dt' = 1/N,   β = β(t_i),
+
+the last call returning its mean x̄ (as the VE loop's).
 """
 
 from __future__ import annotations
@@ -29,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core import engine, ops
+from ..core import engine, ops, predictions
 from ..core.engine import OUTPUT, SAMPLE, Tableau
 from ..core.options import option
-from ..core.scheduler import BaseScheduler, document
+from ..core.scheduler import BaseScheduler, BrownianNoise, document
 from ..schedules import sigmas as sigma_schedules
 
 Array = Any
@@ -165,3 +176,78 @@ class ScoreSdeVe(BaseScheduler):
         m = ops.select(corrector, eps * m, m)
         z = ops.select(corrector, xp.sqrt(2.0 * eps) * z, z)
         return super().step(state, sample, m, noise=z)
+
+
+@document
+@dataclass(frozen=True, kw_only=True)
+class ScoreSdeVp(BrownianNoise, BaseScheduler):
+    """Euler-Maruyama sampling of the variance-preserving score SDE (Song et al. 2021).
+
+    First order; one model call per step; stochastic. diffusers: ``ScoreSdeVpScheduler``
+    (deprecated, no pipeline; its ``step_pred`` returns the sample and its mean). Not to be
+    confused with ``DDPM`` (the same SDE's ancestral discretisation on a trained table).
+
+    The model predicts ε at the continuous time t (``timesteps``: t_i from 1 down to
+    ``sampling_eps``); the loop starts from standard normal noise (the VP prior) and its
+    final sample is the last step's mean.
+    """
+
+    DIFFUSERS_CLASS = "ScoreSdeVpScheduler"
+    TRAINING_TIMESTEPS = False  # continuous t in [ε_s, 1]
+    PREDICTION_TYPES = ("noise",)
+    # diffusers' class reads num_train_timesteps only in __len__
+    INERT_KEYS = frozenset({"num_train_timesteps"})
+
+    beta_min: float = option(0.1, "β_min: β(0) of the linear β(t) (eq. 11)", "beta_min",
+                             low=0.0)  # fmt: skip
+    beta_max: float = option(20.0, "β_max: β(1) of the linear β(t) (eq. 11)", "beta_max",
+                             low=0.0)  # fmt: skip
+    sampling_eps: float = option(
+        1e-3, "ε_s: the loop's t runs from 1 down to ε_s", "sampling_eps", low=0.0, high=1.0,
+        low_open=True,
+    )  # fmt: skip
+    prediction_type: str = option("noise", "what the model predicts: noise (ε; the score is "
+                                  "-ε / s(t))", None, choices=PREDICTION_TYPES)  # fmt: skip
+
+    def _check(self) -> None:
+        if self.beta_min == 0 and self.beta_max == 0:
+            raise ValueError(
+                "ScoreSdeVp options beta_min and beta_max: at least one must be positive (β(t) "
+                "= 0 has no noise to remove), got beta_min=0.0, beta_max=0.0"
+            )
+
+    @property
+    def deterministic(self) -> bool:
+        return False
+
+    def times(self, num_steps: int) -> np.ndarray:
+        """t_i = linspace(1, ε_s, N), float64."""
+        ops.check_num_steps(num_steps)
+        return np.linspace(1.0, self.sampling_eps, num_steps)
+
+    def mean_coefficient(self, t: np.ndarray) -> np.ndarray:
+        """m(t) = exp(-¼ t² (β_max - β_min) - ½ t β_min) of x(t) = m x_0 + s ε (eq. 33)."""
+        return np.exp(-0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min)
+
+    def noise_levels(self, num_steps: int) -> tuple[float, float]:
+        t = self.times(num_steps)
+        return float(self.mean_coefficient(t[0]) ** 2), 1.0
+
+    def tableau(self, num_steps: int) -> Tableau:
+        t = self.times(num_steps)
+        m = self.mean_coefficient(t)
+        s = np.sqrt(-np.expm1(2.0 * np.log(m)))  # s(t) = sqrt(1 - m²)
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        dt = 1.0 / num_steps  # diffusers' |dt| (see the module)
+        noise = np.sqrt(beta * dt)
+        noise[-1] = 0.0  # the last step returns its mean
+        x0 = predictions.x0_coefficients("noise", m**2)
+        return Tableau(
+            timesteps=t,
+            x0_sample=x0.sample_coef,
+            x0_output=x0.prediction_coef,
+            update={(SAMPLE, 0): 1.0 + 0.5 * beta * dt, (OUTPUT, 0): -beta * dt / s},
+            noise=noise,
+            start=(float(m[0]), float(s[0])),
+            init_noise_sigma=1.0,
+        )
