@@ -823,6 +823,8 @@ class DiffusersScheduler:
             )
         if not return_dict:  # the tuple of diffusers' class: (prev_sample,) or with x̂_0
             return (prev,) if self._name in _ONE_OUTPUT else (prev, denoised)
+        if self._name == "TCDScheduler":  # diffusers' TCDSchedulerOutput's fields
+            return StepOutput(prev_sample=prev, pred_noised_sample=denoised)
         return SchedulerOutput(prev, denoised)
 
     def _on_loop(self, timestep: Any) -> bool:
@@ -1073,7 +1075,8 @@ class DiffusersScheduler:
 
     def _denoised(self, i: int, native: Any, model_output: Any, prev: Any) -> Any:
         """The call's x̂_0 from the method's conversion (None where it has none); LCM's
-        boundary-conditioned estimate (diffusers' ``denoised``)."""
+        boundary-conditioned estimate (diffusers' ``denoised``); TCD's x_s = sqrt(ᾱ_s) x̂_0
+        + sqrt(1 - ᾱ_s) ε̂ (diffusers' ``pred_noised_sample``)."""
         if tuple(model_output.shape) != tuple(native.shape):
             return None  # several predictions per call (Piflow): no one x̂_0
         tab = self._columns()
@@ -1090,6 +1093,14 @@ class DiffusersScheduler:
             on_x0, on_x = tab.column((engine.X0, 0))[i], tab.column((engine.SAMPLE, 0))[i]
             root = math.sqrt(1.0 - float(tab.column_noise()[i]) ** 2)
             x0 = (on_x0 / root) * x0 + (on_x / root) * native
+        elif self._name == "TCDScheduler":
+            # next = k x_s + sqrt(1 - k²) z, x_s linear in x̂_0, x and the output (eq. 1, 3)
+            fresh = 0.0 if tab.noise is None else float(tab.column_noise()[i])
+            root = math.sqrt(1.0 - fresh**2)
+            on_x0, on_x = tab.column((engine.X0, 0))[i], tab.column((engine.SAMPLE, 0))[i]
+            on_m = tab.column((engine.OUTPUT, 0))[i]
+            x = native.to(model_output.dtype)
+            x0 = (on_x0 / root) * x0 + (on_x / root) * x + (on_m / root) * model_output
         return x0.to(native.dtype)
 
     # -- noising a clean sample --------------------------------------------------------------
