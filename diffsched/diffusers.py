@@ -1742,6 +1742,17 @@ class _FlowMapLoop:
             self, model_output, timestep, sample, return_dict=return_dict, **kwargs
         )
 
+    def scale_noise(self, sample: Any, timestep: Any, noise: Any) -> Any:
+        """x_σ = (1 - σ) sample + σ noise (eq. 1 of :mod:`diffsched.methods.flow_map`) at
+        σ = t / T of each timestep, as diffusers' (on the grid or off it, before
+        ``set_timesteps`` too)."""
+        import torch
+
+        t = torch.as_tensor(timestep).to(device=sample.device, dtype=sample.dtype)
+        sigma = t / self._loop.num_train_steps
+        sigma = sigma.reshape(*sigma.shape, *([1] * (noise.ndim - sigma.ndim)))
+        return sigma * noise + (1.0 - sigma) * sample
+
     def _on_grid(self, timestep: Any) -> bool:
         try:
             self._index_of(timestep)

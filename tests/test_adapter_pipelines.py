@@ -676,3 +676,17 @@ def test_flow_map_any_step_sampling(shift):
     torch.testing.assert_close(ours.step(u, ts[2:3], x, r_timestep=ts[2:3]).prev_sample, x)
     with pytest.raises(ValueError, match="pass r_timestep"):
         ours.step(u, torch.tensor([777.7]), x)
+
+
+def test_flow_map_scale_noise_is_diffusers():
+    """FlowMapEuler's ``scale_noise`` reads σ = t / T of any timestep, as diffusers' (it
+    refused a timestep off the grid, and needed set_timesteps): the ends and a batch."""
+    sched = ds.FlowMapEuler(shift=5.0)
+    theirs, ours = peer.scheduler(sched.to_config(), float64=False), DiffusersScheduler(sched)
+    sample = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    for t in (torch.tensor([0.0]), torch.tensor([1000.0]), torch.tensor([777.7, 10.0, 0.0])):
+        torch.testing.assert_close(
+            ours.scale_noise(sample, t, noise), theirs.scale_noise(sample, t, noise)
+        )
+    torch.testing.assert_close(ours.scale_noise(sample, torch.tensor([0.0]), noise), sample)
