@@ -1945,10 +1945,10 @@ def _init_loop(scheduler: BaseScheduler) -> BaseScheduler:
     return scheduler.replace(**{k: v for k, v in _PLAIN_OPTIONS.items() if k in names})
 
 
-@functools.cache
-def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
-    """The loop over every training step (diffusers' schedule before ``set_timesteps``),
-    None where the method has no such loop."""
+def _of_training_loop(scheduler: BaseScheduler, what: str) -> Any:
+    """``program`` or ``tableau`` of the loop over every training step (diffusers' schedule
+    before ``set_timesteps``), built quietly; None where the method has no such loop or
+    refuses it."""
     steps = getattr(scheduler, "num_train_steps", None)
     if not isinstance(steps, int):
         return None
@@ -1957,8 +1957,17 @@ def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            program = _init_loop(scheduler).program(steps)
+            return getattr(_init_loop(scheduler), what)(steps)
     except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
+        return None
+
+
+@functools.cache
+def _training_loop(scheduler: BaseScheduler) -> engine.Program | None:
+    """The loop over every training step (diffusers' schedule before ``set_timesteps``),
+    None where the method has no such loop."""
+    program = _of_training_loop(scheduler, "program")
+    if program is None:
         return None
     return program if np.isfinite(program.init_noise_scale * program.input_scale[0]) else None
 
@@ -1967,17 +1976,8 @@ def _training_timesteps(scheduler: BaseScheduler) -> np.ndarray | None:
     """The timesteps of the loop over every training step where that loop itself is
     refused (a zero-SNR ε-model's first call has no x̂_0): diffusers' classes still list
     them; a step there gives the refusal. None where the method has no such loop."""
-    steps = getattr(scheduler, "num_train_steps", None)
-    if not isinstance(steps, int):
-        return None
-    import warnings
-
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            return np.asarray(_init_loop(scheduler).tableau(steps).timesteps)
-    except (ValueError, TypeError, NotImplementedError, ZeroDivisionError):
-        return None
+    tab = _of_training_loop(scheduler, "tableau")
+    return None if tab is None else np.asarray(tab.timesteps)
 
 
 @functools.cache

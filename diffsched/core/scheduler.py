@@ -895,6 +895,22 @@ class X0Processing(Clipping):
     )  # fmt: skip
 
 
+def given_timesteps(values: Any, num_train_steps: int, name: str = "timesteps") -> np.ndarray:
+    """Custom training timesteps (``init(..., timesteps=[...])`` of DDPM, the consistency
+    models): integers, strictly decreasing, in [0, T); int64, or a clear error."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        raise ValueError(f"{name} must be a non-empty list of integers, got: {values!r}")
+    if np.any(np.diff(arr) >= 0):
+        raise ValueError(f"{name} must be strictly decreasing, got: {arr.tolist()}")
+    if arr[0] >= num_train_steps or arr[-1] < 0:  # (before the cast: no overflow)
+        raise ValueError(
+            f"{name} must lie in [0, {num_train_steps - 1}] (num_train_steps="
+            f"{num_train_steps}), got: {arr.tolist()}"
+        )
+    return arr.astype(np.int64)
+
+
 def spaced_timesteps(sched: Any, num_steps: int) -> np.ndarray:
     """The N training timesteps of an N-step loop of ``sched`` (a :class:`Spacing`)."""
     from ..schedules import spacing

@@ -51,7 +51,14 @@ import numpy as np
 from ..core import ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Clipping, document
+from ..core.scheduler import (
+    MAX_TRAIN_STEPS,
+    BaseScheduler,
+    BrownianNoise,
+    Clipping,
+    document,
+    given_timesteps,
+)
 from ..schedules import betas as beta_schedules
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
@@ -125,15 +132,7 @@ class CMStochasticIterative(BrownianNoise, BaseScheduler):
                     f"got: {num_steps}"
                 )
             return np.arange(num_steps)[::-1] * (self.num_train_steps // num_steps)
-        arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
-        if np.any(np.diff(arr) >= 0) or arr[0] >= self.num_train_steps or arr[-1] < 0:
-            raise ValueError(
-                f"timesteps must be strictly decreasing in [0, {self.num_train_steps - 1}], "
-                f"got: {arr.tolist()}"
-            )
-        return arr.astype(np.int64)
+        return given_timesteps(timesteps, self.num_train_steps)
 
     def _grid(self, num_steps: int | None, timesteps: Any = None, strength: float = 1.0):
         """(c_noise timesteps, σ's float32 with σ_min appended, the first call run)."""
@@ -338,21 +337,11 @@ class ConsistencyDecoder(BrownianNoise, BaseScheduler):
                 )
             i = np.arange(1, num_steps)
             rest = np.floor(1024 * (num_steps - i) / num_steps)
-            arr = np.append(float(self.FIRST_TIMESTEP), rest)
-            name = "the decoder's timesteps"
-        else:
-            if num_steps is not None:
-                raise ValueError("pass num_steps=None with custom timesteps=")
-            arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-            name = "timesteps"
-        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
-        if np.any(np.diff(arr) >= 0) or arr[0] >= self.num_train_steps or arr[-1] < 0:
-            raise ValueError(
-                f"{name} must be strictly decreasing in [0, {self.num_train_steps - 1}] "
-                f"(num_train_steps={self.num_train_steps}), got: {arr.astype(int).tolist()}"
-            )
-        return arr.astype(np.int64)
+            grid = np.append(float(self.FIRST_TIMESTEP), rest)
+            return given_timesteps(grid, self.num_train_steps, "the decoder's timesteps")
+        if num_steps is not None:
+            raise ValueError("pass num_steps=None with custom timesteps=")
+        return given_timesteps(timesteps, self.num_train_steps)
 
     def program(self, num_steps: int | None, **init_options: Any):
         if init_options.get("timesteps") is not None:  # a custom grid sets N

@@ -46,6 +46,7 @@ from ..core.scheduler import (
     X0Processing,
     ZeroTerminalSNR,
     document,
+    given_timesteps,
     spaced_timesteps,
 )
 from ..schedules import betas as beta_schedules
@@ -56,9 +57,30 @@ FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large
 MIN_POSTERIOR_VARIANCE = 1e-20  # diffusers' floor of β̃_t
 
 
+class LearnedPosteriorVariance(VarianceChannels):
+    """:class:`~diffsched.core.scheduler.VarianceChannels` for the posterior draw of eq. 7
+    (DDPM, UnCLIP): the learned σ_t of eq. 15 scales the call's draw, from per-call columns
+    the loop's table carries (``learned_variance_columns``; the class's ``_levels`` gives
+    the stride's ᾱ_t, ᾱ_{t'})."""
+
+    USES_LEARNED_VARIANCE = True
+
+    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
+        program = super()._compile(num_steps, init_options)  # type: ignore[misc]
+        if not self.learns_variance:
+            return program
+        ts, a_t, a_prev = self._levels(num_steps, **init_options)  # type: ignore[attr-defined]
+        return engine.with_columns(program, learned_variance_columns(ts, a_t, a_prev))
+
+    def learned_noise(self, state, sample, variance, noise):
+        return posterior_noise(self, state, sample, variance, noise)
+
+
 @document
 @dataclass(frozen=True, kw_only=True)
-class DDPM(VarianceChannels, BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler):
+class DDPM(
+    LearnedPosteriorVariance, BrownianNoise, X0Processing, Spacing, ZeroTerminalSNR, Scheduler
+):
     """Denoising diffusion probabilistic models: ancestral sampling (Ho et al. 2020).
 
     First order; one model call per step; stochastic (no noise at timestep 0). diffusers:
@@ -102,23 +124,10 @@ class DDPM(VarianceChannels, BrownianNoise, X0Processing, Spacing, ZeroTerminalS
     def deterministic(self) -> bool:
         return False
 
-    USES_LEARNED_VARIANCE = True
-
     def _timesteps(self, num_steps: int, timesteps: Any = None) -> np.ndarray:
         if timesteps is None:
             return spaced_timesteps(self, num_steps)
-        arr = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-        if arr.size < 1 or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"timesteps must be a non-empty list of integers, got: {timesteps!r}")
-        ts = arr.astype(np.int64)
-        if np.any(np.diff(ts) >= 0):
-            raise ValueError(f"timesteps must be strictly decreasing, got: {ts.tolist()}")
-        if ts[0] >= self.num_train_steps or ts[-1] < 0:
-            raise ValueError(
-                f"timesteps must lie in [0, {self.num_train_steps - 1}] "
-                f"(num_train_steps={self.num_train_steps}), got: {ts.tolist()}"
-            )
-        return ts
+        return given_timesteps(timesteps, self.num_train_steps)
 
     def _levels(self, num_steps: int, timesteps: Any = None, strength: float = 1.0):
         """(timesteps, ᾱ_t, ᾱ_{t'}): each step goes to the next timestep of the loop."""
@@ -135,16 +144,6 @@ class DDPM(VarianceChannels, BrownianNoise, X0Processing, Spacing, ZeroTerminalS
     def tableau(self, num_steps: int, timesteps: Any = None, strength: float = 1.0) -> Tableau:
         ts, a_t, a_prev = self._levels(num_steps, timesteps, strength)
         return posterior_tableau(self.prediction_type, self.variance_type, ts, a_t, a_prev)
-
-    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
-        program = super()._compile(num_steps, init_options)
-        if not self.learns_variance:
-            return program
-        ts, a_t, a_prev = self._levels(num_steps, **init_options)
-        return engine.with_columns(program, learned_variance_columns(ts, a_t, a_prev))
-
-    def learned_noise(self, state, sample, variance, noise):
-        return posterior_noise(self, state, sample, variance, noise)
 
 
 def posterior_tableau(

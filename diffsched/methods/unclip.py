@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import engine, ops, predictions
+from ..core import ops, predictions
 from ..core.engine import Tableau
 from ..core.options import option, with_default
 from ..core.scheduler import (
@@ -28,19 +28,18 @@ from ..core.scheduler import (
     BaseScheduler,
     BrownianNoise,
     Clipping,
-    VarianceChannels,
     document,
 )
 from ..schedules import betas as beta_schedules
 from ._img2img import first_call
-from .ddpm import learned_variance_columns, posterior_noise, posterior_tableau
+from .ddpm import LearnedPosteriorVariance, posterior_tableau
 
 VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 
 
 @document
 @dataclass(frozen=True, kw_only=True)
-class UnCLIP(VarianceChannels, BrownianNoise, Clipping, BaseScheduler):
+class UnCLIP(LearnedPosteriorVariance, BrownianNoise, Clipping, BaseScheduler):
     """unCLIP's ancestral sampler (Ramesh et al. 2022): DDPM on timesteps spread over the
     whole training range.
 
@@ -76,8 +75,6 @@ class UnCLIP(VarianceChannels, BrownianNoise, Clipping, BaseScheduler):
     )  # fmt: skip
     clip_denoised_sample: bool = with_default(Clipping, "clip_denoised_sample", True)
 
-    USES_LEARNED_VARIANCE = True
-
     @property
     def deterministic(self) -> bool:
         return False
@@ -107,13 +104,3 @@ class UnCLIP(VarianceChannels, BrownianNoise, Clipping, BaseScheduler):
     def tableau(self, num_steps: int, strength: float = 1.0) -> Tableau:
         ts, a_t, a_prev = self._levels(num_steps, strength)
         return posterior_tableau(self.prediction_type, self.variance_type, ts, a_t, a_prev)
-
-    def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
-        program = super()._compile(num_steps, init_options)
-        if not self.learns_variance:
-            return program
-        ts, a_t, a_prev = self._levels(num_steps, **init_options)
-        return engine.with_columns(program, learned_variance_columns(ts, a_t, a_prev))
-
-    def learned_noise(self, state, sample, variance, noise):
-        return posterior_noise(self, state, sample, variance, noise)
