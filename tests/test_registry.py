@@ -107,3 +107,26 @@ def test_the_comfyui_page_maps_every_sampler_name_to_its_class():
     for name in ds.comfy.SAMPLERS:
         cls = type(ds.from_comfy(name)).__name__
         assert cls in rows[name] or "without `_cfg_pp`" in rows[name], (name, cls)
+
+
+# diffusers' scheduler classes that are not ours, and why (the README says so)
+NOT_OURS = {
+    "AmusedScheduler": "discrete tokens",
+    "BlockRefinementScheduler": "discrete tokens",
+    "DiscreteDDIMScheduler": "discrete tokens",
+    "EntropyBoundScheduler": "discrete tokens",
+    "VQDiffusionScheduler": "discrete tokens",
+    "RFD4ProteinaScheduler": "protein-specific",
+}
+
+
+def test_every_continuous_state_diffusers_class_is_ours():
+    """Every scheduler class diffusers exports is one of ours, but the discrete-token ones
+    and RFD4Proteina (the README's claim; a new diffusers class fails here)."""
+    schedulers = pytest.importorskip("diffusers.schedulers")
+    theirs = {n for n in dir(schedulers) if n.endswith("Scheduler") and n[0].isupper()}
+    theirs -= {"KarrasDiffusionSchedulers"}  # an enum of names, not a class
+    assert theirs - set(ds.SCHEDULERS) == set(NOT_OURS)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in NOT_OURS:
+        assert name.removesuffix("Scheduler") in readme, name
