@@ -862,11 +862,11 @@ class DiffusersScheduler:
             x0 = loop._process(x0, True)
         return out, x0.to(sample.dtype)
 
-    def _check_tensors(self, **arrays: Any) -> None:
+    def _check_tensors(self, call: str = "step", /, **arrays: Any) -> None:
         for what, arr in arrays.items():
             if not hasattr(arr, "device") or not hasattr(arr, "detach"):
                 raise TypeError(
-                    f"step() of {self._name}: {what} must be a torch.Tensor (a diffusers "
+                    f"{call}() of {self._name}: {what} must be a torch.Tensor (a diffusers "
                     f"pipeline's), got {type(arr).__name__}; use the scheduler itself "
                     "(init / step) for NumPy or JAX arrays"
                 )
@@ -1313,7 +1313,7 @@ class _KarrasVeLoop:
         its x̂_0 come from the state (``sample_hat`` and ``derivative`` are not read)."""
         import torch
 
-        self._check_tensors(model_output=model_output, sample_prev=sample_prev)
+        self._check_tensors("step_correct", model_output=model_output, sample_prev=sample_prev)
         i = self._step_index
         if i is None or i % 2 == 0:
             raise RuntimeError("KarrasVe: step_correct must follow step")
@@ -1380,7 +1380,7 @@ class _ScoreSdeVeLoop:
         self, model_output: Any, sample: Any, generator: Any = None, return_dict: bool = True
     ) -> Any:
         """A Langevin corrector call (Alg. 4)."""
-        self._check_tensors(model_output=model_output, sample=sample)
+        self._check_tensors("step_correct", model_output=model_output, sample=sample)
         self._require_program()
         i = self._step_index or 0
         if i % (self._loop.correct_steps + 1) == self._loop.correct_steps:
@@ -1403,7 +1403,7 @@ class _ScoreSdeVeLoop:
         """The reverse-diffusion predictor call (Alg. 2)."""
         import torch
 
-        self._check_tensors(model_output=model_output, sample=sample)
+        self._check_tensors("step_pred", model_output=model_output, sample=sample)
         self._require_program()
         i = self._step_index or 0
         calls = self._loop.correct_steps + 1
@@ -1442,7 +1442,7 @@ class _ScoreSdeVpLoop:
         """One Euler-Maruyama step of the reverse SDE: (the next sample, its mean)."""
         import torch
 
-        self._check_tensors(score=score, x=x)
+        self._check_tensors("step_pred", score=score, x=x)
         self._require_program()
         i = self._call_index(t)
         z = _randn(tuple(x.shape), generator, layout=x.layout, device=x.device, dtype=x.dtype)
@@ -1748,6 +1748,7 @@ class _FlowMapLoop:
         ``set_timesteps`` too)."""
         import torch
 
+        self._check_tensors("scale_noise", sample=sample, noise=noise)
         t = torch.as_tensor(timestep).to(device=sample.device, dtype=sample.dtype)
         sigma = t / self._loop.num_train_steps
         sigma = sigma.reshape(*sigma.shape, *([1] * (noise.ndim - sigma.ndim)))

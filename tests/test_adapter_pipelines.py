@@ -690,3 +690,14 @@ def test_flow_map_scale_noise_is_diffusers():
             ours.scale_noise(sample, t, noise), theirs.scale_noise(sample, t, noise)
         )
     torch.testing.assert_close(ours.scale_noise(sample, torch.tensor([0.0]), noise), sample)
+
+
+def test_protocol_methods_name_themselves_in_type_errors():
+    """A non-tensor given to a protocol method is refused naming that method."""
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(TypeError, match=r"scale_noise\(\) of FlowMapEuler.*noise must be"):
+        DiffusersScheduler(ds.FlowMapEuler()).scale_noise(x, torch.tensor([1.0]), None)
+    vp = DiffusersScheduler(ds.ScoreSdeVp())
+    vp.set_timesteps(3)
+    with pytest.raises(TypeError, match=r"step_pred\(\) of ScoreSdeVp.*score must be"):
+        vp.step_pred(np.zeros((1, 3, 4, 4)), x, vp.timesteps[0])
