@@ -685,3 +685,22 @@ def test_zero_snr_clamp_refusal_names_the_rising_levels():
         assert np.isfinite(_loop(sched, 10, np.ones((1, 2, 2, 2)))).all()
     with pytest.raises(ValueError, match="cannot give x_0 at zero signal-to-noise"):
         ds.DDPM(rescale_betas_zero_snr=True).program(1000)
+
+
+def test_score_sde_vp_beta_is_bounded_and_its_largest_loop_is_finite_in_float32():
+    """The fuzzer's finding: ScoreSdeVp(beta_min=8.2e10) took the config and a finite model
+    gave inf (float32): the reverse drift grows the sample by up to exp(¼ (β_min + β_max))
+    without a score to pull it back. β is bounded at 100 (refused above, by name), and at
+    the bound every loop stays finite in float32 (3.5e20 at 1000 steps seen)."""
+    with pytest.raises(ValueError, match=r"beta_min must lie in \[0.0, 100.0\]"):
+        ds.ScoreSdeVp(beta_min=8.2e10)
+    with pytest.raises(ValueError, match="beta_max"):
+        ds.ScoreSdeVp(beta_max=101.0)
+    sched = ds.ScoreSdeVp(beta_min=100.0, beta_max=100.0)
+    for n in (1, 5, 100, 1000):
+        x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+        state, ts = sched.init(n, x, key=1)
+        y = x
+        for t in ts:
+            state, y = sched.step(state, y, np.tanh(0.7 * y + 1e-3 * float(t)))
+        assert y.dtype == np.float32 and np.isfinite(y).all(), n

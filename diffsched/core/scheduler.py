@@ -740,7 +740,8 @@ cached_program = _ProgramCache()
 _SCHEDULE_OPTIONS = frozenset({"beta_start", "beta_end", "beta_schedule", "trained_betas",
                                "rescale_betas_zero_snr", "linear_start", "linear_end",
                                "zsnr", "snr_shift_scale", "sigma_min", "sigma_max",
-                               "sigma_data", "rho", "shift", "flow_shift"})  # fmt: skip
+                               "sigma_data", "rho", "shift", "flow_shift", "beta_min",
+                               "beta_max"})  # fmt: skip
 _MAKERS: dict[int, str] = {}  # fingerprint -> the config, for the foreign-state error
 
 

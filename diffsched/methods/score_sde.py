@@ -178,6 +178,9 @@ class ScoreSdeVe(BaseScheduler):
         return super().step(state, sample, m, noise=z)
 
 
+MAX_BETA = 100.0  # the largest β(t) of the VP SDE (see ScoreSdeVp's options)
+
+
 @document
 @dataclass(frozen=True, kw_only=True)
 class ScoreSdeVp(BrownianNoise, BaseScheduler):
@@ -198,10 +201,13 @@ class ScoreSdeVp(BrownianNoise, BaseScheduler):
     # diffusers' class reads num_train_timesteps only in __len__
     INERT_KEYS = frozenset({"num_train_timesteps"})
 
+    # β ≤ 100: the reverse drift grows the sample by up to exp(¼ (β_min + β_max)) over the
+    # loop before the score pulls it back (e^50 here; 20 is the paper's β_max), which
+    # float32 holds
     beta_min: float = option(0.1, "β_min: β(0) of the linear β(t) (eq. 11)", "beta_min",
-                             low=0.0)  # fmt: skip
+                             low=0.0, high=MAX_BETA)  # fmt: skip
     beta_max: float = option(20.0, "β_max: β(1) of the linear β(t) (eq. 11)", "beta_max",
-                             low=0.0)  # fmt: skip
+                             low=0.0, high=MAX_BETA)  # fmt: skip
     sampling_eps: float = option(
         1e-3, "ε_s: the loop's t runs from 1 down to ε_s", "sampling_eps", low=0.0, high=1.0,
         low_open=True,
