@@ -44,7 +44,8 @@ Schedulers (:func:`scheduler_sigmas`, ComfyUI's ``calculate_sigmas``; N + 1 leve
 * ``linear_quadratic`` (Genmo's Mochi): 1 - (a linear ramp for N//2 steps to 0.025, then a
   quadratic to 1), times σ_max;
 * ``kl_optimal`` (Zheng et al. 2024 / A1111): σ_i = tan((1 - i/(N-1)) atan σ_max + i/(N-1)
-  atan σ_min).
+  atan σ_min); one step is σ_max, then 0 (as ComfyUI since its fix of the 0/0 there; the
+  oracle's older ComfyUI gives NaN).
 
 :func:`ksampler_sigmas` adds what ComfyUI's ``KSampler`` does around them:
 DISCARD_PENULTIMATE (dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2 ask for N + 1 steps and drop
@@ -464,13 +465,10 @@ def linear_quadratic(
 
 
 def kl_optimal(steps: int, sigma_min: float, sigma_max: float) -> np.ndarray:
-    """σ_i = tan((1 - i/(N-1)) atan σ_max + i/(N-1) atan σ_min), then 0 (needs N >= 2:
-    ComfyUI gives NaN for one step)."""
-    if steps < 2:
-        raise ValueError(
-            f"the kl_optimal schedule needs at least 2 steps (ComfyUI returns NaN for 1), got: "
-            f"{steps}"
-        )
+    """σ_i = tan((1 - i/(N-1)) atan σ_max + i/(N-1) atan σ_min), then 0; one step is
+    σ_max, then 0 (i/(N-1) read as 0: ComfyUI's fix of its NaN there)."""
+    if steps == 1:
+        return _with_zero([sigma_max])
     w = np.arange(steps, dtype=np.float64) / (steps - 1)
     return _with_zero(np.tan(w * math.atan(sigma_min) + (1 - w) * math.atan(sigma_max)))
 
