@@ -29,6 +29,7 @@ SD15 = {**SD, "timesteps_offset": 1}  # Stable Diffusion 1.5's scheduler config
 TRAINED = tuple(float(b) for b in np.linspace(0.0001 ** (1 / 3), 0.02 ** (1 / 3), 1000) ** 3)
 THRESHOLD = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
 SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
+ZERO_SNR = {"rescale_betas_zero_snr": True, "prediction_type": "angular_velocity"}
 D = DPMSolverMultistep
 INV = DPMSolverMultistepInverse
 
@@ -73,6 +74,10 @@ FORWARD_CASES = [
         (1, 10, 30),
     ),
     (D(num_train_steps=500, beta_end=0.03, timestep_spacing="leading"), (1, 25, 499)),
+    # zero terminal SNR re-gridded: σ_max is the clamped σ_{T-1} = 4096, below σ_{T-2}, and
+    # diffusers maps it to timestep T - 1 (the last training level at or below it)
+    (D(**ZERO_SNR, use_karras_sigmas=True, **SIGMA_MIN), (5, 20)),
+    (D(**ZERO_SNR, use_exponential_sigmas=True, algorithm_type="sde-dpmsolver++"), (7,)),
 ]
 INVERSE_CASES = [
     (INV(), (1, 2, 3, 10, 25)),
@@ -87,6 +92,9 @@ INVERSE_CASES = [
     (INV(beta_schedule="squared_cosine", lambda_min_clipped=-5.1, solver_order=3), (2, 25)),
     (INV(trained_betas=TRAINED, prediction_type="flow"), (6,)),
     (INV(num_train_steps=500, beta_end=0.03), (1, 30)),
+    # beta levels whose fractional timesteps truncate to one integer (998, 998, 998):
+    # diffusers keeps every level (its repeats are dropped before the cast)
+    (INV(beta_schedule="squared_cosine", use_beta_sigmas=True, solver_order=2), (5,)),
 ]
 
 

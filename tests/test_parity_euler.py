@@ -17,6 +17,7 @@ import diffsched as ds
 SD = {"beta_schedule": "quadratic", "beta_start": 0.00085, "beta_end": 0.012}
 TRAINED = tuple(float(b) for b in np.linspace(0.0001 ** (1 / 3), 0.02 ** (1 / 3), 1000) ** 3)
 CHURN = {"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 20.0, "s_noise": 1.003}
+ZERO_SNR = {"rescale_betas_zero_snr": True, "prediction_type": "angular_velocity"}
 
 EULER_CASES = [
     (ds.Euler(), (1, 2, 10, 50, 1000)),
@@ -51,6 +52,11 @@ EULER_CASES = [
     (ds.Euler(**CHURN, prediction_type="angular_velocity", use_karras_sigmas=True), (6, 40)),
     (ds.Euler(s_churn=1.0, prediction_type="sample"), (10,)),
     (ds.Euler(num_train_steps=500, beta_end=0.03), (1, 25, 500)),
+    # zero terminal SNR re-gridded: σ_max = 4096 (the clamped σ_{T-1}, below σ_{T-2}) is
+    # timestep T - 1 for diffusers, the last training level at or below it
+    (ds.Euler(**ZERO_SNR, use_karras_sigmas=True), (5, 30)),
+    (ds.Euler(**ZERO_SNR, use_exponential_sigmas=True, final_sigmas_type="sigma_min"), (4,)),
+    (ds.Euler(**ZERO_SNR, use_beta_sigmas=True, interpolation_type="log_linear"), (6,)),
 ]
 ANCESTRAL_CASES = [
     (ds.EulerAncestral(), (1, 2, 10, 50, 1000)),

@@ -62,6 +62,8 @@ CASES = [
     (U(beta_schedule="squared_cosine", timestep_spacing="leading", timesteps_offset=2), (3, 14)),
     (U(trained_betas=TRAINED, solver_order=3), (3, 20)),
     (U(**ZERO_SNR), (1, 5, 20)),
+    # re-gridded zero SNR: σ_max = 4096 (the clamped σ_{T-1}) is timestep T - 1
+    (U(**{**ZERO_SNR, "timestep_spacing": "linspace"}, use_karras_sigmas=True), (6,)),
     (U(**SD, **THRESHOLD, prediction_type="sample"), (2, 12)),
     (U(**THRESHOLD, predict_x0=False, **SIGMA_MIN), (6,)),  # diffusers: no thresholding in ε
     (U(num_train_steps=500, beta_end=0.03, timestep_spacing="trailing"), (1, 25, 500)),

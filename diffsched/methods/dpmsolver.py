@@ -548,7 +548,9 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
     to σ_{T-1} (:func:`~diffsched.schedules.solver_grid.solver_grid` with ``reverse``).
     diffusers drops repeated timesteps but not their levels, so that after a repeat every
     call reads the level of the call before; here a repeated timestep is dropped with its
-    level. The stochastic variants are rejected: their noise variance σ_t² (1 - e^{-2h}) is
+    level. (Exponential and beta levels are kept whole, as diffusers keeps them: their
+    fractional timesteps never repeat, though two may truncate to one integer.) The
+    stochastic variants are rejected: their noise variance σ_t² (1 - e^{-2h}) is
     negative for h < 0 (diffusers returns NaN). So are flow levels (``use_flow_sigmas``):
     diffusers' inverse flow grid descends, sampling instead of inverting.
     """
@@ -580,7 +582,12 @@ class DPMSolverMultistepInverse(_DPMSolverBase):
             sigma_schedule=self._grid_kind(use_lu_lambdas=False), final_sigma="last",
             lambda_min_clipped=self.lambda_min_clipped, reverse=True,
         )  # fmt: skip
-        _, first = np.unique(grid.timesteps, return_index=True)
+        # diffusers drops a repeat of its timesteps before their cast to integers: the
+        # rounded Karras / spaced ones, but the fractional t of exponential and beta levels
+        # (distinct, each level kept, though two may truncate to one integer timestep)
+        kind = self._grid_kind(use_lu_lambdas=False)
+        key = grid.timesteps if kind in (None, "karras") else grid.sigmas[:-1]
+        _, first = np.unique(key, return_index=True)
         keep = np.sort(first)
         if len(keep) < len(grid.timesteps):  # a repeated timestep goes with its level
             levels = np.append(grid.sigmas[keep], grid.sigmas[-1])

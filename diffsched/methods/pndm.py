@@ -110,7 +110,7 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
 
     def _full_plan(self, num_steps: int) -> list[Call]:
         ops.check_num_steps(num_steps)
-        minimum = 2 if self.reduce_warmup else 4
+        minimum = 1 if self.reduce_warmup else 4
         if num_steps < minimum:
             warmup = "reduce_warmup=True" if self.reduce_warmup else "the Runge-Kutta warm-up"
             raise ValueError(
@@ -118,8 +118,8 @@ class PNDM(Spacing, FinalAlpha, Scheduler):
             )
         ts = spaced_timesteps(self, num_steps)
         delta = self.num_train_steps // num_steps
-        if self.reduce_warmup:
-            return _multistep_calls([ts[0], ts[1], *ts[1:]], delta, reduced=True)
+        if self.reduce_warmup:  # one step: a single call, no improved-Euler redo
+            return _multistep_calls([ts[0], *ts[1:2], *ts[1:]], delta, reduced=True)
         # three Runge-Kutta steps (12 calls) whose first outputs seed the history
         prk = []
         for i in range(3):  # each from t to t - δ: at t, twice at the midpoint, at t - δ

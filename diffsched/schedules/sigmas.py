@@ -62,8 +62,12 @@ def sigma_to_t(sigmas: np.ndarray, log_train_sigmas: np.ndarray) -> np.ndarray:
     n = log_train_sigmas.shape[0]
     if n == 1:  # one training level: every σ is at its timestep, 0
         return np.zeros_like(log_sigma)
-    # index of the last training level at or below each log σ (levels ascend in t)
-    low = np.searchsorted(log_train_sigmas, log_sigma, side="right") - 1
+    # index of the last training level at or below each log σ, as diffusers' rule: the
+    # levels ascend in t except, under zero terminal SNR, the clamped last one (σ_{T-1} =
+    # 4096 below σ_{T-2}), so search the suffix minima (non-decreasing; equal to the levels
+    # where they ascend): the last i with min(levels[i:]) <= log σ is the last level <= it
+    floor = np.minimum.accumulate(log_train_sigmas[::-1])[::-1]
+    low = np.searchsorted(floor, log_sigma, side="right") - 1
     low = np.clip(low, 0, n - 2)
     lo, hi = log_train_sigmas[low], log_train_sigmas[low + 1]
     span = lo - hi
