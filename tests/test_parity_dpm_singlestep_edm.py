@@ -58,6 +58,16 @@ SINGLESTEP_CASES = [
     (S(num_train_steps=2000, solver_order=3), (1000,)),  # 1000 points of a linspace over T
     (S(num_train_steps=500, beta_end=0.03), (1, 500)),
     (S(prediction_type="flow"), (6,)),  # diffusers' x̂_0 = x - σ v on a variance-preserving grid
+    # a v model on flow levels in the ε form: diffusers' ε̂ = σ x + α v (α = 1 - σ there)
+    (
+        S(
+            use_flow_sigmas=True,
+            prediction_type="angular_velocity",
+            algorithm_type="dpmsolver",
+            **SIGMA_MIN,
+        ),
+        (3, 8),
+    ),
 ]
 EDM_CASES = [
     (E(), (1, 2, 3, 10, 14, 15, 25)),

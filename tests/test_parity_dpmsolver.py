@@ -64,6 +64,16 @@ FORWARD_CASES = [
     (D(use_flow_sigmas=True, prediction_type="flow", **THRESHOLD), (8,)),
     (D(use_flow_sigmas=True, algorithm_type="sde-dpmsolver++", prediction_type="flow"), (9,)),
     (D(**SD, prediction_type="flow"), (6,)),  # x̂_0 = x - σ v with the grid's σ, as diffusers
+    # a v model on flow levels in the ε form: diffusers' ε̂ = σ x + α v (α = 1 - σ there)
+    (
+        D(
+            use_flow_sigmas=True,
+            prediction_type="angular_velocity",
+            algorithm_type="dpmsolver",
+            **SIGMA_MIN,
+        ),
+        (2, 9),
+    ),
     (
         D(
             **SD,

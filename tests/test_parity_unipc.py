@@ -56,6 +56,11 @@ CASES = [
     (U(predict_x0=False, **SIGMA_MIN), (1, 5, 20)),
     (U(predict_x0=False, solver_type="bh1", **SIGMA_MIN, prediction_type="sample"), (4, 16)),
     (U(predict_x0=False, solver_order=3, **SIGMA_MIN, prediction_type="angular_velocity"), (9,)),
+    # a v model on flow levels in the ε form: diffusers' ε̂ = σ x + α v (α = 1 - σ there)
+    (
+        U(use_flow_sigmas=True, predict_x0=False, prediction_type="angular_velocity", **SIGMA_MIN),
+        (5,),
+    ),
     (U(**SD, use_karras_sigmas=True, prediction_type="sample"), (2, 10, 30)),
     (U(**SD, use_exponential_sigmas=True, sigma_min=0.05, sigma_max=10.0, **SIGMA_MIN), (2, 12)),
     (U(use_beta_sigmas=True, solver_order=3), (2, 12)),

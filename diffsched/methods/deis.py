@@ -135,5 +135,6 @@ class DEIS(Thresholding, SolverGridLevels, SigmaGrid, Spacing, Scheduler):
         tab = multistep_tableau(
             grid, orders, prediction_type=self.prediction_type, data=False,
             second="taylor", third="taylor", processes_x0=self.processes_x0,
+            direct_velocity=False,  # diffusers' DEIS forms ε̂ from x̂_0, for v models too
         )  # fmt: skip
         return restarted_on_grid(tab, grid, cut)

@@ -392,13 +392,15 @@ def multistep_tableau(
     stochastic: bool = False,
     processes_x0: bool = False,
     sde_third: str = "diffusers",
+    direct_velocity: bool = True,
 ) -> Tableau:
     """The tableau of eq. 3-7 over ``grid`` with the given order at each call.
 
     ``data``: the x̂_0 form (2) (else the ε form (1), ε̂ formed from x̂_0 at the call's
     level, after thresholding when ``processes_x0``); ``second`` / ``third``: the weights
     c_1 (of second-order steps) and c_2 (see :mod:`._dpm_solver_coefficients`); ``sde_third``
-    the c_2 of the stochastic x̂_0 form (eq. 6): ``diffusers``, ``reference`` or ``taylor``.
+    the c_2 of the stochastic x̂_0 form (eq. 6): ``diffusers``, ``reference`` or ``taylor``;
+    ``direct_velocity``: the ε form's ε̂ of a v model (:func:`~.kit.noise_estimate`).
     """
     ts, sig = grid.timesteps, grid.sigmas
     n = len(ts)
@@ -412,7 +414,10 @@ def multistep_tableau(
     if data:
         estimate = data_estimate(n)
     else:
-        estimate = noise_estimate(prediction_type, alpha[:n], level, from_x0=processes_x0)
+        estimate = noise_estimate(
+            prediction_type, alpha[:n], level, from_x0=processes_x0,
+            direct_velocity=direct_velocity,
+        )  # fmt: skip
     keep, rows, noise = multistep_rows(
         alpha, sigma, lam, orders, data=data, second=second, third=third,
         stochastic=stochastic, sde_third=sde_third,

@@ -226,8 +226,9 @@ class DPMSolverSinglestep(
             estimate = data_estimate(n)
         else:
             estimate = noise_estimate(
-                self.prediction_type, alpha[:n], sigma[:n], from_x0=self.thresholding
-            )
+                self.prediction_type, alpha[:n], sigma[:n], from_x0=self.thresholding,
+                direct_velocity=True,
+            )  # fmt: skip
         # diffusers lowers a group's order where its first calls were not run (a cut)
         orders = [min(k, j - cut + 1) for j, k in enumerate(self._orders(n))]
 

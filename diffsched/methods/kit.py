@@ -199,7 +199,12 @@ def data_estimate(num_calls: int) -> Estimate:
 
 
 def noise_estimate(
-    prediction_type: str, alpha: np.ndarray, sigma: np.ndarray, *, from_x0: bool
+    prediction_type: str,
+    alpha: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    from_x0: bool,
+    direct_velocity: bool = False,
 ) -> Estimate:
     """m = ε̂ = (x - α x̂_0) / σ of x = α x_0 + σ ε (Lu et al. 2022a, eq. 3.4's noise
     prediction): the one conversion every exponential integrator of ε̂ uses.
@@ -207,6 +212,10 @@ def noise_estimate(
     ``from_x0``: formed from the call's x̂_0 operand, after thresholding (Saharia et al.
     2022), as diffusers does when it thresholds; else from the model output, x̂_0's linear
     form (:func:`~diffsched.core.predictions.x0_from_alpha_sigma`) substituted.
+    ``direct_velocity``: a v model's ε̂ = σ x + α v (Salimans & Ho 2022, from v = α ε - σ
+    x_0), as diffusers' DPM-Solver, UniPC and SA-Solver form it; on a variance-preserving
+    path (α² + σ² = 1) it is the same ε̂, on flow levels (α = 1 - σ) it is not, and a v
+    model on flow levels is diffusers' configuration, kept for parity.
     """
     alpha = np.asarray(alpha, np.float64)
     sigma = np.asarray(sigma, np.float64)
@@ -214,6 +223,8 @@ def noise_estimate(
     with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: no ε̂ (the step never uses it)
         if from_x0:
             return Estimate(1.0 / sigma, zeros, -alpha / sigma)
+        if direct_velocity and prediction_type == "angular_velocity":
+            return Estimate(sigma + zeros, alpha + zeros, zeros)
         eps = predictions.noise_from_alpha_sigma(prediction_type, alpha, sigma)
     return Estimate(
         np.asarray(eps.sample_coef, np.float64) + zeros, eps.prediction_coef + zeros, zeros

@@ -347,8 +347,9 @@ class SASolver(VarianceChannels, BrownianNoise, SigmaGrid, Spacing, Scheduler):
             estimate = data_estimate(n_calls)
         else:
             estimate = noise_estimate(
-                self.prediction_type, alpha[:n_calls], sigma[:n_calls], from_x0=self.thresholding
-            )
+                self.prediction_type, alpha[:n_calls], sigma[:n_calls], from_x0=self.thresholding,
+                direct_velocity=True,
+            )  # fmt: skip
         rows = [{j: weight[n, j] for j in range(min(lags, n + 1))} for n in range(n_calls)]
         update = exponential_multistep(keep, rows, estimate)
         x0 = predictions.x0_from_alpha_sigma(self.prediction_type, alpha[:n_calls], sigma[:n_calls])

@@ -285,7 +285,9 @@ class UniPC(Thresholding, SolverGridLevels, ZeroTerminalSNR, SigmaGrid, Spacing,
         if data:
             estimate = data_estimate(n)
         else:
-            estimate = noise_estimate(self.prediction_type, alpha[:n], sigma[:n], from_x0=False)
+            estimate = noise_estimate(
+                self.prediction_type, alpha[:n], sigma[:n], from_x0=False, direct_velocity=True
+            )
         keep, rows = np.zeros(n), [{} for _ in range(n)]
 
         def add_model(lag: int, j: int, value: float) -> None:
