@@ -104,7 +104,7 @@ import numpy as np
 from .core import engine
 from .core.config import _read as _read_config
 from .core.options import STEP_TIME, specs
-from .core.scheduler import BaseScheduler
+from .core.scheduler import BaseScheduler, Churn
 from .interop.config import from_config as _from_config
 
 # how the diffusers class finds the call a step is for (see the module docstring)
@@ -156,6 +156,9 @@ _DRAWS_AT_EVERY_CALL = frozenset(
         "CogVideoXDPMScheduler",  # also on the last call, to ᾱ = 1 (once; twice with history)
     }
 )
+# ... and of those, the ones that draw where the config adds no noise at all: SA-Solver
+# with τ = 0 still draws at every call (the generator's state after the loop is diffusers')
+_DRAWS_EVEN_DETERMINISTIC = frozenset({"SASolverScheduler"})
 # classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
 # read before set_timesteps (ConsistencyModelPipeline, ScoreSdeVePipeline); issue 18
 _SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset(
@@ -583,6 +586,7 @@ class DiffusersScheduler:
         self._host_timesteps = np.asarray(self._program.timesteps)
         self._tableau = None
         self._starts = {}
+        self._churn_masks: dict[int, np.ndarray] = {}
         self._state = None
 
     def _require_program(self) -> engine.Program:
@@ -906,7 +910,11 @@ class DiffusersScheduler:
         elif not brownian and (
             (program.stochastic and program.coefs[k, _NOISE] != 0)
             # drawn and unused, as diffusers, also where a loop has no noise at all (one step)
-            or (self._name in _DRAWS_AT_EVERY_CALL and not self._loop.deterministic)
+            or (
+                self._name in _DRAWS_AT_EVERY_CALL
+                and (not self._loop.deterministic or self._name in _DRAWS_EVEN_DETERMINISTIC)
+            )
+            or self._churn_draws(program)[k]
         ):
             from diffusers.utils.torch_utils import randn_tensor
 
@@ -921,6 +929,34 @@ class DiffusersScheduler:
         self._step_index = i + 1
         prev = out if scale_next == 1.0 else out * scale_next
         return prev, self._denoised(i, sample, prediction, prev)
+
+    def _churn_draws(self, program: engine.Program) -> np.ndarray:
+        """Per call of ``program``: whether diffusers' step draws churn noise there (γ > 0,
+        Karras et al. 2022, Alg. 2) where ours adds none: with ``s_noise=0``, on a last
+        step to σ = 0 that the churn does not reach (x̂_0 predictions), and at the second
+        call of a FlowMatchHeun step, which draws again and discards it. Read off the
+        table of the same loop with s_noise = 1 (and ε predictions, whose last step
+        reads the churned sample)."""
+        key = id(program)
+        if not hasattr(self, "_churn_masks"):
+            self._churn_masks = {}
+        if key not in self._churn_masks:
+            mask = np.zeros(program.num_calls, dtype=bool)
+            loop = self._loop
+            if isinstance(loop, Churn) and loop.s_churn > 0:
+                changes: dict[str, Any] = {"s_noise": 1.0}
+                if "noise" in getattr(loop, "PREDICTION_TYPES", ()):
+                    changes["prediction_type"] = "noise"
+                probe = dataclasses.replace(loop, **changes)
+                options = dict(self._options)
+                if program is not self._program:
+                    options["strength"] = self._restart_strength(self._run[1])
+                noise = np.asarray(probe.program(self._num_steps, **options).coefs[:, _NOISE])
+                mask[: len(noise)] = noise[: program.num_calls] != 0
+                if self._name == "FlowMatchHeunDiscreteScheduler":  # its second calls
+                    mask[1::2] |= mask[0:-1:2][: len(mask[1::2])]
+            self._churn_masks[key] = mask
+        return self._churn_masks[key]
 
     def _variance_channels(
         self, model_output: Any, sample: Any, program: engine.Program, k: int

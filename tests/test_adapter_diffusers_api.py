@@ -547,3 +547,52 @@ def test_tcd_step_gives_diffusers_pred_noised_sample(gamma):
     named = adapter.step(torch.tanh(x0), t, x0, eta=gamma)
     if gamma == 0.0:  # (with γ > 0 the two calls draw differently)
         assert torch.equal(pair[1], named.pred_noised_sample)
+
+
+def test_sasolver_without_noise_still_draws_as_diffusers():
+    """diffusers' SA-Solver draws its noise at every call, τ = 0 (no noise) included: the
+    pipeline's generator must be where diffusers leaves it (found by the adapter's random
+    config comparison)."""
+    sched = ds.SASolver(**SD, tau=0.0)
+    x0 = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    finals, after = [], []
+    for scheduler in (DiffusersScheduler(sched), twin(sched)):
+        scheduler.set_timesteps(5)
+        g = torch.Generator().manual_seed(0)
+        x = x0 * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.tanh(x), t, x, generator=g).prev_sample
+        finals.append(x)
+        after.append(torch.randn(3, generator=g))
+    assert torch.equal(after[0], after[1])
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        ds.FlowMatchHeun(s_churn=1.0),  # its second call draws again (and discards it)
+        ds.Euler(**SD, s_churn=1.0, s_noise=0.0),  # γ > 0 draws, however scaled
+        ds.Euler(**SD, s_churn=1.0, prediction_type="sample"),  # a last step churn misses
+        ds.EDMEuler(s_churn=2.0, s_tmin=0.5, s_tmax=20.0),
+    ],
+    ids=["flow-heun", "euler-s_noise-0", "euler-sample", "edm-window"],
+)
+def test_churn_draws_as_diffusers(sched):
+    """diffusers' churned steps draw wherever γ > 0 (Karras et al. 2022, Alg. 2), whether
+    or not the noise reaches the result: the generator ends where diffusers leaves it."""
+    x0 = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    options = {k: getattr(sched, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise")}
+    flow = isinstance(sched, ds.FlowMatchHeun)
+    finals, after = [], []
+    for scheduler in (DiffusersScheduler(sched), twin(sched)):
+        scheduler.set_timesteps(6)
+        g = torch.Generator().manual_seed(0)
+        x = x0 * (1.0 if flow else scheduler.init_noise_sigma)
+        for t in scheduler.timesteps:
+            inp = x if flow else scheduler.scale_model_input(x, t)
+            x = scheduler.step(torch.tanh(inp), t, x, generator=g, **options).prev_sample
+        finals.append(x)
+        after.append(torch.randn(3, generator=g))
+    assert torch.equal(after[0], after[1])
+    torch.testing.assert_close(finals[0], finals[1], rtol=1e-4, atol=1e-4)
