@@ -9,7 +9,10 @@ the same start, model and noise draws; see ``sigma_parity``). The properties:
 * both loops call the model at the same timesteps and end within 1e-6 (relative, float64);
 * where diffusers raises or returns NaN / inf, ours is finite (or refuses the config with
   a named reason);
-* ours refuses a config that diffusers runs only for the documented reasons below.
+* ours refuses a config that diffusers runs only for the documented reasons below;
+* through the adapter (``DiffusersScheduler``, driven as a pipeline drives diffusers'
+  class: ``set_timesteps``, ``scale_model_input``, ``step`` with a generator and the
+  step-time options), the same final sample and the generator left in the same state.
 
 Known, documented departures are excluded case by case, each with its reason:
 
@@ -42,6 +45,7 @@ import torch
 
 import diffsched as ds
 from diffsched.core.options import specs
+from diffsched.diffusers import DiffusersScheduler
 from diffsched.interop import peer
 
 NAMES = [
@@ -194,3 +198,79 @@ def test_random_config_equals_diffusers(name, options, n):
         assert float(ours.norm()) == 0.0
         return
     oracle.check(ours, their_final, "DIFFERENTIAL", name, oracle.F64_BOUND)
+
+
+def pipeline_loop(scheduler, config, n, start, model):
+    """(timesteps, final sample, the generator's next draws) of a pipeline's loop over
+    ``scheduler`` (diffusers' class with float64 tables, or the adapter): seed 0, the
+    step-time options passed to ``step`` as a pipeline passes them."""
+    import inspect
+
+    module = peer.module_of(config)
+    theirs = not isinstance(scheduler, DiffusersScheduler)
+    double = peer._double_tables(module) if theirs else contextlib.nullcontext()
+    with double:
+        scheduler.set_timesteps(n)
+    if theirs:
+        peer._double_grids(scheduler)
+    generator = torch.Generator().manual_seed(0)
+    kwargs = {peer.STEP_KWARGS.get(k, k): v for k, v in (config.get("_diffsched") or {}).items()}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        kwargs["generator"] = generator
+    flow = config["_class_name"].startswith("FlowMatch")  # no input scaling in diffusers
+    x = start if flow else start * scheduler.init_noise_sigma
+    double = peer._double_tables(module) if theirs else contextlib.nullcontext()
+    with double:
+        for t in scheduler.timesteps:
+            inp = x if flow else scheduler.scale_model_input(x, t)
+            step_t = int(t) if config["_class_name"] == "LCMScheduler" else t
+            x = scheduler.step(model(inp, t), step_t, x, **kwargs).prev_sample
+    return scheduler.timesteps, x, torch.randn(4, generator=generator, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("name", "options", "n"), cases())
+def test_random_config_through_the_adapter(name, options, n):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = getattr(ds, name)(**options)
+    except (ValueError, TypeError):
+        return
+    config = sched.to_config()
+    start, model = oracle.start_sample(), oracle.linear_tanh_model()
+    sigmoid = getattr(sched, "beta_schedule", None) == "sigmoid"
+
+    def context():
+        if name == "DPM2Ancestral":
+            return oracle.well_conditioned_dpm2_ancestral()
+        return contextlib.nullcontext()
+
+    try:
+        with (
+            warnings.catch_warnings(),
+            context(),
+            oracle.float64_default(name == "IPNDM" or sigmoid),
+        ):
+            warnings.simplefilter("ignore")
+            theirs = pipeline_loop(peer.scheduler(config), config, n, start, model)
+    except Exception:
+        theirs = None  # diffusers' own failure
+    if theirs is None or not torch.isfinite(theirs[1]).all():
+        return
+    try:
+        with warnings.catch_warnings(), context():
+            warnings.simplefilter("ignore")
+            ours = pipeline_loop(DiffusersScheduler.from_config(config), config, n, start, model)
+    except ValueError as err:
+        assert "zero signal-to-noise" in str(err), err  # the one documented refusal
+        return
+    if departs(sched, n, np.asarray(ours[0])):
+        return
+    np.testing.assert_allclose(
+        np.asarray(ours[0], np.float64), theirs[0].to(torch.float64).numpy(), rtol=1e-5, atol=5e-4
+    )
+    assert torch.equal(ours[2], theirs[2]), "the generator is not where diffusers leaves it"
+    if float(theirs[1].norm()) == 0.0:
+        assert float(ours[1].norm()) == 0.0
+        return
+    oracle.check(ours[1], theirs[1], "DIFFERENTIAL adapter", name, oracle.F64_BOUND)
