@@ -37,7 +37,8 @@ OPTIONS = {
     "euler_ancestral": ({"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.7}),
     "dpm_2_ancestral": ({"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.7}),
     "dpmpp_2s_ancestral": ({"eta": 0.5}, {"eta": 0.0}, {"s_noise": 0.7}),
-    "dpmpp_sde": ({"eta": 0.5}, {"r": 0.3}, {"s_noise": 0.7}, {"eta": 0.0}),
+    # η = 2: stages whose ancestral split leaves σ_down = 0 (they land on x̂_0 plus noise)
+    "dpmpp_sde": ({"eta": 0.5}, {"r": 0.3}, {"s_noise": 0.7}, {"eta": 0.0}, {"eta": 2.0}),
     "dpmpp_2m_sde": ({"solver_type": "heun"}, {"eta": 0.5}, {"s_noise": 0.0}),
     "dpmpp_2m_sde_heun": ({"solver_type": "midpoint"}, {"eta": 0.3, "s_noise": 0.8}),
     "dpmpp_3m_sde": ({"eta": 0.5}, {"s_noise": 0.7}, {"eta": 0.0}),

@@ -114,6 +114,14 @@ def ancestral_step(sigma: Any, sigma_next: Any, eta: float, xp: Any = None) -> t
     return (sigma_next**2 - up**2) ** 0.5, up
 
 
+def _down_step(down: float, lam_s: float) -> float:
+    """h = λ_down - λ_s of a stage that steps to σ_down; +inf where the ancestral split
+    leaves no deterministic part (σ_down = 0: η large for the step), so that the stage
+    lands on x̂_0 (e^{-h} = 0, -expm1(-h) = 1) plus its noise, as ComfyUI's arithmetic
+    gives there."""
+    return math.inf if down == 0 else -math.log(down) - lam_s
+
+
 def rf_ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float, float]:
     """(σ_down, α_t/α_down, renoise coefficient) of the rectified-flow form (eq. 2)."""
     down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
@@ -503,14 +511,14 @@ class ComfyDPMPPSDE(_Stochastic):
             a_s, a_u, a_t = s * math.exp(lam_s), u * math.exp(lam_u), t * math.exp(lam_t)
             fac = 1 / (2 * self.r)
             down, up = ancestral_step(math.exp(-lam_s), math.exp(-lam_u), self.eta)
-            hh = -math.log(down) - lam_s
+            hh = _down_step(down, lam_s)
             loop.add(SAMPLE, c, a_u / a_s * math.exp(-hh))
             loop.add(X0, c, -a_u * math.expm1(-hh))
             if noisy:
                 loop.add_noise(a_u * self.s_noise * up, (s, u))
             m = loop.call(u, first=False)
             down, up = ancestral_step(math.exp(-lam_s), math.exp(-lam_t), self.eta)
-            hh = -math.log(down) - lam_s
+            hh = _down_step(down, lam_s)
             loop.add(SAMPLE, c, a_t / a_s * math.exp(-hh))
             w = -a_t * math.expm1(-hh)
             loop.add(X0, c, w * (1 - fac))
