@@ -79,6 +79,16 @@ ONE_STEP = [
     (ds.DDIM(**SD, timesteps_offset=1), 10),
     (ds.DDPM(**SD), 10),
     (ds.Euler(**SD), 10),
+    # N + 1 calls (log-linear levels, continuous timesteps): the pipeline keeps the last
+    # floor(N s) + 1 of them, counting the N steps asked
+    (
+        ds.Euler(
+            interpolation_type="log_linear",
+            timestep_type="continuous",
+            prediction_type="angular_velocity",
+        ),
+        7,
+    ),
     (ds.EulerAncestral(**SD), 10),
     (ds.Heun(**SD), 10),
     (ds.DPM2(**SD), 10),

@@ -52,7 +52,10 @@ class KarrasGrid:
             sigmas=sigmas,
             timesteps=timesteps,  # type: ignore[attr-defined]
         )
-        cut = first_call(len(ts), strength)
+        # diffusers' img2img pipelines count the N steps asked, not the calls: the
+        # log-linear continuous loop makes N + 1 calls and keeps its last floor(N s) + 1
+        steps = len(ts) if sigmas is not None or timesteps is not None else num_steps
+        cut = first_call(steps, strength)
         return ts[cut:], sig[cut:]
 
     def _init_noise_sigma(self, sig: np.ndarray) -> float:
