@@ -163,14 +163,22 @@ def departs(sched, n, timesteps) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("name", "options", "n"), cases())
-def test_random_config_equals_diffusers(name, options, n):
+def made(name: str, options: dict):
+    """``name(**options)``, or None where the config is refused (the messages are
+    test_fuzz's and test_errors')."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sched = getattr(ds, name)(**options)
+            return getattr(ds, name)(**options)
     except (ValueError, TypeError):
-        return  # a refused config (the messages are test_fuzz's and test_errors')
+        return None
+
+
+@pytest.mark.parametrize(("name", "options", "n"), cases())
+def test_random_config_equals_diffusers(name, options, n):
+    sched = made(name, options)
+    if sched is None:
+        return
     start = oracle.start_sample()
     model = oracle.linear_tanh_model()
     noises = oracle.noise_list(max(3 * n + 3, 8))
@@ -230,11 +238,8 @@ def pipeline_loop(scheduler, config, n, start, model):
 
 @pytest.mark.parametrize(("name", "options", "n"), cases())
 def test_random_config_through_the_adapter(name, options, n):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sched = getattr(ds, name)(**options)
-    except (ValueError, TypeError):
+    sched = made(name, options)
+    if sched is None:
         return
     config = sched.to_config()
     start, model = oracle.start_sample(), oracle.linear_tanh_model()
