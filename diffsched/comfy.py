@@ -122,7 +122,7 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
         import torch
 
         extra_args = {} if extra_args is None else extra_args
-        sig = sigmas.detach().cpu().to(torch.float64).numpy()
+        sig = sigmas.detach().cpu().to(torch.float64).numpy().copy()  # not the caller's
         if len(sig) <= 1:
             return x
         flow_model = _comfy_flow(model) if flow is None else flow
@@ -284,7 +284,9 @@ def _comfy_sampler_function(sched: ComfySampler):
         import torch
 
         extra_args = {} if extra_args is None else extra_args
-        sig = sigmas.detach().cpu().to(torch.float64).numpy()
+        # a copy: a float64 list's .to(float64).numpy() shares the caller's memory, which
+        # the quirk below writes into (the class applies that quirk itself, from the 0)
+        sig = sigmas.detach().cpu().to(torch.float64).numpy().copy()
         if isinstance(sched, ComfyUniPC) and sig[-1] == 0:
             sigmas[-1] = 0.001  # ComfyUI's in-place quirk (then its flow result / 0.999)
         if len(sig) <= 1:

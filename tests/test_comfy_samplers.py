@@ -148,6 +148,49 @@ def test_sampler_function_runs_in_comfyuis_ksampler(sampler, scheduler, model, o
     assert d < TOL64
 
 
+def test_sampler_function_uni_pc_on_float64_sigmas_below_its_end():
+    """ComfyUI's uni_pc writes 0.001 over the list's final 0 in place; on a float64 list
+    (the caller's memory, which NumPy shares) whose last level is below 0.001 (flux,
+    Karras, partial denoise) ours ran a list that rises at its end and refused it."""
+    import torch
+
+    sched = ds.from_comfy("uni_pc_bh2", model="flux")
+    sigmas = torch.tensor([0.16, 0.08, 0.03, 0.0007, 0.0], dtype=torch.float64)
+    x = torch.tensor(NOISE) * 0.16
+
+    def denoiser(x_in, sigma, **extra):
+        return torch.tanh(x_in) * (1.0 - sigma[:, None])
+
+    got = ds.comfy.sampler_function(sched)(denoiser, x.clone(), sigmas)
+    assert float(sigmas[-1]) == 0.001  # ComfyUI's in-place quirk, kept
+    # the same loop on a float32 list (whose float64 copy shares nothing with it): the same
+    # result, to the float32 rounding of the levels
+    again = ds.comfy.sampler_function(sched)(
+        denoiser, x.clone(), torch.tensor([0.16, 0.08, 0.03, 0.0007, 0.0])
+    )
+    torch.testing.assert_close(got, again, rtol=1e-5, atol=1e-7)
+
+
+@needs_oracle
+def test_sampler_function_uni_pc_below_its_end_in_comfyuis_ksampler():
+    """The case that found it: uni_pc_bh2 on flux, Karras, 12 steps at denoise 0.652 (its
+    last level 0.0007), inside ComfyUI's KSAMPLER, equals ComfyUI's own sampler."""
+    import torch
+
+    case = dict(sampler="uni_pc_bh2", scheduler="karras", steps=12, model="flux-dev",
+                options={}, denoise=0.652, sigmas=None, check32=False)  # fmt: skip
+    reference = rec.run(ORACLE, case)
+    fn = ds.comfy.sampler_function(ds.from_comfy("uni_pc_bh2", model="flux"))
+    original = ORACLE._sampler_object
+    ORACLE._sampler_object = lambda S, U, name, opts: S.KSAMPLER(fn)
+    try:
+        got = ORACLE.run("uni_pc_bh2", "karras", 12, cp.toy(ORACLE), torch.tensor(NOISE),
+                         model="flux-dev", denoise=0.652)  # fmt: skip
+    finally:
+        ORACLE._sampler_object = original
+    assert rel(got["sample"], reference["sample"]) < TOL64
+
+
 def test_sampler_function_refuses_classes_without_a_sigma_list():
     # any class that runs a given σ list is taken: tests/test_comfy_sampler_function.py
     with pytest.raises(TypeError, match="takes no sigmas="):
