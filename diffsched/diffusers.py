@@ -159,6 +159,18 @@ _DRAWS_AT_EVERY_CALL = frozenset(
 # ... and of those, the ones that draw where the config adds no noise at all: SA-Solver
 # with τ = 0 still draws at every call (the generator's state after the loop is diffusers')
 _DRAWS_EVEN_DETERMINISTIC = frozenset({"SASolverScheduler"})
+# the classes whose diffusers version has get_velocity at integer timesteps (Euler's reads
+# ᾱ at the index of the timestep in its loop instead, a slip not reproduced: it has none here)
+_VELOCITY_AT_TIMESTEPS = frozenset(
+    {
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "DDIMParallelScheduler",
+        "DDPMParallelScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+    }
+)
 # classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
 # read before set_timesteps (ConsistencyModelPipeline, ScoreSdeVePipeline); issue 18
 _SIGMA_MAX_BEFORE_SET_TIMESTEPS = frozenset(
@@ -1157,6 +1169,26 @@ class DiffusersScheduler:
         a = a.to(device, dtype).reshape(shape)
         b = b.to(device, dtype).reshape(shape)
         return a * original_samples + b * noise
+
+    @property
+    def get_velocity(self) -> Any:
+        """``get_velocity(sample, noise, timesteps)``: the v-prediction training target
+        sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 at integer training timesteps (Salimans & Ho 2022,
+        sec. 4), as diffusers' classes that have one (DDPM, DDIM, LCM, TCD and the
+        parallel DDPM / DDIM) compute it; the others have no such attribute, as diffusers'."""
+        if self._name not in _VELOCITY_AT_TIMESTEPS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute 'get_velocity'")
+        return self._velocity
+
+    def _velocity(self, sample: Any, noise: Any, timesteps: Any) -> Any:
+        import torch
+
+        acp = torch.as_tensor(self._loop.alphas_cumprod)
+        t = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.long)
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        a = acp[t].sqrt().to(sample.device, sample.dtype).reshape(shape)
+        b = (1.0 - acp[t]).sqrt().to(sample.device, sample.dtype).reshape(shape)
+        return a * noise - b * sample
 
     def scale_noise(self, sample: Any, timestep: Any, noise: Any = None) -> Any:
         """The flow-matching pipelines' name for :meth:`add_noise` at the loop's level."""

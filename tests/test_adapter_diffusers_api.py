@@ -596,3 +596,37 @@ def test_churn_draws_as_diffusers(sched):
         after.append(torch.randn(3, generator=g))
     assert torch.equal(after[0], after[1])
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [
+        ds.DDPM(**SD),
+        ds.DDIM(beta_schedule="squared_cosine"),
+        ds.LCM(),
+        ds.TCD(),
+        ds.DDPMParallel(rescale_betas_zero_snr=True, prediction_type="angular_velocity"),
+        ds.DDIMParallel(),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_get_velocity_as_diffusers(sched):
+    """The v-prediction training target (training scripts call it on the scheduler), before
+    and after set_timesteps, at any training timesteps: diffusers' (float64 tables)."""
+    config = sched.to_config()
+    theirs, ours = peer.scheduler(config, float64=True), DiffusersScheduler(sched)
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 500, sched.num_train_steps - 1])
+    for _ in range(2):
+        torch.testing.assert_close(ours.get_velocity(x, z, t), theirs.get_velocity(x, z, t),
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
+        ours.set_timesteps(7)
+        theirs.set_timesteps(7)
+
+
+def test_get_velocity_only_where_diffusers_has_it():
+    assert not hasattr(DiffusersScheduler(ds.PNDM()), "get_velocity")
+    assert not hasattr(DiffusersScheduler(ds.DPMSolverMultistep()), "get_velocity")
+    # diffusers' Euler reads ᾱ at the index of the timestep in its loop: not reproduced
+    assert not hasattr(DiffusersScheduler(ds.Euler()), "get_velocity")
