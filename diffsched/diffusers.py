@@ -2113,6 +2113,8 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
         kinds = ("last",)  # DEIS, SA-Solver on flow σ's: diffusers repeats the last level
     if getattr(loop, "final_sigmas_type", "zero") == "sigma_min":
         kinds = ("min",)  # diffusers' final_sigmas_type="sigma_min": the training σ at t = 0
+    if getattr(loop, "invert_sigmas", False):
+        return np.append(levels, 1.0)  # the flow classes' inverted loop ends at σ = 1
     tail = []
     for kind in kinds:
         if kind == "zero":

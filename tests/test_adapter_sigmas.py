@@ -55,9 +55,13 @@ CASES = {
         {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"},
         {"use_flow_sigmas": True, "use_karras_sigmas": True, "sigma_min": 0.01, "sigma_max": 200.0},
     ],
-    "FlowMatchEulerDiscreteScheduler": [{"shift": 3.0}, {"use_karras_sigmas": True}],
+    "FlowMatchEulerDiscreteScheduler": [
+        {"shift": 3.0},
+        {"use_karras_sigmas": True},
+        {"shift": 2.0, "invert_sigmas": True},  # the inverted loop ends at σ = 1
+    ],
     "FlowMatchHeunDiscreteScheduler": [{"shift": 3.0}],
-    "FlowMatchLCMScheduler": [{"shift": 3.0}],
+    "FlowMatchLCMScheduler": [{"shift": 3.0}, {"invert_sigmas": True, "use_karras_sigmas": True}],
     "LTXEulerAncestralRFScheduler": [{}],
     "EDMEulerScheduler": [{"sigma_schedule": "exponential"}, {"final_sigmas_type": "sigma_min"}],
     "EDMDPMSolverMultistepScheduler": [{"sigma_schedule": "exponential"}],
