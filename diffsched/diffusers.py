@@ -91,6 +91,7 @@ diffusers and torch are imported only when the adapter is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -608,14 +609,22 @@ class DiffusersScheduler:
         ):  # fmt: skip
             # diffusers' classes start with the loop over every training step (__init__);
             # where ours refuses that loop, set_timesteps says why
-            self.set_timesteps(self.wrapped.num_train_steps)
             init = _init_loop(self.wrapped)
-            if init is not self.wrapped:  # that loop without the config's σ grid
+            if init is self.wrapped:
+                self.set_timesteps(self.wrapped.num_train_steps)
+            else:  # that loop without the config's σ grid or offset
                 import torch
 
+                with contextlib.suppress(ValueError):  # the config's own T steps may not run
+                    self.set_timesteps(self.wrapped.num_train_steps)
+                self._num_steps, self._options = self.wrapped.num_train_steps, {}
+                self._step_index = self._begin_index = None
                 self._loop = init
                 self._compile()
-                self.timesteps = torch.from_numpy(self._host_timesteps.astype(np.float32))
+                ts = self._host_timesteps
+                self.timesteps = torch.from_numpy(
+                    ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32)
+                )
         if self._program is None:
             raise RuntimeError(f"{self!r}: call set_timesteps before using the scheduler")
         return self._program
@@ -628,6 +637,8 @@ class DiffusersScheduler:
         if self._timesteps is None and self._program is None:
             import torch
 
+            if self._name in _ARANGE_INIT_TIMESTEPS:
+                return torch.arange(self.wrapped.num_train_steps - 1, -1, -1, dtype=torch.int64)
             program = _training_loop(self.wrapped)
             ts = np.asarray(program.timesteps) if program is not None else None
             if ts is None:  # the loop is refused (its step says why), its timesteps are not
@@ -1993,7 +2004,29 @@ def to_diffusers(scheduler: BaseScheduler) -> DiffusersScheduler:
 
 # classes whose diffusers __init__ lists the plain training loop (every training σ, then 0:
 # no σ grid, spacing or offset), where set_timesteps applies the config's; ours the same
-_PLAIN_INIT_LOOP = frozenset({"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"})
+_PLAIN_INIT_LOOP = frozenset(
+    {
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        # every training step, t -> t - 1, whatever the offset (DDPM steps before
+        # set_timesteps: diffusers' DDPM reads no inference steps there)
+        "DDPMScheduler",
+        "DDPMParallelScheduler",
+    }
+)
+# classes whose diffusers __init__ lists every training timestep, T - 1 down to 0, whatever
+# the config (spacing, offset, LCM's and TCD's original steps): their timesteps before
+# set_timesteps, where ours has no such loop to run (LCM and TCD step only after it)
+_ARANGE_INIT_TIMESTEPS = frozenset(
+    {
+        "DDIMScheduler",
+        "DDIMParallelScheduler",
+        "DDPMScheduler",
+        "DDPMParallelScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+    }
+)
 _PLAIN_OPTIONS = {  # (the spacing stays: every spacing of T steps is the same, and
     # diffusers' init_noise_sigma reads it)
     "timesteps_offset": 0,

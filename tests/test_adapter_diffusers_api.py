@@ -630,3 +630,33 @@ def test_get_velocity_only_where_diffusers_has_it():
     assert not hasattr(DiffusersScheduler(ds.DPMSolverMultistep()), "get_velocity")
     # diffusers' Euler reads ᾱ at the index of the timestep in its loop: not reproduced
     assert not hasattr(DiffusersScheduler(ds.Euler()), "get_velocity")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"_class_name": "DDPMScheduler", "steps_offset": 1, "num_train_timesteps": 500},
+        {"_class_name": "DDPMParallelScheduler", "steps_offset": 1, "timestep_spacing": "trailing"},
+        {"_class_name": "DDIMScheduler", "timestep_spacing": "trailing", "steps_offset": 1},
+        {"_class_name": "LCMScheduler"},  # its T steps exceed original_inference_steps
+        {"_class_name": "TCDScheduler", "original_inference_steps": 20},
+    ],
+    ids=lambda c: c["_class_name"],
+)
+def test_timesteps_before_set_timesteps_are_every_training_step(config):
+    """diffusers' DDPM, DDIM, LCM, TCD (and the parallel DDPM / DDIM) list T - 1 .. 0 in
+    __init__ whatever their spacing, offset or original steps (the adapter listed none where
+    the config's own T-step loop does not run); DDPM steps there, t -> t - 1, as diffusers'."""
+    name = config["_class_name"]
+    kwargs = {k: v for k, v in config.items() if k != "_class_name"}
+    adapter = DiffusersScheduler(ds.from_config(config))
+    theirs = peer.diffusers_class(name)(**kwargs)
+    assert torch.equal(adapter.timesteps, theirs.timesteps)
+    if name.startswith("DDPM"):
+        x = torch.linspace(-1, 1, 32).reshape(2, 1, 4, 4)
+        for t in (theirs.timesteps[0], theirs.timesteps[300], theirs.timesteps[-1]):
+            outs = [
+                s.step(0.3 * x, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+                for s in (DiffusersScheduler(adapter.wrapped), peer.diffusers_class(name)(**kwargs))
+            ]
+            torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
