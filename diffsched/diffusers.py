@@ -2085,16 +2085,19 @@ def _training_timesteps(scheduler: BaseScheduler) -> np.ndarray | None:
 @functools.cache
 def _fixed_init_noise_sigma(scheduler: BaseScheduler) -> float | None:
     """init_noise_sigma where it does not depend on the number of steps (1 for the VP
-    solvers: diffusers' DPM-Solver, DEIS, UniPC, LCM set 1.0 in __init__), read off 2- and
-    3-step programs; None where it depends on it or they cannot be built."""
-    try:
-        values = {
-            float(p.init_noise_scale * p.input_scale[0])
-            for p in (scheduler.program(2), scheduler.program(3))
-        }
-    except (ValueError, TypeError, NotImplementedError):
-        return None
-    return values.pop() if len(values) == 1 else None
+    solvers: diffusers' DPM-Solver, DEIS, UniPC, LCM, PNDM set 1.0 in __init__), read off
+    2- and 3-step programs (4 and 5 where those cannot be built); None where it depends on
+    it or none can be built."""
+    for steps in ((2, 3), (4, 5)):  # (F-PNDM's warm-up needs 4)
+        try:
+            values = {
+                float(p.init_noise_scale * p.input_scale[0])
+                for p in (scheduler.program(steps[0]), scheduler.program(steps[1]))
+            }
+        except (ValueError, TypeError, NotImplementedError):
+            continue
+        return values.pop() if len(values) == 1 else None
+    return None
 
 
 @functools.cache
