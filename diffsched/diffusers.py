@@ -244,6 +244,7 @@ _SIGMAS_OF_TRAINING_LOOP = frozenset(
         "KDPM2AncestralDiscreteScheduler",
         "DPMSolverSDEScheduler",
         "DPMSolverMultistepInverseScheduler",
+        "EDMEulerScheduler",  # (its T + 1 levels)
     }
 )
 # classes with diffusers ``sigmas`` that the adapter does not derive (yet): why
@@ -609,15 +610,15 @@ class DiffusersScheduler:
         ):  # fmt: skip
             # diffusers' classes start with the loop over every training step (__init__);
             # where ours refuses that loop, set_timesteps says why
-            init = _init_loop(self.wrapped)
+            init, steps = _init_loop(self.wrapped), _init_steps(self.wrapped)
             if init is self.wrapped:
-                self.set_timesteps(self.wrapped.num_train_steps)
+                self.set_timesteps(steps)
             else:  # that loop without the config's σ grid or offset
                 import torch
 
                 with contextlib.suppress(ValueError):  # the config's own T steps may not run
-                    self.set_timesteps(self.wrapped.num_train_steps)
-                self._num_steps, self._options = self.wrapped.num_train_steps, {}
+                    self.set_timesteps(steps)
+                self._num_steps, self._options = steps, {}
                 self._step_index = self._begin_index = None
                 self._loop = init
                 self._compile()
@@ -705,7 +706,7 @@ class DiffusersScheduler:
         if self._program is not None:
             loop, steps, options = self._loop, self._resolved_steps(), self._options
         elif name in _SIGMAS_OF_TRAINING_LOOP and _training_loop(self.wrapped) is not None:
-            loop, steps, options = _init_loop(self.wrapped), self.wrapped.num_train_steps, {}
+            loop, steps, options = _init_loop(self.wrapped), _init_steps(self.wrapped), {}
         else:
             raise RuntimeError(f"{name}: call set_timesteps before reading sigmas")
         values = _diffusers_sigmas(name, loop, steps, options)
@@ -763,7 +764,7 @@ class DiffusersScheduler:
         found = np.flatnonzero(ts.astype(np.float32 if ts.dtype.kind == "f" else ts.dtype) == value)
         if found.size == 0:
             raise ValueError(
-                f"{self._name}: timestep {value} is not one of this loop's timesteps {ts.tolist()}"
+                f"{self._name}: timestep {value} is not one of this loop's timesteps {_listed(ts)}"
             )
         return int(found[1] if found.size > 1 else found[0])
 
@@ -1733,7 +1734,7 @@ class _PreviousTimestep:
         if not found.size:
             raise ValueError(
                 f"{self._name}.previous_timestep: timestep {_scalar(timestep)} is not one of "
-                f"this loop's timesteps {self._host_timesteps.tolist()}"
+                f"this loop's timesteps {_listed(self._host_timesteps)}"
             )
         index = int(found[0])
         return torch.tensor(-1) if index == len(ts) - 1 else ts[index + 1]
@@ -2047,12 +2048,21 @@ def _init_loop(scheduler: BaseScheduler) -> BaseScheduler:
     return scheduler.replace(**{k: v for k, v in _PLAIN_OPTIONS.items() if k in names})
 
 
+def _init_steps(scheduler: BaseScheduler) -> int | None:
+    """The number of steps of diffusers' loop before ``set_timesteps``: T, or T + 1 for
+    EDM-Euler (its __init__ ramps over T + 1 levels); None without a training schedule."""
+    steps = getattr(scheduler, "num_train_steps", None)
+    if not isinstance(steps, int):
+        return None
+    return steps + 1 if scheduler.DIFFUSERS_CLASS == "EDMEulerScheduler" else steps
+
+
 def _of_training_loop(scheduler: BaseScheduler, what: str) -> Any:
     """``program`` or ``tableau`` of the loop over every training step (diffusers' schedule
     before ``set_timesteps``), built quietly; None where the method has no such loop or
     refuses it."""
-    steps = getattr(scheduler, "num_train_steps", None)
-    if not isinstance(steps, int):
+    steps = _init_steps(scheduler)
+    if steps is None:
         return None
     import warnings
 
@@ -2162,6 +2172,16 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
             a = acp[0] if kind == "min" else acp[-1]
             tail.append(math.sqrt((1.0 - a) / a))
     return np.concatenate([levels, tail])
+
+
+def _listed(values: np.ndarray, limit: int = 12) -> str:
+    """Values for a message: all of a short list, else its ends and how many (a loop over
+    every training step would fill a screen)."""
+    flat = np.asarray(values).reshape(-1).tolist()
+    if len(flat) <= limit:
+        return str(flat)
+    head, tail = flat[: limit // 2], flat[-(limit // 2) :]
+    return f"[{', '.join(map(str, head))}, ..., {', '.join(map(str, tail))}] ({len(flat)} in all)"
 
 
 def _host(value: Any) -> Any:

@@ -662,3 +662,22 @@ def test_timesteps_before_set_timesteps_are_every_training_step(config):
                 for s in (DiffusersScheduler(adapter.wrapped), peer.diffusers_class(name)(**kwargs))
             ]
             torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_edm_euler_before_set_timesteps_ramps_over_t_plus_one_levels():
+    """diffusers' EDMEulerScheduler.__init__ ramps over T + 1 levels (1001 timesteps, 1002
+    σ's with the final one): the adapter's loop before set_timesteps the same, its step
+    included; and a timestep off the loop is refused with a short message."""
+    sched = ds.EDMEuler(sigma_schedule="exponential", prediction_type="angular_velocity")
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    assert len(adapter.timesteps) == len(theirs.timesteps) == 1001
+    torch.testing.assert_close(adapter.timesteps, theirs.timesteps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(adapter.sigmas, theirs.sigmas, rtol=1e-6, atol=1e-7)
+    x = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+    for k in (0, 500, 1000):
+        outs = [s.step(0.3 * x, s.timesteps[k], x).prev_sample
+                for s in (DiffusersScheduler(sched), twin(sched))]  # fmt: skip
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(1001 in all\)") as err:
+        adapter.step(x, torch.tensor(0.123), x)
+    assert len(str(err.value)) < 400
