@@ -160,6 +160,18 @@ _DRAWS_AT_EVERY_CALL = frozenset(
 # ... and of those, the ones that draw where the config adds no noise at all: SA-Solver
 # with τ = 0 still draws at every call (the generator's state after the loop is diffusers')
 _DRAWS_EVEN_DETERMINISTIC = frozenset({"SASolverScheduler"})
+# the variance-preserving solvers on a training schedule: before set_timesteps their
+# add_noise noises to the level of each (integer) timestep, whether or not their loop over
+# every training step runs (diffusers' lists its σ's reversed there: see the docs)
+_VP_SOLVERS = frozenset(
+    {
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverMultistepInverseScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+    }
+)
 # the classes whose diffusers version has get_velocity at integer timesteps (Euler's reads
 # ᾱ at the index of the timestep in its loop instead, a slip not reproduced: it has none here)
 _VELOCITY_AT_TIMESTEPS = frozenset(
@@ -1170,7 +1182,12 @@ class DiffusersScheduler:
         the first sample of an image-to-image loop, or a training input."""
         import torch
 
-        if self._name in _NOISED_AT_TIMESTEPS:
+        before = (  # a VP solver before set_timesteps: the level of each timestep
+            self._program is None
+            and self._name in _VP_SOLVERS
+            and not getattr(self._loop, "use_flow_sigmas", False)
+        )
+        if self._name in _NOISED_AT_TIMESTEPS or before:
             acp = torch.as_tensor(self._loop.alphas_cumprod)
             t = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.long)
             a, b = acp[t].sqrt(), (1.0 - acp[t]).sqrt()

@@ -681,3 +681,24 @@ def test_edm_euler_before_set_timesteps_ramps_over_t_plus_one_levels():
     with pytest.raises(ValueError, match=r"\(1001 in all\)") as err:
         adapter.step(x, torch.tensor(0.123), x)
     assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [ds.DPMSolverMultistep(), ds.DPMSolverSinglestep(), ds.DEIS(), ds.UniPC(**SD)],
+    ids=lambda s: type(s).__name__,
+)
+def test_add_noise_before_set_timesteps_is_the_level_of_the_timestep(sched):
+    """A VP solver's add_noise before set_timesteps (a training input): sqrt(ᾱ_t) x_0 +
+    sqrt(1 - ᾱ_t) ε at each timestep, though its loop over all 1000 training steps visits
+    a level twice and does not run (it raised that), and though diffusers' classes there
+    list their σ's reversed (the level of T - 1 - t: the documented departure)."""
+    adapter, theirs = DiffusersScheduler(sched), twin(sched)
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.tensor([5, 194, 900])
+    acp = torch.as_tensor(np.asarray(sched.alphas_cumprod))[t].reshape(-1, 1, 1)
+    torch.testing.assert_close(adapter.add_noise(x, z, t), acp.sqrt() * x + (1 - acp).sqrt() * z)
+    mirrored = torch.as_tensor(np.asarray(sched.alphas_cumprod))[999 - t].reshape(-1, 1, 1)
+    torch.testing.assert_close(theirs.add_noise(x, z, t), mirrored.sqrt() * x
+                               + (1 - mirrored).sqrt() * z, rtol=1e-5, atol=1e-5)  # fmt: skip
