@@ -468,3 +468,12 @@ def test_a_float32_table_out_of_range_names_the_schedule_options():
     with pytest.raises(ValueError, match=r"float32.*\(the noise schedule: linear_start=0\.25\)"):
         sched.init(1, np.zeros((2, 3), np.float32), offsets=np.array([[0], [1]]))
     sched.init(1, np.zeros((2, 3), np.float64), offsets=np.array([[0], [1]]))
+
+
+@pytest.mark.parametrize("steps", [5000, 73253])
+def test_too_many_training_steps_is_named(steps):
+    """Linear betas over many training steps drive ᾱ below 1e-12, and past ~10⁴ steps to 0
+    in float64 (where it also stops decreasing): either way the message names the number of
+    training steps, not a beta too small to lower ᾱ (the fuzzer's case: 73253 steps)."""
+    with pytest.raises(ValueError, match=esc(f"or the number of training steps ({steps})")):
+        ds.DDIM(num_train_steps=steps)

@@ -169,17 +169,19 @@ def check_betas(betas: np.ndarray) -> None:
         raise ValueError(
             f"betas must lie in (0, 1) (exclusive) so that ᾱ decreases; beta[{i}] is {betas[i]!r}"
         )
+    # first the end (a ᾱ that underflows to 0 also stops decreasing: the cause is the
+    # length or the size of the betas, not a beta too small to lower it)
+    last = float(np.exp(np.sum(np.log1p(-betas))))
+    if last < 1e-12:
+        raise ValueError(
+            f"the betas drive ᾱ down to {last:.3g} at the last training step (σ = "
+            f"{1 / np.sqrt(max(last, 1e-300)):.3g}); expected ᾱ >= 1e-12: lower beta_start / "
+            f"beta_end or the number of training steps ({len(betas)})"
+        )
     acp = np.cumprod(1.0 - betas)
     if not (acp[0] < 1.0 and np.all(np.diff(acp) < 0)):
         i = 0 if acp[0] >= 1.0 else int(np.argmax(np.diff(acp) >= 0)) + 1
         raise ValueError(
             f"the betas must make ᾱ strictly decreasing from below 1 in float64; beta[{i}] is "
             f"{float(betas[i])!r}, too small to lower ᾱ (raise beta_start)"
-        )
-    last = float(np.exp(np.sum(np.log1p(-betas))))
-    if last < 1e-12:
-        raise ValueError(
-            f"the betas drive ᾱ down to {last:.3g} at the last training step (σ = "
-            f"{1 / np.sqrt(max(last, 1e-300)):.3g}); expected ᾱ >= 1e-12: lower beta_start / "
-            "beta_end or the number of training steps"
         )
