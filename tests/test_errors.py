@@ -477,3 +477,37 @@ def test_too_many_training_steps_is_named(steps):
     training steps, not a beta too small to lower ᾱ (the fuzzer's case: 73253 steps)."""
     with pytest.raises(ValueError, match=esc(f"or the number of training steps ({steps})")):
         ds.DDIM(num_train_steps=steps)
+
+
+def test_options_that_multiply_calls_are_bounded():
+    """A small config must not cost unbounded time or memory: correctors and resampling
+    jumps multiply the model calls of a loop, refused past ops.MAX_CALLS before any per-call
+    table is built (the unseeded fuzzer hung on ScoreSdeVe with a large correct_steps)."""
+    from diffsched.core.ops import MAX_CALLS
+
+    with pytest.raises(ValueError, match="correct_steps=2147483647 give 10737418240 model calls"):
+        ds.ScoreSdeVe(correct_steps=2**31 - 1).init(5, X)
+    with pytest.raises(ValueError, match=esc(f"expected at most {MAX_CALLS}")):
+        ds.RePaint().init(10, X, jump_length=1, jump_n_sample=10**9)
+    # the count is exact: one call under the bound runs
+    steps, correct = 4, MAX_CALLS // 4 - 1
+    assert len(ds.ScoreSdeVe(correct_steps=correct).init(steps, X)[1]) == MAX_CALLS
+
+
+def test_brownian_intervals_one_pass_is_the_definition():
+    """call_intervals (every stochastic loop's draw levels) found each call's next level by a
+    scan of all later calls: quadratic in the calls of a loop (a corrector loop of 15000
+    calls took 8 s; benchmarks measure speed, not this test). Its one pass from the end
+    gives the definition's intervals, repeated levels included."""
+    from diffsched.core import brownian
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        tau = rng.choice([0.1, 0.3, 0.5, 0.9], n)
+        noise = rng.integers(0, 2, n) * rng.random(n)
+        got = brownian.call_intervals(tau, noise, 0.7)
+        for i in range(n):
+            later = [t for t in tau[i + 1 :] if t != tau[i]]
+            want = (later[0] if later else 0.7) if noise[i] != 0 else tau[i]
+            assert got[i, 1] == want and got[i, 0] == tau[i]

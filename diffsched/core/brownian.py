@@ -176,9 +176,16 @@ def call_intervals(tau: np.ndarray, noise: np.ndarray, final: float = 0.0) -> np
     calls that draw are disjoint, so their draws are independent."""
     tau = np.asarray(tau, np.float64)
     out = np.stack([tau, tau], axis=1)
-    for i in np.flatnonzero(np.asarray(noise) != 0):
-        later = [t for t in tau[i + 1 :] if t != tau[i]]
-        out[i, 1] = later[0] if later else final
+    # the next level that differs from each call's, found in one pass from the end (a
+    # loop of many calls at one level, a corrector's, must not cost their square)
+    after = np.empty_like(tau)
+    following = final
+    for i in range(len(tau) - 1, -1, -1):
+        after[i] = following
+        if i > 0 and tau[i] != tau[i - 1]:
+            following = tau[i]
+    draws = np.asarray(noise) != 0
+    out[draws, 1] = after[draws]
     return out
 
 

@@ -361,6 +361,19 @@ def timestep_dtype(xp, timesteps: np.ndarray):
 
 MAX_STEPS = 10_000  # the most steps (and custom grid points) a loop may have: building one
 # costs at most a few seconds (the slowest classes run Python per call in init)
+MAX_CALLS = 200_000  # the most model calls of one loop, where an option multiplies the calls
+# per step (correctors, resampling jumps): its tables are built per call
+
+
+def check_calls(owner: str, calls: int, options: str) -> int:
+    """``calls``, or a ValueError naming the ``options`` that multiply them past
+    :data:`MAX_CALLS` (checked before any per-call table is built)."""
+    if calls > MAX_CALLS:
+        raise ValueError(
+            f"{owner}: {options} give {calls} model calls in one loop; expected at most "
+            f"{MAX_CALLS}: lower them or the number of steps"
+        )
+    return calls
 
 
 def check_num_steps(num_steps: Any, minimum: int = 1, maximum: int = MAX_STEPS) -> int:

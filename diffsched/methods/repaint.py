@@ -97,6 +97,11 @@ class RePaint(Scheduler):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got: {value!r}")
         n = min(self.num_train_steps, num_steps)
+        # each point jumps back up J - 1 times, and each jump's L steps down are model calls
+        points = len(range(0, n - jump_length, jump_length))
+        ops.check_calls(type(self).__name__, n + points * (jump_n_sample - 1) * jump_length,
+                        f"jump_length={jump_length} and jump_n_sample={jump_n_sample} over "
+                        f"{n} steps")  # fmt: skip
         jumps = {j: jump_n_sample - 1 for j in range(0, n - jump_length, jump_length)}
         visited, t = [], n
         while t >= 1:

@@ -116,6 +116,12 @@ class ScoreSdeVe(BaseScheduler):
         return float(sigma_schedules.alpha_bar_of(sigma[0])), 1.0
 
     def tableau(self, num_steps: int) -> Tableau:
+        steps = ops.check_num_steps(num_steps)
+        ops.check_calls(
+            type(self).__name__,
+            steps * (self.correct_steps + 1),
+            f"{steps} steps with correct_steps={self.correct_steps}",
+        )
         sigma, g = self._levels(num_steps)
         calls = self.correct_steps + 1
         predictor = np.arange(num_steps * calls) % calls == self.correct_steps
