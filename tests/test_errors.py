@@ -489,6 +489,8 @@ def test_options_that_multiply_calls_are_bounded():
         ds.ScoreSdeVe(correct_steps=2**31 - 1).init(5, X)
     with pytest.raises(ValueError, match=esc(f"expected at most {MAX_CALLS}")):
         ds.RePaint().init(10, X, jump_length=1, jump_n_sample=10**9)
+    with pytest.raises(ValueError, match="restart_steps=10000 and restart_times=100 give"):
+        ds.Restart(restart_steps=10_000, restart_times=100).init(30, X)
     # the count is exact: one call under the bound runs
     steps, correct = 4, MAX_CALLS // 4 - 1
     assert len(ds.ScoreSdeVe(correct_steps=correct).init(steps, X)[1]) == MAX_CALLS

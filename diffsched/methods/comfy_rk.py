@@ -63,6 +63,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core import ops
 from ..core.options import option, with_default
 from ..core.scheduler import BrownianNoise, Churn, document
 from ..schedules import sigmas as sigma_schedules
@@ -426,6 +427,10 @@ class Restart(BrownianNoise, ComfySampler):
         n = len(sigmas) - 1
         tableau = RESTART_SOLVERS[self.solver]
         per_pass, times = self.plan(n)
+        stages = len(RESTART_SOLVERS[self.solver][1])  # calls per step (its weights b)
+        ops.check_calls(type(self).__name__, (n + times * per_pass) * stages,
+                        f"{n} steps with restart_steps={per_pass} and "
+                        f"restart_times={times}")  # fmt: skip
         levels = np.asarray(sigmas, dtype=np.float64)
         low = int(np.argmin(np.abs(levels - self.restart_min)))  # Alg. 1's t_min, t_max
         high = int(np.argmin(np.abs(levels - self.restart_max)))
