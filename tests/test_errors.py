@@ -513,3 +513,10 @@ def test_brownian_intervals_one_pass_is_the_definition():
             later = [t for t in tau[i + 1 :] if t != tau[i]]
             want = (later[0] if later else 0.7) if noise[i] != 0 else tau[i]
             assert got[i, 1] == want and got[i, 0] == tau[i]
+
+
+def test_float32_range_error_names_the_other_options_set():
+    """A coefficient past float32's range from an option that is no schedule option (the
+    unseeded fuzzer: ComfyUI's dpmpp_sde with s_noise=1.8e18) is named too."""
+    with pytest.raises(ValueError, match=r"float32.*other options set: s_noise=1\.8"):
+        ds.ComfyDPMPPSDE(s_noise=1.8e18).init(5, np.zeros((1, 2), np.float32))

@@ -530,7 +530,8 @@ def _check_fits_float32(program: Program) -> None:
         raise Float32RangeError(
             f"model call {i} (timestep {program.timesteps[i]}) has a coefficient of magnitude "
             f"{np.abs(values[i]).max():.3g}, beyond float32's range: the noise schedule "
-            "reaches a level float32 cannot represent; use a float64 sample_template"
+            "reaches a level float32 cannot represent, or an option scales a coefficient past "
+            "it; use a float64 sample_template"
         )
 
 

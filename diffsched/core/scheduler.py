@@ -395,10 +395,17 @@ class BaseScheduler:
     def _schedule_said(self) -> str:
         """The options that set this config's noise schedule (those changed from their
         defaults, else all), for a message."""
-        names = [n for n, (default, _) in specs(self).items() if n in _SCHEDULE_OPTIONS]
-        changed = [n for n in names if getattr(self, n) != specs(self)[n][0]] or names
+        options = specs(self)
+        names = [n for n in options if n in _SCHEDULE_OPTIONS]
+        changed = [n for n in names if getattr(self, n) != options[n][0]] or names
         said = ", ".join(f"{n}={describe(getattr(self, n), 60)}" for n in changed)
-        return f" (the noise schedule: {said})" if said else ""
+        # and the other options set (a noise scale, η, churn can overflow a coefficient)
+        others = [f"{n}={describe(getattr(self, n), 60)}" for n, (default, _) in options.items()
+                  if n not in _SCHEDULE_OPTIONS and getattr(self, n) != default]  # fmt: skip
+        parts = [f"the noise schedule: {said}"] if said else []
+        if others:
+            parts.append(f"other options set: {', '.join(others)}")
+        return f" ({'; '.join(parts)})" if parts else ""
 
     @functools.cached_property
     def fingerprint(self) -> int:
