@@ -520,3 +520,19 @@ def test_float32_range_error_names_the_other_options_set():
     unseeded fuzzer: ComfyUI's dpmpp_sde with s_noise=1.8e18) is named too."""
     with pytest.raises(ValueError, match=r"float32.*other options set: s_noise=1\.8"):
         ds.ComfyDPMPPSDE(s_noise=1.8e18).init(5, np.zeros((1, 2), np.float32))
+
+
+def test_dpm_adaptive_first_step_is_bounded_below():
+    """A first step below float32's resolution of λ (the unseeded fuzzer's h_init=3e-105:
+    NaN from 0/0 in the error estimate) is refused, naming the option."""
+    with pytest.raises(ValueError, match=r"option h_init must lie in \[0\.0001"):
+        ds.ComfyDPMAdaptive(h_init=2.99e-105)
+    ds.ComfyDPMAdaptive(h_init=1e-4)
+
+
+@pytest.mark.parametrize("cls", [ds.CogVideoXDDIM, ds.CogVideoXDPM])
+def test_cogvideox_betas_are_checked_as_every_schedule(cls):
+    """CogVideoX's own betas skipped the schedule checks: beta_end=0.625 drove ᾱ to 6e-121
+    and a float32 loop from a finite model to -inf (the unseeded fuzzer)."""
+    with pytest.raises(ValueError, match=r"drive ᾱ down to 5\.73e-121"):
+        cls(beta_end=0.625)

@@ -667,9 +667,19 @@ def test_flow_shift_diffusers_float32_cannot_take_is_refused(cls):
 
 
 def test_float32_range_error_names_the_options_that_set_the_levels():
-    with pytest.raises(engine.Float32RangeError, match=r"sigma_data=1e\+19"):
-        ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3), np.float32), 0)
-    ds.SCM(sigma_data=1e19).init(1, np.ones((2, 3)), 0)  # float64 holds it
+    with pytest.raises(engine.Float32RangeError, match=r"sigma_max=1e\+20"):
+        ds.ScoreSdeVe(sigma_max=1e20).init(3, np.ones((2, 3), np.float32), 0)
+    ds.ScoreSdeVe(sigma_max=1e20).init(3, np.ones((2, 3)), 0)  # float64 holds it
+
+
+def test_sigma_data_is_bounded():
+    """σ_data (EDM, consistency models: 0.5 or 1) above 1e6 is refused: at 7e307 the start
+    σ_d ε overflowed float64 (the unseeded fuzzer's SCM) and σ_d² the EDM coefficients."""
+    for cls in (ds.SCM, ds.EDMEuler, ds.CMStochasticIterative, ds.ConsistencyDecoder,
+                ds.EDMDPMSolverMultistep, ds.CosineDPMSolverMultistep):  # fmt: skip
+        with pytest.raises(ValueError, match=r"option sigma_data must lie in \(0\.0, 1000000"):
+            cls(sigma_data=7e307)
+    assert np.isfinite(_loop(ds.SCM(sigma_data=1e6), 2, np.ones((2, 3)))).all()
 
 
 def test_zero_snr_clamp_refusal_names_the_rising_levels():

@@ -30,6 +30,9 @@ from .options import STEP_TIME, check, describe, option, options_doc, specs
 
 Array = Any
 MAX_TRAIN_STEPS = 100_000
+# σ_data, the data's standard deviation (EDM and consistency models: 0.5 or 1): above it the
+# start σ_data · ε and σ_data² overflow float64 (the fuzzer's SCM at 7e307)
+MAX_SIGMA_DATA = 1e6
 
 
 def tuple_of_floats(value: Any) -> tuple[float, ...]:

@@ -65,11 +65,15 @@ class _CogVideoXBase(Spacing, FinalAlpha, ZeroTerminalSNR, Scheduler):
 
     @property
     def betas(self) -> np.ndarray:
-        """The training betas, float64 (before the SNR shift)."""
-        return beta_schedules.betas(
+        """The training betas, float64 (before the SNR shift), held to the checks of every
+        beta schedule (ᾱ decreasing, not below 1e-12: the fuzzer's beta_end=0.625 drove it
+        to 6e-121 and a float32 loop to inf)."""
+        betas = beta_schedules.betas(
             self.beta_schedule, self.num_train_steps, self.beta_start, self.beta_end,
             self.trained_betas,
         )  # fmt: skip
+        beta_schedules.check_betas(betas)
+        return betas
 
     @property
     def alphas_cumprod(self) -> np.ndarray:

@@ -52,6 +52,7 @@ from ..core import ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
 from ..core.scheduler import (
+    MAX_SIGMA_DATA,
     MAX_TRAIN_STEPS,
     BaseScheduler,
     BrownianNoise,
@@ -101,7 +102,7 @@ class CMStochasticIterative(BrownianNoise, BaseScheduler):
     sigma_max: float = option(80.0, "σ_max, the highest level (and the start)", "sigma_max",
                               low=0.0, low_open=True)  # fmt: skip
     sigma_data: float = option(0.5, "σ_d, the standard deviation of the data", "sigma_data",
-                               low=0.0, low_open=True)  # fmt: skip
+                               low=0.0, low_open=True, high=MAX_SIGMA_DATA)  # fmt: skip
     s_noise: float = option(1.0, "S_noise, the scale of the re-noising", "s_noise", low=0.0)
     rho: float = option(7.0, "ρ of the Karras grid (eq. 5)", "rho", low=0.0, low_open=True)
     clip_denoised_sample: bool = option(True, "clip f(x, σ) to [-1, 1]", "clip_denoised")
@@ -205,7 +206,8 @@ class SCM(BrownianNoise, BaseScheduler):
     INERT_KEYS = frozenset({"num_train_timesteps"})  # only bounds num_steps in diffusers
 
     sigma_data: float = option(0.5, "σ_d, the standard deviation of the data (and the start)",
-                               "sigma_data", low=0.0, low_open=True)  # fmt: skip
+                               "sigma_data", low=0.0, low_open=True,
+                               high=MAX_SIGMA_DATA)  # fmt: skip
     prediction_type: str = option(
         "trigflow", "what the model predicts: F with x̂_0 = cos(s) x - sin(s) F (TrigFlow)",
         "prediction_type", choices=PREDICTION_TYPES,
@@ -312,7 +314,7 @@ class ConsistencyDecoder(BrownianNoise, BaseScheduler):
         "num_train_timesteps", low=2, high=MAX_TRAIN_STEPS,
     )  # fmt: skip
     sigma_data: float = option(0.5, "σ_d, the standard deviation of the data", "sigma_data",
-                               low=0.0, low_open=True)  # fmt: skip
+                               low=0.0, low_open=True, high=MAX_SIGMA_DATA)  # fmt: skip
     prediction_type: str = option("consistency", "what the model predicts: F of f = c_skip x "
                                   "+ c_out F", None, choices=PREDICTION_TYPES)  # fmt: skip
 

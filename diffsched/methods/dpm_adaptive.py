@@ -123,8 +123,9 @@ class ComfyDPMAdaptive(BrownianNoise, AdaptiveComfy):
                         low=2, high=3)  # fmt: skip
     rtol: float = option(0.05, "the relative tolerance of (4)", low=0.0)
     atol: float = option(0.0078, "the absolute tolerance of (4)", low=0.0)
-    h_init: float = option(0.05, "the first proposed step in τ = -log σ", low=0.0,
-                           low_open=True)  # fmt: skip
+    # (a first step below ~1e-7 of λ is lost in float32's rounding of λ + h and gives 0/0
+    # in the error estimate: NaN; the controller grows any small step within a few attempts)
+    h_init: float = option(0.05, "the first proposed step in τ = -log σ", low=1e-4)
     # |p|, |i|, |d| <= 10 keep the product of (5) finite: ê <= 1e8 and |b1|, |b2| <= 15,
     # |b3| <= 5 give at most 1e280; far larger coefficients overflow it to inf (then NaN)
     pcoeff: float = option(0.0, "p of the PID controller (5)", low=-10.0, high=10.0)

@@ -36,7 +36,14 @@ import numpy as np
 from ..core import families, predictions
 from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
-from ..core.scheduler import MAX_TRAIN_STEPS, BaseScheduler, BrownianNoise, Churn, document
+from ..core.scheduler import (
+    MAX_SIGMA_DATA,
+    MAX_TRAIN_STEPS,
+    BaseScheduler,
+    BrownianNoise,
+    Churn,
+    document,
+)
 from ..schedules import sigmas as sigma_schedules
 from ._img2img import first_call
 
@@ -105,7 +112,8 @@ class EDMEuler(BrownianNoise, Churn, EDMDenoiser, BaseScheduler):
     sigma_max: float = option(80.0, "σ_max, the highest level of the grid (Table 1: 80)",
                               "sigma_max", low=0.0, low_open=True)  # fmt: skip
     sigma_data: float = option(0.5, "σ_data, the standard deviation of the data (Table 1: 0.5)",
-                               "sigma_data", low=0.0, low_open=True)  # fmt: skip
+                               "sigma_data", low=0.0, low_open=True,
+                               high=MAX_SIGMA_DATA)  # fmt: skip
     sigma_schedule: str = option(
         "karras", "the σ grid: karras (eq. 5) or exponential (evenly spaced in log σ)",
         "sigma_schedule", choices=SIGMA_SCHEDULES,
