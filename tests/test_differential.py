@@ -6,7 +6,8 @@ set of random configs (each option set with probability 1/2, to a value from its
 or a realistic range) and step counts, run by our class and by diffusers (float64 tables,
 the same start, model and noise draws; see ``sigma_parity``). The properties:
 
-* both loops call the model at the same timesteps and end within 1e-6 (relative, float64);
+* both loops call the model at the same timesteps and end within 1e-6 (relative, float64;
+  1e-5 for the EDM classes, whose Karras grid is float32 as stock diffusers builds it);
 * where diffusers raises or returns NaN / inf, ours is finite (or refuses the config with
   a named reason);
 * ours refuses a config that diffusers runs only for the documented reasons below;
@@ -165,6 +166,14 @@ def departs(sched, n, timesteps) -> bool:
     return False
 
 
+def bound(name: str) -> float:
+    """The final samples' bound: 1e-6, but 1e-5 for the EDM classes, whose Karras grid is
+    float32 as stock diffusers computes it, where the float64-table peer computes it in
+    float64 (2e-6 apart at the lowest level; the stochastic solver's noise weight and a
+    large sigma_max carry that to 1.0e-6 of the final sample: seed "final", 60 per class)."""
+    return 1e-5 if name.startswith("EDM") else oracle.F64_BOUND
+
+
 def made(name: str, options: dict):
     """``name(**options)``, or None where the config is refused (the messages are
     test_fuzz's and test_errors')."""
@@ -207,7 +216,7 @@ def test_random_config_equals_diffusers(name, options, n):
     if float(their_final.norm()) == 0.0:  # a loop that ends at exactly 0 (IPNDM, N = 1)
         assert float(ours.norm()) == 0.0
         return
-    oracle.check(ours, their_final, "DIFFERENTIAL", name, oracle.F64_BOUND)
+    oracle.check(ours, their_final, "DIFFERENTIAL", name, bound(name))
 
 
 def pipeline_loop(scheduler, config, n, start, model):
@@ -280,4 +289,4 @@ def test_random_config_through_the_adapter(name, options, n):
     if float(theirs[1].norm()) == 0.0:
         assert float(ours[1].norm()) == 0.0
         return
-    oracle.check(ours[1], theirs[1], "DIFFERENTIAL adapter", name, oracle.F64_BOUND)
+    oracle.check(ours[1], theirs[1], "DIFFERENTIAL adapter", name, bound(name))
