@@ -555,19 +555,26 @@ def test_sasolver_without_noise_still_draws_as_diffusers():
     """diffusers' SA-Solver draws its noise at every call, τ = 0 (no noise) included: the
     pipeline's generator must be where diffusers leaves it (found by the adapter's random
     config comparison)."""
-    sched = ds.SASolver(**SD, tau=0.0)
+    same_draws_as_diffusers(ds.SASolver(**SD, tau=0.0), 5, tol=1e-5)
+
+
+def same_draws_as_diffusers(sched, steps: int, tol: float, **step_options) -> None:
+    """The adapter and diffusers' class of ``sched`` in a pipeline's loop, one generator
+    each (seed 0): the same final sample within ``tol``, the generators in the same state."""
     x0 = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    flow = isinstance(sched, ds.FlowMatchHeun)  # (no input scaling in diffusers' flow class)
     finals, after = [], []
     for scheduler in (DiffusersScheduler(sched), twin(sched)):
-        scheduler.set_timesteps(5)
+        scheduler.set_timesteps(steps)
         g = torch.Generator().manual_seed(0)
-        x = x0 * scheduler.init_noise_sigma
+        x = x0 * (1.0 if flow else scheduler.init_noise_sigma)
         for t in scheduler.timesteps:
-            x = scheduler.step(torch.tanh(x), t, x, generator=g).prev_sample
+            inp = x if flow else scheduler.scale_model_input(x, t)
+            x = scheduler.step(torch.tanh(inp), t, x, generator=g, **step_options).prev_sample
         finals.append(x)
         after.append(torch.randn(3, generator=g))
     assert torch.equal(after[0], after[1])
-    torch.testing.assert_close(finals[0], finals[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(finals[0], finals[1], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(
@@ -583,21 +590,8 @@ def test_sasolver_without_noise_still_draws_as_diffusers():
 def test_churn_draws_as_diffusers(sched):
     """diffusers' churned steps draw wherever γ > 0 (Karras et al. 2022, Alg. 2), whether
     or not the noise reaches the result: the generator ends where diffusers leaves it."""
-    x0 = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     options = {k: getattr(sched, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise")}
-    flow = isinstance(sched, ds.FlowMatchHeun)
-    finals, after = [], []
-    for scheduler in (DiffusersScheduler(sched), twin(sched)):
-        scheduler.set_timesteps(6)
-        g = torch.Generator().manual_seed(0)
-        x = x0 * (1.0 if flow else scheduler.init_noise_sigma)
-        for t in scheduler.timesteps:
-            inp = x if flow else scheduler.scale_model_input(x, t)
-            x = scheduler.step(torch.tanh(inp), t, x, generator=g, **options).prev_sample
-        finals.append(x)
-        after.append(torch.randn(3, generator=g))
-    assert torch.equal(after[0], after[1])
-    torch.testing.assert_close(finals[0], finals[1], rtol=1e-4, atol=1e-4)
+    same_draws_as_diffusers(sched, 6, tol=1e-4, **options)
 
 
 @pytest.mark.parametrize(
