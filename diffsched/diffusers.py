@@ -91,7 +91,6 @@ diffusers and torch are imported only when the adapter is used.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -625,15 +624,11 @@ class DiffusersScheduler:
             init, steps = _init_loop(self.wrapped), _init_steps(self.wrapped)
             if init is self.wrapped:
                 self.set_timesteps(steps)
-            else:  # that loop without the config's σ grid or offset
+            else:  # that loop without the config's σ grid or offset, built once
                 import torch
 
-                with contextlib.suppress(ValueError):  # the config's own T steps may not run
-                    self.set_timesteps(steps)
-                self._num_steps, self._options = steps, {}
-                self._step_index = self._begin_index = None
                 self._loop = init
-                self._compile()
+                _set_loop(self, steps, {}, None)
                 ts = self._host_timesteps
                 self.timesteps = torch.from_numpy(
                     ts.astype(np.int64 if ts.dtype.kind in "iu" else np.float32)
@@ -974,8 +969,6 @@ class DiffusersScheduler:
         table of the same loop with s_noise = 1 (and ε predictions, whose last step
         reads the churned sample)."""
         key = id(program)
-        if not hasattr(self, "_churn_masks"):
-            self._churn_masks = {}
         if key not in self._churn_masks:
             mask = np.zeros(program.num_calls, dtype=bool)
             loop = self._loop
@@ -1180,17 +1173,13 @@ class DiffusersScheduler:
     def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any:
         """``original_samples`` noised to ``timesteps`` (native), as diffusers' ``add_noise``:
         the first sample of an image-to-image loop, or a training input."""
-        import torch
-
         before = (  # a VP solver before set_timesteps: the level of each timestep
             self._program is None
             and self._name in _VP_SOLVERS
             and not getattr(self._loop, "use_flow_sigmas", False)
         )
         if self._name in _NOISED_AT_TIMESTEPS or before:
-            acp = torch.as_tensor(self._loop.alphas_cumprod)
-            t = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.long)
-            a, b = acp[t].sqrt(), (1.0 - acp[t]).sqrt()
+            a, b = self._vp_levels(timesteps)
         else:
             a, b = self._levels(timesteps)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
@@ -1210,14 +1199,19 @@ class DiffusersScheduler:
         return self._velocity
 
     def _velocity(self, sample: Any, noise: Any, timesteps: Any) -> Any:
+        a, b = self._vp_levels(timesteps)
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        a = a.to(sample.device, sample.dtype).reshape(shape)
+        b = b.to(sample.device, sample.dtype).reshape(shape)
+        return a * noise - b * sample
+
+    def _vp_levels(self, timesteps: Any) -> tuple[Any, Any]:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) of the training table at integer ``timesteps``."""
         import torch
 
         acp = torch.as_tensor(self._loop.alphas_cumprod)
         t = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.long)
-        shape = (-1,) + (1,) * (sample.ndim - 1)
-        a = acp[t].sqrt().to(sample.device, sample.dtype).reshape(shape)
-        b = (1.0 - acp[t]).sqrt().to(sample.device, sample.dtype).reshape(shape)
-        return a * noise - b * sample
+        return acp[t].sqrt(), (1.0 - acp[t]).sqrt()
 
     def scale_noise(self, sample: Any, timestep: Any, noise: Any = None) -> Any:
         """The flow-matching pipelines' name for :meth:`add_noise` at the loop's level."""
