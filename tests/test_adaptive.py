@@ -185,9 +185,15 @@ def toy32(x, t):
 def test_fixture_is_the_live_oracle():
     """The recorded numbers are the oracle's today, to rounding: another CPU's vector math
     rounds differently, and the step-size control amplifies it (the η = 1.5 v case, 108
-    calls, moves by ~1e-14 where its input moves by 1e-16)."""
+    calls, moves by ~1e-14 where its input moves by 1e-16). A stochastic case replays the
+    recorded draws: ComfyUI's own float32 draws round by the CPU (``ACROSS_MACHINES``), and
+    the controller can turn that into another accepted step."""
+    import torch
+
     for case in CASES[::6]:
-        live = rec.run(ORACLE, case)
+        draws = replayed(case, np.float32)
+        replay = None if draws is None else [torch.tensor(z) for _, z in sorted(draws.items())]
+        live = rec.run(ORACLE, case, replay=replay)
         assert rel(live["sample"], case["expected"]["sample"]) < 1e-11
         assert np.allclose(live["den_sigma"], case["expected"]["den_sigma"], rtol=1e-11, atol=0)
 
@@ -219,17 +225,31 @@ def test_the_comfy_stream_draws_comfyuis_noise(case):
     out, sigmas, _, state = loop(sched, model, torch.tensor(NOISE), key=rec.SEED,
                                  **init_options(case))  # fmt: skip
     exp = case["expected"]
-    assert rel(sigmas, exp["den_sigma"]) < 1e-12
-    d = rel(out.numpy(), exp["sample"])
-    assert d < TOL64, d
-    assert counts(sched, state)["accepted"] == len(exp["noise"])
+    accepted = counts(sched, state)["accepted"]
     # the stream moves on at the accepted calls only: its state after the loop is the
     # seeded generator's after as many draws
     gen = torch.Generator().manual_seed(rec.SEED)
-    for z in exp["noise"]:
+    for _ in range(accepted):
         drawn.append(torch.randn(NOISE.shape, generator=gen, dtype=torch.float32))
-        assert np.array_equal(drawn[-1].double().numpy().reshape(-1), np.array(z))
     assert torch.equal(state.key, gen.get_state())
+    # ComfyUI's stream: the recorded draws, to the last bits of float32's vector Box-Muller,
+    # which depend on the CPU (comfy_parity.ACROSS_MACHINES)
+    recorded = [np.array(z) for z in exp["noise"]]
+    ours = [z.double().numpy().reshape(-1) for z in drawn]
+    k = min(len(ours), len(recorded))
+    assert k >= 1
+    for z, want in zip(ours[:k], recorded[:k], strict=True):
+        assert np.allclose(z, want, rtol=1e-5, atol=1e-6)
+    if all(map(np.array_equal, ours[:k], recorded[:k])):
+        # this CPU draws the recording's bits: the recording is the reference
+        assert accepted == len(recorded)
+        assert rel(sigmas, exp["den_sigma"]) < 1e-12
+        assert rel(out.numpy(), exp["sample"]) < TOL64
+    if ORACLE is not None:  # ComfyUI drawing on this machine: the same to float64 rounding
+        live = rec.run(ORACLE, case)
+        assert accepted == len(live["noise_draws"])
+        assert rel(sigmas, live["den_sigma"]) < 1e-12
+        assert rel(out.numpy(), live["sample"]) < TOL64
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

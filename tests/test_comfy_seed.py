@@ -89,15 +89,22 @@ def test_the_grid_covers_every_stochastic_sampler():
 
 @pytest.mark.parametrize("sampler", rec.SAMPLERS)
 def test_same_seed_same_image(sampler):
+    """Against the recording within ``ACROSS_MACHINES`` (the draws are this machine's torch
+    float32 kernels, the recording another's); against ComfyUI drawing on this machine, where
+    the oracle is present, within ``TOL64``."""
     worst = 0.0
     for case in (c for c in CASES if c["sampler"] == sampler and not c["check32"]):
         out, sched = run(case)
         where = (case["scheduler"], case["model"], case["steps"], case["options"], case["seed"])
         assert our_draws(sched, case) == case["expected"]["draws"], where
         d = rel(out, case["expected"]["sample"])
-        assert d < TOL64, (where, d)
+        assert d < cp.ACROSS_MACHINES, (where, d)
+        if cp.ORACLE is not None:
+            d = rel(out, rec.run(cp.ORACLE, case)["sample"])
+            assert d < TOL64, (where, d)
         worst = max(worst, d)
-    summary.record("COMFY same seed (noise_stream='comfy') vs oracle", sampler, worst)
+    label = "vs oracle" if cp.ORACLE is not None else "vs recording (another machine's draws)"
+    summary.record(f"COMFY same seed (noise_stream='comfy') {label}", sampler, worst)
 
 
 def test_same_seed_as_float32_comfyui():
@@ -186,7 +193,7 @@ def test_ds_sample_and_noise_override():
     sched = build(case)
     noise = sched.comfy_initial_noise(case["seed"], case["shape"], case["steps"])
     out = ds.sample(toy, sched, noise, case["steps"], key=case["seed"])
-    assert rel(out, case["expected"]["sample"]) < TOL64
+    assert rel(out, case["expected"]["sample"]) < cp.ACROSS_MACHINES
     state, timesteps = sched.init(case["steps"], noise, case["seed"])
     x = noise
     plain_state, _ = sched.step(state, x, toy(x, timesteps[0]))
@@ -254,4 +261,5 @@ def test_the_tree_cache_is_bounded_and_rebuilt_trees_agree():
 
 @needs_oracle
 def test_fixture_is_the_live_oracle():
-    cp.check_live(CASES[::23], rec.run, timesteps=False)
+    """(No draws are recorded here: ComfyUI's own draws, whose last bits depend on the CPU.)"""
+    cp.check_live(CASES[::23], rec.run, timesteps=False, tol=cp.ACROSS_MACHINES)

@@ -235,15 +235,24 @@ def test_edm_third_order_sde():
 
 
 def test_edm_grid_is_torch_float32():
-    """EDM's levels are evaluated in float32 as diffusers' (torch's linspace, to the bit)."""
+    """EDM's levels are evaluated in float32 as diffusers' (torch's linspace): to the bit
+    where torch runs its vector kernels, which fuse start + i·step into one rounding as we
+    do (AVX2, AVX-512); within a few ulps where it runs the scalar kernel, which rounds twice."""
+    fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    lo, hi = math.log(0.002), math.log(80.0)
     for n in (1, 2, 7, 10, 31, 1000):
-        assert np.array_equal(float32_linspace(0.0, 1.0, n), torch.linspace(0, 1, n).numpy())
-        lo, hi = math.log(0.002), math.log(80.0)
-        assert np.array_equal(float32_linspace(lo, hi, n), torch.linspace(lo, hi, n).numpy())
+        for a, b in ((0.0, 1.0), (lo, hi)):
+            ours, theirs = float32_linspace(a, b, n), torch.linspace(a, b, n).numpy()
+            if fused:
+                assert np.array_equal(ours, theirs), (a, b, n)
+            else:
+                ulp = np.spacing(np.float32(max(abs(a), abs(b))))  # of the larger end
+                assert np.max(np.abs(ours - theirs)) <= 16 * ulp, (a, b, n)  # observed 2
     d = peer.scheduler(E().to_config(), float64=False)
     d.set_timesteps(25)
     ours = E()._grid(25)[1]
-    assert np.max(np.abs(ours / d.sigmas.double().numpy() - 1)[:-1]) < 2.5e-7  # an ulp or two
+    bound = 2.5e-7 if fused else 1e-5  # an ulp or two; the scalar kernel's: observed 1.2e-6
+    assert np.max(np.abs(ours / d.sigmas.double().numpy() - 1)[:-1]) < bound
 
 
 @pytest.mark.parametrize(
