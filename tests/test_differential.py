@@ -290,3 +290,28 @@ def test_random_config_through_the_adapter(name, options, n):
         assert float(ours[1].norm()) == 0.0
         return
     oracle.check(ours[1], theirs[1], "DIFFERENTIAL adapter", name, bound(name))
+
+
+# -- found by these comparisons -------------------------------------------------------------
+
+# quadratic betas on which exp(log σ_max) lands an ulp below the top training level: its
+# timestep 998.99999... truncated to 998 where diffusers calls the model at 999 (seed 5151)
+ULP_BELOW_THE_TOP = {
+    "beta_schedule": "quadratic",
+    "beta_start": 0.0006951817842214607,
+    "beta_end": 0.02374510604578722,
+}
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistep", "UniPC", "DEIS", "SASolver"])
+@pytest.mark.parametrize("kind", ["use_exponential_sigmas", "use_beta_sigmas", "use_karras_sigmas"])
+def test_a_converted_grid_starts_at_the_top_timestep(name, kind):
+    sched = getattr(ds, name)(**ULP_BELOW_THE_TOP, **{kind: True})
+    theirs = peer.scheduler(sched.to_config(), float64=True)
+    for n in (5, 25):
+        timesteps = np.asarray(sched.init(n, np.zeros((1, 2)), 0)[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.set_timesteps(n)
+        assert timesteps[0] == 999, (n, timesteps[:3])
+        assert np.array_equal(timesteps, theirs.timesteps.numpy()), n

@@ -86,12 +86,23 @@ def karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.n
         raise ValueError(
             f"rho={rho!r} is too small for sigma_max={sigma_max!r}: σ^(1/ρ) overflows float64"
         )
-    return (hi + ramp * (lo - hi)) ** rho
+    return _exact_top((hi + ramp * (lo - hi)) ** rho, sigma_max)
+
+
+def _exact_top(levels: np.ndarray, sigma_max: float) -> np.ndarray:
+    """``levels`` starting at σ_max exactly: the formulas' round trips (exp(log σ),
+    (σ^(1/ρ))^ρ, σ_min + (σ_max - σ_min)) land an ulp off, and an ulp below the top training
+    level maps to timestep 998.99999..., which the solvers' integer timesteps truncate to
+    998. (At σ_min an ulp either way maps to 0 or 1e-15 of a timestep: left as computed.)"""
+    levels = np.asarray(levels, dtype=np.float64).copy()
+    levels[0] = sigma_max
+    return levels
 
 
 def exponential(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
     """n levels from σ_max down to σ_min, evenly in log σ."""
-    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+    levels = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+    return _exact_top(levels, sigma_max)
 
 
 def beta(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 0.6) -> np.ndarray:
@@ -101,7 +112,7 @@ def beta(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 
     except ImportError as err:  # pragma: no cover - scipy ships with the cli and test extras
         raise ImportError("beta sigmas need scipy: pip install scipy") from err
     quantiles = beta_distribution.ppf(1 - np.linspace(0, 1, n), a, b)
-    return sigma_min + quantiles * (sigma_max - sigma_min)
+    return _exact_top(sigma_min + quantiles * (sigma_max - sigma_min), sigma_max)
 
 
 def convert(
