@@ -10,6 +10,8 @@ float32 tan near π/2: 1.3e-4); the σ-grid classes (float32 grids) within 5.3e-
 
 from __future__ import annotations
 
+import math
+
 import comfy_parity as cp
 import numpy as np
 import pytest
@@ -401,3 +403,25 @@ def test_kl_optimal_one_step_is_sigma_max_then_zero():
     sched = ds.from_comfy("euler", "kl_optimal", model="eps")
     _, ts = sched.init(1, np.zeros((1, 4)))
     assert len(ts) == 1 and np.isfinite(sched.sigmas(1)).all()
+
+
+def test_linspace_is_torchs_to_the_bit():
+    """ComfyUI's beta tables and schedules come from torch.linspace (float64): each point
+    rounded once from its nearer end where torch runs its vector kernels (AVX2, AVX-512:
+    fused multiply-add), within a few ulps where it runs the scalar kernel."""
+    torch = pytest.importorskip("torch")
+    fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    cases = [(0.00085**0.5, 0.012**0.5, 1000), (999.0, 0.0, 9), (0.0, 1.0, 7),
+             (math.log(14.6), math.log(0.03), 31), (1.0, 0.001, 1001), (-3.5, 2.25, 2),
+             (5.0, 5.0, 4), (0.1, 0.2, 1)]  # fmt: skip
+    differs = 0
+    for a, b, n in cases:
+        ours = comfy.linspace(a, b, n)
+        theirs = torch.linspace(a, b, n, dtype=torch.float64).numpy()
+        differs += int(np.sum(np.linspace(a, b, n) != theirs))
+        if fused:
+            assert np.array_equal(ours, theirs), (a, b, n)
+        else:
+            scale = np.spacing(max(abs(a), abs(b)))
+            assert np.max(np.abs(ours - theirs)) <= 16 * scale, (a, b, n)
+    assert differs > 100  # NumPy's linspace is not torch's: the test can fail

@@ -62,6 +62,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -293,7 +294,7 @@ def _betas(ms: ModelSampling) -> np.ndarray:
     """The training betas of ComfyUI's ``make_beta_schedule`` (float64)."""
     n, lo, hi = ms.timesteps, ms.linear_start, ms.linear_end
     if ms.beta_schedule == "linear":  # evenly spaced in sqrt(β) (diffusers' scaled_linear)
-        return np.linspace(lo**0.5, hi**0.5, n, dtype=np.float64) ** 2
+        return linspace(lo**0.5, hi**0.5, n) ** 2
     if ms.beta_schedule == "cosine":  # Nichol & Dhariwal 2021, eq. 17, from ᾱ at t/T + s
         t = np.arange(n + 1, dtype=np.float64) / n + COSINE_S
         a = np.cos(t / (1 + COSINE_S) * np.pi / 2) ** 2
@@ -306,8 +307,8 @@ def _betas(ms: ModelSampling) -> np.ndarray:
 
         return np.array([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)])
     if ms.beta_schedule == "sqrt_linear":
-        return np.linspace(lo, hi, n, dtype=np.float64)
-    return np.linspace(lo, hi, n, dtype=np.float64) ** 0.5  # "sqrt"
+        return linspace(lo, hi, n)
+    return linspace(lo, hi, n) ** 0.5  # "sqrt"
 
 
 def _rescale_zero_snr(sigmas: np.ndarray) -> np.ndarray:
@@ -373,13 +374,23 @@ DISCARD_PENULTIMATE_SAMPLERS = ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh
 
 
 def linspace(start: float, end: float, n: int) -> np.ndarray:
-    """n points from start to end, each from its nearer end (as torch.linspace), float64."""
+    """n points from start to end as torch.linspace gives them, float64: each from its
+    nearer end, start + i·step over the first half and end - (n - 1 - i)·step over the
+    second, step = (end - start)/(n - 1), each rounded once (torch's vector kernels fuse the
+    multiply-add; rounding the product first differs in the last bit at 15% of a table)."""
     start, end = float(start), float(end)
     if n == 1:
         return np.array([start])
     step = (end - start) / (n - 1)
-    i = np.arange(n, dtype=np.float64)
-    return np.where(i < n // 2, start + step * i, end - step * (n - 1 - i))
+    if not (math.isfinite(start) and math.isfinite(end) and math.isfinite(step)):
+        i = np.arange(n, dtype=np.float64)
+        return np.where(i < n // 2, start + step * i, end - step * (n - 1 - i))
+    first, last, exact = Fraction(start), Fraction(end), Fraction(step)
+    half = n // 2
+    return np.array(
+        [float(first + exact * i) if i < half else float(last - exact * (n - 1 - i))
+         for i in range(n)]
+    )  # fmt: skip
 
 
 def _with_zero(levels: Any) -> np.ndarray:
