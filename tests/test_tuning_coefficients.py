@@ -17,6 +17,7 @@ import torch
 
 import diffsched as ds
 from diffsched import cli
+from diffsched.core import ops
 from diffsched.exact.reference import solve_pf_ode
 from diffsched.tuning import Grid, reference_trajectory, relative_error, search_coefficients
 from diffsched.tuning_coefficients import fit_coefficients, null_basis
@@ -270,6 +271,20 @@ def test_a_two_call_step_has_one_weight_row_per_model_call(tmp_path):
     rows = tuned.weight_table()
     with pytest.raises(ValueError, match=rf"one row of equal length per model call .*{calls} rows"):
         ds.Tuned(base=base, tuned_steps=steps, weights=rows.ravel()[:-1].tolist())
+
+
+def test_tuned_sizes_are_checked_before_any_table(monkeypatch):
+    """No small input may cost unbounded time: tuned_steps is bounded, and weights too short
+    for the number of steps are refused before the base's table is built."""
+    with pytest.raises(ValueError, match=r"tuned_steps must lie in \[0, 200000\]"):
+        ds.Tuned(tuned_steps=ops.MAX_CALLS + 1)
+
+    def no_table(*args, **kwargs):
+        raise AssertionError("the base's table was built")
+
+    monkeypatch.setattr(ds.DPMSolverMultistep, "tableau", no_table)
+    with pytest.raises(ValueError, match=r"at least 150000 rows\), got 3 numbers"):
+        ds.Tuned(base=ds.DPMSolverMultistep(), tuned_steps=150_000, weights=[0.0] * 3)
 
 
 def test_tune_dispatch_and_refusals():

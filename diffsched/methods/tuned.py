@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import families
+from ..core import families, ops
 from ..core.engine import X0, Tableau
 from ..core.options import option
 from ..core.scheduler import BaseScheduler, document
@@ -118,7 +118,10 @@ class Tuned(BaseScheduler):
         nullable=True,
     )
     tuned_steps: int = option(
-        0, "the number of steps the table was tuned for (0: none, the base as it is)", low=0
+        0,
+        "the number of steps the table was tuned for (0: none, the base as it is)",
+        low=0,
+        high=ops.MAX_CALLS,
     )
     grid_sigmas: tuple[float, ...] | None = option(
         None, "the tuned grid, as the base's init(sigmas=) (tuned_steps + 1 levels; N for the "
@@ -179,6 +182,11 @@ class Tuned(BaseScheduler):
             )
         calls = n
         if self.weights is not None:  # one row per model call (two per step for Heun)
+            if len(self.weights) < n:  # at least one call per step: refused before the table
+                raise ValueError(
+                    f"{owner} option weights must have one row per model call of the base's "
+                    f"{n}-step loop (at least {n} rows), got {len(self.weights)} numbers"
+                )
             calls = base.tableau(n, **self.grid_options).num_calls
             if len(self.weights) % calls:
                 raise ValueError(
