@@ -285,6 +285,9 @@ def test_tuned_sizes_are_checked_before_any_table(monkeypatch):
     monkeypatch.setattr(ds.DPMSolverMultistep, "tableau", no_table)
     with pytest.raises(ValueError, match=r"at least 150000 rows\), got 3 numbers"):
         ds.Tuned(base=ds.DPMSolverMultistep(), tuned_steps=150_000, weights=[0.0] * 3)
+    # found by the unseeded fuzzer: empty weights gave NumPy's "zero-size array" error
+    with pytest.raises(ValueError, match=r"at least 1 rows\), got 0 numbers"):
+        ds.Tuned(tuned_steps=1, weights=[])
 
 
 def test_tune_dispatch_and_refusals():
