@@ -714,3 +714,20 @@ def test_score_sde_vp_beta_is_bounded_and_its_largest_loop_is_finite_in_float32(
         for t in ts:
             state, y = sched.step(state, y, np.tanh(0.7 * y + 1e-3 * float(t)))
         assert y.dtype == np.float32 and np.isfinite(y).all(), n
+
+
+def test_refusals_come_without_numpy_warnings():
+    """A config or loop that is refused says why in its exception, and NumPy's warnings on
+    the way (0/0 in a table of a level visited twice, σ = inf) are not raised first: under
+    ``-W error`` (common in test suites) they would replace the message."""
+    refused = [
+        (lambda: ds.DPMSolverMultistep().init(2000, np.zeros((1, 2)), 0), "visits a noise level"),
+        (lambda: ds.Tuned(tuned_steps=2000, weights=[0.0] * 2000).init(2000, np.zeros((1, 2)), 0),
+         "visits a noise level"),
+        (lambda: ds.ComfyEuler(model="eps", linear_end=1.0), "beyond float32"),
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for make, words in refused:
+            with pytest.raises(ValueError, match=words):
+                make()

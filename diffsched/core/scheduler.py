@@ -249,7 +249,11 @@ class BaseScheduler:
         ops.check_num_steps(num_steps)
         _check_custom_grids(type(self).__name__, init_options)
         try:
-            return self._compile_checked(num_steps, init_options)
+            # a table's arithmetic may meet 0/0, x/0 or overflow (a level visited twice, an
+            # option out of range): its non-finite numbers are refused below, each with its
+            # cause, so NumPy's warnings would only come first (or, under -W error, instead)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return self._compile_checked(num_steps, init_options)
         except (OverflowError, ZeroDivisionError, FloatingPointError, IndexError,
                 RecursionError) as err:  # fmt: skip
             raise ValueError(self._out_of_range(init_options, err)) from None

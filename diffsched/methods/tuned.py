@@ -187,7 +187,8 @@ class Tuned(BaseScheduler):
                     f"{owner} option weights must have one row per model call of the base's "
                     f"{n}-step loop (at least {n} rows), got {len(self.weights)} numbers"
                 )
-            calls = base.tableau(n, **self.grid_options).num_calls
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                calls = base.tableau(n, **self.grid_options).num_calls  # (refused at init)
             if len(self.weights) % calls:
                 raise ValueError(
                     f"{owner} option weights must have one row of equal length per model call "

@@ -346,10 +346,11 @@ def _table(ms: ModelSampling) -> np.ndarray:
     elif ms.kind == "flux":
         out = _flux_shift(ms.shift, np.arange(1, ms.timesteps + 1) / ms.timesteps)
     else:
-        abar = np.cumprod(1.0 - _betas(ms))
-        out = ((1 - abar) / abar) ** 0.5  # (1)
-        if ms.zsnr:
-            out = _rescale_zero_snr(out)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            abar = np.cumprod(1.0 - _betas(ms))  # ᾱ = 0 (β = 1): σ = inf, refused by the
+            out = ((1 - abar) / abar) ** 0.5  # (1)  classes with the β's that gave it
+            if ms.zsnr:
+                out = _rescale_zero_snr(out)
         if ms.kind == "lcm":  # every skip-th level, ending at the last: index skip k + skip - 1
             skip = ms._skip
             out = out[ms.timesteps - 1 - skip * np.arange(LCM_STEPS)[::-1]]
