@@ -268,6 +268,9 @@ _SIGMAS_NOT_PROVIDED = {
 # output, MiniMax-H3's and pi-Flow's): their sigmas are their grid's levels, the final
 # one included
 _SIGMAS_OF_GRID = {
+    # Euler's log-linear grid carries one level more than its calls use (the last step
+    # lands on σ_min), then the final one: its grid, not its calls' levels and a tail
+    "EulerDiscreteScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
     "EDMEulerScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
     "EDMDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
     "CosineDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
@@ -1256,7 +1259,7 @@ class DiffusersScheduler:
         x̂_0 = A x + B m gives back x_0 for m = ε when α = 1 / A, σ = -B / A (for
         m = ε - x_0: α = (1 + B) / A); trusted where it gives the method's own start at
         call 0 (not where the model output is preconditioned, as EDM's)."""
-        loop = self._loop
+        loop = _unchurned(self._loop)
         flow = loop.prediction_type == "flow"
         if not flow and loop.prediction_type != "noise":
             if "noise" not in type(loop).PREDICTION_TYPES:
@@ -2139,6 +2142,12 @@ def _steps_of_sigmas(scheduler: BaseScheduler, sigmas: Any) -> int:
     return len(sigmas) - 1 if steps is None else steps
 
 
+def _unchurned(loop: BaseScheduler) -> BaseScheduler:
+    """``loop`` without churn: churn calls the model at σ̂ = (1 + γ) σ (Karras et al. 2022,
+    Alg. 2), while diffusers' ``sigmas`` and ``add_noise`` use the grid's σ."""
+    return loop.replace(s_churn=0.0) if getattr(loop, "s_churn", 0.0) else loop
+
+
 def _call_levels(loop: BaseScheduler, steps: int, options: dict) -> np.ndarray:
     """The noise level of each model call, read off the x̂_0 conversion of a noise (or
     flow) model: x̂_0 = A x + B m is x_0 for x = α x_0 + σ ε when α = 1 / A, σ = -B / A
@@ -2160,7 +2169,7 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
     """diffusers' ``sigmas`` of the class ``name`` for an N-step loop (float64)."""
     if name in _SIGMAS_OF_GRID:
         return np.asarray(_SIGMAS_OF_GRID[name](loop, steps, options), np.float64)
-    levels = _call_levels(loop, steps, options)
+    levels = _call_levels(_unchurned(loop), steps, options)
     if name in _SIGMAS_INTERLEAVED:
         # the first call of each step (σ_0 .. σ_{N-1}); diffusers lists σ_1 .. σ_{N-1} twice
         step_levels = levels[:: type(loop).CALLS_PER_STEP]

@@ -30,7 +30,14 @@ TRAILING = {**SD, "timestep_spacing": "trailing"}
 
 # diffusers class -> option variants (diffusers config keys) beside the default config
 CASES = {
-    "EulerDiscreteScheduler": [KARRAS, TRAILING, {**SD, "final_sigmas_type": "sigma_min"}],
+    "EulerDiscreteScheduler": [
+        KARRAS,
+        TRAILING,
+        {**SD, "final_sigmas_type": "sigma_min"},
+        # a grid one level longer than its calls (the last step lands on σ_min)
+        {**SD, "interpolation_type": "log_linear"},
+        {**SD, "interpolation_type": "log_linear", "final_sigmas_type": "sigma_min"},
+    ],
     "EulerAncestralDiscreteScheduler": [TRAILING],
     "HeunDiscreteScheduler": [KARRAS, TRAILING],
     "LMSDiscreteScheduler": [KARRAS],
@@ -169,3 +176,21 @@ def test_every_class_is_covered():
         assert has == (name in LEFT), name
         with pytest.raises(AttributeError, match=name):
             _ = adapter.sigmas
+
+
+def test_churn_moves_the_calls_not_the_grid():
+    """Euler's churn calls the model at σ̂ = (1 + γ) σ; diffusers' ``sigmas`` and ``add_noise``
+    keep the grid's σ (found by random API calls: ours listed, and noised to, σ̂)."""
+    sched = ds.Euler(**{k: v for k, v in SD.items() if k != "beta_schedule"},
+                     beta_schedule="quadratic", s_churn=1.0, s_tmin=0.5, s_tmax=20.0)  # fmt: skip
+    config = sched.to_config()
+    adapter, theirs = DiffusersScheduler.from_config(config), peer.scheduler(config)
+    for n in (3, 7):
+        adapter.set_timesteps(n)
+        theirs.set_timesteps(n)
+        compare(adapter, theirs)
+        assert sched.program(n).coefs.shape[0] == n + 1  # (the churn is in the calls)
+        x = torch.ones(1, 2, dtype=torch.float64)
+        for t in theirs.timesteps:
+            want = theirs.add_noise(x, x, t.reshape(1))
+            assert torch.allclose(adapter.add_noise(x, x, t.reshape(1)), want, rtol=RTOL), t
