@@ -287,6 +287,12 @@ _SIGMAS_INTERLEAVED = frozenset(
 # diffusers' entries after the per-call levels: "zero" (σ = 0), "min" (the training σ at
 # t = 0, diffusers' sigma_min final), "max" (the inverse's trailing σ at the last training
 # step); one entry unless listed
+# the options that re-grid a solver's σ's, and the classes that then end their sigmas with
+# the grid's last level again (np.concatenate([sigmas, sigmas[-1:]]) in diffusers)
+_CONVERTED_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+_LAST_OF_CONVERTED = frozenset(
+    {"DEISMultistepScheduler", "SASolverScheduler", "DPMSolverMultistepInverseScheduler"}
+)
 _SIGMAS_TAIL = {
     "KDPM2DiscreteScheduler": ("zero",) * 3,
     "KDPM2AncestralDiscreteScheduler": ("zero",) * 3,
@@ -2179,6 +2185,12 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
         kinds = ("last",)  # DEIS, SA-Solver on flow σ's: diffusers repeats the last level
     if getattr(loop, "final_sigmas_type", "zero") == "sigma_min":
         kinds = ("min",)  # diffusers' final_sigmas_type="sigma_min": the training σ at t = 0
+    converted = any(getattr(loop, k, False) for k in _CONVERTED_SIGMAS)
+    if converted and (
+        name in _LAST_OF_CONVERTED or (kinds == ("min",) and name == "UniPCMultistepScheduler")
+    ):
+        kinds = ("last",)  # a Karras / exponential / beta grid's own last level (its σ_min
+        # for N >= 2, its only level for N = 1, UniPC's sigma_min option where set)
     if getattr(loop, "invert_sigmas", False):
         return np.append(levels, 1.0)  # the flow classes' inverted loop ends at σ = 1
     tail = []
