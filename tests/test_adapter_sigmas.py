@@ -61,7 +61,11 @@ CASES = {
         {**SD, "final_sigmas_type": "sigma_min"},
         {"use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction"},
     ],
-    "DPMSolverMultistepInverseScheduler": [KARRAS, {**SD, "use_exponential_sigmas": True}],
+    "DPMSolverMultistepInverseScheduler": [
+        KARRAS,
+        {**SD, "use_exponential_sigmas": True},
+        {**SD, "lambda_min_clipped": -5.1},  # ends at the noisiest level the clip leaves
+    ],
     "DPMSolverSinglestepScheduler": [KARRAS, TRAILING],
     "SASolverScheduler": [KARRAS, {"use_flow_sigmas": True}, {**SD, "use_beta_sigmas": True}],
     "UniPCMultistepScheduler": [
@@ -71,6 +75,7 @@ CASES = {
         {"use_flow_sigmas": True, "use_karras_sigmas": True, "sigma_min": 0.01, "sigma_max": 200.0},
         # final_sigmas_type="sigma_min" on a re-gridded loop: the grid's end, sigma_min here
         {**KARRAS, "final_sigmas_type": "sigma_min", "sigma_min": 0.02},
+        {"use_flow_sigmas": True, "flow_shift": 1.3, "final_sigmas_type": "sigma_min"},
     ],
     "FlowMatchEulerDiscreteScheduler": [
         {"shift": 3.0},
