@@ -230,6 +230,8 @@ def test_ays_levels_reuse_the_published_timesteps():
 def test_errors():
     with pytest.raises(ValueError, match=r"model must be one of \('eps', 'v'"):
         comfy.model_sampling("edm")
+    with pytest.raises(ValueError, match=r"timesteps must be at most 100000, got: 10000000"):
+        comfy.model_sampling("eps", timesteps=10**7)  # a table that size: no small input
     with pytest.raises(TypeError, match=r"takes the settings \['multiplier', 'shift'"):
         comfy.model_sampling("flow", zsnr=True)
     with pytest.raises(ValueError, match="beta_schedule must be one of"):

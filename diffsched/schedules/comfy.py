@@ -86,6 +86,7 @@ SETTINGS = {
 }  # fmt: skip
 ZSNR_ALPHA_BAR = 4.8973451890853435e-08  # ComfyUI's ᾱ_{T-1} under zsnr (σ_max ≈ 4518.76)
 LCM_STEPS = 50  # the distilled table of the LCM model sampling (original_timesteps)
+MAX_TIMESTEPS = 100_000  # the most training steps of a model sampling (ComfyUI's: 1000, 10000)
 COSINE_S = 8e-3
 
 
@@ -269,6 +270,10 @@ def model_sampling(model: str = "eps", **settings: Any) -> ModelSampling:
             or (name != "shift" and value <= 0)
         ):
             raise ValueError(f"setting {name} must be a finite positive number, got: {value!r}")
+    if values["timesteps"] > MAX_TIMESTEPS:  # a table of that many levels, built here
+        raise ValueError(
+            f"setting timesteps must be at most {MAX_TIMESTEPS}, got: {values['timesteps']}"
+        )
     if model == "lcm" and values["timesteps"] < LCM_STEPS:
         raise ValueError(
             f"the lcm model needs timesteps >= {LCM_STEPS}, got: {values['timesteps']}"

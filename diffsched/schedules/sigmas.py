@@ -95,7 +95,8 @@ def _exact_top(levels: np.ndarray, sigma_max: float) -> np.ndarray:
     level maps to timestep 998.99999..., which the solvers' integer timesteps truncate to
     998. (At σ_min an ulp either way maps to 0 or 1e-15 of a timestep: left as computed.)"""
     levels = np.asarray(levels, dtype=np.float64).copy()
-    levels[0] = sigma_max
+    if levels.size:
+        levels[0] = sigma_max
     return levels
 
 
