@@ -271,8 +271,13 @@ _SIGMAS_OF_GRID = {
     # Euler's log-linear grid carries one level more than its calls use (the last step
     # lands on σ_min), then the final one: its grid, not its calls' levels and a tail
     "EulerDiscreteScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
-    # the inverse's last level is the noisiest timestep lambda_min_clipped leaves
+    # the solvers' own grids are diffusers' sigmas, final entry included (a re-gridded
+    # loop repeats its last level in DEIS and SA-Solver; UniPC's sigma_min final is its
+    # grid's end; the inverse ends at the noisiest timestep lambda_min_clipped leaves)
     "DPMSolverMultistepInverseScheduler": lambda loop, n, options: loop._grid(n).sigmas,
+    "DEISMultistepScheduler": lambda loop, n, options: loop._grid(n, **options).sigmas,
+    "SASolverScheduler": lambda loop, n, options: loop.grid(n).sigmas,
+    "UniPCMultistepScheduler": lambda loop, n, options: loop._grid(n, **options).sigmas,
     "EDMEulerScheduler": lambda loop, n, options: loop._grid(n, **options)[1],
     "EDMDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
     "CosineDPMSolverMultistepScheduler": lambda loop, n, options: loop._grid(n)[1],
@@ -286,17 +291,11 @@ _SIGMAS_OF_GRID = {
 _SIGMAS_INTERLEAVED = frozenset(
     {"KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler"}
 )
-# the options that re-grid a solver's σ's, and the classes that then end their sigmas with
-# the grid's last level again (np.concatenate([sigmas, sigmas[-1:]]) in diffusers)
-_CONVERTED_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-_LAST_OF_CONVERTED = frozenset({"DEISMultistepScheduler", "SASolverScheduler"})
-# diffusers' entries after the per-call levels: "zero" (σ = 0), "min" (the training σ at
-# t = 0, diffusers' sigma_min final), "last" (the last level again); one "zero" unless listed
+# diffusers' entries after the per-call levels: "zero" (σ = 0) or "min" (the training σ at
+# t = 0, diffusers' final_sigmas_type="sigma_min"); one "zero" unless listed
 _SIGMAS_TAIL = {
     "KDPM2DiscreteScheduler": ("zero",) * 3,
     "KDPM2AncestralDiscreteScheduler": ("zero",) * 3,
-    "DEISMultistepScheduler": ("min",),
-    "SASolverScheduler": ("min",),
 }
 # the classes whose diffusers set_timesteps refuses num_inference_steps with a custom grid
 _ONE_OF_STEPS_OR_GRID = frozenset({
@@ -2179,25 +2178,14 @@ def _diffusers_sigmas(name: str, loop: BaseScheduler, steps: int, options: dict)
         step_levels = levels[:: type(loop).CALLS_PER_STEP]
         levels = np.concatenate([step_levels[:1], np.repeat(step_levels[1:], 2)])
     kinds = _SIGMAS_TAIL.get(name, ("zero",))
-    if kinds == ("min",) and getattr(loop, "use_flow_sigmas", False):
-        kinds = ("last",)  # DEIS, SA-Solver on flow σ's: diffusers repeats the last level
     if getattr(loop, "final_sigmas_type", "zero") == "sigma_min":
         kinds = ("min",)  # diffusers' final_sigmas_type="sigma_min": the training σ at t = 0
-    converted = any(getattr(loop, k, False) for k in _CONVERTED_SIGMAS)
-    unipc_last = name == "UniPCMultistepScheduler" and kinds == ("min",)
-    if (converted and name in _LAST_OF_CONVERTED) or (
-        unipc_last and (converted or getattr(loop, "use_flow_sigmas", False))
-    ):
-        kinds = ("last",)  # a Karras / exponential / beta (or UniPC's flow) grid's own last
-        # level: its σ_min for N >= 2, its only level for N = 1, UniPC's sigma_min option
     if getattr(loop, "invert_sigmas", False):
         return np.append(levels, 1.0)  # the flow classes' inverted loop ends at σ = 1
     tail = []
     for kind in kinds:
         if kind == "zero":
             tail.append(0.0)
-        elif kind == "last":
-            tail.append(float(levels[-1]))
         else:  # "min"
             a = float(np.asarray(loop.alphas_cumprod, np.float64)[0])
             tail.append(math.sqrt((1.0 - a) / a))
