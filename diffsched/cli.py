@@ -167,12 +167,13 @@ def _one_prediction(scheduler: Scheduler, where: str) -> Scheduler:
 
 def is_tuned_file(path: str) -> bool:
     """Whether ``path`` is a tuned table written by ``diffsched tune --save``."""
+    from .core.files import read_text
+
     if not Path(path).is_file():
         return False
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        data = json.loads(read_text(path, "tuned table"))
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and data.get("format") == "diffsched-tuned"
 

@@ -1839,6 +1839,21 @@ class _FlowMapLoop:
             self, model_output, timestep, sample, return_dict=return_dict, **kwargs
         )
 
+    def apply_shift(self, sigmas: Any) -> Any:
+        """The config's static shift σ' = s σ / (1 + (s - 1) σ) (Esser et al. 2024, eq. 23)
+        of a tensor of levels in [0, 1], in its dtype and on its device, as diffusers'
+        ``apply_shift`` (the identity at s = 1)."""
+        import torch
+
+        self._check_tensors("apply_shift", sigmas=sigmas)
+        if not torch.is_floating_point(sigmas):
+            raise TypeError(f"apply_shift() of {self._name}: sigmas must be a floating-point "
+                            f"tensor, got dtype {sigmas.dtype}")  # fmt: skip
+        s = self._loop.shift
+        if s == 1.0:
+            return sigmas
+        return s * sigmas / (1 + (s - 1) * sigmas)
+
     def scale_noise(self, sample: Any, timestep: Any, noise: Any) -> Any:
         """x_σ = (1 - σ) sample + σ noise (eq. 1 of :mod:`diffsched.methods.flow_map`) at
         σ = t / T of each timestep, as diffusers' (on the grid or off it, before

@@ -684,15 +684,18 @@ def load_tuned(path: str | os.PathLike, base: Any = None, num_steps: int | None 
     another model (:func:`model_differences`: training schedule, prediction type, flow
     shift) or another number of steps is refused with a ValueError that names what
     differs."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a tuned table (no 'format': {FORMAT!r})")
+    from .core.config import load_json
     from .interop.config import from_config
 
+    # a regular file of sane size (a FIFO or /dev/zero would block or never end)
+    data = load_json(path, "tuned table")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tuned table (no 'format': {FORMAT!r})")
+    if not isinstance(data.get("config"), dict):
+        raise ValueError(
+            f"{path}: a tuned table's 'config' must be a Tuned config dict, got: "
+            f"{type(data.get('config')).__name__}"
+        )
     tuned = from_config(data["config"])
     if not isinstance(tuned, Tuned):
         raise ValueError(f"{path} holds a {type(tuned).__name__} config, not a Tuned one")

@@ -696,3 +696,20 @@ def test_add_noise_before_set_timesteps_is_the_level_of_the_timestep(sched):
     mirrored = torch.as_tensor(np.asarray(sched.alphas_cumprod))[999 - t].reshape(-1, 1, 1)
     torch.testing.assert_close(theirs.add_noise(x, z, t), mirrored.sqrt() * x
                                + (1 - mirrored).sqrt() * z, rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
+def test_flow_map_apply_shift_is_diffusers(shift):
+    """FlowMapEuler's public ``apply_shift`` (AnyFlow's shift of a tensor of levels): equal
+    to diffusers' in float32 and float64, and a non-tensor or integer tensor refused."""
+    adapter = DiffusersScheduler(ds.FlowMapEuler(shift=shift))
+    theirs = peer.diffusers_class("FlowMapEulerDiscreteScheduler")(shift=shift)
+    for dtype in (torch.float32, torch.float64):
+        levels = torch.linspace(0.0, 1.0, 17, dtype=dtype)
+        got = adapter.apply_shift(levels)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, theirs.apply_shift(levels), rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        adapter.apply_shift([0.5])
+    with pytest.raises(TypeError, match="floating-point"):
+        adapter.apply_shift(torch.arange(3))

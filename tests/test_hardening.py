@@ -551,6 +551,35 @@ def test_14_non_regular_and_huge_files_are_refused(tmp_path):
         ds.from_config(big)
     with pytest.raises(ValueError, match="bytes"):
         ds.grids.load_grid(big)
+    # a tuned table is read the same way (it blocked on a FIFO and never ended on /dev/zero)
+    with pytest.raises(ValueError, match="not a regular file"):
+        ds.load_tuned(fifo)
+    with pytest.raises(ValueError, match="bytes"):
+        ds.load_tuned(big)
+    for load in (ds.load_tuned, ds.grids.load_grid):  # a folder opens read-only on POSIX
+        with pytest.raises(ValueError, match="is a folder, not a file"):
+            load(tmp_path)
+
+
+def test_14_malformed_tuned_tables_are_refused_by_name(tmp_path):
+    """A tuned table's JSON: nested without end, without its config, or not UTF-8 gives a
+    ValueError naming the file (it gave RecursionError, KeyError, UnicodeDecodeError)."""
+    from diffsched.tuning_coefficients import FORMAT
+
+    texts = {
+        "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
+        "'config' must be": json.dumps({"format": FORMAT}).encode(),
+        "Tuned config dict, got: list": json.dumps({"format": FORMAT, "config": [1]}).encode(),
+        "not UTF-8": b"\xff\xfe{",
+    }
+    for k, (cause, raw) in enumerate(texts.items()):
+        path = tmp_path / f"t{k}.json"
+        path.write_bytes(raw)
+        with pytest.raises(ValueError, match=cause) as err:
+            ds.load_tuned(path)
+        assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        ds.Tuned(base="[" * 100_000)
 
 
 # -- 15. the adapter and threads -------------------------------------------------------------

@@ -23,10 +23,12 @@ def read_text(path: Any, what: str = "file", max_bytes: int = MAX_BYTES) -> str:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise ValueError(f"{what} {path} is a folder, not a file") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder opens read-only on POSIX
+        os.close(fd)
+        kind = "is a folder, not a file" if stat.S_ISDIR(info.st_mode) else "is not a regular file"
+        raise ValueError(f"{what} {path} {kind}")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise ValueError(
                 f"{what} {path} has {info.st_size} bytes, more than the {max_bytes} a {what} "

@@ -87,6 +87,8 @@ def base_json(base: Any) -> str:
             config = json.loads(base)
         except json.JSONDecodeError as err:
             raise ValueError(f"Tuned option base is not a scheduler config: {err}") from None
+        except RecursionError:
+            raise ValueError("Tuned option base is JSON nested too deeply to be a config") from None
     else:
         raise TypeError(
             f"Tuned option base expects a scheduler, a config dict or its JSON, got: {base!r}"
