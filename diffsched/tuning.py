@@ -73,7 +73,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .core import ops, predictions
-from .core.ops import to_numpy64
+from .core.ops import check_num_steps, to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
 from .grids import NAMED_GRIDS, Grid, check_tunable, flow_shift, is_flow, named_sigmas
@@ -83,6 +83,9 @@ from .schedules.shifts import checked_mu
 Model = Callable[[Array, Array], Array]
 Run = Callable[[Array], np.ndarray]  # a batch of noise -> its final samples
 
+MAX_CANDIDATES = 2000  # reference levels (100 by default): each holds the batch's states
+MAX_SUBSTEPS = 100  # reference steps per candidate interval (4 by default)
+MAX_EVALUATIONS = 100_000  # end-to-end runs of the refinement (100-300 by default)
 RESOLUTION = 1e-6  # relative error of the reference solve (measured: 1e-6 to 2e-6)
 MIN_GAIN = 1e-3  # the least relative fall in error that the refinement counts as one
 SIGNIFICANCE = 2.0  # standard errors of the paired per-sample fall to leave the own grid
@@ -209,14 +212,17 @@ def search_coefficients(
     0.0160, at 347 × N calls against 269 × N (5 calls: 0.0447 to 0.0446, 291 × N against
     245 × N; the network unchanged), but raised it on the digits model (64 samples: 5
     calls 0.1455 to 0.1491, 10 calls 0.0715 to 0.0731): a 16-sample split picks noisily."""
-    from .tuning_coefficients import FinalScorer, fit_coefficients
+    from .tuning_coefficients import FinalScorer, check_fit_options, fit_coefficients
 
+    check_fit_options(**fit_options)
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
     if grid_score not in ("final", "plain"):
         raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
     _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
                   tolerance=tolerance, least_batch=4)  # fmt: skip
+    num_steps = check_num_steps(num_steps, maximum=MAX_CANDIDATES)  # a grid of candidate levels
+    _check_candidates(candidates, num_steps)
     _check_end(end, scheduler)
     _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
@@ -333,9 +339,11 @@ def search(
     """:func:`tune`, with the errors before and after and the cost.
 
     Args:
-        candidates: levels of the reference trajectory (and of the dynamic programming).
-        substeps: reference steps per candidate interval.
-        max_evaluations: end-to-end runs of the refinement, at most.
+        candidates: levels of the reference trajectory (and of the dynamic programming),
+            from ``num_steps`` to :data:`MAX_CANDIDATES`.
+        substeps: reference steps per candidate interval (at most :data:`MAX_SUBSTEPS`).
+        max_evaluations: end-to-end runs of the refinement, at most (at most
+            :data:`MAX_EVALUATIONS`).
         tolerance: the refinement stops when every level's move is below this (in log σ).
         mu: the dynamic shift's μ, for a flow scheduler with ``use_dynamic_shifting=True``
             (required there, refused elsewhere): the grid is tuned for that μ, which the
@@ -347,6 +355,8 @@ def search(
     """
     _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
                   tolerance=tolerance)  # fmt: skip
+    num_steps = check_num_steps(num_steps, maximum=MAX_CANDIDATES)  # a grid of candidate levels
+    _check_candidates(candidates, num_steps)
     _check_end(end, scheduler)
     _mu_for_flow_only(scheduler, mu)
     with small_matrices():  # the tuner's models multiply small matrices (see exact.threads)
@@ -376,9 +386,11 @@ def _check_inputs(scheduler: Any, calibration_noise: Any, *, substeps: Any,
         )
     if not np.all(np.isfinite(to_numpy64(calibration_noise))):
         raise ValueError("calibration_noise must be finite, got NaN or inf values")
-    for name, value, low in (("substeps", substeps, 1), ("max_evaluations", max_evaluations, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    bounds = (("substeps", substeps, 1, MAX_SUBSTEPS),
+              ("max_evaluations", max_evaluations, 0, MAX_EVALUATIONS))  # fmt: skip
+    for name, value, low, high in bounds:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     if (
         isinstance(tolerance, bool)
         or not isinstance(tolerance, int | float)
@@ -445,6 +457,7 @@ def solve_reference(model: Model, scheduler: Scheduler, num_steps: int, noise: A
     :func:`reference_trajectory` from the model's largest trained level, or for a
     rectified-flow scheduler the :func:`flow_reference` from its first level (at ``mu``)
     in ``candidates * substeps / 2`` Heun steps."""
+    _check_candidates(candidates, num_steps)
     if is_flow(scheduler):
         g = FlowGrid.of(scheduler, num_steps, mu)
         extra = {} if mu is None else {"mu": g.mu}
@@ -452,16 +465,19 @@ def solve_reference(model: Model, scheduler: Scheduler, num_steps: int, noise: A
         return _FlowReference(flow_reference(model, scheduler, start, g.sigma0,
                                              steps=candidates * substeps // 2))  # fmt: skip
     g = Grid.of(scheduler, num_steps)
-    _check_candidates(candidates, num_steps)
     start = noise * scheduler.init_noise_scale(None, **g.init_options(g.start))
     return reference_trajectory(model, scheduler, start, g, candidates, substeps, end)
 
 
 def _check_candidates(candidates: Any, num_steps: int) -> None:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < num_steps:
+    if (
+        isinstance(candidates, bool)
+        or not isinstance(candidates, int)
+        or not num_steps <= candidates <= MAX_CANDIDATES
+    ):
         raise ValueError(
-            f"candidates (the reference trajectory's levels) must be an integer >= "
-            f"num_steps={num_steps}, got {candidates!r}"
+            f"candidates (the reference trajectory's levels) must be an integer in "
+            f"[num_steps={num_steps}, {MAX_CANDIDATES}], got {candidates!r}"
         )
 
 
@@ -651,6 +667,10 @@ def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
         return candidate_flow_bases(scheduler) if is_flow(scheduler) else candidate_bases(scheduler)
     if is_flow(scheduler):
         raise ValueError("bases of a flow scheduler: 'auto' or None (candidate_flow_bases)")
+    if not isinstance(bases, list | tuple):
+        raise TypeError(
+            f"bases must be 'auto', a list of schedulers or None, got {type(bases).__name__}"
+        )
     out = list(bases)
     for b in out:
         if not isinstance(b, Scheduler):

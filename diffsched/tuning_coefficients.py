@@ -230,6 +230,68 @@ class _Params:
         return w
 
 
+MAX_ITERATIONS = 100  # Gauss-Newton iterations (2 by default; 6 measured no better)
+MAX_RIDGES = 32  # entries of a ridge path (3 by default)
+
+
+def check_fit_options(**options: Any) -> None:
+    """Refuses, before any model call, an option :func:`fit_coefficients` does not take or
+    a value it cannot use (a TypeError or ValueError naming it)."""
+    import inspect
+
+    known = [
+        p.name
+        for p in inspect.signature(fit_coefficients).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"unknown tuning option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"the fit takes {', '.join(known)}"
+        )
+    bounds = {"history": (1, None), "moments": (0, None), "final_moments": (0, None),
+              "iterations": (0, MAX_ITERATIONS)}  # fmt: skip
+    for name, (low, high) in bounds.items():
+        value = options.get(name, low)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | np.integer)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            where = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"{name} must be an integer {where}, got {value!r}")
+    if options.get("calls", "all") not in ("all", "final"):
+        raise ValueError(f"calls must be 'all' or 'final', got {options['calls']!r}")
+    if options.get("select", "loo") not in ("loo", "split"):
+        raise ValueError(f"select must be 'loo' or 'split', got {options['select']!r}")
+    holdout = options.get("holdout", 0.25)
+    if (
+        isinstance(holdout, bool)
+        or not isinstance(holdout, int | float | np.floating)
+        or not (0 < holdout < 1)
+    ):
+        raise ValueError(f"holdout must be a number in (0, 1), got {holdout!r}")
+    seed = options.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    ridges = options.get("ridges", RIDGES)
+    if isinstance(ridges, str) or not isinstance(ridges, Sequence | np.ndarray):
+        raise TypeError(f"ridges must be a sequence of numbers, got {type(ridges).__name__}")
+    values = list(ridges)
+    if not 1 <= len(values) <= MAX_RIDGES or not all(
+        not isinstance(r, bool)
+        and isinstance(r, int | float | np.integer | np.floating)
+        and math.isfinite(r)
+        and r >= 0
+        for r in values
+    ):
+        raise ValueError(
+            f"ridges must be 1 to {MAX_RIDGES} finite numbers >= 0 (the ridge path), got {ridges!r}"
+        )
+
+
 def fit_coefficients(
     model: Model,
     scheduler: Scheduler,
@@ -254,17 +316,9 @@ def fit_coefficients(
     docstring. ``calls="final"`` tunes the last call's combination only."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
-    checks = (("history", history, 1), ("moments", moments, 0),
-              ("final_moments", final_moments, 0), ("iterations", iterations, 0))  # fmt: skip
-    for name, value, low in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if calls not in ("all", "final"):
-        raise ValueError(f"calls must be 'all' or 'final', got {calls!r}")
-    if select not in ("loo", "split"):
-        raise ValueError(f"select must be 'loo' or 'split', got {select!r}")
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout must lie in (0, 1), got {holdout!r}")
+    check_fit_options(history=history, moments=moments, final_moments=final_moments,
+                      calls=calls, ridges=ridges, iterations=iterations, holdout=holdout,
+                      seed=seed, select=select)  # fmt: skip
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
     params = _Params(loop.lams, history, moments, final_moments, calls)
     noise = to_numpy64(calibration_noise)

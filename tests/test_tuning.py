@@ -291,10 +291,24 @@ def test_end_lowest_fits_the_discrete_limit():
         ({"calibration_noise": CALIBRATION.tolist()}, TypeError, "must be an array"),
         ({"calibration_noise": CALIBRATION * np.nan}, ValueError, "must be finite"),
         ({"scheduler": "unipc"}, TypeError, "a diffsched scheduler, got str"),
-        ({"max_evaluations": -1}, ValueError, "max_evaluations must be an integer >= 0"),
-        ({"substeps": 0}, ValueError, "substeps must be an integer >= 1"),
+        ({"max_evaluations": -1}, ValueError, r"max_evaluations must be an integer in \[0, "),
+        ({"substeps": 0}, ValueError, r"substeps must be an integer in \[1, "),
         ({"tolerance": 0.0}, ValueError, "tolerance must be a positive number"),
         ({"tune": "both", "calibration_noise": CALIBRATION[:3]}, ValueError, "at least 4 samples"),
+        # the fit's options are checked before the reference solve (they were checked
+        # after it, an unknown one only by the fit's own TypeError; ridges not at all)
+        ({"tune": "both", "histroy": 3}, TypeError, "unknown tuning option histroy"),
+        ({"tune": "coefficients", "ridges": []}, ValueError, "ridges must be 1 to 32"),
+        ({"tune": "both", "ridges": [float("nan")]}, ValueError, "ridges must be 1 to 32"),
+        ({"tune": "both", "iterations": 10**12}, ValueError, r"iterations .* in \[0, 100\]"),
+        ({"tune": "both", "holdout": "x"}, ValueError, "holdout must be a number"),
+        ({"tune": "both", "seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ({"tune": "both", "bases": 42}, TypeError, "bases must be 'auto', a list"),
+        # sizes that cost unbounded memory or time (a 10^12-level reference was allocated)
+        ({"candidates": 10**12}, ValueError, r"candidates .* in \[num_steps=6, 2000\]"),
+        ({"tune": "both", "substeps": 10**9}, ValueError, r"substeps .* in \[1, 100\]"),
+        ({"max_evaluations": 10**9}, ValueError, r"max_evaluations .* in \[0, 100000\]"),
+        ({"num_steps": 10**9}, ValueError, r"num_steps: expected an integer in \[1, 2000\]"),
     ],
 )
 def test_bad_input_is_refused_before_any_model_call(kwargs, error, match):
