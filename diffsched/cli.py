@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import methods
+from .core import ops
 from .core.ops import to_numpy64
 from .core.scheduler import Scheduler
 from .exact import models, reference
@@ -763,13 +764,21 @@ def check_backend(backend: str, compile: bool) -> None:
             ) from None
 
 
+# The most a flag takes: a batch is held whole in memory (10^9 samples asked for 477 GiB),
+# and seeds are 32-bit with room for the offsets that derive held-out noise from them.
+AT_MOST = {"--num-samples": 100_000, "--calibration": 100_000, "--held-out": 100_000,
+           "--seed": 2**31 - 1, "--steps": ops.MAX_STEPS, "--calls": ops.MAX_STEPS}  # fmt: skip
+
+
 def check_at_least(pairs: Sequence[tuple[str, Any, int]]) -> None:
     """``(flag, value, least)`` triples: a UsageError naming the first flag below its least
-    value (a list value: each entry)."""
+    value or above its most (:data:`AT_MOST`; a list value: each entry)."""
     for flag, value, low in pairs:
         for v in value if isinstance(value, list | tuple) else [value]:
             if v < low:
                 raise UsageError(f"{flag} must be at least {low}, got: {v}")
+            if flag in AT_MOST and v > AT_MOST[flag]:
+                raise UsageError(f"{flag} must be at most {AT_MOST[flag]}, got: {v}")
 
 
 def check_loop(scheduler: Scheduler, num_steps: int | None, init_options: dict,

@@ -95,6 +95,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -1604,6 +1605,12 @@ class _RePaintLoop:
 
         self._check_tensors(model_output=model_output, sample=sample)
         self._require_program()
+        if not np.any(np.asarray(self._host_timesteps, np.float64) == _scalar(timestep)):
+            raise ValueError(
+                f"{self._name}: timestep {_scalar(timestep)} is not one of this loop's "
+                f"timesteps ({len(self._host_timesteps)}, from {self._host_timesteps[0]} to "
+                f"{self._host_timesteps[-1]})"
+            )
         i = self._step_index or 0
         z = _randn(
             tuple(model_output.shape),
@@ -2227,9 +2234,17 @@ def _host(value: Any) -> Any:
 
 
 def _scalar(timestep: Any) -> float:
+    """One timestep (a number, or a tensor or array holding one) as a finite float; a
+    string, a bool or NaN is refused (NaN matched no timestep and slipped through the
+    nearest-timestep lookups of the flow-map, Würstchen and RePaint protocols)."""
     if hasattr(timestep, "reshape"):
         flat = timestep.reshape(-1)
         if flat.shape[0] != 1:
             raise ValueError(f"expected one timestep, got {tuple(timestep.shape)} of them")
         timestep = flat[0].item()
-    return float(timestep)
+    if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
+        raise TypeError(f"a timestep must be a number or a tensor, got {timestep!r}")
+    value = float(timestep)
+    if not math.isfinite(value):
+        raise ValueError(f"a timestep must be finite, got {value}")
+    return value

@@ -713,3 +713,26 @@ def test_flow_map_apply_shift_is_diffusers(shift):
         adapter.apply_shift([0.5])
     with pytest.raises(TypeError, match="floating-point"):
         adapter.apply_shift(torch.arange(3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "999", True])
+def test_a_timestep_must_be_a_finite_number(bad):
+    """``step`` at a NaN, a string or a bool timestep is refused by every adapter whose
+    loop runs the common step or its own protocol. NaN matched no timestep and slipped
+    through the nearest-timestep lookups (FlowMapEuler, DDPMWuerstchen; RePaint did not
+    read the timestep at all); "999" was read as 999."""
+    x = torch.linspace(-1, 1, 32, dtype=torch.float32).reshape(2, 1, 4, 4)
+    checked = 0
+    for name, cls in ds.SCHEDULERS.items():
+        if name is None or cls.ADAPTIVE or cls.CALLS_PER_STEP != 1:
+            continue
+        adapter = DiffusersScheduler(cls())
+        try:
+            adapter.set_timesteps(4)
+        except (TypeError, ValueError):
+            continue
+        t = bad if not isinstance(bad, float) else torch.tensor(bad)
+        with pytest.raises((TypeError, ValueError, NotImplementedError)):
+            adapter.step(0.1 * x, t, x)
+        checked += 1
+    assert checked > 30

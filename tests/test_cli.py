@@ -1031,6 +1031,13 @@ def test_help_states_each_default_once(capsys, command):
         (["bench", "--schedulers", "ddim:eta=x"], "--schedulers ddim:eta=x: "),
         (["bench", "--schedulers", "ddim-inverse"], "is an inverse scheduler"),
         (["tune", "lcm"], "tune needs a deterministic scheduler"),
+        # sizes past what a batch or a seed can be (10^9 samples asked for 477 GiB; a
+        # 20-digit seed raised a traceback; 10^8 stochastic calls never ended)
+        (["sample", "--num-samples", "1000000000"], "--num-samples must be at most 100000"),
+        (["sample", "--seed", "99999999999999"], "--seed must be at most 2147483647"),
+        (["tune", "--calibration", "1000000000"], "--calibration must be at most 100000"),
+        (["bench", "--stochastic", "--calls", "100000000"], "--calls must be at most 10000"),
+        (["bench", "--best", "--steps", "100000"], "--steps must be at most 10000"),
     ],
 )
 def test_errors_name_their_flag(capsys, tmp_path, argv, message):

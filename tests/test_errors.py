@@ -536,3 +536,56 @@ def test_cogvideox_betas_are_checked_as_every_schedule(cls):
     and a float32 loop from a finite model to -inf (the unseeded fuzzer)."""
     with pytest.raises(ValueError, match=r"drive ᾱ down to 5\.73e-121"):
         cls(beta_end=0.625)
+
+
+def _discrete_spaced_classes():
+    """The classes whose timesteps are training timesteps picked by a spacing (no flow or
+    EDM time: their timesteps are not indices of a training table)."""
+    from diffsched.core.options import specs
+
+    out = []
+    for cls in ds.methods.CLASSES:
+        options = specs(cls)
+        if "timestep_spacing" in options and "num_train_steps" in options:
+            out.append(cls)
+    return out
+
+
+@pytest.mark.parametrize("cls", _discrete_spaced_classes(), ids=lambda c: c.__name__)
+def test_a_spacing_never_calls_the_model_off_the_training_timesteps(cls):
+    """Every timestep a spaced loop calls the model at is a training one, in [0, T - 1],
+    or the config is refused naming the spacing: ``trailing`` with more steps than T gave
+    timestep -1, ``leading`` with an offset gave T or more (Euler, Heun, DPM2, the SDE
+    solver, DPM-Solver, UniPC, DEIS, SA-Solver; diffusers calls the model there at the
+    nearest end's σ), and UniPC of order 3 on a grid that repeats a level raised NumPy's
+    LinAlgError instead of naming the repeat."""
+    from diffsched.core.options import specs
+
+    T = 100
+    # the causes a refusal may name: too many steps, a level visited twice, a timestep
+    # off the training ones, one timestep for every step, ε at zero terminal SNR
+    EXPLAINED = ("num_steps", "twice", "training timestep", "one timestep",
+                 "zero signal-to-noise")  # fmt: skip
+    choices = specs(cls)["timestep_spacing"][1].choices
+    offsets = (0, 1, 7) if "timesteps_offset" in specs(cls) else (0,)
+    orders = (None, 3) if "solver_order" in specs(cls) else (None,)
+    checked = 0
+    for spacing in choices:
+        for offset in offsets:
+            for order in orders:
+                for n in (T // 2 + 1, T - 1, T, 2 * T):
+                    kw = {"num_train_steps": T, "timestep_spacing": spacing}
+                    if offset:
+                        kw["timesteps_offset"] = offset
+                    if order:
+                        kw["solver_order"] = order
+                    try:
+                        _, ts = cls(**kw).init(n, np.zeros((1, 2)))
+                    except ValueError as err:
+                        msg = str(err)
+                        assert any(w in msg for w in EXPLAINED), msg
+                        continue
+                    ts = np.asarray(ts, np.float64)
+                    assert ts.min() >= 0 and ts.max() <= T - 1, (kw, n, ts.min(), ts.max())
+                    checked += 1
+    assert checked > 0

@@ -301,8 +301,17 @@ def unipc_rhos(r: np.ndarray, hh: float, variant: str, h_phis: Sequence[float]) 
     system = np.stack([nodes**i for i in range(p)])  # row i: r_k^i
     if p == 1:
         return UniPCRhos(b_h, np.zeros(0), np.array([0.5]))
-    rho_p = np.array([0.5]) if p == 2 else np.linalg.solve(system[:-1, :-1], g[:-1])
-    return UniPCRhos(b_h, rho_p, np.linalg.solve(system, g))
+    rho_p = np.array([0.5]) if p == 2 else _solve(system[:-1, :-1], g[:-1])
+    return UniPCRhos(b_h, rho_p, _solve(system, g))
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a⁻¹ b, or NaN where a is singular (two equal nodes r_k: a level visited twice), so
+    that the engine refuses the step with its cause, as for every other non-finite weight."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.full(b.shape, np.nan)
 
 
 # -- embedded Runge-Kutta pairs (adaptive step size) -----------------------------------------

@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from . import comfy
+from . import spacing as spacing_module
 
 AYS_SCHEDULES = ("ays-sd15", "ays-sdxl", "ays-svd")  # Align Your Steps (schedules/ays.py)
 COMFY_SCHEDULES = comfy.SIGMA_SCHEDULES  # ComfyUI's, on the model's table (schedules/comfy.py)
@@ -158,6 +159,7 @@ def spaced_float_timesteps(
         ts = np.linspace(0, num_train_steps - 1, num_steps, dtype=np.float32)[::-1]
     elif spacing == "leading":
         ratio = num_train_steps // num_steps
+        spacing_module.check_leading_ratio(ratio, num_train_steps, num_steps)
         ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.float32) + offset
     elif spacing == "trailing":
         ratio = num_train_steps / num_steps
@@ -166,7 +168,8 @@ def spaced_float_timesteps(
         raise ValueError(
             f"timestep_spacing must be one of ('leading', 'linspace', 'trailing'), got: {spacing!r}"
         )
-    return np.asarray(ts, dtype=np.float32).astype(np.float64)
+    ts = np.asarray(ts, dtype=np.float32).astype(np.float64)
+    return spacing_module.check_training_range(ts, spacing, num_train_steps, num_steps, offset)
 
 
 def discrete_grid(

@@ -72,6 +72,7 @@ import numpy as np
 
 from . import comfy, shifts
 from . import sigmas as sigma_schedules
+from .spacing import check_leading_ratio, check_training_range
 
 SIGMA_SCHEDULES = ("karras", "lu", "exponential", "beta", "flow",
                    *sigma_schedules.AYS_SCHEDULES, *sigma_schedules.COMFY_SCHEDULES)  # fmt: skip
@@ -138,6 +139,7 @@ def spaced_timesteps(
         points = np.linspace(0, last - 1, num_steps + 1).round()
     elif spacing == "leading":
         ratio = last // (num_steps + 1)
+        check_leading_ratio(ratio, last, num_steps + 1)
         points = (np.arange(0, num_steps + 1) * ratio).round()
     elif spacing == "trailing":
         ts = np.arange(last, 0, -num_train_steps / num_steps).round() - 1
@@ -240,6 +242,8 @@ def solver_grid(
     last = clipped_last_timestep(acp, lambda_min_clipped)
     if timesteps is None and kind is None:
         ts = spaced_timesteps(spacing, num_train, last, num_steps, offset, reverse=reverse)
+        if last > 0:  # else lambda_min_clipped left no level: the engine names it
+            check_training_range(ts, spacing, num_train, num_steps, offset)
     flow = kind == "flow" or (kind == "karras" and karras_as_flow)
     final_kind = final_sigma
     if kind is not None and converted_final_sigma is not None:

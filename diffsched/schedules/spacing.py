@@ -29,3 +29,38 @@ def spaced_timesteps(
         ratio = num_train_steps / num_steps
         return np.round(np.arange(num_train_steps, 0, -ratio)).astype(np.int64) - 1
     raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got: {spacing!r}")
+
+
+def check_leading_ratio(ratio: int, num_train_steps: int, num_steps: int) -> None:
+    """``leading`` steps r = T // N (T // (N + 1) on the solvers' grids) timesteps apart: at
+    r = 0 every step lands on one timestep (diffusers runs such a loop, each step of length
+    zero but the last); refused, naming the most steps the spacing takes."""
+    if ratio < 1:
+        raise ValueError(
+            f"timestep_spacing='leading' with {num_steps} steps over num_train_steps="
+            f"{num_train_steps} puts every step at one timestep (a stride of "
+            f"{num_train_steps} // {num_steps} = 0); use fewer steps"
+        )
+
+
+def check_training_range(
+    ts: np.ndarray, spacing: str, num_train_steps: int, num_steps: int, offset: int = 0
+) -> np.ndarray:
+    """``ts`` if every timestep is a training one, in [0, T - 1], else a ValueError naming
+    the spacing, the offset and the step count that left it (``trailing`` with N > T gives
+    -1, ``leading`` with an offset past T - 1 - (N - 1) T // N gives T or more; diffusers
+    calls the model there at the σ of the nearest end of its table)."""
+    low, high = float(np.min(ts)), float(np.max(ts))
+    if low >= 0 and high <= num_train_steps - 1:
+        return ts
+    bad = low if low < 0 else high
+    fix = (
+        f"use at most num_train_steps={num_train_steps} steps"
+        if spacing == "trailing"
+        else "use a smaller timesteps_offset or fewer steps"
+    )
+    raise ValueError(
+        f"timestep_spacing={spacing!r} with timesteps_offset={offset} and {num_steps} steps "
+        f"gives timestep {bad:g}, outside the training timesteps [0, {num_train_steps - 1}]; "
+        f"{fix}"
+    )
