@@ -589,3 +589,21 @@ def test_a_spacing_never_calls_the_model_off_the_training_timesteps(cls):
                     assert ts.min() >= 0 and ts.max() <= T - 1, (kw, n, ts.min(), ts.max())
                     checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("cls", ds.methods.CLASSES, ids=lambda c: c.__name__)
+def test_a_prediction_that_is_no_array_is_named(cls):
+    """A model that returns a float, None or a nested list: every class's step (engine,
+    per-element, adaptive, Piflow's, the score SDE's corrector) raises a TypeError naming
+    the prediction, not an AttributeError from deep in the step."""
+    x = np.zeros((2, 3))
+    try:
+        sched = cls()
+        state, _ = sched.init(4, x, 0)
+    except (TypeError, ValueError, NotImplementedError):
+        pytest.skip("no default loop on this template")
+    for bad in (0.1, None, [[0.0] * 3] * 2):
+        with pytest.raises(TypeError, match="the prediction must be an array"):
+            sched.step(state, x, bad)
+    with pytest.raises(TypeError, match="the sample must be an array"):
+        sched.step(state, x.tolist(), x)

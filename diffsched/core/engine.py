@@ -596,6 +596,7 @@ def step(
     ``fingerprint``: the stepping config's; a state another config made is refused (where
     the state's origin is readable for free, see :func:`origin`).
     """
+    ops.check_step_arrays(name, sample=sample, prediction=prediction)
     xp = ops.namespace(sample, prediction)
     coefs = state.coefs
     if ops.namespace(coefs) is not xp:

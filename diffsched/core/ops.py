@@ -376,6 +376,20 @@ def check_calls(owner: str, calls: int, options: str) -> int:
     return calls
 
 
+def check_step_arrays(owner: str, **arrays: Any) -> None:
+    """A TypeError naming the argument of ``owner.step`` that is not an array (a model that
+    returned a float or None gave an AttributeError deep in the step); ``noise`` and
+    ``unconditional`` may be None."""
+    for what, arr in arrays.items():
+        if arr is None and what in ("noise", "unconditional"):
+            continue
+        if not (hasattr(arr, "shape") and hasattr(arr, "dtype")):
+            raise TypeError(
+                f"{owner}.step: the {what} must be an array (NumPy, PyTorch or JAX, as the "
+                f"state's), got {type(arr).__name__}"
+            )
+
+
 def check_num_steps(num_steps: Any, minimum: int = 1, maximum: int = MAX_STEPS) -> int:
     """``num_steps`` as an int in [minimum, maximum], or a clear TypeError / ValueError
     (checked before anything is computed)."""

@@ -496,6 +496,8 @@ class BaseScheduler:
         (:func:`diffsched.core.engine.guided_step`); ``unconditional=prediction`` is the
         plain step exactly.
         """
+        ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
+                              noise=noise, unconditional=unconditional)  # fmt: skip
         if isinstance(state, adaptive.AdaptiveState):
             raise ValueError(adaptive.foreign(type(self).__name__, state, _maker))
         brownian_on = getattr(self, "noise_type", "gaussian") == "brownian"
@@ -1192,6 +1194,8 @@ class VarianceChannels:
     ) -> tuple[engine.EngineState, Array]:
         """One model call (see :meth:`BaseScheduler.step`); with a learned variance,
         ``prediction`` (and ``unconditional``) carry the variance channels (see the class)."""
+        ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
+                              noise=noise, unconditional=unconditional)  # fmt: skip
         if not self.learns_variance:
             return super().step(state, sample, prediction, noise=noise,  # type: ignore[misc]
                                 unconditional=unconditional)  # fmt: skip

@@ -361,6 +361,8 @@ class AdaptiveComfy(ComfySampler):
         accepts no attempt does not use it (which calls accept is decided as the loop runs:
         ``info(state)["accepted"]`` counts them)."""
         owner = type(self).__name__
+        ops.check_step_arrays(owner, sample=sample, prediction=prediction, noise=noise,
+                              unconditional=unconditional)  # fmt: skip
         if noise is not None and self.deterministic:
             raise TypeError(
                 f"{owner}.step takes no noise=: this configuration is deterministic (η = 0)"

@@ -217,6 +217,8 @@ class Piflow(BaseScheduler):
         """One model call: the call's policy (``prediction``: n_grid velocity blocks, see
         the class) integrated over its segment, as the flow Euler step on the averaged
         velocity v̄ (5). ``unconditional`` (CFG++): the unconditional output, same shape."""
+        ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
+                              noise=noise, unconditional=unconditional)  # fmt: skip
         self.check_state(state)
         velocity = self.average_velocity(state, sample, prediction)
         if unconditional is not None:

@@ -189,6 +189,8 @@ class RePaint(Scheduler):
         ``unconditional`` makes the DDIM step CFG++ (``prediction`` the guided output; see
         :func:`diffsched.core.engine.guided_step`).
         """
+        ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
+                              noise=noise, unconditional=unconditional)  # fmt: skip
         self.check_state(state)
         if (original_image is None) != (mask is None):
             raise ValueError("RePaint.step takes original_image= and mask= together")

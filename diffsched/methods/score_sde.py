@@ -156,6 +156,8 @@ class ScoreSdeVe(BaseScheduler):
 
         ``noise`` overrides the call's draw (the sample's shape).
         """
+        ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
+                              noise=noise)  # fmt: skip
         if self.correct_steps == 0:
             return super().step(state, sample, prediction, noise=noise)
         self.check_state(state)
