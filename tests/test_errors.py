@@ -607,3 +607,26 @@ def test_a_prediction_that_is_no_array_is_named(cls):
             sched.step(state, x, bad)
     with pytest.raises(TypeError, match="the sample must be an array"):
         sched.step(state, x.tolist(), x)
+
+
+def test_comfy_schedules_on_a_zero_snr_table_name_the_clamp():
+    """ComfyUI's schedules read the training σ table by timestep; diffusers' zero-SNR clamp
+    (ᾱ = 2^-24 at the last step) makes that table fall at its top. Every class taking both
+    options refuses naming the option (it said "the σ table must be ascending"; found by
+    the unseeded fuzzer)."""
+    from diffsched.core.options import specs
+    from diffsched.schedules.sigmas import COMFY_SCHEDULES
+
+    checked = 0
+    for cls in ds.methods.CLASSES:
+        options = specs(cls)
+        if "rescale_betas_zero_snr" not in options or "sigma_schedule" not in options:
+            continue
+        for kind in options["sigma_schedule"][1].choices:
+            if kind not in COMFY_SCHEDULES:
+                continue
+            sched = cls(rescale_betas_zero_snr=True, sigma_schedule=kind)
+            with pytest.raises(ValueError, match="rescale_betas_zero_snr=True"):
+                sched.init(5, np.zeros((2, 3)))
+            checked += 1
+    assert checked >= 40

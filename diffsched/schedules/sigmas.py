@@ -172,6 +172,21 @@ def spaced_float_timesteps(
     return spacing_module.check_training_range(ts, spacing, num_train_steps, num_steps, offset)
 
 
+def comfy_table(kind: str, train: np.ndarray) -> comfy.ModelSampling:
+    """ComfyUI's model sampling on the training σ table, which ComfyUI's schedules read by
+    timestep; a table that falls (diffusers' zero-SNR clamp) is refused naming the cause."""
+    if np.any(np.diff(train) < 0):
+        top = int(np.argmax(train))
+        raise ValueError(
+            f"sigma_schedule {kind!r} reads the model's σ table by timestep, and this table "
+            f"falls after timestep {top} (σ {train[top]:.6g}, then {train[-1]:.6g} at the "
+            "last: diffusers' clamp of zero terminal SNR, rescale_betas_zero_snr=True, to "
+            "ᾱ = 2^-24); use a sigma_schedule that spans [σ_min, σ_max] (karras, "
+            "exponential, beta, ...) or none"
+        )
+    return comfy.from_table("eps", train)
+
+
 def discrete_grid(
     alphas_cumprod: np.ndarray,
     num_steps: int,
@@ -207,7 +222,7 @@ def discrete_grid(
             f"interpolation_type must be 'linear' or 'log_linear', got: {interpolation!r}"
         )
     if kind is not None:
-        model = comfy.from_table("eps", train) if kind in COMFY_SCHEDULES else None
+        model = comfy_table(kind, train) if kind in COMFY_SCHEDULES else None
         sig = convert(kind, sig, num_steps, sigma_min, sigma_max, model)
         ts = sigma_to_t(sig, log_train)
     return ts, sig

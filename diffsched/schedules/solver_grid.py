@@ -263,7 +263,7 @@ def solver_grid(
             t = sigma_schedules.sigma_to_t(sig, log_train)
             ts = _truncate(t.round() if kind == "karras" and round_karras else t)
     elif kind in sigma_schedules.COMFY_SCHEDULES:  # ComfyUI's, on the training σ table
-        sig = comfy.grid_sigmas(kind, comfy.from_table("eps", train), num_steps)
+        sig = comfy.grid_sigmas(kind, sigma_schedules.comfy_table(kind, train), num_steps)
         if reverse:
             sig = sig[::-1]
         ts = _truncate(sigma_schedules.sigma_to_t(sig, log_train))
