@@ -3,6 +3,8 @@ per timestep."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,20 @@ class Guided:
     uncond: Model
     scale: float
     cfg_pp: bool = True
+
+    def __post_init__(self) -> None:
+        for what, model in (("cond", self.cond), ("uncond", self.uncond)):
+            if not callable(model):
+                raise TypeError(f"Guided: {what} must be a model(x, t), got {model!r}")
+        scale = self.scale  # a number, or an array broadcasting against the outputs
+        if isinstance(scale, bool) or not (
+            isinstance(scale, numbers.Real) or hasattr(scale, "shape")
+        ):
+            raise TypeError(f"Guided: scale must be a number or an array, got {scale!r}")
+        if isinstance(scale, numbers.Real) and not math.isfinite(scale):
+            raise ValueError(f"Guided: scale must be finite, got {scale}")
+        if not isinstance(self.cfg_pp, bool):
+            raise TypeError(f"Guided: cfg_pp must be True or False, got {self.cfg_pp!r}")
 
     def outputs(self, x: Array, t: Array, channels: int | None = None) -> tuple[Array, Array]:
         """(the guided output, the unconditional one) at (x, t); with ``channels`` = C, the

@@ -224,3 +224,17 @@ def test_repaint_with_a_known_region():
         out.append(x)
     assert np.array_equal(out[0], out[1])
     assert np.abs(out[2] - out[0]).max() > 1e-3
+
+
+def test_guided_checks_its_parts():
+    """A guidance scale that is NaN, a string or a bool, or a part that is no model, is
+    refused when the Guided model is made (a NaN scale ran to a NaN image)."""
+    toy = lambda x, t: 0.1 * x  # noqa: E731
+    for scale, error in ((float("nan"), ValueError), ("7", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="scale"):
+            ds.Guided(toy, toy, scale)
+    with pytest.raises(TypeError, match="uncond must be a model"):
+        ds.Guided(toy, 3, 2.0)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        ds.sample(None, ds.DDIM(), np.zeros((1, 2)), 3, guidance=(toy, toy, float("inf")))
+    assert ds.Guided(toy, toy, np.float32(2.0)).scale == 2.0  # NumPy scalars are numbers
