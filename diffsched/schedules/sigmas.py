@@ -159,7 +159,7 @@ def spaced_float_timesteps(
         ts = np.linspace(0, num_train_steps - 1, num_steps, dtype=np.float32)[::-1]
     elif spacing == "leading":
         ratio = num_train_steps // num_steps
-        spacing_module.check_leading_ratio(ratio, num_train_steps, num_steps)
+        spacing_module.check_leading_ratio(ratio, num_train_steps, num_steps, num_steps)
         ts = (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.float32) + offset
     elif spacing == "trailing":
         ratio = num_train_steps / num_steps

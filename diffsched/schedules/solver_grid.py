@@ -139,7 +139,7 @@ def spaced_timesteps(
         points = np.linspace(0, last - 1, num_steps + 1).round()
     elif spacing == "leading":
         ratio = last // (num_steps + 1)
-        check_leading_ratio(ratio, last, num_steps + 1)
+        check_leading_ratio(ratio, last, num_steps, num_steps + 1)
         points = (np.arange(0, num_steps + 1) * ratio).round()
     elif spacing == "trailing":
         ts = np.arange(last, 0, -num_train_steps / num_steps).round() - 1

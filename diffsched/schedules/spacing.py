@@ -31,15 +31,15 @@ def spaced_timesteps(
     raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got: {spacing!r}")
 
 
-def check_leading_ratio(ratio: int, num_train_steps: int, num_steps: int) -> None:
-    """``leading`` steps r = T // N (T // (N + 1) on the solvers' grids) timesteps apart: at
-    r = 0 every step lands on one timestep (diffusers runs such a loop, each step of length
-    zero but the last); refused, naming the most steps the spacing takes."""
+def check_leading_ratio(ratio: int, timesteps: int, num_steps: int, divisor: int) -> None:
+    """``leading`` steps r = T // N (T // (N + 1) on the solvers' grids: ``divisor``)
+    timesteps apart: at r = 0 every step lands on one timestep (diffusers runs such a
+    loop, each step of length zero but the last); refused by name."""
     if ratio < 1:
         raise ValueError(
-            f"timestep_spacing='leading' with {num_steps} steps over num_train_steps="
-            f"{num_train_steps} puts every step at one timestep (a stride of "
-            f"{num_train_steps} // {num_steps} = 0); use fewer steps"
+            f"timestep_spacing='leading' with {num_steps} steps over {timesteps} training "
+            f"timesteps puts every step at one timestep (a stride of {timesteps} // "
+            f"{divisor} = 0); use fewer steps"
         )
 
 
