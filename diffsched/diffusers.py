@@ -1243,7 +1243,15 @@ class DiffusersScheduler:
             calls = [self._step_index] * len(t)
         else:
             calls = [self._begin_index] * len(t)
-        pairs = [self._start(k) for k in calls]
+        if self._name in _SIGMAS_INTERLEAVED:
+            # diffusers noises to its sigmas list's entry of the call, which at a step's
+            # interpolated second call is the step's end level (StableDiffusionInpaint
+            # blends at every call's timestep)
+            listed = _diffusers_sigmas(self._name, self._loop, self._resolved_steps(),
+                                       self._options)  # fmt: skip
+            pairs = [(1.0, float(listed[k])) for k in calls]
+        else:
+            pairs = [self._start(k) for k in calls]
         return (
             torch.tensor([p[0] for p in pairs], dtype=torch.float64),
             torch.tensor([p[1] for p in pairs], dtype=torch.float64),

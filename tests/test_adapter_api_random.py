@@ -19,9 +19,6 @@ Known departures, excluded with their reason:
   squared-cosine table's top σ is 2e4: its first midpoint timestep came out 913.8 where
   the exact level, σ_next itself, is at 888); ours is exact. The main timesteps are
   compared.
-* ``DPM2`` and ``DPM2Ancestral``'s ``add_noise`` at a midpoint timestep: diffusers noises to
-  the *next* level there (its σ list repeats each level for the midpoint call); ours to
-  the midpoint's own level. Pipelines call ``add_noise`` at a step's first timestep only.
 * ``DPMSolverMultistepInverse`` where Karras levels round to one timestep: diffusers drops
   the repeated timestep but not its level (``test_differential.py``'s departure); and its
   ``add_noise`` with ``prediction_type="flow"`` on VP levels (``use_flow_sigmas=False``):
@@ -53,7 +50,6 @@ from diffsched.interop import peer
 EXAMPLES = int(os.environ.get("DIFFSCHED_ADAPTER_API", "3"))
 SEED = os.environ.get("DIFFSCHED_ADAPTER_API_SEED", "adapter-api")
 REFUSED = ("zero signal-to-noise", "visits", "stretches", "clean data")
-MIDPOINTS = ("DPM2", "DPM2Ancestral")  # timesteps interleaved with midpoint calls
 
 
 def cases():
@@ -117,8 +113,7 @@ def test_api_calls_equal_diffusers(name, options, n, u):
         assert rel(got, theirs.scale_model_input(x, theirs.timesteps[0])) <= 1e-5
     if not hasattr(theirs, "add_noise"):
         return
-    indices = range(0, len(ts_ours), 2) if name in MIDPOINTS else range(len(ts_ours))
-    i = list(indices)[int(u * len(indices))]
+    i = int(u * len(ts_ours))
     if inverse and sched.prediction_type == "flow" and not sched.use_flow_sigmas:
         with pytest.raises(NotImplementedError, match="no noise level"):
             ours.add_noise(x, z, ts_ours[i : i + 1].repeat(2))

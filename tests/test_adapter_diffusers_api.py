@@ -736,3 +736,34 @@ def test_a_timestep_must_be_a_finite_number(bad):
             adapter.step(0.1 * x, t, x)
         checked += 1
     assert checked > 30
+
+
+@pytest.mark.parametrize("name", ["DPM2", "DPM2Ancestral", "DPMSolverSDE", "Heun"])
+@pytest.mark.parametrize("begin", [False, True])
+def test_add_noise_between_calls_is_diffusers(name, begin):
+    """``add_noise`` at the next call's timestep after each step, as diffusers' inpainting
+    pipelines blend the known region: the two-stage classes whose second call sits at an
+    interpolated level noise to diffusers' ``sigmas`` entry of the call (the step's end
+    level), with or without ``set_begin_index``. DPM2's and the SDE solver's adapters
+    noised to the interpolated level (relative difference ~1)."""
+    config = getattr(ds, name)().to_config()
+    ours = DiffusersScheduler.from_config(config)
+    theirs = peer.scheduler(config)
+    x0 = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(1, 2, 4)
+    z = torch.cos(torch.arange(8, dtype=torch.float64)).reshape(1, 2, 4)
+    xs = []
+    for sched in (ours, theirs):
+        sched.set_timesteps(5)
+        if begin:
+            sched.set_begin_index(0)
+        xs.append(x0 * float(sched.init_noise_sigma))
+    stochastic = name == "DPM2Ancestral"
+    for i in range(len(theirs.timesteps) - 1):
+        for j, sched in enumerate((ours, theirs)):
+            kw = {"generator": torch.Generator().manual_seed(i)} if stochastic else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                xs[j] = sched.step(0.1 * xs[j], sched.timesteps[i], xs[j], **kw).prev_sample
+        got = ours.add_noise(x0, z, ours.timesteps[i + 1 : i + 2])
+        want = theirs.add_noise(x0, z, theirs.timesteps[i + 1 : i + 2])
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
