@@ -1251,11 +1251,28 @@ class DiffusersScheduler:
                                        self._options)  # fmt: skip
             pairs = [(1.0, float(listed[k])) for k in calls]
         else:
-            pairs = [self._start(k) for k in calls]
+            pairs = [self._start_or_listed(k) for k in calls]
         return (
             torch.tensor([p[0] for p in pairs], dtype=torch.float64),
             torch.tensor([p[1] for p in pairs], dtype=torch.float64),
         )
+
+    def _start_or_listed(self, k: int) -> tuple[float, float]:
+        """:meth:`_start`, or for a VP solver on VP levels whose model conversion does not
+        give the level (``prediction_type="flow"`` without ``use_flow_sigmas``: diffusers'
+        x̂_0 = x - σ m there) the VP pair of diffusers' ``sigmas`` entry s = σ/α, as
+        diffusers' ``add_noise`` reads it: α = 1/sqrt(1 + s²), σ = s α."""
+        try:
+            return self._start(k)
+        except NotImplementedError:
+            if self._name not in _VP_SOLVERS or getattr(self._loop, "use_flow_sigmas", False):
+                raise
+        s = float(_diffusers_sigmas(self._name, self._loop, self._resolved_steps(),
+                                    self._options)[k])  # fmt: skip
+        if not math.isfinite(s):
+            return 0.0, 1.0
+        alpha = 1.0 / math.sqrt(1.0 + s * s)
+        return alpha, s * alpha
 
     def _start(self, k: int) -> tuple[float, float]:
         """(α, σ) of the native sample α x_0 + σ ε that starts a loop at call ``k``."""

@@ -20,11 +20,7 @@ Known departures, excluded with their reason:
   the exact level, σ_next itself, is at 888); ours is exact. The main timesteps are
   compared.
 * ``DPMSolverMultistepInverse`` where Karras levels round to one timestep: diffusers drops
-  the repeated timestep but not its level (``test_differential.py``'s departure); and its
-  ``add_noise`` with ``prediction_type="flow"`` on VP levels (``use_flow_sigmas=False``):
-  the adapter reads a call's noise level off the model conversion, which that combination
-  (diffusers' x̂_0 = x - σ m on VP σ's) does not give, and refuses by name
-  (NotImplementedError) where diffusers noises with the VP level.
+  the repeated timestep but not its level (``test_differential.py``'s departure).
 * configs ours refuses with a named reason (zero terminal SNR with ε, a level visited
   twice, a grid stretched past the training range, DDIMInverse from clean data with
   ``prediction_type="sample"``).
@@ -114,10 +110,6 @@ def test_api_calls_equal_diffusers(name, options, n, u):
     if not hasattr(theirs, "add_noise"):
         return
     i = int(u * len(ts_ours))
-    if inverse and sched.prediction_type == "flow" and not sched.use_flow_sigmas:
-        with pytest.raises(NotImplementedError, match="no noise level"):
-            ours.add_noise(x, z, ts_ours[i : i + 1].repeat(2))
-        return
     got = ours.add_noise(x, z, ts_ours[i : i + 1].repeat(2))
     with peer._double_tables(module):
         want = theirs.add_noise(x, z, theirs.timesteps[i : i + 1].repeat(2))

@@ -767,3 +767,25 @@ def test_add_noise_between_calls_is_diffusers(name, begin):
         got = ours.add_noise(x0, z, ours.timesteps[i + 1 : i + 2])
         want = theirs.add_noise(x0, z, theirs.timesteps[i + 1 : i + 2])
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepInverse", "DPMSolverMultistep", "UniPC"])
+def test_add_noise_of_flow_prediction_on_vp_levels_is_diffusers(name):
+    """A VP solver with ``prediction_type="flow"`` on VP levels (``use_flow_sigmas=False``):
+    its model conversion gives no noise level, and the inverse DPM-Solver's add_noise was
+    refused ("no noise level at model call k"); diffusers noises with the VP pair of its
+    ``sigmas`` entry, and so does the adapter, at every call's timestep."""
+    config = getattr(ds, name)(prediction_type="flow", use_karras_sigmas=True).to_config()
+    ours = DiffusersScheduler.from_config(config)
+    module = peer.module_of(config)
+    with peer._double_tables(module):
+        theirs = peer.scheduler(config)
+        theirs.set_timesteps(6)
+    ours.set_timesteps(6)
+    x = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(2, 4)
+    z = torch.sin(torch.arange(8, dtype=torch.float64)).reshape(2, 4)
+    for i in range(len(ours.timesteps)):
+        got = ours.add_noise(x, z, ours.timesteps[i : i + 1].repeat(2))
+        with peer._double_tables(module):
+            want = theirs.add_noise(x, z, theirs.timesteps[i : i + 1].repeat(2))
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
