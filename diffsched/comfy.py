@@ -122,7 +122,7 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
         import torch
 
         extra_args = {} if extra_args is None else extra_args
-        sig = sigmas.detach().cpu().to(torch.float64).numpy().copy()  # not the caller's
+        sig = _sigma_list(sigmas)  # a copy, not the caller's
         if len(sig) <= 1:
             return x
         flow_model = _comfy_flow(model) if flow is None else flow
@@ -146,6 +146,25 @@ def sampler_function(sched: BaseScheduler, *, flow: bool | None = None):
 
     sample.__name__ = f"sample_{type(sched).__name__}"
     return sample
+
+
+def _sigma_list(sigmas: Any) -> np.ndarray:
+    """ComfyUI's σ list (a 1-D torch tensor) as a float64 NumPy copy; anything else is
+    refused by name (a NumPy list raised an AttributeError, a 2-D one of one row ran no
+    step and returned the noise)."""
+    import torch
+
+    if not isinstance(sigmas, torch.Tensor):
+        raise TypeError(
+            f"sampler_function: sigmas must be ComfyUI's 1-D torch tensor, got "
+            f"{type(sigmas).__name__}"
+        )
+    if sigmas.ndim != 1:
+        raise ValueError(
+            f"sampler_function: sigmas must be 1-D (ComfyUI's σ list), got shape "
+            f"{tuple(sigmas.shape)}"
+        )
+    return sigmas.detach().cpu().to(torch.float64).numpy().copy()
 
 
 # the classes whose init takes sigmas= (for sampler_function's error)
@@ -281,13 +300,12 @@ def _comfy_sampler_function(sched: ComfySampler):
     runner = sched.replace(model="x0", shift=None, multiplier=None)
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        import torch
 
         extra_args = {} if extra_args is None else extra_args
         # a copy: a float64 list's .to(float64).numpy() shares the caller's memory, which
         # the quirk below writes into (the class applies that quirk itself, from the 0)
-        sig = sigmas.detach().cpu().to(torch.float64).numpy().copy()
-        if isinstance(sched, ComfyUniPC) and sig[-1] == 0:
+        sig = _sigma_list(sigmas)
+        if isinstance(sched, ComfyUniPC) and len(sig) and sig[-1] == 0:
             sigmas[-1] = 0.001  # ComfyUI's in-place quirk (then its flow result / 0.999)
         if len(sig) <= 1:
             return x

@@ -241,3 +241,18 @@ def test_custom_sigma_lists_of_heun_and_dpmsolver():
     flow = ds.DPMSolverMultistep(use_flow_sigmas=True, prediction_type="flow")
     _, ts = flow.init(None, x, sigmas=FLOW_SIGMAS)
     np.testing.assert_array_equal(ts, np.trunc(FLOW_SIGMAS[:-1] * 1000.0))  # as flow grids
+
+
+@pytest.mark.parametrize("name", ["euler", "uni_pc", "dpmpp_2m"])
+def test_sigmas_must_be_comfys_1d_tensor(name):
+    """The σ list is ComfyUI's 1-D torch tensor: a NumPy array (an AttributeError before) and
+    a 2-D tensor (one row ran no step and returned the noise) are refused by name; an empty
+    list returns the input as ComfyUI's KSampler does (uni_pc raised an IndexError)."""
+    fn = ds.comfy.sampler_function(ds.from_comfy(name))
+    x = torch.ones(1, 2, dtype=torch.float64)
+    model = lambda x, s, **k: 0.5 * x  # noqa: E731
+    with pytest.raises(TypeError, match="1-D torch tensor"):
+        fn(model, x, np.array([5.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"got shape \(1, 3\)"):
+        fn(model, x, torch.tensor([[5.0, 1.0, 0.0]], dtype=torch.float64))
+    assert fn(model, x, torch.zeros(0, dtype=torch.float64)) is x
