@@ -1152,11 +1152,7 @@ class VarianceChannels:
     def split_variance(self, sample: Array, output: Array, name: str = "prediction"):
         """(the prediction's channels, the variance's) of a model output of
         :meth:`prediction_shape`; a clear error for any other shape."""
-        for what, arr in (("sample", sample), (name, output)):
-            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
-                raise TypeError(
-                    f"{type(self).__name__}.step: {what} must be an array, got {type(arr).__name__}"
-                )
+        ops.check_step_arrays(type(self).__name__, sample=sample, **{name: output})
         want = self.prediction_shape(tuple(sample.shape))
         if tuple(output.shape) != want:
             raise ValueError(
