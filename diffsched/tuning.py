@@ -1038,8 +1038,11 @@ def _search_flow(model, scheduler, num_steps, calibration_noise, *, substeps, ca
         starts = {"own": own}
         even = np.linspace(g.sigma0, g.sigma0 / num_steps, num_steps)
         starts["even"] = _logit(g.shift * even / (1 + (g.shift - 1) * even))
-        starts["logit"] = np.concatenate([own[:1], np.linspace(own[1], own[-1], num_steps - 1)]
-                                         if num_steps > 1 else own[:1])  # fmt: skip
+        starts["logit"] = (
+            np.concatenate([own[:1], np.linspace(own[1], own[-1], num_steps - 1)])
+            if num_steps > 1
+            else own[:1]  # one step: its only level is the first, which stays
+        )
         for name, levels in starts.items():
             levels = np.concatenate([own[:1], levels[1:]])
             if np.all(np.isfinite(levels[1:])) and g.valid(levels):

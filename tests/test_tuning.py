@@ -479,3 +479,17 @@ def test_an_inverse_scheduler_is_refused_with_the_reason(tune_what):
     for sched in (ds.DDIMInverse(**SD), ds.DPMSolverMultistepInverse(**SD)):
         with pytest.raises(TypeError, match="inversion"):
             tune(never_called, sched, STEPS, CALIBRATION, tune=tune_what)
+
+
+@pytest.mark.parametrize("mode", ["grid", "both"])
+def test_a_one_step_flow_loop_tunes(mode):
+    """One step of a flow scheduler has one level, the first: the tuner keeps it (it raised
+    NumPy's "zero-dimensional arrays cannot be concatenated" building a start; found by
+    random command lines)."""
+    sched = ds.FlowMatchEuler(shift=3.0)
+    model = cli.exact_model(sched, "gmm")
+    result = tune(model, sched, 1, CALIBRATION[:8], tune=mode, max_evaluations=10)
+    if mode == "grid":
+        assert len(result["sigmas"]) == 1
+    else:
+        assert result.tuned_steps == 1
