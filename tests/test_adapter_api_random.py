@@ -33,14 +33,12 @@ their reason:
 from __future__ import annotations
 
 import os
-import random
 import warnings
 
 import pytest
 import torch
-from test_differential import NAMES, STEPS, draw, made
+from test_differential import drawn, made
 
-import diffsched as ds
 from diffsched.diffusers import DiffusersScheduler
 from diffsched.interop import peer
 
@@ -50,13 +48,10 @@ REFUSED = ("zero signal-to-noise", "visits", "stretches", "clean data")
 
 
 def cases():
-    params = []
-    for name in NAMES:
-        r = random.Random(f"{SEED}-{name}")
-        for k in range(EXAMPLES):
-            options, n = draw(r, getattr(ds, name)), r.choice(STEPS)
-            params.append(pytest.param(name, options, n, r.random(), id=f"{name}-{k}-N={n}"))
-    return params
+    return [
+        pytest.param(name, options, n, r.random(), id=f"{name}-{k}-N={n}")
+        for name, k, options, n, r in drawn(SEED, EXAMPLES)
+    ]
 
 
 def rel(a, b, floor: float = 0.0) -> float:

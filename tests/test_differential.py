@@ -126,14 +126,21 @@ def draw(r: random.Random, cls) -> dict:
     return options
 
 
-def cases():
-    params = []
+def drawn(seed: str, examples: int):
+    """(name, k, options, n, the generator) of each drawn config: ``examples`` per class,
+    from the class's own stream of ``seed`` (the generator goes on to draw more)."""
     for name in NAMES:
-        r = random.Random(f"{SEED}-{name}")
-        for k in range(EXAMPLES):
+        r = random.Random(f"{seed}-{name}")
+        for k in range(examples):
             options, n = draw(r, getattr(ds, name)), r.choice(STEPS)
-            params.append(pytest.param(name, options, n, id=f"{name}-{k}-N={n}"))
-    return params
+            yield name, k, options, n, r
+
+
+def cases():
+    return [
+        pytest.param(name, options, n, id=f"{name}-{k}-N={n}")
+        for name, k, options, n, _ in drawn(SEED, EXAMPLES)
+    ]
 
 
 def diffusers_loop(sched, n, start, model, noises):
