@@ -630,3 +630,17 @@ def test_comfy_schedules_on_a_zero_snr_table_name_the_clamp():
                 sched.init(5, np.zeros((2, 3)))
             checked += 1
     assert checked >= 40
+
+
+@pytest.mark.parametrize(
+    "cls", [ds.UniPC, ds.DPMSolverMultistep, ds.DPMSolverSinglestep, ds.LCM, ds.TCD, ds.DDPM]
+)
+def test_custom_integer_timesteps_refuse_a_fraction(cls):
+    """The classes that call the model at integer training timesteps refuse a custom
+    timestep with a fraction (999.5 ran as 999, as diffusers truncates it; DDPM refused
+    already); integral floats are integers."""
+    x = np.zeros((1, 2))
+    with pytest.raises(ValueError, match="integers"):
+        cls().init(None, x, timesteps=[999.5, 500.0, 100.0])
+    _, ts = cls().init(None, x, timesteps=[999.0, 500.0, 100.0])
+    assert list(np.asarray(ts)[:1]) == [999]

@@ -162,13 +162,20 @@ def flow_prediction_type_option() -> Any:
 
 
 def custom_timesteps(values: Any, num_train_steps: int) -> np.ndarray:
-    """``timesteps=`` as diffusers takes them: integers (cast), in [0, T), descending."""
+    """``timesteps=`` as diffusers takes them: integers, in [0, T), descending. A value
+    with a fraction is refused (diffusers truncates it: 999.5 ran as 999)."""
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise TypeError(f"timesteps must be a list of integers, got: {values!r}") from None
     if arr.size < 1 or not np.all(np.isfinite(arr)):
         raise ValueError(f"timesteps must be a non-empty list of integers, got: {values!r}")
+    fractional = arr[arr != np.floor(arr)]
+    if fractional.size:
+        raise ValueError(
+            f"timesteps must be integers (the model's training timesteps), got "
+            f"{fractional[0]:g} among {arr.tolist()}"
+        )
     ts = arr.astype(np.int64)
     if ts.min() < 0 or ts.max() >= num_train_steps or np.any(np.diff(ts) >= 0):
         raise ValueError(
