@@ -644,3 +644,24 @@ def test_custom_integer_timesteps_refuse_a_fraction(cls):
         cls().init(None, x, timesteps=[999.5, 500.0, 100.0])
     _, ts = cls().init(None, x, timesteps=[999.0, 500.0, 100.0])
     assert list(np.asarray(ts)[:1]) == [999]
+
+
+@pytest.mark.parametrize("cls", ds.methods.CLASSES, ids=lambda c: c.__name__)
+def test_a_custom_grid_of_two_dimensions_is_refused(cls):
+    """A 2-D ``sigmas=`` / ``timesteps=`` is refused by every class, never flattened (the
+    ComfyUI classes, Ralston, Restart and the consistency decoder flattened it)."""
+    x = np.zeros((1, 2))
+    for name, grid in (("sigmas", [[10.0, 1.0, 0.0]]), ("timesteps", [[999.0, 500.0, 0.0]])):
+        with pytest.raises((TypeError, ValueError)):
+            cls().init(None, x, **{name: grid})
+
+
+def test_scm_custom_angles_are_trigflow_angles():
+    """SCM's custom timesteps are TrigFlow angles from π/2 down to 0: ascending, negative
+    or past 1.5708 (diffusers' first angle) are refused (they ran)."""
+    x = np.zeros((1, 2))
+    for angles in ([0.1, 1.0, 0.0], [1.0, -1.0, 0.0], [3.0, 1.0, 0.0]):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            ds.SCM().init(None, x, timesteps=angles)
+    _, ts = ds.SCM().init(None, x, timesteps=[1.5708, 1.3, 0.0])
+    assert len(ts) == 2

@@ -218,6 +218,7 @@ class BaseScheduler:
         With a custom grid (``sigmas=`` of N + 1 levels or ``timesteps=`` of N points),
         ``num_steps`` may be None; otherwise it must agree with the grid.
         """
+        check_custom_grids(type(self).__name__, init_options)  # before any class reads it
         count = self.custom_steps(init_options)
         if num_steps is None and count is not None:
             num_steps = count
@@ -247,7 +248,7 @@ class BaseScheduler:
 
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
         ops.check_num_steps(num_steps)
-        _check_custom_grids(type(self).__name__, init_options)
+        check_custom_grids(type(self).__name__, init_options)
         try:
             # a table's arithmetic may meet 0/0, x/0 or overflow (a level visited twice, an
             # option out of range): its non-finite numbers are refused below, each with its
@@ -773,7 +774,7 @@ def _digest(text: str) -> int:
     return int.from_bytes(raw, "little", signed=True)
 
 
-def _check_custom_grids(owner: str, init_options: dict) -> None:
+def check_custom_grids(owner: str, init_options: dict) -> None:
     """A custom ``sigmas=`` / ``timesteps=`` is one flat list of numbers (as diffusers)."""
     for name in ("sigmas", "timesteps"):
         value = init_options.get(name)

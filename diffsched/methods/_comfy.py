@@ -35,7 +35,7 @@ import numpy as np
 from ..core import families, ops
 from ..core.engine import COEF_COLUMNS, Program, Tableau, Update
 from ..core.options import describe, option, specs
-from ..core.scheduler import BaseScheduler
+from ..core.scheduler import BaseScheduler, check_custom_grids
 from ..schedules import comfy as comfy_schedules
 
 MODELS = comfy_schedules.MODELS
@@ -199,6 +199,7 @@ class ComfySampler(BaseScheduler):
     def program(self, num_steps: int | None, **init_options: Any):
         """The compiled loop; ``num_steps`` may be None with ``sigmas=``. The scheduler's
         list can hold more (ddim_uniform) or fewer (beta) steps than ``num_steps``."""
+        check_custom_grids(type(self).__name__, init_options)  # a flat list, not flattened
         custom = init_options.get("sigmas")
         if custom is not None:
             count = len(np.asarray(custom).reshape(-1)) - 1

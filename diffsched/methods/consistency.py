@@ -57,6 +57,7 @@ from ..core.scheduler import (
     BaseScheduler,
     BrownianNoise,
     Clipping,
+    check_custom_grids,
     document,
     given_timesteps,
 )
@@ -218,6 +219,7 @@ class SCM(BrownianNoise, BaseScheduler):
         return False
 
     def program(self, num_steps: int | None, **init_options: Any):
+        check_custom_grids(type(self).__name__, init_options)  # a flat list, not flattened
         custom = init_options.get("timesteps")
         if custom is not None:  # N + 1 angles: the base class counts N
             init_options = {**init_options, "timesteps": tuple(np.asarray(custom, float).ravel())}
@@ -248,6 +250,13 @@ class SCM(BrownianNoise, BaseScheduler):
                 raise ValueError(
                     f"timesteps must be num_steps + 1 = {num_steps + 1} finite angles, got: "
                     f"{list(timesteps)!r}"
+                )
+            # TrigFlow's angles run from π/2 (noise) down to 0 (data); diffusers' first is
+            # 1.5708, a hair above π/2
+            if grid.min() < 0 or grid.max() > 1.5708 or np.any(np.diff(grid) >= 0):
+                raise ValueError(
+                    f"timesteps must be angles in [0, 1.5708] (TrigFlow's [0, π/2]), strictly "
+                    f"decreasing, got: {list(timesteps)!r}"
                 )
         elif max_timesteps is None:
             raise ValueError("give max_timesteps= or timesteps=")
@@ -346,6 +355,7 @@ class ConsistencyDecoder(BrownianNoise, BaseScheduler):
         return given_timesteps(timesteps, self.num_train_steps)
 
     def program(self, num_steps: int | None, **init_options: Any):
+        check_custom_grids(type(self).__name__, init_options)  # a flat list, not flattened
         if init_options.get("timesteps") is not None:  # a custom grid sets N
             ts = self._timesteps(num_steps, init_options["timesteps"])
             init_options = {**init_options, "timesteps": tuple(int(t) for t in ts)}
