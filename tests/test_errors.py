@@ -665,3 +665,16 @@ def test_scm_custom_angles_are_trigflow_angles():
             ds.SCM().init(None, x, timesteps=angles)
     _, ts = ds.SCM().init(None, x, timesteps=[1.5708, 1.3, 0.0])
     assert len(ts) == 2
+
+
+def test_a_jax_key_is_a_seed_or_integer_key_data():
+    """On JAX a key is an integer seed or a PRNG key (typed, or integer key data): a float,
+    a NaN or a list was cast to key data silently (NumPy and PyTorch refused them)."""
+    x = jnp.zeros((2, 3))
+    for key in (1.5, float("nan"), [1, 2], jnp.asarray([0.5, 1.0])):
+        with pytest.raises(TypeError, match="JAX PRNG key"):
+            ds.EulerAncestral().init(4, x, key)
+    import jax
+
+    for key in (3, jax.random.PRNGKey(3), jax.random.key(3)):
+        ds.EulerAncestral().init(4, x, key)

@@ -206,8 +206,16 @@ def seed_array(xp, key: Any, like: Array) -> Array:
         import jax
 
         data = key
-        if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+        dtype = getattr(key, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             data = jax.random.key_data(key)
+        elif dtype is None or not (
+            np.issubdtype(dtype, np.integer) and dtype != np.bool_
+        ):  # a float, NaN or a list was cast to a key silently
+            raise TypeError(
+                "expected an integer seed or a JAX PRNG key (jax.random.key or PRNGKey: "
+                f"integer key data), got: {_short(key)}"
+            )
         data = xp.reshape(xp.asarray(data), (-1,)).astype(xp.uint32).astype(xp.int32)
         word = data[0]
         for i in range(1, data.shape[0]):
