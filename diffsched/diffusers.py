@@ -459,6 +459,7 @@ class DiffusersScheduler:
         self._program: engine.Program | None = None
         self._tableau: engine.Tableau | None = None
         self._starts: dict[int, tuple[float, float]] = {}
+        self._listed: np.ndarray | None = None
         self._state: engine.EngineState | None = None
         self._state_index = 0  # the call index the engine state is at
         self._run: tuple[engine.Program, int] | None = None  # (program run, its first call)
@@ -618,6 +619,7 @@ class DiffusersScheduler:
         self._host_timesteps = np.asarray(self._program.timesteps)
         self._tableau = None
         self._starts = {}
+        self._listed = None
         self._churn_masks: dict[int, np.ndarray] = {}
         self._state = None
 
@@ -1243,45 +1245,50 @@ class DiffusersScheduler:
             calls = [self._step_index] * len(t)
         else:
             calls = [self._begin_index] * len(t)
-        if self._name in _SIGMAS_INTERLEAVED:
-            # diffusers noises to its sigmas list's entry of the call, which at a step's
-            # interpolated second call is the step's end level (StableDiffusionInpaint
-            # blends at every call's timestep)
-            listed = _diffusers_sigmas(self._name, self._loop, self._resolved_steps(),
-                                       self._options)  # fmt: skip
-            pairs = [(1.0, float(listed[k])) for k in calls]
-        else:
-            pairs = [self._start_or_listed(k) for k in calls]
+        pairs = [self._start(k) for k in calls]
         return (
             torch.tensor([p[0] for p in pairs], dtype=torch.float64),
             torch.tensor([p[1] for p in pairs], dtype=torch.float64),
         )
 
-    def _start_or_listed(self, k: int) -> tuple[float, float]:
-        """:meth:`_start`, or for a VP solver on VP levels whose model conversion does not
-        give the level (``prediction_type="flow"`` without ``use_flow_sigmas``: diffusers'
-        x̂_0 = x - σ m there) the VP pair of diffusers' ``sigmas`` entry s = σ/α, as
-        diffusers' ``add_noise`` reads it: α = 1/sqrt(1 + s²), σ = s α."""
-        try:
-            return self._start(k)
-        except NotImplementedError:
-            if self._name not in _VP_SOLVERS or getattr(self._loop, "use_flow_sigmas", False):
-                raise
-        s = float(_diffusers_sigmas(self._name, self._loop, self._resolved_steps(),
-                                    self._options)[k])  # fmt: skip
-        if not math.isfinite(s):
-            return 0.0, 1.0
-        alpha = 1.0 / math.sqrt(1.0 + s * s)
-        return alpha, s * alpha
-
     def _start(self, k: int) -> tuple[float, float]:
-        """(α, σ) of the native sample α x_0 + σ ε that starts a loop at call ``k``."""
+        """(α, σ) of the native sample α x_0 + σ ε at call ``k``, as diffusers' ``add_noise``
+        noises to it (cached per loop: pipelines call it at every step)."""
         if k not in self._starts:
-            start = self._start_from_conversion(k) or self._start_from_strength(k)
+            start = self._start_found(k)
             if start is None:
                 raise NotImplementedError(f"{self._name}: no noise level at model call {k}")
             self._starts[k] = start
         return self._starts[k]
+
+    def _start_found(self, k: int) -> tuple[float, float] | None:
+        if self._name in _SIGMAS_INTERLEAVED:
+            # diffusers noises to its sigmas list's entry of the call, which at a step's
+            # interpolated second call is the step's end level (StableDiffusionInpaint
+            # blends at every call's timestep)
+            return 1.0, float(self._listed_sigmas()[k])
+        start = self._start_from_conversion(k) or self._start_from_strength(k)
+        if (
+            start is None
+            and self._name in _VP_SOLVERS
+            and not getattr(self._loop, "use_flow_sigmas", False)
+        ):
+            # a VP solver whose model conversion gives no level (prediction_type="flow" on
+            # VP levels: diffusers' x̂_0 = x - σ m there): the VP pair of diffusers' sigmas
+            # entry s = σ/α, α = 1/sqrt(1 + s²), σ = s α, as its add_noise reads it
+            s = float(self._listed_sigmas()[k])
+            if not math.isfinite(s):
+                return 0.0, 1.0
+            alpha = 1.0 / math.sqrt(1.0 + s * s)
+            return alpha, s * alpha
+        return start
+
+    def _listed_sigmas(self) -> np.ndarray:
+        """diffusers' ``sigmas`` of this loop (float64), built once per loop."""
+        if self._listed is None:
+            self._listed = _diffusers_sigmas(self._name, self._loop, self._resolved_steps(),
+                                             self._options)  # fmt: skip
+        return self._listed
 
     def _start_from_conversion(self, k: int) -> tuple[float, float] | None:
         """Read off the x̂_0 conversion of a noise (or flow) model at call ``k``:

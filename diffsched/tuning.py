@@ -551,7 +551,6 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
     t0 = time.perf_counter()
     counted = _CountingModel(model)
     grid = Grid.of(scheduler, num_steps)
-    _check_candidates(candidates, num_steps)
     ref = reference
 
     def error(sched: Scheduler, g: Grid, levels: np.ndarray) -> Score:

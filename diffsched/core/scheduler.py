@@ -247,8 +247,7 @@ class BaseScheduler:
         return count
 
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
-        ops.check_num_steps(num_steps)
-        check_custom_grids(type(self).__name__, init_options)
+        ops.check_num_steps(num_steps)  # (the custom grids were checked by program)
         try:
             # a table's arithmetic may meet 0/0, x/0 or overflow (a level visited twice, an
             # option out of range): its non-finite numbers are refused below, each with its
