@@ -760,3 +760,23 @@ def test_refusals_come_without_numpy_warnings():
         for make, words in refused:
             with pytest.raises(ValueError, match=words):
                 make()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_an_empty_batch_runs_without_warnings(cls, backend):
+    """A batch of no samples (and a sample with an empty axis) is a valid array: the loop
+    returns an empty array of its shape and dtype, with no NumPy warning on the way (the
+    error norms and the score SDE's corrector normalise by sample norms, 0 / 0 there)."""
+    sched = cls()
+    for shape in ((0, 2, 3), (2, 0, 3)):
+        x = np.zeros(shape) if backend == "numpy" else torch.zeros(shape, dtype=torch.float64)
+        pshape = tuple(sched.prediction_shape(shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            state, ts = sched.init(4, x, 0)
+            for _ in range(len(ts)):
+                m = np.zeros(pshape) if backend == "numpy" else torch.zeros(pshape, dtype=x.dtype)
+                state, x = sched.step(state, x, m)
+        assert tuple(x.shape) == shape
+        assert x.dtype == (np.float64 if backend == "numpy" else torch.float64)

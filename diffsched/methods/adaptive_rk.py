@@ -200,7 +200,9 @@ class AdaptiveRK(AdaptiveComfy):
             e = h * combine(diff, k)
             scale = self.atol + self.rtol * xp.maximum(xp.abs(x), xp.abs(x_call))
             ratio = e / scale
-            err = xp.sqrt(xp.mean(ratio * ratio))
+            # an empty sample has no error: its sum of squares, 0 (the mean would be 0 / 0)
+            squares = ratio * ratio
+            err = xp.sqrt(xp.mean(squares) if math.prod(ratio.shape) else xp.sum(squares))
             ok = err <= 1.0
             if last is True:
                 accept = bool(ops.concrete_int(ok))

@@ -174,6 +174,8 @@ class ScoreSdeVe(BaseScheduler):
             return super().step(state, sample, prediction, noise=noise)
         else:
             z = noise if noise.dtype == dtype else xp.astype(noise, dtype)
+        if math.prod(sample.shape) == 0:  # an empty batch: no norms, nothing to correct
+            return super().step(state, sample, m, noise=z)
         batch = sample.shape[0]
 
         def mean_norm(a: Array) -> Array:
