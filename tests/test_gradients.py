@@ -1,4 +1,5 @@
-"""Loops are differentiable: PyTorch autograd and ``jax.grad`` through every class.
+"""Loops are differentiable: PyTorch autograd and ``jax.grad`` through every class (and
+through the diffusers adapter).
 
 Guidance by the gradient of a loss on the final sample, distillation and inversion need
 d(final sample)/d(noise) through the scheduler. Every class with a fixed program (all but
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_differential import NAMES
 from test_models import jax_x64
 
 import diffsched as ds
@@ -95,3 +97,31 @@ def test_jax_grad_matches_finite_differences(cls):
         fd = float((loss(x + H * d) - loss(x - H * d)) / (2 * H))
         scale = float((jnp.abs(g) * jnp.abs(d)).sum())
         _check(float((g * d).sum()), fd, scale, float(loss(x)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adapter_step_is_differentiable(name):
+    """Through the diffusers adapter as a pipeline drives it (``init_noise_sigma``,
+    ``scale_model_input``, ``step`` with a generator), as diffusers' own step is."""
+    from diffsched.diffusers import to_diffusers
+
+    adapter = to_diffusers(getattr(ds, name)())
+    w = torch.from_numpy(_W)
+
+    def loss(x):
+        adapter.set_timesteps(4)
+        y = x * adapter.init_noise_sigma
+        generator = torch.Generator().manual_seed(0)
+        for t in adapter.timesteps:
+            m = torch.tanh(adapter.scale_model_input(y, t) @ w)
+            y = adapter.step(m, t, y, generator=generator).prev_sample
+        return (y**2).sum()
+
+    x = torch.tensor(_X, requires_grad=True)
+    value = loss(x)
+    value.backward()
+    d = torch.from_numpy(_D)
+    with torch.no_grad():
+        fd = float((loss(x + H * d) - loss(x - H * d)) / (2 * H))
+    scale = float((x.grad.abs() * d.abs()).sum())
+    _check(float((x.grad * d).sum()), fd, scale, float(value.detach()))
