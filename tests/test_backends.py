@@ -387,3 +387,36 @@ def test_step_does_not_mutate_its_inputs(name, backend):
         # the old state is still valid: stepping from it again gives the same result
         assert np.array_equal(to_numpy(sched.step(state, y, pred)[1]), to_numpy(out))
         state, y = new_state, out
+
+
+@pytest.mark.parametrize("cls", ds.methods.CLASSES, ids=lambda c: c.__name__)
+def test_a_shape_dtype_struct_is_a_template(cls):
+    """``init`` takes a ``jax.ShapeDtypeStruct`` (Bumblebee's ``Nx.template``: a shape and
+    a dtype, no values) as it takes an array of that spec: the same state, timesteps and
+    loop, eagerly and inside ``jax.jit``."""
+    sched = cls()
+    x = jnp.asarray(_X, dtype=jnp.float32)
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    key = jax.random.key(3)
+    state_a, timesteps_a = sched.init(4, x, key)
+    state_b, timesteps_b = sched.init(4, spec, key)
+    np.testing.assert_array_equal(np.asarray(timesteps_a), np.asarray(timesteps_b))
+    for a, b in zip(jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b),
+                    strict=True):  # fmt: skip
+        assert a.shape == b.shape and a.dtype == b.dtype
+    n = int(np.isfinite(np.asarray(timesteps_a)).sum()) if cls.ADAPTIVE else len(timesteps_a)
+    pshape = tuple(sched.prediction_shape(x.shape))
+    prediction = jnp.full(pshape, 0.1, dtype=x.dtype)
+    ya = yb = x
+    for _ in range(min(n, 2)):
+        state_a, ya = sched.step(state_a, ya, prediction)
+        state_b, yb = sched.step(state_b, yb, prediction)
+    np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+    if not cls.ADAPTIVE:
+        jitted = jax.jit(lambda: sched.init(4, spec, key)[0])()
+        assert jax.tree_util.tree_structure(jitted) == jax.tree_util.tree_structure(state_a)
+
+
+def test_a_shape_dtype_struct_with_an_integer_dtype_is_refused():
+    with pytest.raises(TypeError, match="floating-point"):
+        ds.DDIM().init(4, jax.ShapeDtypeStruct((2, 3), jnp.int32), 0)

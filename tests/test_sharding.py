@@ -76,6 +76,8 @@ for name, (sched, make, shape, mesh, spec) in CASES.items():
 
     state, timesteps = sched.init(10, many, 7)
     history_want = NamedSharding(mesh, P(None, *spec))
+    # a jax.ShapeDtypeStruct with the sharding places the state as the array does
+    spec_state, _ = sched.init(10, jax.ShapeDtypeStruct(shape, many.dtype, sharding=sharding), 7)
     small = [a for f, a in state._asdict().items() if f != "history"] + [timesteps]
 
     start = time.perf_counter()
@@ -93,6 +95,9 @@ for name, (sched, make, shape, mesh, spec) in CASES.items():
             for a in small
         ),
         "history_sharding": str(state.history.sharding.spec),
+        "struct_history_as_wanted": spec_state.history.sharding.is_equivalent_to(
+            history_want, spec_state.history.ndim
+        ),
         "history_as_wanted": state.history.sharding.is_equivalent_to(
             history_want, state.history.ndim
         ),
@@ -146,10 +151,12 @@ def test_every_case_ran(report):
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_init_places_the_state_on_the_mesh(report, name):
     """The small tables are replicated over the mesh; the (K, *shape) history is sharded
-    like the template on the sample axes, K unsharded."""
+    like the template on the sample axes, K unsharded (also from a sharded
+    ``jax.ShapeDtypeStruct`` template)."""
     case = report[name]
     assert case["tables_replicated"]
     assert case["history_as_wanted"], case["history_sharding"]
+    assert case["struct_history_as_wanted"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

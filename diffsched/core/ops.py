@@ -27,6 +27,23 @@ Array = Any
 _NAMESPACES: dict[type, Any] = {}
 
 
+def template(sample_template: Any) -> Array:
+    """``init``'s sample template as an array: a JAX ``jax.ShapeDtypeStruct`` (a shape, a
+    dtype and an optional sharding, no values: Bumblebee's ``Nx.template``) becomes zeros
+    of that spec; any other value is returned as it is (an array's values are never
+    read)."""
+    kind = type(sample_template)
+    if kind.__name__ == "ShapeDtypeStruct" and kind.__module__.split(".")[0] == "jax":
+        import jax.numpy as jnp
+
+        shape, dtype = sample_template.shape, sample_template.dtype
+        sharding = getattr(sample_template, "sharding", None)
+        if sharding is None:
+            return jnp.zeros(shape, dtype)
+        return jnp.zeros(shape, dtype, device=sharding)
+    return sample_template
+
+
 def namespace(*arrays: Array):
     """The array-API namespace of ``arrays`` (all from one library)."""
     found = [_NAMESPACES.get(type(a)) for a in arrays]

@@ -380,8 +380,11 @@ class BaseScheduler:
         """The loop state and the timesteps of every model call (``len(timesteps)`` calls).
 
         ``init_options`` are the method's (``strength=`` for image-to-image, custom
-        ``sigmas=`` / ``timesteps=`` where the method takes them).
+        ``sigmas=`` / ``timesteps=`` where the method takes them). ``sample_template`` is
+        any array of the loop's shape, dtype and device (its values are not read), or a
+        ``jax.ShapeDtypeStruct``.
         """
+        sample_template = ops.template(sample_template)
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             if getattr(self, "noise_type", "gaussian") == "brownian":
                 raise ValueError(

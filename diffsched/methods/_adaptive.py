@@ -181,6 +181,7 @@ class AdaptiveComfy(ComfySampler):
         noise of a stochastic configuration (:meth:`_key`); a deterministic one checks it
         as every class does and never reads it."""
         owner = type(self).__name__
+        sample_template = ops.template(sample_template)
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
                 f"{owner} has no per-element schedules (offsets=, an array strength=): "

@@ -290,6 +290,7 @@ class ComfyNoise:
         (an integer in [0, 2**64)) and the state's ``key`` holds the stream."""
         if self.noise_stream != "comfy":
             return super().init(num_steps, sample_template, key, **init_options)  # type: ignore[misc]
+        sample_template = ops.template(sample_template)
         check_eager_cpu(type(self).__name__, sample_template, "sample_template")
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
