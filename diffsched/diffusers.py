@@ -174,6 +174,22 @@ _VP_SOLVERS = frozenset(
 )
 # the classes whose diffusers version has get_velocity at integer timesteps (Euler's reads
 # ᾱ at the index of the timestep in its loop instead, a slip not reproduced: it has none here)
+# the classes whose diffusers scheduler has a public index_for_timestep
+_INDEXED_BY_TIMESTEP = frozenset(
+    {
+        "CMStochasticIterativeScheduler", "CosineDPMSolverMultistepScheduler",
+        "DEISMultistepScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler",
+        "DPMSolverSinglestepScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler",
+        "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+        "FlowMapEulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler", "HeliosScheduler",
+        "HeunDiscreteScheduler", "IPNDMScheduler", "KDPM2AncestralDiscreteScheduler",
+        "KDPM2DiscreteScheduler", "LCMScheduler", "LMSDiscreteScheduler",
+        "LTXEulerAncestralRFScheduler", "MiniMaxH3Scheduler", "SASolverScheduler",
+        "SCMScheduler", "TCDScheduler", "UniPCMultistepScheduler",
+    }
+)  # fmt: skip
+
 _VELOCITY_AT_TIMESTEPS = frozenset(
     {
         "DDIMScheduler",
@@ -771,6 +787,40 @@ class DiffusersScheduler:
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Starts the loop at model call ``begin_index`` (image-to-image pipelines)."""
         self._begin_index = int(begin_index)
+
+    @property
+    def index_for_timestep(self) -> Any:
+        """``index_for_timestep(timestep, schedule_timesteps=None)``: the index of
+        ``timestep`` in ``schedule_timesteps`` (default: the loop's), its second occurrence
+        where it occurs twice, as diffusers' classes that have the method (the σ and
+        multistep classes) compute it. A timestep that is not listed is refused, as a step
+        there is: diffusers' multistep solvers return the last index. The other classes
+        have no such attribute, as diffusers'."""
+        if self._name not in _INDEXED_BY_TIMESTEP:
+            name = "index_for_timestep"
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self._index_for_timestep
+
+    def _index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
+        if schedule_timesteps is None:
+            self._require_program()
+            return self._index_of(timestep)
+        if hasattr(schedule_timesteps, "detach"):
+            schedule_timesteps = schedule_timesteps.detach().cpu().numpy()
+        listed = np.asarray(schedule_timesteps)
+        if listed.ndim != 1 or listed.dtype.kind not in "iuf":
+            raise ValueError(
+                f"{self._name}.index_for_timestep: schedule_timesteps must be a 1-D list of "
+                f"numbers, got {listed.ndim}-D of dtype {listed.dtype}"
+            )
+        value = _scalar(timestep)
+        found = np.flatnonzero(listed.astype(np.float64) == value)
+        if found.size == 0:
+            raise ValueError(
+                f"{self._name}: timestep {value} is not one of the timesteps given "
+                f"{_listed(listed)}"
+            )
+        return int(found[1] if found.size > 1 else found[0])
 
     def _index_of(self, timestep: Any) -> int:
         """The call of ``timestep``: its only occurrence, else its second (diffusers' rule,

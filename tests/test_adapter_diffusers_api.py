@@ -789,3 +789,36 @@ def test_add_noise_of_flow_prediction_on_vp_levels_is_diffusers(name):
         with peer._double_tables(module):
             want = theirs.add_noise(x, z, theirs.timesteps[i : i + 1].repeat(2))
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "sched",
+    [ds.Euler(**SD), ds.Heun(**SD), ds.DPM2Ancestral(**SD), ds.DPMSolverMultistep(**SD),
+     ds.UniPC(**SD), ds.LCM(), ds.IPNDM(), ds.FlowMatchEuler(shift=3.0)],
+    ids=lambda s: type(s).__name__,
+)  # fmt: skip
+def test_index_for_timestep_as_diffusers(sched):
+    """diffusers' public ``index_for_timestep`` (a repeated timestep of Heun's loop: its
+    second occurrence), on the loop's timesteps and on a list given; a timestep not
+    listed is refused by name (diffusers' multistep solvers return the last index)."""
+    config = sched.to_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peer.scheduler(config)
+    ours = DiffusersScheduler(sched)
+    ours.set_timesteps(7)
+    theirs.set_timesteps(7)
+    for t_ours, t_theirs in zip(ours.timesteps, theirs.timesteps, strict=True):
+        assert ours.index_for_timestep(t_ours) == theirs.index_for_timestep(t_theirs)
+        given = theirs.index_for_timestep(t_theirs, theirs.timesteps)
+        assert ours.index_for_timestep(t_theirs, theirs.timesteps) == given
+    with pytest.raises(ValueError, match="not one of"):
+        ours.index_for_timestep(123.25)
+    with pytest.raises(ValueError, match="1-D"):
+        ours.index_for_timestep(ours.timesteps[0], ours.timesteps.reshape(1, -1))
+
+
+def test_index_for_timestep_only_where_diffusers_has_it():
+    assert not hasattr(DiffusersScheduler(ds.DDIM()), "index_for_timestep")
+    assert not hasattr(DiffusersScheduler(ds.PNDM()), "index_for_timestep")
+    assert hasattr(DiffusersScheduler(ds.SASolver()), "index_for_timestep")
