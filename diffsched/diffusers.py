@@ -172,8 +172,6 @@ _VP_SOLVERS = frozenset(
         "UniPCMultistepScheduler",
     }
 )
-# the classes whose diffusers version has get_velocity at integer timesteps (Euler's reads
-# ᾱ at the index of the timestep in its loop instead, a slip not reproduced: it has none here)
 # the classes whose diffusers scheduler has a public index_for_timestep
 _INDEXED_BY_TIMESTEP = frozenset(
     {
@@ -190,6 +188,8 @@ _INDEXED_BY_TIMESTEP = frozenset(
     }
 )  # fmt: skip
 
+# the classes whose diffusers version has get_velocity at integer timesteps (Euler's reads
+# ᾱ at the index of the timestep in its loop instead, a slip not reproduced: it has none here)
 _VELOCITY_AT_TIMESTEPS = frozenset(
     {
         "DDIMScheduler",
