@@ -172,6 +172,15 @@ _VP_SOLVERS = frozenset(
         "UniPCMultistepScheduler",
     }
 )
+# the classes whose diffusers __init__ calls set_timesteps(num_train_timesteps)
+_INIT_SETS_TIMESTEPS = frozenset(
+    {
+        "DPMSolverSDEScheduler", "FlowMapEulerDiscreteScheduler", "HeunDiscreteScheduler",
+        "IPNDMScheduler", "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler",
+        "LMSDiscreteScheduler",
+    }
+)  # fmt: skip
+
 # the classes whose diffusers scheduler has a public index_for_timestep
 _INDEXED_BY_TIMESTEP = frozenset(
     {
@@ -482,7 +491,10 @@ class DiffusersScheduler:
         self._template: tuple | None = None
         self._host_timesteps: np.ndarray | None = None
         self._timesteps = None
-        self.num_inference_steps: int | None = None
+        # the classes whose diffusers __init__ runs set_timesteps(T) count T steps before
+        # set_timesteps (their timesteps, below, are that loop's)
+        init_loop = self._name in _INIT_SETS_TIMESTEPS
+        self.num_inference_steps: int | None = scheduler.num_train_steps if init_loop else None
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.__dict__.pop("_sigmas", None)  # a protocol's sigmas belong to the old loop

@@ -822,3 +822,15 @@ def test_index_for_timestep_only_where_diffusers_has_it():
     assert not hasattr(DiffusersScheduler(ds.DDIM()), "index_for_timestep")
     assert not hasattr(DiffusersScheduler(ds.PNDM()), "index_for_timestep")
     assert hasattr(DiffusersScheduler(ds.SASolver()), "index_for_timestep")
+
+
+@pytest.mark.parametrize("cls", ds.methods.ALL, ids=lambda c: c.__name__)
+def test_num_inference_steps_before_set_timesteps_as_diffusers(cls):
+    """diffusers' Heun, DPM-2 (both), LMS, iPNDM, the SDE solver and FlowMapEuler run
+    set_timesteps(T) in __init__ (T steps counted); the others count none yet."""
+    config = cls().to_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peer.scheduler(config)
+    expected = getattr(theirs, "num_inference_steps", None)
+    assert DiffusersScheduler(cls()).num_inference_steps == expected
