@@ -420,3 +420,28 @@ def test_a_shape_dtype_struct_is_a_template(cls):
 def test_a_shape_dtype_struct_with_an_integer_dtype_is_refused():
     with pytest.raises(TypeError, match="floating-point"):
         ds.DDIM().init(4, jax.ShapeDtypeStruct((2, 3), jnp.int32), 0)
+
+
+@pytest.mark.parametrize(
+    "cls", [c for c in ds.methods.CLASSES if not c.ADAPTIVE], ids=lambda c: c.__name__
+)
+def test_a_vmapped_loop_equals_one_loop_per_item(cls):
+    """``jax.vmap`` over (key, noise) pairs runs one loop per item: each item's final sample
+    is its own loop's (a stochastic class draws each item's noise from its own key)."""
+    sched = cls()
+    w = jnp.asarray(_W[:3, :3], dtype=jnp.float64)
+    k = sched.prediction_shape((1, 2, 3))[-1] // 3  # Piflow: k velocities per channel
+
+    def loop(key, x):
+        state, timesteps = sched.init(4, x, key)
+        for _ in range(len(timesteps)):
+            m = jnp.tanh(x @ w)
+            state, x = sched.step(state, x, jnp.tile(m, (1, 1, k)) if k > 1 else m)
+        return x
+
+    xs = jnp.asarray(np.random.default_rng(1).standard_normal((2, 1, 2, 3)))
+    keys = jax.random.split(jax.random.key(0), 2)
+    both = jax.vmap(loop)(keys, xs)
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(both[i]), np.asarray(loop(keys[i], xs[i])),
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
