@@ -49,16 +49,30 @@ SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)
 
 
 def from_comfy(
-    sampler_name: str, scheduler_name: str = "normal", *, model: str = "eps", **settings: Any
+    sampler_name: str,
+    scheduler_name: str | None = None,
+    *,
+    model: str = "eps",
+    **settings: Any,
 ) -> ComfySampler:
     """The scheduler running ComfyUI's KSampler with ``sampler_name`` and
-    ``scheduler_name`` on ``model``'s model sampling ("eps", "v", "x0", "lcm", "flow",
-    "flux").
+    ``scheduler_name`` (default ``"normal"``; also accepted as ``scheduler=``, the classes'
+    option name, but not both) on ``model``'s model sampling ("eps", "v", "x0", "lcm",
+    "flow", "flux").
 
     ``settings``: the model sampling's keys (``linear_start``, ``linear_end``,
     ``beta_schedule``, ``zsnr``, ``shift``, ``multiplier``) and the sampler's options
     (``order`` for lms, ``max_order`` and ``deis_mode``, ``ge_gamma``, ``s_churn``, ...).
     """
+    if "scheduler" in settings:
+        if scheduler_name is not None:
+            raise TypeError(
+                f"from_comfy got the ComfyUI scheduler twice: scheduler_name="
+                f"{scheduler_name!r} and scheduler={settings['scheduler']!r}; pass one"
+            )
+        scheduler_name = settings.pop("scheduler")
+    if scheduler_name is None:
+        scheduler_name = "normal"
     if not isinstance(sampler_name, str) or sampler_name not in SAMPLERS:
         raise ValueError(f"unknown ComfyUI sampler {sampler_name!r}; known: {SAMPLERS}")
     if not isinstance(scheduler_name, str) or scheduler_name not in SCHEDULERS:

@@ -229,6 +229,14 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match="decreasing"):
         ds.from_comfy("euler").init(None, NOISE, sigmas=[1.0, 2.0, 0.0])
     assert isinstance(ds.from_comfy("ddim"), ds.ComfyEuler)
+    # the scheduler also as scheduler= (the classes' option name), once (was a bare
+    # "got multiple values for keyword argument 'scheduler'")
+    assert ds.from_comfy("euler", scheduler="karras") == ds.from_comfy("euler", "karras")
+    assert ds.from_comfy("euler").scheduler == "normal"
+    with pytest.raises(TypeError, match="twice"):
+        ds.from_comfy("euler", "simple", scheduler="karras")
+    with pytest.raises(ValueError, match="unknown ComfyUI scheduler 'karas'"):
+        ds.from_comfy("euler", scheduler="karas")
 
 
 def test_config_round_trip():
