@@ -200,10 +200,10 @@ def comfy_defaults() -> dict[str, str]:
     :func:`diffsched.from_comfy`."""
     import inspect
 
-    from .comfy import from_comfy
+    from .comfy import DEFAULT_SCHEDULER, from_comfy
 
     params = inspect.signature(from_comfy).parameters
-    return {"scheduler": params["scheduler_name"].default, "model": params["model"].default}
+    return {"scheduler": DEFAULT_SCHEDULER, "model": params["model"].default}
 
 
 def build_comfy(

@@ -34,7 +34,8 @@ from .methods.comfy_exponential import ComfyUniPC
 from .schedules.comfy import KSAMPLER_SCHEDULERS
 
 __all__ = [
-    "SAMPLERS", "SCHEDULERS", "from_comfy", "initial_noise", "sampler_function",
+    "DEFAULT_SCHEDULER", "SAMPLERS", "SCHEDULERS", "from_comfy", "initial_noise",
+    "sampler_function",
 ]  # fmt: skip
 
 # sampler name -> (class, fixed options), from each class's COMFY_NAMES and COMFY_OPTIONS
@@ -46,6 +47,7 @@ _CLASSES: dict[str, tuple[type[ComfySampler], dict[str, Any]]] = {
 }
 SAMPLERS: tuple[str, ...] = tuple(_CLASSES)  # the names from_comfy runs
 SCHEDULERS: tuple[str, ...] = tuple(KSAMPLER_SCHEDULERS)
+DEFAULT_SCHEDULER = "normal"  # from_comfy's, where no scheduler is named
 
 
 def from_comfy(
@@ -56,9 +58,9 @@ def from_comfy(
     **settings: Any,
 ) -> ComfySampler:
     """The scheduler running ComfyUI's KSampler with ``sampler_name`` and
-    ``scheduler_name`` (default ``"normal"``; also accepted as ``scheduler=``, the classes'
-    option name, but not both) on ``model``'s model sampling ("eps", "v", "x0", "lcm",
-    "flow", "flux").
+    ``scheduler_name`` (default ``DEFAULT_SCHEDULER``, "normal"; also accepted as
+    ``scheduler=``, the classes' option name, but not both) on ``model``'s model sampling
+    ("eps", "v", "x0", "lcm", "flow", "flux").
 
     ``settings``: the model sampling's keys (``linear_start``, ``linear_end``,
     ``beta_schedule``, ``zsnr``, ``shift``, ``multiplier``) and the sampler's options
@@ -72,7 +74,7 @@ def from_comfy(
             )
         scheduler_name = settings.pop("scheduler")
     if scheduler_name is None:
-        scheduler_name = "normal"
+        scheduler_name = DEFAULT_SCHEDULER
     if not isinstance(sampler_name, str) or sampler_name not in SAMPLERS:
         raise ValueError(f"unknown ComfyUI sampler {sampler_name!r}; known: {SAMPLERS}")
     if not isinstance(scheduler_name, str) or scheduler_name not in SCHEDULERS:
