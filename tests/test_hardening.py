@@ -780,3 +780,25 @@ def test_an_empty_batch_runs_without_warnings(cls, backend):
                 state, x = sched.step(state, x, m)
         assert tuple(x.shape) == shape
         assert x.dtype == (np.float64 if backend == "numpy" else torch.float64)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_the_contract_by_keyword(cls):
+    """``init(num_steps=, sample_template=, key=)`` and ``step(state=, sample=,
+    prediction=)`` by the contract's names for every class (the adaptive classes' bound on
+    model calls is their num_steps; ``max_calls=`` names it too), with the positional
+    call's result."""
+    sched = cls()
+    x = np.ones((1, 2, 3))
+    state, timesteps = sched.init(num_steps=4, sample_template=x, key=0)
+    state_p, timesteps_p = sched.init(4, x, 0)
+    np.testing.assert_array_equal(np.asarray(timesteps), np.asarray(timesteps_p))
+    m = np.full(tuple(sched.prediction_shape(x.shape)), 0.1)
+    _, y = sched.step(state=state, sample=x, prediction=m)
+    _, y_p = sched.step(state_p, x, m)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_p))
+    if cls.ADAPTIVE:
+        _, by_name = sched.init(max_calls=4, sample_template=x, key=0)
+        np.testing.assert_array_equal(np.asarray(by_name), np.asarray(timesteps))
+        with pytest.raises(TypeError, match="pass one"):
+            sched.init(4, x, 0, max_calls=4)

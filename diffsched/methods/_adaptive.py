@@ -159,9 +159,11 @@ class AdaptiveComfy(ComfySampler):
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         raise TypeError(f"{type(self).__name__} is adaptive: it has no fixed noise levels")
 
-    def init_noise_scale(self, max_calls: int | None = None, **init_options: Any) -> float:
+    def init_noise_scale(self, num_steps: int | None = None, **init_options: Any) -> float:
         """The factor turning standard normal noise into the first model input: ComfyUI's
-        noise scaling a times the first call's input scale (1 at full denoise)."""
+        noise scaling a times the first call's input scale (1 at full denoise). The bound
+        on model calls (``num_steps``, or ``max_calls=``) does not change it."""
+        init_options.pop("max_calls", None)
         opts = self._span_options(type(self).__name__, init_options)
         first, _, _ = self.span(**opts)
         ms = self.model_sampling
@@ -173,14 +175,34 @@ class AdaptiveComfy(ComfySampler):
         return sigma_start
 
     def init(
-        self, max_calls: int, sample_template: Array, key: Any = 0, **init_options: Any
+        self,
+        num_steps: int | None = None,
+        sample_template: Array | None = None,
+        key: Any = 0,
+        *,
+        max_calls: int | None = None,
+        **init_options: Any,
     ) -> tuple[AdaptiveState, Array]:
         """The loop state and ``timesteps`` (``max_calls`` entries: the first call's, then
-        NaN: see the module). ``init_options``: ``steps`` (KSampler's steps of the σ list,
-        default 20), ``sigmas=[...]`` (an explicit list) or ``denoise``. ``key`` seeds the
-        noise of a stochastic configuration (:meth:`_key`); a deterministic one checks it
-        as every class does and never reads it."""
+        NaN: see the module). The first argument is the contract's ``num_steps``: here the
+        bound on model calls, ``max_calls`` (either name, not both). ``init_options``:
+        ``steps`` (KSampler's steps of the σ list, default 20), ``sigmas=[...]`` (an
+        explicit list) or ``denoise``. ``key`` seeds the noise of a stochastic
+        configuration (:meth:`_key`); a deterministic one checks it as every class does
+        and never reads it."""
         owner = type(self).__name__
+        if max_calls is not None and num_steps is not None:
+            raise TypeError(
+                f"{owner}.init: num_steps and max_calls name one bound, the model calls of "
+                f"an adaptive loop; pass one, got num_steps={num_steps!r} and "
+                f"max_calls={max_calls!r}"
+            )
+        max_calls = num_steps if max_calls is None else max_calls
+        if max_calls is None or sample_template is None:
+            missing = "the bound on model calls (num_steps or max_calls=)"
+            raise TypeError(
+                f"{owner}.init missing {missing if max_calls is None else 'sample_template'}"
+            )
         sample_template = ops.template(sample_template)
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
