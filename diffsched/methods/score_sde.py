@@ -151,11 +151,19 @@ class ScoreSdeVe(BaseScheduler):
         prediction: Array,
         *,
         noise: Array | None = None,
+        unconditional: Array | None = None,
     ) -> tuple[engine.EngineState, Array]:
         """One model call: a corrector's (Alg. 4) or the predictor's (Alg. 2); see the class.
 
-        ``noise`` overrides the call's draw (the sample's shape).
+        ``noise`` overrides the call's draw (the sample's shape). ``unconditional=``
+        (CFG++) is refused: a Langevin corrector has no x̂_0 / ε̂ split to guide.
         """
+        if unconditional is not None:
+            raise TypeError(
+                f"{type(self).__name__}.step takes no unconditional= (CFG++): a Langevin "
+                "corrector has no x̂_0 / ε̂ split to guide; guide the score classically "
+                "(ds.Guided(..., cfg_pp=False))"
+            )
         ops.check_step_arrays(type(self).__name__, sample=sample, prediction=prediction,
                               noise=noise)  # fmt: skip
         if self.correct_steps == 0:
