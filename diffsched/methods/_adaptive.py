@@ -197,12 +197,7 @@ class AdaptiveComfy(ComfySampler):
                 f"an adaptive loop; pass one, got num_steps={num_steps!r} and "
                 f"max_calls={max_calls!r}"
             )
-        max_calls = num_steps if max_calls is None else max_calls
-        if max_calls is None or sample_template is None:
-            missing = "the bound on model calls (num_steps or max_calls=)"
-            raise TypeError(
-                f"{owner}.init missing {missing if max_calls is None else 'sample_template'}"
-            )
+        max_calls = num_steps if max_calls is None else max_calls  # checked below
         sample_template = ops.template(sample_template)
         if init_options.get("offsets") is not None or np.ndim(init_options.get("strength")) > 0:
             raise ValueError(
