@@ -207,6 +207,8 @@ _VELOCITY_AT_TIMESTEPS = frozenset(
         "DDPMParallelScheduler",
         "LCMScheduler",
         "TCDScheduler",
+        "CogVideoXDDIMScheduler",
+        "CogVideoXDPMScheduler",
     }
 )
 # classes whose diffusers __init__ sets init_noise_sigma = sigma_max, which their pipelines
@@ -1263,8 +1265,9 @@ class DiffusersScheduler:
     def get_velocity(self) -> Any:
         """``get_velocity(sample, noise, timesteps)``: the v-prediction training target
         sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 at integer training timesteps (Salimans & Ho 2022,
-        sec. 4), as diffusers' classes that have one (DDPM, DDIM, LCM, TCD and the
-        parallel DDPM / DDIM) compute it; the others have no such attribute, as diffusers'."""
+        sec. 4), as diffusers' classes that have one (DDPM, DDIM, LCM, TCD, the parallel
+        DDPM / DDIM and CogVideoX's DDIM / DPM on their SNR-shifted tables) compute it; the
+        others have no such attribute, as diffusers'."""
         if self._name not in _VELOCITY_AT_TIMESTEPS:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute 'get_velocity'")
         return self._velocity

@@ -603,6 +603,8 @@ def test_churn_draws_as_diffusers(sched):
         ds.TCD(),
         ds.DDPMParallel(rescale_betas_zero_snr=True, prediction_type="angular_velocity"),
         ds.DDIMParallel(),
+        ds.CogVideoXDDIM(),  # its SNR-shifted table (snr_shift_scale 3)
+        ds.CogVideoXDPM(snr_shift_scale=1.0),
     ],
     ids=lambda s: type(s).__name__,
 )
