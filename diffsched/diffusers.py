@@ -828,25 +828,24 @@ class DiffusersScheduler:
                 f"numbers, got {listed.ndim}-D of dtype {listed.dtype}"
             )
         value = _scalar(timestep)
-        found = np.flatnonzero(listed.astype(np.float64) == value)
-        if found.size == 0:
+        k = _occurrence(listed.astype(np.float64), value)
+        if k is None:
             raise ValueError(
                 f"{self._name}: timestep {value} is not one of the timesteps given "
                 f"{_listed(listed)}"
             )
-        return int(found[1] if found.size > 1 else found[0])
+        return k
 
     def _index_of(self, timestep: Any) -> int:
-        """The call of ``timestep``: its only occurrence, else its second (diffusers' rule,
-        so that a loop started at a repeated timestep of Heun starts on a first stage)."""
+        """The call of ``timestep`` in this loop (:func:`_occurrence`)."""
         ts = self._host_timesteps
         value = _scalar(timestep)
-        found = np.flatnonzero(ts.astype(np.float32 if ts.dtype.kind == "f" else ts.dtype) == value)
-        if found.size == 0:
+        k = _occurrence(ts.astype(np.float32 if ts.dtype.kind == "f" else ts.dtype), value)
+        if k is None:
             raise ValueError(
                 f"{self._name}: timestep {value} is not one of this loop's timesteps {_listed(ts)}"
             )
-        return int(found[1] if found.size > 1 else found[0])
+        return k
 
     def _call_index(self, timestep: Any) -> int:
         """The call this model input or step is for (see the module docstring)."""
@@ -2328,6 +2327,16 @@ def _host(value: Any) -> Any:
     if isinstance(value, str) or np.ndim(value) != 1:
         return value  # the method's own check reports it
     return tuple(np.asarray(value).tolist())
+
+
+def _occurrence(listed: np.ndarray, value: float) -> int | None:
+    """diffusers' index of a timestep in a list: its only occurrence, else its second (so
+    that a loop started at a repeated timestep of Heun starts on a first stage); None if
+    it is not listed."""
+    found = np.flatnonzero(listed == value)
+    if found.size == 0:
+        return None
+    return int(found[1] if found.size > 1 else found[0])
 
 
 def _scalar(timestep: Any) -> float:
