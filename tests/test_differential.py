@@ -6,8 +6,10 @@ set of random configs (each option set with probability 1/2, to a value from its
 or a realistic range) and step counts, run by our class and by diffusers (float64 tables,
 the same start, model and noise draws; see ``sigma_parity``). The properties:
 
-* both loops call the model at the same timesteps and end within 1e-6 (relative, float64;
-  1e-5 for the EDM classes, whose Karras grid is float32 as stock diffusers builds it);
+* both loops call the model at the same timesteps (stock diffusers' float32 ones where its
+  are float32: ``peer.run`` rounds the float64 tables' to them, as ours are) and end within
+  1e-6 (relative, float64; 1e-5 for the EDM classes, whose Karras grid is float32 as stock
+  diffusers builds it);
 * where diffusers raises or returns NaN / inf, ours is finite (or refuses the config with
   a named reason);
 * ours refuses a config that diffusers runs only for the documented reasons below;
@@ -239,6 +241,8 @@ def pipeline_loop(scheduler, config, n, start, model):
         scheduler.set_timesteps(n)
     if theirs:
         peer._double_grids(scheduler)
+    # the model at stock diffusers' timesteps (float32 where its are), as ours passes them
+    model_time = peer.stock_timestep(config, n, {}) if theirs else None
     generator = torch.Generator().manual_seed(0)
     kwargs = {peer.STEP_KWARGS.get(k, k): v for k, v in (config.get("_diffsched") or {}).items()}
     if "generator" in inspect.signature(scheduler.step).parameters:
@@ -250,7 +254,8 @@ def pipeline_loop(scheduler, config, n, start, model):
         for t in scheduler.timesteps:
             inp = x if flow else scheduler.scale_model_input(x, t)
             step_t = int(t) if config["_class_name"] == "LCMScheduler" else t
-            x = scheduler.step(model(inp, t), step_t, x, **kwargs).prev_sample
+            out = model(inp, t if model_time is None else model_time(t))
+            x = scheduler.step(out, step_t, x, **kwargs).prev_sample
     return scheduler.timesteps, x, torch.randn(4, generator=generator, dtype=torch.float32)
 
 
@@ -322,3 +327,33 @@ def test_a_converted_grid_starts_at_the_top_timestep(name, kind):
             theirs.set_timesteps(n)
         assert timesteps[0] == 999, (n, timesteps[:3])
         assert np.array_equal(timesteps, theirs.timesteps.numpy()), n
+
+
+# a steep schedule's top (squared cosine, σ up to 2e4) on fractional timesteps: stock
+# diffusers calls the model at float32 timesteps (998.9440918), as ours does, where the
+# float64 tables give 998.9440648; with the model called there the loops were 1.08e-6 apart
+# (seed 20261208), now 6e-11: the peer passes the model stock's timesteps (``peer.run``)
+STEEP_TOP = {
+    "beta_schedule": "squared_cosine",
+    "beta_end": 0.02354138781993895,
+    "prediction_type": "sample",
+    "timestep_spacing": "trailing",
+    "use_beta_sigmas": True,
+}
+
+
+@pytest.mark.parametrize("name", ["Heun", "Euler", "LMS"])
+def test_the_model_is_called_at_stock_diffusers_timesteps(name):
+    sched = getattr(ds, name)(**STEEP_TOP)
+    start, model, noises = oracle.start_sample(), oracle.linear_tanh_model(), oracle.noise_list(18)
+    seen = []
+
+    def recording(x, t):
+        seen.append(float(t))
+        return model(x, t)
+
+    their_timesteps, theirs = peer.run(sched.to_config(), recording, start, 5, noises=noises)
+    timesteps, ours, _ = sigma_parity.loop_ours(sched, 5, start, model, noises)
+    # stock's timesteps are float32: the float64 tables' rounded, as ours
+    assert seen == their_timesteps.float().double().tolist() == np.asarray(timesteps).tolist()
+    assert oracle.rel(torch.as_tensor(ours), theirs) < 1e-9

@@ -137,8 +137,10 @@ def run(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps, final sample) of diffusers' loop for ``config``, driven as its pipelines
     drive it: ``noise * init_noise_sigma``, then per timestep ``scale_model_input``, the
-    model, ``step``. ``noises[i]`` replaces the noise diffusers draws at call i (its
-    ``randn_tensor``); options diffusers passes to ``step`` come from ``"_diffsched"``.
+    model, ``step``. With ``float64`` tables the model is called at the timesteps stock
+    diffusers passes it: rounded to float32 where stock's ``timesteps`` are float32.
+    ``noises[i]`` replaces the noise diffusers draws at call i (its ``randn_tensor``);
+    options diffusers passes to ``step`` come from ``"_diffsched"``.
     """
     import inspect
     from unittest import mock
@@ -160,6 +162,10 @@ def run(
     if float64:
         _double_grids(d)
     timesteps = d.timesteps
+    # the model sees the timesteps stock diffusers gives it: where its float32 tables make
+    # them float32 (Euler-type classes: fractional timesteps), the float64 tables' values
+    # rounded to float32, as its pipelines pass them (the step's arithmetic stays float64)
+    model_time = stock_timestep(config, num_steps, set_timesteps_kwargs) if float64 else None
     if strength is not None:
         steps = d.num_inference_steps
         if name.startswith("FlowMatch"):  # SD3 / FLUX img2img: floor(N (1 - s)) skipped
@@ -186,8 +192,33 @@ def run(
             current[0] = i
             inp = scale_input(x, t)
             step_t = int(t) if name == "LCMScheduler" else t
-            x = d.step(model(inp, t), step_t, x, **step_kwargs).prev_sample
+            out = model(inp, t if model_time is None else model_time(t))
+            x = d.step(out, step_t, x, **step_kwargs).prev_sample
     return timesteps, x
+
+
+def stock_timestep(config: dict, num_steps: int | None, set_timesteps_kwargs: dict):
+    """The rounding of a timestep to the dtype of stock diffusers' ``timesteps`` (its
+    float32 tables) for ``config``'s loop, or None where stock's are not float32."""
+    stock = scheduler(config, float64=False)
+    kwargs = {k: v for k, v in set_timesteps_kwargs.items() if k != "strength"}
+    try:
+        if num_steps is None:
+            stock.set_timesteps(**kwargs)
+        else:
+            stock.set_timesteps(num_steps, **kwargs)
+    except Exception:  # stock's float32 tables refuse what float64 ones take: as they are
+        return None
+    stock_timesteps = getattr(stock, "timesteps", None)
+    if not isinstance(stock_timesteps, torch.Tensor) or stock_timesteps.dtype != torch.float32:
+        return None
+
+    def rounded(t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.to(torch.float32).to(t.dtype)
+        return t
+
+    return rounded
 
 
 def sample(config: dict, model, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
