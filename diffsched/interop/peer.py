@@ -200,9 +200,9 @@ def run(
 def stock_timestep(config: dict, num_steps: int | None, set_timesteps_kwargs: dict):
     """The rounding of a timestep to the dtype of stock diffusers' ``timesteps`` (its
     float32 tables) for ``config``'s loop, or None where stock's are not float32."""
-    stock = scheduler(config, float64=False)
     kwargs = {k: v for k, v in set_timesteps_kwargs.items() if k != "strength"}
     try:
+        stock = scheduler(config, float64=False)
         if num_steps is None:
             stock.set_timesteps(**kwargs)
         else:
