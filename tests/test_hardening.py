@@ -695,6 +695,26 @@ def test_flow_shift_diffusers_float32_cannot_take_is_refused(cls):
     assert np.isfinite(timesteps).all()
 
 
+def test_piflow_shift_that_collapses_its_levels_is_refused_by_name():
+    """shift = 4.8e16 rounds every level of a 2-step loop to σ = 1: the policy's segment
+    sum B was 0, and init failed with the engine's "extra per-call columns must be finite"
+    after a NumPy divide-by-zero warning (unseeded fuzzer). A shift whose levels still
+    move runs, and the shift's inverse is exact at σ = 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shift in (4.77908843649812e16, 1e300):
+            with pytest.raises(ValueError, match=r"Piflow: shift=.* to one level σ = 1 in float64"):
+                ds.Piflow(shift=shift, n_grid=2).init(2, np.zeros((2, 3)), 0)
+        sched = ds.Piflow(shift=1e15, n_grid=2)
+        out = _loop(sched, 2, np.ones((2, 3)), model=lambda x, t: np.zeros((2, 6)))
+        assert np.isfinite(out).all()
+    for shift in (0.2, 5.0, 1e3):
+        sched = ds.Piflow(shift=shift)
+        r = np.array([1.0, 0.75, 0.5, 1e-6])
+        assert sched._unshift(1.0) == 1.0
+        np.testing.assert_allclose(sched._unshift(sched._sigma(r)), r, rtol=1e-9)
+
+
 def test_float32_range_error_names_the_options_that_set_the_levels():
     with pytest.raises(engine.Float32RangeError, match=r"sigma_max=1e\+20"):
         ds.ScoreSdeVe(sigma_max=1e20).init(3, np.ones((2, 3), np.float32), 0)

@@ -138,8 +138,8 @@ class Piflow(BaseScheduler):
         return shifts.shift(r, self.shift)
 
     def _unshift(self, sigma: np.ndarray | float) -> np.ndarray:
-        s = self.shift
-        return np.asarray(sigma, np.float64) / (s + (1.0 - s) * np.asarray(sigma, np.float64))
+        s, sigma = self.shift, np.asarray(sigma, np.float64)
+        return sigma / (s * (1.0 - sigma) + sigma)  # s + (1 - s) σ, exact at σ = 1
 
     def policy_weights(self, num_steps: int) -> np.ndarray:
         """(N, n) B_Mk of (5) per call: x_d = x_s + Σ_k B_Mk u_k."""
@@ -184,8 +184,20 @@ class Piflow(BaseScheduler):
     def _compile(self, num_steps: int, init_options: dict) -> engine.Program:
         program = super()._compile(num_steps, init_options)
         weights = self.policy_weights(num_steps)
-        # v̄'s weights B_Mk / B after the base columns (B is never 0: σ falls on a segment)
-        return engine.with_columns(program, weights / weights.sum(axis=1, keepdims=True))
+        total = weights.sum(axis=1, keepdims=True)
+        # v̄'s weights B_Mk / B after the base columns (B is 0 only where σ does not fall
+        # over a segment: a shift so large that its levels round to one float64 value)
+        flat = np.flatnonzero(~(np.abs(total[:, 0]) > 0))
+        if flat.size:
+            i = int(flat[0])
+            r = self.raw_times(num_steps)
+            raise ValueError(
+                f"Piflow: shift={self.shift!r} maps call {i}'s segment, unshifted times "
+                f"{r[i]:.6g} to {r[i + 1]:.6g}, to one level σ = {float(self._sigma(r[i])):.17g} "
+                f"in float64 (its step would not move; n_grid={self.n_grid}): use a smaller "
+                f"shift"
+            )
+        return engine.with_columns(program, weights / total)
 
     def average_velocity(self, state: engine.EngineState, sample: Array, output: Array,
                          name: str = "prediction") -> Array:  # fmt: skip
