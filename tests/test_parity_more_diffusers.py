@@ -102,13 +102,15 @@ def run_score_sde_vp(config, n, x, model, noises, float64):
     final sample the last mean)."""
     d = build(config, float64)
     draws = Draws(noises)
+    model_time = peer.stock_timestep(config, n, {}) if float64 else None  # as run_indexed
     with patched(config, draws, float64):
         d.set_timesteps(n)
         sample, seen = x, []
         for i, t in enumerate(d.timesteps):
             draws.at(i)
             seen.append(float(t))
-            sample, mean = d.step_pred(model(sample, t), sample, t)
+            out = model(sample, t if model_time is None else model_time(t))
+            sample, mean = d.step_pred(out, sample, t)
     return seen, mean
 
 
@@ -140,10 +142,12 @@ def run_indexed(config, n, x, model, noises, float64, *, pass_prev=False, set_kw
     """Schedulers stepped once per model call (draw i at call i)."""
     d = build(config, float64)
     draws = Draws(noises)
+    name = config["_class_name"]
+    if name == "SCMScheduler":  # ours defaults to no intermediate angle
+        set_kwargs = {"intermediate_timesteps": None, **(set_kwargs or {})}
+    # the model at stock diffusers' timesteps (float32 where its are), as ours passes them
+    model_time = peer.stock_timestep(config, n, set_kwargs or {}) if float64 else None
     with patched(config, draws, float64):
-        name = config["_class_name"]
-        if name == "SCMScheduler":  # ours defaults to no intermediate angle
-            set_kwargs = {"intermediate_timesteps": None, **(set_kwargs or {})}
         d.set_timesteps(n, **(set_kwargs or {}))
         if float64:
             peer._double_grids(d)
@@ -165,7 +169,8 @@ def run_indexed(config, n, x, model, noises, float64, *, pass_prev=False, set_kw
             if pass_prev:
                 kwargs["prev_timestep"] = None if i + 1 == len(timesteps) else timesteps[i + 1]
             step_t = t.reshape(1) if name == "DDPMWuerstchenScheduler" else t
-            sample = d.step(model(inp, t), step_t, sample, **kwargs).prev_sample
+            out = model(inp, t if model_time is None else model_time(t))
+            sample = d.step(out, step_t, sample, **kwargs).prev_sample
     return [float(t) for t in timesteps], sample
 
 
