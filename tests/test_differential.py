@@ -6,8 +6,8 @@ set of random configs (each option set with probability 1/2, to a value from its
 or a realistic range) and step counts, run by our class and by diffusers (float64 tables,
 the same start, model and noise draws; see ``sigma_parity``). The properties:
 
-* both loops call the model at the same timesteps (stock diffusers' float32 ones where its
-  are float32: ``peer.run`` rounds the float64 tables' to them, as ours are) and end within
+* both loops call the model at the same timesteps (diffusers' at stock diffusers' float32
+  values where its are float32: ``peer.run`` rounds the float64 tables' to them) and end within
   1e-6 (relative, float64; 1e-5 for the EDM classes, whose Karras grid is float32 as stock
   diffusers builds it);
 * where diffusers raises or returns NaN / inf, ours is finite (or refuses the config with

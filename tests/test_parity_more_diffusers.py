@@ -145,7 +145,8 @@ def run_indexed(config, n, x, model, noises, float64, *, pass_prev=False, set_kw
     name = config["_class_name"]
     if name == "SCMScheduler":  # ours defaults to no intermediate angle
         set_kwargs = {"intermediate_timesteps": None, **(set_kwargs or {})}
-    # the model at stock diffusers' timesteps (float32 where its are), as ours passes them
+    # the model at stock diffusers' timesteps (float32 where its are), as peer.run calls it
+    # (ours passes float64 ones to some of these classes: a float32 rounding apart)
     model_time = peer.stock_timestep(config, n, set_kwargs or {}) if float64 else None
     with patched(config, draws, float64):
         d.set_timesteps(n, **(set_kwargs or {}))
