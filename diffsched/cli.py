@@ -1154,6 +1154,11 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
         + (f" (solver_order={order})" if order is not None else "")
         + f", grid {shown}, "
         + ("x̂_0 weights tuned" if tuned.weights is not None else "base weights kept")
+        + (
+            f", model times {[float(f'{t:.6g}') for t in tuned.model_timesteps]}"
+            if tuned.model_timesteps is not None
+            else ""
+        )
     )
     before = run(scheduler, args.model, args.steps, held_out, end=args.end)
     after = run(tuned, args.model, args.steps, held_out, end=args.end)
@@ -1775,6 +1780,7 @@ def best_rows(
                     label = (
                         f"tuned {type(base).__name__} {getattr(base, 'solver_order', '')}".strip()
                         + (" + weights" if table.weights is not None else "")
+                        + (" + times" if table.model_timesteps is not None else "")
                     )
                     measure("tuned", label, table, budget)
                 found["tuned"][-1] |= {"tuner_calls": result.model_calls,

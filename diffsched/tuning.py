@@ -138,18 +138,20 @@ def tune(
 
     ``tune`` chooses what is tuned: ``"grid"`` (the default: the result is ``init``'s
     keyword arguments, as above), ``"coefficients"`` (the x̂_0 history weights of the
-    scheduler's table on its own grid, its first call moved to the top) or ``"both"`` (the
-    grid, then the weights on it). The last two return a :class:`~diffsched.Tuned`
-    scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
-    num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
+    scheduler's table on its own grid, its first call moved to the top, and the time each
+    later call passes the model) or ``"both"`` (the grid, then those on it). The last two
+    return a :class:`~diffsched.Tuned` scheduler, run as ``tuned.init(num_steps, x)`` or
+    ``ds.sample(model, tuned, noise, num_steps)`` and saved by
+    :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
     ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``select``, ``holdout``,
-    ``seed``) and ``bases``: by default (``"auto"``) the tuned table's base may be another
-    method for the same model (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM)
-    where its grids clearly do better on the calibration batch
-    (:func:`search_coefficients`). A scheduler whose ``init`` takes no custom grid (DDIM,
-    DEIS, LMS, PNDM, DPM2) cannot start at the top level the reference starts from: for it
-    ``"grid"`` is refused, and ``"coefficients"`` / ``"both"`` tune one of its bases in
+    ``seed``; ``times=False`` keeps every call at its level's timestep) and ``bases``: by
+    default (``"auto"``) the tuned table's base may be another method for the same model
+    (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids clearly
+    do better on the calibration batch (:func:`search_coefficients`). A scheduler whose
+    ``init`` takes no custom grid (DDIM, DEIS, LMS, PNDM, DPM2) cannot start at the top
+    level the reference starts from: for it ``"grid"`` is refused, and ``"coefficients"`` /
+    ``"both"`` tune one of its bases in
     its place (the result's ``base_scheduler`` says which).
 
     ``end="lowest"`` fits the final samples to the discrete limit (the ODE to the lowest
@@ -296,7 +298,7 @@ def _confirmed_table(result, model: Model, scheduler: Scheduler, num_steps: int,
         return result
     plain = _tuned(table.base_scheduler, num_steps, table.grid_options, None)
     fallbacks = ()
-    if table.weights is not None and plain != untuned:
+    if (table.weights is not None or table.model_timesteps is not None) and plain != untuned:
         fallbacks = (("grid alone", lambda x: _sample(model, plain, x, num_steps, {})),)
     check = _confirmation(
         noise, reference,

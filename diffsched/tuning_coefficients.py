@@ -16,14 +16,18 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    constraint and the higher-order conditions are a prior, through the ridge toward the
    base table of step 2: with the first moment as a constraint too (``moments=2``) the
    held-out error on the exact mixture was 13-16% higher at 5 and 10 calls (64
-   calibration samples, three draws).
+   calibration samples, three draws). With ``times`` (the default) each call but the
+   first also has the time it passes the model shifted, t'_n = t_n + τ_n (eq. (3) of
+   :mod:`diffsched.methods.tuned`, within the trained range; S4S, Frankel et al. 2025),
+   held toward τ_n = 0 by a ridge ``TIME_RIDGE`` times a weight's.
 2. **Objective.** ||x_N(θ) - x*||² / ||x*||² + μ ||θ||² on the calibration batch, x*
    the reference ODE solution (:func:`diffsched.tuning.reference_trajectory`), x_N the
    tuned table's final samples: ridge toward the base table.
 3. **Fit.** Levenberg-Marquardt (damped Gauss-Newton). The Jacobian is by finite
    differences that reuse the run's prefix: a change of θ_n changes x_{n+1} only, so its
    column costs the N - n - 1 calls after n (none for the last call, where the final
-   sample is linear in θ).
+   sample is linear in θ); a time τ_n changes call n's output, its column the N - n calls
+   from n (its difference 10⁻² timesteps, toward the inside of the range).
 4. **The ridge μ**, from a path μ = s·(10⁻², 10⁻³, 10⁻⁴), s per parameter its own
    diagonal of JᵀJ at the base (a weight of the last call, whose column is small, is held
    toward the base as firmly as one of the first call, whose change reaches every later
@@ -62,10 +66,11 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
 
 Cost: with L = 4 (the default: on development noise, not the benchmark's, 4 lowered the
 error at 10 calls by a fifth against 3, and 6 no further) and one moment, about 4
-parameters per call; a Jacobian costs the calls after each parameter's (about P·N/2), each
-fit two iterations per ridge; with the reference (~360 calls), the candidate bases' starts
-and, for ``"both"``, the grid search (100 runs at most), ``tune="both"`` costs about
-200-300 × N batch model calls at 5-10 calls (``benchmarks/tune_coefficients.py``).
+parameters per call and its model time; a Jacobian costs the calls after each parameter's
+(about P·N/2), each fit two iterations per ridge; with the reference (~360 calls), the
+candidate bases' starts and, for ``"both"``, the grid search (100 runs at most),
+``tune="both"`` costs about 210-320 × N batch model calls at 5-10 calls (200-290 × N
+without the times; ``benchmarks/tune_coefficients.py``).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ from .core import ops
 from .core.engine import OUTPUT, SAMPLE, X0
 from .core.ops import to_numpy64
 from .core.scheduler import Array, Scheduler
-from .methods.tuned import Tuned
+from .methods.tuned import Tuned, model_time_range
 from .schedules import sigmas as sigma_schedules
 from .tuning import Score
 
@@ -153,6 +158,8 @@ class _Loop:
         self.like = like
         self.xp = ops.namespace(like)
         _, self.timesteps = scheduler.init(num_steps, like, **grid)
+        self.times = np.asarray(tab.timesteps, dtype=np.float64)  # the base's, per call
+        self.span = model_time_range(scheduler)  # where eq. (3)'s times may go (None: fixed)
         self.init_scale = scheduler.init_noise_scale(num_steps, **grid)
         self.calls = 0
         from .grids import is_flow
@@ -165,25 +172,42 @@ class _Loop:
             log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
             self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
 
-    def _model(self, x: np.ndarray, k: int) -> np.ndarray:
+    def _model(self, x: np.ndarray, k: int, shifts: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
         held = x / self.scale[k]
         if isinstance(self.like, np.ndarray):
             arg = held.astype(self.like.dtype, copy=False)
         else:
             arg = ops.asarray(self.xp, held, self.like.dtype, self.like)
-        return to_numpy64(self.model(arg, self.timesteps[k]))
+        t = self.timesteps[k]
+        if shifts is not None and shifts[k] != 0:  # eq. (3): the call at a time of its own
+            t = ops.asarray(self.xp, self.model_time(k, shifts[k]), ops.timestep_dtype(
+                self.xp, np.float64(0)), self.like)  # fmt: skip
+        return to_numpy64(self.model(arg, t))
+
+    def model_time(self, k: int, shift: float) -> float:
+        """Call k's timestep moved by ``shift``, within the trained range."""
+        lo, hi = self.span
+        return float(np.clip(self.times[k] + shift, lo, hi))
+
+    def times_of(self, shifts: np.ndarray | None) -> np.ndarray | None:
+        """The model's times (eq. (3)) of these shifts; None where none moved."""
+        if shifts is None or not np.any(shifts != 0):
+            return None
+        return np.array([self.model_time(k, s) for k, s in enumerate(shifts)])
 
     def start(self, noise: np.ndarray) -> np.ndarray:
         return noise * self.init_scale * self.scale[0]
 
-    def run(self, x: np.ndarray, w: np.ndarray, first: int = 0,
-            hist: tuple | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
+    def run(self, x: np.ndarray, w: np.ndarray, first: int = 0, hist: tuple | None = None,
+            shifts: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
         """From native sample x at call ``first`` (with the operands of the calls before
-        in ``hist``): (the final native sample, the operands of every call)."""
+        in ``hist``), the x̂_0 corrections ``w`` of eq. (1) and the model's times moved by
+        ``shifts`` (eq. (3); None: the base's): (the final native sample, the operands of
+        every call)."""
         xs, ms, ds = ([], [], []) if hist is None else (list(h[:first]) for h in hist)
         for k in range(first, self.n):
-            m = self._model(x, k)
+            m = self._model(x, k, shifts)
             d = self.a[k] * x + self.b[k] * m
             xs.append(x)
             ms.append(m)
@@ -201,11 +225,21 @@ class _Loop:
         return x / self.scale[self.n], (xs, ms, ds)
 
 
+# a time's ridge against a weight's (each on its own JᵀJ diagonal): chosen on development
+# noise (the exact mixture, calibration seeds 200-202, 1024 held-out noises of seed 8, not
+# the benchmark's): 1, 10, 100 and 1000 gave 0.050, 0.051, 0.049, 0.051 at 5 calls and 64
+# samples (0.055 without times), 0.034, 0.039, 0.035, 0.036 with 256 (0.037), and at 10
+# calls 0.016-0.019 with and without
+TIME_RIDGE = 100.0
+
+
 class _Params:
-    """θ -> W: per tuned call, its null-space basis (module docstring, step 1)."""
+    """θ -> (W, the model times' shifts): per tuned call, its null-space basis (module
+    docstring, step 1), then with ``times`` a shift of each call's model time (eq. (3) of
+    :mod:`diffsched.methods.tuned`, in timesteps) but the first's."""
 
     def __init__(self, lams: np.ndarray, history: int, moments: int, final_moments: int,
-                 calls: str) -> None:  # fmt: skip
+                 calls: str, times: bool = False) -> None:  # fmt: skip
         n = len(lams)
         self.shape = (n, history + 1)
         self.blocks: list[tuple[int, np.ndarray]] = []  # (call, basis (L_n + 1, f_n))
@@ -218,7 +252,20 @@ class _Params:
             )
             if basis.shape[1]:
                 self.blocks.append((k, basis))
-        self.size = sum(b.shape[1] for _, b in self.blocks)
+        self.size_w = sum(b.shape[1] for _, b in self.blocks)
+        # the first call stays at the top level, where every candidate grid starts
+        self.time_calls = list(range(1, n)) if times and calls == "all" else []
+        self.size = self.size_w + len(self.time_calls)
+        self.penalty = np.ones(self.size)  # the ridge's factor per parameter
+        self.penalty[self.size_w :] = TIME_RIDGE
+
+    def shifts(self, theta: np.ndarray) -> np.ndarray | None:
+        """The shifts of the model's times (timesteps; None: no time tuned)."""
+        if not self.time_calls:
+            return None
+        out = np.zeros(self.shape[0])
+        out[self.time_calls] = theta[self.size_w :]
+        return out
 
     def weights(self, theta: np.ndarray) -> np.ndarray:
         w = np.zeros(self.shape)
@@ -264,6 +311,10 @@ def check_fit_options(**options: Any) -> None:
             raise ValueError(f"{name} must be an integer {where}, got {value!r}")
     if options.get("calls", "all") not in ("all", "final"):
         raise ValueError(f"calls must be 'all' or 'final', got {options['calls']!r}")
+    if options.get("times") is not None and not isinstance(options["times"], bool):
+        raise TypeError(f"times must be True, False or None, got {options['times']!r}")
+    if options.get("times", False) is True and options.get("calls", "all") != "all":
+        raise ValueError("times=True tunes every call's time: it needs calls='all'")
     if options.get("select", "loo") not in ("loo", "split"):
         raise ValueError(f"select must be 'loo' or 'split', got {options['select']!r}")
     holdout = options.get("holdout", 0.25)
@@ -309,18 +360,29 @@ def fit_coefficients(
     holdout: float = 0.25,
     seed: int = 0,
     select: str = "loo",
+    times: bool | None = None,
 ) -> CoefficientResult:
     """The tuned table (:class:`~diffsched.Tuned`) of ``scheduler`` on ``grid`` (``init``
     options; None: its own) whose final samples from ``calibration_noise`` come closest to
     ``reference`` (the ODE solution from the same noise), by the fit of the module
-    docstring. ``calls="final"`` tunes the last call's combination only."""
+    docstring. ``calls="final"`` tunes the last call's combination only. ``times`` tunes
+    the model's time at every call but the first as well (eq. (3) of
+    :mod:`diffsched.methods.tuned`); None (the default) is True with ``calls="all"``,
+    False with ``"final"``."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
     check_fit_options(history=history, moments=moments, final_moments=final_moments,
                       calls=calls, ridges=ridges, iterations=iterations, holdout=holdout,
-                      seed=seed, select=select)  # fmt: skip
+                      seed=seed, select=select, times=times)  # fmt: skip
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
-    params = _Params(loop.lams, history, moments, final_moments, calls)
+    if times is None:
+        times = calls == "all" and loop.span is not None
+    if times and loop.span is None:
+        raise ValueError(
+            f"times=True needs a base whose timesteps index its training levels (a discrete "
+            f"or flow-matching table); {type(scheduler).__name__}'s do not"
+        )
+    params = _Params(loop.lams, history, moments, final_moments, calls, times)
     noise = to_numpy64(calibration_noise)
     ref = np.asarray(reference, dtype=np.float64)
     batch = noise.shape[0]
@@ -333,7 +395,8 @@ def fit_coefficients(
     zero = np.zeros(params.size)
 
     def score(theta, rows):
-        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta))
+        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta),
+                          shifts=params.shifts(theta))  # fmt: skip
         return Score.of(out, ref[rows])
 
     def error(theta, rows):
@@ -379,12 +442,13 @@ def fit_coefficients(
                                     iterations)  # fmt: skip
     fitted_score, out = _score(loop, params, loop.start(noise), ref, theta, outputs=True)
     err = fitted_score.error
-    extrapolates = stress.extrapolates(params.weights(theta), out)
+    extrapolates = stress.extrapolates(params.weights(theta), params.shifts(theta), out)
     if not fitted_score.beats(start) or extrapolates:  # a few samples carry it, or
         theta, err, best = zero, start_error, math.inf  # it acts where it was not fitted
-    weights = params.weights(theta) if best != math.inf else None
+    table = (params.weights(theta), loop.times_of(params.shifts(theta))) if (
+        best != math.inf) else (None, None)  # fmt: skip
     return CoefficientResult(
-        scheduler=_tuned(scheduler, num_steps, grid, weights),
+        scheduler=_tuned(scheduler, num_steps, grid, *table),
         start_error=start_error,
         error=err,
         held_errors=held_errors,
@@ -394,14 +458,17 @@ def fit_coefficients(
     )
 
 
+TIME_EPS = 1e-2  # timesteps: a time's finite difference (a float32 t of 1000 resolves 6e-5)
+
+
 def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray, norm: float,
               theta: np.ndarray,
               eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(r, J) at θ: the per-sample residuals (B, D) of the final samples against ``target``
     (divided by ``norm``) and their finite-difference Jacobian (B, D, P), each column from
     the run's prefix (module docstring, step 3)."""
-    w = params.weights(theta)
-    out, hist = loop.run(x0, w)
+    w, shifts = params.weights(theta), params.shifts(theta)
+    out, hist = loop.run(x0, w, shifts=shifts)
     b = x0.shape[0]
     r = ((out - target) / norm).reshape(b, -1)
     cols = []
@@ -412,8 +479,16 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray, 
             continue
         for f in range(basis.shape[1]):
             dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
-            pert, _ = loop.run(xs[k + 1] + eps * dx, w, first=k + 1, hist=hist)
+            pert, _ = loop.run(xs[k + 1] + eps * dx, w, first=k + 1, hist=hist, shifts=shifts)
             cols.append(((pert - out) / eps / norm).reshape(b, -1))
+    for k in params.time_calls:  # the call itself again, at a moved time (into the range)
+        lo, hi = loop.span
+        t = loop.model_time(k, shifts[k])
+        step = TIME_EPS if t + TIME_EPS <= hi or t - TIME_EPS < lo else -TIME_EPS
+        moved = shifts.copy()
+        moved[k] += step
+        pert, _ = loop.run(xs[k], w, first=k, hist=hist, shifts=moved)
+        cols.append(((pert - out) / step / norm).reshape(b, -1))
     return r, np.stack(cols, axis=-1)
 
 
@@ -521,11 +596,11 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
                                        iterations)  # fmt: skip
         if last is None:
             continue
-        _, per = leave_one_out(*last, ridge * s)  # the last step's linearisation
+        _, per = leave_one_out(*last, ridge * s * params.penalty)  # the last linearisation
         held = Score(per * b, float(math.sqrt(per.sum())))
         held_errors[ridge] = held.error
         fits.append((ridge, theta, held))
-    weights, ridge, err = None, math.inf, start.error
+    weights, times, ridge, err = None, None, math.inf, start.error
     # the least leave-one-out error first; the next only where a better one extrapolates
     for best in sorted(fits, key=lambda f: f[2].error):
         if not best[2].error < start.error * (1 - MIN_GAIN):
@@ -533,12 +608,14 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
         fitted, out = _score(loop, params, x0, ref, best[1], outputs=True)
         if not fitted.beats(start):  # a fall carried by a few samples: the base
             break
-        if stress.extrapolates(params.weights(best[1]), out):
+        shifts = params.shifts(best[1])
+        if stress.extrapolates(params.weights(best[1]), shifts, out):
             continue
-        ridge, err, weights = best[0], fitted.error, params.weights(best[1])
+        ridge, err = best[0], fitted.error
+        weights, times = params.weights(best[1]), loop.times_of(shifts)
         break
     return CoefficientResult(
-        scheduler=_tuned(scheduler, num_steps, grid, weights),
+        scheduler=_tuned(scheduler, num_steps, grid, weights, times),
         start_error=start.error,
         error=err,
         held_errors=held_errors,
@@ -562,7 +639,7 @@ def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarr
         jtj = flat.T @ flat
         if s is None:
             s = _penalty_scale(jtj)
-        mu = ridge * s  # per parameter
+        mu = ridge * s * params.penalty  # per parameter
         g = flat.T @ r.ravel() + mu * theta
         f0 = float(np.sum(r**2) + theta @ (mu * theta))
         for _ in range(6):  # damping up until the objective falls
@@ -570,7 +647,7 @@ def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarr
                 jtj + np.diag(mu) + damping * np.diag(np.diag(jtj) + np.mean(s) * 1e-9), -g
             )
             trial = theta + step
-            out, _ = loop.run(x0, params.weights(trial))
+            out, _ = loop.run(x0, params.weights(trial), shifts=params.shifts(trial))
             rt = ((out - target) / norm).reshape(r.shape)
             if float(np.sum(rt**2) + trial @ (mu * trial)) < f0:
                 theta, damping = trial, damping / 3
@@ -599,7 +676,7 @@ def _penalty_scale(jtj: np.ndarray) -> np.ndarray:
 def _score(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray,
            theta: np.ndarray, outputs: bool = False) -> Any:  # fmt: skip
     """The :class:`Score` of θ's table on the batch (with its final samples: ``outputs``)."""
-    out, _ = loop.run(x0, params.weights(theta))
+    out, _ = loop.run(x0, params.weights(theta), shifts=params.shifts(theta))
     return (Score.of(out, target), out) if outputs else Score.of(out, target)
 
 
@@ -628,15 +705,17 @@ class _Stress:
         self.loop, self.noise, self.untuned = loop, noise, untuned
         self.other: np.ndarray | None = None  # the base's from the negated noise, when asked
 
-    def extrapolates(self, weights: np.ndarray, calibrated: np.ndarray) -> bool:
-        """Whether the table of these corrections (``_Params.weights``), whose final
-        samples from the calibration noise are ``calibrated``, extrapolates."""
+    def extrapolates(self, weights: np.ndarray, shifts: np.ndarray | None,
+                     calibrated: np.ndarray) -> bool:  # fmt: skip
+        """Whether the table of these corrections (``_Params.weights``) and model times'
+        shifts (``_Params.shifts``), whose final samples from the calibration noise are
+        ``calibrated``, extrapolates."""
         start = self.loop.start(-self.noise)
         if self.other is None:
             self.other, _ = self.loop.run(start, np.zeros_like(weights))
         b = calibrated.shape[0]
         moved = np.sqrt(((calibrated - self.untuned).reshape(b, -1) ** 2).sum(axis=1))
-        other, _ = self.loop.run(start, weights)
+        other, _ = self.loop.run(start, weights, shifts=shifts)
         away = np.sqrt(((other - self.other).reshape(b, -1) ** 2).sum(axis=1))
         # two samples or more: one can be a flip (a sample near a boundary between modes
         # that one table sends to the other side), which any table makes at its own rate
@@ -662,7 +741,8 @@ def _levenberg_marquardt(
     return theta, s
 
 
-def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray | None) -> Tuned:
+def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray | None,
+           times: np.ndarray | None = None) -> Tuned:  # fmt: skip
     kw: dict[str, Any] = {"base": scheduler, "tuned_steps": num_steps}
     if "sigmas" in grid:
         kw["grid_sigmas"] = [float(v) for v in grid["sigmas"]]
@@ -672,6 +752,8 @@ def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray
         kw["grid_mu"] = float(grid["mu"])
     if weights is not None and np.any(weights != 0):
         kw["weights"] = np.asarray(weights, np.float64).ravel().tolist()
+    if times is not None:
+        kw["model_timesteps"] = [float(t) for t in times]
     return Tuned(**kw)
 
 

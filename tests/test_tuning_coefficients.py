@@ -52,14 +52,15 @@ def tuned(request):
 
 
 def test_never_worse_than_the_base_on_held_out_noise(tuned):
-    # measured (held-out base -> tuned): DPM-Solver++ 6 steps 0.108 -> 0.078 (coefficients
-    # only), UniPC 8 steps 0.077 -> 0.060 (grid and coefficients), VariableIPNDM 6 steps
-    # 0.145 -> 0.088
+    # measured (held-out base -> tuned, weights and times; weights alone): DPM-Solver++ 6
+    # steps 0.108 -> 0.090 (0.091; coefficients only), UniPC 8 steps 0.077 -> 0.044 (0.039;
+    # grid and coefficients), VariableIPNDM 6 steps 0.145 -> 0.079 (0.096)
     base, steps, result, _ = tuned
     before, after = held_out_error(base, steps), held_out_error(result.scheduler, steps)
     assert after <= before, (before, after)
     assert result.error <= result.start_error
     assert result.scheduler.weights is not None  # it did change the table
+    assert result.scheduler.model_timesteps is not None  # and the model's times (eq. (3))
     assert result.model_calls > 0 and result.seconds > 0
 
 
@@ -342,8 +343,8 @@ def flow_held_out_error(sched, steps: int, grid: dict | None = None) -> float:
     ids=["FlowMatchEuler", "UniPC-flow"],
 )
 def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
-    # measured (held-out, 6 steps): FlowMatchEuler 0.260 -> grid 0.199 -> both 0.095;
-    # UniPC (flow σ's) 0.145 -> grid 0.089 -> both 0.080
+    # measured (held-out, 6 steps): FlowMatchEuler 0.260 -> grid 0.199 -> both 0.080 (0.082
+    # without the model's times); UniPC (flow σ's) 0.145 -> grid 0.089 -> both 0.080 (0.082)
     from diffsched.exact.reference import solve_flow_ode
     from diffsched.tuning import FlowGrid, flow_reference, search
 
@@ -372,8 +373,9 @@ def test_dynamic_shift_is_tuned_for_its_mu(sched, mu, tmp_path):
     """A flow scheduler with ``use_dynamic_shifting=True`` is tuned for one μ (one
     resolution): the grid's ``init_options`` and the tuned table carry it, the table runs
     without it, and a file saved with it loads back to the same samples."""
-    # measured (held-out, 6 steps): exponential μ = 1.5: 0.329 -> grid 0.199 -> both 0.075;
-    # linear μ = 2.5: 0.248 -> grid 0.200 -> both 0.076
+    # measured (held-out, 6 steps): exponential μ = 1.5: 0.329 -> grid 0.199 -> both 0.078
+    # (0.074 without the model's times); linear μ = 2.5: 0.248 -> grid 0.200 -> both 0.084
+    # (0.083)
     from diffsched.tuning import search
 
     model = flow_model()
@@ -431,8 +433,9 @@ def test_flow_bases_compete_for_a_flow_scheduler():
     """With ``bases="auto"`` a flow scheduler's table may take UniPC on flow σ's of the
     same shift as its base (candidate_flow_bases), where its grids do clearly better: for
     FlowMatchEuler they do, and the table does as well as the Euler-based one or better."""
-    # measured (6 calls, held-out): FlowMatchEuler 0.260; tuned, Euler base 0.080; tuned,
-    # UniPC (order 3) base 0.082 (1024 held-out noises at 5 and 10 calls, three draws:
+    # measured (6 calls, held-out): FlowMatchEuler 0.260; tuned, Euler base 0.094 (0.111
+    # without the model's times); tuned, UniPC (order 3) base 0.080 (0.082) (1024 held-out
+    # noises at 5 and 10 calls, three draws:
     # 0.134 -> 0.059 and 0.074 -> 0.037 before the ridge was set per parameter)
     from diffsched.tuning import candidate_flow_bases
 
@@ -459,15 +462,15 @@ def test_single_step_stage_times_are_tuned():
     solver (order 2) calls the model at every grid level, the odd ones its stages, so
     ``tune="both"`` moves the stage times with the step times and fits x̂_0 weights across
     steps; on held-out noise the table does better than the untuned solver."""
-    # measured (6 calls, held-out, this module's noise): 0.154 -> 0.069; stage levels
-    # 832, 500, 166 -> 629, 473, 36
+    # measured (6 calls, held-out, this module's noise): 0.154 -> 0.067 (0.065 without the
+    # model's times); stage levels 832, 500, 166 -> 572, 477, 13
     base = ds.DPMSolverSinglestep(solver_order=2, **SD)
     model = cli.exact_model(base, "gmm")
     result = search_coefficients(model, base, 6, CALIBRATION, bases=None)
     tuned = result.scheduler
     assert type(tuned.base_scheduler) is ds.DPMSolverSinglestep
     _, own = base.init(6, CALIBRATION)
-    _, levels = tuned.init(6, CALIBRATION)
+    _, levels = tuned.base_scheduler.init(6, CALIBRATION, **tuned.grid_options)  # the grid's
     own, levels = np.asarray(own, np.float64), np.asarray(levels, np.float64)
     assert len(levels) == 6 and levels[0] == own[0]
     # the stage times moved, and not all by one rescaling of the step times
@@ -561,4 +564,117 @@ def test_a_fit_that_extrapolates_is_refused():
         out = np.asarray(ds.sample(model, sched, held, 10))
         return float(np.linalg.norm(out - exact) / np.linalg.norm(exact))
 
-    assert error(result.scheduler) < 0.75 * error(base)  # measured 0.082 against 0.131
+    # measured 0.070 against 0.131 (0.082 without the model's times)
+    assert error(result.scheduler) < 0.75 * error(base)
+
+
+# -- the model's times (eq. (3) of diffsched.methods.tuned) -----------------------------------
+
+
+def test_model_timesteps_call_the_model_there_with_the_base_coefficients():
+    # eq. (3): the sample stays on the base's levels and the base's coefficients step it;
+    # only the time each call passes the model moves
+    base = ds.UniPC(**SD)
+    times = [999.0, 700.25, 431.5, 190.0, 37.75]
+    tuned = ds.Tuned(base=base, tuned_steps=5, model_timesteps=times)
+    model = cli.exact_model(base, "gmm")
+    seen = []
+
+    def recording(x, t):
+        seen.append(float(t))
+        return model(x, t)
+
+    noise = HELD_OUT[:8]
+    out = np.asarray(ds.sample(recording, tuned, noise, 5))
+    assert seen == times
+    state, base_times = base.init(5, noise)
+    assert not np.allclose(np.asarray(base_times, np.float64), times)  # they did move
+    x = noise * base.init_noise_scale(5)
+    for t in times:  # the base's loop, its model asked at the tuned times
+        state, x = base.step(state, x, model(x, t))
+    np.testing.assert_allclose(out, x, rtol=0, atol=1e-12)
+    assert not np.allclose(out, ds.sample(model, base, noise, 5))  # and that changed it
+
+
+def test_model_timesteps_refusals():
+    base = ds.UniPC(**SD)
+    with pytest.raises(ValueError, match=r"one timestep per model call .*\(5\), got 4"):
+        ds.Tuned(base=ds.Heun(**SD), tuned_steps=3, model_timesteps=[999.0, 700.0, 400.0, 1.0])
+    with pytest.raises(ValueError, match=r"trained range \[0, 999\], got 0 to 1000"):
+        ds.Tuned(base=base, tuned_steps=2, model_timesteps=[1000.0, 0.0])
+    with pytest.raises(ValueError, match="finite numbers"):
+        ds.Tuned(base=base, tuned_steps=2, model_timesteps=[999.0, float("nan")])
+    with pytest.raises(ValueError, match="needs tuned_steps > 0"):
+        ds.Tuned(base=base, model_timesteps=[999.0])
+    with pytest.raises(ValueError, match=r"at least 150000 timesteps\), got 2 numbers"):
+        ds.Tuned(base=base, tuned_steps=150_000, model_timesteps=[999.0, 0.0])
+    flow = ds.FlowMatchEuler()
+    ok = ds.Tuned(base=flow, tuned_steps=2, model_timesteps=[1000.0, 400.0])  # t = σ T: [0, T]
+    assert ok.init(2, np.zeros((1, 2)))[1].tolist() == [1000.0, 400.0]
+    model = cli.exact_model(base, "gmm")
+    with pytest.raises(TypeError, match="times must be True, False or None"):
+        fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, times="yes")
+    with pytest.raises(ValueError, match=r"times=True .* needs calls='all'"):
+        fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, times=True, calls="final")
+
+
+@pytest.fixture(scope="module")
+def timed():
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    return base, 6, search_coefficients(model, base, 6, CALIBRATION, grid=False, times=True)
+
+
+def test_a_fit_of_the_times_runs_in_the_engine_and_does_not_lose(timed, tmp_path):
+    # measured (held-out, 128 noises): DPM-Solver++ 6 steps 0.108 (base), 0.091 (weights),
+    # 0.090 (weights and times)
+    base, steps, result = timed
+    sched = result.scheduler
+    times = np.asarray(sched.model_timesteps)
+    _, own = base.init(steps, CALIBRATION, **sched.grid_options)
+    assert times.shape == (steps,) and times[0] == own[0] == 999  # the first stays on top
+    assert np.all((times >= 0) & (times <= 999)) and not np.allclose(times, own)
+    model = cli.exact_model(base, "gmm")
+    grid = Grid.of(base, steps)
+    start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
+    ref = reference_trajectory(model, base, start, grid)
+    out = np.asarray(ds.sample(model, sched, CALIBRATION, steps))
+    assert relative_error(out, ref.final) == pytest.approx(result.error, rel=1e-9)
+    assert held_out_error(sched, steps) <= held_out_error(base, steps)
+    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "timed.json", sched), base=base)
+    assert loaded == sched and loaded.model_timesteps == sched.model_timesteps
+    # (the module's fitted tables call the model at tuned times too: the backends, jit,
+    # per-element offsets and the file's refusals are tested on them above)
+
+
+def test_the_fit_differentiates_the_model_times_as_a_whole_run_does():
+    # a time column of the Jacobian reruns the loop from its own call (the prefix reused)
+    # with a forward difference: it equals the central difference of whole runs to the
+    # forward difference's own error (measured: within 1.2e-4 of the column's largest entry;
+    # the exact model's log σ is piecewise linear in t, so the times sit inside one piece)
+    from diffsched.tuning_coefficients import _jacobian, _Loop, _Params
+
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    noise = CALIBRATION[:8]
+    loop = _Loop(model, base, 4, {}, noise)
+    params = _Params(loop.lams, 2, 1, 1, "all", times=True)
+    assert len(params.time_calls) == 3 and params.size == params.size_w + 3
+    x0, target = loop.start(noise), np.zeros_like(noise)
+    theta = np.zeros(params.size)
+    theta[params.size_w :] = [-20.3, 14.3, -6.7]  # mid-interval times
+    theta[: params.size_w] = 0.01
+    _, jac = _jacobian(loop, params, x0, target, 1.0, theta)
+
+    def final(th):
+        out, _ = loop.run(x0, params.weights(th), shifts=params.shifts(th))
+        return out.reshape(len(noise), -1)
+
+    for i in range(params.size_w, params.size):
+        e = np.zeros(params.size)
+        e[i] = 0.01
+        central = (final(theta + e) - final(theta - e)) / 0.02
+        assert np.abs(central).max() > 1e-4  # the time does move the final sample
+        np.testing.assert_allclose(
+            jac[..., i], central, rtol=1e-3, atol=1e-3 * np.abs(central).max()
+        )

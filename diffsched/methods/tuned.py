@@ -23,6 +23,16 @@ a correction of the size of its truncation error. The δ's are stored explicitly
 ``grid_timesteps``) and the base's config (``base``), so that ``tableau`` needs no fit and
 the class runs on every backend, jitted and compiled, as every other.
 
+A tuned table may also call the model at a time of its own (``model_timesteps``, one per
+call), decoupled from the level its sample sits at: the sample of call n is on the base's
+level σ_n, and the model is asked at t'_n,
+
+    m_n = model(x_n, t'_n),    x̂_0(n) = a_n x_n + b_n m_n   (a_n, b_n the base's, at σ_n)   (3)
+
+(S4S, Frankel et al. 2025, learns the times with the coefficients; the time-shift samplers,
+Li et al. 2024, move them alone to counter the exposure bias of a trained model). With
+t'_n = t_n it is the table above.
+
 ``Tuned()`` (no weights) is its base, DPM-Solver++(2M), unchanged; ``Tuned(base=sched)``
 is ``sched``. :func:`diffsched.save_tuned` / :func:`diffsched.load_tuned` write and read
 one as a small JSON file.
@@ -42,7 +52,7 @@ from ..core.engine import X0, Tableau
 from ..core.options import option
 from ..core.scheduler import BaseScheduler, document
 
-__all__ = ["Tuned"]
+__all__ = ["Tuned", "model_time_range"]
 
 MAX_WEIGHT = 1e6  # a larger correction is no tuned table (a corrupted file): refused
 
@@ -61,6 +71,21 @@ def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | No
     if any(isinstance(v, bool | str) for v in value) or not np.all(np.isfinite(out)):
         raise ValueError(f"{owner} option {name} expects finite numbers, got: {value!r}")
     return out
+
+
+def model_time_range(scheduler: Any) -> tuple[float, float] | None:
+    """The timesteps a model trained for ``scheduler``'s levels takes: [0, T - 1] for a
+    discrete table of T levels, [T / 1000, T] for flow matching (t = σ T; σ = 0, clean
+    data, is no level a flow model is asked at), None where the timestep is no index of a
+    training table (EDM's c_noise)."""
+    from ..grids import is_flow
+
+    if is_flow(scheduler):
+        top = float(scheduler.num_train_steps)
+        return top / 1000, top
+    if not hasattr(scheduler, "alphas_cumprod"):  # a σ-parametrised class (EDM)
+        return None
+    return 0.0, float(len(scheduler.alphas_cumprod) - 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,10 +126,11 @@ def base_json(base: Any) -> str:
 @document
 @dataclass(frozen=True, kw_only=True)
 class Tuned(BaseScheduler):
-    """A base method's table with tuned x̂_0 history weights on a tuned grid (module
-    docstring, eq. (1)-(2)); made by :func:`diffsched.tune` (``tune="coefficients"`` or
-    ``"both"``), saved and loaded by :func:`diffsched.save_tuned` /
-    :func:`diffsched.load_tuned`. It runs only the number of steps it was tuned for.
+    """A base method's table with tuned x̂_0 history weights on a tuned grid, its model
+    called at tuned times where those were tuned (module docstring, eq. (1)-(3)); made by
+    :func:`diffsched.tune` (``tune="coefficients"`` or ``"both"``), saved and loaded by
+    :func:`diffsched.save_tuned` / :func:`diffsched.load_tuned`. It runs only the number of
+    steps it was tuned for.
 
     Any other attribute (``alphas_cumprod``, ``prediction_type``, ...) is the base's.
     Not in diffusers (ours: its pipelines load it through ``DiffusersScheduler``).
@@ -140,6 +166,11 @@ class Tuned(BaseScheduler):
         "tuned_steps-step loop, L + 1 weights of the x̂_0 of this call and of the L calls before",
         nullable=True,
     )
+    model_timesteps: tuple[float, ...] | None = option(
+        None, "the timestep each model call of the base's tuned_steps-step loop passes the "
+        "model, eq. (3) (one per call, within the trained range); None: the base's",
+        nullable=True,
+    )  # fmt: skip
     grid_mu: float | None = option(
         None, "the dynamic shift's μ the grid was tuned for (a flow base with "
         "use_dynamic_shifting=True), passed to the base's init(mu=)",
@@ -151,7 +182,7 @@ class Tuned(BaseScheduler):
         object.__setattr__(self, "base", None if self.base is None else base_json(self.base))
         if self.base is not None and json.loads(self.base)["_class_name"] == owner:
             raise ValueError("Tuned option base must be another method, got a Tuned config")
-        for name in ("grid_sigmas", "grid_timesteps", "weights"):
+        for name in ("grid_sigmas", "grid_timesteps", "weights", "model_timesteps"):
             value = _floats_or_none(owner, name, getattr(self, name))
             object.__setattr__(self, name, value)
             if value is not None and self.tuned_steps == 0:
@@ -183,14 +214,30 @@ class Tuned(BaseScheduler):
                 f"{type(base).__name__} without"
             )
         calls = n
-        if self.weights is not None:  # one row per model call (two per step for Heun)
-            if len(self.weights) < n:  # at least one call per step: refused before the table
-                raise ValueError(
-                    f"{owner} option weights must have one row per model call of the base's "
-                    f"{n}-step loop (at least {n} rows), got {len(self.weights)} numbers"
-                )
+        if self.model_timesteps is not None or self.weights is not None:
+            for name, what in (("weights", "one row"), ("model_timesteps", "one timestep")):
+                value = getattr(self, name)
+                if value is not None and len(value) < n:  # a call per step at least: refused
+                    raise ValueError(  # before the table is built
+                        f"{owner} option {name} must have {what} per model call of the base's "
+                        f"{n}-step loop (at least {n} {what.split()[1]}s), got {len(value)} numbers"
+                    )
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 calls = base.tableau(n, **self.grid_options).num_calls  # (refused at init)
+        if self.model_timesteps is not None:
+            times = np.asarray(self.model_timesteps)
+            if len(times) != calls:
+                raise ValueError(
+                    f"{owner} option model_timesteps must have one timestep per model call of "
+                    f"the base's {n}-step loop ({calls}), got {len(times)}"
+                )
+            span = model_time_range(base)
+            if span is not None and not (span[0] <= times.min() and times.max() <= span[1]):
+                raise ValueError(
+                    f"{owner} option model_timesteps must lie in the base's trained range "
+                    f"[{span[0]:g}, {span[1]:g}], got {times.min():g} to {times.max():g}"
+                )
+        if self.weights is not None:  # one row per model call (two per step for Heun)
             if len(self.weights) % calls:
                 raise ValueError(
                     f"{owner} option weights must have one row of equal length per model call "
@@ -278,23 +325,33 @@ class Tuned(BaseScheduler):
         return {**self.grid_options, **init_options}
 
     def tableau(self, num_steps: int, **init_options: Any) -> Tableau:
-        """The base's table on the tuned grid, plus eq. (1)'s corrections."""
+        """The base's table on the tuned grid, plus eq. (1)'s corrections, its model
+        called at eq. (3)'s times."""
         base = self.base_scheduler
         tab = base.tableau(num_steps, **self._options(num_steps, init_options))
-        if self.weights is None:
+        if self.weights is None and self.model_timesteps is None:
             return tab
-        w = self.weight_table()
-        if tab.num_calls != len(w):
-            raise ValueError(
-                f"Tuned weights have {len(w)} rows; the base's {num_steps}-step loop makes "
-                f"{tab.num_calls} model calls"
-            )
         update = {term: tab.column(term) for term in tab.update}
-        for lag in range(w.shape[1]):
-            if np.any(w[:, lag] != 0):
-                update[(X0, lag)] = tab.column((X0, lag)) + w[:, lag]
+        if self.weights is not None:
+            w = self.weight_table()
+            if tab.num_calls != len(w):
+                raise ValueError(
+                    f"Tuned weights have {len(w)} rows; the base's {num_steps}-step loop makes "
+                    f"{tab.num_calls} model calls"
+                )
+            for lag in range(w.shape[1]):
+                if np.any(w[:, lag] != 0):
+                    update[(X0, lag)] = tab.column((X0, lag)) + w[:, lag]
+        timesteps = tab.timesteps
+        if self.model_timesteps is not None:
+            if tab.num_calls != len(self.model_timesteps):
+                raise ValueError(
+                    f"Tuned model_timesteps has {len(self.model_timesteps)} entries; the "
+                    f"base's {num_steps}-step loop makes {tab.num_calls} model calls"
+                )
+            timesteps = np.asarray(self.model_timesteps, dtype=np.float64)
         return Tableau(
-            timesteps=tab.timesteps,
+            timesteps=timesteps,
             x0_sample=tab.x0_sample,
             x0_output=tab.x0_output,
             update=update,
