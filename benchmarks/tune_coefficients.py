@@ -22,8 +22,8 @@ diffusers candidate the same way):
   the other candidate bases (UniPC and DPM-Solver++ of orders 2 and 3, iPNDM-v) compete by
   calibration error; ``tuned both, split``: the same with the ridge chosen on a held-out
   quarter of the calibration batch (``select="split"``) instead of by leave-one-out;
-  ``tuned both, weights only``: the default without the model's times (``times=False``:
-  every call at its level's timestep, eq. (3) of :mod:`diffsched.methods.tuned`).
+  ``tuned both, times``: the default with the model's time at each call tuned too
+  (``times=True``, eq. (3) of :mod:`diffsched.methods.tuned`).
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
 shared by the tuners; the cost column is that of ``tuned both`` alone, reference
@@ -301,7 +301,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
                   ("tuned both, base only", None, "loo", True, {}),
                   ("tuned both", "auto", "loo", True, {}),
                   ("tuned both, split", "auto", "split", True, {}),
-                  ("tuned both, weights only", "auto", "loo", True, {"times": False}))  # fmt: skip
+                  ("tuned both, times", "auto", "loo", True, {"times": True}))  # fmt: skip
         for name, bases, select, grid, extra in tuners:
             t0 = time.perf_counter()
             res = search_coefficients(model, base, budget, cal, bases=bases, reference=ref,
@@ -463,7 +463,7 @@ def run_all(args) -> None:
 
 
 KINDS = ("untuned base", "tuned grid", "tuned coefficients", "tuned both, base only",
-         "tuned both", "tuned both, split", "tuned both, weights only")  # fmt: skip
+         "tuned both", "tuned both, split", "tuned both, times")  # fmt: skip
 
 
 def table(path: str) -> str:

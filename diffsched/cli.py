@@ -1045,6 +1045,10 @@ def same_image_fraction(samples: np.ndarray, exact: np.ndarray) -> float:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import search
 
+    grid_only = args.tune == "grid" or (args.tune is None and args.pipeline is None)
+    if args.times and grid_only:
+        raise UsageError("--times tunes a table's model times: it needs --tune coefficients "
+                         "or --tune both")  # fmt: skip
     if args.pipeline is not None:
         return _tune_pipeline(args)
     if args.prompt or args.guidance_scale is not None:
@@ -1141,7 +1145,8 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
 
     result = search_coefficients(model, scheduler, args.steps, calibration,
                                  grid=args.tune == "both", bases="auto",
-                                 max_evaluations=args.max_evaluations, end=args.end)  # fmt: skip
+                                 max_evaluations=args.max_evaluations, end=args.end,
+                                 times=args.times)  # fmt: skip
     tuned = result.scheduler
     base = tuned.base_scheduler
     order = getattr(base, "solver_order", None)
@@ -1231,12 +1236,13 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
           f"{type(pipe).__name__}, {args.steps} steps ({args.tune}), on {args.calibration} "
           f"latents (seed {args.seed}), {len(args.prompt)} prompt(s), guidance {guidance}",
           flush=True)  # fmt: skip
+    times = {"times": True} if args.times else {}
     try:
         tuned = tuning_pipeline.tune(pipe, args.prompt, args.steps, scheduler=scheduler,
                                      calibration=args.calibration, guidance_scale=guidance,
                                      seed=args.seed, tune=args.tune, path=out,
                                      max_evaluations=args.max_evaluations,
-                                     end=args.end)  # fmt: skip
+                                     end=args.end, **times)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     import json
@@ -2062,6 +2068,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for --grid), the x̂_0 weights of the table on its own grid, or both "
                         "(a Tuned table, for --config and ds.load_tuned); default grid, both "
                         "with --pipeline")  # fmt: skip
+    t.add_argument("--times", action="store_true",
+                   help="with --tune coefficients or both: tune the time each model "
+                        "call passes the model too (Tuned's model_timesteps, "
+                        "docs/tuning.md)")  # fmt: skip
     t.add_argument("--pipeline", default=None, metavar="DIR",
                    help="tune for a diffusers text-to-image pipeline saved in DIR "
                         "(save_pretrained; Stable Diffusion-like): its UNet with --prompt and "

@@ -138,14 +138,15 @@ def tune(
 
     ``tune`` chooses what is tuned: ``"grid"`` (the default: the result is ``init``'s
     keyword arguments, as above), ``"coefficients"`` (the x̂_0 history weights of the
-    scheduler's table on its own grid, its first call moved to the top, and the time each
-    later call passes the model) or ``"both"`` (the grid, then those on it). The last two
+    scheduler's table on its own grid, its first call moved to the top) or ``"both"`` (the
+    grid, then the weights on it). The last two
     return a :class:`~diffsched.Tuned` scheduler, run as ``tuned.init(num_steps, x)`` or
     ``ds.sample(model, tuned, noise, num_steps)`` and saved by
     :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
     ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``select``, ``holdout``,
-    ``seed``; ``times=False`` keeps every call at its level's timestep) and ``bases``: by
+    ``seed``; ``times=True`` tunes the time each call but the first passes the model too,
+    eq. (3) of :mod:`diffsched.methods.tuned`) and ``bases``: by
     default (``"auto"``) the tuned table's base may be another method for the same model
     (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids clearly
     do better on the calibration batch (:func:`search_coefficients`). A scheduler whose

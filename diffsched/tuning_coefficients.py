@@ -16,8 +16,8 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    constraint and the higher-order conditions are a prior, through the ridge toward the
    base table of step 2: with the first moment as a constraint too (``moments=2``) the
    held-out error on the exact mixture was 13-16% higher at 5 and 10 calls (64
-   calibration samples, three draws). With ``times`` (the default) each call but the
-   first also has the time it passes the model shifted, t'_n = t_n + τ_n (eq. (3) of
+   calibration samples, three draws). With ``times=True`` each call but the first also
+   has the time it passes the model shifted, t'_n = t_n + τ_n (eq. (3) of
    :mod:`diffsched.methods.tuned`, within the trained range; S4S, Frankel et al. 2025),
    held toward τ_n = 0 by a ridge ``TIME_RIDGE`` times a weight's.
 2. **Objective.** ||x_N(θ) - x*||² / ||x*||² + μ ||θ||² on the calibration batch, x*
@@ -66,11 +66,11 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
 
 Cost: with L = 4 (the default: on development noise, not the benchmark's, 4 lowered the
 error at 10 calls by a fifth against 3, and 6 no further) and one moment, about 4
-parameters per call and its model time; a Jacobian costs the calls after each parameter's
-(about P·N/2), each fit two iterations per ridge; with the reference (~360 calls), the
-candidate bases' starts and, for ``"both"``, the grid search (100 runs at most),
-``tune="both"`` costs about 210-320 × N batch model calls at 5-10 calls (200-290 × N
-without the times; ``benchmarks/tune_coefficients.py``).
+parameters per call; a Jacobian costs the calls after each parameter's (about P·N/2), each
+fit two iterations per ridge; with the reference (~360 calls), the candidate bases' starts
+and, for ``"both"``, the grid search (100 runs at most), ``tune="both"`` costs about
+200-300 × N batch model calls at 5-10 calls (210-320 × N with ``times=True``, whose
+columns rerun the loop from their own call; ``benchmarks/tune_coefficients.py``).
 """
 
 from __future__ import annotations
@@ -225,11 +225,12 @@ class _Loop:
         return x / self.scale[self.n], (xs, ms, ds)
 
 
-# a time's ridge against a weight's (each on its own JᵀJ diagonal): chosen on development
-# noise (the exact mixture, calibration seeds 200-202, 1024 held-out noises of seed 8, not
-# the benchmark's): 1, 10, 100 and 1000 gave 0.050, 0.051, 0.049, 0.051 at 5 calls and 64
-# samples (0.055 without times), 0.034, 0.039, 0.035, 0.036 with 256 (0.037), and at 10
-# calls 0.016-0.019 with and without
+# a time's ridge against a weight's (each on its own JᵀJ diagonal), for times=True: chosen
+# on development noise (the exact mixture, calibration seeds 200-202, 1024 held-out noises
+# of seed 8, not the benchmark's): 1, 10, 100 and 1000 gave 0.050, 0.051, 0.049, 0.051 at
+# 5 calls and 64 samples (0.055 without times), 0.034, 0.039, 0.035, 0.036 with 256
+# (0.037), and at 10 calls 0.016-0.019 with and without. At 6 and 8 calls every ridge
+# did worse than no times (docs/tuning.md): times=True is not the default
 TIME_RIDGE = 100.0
 
 
@@ -311,9 +312,9 @@ def check_fit_options(**options: Any) -> None:
             raise ValueError(f"{name} must be an integer {where}, got {value!r}")
     if options.get("calls", "all") not in ("all", "final"):
         raise ValueError(f"calls must be 'all' or 'final', got {options['calls']!r}")
-    if options.get("times") is not None and not isinstance(options["times"], bool):
-        raise TypeError(f"times must be True, False or None, got {options['times']!r}")
-    if options.get("times", False) is True and options.get("calls", "all") != "all":
+    if not isinstance(options.get("times", False), bool):
+        raise TypeError(f"times must be True or False, got {options['times']!r}")
+    if options.get("times", False) and options.get("calls", "all") != "all":
         raise ValueError("times=True tunes every call's time: it needs calls='all'")
     if options.get("select", "loo") not in ("loo", "split"):
         raise ValueError(f"select must be 'loo' or 'split', got {options['select']!r}")
@@ -360,23 +361,20 @@ def fit_coefficients(
     holdout: float = 0.25,
     seed: int = 0,
     select: str = "loo",
-    times: bool | None = None,
+    times: bool = False,
 ) -> CoefficientResult:
     """The tuned table (:class:`~diffsched.Tuned`) of ``scheduler`` on ``grid`` (``init``
     options; None: its own) whose final samples from ``calibration_noise`` come closest to
     ``reference`` (the ODE solution from the same noise), by the fit of the module
-    docstring. ``calls="final"`` tunes the last call's combination only. ``times`` tunes
-    the model's time at every call but the first as well (eq. (3) of
-    :mod:`diffsched.methods.tuned`); None (the default) is True with ``calls="all"``,
-    False with ``"final"``."""
+    docstring. ``calls="final"`` tunes the last call's combination only; ``times=True``
+    (with ``calls="all"``) the model's time at every call but the first as well (eq. (3)
+    of :mod:`diffsched.methods.tuned`)."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
     check_fit_options(history=history, moments=moments, final_moments=final_moments,
                       calls=calls, ridges=ridges, iterations=iterations, holdout=holdout,
                       seed=seed, select=select, times=times)  # fmt: skip
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
-    if times is None:
-        times = calls == "all" and loop.span is not None
     if times and loop.span is None:
         raise ValueError(
             f"times=True needs a base whose timesteps index its training levels (a discrete "

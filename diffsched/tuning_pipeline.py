@@ -12,7 +12,7 @@ The calibration batch is ``calibration`` latents of standard normal noise, the p
 taken in turn; every tuner call of the model is one batched UNet call on all of them
 (twice the batch with guidance). The cost is that of :func:`diffsched.tune`: the reference
 (``candidates * substeps`` calls, 400 by default), the candidate bases' starting grids,
-the grid search (100 runs at most) and the fit: about 210-320 × N batched UNet calls at
+the grid search (100 runs at most) and the fit: about 230-270 × N batched UNet calls at
 5-10 steps (docs/tuning.md). ``candidates``, ``substeps``, ``max_evaluations``, ``ridges``
 and ``iterations`` trade accuracy for cost.
 

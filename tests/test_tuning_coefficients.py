@@ -52,15 +52,15 @@ def tuned(request):
 
 
 def test_never_worse_than_the_base_on_held_out_noise(tuned):
-    # measured (held-out base -> tuned, weights and times; weights alone): DPM-Solver++ 6
-    # steps 0.108 -> 0.090 (0.091; coefficients only), UniPC 8 steps 0.077 -> 0.044 (0.039;
-    # grid and coefficients), VariableIPNDM 6 steps 0.145 -> 0.079 (0.096)
+    # measured (held-out base -> tuned; with times=True): DPM-Solver++ 6 steps 0.108 ->
+    # 0.091 (0.090; coefficients only), UniPC 8 steps 0.077 -> 0.039 (0.044; grid and
+    # coefficients), VariableIPNDM 6 steps 0.145 -> 0.096 (0.079)
     base, steps, result, _ = tuned
     before, after = held_out_error(base, steps), held_out_error(result.scheduler, steps)
     assert after <= before, (before, after)
     assert result.error <= result.start_error
     assert result.scheduler.weights is not None  # it did change the table
-    assert result.scheduler.model_timesteps is not None  # and the model's times (eq. (3))
+    assert result.scheduler.model_timesteps is None  # at the base's times (times=False)
     assert result.model_calls > 0 and result.seconds > 0
 
 
@@ -151,17 +151,23 @@ def test_null_basis_is_orthonormal_and_annihilates_the_moments():
     assert null_basis(lams[:2], 2).shape == (2, 0)  # two weights, two conditions: no freedom
 
 
+def assert_backends_agree(model, sched, steps: int) -> np.ndarray:
+    """The table's samples on NumPy, torch and JAX agree (measured: ~1e-16); NumPy's."""
+    noise = HELD_OUT[:16]
+    ref = np.asarray(ds.sample(model, sched, noise, steps))
+    via_torch = ds.sample(model, sched, torch.from_numpy(noise), steps).numpy()
+    via_jax = np.asarray(ds.sample(model, sched, jnp.asarray(noise), steps))
+    assert np.max(np.abs(via_torch - ref)) < 1e-12 * np.max(np.abs(ref))
+    assert np.max(np.abs(via_jax - ref)) < 1e-12 * np.max(np.abs(ref))
+    return ref
+
+
 def test_tuned_runs_the_same_on_numpy_torch_and_jax(tuned):
     base, steps, result, _ = tuned
     sched = result.scheduler
     model = cli.exact_model(base, "gmm")
     noise = HELD_OUT[:16]
-    ref = np.asarray(ds.sample(model, sched, noise, steps))
-    via_torch = ds.sample(model, sched, torch.from_numpy(noise), steps).numpy()
-    via_jax = np.asarray(ds.sample(model, sched, jnp.asarray(noise), steps))
-    # measured: ~1e-16
-    assert np.max(np.abs(via_torch - ref)) < 1e-12 * np.max(np.abs(ref))
-    assert np.max(np.abs(via_jax - ref)) < 1e-12 * np.max(np.abs(ref))
+    ref = assert_backends_agree(model, sched, steps)
 
     state, timesteps = sched.init(steps, jnp.asarray(noise))
     step = jax.jit(sched.step)
@@ -343,8 +349,8 @@ def flow_held_out_error(sched, steps: int, grid: dict | None = None) -> float:
     ids=["FlowMatchEuler", "UniPC-flow"],
 )
 def test_flow_grid_and_coefficients_lower_the_held_out_error(sched):
-    # measured (held-out, 6 steps): FlowMatchEuler 0.260 -> grid 0.199 -> both 0.080 (0.082
-    # without the model's times); UniPC (flow σ's) 0.145 -> grid 0.089 -> both 0.080 (0.082)
+    # measured (held-out, 6 steps): FlowMatchEuler 0.260 -> grid 0.199 -> both 0.082 (0.080
+    # with times=True); UniPC (flow σ's) 0.145 -> grid 0.089 -> both 0.082 (0.080)
     from diffsched.exact.reference import solve_flow_ode
     from diffsched.tuning import FlowGrid, flow_reference, search
 
@@ -373,9 +379,8 @@ def test_dynamic_shift_is_tuned_for_its_mu(sched, mu, tmp_path):
     """A flow scheduler with ``use_dynamic_shifting=True`` is tuned for one μ (one
     resolution): the grid's ``init_options`` and the tuned table carry it, the table runs
     without it, and a file saved with it loads back to the same samples."""
-    # measured (held-out, 6 steps): exponential μ = 1.5: 0.329 -> grid 0.199 -> both 0.078
-    # (0.074 without the model's times); linear μ = 2.5: 0.248 -> grid 0.200 -> both 0.084
-    # (0.083)
+    # measured (held-out, 6 steps): exponential μ = 1.5: 0.329 -> grid 0.199 -> both 0.074
+    # (0.078 with times=True); linear μ = 2.5: 0.248 -> grid 0.200 -> both 0.083 (0.084)
     from diffsched.tuning import search
 
     model = flow_model()
@@ -433,9 +438,9 @@ def test_flow_bases_compete_for_a_flow_scheduler():
     """With ``bases="auto"`` a flow scheduler's table may take UniPC on flow σ's of the
     same shift as its base (candidate_flow_bases), where its grids do clearly better: for
     FlowMatchEuler they do, and the table does as well as the Euler-based one or better."""
-    # measured (6 calls, held-out): FlowMatchEuler 0.260; tuned, Euler base 0.094 (0.111
-    # without the model's times); tuned, UniPC (order 3) base 0.080 (0.082) (1024 held-out
-    # noises at 5 and 10 calls, three draws:
+    # measured (6 calls, held-out): FlowMatchEuler 0.260; tuned, Euler base 0.111 (0.094
+    # with times=True); tuned, UniPC (order 3) base 0.082 (0.080) (1024 held-out noises at
+    # 5 and 10 calls, three draws:
     # 0.134 -> 0.059 and 0.074 -> 0.037 before the ridge was set per parameter)
     from diffsched.tuning import candidate_flow_bases
 
@@ -462,8 +467,8 @@ def test_single_step_stage_times_are_tuned():
     solver (order 2) calls the model at every grid level, the odd ones its stages, so
     ``tune="both"`` moves the stage times with the step times and fits x̂_0 weights across
     steps; on held-out noise the table does better than the untuned solver."""
-    # measured (6 calls, held-out, this module's noise): 0.154 -> 0.067 (0.065 without the
-    # model's times); stage levels 832, 500, 166 -> 572, 477, 13
+    # measured (6 calls, held-out, this module's noise): 0.154 -> 0.065 (0.067 with
+    # times=True); stage levels 832, 500, 166 -> 572, 477, 13
     base = ds.DPMSolverSinglestep(solver_order=2, **SD)
     model = cli.exact_model(base, "gmm")
     result = search_coefficients(model, base, 6, CALIBRATION, bases=None)
@@ -520,6 +525,12 @@ def test_cli_tunes_the_table_saves_it_and_sample_reads_it_back(capsys, tmp_path)
     assert "invalid choice: 'weights'" in capsys.readouterr().err
     status, _, err = run_cli(capsys, "tune", "--tune", "both", "--calibration", 2)
     assert status == 2 and "--calibration 4 or more" in err
+    status, _, err = run_cli(capsys, "tune", "unipc", "--times")  # a grid has no model times
+    assert status == 2 and "--times tunes a table's model times" in err
+    status, out, err = run_cli(capsys, *argv[:-2], "--times", "--save", tmp_path / "t2.json")
+    assert status == 0, err
+    timed = ds.load_tuned(tmp_path / "t2.json", num_steps=4)
+    assert timed.model_timesteps is not None and "model times [999.0, " in out
 
 
 def test_refine_fits_more_bases_and_keeps_the_best_held_out_split():
@@ -564,7 +575,7 @@ def test_a_fit_that_extrapolates_is_refused():
         out = np.asarray(ds.sample(model, sched, held, 10))
         return float(np.linalg.norm(out - exact) / np.linalg.norm(exact))
 
-    # measured 0.070 against 0.131 (0.082 without the model's times)
+    # measured 0.082 against 0.131 (0.070 with times=True)
     assert error(result.scheduler) < 0.75 * error(base)
 
 
@@ -612,7 +623,7 @@ def test_model_timesteps_refusals():
     ok = ds.Tuned(base=flow, tuned_steps=2, model_timesteps=[1000.0, 400.0])  # t = σ T: [0, T]
     assert ok.init(2, np.zeros((1, 2)))[1].tolist() == [1000.0, 400.0]
     model = cli.exact_model(base, "gmm")
-    with pytest.raises(TypeError, match="times must be True, False or None"):
+    with pytest.raises(TypeError, match="times must be True or False"):
         fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, times="yes")
     with pytest.raises(ValueError, match=r"times=True .* needs calls='all'"):
         fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, times=True, calls="final")
@@ -643,8 +654,7 @@ def test_a_fit_of_the_times_runs_in_the_engine_and_does_not_lose(timed, tmp_path
     assert held_out_error(sched, steps) <= held_out_error(base, steps)
     loaded = ds.load_tuned(ds.save_tuned(tmp_path / "timed.json", sched), base=base)
     assert loaded == sched and loaded.model_timesteps == sched.model_timesteps
-    # (the module's fitted tables call the model at tuned times too: the backends, jit,
-    # per-element offsets and the file's refusals are tested on them above)
+    assert_backends_agree(model, loaded, steps)
 
 
 def test_the_fit_differentiates_the_model_times_as_a_whole_run_does():
