@@ -139,21 +139,19 @@ def tune(
     ``tune`` chooses what is tuned: ``"grid"`` (the default: the result is ``init``'s
     keyword arguments, as above), ``"coefficients"`` (the x̂_0 history weights of the
     scheduler's table on its own grid, its first call moved to the top) or ``"both"`` (the
-    grid, then the weights on it). The last two
-    return a :class:`~diffsched.Tuned` scheduler, run as ``tuned.init(num_steps, x)`` or
-    ``ds.sample(model, tuned, noise, num_steps)`` and saved by
-    :func:`diffsched.save_tuned`; ``options`` then also take
+    grid, then the weights on it). The last two return a :class:`~diffsched.Tuned`
+    scheduler, run as ``tuned.init(num_steps, x)`` or ``ds.sample(model, tuned, noise,
+    num_steps)`` and saved by :func:`diffsched.save_tuned`; ``options`` then also take
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
     ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``select``, ``holdout``,
     ``seed``; ``times=True`` tunes the time each call but the first passes the model too,
-    eq. (3) of :mod:`diffsched.methods.tuned`) and ``bases``: by
-    default (``"auto"``) the tuned table's base may be another method for the same model
-    (UniPC or DPM-Solver++ of order 2 or 3, variable-step iPNDM) where its grids clearly
-    do better on the calibration batch (:func:`search_coefficients`). A scheduler whose
-    ``init`` takes no custom grid (DDIM, DEIS, LMS, PNDM, DPM2) cannot start at the top
-    level the reference starts from: for it ``"grid"`` is refused, and ``"coefficients"`` /
-    ``"both"`` tune one of its bases in
-    its place (the result's ``base_scheduler`` says which).
+    eq. (3) of :mod:`diffsched.methods.tuned`) and ``bases``: by default (``"auto"``) the
+    tuned table's base may be another method for the same model (UniPC or DPM-Solver++ of
+    order 2 or 3, variable-step iPNDM) where its grids clearly do better on the
+    calibration batch (:func:`search_coefficients`). A scheduler whose ``init`` takes no
+    custom grid (DDIM, DEIS, LMS, PNDM, DPM2) cannot start at the top level the reference
+    starts from: for it ``"grid"`` is refused, and ``"coefficients"`` / ``"both"`` tune one
+    of its bases in its place (the result's ``base_scheduler`` says which).
 
     ``end="lowest"`` fits the final samples to the discrete limit (the ODE to the lowest
     trained level, then the jump to x̂_0 there: where a loop that calls a discrete-time model
