@@ -33,10 +33,15 @@ def pipe(sd_components):  # noqa: F811
                  diffusers.UniPCMultistepScheduler(**SD))  # fmt: skip
 
 
-def test_tune_save_load_reproduce(pipe, tmp_path):
+@pytest.mark.parametrize("times", [False, True])
+def test_tune_save_load_reproduce(pipe, tmp_path, times):
+    # times=True: the UNet is called at the tuned (fractional) model times, by the pipeline
+    # as by the tuned loop
     path = tmp_path / "tuned.json"
-    tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=4, guidance_scale=5.0, path=path, **CHEAP)
+    tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=4, guidance_scale=5.0, path=path,
+                    times=times, **CHEAP)  # fmt: skip
     assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
+    assert (tuned.model_timesteps is not None) == times
     about = json.loads(path.read_text(encoding="utf-8"))["about"]
     assert about["prompts"] == PROMPTS and about["model_calls"] > 0
     assert about["end"] == "zero"  # the default: fitted to the ODE's solution at σ = 0
@@ -44,6 +49,9 @@ def test_tune_save_load_reproduce(pipe, tmp_path):
 
     scheduler = tp.load(path, pipe, num_steps=STEPS)
     assert scheduler.wrapped == tuned
+    scheduler.set_timesteps(STEPS)
+    _, own = tuned.init(STEPS, torch.zeros(1))
+    assert torch.equal(scheduler.timesteps.double(), own.float().double())  # the model times
     # the pipeline with the loaded file gives the tuned loop's samples on the same noise
     noise = tp.calibration_noise(pipe, 2, seed=5)
     model = tp.PipelineDenoiser(pipe, PROMPTS, 5.0)
