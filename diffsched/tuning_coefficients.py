@@ -164,7 +164,7 @@ class _Loop:
         self.calls = 0
         from .grids import is_flow
 
-        ts = np.asarray(tab.timesteps, dtype=np.float64)
+        ts = self.times
         if is_flow(scheduler):  # x = (1 - σ) x_0 + σ ε at t = σ T: λ = log((1 - σ) / σ)
             sig = np.clip(ts / scheduler.num_train_steps, 1e-9, 1 - 1e-9)
             self.lams = np.log((1 - sig) / sig)
@@ -255,7 +255,7 @@ class _Params:
                 self.blocks.append((k, basis))
         self.size_w = sum(b.shape[1] for _, b in self.blocks)
         # the first call stays at the top level, where every candidate grid starts
-        self.time_calls = list(range(1, n)) if times and calls == "all" else []
+        self.time_calls = list(range(1, n)) if times else []  # (check_fit_options: "all")
         self.size = self.size_w + len(self.time_calls)
         self.penalty = np.ones(self.size)  # the ridge's factor per parameter
         self.penalty[self.size_w :] = TIME_RIDGE
