@@ -632,6 +632,37 @@ def test_comfy_schedules_on_a_zero_snr_table_name_the_clamp():
     assert checked >= 40
 
 
+def test_comfy_schedules_on_one_training_level_name_the_option():
+    """A training table of one level (num_train_steps=1) has no span for ComfyUI's
+    schedules to read: every discrete-time class taking sigma_schedule refuses at init
+    naming the option and num_train_steps (it said "the σ table must hold at least 2
+    finite positive levels"; found by the unseeded fuzzer, Euler with
+    sigma_schedule="simple"), and runs the same table with a schedule that needs no table
+    (karras). Flow-matching classes read no training table (their levels are σ itself)."""
+    from diffsched.core.options import specs
+    from diffsched.grids import is_flow
+    from diffsched.schedules.sigmas import COMFY_SCHEDULES
+
+    checked = 0
+    x = np.zeros((2, 3))
+    for cls in ds.methods.CLASSES:
+        options = specs(cls)
+        if "num_train_steps" not in options or "sigma_schedule" not in options:
+            continue
+        if is_flow(cls()):
+            continue
+        kinds = options["sigma_schedule"][1].choices
+        for kind in (k for k in kinds if k in COMFY_SCHEDULES):
+            sched = cls(num_train_steps=1, sigma_schedule=kind)
+            with pytest.raises(ValueError, match=rf"sigma_schedule '{kind}'.*num_train_steps"):
+                sched.init(1, x)
+            checked += 1
+        if "karras" in kinds and checked:
+            _, ts = cls(num_train_steps=1, sigma_schedule="karras").init(1, x)
+            assert np.all(np.isfinite(np.asarray(ts, dtype=np.float64)))
+    assert checked >= 40
+
+
 @pytest.mark.parametrize(
     "cls", [ds.UniPC, ds.DPMSolverMultistep, ds.DPMSolverSinglestep, ds.LCM, ds.TCD, ds.DDPM]
 )

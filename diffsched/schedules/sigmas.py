@@ -174,7 +174,13 @@ def spaced_float_timesteps(
 
 def comfy_table(kind: str, train: np.ndarray) -> comfy.ModelSampling:
     """ComfyUI's model sampling on the training σ table, which ComfyUI's schedules read by
-    timestep; a table that falls (diffusers' zero-SNR clamp) is refused naming the cause."""
+    timestep; a table of one level, or one that falls (diffusers' zero-SNR clamp), is
+    refused naming the cause."""
+    if len(train) < 2:  # ComfyUI's schedules interpolate the table between its ends
+        raise ValueError(
+            f"sigma_schedule {kind!r} reads the model's σ table by timestep and needs 2 "
+            f"training levels or more (num_train_steps >= 2), got {len(train)}"
+        )
     if np.any(np.diff(train) < 0):
         top = int(np.argmax(train))
         raise ValueError(
