@@ -230,7 +230,9 @@ class _Loop:
 # of seed 8, not the benchmark's): 1, 10, 100 and 1000 gave 0.050, 0.051, 0.049, 0.051 at
 # 5 calls and 64 samples (0.055 without times), 0.034, 0.039, 0.035, 0.036 with 256
 # (0.037), and at 10 calls 0.016-0.019 with and without. At 6 and 8 calls every ridge
-# did worse than no times (docs/tuning.md): times=True is not the default
+# did worse than no times on those noises; on 8192 of them and six draws the times were
+# within 4% of none but at 8 calls with 64 samples (+12%) and 5 with 256 (-8%): a wash on
+# the mixture (docs/tuning.md), so times=True is not the default
 TIME_RIDGE = 100.0
 
 
