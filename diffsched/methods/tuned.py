@@ -361,5 +361,12 @@ class Tuned(BaseScheduler):
             init_noise_sigma=tab.init_noise_sigma,
         )
 
+    def native_levels(self, tableau: Tableau, num_steps: int,
+                      init_options: dict) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+        """The base's: the corrections leave each call's x̂_0 conversion as it is."""
+        options = self._options(num_steps, init_options)
+        base = self.base_scheduler
+        return base.native_levels(base.tableau(num_steps, **options), num_steps, options)
+
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         return self.base_scheduler.noise_levels(num_steps, **self._options(num_steps, init_options))
