@@ -23,7 +23,10 @@ diffusers candidate the same way):
   calibration error; ``tuned both, split``: the same with the ridge chosen on a held-out
   quarter of the calibration batch (``select="split"``) instead of by leave-one-out;
   ``tuned both, times``: the default with the model's time at each call tuned too
-  (``times=True``, eq. (3) of :mod:`diffsched.methods.tuned`).
+  (``times=True``, eq. (3) of :mod:`diffsched.methods.tuned`); ``tuned both, samples``:
+  the default with the weights of the earlier samples tuned too (``samples=True``, eq. (4)
+  there); ``tuned both, samples, times``: both. ``--tuners`` runs some of these only (a
+  row's columns are independent of each other: files concatenated merge into one table).
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
 shared by the tuners; the cost column is that of ``tuned both`` alone, reference
@@ -65,6 +68,7 @@ HELD_SEED, HELD_SIZE = 7, 1024
 BASE = "unipc:beta_schedule=quadratic,beta_start=0.00085,beta_end=0.012"
 NET_PATH = None  # the trained network's weights (.npz), set by run_all for the workers
 PREDICTION = "epsilon"  # the config's prediction type (--prediction), set for the workers
+TUNERS = None  # the tuners run (--tuners; None: all), set for the workers
 END = "zero"  # what is measured and tuned for (--end): the ODE at σ = 0, or the discrete limit
 PREDICTIONS = {  # --prediction -> the options every config takes (trailing spacing apart)
     "epsilon": "",
@@ -297,19 +301,25 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
                                    end=END)  # fmt: skip
         row["reference"] = {"calls": counted.calls, "seconds": time.perf_counter() - t0}
         counted.calls, t0 = 0, time.perf_counter()
-        found = _search(counted, base, budget, cal, candidates=100, substeps=4,
-                        max_evaluations=300, tolerance=2e-3, reference=ref)  # fmt: skip
-        row["tuned grid"] = {
-            **_held(model, base, held, budget, exact_top, found.init_options),
-            "calls": counted.calls, "seconds": time.perf_counter() - t0,
-            "confirmation": found.confirmation,
-        }  # fmt: skip
+        if TUNERS is None or "tuned grid" in TUNERS:
+            found = _search(counted, base, budget, cal, candidates=100, substeps=4,
+                            max_evaluations=300, tolerance=2e-3, reference=ref)  # fmt: skip
+            row["tuned grid"] = {
+                **_held(model, base, held, budget, exact_top, found.init_options),
+                "calls": counted.calls, "seconds": time.perf_counter() - t0,
+                "confirmation": found.confirmation,
+            }  # fmt: skip
         tuners = (("tuned coefficients", None, "loo", False, {}),
                   ("tuned both, base only", None, "loo", True, {}),
                   ("tuned both", "auto", "loo", True, {}),
                   ("tuned both, split", "auto", "split", True, {}),
-                  ("tuned both, times", "auto", "loo", True, {"times": True}))  # fmt: skip
+                  ("tuned both, times", "auto", "loo", True, {"times": True}),
+                  ("tuned both, samples", "auto", "loo", True, {"samples": True}),
+                  ("tuned both, samples, times", "auto", "loo", True,
+                   {"samples": True, "times": True}))  # fmt: skip
         for name, bases, select, grid, extra in tuners:
+            if TUNERS is not None and name not in TUNERS:
+                continue
             t0 = time.perf_counter()
             res = search_coefficients(model, base, budget, cal, bases=bases, reference=ref,
                                       select=select, grid=grid, end=END, **extra)  # fmt: skip
@@ -321,6 +331,7 @@ def tune_job(model_name: str, budget: int, calibration: int, draw: int) -> dict:
                 "base": f"{type(b).__name__} {getattr(b, 'solver_order', '')}".strip(),
                 "weights": tuned.weights is not None, "ridge": res.ridge,
                 "times": tuned.model_timesteps is not None,
+                "samples": tuned.sample_weights is not None,
                 "calibration error": res.error, "confirmation": res.confirmation,
             }  # fmt: skip
     return row
@@ -406,8 +417,10 @@ def _cached_exact(model_name, budget, kind, model, sched, held, grid):
 EXACT_DIR = None  # where the held-out exact solutions are cached (the results file's folder)
 
 
-def _init_worker(net_path, exact_dir=None, prediction="epsilon", end="zero", held=1024):
-    global NET_PATH, EXACT_DIR, PREDICTION, END, HELD_SIZE
+def _init_worker(net_path, exact_dir=None, prediction="epsilon", end="zero", held=1024,
+                 tuners=None):  # fmt: skip
+    global NET_PATH, EXACT_DIR, PREDICTION, END, HELD_SIZE, TUNERS
+    TUNERS = tuners
     NET_PATH = net_path
     EXACT_DIR = exact_dir
     PREDICTION = prediction
@@ -452,7 +465,7 @@ def run_all(args) -> None:
         ProcessPoolExecutor(
             args.jobs,
             initializer=_init_worker,
-            initargs=(args.net, exact_dir, args.prediction, args.end, args.held),
+            initargs=(args.net, exact_dir, args.prediction, args.end, args.held, args.tuners),
         ) as pool,
     ):
         futures = {
@@ -470,7 +483,8 @@ def run_all(args) -> None:
 
 
 KINDS = ("untuned base", "tuned grid", "tuned coefficients", "tuned both, base only",
-         "tuned both", "tuned both, split", "tuned both, times")  # fmt: skip
+         "tuned both", "tuned both, split", "tuned both, times", "tuned both, samples",
+         "tuned both, samples, times")  # fmt: skip
 
 
 RESAMPLES = 2000  # bootstrap resamples of the held-out noise (the table's 95% range)
@@ -506,9 +520,12 @@ def table(path: str) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     rows = [r for r in rows if "model" in r]
     base = {(r["model"], r["budget"]): r for r in rows if r.get("baseline")}
-    unique = {(r["model"], r["budget"], r["calibration"], r["draw"]): r for r in rows
-              if not r.get("baseline") and "tuned both" in r}  # fmt: skip
-    tuned = list(unique.values())  # a draw run twice (files merged) counts once
+    unique: dict = {}
+    for r in rows:  # a draw run twice (files concatenated) counts once, its columns merged
+        if not r.get("baseline"):
+            key = (r["model"], r["budget"], r["calibration"], r["draw"])
+            unique[key] = {**unique.get(key, {}), **r}
+    tuned = [r for r in unique.values() if "tuned both" in r]
     lines = [
         "| model | calls | cal | draws | diffusers' best | ours untuned | " + " | ".join(KINDS)
         + " | tuned both / diffusers' best | the same, 95% over held-out noise "
@@ -585,6 +602,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="tune_coefficients.jsonl")
     p.add_argument("--baselines", help="a results file whose baseline rows (diffusers' best, "
                    "ours untuned) are reused, not measured again")  # fmt: skip
+    p.add_argument("--tuners", nargs="+", default=None, choices=KINDS[1:],
+                   help="run these tuners only (default: every one)")  # fmt: skip
     p.add_argument("--table", help="print the table of a results file and exit")
     args = p.parse_args(argv)
     if args.table:

@@ -1046,9 +1046,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import search
 
     grid_only = args.tune == "grid" or (args.tune is None and args.pipeline is None)
-    if args.times and grid_only:
-        raise UsageError("--times tunes a table's model times: it needs --tune coefficients "
-                         "or --tune both")  # fmt: skip
+    for flag, what in (("times", "model times"), ("sample_weights", "sample weights")):
+        if getattr(args, flag) and grid_only:
+            raise UsageError(f"--{flag.replace('_', '-')} tunes a table's {what}: it needs "
+                             "--tune coefficients or --tune both")  # fmt: skip
     if args.pipeline is not None:
         return _tune_pipeline(args)
     if args.prompt or args.guidance_scale is not None:
@@ -1146,7 +1147,7 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
     result = search_coefficients(model, scheduler, args.steps, calibration,
                                  grid=args.tune == "both", bases="auto",
                                  max_evaluations=args.max_evaluations, end=args.end,
-                                 times=args.times)  # fmt: skip
+                                 times=args.times, samples=args.sample_weights)  # fmt: skip
     tuned = result.scheduler
     base = tuned.base_scheduler
     order = getattr(base, "solver_order", None)
@@ -1159,6 +1160,7 @@ def _tune_table(args: argparse.Namespace, scheduler: Scheduler, model: Any,
         + (f" (solver_order={order})" if order is not None else "")
         + f", grid {shown}, "
         + ("x̂_0 weights tuned" if tuned.weights is not None else "base weights kept")
+        + (", sample weights tuned" if tuned.sample_weights is not None else "")
         + (
             f", model times {[float(f'{t:.6g}') for t in tuned.model_timesteps]}"
             if tuned.model_timesteps is not None
@@ -1236,13 +1238,15 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
           f"{type(pipe).__name__}, {args.steps} steps ({args.tune}), on {args.calibration} "
           f"latents (seed {args.seed}), {len(args.prompt)} prompt(s), guidance {guidance}",
           flush=True)  # fmt: skip
-    times = {"times": True} if args.times else {}
+    extra = {"times": True} if args.times else {}
+    if args.sample_weights:
+        extra["samples"] = True
     try:
         tuned = tuning_pipeline.tune(pipe, args.prompt, args.steps, scheduler=scheduler,
                                      calibration=args.calibration, guidance_scale=guidance,
                                      seed=args.seed, tune=args.tune, path=out,
                                      max_evaluations=args.max_evaluations,
-                                     end=args.end, **times)  # fmt: skip
+                                     end=args.end, **extra)  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     import json
@@ -1786,6 +1790,7 @@ def best_rows(
                     label = (
                         f"tuned {type(base).__name__} {getattr(base, 'solver_order', '')}".strip()
                         + (" + weights" if table.weights is not None else "")
+                        + (" + samples" if table.sample_weights is not None else "")
                         + (" + times" if table.model_timesteps is not None else "")
                     )
                     measure("tuned", label, table, budget)
@@ -2072,6 +2077,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tune coefficients or both: tune the time each model "
                         "call passes the model too (Tuned's model_timesteps, "
                         "docs/tuning.md)")  # fmt: skip
+    t.add_argument("--sample-weights", action="store_true",
+                   help="with --tune coefficients or both: tune the weights of the earlier "
+                        "samples too (Tuned's sample_weights, docs/tuning.md)")  # fmt: skip
     t.add_argument("--pipeline", default=None, metavar="DIR",
                    help="tune for a diffusers text-to-image pipeline saved in DIR "
                         "(save_pretrained; Stable Diffusion-like): its UNet with --prompt and "

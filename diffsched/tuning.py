@@ -145,7 +145,8 @@ def tune(
     :func:`diffsched.tuning_coefficients.fit_coefficients`' (``history``, ``moments``,
     ``final_moments``, ``calls``, ``ridges``, ``iterations``, ``select``, ``holdout``,
     ``seed``; ``times=True`` tunes the time each call but the first passes the model too,
-    eq. (3) of :mod:`diffsched.methods.tuned`) and ``bases``: by default (``"auto"``) the
+    eq. (3) of :mod:`diffsched.methods.tuned`; ``samples=True`` the weights of the earlier
+    samples too, eq. (4) there) and ``bases``: by default (``"auto"``) the
     tuned table's base may be another method for the same model (UniPC or DPM-Solver++ of
     order 2 or 3, variable-step iPNDM) where its grids clearly do better on the
     calibration batch (:func:`search_coefficients`). A scheduler whose ``init`` takes no
@@ -297,7 +298,8 @@ def _confirmed_table(result, model: Model, scheduler: Scheduler, num_steps: int,
         return result
     plain = _tuned(table.base_scheduler, num_steps, table.grid_options, None)
     fallbacks = ()
-    if (table.weights is not None or table.model_timesteps is not None) and plain != untuned:
+    tuned = (table.weights, table.sample_weights, table.model_timesteps)
+    if any(t is not None for t in tuned) and plain != untuned:
         fallbacks = (("grid alone", lambda x: _sample(model, plain, x, num_steps, {})),)
     check = _confirmation(
         noise, reference,

@@ -19,7 +19,16 @@ model call of those that fit the grid only (GITS, AYS, LD3). Here the fit is:
    calibration samples, three draws). With ``times=True`` each call but the first also
    has the time it passes the model shifted, t'_n = t_n + τ_n (eq. (3) of
    :mod:`diffsched.methods.tuned`, within the trained range; S4S, Frankel et al. 2025),
-   held toward τ_n = 0 by a ridge ``TIME_RIDGE`` times a weight's.
+   held toward τ_n = 0 by a ridge ``TIME_RIDGE`` times a weight's. With ``samples=True``
+   each call also weights its sample and the L before (eq. (4) of
+   :mod:`diffsched.methods.tuned`): its parameters are then the x̂_0's effective weights
+   δ + vA, in the null space above, and the noise estimates' vS, in the null space of one
+   moment fewer (with the default, free: their sum rescales the step's noise, and only the
+   ridge holds it). With that sum a constraint too, the fit gained nothing on the trained
+   network (5 calls, 256 calibration samples, development noise: 0.0434 on held-out noise
+   with and without the sample weights; 0.0361 with the sum free). Where the fit with the
+   sample weights is refused (below), the table without them is fitted as with
+   ``samples=False``.
 2. **Objective.** ||x_N(θ) - x*||² / ||x*||² + μ ||θ||² on the calibration batch, x*
    the reference ODE solution (:func:`diffsched.tuning.reference_trajectory`), x_N the
    tuned table's final samples: ridge toward the base table.
@@ -70,7 +79,9 @@ parameters per call; a Jacobian costs the calls after each parameter's (about P�
 fit two iterations per ridge; with the reference (~360 calls), the candidate bases' starts
 and, for ``"both"``, the grid search (100 runs at most), ``tune="both"`` costs about
 200-300 × N batch model calls at 5-10 calls (210-320 × N with ``times=True``, whose
-columns rerun the loop from their own call; ``benchmarks/tune_coefficients.py``).
+columns rerun the loop from their own call; 225-330 × N with ``samples=True``, whose
+parameters per call are twice as many, and about 440 × N where its fit is refused and
+the table without sample weights is fitted as well; ``benchmarks/tune_coefficients.py``).
 """
 
 from __future__ import annotations
@@ -171,6 +182,9 @@ class _Loop:
         else:
             log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
             self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
+        # eq. (4) of methods.tuned: the native sample of call k is A_k x_0 + S_k ε, read off
+        # the table's x̂_0 conversion (None: its prediction type says nothing of the level)
+        self.levels = scheduler.native_levels(tab, num_steps, grid)
 
     def _model(self, x: np.ndarray, k: int, shifts: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
@@ -200,11 +214,12 @@ class _Loop:
         return noise * self.init_scale * self.scale[0]
 
     def run(self, x: np.ndarray, w: np.ndarray, first: int = 0, hist: tuple | None = None,
-            shifts: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
+            shifts: np.ndarray | None = None,
+            v: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:  # fmt: skip
         """From native sample x at call ``first`` (with the operands of the calls before
-        in ``hist``), the x̂_0 corrections ``w`` of eq. (1) and the model's times moved by
-        ``shifts`` (eq. (3); None: the base's): (the final native sample, the operands of
-        every call)."""
+        in ``hist``), the x̂_0 corrections ``w`` of eq. (1), the model's times moved by
+        ``shifts`` (eq. (3); None: the base's) and the sample weights ``v`` of eq. (4)
+        (None: none): (the final native sample, the operands of every call)."""
         xs, ms, ds = ([], [], []) if hist is None else (list(h[:first]) for h in hist)
         for k in range(first, self.n):
             m = self._model(x, k, shifts)
@@ -221,6 +236,9 @@ class _Loop:
             for lag in range(w.shape[1]):
                 if k - lag >= 0 and w[k, lag] != 0:
                     nxt = nxt + w[k, lag] * ds[k - lag]
+            for lag in range(0 if v is None else v.shape[1]):
+                if k - lag >= 0 and v[k, lag] != 0:
+                    nxt = nxt + v[k, lag] * xs[k - lag]
             x = nxt
         return x / self.scale[self.n], (xs, ms, ds)
 
@@ -237,22 +255,37 @@ TIME_RIDGE = 100.0
 
 
 class _Params:
-    """θ -> (W, the model times' shifts): per tuned call, its null-space basis (module
+    """θ -> (W, the model times' shifts, V): per tuned call, its null-space basis (module
     docstring, step 1), then with ``times`` a shift of each call's model time (eq. (3) of
-    :mod:`diffsched.methods.tuned`, in timesteps) but the first's."""
+    :mod:`diffsched.methods.tuned`, in timesteps) but the first's. With ``levels`` (the
+    native (A_k, S_k) of each call's sample, ``_Loop.levels``) each call weights its earlier
+    samples as well (eq. (4)): the effective weights of the x̂_0's, δ + vA, and of the
+    noise estimates ε̂, vS, each in the null space of the moments, so a block's basis has
+    2 (L_n + 1) rows, δ's then v's."""
 
     def __init__(self, lams: np.ndarray, history: int, moments: int, final_moments: int,
-                 calls: str, times: bool = False) -> None:  # fmt: skip
+                 calls: str, times: bool = False,
+                 levels: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
         n = len(lams)
         self.shape = (n, history + 1)
+        self.samples = levels is not None
         self.blocks: list[tuple[int, np.ndarray]] = []  # (call, basis (L_n + 1, f_n))
         for k in range(n):
             if calls == "final" and k != n - 1:
                 continue
             lk = min(history, k)
-            basis = null_basis(
-                lams[k - np.arange(lk + 1)], final_moments if k == n - 1 else moments
-            )
+            lags = k - np.arange(lk + 1)
+            kept = final_moments if k == n - 1 else moments
+            basis = null_basis(lams[lags], kept)
+            if levels is not None:
+                a, s = levels[0][lags, None], levels[1][lags, None]
+                # the noise estimates keep one moment fewer: their weights' sum, a rescaling
+                # of the noise the step carries, is held by the prior only (class docstring)
+                g = null_basis(lams[lags], max(0, kept - 1))
+                # columns: an x̂_0 correction (δ = e, v = 0), then a noise one: the weights g
+                # of the ε̂'s, v = g / S, δ = -v A (x = A x̂_0 + S ε̂ at each call)
+                zero = np.zeros((len(lags), basis.shape[1]))
+                basis = np.block([[basis, -g * a / s], [zero, g / s]])
             if basis.shape[1]:
                 self.blocks.append((k, basis))
         self.size_w = sum(b.shape[1] for _, b in self.blocks)
@@ -271,13 +304,24 @@ class _Params:
         return out
 
     def weights(self, theta: np.ndarray) -> np.ndarray:
-        w = np.zeros(self.shape)
+        """The x̂_0 corrections δ of eq. (1) (calls, L + 1)."""
+        return self._rows(theta)[0]
+
+    def sample_weights(self, theta: np.ndarray) -> np.ndarray | None:
+        """The sample weights v of eq. (4) (calls, L + 1; None: not tuned)."""
+        return self._rows(theta)[1] if self.samples else None
+
+    def _rows(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, v = np.zeros(self.shape), np.zeros(self.shape)
         i = 0
         for k, basis in self.blocks:
             f = basis.shape[1]
-            w[k, : basis.shape[0]] = basis @ theta[i : i + f]
+            rows = basis @ theta[i : i + f]
+            m = len(rows) // 2 if self.samples else len(rows)
+            w[k, :m] = rows[:m]
+            v[k, : len(rows) - m] = rows[m:]
             i += f
-        return w
+        return w, v
 
 
 MAX_ITERATIONS = 100  # Gauss-Newton iterations (2 by default; 6 measured no better)
@@ -314,8 +358,9 @@ def check_fit_options(**options: Any) -> None:
             raise ValueError(f"{name} must be an integer {where}, got {value!r}")
     if options.get("calls", "all") not in ("all", "final"):
         raise ValueError(f"calls must be 'all' or 'final', got {options['calls']!r}")
-    if not isinstance(options.get("times", False), bool):
-        raise TypeError(f"times must be True or False, got {options['times']!r}")
+    for flag in ("times", "samples"):
+        if not isinstance(options.get(flag, False), bool):
+            raise TypeError(f"{flag} must be True or False, got {options[flag]!r}")
     if options.get("times", False) and options.get("calls", "all") != "all":
         raise ValueError("times=True tunes every call's time: it needs calls='all'")
     if options.get("select", "loo") not in ("loo", "split"):
@@ -364,25 +409,34 @@ def fit_coefficients(
     seed: int = 0,
     select: str = "loo",
     times: bool = False,
+    samples: bool = False,
 ) -> CoefficientResult:
     """The tuned table (:class:`~diffsched.Tuned`) of ``scheduler`` on ``grid`` (``init``
     options; None: its own) whose final samples from ``calibration_noise`` come closest to
     ``reference`` (the ODE solution from the same noise), by the fit of the module
     docstring. ``calls="final"`` tunes the last call's combination only; ``times=True``
     (with ``calls="all"``) the model's time at every call but the first as well (eq. (3)
-    of :mod:`diffsched.methods.tuned`)."""
+    of :mod:`diffsched.methods.tuned`) as well; ``samples=True`` the weights of the earlier
+    samples as well (eq. (4) there)."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
     check_fit_options(history=history, moments=moments, final_moments=final_moments,
                       calls=calls, ridges=ridges, iterations=iterations, holdout=holdout,
-                      seed=seed, select=select, times=times)  # fmt: skip
+                      seed=seed, select=select, times=times, samples=samples)  # fmt: skip
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
     if times and loop.span is None:
         raise ValueError(
             f"times=True needs a base whose timesteps index its training levels (a discrete "
             f"or flow-matching table); {type(scheduler).__name__}'s do not"
         )
-    params = _Params(loop.lams, history, moments, final_moments, calls, times)
+    levels = loop.levels if samples else None
+    if samples and (levels is None or not all(np.all(np.isfinite(v)) for v in levels)
+                    or not np.all(levels[1] > 0)):  # fmt: skip
+        raise ValueError(
+            f"samples=True needs the level of each call's sample; {type(scheduler).__name__}'s "
+            f"prediction type {getattr(scheduler, 'prediction_type', None)!r} does not give it"
+        )
+    params = _Params(loop.lams, history, moments, final_moments, calls, times, levels)
     noise = to_numpy64(calibration_noise)
     ref = np.asarray(reference, dtype=np.float64)
     batch = noise.shape[0]
@@ -396,7 +450,7 @@ def fit_coefficients(
 
     def score(theta, rows):
         out, _ = loop.run(loop.start(noise[rows]), params.weights(theta),
-                          shifts=params.shifts(theta))  # fmt: skip
+                          shifts=params.shifts(theta), v=params.sample_weights(theta))  # fmt: skip
         return Score.of(out, ref[rows])
 
     def error(theta, rows):
@@ -415,6 +469,10 @@ def fit_coefficients(
         path = sorted(ridges, reverse=True)
         result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
                           iterations, t0, stress)  # fmt: skip
+        if result.ridge == math.inf and samples:  # refused: the table samples=False fits
+            params = _Params(loop.lams, history, moments, final_moments, calls, times)
+            result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid,
+                              path, iterations, t0, stress)  # fmt: skip
         if result.ridge == math.inf and calls == "all":  # the last call alone (linear)
             final = _Params(loop.lams, history, moments, final_moments, "final")
             if final.size:
@@ -442,11 +500,12 @@ def fit_coefficients(
                                     iterations)  # fmt: skip
     fitted_score, out = _score(loop, params, loop.start(noise), ref, theta, outputs=True)
     err = fitted_score.error
-    extrapolates = stress.extrapolates(params.weights(theta), params.shifts(theta), out)
+    extrapolates = stress.extrapolates(params.weights(theta), params.shifts(theta), out,
+                                       params.sample_weights(theta))  # fmt: skip
     if not fitted_score.beats(start) or extrapolates:  # a few samples carry it, or
         theta, err, best = zero, start_error, math.inf  # it acts where it was not fitted
-    table = (params.weights(theta), loop.times_of(params.shifts(theta))) if (
-        best != math.inf) else (None, None)  # fmt: skip
+    table = (params.weights(theta), loop.times_of(params.shifts(theta)),
+             params.sample_weights(theta)) if best != math.inf else (None, None)  # fmt: skip
     return CoefficientResult(
         scheduler=_tuned(scheduler, num_steps, grid, *table),
         start_error=start_error,
@@ -467,19 +526,20 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray, 
     """(r, J) at θ: the per-sample residuals (B, D) of the final samples against ``target``
     (divided by ``norm``) and their finite-difference Jacobian (B, D, P), each column from
     the run's prefix (module docstring, step 3)."""
-    w, shifts = params.weights(theta), params.shifts(theta)
-    out, hist = loop.run(x0, w, shifts=shifts)
+    w, shifts, v = params.weights(theta), params.shifts(theta), params.sample_weights(theta)
+    out, hist = loop.run(x0, w, shifts=shifts, v=v)
     b = x0.shape[0]
     r = ((out - target) / norm).reshape(b, -1)
     cols = []
     xs, _, ds = hist
     for k, basis in params.blocks:
         if k == loop.n - 1:  # the final sample is linear in the last call's weights
-            cols.extend(_final_columns(loop, basis, ds, b, norm))
+            cols.extend(_final_columns(loop, basis, ds, xs, b, norm, params.samples))
             continue
         for f in range(basis.shape[1]):
-            dx = sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0]))
-            pert, _ = loop.run(xs[k + 1] + eps * dx, w, first=k + 1, hist=hist, shifts=shifts)
+            dx = _combination(basis[:, f], ds, xs, k, params.samples)
+            pert, _ = loop.run(xs[k + 1] + eps * dx, w, first=k + 1, hist=hist, shifts=shifts,
+                               v=v)  # fmt: skip
             cols.append(((pert - out) / eps / norm).reshape(b, -1))
     for k in params.time_calls:  # the call itself again, at a moved time (into the range)
         lo, hi = loop.span
@@ -487,21 +547,31 @@ def _jacobian(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray, 
         step = TIME_EPS if t + TIME_EPS <= hi or t - TIME_EPS < lo else -TIME_EPS
         moved = shifts.copy()
         moved[k] += step
-        pert, _ = loop.run(xs[k], w, first=k, hist=hist, shifts=moved)
+        pert, _ = loop.run(xs[k], w, first=k, hist=hist, shifts=moved, v=v)
         cols.append(((pert - out) / step / norm).reshape(b, -1))
     return r, np.stack(cols, axis=-1)
 
 
-def _final_columns(loop: _Loop, basis: np.ndarray, ds: list[np.ndarray], b: int,
-                   norm: float) -> list[np.ndarray]:  # fmt: skip
+def _combination(column: np.ndarray, ds: list[np.ndarray], xs: list[np.ndarray], k: int,
+                 samples: bool) -> np.ndarray:  # fmt: skip
+    """Call k's correction of one basis ``column``: its x̂_0 weights on ``ds`` (eq. (1)),
+    then with ``samples`` its second half, the sample weights, on ``xs`` (eq. (4))."""
+    m = len(column) // 2 if samples else len(column)
+    out = sum(column[j] * ds[k - j] for j in range(m))
+    return out + sum(column[m + j] * xs[k - j] for j in range(len(column) - m))
+
+
+def _final_columns(loop: _Loop, basis: np.ndarray, ds: list[np.ndarray],
+                   xs: list[np.ndarray], b: int, norm: float,
+                   samples: bool = False) -> list[np.ndarray]:  # fmt: skip
     """The final samples' derivatives (B, D each) in the last call's parameters: the
-    last call's x̂_0's combined by each column of its null-space ``basis``."""
+    last call's x̂_0's (and with ``samples`` its samples) combined by each column of its
+    null-space ``basis``."""
     k = loop.n - 1
     return [
-        (sum(basis[j, f] * ds[k - j] for j in range(basis.shape[0])) / loop.scale[loop.n]
-         / norm).reshape(b, -1)
+        (_combination(basis[:, f], ds, xs, k, samples) / loop.scale[loop.n] / norm).reshape(b, -1)
         for f in range(basis.shape[1])
-    ]  # fmt: skip
+    ]
 
 
 def leave_one_out(jac: np.ndarray, resid: np.ndarray, theta: np.ndarray,
@@ -556,7 +626,7 @@ class FinalScorer:
 
         loop = _Loop(self.model, scheduler, num_steps, grid, self.noise)
         b = self.noise64.shape[0]
-        out, (_, _, ds) = loop.run(loop.start(self.noise64), np.zeros((loop.n, 1)))
+        out, (xs, _, ds) = loop.run(loop.start(self.noise64), np.zeros((loop.n, 1)))
         k = loop.n - 1
         m = min(self.history, k) + 1
         basis = null_basis(loop.lams[k - np.arange(m)], self.final_moments)
@@ -564,7 +634,7 @@ class FinalScorer:
         r = ((out - self.ref) / norm).reshape(b, -1)
         per = np.sum(r**2, axis=1)
         if basis.shape[1]:
-            jac = np.stack(_final_columns(loop, basis, ds, b, norm), axis=-1)
+            jac = np.stack(_final_columns(loop, basis, ds, xs, b, norm), axis=-1)
             scale = float(np.einsum("bdp,bdp->", jac, jac) / jac.shape[-1]) or 1.0
             zero = np.zeros(jac.shape[-1])
             for ridge in FINAL_RIDGES:
@@ -600,7 +670,7 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
         held = Score(per * b, float(math.sqrt(per.sum())))
         held_errors[ridge] = held.error
         fits.append((ridge, theta, held))
-    weights, times, ridge, err = None, None, math.inf, start.error
+    weights, times, samples, ridge, err = None, None, None, math.inf, start.error
     # the least leave-one-out error first; the next only where a better one extrapolates
     for best in sorted(fits, key=lambda f: f[2].error):
         if not best[2].error < start.error * (1 - MIN_GAIN):
@@ -609,13 +679,15 @@ def _fit_loo(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, s
         if not fitted.beats(start):  # a fall carried by a few samples: the base
             break
         shifts = params.shifts(best[1])
-        if stress.extrapolates(params.weights(best[1]), shifts, out):
+        if stress.extrapolates(params.weights(best[1]), shifts, out,
+                               params.sample_weights(best[1])):  # fmt: skip
             continue
         ridge, err = best[0], fitted.error
         weights, times = params.weights(best[1]), loop.times_of(shifts)
+        samples = params.sample_weights(best[1])
         break
     return CoefficientResult(
-        scheduler=_tuned(scheduler, num_steps, grid, weights, times),
+        scheduler=_tuned(scheduler, num_steps, grid, weights, times, samples),
         start_error=start.error,
         error=err,
         held_errors=held_errors,
@@ -647,7 +719,8 @@ def _gauss_newton(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarr
                 jtj + np.diag(mu) + damping * np.diag(np.diag(jtj) + np.mean(s) * 1e-9), -g
             )
             trial = theta + step
-            out, _ = loop.run(x0, params.weights(trial), shifts=params.shifts(trial))
+            out, _ = loop.run(x0, params.weights(trial), shifts=params.shifts(trial),
+                              v=params.sample_weights(trial))  # fmt: skip
             rt = ((out - target) / norm).reshape(r.shape)
             if float(np.sum(rt**2) + trial @ (mu * trial)) < f0:
                 theta, damping = trial, damping / 3
@@ -676,7 +749,8 @@ def _penalty_scale(jtj: np.ndarray) -> np.ndarray:
 def _score(loop: _Loop, params: _Params, x0: np.ndarray, target: np.ndarray,
            theta: np.ndarray, outputs: bool = False) -> Any:  # fmt: skip
     """The :class:`Score` of θ's table on the batch (with its final samples: ``outputs``)."""
-    out, _ = loop.run(x0, params.weights(theta), shifts=params.shifts(theta))
+    out, _ = loop.run(x0, params.weights(theta), shifts=params.shifts(theta),
+                      v=params.sample_weights(theta))  # fmt: skip
     return (Score.of(out, target), out) if outputs else Score.of(out, target)
 
 
@@ -706,16 +780,17 @@ class _Stress:
         self.other: np.ndarray | None = None  # the base's from the negated noise, when asked
 
     def extrapolates(self, weights: np.ndarray, shifts: np.ndarray | None,
-                     calibrated: np.ndarray) -> bool:  # fmt: skip
-        """Whether the table of these corrections (``_Params.weights``) and model times'
-        shifts (``_Params.shifts``), whose final samples from the calibration noise are
-        ``calibrated``, extrapolates."""
+                     calibrated: np.ndarray,
+                     samples: np.ndarray | None = None) -> bool:  # fmt: skip
+        """Whether the table of these corrections (``_Params.weights``), model times'
+        shifts (``_Params.shifts``) and sample weights (``_Params.sample_weights``), whose
+        final samples from the calibration noise are ``calibrated``, extrapolates."""
         start = self.loop.start(-self.noise)
         if self.other is None:
             self.other, _ = self.loop.run(start, np.zeros_like(weights))
         b = calibrated.shape[0]
         moved = np.sqrt(((calibrated - self.untuned).reshape(b, -1) ** 2).sum(axis=1))
-        other, _ = self.loop.run(start, weights, shifts=shifts)
+        other, _ = self.loop.run(start, weights, shifts=shifts, v=samples)
         away = np.sqrt(((other - self.other).reshape(b, -1) ** 2).sum(axis=1))
         # two samples or more: one can be a flip (a sample near a boundary between modes
         # that one table sends to the other side), which any table makes at its own rate
@@ -742,7 +817,8 @@ def _levenberg_marquardt(
 
 
 def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray | None,
-           times: np.ndarray | None = None) -> Tuned:  # fmt: skip
+           times: np.ndarray | None = None,
+           samples: np.ndarray | None = None) -> Tuned:  # fmt: skip
     kw: dict[str, Any] = {"base": scheduler, "tuned_steps": num_steps}
     if "sigmas" in grid:
         kw["grid_sigmas"] = [float(v) for v in grid["sigmas"]]
@@ -754,6 +830,8 @@ def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray
         kw["weights"] = np.asarray(weights, np.float64).ravel().tolist()
     if times is not None:
         kw["model_timesteps"] = [float(t) for t in times]
+    if samples is not None and np.any(samples != 0):
+        kw["sample_weights"] = np.asarray(samples, np.float64).ravel().tolist()
     return Tuned(**kw)
 
 

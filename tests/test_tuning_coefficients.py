@@ -235,6 +235,11 @@ def test_full_covariance_mixture_v_prediction_and_zero_terminal_snr(zero_snr):
         return float(np.linalg.norm(out - exact) / np.linalg.norm(exact))
 
     assert error(tuned) < 0.5 * error(sched)
+    if zero_snr:  # the sample weights read each call's level, the first's α ≈ 0 (measured:
+        with warnings.catch_warnings():  # 0.239 -> 0.056 with them)
+            warnings.simplefilter("error", RuntimeWarning)
+            sampled = ds.tune(model, sched, steps, cal, tune="both", samples=True)
+        assert sampled.sample_weights is not None and error(sampled) < 0.5 * error(sched)
 
 
 def test_a_tuned_table_runs_per_element_and_refuses_image_to_image(tuned):
@@ -531,6 +536,11 @@ def test_cli_tunes_the_table_saves_it_and_sample_reads_it_back(capsys, tmp_path)
     assert status == 0, err
     timed = ds.load_tuned(tmp_path / "t2.json", num_steps=4)
     assert timed.model_timesteps is not None and "model times [999.0, " in out
+    status, out, err = run_cli(capsys, *argv[:-2], "--sample-weights", "--save",
+                               tmp_path / "t3.json")  # fmt: skip
+    assert status == 0, err
+    sampled = ds.load_tuned(tmp_path / "t3.json", num_steps=4)
+    assert sampled.sample_weights is not None and "sample weights tuned" in out
 
 
 def test_refine_fits_more_bases_and_keeps_the_best_held_out_split():
@@ -690,6 +700,159 @@ def test_the_fit_differentiates_the_model_times_as_a_whole_run_does():
         )
 
 
+# -- the sample weights (eq. (4) of diffsched.methods.tuned) ----------------------------------
+
+
+def point_mass_model(sched, x0: np.ndarray):
+    """The exact model of data that is the single point ``x0`` (at integer timesteps of a
+    discrete table, or flow times t = σ T), in ``sched``'s prediction type: its x̂_0 is x0
+    whatever the sample, and its noise estimate (x - α x0) / σ."""
+    flow = sched.prediction_type == "flow"
+    ac = None if flow else np.asarray(sched.alphas_cumprod, np.float64)
+
+    def model(x, t):
+        t = float(t)
+        if flow:
+            sigma = t / sched.num_train_steps
+            alpha = 1 - sigma
+        else:
+            assert t == round(t)  # the table's own levels: no interpolation to agree on
+            alpha, sigma = np.sqrt(ac[int(t)]), np.sqrt(1 - ac[int(t)])
+        eps = (x - alpha * x0) / sigma
+        return {"noise": eps, "angular_velocity": alpha * eps - sigma * x0, "sample": x0 + 0 * x,
+                "flow": eps - x0}[sched.prediction_type]  # fmt: skip
+
+    return model
+
+
+SAMPLE_BASES = {
+    "UniPC-noise": ds.UniPC(**SD),
+    "UniPC-angular_velocity": ds.UniPC(**SD, prediction_type="angular_velocity"),
+    "DPMSolverMultistep-sample": ds.DPMSolverMultistep(**SD, prediction_type="sample"),
+    "FlowMatchEuler": ds.FlowMatchEuler(),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_BASES))
+def test_sample_weights_keep_the_moments_of_both_parametrisations(name):
+    # eq. (4): x = A x̂_0 + S ε̂ at every call, so sample weights v and x̂_0 weights δ are a
+    # correction of the x̂_0's by δ + vA and of the noise estimates by vS. On a point mass
+    # both are constant along the loop: where both keep their moments (moments=2: the noise
+    # estimates keep one, their sum) the tuned table lands where its base does; with the
+    # default (moments=1) only the noise estimates' sum is free, which rescales the noise
+    # the loop carries and nothing else (measured: 1e-8 to 6e-8 from the base with both
+    # kept; 0.2 to 13 with the sample weights alone)
+    from diffsched.tuning_coefficients import _Loop, _Params, _tuned
+
+    base, steps = SAMPLE_BASES[name], 6
+    rng = np.random.default_rng(5)
+    x0 = rng.standard_normal((3, 5))
+    noise = rng.standard_normal((3, 5))
+    model = point_mass_model(base, x0)
+    loop = _Loop(model, base, steps, {}, noise)
+    plain = np.asarray(ds.sample(model, base, noise, steps))
+    assert np.max(np.abs(plain - x0)) < 1e-6  # the base is exact on a point mass
+    for moments in (2, 1):
+        params = _Params(loop.lams, 3, moments, moments, "all", False, loop.levels)
+        theta = 0.3 * rng.standard_normal(params.size)
+        w, v = params.weights(theta), params.sample_weights(theta)
+        assert np.any(v != 0) and np.any(w != 0)
+        tuned = _tuned(base, steps, {}, w, None, v)
+        out = np.asarray(ds.sample(model, tuned, noise, steps))
+        own, _ = loop.run(loop.start(noise), w, v=v)  # the fit's loop is the engine's
+        np.testing.assert_allclose(own, out, rtol=0, atol=1e-10 * np.abs(out).max())
+        alone = _tuned(base, steps, {}, None, None, v)  # δ + vA no longer sums to zero
+        assert np.max(np.abs(np.asarray(ds.sample(model, alone, noise, steps)) - x0)) > 1e-2
+        if moments == 2:
+            np.testing.assert_allclose(out, plain, rtol=0, atol=1e-5)
+            continue
+        # the loop's noise estimate, (x - A x0) / S at the first call, only rescaled
+        eps = (loop.start(noise) - loop.levels[0][0] * x0) / loop.levels[1][0]
+        c = float(np.sum((out - x0) * eps) / np.sum(eps * eps))
+        assert abs(c) > 1e-3
+        np.testing.assert_allclose(out - x0, c * eps, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sampled():
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    return base, 6, search_coefficients(model, base, 6, CALIBRATION, grid=False, samples=True)
+
+
+def test_a_fit_of_the_sample_weights_runs_in_the_engine_and_does_not_lose(sampled, tmp_path):
+    # measured (held-out, 128 noises): DPM-Solver++ 6 steps 0.108 (base), 0.091 (weights),
+    # 0.084 (weights and sample weights)
+    base, steps, result = sampled
+    sched = result.scheduler
+    assert sched.sample_weights is not None and sched.weights is not None
+    v = sched.sample_weight_table()
+    assert v.shape == (steps, 5) and np.all(v[np.triu_indices(steps, 1, 5)] == 0)
+    model = cli.exact_model(base, "gmm")
+    grid = Grid.of(base, steps)
+    start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
+    ref = reference_trajectory(model, base, start, grid)
+    out = np.asarray(ds.sample(model, sched, CALIBRATION, steps))
+    assert relative_error(out, ref.final) == pytest.approx(result.error, rel=1e-9)
+    assert held_out_error(sched, steps) <= held_out_error(base, steps)
+    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "sampled.json", sched), base=base)
+    assert loaded == sched and loaded.sample_weights == sched.sample_weights
+    assert_backends_agree(model, loaded, steps)
+
+
+def test_the_fit_differentiates_the_sample_weights_as_a_whole_run_does():
+    # a weight's column of the Jacobian reruns the loop from the next call with the
+    # sample moved along its basis column (the last call's is linear, in closed form): it
+    # equals the central difference of whole runs to the forward difference's own error
+    # (measured: within 1.2e-5 of the column's largest entry)
+    from diffsched.tuning_coefficients import _jacobian, _Loop, _Params
+
+    base = ds.UniPC(**SD)
+    model = cli.exact_model(base, "gmm")
+    noise = CALIBRATION[:8]
+    loop = _Loop(model, base, 4, {}, noise)
+    params = _Params(loop.lams, 2, 1, 1, "all", False, loop.levels)
+    plain = _Params(loop.lams, 2, 1, 1, "all")
+    assert params.size > plain.size and params.samples and not plain.samples
+    x0, target = loop.start(noise), np.zeros_like(noise)
+    theta = 0.01 * np.random.default_rng(2).standard_normal(params.size)
+    _, jac = _jacobian(loop, params, x0, target, 1.0, theta)
+
+    def final(th):
+        out, _ = loop.run(x0, params.weights(th), v=params.sample_weights(th))
+        return out.reshape(len(noise), -1)
+
+    for i in range(params.size):
+        e = np.zeros(params.size)
+        e[i] = 1e-4
+        central = (final(theta + e) - final(theta - e)) / 2e-4
+        assert np.abs(central).max() > 1e-6
+        np.testing.assert_allclose(jac[..., i], central, rtol=0,
+                                   atol=2e-4 * np.abs(central).max())  # fmt: skip
+
+
+def test_sample_weights_refusals(capsys):
+    base = ds.UniPC(**SD)
+    with pytest.raises(ValueError, match=r"sample_weights must have one row of equal length .*"
+                                         r"\(3 rows\), got 7 numbers"):  # fmt: skip
+        ds.Tuned(base=base, tuned_steps=3, sample_weights=[0.0] * 7)
+    with pytest.raises(ValueError, match="sample_weights reads a sample before the first call"):
+        ds.Tuned(base=base, tuned_steps=2, sample_weights=[0.0, 0.1, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"sample_weights must lie within ±1e\+06"):
+        ds.Tuned(base=base, tuned_steps=1, sample_weights=[2e6])
+    with pytest.raises(ValueError, match="sample_weights needs tuned_steps > 0"):
+        ds.Tuned(base=base, sample_weights=[0.1])
+    with pytest.raises(ValueError, match="sample_weights expects finite numbers"):
+        ds.Tuned(base=base, tuned_steps=1, sample_weights=[float("inf")])
+    with pytest.raises(ValueError, match=r"one row per model call .*\(at least 3 rows\)"):
+        ds.Tuned(base=ds.Heun(**SD), tuned_steps=3, sample_weights=[0.0, 0.0])
+    model = cli.exact_model(base, "gmm")
+    with pytest.raises(TypeError, match="samples must be True or False, got 'yes'"):
+        fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, samples="yes")
+    status, _, err = run_cli(capsys, "tune", "unipc", "--sample-weights")  # a grid alone
+    assert status == 2 and "--sample-weights tunes a table's sample weights" in err
+
+
 def test_an_x0_predicting_scheduler_is_tuned_and_its_table_runs():
     # a Tuned table reads its calls' levels off its base (for a sample-predicting base, off
     # the same config's noise-predicting twin), not off a copy of itself (which has no
@@ -704,3 +867,28 @@ def test_an_x0_predicting_scheduler_is_tuned_and_its_table_runs():
     tuned = result.scheduler
     assert tuned.weights is not None and tuned.base_scheduler.prediction_type == "sample"
     assert held_out_error(tuned, 5) <= held_out_error(base, 5)
+
+
+def test_a_refused_fit_of_the_sample_weights_gives_the_table_without_them(monkeypatch):
+    # samples=True tries the larger table first; where the guards refuse its fit, the table
+    # samples=False fits is fitted in its place (so the option never loses a fit the
+    # smaller table would keep)
+    from diffsched import tuning_coefficients as tcoef
+
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    plain = search_coefficients(model, base, 6, CALIBRATION, grid=False)
+    assert plain.scheduler.weights is not None
+    original = tcoef._Stress.extrapolates
+    refused = []
+
+    def refuse_sample_weights(self, weights, shifts, calibrated, samples=None):
+        if samples is not None and np.any(samples != 0):
+            refused.append(1)
+            return True  # as if the fit with sample weights extrapolated
+        return original(self, weights, shifts, calibrated, samples)
+
+    monkeypatch.setattr(tcoef._Stress, "extrapolates", refuse_sample_weights)
+    sampled = search_coefficients(model, base, 6, CALIBRATION, grid=False, samples=True)
+    assert refused and sampled.scheduler.sample_weights is None
+    assert sampled.scheduler == plain.scheduler and sampled.error == plain.error

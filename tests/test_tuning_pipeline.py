@@ -33,15 +33,16 @@ def pipe(sd_components):  # noqa: F811
                  diffusers.UniPCMultistepScheduler(**SD))  # fmt: skip
 
 
-@pytest.mark.parametrize("times", [False, True])
-def test_tune_save_load_reproduce(pipe, tmp_path, times):
+@pytest.mark.parametrize("extra", ["", "times", "samples"])
+def test_tune_save_load_reproduce(pipe, tmp_path, extra):
     # times=True: the UNet is called at the tuned (fractional) model times, by the pipeline
-    # as by the tuned loop
+    # as by the tuned loop; samples=True: the pipeline's loop weights its earlier latents
     path = tmp_path / "tuned.json"
     tuned = tp.tune(pipe, PROMPTS, STEPS, calibration=4, guidance_scale=5.0, path=path,
-                    times=times, **CHEAP)  # fmt: skip
+                    **({extra: True} if extra else {}), **CHEAP)  # fmt: skip
     assert isinstance(tuned, ds.Tuned) and tuned.tuned_steps == STEPS
-    assert (tuned.model_timesteps is not None) == times
+    assert (tuned.model_timesteps is not None) == (extra == "times")
+    assert (tuned.sample_weights is not None) == (extra == "samples")
     about = json.loads(path.read_text(encoding="utf-8"))["about"]
     assert about["prompts"] == PROMPTS and about["model_calls"] > 0
     assert about["end"] == "zero"  # the default: fitted to the ODE's solution at σ = 0

@@ -23,6 +23,25 @@ a correction of the size of its truncation error. The δ's are stored explicitly
 ``grid_timesteps``) and the base's config (``base``), so that ``tableau`` needs no fit and
 the class runs on every backend, jitted and compiled, as every other.
 
+A tuned table may also weight the earlier samples themselves (``sample_weights``, N rows
+of L + 1 in the base's native space): with x_k = A_k x̂_0(k) + S_k ε̂(k) at each call (A_k,
+S_k the native coefficients of the clean sample and the noise at the call's level, ε̂ the
+model's noise estimate), a correction of both histories
+
+    x_{n+1} = base_n(...) + Σ_j δ_{n,j} x̂_0(n - j) + Σ_j v_{n,j} x_{n-j}
+            = base_n(...) + Σ_j (δ_{n,j} + v_{n,j} A_{n-j}) x̂_0(n - j)
+                          + Σ_j v_{n,j} S_{n-j} ε̂(n - j)                                  (4)
+
+is a correction in the data and the noise parametrisations at once (DPM-Solver++ and
+DPM-Solver's, Lu et al. 2022b and 2022a): a linear multistep method proper, which combines
+past solutions as well as past derivatives (Dahlquist 1956), where eq. (1) combines the
+derivatives only. The tuner keeps the moments (2) of the x̂_0's effective weights δ + vA,
+and one moment fewer of the noise estimates' vS: with the default (one moment) the sum
+Σ_j v_{n,j} S_{n-j} is free, a rescaling of the noise the step carries (as the ε-scaling of
+Ning et al. 2024 rescales the model's noise estimate), held toward zero by the fit's prior
+only. On a trajectory whose x̂_0 is constant and whose noise estimates keep their moments
+(with two moments, a point mass's exact one) the correction is zero.
+
 A tuned table may also call the model at a time of its own (``model_timesteps``, one per
 call), decoupled from the level its sample sits at: the sample of call n is on the base's
 level σ_n, and the model is asked at t'_n,
@@ -48,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from ..core import families, ops
-from ..core.engine import X0, Tableau
+from ..core.engine import SAMPLE, X0, Tableau
 from ..core.options import option
 from ..core.scheduler import BaseScheduler, document
 
@@ -126,8 +145,9 @@ def base_json(base: Any) -> str:
 @document
 @dataclass(frozen=True, kw_only=True)
 class Tuned(BaseScheduler):
-    """A base method's table with tuned x̂_0 history weights on a tuned grid, its model
-    called at tuned times where those were tuned (module docstring, eq. (1)-(3)); made by
+    """A base method's table with tuned x̂_0 history weights on a tuned grid, with tuned
+    weights of the earlier samples and its model called at tuned times where those were
+    tuned (module docstring, eq. (1)-(4)); made by
     :func:`diffsched.tune` (``tune="coefficients"`` or ``"both"``), saved and loaded by
     :func:`diffsched.save_tuned` / :func:`diffsched.load_tuned`. It runs only the number of
     steps it was tuned for.
@@ -166,6 +186,12 @@ class Tuned(BaseScheduler):
         "tuned_steps-step loop, L + 1 weights of the x̂_0 of this call and of the L calls before",
         nullable=True,
     )
+    sample_weights: tuple[float, ...] | None = option(
+        None, "the weights v of eq. (4) on the earlier native samples, row by row: one row "
+        "per model call of the base's tuned_steps-step loop, L + 1 weights of the sample of "
+        "this call and of the L calls before",
+        nullable=True,
+    )  # fmt: skip
     model_timesteps: tuple[float, ...] | None = option(
         None, "the timestep each model call of the base's tuned_steps-step loop passes the "
         "model, eq. (3) (one per call, within the trained range); None: the base's",
@@ -182,7 +208,8 @@ class Tuned(BaseScheduler):
         object.__setattr__(self, "base", None if self.base is None else base_json(self.base))
         if self.base is not None and json.loads(self.base)["_class_name"] == owner:
             raise ValueError("Tuned option base must be another method, got a Tuned config")
-        for name in ("grid_sigmas", "grid_timesteps", "weights", "model_timesteps"):
+        for name in ("grid_sigmas", "grid_timesteps", "weights", "sample_weights",
+                     "model_timesteps"):  # fmt: skip
             value = _floats_or_none(owner, name, getattr(self, name))
             object.__setattr__(self, name, value)
             if value is not None and self.tuned_steps == 0:
@@ -214,8 +241,10 @@ class Tuned(BaseScheduler):
                 f"{type(base).__name__} without"
             )
         calls = n
-        if self.model_timesteps is not None or self.weights is not None:
-            for name, what in (("weights", "one row"), ("model_timesteps", "one timestep")):
+        tables = ("weights", "sample_weights", "model_timesteps")
+        if any(getattr(self, name) is not None for name in tables):
+            for name, what in (("weights", "one row"), ("sample_weights", "one row"),
+                               ("model_timesteps", "one timestep")):  # fmt: skip
                 value = getattr(self, name)
                 if value is not None and len(value) < n:  # a call per step at least: refused
                     raise ValueError(  # before the table is built
@@ -237,21 +266,24 @@ class Tuned(BaseScheduler):
                     f"{owner} option model_timesteps must lie in the base's trained range "
                     f"[{span[0]:g}, {span[1]:g}], got {times.min():g} to {times.max():g}"
                 )
-        if self.weights is not None:  # one row per model call (two per step for Heun)
-            if len(self.weights) % calls:
+        for name, what in (("weights", "an x̂_0"), ("sample_weights", "a sample")):
+            value = getattr(self, name)  # one row per model call (two per step for Heun)
+            if value is None:
+                continue
+            if len(value) % calls:
                 raise ValueError(
-                    f"{owner} option weights must have one row of equal length per model call "
-                    f"of the base's {n}-step loop ({calls} rows), got {len(self.weights)} numbers"
+                    f"{owner} option {name} must have one row of equal length per model call "
+                    f"of the base's {n}-step loop ({calls} rows), got {len(value)} numbers"
                 )
-            w = np.asarray(self.weights, dtype=np.float64).reshape(calls, -1)
+            w = np.asarray(value, dtype=np.float64).reshape(calls, -1)
             if np.abs(w).max() > MAX_WEIGHT:
                 raise ValueError(
-                    f"{owner} option weights must lie within ±{MAX_WEIGHT:g} (corrections of a "
+                    f"{owner} option {name} must lie within ±{MAX_WEIGHT:g} (corrections of a "
                     f"solver's weights, which are of order 1), got {np.abs(w).max():.3g}"
                 )
             early = np.triu(np.ones(w.shape, bool), 1)  # lag j > call n
             if np.any(w[early] != 0):
-                raise ValueError(f"{owner} option weights reads an x̂_0 before the first call")
+                raise ValueError(f"{owner} option {name} reads {what} before the first call")
         object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_base_instance", base)  # plain attributes: compilers trace
         object.__setattr__(self, "_base_processes", bool(base.processes_x0))  # them directly
@@ -272,7 +304,8 @@ class Tuned(BaseScheduler):
         return _base_from_json(self.base)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("base", "base_scheduler", "weights"):
+        if name.startswith("_") or name in ("base", "base_scheduler", "weights",
+                                            "sample_weights"):  # fmt: skip
             raise AttributeError(name)
         return getattr(self.base_scheduler, name)
 
@@ -289,9 +322,16 @@ class Tuned(BaseScheduler):
 
     def weight_table(self) -> np.ndarray:
         """The corrections δ of eq. (1): (model calls, L + 1); zeros(N, 1) if none."""
-        if self.weights is None:
-            return np.zeros((max(self.tuned_steps, 1), 1))
-        return np.asarray(self.weights, dtype=np.float64).reshape(self._calls, -1)
+        return self._table(self.weights)
+
+    def sample_weight_table(self) -> np.ndarray:
+        """The sample weights v of eq. (4): (model calls, L + 1); zeros(N, 1) if none."""
+        return self._table(self.sample_weights)
+
+    def _table(self, value: tuple[float, ...] | None) -> np.ndarray:
+        if value is None:
+            return np.zeros((max(self._calls, 1), 1))
+        return np.asarray(value, dtype=np.float64).reshape(self._calls, -1)
 
     @property
     def deterministic(self) -> bool:
@@ -329,19 +369,21 @@ class Tuned(BaseScheduler):
         called at eq. (3)'s times."""
         base = self.base_scheduler
         tab = base.tableau(num_steps, **self._options(num_steps, init_options))
-        if self.weights is None and self.model_timesteps is None:
+        if self.weights is None and self.sample_weights is None and self.model_timesteps is None:
             return tab
         update = {term: tab.column(term) for term in tab.update}
-        if self.weights is not None:
-            w = self.weight_table()
+        for name, operand in (("weights", X0), ("sample_weights", SAMPLE)):
+            if getattr(self, name) is None:
+                continue
+            w = self._table(getattr(self, name))
             if tab.num_calls != len(w):
                 raise ValueError(
-                    f"Tuned weights have {len(w)} rows; the base's {num_steps}-step loop makes "
+                    f"Tuned {name} have {len(w)} rows; the base's {num_steps}-step loop makes "
                     f"{tab.num_calls} model calls"
                 )
             for lag in range(w.shape[1]):
-                if np.any(w[:, lag] != 0):
-                    update[(X0, lag)] = tab.column((X0, lag)) + w[:, lag]
+                if np.any(w[:, lag] != 0):  # eq. (1) and eq. (4)
+                    update[(operand, lag)] = tab.column((operand, lag)) + w[:, lag]
         timesteps = tab.timesteps
         if self.model_timesteps is not None:
             if tab.num_calls != len(self.model_timesteps):
