@@ -639,22 +639,11 @@ def test_model_timesteps_refusals():
         fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, times=True, calls="final")
 
 
-@pytest.fixture(scope="module")
-def timed():
-    base = ds.DPMSolverMultistep(**SD)
-    model = cli.exact_model(base, "gmm")
-    return base, 6, search_coefficients(model, base, 6, CALIBRATION, grid=False, times=True)
-
-
-def test_a_fit_of_the_times_runs_in_the_engine_and_does_not_lose(timed, tmp_path):
-    # measured (held-out, 128 noises): DPM-Solver++ 6 steps 0.108 (base), 0.091 (weights),
-    # 0.090 (weights and times)
-    base, steps, result = timed
+def assert_fit_runs_and_round_trips(base, steps: int, result, tmp_path) -> ds.Tuned:
+    """The fitted table's error on the calibration batch is the engine's, it does not
+    lose to its base on held-out noise, and it saves, loads and runs on every backend;
+    the loaded table."""
     sched = result.scheduler
-    times = np.asarray(sched.model_timesteps)
-    _, own = base.init(steps, CALIBRATION, **sched.grid_options)
-    assert times.shape == (steps,) and times[0] == own[0] == 999  # the first stays on top
-    assert np.all((times >= 0) & (times <= 999)) and not np.allclose(times, own)
     model = cli.exact_model(base, "gmm")
     grid = Grid.of(base, steps)
     start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
@@ -662,9 +651,64 @@ def test_a_fit_of_the_times_runs_in_the_engine_and_does_not_lose(timed, tmp_path
     out = np.asarray(ds.sample(model, sched, CALIBRATION, steps))
     assert relative_error(out, ref.final) == pytest.approx(result.error, rel=1e-9)
     assert held_out_error(sched, steps) <= held_out_error(base, steps)
-    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "timed.json", sched), base=base)
-    assert loaded == sched and loaded.model_timesteps == sched.model_timesteps
+    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "tuned.json", sched), base=base)
+    assert loaded == sched
     assert_backends_agree(model, loaded, steps)
+    return loaded
+
+
+@pytest.fixture(scope="module", params=["times", "samples"])
+def extended(request):
+    """DPM-Solver++'s table fitted with its model's times, or with its sample weights."""
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    found = search_coefficients(model, base, 6, CALIBRATION, grid=False, **{request.param: True})
+    return request.param, base, 6, found
+
+
+def test_a_fit_of_the_times_or_samples_runs_in_the_engine_and_does_not_lose(extended, tmp_path):
+    # measured (held-out, 128 noises): DPM-Solver++ 6 steps 0.108 (base), 0.091 (weights),
+    # 0.090 (weights and times), 0.084 (weights and sample weights)
+    kind, base, steps, result = extended
+    sched = result.scheduler
+    assert sched.weights is not None
+    assert (sched.model_timesteps is not None) == (kind == "times")
+    assert (sched.sample_weights is not None) == (kind == "samples")
+    if kind == "times":
+        times = np.asarray(sched.model_timesteps)
+        _, own = base.init(steps, CALIBRATION, **sched.grid_options)
+        assert times.shape == (steps,) and times[0] == own[0] == 999  # the first stays on top
+        assert np.all((times >= 0) & (times <= 999)) and not np.allclose(times, own)
+    else:
+        v = sched.sample_weight_table()
+        assert v.shape == (steps, 5) and np.all(v[np.triu_indices(steps, 1, 5)] == 0)
+    loaded = assert_fit_runs_and_round_trips(base, steps, result, tmp_path)
+    assert loaded.model_timesteps == sched.model_timesteps
+    assert loaded.sample_weights == sched.sample_weights
+
+
+def jacobian_against_whole_runs(loop, noise, params, theta, columns, h: float,
+                                tol: float) -> None:  # fmt: skip
+    """The fit's Jacobian (each column from the run's prefix, a forward difference) at
+    ``theta`` equals, on ``columns``, the central difference of whole runs (step ``h``) to
+    ``tol`` of each column's largest entry; every such column moves the final sample."""
+    from diffsched.tuning_coefficients import _jacobian
+
+    x0 = loop.start(noise)
+    _, jac = _jacobian(loop, params, x0, np.zeros_like(x0), 1.0, theta)
+
+    def final(th):
+        out, _ = loop.run(x0, params.weights(th), shifts=params.shifts(th),
+                          v=params.sample_weights(th))  # fmt: skip
+        return out.reshape(len(x0), -1)
+
+    for i in columns:
+        e = np.zeros(params.size)
+        e[i] = h
+        central = (final(theta + e) - final(theta - e)) / (2 * h)
+        assert np.abs(central).max() > 1e-6  # the parameter does move the final sample
+        np.testing.assert_allclose(jac[..., i], central, rtol=0,
+                                   atol=tol * np.abs(central).max())  # fmt: skip
 
 
 def test_the_fit_differentiates_the_model_times_as_a_whole_run_does():
@@ -672,32 +716,18 @@ def test_the_fit_differentiates_the_model_times_as_a_whole_run_does():
     # with a forward difference: it equals the central difference of whole runs to the
     # forward difference's own error (measured: within 1.2e-4 of the column's largest entry;
     # the exact model's log σ is piecewise linear in t, so the times sit inside one piece)
-    from diffsched.tuning_coefficients import _jacobian, _Loop, _Params
+    from diffsched.tuning_coefficients import _Loop, _Params
 
     base = ds.DPMSolverMultistep(**SD)
-    model = cli.exact_model(base, "gmm")
-    noise = CALIBRATION[:8]
-    loop = _Loop(model, base, 4, {}, noise)
+    loop = _Loop(cli.exact_model(base, "gmm"), base, 4, {}, CALIBRATION[:8])
     params = _Params(loop.lams, 2, 1, 1, "all", times=True)
     assert len(params.time_calls) == 3 and params.size == params.size_w + 3
-    x0, target = loop.start(noise), np.zeros_like(noise)
     theta = np.zeros(params.size)
     theta[params.size_w :] = [-20.3, 14.3, -6.7]  # mid-interval times
     theta[: params.size_w] = 0.01
-    _, jac = _jacobian(loop, params, x0, target, 1.0, theta)
-
-    def final(th):
-        out, _ = loop.run(x0, params.weights(th), shifts=params.shifts(th))
-        return out.reshape(len(noise), -1)
-
-    for i in range(params.size_w, params.size):
-        e = np.zeros(params.size)
-        e[i] = 0.01
-        central = (final(theta + e) - final(theta - e)) / 0.02
-        assert np.abs(central).max() > 1e-4  # the time does move the final sample
-        np.testing.assert_allclose(
-            jac[..., i], central, rtol=1e-3, atol=1e-3 * np.abs(central).max()
-        )
+    jacobian_against_whole_runs(loop, CALIBRATION[:8], params, theta,
+                                range(params.size_w, params.size), 0.01,
+                                1e-3)  # fmt: skip
 
 
 # -- the sample weights (eq. (4) of diffsched.methods.tuned) ----------------------------------
@@ -773,62 +803,21 @@ def test_sample_weights_keep_the_moments_of_both_parametrisations(name):
         np.testing.assert_allclose(out - x0, c * eps, rtol=0, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def sampled():
-    base = ds.DPMSolverMultistep(**SD)
-    model = cli.exact_model(base, "gmm")
-    return base, 6, search_coefficients(model, base, 6, CALIBRATION, grid=False, samples=True)
-
-
-def test_a_fit_of_the_sample_weights_runs_in_the_engine_and_does_not_lose(sampled, tmp_path):
-    # measured (held-out, 128 noises): DPM-Solver++ 6 steps 0.108 (base), 0.091 (weights),
-    # 0.084 (weights and sample weights)
-    base, steps, result = sampled
-    sched = result.scheduler
-    assert sched.sample_weights is not None and sched.weights is not None
-    v = sched.sample_weight_table()
-    assert v.shape == (steps, 5) and np.all(v[np.triu_indices(steps, 1, 5)] == 0)
-    model = cli.exact_model(base, "gmm")
-    grid = Grid.of(base, steps)
-    start = CALIBRATION * base.init_noise_scale(None, **grid.init_options(grid.start))
-    ref = reference_trajectory(model, base, start, grid)
-    out = np.asarray(ds.sample(model, sched, CALIBRATION, steps))
-    assert relative_error(out, ref.final) == pytest.approx(result.error, rel=1e-9)
-    assert held_out_error(sched, steps) <= held_out_error(base, steps)
-    loaded = ds.load_tuned(ds.save_tuned(tmp_path / "sampled.json", sched), base=base)
-    assert loaded == sched and loaded.sample_weights == sched.sample_weights
-    assert_backends_agree(model, loaded, steps)
-
-
 def test_the_fit_differentiates_the_sample_weights_as_a_whole_run_does():
     # a weight's column of the Jacobian reruns the loop from the next call with the
     # sample moved along its basis column (the last call's is linear, in closed form): it
     # equals the central difference of whole runs to the forward difference's own error
     # (measured: within 1.2e-5 of the column's largest entry)
-    from diffsched.tuning_coefficients import _jacobian, _Loop, _Params
+    from diffsched.tuning_coefficients import _Loop, _Params
 
     base = ds.UniPC(**SD)
-    model = cli.exact_model(base, "gmm")
-    noise = CALIBRATION[:8]
-    loop = _Loop(model, base, 4, {}, noise)
+    loop = _Loop(cli.exact_model(base, "gmm"), base, 4, {}, CALIBRATION[:8])
     params = _Params(loop.lams, 2, 1, 1, "all", False, loop.levels)
     plain = _Params(loop.lams, 2, 1, 1, "all")
     assert params.size > plain.size and params.samples and not plain.samples
-    x0, target = loop.start(noise), np.zeros_like(noise)
     theta = 0.01 * np.random.default_rng(2).standard_normal(params.size)
-    _, jac = _jacobian(loop, params, x0, target, 1.0, theta)
-
-    def final(th):
-        out, _ = loop.run(x0, params.weights(th), v=params.sample_weights(th))
-        return out.reshape(len(noise), -1)
-
-    for i in range(params.size):
-        e = np.zeros(params.size)
-        e[i] = 1e-4
-        central = (final(theta + e) - final(theta - e)) / 2e-4
-        assert np.abs(central).max() > 1e-6
-        np.testing.assert_allclose(jac[..., i], central, rtol=0,
-                                   atol=2e-4 * np.abs(central).max())  # fmt: skip
+    jacobian_against_whole_runs(loop, CALIBRATION[:8], params, theta, range(params.size), 1e-4,
+                                2e-4)  # fmt: skip
 
 
 def test_sample_weights_refusals(capsys):
