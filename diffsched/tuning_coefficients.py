@@ -259,9 +259,9 @@ class _Params:
     docstring, step 1), then with ``times`` a shift of each call's model time (eq. (3) of
     :mod:`diffsched.methods.tuned`, in timesteps) but the first's. With ``levels`` (the
     native (A_k, S_k) of each call's sample, ``_Loop.levels``) each call weights its earlier
-    samples as well (eq. (4)): the effective weights of the x̂_0's, δ + vA, and of the
-    noise estimates ε̂, vS, each in the null space of the moments, so a block's basis has
-    2 (L_n + 1) rows, δ's then v's."""
+    samples as well (eq. (4)): the effective weights of the x̂_0's, δ + vA, in the null
+    space of the moments, and of the noise estimates ε̂, vS, in that of one moment fewer,
+    so a block's basis has 2 (L_n + 1) rows, δ's then v's."""
 
     def __init__(self, lams: np.ndarray, history: int, moments: int, final_moments: int,
                  calls: str, times: bool = False,
@@ -269,7 +269,8 @@ class _Params:
         n = len(lams)
         self.shape = (n, history + 1)
         self.samples = levels is not None
-        self.blocks: list[tuple[int, np.ndarray]] = []  # (call, basis (L_n + 1, f_n))
+        # (call, basis (L_n + 1, f_n); 2 (L_n + 1) rows with levels)
+        self.blocks: list[tuple[int, np.ndarray]] = []
         for k in range(n):
             if calls == "final" and k != n - 1:
                 continue
@@ -280,7 +281,7 @@ class _Params:
             if levels is not None:
                 a, s = levels[0][lags, None], levels[1][lags, None]
                 # the noise estimates keep one moment fewer: their weights' sum, a rescaling
-                # of the noise the step carries, is held by the prior only (class docstring)
+                # of the noise the step carries, is held by the prior only (methods.tuned)
                 g = null_basis(lams[lags], max(0, kept - 1))
                 # columns: an x̂_0 correction (δ = e, v = 0), then a noise one: the weights g
                 # of the ε̂'s, v = g / S, δ = -v A (x = A x̂_0 + S ε̂ at each call)
@@ -416,8 +417,8 @@ def fit_coefficients(
     ``reference`` (the ODE solution from the same noise), by the fit of the module
     docstring. ``calls="final"`` tunes the last call's combination only; ``times=True``
     (with ``calls="all"``) the model's time at every call but the first as well (eq. (3)
-    of :mod:`diffsched.methods.tuned`) as well; ``samples=True`` the weights of the earlier
-    samples as well (eq. (4) there)."""
+    of :mod:`diffsched.methods.tuned`); ``samples=True`` the weights of the earlier
+    samples too (eq. (4) there)."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
     check_fit_options(history=history, moments=moments, final_moments=final_moments,

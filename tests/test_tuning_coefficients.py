@@ -820,7 +820,7 @@ def test_the_fit_differentiates_the_sample_weights_as_a_whole_run_does():
                                 2e-4)  # fmt: skip
 
 
-def test_sample_weights_refusals(capsys):
+def test_sample_weights_refusals(capsys, monkeypatch):
     base = ds.UniPC(**SD)
     with pytest.raises(ValueError, match=r"sample_weights must have one row of equal length .*"
                                          r"\(3 rows\), got 7 numbers"):  # fmt: skip
@@ -838,6 +838,10 @@ def test_sample_weights_refusals(capsys):
     model = cli.exact_model(base, "gmm")
     with pytest.raises(TypeError, match="samples must be True or False, got 'yes'"):
         fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, samples="yes")
+    with monkeypatch.context() as m:  # a prediction type that says nothing of the level
+        m.setattr(ds.UniPC, "native_levels", lambda self, *args: None)
+        with pytest.raises(ValueError, match="samples=True needs the level of each call's"):
+            fit_coefficients(model, base, 4, CALIBRATION, CALIBRATION, samples=True)
     status, _, err = run_cli(capsys, "tune", "unipc", "--sample-weights")  # a grid alone
     assert status == 2 and "--sample-weights tunes a table's sample weights" in err
 
