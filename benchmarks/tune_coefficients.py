@@ -26,7 +26,7 @@ diffusers candidate the same way):
   (``times=True``, eq. (3) of :mod:`diffsched.methods.tuned`); ``tuned both, samples``:
   the default with the weights of the earlier samples tuned too (``samples=True``, eq. (4)
   there); ``tuned both, samples, times``: both. ``--tuners`` runs some of these only (a
-  row's columns are independent of each other: files concatenated merge into one table).
+  row's columns are independent of each other: ``--table`` merges the files' rows).
 
 The reference (the ODE solved to ~1e-6 on the calibration noise) is solved once per job and
 shared by the tuners; the cost column is that of ``tuned both`` alone, reference
@@ -44,8 +44,8 @@ core. Usage::
     python benchmarks/tune_coefficients.py [--models gmm digits net gmm64 gmm64-far]
         [--budgets 5 10] [--calibration 64 256] [--draws 3] [--jobs 2] [--held 1024]
         [--prediction epsilon|v|v-zero-snr] [--end zero|lowest] [--out results.jsonl]
-        [--baselines earlier.jsonl]
-    python benchmarks/tune_coefficients.py --table results.jsonl
+        [--baselines earlier.jsonl] [--tuners "tuned both, samples" ...]
+    python benchmarks/tune_coefficients.py --table results.jsonl [more.jsonl ...]
 """
 
 from __future__ import annotations
@@ -515,9 +515,12 @@ def _ratio_spread(group: list[dict], theirs: dict) -> list[str]:
     return [f"{lo:.2f}-{hi:.2f}", f"{trim:.2f}"]
 
 
-def table(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+def table(*paths: str) -> str:
+    """The results table of one or more results files (rows of the same draw merged)."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
     rows = [r for r in rows if "model" in r]
     base = {(r["model"], r["budget"]): r for r in rows if r.get("baseline")}
     unique: dict = {}
@@ -604,10 +607,11 @@ def main(argv=None) -> None:
                    "ours untuned) are reused, not measured again")  # fmt: skip
     p.add_argument("--tuners", nargs="+", default=None, choices=KINDS[1:],
                    help="run these tuners only (default: every one)")  # fmt: skip
-    p.add_argument("--table", help="print the table of a results file and exit")
+    p.add_argument("--table", nargs="+", help="print the table of results files (a draw's "
+                   "rows in several files merged) and exit")  # fmt: skip
     args = p.parse_args(argv)
     if args.table:
-        print(table(args.table))
+        print(table(*args.table))
         return
     run_all(args)
     print(table(args.out))
