@@ -87,6 +87,7 @@ the table without sample weights is fitted as well; ``benchmarks/tune_coefficien
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -182,9 +183,15 @@ class _Loop:
         else:
             log_train = np.log(sigma_schedules.from_alphas_cumprod(scheduler.alphas_cumprod))
             self.lams = -np.interp(ts, np.arange(len(log_train)), log_train)  # λ = -log σ
-        # eq. (4) of methods.tuned: the native sample of call k is A_k x_0 + S_k ε, read off
-        # the table's x̂_0 conversion (None: its prediction type says nothing of the level)
-        self.levels = scheduler.native_levels(tab, num_steps, grid)
+        self._table = (scheduler, tab, num_steps, grid)  # for the levels, when asked
+
+    @functools.cached_property
+    def levels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Eq. (4) of methods.tuned: the native sample of call k is A_k x_0 + S_k ε, read
+        off the table's x̂_0 conversion (None: its prediction type says nothing of the
+        level); only the fit with sample weights asks, not every grid the search scores."""
+        scheduler, tab, num_steps, grid = self._table
+        return scheduler.native_levels(tab, num_steps, grid)
 
     def _model(self, x: np.ndarray, k: int, shifts: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
