@@ -452,74 +452,81 @@ def fit_coefficients(
         raise ValueError(f"coefficient tuning needs a calibration batch of 4 or more, got {batch}")
     order = np.random.default_rng(seed).permutation(batch)
     n_held = max(1, round(holdout * batch))
-    held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
-    everything = np.arange(batch)
+    split = np.sort(order[n_held:]), np.sort(order[:n_held])  # (fit, held out)
     zero = np.zeros(params.size)
-
-    def score(theta, rows):
-        out, _ = loop.run(loop.start(noise[rows]), params.weights(theta),
-                          shifts=params.shifts(theta), v=params.sample_weights(theta))  # fmt: skip
-        return Score.of(out, ref[rows])
-
-    def error(theta, rows):
-        return score(theta, rows).error
-
     start, untuned = _score(loop, params, loop.start(noise), ref, zero, outputs=True)
     stress = _Stress(loop, noise, untuned)  # the base's run is shared by every fit judged
-    start_error = start.error
     if (
-        params.size == 0 or start_error < RESOLUTION
+        params.size == 0 or start.error < RESOLUTION
     ):  # nothing to fit above the reference's accuracy
-        return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start_error,
-                                 start_error, {}, math.inf, loop.calls,
+        return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start.error,
+                                 start.error, {}, math.inf, loop.calls,
                                  time.perf_counter() - t0)  # fmt: skip
-    if select == "loo":
-        path = sorted(ridges, reverse=True)
-        result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
-                          iterations, t0, stress)  # fmt: skip
-        if result.ridge == math.inf and samples:  # refused: the table samples=False fits
-            params = _Params(loop.lams, history, moments, final_moments, calls, times)
-            result = _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid,
-                              path, iterations, t0, stress)  # fmt: skip
-        if result.ridge == math.inf and calls == "all":  # the last call alone (linear)
-            final = _Params(loop.lams, history, moments, final_moments, "final")
-            if final.size:
-                result = _fit_loo(loop, final, noise, ref, start, scheduler, num_steps, grid,
-                                  path, 1, t0, stress)  # fmt: skip
-        return result
-    held_errors = {math.inf: error(zero, held)}
+    path = sorted(ridges, reverse=True)
+
+    def fitted(params: _Params, iterations: int) -> CoefficientResult:
+        if select == "loo":
+            return _fit_loo(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
+                            iterations, t0, stress)  # fmt: skip
+        return _fit_split(loop, params, noise, ref, start, scheduler, num_steps, grid, path,
+                          iterations, t0, stress, split)  # fmt: skip
+
+    result = fitted(params, iterations)
+    if result.ridge == math.inf and samples:  # refused: the table samples=False fits
+        result = fitted(_Params(loop.lams, history, moments, final_moments, calls, times),
+                        iterations)  # fmt: skip
+    if result.ridge == math.inf and calls == "all":  # the last call alone (linear)
+        final = _Params(loop.lams, history, moments, final_moments, "final")
+        if final.size:
+            result = fitted(final, 1)
+    return result
+
+
+def _fit_split(loop: _Loop, params: _Params, noise: np.ndarray, ref: np.ndarray, start: Score,
+               scheduler: Scheduler, num_steps: int, grid: dict, path: Sequence[float],
+               iterations: int, t0: float, stress: _Stress,
+               split: tuple[np.ndarray, np.ndarray]) -> CoefficientResult:  # fmt: skip
+    """The fit of the module docstring with ``select="split"``: along ``path`` (μ/s, large
+    to small, each fit starting from the one before) a fit on the ``split[0]`` rows of the
+    batch, scored on the ``split[1]`` rows; the best, where it is ``MIN_GAIN`` below the
+    base there, refitted on the whole batch and kept where it beats the base
+    (:meth:`diffsched.tuning.Score.beats`) and does not extrapolate (:class:`_Stress`)."""
+    fit, held = split
+    zero = np.zeros(params.size)
+
+    def held_error(theta: np.ndarray) -> float:
+        out, _ = loop.run(loop.start(noise[held]), params.weights(theta),
+                          shifts=params.shifts(theta), v=params.sample_weights(theta))  # fmt: skip
+        return Score.of(out, ref[held]).error
+
+    held_errors = {math.inf: held_error(zero)}
     theta = zero
     s = None
     thetas = {}
-    for ridge in sorted(ridges, reverse=True):
+    for ridge in path:
         theta, s = _levenberg_marquardt(loop, params, noise, ref, fit, theta, ridge, s,
                                         iterations)  # fmt: skip
         thetas[ridge] = theta
-        held_errors[ridge] = error(theta, held)
-    fitted = {ridge: e for ridge, e in held_errors.items() if ridge != math.inf}
-    best = min(fitted, key=fitted.get)
-    if not fitted[best] < held_errors[math.inf] * (1 - MIN_GAIN):  # the base, unless clearly beaten
-        best = math.inf
-    if best == math.inf:
-        return CoefficientResult(_tuned(scheduler, num_steps, grid, None), start_error,
-                                 start_error, held_errors, best, loop.calls,
-                                 time.perf_counter() - t0)  # fmt: skip
-    theta, _ = _levenberg_marquardt(loop, params, noise, ref, everything, thetas[best], best, s,
-                                    iterations)  # fmt: skip
-    fitted_score, out = _score(loop, params, loop.start(noise), ref, theta, outputs=True)
-    err = fitted_score.error
-    extrapolates = stress.extrapolates(params.weights(theta), params.shifts(theta), out,
-                                       params.sample_weights(theta))  # fmt: skip
-    if not fitted_score.beats(start) or extrapolates:  # a few samples carry it, or
-        theta, err, best = zero, start_error, math.inf  # it acts where it was not fitted
-    table = (params.weights(theta), loop.times_of(params.shifts(theta)),
-             params.sample_weights(theta)) if best != math.inf else (None, None)  # fmt: skip
+        held_errors[ridge] = held_error(theta)
+    best = min(thetas, key=held_errors.get)
+    table: tuple = (None, None, None)
+    ridge, err = math.inf, start.error
+    if held_errors[best] < held_errors[math.inf] * (1 - MIN_GAIN):  # the base, unless beaten
+        theta, _ = _levenberg_marquardt(loop, params, noise, ref, np.arange(noise.shape[0]),
+                                        thetas[best], best, s, iterations)  # fmt: skip
+        scored, out = _score(loop, params, loop.start(noise), ref, theta, outputs=True)
+        if scored.beats(start) and not stress.extrapolates(  # not a few samples' fall, nor
+            params.weights(theta), params.shifts(theta), out, params.sample_weights(theta)
+        ):  # a correction acting where it was not fitted
+            ridge, err = best, scored.error
+            table = (params.weights(theta), loop.times_of(params.shifts(theta)),
+                     params.sample_weights(theta))  # fmt: skip
     return CoefficientResult(
         scheduler=_tuned(scheduler, num_steps, grid, *table),
-        start_error=start_error,
+        start_error=start.error,
         error=err,
         held_errors=held_errors,
-        ridge=best,
+        ridge=ridge,
         model_calls=loop.calls,
         seconds=time.perf_counter() - t0,
     )

@@ -835,6 +835,11 @@ def test_sample_weights_refusals(capsys, monkeypatch):
         ds.Tuned(base=base, sample_weights=[0.1])
     with pytest.raises(ValueError, match="sample_weights expects finite numbers"):
         ds.Tuned(base=base, tuned_steps=1, sample_weights=[float("inf")])
+    for bad in ([0.5, True], np.array([True, False]), np.array(["0.5", "1"]), ["0.5", 1.0]):
+        with pytest.raises(TypeError, match="expects a list of numbers, not bools or strings"):
+            ds.Tuned(base=base, tuned_steps=1, sample_weights=bad)  # True is no weight of 1.0
+        with pytest.raises(TypeError, match="weights expects a list of numbers, not bools"):
+            ds.Tuned(base=base, tuned_steps=1, weights=bad)
     with pytest.raises(ValueError, match=r"one row per model call .*\(at least 3 rows\)"):
         ds.Tuned(base=ds.Heun(**SD), tuned_steps=3, sample_weights=[0.0, 0.0])
     model = cli.exact_model(base, "gmm")
@@ -864,15 +869,16 @@ def test_an_x0_predicting_scheduler_is_tuned_and_its_table_runs():
     assert held_out_error(tuned, 5) <= held_out_error(base, 5)
 
 
-def test_a_refused_fit_of_the_sample_weights_gives_the_table_without_them(monkeypatch):
+@pytest.mark.parametrize("select", ["loo", "split"])
+def test_a_refused_fit_of_the_sample_weights_gives_the_table_without_them(monkeypatch, select):
     # samples=True tries the larger table first; where the guards refuse its fit, the table
     # samples=False fits is fitted in its place (so the option never loses a fit the
-    # smaller table would keep)
+    # smaller table would keep), whichever way the ridge is selected
     from diffsched import tuning_coefficients as tcoef
 
     base = ds.DPMSolverMultistep(**SD)
     model = cli.exact_model(base, "gmm")
-    plain = search_coefficients(model, base, 6, CALIBRATION, grid=False)
+    plain = search_coefficients(model, base, 6, CALIBRATION, grid=False, select=select)
     assert plain.scheduler.weights is not None
     original = tcoef._Stress.extrapolates
     refused = []
@@ -884,6 +890,30 @@ def test_a_refused_fit_of_the_sample_weights_gives_the_table_without_them(monkey
         return original(self, weights, shifts, calibrated, samples)
 
     monkeypatch.setattr(tcoef._Stress, "extrapolates", refuse_sample_weights)
-    sampled = search_coefficients(model, base, 6, CALIBRATION, grid=False, samples=True)
+    sampled = search_coefficients(model, base, 6, CALIBRATION, grid=False, samples=True,
+                                  select=select)  # fmt: skip
     assert refused and sampled.scheduler.sample_weights is None
     assert sampled.scheduler == plain.scheduler and sampled.error == plain.error
+
+
+@pytest.mark.parametrize("select", ["loo", "split"])
+def test_a_refused_fit_of_every_call_falls_back_to_the_last_calls_combination(monkeypatch, select):
+    # where the guards refuse the fit of every call, the last call's combination alone is
+    # fitted and judged the same way (module docstring, step 4), whichever way the ridge is
+    # selected
+    from diffsched import tuning_coefficients as tcoef
+
+    base = ds.DPMSolverMultistep(**SD)
+    model = cli.exact_model(base, "gmm")
+    original = tcoef._Stress.extrapolates
+
+    def refuse_all_calls(self, weights, shifts, calibrated, samples=None):
+        if np.any(np.asarray(weights)[:-1] != 0):
+            return True  # as if the fit of every call extrapolated
+        return original(self, weights, shifts, calibrated, samples)
+
+    monkeypatch.setattr(tcoef._Stress, "extrapolates", refuse_all_calls)
+    result = search_coefficients(model, base, 6, CALIBRATION, grid=False, select=select)
+    w = np.asarray(result.scheduler.weights).reshape(6, -1)  # None (the base): fails here
+    assert np.all(w[:-1] == 0) and np.any(w[-1] != 0)
+    assert result.error < 0.9 * result.start_error  # measured: 0.104 -> 0.082 either way

@@ -81,13 +81,20 @@ def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | No
         return None
     if isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1:
         raise TypeError(f"{owner} option {name} expects a list of numbers, got: {value!r}")
+    not_numbers = (bool, np.bool_, str, bytes)  # True is no weight: refused, not cast to 1.0
+    kind = np.asarray(value).dtype.kind
+    listed = kind == "O" or not hasattr(value, "dtype")  # a list (or object array): its items
+    if kind in "bUS" or (listed and any(isinstance(v, not_numbers) for v in value)):
+        raise TypeError(
+            f"{owner} option {name} expects a list of numbers, not bools or strings, got: {value!r}"
+        )
     try:
         out = tuple(float(v) for v in np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError):
         raise TypeError(
             f"{owner} option {name} expects a list of numbers, got: {value!r}"
         ) from None
-    if any(isinstance(v, bool | str) for v in value) or not np.all(np.isfinite(out)):
+    if not np.all(np.isfinite(out)):
         raise ValueError(f"{owner} option {name} expects finite numbers, got: {value!r}")
     return out
 
