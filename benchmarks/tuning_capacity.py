@@ -41,7 +41,6 @@ scored on the held-out noise. Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -64,28 +63,10 @@ def _run(loop, x: np.ndarray, w: np.ndarray, v: np.ndarray,
          times: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The table of ``loop`` (``diffsched.tuning_coefficients._Loop``) from native sample
     ``x``, its x̂_0 weights corrected by ``w`` (eq. (1)), the samples x_{n-j} weighted by
-    ``v`` (calls, lags) and the model called at ``times`` (None: the table's); the final
-    sample."""
-    from diffsched.core.engine import OUTPUT, SAMPLE, X0
-
-    if times is not None:
-        loop = copy.copy(loop)
-        loop.timesteps = times
-    xs, ms, ds = [], [], []
-    for k in range(loop.n):
-        m = loop._model(x, k)
-        xs.append(x)
-        ms.append(m)
-        ds.append(loop.a[k] * x + loop.b[k] * m)
-        nxt = 0.0
-        for (operand, lag), col in loop.terms.items():
-            if col[k] != 0 and k - lag >= 0:
-                nxt = nxt + col[k] * {SAMPLE: xs, OUTPUT: ms, X0: ds}[operand][k - lag]
-        for lag in range(w.shape[1]):
-            if k - lag >= 0:
-                nxt = nxt + w[k, lag] * ds[k - lag] + v[k, lag] * xs[k - lag]
-        x = nxt
-    return x / loop.scale[loop.n]
+    ``v`` (calls, lags; eq. (4)) and the model called at ``times`` (eq. (3); None: the
+    table's); the final sample."""
+    shifts = None if times is None else np.asarray(times, np.float64) - loop.times
+    return loop.run(x, w, shifts=shifts, v=v)[0]
 
 
 TIME_UNIT = 10.0  # a model-time parameter of 1 moves the call by 10 trained timesteps
@@ -103,7 +84,7 @@ class _Form:
         self.lags[:, 0] = False  # δ_{n,0} = -Σ_{j>0} δ_{n,j}: the zeroth moment
         self.sizes = (int(self.lags.sum()), int(self.lower.sum()) * samples, calls * times)
         self.size = sum(self.sizes)
-        self.t0 = np.asarray(loop.timesteps, np.float64)
+        self.t0 = np.asarray(loop.times, np.float64)  # the table's, per call
         self.top = float(loop.model_top)
 
     def tables(self, theta: np.ndarray):
