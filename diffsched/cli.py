@@ -33,6 +33,7 @@ import json
 import math
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -746,6 +747,13 @@ def check_out(path_text: str, flag: str = "--out", suffix: str = ".png") -> Path
         raise UsageError(f"{flag} must name a {suffix} file, got: {path_text!r}")
     if not out.parent.is_dir():
         raise UsageError(f"{flag}: the folder {str(out.parent)!r} does not exist; create it first")
+    if out.is_dir():
+        raise UsageError(f"{flag}: {path_text!r} is a folder, not a {suffix} file")
+    try:  # a command may run for minutes before it writes: a folder it cannot write in is
+        with tempfile.TemporaryFile(dir=out.parent):  # refused now, not then
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot write in {str(out.parent)!r}: {err.strerror}") from None
     return out
 
 
@@ -1055,6 +1063,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.prompt or args.guidance_scale is not None:
         raise UsageError("--prompt and --guidance-scale are for --pipeline")
     args.tune = args.tune or "grid"
+    args.model = args.model or "digits"
+    args.held_out = 256 if args.held_out is None else args.held_out
     args.calibration = 256 if args.calibration is None else args.calibration
     check_at_least([("--steps", args.steps, 1), ("--calibration", args.calibration, 1),
                     ("--held-out", args.held_out, 1), ("--seed", args.seed, 0),
@@ -1197,6 +1207,9 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
         raise UsageError("--pipeline needs --save (the tuned table's file)")
     if args.config is not None:
         raise UsageError("--pipeline brings its scheduler's config: give no --config")
+    for flag, value in (("--model", args.model), ("--held-out", args.held_out)):
+        if value is not None:  # the pipeline's UNet is the model; no exact solution to hold out
+            raise UsageError(f"{flag} is for the exact models; --pipeline tunes its own UNet")
     args.tune = args.tune or "both"
     args.calibration = 16 if args.calibration is None else args.calibration
     guidance = 7.5 if args.guidance_scale is None else args.guidance_scale
@@ -1234,6 +1247,9 @@ def _tune_pipeline(args: argparse.Namespace) -> int:
             scheduler = cls.from_config(dict(pipe.scheduler.config), **options)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{name or 'unipc'} on the pipeline's config: {err}") from None
+        refusal = tune_refusal(scheduler, args.steps, args.tune)
+        if refusal is not None:
+            raise UsageError(f"{name or 'unipc'}: {refusal}; tunable: {', '.join(_tunable())}")
     print(f"tuning {type(scheduler).__name__ if scheduler else 'UniPC'} for "
           f"{type(pipe).__name__}, {args.steps} steps ({args.tune}), on {args.calibration} "
           f"latents (seed {args.seed}), {len(args.prompt)} prompt(s), guidance {guidance}",
@@ -2051,13 +2067,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a scheduler option (repeatable)")  # fmt: skip
     t.add_argument("--config", help="a diffusers scheduler_config.json (or model folder)")
     t.add_argument("--steps", type=int, default=6, help="number of steps")
-    t.add_argument("--model", choices=MODEL_NAMES, default="digits", help=MODEL_HELP)
+    t.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help=MODEL_HELP + "; default digits (not with --pipeline: its UNet is the "
+                   "model)")  # fmt: skip
     t.add_argument("--calibration", type=int, default=None,
                    help="calibration samples (default 256: on the exact models the tuned "
                         "tables carried over to other noise clearly better than with 64; 16 "
                         "latents with --pipeline)")  # fmt: skip
-    t.add_argument("--held-out", type=int, default=256,
-                   help="held-out samples (other noise)")  # fmt: skip
+    t.add_argument("--held-out", type=int, default=None,
+                   help="held-out samples (default 256; not with --pipeline)")  # fmt: skip
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the calibration noise (held out: seed + "
                         f"{HELD_OUT_SEED})")  # fmt: skip

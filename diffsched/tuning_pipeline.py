@@ -28,18 +28,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from .core.scheduler import BaseScheduler
 from .methods.tuned import Tuned
-from .tuning_coefficients import load_tuned, save_tuned
+from .tuning_coefficients import load_tuned, model_differences, save_tuned
 
-__all__ = ["PipelineDenoiser", "load", "tune"]
-
-# the config keys that make two schedules the same model's: a file tuned with one refuses
-# a pipeline with another
-MODEL_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-              "prediction_type", "rescale_betas_zero_snr")  # fmt: skip
+__all__ = ["PipelineDenoiser", "load", "pipeline_scheduler", "tune"]
 
 
 class PipelineDenoiser:
@@ -132,8 +125,15 @@ def tune(
 
     if tune not in ("grid", "coefficients", "both"):
         raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
+    theirs = pipeline_scheduler(pipe)
     if scheduler is None:
         scheduler = UniPC.from_config(dict(pipe.scheduler.config))
+    differ = model_differences(scheduler, theirs)
+    if differ:  # the table would be tuned for, and saved as, another model's schedule
+        raise ValueError(
+            f"scheduler must describe the pipeline's model ({type(theirs).__name__}'s "
+            f"schedule); differing: {', '.join(differ)}"
+        )
     model = PipelineDenoiser(pipe, prompts, guidance_scale, negative_prompt)
     noise = calibration_noise(pipe, calibration, seed)
     t0 = time.perf_counter()
@@ -160,25 +160,36 @@ def tune(
 
 def load(path: str | os.PathLike, pipe: Any = None, num_steps: int | None = None):
     """The :class:`~diffsched.diffusers.DiffusersScheduler` of a file written by
-    :func:`tune`, for ``pipe.scheduler``. Given ``pipe``, a file tuned for another
-    training schedule or prediction type than its scheduler's is refused (ValueError)."""
+    :func:`tune`, for ``pipe.scheduler``. Given ``pipe``, a file tuned for another model
+    than its scheduler's (training schedule, prediction type, number of training steps,
+    flow levels and shift: :func:`~diffsched.tuning_coefficients.model_differences`) is
+    refused (ValueError), as :func:`~diffsched.load_tuned` refuses it given ``base=``."""
     from .diffusers import DiffusersScheduler
 
-    tuned = load_tuned(path, num_steps=num_steps)
-    if pipe is not None:
-        ours = tuned.base_scheduler.to_config()
-        theirs = dict(pipe.scheduler.config)
-        differ = [k for k in MODEL_KEYS if k in ours and k in theirs
-                  and not _same(ours[k], theirs[k])]  # fmt: skip
-        if differ:
-            shown = ", ".join(f"{k}: {ours[k]!r} (tuned) vs {theirs[k]!r}" for k in differ)
-            raise ValueError(f"{path} was tuned for another model's schedule: {shown}")
-    return DiffusersScheduler(tuned)
+    base = None if pipe is None else pipeline_scheduler(pipe)
+    return DiffusersScheduler(load_tuned(path, base=base, num_steps=num_steps))
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return bool(np.isclose(a, b, rtol=1e-9, atol=0))
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+def pipeline_scheduler(pipe: Any) -> BaseScheduler:
+    """Our scheduler of ``pipe.scheduler`` (a diffusers scheduler, or ours in diffusers'
+    interface): the model its config describes, for the checks above."""
+    from .diffusers import DiffusersScheduler
+    from .interop.config import from_config
+
+    scheduler = getattr(pipe, "scheduler", None)
+    if isinstance(scheduler, DiffusersScheduler):
+        return scheduler.wrapped
+    config = getattr(scheduler, "config", None)
+    if config is None:
+        raise TypeError(
+            f"expected a diffusers pipeline with a scheduler, got {type(pipe).__name__} whose "
+            f"scheduler is {type(scheduler).__name__}"
+        )
+    config = {**dict(config), "_class_name": type(scheduler).__name__}
+    try:
+        return from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the pipeline's scheduler ({type(scheduler).__name__}) names no model diffsched can "
+            f"compare a tuned table with: {err}"
+        ) from None

@@ -738,6 +738,25 @@ def test_tune_saves_a_grid_that_sample_reads_back(capsys, tmp_path):
     assert status == 2 and "--save must name a .json file" in err
 
 
+def test_an_unwritable_output_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    # tuning runs for minutes before it writes: a folder named as the file, or one that
+    # cannot be written in, is a usage error at once (the tuner's model never called)
+    (tmp_path / "d.json").mkdir()
+    status, _, err = run_cli(capsys, "tune", "--model", "gmm", "--save", tmp_path / "d.json")
+    assert status == 2 and "is a folder, not a .json file" in err
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(cli, "exact_model", lambda *a: pytest.fail("the model was built"))
+    for argv in (("tune", "--model", "gmm", "--save", tmp_path / "t.json"),
+                 ("sample", "--out", tmp_path / "s.png")):  # fmt: skip
+        status, _, err = run_cli(capsys, *argv)
+        assert status == 2 and "cannot write in" in err and "Permission denied" in err, argv
+    assert not (tmp_path / "t.json").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

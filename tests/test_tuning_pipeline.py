@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,7 +86,38 @@ def test_load_refuses_another_schedule(pipe, tmp_path):
                   diffusers.UniPCMultistepScheduler(prediction_type="v_prediction"))  # fmt: skip
     with pytest.raises(ValueError, match="prediction_type"):
         tp.load(path, other)
-    assert tp.load(path, pipe).config is not None
+    loaded = tp.load(path, pipe)
+    assert loaded.config is not None
+    # a pipeline whose scheduler is a loaded table already: compared through its base
+    assert tp.load(path, SimpleNamespace(scheduler=loaded)).config is not None
+    # flow levels either way (no beta keys to compare: the model's own schedule decides)
+    flow = ds.save_tuned(tmp_path / "f.json", ds.Tuned(base=ds.FlowMatchEuler(shift=3.0),
+                                                       tuned_steps=STEPS))  # fmt: skip
+    with pytest.raises(ValueError, match="flow levels: True"):
+        tp.load(flow, pipe)
+    for theirs, what in ((diffusers.FlowMatchEulerDiscreteScheduler(), "shift: 3.0"),
+                         (diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), None),
+                         (diffusers.DDIMScheduler(**SD), "flow levels: True")):  # fmt: skip
+        stand_in = SimpleNamespace(scheduler=theirs)
+        if what is None:
+            assert tp.load(flow, stand_in).wrapped.base_scheduler.shift == 3.0
+        else:
+            with pytest.raises(ValueError, match=what):
+                tp.load(flow, stand_in)
+    with pytest.raises(ValueError, match="flow levels: False"):
+        tp.load(path, SimpleNamespace(scheduler=diffusers.FlowMatchEulerDiscreteScheduler()))
+    with pytest.raises(ValueError, match=r"beta_schedule: 'scaled_linear' .*'linear'"):
+        tp.load(path, SimpleNamespace(scheduler=diffusers.DDIMScheduler()))
+
+
+def test_tune_refuses_a_scheduler_of_another_model(pipe):
+    # the table would be fitted to this pipeline's UNet but saved as another model's
+    v_model = ds.UniPC.from_config(diffusers.UniPCMultistepScheduler(**SD).config,
+                                   prediction_type="angular_velocity")  # fmt: skip
+    for scheduler, what in ((ds.UniPC(), "beta_schedule"), (ds.FlowMatchEuler(), "flow levels"),
+                            (v_model, "prediction_type")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"describe the pipeline's model.*{what}"):
+            tp.tune(pipe, PROMPTS, STEPS, scheduler=scheduler, calibration=4)
 
 
 def test_cli_tunes_a_saved_pipeline_and_the_file_loads(pipe, tmp_path, capsys):
@@ -125,11 +157,31 @@ def test_cli_tunes_a_saved_pipeline_and_the_file_loads(pipe, tmp_path, capsys):
         pipe.scheduler = original
     assert torch.isfinite(latents).all() and latents.shape[0] == 2
 
+    (tmp_path / "dir.json").mkdir()
     for argv, words in (
         (("--pipeline", folder, "--save", out), "at least one --prompt"),
         (("--pipeline", folder, "--prompt", "a cat"), "needs --save"),
         (("--pipeline", tmp_path / "nowhere", "--prompt", "a", "--save", out), "no such folder"),
         (("--prompt", "a cat"), "--prompt and --guidance-scale are for --pipeline"),
-    ):
+        (
+            ("--pipeline", folder, "--prompt", "a", "--save", out, "--model", "gmm"),
+            "--model is for the exact models",
+        ),
+        (
+            ("--pipeline", folder, "--prompt", "a", "--save", out, "--held-out", 3),
+            "--held-out is for the exact models",
+        ),
+        (("--pipeline", folder, "--prompt", "a", "--save", tmp_path / "dir.json"), "is a folder"),
+        (
+            ("--pipeline", folder, "--prompt", "a", "--save", out, "--scheduler", "ddim-inverse"),
+            "an inverse scheduler",
+        ),
+        (
+            ("--pipeline", folder, "--prompt", "a", "--save", out, "--scheduler", "flow-euler"),
+            "describe the pipeline's model",
+        ),
+    ):  # each refused before any UNet call, the file untouched
+        before = out.read_bytes()
         status, _, err = run("tune", *argv)
         assert status == 2 and words in err, (argv, err)
+        assert out.read_bytes() == before
