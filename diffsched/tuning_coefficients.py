@@ -86,12 +86,10 @@ the table without sample weights is fitted as well; ``benchmarks/tune_coefficien
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,7 +100,7 @@ import numpy as np
 from .core import ops
 from .core.engine import OUTPUT, SAMPLE, X0
 from .core.ops import to_numpy64
-from .core.scheduler import Array, Scheduler
+from .core.scheduler import Array, BaseScheduler, Scheduler
 from .methods.tuned import Tuned, model_time_range
 from .schedules import sigmas as sigma_schedules
 from .tuning import Score
@@ -853,27 +851,21 @@ def _tuned(scheduler: Scheduler, num_steps: int, grid: dict, weights: np.ndarray
 # -- the file -------------------------------------------------------------------------------
 
 FORMAT = "diffsched-tuned"
+VERSION = 1  # the file layout: a reader refuses another (it may mean other fields)
 
 
 def save_tuned(path: str | os.PathLike, tuned: Tuned, **about: Any) -> Path:
     """Writes a tuned table as a small JSON file: its config (base config, steps, grid,
     weights) and ``about`` (what it was tuned on: model, calibration size, ...; JSON
-    values). Atomic: written to a temporary file beside it, then renamed."""
+    values). Atomic: written to a temporary file beside it, then renamed
+    (an existing file keeps its permissions)."""
+    from .core.files import write_atomic
+
     if not isinstance(tuned, Tuned):
         raise TypeError(f"save_tuned takes a Tuned scheduler, got {type(tuned).__name__}")
-    data = {"format": FORMAT, "version": 1, "config": tuned.to_config(), "about": about}
-    out = Path(path)
+    data = {"format": FORMAT, "version": VERSION, "config": tuned.to_config(), "about": about}
     text = json.dumps(data, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return out
+    return write_atomic(path, text)
 
 
 def model_differences(ours: Scheduler, theirs: Scheduler) -> list[str]:
@@ -907,9 +899,32 @@ def model_differences(ours: Scheduler, theirs: Scheduler) -> list[str]:
     return out
 
 
+def as_scheduler(base: Any) -> BaseScheduler:
+    """Our scheduler of ``base``: one of ours (a :class:`~diffsched.Tuned` table: its base;
+    in diffusers' interface: the one it wraps), a diffusers scheduler, a config dict or
+    its JSON text, or a ``scheduler_config.json`` file or model folder."""
+    from .diffusers import DiffusersScheduler
+    from .interop.config import from_config
+    from .methods.tuned import base_json
+
+    if isinstance(base, DiffusersScheduler):
+        base = base.wrapped
+    if isinstance(base, Tuned):
+        return base.base_scheduler
+    if isinstance(base, BaseScheduler):
+        return base
+    if isinstance(base, os.PathLike) or (isinstance(base, str) and base[:1] != "{"):
+        return from_config(base)  # a file or folder (its own errors name it)
+    config = getattr(base, "config", None)
+    if config is not None and not isinstance(base, dict | str):  # a diffusers scheduler
+        return from_config({**dict(config), "_class_name": type(base).__name__})
+    return Tuned(base=base_json(base)).base_scheduler
+
+
 def load_tuned(path: str | os.PathLike, base: Any = None, num_steps: int | None = None) -> Tuned:
     """The :class:`~diffsched.Tuned` scheduler saved by :func:`save_tuned`. Given ``base``
-    (the scheduler, or config, it is meant to replace) or ``num_steps``, a file tuned for
+    (the scheduler it is meant to replace: ours, diffusers', a config, its file or model
+    folder; :func:`as_scheduler`) or ``num_steps``, a file tuned for
     another model (:func:`model_differences`: training schedule, prediction type, flow
     shift) or another number of steps is refused with a ValueError that names what
     differs."""
@@ -920,6 +935,11 @@ def load_tuned(path: str | os.PathLike, base: Any = None, num_steps: int | None 
     data = load_json(path, "tuned table")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a tuned table (no 'format': {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ValueError(
+            f"{path}: a tuned table of version {data.get('version')!r}; this diffsched reads "
+            f"version {VERSION}"
+        )
     if not isinstance(data.get("config"), dict):
         raise ValueError(
             f"{path}: a tuned table's 'config' must be a Tuned config dict, got: "
@@ -928,19 +948,16 @@ def load_tuned(path: str | os.PathLike, base: Any = None, num_steps: int | None 
     tuned = from_config(data["config"])
     if not isinstance(tuned, Tuned):
         raise ValueError(f"{path} holds a {type(tuned).__name__} config, not a Tuned one")
+    if num_steps is not None and (
+        isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer)
+    ):
+        raise TypeError(f"load_tuned's num_steps expects an integer, got: {num_steps!r}")
     if num_steps is not None and num_steps != tuned.tuned_steps:
         raise ValueError(
             f"{path} was tuned for num_steps={tuned.tuned_steps}, not num_steps={num_steps}"
         )
     if base is not None:
-        from .methods.tuned import base_json
-
-        theirs = base
-        if isinstance(base, Tuned):
-            theirs = base.base_scheduler
-        elif not isinstance(base, Scheduler):
-            theirs = Tuned(base=base_json(base)).base_scheduler
-        differ = model_differences(tuned.base_scheduler, theirs)
+        differ = model_differences(tuned.base_scheduler, as_scheduler(base))
         if differ:
             raise ValueError(
                 f"{path} was tuned for another model's schedule; differing: {', '.join(differ)}"

@@ -30,7 +30,7 @@ from typing import Any
 
 from .core.scheduler import BaseScheduler
 from .methods.tuned import Tuned
-from .tuning_coefficients import load_tuned, model_differences, save_tuned
+from .tuning_coefficients import as_scheduler, load_tuned, model_differences, save_tuned
 
 __all__ = ["PipelineDenoiser", "load", "pipeline_scheduler", "tune"]
 
@@ -173,21 +173,13 @@ def load(path: str | os.PathLike, pipe: Any = None, num_steps: int | None = None
 def pipeline_scheduler(pipe: Any) -> BaseScheduler:
     """Our scheduler of ``pipe.scheduler`` (a diffusers scheduler, or ours in diffusers'
     interface): the model its config describes, for the checks above."""
-    from .diffusers import DiffusersScheduler
-    from .interop.config import from_config
-
     scheduler = getattr(pipe, "scheduler", None)
-    if isinstance(scheduler, DiffusersScheduler):
-        return scheduler.wrapped
-    config = getattr(scheduler, "config", None)
-    if config is None:
+    if scheduler is None:
         raise TypeError(
-            f"expected a diffusers pipeline with a scheduler, got {type(pipe).__name__} whose "
-            f"scheduler is {type(scheduler).__name__}"
+            f"expected a diffusers pipeline with a scheduler, got {type(pipe).__name__}"
         )
-    config = {**dict(config), "_class_name": type(scheduler).__name__}
     try:
-        return from_config(config)
+        return as_scheduler(scheduler)
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"the pipeline's scheduler ({type(scheduler).__name__}) names no model diffsched can "

@@ -568,8 +568,10 @@ def test_14_malformed_tuned_tables_are_refused_by_name(tmp_path):
 
     texts = {
         "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
-        "'config' must be": json.dumps({"format": FORMAT}).encode(),
-        "Tuned config dict, got: list": json.dumps({"format": FORMAT, "config": [1]}).encode(),
+        "'config' must be": json.dumps({"format": FORMAT, "version": 1}).encode(),
+        "Tuned config dict, got: list": json.dumps(
+            {"format": FORMAT, "version": 1, "config": [1]}
+        ).encode(),
         "not UTF-8": b"\xff\xfe{",
     }
     for k, (cause, raw) in enumerate(texts.items()):

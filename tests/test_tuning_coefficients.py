@@ -917,3 +917,82 @@ def test_a_refused_fit_of_every_call_falls_back_to_the_last_calls_combination(mo
     w = np.asarray(result.scheduler.weights).reshape(6, -1)  # None (the base): fails here
     assert np.all(w[:-1] == 0) and np.any(w[-1] != 0)
     assert result.error < 0.9 * result.start_error  # measured: 0.104 -> 0.082 either way
+
+
+def test_a_tuned_grid_is_checked_against_its_base_at_construction():
+    # a grid the base would not run, or one of another number of steps (which would change
+    # the number of model calls), is refused when the table is made, naming the option
+    for kw, words in (
+        ({"grid_sigmas": [14.0, 3.0, 0.5]}, "grid_sigmas is no 3-step grid of DPMSolverMultistep"
+                                            ": it gives 2 steps"),
+        ({"grid_timesteps": [5000, 500, 100]}, "grid_timesteps is no 3-step grid .*timesteps"),
+        ({"grid_timesteps": [500, 900, 100]}, "strictly decreasing"),
+        ({"grid_sigmas": [14.0, 3.0, -0.5, 0.0]}, "grid_sigmas is no 3-step grid"),
+        ({"base": ds.FlowMatchEuler(), "grid_sigmas": [1.0, 0.6, 0.3, 0.1]}, "gives 4 steps"),
+        ({"base": ds.DDPM(), "grid_sigmas": [14.0, 3.0, 0.5, 0.0]}, "no 3-step grid of DDPM"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            ds.Tuned(tuned_steps=3, **kw)
+    ok = ds.Tuned(base=ds.FlowMatchEuler(), tuned_steps=3, grid_sigmas=[1.0, 0.6, 0.3])
+    assert ok.tableau(3).num_calls == 3  # the flow classes: one level per call
+    assert ds.Tuned(tuned_steps=3, grid_sigmas=[14.0, 3.0, 0.5, 0.0]).tableau(3).num_calls == 3
+    # a malformed nesting or a number beyond any float: the option named, the value cut short
+    with pytest.raises(TypeError, match="weights expects a list of numbers"):
+        ds.Tuned(tuned_steps=3, weights=[[0, 1], [0]])
+    with pytest.raises(ValueError, match="weights expects finite numbers") as err:
+        ds.Tuned(tuned_steps=1, weights=[10**400])
+    assert len(str(err.value)) < 300
+
+
+def test_a_table_tuned_on_the_base_grid_refuses_another_grid_at_init():
+    noise = np.zeros((1, 2))
+    plain = ds.Tuned(tuned_steps=3)  # no table: the base, on whatever grid init is given
+    assert len(plain.init(3, noise, sigmas=[14.0, 3.0, 0.5, 0.0])[1]) == 3
+    for kw in ({"weights": [0, 0, 0.1, -0.1, 0, 0]}, {"model_timesteps": [999.0, 600.0, 200.0]},
+               {"sample_weights": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0]}):  # fmt: skip
+        tuned = ds.Tuned(tuned_steps=3, **kw)
+        tuned.init(3, noise)  # its own grid runs
+        for grid in ({"sigmas": [14.0, 3.0, 0.5, 0.0]}, {"timesteps": [999, 500, 100]}):
+            with pytest.raises(ValueError, match=r"tuned on the base's own 3-step grid; init got"):
+                tuned.init(3, noise, **grid)
+
+
+def test_the_file_names_its_version_keeps_permissions_and_bases_compare_canonically(tmp_path):
+    import os
+    import stat
+
+    diffusers = pytest.importorskip("diffusers")
+    tuned = ds.Tuned(base=ds.UniPC(**SD), tuned_steps=3)
+    path = ds.save_tuned(tmp_path / "t.json", tuned)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # not mkstemp's 0o600
+    os.chmod(path, 0o640)
+    ds.save_tuned(path, tuned)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # an existing file keeps its mode
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "t.json")):
+        ds.save_tuned(tmp_path / "nowhere" / "t.json", tuned)  # named, not the temporary file
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for version in (2, "1", None):
+        (tmp_path / "v.json").write_text(json.dumps({**data, "version": version}), "utf-8")
+        with pytest.raises(
+            ValueError, match=f"version {version!r}; this diffsched reads version 1"
+        ):
+            ds.load_tuned(tmp_path / "v.json")
+    for bad in ("3", True, 3.0):
+        with pytest.raises(TypeError, match="num_steps expects an integer"):
+            ds.load_tuned(path, num_steps=bad)
+    assert ds.load_tuned(path, num_steps=np.int64(3)) == tuned
+    # the base it replaces: ours, diffusers', a config file or folder, a dict
+    sd = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    theirs = diffusers.UniPCMultistepScheduler(**sd)
+    theirs.save_config(tmp_path / "cfg")
+    for base in (theirs, tmp_path / "cfg", str(tmp_path / "cfg" / "scheduler_config.json"),
+                 ds.DDIM(**SD).to_config()):  # fmt: skip
+        assert ds.load_tuned(path, base=base) == tuned
+    with pytest.raises(ValueError, match="beta_schedule"):
+        ds.load_tuned(path, base=diffusers.UniPCMultistepScheduler())
+    # a base given as a scheduler, its config or its JSON (stray keys dropped): one table
+    config = ds.UniPC(**SD).to_config()
+    with pytest.warns(UserWarning, match="no option"):
+        stray = ds.Tuned(base={**config, "bogus": 1}, tuned_steps=3)
+    assert stray == tuned == ds.Tuned(base=json.dumps(config), tuned_steps=3)
+    assert hash(stray) == hash(tuned) and "bogus" not in stray.base

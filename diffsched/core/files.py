@@ -51,7 +51,10 @@ def write_atomic(path: Any, text: str) -> Path:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # named by the file asked for, not by the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         os.chmod(tmp, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -68,8 +68,8 @@ import numpy as np
 
 from ..core import families, ops
 from ..core.engine import SAMPLE, X0, Tableau
-from ..core.options import option
-from ..core.scheduler import BaseScheduler, document
+from ..core.options import describe, option
+from ..core.scheduler import BaseScheduler, check_custom_grids, document
 
 __all__ = ["Tuned", "model_time_range"]
 
@@ -79,23 +79,27 @@ MAX_WEIGHT = 1e6  # a larger correction is no tuned table (a corrupted file): re
 def _floats_or_none(owner: str, name: str, value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
-    if isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1:
-        raise TypeError(f"{owner} option {name} expects a list of numbers, got: {value!r}")
+    where = f"{owner} option {name}"
+    try:
+        flat = isinstance(value, str | bytes | dict | bool) or np.ndim(value) != 1
+    except ValueError:  # a ragged nesting
+        flat = True
+    if flat:
+        raise TypeError(f"{where} expects a list of numbers, got: {describe(value)}")
     not_numbers = (bool, np.bool_, str, bytes)  # True is no weight: refused, not cast to 1.0
     kind = np.asarray(value).dtype.kind
     listed = kind == "O" or not hasattr(value, "dtype")  # a list (or object array): its items
     if kind in "bUS" or (listed and any(isinstance(v, not_numbers) for v in value)):
-        raise TypeError(
-            f"{owner} option {name} expects a list of numbers, not bools or strings, got: {value!r}"
-        )
+        raise TypeError(f"{where} expects a list of numbers, not bools or strings, got: "
+                        f"{describe(value)}")  # fmt: skip
     try:
         out = tuple(float(v) for v in np.asarray(value, dtype=np.float64))
+    except OverflowError:  # an integer beyond any float
+        raise ValueError(f"{where} expects finite numbers, got: {describe(value)}") from None
     except (TypeError, ValueError):
-        raise TypeError(
-            f"{owner} option {name} expects a list of numbers, got: {value!r}"
-        ) from None
+        raise TypeError(f"{where} expects a list of numbers, got: {describe(value)}") from None
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"{owner} option {name} expects finite numbers, got: {value!r}")
+        raise ValueError(f"{where} expects finite numbers, got: {describe(value)}")
     return out
 
 
@@ -242,6 +246,22 @@ class Tuned(BaseScheduler):
                 f"got: {len(self.grid_timesteps)}"
             )
         base = self._make_base()  # a bad base config: its own error, now
+        if self.base is not None:  # canonical: the config the base runs (equal bases, equal
+            object.__setattr__(self, "base", base_json(base))  # tables; no stray keys kept)
+        table = None
+        if self.grid_options:  # a grid of the base's, for n steps: its own checks, now
+            name = "grid_sigmas" if self.grid_sigmas is not None else "grid_timesteps"
+            try:
+                check_custom_grids(type(base).__name__, self.grid_options)
+                count = base.custom_steps(self.grid_options)
+                if count != n:
+                    raise ValueError(f"it gives {count} steps, not tuned_steps={n}")
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    table = base.tableau(n, **self.grid_options)
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ValueError(
+                    f"{owner} option {name} is no {n}-step grid of {type(base).__name__}: {err}"
+                ) from None
         if self.grid_mu is not None and not getattr(base, "use_dynamic_shifting", False):
             raise ValueError(
                 f"{owner} option grid_mu needs a base with use_dynamic_shifting=True, got "
@@ -258,8 +278,10 @@ class Tuned(BaseScheduler):
                         f"{owner} option {name} must have {what} per model call of the base's "
                         f"{n}-step loop (at least {n} {what.split()[1]}s), got {len(value)} numbers"
                     )
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                calls = base.tableau(n, **self.grid_options).num_calls  # (refused at init)
+            if table is None:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    table = base.tableau(n)  # (refused at init)
+            calls = table.num_calls
         if self.model_timesteps is not None:
             times = np.asarray(self.model_timesteps)
             if len(times) != calls:
@@ -290,7 +312,11 @@ class Tuned(BaseScheduler):
                 )
             early = np.triu(np.ones(w.shape, bool), 1)  # lag j > call n
             if np.any(w[early] != 0):
-                raise ValueError(f"{owner} option {name} reads {what} before the first call")
+                raise ValueError(
+                    f"{owner} option {name} reads {what} before the first call (its "
+                    f"{len(value)} numbers as {calls} rows of {w.shape[1]}, one per model call "
+                    f"of the base's {n}-step loop: row k weighs lags 0 to k only)"
+                )
         object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_base_instance", base)  # plain attributes: compilers trace
         object.__setattr__(self, "_base_processes", bool(base.processes_x0))  # them directly
@@ -369,6 +395,14 @@ class Tuned(BaseScheduler):
         clash = sorted(set(init_options) & {"sigmas", "timesteps", "mu"})
         if clash and self.grid_options:
             raise ValueError(f"Tuned has its tuned grid; init got {clash} as well")
+        tables = [name for name in ("weights", "sample_weights", "model_timesteps")
+                  if getattr(self, name) is not None]  # fmt: skip
+        grid = sorted(set(clash) - {"mu"})  # (a dynamic shift's μ: the base asks for it)
+        if grid and tables:  # fitted on one grid, they are no correction of another's table
+            raise ValueError(
+                f"Tuned's {', '.join(tables)} were tuned on the base's own "
+                f"{self.tuned_steps}-step grid; init got {grid}, another grid"
+            )
         return {**self.grid_options, **init_options}
 
     def tableau(self, num_steps: int, **init_options: Any) -> Tableau:
