@@ -178,6 +178,12 @@ def check_tunable(scheduler: Scheduler) -> None:
     name = type(scheduler).__name__
     if not isinstance(scheduler, Scheduler) or not getattr(scheduler, "TRAINING_TIMESTEPS", True):
         raise TypeError(f"tune needs a scheduler of a discrete-time model, got: {name}")
+    if getattr(scheduler, "timestep_type", "discrete") != "discrete":  # (Euler's 0.25 log σ)
+        raise TypeError(
+            f"tune needs a model called at its training timesteps; {name} with "
+            f"timestep_type={scheduler.timestep_type!r} calls it at 0.25 log σ (the reference "
+            "and the candidate bases would call it at training timesteps: another convention)"
+        )
     if not scheduler.deterministic:
         raise ValueError(
             f"tune needs a deterministic scheduler (it fits the probability-flow ODE), got {name} "

@@ -77,6 +77,7 @@ from .core.ops import check_num_steps, to_numpy64
 from .core.scheduler import Array, Scheduler
 from .exact.threads import small_matrices
 from .grids import NAMED_GRIDS, Grid, check_tunable, flow_shift, is_flow, named_sigmas
+from .methods.tuned import Tuned
 from .schedules import sigmas as sigma_schedules
 from .schedules.shifts import checked_mu
 
@@ -164,12 +165,31 @@ def tune(
     it (``init_options["mu"]``, or the tuned table's ``grid_mu``).
     """
     if tune == "grid":
+        check_grid_options(options)
         return search(model, scheduler, num_steps, calibration_noise, **options).init_options
     if tune not in ("coefficients", "both"):
         raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
     return search_coefficients(
         model, scheduler, num_steps, calibration_noise, grid=tune == "both", **options
     ).scheduler
+
+
+def check_grid_options(options: dict) -> None:
+    """Refuses, for ``tune="grid"``, an option that only the coefficients' fit takes."""
+    import inspect
+
+    from .tuning_coefficients import fit_coefficients
+
+    grid = set(inspect.signature(search).parameters)
+    table = {name for f in (search_coefficients, fit_coefficients)
+             for name, p in inspect.signature(f).parameters.items()
+             if p.kind is p.KEYWORD_ONLY}  # fmt: skip
+    for_tables = sorted((set(options) - grid) & table)
+    if for_tables:
+        raise TypeError(
+            f"{', '.join(for_tables)} tune{'s' if len(for_tables) == 1 else ''} a table's "
+            "coefficients: it needs tune='coefficients' or 'both', not 'grid'"
+        )
 
 
 def search_coefficients(
@@ -216,19 +236,20 @@ def search_coefficients(
     calls 0.1455 to 0.1491, 10 calls 0.0715 to 0.0731): a 16-sample split picks noisily."""
     from .tuning_coefficients import FinalScorer, check_fit_options, fit_coefficients
 
-    check_fit_options(**fit_options)
+    check_fit_options(**fit_options)  # (the batch's split: once the batch is checked, below)
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
     if grid_score not in ("final", "plain"):
         raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
     _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
                   tolerance=tolerance, least_batch=4)  # fmt: skip
+    check_fit_options(int(calibration_noise.shape[0]), **fit_options)
     num_steps = check_num_steps(num_steps, maximum=MAX_CANDIDATES)  # a grid of candidate levels
     _check_candidates(candidates, num_steps)
     _check_end(end, scheduler)
     _mu_for_flow_only(scheduler, mu)
     t0 = time.perf_counter()
-    others = _bases(scheduler, bases)
+    others = _bases(scheduler, bases, num_steps)
     if not is_flow(scheduler):
         scheduler, others = stand_in(scheduler, num_steps, others)
     with small_matrices():
@@ -237,8 +258,10 @@ def search_coefficients(
             scheduler, num_steps)  # fmt: skip
         own = g.init_options(g.start)
         solve = {"candidates": candidates, "substeps": substeps, "end": end, "mu": mu}
-        ref = reference or solve_reference(counted, scheduler, num_steps, calibration_noise,
-                                           **solve)  # fmt: skip
+        if reference is not None:
+            _check_reference(reference, scheduler, calibration_noise)
+        ref = reference if reference is not None else solve_reference(
+            counted, scheduler, num_steps, calibration_noise, **solve)  # fmt: skip
         init_options, base = own, scheduler
         scorer = None
         if grid_score == "final" and fit_options.get("calls", "all") in ("all", "final"):
@@ -375,6 +398,11 @@ def _check_inputs(scheduler: Any, calibration_noise: Any, *, substeps: Any,
 
     if not isinstance(scheduler, BaseScheduler):
         raise TypeError(f"scheduler must be a diffsched scheduler, got {type(scheduler).__name__}")
+    if isinstance(scheduler, Tuned):
+        raise TypeError(
+            "scheduler is a Tuned table already: tune its base (tuned.base_scheduler), whose "
+            "table the tuner corrects anew"
+        )
     shape = getattr(calibration_noise, "shape", None)
     if shape is None or not hasattr(calibration_noise, "dtype"):
         raise TypeError(
@@ -386,6 +414,11 @@ def _check_inputs(scheduler: Any, calibration_noise: Any, *, substeps: Any,
         raise ValueError(
             f"calibration_noise must be a batch of at least {least_batch} sample"
             f"{'s' if least_batch > 1 else ''}, got shape {shape}"
+        )
+    xp = ops.namespace(calibration_noise)
+    if not xp.isdtype(calibration_noise.dtype, "real floating"):
+        raise TypeError(
+            f"calibration_noise must be real floating-point, got dtype {calibration_noise.dtype}"
         )
     if not np.all(np.isfinite(to_numpy64(calibration_noise))):
         raise ValueError("calibration_noise must be finite, got NaN or inf values")
@@ -400,6 +433,22 @@ def _check_inputs(scheduler: Any, calibration_noise: Any, *, substeps: Any,
         or not (math.isfinite(tolerance) and tolerance > 0)
     ):
         raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+
+
+def _check_reference(reference: Any, scheduler: Scheduler, calibration_noise: Array) -> None:
+    """Refuses a ``reference=`` that is not :func:`solve_reference`'s of this noise."""
+    kind = _FlowReference if is_flow(scheduler) else Reference
+    if not isinstance(reference, kind):
+        raise TypeError(
+            f"reference must be the {kind.__name__} that solve_reference(model, scheduler, "
+            f"num_steps, calibration_noise) returns, got {type(reference).__name__}"
+        )
+    shape, final = tuple(calibration_noise.shape), np.shape(reference.final)
+    if final != shape:
+        raise ValueError(
+            f"reference must be of this calibration_noise: its final samples have shape "
+            f"{final}, the noise {shape}"
+        )
 
 
 def _finite_reference(final: np.ndarray) -> np.ndarray:
@@ -581,7 +630,9 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
             except ValueError:
                 continue
         for name, levels in starts.items():
-            if levels is not None:
+            # (the reference's dynamic programme finds no path where its levels, rounded to
+            # integer timesteps, are too few for the steps: no start then)
+            if levels is not None and g.valid(np.asarray(levels)):
                 tried[i, name] = levels
                 scored[i, name] = error(sched, g, levels)
     return _refined(error, grids, tried, scored, refine, max_evaluations, tolerance, counted, t0)
@@ -660,7 +711,7 @@ def stand_in(scheduler: Scheduler, num_steps: int,
         return usable[0], usable[1:]
 
 
-def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
+def _bases(scheduler: Scheduler, bases: Any, num_steps: int) -> list[Scheduler]:
     if bases is None:
         return []
     if isinstance(bases, str):
@@ -675,8 +726,15 @@ def _bases(scheduler: Scheduler, bases: Any) -> list[Scheduler]:
         )
     out = list(bases)
     for b in out:
-        if not isinstance(b, Scheduler):
-            raise TypeError(f"bases must hold schedulers, got {type(b).__name__}")
+        if not isinstance(b, Scheduler) or isinstance(b, Tuned):
+            raise TypeError(
+                f"bases must hold schedulers of a discrete-time model (untuned), got "
+                f"{type(b).__name__}"
+            )
+        try:  # one the grid search can run (a custom grid, deterministic, from noise)
+            Grid.of(b, num_steps)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bases: {type(b).__name__} cannot be a tuned base: {err}") from None
         for key in ("prediction_type", "num_train_steps"):
             if getattr(b, key, None) != getattr(scheduler, key, None):
                 raise ValueError(f"bases must be methods for the same model: {type(b).__name__} "
@@ -919,11 +977,37 @@ class FlowGrid(NamedTuple):
             )
         if mu is not None:
             mu = checked_mu(mu, dynamic=dynamic, who=f"tune of {name}")
+        if getattr(scheduler, "invert_sigmas", False):
+            raise ValueError(
+                f"tuned grids are for loops from noise to data; {name} with invert_sigmas=True "
+                "runs from data to noise (an inversion): there is no sampling error to tune"
+            )
         if "sigmas" not in inspect.signature(scheduler.tableau).parameters:
             raise ValueError(
                 f"tune takes rectified-flow grids through custom sigmas= only; {name} with flow "
                 "levels takes none (integer timesteps= only): use UniPC or FlowMatchEuler"
             )
+        try:
+            grid = FlowGrid._searched(scheduler, num_steps, mu)
+            back = scheduler.tableau(num_steps, **grid.init_options(grid.start)).timesteps
+        except (TypeError, ValueError, OverflowError) as err:  # (an inversion, a μ too large,
+            raise ValueError(  # sigmas= and mu= together where the class takes one of them)
+                f"tune cannot set the flow levels of {name} with these options"
+                f"{'' if mu is None else f' and mu={mu!r}'}: {err}"
+            ) from None
+        if not np.allclose(np.asarray(back) / scheduler.num_train_steps, grid.sigmas(grid.start),
+                           rtol=1e-3, atol=2e-3):  # fmt: skip
+            raise ValueError(
+                f"tune cannot set the flow levels of {name} with these options"
+                f"{'' if mu is None else f' and mu={mu!r}'}: custom sigmas= come back as other "
+                "levels (a terminal shift, a named σ schedule, a shift the class does not apply "
+                "to custom sigmas=, or one so extreme that the levels merge, reshapes them)"
+            )
+        return grid
+
+    @staticmethod
+    def _searched(scheduler: Scheduler, num_steps: int, mu: float | None) -> FlowGrid:
+        """The grid of :meth:`of`, before the check that custom ``sigmas=`` come back."""
         extra = {} if mu is None else {"mu": mu}
         tab = scheduler.tableau(num_steps, **extra)
         sigma0 = float(tab.start[1]) if tab.start is not None else 1.0
@@ -941,13 +1025,6 @@ class FlowGrid(NamedTuple):
             calls = None
         if calls != num_steps:  # diffusers' multistep solvers: N + 1 levels, the last final
             grid = grid._replace(final=True)
-        back = np.asarray(scheduler.tableau(num_steps, **grid.init_options(grid.start)).timesteps)
-        if not np.allclose(back / scheduler.num_train_steps, grid.sigmas(grid.start), rtol=1e-3,
-                           atol=2e-3):  # fmt: skip
-            raise ValueError(
-                f"tune cannot set the flow levels of {name} with these options (a terminal "
-                "shift, a named σ schedule or an inversion reshapes custom sigmas=)"
-            )
         return grid
 
     def sigmas(self, levels: np.ndarray) -> np.ndarray:

@@ -334,7 +334,7 @@ MAX_ITERATIONS = 100  # Gauss-Newton iterations (2 by default; 6 measured no bet
 MAX_RIDGES = 32  # entries of a ridge path (3 by default)
 
 
-def check_fit_options(**options: Any) -> None:
+def check_fit_options(batch: int | None = None, **options: Any) -> None:
     """Refuses, before any model call, an option :func:`fit_coefficients` does not take or
     a value it cannot use (a TypeError or ValueError naming it)."""
     import inspect
@@ -378,6 +378,12 @@ def check_fit_options(**options: Any) -> None:
         or not (0 < holdout < 1)
     ):
         raise ValueError(f"holdout must be a number in (0, 1), got {holdout!r}")
+    fitted = None if batch is None else batch - max(1, round(holdout * batch))
+    if options.get("select", "loo") == "split" and fitted is not None and fitted < 2:
+        raise ValueError(
+            f"select='split' with holdout={holdout} leaves {fitted} of the {batch} "
+            "calibration samples to fit (2 or more needed): a smaller holdout or a larger batch"
+        )
     seed = options.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
@@ -449,6 +455,7 @@ def fit_coefficients(
     if batch < 4:
         raise ValueError(f"coefficient tuning needs a calibration batch of 4 or more, got {batch}")
     order = np.random.default_rng(seed).permutation(batch)
+    check_fit_options(batch, holdout=holdout, select=select)
     n_held = max(1, round(holdout * batch))
     split = np.sort(order[n_held:]), np.sort(order[:n_held])  # (fit, held out)
     zero = np.zeros(params.size)

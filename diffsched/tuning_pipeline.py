@@ -23,10 +23,13 @@ The pipeline must be a text-to-image pipeline whose denoiser is
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from .core.scheduler import BaseScheduler
 from .methods.tuned import Tuned
@@ -120,11 +123,14 @@ def tune(
     :func:`~diffsched.tuning.search` for ``"grid"``).
     """
     from .methods.unipc import UniPC
-    from .tuning import search, search_coefficients
+    from .tuning import check_grid_options, search, search_coefficients
     from .tuning_coefficients import _tuned
 
     if tune not in ("grid", "coefficients", "both"):
         raise ValueError(f"tune must be 'grid', 'coefficients' or 'both', got {tune!r}")
+    if tune == "grid":
+        check_grid_options(options)
+    _check_arguments(prompts, calibration, guidance_scale, seed)
     theirs = pipeline_scheduler(pipe)
     if scheduler is None:
         scheduler = UniPC.from_config(dict(pipe.scheduler.config))
@@ -138,7 +144,7 @@ def tune(
     noise = calibration_noise(pipe, calibration, seed)
     t0 = time.perf_counter()
     if tune == "grid":
-        result = search(model, scheduler, num_steps, noise, **options)
+        result = search(model, scheduler, num_steps, noise, **options)  # (checked above)
         tuned = _tuned(scheduler, num_steps, result.init_options, None)
     else:
         result = search_coefficients(model, scheduler, num_steps, noise, grid=tune == "both",
@@ -156,6 +162,23 @@ def tune(
             negated_check=result.confirmation,
         )  # fmt: skip
     return tuned
+
+
+def _check_arguments(prompts: Any, calibration: Any, guidance_scale: Any, seed: Any) -> None:
+    """Refuses, before any UNet call, what :func:`tune` cannot take."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a string or a list of strings, got {prompts!r}")
+    for name, value, low in (("calibration", calibration, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, int | float | np.floating)
+        or not math.isfinite(guidance_scale)
+    ):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
 
 
 def load(path: str | os.PathLike, pipe: Any = None, num_steps: int | None = None):

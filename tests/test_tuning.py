@@ -370,13 +370,13 @@ def test_candidate_bases_are_other_methods_for_the_same_model():
     for b in found:
         assert np.array_equal(b.alphas_cumprod, sched.alphas_cumprod)
         assert b.prediction_type == sched.prediction_type
-    assert _bases(sched, None) == []
+    assert _bases(sched, None, 6) == []
     with pytest.raises(ValueError, match="bases must be 'auto'"):
-        _bases(sched, "all")
+        _bases(sched, "all", 6)
     with pytest.raises(ValueError, match="same model"):
-        _bases(sched, [ds.DPMSolverMultistep(**{**SD, "beta_end": 0.02})])
+        _bases(sched, [ds.DPMSolverMultistep(**{**SD, "beta_end": 0.02})], 6)
     with pytest.raises(TypeError, match="bases must hold schedulers"):
-        _bases(sched, ["unipc"])
+        _bases(sched, ["unipc"], 6)
 
 
 def test_a_weak_gain_is_confirmed_on_the_negated_noise(capsys):

@@ -996,3 +996,72 @@ def test_the_file_names_its_version_keeps_permissions_and_bases_compare_canonica
         stray = ds.Tuned(base={**config, "bogus": 1}, tuned_steps=3)
     assert stray == tuned == ds.Tuned(base=json.dumps(config), tuned_steps=3)
     assert hash(stray) == hash(tuned) and "bogus" not in stray.base
+
+
+def test_tune_refuses_what_it_cannot_take_before_any_model_call():
+    from diffsched.tuning import solve_reference
+
+    base = ds.UniPC(**SD)
+    model = cli.exact_model(base, "gmm")
+    noise = CALIBRATION[:16]
+
+    def never(*args):
+        raise AssertionError("the model was called")
+
+    for scheduler, kw, err, words in (
+        (base, {"tune": "coefficients", "select": "split", "holdout": 0.95}, ValueError,
+         r"holdout=0.95 leaves 1 of the 16 calibration samples to fit"),
+        (base, {"tune": "grid", "samples": True}, TypeError, "samples tunes a table's"),
+        (base, {"tune": "both", "reference": np.zeros((16, 2))}, TypeError,
+         "reference must be the Reference"),
+        (base, {"tune": "both", "bases": [ds.FlowMatchEuler()]}, TypeError,
+         "bases must hold schedulers of a discrete-time model"),
+        (base, {"tune": "both", "bases": [ds.EulerAncestral(**SD)]}, ValueError,
+         "EulerAncestral cannot be a tuned base: .*deterministic"),
+        (base, {"tune": "both", "bases": [ds.UniPC(**SD, use_karras_sigmas=True)]}, ValueError,
+         "UniPC cannot be a tuned base"),
+        (ds.Tuned(base=base, tuned_steps=4), {}, TypeError, "a Tuned table already"),
+        (ds.Euler(**SD, timestep_type="continuous", prediction_type="angular_velocity"), {},
+         TypeError, "timestep_type='continuous' calls it at 0.25 log σ"),
+    ):  # fmt: skip
+        with pytest.raises(err, match=words):
+            ds.tune(never, scheduler, 4, noise, **kw)
+    for bad in (noise.astype(np.complex128), noise.astype(np.int64)):
+        with pytest.raises(TypeError, match="calibration_noise must be real floating-point"):
+            ds.tune(never, base, 4, bad)
+    reference = solve_reference(model, base, 4, noise[:8])  # of another batch
+    with pytest.raises(ValueError, match=r"final samples have shape \(8, 2\), the noise"):
+        ds.tune(never, base, 4, noise, tune="both", reference=reference)
+
+
+def test_tune_runs_where_the_reference_levels_merge_and_on_bfloat16():
+    # candidates close to num_steps: rounded to integer timesteps, the reference's levels
+    # merge and its dynamic programme finds no path; that start is left out (it raised
+    # "timesteps must be strictly decreasing" from the search)
+    base = ds.UniPC(**SD)
+    model = cli.exact_model(base, "gmm")
+    grid = ds.tune(model, base, 40, CALIBRATION[:16], candidates=40, max_evaluations=10)
+    assert len(grid["timesteps"]) == 40 and np.all(np.diff(grid["timesteps"]) < 0)
+    # bfloat16 torch noise (no NumPy dtype): read on the host in float64
+    half = torch.from_numpy(CALIBRATION[:16]).to(torch.bfloat16)
+    grid = ds.tune(lambda x, t: 0.5 * x, base, 4, half, max_evaluations=10)
+    assert len(grid["timesteps"]) == 4
+
+
+def test_flow_options_the_tuner_cannot_take_are_refused_by_name():
+    def never(*args):
+        raise AssertionError("the model was called")
+
+    flow_dpm = {"use_flow_sigmas": True, "prediction_type": "flow"}
+    for scheduler, kw, words in (
+        (ds.FlowMatchEuler(invert_sigmas=True), {}, "invert_sigmas=True runs from data to noise"),
+        (ds.DPMSolverMultistep(**flow_dpm, use_dynamic_shifting=True), {"mu": 0.8},
+         "flow levels of DPMSolverMultistep with these options and mu=0.8: pass at most one"),
+        (ds.DPMSolverMultistep(**flow_dpm, flow_shift=3.0), {},
+         "custom sigmas= come back as other levels"),
+        (ds.FlowMatchEuler(use_dynamic_shifting=True), {"mu": 1e6}, "and mu=1000000.0: math"),
+        (ds.FlowMatchEuler(use_dynamic_shifting=True), {"mu": -100.0}, "the levels merge"),
+    ):  # fmt: skip
+        for mode in ("grid", "both"):
+            with pytest.raises(ValueError, match=words):
+                ds.tune(never, scheduler, 4, CALIBRATION[:16], tune=mode, **kw)

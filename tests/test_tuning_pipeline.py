@@ -185,3 +185,20 @@ def test_cli_tunes_a_saved_pipeline_and_the_file_loads(pipe, tmp_path, capsys):
         status, _, err = run("tune", *argv)
         assert status == 2 and words in err, (argv, err)
         assert out.read_bytes() == before
+
+
+def test_tune_refuses_bad_arguments_before_any_unet_call(pipe, monkeypatch):
+    monkeypatch.setattr(tp.PipelineDenoiser, "__call__", lambda *a: pytest.fail("UNet called"))
+    for kw, err, words in (
+        ({"calibration": True}, ValueError, "calibration must be an integer >= 1"),
+        ({"calibration": 4.0}, ValueError, "calibration must be an integer >= 1"),
+        ({"calibration": -1}, ValueError, "calibration must be an integer >= 1"),
+        ({"seed": 1.5}, ValueError, "seed must be an integer >= 0"),
+        ({"guidance_scale": float("nan")}, ValueError, "guidance_scale must be a finite number"),
+        ({"prompts": 5}, TypeError, "prompts must be a string or a list of strings"),
+        ({"tune": "grid", "samples": True}, TypeError, "samples tunes a table's coefficients"),
+        ({"tune": "grid", "history": 2, "times": True}, TypeError, "history, times tune a"),
+    ):  # fmt: skip
+        kw = {"prompts": PROMPTS, **kw}
+        with pytest.raises(err, match=words):
+            tp.tune(pipe, kw.pop("prompts"), STEPS, **kw)

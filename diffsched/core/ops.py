@@ -272,6 +272,8 @@ def to_numpy64(x: Array) -> np.ndarray:
         x.block_until_ready()
     if hasattr(x, "detach"):  # torch
         x = x.detach().cpu()
+        if x.is_floating_point():  # (bfloat16 has no NumPy dtype: widened in torch, exactly)
+            x = x.double()
     return np.asarray(x, dtype=np.float64)
 
 
