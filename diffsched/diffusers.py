@@ -1038,15 +1038,18 @@ class DiffusersScheduler:
         Karras et al. 2022, Alg. 2) where ours adds none: with ``s_noise=0``, on a last
         step to σ = 0 that the churn does not reach (x̂_0 predictions), and at the second
         call of a FlowMatchHeun step, which draws again and discards it. Read off the
-        table of the same loop with s_noise = 1 (and ε predictions, whose last step
-        reads the churned sample)."""
+        table of the same loop with s_noise = 1 (and, for x̂_0 predictions, whose last
+        step drops the churned sample, ε predictions: only there, as another prediction
+        type may visit another grid, e.g. Euler's continuous timesteps with v)."""
         key = id(program)
         if key not in self._churn_masks:
             mask = np.zeros(program.num_calls, dtype=bool)
             loop = self._loop
             if isinstance(loop, Churn) and loop.s_churn > 0:
                 changes: dict[str, Any] = {"s_noise": 1.0}
-                if "noise" in getattr(loop, "PREDICTION_TYPES", ()):
+                if getattr(loop, "prediction_type", None) == "sample" and "noise" in getattr(
+                    loop, "PREDICTION_TYPES", ()
+                ):
                     changes["prediction_type"] = "noise"
                 probe = dataclasses.replace(loop, **changes)
                 options = dict(self._options)

@@ -584,8 +584,19 @@ def same_draws_as_diffusers(sched, steps: int, tol: float, **step_options) -> No
         ds.Euler(**SD, s_churn=1.0, s_noise=0.0),  # γ > 0 draws, however scaled
         ds.Euler(**SD, s_churn=1.0, prediction_type="sample"),  # a last step churn misses
         ds.EDMEuler(s_churn=2.0, s_tmin=0.5, s_tmax=20.0),
+        # v with continuous timesteps on a log-linear grid (one level more: N + 1 calls),
+        # a window that leaves the last call unchurned (found by the differential test,
+        # seed 20261218: an ε probe of the draws visited the N-call discrete grid)
+        ds.Euler(
+            **SD,
+            s_churn=1.3,
+            s_tmin=0.15,
+            prediction_type="angular_velocity",
+            timestep_type="continuous",
+            interpolation_type="log_linear",
+        ),
     ],
-    ids=["flow-heun", "euler-s_noise-0", "euler-sample", "edm-window"],
+    ids=["flow-heun", "euler-s_noise-0", "euler-sample", "edm-window", "euler-v-continuous"],
 )
 def test_churn_draws_as_diffusers(sched):
     """diffusers' churned steps draw wherever γ > 0 (Karras et al. 2022, Alg. 2), whether
