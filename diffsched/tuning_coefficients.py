@@ -920,7 +920,7 @@ def as_scheduler(base: Any) -> BaseScheduler:
         return base.base_scheduler
     if isinstance(base, BaseScheduler):
         return base
-    if isinstance(base, os.PathLike) or (isinstance(base, str) and base[:1] != "{"):
+    if isinstance(base, os.PathLike) or (isinstance(base, str) and base.lstrip()[:1] != "{"):
         return from_config(base)  # a file or folder (its own errors name it)
     config = getattr(base, "config", None)
     if config is not None and not isinstance(base, dict | str):  # a diffusers scheduler
