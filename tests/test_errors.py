@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -709,3 +710,26 @@ def test_a_jax_key_is_a_seed_or_integer_key_data():
 
     for key in (3, jax.random.PRNGKey(3), jax.random.key(3)):
         ds.EulerAncestral().init(4, x, key)
+
+
+def test_every_class_refuses_a_complex_or_integer_prediction():
+    # found by review: ScoreSdeVe's corrector cast a complex prediction to real (NumPy's
+    # ComplexWarning) before the engine's dtype check could refuse it
+    from diffsched.methods import CLASSES
+
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    checked = 0
+    for cls in CLASSES:
+        sched = cls()
+        try:
+            state, _ = sched.init(4, x) if sched.deterministic else sched.init(4, x, key=0)
+            sched.step(state, x, np.zeros((2, 3)))  # a prediction of the sample's shape
+        except (TypeError, ValueError):  # a class that needs options or another shape
+            continue
+        for bad in (np.zeros((2, 3), complex), np.zeros((2, 3), np.int64)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no cast with a warning first
+                with pytest.raises(TypeError, match="floating-point prediction"):
+                    sched.step(state, x, bad)
+        checked += 1
+    assert checked > 40, checked

@@ -170,8 +170,11 @@ class ScoreSdeVe(BaseScheduler):
             return super().step(state, sample, prediction, noise=noise)
         self.check_state(state)
         xp = ops.namespace(sample, prediction)
-        if tuple(prediction.shape) != tuple(sample.shape) or len(sample.shape) < 1:
-            # the engine's step raises the clear error
+        if (
+            tuple(prediction.shape) != tuple(sample.shape)
+            or len(sample.shape) < 1
+            or not (ops.is_float(sample) and ops.is_float(prediction))
+        ):  # the engine's step raises the clear error (before any cast of a complex input)
             return super().step(state, sample, prediction, noise=noise)
         dtype = state.coefs.dtype
         m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)
