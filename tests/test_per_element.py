@@ -450,3 +450,25 @@ def test_sharded_and_vmapped_loops_with_offsets():
     for name, r in found.items():
         assert r["devices"] == 8, name
         assert r["sharded"] < 1e-12 and r["vmapped"] < 1e-11, (name, r)
+
+
+def test_offsets_that_would_cost_unbounded_memory_are_refused_at_once():
+    # found by review: offsets of 10**9 built a (10**9, 3, 1) timestep array (tens of GB)
+    # in a Python loop; the loop's calls and its timesteps per element are bounded
+    import time
+
+    from diffsched.core import ops, per_element
+
+    sched = ds.UniPC()
+    x = np.zeros((3, 2))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=f"expected at most {ops.MAX_CALLS}"):
+        sched.init(6, x, offsets=np.array([[0], [1], [10**9]]))
+    wide = np.zeros((100, 1000))  # 100 000 elements, offsets up to 999: 1005 calls each
+    with pytest.raises(ValueError, match=f"expected at most {per_element.MAX_ENTRIES}"):
+        sched.init(6, wide, offsets=np.arange(1000) * np.ones((100, 1), np.int64))
+    assert time.perf_counter() - t0 < 5.0  # refused before any table of that size
+    _, ts = sched.init(6, x, offsets=np.array([[0], [1], [2]]))
+    assert ts.shape == (8, 3, 1)  # the loop as before: 6 calls, the last element 2 later
+    np.testing.assert_array_equal(ts[:, 0, 0], np.append(ts[:6, 0, 0], [ts[5, 0, 0]] * 2))
+    np.testing.assert_array_equal(ts[2:, 2, 0], ts[:6, 0, 0])

@@ -104,6 +104,9 @@ def _integers(values: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+MAX_ENTRIES = 50_000_000  # (global calls) x (elements): the timesteps init returns, 400 MB
+
+
 class Plan(NamedTuple):
     """A per-element loop on the host: its tables and each element's place in them."""
 
@@ -205,6 +208,13 @@ def plan(programs: list, which: np.ndarray, offsets: np.ndarray, processes_x0: b
     num_calls = int(np.max(np.where(done, 0, start + length)))
     if num_calls < 1:
         raise ValueError("every element is done from the start (offsets <= -calls): no loop")
+    ops.check_calls("a per-element loop", num_calls, "its offsets and model calls")
+    if num_calls * start.size > MAX_ENTRIES:  # init returns a timestep per element and call
+        raise ValueError(
+            f"a per-element loop of {num_calls} calls over {start.size} elements has "
+            f"{num_calls * start.size} timesteps; expected at most {MAX_ENTRIES}: fewer "
+            "elements (offsets broadcast over fewer axes) or smaller offsets"
+        )
     return Plan(coefs, reads, writes, timesteps, start, base, length, num_calls,
                 any(p.stochastic for p in programs), tuple(programs))  # fmt: skip
 
@@ -221,11 +231,8 @@ def rows_at(plan_or_state: Any, k: int, xp=np) -> Any:
 def timesteps(p: Plan) -> np.ndarray:
     """(calls, *element shape): each element's timestep at each global call (its first
     before it starts, its last after it ends)."""
-    out = []
-    for k in range(p.num_calls):
-        rel = np.clip(k - p.start, 0, p.length - 1)
-        out.append(p.timesteps[p.base + rel])
-    return np.stack(out)
+    k = np.arange(p.num_calls).reshape((-1,) + (1,) * p.start.ndim)
+    return p.timesteps[p.base + np.clip(k - p.start, 0, p.length - 1)]
 
 
 # -- init, step, add_noise -------------------------------------------------------------------
