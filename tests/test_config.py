@@ -385,3 +385,35 @@ def test_diffusers_builds_our_config(sched):
     r = oracle.rel(ours, theirs)
     oracle.record("CONFIG to_config vs diffusers.from_config", type(sched).__name__, r)
     assert r < 1e-6
+
+
+def test_every_default_is_diffusers_default():
+    """A class built with no options is diffusers' class built with none: every key both
+    configs hold has one value (found by review: HeliosDMD's time_shift_type was Helios'
+    exponential where diffusers' HeliosDMDScheduler defaults to linear)."""
+    import math
+
+    diffusers = pytest.importorskip("diffusers")
+    from diffsched.methods import CLASSES
+
+    compared = 0
+    for cls in CLASSES:
+        theirs_cls = getattr(diffusers, getattr(cls, "DIFFUSERS_CLASS", None) or "", None)
+        if theirs_cls is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, theirs = cls().to_config(), dict(theirs_cls().config)
+        for key in sorted(set(ours) & set(theirs) - {"_class_name"}):
+            a, b = ours[key], theirs[key]
+            if isinstance(a, float) and isinstance(b, float):
+                assert math.isclose(a, b, rel_tol=1e-12) or a == b, (cls.__name__, key, a, b)
+            else:
+                assert (list(a) == list(b)) if isinstance(a, list | tuple) else a == b, (
+                    cls.__name__,
+                    key,
+                    a,
+                    b,
+                )
+        compared += 1
+    assert compared > 40, compared

@@ -309,6 +309,11 @@ class HeliosDMD(_HeliosStages):
 
     DIFFUSERS_CLASS = "HeliosDMDScheduler"
 
+    time_shift_type: str = option(
+        "linear", "the dynamic shift: linear (diffusers' default for this class) or "
+        "exponential", "time_shift_type", choices=("exponential", "linear"),
+    )  # fmt: skip
+
     def noise_levels(self, num_steps: int, **init_options: Any) -> tuple[float, float]:
         """(σ at the first model call, σ of the final sample): flow levels."""
         return float(self.tableau(num_steps, **init_options).start[1]), 0.0
