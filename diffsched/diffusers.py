@@ -932,6 +932,8 @@ class DiffusersScheduler:
             return (prev,) if self._name in _ONE_OUTPUT else (prev, denoised)
         if self._name == "TCDScheduler":  # diffusers' TCDSchedulerOutput's fields
             return StepOutput(prev_sample=prev, pred_noised_sample=denoised)
+        if self._name == "LCMScheduler":  # diffusers' LCMSchedulerOutput's fields
+            return StepOutput(prev_sample=prev, denoised=denoised)
         return SchedulerOutput(prev, denoised)
 
     def _on_loop(self, timestep: Any) -> bool:

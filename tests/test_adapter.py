@@ -635,6 +635,16 @@ def test_lcm_denoised_matches_diffusers():
         for a, b in zip(got, want, strict=True):
             assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
         x = want[0]
+    # the output's fields are diffusers' LCMSchedulerOutput's: prev_sample and denoised
+    adapter.set_timesteps(8)
+    twin.set_timesteps(8)
+    t = twin.timesteps[0]
+    got = adapter.step(torch.tanh(x), t, x, generator=torch.Generator().manual_seed(1))
+    want = twin.step(torch.tanh(x), t, x, generator=torch.Generator().manual_seed(1))
+    assert list(got.keys()) == list(want.keys()) == ["prev_sample", "denoised"]
+    assert float((got.denoised - want.denoised).abs().max()) <= 1e-5 * float(
+        want.denoised.abs().max()
+    )
 
 
 def test_config_and_order():
