@@ -1148,6 +1148,15 @@ class DiffusersScheduler:
         import torch
 
         template = (tuple(sample.shape), sample.dtype, sample.device)
+        if self._state is not None and template != self._template and i > 0:
+            if template[0] == self._template[0]:  # another dtype or device mid-loop: the
+                return self._moved_state(sample, template, i)  # history goes along, cast
+            if not self._starts_fresh(i):
+                raise ValueError(
+                    f"{self._name}.step: the sample's shape changed mid-loop, from "
+                    f"{self._template[0]} to {template[0]} at call {i}; the solver's history "
+                    "holds the earlier shape: call set_timesteps again for a new loop"
+                )
         if self._state is None or template != self._template:
             options = self._options
             self._run = (self._program, 0)
@@ -1159,6 +1168,26 @@ class DiffusersScheduler:
         if self._state_index != i:
             step = torch.full_like(self._state.step, i - self._run[1])
             self._state, self._state_index = self._state._replace(step=step), i
+        return self._state
+
+    def _moved_state(self, sample: Any, template: tuple, i: int) -> engine.EngineState:
+        """The state at call ``i`` for a sample of another dtype or device than the
+        state's (a pipeline that casts its latents mid-loop): the same run's tables for the
+        new sample, its history cast and moved (diffusers' classes keep theirs as they are
+        and promote)."""
+        import torch
+
+        options = dict(self._options)
+        if self._run[1] > 0:  # a run restarted at call run[1] (image-to-image)
+            options["strength"] = self._restart_strength(self._run[1])
+        fresh, _ = self._loop.init(self._num_steps, sample, 0, **options)
+        like = fresh.coefs
+        history = fresh.history
+        if self._state.history:
+            history = tuple(h.to(device=like.device, dtype=like.dtype) for h in self._state.history)
+        step = torch.full_like(fresh.step, i - self._run[1])
+        self._state = fresh._replace(history=history, step=step)
+        self._state_index, self._template = i, template
         return self._state
 
     def _starts_fresh(self, start: int) -> bool:
