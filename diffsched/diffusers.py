@@ -535,8 +535,23 @@ class DiffusersScheduler:
     def from_config(cls, config: Any, **overrides: Any) -> DiffusersScheduler:
         """The adapter of ``diffsched.from_config(config, **overrides)`` (a diffusers config
         dict, a ``scheduler_config.json`` or a model folder; overrides are our option names).
-        The config's keys the class does not have stay in ``.config`` (as diffusers')."""
+        The config's keys the class does not have stay in ``.config`` (as diffusers').
+        Called on an adapter's class (``type(pipe.scheduler).from_config(...)``), that class
+        is built, as diffusers' ``from_config`` builds the class it is called on."""
         config = _read_config(config)
+        named = cls.__name__ if cls is not DiffusersScheduler else None
+        if named is not None and named != "PipelineScheduler":
+            if config.get("_class_name") not in (None, named):  # another class's config: its
+                config = {k: v for k, v in config.items()  # diffsched options are that class's
+                          if not k.startswith("_diffsched")}  # fmt: skip
+            config = {**config, "_class_name": named}
+        elif not isinstance(config.get("_class_name"), str):
+            raise ValueError(
+                "DiffusersScheduler.from_config: the config names no class (_class_name; "
+                "diffusers' in-memory scheduler.config has none): pass {**scheduler.config, "
+                "'_class_name': type(scheduler).__name__}, or call from_config on the class "
+                "wanted (type(ds.to_diffusers(ds.DDIM())).from_config(...))"
+            )
         scheduler = _from_config(config, **overrides)
         return cls(scheduler, config)
 

@@ -887,3 +887,23 @@ def test_a_sample_of_another_shape_mid_loop_is_refused_where_history_is_read():
         x = ours.step(torch.tanh(x), t, x).prev_sample
     with pytest.raises(ValueError, match=r"shape changed mid-loop, from \(2, 4, 8, 8\) to"):
         ours.step(torch.tanh(x[:1]), ours.timesteps[2], x[:1])  # no silent warm-up restart
+
+
+def test_from_config_builds_the_class_it_is_called_on():
+    """As diffusers' ``from_config``: called on an adapter's class, that class is built from
+    any config, diffusers' in-memory one (no _class_name) included; on DiffusersScheduler
+    itself a config must name its class (found by review: the config's class won, and an
+    in-memory config gave "unsupported scheduler class None")."""
+    euler = ds.to_diffusers(ds.Euler(s_churn=1.0))
+    ddim_class = type(ds.to_diffusers(ds.DDIM()))
+    built = ddim_class.from_config(euler.config)  # Euler's own step options left behind
+    assert type(built).__name__ == "DDIMScheduler" and isinstance(built.wrapped, ds.DDIM)
+    again = type(euler).from_config(euler.config)
+    assert isinstance(again.wrapped, ds.Euler) and again.wrapped.s_churn == 1.0
+    in_memory = diffusers.DDIMScheduler(beta_schedule="scaled_linear").config
+    assert "_class_name" not in in_memory
+    built = type(euler).from_config(in_memory)
+    assert isinstance(built.wrapped, ds.Euler) and built.wrapped.beta_schedule == "quadratic"
+    with pytest.raises(ValueError, match="names no class"):
+        DiffusersScheduler.from_config(in_memory)
+    assert isinstance(DiffusersScheduler.from_config(euler.config).wrapped, ds.Euler)
