@@ -298,3 +298,18 @@ def test_per_method_facts(name):
     else:
         assert "diffusers" in doc and cls.DIFFUSERS_CLASS in doc
         assert cls.DIFFUSERS_CLASS in ds.SCHEDULERS
+
+
+def test_a_step_counter_written_in_place_reaches_no_other_loop():
+    """PyTorch states share cached step counters (no kernel launch per step); a caller that
+    writes into its state's counter (``state.step += 1``, ``zero_()``) must not change any
+    other loop (found by review: every later loop skipped or repeated a call)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    ref = ds.sample(lambda s, t: 0.1 * s, ds.DPMSolverMultistep(), x, 5)
+    for write in (lambda step: step.add_(1), lambda step: step.zero_()):
+        state, _ = ds.DDIM().init(4, torch.tensor(x))
+        state, _ = ds.DDIM().step(state, torch.tensor(x), torch.tensor(x))
+        write(state.step)
+        out = ds.sample(lambda s, t: 0.1 * s, ds.DPMSolverMultistep(), torch.tensor(x), 5)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-12)

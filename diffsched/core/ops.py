@@ -282,22 +282,25 @@ def host_index(step: Array) -> int | None:
     return concrete_int(step)
 
 
-_STEP_TENSORS: dict[tuple[str, int], Array] = {}
+_STEP_TENSORS: dict[tuple[str, int], tuple[Array, int]] = {}
 
 
 def next_step(step: Array, index: int) -> Array:
     """``step + 1`` for a counter whose value ``index`` is known on the host, without a
-    kernel launch (a cached 0-d tensor on PyTorch; never written to)."""
+    kernel launch (a cached 0-d tensor on PyTorch, shared by the states that reach it). A
+    cached tensor a caller wrote into (its state's ``step += 1``: torch bumps the tensor's
+    version) is never handed out again: a fresh one replaces it."""
     xp = namespace(step)
     if is_torch(xp):
         key = (str(step.device), index + 1)
-        out = _STEP_TENSORS.get(key)
-        if out is None:
-            import torch
+        cached = _STEP_TENSORS.get(key)
+        if cached is not None and cached[0]._version == cached[1]:
+            return cached[0]
+        import torch
 
-            out = torch.tensor(index + 1, dtype=torch.int32, device=step.device)
-            if len(_STEP_TENSORS) < 100_000:
-                _STEP_TENSORS[key] = out
+        out = torch.tensor(index + 1, dtype=torch.int32, device=step.device)
+        if len(_STEP_TENSORS) < 100_000 or cached is not None:
+            _STEP_TENSORS[key] = (out, out._version)
         return out
     if is_numpy(xp):
         return np.asarray(index + 1, dtype=np.int32)
