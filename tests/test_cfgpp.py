@@ -239,3 +239,15 @@ def test_guided_checks_its_parts():
     with pytest.raises(ValueError, match="scale must be finite"):
         ds.sample(None, ds.DDIM(), np.zeros((1, 2)), 3, guidance=(toy, toy, float("inf")))
     assert ds.Guided(toy, toy, np.float32(2.0)).scale == 2.0  # NumPy scalars are numbers
+
+
+def test_a_guided_step_refuses_another_configs_state():
+    # as the plain step does (found by review: with unconditional= another config's state
+    # was stepped as its own, Euler's step given to DPM-Solver++)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    state, _ = ds.Euler().init(4, x)
+    with pytest.raises(ValueError, match="another configuration's init made"):
+        ds.DPMSolverMultistep().step(state, x, 0.1 * x, unconditional=0.1 * x)
+    own, _ = ds.DPMSolverMultistep().init(4, x)
+    _, out = ds.DPMSolverMultistep().step(own, x, 0.1 * x, unconditional=0.1 * x)
+    assert out.shape == x.shape

@@ -526,6 +526,7 @@ class BaseScheduler:
                     f"{getattr(self, 'prediction_type', None)!r} does not split into x̂_0 "
                     "and a noise direction"
                 )
+            self.check_state(state)  # (before its row is read: another config's is refused)
             return engine.guided_step(
                 type(self).__name__, state, sample, prediction, unconditional, noise,
                 weight=engine.extra_row(state)[0],
