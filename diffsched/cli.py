@@ -1442,6 +1442,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.model = args.model or ["digits", "gmm"]
     args.num_samples = 32 if args.num_samples is None else args.num_samples
     check_at_least([("--num-samples", args.num_samples, 1), ("--steps", args.steps, 1)])
+    for rtol in args.adaptive or ():
+        if not (math.isfinite(rtol) and rtol > 0):  # (the samplers' own error: a traceback)
+            raise UsageError(f"--adaptive takes positive tolerances (rtol), got {rtol:g}")
     if args.against is not None:
         try:
             import diffusers  # noqa: F401

@@ -764,6 +764,8 @@ def test_an_unwritable_output_is_refused_before_any_work(capsys, tmp_path, monke
         (["sample", "--out", "noext"], "--out must name a .png file, got: 'noext'"),
         (["sample", "--compile"], "--compile needs --backend jax"),
         (["bench", "--out", "x.txt"], "--out must name a .png file"),
+        (["bench", "--adaptive", "-1"], "--adaptive takes positive tolerances (rtol), got -1"),
+        (["bench", "--adaptive", "1e-3", "nan"], "--adaptive takes positive tolerances"),
     ],
 )
 def test_cli_errors_name_the_flag(capsys, argv, message):
