@@ -313,3 +313,12 @@ def test_a_step_counter_written_in_place_reaches_no_other_loop():
         write(state.step)
         out = ds.sample(lambda s, t: 0.1 * s, ds.DPMSolverMultistep(), torch.tensor(x), 5)
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_a_cached_programs_held_columns_are_read_only():
+    # a program is shared by every equal config; its held columns (read by per-element
+    # plans) were writable: one write changed every later per-element loop of the config
+    program = ds.DDPM().program(5)
+    for arr in (program.held.noise, program.held.x0_sample, *program.held.terms.values()):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[...] = 0.0

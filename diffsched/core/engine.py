@@ -182,8 +182,13 @@ class Program:
     def __post_init__(self) -> None:
         # a program is shared by every equal config (the scheduler's cache): its arrays are
         # read-only, and init hands each state copies (nothing a caller holds reaches them)
-        for name in ("timesteps", "coefs", "reads", "writes", "input_scale"):
-            arr = getattr(self, name)
+        arrays = [getattr(self, name) for name in ("timesteps", "coefs", "reads", "writes",
+                                                   "input_scale")]  # fmt: skip
+        if self.held is not None:  # the held columns too (per-element plans read them)
+            held = self.held
+            arrays += [held.scale, held.x0_sample, held.x0_output, held.noise,
+                       *held.terms.values()]  # fmt: skip
+        for arr in arrays:
             if isinstance(arr, np.ndarray):
                 arr.setflags(write=False)
 
