@@ -472,3 +472,25 @@ def test_offsets_that_would_cost_unbounded_memory_are_refused_at_once():
     assert ts.shape == (8, 3, 1)  # the loop as before: 6 calls, the last element 2 later
     np.testing.assert_array_equal(ts[:, 0, 0], np.append(ts[:6, 0, 0], [ts[5, 0, 0]] * 2))
     np.testing.assert_array_equal(ts[2:, 2, 0], ts[:6, 0, 0])
+
+
+def test_a_per_element_step_checks_the_sample_and_noise_as_the_uniform_step():
+    # found by review: another shape than init's template, a float64 sample into a float32
+    # state, and integer or foreign noise were taken
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    offsets = np.array([0, 2]).reshape(2, 1, 1)
+    sched = ds.DPMSolverMultistep()  # a loop that holds history: its shape is the template's
+    state, _ = sched.init(4, x, 0, offsets=offsets)
+    with pytest.raises(ValueError, match=r"differs from the template's \(2, 3, 4\)"):
+        sched.step(state, np.zeros((2, 5, 7)), np.zeros((2, 5, 7)))
+    state, _ = sched.init(4, x.astype(np.float32), 0, offsets=offsets)
+    with pytest.raises(TypeError, match="float64 sample but the state computes in float32"):
+        sched.step(state, x, x)
+    ddpm = ds.DDPM()
+    state, _ = ddpm.init(4, x, 0, offsets=offsets)
+    with pytest.raises(TypeError, match="floating-point noise"):
+        ddpm.step(state, x, x, noise=np.zeros((2, 3, 4), np.int64))
+    with pytest.raises(TypeError, match="noise must be a ndarray like the sample"):
+        ddpm.step(state, x, x, noise=torch.zeros(2, 3, 4, dtype=torch.float64))
