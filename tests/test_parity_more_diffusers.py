@@ -561,3 +561,30 @@ def test_repaint_known_region_compiles():
                 original_image=torch.as_tensor(image).float(), mask=torch.as_tensor(mask).float(),
             )  # fmt: skip
     assert oracle.rel(y, want) < 1e-5
+
+
+def test_repaint_refuses_a_known_image_or_mask_that_would_change_the_output():
+    # found by review: a (5, ...) image and mask broadcast a (2, ...) sample to (5, ...); a
+    # complex mask was cast with NumPy's warning; a list or a torch image gave AttributeError
+    import warnings
+
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    sched = ds.RePaint()
+    state, _ = sched.init(4, x)
+    ok = np.ones((2, 1, 1))
+    for image, mask, err, words in (
+        (np.zeros((5, 2, 3, 4)), np.ones((5, 1, 1, 1)), ValueError, "does not broadcast to"),
+        (np.zeros((2, 3, 4)), np.ones((2, 1, 1), complex), TypeError, "mask must be real"),
+        (np.zeros((2, 3, 4), np.int64), ok, TypeError, "original_image must be real"),
+        ([0.0], ok, TypeError, "original_image must be an array"),
+        (torch.zeros(2, 3, 4, dtype=torch.float64), ok, TypeError, "like the sample"),
+    ):  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(err, match=words):
+                sched.step(state, x, 0.1 * x, original_image=image, mask=mask)
+    for mask in (ok, ok.astype(bool), ok.astype(np.int64)):  # a 0/1 mask of any real kind
+        out = sched.step(state, x, 0.1 * x, original_image=np.zeros((2, 3, 4)), mask=mask)[1]
+        assert out.shape == x.shape

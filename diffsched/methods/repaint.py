@@ -220,13 +220,30 @@ class RePaint(Scheduler):
         if mask is None:
             return new_state, unknown + (uz**2 + b**2) ** 0.5 * z
         for name, value in (("original_image", original_image), ("mask", mask)):
-            try:
-                np.broadcast_shapes(tuple(value.shape), tuple(sample.shape))
+            ops.check_step_arrays(type(self).__name__, **{name: value})
+            if type(value) is not type(sample) and ops.namespace(value) is not xp:
+                raise TypeError(
+                    f"{name} must be a {type(sample).__name__} like the sample, got "
+                    f"{type(value).__name__}"
+                )
+            kind = getattr(value.dtype, "kind", None) or (  # torch dtypes have no kind
+                "f" if value.dtype.is_floating_point else "c" if value.dtype.is_complex else "i"
+            )
+            if not (ops.is_float(value) or (name == "mask" and kind in "biu")):
+                raise TypeError(  # (a mask of 0 and 1 may be bool or integer)
+                    f"{name} must be real floating-point, got dtype {value.dtype}"
+                )
+            try:  # broadcast into the sample's shape, never beyond it
+                fits = np.broadcast_shapes(tuple(value.shape), tuple(sample.shape)) == tuple(
+                    sample.shape
+                )
             except ValueError:
+                fits = False
+            if not fits:
                 raise ValueError(
-                    f"{name} of shape {tuple(value.shape)} does not broadcast against the "
+                    f"{name} of shape {tuple(value.shape)} does not broadcast to the "
                     f"sample's {tuple(sample.shape)}"
-                ) from None
+                )
         m = xp.astype(mask, unknown.dtype)
         image = xp.astype(original_image, unknown.dtype)
         mix = m * kz + (1 - m) * uz
