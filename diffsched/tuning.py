@@ -632,7 +632,7 @@ def _search_bases(model, scheduler, num_steps, calibration_noise, *, candidates,
         for name, levels in starts.items():
             # (the reference's dynamic programme finds no path where its levels, rounded to
             # integer timesteps, are too few for the steps: no start then)
-            if levels is not None and g.valid(np.asarray(levels)):
+            if levels is not None and (name == "own" or g.valid(np.asarray(levels))):
                 tried[i, name] = levels
                 scored[i, name] = error(sched, g, levels)
     return _refined(error, grids, tried, scored, refine, max_evaluations, tolerance, counted, t0)
