@@ -1069,9 +1069,8 @@ class DiffusersScheduler:
                 ):
                     changes["prediction_type"] = "noise"
                 probe = dataclasses.replace(loop, **changes)
-                options = dict(self._options)
-                if program is not self._program:
-                    options["strength"] = self._restart_strength(self._run[1])
+                start = 0 if program is self._program else self._run[1]
+                options = self._run_options(start)
                 noise = np.asarray(probe.program(self._num_steps, **options).coefs[:, _NOISE])
                 mask[: len(noise)] = noise[: program.num_calls] != 0
                 if self._name == "FlowMatchHeunDiscreteScheduler":  # its second calls
@@ -1173,11 +1172,10 @@ class DiffusersScheduler:
                     "holds the earlier shape: call set_timesteps again for a new loop"
                 )
         if self._state is None or template != self._template:
-            options = self._options
-            self._run = (self._program, 0)
-            if i > 0 and not self._starts_fresh(i):
-                options = {**options, "strength": self._restart_strength(i)}
-                self._run = (self._loop.program(self._num_steps, **options), i)
+            start = i if i > 0 and not self._starts_fresh(i) else 0
+            options = self._run_options(start)
+            program = self._loop.program(self._num_steps, **options) if start else self._program
+            self._run = (program, start)
             self._state, _ = self._loop.init(self._num_steps, sample, 0, **options)
             self._state_index, self._template = self._run[1], template
         if self._state_index != i:
@@ -1192,10 +1190,7 @@ class DiffusersScheduler:
         and promote)."""
         import torch
 
-        options = dict(self._options)
-        if self._run[1] > 0:  # a run restarted at call run[1] (image-to-image)
-            options["strength"] = self._restart_strength(self._run[1])
-        fresh, _ = self._loop.init(self._num_steps, sample, 0, **options)
+        fresh, _ = self._loop.init(self._num_steps, sample, 0, **self._run_options(self._run[1]))
         like = fresh.coefs
         history = fresh.history
         if self._state.history:
@@ -1221,6 +1216,13 @@ class DiffusersScheduler:
                 if any(c != 0 for c in coefs):
                     written.add(int(slot))
         return True
+
+    def _run_options(self, start: int) -> dict:
+        """``init``'s options of the run from call ``start`` on (0: the whole loop; else
+        the image-to-image loop whose warm-up restarts there, :meth:`_restart_strength`)."""
+        if start == 0:
+            return dict(self._options)
+        return {**self._options, "strength": self._restart_strength(start)}
 
     def _restart_strength(self, start: int) -> float:
         """The ``strength`` of the method's image-to-image loop whose calls are this loop's

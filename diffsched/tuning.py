@@ -236,14 +236,13 @@ def search_coefficients(
     calls 0.1455 to 0.1491, 10 calls 0.0715 to 0.0731): a 16-sample split picks noisily."""
     from .tuning_coefficients import FinalScorer, check_fit_options, fit_coefficients
 
-    check_fit_options(**fit_options)  # (the batch's split: once the batch is checked, below)
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
     if grid_score not in ("final", "plain"):
         raise ValueError(f"grid_score must be 'final' or 'plain', got {grid_score!r}")
     _check_inputs(scheduler, calibration_noise, substeps=substeps, max_evaluations=max_evaluations,
                   tolerance=tolerance, least_batch=4)  # fmt: skip
-    check_fit_options(int(calibration_noise.shape[0]), **fit_options)
+    check_fit_options(int(calibration_noise.shape[0]), **fit_options)  # (its split: the batch)
     num_steps = check_num_steps(num_steps, maximum=MAX_CANDIDATES)  # a grid of candidate levels
     _check_candidates(candidates, num_steps)
     _check_end(end, scheduler)

@@ -432,9 +432,11 @@ def fit_coefficients(
     samples too (eq. (4) there)."""
     t0 = time.perf_counter()
     grid = dict(grid or {})
-    check_fit_options(history=history, moments=moments, final_moments=final_moments,
-                      calls=calls, ridges=ridges, iterations=iterations, holdout=holdout,
-                      seed=seed, select=select, times=times, samples=samples)  # fmt: skip
+    shape = tuple(getattr(calibration_noise, "shape", ()))
+    check_fit_options(shape[0] if shape else None, history=history, moments=moments,
+                      final_moments=final_moments, calls=calls, ridges=ridges,
+                      iterations=iterations, holdout=holdout, seed=seed, select=select,
+                      times=times, samples=samples)  # fmt: skip
     loop = _Loop(model, scheduler, num_steps, grid, calibration_noise)
     if times and loop.span is None:
         raise ValueError(
@@ -455,7 +457,6 @@ def fit_coefficients(
     if batch < 4:
         raise ValueError(f"coefficient tuning needs a calibration batch of 4 or more, got {batch}")
     order = np.random.default_rng(seed).permutation(batch)
-    check_fit_options(batch, holdout=holdout, select=select)
     n_held = max(1, round(holdout * batch))
     split = np.sort(order[n_held:]), np.sort(order[:n_held])  # (fit, held out)
     zero = np.zeros(params.size)

@@ -584,6 +584,34 @@ def _host_rows(state: EngineState, i: int):
 Process = Callable[[Array, bool], Array] | None  # (x̂_0, owned) -> processed x̂_0
 
 
+def check_operands(name: str, xp: Any, dtype: Any, sample: Array, prediction: Array,
+                   noise: Array | None, stochastic: bool) -> None:  # fmt: skip
+    """Refuses a step's operands (of one shape, checked before) that a state computing in
+    ``dtype`` cannot take: non-float arrays, a float64 sample for a lower-precision state,
+    noise where none is drawn, or noise of another library, shape or dtype."""
+    for what, arr in (("sample", sample), ("prediction", prediction)):
+        if not ops.is_float(arr):
+            raise TypeError(f"expected a floating-point {what}, got dtype {arr.dtype}")
+    if sample.dtype != dtype and sample.dtype == xp.float64:
+        raise TypeError(
+            f"{name}.step got a float64 sample but the state computes in {dtype} (init was "
+            "given a lower-precision sample_template): pass a float64 template to init"
+        )
+    if noise is None:
+        return
+    if not stochastic:
+        raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
+    if type(noise) is not type(sample) and ops.namespace(noise) is not xp:
+        raise TypeError(
+            f"noise must be a {type(sample).__name__} like the sample, got {type(noise).__name__}"
+        )
+    shape = tuple(sample.shape)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}")
+    if not ops.is_float(noise):
+        raise TypeError(f"expected a floating-point noise, got dtype {noise.dtype}")
+
+
 def step(
     name: str,
     state: EngineState,
@@ -623,29 +651,8 @@ def step(
             f"and {tuple(prediction.shape)}"
         )
     dtype = coefs.dtype
-    if not ops.is_float(sample):
-        raise TypeError(f"expected a floating-point sample, got dtype {sample.dtype}")
-    if not ops.is_float(prediction):
-        raise TypeError(f"expected a floating-point prediction, got dtype {prediction.dtype}")
-    if sample.dtype != dtype and sample.dtype == xp.float64:
-        raise TypeError(
-            f"{name}.step got a float64 sample but the state computes in {dtype} (init was "
-            "given a lower-precision sample_template): pass a float64 template to init"
-        )
+    check_operands(name, xp, dtype, sample, prediction, noise, stochastic)
     if noise is not None:
-        if not stochastic:
-            raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
-        if type(noise) is not type(sample) and ops.namespace(noise) is not xp:
-            raise TypeError(
-                f"noise must be a {type(sample).__name__} like the sample, "
-                f"got {type(noise).__name__}"
-            )
-        if tuple(noise.shape) != shape:
-            raise ValueError(
-                f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}"
-            )
-        if not ops.is_float(noise):
-            raise TypeError(f"expected a floating-point noise, got dtype {noise.dtype}")
         noise = noise if noise.dtype == dtype else xp.astype(noise, dtype)
     x = sample if sample.dtype == dtype else xp.astype(sample, dtype)
     m = prediction if prediction.dtype == dtype else xp.astype(prediction, dtype)

@@ -367,9 +367,6 @@ def _check(name, state, sample, prediction, noise, stochastic):
             f"sample and prediction must have the same shape, got {shape} "
             f"and {tuple(prediction.shape)}"
         )
-    for label, arr in (("sample", sample), ("prediction", prediction)):
-        if not ops.is_float(arr):
-            raise TypeError(f"expected a floating-point {label}, got dtype {arr.dtype}")
     eshape = tuple(state.start.shape)
     pairs = zip(eshape, shape, strict=False)
     if len(eshape) != len(shape) or any(e not in (1, s) for e, s in pairs):
@@ -379,25 +376,7 @@ def _check(name, state, sample, prediction, noise, stochastic):
         tuple(history[0].shape) if history else None)  # fmt: skip
     if held is not None and held != shape:
         raise ValueError(f"sample shape {shape} differs from the template's {held} given to init")
-    if sample.dtype == xp.float64 and state.coefs.dtype != xp.float64:
-        raise TypeError(
-            f"{name}.step got a float64 sample but the state computes in {state.coefs.dtype} "
-            "(init was given a lower-precision sample_template): pass a float64 template"
-        )
-    if noise is not None:
-        if not stochastic:
-            raise ValueError(f"{name} with this configuration draws no noise; noise= is not used")
-        if type(noise) is not type(sample) and ops.namespace(noise) is not xp:
-            raise TypeError(
-                f"noise must be a {type(sample).__name__} like the sample, "
-                f"got {type(noise).__name__}"
-            )
-        if tuple(noise.shape) != shape:
-            raise ValueError(
-                f"noise must have the sample's shape {shape}, got {tuple(noise.shape)}"
-            )
-        if not ops.is_float(noise):
-            raise TypeError(f"expected a floating-point noise, got dtype {noise.dtype}")
+    engine.check_operands(name, xp, state.coefs.dtype, sample, prediction, noise, stochastic)
     return xp
 
 

@@ -226,10 +226,8 @@ class RePaint(Scheduler):
                     f"{name} must be a {type(sample).__name__} like the sample, got "
                     f"{type(value).__name__}"
                 )
-            kind = getattr(value.dtype, "kind", None) or (  # torch dtypes have no kind
-                "f" if value.dtype.is_floating_point else "c" if value.dtype.is_complex else "i"
-            )
-            if not (ops.is_float(value) or (name == "mask" and kind in "biu")):
+            zero_one = name == "mask" and xp.isdtype(value.dtype, ("bool", "integral"))
+            if not (ops.is_float(value) or zero_one):
                 raise TypeError(  # (a mask of 0 and 1 may be bool or integer)
                     f"{name} must be real floating-point, got dtype {value.dtype}"
                 )
